@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny open_clip configs written to disk, and the path of the shared real data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_config(text_width: int = 64, *, quick_gelu: bool = False, layers: int = 4, heads: int = 2,
+                context_length: int = 32, embed_dim: int = 32, **text_extra) -> dict:
+    """An open_clip config small enough to build in milliseconds."""
+    return {
+        "embed_dim": embed_dim,
+        "quick_gelu": quick_gelu,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": text_width,
+                     "heads": heads, "layers": layers, **text_extra},
+    }
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a tiny config as `<tmp>/<name>.json` and return its path (load it with load_clip)."""
+    def write(name: str, **kwargs) -> Path:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(tiny_config(**kwargs)))
+        return path
+    return write
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is not beside the repository")
+    return SHARED_DATA
