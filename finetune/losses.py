@@ -1,0 +1,242 @@
+"""Negation fine-tuning losses: the single definition used by training and by the probing code.
+
+Notation (docs: /work/shared/REFERENCE.md): image features I, true caption c, presence-negated
+caption c' (negates something the image shows: false), absence-negated caption a (negates
+something the image lacks: true), distractor image I' (the subject without the negated object, so
+c' is true for it). Every feature tensor is [M, d], row i of each describing example i, and must
+be L2-normalised; t = exp(logit_scale) is the similarity scale, s(x, y) = t <x, y>.
+
+CE(X -> [Y; Z]) is the mean row-wise softmax cross-entropy of the M x 2M similarity matrix
+t X [Y; Z]^T with targets on the diagonal (row i's target is Y_i).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+# Row norms may differ from 1 by this much (rounding of a normalised float32 vector is ~1e-7;
+# half precision rounds each coordinate to ~3 significant digits, hence the looser bound).
+_NORM_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 2e-2}
+_DEFAULT_TOLERANCE = 1e-3
+
+
+def check_normalized(name: str, features: Tensor) -> None:
+    """Raise ValueError unless `features` is a [M, d] tensor of unit-norm rows."""
+    if not isinstance(features, torch.Tensor) or features.ndim != 2:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ValueError(f"{name} must be a [M, d] feature tensor, got {shape}")
+    norms = features.detach().float().norm(dim=-1)
+    tolerance = _NORM_TOLERANCE.get(features.dtype, _DEFAULT_TOLERANCE)
+    worst = (norms - 1).abs().max() if len(norms) else torch.tensor(0.0)
+    if not torch.isfinite(norms).all() or worst > tolerance:
+        raise ValueError(
+            f"{name} is not L2-normalised: row norms range {norms.min().item():.4g}..{norms.max().item():.4g} "
+            f"(allowed 1 +- {tolerance:g}); pass F.normalize(features, dim=-1). Similarities of "
+            "unnormalised features are not cosine similarities."
+        )
+
+
+def _check(**features: Tensor | None) -> int:
+    """Check every given tensor is normalised and that all have the same number of rows M."""
+    rows = set()
+    for name, value in features.items():
+        if value is not None:
+            check_normalized(name, value)
+            rows.add(value.shape[0])
+    if len(rows) > 1:
+        sizes = {name: value.shape[0] for name, value in features.items() if value is not None}
+        raise ValueError(f"feature tensors must describe the same M examples, got rows {sizes}")
+    return rows.pop() if rows else 0
+
+
+def _ce(queries: Tensor, keys: Tensor, scale: Tensor | float) -> Tensor:
+    """Mean row-wise cross-entropy of scale * queries @ keys^T [M, K], row i's target is key i."""
+    logits = scale * queries @ keys.T
+    targets = torch.arange(queries.shape[0], device=queries.device)
+    return F.cross_entropy(logits, targets)
+
+
+def _infonce(x: Tensor, y: Tensor, scale: Tensor | float) -> Tensor:
+    """Symmetric CLIP InfoNCE: 1/2 [CE(x -> y) + CE(y -> x)]."""
+    return 0.5 * (_ce(x, y, scale) + _ce(y, x, scale))
+
+
+def clip_loss(image: Tensor, text: Tensor, *, scale: Tensor | float) -> Tensor:
+    """CLIP InfoNCE: L = 1/2 [CE(I -> c) + CE(c -> I)]."""
+    _check(image=image, text=text)
+    return _infonce(image, text, scale)
+
+
+def conclip_loss(
+    image: Tensor,
+    caption: Tensor,
+    negated: Tensor,
+    distractor: Tensor | None = None,
+    *,
+    scale: Tensor | float,
+    terms: tuple[int, ...] = (1, 2, 3),
+) -> Tensor:
+    """CoN-CLIP (Singh et al.), `negated` = presence-negated captions c'.
+
+    With distractor images I':  L = 1/3 [CE(I -> [c; c']) + CE(c -> [I; I']) + CE(I' -> [c'; c])].
+    Without them (two-term form): L = 1/2 [CE(I -> [c; c']) + CE(c -> I)].
+    `terms` picks which of the three terms are used (averaged over the picked ones). Without
+    distractors term 2 is CE(c -> I) and term 3, which needs I', is left out.
+    """
+    _check(image=image, caption=caption, negated=negated, distractor=distractor)
+    picked = set(terms)
+    if not picked or not picked <= {1, 2, 3}:
+        raise ValueError(f"terms must be a non-empty subset of (1, 2, 3), got {terms!r}")
+    if distractor is None:
+        picked.discard(3)
+        if not picked:
+            raise ValueError("CoN-CLIP term 3 is CE(I' -> [c'; c]) and needs distractor image features")
+    values = []
+    if 1 in picked:
+        values.append(_ce(image, torch.cat([caption, negated]), scale))
+    if 2 in picked:
+        images = image if distractor is None else torch.cat([image, distractor])
+        values.append(_ce(caption, images, scale))
+    if 3 in picked:
+        values.append(_ce(distractor, torch.cat([negated, caption]), scale))
+    return torch.stack(values).mean()
+
+
+def omni_presence_loss(image: Tensor, caption: Tensor, negated: Tensor, *, scale: Tensor | float) -> Tensor:
+    """Omni-NegCLIP presence loss, `negated` = presence-negated captions c'.
+
+    L_pres = 1/3 [CE(I -> [c; c']) + CE(c -> I) + mean_i CE_2way((s(I_i, c_i), s(I_i, c'_i)), target c_i)].
+    """
+    _check(image=image, caption=caption, negated=negated)
+    pair_logits = scale * torch.stack([(image * caption).sum(-1), (image * negated).sum(-1)], dim=1)
+    pair_targets = torch.zeros(image.shape[0], dtype=torch.long, device=image.device)
+    pairwise = F.cross_entropy(pair_logits, pair_targets)
+    return (_ce(image, torch.cat([caption, negated]), scale) + _ce(caption, image, scale) + pairwise) / 3
+
+
+def omni_absence_loss(
+    image: Tensor,
+    caption: Tensor,
+    absence_negated: Tensor,
+    *,
+    scale: Tensor | float,
+    lambda_o: float = 1.0,
+    lambda_t: float = 1.0,
+    margin: float = 0.2,
+) -> Tensor:
+    """Omni-NegCLIP absence loss, `absence_negated` = true captions a negating an absent object.
+
+    L_abs = 1/2 [CE(I -> a) + CE(a -> I)] + lambda_o 1/2 [CE(I -> c) + CE(c -> I)]
+            + lambda_t mean_i max(0, cos(c_i, a_i) + margin)
+    The hinge pushes cos(c_i, a_i) below -margin (the cosine is not scaled by t).
+    """
+    _check(image=image, caption=caption, absence_negated=absence_negated)
+    hinge = F.relu((caption * absence_negated).sum(-1) + margin).mean()
+    return _infonce(image, absence_negated, scale) + lambda_o * _infonce(image, caption, scale) + lambda_t * hinge
+
+
+def omni_negclip_loss(
+    image: Tensor,
+    caption: Tensor,
+    presence_negated: Tensor,
+    absence_negated: Tensor,
+    *,
+    scale: Tensor | float,
+    lam: float = 1.0,
+    lambda_o: float = 1.0,
+    lambda_t: float = 1.0,
+    margin: float = 0.2,
+) -> Tensor:
+    """Omni-NegCLIP: L = L_pres + lam * L_abs (see omni_presence_loss / omni_absence_loss)."""
+    presence = omni_presence_loss(image, caption, presence_negated, scale=scale)
+    absence = omni_absence_loss(
+        image, caption, absence_negated, scale=scale, lambda_o=lambda_o, lambda_t=lambda_t, margin=margin
+    )
+    return presence + lam * absence
+
+
+def negationclip_loss(image: Tensor, absence_negated: Tensor, *, scale: Tensor | float) -> Tensor:
+    """NegationCLIP (Park et al.): CLIP loss on absence-negated captions, 1/2 [CE(I -> a) + CE(a -> I)]."""
+    _check(image=image, absence_negated=absence_negated)
+    return _infonce(image, absence_negated, scale)
+
+
+def tripletclip_loss(
+    image: Tensor, caption: Tensor, negated: Tensor, distractor: Tensor, *, scale: Tensor | float
+) -> Tensor:
+    """TripletCLIP: NC(I, c, n) = 1/2 [CE(I -> [c; n]) + CE(c -> I)]; L = NC(I, c, c') + NC(I', c', c)."""
+    _check(image=image, caption=caption, negated=negated, distractor=distractor)
+
+    def nc(images: Tensor, true: Tensor, false: Tensor) -> Tensor:
+        return 0.5 * (_ce(images, torch.cat([true, false]), scale) + _ce(true, images, scale))
+
+    return nc(image, caption, negated) + nc(distractor, negated, caption)
+
+
+# --- registry: which features each loss reads, and one call for all of them -------------------
+
+FEATURE_NAMES = ("image", "caption", "presence_negated", "absence_negated", "distractor")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss and the features it reads. distractor: "no", "optional" (used when given) or "required"."""
+
+    fn: Callable[..., Tensor]
+    texts: tuple[str, ...]
+    distractor: str = "no"
+
+    def call(self, features: Mapping[str, Tensor | None], scale: Tensor | float, **kwargs) -> Tensor:
+        missing = [name for name in ("image", *self.texts) if features.get(name) is None]
+        if self.distractor == "required" and features.get("distractor") is None:
+            missing.append("distractor")
+        if missing:
+            raise ValueError(f"{self.fn.__name__} needs {', '.join(missing)} features")
+        args = [features["image"], *(features[name] for name in self.texts)]
+        if self.distractor != "no":
+            args.append(features.get("distractor"))
+        return self.fn(*args, scale=scale, **kwargs)
+
+
+LOSS_SPECS: dict[str, LossSpec] = {
+    "clip": LossSpec(clip_loss, ("caption",)),
+    "conclip": LossSpec(conclip_loss, ("caption", "presence_negated"), distractor="optional"),
+    "omni": LossSpec(omni_negclip_loss, ("caption", "presence_negated", "absence_negated")),
+    "negationclip": LossSpec(negationclip_loss, ("absence_negated",)),
+    "tripletclip": LossSpec(tripletclip_loss, ("caption", "presence_negated"), distractor="required"),
+}
+LOSSES: dict[str, Callable[..., Tensor]] = {name: spec.fn for name, spec in LOSS_SPECS.items()}
+
+
+def loss_spec(name: str) -> LossSpec:
+    if name not in LOSS_SPECS:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_SPECS)}")
+    return LOSS_SPECS[name]
+
+
+def compute_loss(name: str, features: Mapping[str, Tensor | None], *, scale: Tensor | float, **kwargs) -> Tensor:
+    """The named loss on a batch of features.
+
+    features: mapping with keys among FEATURE_NAMES (image, caption, presence_negated,
+    absence_negated, distractor), each [M, d] and L2-normalised; keys the loss does not read may be
+    missing or None. kwargs go to the loss (terms=, lam=, margin=, ...).
+    """
+    return loss_spec(name).call(features, scale, **kwargs)
+
+
+def make_loss_fn(name: str, **kwargs) -> Callable[[Mapping[str, Tensor | None], Tensor | float], Tensor]:
+    """`loss_fn(features, scale)` for the named loss, e.g. for the gradient-norm measurement."""
+    spec = loss_spec(name)
+
+    def loss_fn(features: Mapping[str, Tensor | None], scale: Tensor | float) -> Tensor:
+        return spec.call(features, scale, **kwargs)
+
+    loss_fn.__name__ = f"{name}_loss_fn"
+    loss_fn.texts = spec.texts  # type: ignore[attr-defined]  # which captions to encode
+    loss_fn.distractor = spec.distractor  # type: ignore[attr-defined]
+    return loss_fn
