@@ -1,0 +1,67 @@
+"""Batched feature extraction: trimmed text encoding and image encoding, L2-normalised."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from probing.text_tower import TextTower
+
+
+@torch.no_grad()
+def encode_captions(
+    model: torch.nn.Module,
+    tokenizer: Callable,
+    captions: Sequence[str],
+    *,
+    batch_size: int = 256,
+    normalize: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Text features [n, embed_dim] in the input order; batches sorted by length and trimmed (exact)."""
+    tower = TextTower.from_model(model)
+    device = tower.positional_embedding.device
+    tokens = tokenizer(list(captions))
+    order = torch.argsort(tower.eot_positions(tokens), stable=True)
+    features = None
+    for start in tqdm(range(0, len(captions), batch_size), desc="text", disable=not progress):
+        index = order[start:start + batch_size]
+        batch = tower.encode(tokens[index].to(device), trim=True, normalize=normalize).float().cpu()
+        if features is None:
+            features = torch.empty(len(captions), batch.shape[1])
+        features[index] = batch
+    return features
+
+
+@torch.no_grad()
+def encode_images(
+    model: torch.nn.Module,
+    preprocess: Callable,
+    images: Sequence,
+    *,
+    batch_size: int = 256,
+    normalize: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Image features [n, embed_dim]; images are paths, PIL images or uint8 arrays [H, W, 3]."""
+    device = next(model.parameters()).device
+    chunks = []
+    for start in tqdm(range(0, len(images), batch_size), desc="images", disable=not progress):
+        pixels = torch.stack([preprocess(as_pil(image)) for image in images[start:start + batch_size]])
+        chunks.append(model.encode_image(pixels.to(device), normalize=normalize).float().cpu())
+    return torch.cat(chunks)
+
+
+def as_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image).convert("RGB")
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    raise TypeError(f"cannot use {type(image).__name__} as an image")

@@ -1,0 +1,294 @@
+"""Load open_clip models from a name, a pretrained tag, a local checkpoint file or a config file.
+
+Every failure a user can cause (unknown name, missing or corrupt file, shapes that do not fit the
+architecture) becomes one `ModelLoadError` that says what is wrong, instead of a traceback from
+inside open_clip or torch.
+
+The QuickGELU pitfall: OpenAI's CLIP weights were trained with QuickGELU, while open_clip's plain
+"ViT-B-32" config builds GELU. Loading one into the other runs without complaint and silently
+loses accuracy. We detect OpenAI-style weights (pretrained tag metadata, OpenAI's checkpoint
+layout, or our own checkpoint metadata) and rebuild the model with QuickGELU, with a warning.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+# Keys that only OpenAI's original checkpoints carry beside the weights.
+_OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
+_PACKAGE_CONFIGS = Path(__file__).parent / "model_configs"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the model, file and problem."""
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    openai_style: bool
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' (or None) picks CUDA when there is one; anything else is taken as given."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for, but torch sees no CUDA device on this machine")
+    return device
+
+
+def load_clip(
+    name: str | Path,
+    pretrained: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, Callable, Callable]:
+    """Return `(model, image_preprocess, tokenizer)` for an open_clip model, in eval mode.
+
+    name: an open_clip model name ("ViT-B-32", "ViT-B-32-quickgelu", or one of this package's
+        configs such as "negclip-tiny"), or the path of an open_clip model config JSON file.
+    pretrained: None for random weights, an open_clip pretrained tag (needs internet), or the
+        path of a local checkpoint (.pt/.pth/.bin or .safetensors).
+    """
+    import open_clip
+
+    model_name = register_model_config(name)
+    device = resolve_device(device)
+    if pretrained is None:
+        model, preprocess = _create(model_name, quick_gelu=False)
+    elif _is_file_like(pretrained):
+        model, preprocess = _create_from_checkpoint(model_name, Path(pretrained))
+    else:
+        model, preprocess = _create_from_tag(model_name, str(pretrained))
+    model = model.to(device).eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return model, preprocess, tokenizer
+
+
+def register_model_config(name: str | Path) -> str:
+    """Make `name` known to open_clip and return the model name to build.
+
+    Config files (and this package's own configs) are registered under their file stem.
+    """
+    import open_clip
+
+    _register_package_configs()
+    path = Path(name)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ModelLoadError(f"model config file {path} does not exist")
+        _check_config_file(path)
+        open_clip.add_model_config(path)
+        return path.stem
+    name = str(name)
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " See open_clip.list_models()."
+        raise ModelLoadError(f"unknown model name {name!r}.{hint}")
+    return name
+
+
+_registered = False
+
+
+def _register_package_configs() -> None:
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(_PACKAGE_CONFIGS)
+        _registered = True
+
+
+def _check_config_file(path: Path) -> None:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"model config file {path} is not valid JSON: {error}") from None
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
+    if missing:
+        raise ModelLoadError(f"model config file {path} lacks {', '.join(missing)} (not an open_clip model config)")
+
+
+def _is_file_like(pretrained: str | Path) -> bool:
+    text = str(pretrained)
+    return isinstance(pretrained, Path) or "/" in text or "\\" in text or Path(text).suffix in (
+        ".pt", ".pth", ".bin", ".safetensors", ".ckpt"
+    )
+
+
+def _create(model_name: str, *, quick_gelu: bool) -> tuple[nn.Module, Callable]:
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, force_quick_gelu=quick_gelu)
+    return model, preprocess
+
+
+def _create_from_tag(model_name: str, tag: str) -> tuple[nn.Module, Callable]:
+    import open_clip
+
+    tag_config = open_clip.get_pretrained_cfg(model_name, tag)
+    if not tag_config:
+        known = open_clip.list_pretrained_tags_by_model(model_name)
+        raise ModelLoadError(
+            f"{tag!r} is neither a pretrained tag of {model_name} (known: {', '.join(known) or 'none'}) "
+            "nor an existing checkpoint file"
+        )
+    quick_gelu = bool(tag_config.get("quick_gelu", False))
+    if quick_gelu and not _config_uses_quick_gelu(model_name):
+        warnings.warn(
+            f"pretrained tag {tag!r} was trained with QuickGELU but {model_name} builds GELU; "
+            f"building {model_name} with QuickGELU instead (use '{model_name}-quickgelu' to silence this)",
+            stacklevel=3,
+        )
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=tag, force_quick_gelu=quick_gelu
+        )
+    except Exception as error:  # download failures come as many types; say what it means here
+        raise ModelLoadError(
+            f"could not fetch pretrained weights {model_name}/{tag}: {error}. "
+            "Without internet, pass a local checkpoint file instead."
+        ) from None
+    return model, preprocess
+
+
+def _config_uses_quick_gelu(model_name: str) -> bool:
+    import open_clip
+
+    return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+
+
+def _create_from_checkpoint(model_name: str, path: Path) -> tuple[nn.Module, Callable]:
+    checkpoint = read_checkpoint(path)
+    needs_quick_gelu = checkpoint.openai_style or checkpoint.metadata.get("quick_gelu") == "true"
+    if needs_quick_gelu and not _config_uses_quick_gelu(model_name):
+        warnings.warn(
+            f"{path} holds QuickGELU (OpenAI-style) weights but {model_name} builds GELU; "
+            "building it with QuickGELU instead, which these weights need",
+            stacklevel=3,
+        )
+    model, preprocess = _create(model_name, quick_gelu=needs_quick_gelu)
+    load_state_dict_checked(model, checkpoint.state_dict, source=str(path), model_name=model_name)
+    return model, preprocess
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read weights and metadata from a .safetensors, torch.save or TorchScript file."""
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"checkpoint file {path} is empty")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        if _is_torchscript(path):
+            return _read_torchscript(path)
+        raise ModelLoadError(f"checkpoint file {path} is corrupt or not a PyTorch checkpoint ({type(error).__name__})") from None
+    metadata: dict[str, str] = {}
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        metadata = {k: str(v) for k, v in payload.get("metadata", {}).items()}
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise ModelLoadError(f"checkpoint file {path} does not hold a state dict of tensors")
+    state_dict = {_strip_ddp_prefix(k): v for k, v in payload.items()}
+    openai_style = any(key in state_dict for key in _OPENAI_ONLY_KEYS)
+    for key in _OPENAI_ONLY_KEYS:
+        state_dict.pop(key, None)
+    return Checkpoint(state_dict, metadata, openai_style)
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        state_dict = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelLoadError(f"checkpoint file {path} is corrupt or not a safetensors file ({error})") from None
+    return Checkpoint(state_dict, metadata, openai_style=metadata.get("format") == "openai")
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("constants.pkl") for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _read_torchscript(path: Path) -> Checkpoint:
+    # OpenAI released CLIP as TorchScript archives; their weights need QuickGELU.
+    try:
+        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except Exception as error:
+        raise ModelLoadError(f"TorchScript checkpoint {path} could not be read ({type(error).__name__})") from None
+    for key in _OPENAI_ONLY_KEYS:
+        state_dict.pop(key, None)
+    return Checkpoint(dict(state_dict), {}, openai_style=True)
+
+
+def _strip_ddp_prefix(key: str) -> str:
+    return key[len("module."):] if key.startswith("module.") else key
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, model_name: str) -> None:
+    """load_state_dict(strict=True), with shape and key problems reported in one readable error."""
+    from open_clip.model import convert_to_custom_text_state_dict
+
+    if "positional_embedding" in state_dict and not hasattr(model, "positional_embedding"):
+        state_dict = convert_to_custom_text_state_dict(state_dict)
+    expected = model.state_dict()
+    mismatched = [
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        for key, value in state_dict.items()
+        if key in expected and expected[key].shape != value.shape
+    ]
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} tensors have the wrong shape ({'; '.join(mismatched[:3])})")
+    if missing:
+        problems.append(f"{len(missing)} tensors are missing ({', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors are not in the model ({', '.join(unexpected[:3])})")
+    if problems:
+        raise ModelLoadError(
+            f"checkpoint {source} does not fit architecture {model_name}: " + "; ".join(problems)
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str, **metadata: Any) -> Path:
+    """Save weights as .safetensors with metadata that `load_clip` reads back (QuickGELU included)."""
+    from safetensors.torch import save_file
+
+    from probing.io import atomic_path
+
+    meta = {"open_clip_model": model_name, "quick_gelu": "true" if uses_quick_gelu(model) else "false"}
+    meta.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()})
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def uses_quick_gelu(model: nn.Module) -> bool:
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(module, QuickGELU) for module in model.modules())

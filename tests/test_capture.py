@@ -1,0 +1,63 @@
+"""Pooled capture: equals the full cache at EOT, streams to disk, mean pools only real tokens."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probing.capture import capture_pooled, resid_hook_names
+from probing.hooked import HookedCLIPText
+from probing.models import load_clip
+
+CAPTIONS = [f"a {c} {s} but no {c2} {s}" for c in ("red", "blue", "green") for c2 in ("purple", "black")
+            for s in ("circle", "square")] + ["a dog", "there is no cat on the mat next to the small brown dog"]
+
+
+@pytest.fixture
+def tiny(write_config):
+    torch.manual_seed(0)
+    model, _, tokenizer = load_clip(write_config("tiny-capture"))
+    return HookedCLIPText(model), tokenizer
+
+
+def _reference(hooked, tokenizer, captions):
+    """Pooled states read from a full, untrimmed ActivationCache, one caption at a time."""
+    eot_rows, mean_rows = [], []
+    for caption in captions:
+        tokens = tokenizer([caption])
+        _, cache = hooked.run_with_cache(tokens, trim=False)
+        eot = int(hooked.eot_positions(tokens)[0])
+        layers = torch.stack([cache[name][0] for name in resid_hook_names(hooked.cfg.n_layers)])
+        eot_rows.append(layers[:, eot])
+        mean_rows.append(layers[:, : eot + 1].mean(1))
+    return torch.stack(eot_rows, 1).numpy(), torch.stack(mean_rows, 1).numpy()
+
+
+def test_capture_matches_full_cache(tiny):
+    hooked, tokenizer = tiny
+    pooled = capture_pooled(hooked, tokenizer, CAPTIONS, pools=("eot", "mean"), batch_size=5, progress=False)
+    eot, mean = _reference(hooked, tokenizer, CAPTIONS)
+    assert pooled["eot"].shape == (hooked.cfg.n_layers + 1, len(CAPTIONS), hooked.cfg.d_model)
+    np.testing.assert_allclose(pooled["eot"], eot, atol=1e-5)
+    np.testing.assert_allclose(pooled["mean"], mean, atol=1e-5)
+    # the last layer at EOT, through ln_final and the projection, is the model's text feature
+    final = hooked.tower.project(hooked.ln_final(torch.from_numpy(pooled["eot"][-1])))
+    assert torch.allclose(final, hooked.encode_text(tokenizer(CAPTIONS)), atol=1e-5)
+
+
+def test_streaming_to_disk_equals_memory(tiny, tmp_path):
+    hooked, tokenizer = tiny
+    in_memory = capture_pooled(hooked, tokenizer, CAPTIONS, batch_size=4, progress=False)
+    on_disk = capture_pooled(hooked, tokenizer, CAPTIONS, batch_size=4, out_dir=tmp_path / "acts", progress=False)
+    assert isinstance(on_disk, np.memmap) or on_disk.base is not None
+    np.testing.assert_array_equal(np.asarray(on_disk), in_memory)
+    assert sorted(p.name for p in (tmp_path / "acts").iterdir()) == ["eot.npy"]  # no partial file left behind
+
+
+def test_capture_accepts_plain_model_and_rejects_bad_pool(write_config):
+    model, _, tokenizer = load_clip(write_config("tiny-capture2"))
+    assert capture_pooled(model, tokenizer, ["a dog"], progress=False).shape[:2] == (5, 1)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        capture_pooled(model, tokenizer, ["a dog"], pools="cls", progress=False)
+    with pytest.raises(ValueError, match="no captions"):
+        capture_pooled(model, tokenizer, [], progress=False)
