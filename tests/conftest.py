@@ -35,5 +35,5 @@ def write_config(tmp_path):
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder {SHARED_DATA} is not beside the repository")
+        pytest.fail(f"shared data folder {SHARED_DATA} is not beside the repository (see README)")
     return SHARED_DATA
