@@ -1,0 +1,202 @@
+"""Linear probes as scikit-learn estimators, and a per-layer sweep with seeds and confidence intervals.
+
+Both probes standardise features first (residual norms grow with depth, so raw features are not
+comparable across layers) and expose `direction_`: a unit vector in the ORIGINAL residual
+coordinates, which is what the causal check projects out of the residual stream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.preprocessing import StandardScaler
+
+
+class LogisticProbe(ClassifierMixin, BaseEstimator):
+    """L2-regularised logistic regression on standardised features."""
+
+    def __init__(self, C: float = 0.1, max_iter: int = 2000, random_state: int | None = 0):
+        self.C = C
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        X, y = _check_xy(X, y)
+        self.scaler_ = StandardScaler().fit(X)
+        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+        self.model_.fit(self.scaler_.transform(X), y)
+        self.classes_ = self.model_.classes_
+        self.coef_ = self.model_.coef_[0]  # in standardised coordinates
+        self.direction_ = _unit(self.coef_ / self.scaler_.scale_)
+        return self
+
+    def decision_function(self, X):
+        return self.model_.decision_function(self.scaler_.transform(np.asarray(X, dtype=np.float64)))
+
+    def predict(self, X):
+        return self.model_.predict(self.scaler_.transform(np.asarray(X, dtype=np.float64)))
+
+    def score(self, X, y, sample_weight=None):
+        return balanced_accuracy_score(y, self.predict(X), sample_weight=sample_weight)
+
+
+class DiffMeansProbe(ClassifierMixin, BaseEstimator):
+    """Difference of class means in standardised space; threshold halfway between the means."""
+
+    def fit(self, X, y):
+        X, y = _check_xy(X, y)
+        self.scaler_ = StandardScaler().fit(X)
+        Z = self.scaler_.transform(X)
+        self.classes_ = np.unique(y)
+        mean_neg, mean_pos = (Z[y == label].mean(0) for label in self.classes_)
+        self.coef_ = mean_pos - mean_neg
+        self.threshold_ = float(self.coef_ @ (mean_pos + mean_neg) / 2)
+        self.direction_ = _unit(self.coef_ / self.scaler_.scale_)
+        return self
+
+    def decision_function(self, X):
+        return self.scaler_.transform(np.asarray(X, dtype=np.float64)) @ self.coef_ - self.threshold_
+
+    def predict(self, X):
+        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+
+    def score(self, X, y, sample_weight=None):
+        return balanced_accuracy_score(y, self.predict(X), sample_weight=sample_weight)
+
+
+PROBES = {"logistic": LogisticProbe, "diffmeans": DiffMeansProbe}
+
+
+@dataclass
+class Interval:
+    mean: float
+    low: float
+    high: float
+
+
+def mean_ci(values, confidence: float = 0.95) -> Interval:
+    """Mean with a Student-t confidence interval (for quantities measured once per seed)."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2 or values.std(ddof=1) == 0:
+        return Interval(mean, mean, mean)
+    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return Interval(mean, mean - half, mean + half)
+
+
+def bootstrap_balanced_accuracy(correct: np.ndarray, labels: np.ndarray, *, n_boot: int = 1000,
+                                confidence: float = 0.95, seed: int = 0) -> Interval:
+    """Balanced accuracy averaged over seeds, with a percentile bootstrap interval over test items.
+
+    correct: [n_seeds, n_test] booleans. Resampling the test items (not the seeds) is what makes the
+    interval honest: every seed is scored on the same finite test set, so seed-to-seed spread alone
+    would understate the uncertainty.
+    """
+    per_item = np.asarray(correct, dtype=float).mean(0)
+    labels = np.asarray(labels)
+    point = _balanced(per_item[None, :], labels[None, :])[0]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(labels), size=(n_boot, len(labels)))
+    boot = _balanced(per_item[draws], labels[draws])
+    alpha = (1 - confidence) / 2
+    return Interval(float(point), float(np.nanquantile(boot, alpha)), float(np.nanquantile(boot, 1 - alpha)))
+
+
+def _balanced(correct: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    recalls = []
+    for label in np.unique(labels):
+        members = labels == label
+        with np.errstate(invalid="ignore"):
+            recalls.append((correct * members).sum(1) / members.sum(1))
+    return np.nanmean(np.stack(recalls), axis=0)
+
+
+@dataclass
+class ProbeSweep:
+    """Per-seed rows and per-layer summaries of a probe sweep (plain dicts: JSON/CSV ready)."""
+
+    per_seed: list[dict]
+    summary: list[dict]
+
+
+def probe_layers(
+    features: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    *,
+    seeds=(0, 1, 2, 3, 4),
+    probes=("logistic", "diffmeans"),
+    train_fraction: float = 0.8,
+    confidence: float = 0.95,
+) -> ProbeSweep:
+    """Fit probes at every layer on `train` items and score them on held-out `test` items.
+
+    features: [n_layers + 1, n, d]; labels: [n]; train / test: index arrays into n.
+    Each seed fits on a stratified random `train_fraction` of the training items. The summary per
+    (layer, probe) has the seed-averaged balanced accuracy with a bootstrap interval over test
+    items, and the mean cosine between the logistic and difference-of-means directions.
+    """
+    labels = np.asarray(labels)
+    train, test = np.asarray(train), np.asarray(test)
+    _check_split(labels, train, test)
+    n_layers = features.shape[0]
+    per_seed: list[dict] = []
+    correct = {(layer, name): [] for layer in range(n_layers) for name in probes}
+    cosines = {layer: [] for layer in range(n_layers)}
+    for seed in seeds:
+        fit_index = _stratified_subsample(labels, train, train_fraction, np.random.default_rng(seed))
+        for layer in range(n_layers):
+            X = features[layer]
+            directions = {}
+            for name in probes:
+                probe = PROBES[name]().fit(X[fit_index], labels[fit_index])
+                directions[name] = probe.direction_
+                predictions = probe.predict(X[test])
+                correct[(layer, name)].append(predictions == labels[test])
+                per_seed.append({"layer": layer, "probe": name, "seed": seed,
+                                 "accuracy": float(balanced_accuracy_score(labels[test], predictions))})
+            if {"logistic", "diffmeans"} <= set(directions):
+                cosines[layer].append(float(directions["logistic"] @ directions["diffmeans"]))
+    summary = []
+    for (layer, name), hits in correct.items():
+        interval = bootstrap_balanced_accuracy(np.stack(hits), labels[test], confidence=confidence)
+        summary.append({"layer": layer, "probe": name, "accuracy": interval.mean, "ci_low": interval.low,
+                        "ci_high": interval.high, "n_seeds": len(hits), "n_test": len(test),
+                        "direction_cosine": float(np.mean(cosines[layer])) if cosines[layer] else None})
+    return ProbeSweep(per_seed, summary)
+
+
+def _stratified_subsample(labels, index, fraction, rng) -> np.ndarray:
+    chosen = []
+    for label in np.unique(labels[index]):
+        members = index[labels[index] == label]
+        chosen.append(rng.choice(members, size=max(1, int(round(fraction * len(members)))), replace=False))
+    return np.concatenate(chosen)
+
+
+def _check_split(labels, train, test) -> None:
+    if len(np.intersect1d(train, test)):
+        raise ValueError("train and test items overlap")
+    for name, index in (("train", train), ("test", test)):
+        if len(np.unique(labels[index])) != 2:
+            raise ValueError(f"the {name} split must contain both classes (has {np.unique(labels[index]).tolist()})")
+
+
+def _check_xy(X, y):
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"expected X [n, d] and y [n], got {X.shape} and {y.shape}")
+    if len(np.unique(y)) != 2:
+        raise ValueError("probes are binary: y must contain exactly two classes")
+    return X, y
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(vector)
+    return vector / norm if norm > 0 else vector
