@@ -1,0 +1,21 @@
+"""Negation data: one record format, the synthetic negation world, real benchmark loaders and a
+rule-based negation generator.
+
+Importing this package is cheap: torch and open_clip are imported only by the functions that need
+them (the CC-Neg `.pt` reader, the default tokenizer of the context-length check).
+"""
+from probing.data.ccneg import CCNEG_EVAL_SIZE, find_negation_cue, load_ccneg, split_rows
+from probing.data.coco import load_coco_captions, load_coco_instances
+from probing.data.foils import SUGARCREPE_FOLDS, load_sugarcrepe, load_valse_existence
+from probing.data.loaders import READERS, guess_kind, load_dataset
+from probing.data.negbench import load_negbench_mcq, load_negbench_retrieval
+from probing.data.reading import TokenLimit, generation_artifact, load_image
+from probing.data.records import (CocoImage, DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample,
+                                  RetrievalItem)
+
+__all__ = [
+    "NegationExample", "MCQItem", "RetrievalItem", "FoilPair", "CocoImage", "DataError", "LoadReport", "Loaded",
+    "load_dataset", "guess_kind", "READERS", "load_ccneg", "split_rows", "CCNEG_EVAL_SIZE", "find_negation_cue",
+    "load_negbench_mcq", "load_negbench_retrieval", "load_sugarcrepe", "load_valse_existence", "SUGARCREPE_FOLDS",
+    "load_coco_captions", "load_coco_instances", "load_image", "TokenLimit", "generation_artifact",
+]

@@ -1,0 +1,155 @@
+"""CC-Neg (Singh et al., CoN-CLIP) as released by its authors, and the same fields as CSV / JSONL.
+
+The released file is a torch `.pt` dictionary:
+    image_paths   list of N paths (on the authors' machine: /workspace/datasets/cc3m/...)
+    annotations   list of N dicts; annotations[i]["json"]["caption"] is the true caption and
+                  annotations[i]["sop_data"]["negative-prompt"] the negated (false) caption
+    num_ops       dict K -> list of row indices whose caption has K predicate-object pairs
+
+Split rule (the authors'): the LAST `eval_size` = 40,000 rows are the evaluation split, the rows
+before them the training split. A file with at most `eval_size` rows is all evaluation and has an
+empty training split.
+
+CSV / JSONL carry one row per example with fields `image_path`, `caption`, `negative_prompt`
+(`negative-prompt` also accepted) and optionally `num_ops` (K of that row); the same split rule
+applies to row order.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from probing.data.reading import (Collector, ImageResolver, RowProblem, cell, int_cell, iter_csv, iter_jsonl,
+                                  make_token_limit, text_cell)
+from probing.data.records import DataError, Loaded, NegationExample
+
+CCNEG_EVAL_SIZE = 40_000
+SPLITS = ("train", "eval", "all")
+
+# Negation words as CC-Neg's evaluation splits them (no / not / without), plus the other common ones.
+_CUE = re.compile(r"\b(without|not|no|never|none|nothing|nobody|neither|nor|\w+n't)\b", re.IGNORECASE)
+
+
+def find_negation_cue(text: str) -> str | None:
+    """The first negation word in `text` (lower case), or None."""
+    match = _CUE.search(text)
+    return match.group(1).lower() if match else None
+
+
+def split_rows(n_rows: int, split: str, eval_size: int = CCNEG_EVAL_SIZE) -> range:
+    """Row indices of `split` in a file of `n_rows` rows: eval = the last `eval_size`, train = the rest."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    first_eval = max(0, n_rows - eval_size)
+    return {"train": range(0, first_eval), "eval": range(first_eval, n_rows), "all": range(n_rows)}[split]
+
+
+def load_ccneg(path: str | os.PathLike, image_root: str | os.PathLike | None = None, *, split: str = "eval",
+               strict: bool = True, context_length: int | None = None, tokenizer: Any = None,
+               eval_size: int = CCNEG_EVAL_SIZE, weights_only: bool = True) -> Loaded[NegationExample]:
+    """Read CC-Neg (`.pt`, `.csv` or `.jsonl`) into NegationExamples of one split.
+
+    caption = true caption, presence_negated = CC-Neg's negated caption (false for the image),
+    k = number of predicate-object pairs (from num_ops), cue = first negation word of the negated
+    caption. absence_negated, subject and distractor_image stay None: CC-Neg does not give them.
+    `row` is the row index in the whole file. weights_only: passed to torch.load; set False only
+    for a file you trust.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        rows, n_rows, k_of_row = _rows_from_torch(path, weights_only)
+        collector = Collector(path, strict)
+    elif suffix in (".csv", ".jsonl"):
+        collector = Collector(path, strict)
+        rows, n_rows, k_of_row = _rows_from_table(path, collector)
+    else:
+        raise DataError(path, None, f"CC-Neg files are .pt, .csv or .jsonl, not {suffix or 'extensionless'}")
+    wanted = split_rows(n_rows, split, eval_size)
+    resolve = ImageResolver(image_root)
+    token_limit = make_token_limit(context_length, tokenizer)
+    for row, image_path, annotation, clean in rows:
+        if row not in wanted:
+            continue
+        with collector.row(row):
+            caption, negated = _captions(annotation, clean)
+            if token_limit:
+                token_limit.check(caption, "caption")
+                token_limit.check(negated, "negative prompt")
+            image = resolve(image_path)
+            collector.add(NegationExample(image=image, caption=caption, presence_negated=negated,
+                                          cue=find_negation_cue(negated), k=k_of_row.get(row),
+                                          source=str(path), row=row, meta={"split": split}))
+    return collector.result()
+
+
+def _captions(annotation: Any, clean: bool) -> tuple[str, str]:
+    """(caption, negative prompt) from an annotation dict of the released format."""
+    if not isinstance(annotation, dict):
+        raise RowProblem(f"annotation should be a dict, found {type(annotation).__name__}")
+    caption_holder = cell(annotation, "json")
+    sop = cell(annotation, "sop_data")
+    if not isinstance(caption_holder, dict) or not isinstance(sop, dict):
+        raise RowProblem("annotation 'json' and 'sop_data' should both be dicts")
+    return text_cell(caption_holder, "caption", clean), text_cell(sop, "negative-prompt", clean)
+
+
+def _rows_from_torch(path: Path, weights_only: bool):
+    import torch
+
+    if not path.is_file():
+        raise DataError(path, None, "file not found")
+    if path.stat().st_size == 0:
+        raise DataError(path, None, "file is empty")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # a corrupt pickle can fail in any way (IndexError, KeyError, ...)
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(path, None, f"torch.load cannot read it: {first_line}") from None
+    if not isinstance(data, dict):
+        raise DataError(path, None, f"expected a dict with image_paths and annotations, found {type(data).__name__}")
+    missing = [key for key in ("image_paths", "annotations") if key not in data]
+    if missing:
+        raise DataError(path, None, f"missing key(s) {missing}; the file has {sorted(map(str, data))}")
+    image_paths, annotations = list(data["image_paths"]), list(data["annotations"])
+    if len(image_paths) != len(annotations):
+        raise DataError(path, None, f"{len(image_paths)} image_paths but {len(annotations)} annotations")
+    k_of_row = _k_of_row(path, data.get("num_ops"))
+    rows = ((row, str(image_path), annotation, True)
+            for row, (image_path, annotation) in enumerate(zip(image_paths, annotations)))
+    return rows, len(image_paths), k_of_row
+
+
+def _k_of_row(path: Path, num_ops: Any) -> dict[int, int]:
+    """Invert num_ops (K -> row indices) into row -> K."""
+    if num_ops is None:
+        return {}
+    if not isinstance(num_ops, dict):
+        raise DataError(path, None, f"num_ops should map K -> row indices, found {type(num_ops).__name__}")
+    k_of_row = {}
+    for k, indices in num_ops.items():
+        for index in indices:
+            k_of_row[int(index)] = int(k)
+    return k_of_row
+
+
+def _rows_from_table(path: Path, collector: Collector):
+    """Materialise a CSV / JSONL file into rows shaped like the .pt ones, and K per row."""
+    if path.suffix.lower() == ".csv":
+        records = iter_csv(path, ("image_path", "caption", ("negative_prompt", "negative-prompt")), collector)
+    else:
+        records = iter_jsonl(path, collector)
+    rows, k_of_row = [], {}
+    for row, record, clean in records:
+        with collector.row(row):
+            negated_key = "negative_prompt" if "negative_prompt" in record else "negative-prompt"
+            annotation = {"json": {"caption": text_cell(record, "caption", clean)},
+                          "sop_data": {"negative-prompt": text_cell(record, negated_key, clean)}}
+            if record.get("num_ops") not in (None, ""):
+                k_of_row[row] = int_cell(record, "num_ops")
+            rows.append((row, text_cell(record, "image_path", clean), annotation, clean))
+    # the split counts every row of the file, the skipped ones too
+    seen = [row for row, *_ in rows] + [row for row, _ in collector.report.skipped if isinstance(row, int)]
+    return rows, max(seen, default=-1) + 1, k_of_row

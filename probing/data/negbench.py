@@ -1,0 +1,89 @@
+"""NegBench (COCO) readers: the multiple-choice CSV and the (negated) retrieval CSVs.
+
+MCQ:       image_path, correct_answer, caption_0..caption_3, correct_answer_template
+Retrieval: positive_objects, negative_objects, filepath, image_id, captions
+           (the list cells are Python literals such as "['person', 'cup']", not JSON)
+
+The captions were rephrased by an LLM and some still hold its leftovers ("??  (To be rephrased)",
+notes in parentheses, quoted alternatives). `artifacts="flag"` (default) keeps such rows and lists
+them in the report, `"skip"` drops them (counted), `"keep"` does not look.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from probing.data.reading import (Collector, ImageResolver, RowProblem, int_cell, iter_csv, keep_after_artifact_check,
+                                  literal_list, make_token_limit, text_cell)
+from probing.data.records import Loaded, MCQItem, RetrievalItem
+
+MCQ_CAPTION_COLUMNS = ("caption_0", "caption_1", "caption_2", "caption_3")
+MCQ_COLUMNS = ("image_path", "correct_answer", *MCQ_CAPTION_COLUMNS, "correct_answer_template")
+MCQ_TEMPLATES = ("positive", "negative", "hybrid")
+RETRIEVAL_COLUMNS = ("positive_objects", "negative_objects", "filepath", "image_id", "captions")
+
+
+def load_negbench_mcq(path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
+                      strict: bool = True, artifacts: str = "flag", context_length: int | None = None,
+                      tokenizer: Any = None) -> Loaded[MCQItem]:
+    """Read NegBench's MCQ CSV into MCQItems (4 captions, index of the correct one, template type).
+
+    image_root: folder to resolve `image_path` against (by ever shorter tails of the path, down to
+        the file name); rows whose image is missing or unreadable raise (strict) or are skipped and
+        counted (strict=False). None: keep paths as written, unchecked.
+    context_length, tokenizer: if given, a caption longer than the context is a row problem.
+    """
+    collector = Collector(path, strict)
+    resolve = ImageResolver(image_root)
+    token_limit = make_token_limit(context_length, tokenizer)
+    for row, record, clean in iter_csv(path, MCQ_COLUMNS, collector):
+        with collector.row(row):
+            captions = [text_cell(record, column, clean) for column in MCQ_CAPTION_COLUMNS]
+            correct = int_cell(record, "correct_answer")
+            if not 0 <= correct < len(captions):
+                raise RowProblem(f"correct_answer {correct} is not a caption index 0..{len(captions) - 1}")
+            template = text_cell(record, "correct_answer_template", clean).strip()
+            if template not in MCQ_TEMPLATES:
+                raise RowProblem(f"correct_answer_template {template!r} is not one of {MCQ_TEMPLATES}")
+            if token_limit:
+                for column, caption in zip(MCQ_CAPTION_COLUMNS, captions):
+                    token_limit.check(caption, column)
+            keep, reasons = keep_after_artifact_check(captions, row, collector, artifacts)
+            if not keep:
+                continue
+            image = resolve(text_cell(record, "image_path", clean))
+            meta = {"artifacts": reasons} if reasons else {}
+            collector.add(MCQItem(image, captions, correct, template, source=str(path), row=row, meta=meta))
+    return collector.result()
+
+
+def load_negbench_retrieval(path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
+                            strict: bool = True, artifacts: str = "flag", context_length: int | None = None,
+                            tokenizer: Any = None) -> Loaded[RetrievalItem]:
+    """Read a NegBench retrieval CSV (plain or negated) into RetrievalItems.
+
+    Same options as `load_negbench_mcq`. `positive_objects` / `negative_objects` feed the rule-based
+    generator (`probing.data.generator`).
+    """
+    collector = Collector(path, strict)
+    resolve = ImageResolver(image_root)
+    token_limit = make_token_limit(context_length, tokenizer)
+    for row, record, clean in iter_csv(path, RETRIEVAL_COLUMNS, collector):
+        with collector.row(row):
+            captions = literal_list(record, "captions", clean)
+            if not captions:
+                raise RowProblem("field 'captions' is an empty list")
+            positives = literal_list(record, "positive_objects", clean)
+            negatives = literal_list(record, "negative_objects", clean)
+            image_id = int_cell(record, "image_id")
+            if token_limit:
+                for i, caption in enumerate(captions):
+                    token_limit.check(caption, f"caption {i}")
+            keep, reasons = keep_after_artifact_check(captions, row, collector, artifacts)
+            if not keep:
+                continue
+            image = resolve(text_cell(record, "filepath", clean))
+            meta = {"artifacts": reasons} if reasons else {}
+            collector.add(RetrievalItem(image, captions, positives, negatives, image_id,
+                                        source=str(path), row=row, meta=meta))
+    return collector.result()

@@ -1,0 +1,410 @@
+"""Low-level reading shared by the loaders: files, rows, images, caption checks, strict vs lenient.
+
+Every problem becomes a `DataError` naming the file, the row and what is wrong; no traceback from
+inside csv, json, pandas or PIL reaches the user. Problems are of two kinds:
+
+- file-level (missing, empty, unparseable as a whole, a required column absent): always raise;
+- row-level (a malformed row, a missing value, a missing or unreadable image, an overlong caption,
+  bytes that are not UTF-8): raise in strict mode, or in lenient mode skip the row and count it in
+  the LoadReport with its reason.
+
+Rows are numbered from 0 in file order, header excluded (the index pandas would give); JSON
+dictionaries are named by their key.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from probing.data.records import DataError, Loaded, LoadReport
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class RowProblem(Exception):
+    """Raised while parsing one row; the Collector turns it into a DataError or a counted skip."""
+
+
+# ---------------------------------------------------------------------------------------------
+# strict / lenient bookkeeping
+
+
+class Collector:
+    """Gathers the records of one load and applies the strict / lenient policy to row problems."""
+
+    def __init__(self, path: str | os.PathLike, strict: bool):
+        self.path = str(path)
+        self.strict = strict
+        self.items: list = []
+        self.report = LoadReport(path=self.path)
+
+    @contextlib.contextmanager
+    def row(self, row: int | str) -> Iterator[None]:
+        """Run the parsing of one row; a RowProblem inside raises (strict) or is counted (lenient)."""
+        try:
+            yield
+        except RowProblem as problem:
+            self.problem(row, str(problem))
+
+    def problem(self, row: int | str | None, problem: str) -> None:
+        if self.strict:
+            raise DataError(self.path, row, problem) from None
+        self.report.skipped.append((row, problem))
+
+    def flag(self, row: int | str | None, remark: str) -> None:
+        self.report.flagged.append((row, remark))
+
+    def add(self, item: Any) -> None:
+        self.items.append(item)
+
+    def result(self) -> Loaded:
+        self.report.loaded = len(self.items)
+        return Loaded(self.items, self.report)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def read_text(path: str | os.PathLike) -> tuple[str, bool]:
+    """Read a UTF-8 text file. Returns (text, clean).
+
+    A file with bytes that are not UTF-8 is decoded with U+FFFD in their place and `clean` is
+    False, so that the caller can name the rows that hold them (`check_text`) instead of failing
+    on the whole file.
+    """
+    data = read_bytes(path)
+    try:
+        return data.decode("utf-8-sig"), True
+    except UnicodeDecodeError:
+        return data.decode("utf-8-sig", errors="replace"), False
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, "file not found")
+    if path.is_dir():
+        raise DataError(path, None, "is a folder, expected a file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(path, None, f"cannot read file ({err.strerror or err})") from None
+    if not data.strip():
+        raise DataError(path, None, "file is empty")
+    return data
+
+
+def check_text(value: str, clean_file: bool, what: str) -> None:
+    """Raise a RowProblem if `value` came from bytes that were not valid UTF-8."""
+    if not clean_file and REPLACEMENT_CHAR in value:
+        raise RowProblem(f"not valid UTF-8: {what} holds undecodable bytes")
+
+
+def read_json(path: str | os.PathLike) -> tuple[Any, bool]:
+    """Parse a whole JSON document. Returns (object, clean) as `read_text` does."""
+    text, clean = read_text(path)
+    try:
+        return json.loads(text), clean
+    except json.JSONDecodeError as err:
+        raise DataError(path, None, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+
+
+def iter_jsonl(path: str | os.PathLike, collector: Collector) -> Iterator[tuple[int, dict, bool]]:
+    """Yield (row, object, clean) for each non-blank line; bad lines go to the collector."""
+    text, clean = read_text(path)
+    row = -1
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        row += 1
+        with collector.row(row):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RowProblem(f"invalid JSON line: {err.msg} at column {err.colno}") from None
+            if not isinstance(obj, dict):
+                raise RowProblem(f"expected a JSON object, found {type(obj).__name__}")
+            yield row, obj, clean
+
+
+def iter_csv(path: str | os.PathLike, required: Sequence[str | tuple[str, ...]],
+             collector: Collector) -> Iterator[tuple[int, dict[str, str], bool]]:
+    """Yield (row, {column: cell}, clean) for each data row of a CSV file with a header.
+
+    Raises a DataError if a required column is absent. A row with the wrong number of fields goes
+    to the collector (strict: error, lenient: counted skip).
+    """
+    text, clean = read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+    except (csv.Error, StopIteration) as err:
+        raise DataError(path, None, f"cannot read the CSV header ({err})") from None
+    header = [name.strip() for name in header]
+    # a required entry is a column name, or a tuple of names of which one must be present
+    missing = [name for name in required
+               if not (set(name) & set(header) if isinstance(name, tuple) else name in header)]
+    if missing:
+        shown = [" or ".join(name) if isinstance(name, tuple) else name for name in missing]
+        raise DataError(path, None, f"missing column(s) {shown}; the header has {header}")
+    row = -1
+    while True:
+        line = reader.line_num + 1  # first line of the next record
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            # the reader resumes at the next line; a quote left open runs to the end of the file
+            row += 1
+            hint = " (a quote left open swallows the rest of the file)" if "end of data" in str(err) else ""
+            collector.problem(row, f"malformed row (line {line}): {err}{hint}")
+            continue
+        if not cells or all(not cell.strip() for cell in cells):
+            continue
+        row += 1
+        with collector.row(row):
+            if len(cells) != len(header):
+                raise RowProblem(f"malformed row (line {line}): expected {len(header)} fields, found {len(cells)}")
+            yield row, dict(zip(header, cells)), clean
+
+
+def cell(record: dict, key: str, what: str | None = None) -> Any:
+    """record[key], with a RowProblem (not a KeyError) when it is absent or empty."""
+    if key not in record:
+        raise RowProblem(f"missing field '{key}'")
+    value = record[key]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise RowProblem(f"empty {what or 'field'} '{key}'")
+    return value
+
+
+def text_cell(record: dict, key: str, clean_file: bool = True) -> str:
+    value = cell(record, key)
+    if not isinstance(value, str):
+        raise RowProblem(f"field '{key}' should be text, found {type(value).__name__}")
+    check_text(value, clean_file, f"field '{key}'")
+    return value
+
+
+def int_cell(record: dict, key: str) -> int:
+    value = cell(record, key)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RowProblem(f"field '{key}' should be an integer, found {value!r}") from None
+    if not number.is_integer():
+        raise RowProblem(f"field '{key}' should be an integer, found {value!r}")
+    return int(number)
+
+
+def literal_list(record: dict, key: str, clean_file: bool = True) -> list[str]:
+    """A cell holding a Python-literal list of strings, as NegBench writes them: "['a', 'b']"."""
+    import ast
+
+    raw = text_cell(record, key, clean_file)
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise RowProblem(f"field '{key}' is not a Python list literal: {raw[:60]!r}") from None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise RowProblem(f"field '{key}' should be a list of strings, found {raw[:60]!r}")
+    return list(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+class ImageResolver:
+    """Turn the image paths written in a data file into files under a user-given image root.
+
+    Data files name images in many ways: a bare file name (SugarCREPE), a path from the authors'
+    machine (`data/coco/images/val2017/000000397133.jpg`, `/workspace/datasets/cc3m/...`). The
+    resolver tries, under `image_root`: the path as written, then ever shorter tails of it, down
+    to the bare file name. With no image root, paths are returned as written and not checked
+    (text-only use). A missing or unreadable image is a RowProblem naming the path.
+    """
+
+    def __init__(self, image_root: str | os.PathLike | None, check_readable: bool = True):
+        self.root = None if image_root is None else Path(image_root)
+        if self.root is not None and not self.root.is_dir():
+            raise DataError(self.root, None, "image root is not a folder")
+        self.check_readable = check_readable
+        self._readable: dict[Path, str | None] = {}
+
+    def __call__(self, written: str) -> str:
+        if self.root is None:
+            return written
+        found = self._find(written)
+        if found is None:
+            raise RowProblem(f"image not found: {written!r} under {self.root}")
+        if self.check_readable:
+            problem = self._problem_opening(found)
+            if problem:
+                raise RowProblem(f"image unreadable: {found} ({problem})")
+        return str(found)
+
+    def _find(self, written: str) -> Path | None:
+        path = Path(written.strip())
+        if path.is_absolute() and path.is_file():
+            return path
+        parts = [part for part in path.parts if part not in ("/", "\\", "..", ".")]
+        for start in range(len(parts)):
+            candidate = self.root.joinpath(*parts[start:])
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def _problem_opening(self, path: Path) -> str | None:
+        if path not in self._readable:
+            self._readable[path] = image_problem(path)
+        return self._readable[path]
+
+
+def image_problem(path: str | os.PathLike) -> str | None:
+    """None if PIL can open the file and read its size, else a short reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+        if width == 0 or height == 0:
+            return "image has zero size"
+        return None
+    except UnidentifiedImageError:
+        return "not an image file PIL can identify"
+    except (OSError, ValueError, SyntaxError) as err:
+        return f"PIL cannot open it: {err}"
+
+
+def load_image(image: str | os.PathLike | np.ndarray, *, source: str | None = None,
+               row: int | str | None = None) -> np.ndarray:
+    """An RGB uint8 array [H, W, 3] from a path or an array; a DataError naming the image otherwise."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DataError(source, row, f"image array should be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        return image
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as opened:
+            return np.asarray(opened.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(source, row, f"image not found: {image}") from None
+    except UnidentifiedImageError:
+        raise DataError(source, row, f"image unreadable: {image} (not an image file PIL can identify)") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(source, row, f"image unreadable: {image} ({err})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# captions
+
+
+class TokenLimit:
+    """Checks that a caption fits the text encoder's context (CLIP: 77 tokens with start and end).
+
+    tokenizer: a callable text -> token ids WITHOUT start/end tokens, or an object with such an
+    `encode` method (open_clip's SimpleTokenizer). Default: open_clip's CLIP BPE tokenizer,
+    imported on first use so that importing probing.data stays fast.
+    """
+
+    def __init__(self, context_length: int, tokenizer: Callable[[str], Sequence[int]] | Any = None):
+        if context_length < 3:
+            raise ValueError(f"context_length must be at least 3, got {context_length}")
+        self.context_length = context_length
+        self._tokenizer = tokenizer
+        self._encode: Callable[[str], Sequence[int]] | None = None
+
+    def count(self, text: str) -> int:
+        """Tokens the encoder sees: the caption's BPE tokens plus start and end."""
+        if self._encode is None:
+            self._encode = self._make_encode()
+        return len(self._encode(text)) + 2
+
+    def check(self, text: str, what: str = "caption") -> None:
+        n = self.count(text)
+        if n > self.context_length:
+            raise RowProblem(f"caption too long: {what} has {n} tokens, more than the context of "
+                             f"{self.context_length}: {text[:60]!r}...")
+
+    def _make_encode(self) -> Callable[[str], Sequence[int]]:
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            from open_clip.tokenizer import SimpleTokenizer
+
+            tokenizer = SimpleTokenizer()
+        encode = getattr(tokenizer, "encode", None)
+        return encode if callable(encode) else tokenizer
+
+
+def make_token_limit(context_length: int | None, tokenizer: Any = None) -> TokenLimit | None:
+    return None if context_length is None else TokenLimit(context_length, tokenizer)
+
+
+# Leftover text from the LLM that wrote NegBench's captions: "??  (To be rephrased)", notes in
+# parentheses, "# Changed to ...", alternatives joined by `" or "`, "-> ...". The list is built from
+# the real files; every rule fires on at least one of their rows.
+_ARTIFACT_RULES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"\?\?"), "placeholder '??'"),
+    (re.compile(r"\brephras", re.IGNORECASE), "talks about rephrasing"),
+    (re.compile(r"\bcaptions?\b", re.IGNORECASE), "talks about the caption"),
+    (re.compile(r"^\s*ANS\s*:", re.IGNORECASE), "answer prefix"),
+    (re.compile(r"#(?!\d)"), "comment marker '#'"),
+    (re.compile(r"->|=>"), "arrow"),
+    (re.compile(r'(?:^|")\s*\('), "parenthetical remark after the caption"),
+]
+# Quotes inside a real caption are normal (a sign that reads "STOP"); these patterns are not:
+_QUOTE_RULES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r'^\s*"[^"]*"\s*[^\s."]'), "quoted caption followed by a remark"),
+    (re.compile(r'"\s*(?:or|and another option)?\s*"[A-Z]'), "quoted alternatives"),
+    (re.compile(r'^[^"]*[\w.!?]"\s+\S|\.\s+"\s+\w'), "quote closed that was never opened"),
+    (re.compile(r':\s*"|\S\s*"\s*(?:This|The) image'), "remark before a quoted caption"),
+]
+
+
+def generation_artifact(text: str) -> str | None:
+    """Why `text` looks like leftover generation text rather than a caption, or None.
+
+    A caption wrapped in one pair of quotes ("A cat on a mat.") is not flagged, nor are quotes
+    inside it (a sign that reads "STOP"); an odd number of quotes (a quoted alternative cut in
+    half), a quoted caption followed by a remark, or several quoted alternatives are.
+    """
+    for pattern, reason in _ARTIFACT_RULES + _QUOTE_RULES:
+        if pattern.search(text):
+            return reason
+    if text.count('"') % 2:
+        return "unbalanced quotes"
+    return None
+
+
+def keep_after_artifact_check(captions: Sequence[str], row: int | str, collector: Collector,
+                              mode: str) -> tuple[bool, list[str]]:
+    """Apply the artifact policy to the captions of one row. Returns (keep the row?, reasons).
+
+    mode "flag": keep the row and note each artifact in the report's `flagged`;
+    "skip": drop the row, counted in the report's `skipped` (in strict mode too: the user asked);
+    "keep": no check.
+    """
+    if mode not in ("flag", "skip", "keep"):
+        raise ValueError(f"artifacts must be 'flag', 'skip' or 'keep', got {mode!r}")
+    if mode == "keep":
+        return True, []
+    reasons = [f"caption {i}: {reason}" for i, text in enumerate(captions)
+               if (reason := generation_artifact(text))]
+    if reasons and mode == "skip":
+        collector.report.skipped.append((row, "generation artifact: " + "; ".join(reasons)))
+        return False, reasons
+    for reason in reasons:
+        collector.flag(row, f"generation artifact: {reason}")
+    return True, reasons
