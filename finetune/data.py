@@ -1,0 +1,140 @@
+"""Turn negation examples into what the training loop reads: cached image features and tokens.
+
+The image tower is frozen, so image (and distractor image) features are computed once, in eval
+mode without gradients, and kept on the device; captions are tokenised once up front. Examples
+are duck-typed: anything with `image`, `caption`, `presence_negated`, `absence_negated` and
+`distractor_image` attributes works (probing.data.records.NegationExample is the real one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from finetune.distributed import DistContext
+from finetune.losses import LossSpec
+from probing.data.records import DataError
+
+# loss feature name -> example attribute holding that caption
+CAPTION_FIELDS = {"caption": "caption", "presence_negated": "presence_negated", "absence_negated": "absence_negated"}
+
+
+@dataclass
+class TrainingData:
+    tokens: dict[str, torch.Tensor]  # feature name -> [N, context_length] token ids (CPU)
+    image: torch.Tensor  # [N, d] normalised float32 image features (device)
+    distractor: torch.Tensor | None  # [N, d] or None
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+
+def prepare_data(
+    model: nn.Module,
+    tokenizer: Callable,
+    preprocess: Callable,
+    examples: Sequence[Any],
+    spec: LossSpec,
+    *,
+    device: torch.device,
+    dist: DistContext,
+    image_root: str | Path | None = None,
+    image_batch_size: int = 256,
+    autocast: bool = False,
+) -> TrainingData:
+    if len(examples) == 0:
+        raise DataError(None, None, "no training examples")
+    tokens = {name: tokenizer(_captions(examples, CAPTION_FIELDS[name])).long() for name in spec.texts}
+    use_distractor = _use_distractors(examples, spec)
+
+    def encode(images: Sequence[Any]) -> torch.Tensor:
+        return encode_images(model, preprocess, images, device=device, image_root=image_root,
+                             batch_size=image_batch_size, autocast=autocast)
+
+    image = dist.map_sharded(_indexed(examples, "image"), encode)
+    distractor = dist.map_sharded(_indexed(examples, "distractor_image"), encode) if use_distractor else None
+    return TrainingData(tokens, image, distractor)
+
+
+def _indexed(examples: Sequence[Any], attribute: str) -> list[tuple[int, Any, Any]]:
+    """(index, example, image) triples, so that errors can name the example."""
+    return [(index, example, getattr(example, attribute)) for index, example in enumerate(examples)]
+
+
+def _where(example: Any, index: int) -> tuple[str | None, Any]:
+    source = getattr(example, "source", None)
+    row = getattr(example, "row", None)
+    return source, row if row is not None else f"{index} (example index)"
+
+
+def _captions(examples: Sequence[Any], attribute: str) -> list[str]:
+    captions = []
+    for index, example in enumerate(examples):
+        text = getattr(example, attribute, None)
+        if not isinstance(text, str) or not text.strip():
+            source, row = _where(example, index)
+            raise DataError(source, row, f"the loss needs a {attribute} caption, but this example has {text!r}")
+        captions.append(text)
+    return captions
+
+
+def _use_distractors(examples: Sequence[Any], spec: LossSpec) -> bool:
+    if spec.distractor == "no":
+        return False
+    missing = [i for i, ex in enumerate(examples) if getattr(ex, "distractor_image", None) is None]
+    if not missing:
+        return True
+    if spec.distractor == "optional" and len(missing) == len(examples):
+        return False  # e.g. CoN-CLIP falls back to its two-term form
+    source, row = _where(examples[missing[0]], missing[0])
+    need = "needs" if spec.distractor == "required" else "uses them only when every example has one, and"
+    raise DataError(source, row, f"{spec.fn.__name__} {need} a distractor image; {len(missing)} of "
+                                 f"{len(examples)} examples have none")
+
+
+@torch.no_grad()
+def encode_images(model: nn.Module, preprocess: Callable, images: Sequence[tuple[int, Any, Any]], *,
+                  device: torch.device, image_root: str | Path | None = None, batch_size: int = 256,
+                  autocast: bool = False) -> torch.Tensor:
+    """L2-normalised float32 image features [N, d] of (index, example, image) triples."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.stack([preprocess(_to_pil(example, image, image_root, index))
+                              for index, example, image in images[start:start + batch_size]]).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            features = model.encode_image(pixels)
+        chunks.append(F.normalize(features.float(), dim=-1))
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+def _to_pil(example: Any, image: Any, image_root: str | Path | None, index: int):
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            source, row = _where(example, index)
+            raise DataError(source, row, f"image array must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+        return Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if image_root is not None and not path.is_absolute():
+            path = Path(image_root) / path
+        try:
+            with Image.open(path) as handle:
+                return handle.convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            source, row = _where(example, index)
+            problem = "does not exist" if not path.exists() else f"is not a readable image ({type(error).__name__})"
+            raise DataError(source, row, f"image file {path} {problem}") from None
+    source, row = _where(example, index)
+    raise DataError(source, row, f"image must be a file path or a uint8 array, got {type(image).__name__}")

@@ -1,0 +1,160 @@
+"""The layer plan: which parts of the text tower fine-tuning trains.
+
+The layer selector (analysis) writes a plan as JSON; fine-tuning only reads it. Example:
+
+    {"blocks": [0, 1, 2, 3, 4, 5], "train_embeddings": true, "train_ln_final": true,
+     "train_projection": true, "train_logit_scale": true, "lr_weights": {"0": 1.0, "5": 0.5},
+     "rule": "front-6", "evidence": {}}
+
+Block indices are checked against the model's depth when the plan is applied (`validate`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class PlanError(ValueError):
+    """A layer plan that cannot be used; the message says which file and what is wrong."""
+
+
+@dataclass
+class LayerPlan:
+    blocks: list[int]
+    train_embeddings: bool = False
+    train_ln_final: bool = False
+    train_projection: bool = False
+    train_logit_scale: bool = False
+    lr_weights: dict[int, float] | None = None  # block index -> learning-rate multiplier
+    rule: str = "manual"
+    evidence: dict[str, Any] = field(default_factory=dict)  # free-form, written by the selector
+
+    def __post_init__(self) -> None:
+        self.blocks, self.lr_weights = _clean_blocks(self.blocks, self.lr_weights)
+        for name in ("train_embeddings", "train_ln_final", "train_projection", "train_logit_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise PlanError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.rule, str):
+            raise PlanError(f"rule must be a string, got {self.rule!r}")
+        if not isinstance(self.evidence, dict):
+            raise PlanError(f"evidence must be a JSON object, got {type(self.evidence).__name__}")
+
+    # --- constructors -------------------------------------------------------------------------
+    @classmethod
+    def front(cls, n: int, *, train_embeddings: bool = True, train_ln_final: bool = True,
+              train_projection: bool = True, train_logit_scale: bool = True) -> "LayerPlan":
+        """Blocks 0..n-1; the extras default to what Omni-NegCLIP's "front" setting trains."""
+        if n < 1:
+            raise PlanError(f"front(n) needs n >= 1, got {n}")
+        return cls(list(range(n)), train_embeddings, train_ln_final, train_projection, train_logit_scale,
+                   rule=f"front-{n}")
+
+    @classmethod
+    def whole_text_tower(cls, n_layers: int) -> "LayerPlan":
+        """Every text block plus embeddings, final LayerNorm and projection (CoN-CLIP's setup)."""
+        return cls(list(range(n_layers)), True, True, True, False, rule="whole-text-tower")
+
+    @classmethod
+    def from_layers(cls, spec: str, **extras: Any) -> "LayerPlan":
+        """Parse a layer list such as "0-5", "0,1,2" or "0-2,7"."""
+        return cls(parse_layers(spec), rule=f"layers {spec}", **extras)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "<plan>") -> "LayerPlan":
+        if not isinstance(data, dict):
+            raise PlanError(f"{source}: a layer plan must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PlanError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        if "blocks" not in data:
+            raise PlanError(f"{source}: missing key 'blocks' (list of text block indices to train)")
+        try:
+            return cls(**data)
+        except PlanError as error:
+            raise PlanError(f"{source}: {error}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LayerPlan":
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"layer plan file {path} does not exist")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise PlanError(f"layer plan file {path} is not valid JSON: {error}") from None
+        return cls.from_dict(data, source=str(path))
+
+    # --- use ----------------------------------------------------------------------------------
+    def validate(self, n_layers: int) -> None:
+        """Raise PlanError if a block index does not exist in a text tower of `n_layers` blocks."""
+        outside = [b for b in self.blocks if b >= n_layers]
+        if outside:
+            raise PlanError(
+                f"layer plan ({self.rule}) lists block(s) {outside}, but the text tower has {n_layers} "
+                f"blocks (0..{n_layers - 1})"
+            )
+
+    def lr_weight(self, block: int) -> float:
+        return 1.0 if self.lr_weights is None else self.lr_weights.get(block, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.lr_weights is not None:  # JSON object keys are strings
+            data["lr_weights"] = {str(k): v for k, v in self.lr_weights.items()}
+        return data
+
+    def save(self, path: str | Path) -> Path:
+        from probing.io import atomic_write_json
+
+        return atomic_write_json(path, self.to_dict())
+
+    def describe(self) -> str:
+        extras = [name for name, on in (("embeddings", self.train_embeddings), ("ln_final", self.train_ln_final),
+                                        ("projection", self.train_projection), ("logit_scale", self.train_logit_scale)) if on]
+        blocks = ",".join(map(str, self.blocks)) or "none"
+        return f"{self.rule}: blocks [{blocks}]" + (f" + {', '.join(extras)}" if extras else "")
+
+
+def parse_layers(spec: str) -> list[int]:
+    """"0-5" -> [0..5], "0,2,4" -> [0, 2, 4], "0-2,7" -> [0, 1, 2, 7]."""
+    blocks: list[int] = []
+    for piece in str(spec).replace(" ", "").split(","):
+        try:
+            if "-" in piece:
+                low, high = (int(x) for x in piece.split("-", 1))
+                if high < low:
+                    raise ValueError
+                blocks.extend(range(low, high + 1))
+            else:
+                blocks.append(int(piece))
+        except ValueError:
+            raise PlanError(f"bad layer list {spec!r}: use indices and ranges such as '0-5' or '0,1,2'") from None
+    return blocks
+
+
+def _clean_blocks(blocks: Any, lr_weights: Any) -> tuple[list[int], dict[int, float] | None]:
+    if not isinstance(blocks, (list, tuple)) or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
+        raise PlanError(f"blocks must be a list of integers, got {blocks!r}")
+    if any(b < 0 for b in blocks):
+        raise PlanError(f"block indices must be >= 0, got {sorted(b for b in blocks if b < 0)}")
+    if len(set(blocks)) != len(blocks):
+        raise PlanError(f"blocks lists an index twice: {list(blocks)}")
+    if lr_weights is None:
+        return sorted(blocks), None
+    if not isinstance(lr_weights, dict):
+        raise PlanError(f"lr_weights must map block index to a multiplier, got {type(lr_weights).__name__}")
+    cleaned: dict[int, float] = {}
+    for key, value in lr_weights.items():
+        try:
+            block = int(key)
+        except (TypeError, ValueError):
+            raise PlanError(f"lr_weights key {key!r} is not a block index") from None
+        if block not in blocks:
+            raise PlanError(f"lr_weights gives block {block} a weight, but block {block} is not trained (not in blocks)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise PlanError(f"lr_weights[{block}] must be a positive number, got {value!r}")
+        cleaned[block] = float(value)
+    return sorted(blocks), cleaned
