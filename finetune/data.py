@@ -8,7 +8,6 @@ are duck-typed: anything with `image`, `caption`, `presence_negated`, `absence_n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,6 +17,7 @@ from torch import nn
 
 from finetune.distributed import DistContext
 from finetune.losses import LossSpec
+from probing.data.reading import load_image
 from probing.data.records import DataError
 
 # loss feature name -> example attribute holding that caption
@@ -43,7 +43,6 @@ def prepare_data(
     *,
     device: torch.device,
     dist: DistContext,
-    image_root: str | Path | None = None,
     image_batch_size: int = 256,
     autocast: bool = False,
 ) -> TrainingData:
@@ -53,8 +52,8 @@ def prepare_data(
     use_distractor = _use_distractors(examples, spec)
 
     def encode(images: Sequence[Any]) -> torch.Tensor:
-        return encode_images(model, preprocess, images, device=device, image_root=image_root,
-                             batch_size=image_batch_size, autocast=autocast)
+        return encode_images(model, preprocess, images, device=device, batch_size=image_batch_size,
+                             autocast=autocast)
 
     image = dist.map_sharded(_indexed(examples, "image"), encode)
     distractor = dist.map_sharded(_indexed(examples, "distractor_image"), encode) if use_distractor else None
@@ -99,14 +98,14 @@ def _use_distractors(examples: Sequence[Any], spec: LossSpec) -> bool:
 
 @torch.no_grad()
 def encode_images(model: nn.Module, preprocess: Callable, images: Sequence[tuple[int, Any, Any]], *,
-                  device: torch.device, image_root: str | Path | None = None, batch_size: int = 256,
+                  device: torch.device, batch_size: int = 256,
                   autocast: bool = False) -> torch.Tensor:
     """L2-normalised float32 image features [N, d] of (index, example, image) triples."""
     was_training = model.training
     model.eval()
     chunks = []
     for start in range(0, len(images), batch_size):
-        pixels = torch.stack([preprocess(_to_pil(example, image, image_root, index))
+        pixels = torch.stack([preprocess(_to_pil(example, image, index))
                               for index, example, image in images[start:start + batch_size]]).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             features = model.encode_image(pixels)
@@ -115,26 +114,9 @@ def encode_images(model: nn.Module, preprocess: Callable, images: Sequence[tuple
     return torch.cat(chunks)
 
 
-def _to_pil(example: Any, image: Any, image_root: str | Path | None, index: int):
-    from PIL import Image, UnidentifiedImageError
+def _to_pil(example: Any, image: Any, index: int):
+    """An RGB PIL image from a path or a uint8 array, with the data loaders' errors."""
+    from PIL import Image
 
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            source, row = _where(example, index)
-            raise DataError(source, row, f"image array must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
-        return Image.fromarray(image)
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if image_root is not None and not path.is_absolute():
-            path = Path(image_root) / path
-        try:
-            with Image.open(path) as handle:
-                return handle.convert("RGB")
-        except (OSError, UnidentifiedImageError) as error:
-            source, row = _where(example, index)
-            problem = "does not exist" if not path.exists() else f"is not a readable image ({type(error).__name__})"
-            raise DataError(source, row, f"image file {path} {problem}") from None
     source, row = _where(example, index)
-    raise DataError(source, row, f"image must be a file path or a uint8 array, got {type(image).__name__}")
+    return Image.fromarray(load_image(image, source=source, row=row))

@@ -74,7 +74,6 @@ class TrainConfig:
     out_dir: str = "runs/finetune"
     resume: bool = False
     stop_at: int | None = None  # stop after this step as if interrupted (time-limited jobs, tests)
-    image_root: str | None = None
     image_batch_size: int = 256
     model_name: str = "unknown"  # stored in checkpoint metadata, so load_clip can rebuild the model
     tensorboard: bool = True
@@ -172,7 +171,7 @@ class Trainer:
         self.tower = TextTower.from_model(model)
         self.data: TrainingData = prepare_data(
             model, tokenizer, preprocess, examples, self.spec, device=self.device, dist=self.dist,
-            image_root=config.image_root, image_batch_size=config.image_batch_size, autocast=self.autocast)
+            image_batch_size=config.image_batch_size, autocast=self.autocast)
         self.order = DataOrder(len(self.data), config.batch_size, config.seed)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(model, plan, config)
