@@ -1,0 +1,231 @@
+"""The training loop on a tiny model: resume equality, schedule, clamp, caching, trimming, accumulation, NaN stop."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.checkpoint import latest_checkpoint
+from finetune.losses import LOSS_SPECS, LossSpec, clip_loss
+from finetune.plan import LayerPlan
+from finetune.train import (MAX_LOGIT_SCALE, NonFiniteLossError, ResumeError, TrainConfig, Trainer, build_optimizer,
+                            lr_factor, train)
+from probing.data.records import DataError, NegationExample
+from probing.models import load_clip
+
+WORDS = ["dog", "cat", "car", "tree", "ball", "cup", "hat", "lamp", "chair", "bird"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.conftest import tiny_config
+
+    path = tmp_path_factory.mktemp("cfg") / "tiny-train.json"
+    path.write_text(json.dumps(tiny_config(layers=3)))
+    return path
+
+
+def fresh(tiny):
+    torch.manual_seed(0)
+    return load_clip(str(tiny))
+
+
+def make_examples(n: int, *, seed: int = 0, distractors: bool = True) -> list[NegationExample]:
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(n):
+        a, b, c = rng.choice(WORDS, 3, replace=False)
+        image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        examples.append(NegationExample(
+            image=image, caption=f"a {a} and a {b}" + " on a very big table" * (i % 3),
+            presence_negated=f"a {a} and no {b}", absence_negated=f"a {a} and a {b} but no {c}",
+            distractor_image=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) if distractors else None))
+    return examples
+
+
+def config(tmp_path, name="run", **overrides) -> TrainConfig:
+    settings = dict(loss="omni", lr=1e-3, warmup_steps=2, steps=6, batch_size=6, grad_accum=2, out_dir=str(tmp_path / name),
+                    model_name="tiny-train", log_every=1, ckpt_every=100, progress=False, tensorboard=False)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+PLAN = LayerPlan(blocks=[0, 1], train_embeddings=True, train_projection=True, train_logit_scale=True)
+
+
+def run(tiny, examples, cfg, plan=PLAN):
+    model, preprocess, tokenizer = fresh(tiny)
+    result = train(model, tokenizer, preprocess, examples, plan, cfg)
+    return model, result
+
+
+def rows(out_dir):
+    with (out_dir / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- resume ---------------------------------------------------------------------------------------------
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tiny, tmp_path):
+    examples = make_examples(15)  # 2 batches per epoch: the 6 steps cross epochs, reshuffling each time
+    whole, whole_result = run(tiny, examples, config(tmp_path, "whole", tensorboard=True))
+    _, first = run(tiny, examples, config(tmp_path, "parts", stop_at=3))
+    assert first.step == 3 and first.model_path is None and first.checkpoint.step == 3
+    assert first.checkpoint.model_path.suffix == ".safetensors"
+    resumed, result = run(tiny, examples, config(tmp_path, "parts", resume=True))
+    assert result.step == 6
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resume"
+    columns = ("step", "epoch", "loss", "lr", "logit_scale", "grad_norm")
+    assert [[r[c] for c in columns] for r in rows(tmp_path / "parts")] == \
+           [[r[c] for c in columns] for r in rows(tmp_path / "whole")]
+    assert len(rows(tmp_path / "whole")) == 6 and rows(tmp_path / "whole")[-1]["epoch"] != "0"
+    assert list((tmp_path / "whole" / "tensorboard").glob("events.out.tfevents.*"))
+    # the exported weights load back with load_clip
+    reloaded, _, _ = load_clip(str(tiny), pretrained=str(whole_result.model_path))
+    for a, b in zip(whole.state_dict().values(), reloaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_refuses_changed_settings_and_fresh_runs_refuse_old_checkpoints(tiny, tmp_path):
+    examples = make_examples(12)
+    run(tiny, examples, config(tmp_path, steps=4, stop_at=2, loss="clip"))
+    with pytest.raises(ResumeError, match="lr"):
+        run(tiny, examples, config(tmp_path, steps=4, loss="clip", resume=True, lr=5e-4))
+    with pytest.raises(ResumeError, match="--resume"):
+        run(tiny, examples, config(tmp_path, steps=4, loss="clip"))
+
+
+# --- schedule, clamp, lr weights --------------------------------------------------------------------
+
+def test_warmup_then_cosine():
+    factors = [lr_factor(s, warmup_steps=4, total_steps=12) for s in range(12)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and factors[8] == pytest.approx(0.5) and factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+
+
+def test_logged_lr_follows_schedule_and_logit_scale_is_clamped(tiny, tmp_path):
+    model, preprocess, tokenizer = fresh(tiny)
+    with torch.no_grad():
+        model.logit_scale.fill_(5.0)  # t = 148 > 100
+    cfg = config(tmp_path, loss="clip", steps=4, warmup_steps=2, grad_accum=1)
+    train(model, tokenizer, preprocess, make_examples(12), PLAN, cfg)
+    assert model.logit_scale.item() <= MAX_LOGIT_SCALE
+    logged = rows(tmp_path / "run")
+    assert [float(r["lr"]) for r in logged] == pytest.approx([1e-3 * lr_factor(s, warmup_steps=2, total_steps=4) for s in range(4)])
+    assert all(float(r["logit_scale"]) <= 100.0 + 1e-4 for r in logged)
+
+
+def test_per_block_learning_rate_weights(tiny):
+    model, _, _ = fresh(tiny)
+    plan = LayerPlan(blocks=[0, 2], train_ln_final=True, lr_weights={0: 0.5, 2: 3.0})
+    from finetune.freezing import apply_plan
+
+    apply_plan(model, plan, verbose=False)
+    optimizer = build_optimizer(model, plan, TrainConfig(lr=1e-4, weight_decay=0.2))
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["blocks.0"]["lr"] == pytest.approx(0.5e-4) and groups["blocks.0/no_decay"]["lr"] == pytest.approx(0.5e-4)
+    assert groups["blocks.2"]["lr"] == pytest.approx(3e-4) and groups["ln_final/no_decay"]["lr"] == pytest.approx(1e-4)
+    assert groups["blocks.0"]["weight_decay"] == 0.2 and groups["blocks.0/no_decay"]["weight_decay"] == 0.0
+    in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert in_groups == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+# --- caching, trimming, accumulation ----------------------------------------------------------------
+
+def test_images_encoded_once_and_text_trimmed(tiny, tmp_path):
+    model, preprocess, tokenizer = fresh(tiny)
+    image_batches, text_lengths = [], []
+    model.visual.register_forward_hook(lambda module, args, out: image_batches.append(args[0].shape[0]))
+    model.token_embedding.register_forward_hook(lambda module, args, out: text_lengths.append(args[0].shape[1]))
+    examples = make_examples(12)
+    for example in examples:  # one long caption: batches without it must run shorter
+        example.caption = example.caption.split(" on a")[0]
+    examples[0].caption += " on a very big table"
+    cfg = config(tmp_path, loss="conclip", steps=5, image_batch_size=5)
+    train(model, tokenizer, preprocess, examples, PLAN, cfg)
+    # images and distractor images: 12 each, in batches of 5, once for the whole run (10 micro-batches)
+    assert image_batches == [5, 5, 2, 5, 5, 2]
+    longest = int(tokenizer([e.caption for e in examples]).argmax(-1).max()) + 1  # up to EOT
+    assert len(text_lengths) == 10 and max(text_lengths) == longest < tokenizer.context_length
+    assert min(text_lengths) < longest
+
+
+def test_accumulated_gradient_equals_naive_full_length_gradient(tiny, tmp_path):
+    """Cached image features + trimmed text + accumulation give the gradient of the plain formula."""
+    model, preprocess, tokenizer = fresh(tiny)
+    examples = make_examples(12)
+    cfg = config(tmp_path, loss="clip", batch_size=4, grad_accum=3, clip_grad_norm=None)
+    trainer = Trainer(model, tokenizer, preprocess, examples, PLAN, cfg)
+    model.zero_grad()
+    for k in range(3):  # the plain formula first, before the trainer's step changes the weights
+        _, indices = trainer.order.batch(k)
+        batch = [examples[i] for i in indices.tolist()]
+        pixels = torch.stack([preprocess(_pil(e.image)) for e in batch])
+        with torch.no_grad():
+            image = F.normalize(model.encode_image(pixels), dim=-1)
+        text = F.normalize(model.encode_text(tokenizer([e.caption for e in batch])), dim=-1)  # full 32 tokens
+        (clip_loss(image, text, scale=model.logit_scale.exp()) / 3).backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    captured = {}
+    trainer.optimizer.register_step_pre_hook(lambda *_: captured.update(
+        {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    trainer.train_step()
+    assert captured.keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(captured[name], grad, rtol=1e-4, atol=1e-6, msg=f"{name}")
+
+
+def _pil(array):
+    from PIL import Image
+
+    return Image.fromarray(array)
+
+
+# --- failures ---------------------------------------------------------------------------------------------
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def nan_on_fifth_call(image, text, *, scale):
+        calls["n"] += 1
+        loss = clip_loss(image, text, scale=scale)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setitem(LOSS_SPECS, "nan_test", LossSpec(nan_on_fifth_call, ("caption",)))
+    cfg = config(tmp_path, loss="nan_test", steps=6, grad_accum=1, ckpt_every=2)
+    with pytest.raises(NonFiniteLossError, match=r"step 5: loss is nan.*step_0000004 \(step 4\)"):
+        run(tiny, make_examples(12), cfg)
+    assert latest_checkpoint(tmp_path / "run").step == 4
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert [r["step"] for r in rows(tmp_path / "run")] == ["1", "2", "3", "4"]
+
+
+def test_bad_data_gives_the_loaders_errors(tiny, tmp_path):
+    examples = make_examples(8)
+    examples[3].presence_negated = None
+    examples[3].row, examples[3].source = 17, "mydata.csv"
+    with pytest.raises(DataError, match="mydata.csv, row 17: .*presence_negated"):
+        run(tiny, examples, config(tmp_path, loss="conclip", steps=1))
+    with pytest.raises(DataError, match="tripletclip_loss needs a distractor image; 8 of 8"):
+        run(tiny, make_examples(8, distractors=False), config(tmp_path, loss="tripletclip", steps=1))
+    broken = make_examples(8)
+    broken[2].image = str(tmp_path / "missing.png")
+    with pytest.raises(DataError, match="image not found"):
+        run(tiny, broken, config(tmp_path, loss="clip", steps=1))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        run(tiny, make_examples(4), config(tmp_path, loss="clip", steps=1))
+
+
+def test_conclip_without_distractors_trains_two_term_form(tiny, tmp_path, capsys):
+    _, result = run(tiny, make_examples(12, distractors=False), config(tmp_path, loss="conclip", steps=2, progress=True))
+    assert result.step == 2 and math.isfinite(result.loss)
+    err = capsys.readouterr().err
+    assert "loss=" in err and "samples_s=" in err  # the progress bar shows loss and throughput
