@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 # cue -> (negated clause, affirmative twin). {a_x}: object with article ("a green star"),
 # {x}: bare object ("green star").
@@ -98,23 +98,34 @@ def with_article(phrase: str) -> str:
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
-def list_phrase(mentions: Sequence[Mention]) -> str:
+def list_phrase(names: Sequence[str], article: Callable[[str], str] = with_article) -> str:
     """'a red circle', 'a red circle and a blue square', 'a red circle, a blue square and a star'."""
-    parts = [with_article(mention.text()) for mention in mentions]
+    parts = [article(name) for name in names]
     if len(parts) == 1:
         return parts[0]
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def affirmative_text(template: str, names: Sequence[str], article: Callable[[str], str] = with_article) -> str:
+    """An affirmative caption naming `names` with template `template` (an AFFIRMATIVE_TEMPLATES id)."""
+    return AFFIRMATIVE_TEMPLATES[template].format(objects=list_phrase(names, article))
+
+
+def framed_text(frame: str, cue: str, subjects: Sequence[str], target: str, negated: bool = True,
+                article: Callable[[str], str] = with_article) -> str:
+    """`subjects` named affirmatively and `target` in the cue's negated (or affirmative twin) clause.
+
+    Works on plain names, so the rule-based generator uses it for real object names too.
+    """
+    clause = CUES[cue][0 if negated else 1].format(x=target, a_x=article(target))
+    pattern = FRAME_FOR_CUE.get((frame, cue), NEGATION_FRAMES[frame])
+    return pattern.format(subject=list_phrase(subjects, article), clause=clause)
+
+
 def affirmative_caption(template: str, mentions: Sequence[Mention]) -> CaptionSpec:
     """A caption that says every mention is present."""
-    text = AFFIRMATIVE_TEMPLATES[template].format(objects=list_phrase(mentions))
+    text = affirmative_text(template, [mention.text() for mention in mentions])
     return CaptionSpec(text, tuple(mentions), (), template, None)
-
-
-def negation_clause(cue: str, mention: Mention, negated: bool = True) -> str:
-    clause = CUES[cue][0 if negated else 1]
-    return clause.format(x=mention.text(), a_x=with_article(mention.text()))
 
 
 def framed_caption(frame: str, cue: str, subjects: Sequence[Mention], target: Mention,
@@ -125,8 +136,7 @@ def framed_caption(frame: str, cue: str, subjects: Sequence[Mention], target: Me
     holds at least one object.
     """
     subject_mentions = tuple(subjects) or (Mention(None, None),)
-    pattern = FRAME_FOR_CUE.get((frame, cue), NEGATION_FRAMES[frame])
-    text = pattern.format(subject=list_phrase(subject_mentions), clause=negation_clause(cue, target, negated))
+    text = framed_text(frame, cue, [mention.text() for mention in subject_mentions], target.text(), negated)
     if negated:
         return CaptionSpec(text, subject_mentions, (target,), frame, cue)
     return CaptionSpec(text, subject_mentions + (target,), (), frame, None)

@@ -44,10 +44,11 @@ def load_coco_captions(path: str | os.PathLike, image_root: str | os.PathLike | 
 
 
 def load_coco_instances(path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
-                        strict: bool = True, include_crowd: bool = False) -> Loaded[CocoImage]:
+                        strict: bool = True) -> Loaded[CocoImage]:
     """One CocoImage per image that has at least one box: category names, largest total area first.
 
-    Crowd boxes (iscrowd=1) are left out unless include_crowd. An image without boxes is not an
+    Crowd boxes (iscrowd=1) count like the others: a crowd of people is people in the image, and
+    leaving it out would let the generator claim "no person". An image without boxes is not an
     error: it is counted in report.filtered. A box naming an unknown image or category is a row
     problem.
     """
@@ -64,8 +65,6 @@ def load_coco_instances(path: str | os.PathLike, image_root: str | os.PathLike |
             category_id = cell(annotation, "category_id")
             if category_id not in categories:
                 raise RowProblem(f"category_id {category_id!r} is not in 'categories'")
-            if annotation.get("iscrowd", 0) and not include_crowd:
-                continue
             bbox = cell(annotation, "bbox")
             if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
                 raise RowProblem(f"bbox should be [x, y, width, height], found {bbox!r}")
@@ -83,7 +82,7 @@ def load_coco_instances(path: str | os.PathLike, image_root: str | os.PathLike |
                                     source=str(path), row=f"images[{index}]"))
     result = collector.result()
     if without_boxes:
-        result.report.filtered["images without (non-crowd) boxes"] = without_boxes
+        result.report.filtered["images without boxes"] = without_boxes
     return result
 
 
