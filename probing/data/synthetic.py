@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from probing.data.captions import (AFFIRMATIVE_TEMPLATES, CUES, NEGATION_FRAMES, CaptionParser, CaptionSpec, Mention,
-                                   affirmative_caption, caption_truth, framed_caption, list_phrase, with_article)
+                                   affirmative_caption, caption_truth, framed_caption, with_article)
 from probing.data.records import NegationExample
 from probing.data.scenes import DRAWABLE_SHAPES, Scene, place_objects, render_scene
 
@@ -453,4 +453,4 @@ class SyntheticWorld:
 
 
 __all__ = ["WorldConfig", "SyntheticWorld", "ScopePair", "MinimalPair", "ProbeCaption", "Scene", "CaptionSpec",
-           "Mention", "caption_truth", "list_phrase", "DEFAULT_COLOURS"]
+           "Mention", "caption_truth", "DEFAULT_COLOURS"]
