@@ -12,7 +12,7 @@ import pytest
 from probing.data import (DataError, guess_kind, load_ccneg, load_coco_captions, load_coco_instances, load_dataset,
                           load_image, load_negbench_mcq, load_negbench_retrieval, load_sugarcrepe,
                           load_valse_existence, split_rows)
-from probing.data.reading import generation_artifact
+from probing.data.reading import TokenLimit, generation_artifact
 
 MCQ = "negbench/COCO_val_mcq_llama3.1_rephrased.csv"
 NEG_RETRIEVAL = "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv"
@@ -207,6 +207,19 @@ def test_caption_longer_than_the_clip_context(shared_data):
         load_negbench_retrieval(shared_data / NEG_RETRIEVAL, context_length=77)
 
 
+def test_token_count_matches_the_clip_tokenizer():
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    limit = TokenLimit(77, tokenizer)  # an object with .encode, as open_clip's SimpleTokenizer
+    for text in ["a red circle", "This image features a knife, but no car is present."]:
+        tokens = tokenizer([text])[0]
+        assert limit.count(text) == int((tokens != 0).sum())  # start + BPE tokens + end, no padding
+    padded = TokenLimit(77, lambda text: np.zeros((1, 77), dtype=np.int64))
+    with pytest.raises(TypeError, match="without padding"):
+        padded.count("a red circle")
+
+
 # ---------------------------------------------------------------------------------------------
 # CC-Neg: the released .pt layout and the same fields as CSV / JSONL, on a tiny file
 
@@ -364,15 +377,20 @@ def test_non_utf8_rows_are_named(tmp_path):
     lenient = load_negbench_mcq(path, strict=False)
     assert [item.captions[0] for item in lenient] == ["a cat", "fine"]
     assert lenient.report.skip_reasons() == {"not valid UTF-8": 1}
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes((MCQ_HEADER + mcq_row()).encode("utf-16"))
+    with pytest.raises(DataError, match="utf16.csv: the header is not valid UTF-8"):
+        load_negbench_mcq(utf16, strict=False)
 
 
 def test_missing_and_unreadable_images(tmp_path, image_folder):
     path = tmp_path / "mcq.csv"
-    path.write_text(MCQ_HEADER + mcq_row("data/coco/img.jpg") + mcq_row("gone.jpg") + mcq_row("broken.jpg"))
+    path.write_text(MCQ_HEADER + mcq_row("data/coco/img.jpg") + mcq_row("gone.jpg") + mcq_row("broken.jpg")
+                    + mcq_row("C:\\coco\\img.jpg"))
     with pytest.raises(DataError, match=r"row 1: image not found: 'gone.jpg' under"):
         load_negbench_mcq(path, image_folder)
     lenient = load_negbench_mcq(path, image_folder, strict=False)
-    assert [item.image for item in lenient] == [str(image_folder / "img.jpg")]  # resolved by its tail
+    assert [item.image for item in lenient] == [str(image_folder / "img.jpg")] * 2  # resolved by its tail
     assert lenient.report.skip_reasons() == {"image not found": 1, "image unreadable": 1}
     assert "broken.jpg" in dict(lenient.report.skipped)[2]
     with pytest.raises(DataError, match="broken.jpg.*image unreadable: .*broken.jpg"):

@@ -292,10 +292,14 @@ def test_pretraining_captions_are_true_and_name_shapes_alone_sometimes():
 
 
 def test_config_validation():
+    assert hash(WorldConfig()) == hash(WorldConfig()) and WorldConfig() == WorldConfig()
+    assert hash(replace(CFG, noise=0.0)) != hash(CFG)
     with pytest.raises(ValueError, match="not a colour-shape pair"):
         WorldConfig(heldout_objects=("pink circle",))
     with pytest.raises(ValueError, match="unknown held-out cue"):
         WorldConfig(heldout_cues=("nope",))
+    with pytest.raises(ValueError, match="single words"):
+        WorldConfig(colours={"dark red": (120, 0, 0), **CFG.colours})
     with pytest.raises(ValueError, match="cannot draw shapes"):
         WorldConfig(shapes=("hexagon",))
     with pytest.raises(ValueError, match="split must be one of"):

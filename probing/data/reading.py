@@ -115,7 +115,9 @@ def read_json(path: str | os.PathLike) -> tuple[Any, bool]:
     try:
         return json.loads(text), clean
     except json.JSONDecodeError as err:
-        raise DataError(path, None, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        encoding = "" if clean else " (the file is not valid UTF-8 either)"
+        raise DataError(path, None,
+                        f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}{encoding}") from None
 
 
 def iter_jsonl(path: str | os.PathLike, collector: Collector) -> Iterator[tuple[int, dict, bool]]:
@@ -150,6 +152,8 @@ def iter_csv(path: str | os.PathLike, required: Sequence[str | tuple[str, ...]],
     except (csv.Error, StopIteration) as err:
         raise DataError(path, None, f"cannot read the CSV header ({err})") from None
     header = [name.strip() for name in header]
+    if not clean and REPLACEMENT_CHAR in "".join(header):
+        raise DataError(path, None, "the header is not valid UTF-8: is this a UTF-8 text file?")
     # a required entry is a column name, or a tuple of names of which one must be present
     missing = [name for name in required
                if not (set(name) & set(header) if isinstance(name, tuple) else name in header)]
@@ -169,7 +173,7 @@ def iter_csv(path: str | os.PathLike, required: Sequence[str | tuple[str, ...]],
             hint = " (a quote left open swallows the rest of the file)" if "end of data" in str(err) else ""
             collector.problem(row, f"malformed row (line {line}): {err}{hint}")
             continue
-        if not cells or all(not cell.strip() for cell in cells):
+        if not cells or all(not value.strip() for value in cells):
             continue
         row += 1
         with collector.row(row):
@@ -255,7 +259,7 @@ class ImageResolver:
         return str(found)
 
     def _find(self, written: str) -> Path | None:
-        path = Path(written.strip())
+        path = Path(written.strip().replace("\\", "/"))  # paths written on Windows, too
         if path.is_absolute() and path.is_file():
             return path
         parts = [part for part in path.parts if part not in ("/", "\\", "..", ".")]
@@ -330,7 +334,12 @@ class TokenLimit:
         """Tokens the encoder sees: the caption's BPE tokens plus start and end."""
         if self._encode is None:
             self._encode = self._make_encode()
-        return len(self._encode(text)) + 2
+        ids = self._encode(text)
+        if getattr(ids, "ndim", 1) != 1:
+            # a batch tokenizer (open_clip's __call__, Hugging Face) pads to the context: lengths would lie
+            raise TypeError("the tokenizer must map one text to its token ids without padding "
+                            f"(like SimpleTokenizer.encode), got an array of shape {tuple(ids.shape)}")
+        return len(ids) + 2
 
     def check(self, text: str, what: str = "caption") -> None:
         n = self.count(text)

@@ -62,7 +62,15 @@ class WorldConfig:
     heldout_objects: tuple[str, ...] = ("red star", "green cross", "blue diamond", "yellow triangle")
     heldout_templates: tuple[str, ...] = ("while", "aff_shows")
 
+    def __hash__(self) -> int:
+        # the colour dict is not hashable; hash its items so a config can key a cache
+        values = [tuple(sorted(v.items())) if isinstance(v, dict) else v for v in vars(self).values()]
+        return hash(tuple(values))
+
     def __post_init__(self):
+        multiword = [name for name in [*self.colours, *self.shapes] if not name.isalpha()]
+        if multiword:
+            raise ValueError(f"colour and shape names must be single words (captions are parsed by word): {multiword}")
         unknown_shapes = [s for s in self.shapes if s not in DRAWABLE_SHAPES]
         if unknown_shapes:
             raise ValueError(f"cannot draw shapes {unknown_shapes}; drawable: {DRAWABLE_SHAPES}")
@@ -141,6 +149,11 @@ class ProbeCaption:
     pair: int
 
 
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
 def _heldout_axes(heldout: str | Sequence[str]) -> tuple[str, ...]:
     """'all', one axis name or several, as a sorted tuple of axis names."""
     axes = HELDOUT_AXES if heldout == "all" else (heldout,) if isinstance(heldout, str) else tuple(heldout)
@@ -150,7 +163,7 @@ def _heldout_axes(heldout: str | Sequence[str]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class _Vocabulary:
+class SplitVocabulary:
     """What one split (and held-out setting) may draw from."""
 
     cues: tuple[str, ...]
@@ -175,23 +188,22 @@ class SyntheticWorld:
 
     # ---- splits and seeds -------------------------------------------------------------------
 
-    def vocabulary(self, split: str, heldout: str | Sequence[str] = "all") -> _Vocabulary:
+    def vocabulary(self, split: str, heldout: str | Sequence[str] = "all") -> SplitVocabulary:
         """The cues, templates and objects that `split` draws from (see the module docstring)."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        _check_split(split)
         axes = set(_heldout_axes(heldout))
         held = self.config.heldout_templates
         train_frames = tuple(f for f in NEGATION_FRAMES if f not in held)
         train_affirmative = tuple(t for t in AFFIRMATIVE_TEMPLATES if t not in held)
         if split == "train":
-            return _Vocabulary(self.train_cues, train_frames, train_affirmative, self.train_objects, self.train_objects)
+            return SplitVocabulary(self.train_cues, train_frames, train_affirmative, self.train_objects, self.train_objects)
         test_frames = tuple(f for f in NEGATION_FRAMES if f in held)
         test_affirmative = tuple(t for t in AFFIRMATIVE_TEMPLATES if t in held) or train_affirmative
         for axis, pool in [("cue", self.config.heldout_cues), ("template", test_frames),
                            ("object", self.heldout_objects)]:
             if axis in axes and len(pool) < (2 if axis == "object" else 1):
                 raise ValueError(f"the test split holds out {axis}s but the config has too few held out: {pool}")
-        return _Vocabulary(
+        return SplitVocabulary(
             cues=tuple(self.config.heldout_cues) if "cue" in axes else self.train_cues,
             frames=test_frames if "template" in axes else train_frames,
             affirmative_templates=test_affirmative if "template" in axes else train_affirmative,
@@ -217,7 +229,7 @@ class SyntheticWorld:
         """`n` scenes with 1..max_objects distinct objects from the split's objects (all objects for test)."""
         rng = self._rng("scenes", split, seed)
         pool = self.train_objects if split == "train" else self.objects
-        self.vocabulary(split)  # validates split
+        _check_split(split)
         return [self.make_scene(rng, rng.sample(pool, rng.randint(1, self.config.max_objects))) for _ in range(n)]
 
     def render(self, scene: Scene) -> np.ndarray:
@@ -387,7 +399,7 @@ class SyntheticWorld:
         """
         if label not in ("object", "shape", "colour"):
             raise ValueError(f"label must be 'object', 'shape' or 'colour', got {label!r}")
-        self.vocabulary(split)  # validates split
+        _check_split(split)
         rng = self._rng("classification", split, seed)
         pool = list(self.train_objects if split == "train" else self.objects)
         classes = {"object": list(self.objects), "shape": list(self.config.shapes),
