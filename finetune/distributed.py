@@ -81,6 +81,12 @@ class DistContext:
         dist.all_gather(gathered, padded)
         return torch.cat(gathered)[: len(items)]
 
+    def broadcast_from_main(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's weights and buffers (a randomly initialised model would differ)."""
+        if self.enabled:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -167,6 +167,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         model.to(self.device)
+        self.dist.broadcast_from_main(model)
         self.summary = apply_plan(model, plan, verbose=self.dist.is_main)
         self.tower = TextTower.from_model(model)
         self.data: TrainingData = prepare_data(

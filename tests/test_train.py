@@ -16,10 +16,8 @@ from finetune.plan import LayerPlan
 from finetune.train import (MAX_LOGIT_SCALE, NonFiniteLossError, ResumeError, TrainConfig, Trainer, build_optimizer,
                             lr_factor, train)
 from probing.data.records import DataError, NegationExample
+from probing.data.synthetic import SyntheticWorld, WorldConfig
 from probing.models import load_clip
-
-WORDS = ["dog", "cat", "car", "tree", "ball", "cup", "hat", "lamp", "chair", "bird"]
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -36,15 +34,11 @@ def fresh(tiny):
 
 
 def make_examples(n: int, *, seed: int = 0, distractors: bool = True) -> list[NegationExample]:
-    rng = np.random.default_rng(seed)
-    examples = []
-    for i in range(n):
-        a, b, c = rng.choice(WORDS, 3, replace=False)
-        image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        examples.append(NegationExample(
-            image=image, caption=f"a {a} and a {b}" + " on a very big table" * (i % 3),
-            presence_negated=f"a {a} and no {b}", absence_negated=f"a {a} and a {b} but no {c}",
-            distractor_image=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) if distractors else None))
+    """Examples of the synthetic negation world (32x32 images), optionally without distractor images."""
+    examples = SyntheticWorld(WorldConfig(image_size=32), seed=0).examples(n, "train", seed=seed)
+    if not distractors:
+        for example in examples:
+            example.distractor_image = None
     return examples
 
 
@@ -145,14 +139,13 @@ def test_images_encoded_once_and_text_trimmed(tiny, tmp_path):
     model.visual.register_forward_hook(lambda module, args, out: image_batches.append(args[0].shape[0]))
     model.token_embedding.register_forward_hook(lambda module, args, out: text_lengths.append(args[0].shape[1]))
     examples = make_examples(12)
-    for example in examples:  # one long caption: batches without it must run shorter
-        example.caption = example.caption.split(" on a")[0]
-    examples[0].caption += " on a very big table"
+    examples[0].caption += " on a very big table in a very big room"  # batches without it run shorter
     cfg = config(tmp_path, loss="conclip", steps=5, image_batch_size=5)
     train(model, tokenizer, preprocess, examples, PLAN, cfg)
     # images and distractor images: 12 each, in batches of 5, once for the whole run (10 micro-batches)
     assert image_batches == [5, 5, 2, 5, 5, 2]
-    longest = int(tokenizer([e.caption for e in examples]).argmax(-1).max()) + 1  # up to EOT
+    texts = [e.caption for e in examples] + [e.presence_negated for e in examples]
+    longest = int(tokenizer(texts).argmax(-1).max()) + 1  # up to EOT
     assert len(text_lengths) == 10 and max(text_lengths) == longest < tokenizer.context_length
     assert min(text_lengths) < longest
 
@@ -180,7 +173,8 @@ def test_accumulated_gradient_equals_naive_full_length_gradient(tiny, tmp_path):
     trainer.train_step()
     assert captured.keys() == expected.keys()
     for name, grad in expected.items():
-        torch.testing.assert_close(captured[name], grad, rtol=1e-4, atol=1e-6, msg=f"{name}")
+        # float32 summation order differs (trimmed vs full length): ~1e-6 noise on near-cancelling sums
+        torch.testing.assert_close(captured[name], grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 def _pil(array):
@@ -229,3 +223,84 @@ def test_conclip_without_distractors_trains_two_term_form(tiny, tmp_path, capsys
     assert result.step == 2 and math.isfinite(result.loss)
     err = capsys.readouterr().err
     assert "loss=" in err and "samples_s=" in err  # the progress bar shows loss and throughput
+
+
+# --- the finetune-layers command ---------------------------------------------------------------------------
+
+def test_cli_help_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, finetune.cli as cli\n"
+            "cli.build_parser().format_help()\n"
+            "heavy = [m for m in ('torch', 'open_clip', 'transformer_lens') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_loss_choices_are_the_registry():
+    from finetune.cli import LOSS_NAMES
+    from finetune.losses import LOSSES
+
+    assert set(LOSS_NAMES) == set(LOSSES)
+
+
+def test_cli_trains_on_the_synthetic_world(tiny, tmp_path, capsys):
+    from finetune.cli import main
+
+    out = tmp_path / "cli"
+    args = ["--model", str(tiny), "--data", "synthetic", "--n-examples", "24", "--loss", "omni", "--lam", "0.5",
+            "--layers", "0-1", "--train-ln-final", "--steps", "3", "--batch-size", "8", "--warmup-steps", "1",
+            "--lr", "1e-4", "--log-every", "1", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "blocks.0" in printed and "done: 3 steps" in printed
+    assert (out / "model.safetensors").is_file() and len(rows(out)) == 3
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["config"]["loss_kwargs"] == {"lam": 0.5} and run_info["plan"]["blocks"] == [0, 1]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert main(args + ["--resume"]) == 0  # finished run: resume has nothing left to do
+    assert "nothing left to train" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layers", "zero"], "bad layer list"),
+    (["--layers", "0", "--lam", "2"], "--lam do(es) not apply to --loss conclip"),
+    (["--layers", "0", "--terms", "4"], "--terms must be among"),
+    (["--layers", "0", "--lr", "-1"], "must be > 0"),
+    (["--layers", "0", "--batch-size", "0"], "must be >= 1"),
+    ([], "one of the arguments --plan --layers is required"),
+    (["--layers", "0", "--model", "embedded"], "embedded default model"),
+])
+def test_cli_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message):
+    from finetune.cli import main
+
+    try:
+        import finetune.embedded  # noqa: F401
+        if "embedded" in extra:
+            pytest.skip("the embedded model exists now")
+    except ImportError:
+        pass
+    base = [] if "--model" in extra else ["--model", "ViT-B-32"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(base + extra + ["--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_runtime_errors_are_one_line(tiny, tmp_path, capsys):
+    from finetune.cli import main
+
+    common = ["--model", str(tiny), "--steps", "1", "--batch-size", "4", "--no-progress", "--no-tensorboard"]
+    assert main(common + ["--layers", "0-7", "--n-examples", "8", "--out", str(tmp_path / "a")]) == 1
+    assert "the text tower has 3 blocks" in capsys.readouterr().err
+    assert main(common + ["--layers", "0", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("finetune-layers: error:") and "nope.jsonl" in err and "Traceback" not in err
+    bad_plan = tmp_path / "plan.json"
+    bad_plan.write_text('{"blocks": [0], "layers": [1]}')
+    with pytest.raises(SystemExit):
+        main(common + ["--plan", str(bad_plan), "--out", str(tmp_path / "c")])
+    assert "unknown key(s) layers" in capsys.readouterr().err
