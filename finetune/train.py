@@ -151,6 +151,48 @@ def _check_config(config: TrainConfig, n_examples: int, dist: DistContext) -> No
         raise ValueError("grad_accum must be >= 1, lr > 0 and warmup_steps >= 0")
 
 
+# --- the loss of one batch -----------------------------------------------------------------------
+
+def batch_loss(model: nn.Module, data: TrainingData, spec: LossSpec, indices: torch.Tensor, *,
+               device: torch.device, dist: DistContext | None = None, autocast: bool = False,
+               loss_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
+    """The loss of the global batch `indices`: this rank's captions encoded (trimmed) in one pass,
+    gathered over ranks, against the cached image features."""
+    dist = dist or DistContext()
+    local = dist.shard(indices)
+    tokens = torch.cat([data.tokens[name][local] for name in spec.texts]).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        text = TextTower.from_model(model).encode(tokens, trim=True)
+    text = F.normalize(text.float(), dim=-1)
+    if not torch.isfinite(text).all():
+        raise NonFiniteLossError("text features are not finite")
+    features = {name: dist.gather_with_grad(part) for name, part in zip(spec.texts, text.split(len(local)))}
+    device_indices = indices.to(device)
+    features["image"] = data.image[device_indices]
+    if data.distractor is not None:
+        features["distractor"] = data.distractor[device_indices]
+    return spec.call(features, model.logit_scale.exp(), **(loss_kwargs or {}))
+
+
+def batch_losses(model: nn.Module, tokenizer: Callable, preprocess: Callable, examples: Sequence[Any], loss: str, *,
+                 n_batches: int, batch_size: int, seed: int = 0, loss_kwargs: dict[str, Any] | None = None,
+                 device: str | torch.device = "cpu") -> list[Callable[[nn.Module], torch.Tensor]]:
+    """One callable per batch, `fn(model) -> loss`, computing `loss` exactly as training does
+    (cached image features, trimmed captions): what probing.gradnorms measures gradients with."""
+    device = resolve_device(device)
+    spec = loss_spec(loss)
+    data = prepare_data(model, tokenizer, preprocess, examples, spec, device=device, dist=DistContext())
+    order = DataOrder(len(data), batch_size, seed)
+    if order.batches_per_epoch < 1:
+        raise ValueError(f"{len(examples)} examples are fewer than one batch of {batch_size}")
+
+    def make(k: int) -> Callable[[nn.Module], torch.Tensor]:
+        indices = order.batch(k)[1]
+        return lambda model: batch_loss(model, data, spec, indices, device=device, loss_kwargs=loss_kwargs)
+
+    return [make(k) for k in range(n_batches)]
+
+
 # --- the loop ----------------------------------------------------------------------------------------
 
 class Trainer:
@@ -169,7 +211,6 @@ class Trainer:
         model.to(self.device)
         self.dist.broadcast_from_main(model)
         self.summary = apply_plan(model, plan, verbose=self.dist.is_main)
-        self.tower = TextTower.from_model(model)
         self.data: TrainingData = prepare_data(
             model, tokenizer, preprocess, examples, self.spec, device=self.device, dist=self.dist,
             image_batch_size=config.image_batch_size, autocast=self.autocast)
@@ -224,21 +265,9 @@ class Trainer:
     # -- one step --
     def micro_batch_loss(self, k: int) -> tuple[int, torch.Tensor]:
         epoch, indices = self.order.batch(k)
-        local = self.dist.shard(indices)
-        tokens = torch.cat([self.data.tokens[name][local] for name in self.spec.texts]).to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            text = self.tower.encode(tokens, trim=True)
-        text = F.normalize(text.float(), dim=-1)
-        if not torch.isfinite(text).all():
-            raise NonFiniteLossError("text features are not finite")
-        features = {name: self.dist.gather_with_grad(part)
-                    for name, part in zip(self.spec.texts, text.split(len(local)))}
-        device_indices = indices.to(self.device)
-        features["image"] = self.data.image[device_indices]
-        if self.data.distractor is not None:
-            features["distractor"] = self.data.distractor[device_indices]
-        scale = self.model.logit_scale.exp()
-        return epoch, self.spec.call(features, scale, **self.config.loss_kwargs)
+        loss = batch_loss(self.model, self.data, self.spec, indices, device=self.device, dist=self.dist,
+                          autocast=self.autocast, loss_kwargs=self.config.loss_kwargs)
+        return epoch, loss
 
     def train_step(self) -> dict[str, float]:
         config = self.config

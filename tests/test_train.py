@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from finetune.checkpoint import latest_checkpoint
 from finetune.losses import LOSS_SPECS, LossSpec, clip_loss
 from finetune.plan import LayerPlan
-from finetune.train import (MAX_LOGIT_SCALE, NonFiniteLossError, ResumeError, TrainConfig, Trainer, build_optimizer,
-                            lr_factor, train)
+from finetune.train import (MAX_LOGIT_SCALE, DataOrder, NonFiniteLossError, ResumeError, TrainConfig, Trainer,
+                            build_optimizer, lr_factor, train)
 from probing.data.records import DataError, NegationExample
 from probing.data.synthetic import SyntheticWorld, WorldConfig
 from probing.models import load_clip
@@ -304,3 +304,22 @@ def test_cli_runtime_errors_are_one_line(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(common + ["--plan", str(bad_plan), "--out", str(tmp_path / "c")])
     assert "unknown key(s) layers" in capsys.readouterr().err
+
+
+def test_batch_losses_feed_the_gradient_norm_measurement(tiny):
+    from finetune.train import batch_losses
+    from probing.gradnorms import relative_gradient_norms
+
+    model, preprocess, tokenizer = fresh(tiny)
+    examples = make_examples(12)
+    fns = batch_losses(model, tokenizer, preprocess, examples, "clip", n_batches=3, batch_size=6, seed=1)
+    assert len(fns) == 3
+    first = [examples[i] for i in DataOrder(12, 6, 1).batch(0)[1].tolist()]  # the first batch of seed 1
+    pixels = torch.stack([preprocess(_pil(e.image)) for e in first])
+    with torch.no_grad():
+        image = F.normalize(model.encode_image(pixels), dim=-1)
+        text = F.normalize(model.encode_text(tokenizer([e.caption for e in first])), dim=-1)
+        expected = clip_loss(image, text, scale=model.logit_scale.exp())
+    torch.testing.assert_close(fns[0](model).detach(), expected, rtol=1e-5, atol=1e-6)
+    rows_ = relative_gradient_norms(model, fns, loss_name="clip", progress=False)
+    assert {row["layer"] for row in rows_} == {0, 1, 2} and all(row["relative_norm"] > 0 for row in rows_)
