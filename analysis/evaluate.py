@@ -1,0 +1,546 @@
+"""Negation benchmarks for any open_clip model (REFERENCE.md, "Evaluation protocols").
+
+One function per benchmark, each `(model, preprocess, tokenizer, items, batch_size=...)` ->
+
+    {"metrics": {name: {"value": float, "n": rows behind the value}},
+     "counts":  {"rows_read", "n_evaluated", "n_skipped", "skip_reasons", "skipped_examples", ...}}
+
+Each is an encoding step (every row, batched, L2-normalised) and a scoring step on the features
+(`score_*`, plain tensor code that refuses unnormalised features through `probing.metrics`). The
+anchors' evaluation bugs this guards against (REFERENCE.md, "Pitfalls"):
+
+- similarities on unnormalised features: every score function checks the norms;
+- scoring only the last batch: features are assembled for every row and their count checked
+  against the number of rows (`_check_rows`), and `n` in the output is the number scored;
+- rows silently dropped: rows the loaders skip (missing images) and rows the evaluation cannot use
+  are counted with their reason in `counts`.
+
+Ties count as failures everywhere (a pair is won only with a strictly larger similarity; an MCQ
+item only when the correct caption strictly beats every other): NegBench's correct answer is
+always option 0, so breaking ties towards the first option would reward a model that gives every
+caption the same score.
+
+`evaluate_all` runs the benchmarks whose files exist (see `analysis.benchmarks`) and
+`markdown_table` renders its result.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from analysis.benchmarks import (BENCHMARKS, ImageFolder, Sources, load_counts, load_image_folder, plan_benchmarks,
+                                 report_of)
+from probing.data.records import DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample, RetrievalItem
+from probing.encode import encode_captions, encode_images
+from probing.metrics import check_normalized, pair_wins, recall_at_k, zero_shot_accuracy
+
+Metrics = dict[str, dict[str, float | int]]
+AFFIRMATIVE_PROMPT = "a photo of {a_c}"
+NEGATED_PROMPT = "not a photo of {a_c}"
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding: every row, normalised
+
+
+def _check_rows(features: torch.Tensor, expected: int, what: str) -> None:
+    # The "scores only the last batch" bug shows up as fewer feature rows than inputs.
+    if features.shape[0] != expected:
+        raise RuntimeError(f"{what}: got {features.shape[0]} feature rows for {expected} inputs")
+
+
+def _image_key(image: Any) -> str | None:
+    """Cache key of an image: its path; None (never cached) for arrays and PIL images."""
+    return str(image) if isinstance(image, (str, Path)) else None
+
+
+def image_features(model, preprocess, images: Sequence, *, batch_size: int = 256,
+                   cache: dict[str, torch.Tensor] | None = None, progress: bool = False) -> torch.Tensor:
+    """Normalised image features [len(images), d], one row per entry, in order.
+
+    A path is encoded once however often it appears (NegBench's MCQ has several rows per image);
+    `cache` (path -> feature) carries features between benchmarks that share images.
+    """
+    cache = {} if cache is None else cache
+    pending: list = []
+    pending_index: dict[str, int] = {}
+    slots: list[tuple[str | None, int]] = []  # per row: (cache key, -1) or (None, index into pending)
+    for image in images:
+        key = _image_key(image)
+        if key is not None and key in cache:
+            slots.append((key, -1))
+        elif key is not None and key in pending_index:
+            slots.append((None, pending_index[key]))
+        else:
+            if key is not None:
+                pending_index[key] = len(pending)
+            slots.append((None, len(pending)))
+            pending.append(image)
+    new = encode_images(model, preprocess, pending, batch_size=batch_size, progress=progress) if pending else None
+    if new is not None:
+        _check_rows(new, len(pending), "image features")
+        for key, index in pending_index.items():
+            cache[key] = new[index]
+    if not slots:
+        raise ValueError("no images to encode")
+    features = torch.stack([cache[key] if key is not None else new[index] for key, index in slots])
+    _check_rows(features, len(images), "image features")
+    return features
+
+
+def text_features(model, tokenizer, texts: Sequence[str], *, batch_size: int = 256,
+                  progress: bool = False) -> torch.Tensor:
+    """Normalised text features [len(texts), d]; each distinct text is encoded once (exact trimming)."""
+    if not texts:
+        raise ValueError("no texts to encode")
+    unique = list(dict.fromkeys(texts))
+    encoded = encode_captions(model, tokenizer, unique, batch_size=batch_size, normalize=True, progress=progress)
+    _check_rows(encoded, len(unique), "text features")
+    position = {text: i for i, text in enumerate(unique)}
+    features = encoded[torch.tensor([position[text] for text in texts])]
+    _check_rows(features, len(texts), "text features")
+    return features
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring on features
+
+
+def _metric(value: float, n: int) -> dict[str, float | int]:
+    return {"value": float(value), "n": int(n)}
+
+
+def breakdown(name: str, hits: torch.Tensor, groups: dict[str, Sequence]) -> Metrics:
+    """`name` = mean of `hits` over all rows, and `name/<group>=<value>` over the rows of each value.
+
+    A group whose values are all None (a source without K, say) gives no breakdown; otherwise
+    rows with None are reported as `<group>=unknown`, so that a breakdown always adds up to `n`.
+    """
+    hits = hits.bool().cpu()
+    metrics = {name: _metric(hits.float().mean(), len(hits))}
+    for group, values in groups.items():
+        values = list(values)
+        if len(values) != len(hits):
+            raise ValueError(f"{group}: {len(values)} labels for {len(hits)} rows")
+        if all(value is None for value in values):
+            continue
+        rows: dict[Any, list[int]] = defaultdict(list)
+        for index, value in enumerate(values):
+            rows["unknown" if value is None else value].append(index)
+        for value in sorted(rows, key=lambda v: (isinstance(v, str), v)):
+            chosen = hits[torch.tensor(rows[value])]
+            metrics[f"{name}/{group}={value}"] = _metric(chosen.float().mean(), len(chosen))
+    return metrics
+
+
+def score_pairs(name: str, image: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                groups: dict[str, Sequence] | None = None) -> Metrics:
+    """Fraction of rows with <image, positive> > <image, negative> (strictly), with breakdowns."""
+    return breakdown(name, pair_wins(image, positive, negative), groups or {})
+
+
+def score_mcq(image: torch.Tensor, options: torch.Tensor, correct: torch.Tensor,
+              templates: Sequence[str | None]) -> tuple[Metrics, int]:
+    """NegBench MCQ: an item is right when its correct option strictly beats every other option.
+
+    image [n, d], options [n, k, d], correct [n]. Returns (metrics by template, number of items
+    whose best score was tied between the correct option and another).
+    """
+    check_normalized(image, "image")
+    check_normalized(options, "options")
+    scores = torch.einsum("nd,nkd->nk", image, options)
+    correct = torch.as_tensor(correct, dtype=torch.long)
+    right_score = scores.gather(1, correct[:, None]).squeeze(1)
+    others = scores.scatter(1, correct[:, None], float("-inf"))
+    best_other = others.max(dim=1).values
+    hits = right_score > best_other
+    ties = int((right_score == best_other).sum())
+    return breakdown("mcq_accuracy", hits, {"template": templates}), ties
+
+
+def score_retrieval(image: torch.Tensor, text: torch.Tensor, text_to_image: Sequence[int],
+                    ks: Sequence[int] = (1, 5, 10)) -> Metrics:
+    """Image->text and text->image R@k (REFERENCE.md retrieval); n = queries of each direction."""
+    recalls = recall_at_k(image, text, text_to_image, ks)
+    return {name: _metric(value, len(image) if name.startswith("image_to_text") else len(text))
+            for name, value in recalls.items()}
+
+
+def score_prompt_gap(image: torch.Tensor, affirmative: torch.Tensor, negated: torch.Tensor,
+                     labels: Sequence[int]) -> Metrics:
+    """Negated class prompts (REFERENCE.md): top-1 with the affirmative prompts minus top-1 with the
+    negated prompts, over the same images. A model that ignores "not" has a gap near 0."""
+    labels = torch.as_tensor(labels)
+    positive = zero_shot_accuracy(image, affirmative, labels)
+    negative = zero_shot_accuracy(image, negated, labels)
+    n = len(labels)
+    return {"zero_shot_affirmative": _metric(positive, n), "zero_shot_negated": _metric(negative, n),
+            "negated_prompt_gap": _metric(positive - negative, n)}
+
+
+# ---------------------------------------------------------------------------------------------
+# one function per benchmark
+
+
+def _result(metrics: Metrics, items, n_evaluated: int, extra_skipped: Sequence[tuple] = (), **extra) -> dict:
+    counts = load_counts(report_of(items), n_evaluated, extra_skipped=extra_skipped)
+    counts.update(extra)
+    return {"metrics": metrics, "counts": counts}
+
+
+def evaluate_negation_examples(model, preprocess, tokenizer, examples: Sequence[NegationExample], *,
+                               batch_size: int = 256, image_cache: dict | None = None,
+                               progress: bool = False) -> dict:
+    """CC-Neg-style and absence accuracy over NegationExamples, broken down by cue word and K.
+
+    ccneg_accuracy    s(I, caption) > s(I, presence_negated)          (CC-Neg; REFERENCE.md)
+    absence_accuracy  s(I, absence_negated) > s(I, presence_negated)  (the true negation beats the
+                      false one; for the synthetic world and the rule-based generator both come from
+                      the same frame, cue and subjects, so this is also a scope test)
+    Examples without an image or a presence-negated caption are skipped and counted; examples
+    without an absence-negated caption count for ccneg_accuracy only.
+    """
+    usable, skipped = [], []
+    for example in examples:
+        if example.image is None:
+            skipped.append((example.row, "no image"))
+        elif not example.presence_negated:
+            skipped.append((example.row, "no presence-negated caption"))
+        elif not example.caption:
+            skipped.append((example.row, "no affirmative caption"))
+        else:
+            usable.append(example)
+    if not usable:
+        return _result({}, examples, 0, skipped)
+    image = image_features(model, preprocess, [e.image for e in usable], batch_size=batch_size,
+                           cache=image_cache, progress=progress)
+    caption = text_features(model, tokenizer, [e.caption for e in usable], batch_size=batch_size, progress=progress)
+    presence = text_features(model, tokenizer, [e.presence_negated for e in usable], batch_size=batch_size,
+                             progress=progress)
+    groups = {"cue": [e.cue for e in usable], "k": [e.k for e in usable]}
+    metrics = score_pairs("ccneg_accuracy", image, caption, presence, groups)
+    with_absence = [i for i, e in enumerate(usable) if e.absence_negated]
+    if with_absence:
+        chosen = torch.tensor(with_absence)
+        absence = text_features(model, tokenizer, [usable[i].absence_negated for i in with_absence],
+                                batch_size=batch_size, progress=progress)
+        metrics.update(score_pairs("absence_accuracy", image[chosen], absence, presence[chosen],
+                                   {key: [values[i] for i in with_absence] for key, values in groups.items()}))
+    return _result(metrics, examples, len(usable), skipped)
+
+
+def evaluate_scope_pairs(model, preprocess, tokenizer, pairs: Sequence, *, batch_size: int = 256,
+                         image_cache: dict | None = None, progress: bool = False) -> dict:
+    """Scope accuracy (REFERENCE.md, the shortcut-proof pair): s(I, "A and no X") > s(I, "A and no B")
+    with X absent and B present, both captions from the same template and cue. Chance is 0.5.
+
+    `pairs`: objects with image, correct, wrong, cue, k (the synthetic world's ScopePair).
+    """
+    if not pairs:
+        return _result({}, pairs, 0)
+    image = image_features(model, preprocess, [p.image for p in pairs], batch_size=batch_size,
+                           cache=image_cache, progress=progress)
+    correct = text_features(model, tokenizer, [p.correct for p in pairs], batch_size=batch_size, progress=progress)
+    wrong = text_features(model, tokenizer, [p.wrong for p in pairs], batch_size=batch_size, progress=progress)
+    metrics = score_pairs("scope_accuracy", image, correct, wrong,
+                          {"cue": [p.cue for p in pairs], "k": [getattr(p, "k", None) for p in pairs]})
+    return _result(metrics, pairs, len(pairs))
+
+
+def evaluate_mcq(model, preprocess, tokenizer, items: Sequence[MCQItem], *, batch_size: int = 256,
+                 image_cache: dict | None = None, progress: bool = False) -> dict:
+    """NegBench MCQ (REFERENCE.md): pick the correct caption among the options; overall and by the
+    template type of the correct answer (positive / negative / hybrid). Ties count as wrong."""
+    if not items:
+        return _result({}, items, 0)
+    n_options = {len(item.captions) for item in items}
+    if len(n_options) != 1:
+        raise ValueError(f"MCQ items have different numbers of options: {sorted(n_options)}")
+    k = n_options.pop()
+    image = image_features(model, preprocess, [item.image for item in items], batch_size=batch_size,
+                           cache=image_cache, progress=progress)
+    options = text_features(model, tokenizer, [c for item in items for c in item.captions], batch_size=batch_size,
+                            progress=progress).reshape(len(items), k, -1)
+    metrics, ties = score_mcq(image, options, torch.tensor([item.correct for item in items]),
+                              [item.template for item in items])
+    return _result(metrics, items, len(items), n_ties=ties)
+
+
+def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalItem], *, batch_size: int = 256,
+                       ks: Sequence[int] = (1, 5, 10), image_cache: dict | None = None,
+                       progress: bool = False) -> dict:
+    """Zero-shot retrieval R@k both ways over the items' images and all their captions.
+
+    With NegBench's negated file the captions are negated queries ("... but no chair"): its
+    text_to_image R@k is retrieval with negated queries. Rows naming the same image are merged
+    into one gallery image, so a caption's own image is never duplicated among the candidates.
+    """
+    if not items:
+        return _result({}, items, 0)
+    gallery: dict[str, int] = {}
+    images, owners, captions = [], [], []
+    for row, item in enumerate(items):
+        key = _image_key(item.image) or f"row {row}"
+        if key not in gallery:
+            gallery[key] = len(images)
+            images.append(item.image)
+        owners += [gallery[key]] * len(item.captions)
+        captions += list(item.captions)
+    image = image_features(model, preprocess, images, batch_size=batch_size, cache=image_cache, progress=progress)
+    text = text_features(model, tokenizer, captions, batch_size=batch_size, progress=progress)
+    metrics = score_retrieval(image, text, owners, ks)
+    return _result(metrics, items, len(items), n_images=len(images), n_captions=len(captions))
+
+
+def evaluate_foils(model, preprocess, tokenizer, pairs: Sequence[FoilPair], *, batch_size: int = 256,
+                   image_cache: dict | None = None, progress: bool = False) -> dict:
+    """Caption vs foil (SugarCREPE, VALSE existence; REFERENCE.md): s(I, caption) > s(I, foil),
+    overall, per fold, and (with several folds) the mean over folds, SugarCREPE's headline number."""
+    if not pairs:
+        return _result({}, pairs, 0)
+    image = image_features(model, preprocess, [p.image for p in pairs], batch_size=batch_size,
+                           cache=image_cache, progress=progress)
+    caption = text_features(model, tokenizer, [p.caption for p in pairs], batch_size=batch_size, progress=progress)
+    foil = text_features(model, tokenizer, [p.foil for p in pairs], batch_size=batch_size, progress=progress)
+    metrics = score_pairs("accuracy", image, caption, foil, {"fold": [p.fold for p in pairs]})
+    folds = [key for key in metrics if key.startswith("accuracy/fold=")]
+    if len(folds) > 1:
+        metrics["mean_over_folds"] = _metric(sum(metrics[key]["value"] for key in folds) / len(folds),
+                                             sum(metrics[key]["n"] for key in folds))
+    return _result(metrics, pairs, len(pairs))
+
+
+def class_prompts(classes: Sequence[str], template: str) -> list[str]:
+    """One prompt per class: `{c}` is the class name, `{a_c}` the name with "a" / "an"."""
+    from probing.data.captions import with_article
+
+    return [template.format(c=name, a_c=with_article(name)) for name in classes]
+
+
+def evaluate_prompt_gap(model, preprocess, tokenizer, images: Sequence, labels: Sequence[int],
+                        classes: Sequence[str], *, batch_size: int = 256, affirmative: str = AFFIRMATIVE_PROMPT,
+                        negated: str = NEGATED_PROMPT, image_cache: dict | None = None, report: LoadReport | None = None,
+                        progress: bool = False) -> dict:
+    """Negated class prompt gap (REFERENCE.md): zero-shot top-1 with "a photo of a {c}" minus top-1
+    with "not a photo of a {c}" over the same images."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if not images:
+        return {"metrics": {}, "counts": load_counts(report, 0)}
+    image = image_features(model, preprocess, images, batch_size=batch_size, cache=image_cache, progress=progress)
+    positive = text_features(model, tokenizer, class_prompts(classes, affirmative), batch_size=batch_size)
+    negative = text_features(model, tokenizer, class_prompts(classes, negated), batch_size=batch_size)
+    counts = load_counts(report, len(images))
+    counts.update(n_classes=len(classes), prompts=[affirmative, negated])
+    return {"metrics": score_prompt_gap(image, positive, negative, labels), "counts": counts}
+
+
+def evaluate_image_folder(model, preprocess, tokenizer, folder: ImageFolder | str | Path, *,
+                          batch_size: int = 256, progress: bool = False, **prompts) -> dict:
+    """The negated class prompt gap on a folder of class-named subfolders (`load_image_folder`)."""
+    if not isinstance(folder, ImageFolder):
+        folder = load_image_folder(folder)
+    return evaluate_prompt_gap(model, preprocess, tokenizer, folder.paths, folder.labels, folder.classes,
+                               batch_size=batch_size, report=folder.report, progress=progress, **prompts)
+
+
+def evaluate_synthetic(model, preprocess, tokenizer, *, world=None, n: int = 1000, n_classification: int = 360,
+                       split: str = "test", heldout: str = "all", seed: int = 0, batch_size: int = 256,
+                       progress: bool = False) -> dict[str, dict]:
+    """The synthetic world (built by construction, so every caption's truth is known):
+
+    synthetic/negation    CC-Neg-style and absence accuracy of `n` examples, by cue and K
+    synthetic/scope       scope accuracy of `n` scope pairs, by cue and K
+    synthetic/prompt_gap  negated class prompt gap over the world's colour-shape classes
+    The test split with heldout="all" uses held-out cues, templates and negated objects.
+    """
+    from probing.data.synthetic import SyntheticWorld, WorldConfig
+
+    world = world or SyntheticWorld(WorldConfig(), seed=seed)
+    examples = world.examples(n, split, seed, heldout=heldout)
+    pairs = world.scope_pairs(n, split, seed, heldout=heldout)
+    images, labels = world.classification_set(n_classification, split, seed, label="object")
+    options = dict(batch_size=batch_size, progress=progress)
+    sections = {
+        "synthetic/negation": evaluate_negation_examples(model, preprocess, tokenizer, examples, **options),
+        "synthetic/scope": evaluate_scope_pairs(model, preprocess, tokenizer, pairs, **options),
+        "synthetic/prompt_gap": evaluate_prompt_gap(model, preprocess, tokenizer, list(images), labels,
+                                                    world.class_prompts()["classes"], **options),
+    }
+    for section in sections.values():
+        section["counts"].update(split=split, heldout=heldout, seed=seed)
+    return sections
+
+
+# ---------------------------------------------------------------------------------------------
+# every benchmark whose files exist
+
+
+def _limited(items, limit: int | None, key: Callable | None = None):
+    """The first `limit` rows (per value of `key`, e.g. per SugarCREPE fold), keeping the load report."""
+    if limit is None:
+        return items
+    kept: list = []
+    seen: dict[Any, int] = defaultdict(int)
+    for item in items:
+        group = key(item) if key else None
+        if seen[group] < limit:
+            seen[group] += 1
+            kept.append(item)
+    return Loaded(kept, report_of(items))
+
+
+def _run_benchmark(name: str, files: dict[str, Path], model, preprocess, tokenizer, *, options: dict,
+                   limit: int | None, settings: dict, cache: dict) -> dict[str, dict]:
+    """Load one benchmark leniently and evaluate it; returns its output sections."""
+    from probing import data
+
+    run = dict(options, image_cache=cache)
+    root = files.get("image_root")
+    if name == "synthetic":
+        return evaluate_synthetic(model, preprocess, tokenizer, **settings, **options)
+    if name == "image_folder":
+        folder = load_image_folder(files["folder"])
+        if limit is not None:
+            keep = _limited(list(range(len(folder))), limit, key=lambda i: folder.labels[i])
+            folder = ImageFolder(folder.root, [folder.paths[i] for i in keep], [folder.labels[i] for i in keep],
+                                 folder.classes, folder.report)
+        return {"image_folder/prompt_gap": evaluate_image_folder(model, preprocess, tokenizer, folder, **options)}
+    if name == "coco_generated":
+        instances = data.load_coco_instances(files["instances"], root, strict=False)
+        generated = data.generate_negations(instances, seed=settings["seed"], max_subjects=3)
+        # the images skipped by the instances loader (missing files) are this benchmark's skipped rows
+        report = LoadReport(path=instances.report.path, loaded=len(generated), skipped=list(instances.report.skipped),
+                            filtered={**instances.report.filtered, **generated.report.filtered})
+        examples = _limited(Loaded(generated, report), limit)
+        return {"coco_generated": evaluate_negation_examples(model, preprocess, tokenizer, examples, **run)}
+    if name == "ccneg":
+        examples = _limited(data.load_ccneg(files["file"], root, strict=False), limit)
+        return {"ccneg": evaluate_negation_examples(model, preprocess, tokenizer, examples, **run)}
+    if name == "negbench_mcq":
+        items = _limited(data.load_negbench_mcq(files["file"], root, strict=False), limit)
+        return {"negbench_mcq": evaluate_mcq(model, preprocess, tokenizer, items, **run)}
+    if name == "negbench_retrieval":
+        return {f"negbench_retrieval/{kind}": evaluate_retrieval(
+                    model, preprocess, tokenizer,
+                    _limited(data.load_negbench_retrieval(files[kind], root, strict=False), limit), **run)
+                for kind in ("affirmative", "negated")}
+    if name == "sugarcrepe":
+        pairs = _limited(data.load_sugarcrepe(files["folder"], root, strict=False), limit, key=lambda p: p.fold)
+        return {"sugarcrepe": evaluate_foils(model, preprocess, tokenizer, pairs, **run)}
+    if name == "valse_existence":
+        pairs = _limited(data.load_valse_existence(files["file"], root, strict=False), limit)
+        return {"valse_existence": evaluate_foils(model, preprocess, tokenizer, pairs, **run)}
+    raise ValueError(f"unknown benchmark {name!r}; known: {BENCHMARKS}")
+
+
+def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None = None,
+                 image_root: str | Path | None = None, which: Sequence[str] | None = None, batch_size: int = 256,
+                 image_roots: dict[str, str | Path] | None = None, ccneg: str | Path | None = None,
+                 image_folder: str | Path | None = None, limit: int | None = None, synthetic_n: int = 1000,
+                 synthetic_classification: int = 360, synthetic_split: str = "test", synthetic_heldout: str = "all",
+                 seed: int = 0, progress: bool = False) -> dict:
+    """Run the benchmarks in `which` (default: every one whose files exist) and collect their output.
+
+    Returns {"sections": {section: {"metrics", "counts"}}, "not_run": {benchmark: why},
+    "failed": {benchmark: data error}, "summary": {...}, "settings": {...}}. `limit`: evaluate at
+    most that many loaded rows per benchmark (per fold for SugarCREPE, per class for an image
+    folder), for quick runs; the counts record it. A data error in one benchmark's file is
+    recorded in "failed" and the others still run. See `analysis.benchmarks` for the file layout.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    sources = Sources(data_root=data_root, image_root=image_root, image_roots=image_roots or {}, ccneg=ccneg,
+                      image_folder=image_folder)
+    plan = plan_benchmarks(sources, which)
+    settings = {"n": synthetic_n, "n_classification": synthetic_classification, "split": synthetic_split,
+                "heldout": synthetic_heldout, "seed": seed}
+    sections: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    cache: dict[str, torch.Tensor] = {}  # COCO images are shared by NegBench, SugarCREPE and the generator
+    bar = tqdm(list(plan.runnable.items()), desc="benchmarks", disable=not progress)
+    for name, files in bar:
+        bar.set_postfix_str(name)
+        try:
+            produced = _run_benchmark(name, files, model, preprocess, tokenizer,
+                                      options={"batch_size": batch_size, "progress": False},
+                                      limit=None if name == "synthetic" else limit, settings=settings, cache=cache)
+        except DataError as error:
+            failed[name] = str(error)
+            continue
+        for section, result in produced.items():
+            if limit is not None and name != "synthetic":
+                result["counts"]["limited_to"] = limit
+            sections[section] = result
+    return {"sections": sections, "not_run": plan.not_run, "failed": failed, "summary": summarise(sections),
+            "settings": {"batch_size": batch_size, "limit": limit, "data_root": sources.data_root,
+                         "image_root": sources.image_root, "synthetic": settings}}
+
+
+def summarise(sections: dict[str, dict]) -> dict:
+    """Headline numbers: the mean negated-prompt gap over the datasets that have one (REFERENCE.md's Delta)."""
+    gaps = [section["metrics"]["negated_prompt_gap"]["value"] for section in sections.values()
+            if "negated_prompt_gap" in section["metrics"]]
+    return {"negated_prompt_gap_mean": _metric(sum(gaps) / len(gaps), len(gaps))} if gaps else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _number(value: float) -> str:
+    return "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}"
+
+
+def markdown_table(result: dict, *, title: str = "Negation evaluation", model: str | None = None) -> str:
+    """The metrics as one Markdown table, then the rows not evaluated, and the benchmarks not run."""
+    lines = [f"# {title}", ""]
+    if model:
+        lines += [f"Model: `{model}`", ""]
+    lines += ["| benchmark | metric | value | n |", "|---|---|---:|---:|"]
+    for section, body in result["sections"].items():
+        for metric, entry in body["metrics"].items():
+            lines.append(f"| {section} | {metric} | {_number(entry['value'])} | {entry['n']} |")
+    for metric, entry in result.get("summary", {}).items():
+        lines.append(f"| summary | {metric} | {_number(entry['value'])} | {entry['n']} |")
+    lines += ["", "## Rows evaluated and skipped", "",
+              "| benchmark | rows read | evaluated | skipped | why skipped | flagged | filtered by protocol |",
+              "|---|---:|---:|---:|---|---:|---|"]
+    for section, body in result["sections"].items():
+        counts = body["counts"]
+        why = "; ".join(f"{reason} ({count})" for reason, count in counts["skip_reasons"].items()) or "-"
+        filtered = "; ".join(f"{reason} ({count})" for reason, count in counts.get("filtered", {}).items()) or "-"
+        evaluated = f"{counts['n_evaluated']}" + (f" (limit {counts['limited_to']})" if "limited_to" in counts else "")
+        lines.append(f"| {section} | {counts['rows_read']} | {evaluated} | {counts['n_skipped']} | {_escape(why)} "
+                     f"| {counts.get('n_flagged', 0)} | {_escape(filtered)} |")
+    if result.get("not_run") or result.get("failed"):
+        lines += ["", "## Not run", ""]
+        lines += [f"- {name}: {_escape(why)}" for name, why in result.get("not_run", {}).items()]
+        lines += [f"- {name}: FAILED: {_escape(why)}" for name, why in result.get("failed", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def flat_metrics(result: dict) -> dict[str, float]:
+    """`section:metric` -> value, for scripts that compare runs."""
+    return {f"{section}:{metric}": entry["value"] for section, body in result["sections"].items()
+            for metric, entry in body["metrics"].items()}
+
+
+__all__ = [
+    "image_features", "text_features", "breakdown", "score_pairs", "score_mcq", "score_retrieval", "score_prompt_gap",
+    "evaluate_negation_examples", "evaluate_scope_pairs", "evaluate_mcq", "evaluate_retrieval", "evaluate_foils",
+    "evaluate_prompt_gap", "evaluate_image_folder", "evaluate_synthetic", "evaluate_all", "summarise",
+    "markdown_table", "flat_metrics", "class_prompts",
+]
