@@ -372,7 +372,8 @@ def evaluate_synthetic(model, preprocess, tokenizer, *, world=None, n: int = 100
                                                     world.class_prompts()["classes"], **options),
     }
     for section in sections.values():
-        section["counts"].update(split=split, heldout=heldout, seed=seed)
+        section["counts"].update(split=split, heldout=heldout, seed=seed, world_seed=world.seed,
+                                 image_size=world.config.image_size)
     return sections
 
 
@@ -443,7 +444,7 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
                  image_roots: dict[str, str | Path] | None = None, ccneg: str | Path | None = None,
                  image_folder: str | Path | None = None, limit: int | None = None, synthetic_n: int = 1000,
                  synthetic_classification: int = 360, synthetic_split: str = "test", synthetic_heldout: str = "all",
-                 seed: int = 0, progress: bool = False) -> dict:
+                 synthetic_world=None, seed: int = 0, progress: bool = False) -> dict:
     """Run the benchmarks in `which` (default: every one whose files exist) and collect their output.
 
     Returns {"sections": {section: {"metrics", "counts"}}, "not_run": {benchmark: why},
@@ -451,6 +452,8 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     most that many loaded rows per benchmark (per fold for SugarCREPE, per class for an image
     folder), for quick runs; the counts record it. A data error in one benchmark's file is
     recorded in "failed" and the others still run. See `analysis.benchmarks` for the file layout.
+    synthetic_world: the SyntheticWorld to evaluate on (default: `WorldConfig()` seeded with `seed`;
+    pass the world a model was pretrained on, e.g. `finetune.embedded.world_for(spec)`).
     """
     from tqdm.auto import tqdm
 
@@ -462,7 +465,7 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
                       image_folder=image_folder)
     plan = plan_benchmarks(sources, which)
     settings = {"n": synthetic_n, "n_classification": synthetic_classification, "split": synthetic_split,
-                "heldout": synthetic_heldout, "seed": seed}
+                "heldout": synthetic_heldout, "seed": seed, "world": synthetic_world}
     sections: dict[str, dict] = {}
     failed: dict[str, str] = {}
     cache: dict[str, torch.Tensor] = {}  # COCO images are shared by NegBench, SugarCREPE and the generator
@@ -482,7 +485,16 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
             sections[section] = result
     return {"sections": sections, "not_run": plan.not_run, "failed": failed, "summary": summarise(sections),
             "settings": {"batch_size": batch_size, "limit": limit, "data_root": sources.data_root,
-                         "image_root": sources.image_root, "synthetic": settings}}
+                         "image_root": sources.image_root, "synthetic": _world_settings(settings)}}
+
+
+def _world_settings(settings: dict) -> dict:
+    """The synthetic settings as JSON can hold them: the world by its image size and seed."""
+    world = settings.get("world")
+    shown = {key: value for key, value in settings.items() if key != "world"}
+    if world is not None:
+        shown.update(world_seed=world.seed, image_size=world.config.image_size)
+    return shown
 
 
 def summarise(sections: dict[str, dict]) -> dict:
