@@ -1,0 +1,40 @@
+"""finetune: train exactly the text-tower layers a layer plan names, with a negation loss.
+
+    losses.py    CLIP, CoN-CLIP, Omni-NegCLIP, NegationCLIP, TripletCLIP (the single definition)
+    plan.py      LayerPlan: the JSON file the layer selector writes
+    freezing.py  apply_plan: freeze everything, unfreeze the planned parts
+    train.py     TrainConfig, Trainer, train, batch_losses
+    cli.py       the `finetune-layers` command
+
+Names are imported on first use, so that command-line `--help` stays instant.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LOSSES": "finetune.losses",
+    "compute_loss": "finetune.losses",
+    "make_loss_fn": "finetune.losses",
+    "LayerPlan": "finetune.plan",
+    "PlanError": "finetune.plan",
+    "apply_plan": "finetune.freezing",
+    "TrainConfig": "finetune.train",
+    "Trainer": "finetune.train",
+    "train": "finetune.train",
+    "batch_losses": "finetune.train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'finetune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = list(_EXPORTS)
