@@ -51,9 +51,38 @@ def encode_images(
     device = next(model.parameters()).device
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc="images", disable=not progress):
-        pixels = torch.stack([preprocess(as_pil(image)) for image in images[start:start + batch_size]])
+        pixels = images_to_tensor(model, preprocess, images[start:start + batch_size])
         chunks.append(model.encode_image(pixels.to(device), normalize=normalize).float().cpu())
     return torch.cat(chunks)
+
+
+def images_to_tensor(model: torch.nn.Module, preprocess: Callable, images: Sequence) -> torch.Tensor:
+    """Pixel tensor [n, 3, H, W] as `preprocess` makes it.
+
+    uint8 arrays already at the model's input size (the synthetic world renders them so) skip the
+    PIL round trip: resizing to the same size and centre-cropping are then identities, so only
+    scaling and normalisation remain, done here on the whole batch at once.
+    """
+    size = _input_size(model)
+    if size and all(isinstance(i, np.ndarray) and i.shape == (size, size, 3) and i.dtype == np.uint8 for i in images):
+        mean, std = _normalisation(model)
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+        return (pixels - mean[None, :, None, None]) / std[None, :, None, None]
+    return torch.stack([preprocess(as_pil(image)) for image in images])
+
+
+def _input_size(model: torch.nn.Module) -> int | None:
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if isinstance(size, (tuple, list)):
+        return size[0] if size[0] == size[1] else None
+    return size
+
+
+def _normalisation(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    config = getattr(model.visual, "preprocess_cfg", {}) or {}
+    return (torch.tensor(config.get("mean", OPENAI_DATASET_MEAN)), torch.tensor(config.get("std", OPENAI_DATASET_STD)))
 
 
 def as_pil(image) -> Image.Image:

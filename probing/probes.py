@@ -117,37 +117,46 @@ def _balanced(correct: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ProbeSweep:
-    """Per-seed rows and per-layer summaries of a probe sweep (plain dicts: JSON/CSV ready)."""
+    """Per-seed rows, per-layer summaries and mean probe directions of a sweep.
+
+    directions: probe name -> [n_layers + 1, d] unit vectors in residual coordinates (the
+    seeds' directions averaged, then normalised), for the causal check.
+    """
 
     per_seed: list[dict]
     summary: list[dict]
+    directions: dict[str, np.ndarray]
 
 
 def probe_layers(
     features: np.ndarray,
     labels: np.ndarray,
     train: np.ndarray,
-    test: np.ndarray,
+    tests: dict[str, np.ndarray] | np.ndarray,
     *,
     seeds=(0, 1, 2, 3, 4),
     probes=("logistic", "diffmeans"),
     train_fraction: float = 0.8,
     confidence: float = 0.95,
 ) -> ProbeSweep:
-    """Fit probes at every layer on `train` items and score them on held-out `test` items.
+    """Fit probes at every layer on `train` items and score them on each held-out test split.
 
-    features: [n_layers + 1, n, d]; labels: [n]; train / test: index arrays into n.
-    Each seed fits on a stratified random `train_fraction` of the training items. The summary per
-    (layer, probe) has the seed-averaged balanced accuracy with a bootstrap interval over test
-    items, and the mean cosine between the logistic and difference-of-means directions.
+    features: [n_layers + 1, n, d]; labels: [n]; train: index array into n; tests: split name ->
+    index array (or one index array, named "test"). Each seed fits on a stratified random
+    `train_fraction` of the training items. Summary rows per (split, layer, probe) hold the
+    seed-averaged balanced accuracy with a bootstrap interval over test items, and the mean cosine
+    between the logistic and difference-of-means directions at that layer.
     """
     labels = np.asarray(labels)
-    train, test = np.asarray(train), np.asarray(test)
-    _check_split(labels, train, test)
+    train = np.asarray(train)
+    tests = {"test": np.asarray(tests)} if not isinstance(tests, dict) else {k: np.asarray(v) for k, v in tests.items()}
+    for test in tests.values():
+        _check_split(labels, train, test)
     n_layers = features.shape[0]
     per_seed: list[dict] = []
-    correct = {(layer, name): [] for layer in range(n_layers) for name in probes}
+    correct = {(split, layer, name): [] for split in tests for layer in range(n_layers) for name in probes}
     cosines = {layer: [] for layer in range(n_layers)}
+    direction_sums = {name: np.zeros((n_layers, features.shape[2])) for name in probes}
     for seed in seeds:
         fit_index = _stratified_subsample(labels, train, train_fraction, np.random.default_rng(seed))
         for layer in range(n_layers):
@@ -156,19 +165,23 @@ def probe_layers(
             for name in probes:
                 probe = PROBES[name]().fit(X[fit_index], labels[fit_index])
                 directions[name] = probe.direction_
-                predictions = probe.predict(X[test])
-                correct[(layer, name)].append(predictions == labels[test])
-                per_seed.append({"layer": layer, "probe": name, "seed": seed,
-                                 "accuracy": float(balanced_accuracy_score(labels[test], predictions))})
+                direction_sums[name][layer] += probe.direction_
+                for split, test in tests.items():
+                    predictions = probe.predict(X[test])
+                    correct[(split, layer, name)].append(predictions == labels[test])
+                    per_seed.append({"split": split, "layer": layer, "probe": name, "seed": seed,
+                                     "accuracy": float(balanced_accuracy_score(labels[test], predictions))})
             if {"logistic", "diffmeans"} <= set(directions):
                 cosines[layer].append(float(directions["logistic"] @ directions["diffmeans"]))
     summary = []
-    for (layer, name), hits in correct.items():
-        interval = bootstrap_balanced_accuracy(np.stack(hits), labels[test], confidence=confidence)
-        summary.append({"layer": layer, "probe": name, "accuracy": interval.mean, "ci_low": interval.low,
-                        "ci_high": interval.high, "n_seeds": len(hits), "n_test": len(test),
+    for (split, layer, name), hits in correct.items():
+        interval = bootstrap_balanced_accuracy(np.stack(hits), labels[tests[split]], confidence=confidence)
+        summary.append({"split": split, "layer": layer, "probe": name, "accuracy": interval.mean,
+                        "ci_low": interval.low, "ci_high": interval.high, "n_seeds": len(hits),
+                        "n_train": len(train), "n_test": len(tests[split]),
                         "direction_cosine": float(np.mean(cosines[layer])) if cosines[layer] else None})
-    return ProbeSweep(per_seed, summary)
+    directions = {name: np.stack([_unit(v) for v in sums]) for name, sums in direction_sums.items()}
+    return ProbeSweep(per_seed, summary, directions)
 
 
 def _stratified_subsample(labels, index, fraction, rng) -> np.ndarray:

@@ -45,7 +45,7 @@ def test_planted_layer_wins_and_noise_is_chance():
     train, test = index[:500], index[500:]
     sweep = probe_layers(features, labels, train, test, seeds=range(5))
     summary = pd.DataFrame(sweep.summary).set_index(["probe", "layer"])
-    assert len(sweep.per_seed) == 21 * 2 * 5
+    assert len(sweep.per_seed) == 21 * 2 * 5 and set(summary.split) == {"test"}
     for probe in ("logistic", "diffmeans"):
         accuracy = summary.loc[probe].accuracy
         assert accuracy.idxmax() == 3 and accuracy[3] > 0.9
@@ -54,6 +54,16 @@ def test_planted_layer_wins_and_noise_is_chance():
         assert covered >= 0.85, (probe, covered)  # 95 % intervals include chance nearly always
         assert abs(noise.accuracy.mean() - 0.5) < 0.02
     assert summary.loc[("logistic", 3)].direction_cosine > 0.8  # both probes find the planted direction
+    assert sweep.directions["logistic"].shape == (21, 32)
+
+
+def test_several_test_splits_share_one_fit():
+    features, labels, direction = planted(layers=2, signal_layer=1)
+    index = np.arange(len(labels))
+    sweep = probe_layers(features, labels, index[:500], {"a": index[500:700], "b": index[700:]}, seeds=range(2))
+    summary = pd.DataFrame(sweep.summary)
+    assert sorted(set(summary.split)) == ["a", "b"] and len(summary) == 2 * 2 * 2
+    assert abs(sweep.directions["diffmeans"][1] @ direction) > 0.9
 
 
 def test_overlapping_split_is_refused():

@@ -1,0 +1,170 @@
+"""The embedded default model: a small CLIP pretrained here, offline, on the synthetic negation world.
+
+No pretrained CLIP can be downloaded on the machines this toolkit targets, so the default model is
+built on demand and cached: a text tower as deep as ViT-B/32's (12 blocks, so layer analyses
+carry over) but narrow, the real CLIP BPE tokenizer, and a small ViT for the 48x48 synthetic
+images. It is pretrained contrastively on data that mirrors web captions: affirmative captions,
+plus a small fraction of (true) absence-negated captions treated as ordinary captions. Like CLIP,
+it then handles affirmative captions but not the scope of a negation.
+
+The checkpoint is cached under the user's cache directory, keyed by config and seed, written
+atomically, and loaded back through `probing.load_clip` like any local checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from finetune.losses import clip_loss
+from finetune.train import lr_factor
+from probing.data.synthetic import SyntheticWorld, WorldConfig
+from probing.encode import images_to_tensor
+from probing.io import atomic_write_json
+from probing.models import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
+from probing.synthetic_eval import SyntheticSuite
+from probing.text_tower import TextTower
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass(frozen=True)
+class EmbeddedSpec:
+    """Everything that determines the built model; its hash keys the cache."""
+
+    model: str = "negclip-tiny"  # a config in probing/model_configs
+    seed: int = 0
+    steps: int = 700
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    negated_fraction: float = 0.08
+    eval_scenes: int = 1000
+
+    def key(self) -> str:
+        config_text = (_PACKAGE_CONFIGS / f"{self.model}.json").read_text()
+        payload = json.dumps({"spec": asdict(self), "config": json.loads(config_text)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+DEFAULT_SPEC = EmbeddedSpec()
+# The smoke-test build: same depth, tiny width, seconds of training. Good for checking that code
+# runs on a model with some structure, not for claims about negation.
+SMALL_SPEC = EmbeddedSpec(model="negclip-micro", steps=60, batch_size=64, lr=2e-3, warmup_steps=10, eval_scenes=200)
+SPECS = {"default": DEFAULT_SPEC, "small": SMALL_SPEC}
+
+
+def cache_dir() -> Path:
+    """$CLIP_NEGATION_CACHE, else $XDG_CACHE_HOME/clip-negation-probe, else ~/.cache/clip-negation-probe."""
+    if os.environ.get("CLIP_NEGATION_CACHE"):
+        return Path(os.environ["CLIP_NEGATION_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "clip-negation-probe"
+
+
+def checkpoint_path(spec: EmbeddedSpec = DEFAULT_SPEC) -> Path:
+    return cache_dir() / "embedded" / f"{spec.model}-seed{spec.seed}-{spec.key()}.safetensors"
+
+
+def world_for(spec: EmbeddedSpec = DEFAULT_SPEC) -> SyntheticWorld:
+    """The synthetic world the model was pretrained on (image size taken from its config)."""
+    config = json.loads((_PACKAGE_CONFIGS / f"{spec.model}.json").read_text())
+    return SyntheticWorld(WorldConfig(image_size=config["vision_cfg"]["image_size"]), seed=spec.seed)
+
+
+def ensure_embedded_model(spec: EmbeddedSpec = DEFAULT_SPEC, *, rebuild: bool = False, progress: bool = True) -> Path:
+    """Path of the cached checkpoint, pretraining it first if it is not there (or `rebuild`)."""
+    path = checkpoint_path(spec)
+    if path.exists() and not rebuild:
+        return path
+    model, metrics = pretrain(spec, progress=progress)
+    save_clip_checkpoint(model, path, model_name=spec.model, spec=asdict(spec), metrics=metrics)
+    atomic_write_json(path.with_suffix(".json"), {"spec": asdict(spec), "metrics": metrics})
+    return path
+
+
+def load_embedded_model(spec: EmbeddedSpec | str = DEFAULT_SPEC, device: str = "cpu", *, progress: bool = True):
+    """(model, preprocess, tokenizer) of the embedded model, building it if needed."""
+    spec = SPECS[spec] if isinstance(spec, str) else spec
+    return load_clip(spec.model, pretrained=ensure_embedded_model(spec, progress=progress), device=device)
+
+
+def embedded_metrics(spec: EmbeddedSpec = DEFAULT_SPEC) -> dict | None:
+    """The metrics recorded when the cached model was built, or None if it is not built."""
+    path = checkpoint_path(spec).with_suffix(".json")
+    return json.loads(path.read_text())["metrics"] if path.exists() else None
+
+
+def pretrain(spec: EmbeddedSpec, *, progress: bool = True) -> tuple[torch.nn.Module, dict]:
+    """Contrastive pretraining from scratch; returns the model and its held-out metrics."""
+    torch.manual_seed(spec.seed)
+    model, preprocess, tokenizer = load_clip(spec.model)
+    tower = TextTower.from_model(model)
+    world = world_for(spec)
+    optimizer = torch.optim.AdamW(_param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup_steps=spec.warmup_steps, total_steps=spec.steps))
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(spec.steps), desc=f"pretraining {spec.model}", disable=not progress)
+    for step in bar:
+        images, captions = world.pretraining_pairs(spec.batch_size, "train", seed=spec.seed * 1_000_003 + step,
+                                                   negated_fraction=spec.negated_fraction)
+        image_features = model.encode_image(images_to_tensor(model, preprocess, list(images)), normalize=True)
+        text_features = tower.encode(tokenizer(captions), trim=True, normalize=True)
+        loss = clip_loss(image_features, text_features, scale=model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    minutes = (time.perf_counter() - start) / 60
+    suite = SyntheticSuite.build(world, n=spec.eval_scenes, n_classification=min(720, spec.eval_scenes),
+                                 split="test", heldout="all", seed=spec.seed + 1)
+    metrics = suite.evaluate(model, preprocess, tokenizer)
+    metrics["pretraining_minutes"] = minutes
+    metrics["final_loss"] = float(loss.item())
+    return model, metrics
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on gains, biases, embeddings and the logit scale (CLIP's recipe)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        exempt = param.ndim < 2 or "embedding" in name or "logit_scale" in name or "class_embedding" in name
+        (no_decay if exempt else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+HEADLINE = [
+    ("zero_shot_object_affirmative", "zero-shot, {n} object classes, 'a photo of a {{c}}'"),
+    ("zero_shot_object_negated", "zero-shot with 'not a photo of a {{c}}' (CLIP: about the same)"),
+    ("zero_shot_shape_affirmative", "zero-shot, shapes only"),
+    ("zero_shot_colour_affirmative", "zero-shot, colours only"),
+    ("image_to_text_R@1_among_100", "image->text R@1 among 100"),
+    ("text_to_image_R@1_among_100", "text->image R@1 among 100"),
+    ("ccneg_accuracy", "CC-Neg-style accuracy (true vs presence-negated)"),
+    ("scope_accuracy", "scope accuracy (shortcut-proof; chance 0.50)"),
+    ("absence_accuracy", "absence-negated (true) vs presence-negated (false)"),
+]
+
+
+def format_metrics(metrics: dict, n_classes: int = 36) -> str:
+    lines = [f"  {label.format(n=n_classes):<58} {metrics[key]:.3f}" for key, label in HEADLINE if key in metrics]
+    return "\n".join(lines)
+
+
+def with_overrides(spec: EmbeddedSpec, **overrides) -> EmbeddedSpec:
+    return replace(spec, **{k: v for k, v in overrides.items() if v is not None})
