@@ -1,0 +1,413 @@
+"""Negation benchmarks: numbers checked against independent per-row computations on the real files.
+
+The independent side encodes ONE row at a time straight through open_clip (no batching, no
+trimming, no de-duplication, no caching), so a batching or bookkeeping bug in the evaluation shows
+up as a difference. Ties are avoided in the comparison by tolerating only rows whose margin is
+within float noise.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from analysis import evaluate as ev
+from analysis.benchmarks import BenchmarkError, Sources, load_image_folder, plan_benchmarks
+from probing.data import (DataError, Loaded, SyntheticWorld, WorldConfig, generate_negations, load_coco_instances,
+                          load_negbench_mcq, load_negbench_retrieval, load_sugarcrepe)
+from probing.models import load_clip
+
+REPO = Path(__file__).resolve().parents[1]
+NOISE = 1e-5  # similarity margins below this may flip between batched and single-row encoding
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: thread hand-offs cost far more than the arithmetic
+    # (one text forward takes ~250 ms with 2 busy threads, ~2 ms with one).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.conftest import tiny_config
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny-eval.json"
+    path.write_text(json.dumps(tiny_config()))
+    torch.manual_seed(0)
+    model, preprocess, tokenizer = load_clip(str(path))
+    return model, preprocess, tokenizer, path
+
+
+@pytest.fixture(scope="module")
+def world():
+    return SyntheticWorld(WorldConfig(image_size=32), seed=0)
+
+
+def coco(shared: Path) -> Path:
+    return shared / "coco_mini" / "val2017"
+
+
+# ---- independent single-row encoders ---------------------------------------------------------
+
+
+@torch.no_grad()
+def one_text(model, tokenizer, text: str) -> torch.Tensor:
+    return F.normalize(model.encode_text(tokenizer([text])).float(), dim=-1)[0]
+
+
+@torch.no_grad()
+def one_image(model, preprocess, image) -> torch.Tensor:
+    if isinstance(image, np.ndarray):
+        pil = Image.fromarray(image)
+    else:
+        with Image.open(image) as opened:
+            pil = opened.convert("RGB")
+    return F.normalize(model.encode_image(preprocess(pil)[None]).float(), dim=-1)[0]
+
+
+def check_rate(value: float, margins: list[float]) -> None:
+    """`value` equals the fraction of positive margins, up to rows whose margin is float noise."""
+    margins = torch.tensor(margins)
+    wins = (margins > 0).float().mean().item()
+    unsure = (margins.abs() < NOISE).float().mean().item()
+    assert abs(value - wins) <= unsure + 1e-9, (value, wins)
+
+
+def first(items, n):
+    """The first n rows of a lenient load, keeping its report (what was skipped in the whole file)."""
+    return Loaded(list(items)[:n], items.report)
+
+
+# ---- per-benchmark numbers against per-row loops ---------------------------------------------
+
+
+def test_mcq_matches_a_brute_force_loop_and_reports_missing_images(tiny, shared_data):
+    model, preprocess, tokenizer, _ = tiny
+    loaded = load_negbench_mcq(shared_data / "negbench/COCO_val_mcq_llama3.1_rephrased.csv", coco(shared_data),
+                               strict=False)
+    items = first(loaded, 30)
+    result = ev.evaluate_mcq(model, preprocess, tokenizer, items, batch_size=7)  # 7 < 30: several batches
+
+    margins: dict[str, list[float]] = {"all": []}
+    for item in items:
+        image = one_image(model, preprocess, item.image)
+        scores = [float(image @ one_text(model, tokenizer, caption)) for caption in item.captions]
+        best_other = max(s for i, s in enumerate(scores) if i != item.correct)
+        margin = scores[item.correct] - best_other
+        margins["all"].append(margin)
+        margins.setdefault(item.template, []).append(margin)
+    metrics = result["metrics"]
+    assert metrics["mcq_accuracy"]["n"] == len(items) == 30
+    check_rate(metrics["mcq_accuracy"]["value"], margins["all"])
+    for template in ("positive", "negative", "hybrid"):
+        if template in margins:
+            assert metrics[f"mcq_accuracy/template={template}"]["n"] == len(margins[template])
+            check_rate(metrics[f"mcq_accuracy/template={template}"]["value"], margins[template])
+    # the rows of the whole file without an image are counted, not dropped silently (MANIFEST.md: 251 have one)
+    counts = result["counts"]
+    assert counts["rows_read"] == 5914 and len(loaded) == 251
+    assert counts["n_skipped"] == 5914 - 251 and counts["skip_reasons"] == {"image not found": 5914 - 251}
+    assert counts["n_evaluated"] == 30 and len(counts["skipped_examples"]) == 5
+    assert "image not found" in counts["skipped_examples"][0]["problem"]
+
+
+def test_mcq_ties_count_as_wrong():
+    # NegBench's correct answer is always option 0: argmax would break this tie in its favour
+    image = F.normalize(torch.randn(3, 8), dim=-1)
+    same = F.normalize(torch.randn(8), dim=-1)
+    options = same.expand(3, 4, 8).clone()
+    metrics, ties = ev.score_mcq(image, options, torch.zeros(3, dtype=torch.long), ["positive"] * 3)
+    assert metrics["mcq_accuracy"]["value"] == 0.0 and ties == 3
+    options[1, 0] = image[1]  # the correct option now strictly best for item 1
+    metrics, ties = ev.score_mcq(image, options, torch.zeros(3, dtype=torch.long), ["positive"] * 3)
+    assert metrics["mcq_accuracy"]["value"] == pytest.approx(1 / 3) and ties == 2
+
+
+def test_sugarcrepe_folds_equal_explicit_dot_products(tiny, shared_data):
+    model, preprocess, tokenizer, _ = tiny
+    pairs = load_sugarcrepe(shared_data / "sugarcrepe", coco(shared_data), strict=False)
+    subset = Loaded([p for fold in sorted({p.fold for p in pairs}) for p in [q for q in pairs if q.fold == fold][:4]],
+                    pairs.report)
+    result = ev.evaluate_foils(model, preprocess, tokenizer, subset, batch_size=5)
+    margins: dict[str, list[float]] = {}
+    for pair in subset:
+        image = one_image(model, preprocess, pair.image)
+        margin = float(image @ one_text(model, tokenizer, pair.caption) - image @ one_text(model, tokenizer, pair.foil))
+        margins.setdefault(pair.fold, []).append(margin)
+    metrics = result["metrics"]
+    assert len(margins) == 7  # every fold has images among the 159
+    for fold, values in margins.items():
+        assert metrics[f"accuracy/fold={fold}"]["n"] == len(values)
+        check_rate(metrics[f"accuracy/fold={fold}"]["value"], values)
+    fold_values = [metrics[f"accuracy/fold={fold}"]["value"] for fold in margins]
+    assert metrics["mean_over_folds"]["value"] == pytest.approx(np.mean(fold_values))
+    check_rate(metrics["accuracy"]["value"], [m for values in margins.values() for m in values])
+    assert result["counts"]["rows_read"] == 7511 and result["counts"]["n_skipped"] == 7511 - 211
+
+
+def test_negated_retrieval_equals_an_explicit_ranking(tiny, shared_data):
+    model, preprocess, tokenizer, _ = tiny
+    loaded = load_negbench_retrieval(
+        shared_data / "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv", coco(shared_data),
+        strict=False)
+    items = first(loaded, 12)
+    result = ev.evaluate_retrieval(model, preprocess, tokenizer, items, batch_size=4, ks=(1, 5))
+    images = torch.stack([one_image(model, preprocess, item.image) for item in items])
+    texts, owners = [], []
+    for index, item in enumerate(items):
+        for caption in item.captions:
+            texts.append(one_text(model, tokenizer, caption))
+            owners.append(index)
+    similarity = torch.stack(texts) @ images.T  # [captions, images]
+    owners = torch.tensor(owners)
+    # text -> image R@1 (negated queries): own image ranked first; R@5: among the 5 best
+    own = similarity[torch.arange(len(owners)), owners]
+    rank = (similarity > own[:, None]).sum(dim=1)  # images strictly better than the own one
+    metrics = result["metrics"]
+    assert metrics["text_to_image_R@1"]["n"] == len(owners) == result["counts"]["n_captions"]
+    assert metrics["text_to_image_R@1"]["value"] == pytest.approx((rank == 0).float().mean().item())
+    assert metrics["text_to_image_R@5"]["value"] == pytest.approx((rank < 5).float().mean().item())
+    # image -> text R@1: the best caption of each image is one of its own
+    best = similarity.argmax(dim=0)
+    assert metrics["image_to_text_R@1"]["n"] == 12
+    assert metrics["image_to_text_R@1"]["value"] == pytest.approx((owners[best] == torch.arange(12)).float().mean().item())
+
+
+def test_last_batch_only_regression(tiny, world, monkeypatch):
+    model, preprocess, tokenizer, _ = tiny
+    examples = world.examples(23, "test", seed=1)
+    result = ev.evaluate_negation_examples(model, preprocess, tokenizer, examples, batch_size=4)  # 6 batches
+    margins, absence = [], []
+    for example in examples:
+        image = one_image(model, preprocess, example.image)
+        presence = image @ one_text(model, tokenizer, example.presence_negated)
+        margins.append(float(image @ one_text(model, tokenizer, example.caption) - presence))
+        absence.append(float(image @ one_text(model, tokenizer, example.absence_negated) - presence))
+    metrics = result["metrics"]
+    assert metrics["ccneg_accuracy"]["n"] == 23 and metrics["absence_accuracy"]["n"] == 23
+    check_rate(metrics["ccneg_accuracy"]["value"], margins)
+    check_rate(metrics["absence_accuracy"]["value"], absence)
+    for group in ("cue", "k"):  # every row lands in exactly one group
+        parts = [entry for key, entry in metrics.items() if key.startswith(f"ccneg_accuracy/{group}=")]
+        assert sum(entry["n"] for entry in parts) == 23
+        assert sum(entry["value"] * entry["n"] for entry in parts) == pytest.approx(
+            metrics["ccneg_accuracy"]["value"] * 23)
+
+    # an encoder that keeps only the last batch (the anchors' bug) is caught, not scored
+    real = ev.encode_captions
+
+    def last_batch_only(model, tokenizer, captions, *, batch_size, **kwargs):
+        return real(model, tokenizer, list(captions)[-(len(captions) % batch_size or batch_size):],
+                    batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(ev, "encode_captions", last_batch_only)
+    with pytest.raises(RuntimeError, match="feature rows"):
+        ev.evaluate_negation_examples(model, preprocess, tokenizer, examples, batch_size=4)
+
+
+def test_unnormalised_features_are_rejected():
+    unit = F.normalize(torch.randn(4, 8), dim=-1)
+    raw = unit * 3
+    with pytest.raises(ValueError, match="not L2-normalised"):
+        ev.score_pairs("x", unit, raw, unit)
+    with pytest.raises(ValueError, match="not L2-normalised"):
+        ev.score_mcq(raw, unit[:, None].expand(4, 2, 8), torch.zeros(4, dtype=torch.long), [None] * 4)
+    with pytest.raises(ValueError, match="not L2-normalised"):
+        ev.score_retrieval(unit, raw, [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="not L2-normalised"):
+        ev.score_prompt_gap(raw, unit, unit, [0, 1, 2, 3])
+
+
+def test_synthetic_scope_and_prompt_gap_by_cue_and_k(tiny, world):
+    model, preprocess, tokenizer, _ = tiny
+    sections = ev.evaluate_synthetic(model, preprocess, tokenizer, world=world, n=24, n_classification=36,
+                                     batch_size=10)
+    scope = sections["synthetic/scope"]["metrics"]
+    pairs = world.scope_pairs(24, "test", 0)
+    margins = []
+    for pair in pairs:
+        image = one_image(model, preprocess, pair.image)
+        margins.append(float(image @ one_text(model, tokenizer, pair.correct) - image @ one_text(model, tokenizer, pair.wrong)))
+    check_rate(scope["scope_accuracy"]["value"], margins)
+    for cue in {p.cue for p in pairs}:  # held-out cues of the test split
+        rows = [m for m, p in zip(margins, pairs) if p.cue == cue]
+        assert scope[f"scope_accuracy/cue={cue}"]["n"] == len(rows)
+        check_rate(scope[f"scope_accuracy/cue={cue}"]["value"], rows)
+    assert sum(scope[f"scope_accuracy/k={k}"]["n"] for k in {p.k for p in pairs}) == 24
+    gap = sections["synthetic/prompt_gap"]["metrics"]
+    assert gap["negated_prompt_gap"]["value"] == pytest.approx(
+        gap["zero_shot_affirmative"]["value"] - gap["zero_shot_negated"]["value"])
+    assert gap["negated_prompt_gap"]["n"] == 36
+    assert set(sections["synthetic/negation"]["metrics"]) >= {"ccneg_accuracy", "absence_accuracy"}
+
+
+def test_image_folder_loader_and_prompt_gap(tiny, shared_data, tmp_path):
+    model, preprocess, tokenizer, _ = tiny
+    jpgs = sorted(coco(shared_data).glob("*.jpg"))[:4]
+    for name, files in (("dog", jpgs[:2]), ("traffic_light", jpgs[2:])):
+        (tmp_path / name / "nested").mkdir(parents=True)
+        shutil.copy(files[0], tmp_path / name / files[0].name)
+        shutil.copy(files[1], tmp_path / name / "nested" / files[1].name)
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "empty_class").mkdir()
+    folder = load_image_folder(tmp_path)
+    assert folder.classes == ["dog", "traffic light"] and folder.labels == [0, 0, 1, 1]
+    assert folder.report.skip_reasons() == {"image unreadable": 1}
+    assert folder.report.filtered == {"class folders without a usable image": 1}
+    with pytest.raises(DataError, match="image unreadable"):
+        load_image_folder(tmp_path, strict=True)
+
+    result = ev.evaluate_image_folder(model, preprocess, tokenizer, folder, batch_size=3)
+    hits = {"affirmative": 0, "negated": 0}
+    for path, label in zip(folder.paths, folder.labels):
+        image = one_image(model, preprocess, path)
+        for kind, template in (("affirmative", "a photo of {}"), ("negated", "not a photo of {}")):
+            scores = [float(image @ one_text(model, tokenizer, template.format(a))) for a in ("a dog", "a traffic light")]
+            hits[kind] += int(np.argmax(scores) == label)
+    metrics = result["metrics"]
+    assert metrics["zero_shot_affirmative"]["value"] == pytest.approx(hits["affirmative"] / 4)
+    assert metrics["negated_prompt_gap"]["value"] == pytest.approx((hits["affirmative"] - hits["negated"]) / 4)
+    assert result["counts"]["n_skipped"] == 1 and result["counts"]["n_evaluated"] == 4
+
+    single = tmp_path / "single"
+    shutil.copytree(tmp_path / "dog", single / "dog")
+    with pytest.raises(DataError, match="at least two class folders"):
+        load_image_folder(single)
+
+
+def test_coco_generated_and_ccneg_file(tiny, shared_data, tmp_path):
+    model, preprocess, tokenizer, _ = tiny
+    instances = load_coco_instances(shared_data / "coco_mini/annotations/instances_val2017.json", coco(shared_data),
+                                    strict=False)
+    examples = generate_negations(instances, seed=0, max_subjects=3)[:20]
+    result = ev.evaluate_negation_examples(model, preprocess, tokenizer, examples, batch_size=6)
+    margins = []
+    for example in examples:
+        image = one_image(model, preprocess, example.image)
+        margins.append(float(image @ one_text(model, tokenizer, example.caption)
+                             - image @ one_text(model, tokenizer, example.presence_negated)))
+    check_rate(result["metrics"]["ccneg_accuracy"]["value"], margins)
+    assert {key.split("=")[0] for key in result["metrics"] if "=" in key} == {
+        "ccneg_accuracy/cue", "ccneg_accuracy/k", "absence_accuracy/cue", "absence_accuracy/k"}
+
+    # a CC-Neg file in its CSV form: one row's image is missing, one row has no K
+    images = sorted(coco(shared_data).glob("*.jpg"))[:3]
+    csv = tmp_path / "ccneg.csv"
+    csv.write_text("image_path,caption,negative_prompt,num_ops\n"
+                   f"cc3m/{images[0].name},a dog on a sofa,a dog not on a sofa,1\n"
+                   f"cc3m/{images[1].name},two cups and a plate,two cups but no plate,2\n"
+                   "cc3m/missing.jpg,a cat,no cat,1\n"
+                   f"cc3m/{images[2].name},a bus on a road,a bus without a road,\n")
+    out = ev.evaluate_all(model, preprocess, tokenizer, which=["ccneg"], ccneg=csv, image_root=coco(shared_data),
+                          batch_size=2)
+    section = out["sections"]["ccneg"]
+    assert section["metrics"]["ccneg_accuracy"]["n"] == 3
+    assert section["metrics"]["ccneg_accuracy/cue=not"]["n"] == 1
+    assert section["metrics"]["ccneg_accuracy/k=unknown"]["n"] == 1
+    assert section["counts"]["skip_reasons"] == {"image not found": 1} and section["counts"]["rows_read"] == 4
+
+
+def test_evaluate_all_reports_missing_images_and_plan(tiny, shared_data, tmp_path):
+    model, preprocess, tokenizer, _ = tiny
+    # VALSE's images are Visual7W, none in the shared data: give three of them (COCO pixels, VALSE names)
+    valse = json.loads((shared_data / "valse/existence.json").read_text())
+    kept = [item["image_file"] for item in valse.values() if item["mturk"]["caption"] >= 2][:3]
+    source = sorted(coco(shared_data).glob("*.jpg"))[0]
+    for name in kept:
+        shutil.copy(source, tmp_path / name)
+    out = ev.evaluate_all(model, preprocess, tokenizer, data_root=shared_data, which=["valse_existence", "sugarcrepe"],
+                          image_roots={"valse_existence": tmp_path}, limit=2, batch_size=16)
+    valse_counts = out["sections"]["valse_existence"]["counts"]
+    assert out["sections"]["valse_existence"]["metrics"]["accuracy"]["n"] == 2  # limit 2 of the 3 found
+    assert valse_counts["rows_read"] == 505 and valse_counts["n_skipped"] == 502
+    assert valse_counts["filtered"] == {"mturk.caption < 2 (VALSE protocol)": 29}
+    sugarcrepe = out["sections"]["sugarcrepe"]
+    assert sugarcrepe["metrics"]["accuracy"]["n"] == 14 and sugarcrepe["counts"]["limited_to"] == 2  # 2 per fold
+    table = ev.markdown_table(out, model="tiny")
+    assert "| valse_existence | 505 | 2 (limit 2) | 502 | image not found (502) |" in table
+
+    # the default plan runs what exists and says why the rest does not run
+    plan = plan_benchmarks(Sources(data_root=shared_data))
+    assert set(plan.runnable) == {"synthetic", "coco_generated", "negbench_mcq", "negbench_retrieval", "sugarcrepe",
+                                  "valse_existence"}
+    assert "--ccneg" in plan.not_run["ccneg"] and "--image-folder" in plan.not_run["image_folder"]
+    with pytest.raises(BenchmarkError, match="'ccneg' cannot run"):
+        plan_benchmarks(Sources(data_root=shared_data), ["ccneg"])
+    with pytest.raises(BenchmarkError, match="unknown benchmark"):
+        plan_benchmarks(Sources(data_root=shared_data), ["negbench"])
+    (tmp_path / "x.csv").write_text("image_path,caption,negative_prompt\n")
+    with pytest.raises(BenchmarkError, match="no image root"):
+        plan_benchmarks(Sources(data_root=tmp_path / "nowhere", image_root=None, ccneg=tmp_path / "x.csv"), ["ccneg"])
+
+
+# ---- the command -----------------------------------------------------------------------------
+
+
+def test_cli_writes_json_and_markdown(tiny, shared_data, tmp_path, monkeypatch, capsys):
+    from analysis.cli_evaluate import main
+
+    _, _, _, config = tiny
+    folder = tmp_path / "classes"
+    for name, image in zip(("cat", "bus"), sorted(coco(shared_data).glob("*.jpg"))[:2]):
+        (folder / name).mkdir(parents=True)
+        shutil.copy(image, folder / name / image.name)
+    monkeypatch.chdir(REPO)  # the default data root is ../shared/data from here
+    out = tmp_path / "out"
+    code = main(["--model", str(config), "--benchmarks", "synthetic,negbench_mcq,image_folder", "--limit", "6",
+                 "--image-folder", str(folder), "--synthetic-n", "12", "--synthetic-classification", "36",
+                 "--synthetic-image-size", "32", "--batch-size", "5", "--out", str(out), "--no-progress"])
+    assert code == 0
+    assert f"wrote {out / 'evaluation.json'}" in capsys.readouterr().out
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["model"]["model"] == str(config) and result["model"]["pretrained"] is None
+    assert set(result["sections"]) == {"synthetic/negation", "synthetic/scope", "synthetic/prompt_gap",
+                                       "negbench_mcq", "image_folder/prompt_gap"}
+    mcq = result["sections"]["negbench_mcq"]
+    assert mcq["metrics"]["mcq_accuracy"]["n"] == 6 and mcq["counts"]["n_skipped"] == 5914 - 251
+    markdown = (out / "evaluation.md").read_text()
+    assert "| benchmark | metric | value | n |" in markdown
+    value = mcq["metrics"]["mcq_accuracy"]["value"]
+    assert f"| negbench_mcq | mcq_accuracy | {value:.4f} | 6 |" in markdown
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--benchmarks", "synthetic,bogus"], "unknown benchmark"),
+    (["--benchmarks", "ccneg"], "'ccneg' cannot run"),
+    (["--batch-size", "0"], "must be >= 1"),
+    (["--data-root", "/nonexistent/folder"], "is not a folder"),
+    (["--model", "no-such-model"], "unknown model name"),
+    (["--image-root-for", "valse_existence"], "BENCHMARK=DIR"),
+])
+def test_cli_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, monkeypatch, capsys):
+    from analysis.cli_evaluate import main
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "o"), "--model", "RN50", *argv] if "--model" not in argv
+             else ["--out", str(tmp_path / "o"), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("evaluate-negation: error:") and message in err[-1]
+    assert not any(line.startswith("Traceback") for line in err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_help_does_not_import_torch():
+    code = ("import sys; from analysis.cli_evaluate import build_parser; build_parser().format_help(); "
+            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.split() == ["False", "False"]
