@@ -3,7 +3,7 @@
     losses.py    CLIP, CoN-CLIP, Omni-NegCLIP, NegationCLIP, TripletCLIP (the single definition)
     plan.py      LayerPlan: the JSON file the layer selector writes
     freezing.py  apply_plan: freeze everything, unfreeze the planned parts
-    train.py     TrainConfig, Trainer, train, batch_losses
+    train.py     TrainConfig, Trainer, train(), batch_losses (import them from finetune.train)
     cli.py       the `finetune-layers` command
 
 Names are imported on first use, so that command-line `--help` stays instant.
@@ -22,7 +22,6 @@ _EXPORTS = {
     "apply_plan": "finetune.freezing",
     "TrainConfig": "finetune.train",
     "Trainer": "finetune.train",
-    "train": "finetune.train",
     "batch_losses": "finetune.train",
 }
 

@@ -134,17 +134,21 @@ def resolve_model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                      "(an open_clip name or config JSON) and --pretrained")
     if args.pretrained:
         parser.error("--pretrained does not go with --model embedded")
-    return getattr(embedded, "MODEL_NAME", "negclip-tiny"), str(embedded.ensure_embedded_model())
+    spec = getattr(embedded, "DEFAULT_SPEC", None)
+    name = getattr(spec, "model", None) or getattr(embedded, "MODEL_NAME", "negclip-tiny")
+    return name, str(embedded.ensure_embedded_model())
 
 
-def load_examples(args: argparse.Namespace) -> list:
-    """NegationExamples from the synthetic world or a data file (with the loaders' own errors)."""
+def load_examples(args: argparse.Namespace, image_size: int | None = None) -> list:
+    """NegationExamples from the synthetic world (rendered at the model's image size) or a data
+    file (with the loaders' own errors)."""
     from probing.data.records import DataError, NegationExample
 
     if args.data == "synthetic":
         from probing.data.synthetic import SyntheticWorld, WorldConfig
 
-        return SyntheticWorld(WorldConfig(), seed=args.data_seed).examples(args.n_examples, "train", seed=args.data_seed)
+        world = WorldConfig(image_size=image_size) if image_size else WorldConfig()
+        return SyntheticWorld(world, seed=args.data_seed).examples(args.n_examples, "train", seed=args.data_seed)
     from probing.data.loaders import guess_kind, load_dataset
 
     kind = args.data_kind or guess_kind(args.data)
@@ -156,6 +160,13 @@ def load_examples(args: argparse.Namespace) -> list:
                                          "NegationExample data (CC-Neg, COCO captions, the synthetic world)")
     print(getattr(examples, "report", f"{args.data}: {len(examples)} examples"), flush=True)
     return list(examples)
+
+
+def _image_size(model) -> int | None:
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0] if len(set(size)) == 1 else None
+    return size if isinstance(size, int) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         torch.manual_seed(args.seed)  # a model without pretrained weights starts from a seeded init
         model, preprocess, tokenizer = load_clip(name, pretrained, device="cpu")
-        examples = load_examples(args)
+        examples = load_examples(args, image_size=_image_size(model))
         result = train(model, tokenizer, preprocess, examples, plan, config)
     except (ModelLoadError, DataError, PlanError, NonFiniteLossError, ResumeError, ValueError) as error:
         print(f"finetune-layers: error: {error}", file=sys.stderr)

@@ -271,23 +271,40 @@ def test_cli_trains_on_the_synthetic_world(tiny, tmp_path, capsys):
     (["--layers", "0", "--lr", "-1"], "must be > 0"),
     (["--layers", "0", "--batch-size", "0"], "must be >= 1"),
     ([], "one of the arguments --plan --layers is required"),
-    (["--layers", "0", "--model", "embedded"], "embedded default model"),
 ])
 def test_cli_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message):
     from finetune.cli import main
 
-    try:
-        import finetune.embedded  # noqa: F401
-        if "embedded" in extra:
-            pytest.skip("the embedded model exists now")
-    except ImportError:
-        pass
-    base = [] if "--model" in extra else ["--model", "ViT-B-32"]
     with pytest.raises(SystemExit) as exit_info:
-        main(base + extra + ["--out", str(tmp_path / "x")])
+        main(["--model", "ViT-B-32"] + extra + ["--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_cli_default_model_comes_from_the_embedded_hook(tiny, tmp_path, capsys, monkeypatch):
+    import sys
+    import types
+
+    from finetune.cli import main
+    from probing.models import save_clip_checkpoint
+
+    model, _, _ = fresh(tiny)
+    checkpoint = save_clip_checkpoint(model, tmp_path / "embedded.safetensors", model_name=tiny.stem)
+    fake = types.ModuleType("finetune.embedded")
+    fake.DEFAULT_SPEC = types.SimpleNamespace(model=str(tiny))
+    fake.ensure_embedded_model = lambda: checkpoint
+    monkeypatch.setitem(sys.modules, "finetune.embedded", fake)
+    args = ["--layers", "0", "--steps", "1", "--batch-size", "4", "--n-examples", "8", "--no-progress", "--no-tensorboard"]
+    assert main(args + ["--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["model_name"] == tiny.stem
+    with pytest.raises(SystemExit):
+        main(args + ["--pretrained", "x.pt", "--out", str(tmp_path / "run2")])
+    assert "--pretrained does not go with --model embedded" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "finetune.embedded", None)  # not installed: a clear argument error
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "run3")])
+    assert "embedded default model is not part of this installation" in capsys.readouterr().err
 
 
 def test_cli_runtime_errors_are_one_line(tiny, tmp_path, capsys):
