@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--n-examples", type=_positive_int, default=10_000, help="synthetic examples to generate")
     data.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic world")
     loss = parser.add_argument_group("loss")
-    loss.add_argument("--loss", choices=LOSS_NAMES, default="conclip")
+    loss.add_argument("--loss", choices=LOSS_NAMES, default="conclip",
+                      help="conclip uses distractor images when every example has one (three terms), else its two-term form")
     loss.add_argument("--terms", help="CoN-CLIP terms to use, e.g. '1' or '1,2,3' (default: all available)")
     loss.add_argument("--lam", type=float, help="Omni-NegCLIP weight of the absence loss (default 1)")
     loss.add_argument("--lambda-o", type=float, help="Omni-NegCLIP weight of the original-caption term (default 1)")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from finetune.checkpoint import Checkpoint, checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from finetune.data import TrainingData, prepare_data
 from finetune.distributed import DistContext, rank_device, setup_distributed
 from finetune.freezing import apply_plan, planned_parts
@@ -206,6 +206,7 @@ class Trainer:
         self.autocast = config.bf16 and self.device.type == "cuda"
         self.out_dir = Path(config.out_dir)
         self.total_steps = total_steps_of(config, len(examples))
+        self._refuse_to_overwrite()  # before the slow part (caching image features)
 
         torch.manual_seed(config.seed)
         model.to(self.device)
@@ -237,15 +238,20 @@ class Trainer:
             self.last_checkpoint = save_checkpoint(self.out_dir, self.step, self.model, state,
                                                    model_name=self.config.model_name,
                                                    keep_last=self.config.keep_checkpoints)
+        else:  # the other ranks only need to know where it is
+            self.last_checkpoint = Checkpoint(self.step, checkpoint_root(self.out_dir) / f"step_{self.step:07d}")
         self.dist.barrier()
-        self.last_checkpoint = latest_checkpoint(self.out_dir)
         return self.last_checkpoint
 
-    def resume_or_start(self) -> None:
+    def _refuse_to_overwrite(self) -> None:
         checkpoint = latest_checkpoint(self.out_dir)
         if checkpoint is not None and not self.config.resume:
             raise ResumeError(f"{self.out_dir} already holds a checkpoint (step {checkpoint.step}); "
                               "pass --resume to continue it, or choose another output folder")
+
+    def resume_or_start(self) -> None:
+        self._refuse_to_overwrite()
+        checkpoint = latest_checkpoint(self.out_dir)
         if checkpoint is None:
             if self.config.resume and self.dist.is_main:
                 print(f"no checkpoint in {self.out_dir}: starting from step 0", flush=True)
