@@ -5,7 +5,6 @@ import csv
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
