@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+# Tiny test models run fastest on one thread; more threads only add OpenMP/BLAS overhead and,
+# when several processes share the cores, oversubscription that slows everything many times over.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -20,6 +27,13 @@ def tiny_config(text_width: int = 64, *, quick_gelu: bool = False, layers: int =
         "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": text_width,
                      "heads": heads, "layers": layers, **text_extra},
     }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
