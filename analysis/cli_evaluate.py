@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=EMBEDDED,
-                       help="open_clip model name or config JSON; 'embedded' = the small CLIP pretrained on the synthetic world")
+                       help="open_clip model name or config JSON; 'embedded' = the small CLIP pretrained on the "
+                            "synthetic world (built and cached on first use); 'embedded:small' = its smoke-test build")
     model.add_argument("--pretrained", help="pretrained tag or local checkpoint file (not with --model embedded)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     data = parser.add_argument_group("data")
@@ -101,7 +102,7 @@ def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         which = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
         if not which:
             parser.error("--benchmarks is empty")
-    if args.pretrained and args.model == EMBEDDED:
+    if args.pretrained and is_embedded(args.model):
         parser.error("--pretrained does not go with --model embedded")
     try:
         sources = Sources(data_root=data_root, image_root=args.image_root, image_roots=roots, ccneg=args.ccneg,
@@ -112,6 +113,11 @@ def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     if not plan.runnable:
         parser.error("no benchmark can run: " + "; ".join(f"{k}: {v}" for k, v in plan.not_run.items()))
     return sources, which, plan
+
+
+def is_embedded(model: str) -> bool:
+    """'embedded' (the default build) or 'embedded:<spec>' (e.g. 'embedded:small', the smoke-test build)."""
+    return model == EMBEDDED or model.startswith(EMBEDDED + ":")
 
 
 def load_model(args: argparse.Namespace):
@@ -125,15 +131,18 @@ def load_model(args: argparse.Namespace):
     from probing.models import load_clip, resolve_device
 
     device = resolve_device(args.device)
-    if args.model == EMBEDDED:
+    if is_embedded(args.model):
         try:
             from finetune import embedded
         except ImportError:
             raise LookupError("the embedded default model is not part of this installation yet; pass --model "
                               "(an open_clip name or config JSON) and --pretrained") from None
-        model, preprocess, tokenizer = embedded.load_embedded_model(device=device, progress=not args.no_progress)
-        world = embedded.world_for(embedded.DEFAULT_SPEC) if hasattr(embedded, "world_for") else None
-        return model, preprocess, tokenizer, {"model": EMBEDDED, "pretrained": None, "device": str(device)}, world
+        name = args.model.partition(":")[2] or "default"
+        if name not in embedded.SPECS:
+            raise LookupError(f"unknown embedded model {name!r}; known: {', '.join(embedded.SPECS)}")
+        model, preprocess, tokenizer = embedded.load_embedded_model(name, device=device, progress=not args.no_progress)
+        described = {"model": args.model, "pretrained": None, "device": str(device)}
+        return model, preprocess, tokenizer, described, embedded.world_for(embedded.SPECS[name])
     torch.manual_seed(args.seed)  # a model without pretrained weights starts from a seeded init
     model, preprocess, tokenizer = load_clip(args.model, args.pretrained, device=device)
     described = {"model": str(args.model), "pretrained": None if args.pretrained is None else str(args.pretrained),

@@ -411,3 +411,31 @@ def test_cli_help_does_not_import_torch():
             "print('torch' in sys.modules, 'open_clip' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_cli_embedded_model_comes_with_its_synthetic_world(tiny, tmp_path, monkeypatch, capsys):
+    from analysis.cli_evaluate import main
+    from finetune import embedded
+
+    model, preprocess, tokenizer, _ = tiny
+    asked = []
+
+    def fake_load(spec, device="cpu", *, progress=True):  # the real one pretrains for minutes
+        asked.append(spec)
+        return model, preprocess, tokenizer
+
+    monkeypatch.setattr(embedded, "load_embedded_model", fake_load)
+    monkeypatch.setattr(embedded, "world_for", lambda spec: SyntheticWorld(WorldConfig(image_size=32), seed=3))
+    out = tmp_path / "out"
+    assert main(["--model", "embedded:small", "--benchmarks", "synthetic", "--synthetic-n", "8",
+                 "--synthetic-classification", "36", "--out", str(out), "--no-progress"]) == 0
+    assert asked == ["small"]
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["model"]["model"] == "embedded:small"
+    assert result["sections"]["synthetic/scope"]["counts"]["image_size"] == 32
+    assert result["sections"]["synthetic/scope"]["counts"]["world_seed"] == 3
+    for argv in (["--model", "embedded", "--pretrained", "w.safetensors"], ["--model", "embedded:huge"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--benchmarks", "synthetic", "--out", str(tmp_path / "bad")])
+        assert exit_info.value.code == 2
+    assert "unknown embedded model 'huge'" in capsys.readouterr().err
