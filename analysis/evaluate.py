@@ -121,7 +121,7 @@ def breakdown(name: str, hits: torch.Tensor, groups: dict[str, Sequence]) -> Met
     rows with None are reported as `<group>=unknown`, so that a breakdown always adds up to `n`.
     """
     hits = hits.bool().cpu()
-    metrics = {name: _metric(hits.float().mean(), len(hits))}
+    metrics = {name: _metric(hits.double().mean(), len(hits))}
     for group, values in groups.items():
         values = list(values)
         if len(values) != len(hits):
@@ -133,7 +133,7 @@ def breakdown(name: str, hits: torch.Tensor, groups: dict[str, Sequence]) -> Met
             rows["unknown" if value is None else value].append(index)
         for value in sorted(rows, key=lambda v: (isinstance(v, str), v)):
             chosen = hits[torch.tensor(rows[value])]
-            metrics[f"{name}/{group}={value}"] = _metric(chosen.float().mean(), len(chosen))
+            metrics[f"{name}/{group}={value}"] = _metric(chosen.double().mean(), len(chosen))
     return metrics
 
 

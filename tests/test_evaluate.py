@@ -80,8 +80,8 @@ def one_image(model, preprocess, image) -> torch.Tensor:
 def check_rate(value: float, margins: list[float]) -> None:
     """`value` equals the fraction of positive margins, up to rows whose margin is float noise."""
     margins = torch.tensor(margins)
-    wins = (margins > 0).float().mean().item()
-    unsure = (margins.abs() < NOISE).float().mean().item()
+    wins = (margins > 0).double().mean().item()
+    unsure = (margins.abs() < NOISE).double().mean().item()
     assert abs(value - wins) <= unsure + 1e-9, (value, wins)
 
 
