@@ -80,7 +80,7 @@ def main() -> None:
     print(f"device {device}, torch threads {torch.get_num_threads()}, model {Path(model_name).stem}, loss {args.loss}, "
           f"batch {args.batch_size}, plan {plan.describe()}")
     print(f"toolkit loop (cached images, trimmed text): {args.batch_size / fast:8.1f} samples/s "
-          f"(median step {fast:.3f} s; + {setup_s:.2f} s once to cache {len(examples)} images and distractors)")
+          f"(median step {fast:.3f} s; + {setup_s:.2f} s once to cache image features of {len(examples)} examples)")
     print(f"naive loop (images every step, 77 tokens):  {args.batch_size / naive:8.1f} samples/s "
           f"(median step {naive:.3f} s)")
     print(f"speed-up: {naive / fast:.2f}x per step; "
