@@ -17,36 +17,18 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from probing.metrics import check_normalized
+
 Tensor = torch.Tensor
-
-# Row norms may differ from 1 by this much (rounding of a normalised float32 vector is ~1e-7;
-# half precision rounds each coordinate to ~3 significant digits, hence the looser bound).
-_NORM_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 2e-2}
-_DEFAULT_TOLERANCE = 1e-3
-
-
-def check_normalized(name: str, features: Tensor) -> None:
-    """Raise ValueError unless `features` is a [M, d] tensor of unit-norm rows."""
-    if not isinstance(features, torch.Tensor) or features.ndim != 2:
-        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        raise ValueError(f"{name} must be a [M, d] feature tensor, got {shape}")
-    norms = features.detach().float().norm(dim=-1)
-    tolerance = _NORM_TOLERANCE.get(features.dtype, _DEFAULT_TOLERANCE)
-    worst = (norms - 1).abs().max() if len(norms) else torch.tensor(0.0)
-    if not torch.isfinite(norms).all() or worst > tolerance:
-        raise ValueError(
-            f"{name} is not L2-normalised: row norms range {norms.min().item():.4g}..{norms.max().item():.4g} "
-            f"(allowed 1 +- {tolerance:g}); pass F.normalize(features, dim=-1). Similarities of "
-            "unnormalised features are not cosine similarities."
-        )
-
 
 def _check(**features: Tensor | None) -> int:
     """Check every given tensor is normalised and that all have the same number of rows M."""
     rows = set()
     for name, value in features.items():
         if value is not None:
-            check_normalized(name, value)
+            if value.ndim != 2:
+                raise ValueError(f"{name} must be a [M, d] feature tensor, got {tuple(value.shape)}")
+            check_normalized(value, name)
             rows.add(value.shape[0])
     if len(rows) > 1:
         sizes = {name: value.shape[0] for name, value in features.items() if value is not None}

@@ -10,16 +10,24 @@ from typing import Sequence
 import torch
 
 
-def check_normalized(features: torch.Tensor, name: str, *, tolerance: float = 1e-3) -> None:
-    """Raise ValueError unless every row of `features` has unit L2 norm."""
-    if features.ndim < 1 or features.shape[-1] == 0:
-        raise ValueError(f"{name} is empty")
+# Row norms may differ from 1 by this much: float32 rounding of a normalised vector is ~1e-7, half
+# precision rounds each coordinate to ~3 significant digits, hence the looser bounds.
+_NORM_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 2e-2}
+_DEFAULT_TOLERANCE = 1e-3
+
+
+def check_normalized(features: torch.Tensor, name: str) -> None:
+    """Raise ValueError unless every row (last dimension) of `features` has unit L2 norm."""
+    if not isinstance(features, torch.Tensor) or features.ndim < 1 or features.shape[-1] == 0:
+        raise ValueError(f"{name} must be a non-empty feature tensor, got {type(features).__name__}")
     norms = features.detach().float().norm(dim=-1)
-    worst = (norms - 1).abs().max().item()
-    if worst > tolerance:
+    tolerance = _NORM_TOLERANCE.get(features.dtype, _DEFAULT_TOLERANCE)
+    worst = (norms - 1).abs().max() if norms.numel() else torch.tensor(0.0)
+    if not torch.isfinite(norms).all() or worst > tolerance:
         raise ValueError(
-            f"{name} is not L2-normalised (a row norm is off by {worst:.3g}); "
-            "normalise features before computing similarities"
+            f"{name} is not L2-normalised: row norms range {norms.min().item():.4g}..{norms.max().item():.4g} "
+            f"(allowed 1 +- {tolerance:g}); pass F.normalize(features, dim=-1). Similarities of "
+            "unnormalised features are not cosine similarities."
         )
 
 
