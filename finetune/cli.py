@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-LOSS_NAMES = ("conclip", "clip", "omni", "negationclip", "tripletclip")  # = finetune.losses.LOSSES
+LOSS_NAMES = ("conclip", "clip", "omni", "negationclip", "tripletclip", "mix")  # = finetune.losses.LOSSES
 EMBEDDED = "embedded"
 EXTRAS = ("embeddings", "ln_final", "projection", "logit_scale")
 
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--loss", choices=LOSS_NAMES, default="conclip",
                       help="conclip uses distractor images when every example has one (three terms), else its two-term form")
     loss.add_argument("--terms", help="CoN-CLIP terms to use, e.g. '1' or '1,2,3' (default: all available)")
+    loss.add_argument("--weights", help="with --loss mix: weights such as 'conclip=1,negationclip=1,clip=1' "
+                                        "(keys: conclip, negationclip, clip, tripletclip, omni)")
     loss.add_argument("--lam", type=float, help="Omni-NegCLIP weight of the absence loss (default 1)")
     loss.add_argument("--lambda-o", type=float, help="Omni-NegCLIP weight of the original-caption term (default 1)")
     loss.add_argument("--lambda-t", type=float, help="Omni-NegCLIP weight of the hinge (default 1)")
@@ -93,9 +95,10 @@ def _positive_float(text: str) -> float:
 
 def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     """Loss options, refusing those that the chosen loss does not have."""
-    given = {name: getattr(args, name) for name in ("terms", "lam", "lambda_o", "lambda_t", "margin")
+    given = {name: getattr(args, name) for name in ("terms", "lam", "lambda_o", "lambda_t", "margin", "weights")
              if getattr(args, name) is not None}
-    allowed = {"conclip": {"terms"}, "omni": {"lam", "lambda_o", "lambda_t", "margin"}}.get(args.loss, set())
+    allowed = {"conclip": {"terms"}, "omni": {"lam", "lambda_o", "lambda_t", "margin"},
+               "mix": {"terms", "weights"}}.get(args.loss, set())
     foreign = sorted(set(given) - allowed)
     if foreign:
         flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
@@ -107,7 +110,23 @@ def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
             parser.error(f"--terms must list term numbers such as '1,2,3', got {args.terms!r}")
         if not given["terms"] or not set(given["terms"]) <= {1, 2, 3}:
             parser.error(f"--terms must be among 1, 2, 3, got {args.terms!r}")
+    if "weights" in given:
+        given.update(_mix_weights(given.pop("weights"), parser))
     return given
+
+
+def _mix_weights(text: str, parser: argparse.ArgumentParser) -> dict[str, float]:
+    known = ("conclip", "negationclip", "clip", "tripletclip", "omni")
+    weights = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            parser.error(f"--weights items look like 'conclip=1', got {item!r}")
+        if name.strip() not in known:
+            parser.error(f"--weights: unknown loss {name.strip()!r}; known: {', '.join(known)}")
+    return weights
 
 
 def layer_plan(args: argparse.Namespace, parser: argparse.ArgumentParser):

@@ -12,7 +12,7 @@ t X [Y; Z]^T with targets on the diagonal (row i's target is Y_i).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +160,41 @@ def tripletclip_loss(
     return nc(image, caption, negated) + nc(distractor, negated, caption)
 
 
+def negation_mix_loss(
+    image: Tensor,
+    caption: Tensor,
+    presence_negated: Tensor,
+    absence_negated: Tensor,
+    distractor: Tensor | None = None,
+    *,
+    scale: Tensor | float,
+    conclip: float = 1.0,
+    negationclip: float = 1.0,
+    clip: float = 1.0,
+    tripletclip: float = 0.0,
+    omni: float = 0.0,
+    terms: Sequence[int] = (1, 2, 3),
+) -> Tensor:
+    """A weighted sum of the losses above on one batch; a weight of 0 leaves that loss out.
+
+    Why a mix: CoN-CLIP alone can be won by the shortcut "a negation word lowers the score"
+    (REFERENCE.md). With distractor images its third term rewards the negated caption where the
+    negated object is really absent, NegationCLIP rewards true absence-negated captions, and the
+    plain CLIP term on affirmative captions holds retrieval.
+    """
+    weighted = [
+        (conclip, lambda: conclip_loss(image, caption, presence_negated, distractor, scale=scale, terms=terms)),
+        (negationclip, lambda: negationclip_loss(image, absence_negated, scale=scale)),
+        (clip, lambda: clip_loss(image, caption, scale=scale)),
+        (tripletclip, lambda: tripletclip_loss(image, caption, presence_negated, distractor, scale=scale)),
+        (omni, lambda: omni_negclip_loss(image, caption, presence_negated, absence_negated, scale=scale)),
+    ]
+    parts = [weight * loss() for weight, loss in weighted if weight]
+    if not parts:
+        raise ValueError("negation_mix_loss: every weight is 0")
+    return torch.stack(parts).sum()
+
+
 # --- registry: which features each loss reads, and one call for all of them -------------------
 
 FEATURE_NAMES = ("image", "caption", "presence_negated", "absence_negated", "distractor")
@@ -191,6 +226,7 @@ LOSS_SPECS: dict[str, LossSpec] = {
     "omni": LossSpec(omni_negclip_loss, ("caption", "presence_negated", "absence_negated")),
     "negationclip": LossSpec(negationclip_loss, ("absence_negated",)),
     "tripletclip": LossSpec(tripletclip_loss, ("caption", "presence_negated"), distractor="required"),
+    "mix": LossSpec(negation_mix_loss, ("caption", "presence_negated", "absence_negated"), distractor="optional"),
 }
 LOSSES: dict[str, Callable[..., Tensor]] = {name: spec.fn for name, spec in LOSS_SPECS.items()}
 

@@ -157,13 +157,14 @@ def test_scale_tensor_carries_gradient_and_matches_float():
 def test_registry_and_compute_loss_dispatch():
     I, c, n, a, Ip = features(8, 5)
     batch = {"image": I, "caption": c, "presence_negated": n, "absence_negated": a, "distractor": Ip}
-    assert set(LOSSES) == {"clip", "conclip", "omni", "negationclip", "tripletclip"}
+    assert set(LOSSES) == {"clip", "conclip", "omni", "negationclip", "tripletclip", "mix"}
     close(compute_loss("clip", batch, scale=SCALE), clip_loss(I, c, scale=SCALE).item())
     close(compute_loss("conclip", batch, scale=SCALE), conclip_loss(I, c, n, Ip, scale=SCALE).item())
     close(compute_loss("conclip", {**batch, "distractor": None}, scale=SCALE), conclip_loss(I, c, n, scale=SCALE).item())
     close(compute_loss("omni", batch, scale=SCALE, lam=0.5), omni_negclip_loss(I, c, n, a, scale=SCALE, lam=0.5).item())
     close(compute_loss("negationclip", batch, scale=SCALE), negationclip_loss(I, a, scale=SCALE).item())
     close(compute_loss("tripletclip", batch, scale=SCALE), tripletclip_loss(I, c, n, Ip, scale=SCALE).item())
+    close(compute_loss("mix", batch, scale=SCALE, clip=0.5), losses.negation_mix_loss(I, c, n, a, Ip, scale=SCALE, clip=0.5).item())
     close(make_loss_fn("conclip", terms=(1,))(batch, SCALE), conclip_loss(I, c, n, Ip, scale=SCALE, terms=(1,)).item())
     with pytest.raises(ValueError, match="unknown loss"):
         compute_loss("negclip", batch, scale=SCALE)
@@ -239,3 +240,26 @@ def test_module_exports():
     for name in ("clip_loss", "conclip_loss", "omni_presence_loss", "omni_absence_loss", "omni_negclip_loss",
                  "negationclip_loss", "tripletclip_loss", "compute_loss", "make_loss_fn", "LOSSES"):
         assert hasattr(losses, name)
+
+
+def test_negation_mix_is_the_weighted_sum_of_its_parts():
+    from finetune.losses import negation_mix_loss
+
+    image, caption, negated, absence, distractor = features(11)
+    mixed = negation_mix_loss(image, caption, negated, absence, distractor, scale=SCALE,
+                              conclip=0.5, negationclip=2.0, clip=1.5, tripletclip=0.25)
+    # the second way: each part from the numpy loops
+    conclip = (np_ce(image, np.vstack([caption, negated]), SCALE) + np_ce(caption, np.vstack([image, distractor]), SCALE)
+               + np_ce(distractor, np.vstack([negated, caption]), SCALE)) / 3
+    negationclip = (np_ce(image, absence, SCALE) + np_ce(absence, image, SCALE)) / 2
+    clip = (np_ce(image, caption, SCALE) + np_ce(caption, image, SCALE)) / 2
+    nc = lambda i, t, f: 0.5 * (np_ce(i, np.vstack([t, f]), SCALE) + np_ce(t, i, SCALE))
+    triplet = nc(image, caption, negated) + nc(distractor, negated, caption)
+    expected = 0.5 * conclip + 2.0 * negationclip + 1.5 * clip + 0.25 * triplet
+    assert mixed.item() == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="every weight is 0"):
+        negation_mix_loss(image, caption, negated, absence, scale=SCALE, conclip=0, negationclip=0, clip=0)
+    # without distractors the CoN-CLIP part falls back to its two-term form
+    two_term = negation_mix_loss(image, caption, negated, absence, scale=SCALE, negationclip=0, clip=0)
+    assert two_term.item() == pytest.approx((np_ce(image, np.vstack([caption, negated]), SCALE)
+                                             + np_ce(caption, image, SCALE)) / 2, rel=1e-9)
