@@ -6,17 +6,22 @@ minus the value at layer b (floored at 0; a block that loses evidence adds none)
 
 Evidence per block b, three components (each normalised to sum 1 over blocks):
 
-    probe       A[l]  = mean over tasks t of max(0, H_t,trained[l] - H_t,baseline[l])
+    probe       A[l]  = mean over tasks t of m_t[l], with
+                        m_t[l] = H_t,trained[l] - H_t,baseline[l] if that is >= `min_probe_margin`, else 0
                         H = probe accuracy (task labels, `config.probe`) averaged over the held-out
                         splits (cue, object, template); baseline = the random-weights model at the
                         same layer, or chance (0.5) when no random model was measured. A probe that
-                        does not beat the random baseline on held-out data detects tokens, not negation.
+                        does not beat the random baseline on held-out data detects tokens, not negation;
+                        margins under `min_probe_margin` (3 points) are test-set noise (the bootstrap
+                        interval of a 600-caption split is about +-4 points) and count as none.
                 gain[b] = max(0, A[b+1] - A[b])
     gradnorm    r[b]  = relative gradient norm ||g|| / ||w|| of block b (`config.grad_component`)
                         under the fine-tuning loss(es); with several losses, the mean of each
                         loss's profile normalised to sum 1 (`config.grad_loss` picks one loss).
-    sensitivity D[l]  = max(0, presence-edit sensitivity[l] - control-edit sensitivity[l])
-                        (how much further a negation moves the caption than a same-size edit)
+    sensitivity D[l]  = max(0, presence-edit sensitivity[l] - control-edit sensitivity[l]) for l >= 1
+                        (how much further a negation moves the caption than a same-size edit);
+                        D[0] = 0: the pooled end-of-text state at the embedding output holds only the
+                        EOT token at its position, so it sees the caption's length, not its content.
                 gain[b] = max(0, D[b+1] - D[b])
 
     share_c[b] = x_c[b] / sum_b' x_c[b']          (a component whose total is 0 or that was not
@@ -68,6 +73,7 @@ class SelectionConfig:
     lr_weights: bool = False  # attach Auto-RGN lr weights to prefix / topk plans
     min_lr_weight: float = 1e-3  # plans need positive weights; a block with ~zero gradient gets this
     probe: str = "logistic"
+    min_probe_margin: float = 0.03  # held-out accuracy over the baseline below this counts as no evidence
     tasks: tuple[str, ...] = ("negation", "scope")
     grad_loss: str | None = None  # None: mean of every measured loss's normalised profile
     grad_component: str = "all"
@@ -84,6 +90,8 @@ class SelectionConfig:
             raise ValueError(f"unknown rule {self.rule!r}; choose from {', '.join(RULES)}")
         if not 0 < self.share <= 1:
             raise ValueError(f"share must be in (0, 1], got {self.share}")
+        if not 0 <= self.min_probe_margin < 1:
+            raise ValueError(f"min_probe_margin must be in [0, 1), got {self.min_probe_margin}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if not 0 < self.rgn_floor <= 1:
@@ -190,7 +198,7 @@ def probe_margins(measurements, config: SelectionConfig) -> dict[str, Any] | Non
         if random is None:
             random = [CHANCE] * n_points
             notes.append(f"{task}: no random-weights baseline measured; chance ({CHANCE}) stands in")
-        margin = [max(0.0, t - r) for t, r in zip(trained, random)]
+        margin = [t - r if t - r >= config.min_probe_margin else 0.0 for t, r in zip(trained, random)]
         per_task[task] = {"splits": splits, "baseline": baseline_name, "trained": trained,
                           "baseline_accuracy": random, "margin": margin}
     margin = np.mean([v["margin"] for v in per_task.values()], axis=0).tolist()
@@ -212,13 +220,13 @@ def _mean_curve(rows: list[dict], model: str, splits: Sequence[str], n_points: i
 
 
 def sensitivity_margins(measurements) -> list[float] | None:
-    """D[l] = max(0, presence[l] - control[l]); None if sensitivity was not measured."""
+    """D[l] = max(0, presence[l] - control[l]), D[0] = 0 (length only); None if sensitivity was not measured."""
     rows = _table(measurements, "sensitivity")
     by_edit = {(r["edit"], r["layer"]): r["sensitivity"] for r in rows}
     layers = sorted({r["layer"] for r in rows})
     if not layers or not all(("presence", l) in by_edit and ("control", l) in by_edit for l in layers):
         return None
-    return [max(0.0, by_edit[("presence", l)] - by_edit[("control", l)]) for l in layers]
+    return [0.0 if l == 0 else max(0.0, by_edit[("presence", l)] - by_edit[("control", l)]) for l in layers]
 
 
 def gradnorm_profile(measurements, config: SelectionConfig) -> tuple[list[float], list[str]] | None:
