@@ -1,0 +1,56 @@
+"""The embedded default model: small build's numbers, cache reuse, loading through load_clip."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from finetune import embedded
+from finetune.embedded import SMALL_SPEC, checkpoint_path, embedded_metrics, ensure_embedded_model, load_embedded_model
+
+
+def test_small_build_numbers_are_above_chance(small_embedded):
+    metrics = embedded_metrics(SMALL_SPEC)
+    # smoke level (REFERENCE.md: a 60-second build reaches R@1 ~0.05): clearly above chance, no more
+    assert metrics["image_to_text_R@1_among_100"] > 0.04  # chance 0.01
+    assert metrics["zero_shot_colour_affirmative"] > 0.5  # chance 1/6
+    assert metrics["pretraining_minutes"] > 0
+    for key in ("ccneg_accuracy", "scope_accuracy", "absence_accuracy", "zero_shot_object_negated",
+                "negated_prompt_gap_object", "scope_accuracy[never]"):
+        assert 0.0 <= metrics[key] <= 1.0 or key.startswith("negated_prompt_gap")
+
+
+def test_cache_is_reused_not_retrained(small_embedded, monkeypatch):
+    path, spec = small_embedded
+    mtime = path.stat().st_mtime_ns
+    monkeypatch.setattr(embedded, "pretrain", lambda *a, **k: pytest.fail("pretrained again instead of using the cache"))
+    assert ensure_embedded_model(spec, progress=False) == path
+    assert path.stat().st_mtime_ns == mtime
+    assert path == checkpoint_path(spec) and path.suffix == ".safetensors"
+    assert json.loads(path.with_suffix(".json").read_text())["spec"]["model"] == "negclip-micro"
+
+
+def test_loads_through_load_clip_with_recorded_metrics(small_embedded):
+    from probing.data.synthetic import SyntheticWorld, WorldConfig
+    from probing.models import load_clip
+    from probing.synthetic_eval import SyntheticSuite
+
+    path, spec = small_embedded
+    model, preprocess, tokenizer = load_embedded_model(spec, progress=False)
+    again, _, _ = load_clip(spec.model, pretrained=path)
+    tokens = tokenizer(["a red circle and no blue square"])
+    assert torch.equal(model.encode_text(tokens), again.encode_text(tokens))
+    # the recorded numbers are reproducible from the seed: re-evaluating gives the same values
+    world = embedded.world_for(spec)
+    suite = SyntheticSuite.build(world, n=spec.eval_scenes, n_classification=min(720, spec.eval_scenes),
+                                 split="test", heldout="all", seed=spec.seed + 1)
+    fresh = suite.evaluate(model, preprocess, tokenizer)
+    recorded = embedded_metrics(spec)
+    for key in ("scope_accuracy", "ccneg_accuracy", "image_to_text_R@1_among_100"):
+        assert fresh[key] == pytest.approx(recorded[key], abs=1e-9)
+
+
+def test_spec_key_changes_with_settings():
+    assert SMALL_SPEC.key() != embedded.with_overrides(SMALL_SPEC, seed=1).key()
+    assert checkpoint_path(SMALL_SPEC) != checkpoint_path(embedded.with_overrides(SMALL_SPEC, steps=61))
