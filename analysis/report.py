@@ -14,6 +14,7 @@ import numpy as np
 
 from analysis.selection import describe_blocks
 
+COMPONENT_WORDS = {"probe": "held-out probes", "gradnorm": "gradient norms", "sensitivity": "sensitivity"}
 FRONT_FAVOURED = 0.6  # the front half holds at least this share of the evidence
 BACK_FAVOURED = 0.4
 FIGURE_CAPTIONS = {
@@ -32,8 +33,8 @@ def _blocks_phrase(blocks) -> str:
     return f"block {blocks[0]}" if len(blocks) == 1 else f"blocks {describe_blocks(blocks)}"
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
+def _pct(x: float, digits: int = 0) -> str:
+    return f"{100 * x:.{digits}f}%"
 
 
 def _as_dict(measurements) -> dict:
@@ -73,11 +74,12 @@ def _decision_sentence(plan) -> str:
     one = len(plan.blocks) == 1
     if evidence["rule"] == "prefix":
         k = decision["k"]
-        shorter = (f"; {_blocks_phrase(range(k - 1))} held only {_pct(decision['share_of_shorter_prefix'])}"
+        # one decimal: a prefix just short of the share must not read as reaching it
+        shorter = (f"; {_blocks_phrase(range(k - 1))} held only {_pct(decision['share_of_shorter_prefix'], 1)}"
                    if k > 1 else "")
         return (f"{chosen.capitalize()} {'is' if one else 'are'} the shortest front prefix that holds at least "
                 f"{_pct(decision['share'])} of the combined evidence: {'it holds' if one else 'they hold'} "
-                f"{_pct(decision['share_of_prefix'])}{shorter}.")
+                f"{_pct(decision['share_of_prefix'], 1)}{shorter}.")
     if evidence["rule"] == "topk":
         ranking = "the highest combined score" if one else f"the {decision['k']} highest combined scores"
         following = "" if decision["next_score"] is None else f", the best left out {decision['next_score']:.3f}"
@@ -106,8 +108,8 @@ def _probe_sentences(evidence: dict) -> list[str]:
         tail = f"; it is below {against} at {below} of {len(gap)} layers" if below else ""
         if gap.max() < threshold:
             sentences.append(f"On {splits} data the {task} probe never beats {against} by the {100 * threshold:.0f}-point "
-                             f"noise margin (best {100 * gap.max():+.1f} points, layer {best}{tail}): it detects tokens, "
-                             f"not {task}, and adds no evidence.")
+                             f"noise margin (best {100 * gap.max():+.1f} points, layer {best}{tail}): it shows no {task} beyond what "
+                             "token identity gives, and adds no evidence.")
         else:
             sentences.append(f"On {splits} data the {task} probe beats {against} by up to {100 * gap.max():.1f} points "
                              f"(layer {best}: {trained[best]:.2f} vs {base[best]:.2f}){tail}.")
@@ -154,7 +156,9 @@ def _sensitivity_sentences(data: dict, evidence: dict) -> list[str]:
 
 def _front_sentence(evidence: dict) -> str:
     share, front = evidence["front_half_share"], evidence["front_half_blocks"]
-    where = f"The front half (blocks {describe_blocks(front)}) holds {_pct(share)} of the combined evidence"
+    used = list(evidence["components_used"])
+    basis = "" if len(used) == len(COMPONENT_WORDS) else f" ({' and '.join(COMPONENT_WORDS[c] for c in used)} only)"
+    where = f"The front half (blocks {describe_blocks(front)}) holds {_pct(share)} of the combined evidence{basis}"
     if share >= FRONT_FAVOURED:
         return where + ": the evidence favours front layers."
     if share <= BACK_FAVOURED:
