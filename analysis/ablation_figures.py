@@ -1,0 +1,127 @@
+"""The ablation figure: one paper column, two panels, 95 % t-intervals over seeds.
+
+(a) per variant (frozen, selected, front, middle, back, all): scope accuracy on held-out objects and
+    on held-out templates, CC-Neg-style accuracy and image->text R@1 among 100 (retention), each a
+    point with its interval;
+(b) the single-layer sweep: scope accuracy against the one block that trained, with interval
+    bands, the frozen model as a reference line and the front / middle / back blocks marked.
+
+Built on a bare `matplotlib.figure.Figure` (no pyplot state, no display needed).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
+
+from analysis.ablation import GROUP_VARIANTS, block_variants, sweep_layer
+
+COLUMN_WIDTH_IN = 3.4  # one column of a two-column paper
+PANEL_A_METRICS = (
+    ("object/scope_accuracy", "scope, held-out objects", "#1b6ca8", "o"),
+    ("template/scope_accuracy", "scope, held-out templates", "#5fa8d3", "s"),
+    ("object/ccneg_accuracy", "CC-Neg-style", "#d1495b", "^"),
+    ("object/image_to_text_R@1_among_100", "I→T R@1 among 100 (retention)", "#3a3a3a", "D"),
+)
+PANEL_B_METRICS = (
+    ("object/scope_accuracy", "held-out objects", "#1b6ca8"),
+    ("template/scope_accuracy", "held-out templates", "#5fa8d3"),
+    ("cue/scope_accuracy", "held-out cues", "#8a5fbf"),
+)
+FONT = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 7.5, "legend.fontsize": 6, "xtick.labelsize": 6.5,
+        "ytick.labelsize": 6.5}
+
+
+def _errors(values: list[dict[str, float]]) -> np.ndarray:
+    """[2, n] distances below and above the mean, as errorbar wants them."""
+    return np.array([[v["mean"] - v["low"] for v in values], [v["high"] - v["mean"] for v in values]])
+
+
+def _panel_variants(ax, summary: dict[str, Any]) -> None:
+    entries = [entry for entry in summary["variants"] if entry["variant"] in GROUP_VARIANTS]
+    if not entries:
+        ax.text(0.5, 0.5, "no group variants run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    x = np.arange(len(entries))
+    offsets = np.linspace(-0.27, 0.27, len(PANEL_A_METRICS))
+    for (key, label, colour, marker), offset in zip(PANEL_A_METRICS, offsets):
+        present = [(i, entry["metrics"][key]) for i, entry in enumerate(entries) if key in entry["metrics"]]
+        if not present:
+            continue
+        xs = np.array([i for i, _ in present]) + offset
+        values = [value for _, value in present]
+        ax.errorbar(xs, [v["mean"] for v in values], yerr=_errors(values), fmt=marker, color=colour, markersize=3.2,
+                    elinewidth=0.9, capsize=1.8, label=label)
+    ax.axhline(0.5, color="0.6", linestyle=":", linewidth=0.8, label="chance (scope)")
+    ax.set_xticks(x, [entry["variant"] for entry in entries])
+    ax.set_xlim(-0.6, len(entries) - 0.4)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("fine-tuned blocks (variant)")
+    ax.set_ylabel("accuracy / R@1")
+    ax.set_title("(a) negation and retention per variant")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False, handletextpad=0.3,
+              columnspacing=1.0)
+
+
+def _panel_sweep(ax, summary: dict[str, Any]) -> None:
+    sweep = sorted(((sweep_layer(entry["variant"]), entry) for entry in summary["variants"]
+                    if sweep_layer(entry["variant"]) is not None), key=lambda pair: pair[0])
+    if not sweep:
+        ax.text(0.5, 0.5, "no single-layer sweep run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    layers = np.array([layer for layer, _ in sweep])
+    for key, label, colour in PANEL_B_METRICS:
+        values = [entry["metrics"].get(key) for _, entry in sweep]
+        if any(v is None for v in values):
+            continue
+        ax.plot(layers, [v["mean"] for v in values], marker="o", markersize=2.5, linewidth=1.0, color=colour, label=label)
+        ax.fill_between(layers, [v["low"] for v in values], [v["high"] for v in values], color=colour, alpha=0.2,
+                        linewidth=0)
+    frozen = next((entry for entry in summary["variants"] if entry["variant"] == "frozen"), None)
+    if frozen is not None and "object/scope_accuracy" in frozen["metrics"]:
+        ax.axhline(frozen["metrics"]["object/scope_accuracy"]["mean"], color="0.35", linestyle="--", linewidth=0.8,
+                   label="frozen (held-out objects)")
+    ax.axhline(0.5, color="0.6", linestyle=":", linewidth=0.8, label="chance")
+    _mark_groups(ax, summary["n_layers"])
+    ax.set_xticks(np.arange(summary["n_layers"]))
+    ax.set_xlim(-0.5, summary["n_layers"] - 0.5)
+    ax.set_ylim(0, 1.3)  # room above 1.0 for the front / middle / back brackets
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("the one text block fine-tuned")
+    ax.set_ylabel("scope accuracy")
+    ax.set_title("(b) single-layer sweep")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False, handletextpad=0.3,
+              columnspacing=1.0)
+
+
+def _mark_groups(ax, n_layers: int) -> None:
+    """Brackets above the curves for the blocks of front, middle and back (middle overlaps both)."""
+    transform = blended_transform_factory(ax.transData, ax.transAxes)  # x in blocks, y in axes fractions
+    groups = block_variants(n_layers)
+    # (group, bar height, label above or below the bar, colour); the middle bar sits lower, as it overlaps
+    for name, height, above, colour in (("front", 0.93, True, "#2a9d8f"), ("back", 0.93, True, "#e76f51"),
+                                        ("middle", 0.85, False, "#e9c46a")):
+        blocks = groups[name]
+        ax.plot([blocks[0] - 0.4, blocks[-1] + 0.4], [height, height], color=colour, linewidth=2.2,
+                transform=transform, solid_capstyle="butt")
+        ax.text((blocks[0] + blocks[-1]) / 2, height + (0.015 if above else -0.015), name, ha="center",
+                va="bottom" if above else "top", fontsize=5.5, color="0.2", transform=transform)
+
+
+def ablation_figure(summary: dict[str, Any]) -> Figure:
+    """The two-panel figure of an ablation summary (see analysis.ablation.summarize_runs)."""
+    import matplotlib
+
+    with matplotlib.rc_context(FONT):
+        figure = Figure(figsize=(COLUMN_WIDTH_IN, 5.0), layout="constrained")
+        top, bottom = figure.subplots(2, 1)
+        _panel_variants(top, summary)
+        _panel_sweep(bottom, summary)
+        header = summary["header"]
+        figure.suptitle(f"Layer ablation on the synthetic world ({header['loss']}, {header['steps']} steps, "
+                        f"{len(header['seeds'])} seeds, 95 % CI)", fontsize=6.5)
+    return figure
