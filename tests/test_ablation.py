@@ -1,0 +1,267 @@
+"""The layer ablation: variants, the resumable runs file, aggregation, a study on the small embedded
+build (records, only planned blocks change, interruption and resume give the uninterrupted table),
+and the `ablate-layers` command."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.ablation import (HEADLINE, RUNS_FILE, AblationConfig, AblationError, AblationStudy, block_variants,
+                               extras_flags, load_runs, markdown_table, resolve_variants, run_ablation, save_runs,
+                               summarize_runs, variant_plans)
+from analysis.cli_ablate import main
+from finetune.plan import LayerPlan
+from probing.probes import mean_ci
+
+# A few steps on a few examples: enough to move the weights, fast enough for the test session.
+QUICK = dict(embedded="small", steps=3, batch_size=16, lr=1e-4, warmup_steps=1, n_train=48, eval_n=100,
+             eval_n_classification=36)
+
+
+# --- variants --------------------------------------------------------------------------------------
+
+def test_front_middle_back_split_the_tower_in_halves():
+    assert block_variants(12) == {"front": [0, 1, 2, 3, 4, 5], "middle": [3, 4, 5, 6, 7, 8],
+                                  "back": [6, 7, 8, 9, 10, 11], "all": list(range(12))}
+    assert block_variants(5) == {"front": [0, 1], "middle": [1, 2], "back": [3, 4], "all": [0, 1, 2, 3, 4]}
+    with pytest.raises(AblationError, match="at least 2 text blocks"):
+        block_variants(1)
+
+
+def test_variants_resolve_in_display_order_and_selected_needs_a_plan():
+    variants, notes = resolve_variants(None, 4, has_plan=False)
+    assert variants == ["frozen", "front", "middle", "back", "all", "layer_0", "layer_1", "layer_2", "layer_3"]
+    assert len(notes) == 1 and "selected" in notes[0] and "skipped" in notes[0]
+    assert resolve_variants(None, 4, has_plan=True)[0][:2] == ["frozen", "selected"]
+    assert resolve_variants(["layer_2", "back", "sweep", "frozen"], 3, has_plan=False) == (
+        ["frozen", "back", "layer_0", "layer_1", "layer_2"], [])
+    with pytest.raises(AblationError, match="needs a layer plan"):
+        resolve_variants(["selected"], 4, has_plan=False)
+    with pytest.raises(AblationError, match="has 4 blocks"):
+        resolve_variants(["layer_4"], 4, has_plan=False)
+    with pytest.raises(AblationError, match="unknown variant 'frontal'"):
+        resolve_variants(["frontal"], 4, has_plan=False)
+
+
+def test_variants_differ_only_in_blocks():
+    selected = LayerPlan([0, 2], train_embeddings=True, train_ln_final=True, lr_weights={0: 1.0, 2: 0.5}, rule="prefix")
+    names = ["frozen", "selected", "front", "middle", "back", "all", "layer_0", "layer_3"]
+    for extras, expected in (("none", set()), ("ln_final,projection", {"ln_final", "projection"}),
+                             ("plan", {"embeddings", "ln_final"})):
+        plans = variant_plans(names, 4, extras_flags(extras, selected), selected)
+        assert plans["frozen"] is None
+        for name, plan in plans.items():
+            if plan is None:
+                continue
+            on = {extra for extra in ("embeddings", "ln_final", "projection", "logit_scale") if getattr(plan, f"train_{extra}")}
+            assert on == expected, (extras, name)
+        assert plans["selected"].blocks == [0, 2] and plans["selected"].lr_weights == {0: 1.0, 2: 0.5}
+        assert plans["layer_3"].blocks == [3] and plans["front"].blocks == [0, 1] and plans["back"].blocks == [2, 3]
+    with pytest.raises(AblationError, match="no plan was given"):
+        extras_flags("plan", None)
+    with pytest.raises(AblationError, match="unknown extra"):
+        extras_flags("ln_final,head")
+
+
+def test_config_refuses_inconsistent_settings():
+    with pytest.raises(AblationError, match="not both"):
+        AblationConfig(embedded="small", model="ViT-B-32")
+    with pytest.raises(AblationError, match="takes no option"):
+        AblationConfig(loss="conclip", loss_kwargs={"lam": 0.5})
+    AblationConfig(loss="omni", loss_kwargs={"lam": 0.5})  # omni has lam
+    with pytest.raises(AblationError, match="among 100"):
+        AblationConfig(eval_n=50)
+    with pytest.raises(AblationError, match="fewer than one batch"):
+        AblationConfig(n_train=100, batch_size=128)
+    with pytest.raises(AblationError, match="distinct"):
+        AblationConfig(seeds=(0, 0))
+
+
+# --- the runs file and aggregation -----------------------------------------------------------------
+
+def _record(variant: str, seed: int, scope: float) -> dict:
+    return {"variant": variant, "seed": seed, "plan": None, "train_seconds": 1.0 + seed, "final_loss": None,
+            "trained_parameters": 0, "metrics": {"object/scope_accuracy": scope, "cue/scope_accuracy[never]": scope / 2}}
+
+
+def test_runs_file_round_trip_and_a_truncated_last_line_is_dropped(tmp_path):
+    path = tmp_path / RUNS_FILE
+    runs = [_record("front", 0, 0.5), _record("front", 1, 0.6)]
+    save_runs(path, runs)
+    assert load_runs(path) == runs
+    with open(path, "a", encoding="utf-8") as handle:  # a writer killed mid-line
+        handle.write('{"variant": "back", "seed": 0, "metr')
+    with pytest.warns(UserWarning, match="incomplete last line"):
+        assert load_runs(path) == runs
+    save_runs(path, runs + [_record("back", 0, 0.7)])  # the next save leaves only whole lines
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [run["variant"] for run in load_runs(path)] == ["front", "front", "back"]
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "garbage", lines[1]]) + "\n")
+    with pytest.raises(AblationError, match="line 2 is not a run record"):
+        load_runs(path)
+    path.write_text("\n".join([lines[0], lines[0]]) + "\n")
+    with pytest.warns(UserWarning, match="appears twice"):
+        assert len(load_runs(path)) == 1
+
+
+def test_summary_is_mean_and_t_interval_over_seeds():
+    runs = [_record("front", seed, scope) for seed, scope in enumerate((0.50, 0.60, 0.58))] + [_record("frozen", 0, 0.2)]
+    plans = {"front": LayerPlan([0, 1]), "frozen": None}
+    header = {"model": "m", "loss": "conclip", "loss_kwargs": {}, "steps": 3, "batch_size": 16, "lr": 1e-4,
+              "warmup_steps": 1, "n_train": 48, "seeds": [0, 1, 2], "eval_n": 100, "extras": [], "selected_plan": None}
+    summary = summarize_runs(runs, variants=["frozen", "front", "back"], plans=plans, n_layers=4, header=header)
+    assert [entry["variant"] for entry in summary["variants"]] == ["frozen", "front"]  # back has no runs
+    front = summary["variants"][1]
+    expected = mean_ci([0.50, 0.60, 0.58])
+    scope = front["metrics"]["object/scope_accuracy"]
+    assert (scope["mean"], scope["low"], scope["high"], scope["n"]) == (expected.mean, expected.low, expected.high, 3)
+    assert front["metrics"]["train_seconds"]["mean"] == pytest.approx(2.0)
+    assert "final_loss" not in front["metrics"]  # None values are not averaged
+    table = markdown_table(summary)
+    assert f"| front | 0–1 | 3 | {expected.mean:.3f} ± {(expected.high - expected.low) / 2:.3f} |" in table
+    assert "| frozen | none | 1 | 0.200 (1 seed) |" in table
+    assert "| variant | never |" in table and "Synthetic data" in table
+
+
+# --- a study on the small embedded build ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_embedded, tmp_path_factory):
+    """Two variants x two seeds in one go, weights kept, for the comparisons below."""
+    config = AblationConfig(**QUICK, seeds=(0, 1), variants=("front", "layer_11"), keep_models=True)
+    out = tmp_path_factory.mktemp("ablation-uninterrupted")
+    return run_ablation(config, out, progress=False, log=lambda line: None)
+
+
+def _metric_tables(summary: dict) -> str:
+    """The table without its cost section (train time differs from run to run)."""
+    return markdown_table(summary, cost=False)
+
+
+def test_study_records_every_run_with_heldout_and_retention_metrics(uninterrupted):
+    assert uninterrupted.complete and uninterrupted.executed == [("front", 0), ("layer_11", 0), ("front", 1), ("layer_11", 1)]
+    runs = load_runs(uninterrupted.out_dir / RUNS_FILE)
+    assert [(run["variant"], run["seed"]) for run in runs] == uninterrupted.executed
+    for run in runs:
+        assert run["steps"] == QUICK["steps"] and run["train_seconds"] > 0 and np.isfinite(run["final_loss"])
+        assert run["blocks"] == ([0, 1, 2, 3, 4, 5] if run["variant"] == "front" else [11])
+        metrics = run["metrics"]
+        for key, _ in HEADLINE:
+            assert 0.0 <= metrics[key] <= 1.0, key
+        assert {"cue/scope_accuracy[never]", "cue/scope_accuracy[none]", "cue/scope_accuracy[isn't]"} <= set(metrics)
+        assert not any(key.startswith("object/scope_accuracy[never]") for key in metrics)  # held-out cues only in "cue"
+    # the seed changes the data order, so the two seeds of a variant train differently
+    front = [run for run in runs if run["variant"] == "front"]
+    assert front[0]["final_loss"] != front[1]["final_loss"]
+    outputs = uninterrupted.outputs
+    for name in ("table", "summary_json", "summary_csv", "figure_png", "figure_pdf"):
+        assert outputs[name].is_file() and outputs[name].stat().st_size > 0, name
+    assert outputs["figure_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert outputs["figure_pdf"].read_bytes()[:5] == b"%PDF-"
+    summary = json.loads(outputs["summary_json"].read_text())
+    assert summary["complete"] and [entry["seeds"] for entry in summary["variants"]] == [[0, 1], [0, 1]]
+    csv_lines = outputs["summary_csv"].read_text().splitlines()
+    assert csv_lines[0] == "variant,blocks,seeds,metric,n,mean,ci_low,ci_high"
+    assert any(line.startswith("layer_11,11,0 1,object/scope_accuracy,2,") for line in csv_lines)
+    table = outputs["table"].read_text()
+    assert "| front | 0–5 | 2 |" in table and "| layer_11 | 11 | 2 |" in table and "### Cost" in table
+
+
+def test_a_run_changes_only_its_planned_blocks(uninterrupted, small_embedded):
+    from probing.models import load_clip
+    from probing.text_tower import TextTower
+
+    path, spec = small_embedded
+    base = TextTower.from_model(load_clip(spec.model, pretrained=path)[0]).parameters_by_part()
+    for variant, trained in (("layer_11", {"blocks.11"}), ("front", {f"blocks.{b}" for b in range(6)})):
+        weights = uninterrupted.out_dir / "runs" / variant / "seed0" / "model.safetensors"
+        tuned = TextTower.from_model(load_clip(spec.model, pretrained=weights)[0]).parameters_by_part()
+        changed = {part for part in base if any(not torch.equal(a, b) for a, b in zip(base[part], tuned[part]))}
+        assert changed == trained, variant  # no embeddings, ln_final, projection: only blocks differ
+
+
+def test_interrupted_study_continues_and_ends_with_the_uninterrupted_table(uninterrupted, tmp_path):
+    from finetune.train import train
+
+    config = AblationConfig(**QUICK, seeds=(0, 1), variants=("front", "layer_11"))
+    first = run_ablation(config, tmp_path, max_runs=2, progress=False, log=lambda line: None)
+    assert first.executed == [("front", 0), ("layer_11", 0)] and not first.complete
+    assert "incomplete: 2 of 4 runs" in first.outputs["table"].read_text()
+    assert not (tmp_path / "runs" / "front" / "seed0" / "checkpoints").exists()  # weights dropped once recorded
+
+    # the next run is killed in the middle of training: its trainer checkpoint is at step 1
+    study = AblationStudy(config, tmp_path, progress=False, log=lambda line: None)
+    killed = study.train_config("front", 1)
+    killed.stop_at, killed.ckpt_every = 1, 1
+    train(copy.deepcopy(study.base.model), study.base.tokenizer, study.base.preprocess, study.examples,
+          study.plans["front"], killed)
+
+    lines: list[str] = []
+    second = run_ablation(config, tmp_path, progress=False, log=lines.append)
+    assert second.executed == [("front", 1), ("layer_11", 1)] and second.complete
+    assert any("2 of 4 runs already done" in line for line in lines)
+    resumed = [run for run in load_runs(tmp_path / RUNS_FILE) if (run["variant"], run["seed"]) == ("front", 1)]
+    assert resumed[0]["resumed_from_step"] == 1 and resumed[0]["steps"] == QUICK["steps"]
+    assert _metric_tables(second.summary) == _metric_tables(uninterrupted.summary)
+
+
+def test_restart_with_other_settings_is_refused(uninterrupted):
+    changed = AblationConfig(**{**QUICK, "steps": 4}, seeds=(0, 1), variants=("front",))
+    with pytest.raises(AblationError, match=r"other settings \(steps: 3 then, 4 now\)"):
+        run_ablation(changed, uninterrupted.out_dir, progress=False, log=lambda line: None)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+QUICK_ARGS = ["--embedded", "small", "--steps", "2", "--batch-size", "16", "--n-train", "32", "--warmup-steps", "1",
+              "--lr", "1e-4", "--eval-n", "100", "--eval-classification", "36", "--no-progress", "--threads", "1"]
+
+
+def test_cli_runs_a_study_and_a_second_call_has_nothing_left(small_embedded, tmp_path, capsys):
+    argv = QUICK_ARGS + ["--seeds", "0", "--variants", "frozen,layer_0", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 variants x 1 seeds (12 text blocks)" in out and "2 runs done now; study complete" in out
+    assert str(tmp_path / "ablation_table.md") in out and str(tmp_path / "ablation.png") in out
+    runs = load_runs(tmp_path / RUNS_FILE)
+    assert [(run["variant"], run["seed"]) for run in runs] == [("frozen", 0), ("layer_0", 0)]
+    assert runs[0]["train_seconds"] == 0 and runs[0]["blocks"] == []
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 runs already done" in out and "0 runs done now; study complete" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seeds", "0,x"], "--seeds must be a comma list"),
+    (["--loss-kwargs", "{bad"], "--loss-kwargs is not JSON"),
+    (["--loss-kwargs", '{"lam": 1}'], "loss 'conclip' takes no option(s) lam"),
+    (["--eval-n", "50"], "eval_n must be at least 100"),
+    (["--model", "ViT-B-32"], "--embedded and --model exclude each other"),
+    (["--variants", "frontal"], "unknown variant 'frontal'"),
+    (["--variants", "layer_12"], "the text tower has 12 blocks"),
+    (["--variants", "selected"], "variant 'selected' needs a layer plan"),
+    (["--plan", "/nonexistent/plan.json"], "layer plan file /nonexistent/plan.json does not exist"),
+])
+def test_cli_bad_arguments_are_one_line_errors(small_embedded, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(QUICK_ARGS + ["--out", str(tmp_path)] + extra)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_cli_help_does_not_import_torch():
+    code = ("import sys\nfrom analysis.cli_ablate import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "ablate-layers" in result.stdout and "--variants" in result.stdout
