@@ -370,7 +370,7 @@ def measure(loaded: Loaded, tasks, args, notes: list[str]):
         skipped = [m for m in wanted if m in NEEDS_IMAGES]
         if skipped:
             notes.append(f"skipped {', '.join(skipped)}: they need the synthetic world's images")
-            _say(args, f"note: skipping {', '.join(skipped)} (no synthetic world for this model)")
+            print(f"{PROG}: note: skipping {', '.join(skipped)} (no synthetic world for this model)", file=sys.stderr)
             wanted = [m for m in wanted if m not in skipped]
     config = MeasureConfig(seeds=args.seed_list, measurements=tuple(wanted), n_sensitivity=args.n_sensitivity,
                            n_causal=args.n_causal, grad_batches=args.grad_batches,
