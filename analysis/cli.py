@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "the other cues are the held-out split")
     data.add_argument("--per-image", type=_positive_int, default=3,
                       help="real COCO / NegBench retrieval data: generated negation examples per image")
-    data.add_argument("--n-train", type=_positive_int, default=2000, help="synthetic probe training captions")
-    data.add_argument("--n-test", type=_positive_int, default=600, help="synthetic captions per test split")
+    data.add_argument("--n-train", type=_at_least(20), default=2000, help="synthetic probe training captions")
+    data.add_argument("--n-test", type=_at_least(10), default=600, help="synthetic captions per test split")
     data.add_argument("--seed", type=int, default=0,
                       help="seed of data draws, of the synthetic world (non-embedded models) and of random weights")
     measure = parser.add_argument_group("measurements")
@@ -109,6 +109,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _at_least(minimum: int):
+    """An integer type with a floor (probe splits need both classes, so tiny sizes cannot work)."""
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _fraction(text: str) -> float:
@@ -241,6 +251,9 @@ def run(args: argparse.Namespace) -> int:
         real = real_task(args, notes)
     _say(args, f"loading {model_label(args)} on {args.device}")
     loaded = load_models(args, notes)
+    if real is None and loaded.world is None:
+        raise UsageError("the synthetic world cannot be rendered for this model (see above); "
+                         "pass --data with a real data file")
     tasks = [real] if real is not None else synthetic_tasks(loaded.world, args)
     measurements = measure(loaded, tasks, args, notes)
     measurements.meta["model"] = loaded.info
@@ -301,12 +314,14 @@ def synthetic_world(model, seed: int, notes: list[str]):
     size = size[0] if isinstance(size, (tuple, list)) else size
     if not isinstance(size, int):
         notes.append("the model's image size is unknown, so the synthetic world cannot be rendered for it")
+        print(f"{PROG}: note: {notes[-1]}", file=sys.stderr)
         return None
     try:
         world = SyntheticWorld(WorldConfig(image_size=size), seed=seed)
         world.examples(2, "test", seed)  # renders: fails here if the size is too small for the scenes
     except ValueError as error:
         notes.append(f"the synthetic world cannot be rendered at {size}x{size} ({error})")
+        print(f"{PROG}: note: {notes[-1]}", file=sys.stderr)
         return None
     return world
 

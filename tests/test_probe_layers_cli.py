@@ -46,6 +46,7 @@ def test_help_is_instant_and_imports_no_torch():
 @pytest.mark.parametrize("argv, message", [
     (["--share", "1.5"], "--share"),
     (["--k", "0"], "--k"),
+    (["--n-test", "3"], "must be >= 10"),
     (["--seeds", "a,b"], "--seeds"),
     (["--measurements", "probes,magic"], "unknown magic"),
     (["--measurements", "causal,sensitivity"], "needs probes"),
@@ -169,3 +170,27 @@ def test_real_data_mode_probes_real_captions(small_embedded, shared_data, tmp_pa
     assert plan.blocks == [b for b in range(12) if weights[b] >= 0.3]
     assert plan.lr_weights == pytest.approx({b: weights[b] for b in plan.blocks})
     assert (out / "figures" / "gradnorms.png").is_file() and not (out / "figures" / "sensitivity.png").exists()
+
+
+def test_open_clip_config_with_a_checkpoint_file(write_config, tmp_path, capsys):
+    import torch
+
+    from probing.models import load_clip, save_clip_checkpoint
+
+    config = write_config("tiny-probe", layers=3)
+    torch.manual_seed(123)  # weights unlike the seeded random baseline
+    model, _, _ = load_clip(config)
+    checkpoint = save_clip_checkpoint(model, tmp_path / "tiny.safetensors", model_name="tiny-probe")
+    out = tmp_path / "tiny"
+    argv = ["--model", str(config), "--pretrained", str(checkpoint), "--n-train", "100", "--n-test", "40",
+            "--seeds", "0", "--measurements", "probes,sensitivity,gradnorms", "--grad-batches", "1",
+            "--grad-batch-size", "8", "--n-sensitivity", "30", "--rule", "topk", "--k", "2", "--lr-weights",
+            "--no-progress", "--out", str(out)]
+    assert cli.probe_layers_main(argv) == 0
+    plan = LayerPlan.load(out / "layer_plan.json")
+    assert len(plan.blocks) == 2 and set(plan.lr_weights) == set(plan.blocks) and max(plan.lr_weights.values()) == 1.0
+    scores = [row["combined"] for row in plan.evidence["per_block"]]
+    assert min(scores[b] for b in plan.blocks) >= max(s for b, s in enumerate(scores) if b not in plan.blocks)
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["pretrained"] == str(checkpoint) and report["model"]["n_layers"] == 3
+    assert "selected blocks:" in capsys.readouterr().out
