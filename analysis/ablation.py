@@ -691,7 +691,8 @@ def markdown_table(summary: dict[str, Any], *, cost: bool = True) -> str:
              f"of the 95 % t-interval over seeds {', '.join(map(str, header['seeds']))}; {header['eval_n']} test "
              "items per held-out suite. Scope accuracy is the shortcut-proof negation metric (chance 0.50).", ""]
     if header.get("selected_plan"):
-        lines += [f"Selected plan: {header['selected_plan']}.", ""]
+        lines += [f"Selected plan (probe-layers): {header['selected_plan']}; the variant 'selected' trains its blocks "
+                  "(with its learning-rate weights, if any) and the extras above, like every other variant.", ""]
     lines += [f"- {note}" for note in summary["notes"]] + ([""] if summary["notes"] else [])
     columns = ["variant", "blocks", "seeds"] + [label for _, label in HEADLINE]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
