@@ -278,7 +278,9 @@ def block_evidence(measurements, config: SelectionConfig = SelectionConfig()) ->
             evidence.notes.append(f"{name}: not measured, left out of the combined score")
         elif sum(raw[name]) <= 0:
             evidence.notes.append(f"{name}: no block adds any (all gains 0), left out of the combined score")
-        elif weight > 0:
+        elif weight == 0:
+            evidence.notes.append(f"{name}: weight 0 in the selection config, left out of the combined score")
+        else:
             evidence.components[name] = raw[name]
             evidence.shares[name] = (np.asarray(raw[name]) / sum(raw[name])).tolist()
             evidence.weights[name] = weight
