@@ -4,7 +4,8 @@
     on held-out templates, CC-Neg-style accuracy and image->text R@1 among 100 (retention), each a
     point with its interval;
 (b) the single-layer sweep: scope accuracy against the one block that trained, with interval
-    bands, the frozen model as a reference line and the front / middle / back blocks marked.
+    bands, the frozen model as a reference line and the front / middle / back blocks marked; the
+    y axis is zoomed to the data (differences between layers are the point of this panel).
 
 Built on a bare `matplotlib.figure.Figure` (no pyplot state, no display needed).
 """
@@ -81,19 +82,27 @@ def _panel_sweep(ax, summary: dict[str, Any]) -> None:
         ax.plot(layers, [v["mean"] for v in values], marker="o", markersize=2.5, linewidth=1.0, color=colour, label=label)
         ax.fill_between(layers, [v["low"] for v in values], [v["high"] for v in values], color=colour, alpha=0.2,
                         linewidth=0)
+    shown = [v for key, _, _ in PANEL_B_METRICS for _, entry in sweep
+             for v in ([entry["metrics"][key]["low"], entry["metrics"][key]["high"]] if key in entry["metrics"] else [])]
     frozen = next((entry for entry in summary["variants"] if entry["variant"] == "frozen"), None)
     if frozen is not None and "object/scope_accuracy" in frozen["metrics"]:
-        ax.axhline(frozen["metrics"]["object/scope_accuracy"]["mean"], color="0.35", linestyle="--", linewidth=0.8,
-                   label="frozen (held-out objects)")
-    ax.axhline(0.5, color="0.6", linestyle=":", linewidth=0.8, label="chance")
+        level = frozen["metrics"]["object/scope_accuracy"]["mean"]
+        ax.axhline(level, color="0.35", linestyle="--", linewidth=0.8, label="frozen (held-out objects)")
+        shown.append(level)
+    low, high = min(shown), max(shown)
+    if low - 0.1 <= 0.5 <= high + 0.1:  # chance only when it is near the data; the axis label says where we are
+        ax.axhline(0.5, color="0.6", linestyle=":", linewidth=0.8, label="chance")
+        low, high = min(low, 0.5), max(high, 0.5)
+    # Zoomed to the data, so that differences between layers are visible; the top third of the
+    # axes is left for the front / middle / back brackets.
+    span = max(high - low, 0.05)
+    ax.set_ylim(max(0.0, low - 0.1 * span), min(1.0, high + 0.1 * span) + 0.45 * span)
     _mark_groups(ax, summary["n_layers"])
     ax.set_xticks(np.arange(summary["n_layers"]))
     ax.set_xlim(-0.5, summary["n_layers"] - 0.5)
-    ax.set_ylim(0, 1.3)  # room above 1.0 for the front / middle / back brackets
-    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_xlabel("the one text block fine-tuned")
-    ax.set_ylabel("scope accuracy")
-    ax.set_title("(b) single-layer sweep")
+    ax.set_ylabel("scope accuracy (chance 0.5)")
+    ax.set_title("(b) single-layer sweep (y axis zoomed to the data)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False, handletextpad=0.3,
               columnspacing=1.0)
 

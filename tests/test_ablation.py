@@ -265,3 +265,21 @@ def test_cli_help_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "ablate-layers" in result.stdout and "--variants" in result.stdout
+
+
+def test_figure_sweep_panel_shows_every_interval_and_the_frozen_level():
+    from analysis.ablation_figures import ablation_figure
+
+    rng = np.random.default_rng(0)
+    runs = [_record(f"layer_{layer}", seed, 0.15 + 0.01 * layer + 0.02 * rng.random()) for layer in range(12) for seed in range(3)]
+    runs += [_record(name, seed, 0.3) for name in ("frozen", "front", "back") for seed in range(3)]
+    variants = ["frozen", "front", "back"] + [f"layer_{i}" for i in range(12)]
+    plans = {name: None if name == "frozen" else LayerPlan([0]) for name in variants}
+    header = {"loss": "conclip", "steps": 3, "seeds": [0, 1, 2]}
+    summary = summarize_runs(runs, variants=variants, plans=plans, n_layers=12, header=header)
+    variant_axes, sweep_axes = ablation_figure(summary).axes
+    assert [tick.get_text() for tick in variant_axes.get_xticklabels()] == ["frozen", "front", "back"]
+    low, high = sweep_axes.get_ylim()
+    values = [entry["metrics"]["object/scope_accuracy"] for entry in summary["variants"] if entry["variant"].startswith("layer_")]
+    assert low <= min(v["low"] for v in values) and max(v["high"] for v in values) <= high and low <= 0.3 <= high
+    assert len(sweep_axes.lines[0].get_xdata()) == 12  # one point per block
