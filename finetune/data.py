@@ -17,6 +17,7 @@ from torch import nn
 from finetune.distributed import DistContext
 from finetune.losses import LossSpec
 from probing.data.reading import load_image
+from probing.encode import images_to_tensor
 from probing.data.records import DataError
 
 # loss feature name -> example attribute holding that caption
@@ -104,8 +105,8 @@ def encode_images(model: nn.Module, preprocess: Callable, images: Sequence[tuple
     model.eval()
     chunks = []
     for start in range(0, len(images), batch_size):
-        pixels = torch.stack([preprocess(_to_pil(example, image, index))
-                              for index, example, image in images[start:start + batch_size]]).to(device)
+        arrays = [_load(example, image, index) for index, example, image in images[start:start + batch_size]]
+        pixels = images_to_tensor(model, preprocess, arrays).to(device)  # = preprocess, fast for arrays
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             features = model.encode_image(pixels)
         chunks.append(F.normalize(features.float(), dim=-1))
@@ -113,9 +114,7 @@ def encode_images(model: nn.Module, preprocess: Callable, images: Sequence[tuple
     return torch.cat(chunks)
 
 
-def _to_pil(example: Any, image: Any, index: int):
-    """An RGB PIL image from a path or a uint8 array, with the data loaders' errors."""
-    from PIL import Image
-
+def _load(example: Any, image: Any, index: int):
+    """An RGB uint8 array from a path or an array, with the data loaders' errors."""
     source, row = _where(example, index)
-    return Image.fromarray(load_image(image, source=source, row=row))
+    return load_image(image, source=source, row=row)
