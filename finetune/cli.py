@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="conclip uses distractor images when every example has one (three terms), else its two-term form")
     loss.add_argument("--terms", help="CoN-CLIP terms to use, e.g. '1' or '1,2,3' (default: all available)")
     loss.add_argument("--weights", help="with --loss mix: weights such as 'conclip=1,negationclip=1,clip=1' "
-                                        "(keys: conclip, negationclip, clip, tripletclip, omni)")
+                                        "(keys: conclip, negationclip, clip, tripletclip, omni, absence_vs_presence)")
     loss.add_argument("--lam", type=float, help="Omni-NegCLIP weight of the absence loss (default 1)")
     loss.add_argument("--lambda-o", type=float, help="Omni-NegCLIP weight of the original-caption term (default 1)")
     loss.add_argument("--lambda-t", type=float, help="Omni-NegCLIP weight of the hinge (default 1)")
@@ -116,7 +116,7 @@ def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
 
 
 def _mix_weights(text: str, parser: argparse.ArgumentParser) -> dict[str, float]:
-    known = ("conclip", "negationclip", "clip", "tripletclip", "omni")
+    known = ("conclip", "negationclip", "clip", "tripletclip", "omni", "absence_vs_presence")
     weights = {}
     for item in text.split(","):
         name, _, value = item.partition("=")

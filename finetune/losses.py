@@ -173,6 +173,7 @@ def negation_mix_loss(
     clip: float = 1.0,
     tripletclip: float = 0.0,
     omni: float = 0.0,
+    absence_vs_presence: float = 0.0,
     terms: Sequence[int] = (1, 2, 3),
 ) -> Tensor:
     """A weighted sum of the losses above on one batch; a weight of 0 leaves that loss out.
@@ -180,7 +181,10 @@ def negation_mix_loss(
     Why a mix: CoN-CLIP alone can be won by the shortcut "a negation word lowers the score"
     (REFERENCE.md). With distractor images its third term rewards the negated caption where the
     negated object is really absent, NegationCLIP rewards true absence-negated captions, and the
-    plain CLIP term on affirmative captions holds retrieval.
+    plain CLIP term on affirmative captions holds retrieval. `absence_vs_presence` weights
+    CoN-CLIP's first term with the absence-negated caption as the true caption and the
+    presence-negated one as its hard negative, CE(I -> [a; c']): the two captions share frame
+    and cue and differ only in which object is negated, so only reading the scope wins it.
     """
     weighted = [
         (conclip, lambda: conclip_loss(image, caption, presence_negated, distractor, scale=scale, terms=terms)),
@@ -188,6 +192,7 @@ def negation_mix_loss(
         (clip, lambda: clip_loss(image, caption, scale=scale)),
         (tripletclip, lambda: tripletclip_loss(image, caption, presence_negated, distractor, scale=scale)),
         (omni, lambda: omni_negclip_loss(image, caption, presence_negated, absence_negated, scale=scale)),
+        (absence_vs_presence, lambda: conclip_loss(image, absence_negated, presence_negated, scale=scale, terms=(1,))),
     ]
     parts = [weight * loss() for weight, loss in weighted if weight]
     if not parts:
