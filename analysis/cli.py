@@ -337,10 +337,15 @@ def synthetic_tasks(world, args) -> list:
 
 def real_task(args, notes: list[str]):
     """The negation probing task from a real data file (text only: images are not read)."""
-    from probing.data import CocoImage, NegationExample, RetrievalItem, generate_negations, load_dataset
+    from probing.data import CocoImage, DataError, NegationExample, RetrievalItem, generate_negations, load_dataset
     from probing.tasks import real_negation_task
 
-    records = load_dataset(args.data, kind=args.data_kind, image_root=args.image_root, strict=False)
+    try:
+        records = load_dataset(args.data, kind=args.data_kind, image_root=args.image_root, strict=False)
+    except DataError:
+        raise
+    except ValueError as error:  # e.g. an unknown --data-kind
+        raise UsageError(f"--data {args.data}: {error}") from None
     if records.report.n_skipped:
         notes.append(f"{args.data}: skipped {records.report.n_skipped} unreadable rows "
                      f"({', '.join(f'{k} x{n}' for k, n in records.report.skip_reasons().most_common(3))})")

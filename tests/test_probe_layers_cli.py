@@ -82,6 +82,11 @@ def test_loader_and_model_errors_are_one_line(tmp_path, shared_data, capsys):
     err = capsys.readouterr().err.strip()
     assert "FoilPair records" in err and "\n" not in err
 
+    assert cli.probe_layers_main(["--data", str(broken), "--data-kind", "magic", "--no-progress",
+                                  "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown dataset kind 'magic'" in err and "\n" not in err
+
     assert cli.probe_layers_main(["--model", "no-such-architecture", "--no-progress", "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("probe-layers: error:") and "no-such-architecture" in err and "\n" not in err
