@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--grad-loss", help="the loss whose gradient norms count (default: mean over --losses)")
     select.add_argument("--score-weights", default="0.5,0.25,0.25",
                         help="weights of probe, gradnorm and sensitivity evidence in the combined score")
+    select.add_argument("--sensitivity-edit", choices=("presence", "absence"), default="presence",
+                        help="the negation edit whose excess over the control edit counts as sensitivity evidence")
     select.add_argument("--min-probe-margin", type=float, default=0.03,
                         help="held-out probe accuracy over the baseline below this counts as noise")
     run = parser.add_argument_group("run")
@@ -407,7 +409,8 @@ def selection_config(args):
     w_probe, w_gradnorm, w_sensitivity = args.weights
     return SelectionConfig(rule=args.rule, share=args.share, k=args.k, rgn_floor=args.rgn_floor,
                            lr_weights=args.lr_weights, grad_loss=args.grad_loss, w_probe=w_probe,
-                           w_gradnorm=w_gradnorm, w_sensitivity=w_sensitivity, min_probe_margin=args.min_probe_margin)
+                           w_gradnorm=w_gradnorm, w_sensitivity=w_sensitivity, min_probe_margin=args.min_probe_margin,
+                           sensitivity_edit=args.sensitivity_edit)
 
 
 def select_and_report(measurements, loaded: Loaded, args, notes: list[str], started: float) -> int:

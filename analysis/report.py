@@ -143,14 +143,15 @@ def _sensitivity_sentences(data: dict, evidence: dict) -> list[str]:
     if margin is None:
         return []
     rows = {(r["edit"], r["layer"]): r["sensitivity"] for r in data.get("sensitivity") or []}
-    excess = [rows[("presence", l)] - rows[("control", l)] for l in range(1, len(margin))]
+    edit = evidence["config"]["sensitivity_edit"]
+    excess = [rows[(edit, l)] - rows[("control", l)] for l in range(1, len(margin))]
     if not excess:
         return []
     best = int(np.argmax(excess)) + 1
     if max(excess) <= 0:
-        return [f"After the embeddings, a presence negation never moves the caption further than a same-size control "
+        return [f"After the embeddings, {'an' if edit == 'absence' else 'a'} {edit} negation never moves the caption further than a same-size control "
                 f"edit (closest at layer {best}: {excess[best - 1]:+.2f}), so sensitivity adds no evidence."]
-    return [f"A presence negation moves the caption further than a same-size control edit by up to "
+    return [f"{'An' if edit == 'absence' else 'A'} {edit} negation moves the caption further than a same-size control edit by up to "
             f"{excess[best - 1]:.2f} (layer {best}, in units of the distance between different captions)."]
 
 

@@ -18,8 +18,9 @@ Evidence per block b, three components (each normalised to sum 1 over blocks):
     gradnorm    r[b]  = relative gradient norm ||g|| / ||w|| of block b (`config.grad_component`)
                         under the fine-tuning loss(es); with several losses, the mean of each
                         loss's profile normalised to sum 1 (`config.grad_loss` picks one loss).
-    sensitivity D[l]  = max(0, presence-edit sensitivity[l] - control-edit sensitivity[l]) for l >= 1
-                        (how much further a negation moves the caption than a same-size edit);
+    sensitivity D[l]  = max(0, negation-edit sensitivity[l] - control-edit sensitivity[l]) for l >= 1
+                        (how much further a negation moves the caption than a same-size edit; the
+                        negation edit is `sensitivity_edit`, presence by default);
                         D[0] = 0: the pooled end-of-text state at the embedding output holds only the
                         EOT token at its position, so it sees the caption's length, not its content.
                 gain[b] = max(0, D[b+1] - D[b])
@@ -77,6 +78,7 @@ class SelectionConfig:
     tasks: tuple[str, ...] = ("negation", "scope")
     grad_loss: str | None = None  # None: mean of every measured loss's normalised profile
     grad_component: str = "all"
+    sensitivity_edit: str = "presence"  # which negation edit is compared with the control edit
     w_probe: float = 0.5
     w_gradnorm: float = 0.25
     w_sensitivity: float = 0.25
@@ -99,6 +101,8 @@ class SelectionConfig:
         weights = (self.w_probe, self.w_gradnorm, self.w_sensitivity)
         if min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"score weights must be >= 0 and not all 0, got {weights}")
+        if self.sensitivity_edit not in ("presence", "absence"):
+            raise ValueError(f"sensitivity_edit must be 'presence' or 'absence', got {self.sensitivity_edit!r}")
         if self.train_embeddings not in (True, False, "auto"):
             raise ValueError(f"train_embeddings must be true, false or 'auto', got {self.train_embeddings!r}")
 
@@ -219,14 +223,14 @@ def _mean_curve(rows: list[dict], model: str, splits: Sequence[str], n_points: i
     return (sums / counts).tolist()
 
 
-def sensitivity_margins(measurements) -> list[float] | None:
-    """D[l] = max(0, presence[l] - control[l]), D[0] = 0 (length only); None if sensitivity was not measured."""
+def sensitivity_margins(measurements, edit: str = "presence") -> list[float] | None:
+    """D[l] = max(0, edit[l] - control[l]), D[0] = 0 (length only); None if sensitivity was not measured."""
     rows = _table(measurements, "sensitivity")
     by_edit = {(r["edit"], r["layer"]): r["sensitivity"] for r in rows}
     layers = sorted({r["layer"] for r in rows})
-    if not layers or not all(("presence", l) in by_edit and ("control", l) in by_edit for l in layers):
+    if not layers or not all((edit, l) in by_edit and ("control", l) in by_edit for l in layers):
         return None
-    return [0.0 if l == 0 else max(0.0, by_edit[("presence", l)] - by_edit[("control", l)]) for l in layers]
+    return [0.0 if l == 0 else max(0.0, by_edit[(edit, l)] - by_edit[("control", l)]) for l in layers]
 
 
 def gradnorm_profile(measurements, config: SelectionConfig) -> tuple[list[float], list[str]] | None:
@@ -263,7 +267,7 @@ def block_evidence(measurements, config: SelectionConfig = SelectionConfig()) ->
         raw["probe"] = block_gains(probes["margin"])
         evidence.per_layer["probe"] = probes
         evidence.notes += probes["notes"]
-    sensitivity = sensitivity_margins(measurements)
+    sensitivity = sensitivity_margins(measurements, config.sensitivity_edit)
     if sensitivity is not None:
         raw["sensitivity"] = block_gains(sensitivity)
         evidence.per_layer["sensitivity_margin"] = sensitivity

@@ -32,9 +32,9 @@ def gradnorm_rows(profiles: dict[str, list[float]]):
              "weight_norm": 1.0, "n_batches": 2} for loss, values in profiles.items() for b, value in enumerate(values)]
 
 
-def sensitivity_rows(presence, control):
+def sensitivity_rows(presence, control, absence=None):
     rows = []
-    for edit, curve in (("presence", presence), ("absence", presence), ("control", control)):
+    for edit, curve in (("presence", presence), ("absence", absence or presence), ("control", control)):
         rows += [{"layer": l, "edit": edit, "sensitivity": v, "ci_low": v - 0.01, "ci_high": v + 0.01,
                   "raw_distance": v, "baseline_distance": 1.0} for l, v in enumerate(curve)]
     return rows
@@ -200,7 +200,7 @@ def test_no_usable_evidence_is_an_error():
 @pytest.mark.parametrize("kwargs, message", [
     ({"rule": "middle"}, "unknown rule"), ({"share": 0.0}, "share"), ({"k": 0}, "k must"),
     ({"rgn_floor": 1.5}, "rgn_floor"), ({"w_probe": 0, "w_gradnorm": 0, "w_sensitivity": 0}, "weights"),
-    ({"train_embeddings": "yes"}, "train_embeddings"), ({"min_probe_margin": -0.1}, "min_probe_margin")])
+    ({"train_embeddings": "yes"}, "train_embeddings"), ({"sensitivity_edit": "control"}, "sensitivity_edit"), ({"min_probe_margin": -0.1}, "min_probe_margin")])
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SelectionConfig(**kwargs)
@@ -212,3 +212,13 @@ def test_back_heavy_evidence_gives_a_long_prefix_and_a_small_front_share():
     assert plan.blocks == [0, 1, 2, 3, 4, 5]
     assert plan.evidence["front_half_share"] == pytest.approx(0.0)
     assert np.isclose(sum(r["combined"] for r in plan.evidence["per_block"]), 1.0)
+
+
+def test_sensitivity_edit_chooses_the_negation_compared_with_the_control():
+    m = measurements(3, sensitivity=sensitivity_rows(presence=[1.0, 0.2, 0.2, 0.2], control=[0.0, 0.3, 0.3, 0.3],
+                                                     absence=[1.0, 0.3, 0.3, 0.6]))
+    with pytest.raises(SelectionError, match="no usable evidence"):
+        block_evidence(m, SelectionConfig())  # presence never exceeds the control edit
+    evidence = block_evidence(m, SelectionConfig(sensitivity_edit="absence"))
+    assert evidence.per_layer["sensitivity_margin"] == pytest.approx([0.0, 0.0, 0.0, 0.3])
+    assert evidence.combined == pytest.approx([0.0, 0.0, 1.0])
