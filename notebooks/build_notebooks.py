@@ -515,9 +515,10 @@ if SMALL:
 else:
     TRAIN = dict(steps=80, batch_size=32, lr=1e-4, warmup_steps=8)
     N_TRAIN, EVAL_N, EVAL_N_CLASSIFICATION, SEEDS = 1024, 300, 180, (0, 1, 2)
-# notebook 2's probe sizes, for the layer plan when notebook 2 has not been run
-PLAN_ARGS = (["--n-train", "200", "--n-test", "60", "--seeds", "0", "--n-sensitivity", "60", "--n-causal", "100",
-              "--grad-batches", "1", "--grad-batch-size", "16"] if SMALL else [])
+# notebook 2's sizes, for the layer plan when notebook 2 has not run (the causal check does not enter the plan)
+PLAN_ARGS = ["--measurements", "probes,sensitivity,gradnorms"] + (
+    ["--n-train", "200", "--n-test", "60", "--seeds", "0", "--n-sensitivity", "60", "--grad-batches", "1",
+     "--grad-batch-size", "16"] if SMALL else [])
 '''
 
 NB3 = [
