@@ -10,6 +10,7 @@ torch and open_clip are imported inside `main`, after parsing, so that `--help` 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -148,7 +149,8 @@ def resolve_model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.model != EMBEDDED:
         return args.model, args.pretrained
     try:
-        from finetune import embedded
+        # import_module consults sys.modules, so a test can stand in for the module
+        embedded = importlib.import_module("finetune.embedded")
     except ImportError:
         parser.error("the embedded default model is not part of this installation yet; pass --model "
                      "(an open_clip name or config JSON) and --pretrained")

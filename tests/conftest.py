@@ -36,6 +36,18 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_model_cache(tmp_path_factory):
+    """No test reads or writes the user's model cache (or builds the full default model there)."""
+    previous = os.environ.get("CLIP_NEGATION_CACHE")
+    os.environ["CLIP_NEGATION_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("CLIP_NEGATION_CACHE", None)
+    else:
+        os.environ["CLIP_NEGATION_CACHE"] = previous
+
+
 @pytest.fixture
 def write_config(tmp_path):
     """Write a tiny config as `<tmp>/<name>.json` and return its path (load it with load_clip)."""
