@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-LOSS_NAMES = ("conclip", "clip", "omni", "negationclip", "tripletclip")  # = finetune.losses.LOSS_SPECS
+from finetune.cli import LOSS_NAMES  # = finetune.losses.LOSS_SPECS; imports nothing heavy
 EMBEDDED_BUILDS = ("default", "small")  # = finetune.embedded.SPECS
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -130,8 +131,24 @@ def _is_file_like(pretrained: str | Path) -> bool:
 def _create(model_name: str, *, quick_gelu: bool) -> tuple[nn.Module, Callable]:
     import open_clip
 
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, force_quick_gelu=quick_gelu)
+    with _quiet_random_init_warning():
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, force_quick_gelu=quick_gelu)
     return model, preprocess
+
+
+class _quiet_random_init_warning(logging.Filter):
+    """Hide open_clip's "Model initialized randomly" while building a model we are about to load
+    weights into (or that the user asked for without weights): it would read as an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    def __enter__(self):
+        logging.getLogger().addFilter(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger().removeFilter(self)
 
 
 def _create_from_tag(model_name: str, tag: str) -> tuple[nn.Module, Callable]:
