@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from probing.cli_args import positive_int as _positive_int
+
 PROG = "probe-layers"
 EMBEDDED = "embedded"
 EMBEDDED_SPECS = ("default", "small")  # = finetune.embedded.SPECS (checked in the tests)
@@ -102,15 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --- argument types and checks (no torch) -----------------------------------------------------
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _at_least(minimum: int):

@@ -17,6 +17,9 @@ import json
 import sys
 
 from finetune.cli import LOSS_NAMES  # = finetune.losses.LOSS_SPECS; imports nothing heavy
+from probing.cli_args import non_negative_int as _non_negative_int
+from probing.cli_args import positive_float as _positive_float
+from probing.cli_args import positive_int as _positive_int
 EMBEDDED_BUILDS = ("default", "small")  # = finetune.embedded.SPECS
 
 
@@ -70,27 +73,6 @@ def build_parser() -> OneLineErrorParser:
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def parse_seeds(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:

@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from probing.cli_args import positive_int as _positive_int
+
 EMBEDDED = "embedded"
 OUTPUT_JSON = "evaluation.json"
 OUTPUT_MD = "evaluation.md"
@@ -66,16 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help=f"output folder ({OUTPUT_JSON}, {OUTPUT_MD})")
     run.add_argument("--no-progress", action="store_true")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):

@@ -14,6 +14,10 @@ import importlib
 import sys
 from pathlib import Path
 
+from probing.cli_args import non_negative_int as _non_negative_int
+from probing.cli_args import positive_float as _positive_float
+from probing.cli_args import positive_int as _positive_int
+
 LOSS_NAMES = ("conclip", "clip", "omni", "negationclip", "tripletclip", "mix")  # = finetune.losses.LOSSES
 EMBEDDED = "embedded"
 EXTRAS = ("embeddings", "ln_final", "projection", "logit_scale")
@@ -71,27 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-tensorboard", action="store_true")
     run.add_argument("--no-progress", action="store_true")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
