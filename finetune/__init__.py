@@ -10,8 +10,7 @@ Names are imported on first use, so that command-line `--help` stays instant.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from probing.lazy import lazy_exports
 
 _EXPORTS = {
     "LOSSES": "finetune.losses",
@@ -26,14 +25,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'finetune' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports("finetune", _EXPORTS, globals())
 
 __all__ = list(_EXPORTS)

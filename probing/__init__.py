@@ -5,8 +5,7 @@ Heavy imports (torch, open_clip, transformer_lens) happen on first use of a name
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from probing.lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -20,14 +19,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'probing' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports("probing", _EXPORTS, globals())
 
 __all__ = list(_EXPORTS)
