@@ -751,7 +751,9 @@ Committed run: the embedded default model, 5 probe seeds, 4.8 min on 2 shared CP
   0.5, so the probes do not just memorise caption types. The held-out mean includes the held-out-cue split,
   where the negation probe is at chance (notebook 1).
 - **Sensitivity adds no evidence:** after the embeddings, a presence negation never moves the EOT state further
-  than a same-size colour swap (last layer: 0.37 against 0.44).
+  than a same-size colour swap (last layer: 0.37 against 0.44). An absence negation, which also names another
+  object, moves it further, but about equally after every block (0.79 after block 0, 0.74 after the last); the
+  plan's sensitivity evidence uses the presence edit.
 - **Gradient norms** of every loss are largest in block 0 (relative norm 0.12 against 0.008 in block 11, mean
   over the four losses), and the plain CLIP loss puts 82 % of its gradient norm on the front half too: they say
   where any loss changes the model most, not where negation lives.
