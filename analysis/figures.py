@@ -28,7 +28,8 @@ LAYER_AXIS = "layer (0 = embeddings, L = output of block L-1)"
 def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "inline" not in matplotlib.get_backend() and "ipykernel" not in matplotlib.get_backend():
+        matplotlib.use("Agg")  # files only; but never take a notebook's inline backend away
     import matplotlib.pyplot as plt
     import seaborn as sns
 
