@@ -47,13 +47,19 @@ def load_sugarcrepe(path: str | os.PathLike, image_root: str | os.PathLike | Non
     return Loaded(items, report)
 
 
+def _read_id_items(path: Path):
+    """(dict id -> item, text cleaner) of a SugarCREPE / VALSE JSON file; a DataError otherwise."""
+    data, clean = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(path, None, f"expected a JSON object of id -> item, found {type(data).__name__}")
+    return data, clean
+
+
 def _load_sugarcrepe_fold(path: Path, image_root, strict, context_length, tokenizer) -> Loaded[FoilPair]:
     collector = Collector(path, strict)
     resolve = ImageResolver(image_root)
     token_limit = make_token_limit(context_length, tokenizer)
-    data, clean = read_json(path)
-    if not isinstance(data, dict):
-        raise DataError(path, None, f"expected a JSON object of id -> item, found {type(data).__name__}")
+    data, clean = _read_id_items(path)
     for key, item in data.items():
         with collector.row(key):
             if not isinstance(item, dict):
@@ -80,9 +86,7 @@ def load_valse_existence(path: str | os.PathLike, image_root: str | os.PathLike 
     collector = Collector(path, strict)
     resolve = ImageResolver(image_root)
     token_limit = make_token_limit(context_length, tokenizer)
-    data, clean = read_json(path)
-    if not isinstance(data, dict):
-        raise DataError(path, None, f"expected a JSON object of id -> item, found {type(data).__name__}")
+    data, clean = _read_id_items(path)
     low_agreement = 0
     for key, item in data.items():
         with collector.row(key):
