@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -24,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finetune.losses import clip_loss
-from finetune.train import lr_factor
+from finetune.train import MAX_LOGIT_SCALE, lr_factor
 from probing.data.synthetic import SyntheticWorld, WorldConfig
 from probing.encode import images_to_tensor
 from probing.io import atomic_write_json
@@ -32,7 +31,6 @@ from probing.models import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
 from probing.synthetic_eval import SyntheticSuite
 from probing.text_tower import TextTower
 
-MAX_LOGIT_SCALE = math.log(100.0)
 
 
 @dataclass(frozen=True)
