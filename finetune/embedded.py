@@ -2,8 +2,8 @@
 
 No pretrained CLIP can be downloaded on the machines this toolkit targets, so the default model is
 built on demand and cached: a text tower as deep as ViT-B/32's (12 blocks, so layer analyses
-carry over) but narrow, the real CLIP BPE tokenizer, and a small ViT for the 48x48 synthetic
-images. It is pretrained contrastively on data that mirrors web captions: affirmative captions,
+carry over) but narrow, the real CLIP BPE tokenizer, and a small ResNet (open_clip's
+ModifiedResNet, one bottleneck per stage) for the 48x48 synthetic images. It is pretrained contrastively on data that mirrors web captions: affirmative captions,
 plus a small fraction of (true) absence-negated captions treated as ordinary captions. Like CLIP,
 it then handles affirmative captions but not the scope of a negation.
 
@@ -45,9 +45,12 @@ class EmbeddedSpec:
     warmup_steps: int = 50
     weight_decay: float = 0.1
     negated_fraction: float = 0.08
+    # Half the scenes come with a same-colour, other-shape twin in the batch (see
+    # SyntheticWorld.pretraining_specs): colour alone then cannot tell a batch's images apart.
+    shape_twin_fraction: float = 0.5
     eval_scenes: int = 1000
-    # Objects fill a good part of their grid cell: at 48x48 with 8x8 patches, smaller shapes span
-    # too few patches for a 3-block ViT to tell a star from a cross (shape zero-shot stayed ~0.32).
+    # Objects fill a good part of their grid cell, so that a star and a cross differ in more than
+    # a few pixels at 48x48.
     object_sizes: tuple[float, ...] = (0.30, 0.38, 0.46)
 
     def key(self) -> str:
@@ -59,7 +62,8 @@ class EmbeddedSpec:
 DEFAULT_SPEC = EmbeddedSpec()
 # The smoke-test build: same depth, tiny width, seconds of training. Good for checking that code
 # runs on a model with some structure, not for claims about negation.
-SMALL_SPEC = EmbeddedSpec(model="negclip-micro", steps=120, batch_size=64, lr=2e-3, warmup_steps=10, eval_scenes=300)
+SMALL_SPEC = EmbeddedSpec(model="negclip-micro", steps=120, batch_size=64, lr=2e-3, warmup_steps=10, eval_scenes=300,
+                          shape_twin_fraction=0.0)
 SPECS = {"default": DEFAULT_SPEC, "small": SMALL_SPEC}
 
 
@@ -119,7 +123,8 @@ def pretrain(spec: EmbeddedSpec, *, progress: bool = True) -> tuple[torch.nn.Mod
     bar = tqdm(range(spec.steps), desc=f"pretraining {spec.model}", disable=not progress)
     for step in bar:
         images, captions = world.pretraining_pairs(spec.batch_size, "train", seed=spec.seed * 1_000_003 + step,
-                                                   negated_fraction=spec.negated_fraction)
+                                                   negated_fraction=spec.negated_fraction,
+                                                   shape_twin_fraction=spec.shape_twin_fraction)
         image_features = model.encode_image(images_to_tensor(model, preprocess, list(images)), normalize=True)
         text_features = tower.encode(tokenizer(captions), trim=True, normalize=True)
         loss = clip_loss(image_features, text_features, scale=model.logit_scale.exp())

@@ -43,6 +43,12 @@ def _ce(queries: Tensor, keys: Tensor, scale: Tensor | float) -> Tensor:
     return F.cross_entropy(logits, targets)
 
 
+def _pair_ce(image: Tensor, true: Tensor, false: Tensor, scale: Tensor | float) -> Tensor:
+    """mean_i of the 2-way cross-entropy over (s(I_i, true_i), s(I_i, false_i)), target true_i."""
+    logits = scale * torch.stack([(image * true).sum(-1), (image * false).sum(-1)], dim=1)
+    return F.cross_entropy(logits, torch.zeros(image.shape[0], dtype=torch.long, device=image.device))
+
+
 def _infonce(x: Tensor, y: Tensor, scale: Tensor | float) -> Tensor:
     """Symmetric CLIP InfoNCE: 1/2 [CE(x -> y) + CE(y -> x)]."""
     return 0.5 * (_ce(x, y, scale) + _ce(y, x, scale))
@@ -95,9 +101,7 @@ def omni_presence_loss(image: Tensor, caption: Tensor, negated: Tensor, *, scale
     L_pres = 1/3 [CE(I -> [c; c']) + CE(c -> I) + mean_i CE_2way((s(I_i, c_i), s(I_i, c'_i)), target c_i)].
     """
     _check(image=image, caption=caption, negated=negated)
-    pair_logits = scale * torch.stack([(image * caption).sum(-1), (image * negated).sum(-1)], dim=1)
-    pair_targets = torch.zeros(image.shape[0], dtype=torch.long, device=image.device)
-    pairwise = F.cross_entropy(pair_logits, pair_targets)
+    pairwise = _pair_ce(image, caption, negated, scale)
     return (_ce(image, torch.cat([caption, negated]), scale) + _ce(caption, image, scale) + pairwise) / 3
 
 
@@ -174,6 +178,7 @@ def negation_mix_loss(
     tripletclip: float = 0.0,
     omni: float = 0.0,
     absence_vs_presence: float = 0.0,
+    scope_pair: float = 0.0,
     terms: Sequence[int] = (1, 2, 3),
 ) -> Tensor:
     """A weighted sum of the losses above on one batch; a weight of 0 leaves that loss out.
@@ -185,6 +190,8 @@ def negation_mix_loss(
     CoN-CLIP's first term with the absence-negated caption as the true caption and the
     presence-negated one as its hard negative, CE(I -> [a; c']): the two captions share frame
     and cue and differ only in which object is negated, so only reading the scope wins it.
+    `scope_pair` weights the same contrast alone, the 2-way cross-entropy over (s(I, a), s(I, c'))
+    with target a: no other caption of the batch dilutes it.
     """
     weighted = [
         (conclip, lambda: conclip_loss(image, caption, presence_negated, distractor, scale=scale, terms=terms)),
@@ -193,6 +200,7 @@ def negation_mix_loss(
         (tripletclip, lambda: tripletclip_loss(image, caption, presence_negated, distractor, scale=scale)),
         (omni, lambda: omni_negclip_loss(image, caption, presence_negated, absence_negated, scale=scale)),
         (absence_vs_presence, lambda: conclip_loss(image, absence_negated, presence_negated, scale=scale, terms=(1,))),
+        (scope_pair, lambda: _pair_ce(image, absence_negated, presence_negated, scale)),
     ]
     parts = [weight * loss() for weight, loss in weighted if weight]
     if not parts:

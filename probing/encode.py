@@ -47,12 +47,21 @@ def encode_images(
     normalize: bool = True,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Image features [n, embed_dim]; images are paths, PIL images or uint8 arrays [H, W, 3]."""
+    """Image features [n, embed_dim]; images are paths, PIL images or uint8 arrays [H, W, 3].
+
+    The model runs in eval mode (and is put back as it was): a ResNet image tower in train mode
+    would normalise with batch statistics and overwrite its running ones.
+    """
     device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
     chunks = []
-    for start in tqdm(range(0, len(images), batch_size), desc="images", disable=not progress):
-        pixels = images_to_tensor(model, preprocess, images[start:start + batch_size])
-        chunks.append(model.encode_image(pixels.to(device), normalize=normalize).float().cpu())
+    try:
+        for start in tqdm(range(0, len(images), batch_size), desc="images", disable=not progress):
+            pixels = images_to_tensor(model, preprocess, images[start:start + batch_size])
+            chunks.append(model.encode_image(pixels.to(device), normalize=normalize).float().cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(chunks)
 
 

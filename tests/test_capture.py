@@ -61,3 +61,25 @@ def test_capture_accepts_plain_model_and_rejects_bad_pool(write_config):
         capture_pooled(model, tokenizer, ["a dog"], pools="cls", progress=False)
     with pytest.raises(ValueError, match="no captions"):
         capture_pooled(model, tokenizer, [], progress=False)
+
+
+def test_encode_images_runs_a_resnet_image_tower_in_eval_mode(tmp_path):
+    """BatchNorm in train mode would use batch statistics and overwrite its running ones."""
+    import json
+
+    from probing.encode import encode_images
+    from tests.conftest import tiny_config
+
+    config = tiny_config()
+    config["vision_cfg"] = {"image_size": 48, "layers": [1, 1, 1, 1], "width": 8}
+    path = tmp_path / "tiny-rn.json"
+    path.write_text(json.dumps(config))
+    model, preprocess, _ = load_clip(str(path))
+    images = list(np.random.default_rng(0).integers(0, 256, size=(6, 48, 48, 3), dtype=np.uint8))
+    expected = encode_images(model, preprocess, images)
+    running_mean = model.visual.bn1.running_mean.clone()
+    model.train()
+    got = encode_images(model, preprocess, images[:3])
+    assert model.training  # put back as it was
+    torch.testing.assert_close(got, expected[:3])
+    assert torch.equal(model.visual.bn1.running_mean, running_mean)

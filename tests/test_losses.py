@@ -247,7 +247,8 @@ def test_negation_mix_is_the_weighted_sum_of_its_parts():
 
     image, caption, negated, absence, distractor = features(11)
     mixed = negation_mix_loss(image, caption, negated, absence, distractor, scale=SCALE,
-                              conclip=0.5, negationclip=2.0, clip=1.5, tripletclip=0.25, absence_vs_presence=0.75)
+                              conclip=0.5, negationclip=2.0, clip=1.5, tripletclip=0.25, absence_vs_presence=0.75,
+                              scope_pair=1.25)
     # the second way: each part from the numpy loops
     conclip = (np_ce(image, np.vstack([caption, negated]), SCALE) + np_ce(caption, np.vstack([image, distractor]), SCALE)
                + np_ce(distractor, np.vstack([negated, caption]), SCALE)) / 3
@@ -256,7 +257,10 @@ def test_negation_mix_is_the_weighted_sum_of_its_parts():
     nc = lambda i, t, f: 0.5 * (np_ce(i, np.vstack([t, f]), SCALE) + np_ce(t, i, SCALE))
     triplet = nc(image, caption, negated) + nc(distractor, negated, caption)
     absence_vs_presence = np_ce(image, np.vstack([absence, negated]), SCALE)
-    expected = 0.5 * conclip + 2.0 * negationclip + 1.5 * clip + 0.25 * triplet + 0.75 * absence_vs_presence
+    scope_pair = np.mean([math.log(1 + math.exp(SCALE * (np.dot(image[i], negated[i]) - np.dot(image[i], absence[i]))))
+                          for i in range(M)])
+    expected = (0.5 * conclip + 2.0 * negationclip + 1.5 * clip + 0.25 * triplet + 0.75 * absence_vs_presence
+                + 1.25 * scope_pair)
     assert mixed.item() == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError, match="every weight is 0"):
         negation_mix_loss(image, caption, negated, absence, scale=SCALE, conclip=0, negationclip=0, clip=0)

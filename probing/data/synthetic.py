@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -416,17 +416,22 @@ class SyntheticWorld:
             labels[i] = classes.index(part)
         return images, labels
 
-    def pretraining_specs(self, n: int, split: str = "train", seed: int = 0,
-                          negated_fraction: float = 0.08) -> list[tuple[Scene, CaptionSpec]]:
+    def pretraining_specs(self, n: int, split: str = "train", seed: int = 0, negated_fraction: float = 0.08,
+                          shape_twin_fraction: float = 0.0) -> list[tuple[Scene, CaptionSpec]]:
         """The (scene, caption spec) pairs behind `pretraining_pairs`, before rendering.
 
         Affirmative captions name every object of the scene, each in full ("red circle", 60 %),
         by shape only ("circle", 25 %) or by colour only ("red shape", 15 %), so that shapes must
         be learnt and not just colours. A `negated_fraction` of captions are absence-negated
         (true) captions naming every object and negating an absent one, as web captions sometimes do.
+        A `shape_twin_fraction` of scenes are followed by a twin: the same colours at the same places,
+        every shape redrawn as another one. In a contrastive batch the twin is a hard negative that
+        colour cannot separate, so shapes get a learning signal early (without twins, colour alone
+        tells most scenes of a batch apart and shape zero-shot stays low).
         """
-        if not 0.0 <= negated_fraction <= 1.0:
-            raise ValueError(f"negated_fraction must be within [0, 1], got {negated_fraction}")
+        for label, value in [("negated_fraction", negated_fraction), ("shape_twin_fraction", shape_twin_fraction)]:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{label} must be within [0, 1], got {value}")
         vocab = self.vocabulary(split, "all")
         rng = self._rng("pretraining", split, seed)
         pool = self.train_objects if split == "train" else self.objects
@@ -434,6 +439,9 @@ class SyntheticWorld:
         for _ in range(n):
             names = rng.sample(pool, rng.randint(1, self.config.max_objects))
             scene = self.make_scene(rng, names)
+            if shape_twin_fraction and len(out) % 2 == 1 and rng.random() < shape_twin_fraction:
+                scene = self._shape_twin(rng, out[-1][0], pool) or scene
+                names = list(scene.names)
             if rng.random() < negated_fraction:
                 absent = rng.choice([o for o in pool if o not in names])
                 spec = framed_caption(rng.choice(vocab.frames), rng.choice(vocab.cues),
@@ -444,14 +452,27 @@ class SyntheticWorld:
             out.append((scene, spec))
         return out
 
-    def pretraining_pairs(self, n: int, split: str = "train", seed: int = 0,
-                          negated_fraction: float = 0.08) -> tuple[np.ndarray, list[str]]:
+    def pretraining_pairs(self, n: int, split: str = "train", seed: int = 0, negated_fraction: float = 0.08,
+                          shape_twin_fraction: float = 0.0) -> tuple[np.ndarray, list[str]]:
         """(images uint8 [n, H, W, 3], captions) mirroring web data; see `pretraining_specs`."""
-        pairs = self.pretraining_specs(n, split, seed, negated_fraction)
+        pairs = self.pretraining_specs(n, split, seed, negated_fraction, shape_twin_fraction)
         images = np.empty((n, self.config.image_size, self.config.image_size, 3), np.uint8)
         for i, (scene, _) in enumerate(pairs):
             images[i] = self.render(scene)
         return images, [spec.text for _, spec in pairs]
+
+    def _shape_twin(self, rng: random.Random, scene: Scene, pool: Sequence[str]) -> Scene | None:
+        """`scene` with every object's shape redrawn as another one (same colours and places), or None."""
+        twin, taken = scene, set()
+        for obj in scene.objects:
+            options = [s for s in self.config.shapes if s != obj.shape and f"{obj.colour} {s}" in pool
+                       and f"{obj.colour} {s}" not in taken and not (f"{obj.colour} {s}" in scene.names)]
+            if not options:
+                return None
+            shape = rng.choice(options)
+            taken.add(f"{obj.colour} {shape}")
+            twin = twin.with_swapped(obj.name, obj.colour, shape)
+        return replace(twin, noise_seed=rng.getrandbits(32))
 
     @staticmethod
     def _web_mention(rng: random.Random, name: str) -> Mention:
