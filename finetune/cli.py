@@ -19,6 +19,7 @@ from probing.cli_args import positive_float as _positive_float
 from probing.cli_args import positive_int as _positive_int
 
 LOSS_NAMES = ("conclip", "clip", "omni", "negationclip", "tripletclip", "mix")  # = finetune.losses.LOSSES
+MIX_PARTS = ("conclip", "negationclip", "clip", "tripletclip", "omni", "absence_vs_presence", "scope_pair")  # = losses.MIX_PARTS
 EMBEDDED = "embedded"
 EXTRAS = ("embeddings", "ln_final", "projection", "logit_scale")
 
@@ -42,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--loss", choices=LOSS_NAMES, default="conclip",
                       help="conclip uses distractor images when every example has one (three terms), else its two-term form")
     loss.add_argument("--terms", help="CoN-CLIP terms to use, e.g. '1' or '1,2,3' (default: all available)")
-    loss.add_argument("--weights", help="with --loss mix: weights such as 'conclip=1,negationclip=1,clip=1' "
-                                        "(keys: conclip, negationclip, clip, tripletclip, omni, absence_vs_presence)")
+    loss.add_argument("--weights", help="with --loss mix: weights such as 'scope_pair=1,clip=1'; parts not listed "
+                                        f"get 0 (keys: {', '.join(MIX_PARTS)})")
     loss.add_argument("--lam", type=float, help="Omni-NegCLIP weight of the absence loss (default 1)")
     loss.add_argument("--lambda-o", type=float, help="Omni-NegCLIP weight of the original-caption term (default 1)")
     loss.add_argument("--lambda-t", type=float, help="Omni-NegCLIP weight of the hinge (default 1)")
@@ -100,8 +101,9 @@ def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
 
 
 def _mix_weights(text: str, parser: argparse.ArgumentParser) -> dict[str, float]:
-    known = ("conclip", "negationclip", "clip", "tripletclip", "omni", "absence_vs_presence")
-    weights = {}
+    """The mix's weights; a part not listed gets 0, so the command line says the whole mix."""
+    known = MIX_PARTS
+    weights = dict.fromkeys(known, 0.0)
     for item in text.split(","):
         name, _, value = item.partition("=")
         try:

@@ -208,6 +208,10 @@ def negation_mix_loss(
     return torch.stack(parts).sum()
 
 
+# the weight names negation_mix_loss takes, one per part
+MIX_PARTS = ("conclip", "negationclip", "clip", "tripletclip", "omni", "absence_vs_presence", "scope_pair")
+
+
 # --- registry: which features each loss reads, and one call for all of them -------------------
 
 FEATURE_NAMES = ("image", "caption", "presence_negated", "absence_negated", "distractor")

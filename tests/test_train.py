@@ -245,6 +245,19 @@ def test_cli_loss_choices_are_the_registry():
     assert set(LOSS_NAMES) == set(LOSSES)
 
 
+def test_cli_mix_weights_name_every_part_and_default_the_rest_to_zero():
+    import argparse
+    import inspect
+
+    from finetune.cli import MIX_PARTS, _mix_weights
+    from finetune.losses import MIX_PARTS as LOSS_MIX_PARTS, negation_mix_loss
+
+    assert MIX_PARTS == LOSS_MIX_PARTS
+    assert set(MIX_PARTS) <= set(inspect.signature(negation_mix_loss).parameters)
+    weights = _mix_weights("scope_pair=2, clip=1", argparse.ArgumentParser())
+    assert weights == {**dict.fromkeys(MIX_PARTS, 0.0), "scope_pair": 2.0, "clip": 1.0}
+
+
 def test_cli_trains_on_the_synthetic_world(tiny, tmp_path, capsys):
     from finetune.cli import main
 
