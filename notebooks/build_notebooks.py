@@ -512,12 +512,14 @@ for name, value in key.items():
 # --- 3: fine-tune and compare ------------------------------------------------------------------------
 
 SIZES_3 = '''
-LOSS, LOSS_KWARGS = "mix", {"conclip": 1.0, "negationclip": 1.0, "clip": 1.0}  # finetune/losses.py: negation_mix_loss
+# The README's scope recipe (finetune/losses.py: negation_mix_loss): the scope pair, CLIP to hold retrieval,
+# half a CoN-CLIP first term; a short budget here, so scope moves only part of the way
+LOSS, LOSS_KWARGS = "mix", {"scope_pair": 1.0, "clip": 1.0, "conclip": 0.5, "negationclip": 0.0, "terms": [1]}
 if SMALL:
-    TRAIN = dict(steps=10, batch_size=16, lr=1e-4, warmup_steps=2)
+    TRAIN = dict(steps=10, batch_size=16, lr=3e-3, warmup_steps=2)
     N_TRAIN, EVAL_N, EVAL_N_CLASSIFICATION, SEEDS = 64, 100, 36, (0,)
 else:
-    TRAIN = dict(steps=40, batch_size=32, lr=1e-4, warmup_steps=4)
+    TRAIN = dict(steps=40, batch_size=32, lr=3e-3, warmup_steps=4)
     N_TRAIN, EVAL_N, EVAL_N_CLASSIFICATION, SEEDS = 1024, 300, 180, (0, 1)
 # notebook 2's sizes, for the layer plan when notebook 2 has not run (the causal check does not enter the plan)
 PLAN_ARGS = ["--measurements", "probes,sensitivity,gradnorms"] + (
@@ -530,8 +532,8 @@ NB3 = [
 # 3 · Fine-tune and compare: does training only the planned blocks work?
 
 Notebook 2 chose which text blocks to fine-tune from layer-wise evidence. This notebook tests the choice:
-it fine-tunes exactly the planned blocks with a negation-aware loss (CoN-CLIP + NegationCLIP + a plain CLIP
-term that holds retrieval), evaluates against the frozen model and against training all blocks, and then runs
+it fine-tunes exactly the planned blocks with a negation-aware loss (the scope pair "A and no X" against
+"A and no B" for the same image, half a CoN-CLIP term, and a plain CLIP term that holds retrieval), evaluates against the frozen model and against training all blocks, and then runs
 a small layer ablation (frozen / selected / front / back / all, several seeds, the same data and budget for
 every variant) whose figure compares them with confidence intervals.
 
