@@ -48,9 +48,6 @@ class EmbeddedSpec:
     # Half the scenes come with a same-colour, other-shape twin in the batch (see
     # SyntheticWorld.pretraining_specs): colour alone then cannot tell a batch's images apart.
     shape_twin_fraction: float = 0.5
-    # Pretraining names all 36 objects, as web data names what CLIP later meets; held-out objects
-    # are held out of negation fine-tuning and probes only (SyntheticWorld.pretraining_specs).
-    pretraining_objects: str = "all"
     eval_scenes: int = 1000
     # Objects fill a good part of their grid cell, so that a star and a cross differ in more than
     # a few pixels at 48x48.
@@ -66,7 +63,7 @@ DEFAULT_SPEC = EmbeddedSpec()
 # The smoke-test build: same depth, tiny width, seconds of training. Good for checking that code
 # runs on a model with some structure, not for claims about negation.
 SMALL_SPEC = EmbeddedSpec(model="negclip-micro", steps=120, batch_size=64, lr=2e-3, warmup_steps=10, eval_scenes=300,
-                          shape_twin_fraction=0.0, pretraining_objects="split")
+                          shape_twin_fraction=0.0)
 SPECS = {"default": DEFAULT_SPEC, "small": SMALL_SPEC}
 
 
@@ -127,8 +124,7 @@ def pretrain(spec: EmbeddedSpec, *, progress: bool = True) -> tuple[torch.nn.Mod
     for step in bar:
         images, captions = world.pretraining_pairs(spec.batch_size, "train", seed=spec.seed * 1_000_003 + step,
                                                    negated_fraction=spec.negated_fraction,
-                                                   shape_twin_fraction=spec.shape_twin_fraction,
-                                                   objects=spec.pretraining_objects)
+                                                   shape_twin_fraction=spec.shape_twin_fraction)
         image_features = model.encode_image(images_to_tensor(model, preprocess, list(images)), normalize=True)
         text_features = tower.encode(tokenizer(captions), trim=True, normalize=True)
         loss = clip_loss(image_features, text_features, scale=model.logit_scale.exp())

@@ -326,13 +326,3 @@ def test_shape_twins_keep_colours_and_places_and_change_every_shape():
     assert untwinned == WORLD.pretraining_specs(400, "train", seed=8, shape_twin_fraction=0.0)
     with pytest.raises(ValueError, match="shape_twin_fraction"):
         WORLD.pretraining_specs(4, "train", shape_twin_fraction=1.5)
-
-
-def test_pretraining_can_name_every_object_but_the_train_split_does_not_by_default():
-    def named(objects):
-        return {name for scene, _ in WORLD.pretraining_specs(600, "train", seed=9, objects=objects) for name in scene.names}
-
-    assert named("split") == set(WORLD.train_objects)
-    assert named("all") == set(WORLD.objects)
-    with pytest.raises(ValueError, match="objects must be"):
-        WORLD.pretraining_specs(4, "train", objects="heldout")
