@@ -720,69 +720,66 @@ CELLS = {"01_activations": NB1, "02_layer_evidence": NB2, "03_finetune_compare":
 # What the committed run (embedded default model) showed; `--findings` writes these into the notebooks.
 FINDINGS: dict[str, str] = {
     "01_activations": """
-Committed run: the embedded default model, 0.7 min on 2 shared CPU cores (small build: about 0.3 min).
+Committed run: the embedded default model, 0.3 min on 2 shared CPU cores (small build: about 0.3 min).
 
-- **The model fails negation the way CLIP does.** On the example scene the true caption scores 0.916, the false
-  presence-negated caption 0.414 and the true absence-negated caption only 0.345: a negation word pushes any
+- **The model fails negation the way CLIP does.** On the example scene the true caption scores 0.844, the false
+  presence-negated caption 0.400 and the true absence-negated caption only 0.354: a negation word pushes any
   caption down, true or false. The build's own metrics over 1,000 held-out scenes say the same: CC-Neg-style
-  accuracy 0.83, but scope accuracy 0.03 and absence-vs-presence accuracy 0.03, far below chance (0.5).
+  accuracy 0.96, but scope accuracy 0.24 and absence-vs-presence accuracy 0.26, far below chance (0.5).
 - **The negation is not lost on the way to EOT.** The twins differ from the cue onwards at every layer, and their
-  EOT states stay far apart: cosine 0.62 after block 0 and 0.67 after the last block (text features: 0.62). The
+  EOT states stay apart: cosine 0.83 after block 0 and 0.72 after the last block (text features: 0.72). The
   encoder registers *that* a caption is negated; what it fails at is *what* is negated.
-- **Block 0 carries the cue to EOT.** Averaged over 600 negated captions, the EOT token attends to the cue token
-  with weight 0.385 in block 0, head 3, against 0.074 for an even spread over the caption; averaged over all
-  blocks and heads the weight is 0.075, so no other head singles the cue out. The twins' EOT cosine drops from
-  1.00 to 0.62 across that same block.
+- **Block 0 attends to the cue most.** Averaged over 600 negated captions, the EOT token attends to the cue token
+  with weight 0.251 in block 0, head 0, against 0.074 for an even spread over the caption; averaged over all
+  blocks and heads the weight is 0.084, barely above the even spread. The twins' EOT cosine drops from 1.00 to
+  0.83 across that same block, the largest single drop.
 - **A linear probe reads "negated or not" at EOT, but only for the cue words it was trained on.** At the last
-  layer it scores 0.913 in distribution, 0.907 on held-out objects and 0.865 on held-out templates, but 0.512 on
-  the held-out cues *never, none, isn't* (chance); no layer does better than 0.513 there. The EOT state encodes
+  layer it scores 0.953 in distribution, 0.927 on held-out objects and 0.780 on held-out templates, but 0.500 on
+  the held-out cues *never, none, isn't* (chance); no layer does better than 0.499 there. The EOT state encodes
   the training cue tokens rather than a cue-independent negation feature. Notebook 2 puts these accuracies
   against a random-weights text tower and control labels.
 """,
     "02_layer_evidence": """
-Committed run: the embedded default model, 5 probe seeds, 4.8 min on 2 shared CPU cores (small build: about
+Committed run: the embedded default model, 5 probe seeds, 2.5 min on 2 shared CPU cores (small build: about
 0.6 min).
 
-- **The plan trains text blocks 0-7** (with the embeddings, final LayerNorm, projection and logit scale): the
-  shortest front prefix holding 80 % of the combined evidence (blocks 0-7 hold 85 %, blocks 0-6 only 75 %). The
-  front half (blocks 0-5) holds 74 % of the evidence; the other rules also start at the front (top-4: blocks
-  0-1, 7, 11; Auto-RGN: blocks 0-4).
-- **Probes with controls.** On held-out data the negation probe beats the random-weights text tower by up to
-  16 points (layer 2: 0.80 against 0.64), 13 of them gained across block 0; the scope probe beats it by at most
-  5 points (layer 12: 0.63 against 0.58), just above the 3-point noise margin. Control-label accuracy stays near
-  0.5, so the probes do not just memorise caption types. The held-out mean includes the held-out-cue split,
-  where the negation probe is at chance (notebook 1).
+- **The plan trains text blocks 0-1** (with the embeddings, final LayerNorm, projection and logit scale): the
+  shortest front prefix holding 80 % of the combined evidence. The front half (blocks 0-5) holds 94 % of it; the
+  other rules also start at the front (top-4 and Auto-RGN: blocks 0-3).
+- **Probes with controls.** On held-out data the negation probe never beats the random-weights text tower by more
+  than 1.5 points (best layer 1: 0.766 against 0.767), so it shows token identity, not negation. The scope probe
+  beats it by at most 4 points (layer 2, the output of block 1), just above the 3-point noise margin, which is
+  why block 1 carries all of the probe share. The held-out mean includes the held-out-cue split, where the
+  negation probe is at chance (notebook 1).
 - **Sensitivity adds no evidence:** after the embeddings, a presence negation never moves the EOT state further
-  than a same-size colour swap (last layer: 0.37 against 0.44). An absence negation, which also names another
-  object, moves it further, but about equally after every block (0.79 after block 0, 0.74 after the last); the
-  plan's sensitivity evidence uses the presence edit.
-- **Gradient norms** of every loss are largest in block 0 (relative norm 0.12 against 0.008 in block 11, mean
-  over the four losses), and the plain CLIP loss puts 82 % of its gradient norm on the front half too: they say
-  where any loss changes the model most, not where negation lives.
+  than a same-size colour swap (last layer: 0.34 against 0.35).
+- **Gradient norms** of every loss are largest in block 0 (relative norm 0.105 against 0.006 in block 11, mean
+  over the four losses): they say where any loss changes the model most, not where negation lives.
 - **Causal check:** projecting the negation probe direction out of the residual stream changes CC-Neg-style
-  accuracy by at most 0.03 and scope accuracy by at most 0.01 (both at layer 0), so the model's negation
-  behaviour does not run through the direction the probe found.
-- Together: the front blocks, block 0 above all, are where negation cues reach the EOT state and where the
-  fine-tuning gradients are largest; no measurement points to a block that represents negation scope.
+  accuracy by at most 0.002 and scope accuracy by at most 0.010, so the model's negation behaviour does not run
+  through the direction the probe found.
+- Together: the front blocks are where negation cues reach the EOT state and where the fine-tuning gradients are
+  largest; only the scope probe after block 1 clears the random baseline, and only just.
 """,
     "03_finetune_compare": """
-Committed run: the embedded default model, 40 steps of batch 32 (lr 1e-4; about 1.25 passes over 1,024
-examples) per run, seeds 0 and 1 in the ablation, 7.0 min on 2 shared CPU cores (small build: about 0.7 min).
+Committed run: the embedded default model, 40 steps of batch 32 (lr 3e-3; about 1.25 passes over 1,024
+examples) per run, seeds 0 and 1 in the ablation, 6.5 min on 2 shared CPU cores (small build: about 0.7 min).
+The loss is the README's scope recipe (scope pair + CLIP + half a CoN-CLIP term) with a thirtieth of its training samples.
 
-- **Fine-tuning the planned blocks 0-7 strengthened the shortcut instead of teaching scope.** Against the frozen
-  model, CC-Neg-style accuracy rose from 0.967 to 0.983 while scope accuracy fell on every held-out suite
-  (objects 0.157 → 0.087, templates 0.120 → 0.070, cues 0.070 → 0.053) and absence accuracy fell from 0.200 to
-  0.113. Image→text R@1 among 100 held at 0.62; zero-shot object accuracy dropped from 0.378 to 0.333.
-- **Training all 12 blocks did the same** (scope 0.080 / 0.073 / 0.053, CC-Neg-style 0.983, absence 0.100,
-  zero-shot 0.311) with 10 % more trainable parameters (8.7 M against 7.9 M, most of them the token embedding).
-- **The ablation** (frozen / selected / front / back / all, 2 seeds) separates no trained variant from the
-  others on scope: all land between 0.08 and 0.10 on held-out objects, with overlapping 95 % intervals of up
-  to ±0.04, all below the frozen model's 0.157. Training the back half (blocks 6-11) cost the least zero-shot
-  accuracy (0.367 against 0.311-0.328). The ablation's seed-0 'selected' and 'all' runs reproduced the two
-  single runs exactly.
-- At this budget and with this loss, training only the planned blocks matches training the whole text tower,
-  and no choice of layers fixes negation scope: the loss and the budget, not the layers, limit the result.
-  Longer studies (and the single-layer sweep) are what `ablate-layers` is for.
+- **Fine-tuning the planned blocks 0-1 starts to teach scope.** Against the frozen model, scope accuracy rose
+  on every held-out suite (objects 0.120 → 0.323, templates 0.060 → 0.240, cues 0.020 → 0.093) and absence
+  accuracy from 0.123 to 0.353, with CC-Neg-style accuracy 0.893 → 0.937. The price at this short budget:
+  image→text R@1 among 100 0.630 → 0.593 and zero-shot objects 0.839 → 0.794. Scope is still below chance;
+  the README's 600-step run of the same loss on blocks 0-5 reaches 0.74 / 0.95 on held-out objects / templates.
+- **Training all 12 blocks gave the same scope** (0.323 / 0.243 / 0.103) but cost more retention (R@1 0.557,
+  zero-shot 0.639), with the same extras and 12 trained blocks instead of 2.
+- **The ablation** (frozen / selected / front / back / all, 2 seeds) moves every trained variant well above the
+  frozen model on scope, but with 2 seeds the 95 % intervals are wide (up to ±0.9) and overlap, so no variant is
+  separated from the others; back (blocks 6-11) kept retrieval best (R@1 0.618) and gained least scope on
+  held-out objects (0.310). The ablation's seed-0 'selected' and 'all' runs reproduced the two single runs
+  exactly.
+- At this budget the planned two blocks do what the whole tower does on negation, at a smaller cost in
+  retention. The README's ablation (3 seeds, single-layer sweep) is the better-powered comparison.
 """,
 }
 
