@@ -257,7 +257,7 @@ def test_negation_mix_is_the_weighted_sum_of_its_parts():
     nc = lambda i, t, f: 0.5 * (np_ce(i, np.vstack([t, f]), SCALE) + np_ce(t, i, SCALE))
     triplet = nc(image, caption, negated) + nc(distractor, negated, caption)
     absence_vs_presence = np_ce(image, np.vstack([absence, negated]), SCALE)
-    scope_pair = np.mean([math.log(1 + math.exp(SCALE * (np.dot(image[i], negated[i]) - np.dot(image[i], absence[i]))))
+    scope_pair = np.mean([math.log(1 + math.exp(SCALE * float(image[i] @ negated[i] - image[i] @ absence[i])))
                           for i in range(M)])
     expected = (0.5 * conclip + 2.0 * negationclip + 1.5 * clip + 0.25 * triplet + 0.75 * absence_vs_presence
                 + 1.25 * scope_pair)
