@@ -17,7 +17,7 @@ from torch import nn
 from finetune.distributed import DistContext
 from finetune.losses import LossSpec
 from probing.data.reading import load_image
-from probing.encode import images_to_tensor
+from probing.encode import eval_mode, images_to_tensor
 from probing.data.records import DataError
 
 # loss feature name -> example attribute holding that caption
@@ -101,16 +101,14 @@ def encode_images(model: nn.Module, preprocess: Callable, images: Sequence[tuple
                   device: torch.device, batch_size: int = 256,
                   autocast: bool = False) -> torch.Tensor:
     """L2-normalised float32 image features [N, d] of (index, example, image) triples."""
-    was_training = model.training
-    model.eval()
     chunks = []
-    for start in range(0, len(images), batch_size):
-        arrays = [_load(example, image, index) for index, example, image in images[start:start + batch_size]]
-        pixels = images_to_tensor(model, preprocess, arrays).to(device)  # = preprocess, fast for arrays
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            features = model.encode_image(pixels)
-        chunks.append(F.normalize(features.float(), dim=-1))
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            arrays = [_load(example, image, index) for index, example, image in images[start:start + batch_size]]
+            pixels = images_to_tensor(model, preprocess, arrays).to(device)  # = preprocess, fast for arrays
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                features = model.encode_image(pixels)
+            chunks.append(F.normalize(features.float(), dim=-1))
     return torch.cat(chunks)
 
 

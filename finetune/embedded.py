@@ -3,9 +3,10 @@
 No pretrained CLIP can be downloaded on the machines this toolkit targets, so the default model is
 built on demand and cached: a text tower as deep as ViT-B/32's (12 blocks, so layer analyses
 carry over) but narrow, the real CLIP BPE tokenizer, and a small ResNet (open_clip's
-ModifiedResNet, one bottleneck per stage) for the 48x48 synthetic images. It is pretrained contrastively on data that mirrors web captions: affirmative captions,
-plus a small fraction of (true) absence-negated captions treated as ordinary captions. Like CLIP,
-it then handles affirmative captions but not the scope of a negation.
+ModifiedResNet, one bottleneck per stage) for the 48x48 synthetic images. It is pretrained
+contrastively on data that mirrors web captions: affirmative captions, plus a small fraction of
+(true) absence-negated captions treated as ordinary captions. Like CLIP, it then handles
+affirmative captions but not the scope of a negation.
 
 The checkpoint is cached under the user's cache directory, keyed by config and seed, written
 atomically, and loaded back through `probing.load_clip` like any local checkpoint.
@@ -30,7 +31,6 @@ from probing.io import atomic_write_json
 from probing.models import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
 from probing.synthetic_eval import SyntheticSuite
 from probing.text_tower import TextTower
-
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from probing.encode import eval_mode
+
 POOLS = ("eot", "mean")
 
 
@@ -64,15 +66,12 @@ def capture_pooled(
 
     device = hooked.positional_embedding.device
     names = resid_hook_names(hooked.cfg.n_layers)
-    was_training = hooked.training
-    hooked.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(hooked):
         for start in tqdm(range(0, len(captions), batch_size), desc="capture", unit="batch", disable=not progress):
             index = order[start:start + batch_size]
             pooled = _pooled_batch(hooked, tokens[index].to(device), names, pool_names)
             for name in pool_names:
                 outputs[name][:, index.numpy()] = pooled[name].cpu().numpy().astype(dtype)
-    hooked.train(was_training)
 
     if out_dir is not None:
         outputs = {name: _finish(array, out_dir, name) for name, array in outputs.items()}

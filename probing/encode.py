@@ -1,8 +1,9 @@
 """Batched feature extraction: trimmed text encoding and image encoding, L2-normalised."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -10,6 +11,21 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from probing.text_tower import TextTower
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run `module` in eval mode and put it back as it was, even on an error.
+
+    Feature extraction needs it: a ResNet image tower in train mode would normalise with batch
+    statistics and overwrite its running ones.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @torch.no_grad()
@@ -49,19 +65,14 @@ def encode_images(
 ) -> torch.Tensor:
     """Image features [n, embed_dim]; images are paths, PIL images or uint8 arrays [H, W, 3].
 
-    The model runs in eval mode (and is put back as it was): a ResNet image tower in train mode
-    would normalise with batch statistics and overwrite its running ones.
+    The model runs in eval mode (see `eval_mode`).
     """
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     chunks = []
-    try:
+    with eval_mode(model):
         for start in tqdm(range(0, len(images), batch_size), desc="images", disable=not progress):
             pixels = images_to_tensor(model, preprocess, images[start:start + batch_size])
             chunks.append(model.encode_image(pixels.to(device), normalize=normalize).float().cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(chunks)
 
 

@@ -463,14 +463,14 @@ class SyntheticWorld:
 
     def _shape_twin(self, rng: random.Random, scene: Scene, pool: Sequence[str]) -> Scene | None:
         """`scene` with every object's shape redrawn as another one (same colours and places), or None."""
-        twin, taken = scene, set()
+        twin, unavailable = scene, set(scene.names)  # a twin shares no object with its scene or itself
         for obj in scene.objects:
-            options = [s for s in self.config.shapes if s != obj.shape and f"{obj.colour} {s}" in pool
-                       and f"{obj.colour} {s}" not in taken and not (f"{obj.colour} {s}" in scene.names)]
+            options = [s for s in self.config.shapes
+                       if f"{obj.colour} {s}" in pool and f"{obj.colour} {s}" not in unavailable]
             if not options:
                 return None
             shape = rng.choice(options)
-            taken.add(f"{obj.colour} {shape}")
+            unavailable.add(f"{obj.colour} {shape}")
             twin = twin.with_swapped(obj.name, obj.colour, shape)
         return replace(twin, noise_seed=rng.getrandbits(32))
 
