@@ -378,7 +378,7 @@ def load_base(config: AblationConfig, *, progress: bool = True) -> Base:
     """The model on CPU (each run trains a copy) and the synthetic world that goes with it."""
     import torch
 
-    from probing.data.synthetic import SyntheticWorld, WorldConfig
+    from probing.data.world_record import world_for_model
     from probing.models import load_clip
 
     if config.embedded is not None:
@@ -396,8 +396,8 @@ def load_base(config: AblationConfig, *, progress: bool = True) -> Base:
     size = size[0] if isinstance(size, (tuple, list)) else size
     name = Path(config.model).stem if str(config.model).endswith(".json") else str(config.model)
     label = name + (f" + {Path(str(config.pretrained)).name}" if config.pretrained else " (random weights)")
-    return Base(model, preprocess, tokenizer, SyntheticWorld(WorldConfig(image_size=size), seed=config.world_seed),
-                name, label)
+    world = world_for_model(config.pretrained, size, seed=config.world_seed)  # the checkpoint's own world if recorded
+    return Base(model, preprocess, tokenizer, world, name, label)
 
 
 @dataclass

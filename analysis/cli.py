@@ -271,6 +271,7 @@ def load_models(args, notes: list[str]) -> Loaded:
     """The model, its random-weights twin (same architecture, seeded init) and its synthetic world."""
     import torch
 
+    from probing.data.world_record import checkpoint_world
     from probing.models import load_clip, resolve_device
 
     device = resolve_device(args.device)
@@ -287,7 +288,9 @@ def load_models(args, notes: list[str]) -> Loaded:
     else:
         torch.manual_seed(args.seed)  # a model without pretrained weights starts from a seeded init
         model, preprocess, tokenizer = load_clip(args.model, args.pretrained, device=device)
-        name, world, metrics = args.model, synthetic_world(model, args.seed, notes), None
+        # a fine-tuned embedded model records its synthetic world; other models get the default one
+        world = checkpoint_world(args.pretrained) or synthetic_world(model, args.seed, notes)
+        name, metrics = args.model, None
         info = {"model": str(args.model), "pretrained": args.pretrained, "device": str(device)}
         if args.pretrained is None:
             notes.append("the model has random weights (no --pretrained)")

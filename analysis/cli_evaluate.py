@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         model, preprocess, tokenizer, described, world = load_model(args)
     except (ModelLoadError, LookupError) as error:
         parser.error(str(error))
+    if world is None:  # the world the checkpoint records (a fine-tuned embedded model does), else the default
+        from probing.data.world_record import checkpoint_world
+
+        world = checkpoint_world(args.pretrained)
     if args.synthetic_image_size is not None or world is None:
         from probing.data.synthetic import SyntheticWorld, WorldConfig
 

@@ -52,11 +52,11 @@ def latest_checkpoint(out_dir: str | Path) -> Checkpoint | None:
 
 
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, state: dict[str, Any], *,
-                    model_name: str, keep_last: int = 1) -> Checkpoint:
+                    model_name: str, keep_last: int = 1, metadata: dict[str, str] | None = None) -> Checkpoint:
     """Write model + training state for `step`, point latest.json at it, prune older folders."""
     root = checkpoint_root(out_dir)
     checkpoint = Checkpoint(step, root / f"step_{step:07d}")
-    save_clip_checkpoint(model, checkpoint.model_path, model_name=model_name, step=step)
+    save_clip_checkpoint(model, checkpoint.model_path, model_name=model_name, step=step, **(metadata or {}))
     atomic_torch_save(checkpoint.state_path, {**state, "step": step, "rng": rng_state()})
     atomic_write_json(root / LATEST, {"step": step, "folder": checkpoint.folder.name})
     folders = sorted(p for p in root.glob("step_*") if p.is_dir() and p != checkpoint.folder)

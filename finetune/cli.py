@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from probing.cli_args import non_negative_int as _non_negative_int
@@ -146,16 +147,13 @@ def resolve_model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return name, str(embedded.ensure_embedded_model())
 
 
-def load_examples(args: argparse.Namespace, image_size: int | None = None) -> list:
-    """NegationExamples from the synthetic world (rendered at the model's image size) or a data
-    file (with the loaders' own errors)."""
+def load_examples(args: argparse.Namespace, world) -> list:
+    """NegationExamples from the synthetic `world` (the model's own, see `main`) or a data file
+    (with the loaders' own errors)."""
     from probing.data.records import DataError, NegationExample
 
     if args.data == "synthetic":
-        from probing.data.synthetic import SyntheticWorld, WorldConfig
-
-        world = WorldConfig(image_size=image_size) if image_size else WorldConfig()
-        return SyntheticWorld(world, seed=args.data_seed).examples(args.n_examples, "train", seed=args.data_seed)
+        return world.examples(args.n_examples, "train", seed=args.data_seed)
     from probing.data.loaders import guess_kind, load_dataset
 
     kind = args.data_kind or guess_kind(args.data)
@@ -188,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.plan import PlanError
     from finetune.train import NonFiniteLossError, ResumeError, TrainConfig, train
     from probing.data.records import DataError
+    from probing.data.world_record import checkpoint_world, world_for_model, world_metadata
     from probing.models import ModelLoadError, load_clip
 
     config = TrainConfig(
@@ -200,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         torch.manual_seed(args.seed)  # a model without pretrained weights starts from a seeded init
         model, preprocess, tokenizer = load_clip(name, pretrained, device="cpu")
-        examples = load_examples(args, image_size=_image_size(model))
+        # the synthetic world the model was trained on (its checkpoint records it), else the default one
+        world = world_for_model(pretrained, _image_size(model) or 64, seed=args.data_seed)
+        examples = load_examples(args, world)
+        if args.data == "synthetic" or checkpoint_world(pretrained) is not None:
+            config = replace(config, checkpoint_metadata=world_metadata(world))  # the output keeps the record
         result = train(model, tokenizer, preprocess, examples, plan, config)
     except (ModelLoadError, DataError, PlanError, NonFiniteLossError, ResumeError, ValueError) as error:
         print(f"finetune-layers: error: {error}", file=sys.stderr)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from finetune.losses import clip_loss
 from finetune.train import MAX_LOGIT_SCALE, lr_factor
 from probing.data.synthetic import SyntheticWorld, WorldConfig
+from probing.data.world_record import world_metadata
 from probing.encode import images_to_tensor
 from probing.io import atomic_write_json
 from probing.models import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
@@ -38,7 +39,10 @@ class EmbeddedSpec:
     """Everything that determines the built model; its hash keys the cache."""
 
     model: str = "negclip-tiny"  # a config in probing/model_configs
-    seed: int = 0
+    # Shape learning in this small build is seed-sensitive: with this recipe seed 0 stayed at
+    # zero-shot 0.21 (shapes 0.23), seed 2 reached 0.70 and seed 1 0.91 (README, "Why an embedded
+    # default model"). Seed 1 is the default; any seed is reproducible, not every seed is as good.
+    seed: int = 1
     steps: int = 700
     batch_size: int = 128
     lr: float = 1e-3
@@ -48,6 +52,9 @@ class EmbeddedSpec:
     # Half the scenes come with a same-colour, other-shape twin in the batch (see
     # SyntheticWorld.pretraining_specs): colour alone then cannot tell a batch's images apart.
     shape_twin_fraction: float = 0.5
+    # Pretraining names all 36 objects, as web data names what CLIP later meets; held-out objects
+    # are held out of negation fine-tuning and probes only (SyntheticWorld.pretraining_specs).
+    pretraining_objects: str = "all"
     eval_scenes: int = 1000
     # Objects fill a good part of their grid cell, so that a star and a cross differ in more than
     # a few pixels at 48x48.
@@ -62,8 +69,8 @@ class EmbeddedSpec:
 DEFAULT_SPEC = EmbeddedSpec()
 # The smoke-test build: same depth, tiny width, seconds of training. Good for checking that code
 # runs on a model with some structure, not for claims about negation.
-SMALL_SPEC = EmbeddedSpec(model="negclip-micro", steps=120, batch_size=64, lr=2e-3, warmup_steps=10, eval_scenes=300,
-                          shape_twin_fraction=0.0)
+SMALL_SPEC = EmbeddedSpec(model="negclip-micro", seed=0, steps=120, batch_size=64, lr=2e-3, warmup_steps=10, eval_scenes=300,
+                          shape_twin_fraction=0.0, pretraining_objects="split")
 SPECS = {"default": DEFAULT_SPEC, "small": SMALL_SPEC}
 
 
@@ -92,7 +99,8 @@ def ensure_embedded_model(spec: EmbeddedSpec = DEFAULT_SPEC, *, rebuild: bool = 
     if path.exists() and not rebuild:
         return path
     model, metrics = pretrain(spec, progress=progress)
-    save_clip_checkpoint(model, path, model_name=spec.model, spec=asdict(spec), metrics=metrics)
+    save_clip_checkpoint(model, path, model_name=spec.model, spec=asdict(spec), metrics=metrics,
+                         **world_metadata(world_for(spec)))
     atomic_write_json(path.with_suffix(".json"), {"spec": asdict(spec), "metrics": metrics})
     return path
 
@@ -124,7 +132,8 @@ def pretrain(spec: EmbeddedSpec, *, progress: bool = True) -> tuple[torch.nn.Mod
     for step in bar:
         images, captions = world.pretraining_pairs(spec.batch_size, "train", seed=spec.seed * 1_000_003 + step,
                                                    negated_fraction=spec.negated_fraction,
-                                                   shape_twin_fraction=spec.shape_twin_fraction)
+                                                   shape_twin_fraction=spec.shape_twin_fraction,
+                                                   objects=spec.pretraining_objects)
         image_features = model.encode_image(images_to_tensor(model, preprocess, list(images)), normalize=True)
         text_features = tower.encode(tokenizer(captions), trim=True, normalize=True)
         loss = clip_loss(image_features, text_features, scale=model.logit_scale.exp())

@@ -76,6 +76,8 @@ class TrainConfig:
     stop_at: int | None = None  # stop after this step as if interrupted (time-limited jobs, tests)
     image_batch_size: int = 256
     model_name: str = "unknown"  # stored in checkpoint metadata, so load_clip can rebuild the model
+    # more checkpoint metadata, e.g. the synthetic world the data came from (probing.data.world_record)
+    checkpoint_metadata: dict[str, str] = field(default_factory=dict)
     tensorboard: bool = True
     progress: bool = True
 
@@ -237,7 +239,8 @@ class Trainer:
         if self.dist.is_main:
             self.last_checkpoint = save_checkpoint(self.out_dir, self.step, self.model, state,
                                                    model_name=self.config.model_name,
-                                                   keep_last=self.config.keep_checkpoints)
+                                                   keep_last=self.config.keep_checkpoints,
+                                                   metadata=self.config.checkpoint_metadata)
         else:  # the other ranks only need to know where it is
             self.last_checkpoint = Checkpoint(self.step, checkpoint_root(self.out_dir) / f"step_{self.step:07d}")
         self.dist.barrier()
@@ -343,7 +346,7 @@ class Trainer:
         path = self.out_dir / "model.safetensors"
         if self.dist.is_main:
             save_clip_checkpoint(self.model, path, model_name=self.config.model_name, loss=self.config.loss,
-                                 plan=self.plan.to_dict(), steps=self.step)
+                                 plan=self.plan.to_dict(), steps=self.step, **self.config.checkpoint_metadata)
         self.dist.barrier()
         return path
 

@@ -722,64 +722,68 @@ FINDINGS: dict[str, str] = {
     "01_activations": """
 Committed run: the embedded default model, 0.3 min on 2 shared CPU cores (small build: about 0.3 min).
 
-- **The model fails negation the way CLIP does.** On the example scene the true caption scores 0.844, the false
-  presence-negated caption 0.400 and the true absence-negated caption only 0.354: a negation word pushes any
-  caption down, true or false. The build's own metrics over 1,000 held-out scenes say the same: CC-Neg-style
-  accuracy 0.96, but scope accuracy 0.24 and absence-vs-presence accuracy 0.26, far below chance (0.5).
+- **The model fails negation the way CLIP does.** On the example scene (a blue diamond) the true caption scores
+  0.873, the false "a shape but not a blue diamond" 0.805 and the true "a shape but not a yellow triangle" only
+  0.497: the caption that names what is in the image wins, negated or not. The build's own metrics over 1,000
+  held-out scenes say the same: CC-Neg-style accuracy 0.94, but scope accuracy 0.05 and absence-vs-presence
+  accuracy 0.05, far below chance (0.5).
 - **The negation is not lost on the way to EOT.** The twins differ from the cue onwards at every layer, and their
-  EOT states stay apart: cosine 0.83 after block 0 and 0.72 after the last block (text features: 0.72). The
+  EOT states stay apart: cosine 0.63 after block 0 and 0.60 after the last block (text features: 0.59). The
   encoder registers *that* a caption is negated; what it fails at is *what* is negated.
 - **Block 0 attends to the cue most.** Averaged over 600 negated captions, the EOT token attends to the cue token
-  with weight 0.251 in block 0, head 0, against 0.074 for an even spread over the caption; averaged over all
-  blocks and heads the weight is 0.084, barely above the even spread. The twins' EOT cosine drops from 1.00 to
-  0.83 across that same block, the largest single drop.
+  with weight 0.194 in block 0, head 3, against 0.073 for an even spread over the caption; averaged over all
+  blocks and heads the weight is 0.052, below the even spread. The twins' EOT cosine drops from 1.00 to 0.63
+  across that same block, the largest single drop.
 - **A linear probe reads "negated or not" at EOT, but only for the cue words it was trained on.** At the last
-  layer it scores 0.953 in distribution, 0.927 on held-out objects and 0.780 on held-out templates, but 0.500 on
-  the held-out cues *never, none, isn't* (chance); no layer does better than 0.499 there. The EOT state encodes
+  layer it scores 0.897 in distribution, 0.848 on held-out objects and 0.745 on held-out templates, but 0.498 on
+  the held-out cues *never, none, isn't* (chance); no layer does better than 0.509 there. The EOT state encodes
   the training cue tokens rather than a cue-independent negation feature. Notebook 2 puts these accuracies
   against a random-weights text tower and control labels.
 """,
     "02_layer_evidence": """
-Committed run: the embedded default model, 5 probe seeds, 2.5 min on 2 shared CPU cores (small build: about
+Committed run: the embedded default model, 5 probe seeds, 1.9 min on 2 shared CPU cores (small build: about
 0.6 min).
 
-- **The plan trains text blocks 0-1** (with the embeddings, final LayerNorm, projection and logit scale): the
-  shortest front prefix holding 80 % of the combined evidence. The front half (blocks 0-5) holds 94 % of it; the
-  other rules also start at the front (top-4 and Auto-RGN: blocks 0-3).
-- **Probes with controls.** On held-out data the negation probe never beats the random-weights text tower by more
-  than 1.5 points (best layer 1: 0.766 against 0.767), so it shows token identity, not negation. The scope probe
-  beats it by at most 4 points (layer 2, the output of block 1), just above the 3-point noise margin, which is
-  why block 1 carries all of the probe share. The held-out mean includes the held-out-cue split, where the
-  negation probe is at chance (notebook 1).
+- **The plan trains text blocks 0-5** (with the embeddings, final LayerNorm, projection and logit scale): the
+  shortest front prefix holding 80 % of the combined evidence (it holds 81 %). The other rules also start at
+  the front: Auto-RGN picks blocks 0-4, top-4 picks blocks 0-1, 5 and 11.
+- **Probes with controls.** On held-out data (mean of the cue, object and template splits) the negation probe
+  never beats the random-weights text tower (best margin -0.002, at the embeddings; after block 0: 0.727
+  against 0.780), so it shows token identity, not negation. The scope probe beats it by 4 to 7 points at every
+  layer from block 1's output on (largest after block 1: 0.616 against 0.546), which is why block 1 carries
+  most of the probe share (0.68). The held-out mean includes the held-out-cue split, where both probes are
+  near chance (notebook 1).
 - **Sensitivity adds no evidence:** after the embeddings, a presence negation never moves the EOT state further
-  than a same-size colour swap (last layer: 0.34 against 0.35).
-- **Gradient norms** of every loss are largest in block 0 (relative norm 0.105 against 0.006 in block 11, mean
+  than a same-size colour swap (last layer: 0.21 against 0.34).
+- **Gradient norms** of every loss are largest in block 0 (relative norm 0.078 against 0.005 in block 11, mean
   over the four losses): they say where any loss changes the model most, not where negation lives.
 - **Causal check:** projecting the negation probe direction out of the residual stream changes CC-Neg-style
-  accuracy by at most 0.002 and scope accuracy by at most 0.010, so the model's negation behaviour does not run
+  accuracy by at most 0.010 and scope accuracy by at most 0.003, so the model's negation behaviour does not run
   through the direction the probe found.
-- Together: the front blocks are where negation cues reach the EOT state and where the fine-tuning gradients are
-  largest; only the scope probe after block 1 clears the random baseline, and only just.
+- Together: the front blocks are where the fine-tuning gradients are largest and where the scope probe first
+  clears the random baseline (after block 1); the plan covers both.
 """,
     "03_finetune_compare": """
 Committed run: the embedded default model, 40 steps of batch 32 (lr 3e-3; about 1.25 passes over 1,024
-examples) per run, seeds 0 and 1 in the ablation, 6.5 min on 2 shared CPU cores (small build: about 0.7 min).
-The loss is the README's scope recipe (scope pair + CLIP + half a CoN-CLIP term) with a thirtieth of its training samples.
+examples) per run, seeds 0 and 1 in the ablation, 4.4 min on 2 shared CPU cores (small build: about 0.7 min).
+The loss is the README's scope recipe (scope pair + CLIP + half a CoN-CLIP term) with a fifteenth of the
+training samples of its 300-step run.
 
-- **Fine-tuning the planned blocks 0-1 starts to teach scope.** Against the frozen model, scope accuracy rose
-  on every held-out suite (objects 0.120 → 0.323, templates 0.060 → 0.240, cues 0.020 → 0.093) and absence
-  accuracy from 0.123 to 0.353, with CC-Neg-style accuracy 0.893 → 0.937. The price at this short budget:
-  image→text R@1 among 100 0.630 → 0.593 and zero-shot objects 0.839 → 0.794. Scope is still below chance;
-  the README's 600-step run of the same loss on blocks 0-5 reaches 0.74 / 0.95 on held-out objects / templates.
-- **Training all 12 blocks gave the same scope** (0.323 / 0.243 / 0.103) but cost more retention (R@1 0.557,
-  zero-shot 0.639), with the same extras and 12 trained blocks instead of 2.
-- **The ablation** (frozen / selected / front / back / all, 2 seeds) moves every trained variant well above the
-  frozen model on scope, but with 2 seeds the 95 % intervals are wide (up to ±0.9) and overlap, so no variant is
-  separated from the others; back (blocks 6-11) kept retrieval best (R@1 0.618) and gained least scope on
-  held-out objects (0.310). The ablation's seed-0 'selected' and 'all' runs reproduced the two single runs
-  exactly.
-- At this budget the planned two blocks do what the whole tower does on negation, at a smaller cost in
-  retention. The README's ablation (3 seeds, single-layer sweep) is the better-powered comparison.
+- **Fine-tuning the planned blocks 0-5 starts to teach scope.** Against the frozen model, scope accuracy rose
+  on held-out objects (0.033 → 0.387) and templates (0.070 → 0.247) but hardly on held-out cues (0.060 →
+  0.077); absence accuracy rose from 0.067 to 0.357 and CC-Neg-style accuracy from 0.957 to 1.000. The price at
+  this short budget: image→text R@1 among 100 0.743 → 0.673 and zero-shot objects 0.917 → 0.711. The README's
+  300-step run of the same loss on the same blocks reaches 0.97 / 0.93 on held-out objects / templates with
+  R@1 0.748, so the loss of retention here is a short-run effect.
+- **Training all 12 blocks gave more scope at this budget** (0.563 / 0.360 / 0.060) and lost less zero-shot
+  accuracy (0.822; R@1 0.643), with the same extras and 12 trained blocks instead of 6.
+- **The ablation** (frozen / selected / back / all, 2 seeds; 'front' is the plan itself) moves every trained
+  variant well above the frozen model on scope, but with 2 seeds the 95 % intervals are wide (up to ±1.0) and
+  overlap, so no variant is separated from the others; back (blocks 6-11) kept retrieval best (R@1 0.715) and
+  gained least scope on held-out objects (0.358). The ablation's seed-0 'selected' and 'all' runs reproduced
+  the two single runs exactly.
+- At 40 steps this comparison is underpowered; the README's ablation (3 seeds, single-layer sweep) is the
+  better-powered one.
 """,
 }
 

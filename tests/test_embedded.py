@@ -51,6 +51,14 @@ def test_loads_through_load_clip_with_recorded_metrics(small_embedded):
         assert fresh[key] == pytest.approx(recorded[key], abs=1e-9)
 
 
+def test_checkpoint_records_the_world_it_was_pretrained_on(small_embedded):
+    from probing.data.world_record import checkpoint_world
+
+    path, spec = small_embedded
+    recorded, expected = checkpoint_world(path), embedded.world_for(spec)
+    assert recorded.config == expected.config and recorded.seed == expected.seed
+
+
 def test_spec_key_changes_with_settings():
     assert SMALL_SPEC.key() != embedded.with_overrides(SMALL_SPEC, seed=1).key()
     assert checkpoint_path(SMALL_SPEC) != checkpoint_path(embedded.with_overrides(SMALL_SPEC, steps=61))

@@ -326,3 +326,25 @@ def test_shape_twins_keep_colours_and_places_and_change_every_shape():
     assert untwinned == WORLD.pretraining_specs(400, "train", seed=8, shape_twin_fraction=0.0)
     with pytest.raises(ValueError, match="shape_twin_fraction"):
         WORLD.pretraining_specs(4, "train", shape_twin_fraction=1.5)
+
+
+def test_pretraining_can_name_every_object_but_the_train_split_does_not_by_default():
+    def named(objects):
+        return {name for scene, _ in WORLD.pretraining_specs(600, "train", seed=9, objects=objects) for name in scene.names}
+
+    assert named("split") == set(WORLD.train_objects)
+    assert named("all") == set(WORLD.objects)
+    with pytest.raises(ValueError, match="objects must be"):
+        WORLD.pretraining_specs(4, "train", objects="heldout")
+
+
+def test_world_record_round_trips_through_checkpoint_metadata():
+    from probing.data.world_record import WORLD_KEY, world_from_metadata, world_metadata
+
+    world = SyntheticWorld(WorldConfig(image_size=48, sizes=(0.3, 0.38, 0.46), heldout_cues=("never",)), seed=3)
+    metadata = world_metadata(world)
+    back = world_from_metadata({**metadata, "other": "x"})
+    assert set(metadata) == {WORLD_KEY} and back.config == world.config and back.seed == 3
+    assert hash(back.config) == hash(world.config)
+    assert back.examples(2, "test", seed=1)[0].caption == world.examples(2, "test", seed=1)[0].caption
+    assert world_from_metadata({"open_clip_model": "x"}) is None

@@ -352,3 +352,26 @@ def test_batch_losses_feed_the_gradient_norm_measurement(tiny):
     torch.testing.assert_close(fns[0](model).detach(), expected, rtol=1e-5, atol=1e-6)
     rows_ = relative_gradient_norms(model, fns, loss_name="clip", progress=False)
     assert {row["layer"] for row in rows_} == {0, 1, 2} and all(row["relative_norm"] > 0 for row in rows_)
+
+
+def test_cli_fine_tunes_on_the_world_the_checkpoint_records_and_passes_the_record_on(tiny, tmp_path):
+    from finetune.cli import main
+    from probing.data.world_record import checkpoint_world, world_metadata
+    from probing.models import save_clip_checkpoint
+
+    model, _, _ = fresh(tiny)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    own = SyntheticWorld(WorldConfig(image_size=size, sizes=(0.3, 0.4, 0.5), noise=0.02), seed=7)
+    source = save_clip_checkpoint(model, tmp_path / "source.safetensors", model_name=tiny.stem, **world_metadata(own))
+    common = ["--model", str(tiny), "--layers", "0", "--steps", "2", "--batch-size", "4", "--n-examples", "8",
+              "--ckpt-every", "1", "--no-progress", "--no-tensorboard"]
+    assert main(common + ["--pretrained", str(source), "--out", str(tmp_path / "own")]) == 0
+    for written in [tmp_path / "own" / "model.safetensors", latest_checkpoint(tmp_path / "own").model_path]:
+        world = checkpoint_world(written)
+        assert world.config == own.config and world.seed == 7  # a 0.30-0.50 world, not the default 0.22-0.34
+    # a checkpoint without a record: the default world at the model's size, recorded in the output
+    plain = save_clip_checkpoint(model, tmp_path / "plain.safetensors", model_name=tiny.stem)
+    assert checkpoint_world(plain) is None
+    assert main(common + ["--pretrained", str(plain), "--out", str(tmp_path / "plain")]) == 0
+    assert checkpoint_world(tmp_path / "plain" / "model.safetensors").config == WorldConfig(image_size=size)

@@ -5,7 +5,8 @@ Every method of `SyntheticWorld` takes `n`, `split` ("train" or "test") and `see
 same data for the same arguments.
 
 Held-out splits. The train split never uses a held-out cue, template or object (not in captions,
-not in scenes). The test split changes what `heldout` names, and keeps the rest in the training
+not in scenes); only `pretraining_specs(..., objects="all")` may name held-out objects, as web data
+names the objects a CLIP later meets in negated captions. The test split changes what `heldout` names, and keeps the rest in the training
 vocabulary, so that one factor can be tested at a time:
     heldout="cue"       negations use only held-out cues (default: never, none, isn't)
     heldout="template"  only held-out templates (default: frame "while", affirmative "aff_shows")
@@ -417,7 +418,7 @@ class SyntheticWorld:
         return images, labels
 
     def pretraining_specs(self, n: int, split: str = "train", seed: int = 0, negated_fraction: float = 0.08,
-                          shape_twin_fraction: float = 0.0) -> list[tuple[Scene, CaptionSpec]]:
+                          shape_twin_fraction: float = 0.0, objects: str = "split") -> list[tuple[Scene, CaptionSpec]]:
         """The (scene, caption spec) pairs behind `pretraining_pairs`, before rendering.
 
         Affirmative captions name every object of the scene, each in full ("red circle", 60 %),
@@ -428,13 +429,19 @@ class SyntheticWorld:
         every shape redrawn as another one. In a contrastive batch the twin is a hard negative that
         colour cannot separate, so shapes get a learning signal early (without twins, colour alone
         tells most scenes of a batch apart and shape zero-shot stays low).
+        objects: "split" draws the split's objects (train: no held-out object); "all" draws every
+        object, as web data names every object CLIP later meets: held-out objects then stay out of
+        negation training and probes only, so a held-out-object test measures negation, not
+        recognition of a colour-shape pair never seen at all.
         """
+        if objects not in ("split", "all"):
+            raise ValueError(f"objects must be 'split' or 'all', got {objects!r}")
         for label, value in [("negated_fraction", negated_fraction), ("shape_twin_fraction", shape_twin_fraction)]:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{label} must be within [0, 1], got {value}")
         vocab = self.vocabulary(split, "all")
         rng = self._rng("pretraining", split, seed)
-        pool = self.train_objects if split == "train" else self.objects
+        pool = self.train_objects if split == "train" and objects == "split" else self.objects
         out = []
         for _ in range(n):
             names = rng.sample(pool, rng.randint(1, self.config.max_objects))
@@ -453,9 +460,9 @@ class SyntheticWorld:
         return out
 
     def pretraining_pairs(self, n: int, split: str = "train", seed: int = 0, negated_fraction: float = 0.08,
-                          shape_twin_fraction: float = 0.0) -> tuple[np.ndarray, list[str]]:
+                          shape_twin_fraction: float = 0.0, objects: str = "split") -> tuple[np.ndarray, list[str]]:
         """(images uint8 [n, H, W, 3], captions) mirroring web data; see `pretraining_specs`."""
-        pairs = self.pretraining_specs(n, split, seed, negated_fraction, shape_twin_fraction)
+        pairs = self.pretraining_specs(n, split, seed, negated_fraction, shape_twin_fraction, objects)
         images = np.empty((n, self.config.image_size, self.config.image_size, 3), np.uint8)
         for i, (scene, _) in enumerate(pairs):
             images[i] = self.render(scene)

@@ -1,0 +1,54 @@
+"""Which synthetic world goes with a model: the one its checkpoint records, else a default one.
+
+A model trained on the synthetic world must be fine-tuned and evaluated on scenes drawn the same
+way (image size, object sizes). A 48-pixel model shown the default world (64-pixel scenes, smaller
+objects, resized) loses accuracy for reasons that have nothing to do with negation, and nothing
+would say so. So checkpoints record their world under `WORLD_KEY` in the safetensors metadata (the
+embedded build and every fine-tuned model do), and the commands read it back.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from probing.data.synthetic import SyntheticWorld, WorldConfig
+
+WORLD_KEY = "synthetic_world"
+
+
+def world_metadata(world: SyntheticWorld) -> dict[str, str]:
+    """Checkpoint metadata that records `world` (pass it to `save_clip_checkpoint`)."""
+    # no sort_keys: the order of the colours (a dict) decides which objects the world draws
+    return {WORLD_KEY: json.dumps({"config": asdict(world.config), "seed": world.seed})}
+
+
+def world_from_metadata(metadata: dict[str, str]) -> SyntheticWorld | None:
+    """The world recorded in checkpoint metadata, or None if none is."""
+    if WORLD_KEY not in metadata:
+        return None
+    record = json.loads(metadata[WORLD_KEY])
+    config = {}
+    for item in fields(WorldConfig):
+        value = record["config"][item.name]
+        if item.name == "colours":
+            value = {name: tuple(rgb) for name, rgb in value.items()}
+        elif isinstance(value, list):  # JSON has no tuples
+            value = tuple(value)
+        config[item.name] = value
+    return SyntheticWorld(WorldConfig(**config), seed=record["seed"])
+
+
+def checkpoint_world(pretrained: str | Path | None) -> SyntheticWorld | None:
+    """The world recorded in a local .safetensors checkpoint; None for tags, other formats or no record."""
+    if pretrained is None or Path(pretrained).suffix != ".safetensors" or not Path(pretrained).is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(pretrained), framework="pt") as handle:
+        return world_from_metadata(dict(handle.metadata() or {}))
+
+
+def world_for_model(pretrained: str | Path | None, image_size: int, seed: int) -> SyntheticWorld:
+    """The world `pretrained` records, else the default world rendered at `image_size`."""
+    return checkpoint_world(pretrained) or SyntheticWorld(WorldConfig(image_size=image_size), seed=seed)
