@@ -170,6 +170,14 @@ def score_retrieval(image: torch.Tensor, text: torch.Tensor, text_to_image: Sequ
             for name, value in recalls.items()}
 
 
+def score_recall_among(image: torch.Tensor, caption: torch.Tensor, group: int = 100) -> Metrics:
+    """Image->text and text->image R@1 among `group` candidates: the mean over consecutive groups of
+    `group` image-caption pairs (the retrieval that negation fine-tuning must not lose)."""
+    from probing.synthetic_eval import recall_among
+
+    return {name: _metric(value, len(image)) for name, value in recall_among(image, caption, group).items()}
+
+
 def score_prompt_gap(image: torch.Tensor, affirmative: torch.Tensor, negated: torch.Tensor,
                      labels: Sequence[int]) -> Metrics:
     """Negated class prompts (REFERENCE.md): top-1 with the affirmative prompts minus top-1 with the
@@ -190,6 +198,21 @@ def _result(metrics: Metrics, items, n_evaluated: int, extra_skipped: Sequence[t
     counts = load_counts(report_of(items), n_evaluated, extra_skipped=extra_skipped)
     counts.update(extra)
     return {"metrics": metrics, "counts": counts}
+
+
+def evaluate_affirmative_retrieval(model, preprocess, tokenizer, examples: Sequence[NegationExample], *,
+                                   group: int = 100, batch_size: int = 256, progress: bool = False) -> dict:
+    """R@1 among `group` with the affirmative captions of `examples` (whole groups only; the rest,
+    and examples without an image or caption, are skipped and counted)."""
+    usable = [e for e in examples if e.image is not None and e.caption]
+    leftover = [(e.row, f"not in a whole group of {group}") for e in usable[len(usable) // group * group:]]
+    usable = usable[:len(usable) // group * group]
+    skipped = [(e.row, "no image or caption") for e in examples if e.image is None or not e.caption] + leftover
+    if not usable:
+        return _result({}, examples, 0, skipped)
+    image = image_features(model, preprocess, [e.image for e in usable], batch_size=batch_size, progress=progress)
+    caption = text_features(model, tokenizer, [e.caption for e in usable], batch_size=batch_size, progress=progress)
+    return _result(score_recall_among(image, caption, group), examples, len(usable), skipped)
 
 
 def evaluate_negation_examples(model, preprocess, tokenizer, examples: Sequence[NegationExample], *,
@@ -354,6 +377,7 @@ def evaluate_synthetic(model, preprocess, tokenizer, *, world=None, n: int = 100
     """The synthetic world (built by construction, so every caption's truth is known):
 
     synthetic/negation    CC-Neg-style and absence accuracy of `n` examples, by cue and K
+    synthetic/retrieval   affirmative image<->caption R@1 among 100, over the same examples
     synthetic/scope       scope accuracy of `n` scope pairs, by cue and K
     synthetic/prompt_gap  negated class prompt gap over the world's colour-shape classes
     The test split with heldout="all" uses held-out cues, templates and negated objects.
@@ -367,6 +391,7 @@ def evaluate_synthetic(model, preprocess, tokenizer, *, world=None, n: int = 100
     options = dict(batch_size=batch_size, progress=progress)
     sections = {
         "synthetic/negation": evaluate_negation_examples(model, preprocess, tokenizer, examples, **options),
+        "synthetic/retrieval": evaluate_affirmative_retrieval(model, preprocess, tokenizer, examples, **options),
         "synthetic/scope": evaluate_scope_pairs(model, preprocess, tokenizer, pairs, **options),
         "synthetic/prompt_gap": evaluate_prompt_gap(model, preprocess, tokenizer, list(images), labels,
                                                     world.class_prompts()["classes"], **options),
@@ -551,8 +576,8 @@ def flat_metrics(result: dict) -> dict[str, float]:
 
 
 __all__ = [
-    "image_features", "text_features", "breakdown", "score_pairs", "score_mcq", "score_retrieval", "score_prompt_gap",
-    "evaluate_negation_examples", "evaluate_scope_pairs", "evaluate_mcq", "evaluate_retrieval", "evaluate_foils",
-    "evaluate_prompt_gap", "evaluate_image_folder", "evaluate_synthetic", "evaluate_all", "summarise",
-    "markdown_table", "flat_metrics", "class_prompts",
+    "image_features", "text_features", "breakdown", "score_pairs", "score_mcq", "score_retrieval", "score_recall_among",
+    "score_prompt_gap", "evaluate_negation_examples", "evaluate_affirmative_retrieval", "evaluate_scope_pairs",
+    "evaluate_mcq", "evaluate_retrieval", "evaluate_foils", "evaluate_prompt_gap", "evaluate_image_folder",
+    "evaluate_synthetic", "evaluate_all", "summarise", "markdown_table", "flat_metrics", "class_prompts",
 ]

@@ -90,7 +90,7 @@ class SyntheticSuite:
             results[f"negated_prompt_gap_{label}"] = (results[f"zero_shot_{label}_affirmative"]
                                                       - results[f"zero_shot_{label}_negated"])
         captions = encode(self.captions)
-        results.update(_recall_among(images["scenes"], captions, group=100))
+        results.update(recall_among(images["scenes"], captions, group=100))
         presence, absence = encode(self.presence_negated), encode(self.absence_negated)
         _add_pair_metric(results, "ccneg_accuracy", pair_wins(images["scenes"], captions, presence), self.example_cues)
         _add_pair_metric(results, "absence_accuracy", pair_wins(images["scenes"], absence, presence), self.example_cues)
@@ -99,7 +99,7 @@ class SyntheticSuite:
         return results
 
 
-def _recall_among(images: torch.Tensor, captions: torch.Tensor, group: int) -> dict[str, float]:
+def recall_among(images: torch.Tensor, captions: torch.Tensor, group: int) -> dict[str, float]:
     """R@1 with `group` candidates: the mean over consecutive groups of `group` image-caption pairs."""
     n_groups = len(images) // group
     if n_groups == 0:

@@ -253,6 +253,20 @@ def test_synthetic_scope_and_prompt_gap_by_cue_and_k(tiny, world):
     assert set(sections["synthetic/negation"]["metrics"]) >= {"ccneg_accuracy", "absence_accuracy"}
 
 
+def test_synthetic_retrieval_is_the_suites_r_at_1_among_100(tiny, world):
+    from probing.synthetic_eval import SyntheticSuite
+
+    model, preprocess, tokenizer, _ = tiny
+    examples = world.examples(230, "test", 0)
+    section = ev.evaluate_affirmative_retrieval(model, preprocess, tokenizer, examples, batch_size=64)
+    suite = SyntheticSuite.build(world, n=230, n_classification=36, split="test", heldout="all", seed=0)
+    expected = suite.evaluate(model, preprocess, tokenizer)  # its own encoding path, same 2 groups of 100
+    for key in ("image_to_text_R@1_among_100", "text_to_image_R@1_among_100"):
+        assert section["metrics"][key]["value"] == pytest.approx(expected[key], abs=1e-6)
+        assert section["metrics"][key]["n"] == 200
+    assert section["counts"]["n_skipped"] == 30  # the rows past the last whole group of 100
+
+
 def test_image_folder_loader_and_prompt_gap(tiny, shared_data, tmp_path):
     model, preprocess, tokenizer, _ = tiny
     jpgs = sorted(coco(shared_data).glob("*.jpg"))[:4]
@@ -373,8 +387,8 @@ def test_cli_writes_json_and_markdown(tiny, shared_data, tmp_path, monkeypatch, 
     assert f"wrote {out / 'evaluation.json'}" in capsys.readouterr().out
     result = json.loads((out / "evaluation.json").read_text())
     assert result["model"]["model"] == str(config) and result["model"]["pretrained"] is None
-    assert set(result["sections"]) == {"synthetic/negation", "synthetic/scope", "synthetic/prompt_gap",
-                                       "negbench_mcq", "image_folder/prompt_gap"}
+    assert set(result["sections"]) == {"synthetic/negation", "synthetic/retrieval", "synthetic/scope",
+                                       "synthetic/prompt_gap", "negbench_mcq", "image_folder/prompt_gap"}
     mcq = result["sections"]["negbench_mcq"]
     assert mcq["metrics"]["mcq_accuracy"]["n"] == 6 and mcq["counts"]["n_skipped"] == 5914 - 251
     markdown = (out / "evaluation.md").read_text()
