@@ -9,8 +9,8 @@ tower at the full context length (77). The toolkit's loop caches image features 
 each text batch to its longest caption. Reported: steady-state samples/s of each, the one-time
 caching cost, and the ratio.
 
-Default model: a small CLIP like the embedded one (text tower 12 blocks x width 128, 77 tokens;
-3-block ViT on 64x64 images), randomly initialised: speed does not depend on the weights.
+Default model: a small CLIP with the embedded model's text tower (12 blocks x width 128, 77
+tokens) and a 3-block ViT on 64x64 images, randomly initialised: speed does not depend on the weights.
 """
 from __future__ import annotations
 
