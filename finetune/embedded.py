@@ -40,8 +40,8 @@ class EmbeddedSpec:
 
     model: str = "negclip-tiny"  # a config in probing/model_configs
     # Shape learning in this small build is seed-sensitive: with this recipe seed 0 stayed at
-    # zero-shot 0.21 (shapes 0.23), seed 2 reached 0.70 and seed 1 0.91 (README, "Why an embedded
-    # default model"). Seed 1 is the default; any seed is reproducible, not every seed is as good.
+    # zero-shot 0.21 (shapes 0.23), seed 2 reached 0.70 and seed 1 0.91 (README, "The embedded
+    # model"). Seed 1 is the default; any seed is reproducible, not every seed is as good.
     seed: int = 1
     steps: int = 700
     batch_size: int = 128
