@@ -16,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="pretraining seed (default: the spec's)")
     parser.add_argument("--steps", type=int, help="pretraining steps (default: the spec's)")
     parser.add_argument("--rebuild", action="store_true", help="pretrain again even if the cache has the model")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads of the build (default: the spec's, 1); another count gives other "
+                             "weights, cached as another model that the other commands do not use")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -26,14 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
-
-    import torch
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
 
     from finetune.embedded import SPECS, embedded_metrics, ensure_embedded_model, format_metrics, with_overrides
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    spec = with_overrides(SPECS[args.spec], seed=args.seed, steps=args.steps)
+    spec = with_overrides(SPECS[args.spec], seed=args.seed, steps=args.steps, threads=args.threads)
     path = ensure_embedded_model(spec, rebuild=args.rebuild, progress=not args.no_progress)
     metrics = embedded_metrics(spec)
     print(f"embedded model {spec.model} (seed {spec.seed}, {spec.steps} steps): {path}")

@@ -62,3 +62,25 @@ def test_checkpoint_records_the_world_it_was_pretrained_on(small_embedded):
 def test_spec_key_changes_with_settings():
     assert SMALL_SPEC.key() != embedded.with_overrides(SMALL_SPEC, seed=1).key()
     assert checkpoint_path(SMALL_SPEC) != checkpoint_path(embedded.with_overrides(SMALL_SPEC, steps=61))
+
+
+def test_build_runs_at_the_specs_thread_count_and_restores_the_callers(monkeypatch):
+    seen = []
+    monkeypatch.setattr(embedded, "_pretrain", lambda spec, progress: (seen.append(torch.get_num_threads()), {})[1])
+    before = torch.get_num_threads()
+    embedded.pretrain(embedded.with_overrides(SMALL_SPEC, threads=3), progress=False)
+    assert seen == [3] and torch.get_num_threads() == before
+    # another thread count gives other weights, so it is another cached model
+    assert SMALL_SPEC.key() != embedded.with_overrides(SMALL_SPEC, threads=2).key()
+
+
+def test_build_command_prints_the_cached_builds_numbers_and_rejects_bad_threads(small_embedded, capsys):
+    from finetune.cli_embedded import main
+
+    path, spec = small_embedded
+    assert main(["--spec", "small", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert str(path) in printed and f"{embedded_metrics(spec)['scope_accuracy']:.3f}" in printed
+    with pytest.raises(SystemExit):
+        main(["--spec", "small", "--threads", "0"])
+    assert "--threads must be at least 1" in capsys.readouterr().err
