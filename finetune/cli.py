@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.plan import PlanError
     from finetune.train import NonFiniteLossError, ResumeError, TrainConfig, train
     from probing.data.records import DataError
-    from probing.data.world_record import checkpoint_world, world_for_model, world_metadata
+    from probing.data.world_record import checkpoint_world, default_world, world_metadata
     from probing.models import ModelLoadError, load_clip
 
     config = TrainConfig(
@@ -200,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)  # a model without pretrained weights starts from a seeded init
         model, preprocess, tokenizer = load_clip(name, pretrained, device="cpu")
         # the synthetic world the model was trained on (its checkpoint records it), else the default one
-        world = world_for_model(pretrained, _image_size(model) or 64, seed=args.data_seed)
+        recorded = checkpoint_world(pretrained)
+        world = recorded or default_world(_image_size(model) or 64, seed=args.data_seed)
         examples = load_examples(args, world)
-        if args.data == "synthetic" or checkpoint_world(pretrained) is not None:
+        if args.data == "synthetic" or recorded is not None:
             config = replace(config, checkpoint_metadata=world_metadata(world))  # the output keeps the record
         result = train(model, tokenizer, preprocess, examples, plan, config)
     except (ModelLoadError, DataError, PlanError, NonFiniteLossError, ResumeError, ValueError) as error:

@@ -73,8 +73,8 @@ class EmbeddedSpec:
 DEFAULT_SPEC = EmbeddedSpec()
 # The smoke-test build: same depth, tiny width, seconds of training. Good for checking that code
 # runs on a model with some structure, not for claims about negation.
-SMALL_SPEC = EmbeddedSpec(model="negclip-micro", seed=0, steps=120, batch_size=64, lr=2e-3, warmup_steps=10, eval_scenes=300,
-                          shape_twin_fraction=0.0, pretraining_objects="split")
+SMALL_SPEC = EmbeddedSpec(model="negclip-micro", seed=0, steps=120, batch_size=64, lr=2e-3, warmup_steps=10,
+                          eval_scenes=300, shape_twin_fraction=0.0, pretraining_objects="split")
 SPECS = {"default": DEFAULT_SPEC, "small": SMALL_SPEC}
 
 

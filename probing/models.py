@@ -227,13 +227,23 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(state_dict, metadata, openai_style)
 
 
-def _read_safetensors(path: Path) -> Checkpoint:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+def checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a .safetensors checkpoint, read from its header without loading the tensors."""
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelLoadError(f"checkpoint file {path} is corrupt or not a safetensors file ({error})") from None
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    metadata = checkpoint_metadata(path)
+    try:
         state_dict = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelLoadError(f"checkpoint file {path} is corrupt or not a safetensors file ({error})") from None

@@ -348,3 +348,14 @@ def test_world_record_round_trips_through_checkpoint_metadata():
     assert hash(back.config) == hash(world.config)
     assert back.examples(2, "test", seed=1)[0].caption == world.examples(2, "test", seed=1)[0].caption
     assert world_from_metadata({"open_clip_model": "x"}) is None
+
+
+def test_checkpoint_world_reports_a_corrupt_checkpoint_by_name(tmp_path):
+    from probing.data.world_record import checkpoint_world
+    from probing.models import ModelLoadError
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="broken.safetensors is corrupt"):
+        checkpoint_world(broken)
+    assert checkpoint_world(tmp_path / "missing.safetensors") is None and checkpoint_world("openai") is None

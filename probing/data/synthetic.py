@@ -6,8 +6,8 @@ same data for the same arguments.
 
 Held-out splits. The train split never uses a held-out cue, template or object (not in captions,
 not in scenes); only `pretraining_specs(..., objects="all")` may name held-out objects, as web data
-names the objects a CLIP later meets in negated captions. The test split changes what `heldout` names, and keeps the rest in the training
-vocabulary, so that one factor can be tested at a time:
+names the objects a CLIP later meets in negated captions. The test split changes what `heldout`
+names, and keeps the rest in the training vocabulary, so that one factor can be tested at a time:
     heldout="cue"       negations use only held-out cues (default: never, none, isn't)
     heldout="template"  only held-out templates (default: frame "while", affirmative "aff_shows")
     heldout="object"    the negated objects are held-out objects (subjects stay training objects)

@@ -43,12 +43,16 @@ def checkpoint_world(pretrained: str | Path | None) -> SyntheticWorld | None:
     """The world recorded in a local .safetensors checkpoint; None for tags, other formats or no record."""
     if pretrained is None or Path(pretrained).suffix != ".safetensors" or not Path(pretrained).is_file():
         return None
-    from safetensors import safe_open
+    from probing.models import checkpoint_metadata
 
-    with safe_open(str(pretrained), framework="pt") as handle:
-        return world_from_metadata(dict(handle.metadata() or {}))
+    return world_from_metadata(checkpoint_metadata(pretrained))
 
 
 def world_for_model(pretrained: str | Path | None, image_size: int, seed: int) -> SyntheticWorld:
     """The world `pretrained` records, else the default world rendered at `image_size`."""
-    return checkpoint_world(pretrained) or SyntheticWorld(WorldConfig(image_size=image_size), seed=seed)
+    return checkpoint_world(pretrained) or default_world(image_size, seed)
+
+
+def default_world(image_size: int, seed: int) -> SyntheticWorld:
+    """The default synthetic world rendered at `image_size` (for models that record none)."""
+    return SyntheticWorld(WorldConfig(image_size=image_size), seed=seed)
