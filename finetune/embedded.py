@@ -32,6 +32,7 @@ from probing.io import atomic_write_json
 from probing.models import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
 from probing.synthetic_eval import SyntheticSuite
 from probing.text_tower import TextTower
+from probing.weights import init_record, rebuild_init
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,13 @@ class EmbeddedSpec:
     # CPU threads of the build. The thread count changes the order of floating-point sums, and over
     # 700 steps that changes the weights (seed 1 at 2 threads: zero-shot 0.907, CC-Neg-style 0.912,
     # scope 0.010; at 1 thread 0.906 / 0.943 / 0.050), so it is part of what the cache key names.
-    threads: int = 1
+    threads: int = 2
+    # "all": pretraining captions use every cue and template, held-out ones included, as web text
+    # does (SyntheticWorld.pretraining_specs); held-out words stay out of negation fine-tuning and probes.
+    pretraining_words: str = "all"
+    # The token embedding starts from probing.weights.portable_uniform (the same bits on any machine),
+    # so the rows pretraining never touches can be rebuilt from the seed instead of stored.
+    embedding_init: str = "portable"
     eval_scenes: int = 1000
     # Objects fill a good part of their grid cell, so that a star and a cross differ in more than
     # a few pixels at 48x48.
@@ -74,7 +81,7 @@ DEFAULT_SPEC = EmbeddedSpec()
 # The smoke-test build: same depth, tiny width, seconds of training. Good for checking that code
 # runs on a model with some structure, not for claims about negation.
 SMALL_SPEC = EmbeddedSpec(model="negclip-micro", seed=0, steps=120, batch_size=64, lr=2e-3, warmup_steps=10,
-                          eval_scenes=300, shape_twin_fraction=0.0, pretraining_objects="split")
+                          eval_scenes=300, shape_twin_fraction=0.0, pretraining_objects="split", threads=1)
 SPECS = {"default": DEFAULT_SPEC, "small": SMALL_SPEC}
 
 
@@ -104,7 +111,7 @@ def ensure_embedded_model(spec: EmbeddedSpec = DEFAULT_SPEC, *, rebuild: bool = 
         return path
     model, metrics = pretrain(spec, progress=progress)
     save_clip_checkpoint(model, path, model_name=spec.model, spec=asdict(spec), metrics=metrics,
-                         **world_metadata(world_for(spec)))
+                         compact_init=embedding_init_record(model, spec), **world_metadata(world_for(spec)))
     atomic_write_json(path.with_suffix(".json"), {"spec": asdict(spec), "metrics": metrics})
     return path
 
@@ -131,10 +138,23 @@ def pretrain(spec: EmbeddedSpec, *, progress: bool = True) -> tuple[torch.nn.Mod
         torch.set_num_threads(previous_threads)
 
 
+def embedding_init_record(model: torch.nn.Module, spec: EmbeddedSpec) -> dict | None:
+    """The portable init of the token embedding (probing.weights), or None for torch's own init."""
+    if spec.embedding_init != "portable":
+        return None
+    tower = TextTower.from_model(model)
+    key = next(name for name, p in model.named_parameters() if p is tower.token_embedding.weight)
+    return init_record(key, spec.seed, tuple(tower.token_embedding.weight.shape))
+
+
 def _pretrain(spec: EmbeddedSpec, *, progress: bool) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(spec.seed)
     model, preprocess, tokenizer = load_clip(spec.model)
     tower = TextTower.from_model(model)
+    record = embedding_init_record(model, spec)
+    if record is not None:
+        with torch.no_grad():
+            tower.token_embedding.weight.copy_(rebuild_init(record))
     world = world_for(spec)
     optimizer = torch.optim.AdamW(_param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -146,7 +166,8 @@ def _pretrain(spec: EmbeddedSpec, *, progress: bool) -> tuple[torch.nn.Module, d
         images, captions = world.pretraining_pairs(spec.batch_size, "train", seed=spec.seed * 1_000_003 + step,
                                                    negated_fraction=spec.negated_fraction,
                                                    shape_twin_fraction=spec.shape_twin_fraction,
-                                                   objects=spec.pretraining_objects)
+                                                   objects=spec.pretraining_objects,
+                                                   words=spec.pretraining_words)
         image_features = model.encode_image(images_to_tensor(model, preprocess, list(images)), normalize=True)
         text_features = tower.encode(tokenizer(captions), trim=True, normalize=True)
         loss = clip_loss(image_features, text_features, scale=model.logit_scale.exp())

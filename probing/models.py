@@ -242,11 +242,21 @@ def _read_safetensors(path: Path) -> Checkpoint:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from probing.weights import DIGEST_KEY, expand, state_digest
+
     metadata = checkpoint_metadata(path)
     try:
         state_dict = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelLoadError(f"checkpoint file {path} is corrupt or not a safetensors file ({error})") from None
+    try:
+        state_dict = expand(state_dict, metadata)  # rebuild rows stored as "unchanged since the init"
+    except (KeyError, ValueError, IndexError, RuntimeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"checkpoint file {path} is damaged: its compact token embedding cannot be "
+                             f"rebuilt ({type(error).__name__}: {error})") from None
+    if DIGEST_KEY in metadata and state_digest(state_dict) != metadata[DIGEST_KEY]:
+        raise ModelLoadError(f"checkpoint file {path} is damaged: its weights do not match the SHA-256 recorded "
+                             "when it was saved")
     return Checkpoint(state_dict, metadata, openai_style=metadata.get("format") == "openai")
 
 
@@ -301,15 +311,26 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor
     model.load_state_dict(state_dict, strict=True)
 
 
-def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str, **metadata: Any) -> Path:
-    """Save weights as .safetensors with metadata that `load_clip` reads back (QuickGELU included)."""
+def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str, compact_init: dict | None = None,
+                         **metadata: Any) -> Path:
+    """Save weights as .safetensors with metadata that `load_clip` reads back (QuickGELU included).
+
+    The metadata records a SHA-256 of the whole state dict, checked on load. `compact_init` (a
+    `probing.weights.init_record`) stores that tensor as only the rows that differ from its
+    portable init (see probing.weights).
+    """
     from safetensors.torch import save_file
 
     from probing.io import atomic_path
+    from probing.weights import DIGEST_KEY, compact, state_digest
 
     meta = {"open_clip_model": model_name, "quick_gelu": "true" if uses_quick_gelu(model) else "false"}
     meta.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()})
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    meta[DIGEST_KEY] = state_digest(tensors)
+    if compact_init is not None:
+        tensors, compact_meta = compact(tensors, compact_init)
+        meta.update(compact_meta)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)

@@ -418,7 +418,8 @@ class SyntheticWorld:
         return images, labels
 
     def pretraining_specs(self, n: int, split: str = "train", seed: int = 0, negated_fraction: float = 0.08,
-                          shape_twin_fraction: float = 0.0, objects: str = "split") -> list[tuple[Scene, CaptionSpec]]:
+                          shape_twin_fraction: float = 0.0, objects: str = "split",
+                          words: str = "split") -> list[tuple[Scene, CaptionSpec]]:
         """The (scene, caption spec) pairs behind `pretraining_pairs`, before rendering.
 
         Affirmative captions name every object of the scene, each in full ("red circle", 60 %),
@@ -433,13 +434,23 @@ class SyntheticWorld:
         object, as web data names every object CLIP later meets: held-out objects then stay out of
         negation training and probes only, so a held-out-object test measures negation, not
         recognition of a colour-shape pair never seen at all.
+        words: "split" writes captions with the split's cues and templates only; "all" uses every
+        cue and template, held-out ones included, as web text uses "never" and "none" long before
+        anyone fine-tunes CLIP on negation. Held-out cues and templates then stay out of negation
+        fine-tuning and probes only, so a held-out-cue test measures negation, not an embedding
+        that was never trained.
         """
         if objects not in ("split", "all"):
             raise ValueError(f"objects must be 'split' or 'all', got {objects!r}")
+        if words not in ("split", "all"):
+            raise ValueError(f"words must be 'split' or 'all', got {words!r}")
         for label, value in [("negated_fraction", negated_fraction), ("shape_twin_fraction", shape_twin_fraction)]:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{label} must be within [0, 1], got {value}")
         vocab = self.vocabulary(split, "all")
+        if words == "all":
+            vocab = replace(vocab, cues=tuple(CUES), frames=tuple(NEGATION_FRAMES),
+                            affirmative_templates=tuple(AFFIRMATIVE_TEMPLATES))
         rng = self._rng("pretraining", split, seed)
         pool = self.train_objects if split == "train" and objects == "split" else self.objects
         out = []
@@ -460,9 +471,10 @@ class SyntheticWorld:
         return out
 
     def pretraining_pairs(self, n: int, split: str = "train", seed: int = 0, negated_fraction: float = 0.08,
-                          shape_twin_fraction: float = 0.0, objects: str = "split") -> tuple[np.ndarray, list[str]]:
+                          shape_twin_fraction: float = 0.0, objects: str = "split",
+                          words: str = "split") -> tuple[np.ndarray, list[str]]:
         """(images uint8 [n, H, W, 3], captions) mirroring web data; see `pretraining_specs`."""
-        pairs = self.pretraining_specs(n, split, seed, negated_fraction, shape_twin_fraction, objects)
+        pairs = self.pretraining_specs(n, split, seed, negated_fraction, shape_twin_fraction, objects, words)
         images = np.empty((n, self.config.image_size, self.config.image_size, 3), np.uint8)
         for i, (scene, _) in enumerate(pairs):
             images[i] = self.render(scene)
