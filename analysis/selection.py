@@ -53,7 +53,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from finetune.plan import LayerPlan
-from probing.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION
+from probing.measure.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION
 
 RULES = ("prefix", "topk", "auto_rgn")
 COMPONENTS = ("probe", "gradnorm", "sensitivity")

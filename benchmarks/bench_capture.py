@@ -39,9 +39,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from probing.capture import capture_pooled
-    from probing.hooked import HookedCLIPText
-    from probing.models import load_clip
+    from probing.measure.capture import capture_pooled
+    from probing.models.hooked import HookedCLIPText
+    from probing.models.loading import load_clip
 
     torch.manual_seed(args.seed)
     model, _, tokenizer = load_clip(args.model)

@@ -10,7 +10,7 @@ import argparse
 import time
 from dataclasses import replace
 
-from probing.data import SyntheticWorld, WorldConfig
+from probing.synthetic import SyntheticWorld, WorldConfig
 
 
 def timed(label: str, n: int, make) -> None:

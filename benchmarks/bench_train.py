@@ -46,9 +46,9 @@ def main() -> None:
 
     from finetune.plan import LayerPlan
     from finetune.train import TrainConfig, Trainer
-    from probing.data.synthetic import SyntheticWorld, WorldConfig
-    from probing.models import load_clip, resolve_device
-    from probing.text_tower import TextTower
+    from probing.synthetic.world import SyntheticWorld, WorldConfig
+    from probing.models.loading import load_clip, resolve_device
+    from probing.models.text_tower import TextTower
 
     device = resolve_device(args.device)
     if args.threads:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from probing.io import atomic_torch_save, atomic_write_json
-from probing.models import save_clip_checkpoint
+from probing.models.loading import save_clip_checkpoint
 
 LATEST = "latest.json"
 
@@ -67,7 +67,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, state: dic
 
 def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, *, device: torch.device) -> dict[str, Any]:
     """Load the weights into `model` (strict) and return the training state (RNG restored)."""
-    from probing.models import load_state_dict_checked, read_checkpoint
+    from probing.models.loading import load_state_dict_checked, read_checkpoint
 
     weights = read_checkpoint(checkpoint.model_path)
     load_state_dict_checked(model, weights.state_dict, source=str(checkpoint.model_path),

@@ -17,7 +17,7 @@ from torch import nn
 from finetune.distributed import DistContext
 from finetune.losses import LossSpec
 from probing.data.reading import load_image
-from probing.encode import eval_mode, images_to_tensor
+from probing.measure.encode import eval_mode, images_to_tensor
 from probing.data.records import DataError
 
 # loss feature name -> example attribute holding that caption

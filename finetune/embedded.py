@@ -25,21 +25,21 @@ from tqdm.auto import tqdm
 
 from finetune.losses import clip_loss
 from finetune.train import MAX_LOGIT_SCALE, lr_factor
-from probing.data.synthetic import SyntheticWorld, WorldConfig
-from probing.data.world_record import world_metadata
-from probing.encode import images_to_tensor
+from probing.synthetic.world import SyntheticWorld, WorldConfig
+from probing.synthetic.record import world_metadata
+from probing.measure.encode import images_to_tensor
 from probing.io import atomic_write_json
-from probing.models import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
-from probing.synthetic_eval import SyntheticSuite
-from probing.text_tower import TextTower
-from probing.weights import init_record, rebuild_init
+from probing.models.loading import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
+from probing.synthetic.suite import SyntheticSuite
+from probing.models.text_tower import TextTower
+from probing.models.weights import init_record, rebuild_init
 
 
 @dataclass(frozen=True)
 class EmbeddedSpec:
     """Everything that determines the built model; its hash keys the cache."""
 
-    model: str = "negclip-tiny"  # a config in probing/model_configs
+    model: str = "negclip-tiny"  # a config in probing/models/configs
     # Shape learning in this small build is seed-sensitive: with this recipe seed 0 stayed at
     # zero-shot 0.21 (shapes 0.23), seed 2 reached 0.70 and seed 1 0.91 (README, "The embedded
     # model"). Seed 1 is the default; any seed is reproducible, not every seed is as good.
@@ -63,7 +63,7 @@ class EmbeddedSpec:
     # "all": pretraining captions use every cue and template, held-out ones included, as web text
     # does (SyntheticWorld.pretraining_specs); held-out words stay out of negation fine-tuning and probes.
     pretraining_words: str = "all"
-    # The token embedding starts from probing.weights.portable_uniform (the same bits on any machine),
+    # The token embedding starts from probing.models.weights.portable_uniform (the same bits on any machine),
     # so the rows pretraining never touches can be rebuilt from the seed instead of stored.
     embedding_init: str = "portable"
     eval_scenes: int = 1000
@@ -139,7 +139,7 @@ def pretrain(spec: EmbeddedSpec, *, progress: bool = True) -> tuple[torch.nn.Mod
 
 
 def embedding_init_record(model: torch.nn.Module, spec: EmbeddedSpec) -> dict | None:
-    """The portable init of the token embedding (probing.weights), or None for torch's own init."""
+    """The portable init of the token embedding (probing.models.weights), or None for torch's own init."""
     if spec.embedding_init != "portable":
         return None
     tower = TextTower.from_model(model)

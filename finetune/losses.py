@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from probing.metrics import check_normalized
+from probing.measure.metrics import check_normalized
 
 Tensor = torch.Tensor
 

@@ -34,8 +34,8 @@ from finetune.losses import LossSpec, loss_spec
 from finetune.metrics_log import MetricsLog
 from finetune.plan import LayerPlan
 from probing.io import atomic_write_json
-from probing.models import resolve_device, save_clip_checkpoint
-from probing.text_tower import TextTower
+from probing.models.loading import resolve_device, save_clip_checkpoint
+from probing.models.text_tower import TextTower
 
 MAX_LOGIT_SCALE = math.log(100.0)  # t = exp(logit_scale) is clamped to at most 100
 # settings that change the trajectory: a resumed run must use the same ones
@@ -76,7 +76,7 @@ class TrainConfig:
     stop_at: int | None = None  # stop after this step as if interrupted (time-limited jobs, tests)
     image_batch_size: int = 256
     model_name: str = "unknown"  # stored in checkpoint metadata, so load_clip can rebuild the model
-    # more checkpoint metadata, e.g. the synthetic world the data came from (probing.data.world_record)
+    # more checkpoint metadata, e.g. the synthetic world the data came from (probing.synthetic.record)
     checkpoint_metadata: dict[str, str] = field(default_factory=dict)
     tensorboard: bool = True
     progress: bool = True
@@ -180,7 +180,7 @@ def batch_losses(model: nn.Module, tokenizer: Callable, preprocess: Callable, ex
                  n_batches: int, batch_size: int, seed: int = 0, loss_kwargs: dict[str, Any] | None = None,
                  device: str | torch.device = "cpu") -> list[Callable[[nn.Module], torch.Tensor]]:
     """One callable per batch, `fn(model) -> loss`, computing `loss` exactly as training does
-    (cached image features, trimmed captions): what probing.gradnorms measures gradients with."""
+    (cached image features, trimmed captions): what probing.measure.gradnorms measures gradients with."""
     device = resolve_device(device)
     spec = loss_spec(loss)
     data = prepare_data(model, tokenizer, preprocess, examples, spec, device=device, dist=DistContext())

@@ -128,7 +128,7 @@ similarities between the image and each caption; a model that read negation woul
 '''),
     code(LOAD_MODEL),
     code('''
-from probing.encode import encode_captions, encode_images
+from probing.measure.encode import encode_captions, encode_images
 
 example = world.examples(1, "test", seed=3, heldout="object")[0]
 captions = {"true caption": example.caption,
@@ -276,8 +276,8 @@ objects and held-out templates. A probe that only detects the token "no" fails t
 '''),
     code('''
 from probing import capture_pooled
-from probing.probes import LogisticProbe, probe_layers
-from probing.tasks import synthetic_negation_task
+from probing.measure.probes import LogisticProbe, probe_layers
+from probing.measure.tasks import synthetic_negation_task
 
 task = synthetic_negation_task(world, n_train=N_TRAIN, n_test=N_TEST, seed=0)
 pooled = capture_pooled(hooked, tokenizer, task.captions, pools="eot", progress=False)
@@ -368,7 +368,7 @@ This is what the `probe-layers` command does, step by step. About 5 minutes on 2
 '''),
     code(setup_cell("02_layer_evidence", SIZES_2)),
     code(LOAD_MODEL + '''
-from probing.models import load_clip
+from probing.models.loading import load_clip
 
 torch.manual_seed(0)  # the baseline: the same architecture with random weights
 random_model, _, _ = load_clip(SPECS[SPEC].model)
@@ -382,7 +382,7 @@ so that no bag-of-words feature can solve it. Each task has an in-distribution t
 splits, and a control labelling (a random label per caption type) for selectivity.
 '''),
     code('''
-from probing.tasks import synthetic_negation_task, synthetic_scope_task
+from probing.measure.tasks import synthetic_negation_task, synthetic_scope_task
 
 tasks = [synthetic_negation_task(world, n_train=SIZES["n_train"], n_test=SIZES["n_test"], seed=0),
          synthetic_scope_task(world, n_train=SIZES["n_train"], n_test=SIZES["n_test"], seed=0)]
@@ -400,8 +400,8 @@ builds them is the one `probe-layers` uses (`analysis.cli.build_loss_fns`): CLIP
 Omni-NegCLIP.
 '''),
     code('''
-from analysis.cli import GRAD_LOSSES, build_loss_fns
-from probing.measure import MeasureConfig, measure_layers
+from analysis.cli.probe_layers import GRAD_LOSSES, build_loss_fns
+from probing.measure.layers import MeasureConfig, measure_layers
 
 config = MeasureConfig(seeds=SIZES["seeds"], n_sensitivity=SIZES["n_sensitivity"], n_causal=SIZES["n_causal"],
                        grad_batches=SIZES["grad_batches"], grad_batch_size=SIZES["grad_batch_size"])
@@ -455,8 +455,8 @@ pd.DataFrame(plan.evidence["per_block"]).set_index("block").T
 are shaded.
 '''),
     code('''
-from analysis.figures import plot_all
-from analysis.report import FIGURE_CAPTIONS
+from analysis.report.figures import plot_all
+from analysis.report.report import FIGURE_CAPTIONS
 
 figures = plot_all(measurements, plan, OUT / "figures")
 for name, paths in figures.items():
@@ -469,7 +469,7 @@ for name, paths in figures.items():
 `write_report` writes `report.md` and `report.json`; its summary sentences are computed from the plan's evidence.
 '''),
     code('''
-from analysis.report import summary_sentences, write_report
+from analysis.report.report import summary_sentences, write_report
 
 report = write_report(OUT, measurements, plan, figures=figures, model_info=measurements.meta["model"],
                       embedded_metrics=embedded_metrics(SPECS[SPEC]))
@@ -552,14 +552,14 @@ The plan notebook 2 wrote, if it ran on this build; otherwise the same measureme
 command's entry point (this takes a few minutes on the default build).
 '''),
     code('''
-from analysis.cli import probe_layers_main
+from analysis.cli.probe_layers import main
 from finetune.plan import LayerPlan
-from probing.text_tower import TextTower
+from probing.models.text_tower import TextTower
 
 plan_path = Path(os.path.relpath(ROOT / "runs" / "notebooks" / "02_layer_evidence" / SPEC / "layer_plan.json"))
 if not plan_path.exists():
     plan_path = OUT / "probe-layers" / "layer_plan.json"
-    status = probe_layers_main(["--embedded", SPEC, "--out", str(plan_path.parent), "--threads", "1", "--no-progress",
+    status = main(["--embedded", SPEC, "--out", str(plan_path.parent), "--threads", "1", "--no-progress",
                                 *PLAN_ARGS])
     assert status == 0, f"probe-layers exited with {status}"
 plan = LayerPlan.load(plan_path)
@@ -611,7 +611,7 @@ Three test suites, each holding out one thing the fine-tuning never saw: objects
 (*never, none, isn't*). Retention (R@1 among 100, zero-shot) comes from the held-out-object suite.
 '''),
     code('''
-from probing.synthetic_eval import SyntheticSuite
+from probing.synthetic.suite import SyntheticSuite
 
 suites = {heldout: SyntheticSuite.build(world, n=EVAL_N, n_classification=EVAL_N_CLASSIFICATION, split="test",
                                         heldout=heldout, seed=1) for heldout in ("object", "template", "cue")}
@@ -663,8 +663,8 @@ of the tower. Every trained variant gets the plan's extras (`extras="plan"`), so
 Its seed-0 *selected* and *all* runs repeat the two runs above.
 '''),
     code('''
-from analysis.ablation import AblationConfig, block_variants, markdown_table, run_ablation
-from analysis.ablation_figures import ablation_figure
+from analysis.ablation.study import AblationConfig, block_variants, markdown_table, run_ablation
+from analysis.ablation.figures import ablation_figure
 
 groups = block_variants(n_layers)  # front / middle / back halves and all, as block lists
 variants = ["frozen", "selected"] + [v for v in ("front", "back", "all") if groups[v] != list(plan.blocks)]
@@ -695,7 +695,7 @@ show(OUT / "ablation_variants.png", width=520)
 ## Key numbers of this run
 '''),
     code('''
-from analysis.ablation import load_runs
+from analysis.ablation.study import load_runs
 
 print(f"plan: {plan.describe()}")
 print(f"single runs (seed 0), {TRAIN['steps']} steps of batch {TRAIN['batch_size']}:")

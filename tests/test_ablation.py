@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.ablation import (HEADLINE, RUNS_FILE, AblationConfig, AblationError, AblationStudy, block_variants,
+from analysis.ablation.study import (HEADLINE, RUNS_FILE, AblationConfig, AblationError, AblationStudy, block_variants,
                                extras_flags, load_runs, markdown_table, resolve_variants, run_ablation, save_runs,
                                summarize_runs, variant_plans)
-from analysis.cli_ablate import main
+from analysis.cli.ablate_layers import main
 from finetune.plan import LayerPlan
-from probing.probes import mean_ci
+from probing.measure.probes import mean_ci
 
 # A few steps on a few examples: enough to move the weights, fast enough for the test session.
 QUICK = dict(embedded="small", steps=3, batch_size=16, lr=1e-4, warmup_steps=1, n_train=48, eval_n=100,
@@ -177,8 +177,8 @@ def test_study_records_every_run_with_heldout_and_retention_metrics(uninterrupte
 
 
 def test_a_run_changes_only_its_planned_blocks(uninterrupted, small_embedded):
-    from probing.models import load_clip
-    from probing.text_tower import TextTower
+    from probing.models.loading import load_clip
+    from probing.models.text_tower import TextTower
 
     path, spec = small_embedded
     base = TextTower.from_model(load_clip(spec.model, pretrained=path)[0]).parameters_by_part()
@@ -260,7 +260,7 @@ def test_cli_bad_arguments_are_one_line_errors(small_embedded, tmp_path, capsys,
 
 
 def test_cli_help_does_not_import_torch():
-    code = ("import sys\nfrom analysis.cli_ablate import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom analysis.cli.ablate_layers import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -268,7 +268,7 @@ def test_cli_help_does_not_import_torch():
 
 
 def test_figure_sweep_panel_shows_every_interval_and_the_frozen_level():
-    from analysis.ablation_figures import ablation_figure
+    from analysis.ablation.figures import ablation_figure
 
     rng = np.random.default_rng(0)
     runs = [_record(f"layer_{layer}", seed, 0.15 + 0.01 * layer + 0.02 * rng.random()) for layer in range(12) for seed in range(3)]

@@ -36,9 +36,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     args = ["--model", str(config), "--data", "synthetic", "--n-examples", "16", "--loss", "conclip",
             "--plan", str(plan), "--lr", "1e-3", "--warmup-steps", "1", "--steps", "3", "--batch-size", "8",
             "--grad-accum", "2", "--log-every", "1", "--device", "cpu", "--no-tensorboard", "--no-progress"]
-    run([sys.executable, "-m", "finetune.cli", *args, "--out", str(single)], env)
+    run([sys.executable, "-m", "analysis.cli.finetune_layers", *args, "--out", str(single)], env)
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "finetune.cli", *args, "--out", str(ddp)], env)
+         "-m", "analysis.cli.finetune_layers", *args, "--out", str(ddp)], env)
 
     assert json.loads((ddp / "run.json").read_text())["world_size"] == 2
     one, two = load_file(str(single / "model.safetensors")), load_file(str(ddp / "model.safetensors"))
@@ -59,7 +59,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 def _initial_weights(config_path):
     """The untrained weights (the CLI seeds with --seed 0 before building the model)."""
-    from probing.models import load_clip
+    from probing.models.loading import load_clip
 
     torch.manual_seed(0)
     model, _, _ = load_clip(str(config_path))

@@ -32,9 +32,9 @@ def test_cache_is_reused_not_retrained(small_embedded, monkeypatch):
 
 
 def test_loads_through_load_clip_with_recorded_metrics(small_embedded):
-    from probing.data.synthetic import SyntheticWorld, WorldConfig
-    from probing.models import load_clip
-    from probing.synthetic_eval import SyntheticSuite
+    from probing.synthetic.world import SyntheticWorld, WorldConfig
+    from probing.models.loading import load_clip
+    from probing.synthetic.suite import SyntheticSuite
 
     path, spec = small_embedded
     model, preprocess, tokenizer = load_embedded_model(spec, progress=False)
@@ -52,7 +52,7 @@ def test_loads_through_load_clip_with_recorded_metrics(small_embedded):
 
 
 def test_checkpoint_records_the_world_it_was_pretrained_on(small_embedded):
-    from probing.data.world_record import checkpoint_world
+    from probing.synthetic.record import checkpoint_world
 
     path, spec = small_embedded
     recorded, expected = checkpoint_world(path), embedded.world_for(spec)
@@ -75,7 +75,7 @@ def test_build_runs_at_the_specs_thread_count_and_restores_the_callers(monkeypat
 
 
 def test_build_command_prints_the_cached_builds_numbers_and_rejects_bad_threads(small_embedded, capsys):
-    from finetune.cli_embedded import main
+    from analysis.cli.build_embedded import main
 
     path, spec = small_embedded
     assert main(["--spec", "small", "--no-progress"]) == 0

@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from analysis import evaluate as ev
-from analysis.benchmarks import BenchmarkError, Sources, load_image_folder, plan_benchmarks
-from probing.data import (DataError, Loaded, SyntheticWorld, WorldConfig, generate_negations, load_coco_instances,
+from analysis.evaluation import evaluate as ev
+from analysis.evaluation.benchmarks import BenchmarkError, Sources, load_image_folder, plan_benchmarks
+from probing.synthetic import SyntheticWorld, WorldConfig
+from probing.data import (DataError, Loaded, generate_negations, load_coco_instances,
                           load_negbench_mcq, load_negbench_retrieval, load_sugarcrepe)
-from probing.models import load_clip
+from probing.models.loading import load_clip
 
 REPO = Path(__file__).resolve().parents[1]
 NOISE = 1e-5  # similarity margins below this may flip between batched and single-row encoding
@@ -254,7 +255,7 @@ def test_synthetic_scope_and_prompt_gap_by_cue_and_k(tiny, world):
 
 
 def test_synthetic_retrieval_is_the_suites_r_at_1_among_100(tiny, world):
-    from probing.synthetic_eval import SyntheticSuite
+    from probing.synthetic.suite import SyntheticSuite
 
     model, preprocess, tokenizer, _ = tiny
     examples = world.examples(230, "test", 0)
@@ -371,7 +372,7 @@ def test_evaluate_all_reports_missing_images_and_plan(tiny, shared_data, tmp_pat
 
 
 def test_cli_writes_json_and_markdown(tiny, shared_data, tmp_path, monkeypatch, capsys):
-    from analysis.cli_evaluate import main
+    from analysis.cli.evaluate_negation import main
 
     _, _, _, config = tiny
     folder = tmp_path / "classes"
@@ -407,7 +408,7 @@ def test_cli_writes_json_and_markdown(tiny, shared_data, tmp_path, monkeypatch, 
     (["--image-root-for", "valse_existence"], "BENCHMARK=DIR"),
 ])
 def test_cli_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, monkeypatch, capsys):
-    from analysis.cli_evaluate import main
+    from analysis.cli.evaluate_negation import main
 
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as exit_info:
@@ -421,14 +422,14 @@ def test_cli_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, monkeyp
 
 
 def test_cli_help_does_not_import_torch():
-    code = ("import sys; from analysis.cli_evaluate import build_parser; build_parser().format_help(); "
+    code = ("import sys; from analysis.cli.evaluate_negation import build_parser; build_parser().format_help(); "
             "print('torch' in sys.modules, 'open_clip' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert done.stdout.split() == ["False", "False"]
 
 
 def test_cli_embedded_model_comes_with_its_synthetic_world(tiny, tmp_path, monkeypatch, capsys):
-    from analysis.cli_evaluate import main
+    from analysis.cli.evaluate_negation import main
     from finetune import embedded
 
     model, preprocess, tokenizer, _ = tiny

@@ -6,9 +6,9 @@ import json
 import pytest
 from PIL import Image
 
-from analysis.figures import (COLUMN_WIDTH, plot_all, plot_block_scores, plot_gradnorm_heatmap, plot_probe_accuracy,
+from analysis.report.figures import (COLUMN_WIDTH, plot_all, plot_block_scores, plot_gradnorm_heatmap, plot_probe_accuracy,
                               plot_selectivity, plot_sensitivity)
-from analysis.report import summary_sentences, write_report
+from analysis.report.report import summary_sentences, write_report
 from analysis.selection import SelectionConfig, select_layers
 from tests.test_selection import gradnorm_rows, measurements, probe_rows, sensitivity_rows
 

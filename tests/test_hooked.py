@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from probing.hooked import HookedCLIPText
-from probing.models import load_clip
-from probing.text_tower import TextTower, UnsupportedTextTower
+from probing.models.hooked import HookedCLIPText
+from probing.models.loading import load_clip
+from probing.models.text_tower import TextTower, UnsupportedTextTower
 
 CAPTIONS = [
     "a dog",

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from probing.data.synthetic import SyntheticWorld, WorldConfig
-from probing.measure import LayerMeasurements, MeasureConfig, measure_layers, swap_first_colour
-from probing.models import load_clip
-from probing.tasks import real_negation_task, synthetic_negation_task, synthetic_scope_task
+from probing.synthetic.world import SyntheticWorld, WorldConfig
+from probing.measure.layers import LayerMeasurements, MeasureConfig, measure_layers, swap_first_colour
+from probing.models.loading import load_clip
+from probing.measure.tasks import real_negation_task, synthetic_negation_task, synthetic_scope_task
 
 
 @pytest.fixture(scope="module")

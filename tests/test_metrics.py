@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probing.metrics import multiple_choice_accuracy, pair_accuracy, pair_wins, recall_at_k, zero_shot_accuracy
+from probing.measure.metrics import multiple_choice_accuracy, pair_accuracy, pair_wins, recall_at_k, zero_shot_accuracy
 
 
 def unit(*rows):

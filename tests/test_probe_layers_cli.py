@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import cli
+from analysis.cli import probe_layers as cli
 from finetune.plan import LayerPlan
 
 QUICK = ["--embedded", "small", "--n-train", "200", "--n-test", "60", "--seeds", "0,1", "--n-sensitivity", "60",
@@ -24,13 +24,13 @@ QUICK = ["--embedded", "small", "--n-train", "200", "--n-test", "60", "--seeds",
 def test_cli_constants_match_the_library():
     from analysis.selection import RULES
     from finetune.embedded import SPECS
-    from probing.measure import MEASUREMENTS
+    from probing.measure.layers import MEASUREMENTS
 
     assert cli.RULES == RULES and cli.MEASUREMENTS == MEASUREMENTS and set(cli.EMBEDDED_SPECS) == set(SPECS)
 
 
 def test_help_is_instant_and_imports_no_torch():
-    code = ("import sys, time; t = time.perf_counter(); from analysis.cli import build_parser, check_args; "
+    code = ("import sys, time; t = time.perf_counter(); from analysis.cli.probe_layers import build_parser, check_args; "
             "p = build_parser(); check_args(p.parse_args(['--out', 'x', '--rule', 'topk']), p); "
             "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'; "
             "print(time.perf_counter() - t)")
@@ -38,7 +38,7 @@ def test_help_is_instant_and_imports_no_torch():
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) < 1.0
     start = time.perf_counter()
-    shown = subprocess.run([sys.executable, "-m", "analysis.cli", "--help"], capture_output=True, text=True, timeout=60)
+    shown = subprocess.run([sys.executable, "-m", "analysis.cli.probe_layers", "--help"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "--rule" in shown.stdout and "--small" in shown.stdout
     assert time.perf_counter() - start < 10  # interpreter start-up included; torch alone takes longer
 
@@ -64,7 +64,7 @@ def test_help_is_instant_and_imports_no_torch():
 ])
 def test_bad_arguments_fail_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.probe_layers_main(argv)
+        cli.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("probe-layers: error:") and "\n" not in err and message in err
@@ -73,21 +73,21 @@ def test_bad_arguments_fail_with_one_line(argv, message, capsys):
 def test_loader_and_model_errors_are_one_line(tmp_path, shared_data, capsys):
     broken = tmp_path / "broken.csv"
     broken.write_text("colour,shape\nred,circle\n")
-    assert cli.probe_layers_main(["--data", str(broken), "--no-progress", "--out", str(tmp_path / "a")]) == 2
+    assert cli.main(["--data", str(broken), "--no-progress", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("probe-layers: error:") and "broken.csv" in err and "\n" not in err
 
-    assert cli.probe_layers_main(["--data", str(shared_data / "sugarcrepe"), "--no-progress",
+    assert cli.main(["--data", str(shared_data / "sugarcrepe"), "--no-progress",
                                   "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
     assert "FoilPair records" in err and "\n" not in err
 
-    assert cli.probe_layers_main(["--data", str(broken), "--data-kind", "magic", "--no-progress",
+    assert cli.main(["--data", str(broken), "--data-kind", "magic", "--no-progress",
                                   "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown dataset kind 'magic'" in err and "\n" not in err
 
-    assert cli.probe_layers_main(["--model", "no-such-architecture", "--no-progress", "--out", str(tmp_path / "c")]) == 2
+    assert cli.main(["--model", "no-such-architecture", "--no-progress", "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("probe-layers: error:") and "no-such-architecture" in err and "\n" not in err
 
@@ -118,7 +118,7 @@ def recompute_prefix(measured: dict, share: float, margin_floor: float = 0.03, w
 def test_end_to_end_on_the_small_build(small_embedded, tmp_path, capsys):
     out = tmp_path / "run"
     start = time.perf_counter()
-    assert cli.probe_layers_main(QUICK + ["--share", "0.7", "--out", str(out)]) == 0
+    assert cli.main(QUICK + ["--share", "0.7", "--out", str(out)]) == 0
     elapsed = time.perf_counter() - start
     printed = capsys.readouterr().out
     assert f"wrote {out}/" in printed and "selected blocks:" in printed
@@ -162,7 +162,7 @@ def test_real_data_mode_probes_real_captions(small_embedded, shared_data, tmp_pa
     argv = QUICK + ["--data", str(shared_data / "coco_mini/annotations/instances_val2017.json"),
                     "--image-root", str(shared_data / "coco_mini/val2017"), "--measurements", "probes,gradnorms",
                     "--rule", "auto_rgn", "--rgn-floor", "0.3", "--out", str(out)]
-    assert cli.probe_layers_main(argv) == 0
+    assert cli.main(argv) == 0
     measured = json.loads((out / "measurements.json").read_text())
     assert measured["meta"]["tasks"]["negation"]["source"] == "real"
     assert {r["split"] for r in measured["probes"]} == {"in_distribution", "heldout_cue"}
@@ -180,7 +180,7 @@ def test_real_data_mode_probes_real_captions(small_embedded, shared_data, tmp_pa
 def test_open_clip_config_with_a_checkpoint_file(write_config, tmp_path, capsys):
     import torch
 
-    from probing.models import load_clip, save_clip_checkpoint
+    from probing.models.loading import load_clip, save_clip_checkpoint
 
     config = write_config("tiny-probe", layers=3)
     torch.manual_seed(123)  # weights unlike the seeded random baseline
@@ -191,7 +191,7 @@ def test_open_clip_config_with_a_checkpoint_file(write_config, tmp_path, capsys)
             "--seeds", "0", "--measurements", "probes,sensitivity,gradnorms", "--grad-batches", "1",
             "--grad-batch-size", "8", "--n-sensitivity", "30", "--rule", "topk", "--k", "2", "--lr-weights",
             "--no-progress", "--out", str(out)]
-    assert cli.probe_layers_main(argv) == 0
+    assert cli.main(argv) == 0
     plan = LayerPlan.load(out / "layer_plan.json")
     assert len(plan.blocks) == 2 and set(plan.lr_weights) == set(plan.blocks) and max(plan.lr_weights.values()) == 1.0
     scores = [row["combined"] for row in plan.evidence["per_block"]]

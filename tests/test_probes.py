@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from probing.probes import DiffMeansProbe, LogisticProbe, bootstrap_balanced_accuracy, mean_ci, probe_layers
+from probing.measure.probes import DiffMeansProbe, LogisticProbe, bootstrap_balanced_accuracy, mean_ci, probe_layers
 
 
 def planted(n=1000, d=32, layers=6, signal_layer=3, strength=1.5, seed=0):

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probing.causal import project_out_hook, projection_ablation, text_encoder_with_hooks
-from probing.hooked import HookedCLIPText
-from probing.models import load_clip
-from probing.sensitivity import edit_sensitivity
+from probing.measure.causal import project_out_hook, projection_ablation, text_encoder_with_hooks
+from probing.models.hooked import HookedCLIPText
+from probing.models.loading import load_clip
+from probing.measure.sensitivity import edit_sensitivity
 
 
 def test_sensitivity_is_zero_for_no_edit_and_one_for_unrelated_captions():

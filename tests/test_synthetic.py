@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from probing.data.captions import CUES, Mention, caption_truth
-from probing.data.scenes import Scene, SceneObject
-from probing.data.synthetic import SyntheticWorld, WorldConfig
+from probing.synthetic.captions import CUES, Mention, caption_truth
+from probing.synthetic.scenes import Scene, SceneObject
+from probing.synthetic.world import SyntheticWorld, WorldConfig
 
 WORLD = SyntheticWorld(seed=0)
 CFG = WORLD.config
@@ -339,7 +339,7 @@ def test_pretraining_can_name_every_object_but_the_train_split_does_not_by_defau
 
 
 def test_world_record_round_trips_through_checkpoint_metadata():
-    from probing.data.world_record import WORLD_KEY, world_from_metadata, world_metadata
+    from probing.synthetic.record import WORLD_KEY, world_from_metadata, world_metadata
 
     world = SyntheticWorld(WorldConfig(image_size=48, sizes=(0.3, 0.38, 0.46), heldout_cues=("never",)), seed=3)
     metadata = world_metadata(world)
@@ -351,8 +351,8 @@ def test_world_record_round_trips_through_checkpoint_metadata():
 
 
 def test_checkpoint_world_reports_a_corrupt_checkpoint_by_name(tmp_path):
-    from probing.data.world_record import checkpoint_world
-    from probing.models import ModelLoadError
+    from probing.synthetic.record import checkpoint_world
+    from probing.models.loading import ModelLoadError
 
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")

@@ -15,8 +15,8 @@ from finetune.plan import LayerPlan
 from finetune.train import (MAX_LOGIT_SCALE, DataOrder, NonFiniteLossError, ResumeError, TrainConfig, Trainer,
                             build_optimizer, lr_factor, train)
 from probing.data.records import DataError, NegationExample
-from probing.data.synthetic import SyntheticWorld, WorldConfig
-from probing.models import load_clip
+from probing.synthetic.world import SyntheticWorld, WorldConfig
+from probing.models.loading import load_clip
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -230,7 +230,7 @@ def test_cli_help_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, finetune.cli as cli\n"
+    code = ("import sys, analysis.cli.finetune_layers as cli\n"
             "cli.build_parser().format_help()\n"
             "heavy = [m for m in ('torch', 'open_clip', 'transformer_lens') if m in sys.modules]\n"
             "assert not heavy, heavy")
@@ -239,7 +239,7 @@ def test_cli_help_imports_no_torch():
 
 
 def test_cli_loss_choices_are_the_registry():
-    from finetune.cli import LOSS_NAMES
+    from analysis.cli.finetune_layers import LOSS_NAMES
     from finetune.losses import LOSSES
 
     assert set(LOSS_NAMES) == set(LOSSES)
@@ -249,7 +249,7 @@ def test_cli_mix_weights_name_every_part_and_default_the_rest_to_zero():
     import argparse
     import inspect
 
-    from finetune.cli import MIX_PARTS, _mix_weights
+    from analysis.cli.finetune_layers import MIX_PARTS, _mix_weights
     from finetune.losses import MIX_PARTS as LOSS_MIX_PARTS, negation_mix_loss
 
     assert MIX_PARTS == LOSS_MIX_PARTS
@@ -259,7 +259,7 @@ def test_cli_mix_weights_name_every_part_and_default_the_rest_to_zero():
 
 
 def test_cli_trains_on_the_synthetic_world(tiny, tmp_path, capsys):
-    from finetune.cli import main
+    from analysis.cli.finetune_layers import main
 
     out = tmp_path / "cli"
     args = ["--model", str(tiny), "--data", "synthetic", "--n-examples", "24", "--loss", "omni", "--lam", "0.5",
@@ -285,7 +285,7 @@ def test_cli_trains_on_the_synthetic_world(tiny, tmp_path, capsys):
     ([], "one of the arguments --plan --layers is required"),
 ])
 def test_cli_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message):
-    from finetune.cli import main
+    from analysis.cli.finetune_layers import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "ViT-B-32"] + extra + ["--out", str(tmp_path / "x")])
@@ -298,8 +298,8 @@ def test_cli_default_model_comes_from_the_embedded_hook(tiny, tmp_path, capsys, 
     import sys
     import types
 
-    from finetune.cli import main
-    from probing.models import save_clip_checkpoint
+    from analysis.cli.finetune_layers import main
+    from probing.models.loading import save_clip_checkpoint
 
     model, _, _ = fresh(tiny)
     checkpoint = save_clip_checkpoint(model, tmp_path / "embedded.safetensors", model_name=tiny.stem)
@@ -320,7 +320,7 @@ def test_cli_default_model_comes_from_the_embedded_hook(tiny, tmp_path, capsys, 
 
 
 def test_cli_runtime_errors_are_one_line(tiny, tmp_path, capsys):
-    from finetune.cli import main
+    from analysis.cli.finetune_layers import main
 
     common = ["--model", str(tiny), "--steps", "1", "--batch-size", "4", "--no-progress", "--no-tensorboard"]
     assert main(common + ["--layers", "0-7", "--n-examples", "8", "--out", str(tmp_path / "a")]) == 1
@@ -337,7 +337,7 @@ def test_cli_runtime_errors_are_one_line(tiny, tmp_path, capsys):
 
 def test_batch_losses_feed_the_gradient_norm_measurement(tiny):
     from finetune.train import batch_losses
-    from probing.gradnorms import relative_gradient_norms
+    from probing.measure.gradnorms import relative_gradient_norms
 
     model, preprocess, tokenizer = fresh(tiny)
     examples = make_examples(12)
@@ -355,9 +355,9 @@ def test_batch_losses_feed_the_gradient_norm_measurement(tiny):
 
 
 def test_cli_fine_tunes_on_the_world_the_checkpoint_records_and_passes_the_record_on(tiny, tmp_path):
-    from finetune.cli import main
-    from probing.data.world_record import checkpoint_world, world_metadata
-    from probing.models import save_clip_checkpoint
+    from analysis.cli.finetune_layers import main
+    from probing.synthetic.record import checkpoint_world, world_metadata
+    from probing.models.loading import save_clip_checkpoint
 
     model, _, _ = fresh(tiny)
     size = model.visual.image_size

@@ -1,10 +1,8 @@
-"""Negation data: one record format, the synthetic negation world, real benchmark loaders and a
-rule-based negation generator.
+"""Real negation data: one record format, benchmark loaders and a rule-based negation generator.
+(The synthetic negation world is `probing.synthetic`; it writes the same records.)
 
     records     NegationExample (the one format), MCQItem, RetrievalItem, FoilPair, CocoImage,
                 DataError, LoadReport, Loaded (a list with .report)
-    synthetic   WorldConfig, SyntheticWorld (examples, scope_pairs, minimal_pairs, probe_captions,
-                class_prompts, classification_set, pretraining_pairs), ScopePair, MinimalPair, ProbeCaption
     loaders     load_dataset (guesses the kind), load_ccneg, load_negbench_mcq, load_negbench_retrieval,
                 load_sugarcrepe, load_valse_existence, load_coco_captions, load_coco_instances
     generator   generate_negations (from COCO instances or NegBench object lists)
@@ -12,7 +10,6 @@ rule-based negation generator.
 Importing this package is cheap: torch and open_clip are imported only by the functions that need
 them (the CC-Neg `.pt` reader, the default tokenizer of the context-length check).
 """
-from probing.data.captions import CaptionSpec, Mention, caption_truth, parse_caption
 from probing.data.ccneg import CCNEG_EVAL_SIZE, find_negation_cue, load_ccneg, split_rows
 from probing.data.coco import load_coco_captions, load_coco_instances
 from probing.data.foils import SUGARCREPE_FOLDS, load_sugarcrepe, load_valse_existence
@@ -22,15 +19,10 @@ from probing.data.negbench import load_negbench_mcq, load_negbench_retrieval
 from probing.data.reading import TokenLimit, generation_artifact, load_image
 from probing.data.records import (CocoImage, DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample,
                                   RetrievalItem)
-from probing.data.scenes import Scene, SceneObject
-from probing.data.synthetic import MinimalPair, ProbeCaption, ScopePair, SyntheticWorld, WorldConfig
 
 __all__ = [
     # records
     "NegationExample", "MCQItem", "RetrievalItem", "FoilPair", "CocoImage", "DataError", "LoadReport", "Loaded",
-    # synthetic world
-    "WorldConfig", "SyntheticWorld", "ScopePair", "MinimalPair", "ProbeCaption", "Scene", "SceneObject",
-    "CaptionSpec", "Mention", "caption_truth", "parse_caption",
     # real data
     "load_dataset", "guess_kind", "READERS", "load_ccneg", "split_rows", "CCNEG_EVAL_SIZE", "find_negation_cue",
     "load_negbench_mcq", "load_negbench_retrieval", "load_sugarcrepe", "load_valse_existence", "SUGARCREPE_FOLDS",

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from analysis.ablation import GROUP_VARIANTS, block_variants, sweep_layer
+from analysis.ablation.study import GROUP_VARIANTS, block_variants, sweep_layer
 
 COLUMN_WIDTH_IN = 3.4  # one column of a two-column paper
 PANEL_A_METRICS = (

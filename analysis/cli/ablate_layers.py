@@ -16,10 +16,10 @@ import argparse
 import json
 import sys
 
-from finetune.cli import LOSS_NAMES  # = finetune.losses.LOSS_SPECS; imports nothing heavy
-from probing.cli_args import non_negative_int as _non_negative_int
-from probing.cli_args import positive_float as _positive_float
-from probing.cli_args import positive_int as _positive_int
+from analysis.cli.finetune_layers import LOSS_NAMES  # = finetune.losses.LOSS_SPECS; imports nothing heavy
+from analysis.cli.args import non_negative_int as _non_negative_int
+from analysis.cli.args import positive_float as _positive_float
+from analysis.cli.args import positive_int as _positive_int
 EMBEDDED_BUILDS = ("default", "small")  # = finetune.embedded.SPECS
 
 
@@ -97,7 +97,7 @@ def parse_loss_kwargs(text: str, parser: argparse.ArgumentParser) -> dict:
 
 def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """The AblationConfig of the arguments; any inconsistency is an argument error."""
-    from analysis.ablation import AblationConfig, AblationError
+    from analysis.ablation.study import AblationConfig, AblationError
 
     if args.embedded and args.model:
         parser.error("--embedded and --model exclude each other")
@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     config = make_config(args, parser)
 
-    from analysis.ablation import AblationError, AblationStudy
+    from analysis.ablation.study import AblationError, AblationStudy
     from finetune.train import NonFiniteLossError, ResumeError
-    from probing.models import ModelLoadError
+    from probing.models.loading import ModelLoadError
 
     try:
         study = AblationStudy(config, args.out, progress=not args.no_progress)

@@ -26,10 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
-from probing.data.captions import (AFFIRMATIVE_TEMPLATES, CUES, NEGATION_FRAMES, CaptionParser, CaptionSpec, Mention,
+from probing.synthetic.captions import (AFFIRMATIVE_TEMPLATES, CUES, NEGATION_FRAMES, CaptionParser, CaptionSpec, Mention,
                                    affirmative_caption, caption_truth, framed_caption, with_article)
 from probing.data.records import NegationExample
-from probing.data.scenes import DRAWABLE_SHAPES, Scene, place_objects, render_scene
+from probing.synthetic.scenes import DRAWABLE_SHAPES, Scene, place_objects, render_scene
 
 DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),

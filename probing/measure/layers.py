@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probing.capture import capture_pooled, layer_labels
-from probing.causal import projection_ablation
-from probing.encode import encode_images
-from probing.gradnorms import relative_gradient_norms
+from probing.measure.capture import capture_pooled, layer_labels
+from probing.measure.causal import projection_ablation
+from probing.measure.encode import encode_images
+from probing.measure.gradnorms import relative_gradient_norms
 from probing.io import atomic_path, atomic_write_json
-from probing.probes import probe_layers
-from probing.sensitivity import edit_sensitivity
-from probing.synthetic_eval import SyntheticSuite
-from probing.tasks import ProbeTask
-from probing.text_tower import TextTower
+from probing.measure.probes import probe_layers
+from probing.measure.sensitivity import edit_sensitivity
+from probing.synthetic.suite import SyntheticSuite
+from probing.measure.tasks import ProbeTask
+from probing.models.text_tower import TextTower
 
 MEASUREMENTS = ("probes", "sensitivity", "gradnorms", "causal")
 CAUSAL_METRICS = ("ccneg_accuracy", "scope_accuracy", "image_to_text_R@1_among_100", "zero_shot_object_affirmative")
@@ -197,7 +197,7 @@ def gradnorm_rows(model, preprocess, tokenizer, world, loss_fns: Mapping[str, Lo
 
 def causal_rows(model, preprocess, tokenizer, world, directions: np.ndarray, config: MeasureConfig) -> list[dict]:
     """Project the negation probe direction out at each layer; report the negation and retrieval metrics."""
-    from probing.hooked import HookedCLIPText
+    from probing.models.hooked import HookedCLIPText
 
     suite = SyntheticSuite.build(world, n=config.n_causal, n_classification=min(360, config.n_causal),
                                  split="test", heldout="all", seed=config.seed + 202)

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from probing.cli_args import positive_int as _positive_int
+from analysis.cli.args import positive_int as _positive_int
 
 PROG = "probe-layers"
 EMBEDDED = "embedded"
@@ -211,12 +211,12 @@ def _slug(text: str) -> str:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def probe_layers_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = check_args(parser.parse_args(argv), parser)
 
     from probing.data import DataError
-    from probing.models import ModelLoadError
+    from probing.models.loading import ModelLoadError
 
     from finetune.plan import PlanError
 
@@ -271,8 +271,8 @@ def load_models(args, notes: list[str]) -> Loaded:
     """The model, its random-weights twin (same architecture, seeded init) and its synthetic world."""
     import torch
 
-    from probing.data.world_record import checkpoint_world
-    from probing.models import load_clip, resolve_device
+    from probing.synthetic.record import checkpoint_world
+    from probing.models.loading import load_clip, resolve_device
 
     device = resolve_device(args.device)
     progress = not args.no_progress
@@ -298,7 +298,7 @@ def load_models(args, notes: list[str]) -> Loaded:
     if "probes" in args.measurement_list and not args.no_random_baseline:
         torch.manual_seed(args.seed)
         random_model, _, _ = load_clip(name, None, device=device)
-    from probing.text_tower import TextTower
+    from probing.models.text_tower import TextTower
 
     info["n_layers"] = TextTower.from_model(model).n_layers
     return Loaded(model, preprocess, tokenizer, random_model, world, info, metrics)
@@ -306,7 +306,7 @@ def load_models(args, notes: list[str]) -> Loaded:
 
 def synthetic_world(model, seed: int, notes: list[str]):
     """The synthetic world rendered at the model's image size, or None (with a note) if it cannot be."""
-    from probing.data import SyntheticWorld, WorldConfig
+    from probing.synthetic import SyntheticWorld, WorldConfig
 
     size = getattr(getattr(model, "visual", None), "image_size", None)
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -325,7 +325,7 @@ def synthetic_world(model, seed: int, notes: list[str]):
 
 
 def synthetic_tasks(world, args) -> list:
-    from probing.tasks import synthetic_negation_task, synthetic_scope_task
+    from probing.measure.tasks import synthetic_negation_task, synthetic_scope_task
 
     if world is None or "probes" not in args.measurement_list:
         return []
@@ -336,7 +336,7 @@ def synthetic_tasks(world, args) -> list:
 def real_task(args, notes: list[str]):
     """The negation probing task from a real data file (text only: images are not read)."""
     from probing.data import CocoImage, DataError, NegationExample, RetrievalItem, generate_negations, load_dataset
-    from probing.tasks import real_negation_task
+    from probing.measure.tasks import real_negation_task
 
     try:
         records = load_dataset(args.data, kind=args.data_kind, image_root=args.image_root, strict=False)
@@ -381,7 +381,7 @@ def build_loss_fns(names) -> dict:
 
 
 def measure(loaded: Loaded, tasks, args, notes: list[str]):
-    from probing.measure import MeasureConfig, measure_layers
+    from probing.measure.layers import MeasureConfig, measure_layers
 
     wanted = list(args.measurement_list)
     if loaded.world is None:
@@ -410,8 +410,8 @@ def selection_config(args):
 
 
 def select_and_report(measurements, loaded: Loaded, args, notes: list[str], started: float) -> int:
-    from analysis.figures import plot_all
-    from analysis.report import write_report
+    from analysis.report.figures import plot_all
+    from analysis.report.report import write_report
     from analysis.selection import SelectionError, describe_blocks, select_layers
 
     try:
@@ -434,4 +434,4 @@ def select_and_report(measurements, loaded: Loaded, args, notes: list[str], star
 
 
 if __name__ == "__main__":
-    sys.exit(probe_layers_main())
+    sys.exit(main())

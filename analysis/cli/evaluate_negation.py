@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from probing.cli_args import positive_int as _positive_int
+from analysis.cli.args import positive_int as _positive_int
 
 EMBEDDED = "embedded"
 OUTPUT_JSON = "evaluation.json"
@@ -31,7 +31,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from analysis.benchmarks import BENCHMARKS  # no torch behind this import
+    from analysis.evaluation.benchmarks import BENCHMARKS  # no torch behind this import
 
     parser = OneLineErrorParser(prog="evaluate-negation", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """The benchmark sources and the plan, checked before any model is loaded (errors exit 2)."""
-    from analysis.benchmarks import BenchmarkError, Sources, plan_benchmarks
+    from analysis.evaluation.benchmarks import BenchmarkError, Sources, plan_benchmarks
 
     data_root = args.data_root
     if data_root is None and DEFAULT_DATA_ROOT.is_dir():
@@ -120,7 +120,7 @@ def load_model(args: argparse.Namespace):
     """
     import torch
 
-    from probing.models import load_clip, resolve_device
+    from probing.models.loading import load_clip, resolve_device
 
     device = resolve_device(args.device)
     if is_embedded(args.model):
@@ -151,20 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in plan.not_run.items():
         print(f"not run: {name}: {why}", file=sys.stderr)
 
-    from analysis.evaluate import evaluate_all, markdown_table
+    from analysis.evaluation.evaluate import evaluate_all, markdown_table
     from probing.io import atomic_write_json, atomic_write_text
-    from probing.models import ModelLoadError
+    from probing.models.loading import ModelLoadError
 
     try:
         model, preprocess, tokenizer, described, world = load_model(args)
     except (ModelLoadError, LookupError) as error:
         parser.error(str(error))
     if world is None:  # the world the checkpoint records (a fine-tuned embedded model does), else the default
-        from probing.data.world_record import checkpoint_world
+        from probing.synthetic.record import checkpoint_world
 
         world = checkpoint_world(args.pretrained)
     if args.synthetic_image_size is not None or world is None:
-        from probing.data.synthetic import SyntheticWorld, WorldConfig
+        from probing.synthetic.world import SyntheticWorld, WorldConfig
 
         size = args.synthetic_image_size or (world.config.image_size if world is not None else 64)
         world = SyntheticWorld(WorldConfig(image_size=size), seed=world.seed if world is not None else args.seed)

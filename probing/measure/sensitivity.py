@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probing.probes import Interval
+from probing.measure.probes import Interval
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

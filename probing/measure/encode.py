@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from probing.text_tower import TextTower
+from probing.models.text_tower import TextTower
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from probing.text_tower import TextTower
+from probing.models.text_tower import TextTower
 
 # component name -> attribute prefixes inside an open_clip ResidualAttentionBlock
 COMPONENTS = {"attention": ("attn.",), "mlp": ("mlp.",), "layernorms": ("ln_1.", "ln_2."), "layerscale": ("ls_1.", "ls_2.")}

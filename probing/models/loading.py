@@ -25,7 +25,7 @@ from torch import nn
 
 # Keys that only OpenAI's original checkpoints carry beside the weights.
 _OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
-_PACKAGE_CONFIGS = Path(__file__).parent / "model_configs"
+_PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 
 
 class ModelLoadError(RuntimeError):
@@ -242,7 +242,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from probing.weights import DIGEST_KEY, expand, state_digest
+    from probing.models.weights import DIGEST_KEY, expand, state_digest
 
     metadata = checkpoint_metadata(path)
     try:
@@ -316,13 +316,13 @@ def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str,
     """Save weights as .safetensors with metadata that `load_clip` reads back (QuickGELU included).
 
     The metadata records a SHA-256 of the whole state dict, checked on load. `compact_init` (a
-    `probing.weights.init_record`) stores that tensor as only the rows that differ from its
-    portable init (see probing.weights).
+    `probing.models.weights.init_record`) stores that tensor as only the rows that differ from its
+    portable init (see probing.models.weights).
     """
     from safetensors.torch import save_file
 
     from probing.io import atomic_path
-    from probing.weights import DIGEST_KEY, compact, state_digest
+    from probing.models.weights import DIGEST_KEY, compact, state_digest
 
     meta = {"open_clip_model": model_name, "quick_gelu": "true" if uses_quick_gelu(model) else "false"}
     meta.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()})

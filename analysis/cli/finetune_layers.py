@@ -3,7 +3,7 @@
     finetune-layers --data synthetic --loss conclip --layers 0-5 --steps 300 --out runs/front6
     finetune-layers --model ViT-B-32-quickgelu --pretrained openai.pt --data ccneg.pt --image-root imgs/ \
         --loss conclip --plan plan.json --epochs 5 --batch-size 256 --lr 1e-6 --out runs/ccneg
-    torchrun --nproc_per_node 4 -m finetune.cli ...      (same command, data-parallel)
+    torchrun --nproc_per_node 4 -m analysis.cli.finetune_layers ...      (same command, data-parallel)
 
 torch and open_clip are imported inside `main`, after parsing, so that `--help` is instant.
 """
@@ -15,9 +15,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from probing.cli_args import non_negative_int as _non_negative_int
-from probing.cli_args import positive_float as _positive_float
-from probing.cli_args import positive_int as _positive_int
+from analysis.cli.args import non_negative_int as _non_negative_int
+from analysis.cli.args import positive_float as _positive_float
+from analysis.cli.args import positive_int as _positive_int
 
 LOSS_NAMES = ("conclip", "clip", "omni", "negationclip", "tripletclip", "mix")  # = finetune.losses.LOSSES
 MIX_PARTS = ("conclip", "negationclip", "clip", "tripletclip", "omni", "absence_vs_presence", "scope_pair")  # = losses.MIX_PARTS
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.plan import PlanError
     from finetune.train import NonFiniteLossError, ResumeError, TrainConfig, train
     from probing.data.records import DataError
-    from probing.data.world_record import checkpoint_world, default_world, world_metadata
-    from probing.models import ModelLoadError, load_clip
+    from probing.synthetic.record import checkpoint_world, default_world, world_metadata
+    from probing.models.loading import ModelLoadError, load_clip
 
     config = TrainConfig(
         loss=args.loss, loss_kwargs=kwargs, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,

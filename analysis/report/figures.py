@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from analysis.selection import CHANCE, describe_blocks
-from probing.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION
+from probing.measure.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION
 
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
 SELECTED_COLOUR = "#f2c14e"

@@ -39,8 +39,8 @@ settings that change results are kept in `<out>/ablation_config.json`, and a res
 settings is refused; more seeds or more variants extend the study.
 
 Outputs: ablation_table.md, ablation_summary.json / .csv (per variant and metric: mean and 95 %
-Student-t interval over seeds, probing.probes.mean_ci), ablation.png / .pdf (see
-analysis.ablation_figures).
+Student-t interval over seeds, probing.measure.probes.mean_ci), ablation.png / .pdf (see
+analysis.ablation.figures).
 """
 from __future__ import annotations
 
@@ -369,7 +369,7 @@ class Base:
 
     @property
     def n_layers(self) -> int:
-        from probing.text_tower import TextTower
+        from probing.models.text_tower import TextTower
 
         return TextTower.from_model(self.model).n_layers
 
@@ -378,8 +378,8 @@ def load_base(config: AblationConfig, *, progress: bool = True) -> Base:
     """The model on CPU (each run trains a copy) and the synthetic world that goes with it."""
     import torch
 
-    from probing.data.world_record import world_for_model
-    from probing.models import load_clip
+    from probing.synthetic.record import world_for_model
+    from probing.models.loading import load_clip
 
     if config.embedded is not None:
         from finetune import embedded
@@ -409,7 +409,7 @@ class Evaluation:
 
     @classmethod
     def build(cls, base: Base, config: AblationConfig) -> "Evaluation":
-        from probing.synthetic_eval import SyntheticSuite
+        from probing.synthetic.suite import SyntheticSuite
 
         suites = {heldout: SyntheticSuite.build(base.world, n=config.eval_n, n_classification=config.eval_n_classification,
                                                 split="test", heldout=heldout, seed=config.eval_seed)
@@ -496,7 +496,7 @@ class AblationStudy:
         from finetune.checkpoint import latest_checkpoint
         from finetune.freezing import planned_parts
         from finetune.train import train
-        from probing.models import resolve_device
+        from probing.models.loading import resolve_device
 
         plan = self.plans[variant]
         model = copy.deepcopy(self.base.model)
@@ -615,7 +615,7 @@ def summarize_runs(runs: Sequence[dict[str, Any]], *, variants: Sequence[str], p
 
 
 def _intervals(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    from probing.probes import mean_ci
+    from probing.measure.probes import mean_ci
 
     columns: dict[str, list[float]] = {}
     for run in runs:
@@ -718,7 +718,7 @@ def markdown_table(summary: dict[str, Any], *, cost: bool = True) -> str:
 
 def write_outputs(out_dir: str | Path, summary: dict[str, Any]) -> dict[str, Path]:
     """ablation_table.md, ablation_summary.json / .csv and the figure (PNG + PDF)."""
-    from analysis.ablation_figures import ablation_figure
+    from analysis.ablation.figures import ablation_figure
     from probing.io import atomic_path, atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)

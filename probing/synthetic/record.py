@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from probing.data.synthetic import SyntheticWorld, WorldConfig
+from probing.synthetic.world import SyntheticWorld, WorldConfig
 
 WORLD_KEY = "synthetic_world"
 
@@ -43,7 +43,7 @@ def checkpoint_world(pretrained: str | Path | None) -> SyntheticWorld | None:
     """The world recorded in a local .safetensors checkpoint; None for tags, other formats or no record."""
     if pretrained is None or Path(pretrained).suffix != ".safetensors" or not Path(pretrained).is_file():
         return None
-    from probing.models import checkpoint_metadata
+    from probing.models.loading import checkpoint_metadata
 
     return world_from_metadata(checkpoint_metadata(pretrained))
 

@@ -22,8 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from probing.encode import encode_captions, encode_images
-from probing.metrics import pair_wins, recall_at_k, zero_shot_accuracy
+from probing.measure.encode import encode_captions, encode_images
+from probing.measure.metrics import pair_wins, recall_at_k, zero_shot_accuracy
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 

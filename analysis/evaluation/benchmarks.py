@@ -1,6 +1,6 @@
 """Where the benchmark files are, which benchmarks can run, and how their rows are loaded.
 
-This module is the data side of `analysis.evaluate`: it imports neither torch nor open_clip, so
+This module is the data side of `analysis.evaluation.evaluate`: it imports neither torch nor open_clip, so
 the `evaluate-negation` command can check its arguments (and fail fast) before loading a model.
 
 Benchmarks (names used by `--benchmarks` and `evaluate_all(which=...)`):

@@ -6,7 +6,7 @@ One function per benchmark, each `(model, preprocess, tokenizer, items, batch_si
      "counts":  {"rows_read", "n_evaluated", "n_skipped", "skip_reasons", "skipped_examples", ...}}
 
 Each is an encoding step (every row, batched, L2-normalised) and a scoring step on the features
-(`score_*`, plain tensor code that refuses unnormalised features through `probing.metrics`). The
+(`score_*`, plain tensor code that refuses unnormalised features through `probing.measure.metrics`). The
 anchors' evaluation bugs this guards against (REFERENCE.md, "Pitfalls"):
 
 - similarities on unnormalised features: every score function checks the norms;
@@ -20,7 +20,7 @@ item only when the correct caption strictly beats every other): NegBench's corre
 always option 0, so breaking ties towards the first option would reward a model that gives every
 caption the same score.
 
-`evaluate_all` runs the benchmarks whose files exist (see `analysis.benchmarks`) and
+`evaluate_all` runs the benchmarks whose files exist (see `analysis.evaluation.benchmarks`) and
 `markdown_table` renders its result.
 """
 from __future__ import annotations
@@ -32,11 +32,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from analysis.benchmarks import (BENCHMARKS, ImageFolder, Sources, load_counts, load_image_folder, plan_benchmarks,
+from analysis.evaluation.benchmarks import (BENCHMARKS, ImageFolder, Sources, load_counts, load_image_folder, plan_benchmarks,
                                  report_of)
 from probing.data.records import DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample, RetrievalItem
-from probing.encode import encode_captions, encode_images
-from probing.metrics import check_normalized, pair_wins, recall_at_k, zero_shot_accuracy
+from probing.measure.encode import encode_captions, encode_images
+from probing.measure.metrics import check_normalized, pair_wins, recall_at_k, zero_shot_accuracy
 
 Metrics = dict[str, dict[str, float | int]]
 AFFIRMATIVE_PROMPT = "a photo of {a_c}"
@@ -173,7 +173,7 @@ def score_retrieval(image: torch.Tensor, text: torch.Tensor, text_to_image: Sequ
 def score_recall_among(image: torch.Tensor, caption: torch.Tensor, group: int = 100) -> Metrics:
     """Image->text and text->image R@1 among `group` candidates: the mean over consecutive groups of
     `group` image-caption pairs (the retrieval that negation fine-tuning must not lose)."""
-    from probing.synthetic_eval import recall_among
+    from probing.synthetic.suite import recall_among
 
     return {name: _metric(value, len(image)) for name, value in recall_among(image, caption, group).items()}
 
@@ -339,7 +339,7 @@ def evaluate_foils(model, preprocess, tokenizer, pairs: Sequence[FoilPair], *, b
 
 def class_prompts(classes: Sequence[str], template: str) -> list[str]:
     """One prompt per class: `{c}` is the class name, `{a_c}` the name with "a" / "an"."""
-    from probing.data.captions import with_article
+    from probing.synthetic.captions import with_article
 
     return [template.format(c=name, a_c=with_article(name)) for name in classes]
 
@@ -382,7 +382,7 @@ def evaluate_synthetic(model, preprocess, tokenizer, *, world=None, n: int = 100
     synthetic/prompt_gap  negated class prompt gap over the world's colour-shape classes
     The test split with heldout="all" uses held-out cues, templates and negated objects.
     """
-    from probing.data.synthetic import SyntheticWorld, WorldConfig
+    from probing.synthetic.world import SyntheticWorld, WorldConfig
 
     world = world or SyntheticWorld(WorldConfig(), seed=seed)
     examples = world.examples(n, split, seed, heldout=heldout)
@@ -476,7 +476,7 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     "failed": {benchmark: data error}, "summary": {...}, "settings": {...}}. `limit`: evaluate at
     most that many loaded rows per benchmark (per fold for SugarCREPE, per class for an image
     folder), for quick runs; the counts record it. A data error in one benchmark's file is
-    recorded in "failed" and the others still run. See `analysis.benchmarks` for the file layout.
+    recorded in "failed" and the others still run. See `analysis.evaluation.benchmarks` for the file layout.
     synthetic_world: the SyntheticWorld to evaluate on (default: `WorldConfig()` seeded with `seed`;
     pass the world a model was pretrained on, e.g. `finetune.embedded.world_for(spec)`).
     """

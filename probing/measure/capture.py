@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probing.encode import eval_mode
+from probing.measure.encode import eval_mode
 
 POOLS = ("eot", "mean")
 
@@ -101,7 +101,7 @@ def _pooled_batch(hooked, tokens: torch.Tensor, names: list[str], pools: tuple[s
 
 
 def _as_hooked(model):
-    from probing.hooked import HookedCLIPText
+    from probing.models.hooked import HookedCLIPText
 
     return model if isinstance(model, HookedCLIPText) else HookedCLIPText(model)
 

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from probing.capture import resid_hook_names
+from probing.measure.capture import resid_hook_names
 
 
 def project_out_hook(direction: np.ndarray | torch.Tensor):

@@ -1,0 +1,31 @@
+"""Per-layer measurement of negation, and the metrics everything is scored with.
+
+    capture.py      pooled per-layer capture [n_layers + 1, n, d] (EOT / mean), in memory or on disk
+    encode.py       batched, trimmed text and image encoding; eval_mode
+    metrics.py      scoring on normalised features (pair wins, MCQ, recall@k, zero-shot, breakdowns)
+    tasks.py        probing tasks: captions, labels, control labels, held-out splits
+    probes.py       logistic and difference-of-means probes (scikit-learn estimators), per-layer sweeps
+    sensitivity.py  how far an edit moves a caption's pooled state, per layer
+    gradnorms.py    relative gradient norms per block under a fine-tuning loss (passed in)
+    causal.py       project a probe direction out of the residual stream and measure what breaks
+    layers.py       measure_layers: all of the above on one model -> LayerMeasurements
+"""
+from __future__ import annotations
+
+from probing.lazy import lazy_exports
+
+_EXPORTS = {
+    "capture_pooled": "probing.measure.capture",
+    "encode_captions": "probing.measure.encode",
+    "encode_images": "probing.measure.encode",
+    "LogisticProbe": "probing.measure.probes",
+    "DiffMeansProbe": "probing.measure.probes",
+    "probe_layers": "probing.measure.probes",
+    "measure_layers": "probing.measure.layers",
+    "MeasureConfig": "probing.measure.layers",
+    "LayerMeasurements": "probing.measure.layers",
+}
+
+__getattr__, __dir__ = lazy_exports("probing.measure", _EXPORTS, globals())
+
+__all__ = list(_EXPORTS)
