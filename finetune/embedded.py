@@ -32,7 +32,7 @@ from probing.io import atomic_write_json
 from probing.models.loading import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
 from probing.synthetic.suite import SyntheticSuite
 from probing.models.text_tower import TextTower
-from probing.models.weights import init_record, rebuild_init
+from probing.models.compact import init_record, rebuild_init
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class EmbeddedSpec:
     # "all": pretraining captions use every cue and template, held-out ones included, as web text
     # does (SyntheticWorld.pretraining_specs); held-out words stay out of negation fine-tuning and probes.
     pretraining_words: str = "all"
-    # The token embedding starts from probing.models.weights.portable_uniform (the same bits on any machine),
+    # The token embedding starts from probing.models.compact.portable_uniform (the same bits on any machine),
     # so the rows pretraining never touches can be rebuilt from the seed instead of stored.
     embedding_init: str = "portable"
     eval_scenes: int = 1000
@@ -116,12 +116,6 @@ def ensure_embedded_model(spec: EmbeddedSpec = DEFAULT_SPEC, *, rebuild: bool = 
     return path
 
 
-def load_embedded_model(spec: EmbeddedSpec | str = DEFAULT_SPEC, device: str = "cpu", *, progress: bool = True):
-    """(model, preprocess, tokenizer) of the embedded model, building it if needed."""
-    spec = SPECS[spec] if isinstance(spec, str) else spec
-    return load_clip(spec.model, pretrained=ensure_embedded_model(spec, progress=progress), device=device)
-
-
 def embedded_metrics(spec: EmbeddedSpec = DEFAULT_SPEC) -> dict | None:
     """The metrics recorded when the cached model was built, or None if it is not built."""
     path = checkpoint_path(spec).with_suffix(".json")
@@ -139,7 +133,7 @@ def pretrain(spec: EmbeddedSpec, *, progress: bool = True) -> tuple[torch.nn.Mod
 
 
 def embedding_init_record(model: torch.nn.Module, spec: EmbeddedSpec) -> dict | None:
-    """The portable init of the token embedding (probing.models.weights), or None for torch's own init."""
+    """The portable init of the token embedding (probing.models.compact), or None for torch's own init."""
     if spec.embedding_init != "portable":
         return None
     tower = TextTower.from_model(model)
@@ -211,8 +205,18 @@ HEADLINE = [
 ]
 
 
-def format_metrics(metrics: dict, n_classes: int = 36) -> str:
-    lines = [f"  {label.format(n=n_classes):<58} {metrics[key]:.3f}" for key, label in HEADLINE if key in metrics]
+def format_metrics(metrics: dict, n_classes: int = 36, compare: dict | None = None) -> str:
+    """The headline metrics, one per line; with `compare`, beside it with the difference."""
+    lines = []
+    if compare is not None:
+        lines.append(f"  {'':<58} {'this':>6} {'shipped':>8} {'diff':>7}")
+    for key, label in HEADLINE:
+        if key not in metrics:
+            continue
+        line = f"  {label.format(n=n_classes):<58} {metrics[key]:6.3f}"
+        if compare is not None and key in compare:
+            line += f" {compare[key]:8.3f} {metrics[key] - compare[key]:+7.3f}"
+        lines.append(line)
     return "\n".join(lines)
 
 

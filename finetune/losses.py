@@ -11,12 +11,14 @@ t X [Y; Z]^T with targets on the diagonal (row i's target is Y_i).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from finetune.vocabulary import GRADNORM_LOSSES, LOSS_NAMES, MIX_PARTS
 from probing.measure.metrics import check_normalized
 
 Tensor = torch.Tensor
@@ -208,8 +210,10 @@ def negation_mix_loss(
     return torch.stack(parts).sum()
 
 
-# the weight names negation_mix_loss takes, one per part
-MIX_PARTS = ("conclip", "negationclip", "clip", "tripletclip", "omni", "absence_vs_presence", "scope_pair")
+# the weight names negation_mix_loss takes, one per part (named in finetune.vocabulary, checked below)
+if set(MIX_PARTS) != {name for name, p in inspect.signature(negation_mix_loss).parameters.items()
+                      if p.kind == p.KEYWORD_ONLY and name not in ("scale", "terms")}:
+    raise ImportError("finetune.vocabulary.MIX_PARTS drifted from negation_mix_loss's weights")
 
 
 # --- registry: which features each loss reads, and one call for all of them -------------------
@@ -246,6 +250,8 @@ LOSS_SPECS: dict[str, LossSpec] = {
     "mix": LossSpec(negation_mix_loss, ("caption", "presence_negated", "absence_negated"), distractor="optional"),
 }
 LOSSES: dict[str, Callable[..., Tensor]] = {name: spec.fn for name, spec in LOSS_SPECS.items()}
+if set(LOSS_SPECS) != set(LOSS_NAMES):
+    raise ImportError("finetune.vocabulary.LOSS_NAMES drifted from LOSS_SPECS")
 
 
 def loss_spec(name: str) -> LossSpec:
@@ -275,3 +281,20 @@ def make_loss_fn(name: str, **kwargs) -> Callable[[Mapping[str, Tensor | None], 
     loss_fn.texts = spec.texts  # type: ignore[attr-defined]  # which captions to encode
     loss_fn.distractor = spec.distractor  # type: ignore[attr-defined]
     return loss_fn
+
+
+def gradnorm_loss_fns(names: Sequence[str] = GRADNORM_LOSSES) -> dict[str, Callable]:
+    """Losses for the gradient-norm measurement: CLIP and CoN-CLIP as training computes them, and
+    Omni-NegCLIP's presence and absence halves separately (they move different captions)."""
+    def omni_presence(features, scale):
+        return omni_presence_loss(features["image"], features["caption"], features["presence_negated"], scale=scale)
+
+    def omni_absence(features, scale):
+        return omni_absence_loss(features["image"], features["caption"], features["absence_negated"], scale=scale)
+
+    known = {"clip": make_loss_fn("clip"), "conclip": make_loss_fn("conclip"),
+             "omni_presence": omni_presence, "omni_absence": omni_absence}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"no gradient-norm loss {unknown}; known: {', '.join(known)}")
+    return {name: known[name] for name in names}

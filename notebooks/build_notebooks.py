@@ -85,12 +85,14 @@ print(f"embedded build: {{SPEC}}; outputs in {{OUT}}")
 
 
 LOAD_MODEL = '''
-from finetune.embedded import SPECS, embedded_metrics, format_metrics, load_embedded_model, world_for
+from finetune.embedded import SPECS, format_metrics
+from probing.models.factory import create_model
 
-model, preprocess, tokenizer = load_embedded_model(SPEC, progress=False)  # built and cached on first use
-world = world_for(SPECS[SPEC])  # the synthetic world it was pretrained on
-print(f"embedded {SPEC} model ({SPECS[SPEC].model}); held-out metrics recorded when it was built:")
-print(format_metrics(embedded_metrics(SPECS[SPEC])))
+bundle = create_model(f"embedded:{SPEC}")  # ships with the package
+model, preprocess, tokenizer = bundle.model, bundle.preprocess, bundle.tokenizer
+world = bundle.world  # the synthetic world it was pretrained on (its checkpoint records it)
+print(f"embedded {SPEC} model ({bundle.name}); held-out metrics recorded when it was built:")
+print(format_metrics(bundle.metrics))
 '''
 
 ELAPSED = '''
@@ -371,7 +373,7 @@ This is what the `probe-layers` command does, step by step. About 5 minutes on 2
 from probing.models.loading import load_clip
 
 torch.manual_seed(0)  # the baseline: the same architecture with random weights
-random_model, _, _ = load_clip(SPECS[SPEC].model)
+random_model = create_model(bundle.name, None).model  # same architecture, random weights
 '''),
     md('''
 ## The probing tasks
@@ -408,7 +410,7 @@ config = MeasureConfig(seeds=SIZES["seeds"], n_sensitivity=SIZES["n_sensitivity"
 started = time.perf_counter()
 measurements = measure_layers(model, preprocess, tokenizer, tasks, world=world, random_model=random_model,
                               loss_fns=build_loss_fns(GRAD_LOSSES), config=config, progress=False)
-measurements.meta["model"] = {"model": f"embedded:{SPEC}", "config": SPECS[SPEC].model}
+measurements.meta["model"] = bundle.info
 measurements.save(OUT)
 print(f"measured in {(time.perf_counter() - started) / 60:.1f} min; tables: " +
       ", ".join(f"{name} {len(getattr(measurements, name))} rows"
@@ -472,7 +474,7 @@ for name, paths in figures.items():
 from analysis.report.report import summary_sentences, write_report
 
 report = write_report(OUT, measurements, plan, figures=figures, model_info=measurements.meta["model"],
-                      embedded_metrics=embedded_metrics(SPECS[SPEC]))
+                      embedded_metrics=bundle.metrics)
 print("wrote", ", ".join(str(p) for p in report.values()), "and", plan_path)
 display(Markdown("\\n".join(f"* {sentence}" for sentence in summary_sentences(measurements, plan))))
 '''),
@@ -559,7 +561,7 @@ from probing.models.text_tower import TextTower
 plan_path = Path(os.path.relpath(ROOT / "runs" / "notebooks" / "02_layer_evidence" / SPEC / "layer_plan.json"))
 if not plan_path.exists():
     plan_path = OUT / "probe-layers" / "layer_plan.json"
-    status = main(["--embedded", SPEC, "--out", str(plan_path.parent), "--threads", "1", "--no-progress",
+    status = main(["--model", f"embedded:{SPEC}", "--out", str(plan_path.parent), "--threads", "1", "--no-progress",
                                 *PLAN_ARGS])
     assert status == 0, f"probe-layers exited with {status}"
 plan = LayerPlan.load(plan_path)
@@ -671,7 +673,7 @@ variants = ["frozen", "selected"] + [v for v in ("front", "back", "all") if grou
 for v in ("front", "back", "all"):
     if v not in variants:
         print(f"the plan trains exactly the '{v}' blocks, so '{v}' is left out (it would repeat 'selected')")
-ablation_config = AblationConfig(embedded=SPEC, loss=LOSS, loss_kwargs=LOSS_KWARGS, **TRAIN, n_train=N_TRAIN,
+ablation_config = AblationConfig(model=f"embedded:{SPEC}", loss=LOSS, loss_kwargs=LOSS_KWARGS, **TRAIN, n_train=N_TRAIN,
                                  seeds=SEEDS, eval_n=EVAL_N, eval_n_classification=EVAL_N_CLASSIFICATION,
                                  variants=tuple(variants), plan_path=str(plan_path), extras="plan", device="cpu")
 started = time.perf_counter()

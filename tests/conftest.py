@@ -66,19 +66,9 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_embedded(tmp_path_factory):
-    """The small embedded build, pretrained once per test session into a temporary cache.
+def small_embedded():
+    """The shipped smoke-test build ("embedded:small"): (checkpoint path, its spec)."""
+    from finetune.embedded import SMALL_SPEC
+    from probing.models.factory import embedded_checkpoint
 
-    Sets CLIP_NEGATION_CACHE for the whole session, so commands run by tests find it there.
-    Returns (checkpoint path, spec).
-    """
-    previous = os.environ.get("CLIP_NEGATION_CACHE")
-    os.environ["CLIP_NEGATION_CACHE"] = str(tmp_path_factory.mktemp("embedded-cache"))
-    from finetune.embedded import SMALL_SPEC, ensure_embedded_model
-
-    path = ensure_embedded_model(SMALL_SPEC, progress=False)
-    yield path, SMALL_SPEC
-    if previous is None:
-        os.environ.pop("CLIP_NEGATION_CACHE", None)
-    else:
-        os.environ["CLIP_NEGATION_CACHE"] = previous
+    return embedded_checkpoint("small"), SMALL_SPEC

@@ -21,7 +21,7 @@ from finetune.plan import LayerPlan
 from probing.measure.probes import mean_ci
 
 # A few steps on a few examples: enough to move the weights, fast enough for the test session.
-QUICK = dict(embedded="small", steps=3, batch_size=16, lr=1e-4, warmup_steps=1, n_train=48, eval_n=100,
+QUICK = dict(model="embedded:small", steps=3, batch_size=16, lr=1e-4, warmup_steps=1, n_train=48, eval_n=100,
              eval_n_classification=36)
 
 
@@ -71,8 +71,10 @@ def test_variants_differ_only_in_blocks():
 
 
 def test_config_refuses_inconsistent_settings():
-    with pytest.raises(AblationError, match="not both"):
-        AblationConfig(embedded="small", model="ViT-B-32")
+    with pytest.raises(AblationError, match="do not go with the embedded model"):
+        AblationConfig(model="embedded:small", pretrained="x.pt")
+    with pytest.raises(AblationError, match="unknown embedded model 'huge'"):
+        AblationConfig(model="embedded:huge")
     with pytest.raises(AblationError, match="takes no option"):
         AblationConfig(loss="conclip", loss_kwargs={"lam": 0.5})
     AblationConfig(loss="omni", loss_kwargs={"lam": 0.5})  # omni has lam
@@ -222,7 +224,7 @@ def test_restart_with_other_settings_is_refused(uninterrupted):
 
 # --- the command ---------------------------------------------------------------------------------
 
-QUICK_ARGS = ["--embedded", "small", "--steps", "2", "--batch-size", "16", "--n-train", "32", "--warmup-steps", "1",
+QUICK_ARGS = ["--model", "embedded:small", "--steps", "2", "--batch-size", "16", "--n-train", "32", "--warmup-steps", "1",
               "--lr", "1e-4", "--eval-n", "100", "--eval-classification", "36", "--no-progress", "--threads", "1"]
 
 
@@ -245,16 +247,18 @@ def test_cli_runs_a_study_and_a_second_call_has_nothing_left(small_embedded, tmp
     (["--loss-kwargs", "{bad"], "--loss-kwargs is not JSON"),
     (["--loss-kwargs", '{"lam": 1}'], "loss 'conclip' takes no option(s) lam"),
     (["--eval-n", "50"], "eval_n must be at least 100"),
-    (["--model", "ViT-B-32"], "--embedded and --model exclude each other"),
+    (["--pretrained", "x.pt"], "--pretrained does not go with the embedded model"),
     (["--variants", "frontal"], "unknown variant 'frontal'"),
     (["--variants", "layer_12"], "the text tower has 12 blocks"),
     (["--variants", "selected"], "variant 'selected' needs a layer plan"),
     (["--plan", "/nonexistent/plan.json"], "layer plan file /nonexistent/plan.json does not exist"),
 ])
 def test_cli_bad_arguments_are_one_line_errors(small_embedded, tmp_path, capsys, extra, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(QUICK_ARGS + ["--out", str(tmp_path)] + extra)
-    assert exit_info.value.code == 2
+    try:
+        status = main(QUICK_ARGS + ["--out", str(tmp_path)] + extra)
+    except SystemExit as exit_info:  # argparse's own errors
+        status = exit_info.code
+    assert status == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
 

@@ -294,38 +294,30 @@ def test_cli_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message)
     assert message in err and "Traceback" not in err
 
 
-def test_cli_default_model_comes_from_the_embedded_hook(tiny, tmp_path, capsys, monkeypatch):
-    import sys
-    import types
-
+def test_cli_default_model_is_the_shipped_embedded_model(small_embedded, tmp_path, capsys, monkeypatch):
+    from analysis.cli import common
     from analysis.cli.finetune_layers import main
-    from probing.models.loading import save_clip_checkpoint
+    from probing.models.factory import create_model
 
-    model, _, _ = fresh(tiny)
-    checkpoint = save_clip_checkpoint(model, tmp_path / "embedded.safetensors", model_name=tiny.stem)
-    fake = types.ModuleType("finetune.embedded")
-    fake.DEFAULT_SPEC = types.SimpleNamespace(model=str(tiny))
-    fake.ensure_embedded_model = lambda: checkpoint
-    monkeypatch.setitem(sys.modules, "finetune.embedded", fake)
+    asked = []
+    monkeypatch.setattr(common, "load_model", lambda args, seed=0: asked.append(args.model) or
+                        create_model("embedded:small", seed=seed))  # the default model, at smoke-test size
     args = ["--layers", "0", "--steps", "1", "--batch-size", "4", "--n-examples", "8", "--no-progress", "--no-tensorboard"]
     assert main(args + ["--out", str(tmp_path / "run")]) == 0
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["model_name"] == tiny.stem
+    assert asked == ["embedded"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["model_name"] == small_embedded[1].model
     with pytest.raises(SystemExit):
         main(args + ["--pretrained", "x.pt", "--out", str(tmp_path / "run2")])
-    assert "--pretrained does not go with --model embedded" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "finetune.embedded", None)  # not installed: a clear argument error
-    with pytest.raises(SystemExit):
-        main(args + ["--out", str(tmp_path / "run3")])
-    assert "embedded default model is not part of this installation" in capsys.readouterr().err
+    assert "--pretrained does not go with the embedded model" in capsys.readouterr().err
 
 
 def test_cli_runtime_errors_are_one_line(tiny, tmp_path, capsys):
     from analysis.cli.finetune_layers import main
 
     common = ["--model", str(tiny), "--steps", "1", "--batch-size", "4", "--no-progress", "--no-tensorboard"]
-    assert main(common + ["--layers", "0-7", "--n-examples", "8", "--out", str(tmp_path / "a")]) == 1
+    assert main(common + ["--layers", "0-7", "--n-examples", "8", "--out", str(tmp_path / "a")]) == 2
     assert "the text tower has 3 blocks" in capsys.readouterr().err
-    assert main(common + ["--layers", "0", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "b")]) == 1
+    assert main(common + ["--layers", "0", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("finetune-layers: error:") and "nope.jsonl" in err and "Traceback" not in err
     bad_plan = tmp_path / "plan.json"

@@ -85,7 +85,7 @@ HEADLINE: tuple[tuple[str, str], ...] = (
 COST_METRICS = ("train_seconds", "final_loss")
 
 # AblationConfig fields that change results: a restarted study must keep them
-_STUDY_FIELDS = ("embedded", "model", "pretrained", "world_seed", "loss", "loss_kwargs", "steps", "batch_size", "lr",
+_STUDY_FIELDS = ("model", "pretrained", "world_seed", "loss", "loss_kwargs", "steps", "batch_size", "lr",
                  "warmup_steps", "weight_decay", "n_train", "data_seed", "eval_n", "eval_n_classification", "eval_seed")
 
 
@@ -95,10 +95,9 @@ class AblationError(ValueError):
 
 @dataclass
 class AblationConfig:
-    embedded: str | None = "default"  # "default" / "small" (finetune.embedded.SPECS), or None with `model`
-    model: str | None = None  # open_clip name or config JSON (with `pretrained`) instead of the embedded build
+    model: str = "embedded"  # any name probing.models.factory.create_model takes ("embedded:small", "ViT-B-32", ...)
     pretrained: str | None = None
-    world_seed: int = 0  # seed of the synthetic world for a non-embedded model (the embedded one brings its own)
+    world_seed: int = 0  # random init and synthetic world of a model whose checkpoint records no world
     loss: str = "conclip"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     steps: int = 200
@@ -134,10 +133,15 @@ class AblationConfig:
 def _check_config(config: AblationConfig) -> None:
     from finetune.losses import LOSS_SPECS
 
-    if (config.embedded is None) == (config.model is None):
-        raise AblationError("give either an embedded build (default / small) or a model, not both")
-    if config.pretrained is not None and config.model is None:
-        raise AblationError("pretrained weights go with a model name, not with the embedded build")
+    from probing.models.factory import embedded_variant, is_embedded
+
+    if is_embedded(config.model):
+        if config.pretrained is not None:
+            raise AblationError("pretrained weights do not go with the embedded model: it ships its own")
+        try:
+            embedded_variant(config.model)
+        except ValueError as error:
+            raise AblationError(str(error)) from None
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
         raise AblationError(f"seeds must be distinct and at least one, got {list(config.seeds)}")
     if config.loss not in LOSS_SPECS:
@@ -376,28 +380,12 @@ class Base:
 
 def load_base(config: AblationConfig, *, progress: bool = True) -> Base:
     """The model on CPU (each run trains a copy) and the synthetic world that goes with it."""
-    import torch
+    from probing.models.factory import create_model
 
-    from probing.synthetic.record import world_for_model
-    from probing.models.loading import load_clip
-
-    if config.embedded is not None:
-        from finetune import embedded
-
-        if config.embedded not in embedded.SPECS:
-            raise AblationError(f"unknown embedded build {config.embedded!r}; known: {', '.join(embedded.SPECS)}")
-        spec = embedded.SPECS[config.embedded]
-        model, preprocess, tokenizer = embedded.load_embedded_model(spec, device="cpu", progress=progress)
-        return Base(model, preprocess, tokenizer, embedded.world_for(spec), spec.model,
-                    f"embedded {config.embedded} model ({spec.model})")
-    torch.manual_seed(config.world_seed)  # a model without pretrained weights starts from a seeded init
-    model, preprocess, tokenizer = load_clip(config.model, config.pretrained, device="cpu")
-    size = getattr(model.visual, "image_size", 224)
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    name = Path(config.model).stem if str(config.model).endswith(".json") else str(config.model)
-    label = name + (f" + {Path(str(config.pretrained)).name}" if config.pretrained else " (random weights)")
-    world = world_for_model(config.pretrained, size, seed=config.world_seed)  # the checkpoint's own world if recorded
-    return Base(model, preprocess, tokenizer, world, name, label)
+    bundle = create_model(config.model, config.pretrained, device="cpu", seed=config.world_seed)
+    if bundle.world is None:
+        raise AblationError(f"the ablation trains and evaluates on the synthetic world, but {bundle.world_note}")
+    return Base(bundle.model, bundle.preprocess, bundle.tokenizer, bundle.world, bundle.name, bundle.label)
 
 
 @dataclass

@@ -1,24 +1,37 @@
-"""`build-embedded`: build (or rebuild) the embedded default model and print its held-out numbers."""
+"""`build-embedded`: the embedded default model's numbers, and a rebuild of it from scratch.
+
+    build-embedded                          the shipped model: where it is and its held-out numbers
+    build-embedded --rebuild                pretrain it again into the cache (never over the shipped
+                                            file) and print both builds' numbers side by side
+    build-embedded --seed 2 --steps 300     another build (cached); the commands use it with
+                                            --model negclip-tiny --pretrained <the printed path>
+
+The shipped model was built by the same code with the same spec; a rebuild on another CPU or
+thread count sums floating-point numbers in another order and ends at other weights, so its
+numbers differ slightly: the differences are printed.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+from analysis.cli import common
+from analysis.cli.common import positive_int
+from probing.vocabulary import EMBEDDED, EMBEDDED_VARIANTS
+
+PROG = "build-embedded"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="build-embedded",
-        description="Pretrain the embedded default model (a small CLIP on the synthetic negation world) "
-                    "and cache it; later runs of any command load it from the cache.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--spec", choices=("default", "small"), default="default",
+    parser = common.CommandParser(PROG, __doc__)
+    parser.add_argument("--spec", choices=tuple(EMBEDDED_VARIANTS), default="default",
                         help="'small' is the seconds-long smoke-test build")
     parser.add_argument("--seed", type=int, help="pretraining seed (default: the spec's)")
-    parser.add_argument("--steps", type=int, help="pretraining steps (default: the spec's)")
-    parser.add_argument("--rebuild", action="store_true", help="pretrain again even if the cache has the model")
-    parser.add_argument("--threads", type=int,
-                        help="torch CPU threads of the build (default: the spec's, 1); another count gives other "
-                             "weights, cached as another model that the other commands do not use")
+    parser.add_argument("--steps", type=positive_int, help="pretraining steps (default: the spec's)")
+    parser.add_argument("--threads", type=positive_int,
+                        help="torch CPU threads of the build (default: the spec's); another count gives other weights")
+    parser.add_argument("--rebuild", action="store_true", help="pretrain again even if the cache has this build")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -26,19 +39,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        parser.error("--steps must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be at least 1")
+    return common.run(PROG, build, args)
 
-    from finetune.embedded import SPECS, embedded_metrics, ensure_embedded_model, format_metrics, with_overrides
 
+def build(args: argparse.Namespace) -> int:
+    from finetune.embedded import SPECS, checkpoint_path, ensure_embedded_model, format_metrics, with_overrides
+    from probing.models.factory import embedded_checkpoint
+    from probing.models.loading import checkpoint_metadata
+
+    shipped_path = embedded_checkpoint(args.spec)
+    shipped_meta = checkpoint_metadata(shipped_path)
+    shipped = json.loads(shipped_meta["metrics"])
     spec = with_overrides(SPECS[args.spec], seed=args.seed, steps=args.steps, threads=args.threads)
+    print(f"shipped model {EMBEDDED}:{args.spec} ({spec.model}): {shipped_path}")
+    if spec == SPECS[args.spec] and not args.rebuild:
+        print(f"held-out synthetic scenes ({spec.eval_scenes}); pretrained in {shipped['pretraining_minutes']:.1f} min "
+              "when it was built:")
+        print(format_metrics(shipped))
+        print("(`build-embedded --rebuild` pretrains it again into the cache and compares)")
+        return 0
+    path = checkpoint_path(spec)
+    if args.rebuild or not path.exists():
+        print(f"pretraining {spec.model} from scratch: {spec.steps} steps of batch {spec.batch_size} on "
+              f"{spec.threads} thread(s); the shipped build took {shipped['pretraining_minutes']:.1f} min "
+              "on the machine that built it (one time: the result is cached)", flush=True)
     path = ensure_embedded_model(spec, rebuild=args.rebuild, progress=not args.no_progress)
-    metrics = embedded_metrics(spec)
-    print(f"embedded model {spec.model} (seed {spec.seed}, {spec.steps} steps): {path}")
-    print(f"held-out synthetic scenes ({spec.eval_scenes}), pretrained in {metrics['pretraining_minutes']:.1f} min:")
-    print(format_metrics(metrics))
+    built = json.loads(checkpoint_metadata(path)["metrics"])
+    print(f"this build (seed {spec.seed}, {spec.steps} steps, {spec.threads} thread(s)): {path}")
+    print(format_metrics(built, compare=shipped))
     return 0
 
 

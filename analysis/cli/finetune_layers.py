@@ -5,40 +5,33 @@
         --loss conclip --plan plan.json --epochs 5 --batch-size 256 --lr 1e-6 --out runs/ccneg
     torchrun --nproc_per_node 4 -m analysis.cli.finetune_layers ...      (same command, data-parallel)
 
-torch and open_clip are imported inside `main`, after parsing, so that `--help` is instant.
+torch and open_clip are imported inside `main`, after parsing, so that `--help` is instant. Exit
+status as every command's (analysis.cli.common): 2 for a wrong argument, data file, model, layer plan
+or resume; 1 when training stops because the loss or the weights stopped being finite.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from analysis.cli.args import non_negative_int as _non_negative_int
-from analysis.cli.args import positive_float as _positive_float
-from analysis.cli.args import positive_int as _positive_int
+from analysis.cli import common
+from analysis.cli.common import non_negative_int, positive_float, positive_int
+from finetune.vocabulary import EXTRAS, LOSS_NAMES, MIX_PARTS
 
-LOSS_NAMES = ("conclip", "clip", "omni", "negationclip", "tripletclip", "mix")  # = finetune.losses.LOSSES
-MIX_PARTS = ("conclip", "negationclip", "clip", "tripletclip", "omni", "absence_vs_presence", "scope_pair")  # = losses.MIX_PARTS
-EMBEDDED = "embedded"
-EXTRAS = ("embeddings", "ln_final", "projection", "logit_scale")
+PROG = "finetune-layers"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="finetune-layers", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", default=EMBEDDED,
-                       help="open_clip model name or config JSON; 'embedded' = the small CLIP pretrained on the synthetic world")
-    model.add_argument("--pretrained", help="pretrained tag or local checkpoint file (ignored for --model embedded)")
+    parser = common.CommandParser(PROG, __doc__)
+    common.add_model_arguments(parser, device=False)
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic", help="'synthetic', or a data file the loaders read (CC-Neg .pt/.csv/.jsonl, COCO captions ...)")
     data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file (e.g. ccneg)")
     data.add_argument("--image-root", help="folder that relative image paths in the data file start from")
     data.add_argument("--split", default="train", help="split of a CC-Neg file (train / eval / all)")
-    data.add_argument("--n-examples", type=_positive_int, default=10_000, help="synthetic examples to generate")
+    data.add_argument("--n-examples", type=positive_int, default=10_000, help="synthetic examples to generate")
     data.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic world")
     loss = parser.add_argument_group("loss")
     loss.add_argument("--loss", choices=LOSS_NAMES, default="conclip",
@@ -57,25 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     for extra in EXTRAS:
         layers.add_argument(f"--train-{extra.replace('_', '-')}", action="store_true", help=f"with --layers: also train {extra}")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--lr", type=_positive_float, default=1e-5)
+    optim.add_argument("--lr", type=positive_float, default=1e-5)
     optim.add_argument("--weight-decay", type=float, default=0.2)
-    optim.add_argument("--warmup-steps", type=_non_negative_int, default=50)
+    optim.add_argument("--warmup-steps", type=non_negative_int, default=50)
     length = optim.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive_int, help="optimizer steps")
-    length.add_argument("--epochs", type=_positive_float, help="epochs (default 1 when --steps is not given)")
-    optim.add_argument("--batch-size", type=_positive_int, default=128, help="global contrastive batch")
-    optim.add_argument("--grad-accum", type=_positive_int, default=1)
+    length.add_argument("--steps", type=positive_int, help="optimizer steps")
+    length.add_argument("--epochs", type=positive_float, help="epochs (default 1 when --steps is not given)")
+    optim.add_argument("--batch-size", type=positive_int, default=128, help="global contrastive batch")
+    optim.add_argument("--grad-accum", type=positive_int, default=1)
     optim.add_argument("--clip-grad-norm", type=float, default=1.0, help="0 turns clipping off")
     optim.add_argument("--seed", type=int, default=0)
-    run = parser.add_argument_group("run")
+    run = common.add_run_arguments(parser)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--no-bf16", action="store_true", help="keep float32 on CUDA (bf16 autocast is the default there)")
     run.add_argument("--out", required=True, help="output folder (checkpoints, metrics.csv, tensorboard/, model.safetensors)")
     run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    run.add_argument("--log-every", type=_positive_int, default=10)
-    run.add_argument("--ckpt-every", type=_positive_int, default=500)
+    run.add_argument("--log-every", type=positive_int, default=10)
+    run.add_argument("--ckpt-every", type=positive_int, default=500)
     run.add_argument("--no-tensorboard", action="store_true")
-    run.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -130,23 +122,6 @@ def layer_plan(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error(str(error))
 
 
-def resolve_model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, str | None]:
-    """(model name or config path, pretrained) -- the hook where the embedded default model plugs in."""
-    if args.model != EMBEDDED:
-        return args.model, args.pretrained
-    try:
-        # import_module consults sys.modules, so a test can stand in for the module
-        embedded = importlib.import_module("finetune.embedded")
-    except ImportError:
-        parser.error("the embedded default model is not part of this installation yet; pass --model "
-                     "(an open_clip name or config JSON) and --pretrained")
-    if args.pretrained:
-        parser.error("--pretrained does not go with --model embedded")
-    spec = getattr(embedded, "DEFAULT_SPEC", None)
-    name = getattr(spec, "model", None) or getattr(embedded, "MODEL_NAME", "negclip-tiny")
-    return name, str(embedded.ensure_embedded_model())
-
-
 def load_examples(args: argparse.Namespace, world) -> list:
     """NegationExamples from the synthetic `world` (the model's own, see `main`) or a data file
     (with the loaders' own errors)."""
@@ -167,48 +142,48 @@ def load_examples(args: argparse.Namespace, world) -> list:
     return list(examples)
 
 
-def _image_size(model) -> int | None:
-    size = getattr(getattr(model, "visual", None), "image_size", None)
-    if isinstance(size, (tuple, list)):
-        size = size[0] if len(set(size)) == 1 else None
-    return size if isinstance(size, int) else None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    kwargs = loss_kwargs(args, parser)
-    plan = layer_plan(args, parser)
-    name, pretrained = resolve_model(args, parser)
+    common.check_model_arguments(args, parser)
+    args.loss_kwargs = loss_kwargs(args, parser)
+    args.layer_plan = layer_plan(args, parser)
+    return common.run(PROG, finetune, args)
 
-    import torch  # torch and open_clip are imported from here on
 
-    from finetune.plan import PlanError
+def finetune(args: argparse.Namespace) -> int:
+    """Load the model and data, train, and say where the weights went."""
     from finetune.train import NonFiniteLossError, ResumeError, TrainConfig, train
-    from probing.data.records import DataError
-    from probing.synthetic.record import checkpoint_world, default_world, world_metadata
-    from probing.models.loading import ModelLoadError, load_clip
+    from probing.synthetic.record import default_world, world_metadata
 
-    config = TrainConfig(
-        loss=args.loss, loss_kwargs=kwargs, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        steps=args.steps, epochs=None if args.steps else (args.epochs or 1.0), batch_size=args.batch_size,
-        grad_accum=args.grad_accum, clip_grad_norm=args.clip_grad_norm or None, seed=args.seed, device=args.device,
-        bf16=not args.no_bf16, log_every=args.log_every, ckpt_every=args.ckpt_every, out_dir=args.out,
-        resume=args.resume, model_name=Path(name).stem if str(name).endswith(".json") else str(name),
-        tensorboard=not args.no_tensorboard, progress=not args.no_progress)
+    common.apply_threads(args)
+    bundle = common.load_model(args, seed=args.seed)  # a model without pretrained weights starts from a seeded init
     try:
-        torch.manual_seed(args.seed)  # a model without pretrained weights starts from a seeded init
-        model, preprocess, tokenizer = load_clip(name, pretrained, device="cpu")
+        config = TrainConfig(
+            loss=args.loss, loss_kwargs=args.loss_kwargs, lr=args.lr, weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps, steps=args.steps, epochs=None if args.steps else (args.epochs or 1.0),
+            batch_size=args.batch_size, grad_accum=args.grad_accum, clip_grad_norm=args.clip_grad_norm or None,
+            seed=args.seed, device=args.device, bf16=not args.no_bf16, log_every=args.log_every,
+            ckpt_every=args.ckpt_every, out_dir=args.out, resume=args.resume, model_name=bundle.name,
+            tensorboard=not args.no_tensorboard, progress=not args.no_progress)
         # the synthetic world the model was trained on (its checkpoint records it), else the default one
-        recorded = checkpoint_world(pretrained)
-        world = recorded or default_world(_image_size(model) or 64, seed=args.data_seed)
+        world = bundle.world
+        if world is None and args.data == "synthetic":
+            raise common.UsageError(f"--data synthetic: {bundle.world_note}")
+        if world is not None and not bundle.world_recorded:  # the default world, drawn with --data-seed
+            world = default_world(world.config.image_size, seed=args.data_seed)
         examples = load_examples(args, world)
-        if args.data == "synthetic" or recorded is not None:
+        if world is not None and (args.data == "synthetic" or bundle.world_recorded):
             config = replace(config, checkpoint_metadata=world_metadata(world))  # the output keeps the record
-        result = train(model, tokenizer, preprocess, examples, plan, config)
-    except (ModelLoadError, DataError, PlanError, NonFiniteLossError, ResumeError, ValueError) as error:
-        print(f"finetune-layers: error: {error}", file=sys.stderr)
-        return 1
+        result = train(bundle.model, bundle.tokenizer, bundle.preprocess, examples, args.layer_plan, config)
+    except ResumeError as error:
+        raise common.UsageError(str(error)) from None
+    except NonFiniteLossError as error:
+        raise common.Unsupported(str(error)) from None
+    except ValueError as error:  # settings the trainer refuses (e.g. fewer examples than one batch)
+        if type(error).__name__ in ("DataError", "PlanError"):
+            raise
+        raise common.UsageError(str(error)) from None
     last = "nothing left to train" if result.loss is None else f"last loss {result.loss:.4f}"
     print(f"done: {result.step} steps, {last}; weights: {result.model_path}; "
           f"metrics: {Path(args.out) / 'metrics.csv'}", flush=True)

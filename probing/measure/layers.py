@@ -26,9 +26,9 @@ from probing.measure.probes import probe_layers
 from probing.measure.sensitivity import edit_sensitivity
 from probing.synthetic.suite import SyntheticSuite
 from probing.measure.tasks import ProbeTask
+from probing.vocabulary import MEASUREMENTS  # named there, so that --help needs no torch
 from probing.models.text_tower import TextTower
 
-MEASUREMENTS = ("probes", "sensitivity", "gradnorms", "causal")
 CAUSAL_METRICS = ("ccneg_accuracy", "scope_accuracy", "image_to_text_R@1_among_100", "zero_shot_object_affirmative")
 LossFn = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
 

@@ -242,7 +242,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from probing.models.weights import DIGEST_KEY, expand, state_digest
+    from probing.models.compact import DIGEST_KEY, expand, state_digest
 
     metadata = checkpoint_metadata(path)
     try:
@@ -316,13 +316,13 @@ def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str,
     """Save weights as .safetensors with metadata that `load_clip` reads back (QuickGELU included).
 
     The metadata records a SHA-256 of the whole state dict, checked on load. `compact_init` (a
-    `probing.models.weights.init_record`) stores that tensor as only the rows that differ from its
-    portable init (see probing.models.weights).
+    `probing.models.compact.init_record`) stores that tensor as only the rows that differ from its
+    portable init (see probing.models.compact).
     """
     from safetensors.torch import save_file
 
     from probing.io import atomic_path
-    from probing.models.weights import DIGEST_KEY, compact, state_digest
+    from probing.models.compact import DIGEST_KEY, compact, state_digest
 
     meta = {"open_clip_model": model_name, "quick_gelu": "true" if uses_quick_gelu(model) else "false"}
     meta.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()})
@@ -334,6 +334,14 @@ def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str,
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
+
+
+def image_size(model: nn.Module) -> int | None:
+    """Side of the square images the model's image tower takes, or None if it is not square or unknown."""
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0] if len(set(size)) == 1 else None
+    return size if isinstance(size, int) else None
 
 
 def uses_quick_gelu(model: nn.Module) -> bool:

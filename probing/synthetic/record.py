@@ -48,9 +48,23 @@ def checkpoint_world(pretrained: str | Path | None) -> SyntheticWorld | None:
     return world_from_metadata(checkpoint_metadata(pretrained))
 
 
-def world_for_model(pretrained: str | Path | None, image_size: int, seed: int) -> SyntheticWorld:
-    """The world `pretrained` records, else the default world rendered at `image_size`."""
-    return checkpoint_world(pretrained) or default_world(image_size, seed)
+def world_for_model(model, pretrained: str | Path | None = None, seed: int = 0) -> tuple[SyntheticWorld | None, str | None]:
+    """(world, None), or (None, why not): the world `pretrained` records, else the default world at
+    the model's image size, checked to render there (every command asks this one function)."""
+    recorded = checkpoint_world(pretrained)
+    if recorded is not None:
+        return recorded, None
+    from probing.models.loading import image_size
+
+    size = image_size(model)
+    if size is None:
+        return None, "the model's image size is unknown, so the synthetic world cannot be rendered for it"
+    world = default_world(size, seed)
+    try:
+        world.examples(2, "test", seed)  # renders: fails here if the size is too small for the scenes
+    except ValueError as error:
+        return None, f"the synthetic world cannot be rendered at {size}x{size} ({error})"
+    return world, None
 
 
 def default_world(image_size: int, seed: int) -> SyntheticWorld:

@@ -1,0 +1,17 @@
+"""Names that command-line `--help` shows, kept free of heavy imports (torch, open_clip).
+
+The modules that implement these names import them from here and check their own registries
+against them at import time, so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+# embedded model variant -> its file in probing/models/shipped/ (see probing.models.factory)
+EMBEDDED_VARIANTS: dict[str, str] = {
+    "default": "negclip-tiny-v6.safetensors",
+    "small": "negclip-micro-v6.safetensors",
+}
+EMBEDDED = "embedded"  # the model name that selects them: "embedded" (= "embedded:default"), "embedded:small"
+
+# per-layer measurements of probing.measure.layers, in the order they run
+MEASUREMENTS: tuple[str, ...] = ("probes", "sensitivity", "gradnorms", "causal")
+NEEDS_IMAGES: tuple[str, ...] = ("sensitivity", "gradnorms", "causal")
