@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from finetune.distributed import DistContext
 from finetune.losses import LossSpec
-from probing.data.reading import load_image
-from probing.measure.encode import eval_mode, images_to_tensor
 from probing.data.records import DataError
+from probing.measure.encode import encode_images
 
 # loss feature name -> example attribute holding that caption
 CAPTION_FIELDS = {"caption": "caption", "presence_negated": "presence_negated", "absence_negated": "absence_negated"}
@@ -51,9 +49,10 @@ def prepare_data(
     tokens = {name: tokenizer(_captions(examples, CAPTION_FIELDS[name])).long() for name in spec.texts}
     use_distractor = _use_distractors(examples, spec)
 
-    def encode(images: Sequence[Any]) -> torch.Tensor:
-        return encode_images(model, preprocess, images, device=device, batch_size=image_batch_size,
-                             autocast=autocast)
+    def encode(triples: Sequence[tuple[int, Any, Any]]) -> torch.Tensor:
+        return encode_images(model, preprocess, [image for _, _, image in triples], device=device,
+                             batch_size=image_batch_size, autocast=autocast,
+                             origins=[_where(example, index) for index, example, _ in triples])
 
     image = dist.map_sharded(_indexed(examples, "image"), encode)
     distractor = dist.map_sharded(_indexed(examples, "distractor_image"), encode) if use_distractor else None
@@ -94,25 +93,3 @@ def _use_distractors(examples: Sequence[Any], spec: LossSpec) -> bool:
     need = "needs" if spec.distractor == "required" else "uses them only when every example has one, and"
     raise DataError(source, row, f"{spec.fn.__name__} {need} a distractor image; {len(missing)} of "
                                  f"{len(examples)} examples have none")
-
-
-@torch.no_grad()
-def encode_images(model: nn.Module, preprocess: Callable, images: Sequence[tuple[int, Any, Any]], *,
-                  device: torch.device, batch_size: int = 256,
-                  autocast: bool = False) -> torch.Tensor:
-    """L2-normalised float32 image features [N, d] of (index, example, image) triples."""
-    chunks = []
-    with eval_mode(model):
-        for start in range(0, len(images), batch_size):
-            arrays = [_load(example, image, index) for index, example, image in images[start:start + batch_size]]
-            pixels = images_to_tensor(model, preprocess, arrays).to(device)  # = preprocess, fast for arrays
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                features = model.encode_image(pixels)
-            chunks.append(F.normalize(features.float(), dim=-1))
-    return torch.cat(chunks)
-
-
-def _load(example: Any, image: Any, index: int):
-    """An RGB uint8 array from a path or an array, with the data loaders' errors."""
-    source, row = _where(example, index)
-    return load_image(image, source=source, row=row)

@@ -621,13 +621,13 @@ image_features = {heldout: suite.image_features(model, preprocess) for heldout, 
 COLUMNS = {"object/scope_accuracy": "scope, held-out objects", "template/scope_accuracy": "scope, held-out templates",
            "cue/scope_accuracy": "scope, held-out cues", "object/ccneg_accuracy": "CC-Neg-style",
            "object/absence_accuracy": "absence", "object/image_to_text_R@1_among_100": "I→T R@1/100",
-           "object/zero_shot_object_affirmative": "zero-shot objects"}
+           "object/zero_shot_affirmative": "zero-shot objects"}
 
 def evaluate(m):
     m.eval()
     metrics = {}
     for heldout, suite in suites.items():
-        values = suite.evaluate(m, preprocess, tokenizer, image_features=image_features[heldout])
+        values = suite.scores(m, preprocess, tokenizer, image_features=image_features[heldout])
         metrics.update({f"{heldout}/{k}": v for k, v in values.items()})
     return metrics
 

@@ -90,7 +90,7 @@ def test_config_refuses_inconsistent_settings():
 
 def _record(variant: str, seed: int, scope: float) -> dict:
     return {"variant": variant, "seed": seed, "plan": None, "train_seconds": 1.0 + seed, "final_loss": None,
-            "trained_parameters": 0, "metrics": {"object/scope_accuracy": scope, "cue/scope_accuracy[never]": scope / 2}}
+            "trained_parameters": 0, "metrics": {"object/scope_accuracy": scope, "cue/scope_accuracy/cue=never": scope / 2}}
 
 
 def test_runs_file_round_trip_and_a_truncated_last_line_is_dropped(tmp_path):
@@ -159,8 +159,8 @@ def test_study_records_every_run_with_heldout_and_retention_metrics(uninterrupte
         metrics = run["metrics"]
         for key, _ in HEADLINE:
             assert 0.0 <= metrics[key] <= 1.0, key
-        assert {"cue/scope_accuracy[never]", "cue/scope_accuracy[none]", "cue/scope_accuracy[isn't]"} <= set(metrics)
-        assert not any(key.startswith("object/scope_accuracy[never]") for key in metrics)  # held-out cues only in "cue"
+        assert {"cue/scope_accuracy/cue=never", "cue/scope_accuracy/cue=none", "cue/scope_accuracy/cue=isn't"} <= set(metrics)
+        assert not any(key.startswith("object/scope_accuracy/cue=never") for key in metrics)  # held-out cues only in "cue"
     # the seed changes the data order, so the two seeds of a variant train differently
     front = [run for run in runs if run["variant"] == "front"]
     assert front[0]["final_loss"] != front[1]["final_loss"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probing.measure.metrics import multiple_choice_accuracy, pair_accuracy, pair_wins, recall_at_k, zero_shot_accuracy
+from probing.measure.metrics import flatten, pair_accuracy, pair_wins, recall_at_k, score_mcq, zero_shot_accuracy
 
 
 def unit(*rows):
@@ -44,4 +44,13 @@ def test_zero_shot_and_multiple_choice():
     classes = unit([1, 0], [0, 1])
     assert zero_shot_accuracy(image, classes, [0, 1, 1]) == pytest.approx(2 / 3)
     options = torch.stack([classes, classes.flip(0), classes])
-    assert multiple_choice_accuracy(image, options, torch.tensor([0, 0, 1])).tolist() == [True, True, False]
+    metrics, ties = score_mcq(image, options, torch.tensor([0, 0, 1]), ["positive", "negative", "negative"])
+    assert metrics["mcq_accuracy"] == {"value": pytest.approx(2 / 3), "n": 3} and ties == 0
+    assert metrics["mcq_accuracy/template=negative"] == {"value": 0.5, "n": 2}
+
+
+def test_one_vocabulary_flattens_and_refuses_a_name_twice():
+    sections = {"a": {"x": {"value": 1.0, "n": 2}}, "b": {"y/cue=no": {"value": 0.5, "n": 2}}}
+    assert flatten(sections) == {"x": 1.0, "y/cue=no": 0.5}
+    with pytest.raises(ValueError, match="appears in two sections"):
+        flatten({**sections, "c": {"x": {"value": 0.0, "n": 1}}})

@@ -27,7 +27,7 @@ study and shared by every run (the image tower never trains, so they are the sam
 
 Evaluation, after every run: three suites of the world's test split, each holding out one thing
 (heldout = "object", "template", "cue"); every metric of `SyntheticSuite.evaluate` is recorded
-as "<suite>/<metric>", e.g. "object/scope_accuracy", "cue/scope_accuracy[never]". Retention
+as "<suite>/<metric>", e.g. "object/scope_accuracy", "cue/scope_accuracy/cue=never". Retention
 (R@1 among 100, zero-shot) is read from the object suite, whose affirmative captions use the
 training templates.
 
@@ -80,7 +80,7 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("object/absence_accuracy", "absence"),
     ("object/image_to_text_R@1_among_100", "I→T R@1/100"),
     ("object/text_to_image_R@1_among_100", "T→I R@1/100"),
-    ("object/zero_shot_object_affirmative", "zero-shot objects"),
+    ("object/zero_shot_affirmative", "zero-shot objects"),
 )
 COST_METRICS = ("train_seconds", "final_loss")
 
@@ -410,7 +410,7 @@ class Evaluation:
         model.eval()
         metrics: dict[str, float] = {}
         for heldout, suite in self.suites.items():
-            values = suite.evaluate(model, base.preprocess, base.tokenizer, image_features=self.image_features[heldout])
+            values = suite.scores(model, base.preprocess, base.tokenizer, image_features=self.image_features[heldout])
             metrics.update({f"{heldout}/{key}": float(value) for key, value in values.items()})
         return metrics
 
@@ -662,8 +662,8 @@ def heldout_cues(summary: dict[str, Any]) -> list[str]:
     cues = set()
     for entry in summary["variants"]:
         for key in entry["metrics"]:
-            if key.startswith("cue/scope_accuracy["):
-                cues.add(key[len("cue/scope_accuracy["):-1])
+            if key.startswith("cue/scope_accuracy/cue="):
+                cues.add(key[len("cue/scope_accuracy/cue="):])
     return sorted(cues)
 
 
@@ -693,7 +693,7 @@ def markdown_table(summary: dict[str, Any], *, cost: bool = True) -> str:
         lines += ["", "### Scope accuracy per held-out cue (cues never seen in fine-tuning)", "",
                   "| variant | " + " | ".join(cues) + " |", "|" + "---|" * (len(cues) + 1)]
         for entry in summary["variants"]:
-            cells = [_cell(entry["metrics"].get(f"cue/scope_accuracy[{cue}]")) for cue in cues]
+            cells = [_cell(entry["metrics"].get(f"cue/scope_accuracy/cue={cue}")) for cue in cues]
             lines.append(f"| {entry['variant']} | " + " | ".join(cells) + " |")
     if cost:
         lines += ["", "### Cost", "", "| variant | trained parameters | train seconds | final loss |", "|---|---|---|---|"]

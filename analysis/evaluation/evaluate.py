@@ -36,9 +36,9 @@ from analysis.evaluation.benchmarks import (BENCHMARKS, ImageFolder, Sources, lo
                                  report_of)
 from probing.data.records import DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample, RetrievalItem
 from probing.measure.encode import encode_captions, encode_images
-from probing.measure.metrics import check_normalized, pair_wins, recall_at_k, zero_shot_accuracy
+from probing.measure.metrics import (Metrics, metric, score_mcq, score_pairs, score_prompt_gap, score_recall_among,
+                                     score_retrieval)
 
-Metrics = dict[str, dict[str, float | int]]
 AFFIRMATIVE_PROMPT = "a photo of {a_c}"
 NEGATED_PROMPT = "not a photo of {a_c}"
 
@@ -110,86 +110,6 @@ def text_features(model, tokenizer, texts: Sequence[str], *, batch_size: int = 2
 # scoring on features
 
 
-def _metric(value: float, n: int) -> dict[str, float | int]:
-    return {"value": float(value), "n": int(n)}
-
-
-def breakdown(name: str, hits: torch.Tensor, groups: dict[str, Sequence]) -> Metrics:
-    """`name` = mean of `hits` over all rows, and `name/<group>=<value>` over the rows of each value.
-
-    A group whose values are all None (a source without K, say) gives no breakdown; otherwise
-    rows with None are reported as `<group>=unknown`, so that a breakdown always adds up to `n`.
-    """
-    hits = hits.bool().cpu()
-    metrics = {name: _metric(hits.double().mean(), len(hits))}
-    for group, values in groups.items():
-        values = list(values)
-        if len(values) != len(hits):
-            raise ValueError(f"{group}: {len(values)} labels for {len(hits)} rows")
-        if all(value is None for value in values):
-            continue
-        rows: dict[Any, list[int]] = defaultdict(list)
-        for index, value in enumerate(values):
-            rows["unknown" if value is None else value].append(index)
-        for value in sorted(rows, key=lambda v: (isinstance(v, str), v)):
-            chosen = hits[torch.tensor(rows[value])]
-            metrics[f"{name}/{group}={value}"] = _metric(chosen.double().mean(), len(chosen))
-    return metrics
-
-
-def score_pairs(name: str, image: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-                groups: dict[str, Sequence] | None = None) -> Metrics:
-    """Fraction of rows with <image, positive> > <image, negative> (strictly), with breakdowns."""
-    return breakdown(name, pair_wins(image, positive, negative), groups or {})
-
-
-def score_mcq(image: torch.Tensor, options: torch.Tensor, correct: torch.Tensor,
-              templates: Sequence[str | None]) -> tuple[Metrics, int]:
-    """NegBench MCQ: an item is right when its correct option strictly beats every other option.
-
-    image [n, d], options [n, k, d], correct [n]. Returns (metrics by template, number of items
-    whose best score was tied between the correct option and another).
-    """
-    check_normalized(image, "image")
-    check_normalized(options, "options")
-    scores = torch.einsum("nd,nkd->nk", image, options)
-    correct = torch.as_tensor(correct, dtype=torch.long)
-    right_score = scores.gather(1, correct[:, None]).squeeze(1)
-    others = scores.scatter(1, correct[:, None], float("-inf"))
-    best_other = others.max(dim=1).values
-    hits = right_score > best_other
-    ties = int((right_score == best_other).sum())
-    return breakdown("mcq_accuracy", hits, {"template": templates}), ties
-
-
-def score_retrieval(image: torch.Tensor, text: torch.Tensor, text_to_image: Sequence[int],
-                    ks: Sequence[int] = (1, 5, 10)) -> Metrics:
-    """Image->text and text->image R@k (REFERENCE.md retrieval); n = queries of each direction."""
-    recalls = recall_at_k(image, text, text_to_image, ks)
-    return {name: _metric(value, len(image) if name.startswith("image_to_text") else len(text))
-            for name, value in recalls.items()}
-
-
-def score_recall_among(image: torch.Tensor, caption: torch.Tensor, group: int = 100) -> Metrics:
-    """Image->text and text->image R@1 among `group` candidates: the mean over consecutive groups of
-    `group` image-caption pairs (the retrieval that negation fine-tuning must not lose)."""
-    from probing.synthetic.suite import recall_among
-
-    return {name: _metric(value, len(image)) for name, value in recall_among(image, caption, group).items()}
-
-
-def score_prompt_gap(image: torch.Tensor, affirmative: torch.Tensor, negated: torch.Tensor,
-                     labels: Sequence[int]) -> Metrics:
-    """Negated class prompts (REFERENCE.md): top-1 with the affirmative prompts minus top-1 with the
-    negated prompts, over the same images. A model that ignores "not" has a gap near 0."""
-    labels = torch.as_tensor(labels)
-    positive = zero_shot_accuracy(image, affirmative, labels)
-    negative = zero_shot_accuracy(image, negated, labels)
-    n = len(labels)
-    return {"zero_shot_affirmative": _metric(positive, n), "zero_shot_negated": _metric(negative, n),
-            "negated_prompt_gap": _metric(positive - negative, n)}
-
-
 # ---------------------------------------------------------------------------------------------
 # one function per benchmark
 
@@ -198,21 +118,6 @@ def _result(metrics: Metrics, items, n_evaluated: int, extra_skipped: Sequence[t
     counts = load_counts(report_of(items), n_evaluated, extra_skipped=extra_skipped)
     counts.update(extra)
     return {"metrics": metrics, "counts": counts}
-
-
-def evaluate_affirmative_retrieval(model, preprocess, tokenizer, examples: Sequence[NegationExample], *,
-                                   group: int = 100, batch_size: int = 256, progress: bool = False) -> dict:
-    """R@1 among `group` with the affirmative captions of `examples` (whole groups only; the rest,
-    and examples without an image or caption, are skipped and counted)."""
-    usable = [e for e in examples if e.image is not None and e.caption]
-    leftover = [(e.row, f"not in a whole group of {group}") for e in usable[len(usable) // group * group:]]
-    usable = usable[:len(usable) // group * group]
-    skipped = [(e.row, "no image or caption") for e in examples if e.image is None or not e.caption] + leftover
-    if not usable:
-        return _result({}, examples, 0, skipped)
-    image = image_features(model, preprocess, [e.image for e in usable], batch_size=batch_size, progress=progress)
-    caption = text_features(model, tokenizer, [e.caption for e in usable], batch_size=batch_size, progress=progress)
-    return _result(score_recall_among(image, caption, group), examples, len(usable), skipped)
 
 
 def evaluate_negation_examples(model, preprocess, tokenizer, examples: Sequence[NegationExample], *,
@@ -254,24 +159,6 @@ def evaluate_negation_examples(model, preprocess, tokenizer, examples: Sequence[
         metrics.update(score_pairs("absence_accuracy", image[chosen], absence, presence[chosen],
                                    {key: [values[i] for i in with_absence] for key, values in groups.items()}))
     return _result(metrics, examples, len(usable), skipped)
-
-
-def evaluate_scope_pairs(model, preprocess, tokenizer, pairs: Sequence, *, batch_size: int = 256,
-                         image_cache: dict | None = None, progress: bool = False) -> dict:
-    """Scope accuracy (REFERENCE.md, the shortcut-proof pair): s(I, "A and no X") > s(I, "A and no B")
-    with X absent and B present, both captions from the same template and cue. Chance is 0.5.
-
-    `pairs`: objects with image, correct, wrong, cue, k (the synthetic world's ScopePair).
-    """
-    if not pairs:
-        return _result({}, pairs, 0)
-    image = image_features(model, preprocess, [p.image for p in pairs], batch_size=batch_size,
-                           cache=image_cache, progress=progress)
-    correct = text_features(model, tokenizer, [p.correct for p in pairs], batch_size=batch_size, progress=progress)
-    wrong = text_features(model, tokenizer, [p.wrong for p in pairs], batch_size=batch_size, progress=progress)
-    metrics = score_pairs("scope_accuracy", image, correct, wrong,
-                          {"cue": [p.cue for p in pairs], "k": [getattr(p, "k", None) for p in pairs]})
-    return _result(metrics, pairs, len(pairs))
 
 
 def evaluate_mcq(model, preprocess, tokenizer, items: Sequence[MCQItem], *, batch_size: int = 256,
@@ -332,7 +219,7 @@ def evaluate_foils(model, preprocess, tokenizer, pairs: Sequence[FoilPair], *, b
     metrics = score_pairs("accuracy", image, caption, foil, {"fold": [p.fold for p in pairs]})
     folds = [key for key in metrics if key.startswith("accuracy/fold=")]
     if len(folds) > 1:
-        metrics["mean_over_folds"] = _metric(sum(metrics[key]["value"] for key in folds) / len(folds),
+        metrics["mean_over_folds"] = metric(sum(metrics[key]["value"] for key in folds) / len(folds),
                                              sum(metrics[key]["n"] for key in folds))
     return _result(metrics, pairs, len(pairs))
 
@@ -374,32 +261,24 @@ def evaluate_image_folder(model, preprocess, tokenizer, folder: ImageFolder | st
 def evaluate_synthetic(model, preprocess, tokenizer, *, world=None, n: int = 1000, n_classification: int = 360,
                        split: str = "test", heldout: str = "all", seed: int = 0, batch_size: int = 256,
                        progress: bool = False) -> dict[str, dict]:
-    """The synthetic world (built by construction, so every caption's truth is known):
-
-    synthetic/negation    CC-Neg-style and absence accuracy of `n` examples, by cue and K
-    synthetic/retrieval   affirmative image<->caption R@1 among 100, over the same examples
-    synthetic/scope       scope accuracy of `n` scope pairs, by cue and K
-    synthetic/prompt_gap  negated class prompt gap over the world's colour-shape classes
-    The test split with heldout="all" uses held-out cues, templates and negated objects.
+    """The synthetic world (built by construction, so every caption's truth is known), scored by its
+    one evaluator, `probing.synthetic.SyntheticSuite`: sections synthetic/negation (CC-Neg-style and
+    absence accuracy by cue and K), synthetic/retrieval (affirmative R@1 among 100), synthetic/scope
+    (scope accuracy by cue and K) and synthetic/prompt_gap (negated class prompts over the world's
+    classes, shapes and colours). The test split with heldout="all" uses held-out cues, templates and
+    negated objects.
     """
+    from probing.synthetic.suite import SyntheticSuite
     from probing.synthetic.world import SyntheticWorld, WorldConfig
 
     world = world or SyntheticWorld(WorldConfig(), seed=seed)
-    examples = world.examples(n, split, seed, heldout=heldout)
-    pairs = world.scope_pairs(n, split, seed, heldout=heldout)
-    images, labels = world.classification_set(n_classification, split, seed, label="object")
-    options = dict(batch_size=batch_size, progress=progress)
-    sections = {
-        "synthetic/negation": evaluate_negation_examples(model, preprocess, tokenizer, examples, **options),
-        "synthetic/retrieval": evaluate_affirmative_retrieval(model, preprocess, tokenizer, examples, **options),
-        "synthetic/scope": evaluate_scope_pairs(model, preprocess, tokenizer, pairs, **options),
-        "synthetic/prompt_gap": evaluate_prompt_gap(model, preprocess, tokenizer, list(images), labels,
-                                                    world.class_prompts()["classes"], **options),
-    }
-    for section in sections.values():
-        section["counts"].update(split=split, heldout=heldout, seed=seed, world_seed=world.seed,
-                                 image_size=world.config.image_size)
-    return sections
+    suite = SyntheticSuite.build(world, n=n, n_classification=n_classification, split=split, heldout=heldout,
+                                 seed=seed)
+    scored = suite.evaluate(model, preprocess, tokenizer, batch_size=batch_size, progress=progress)
+    counts = {"rows_read": n, "n_evaluated": n, "n_skipped": 0, "skip_reasons": {}, "skipped_examples": [],
+              "split": split, "heldout": heldout, "seed": seed, "world_seed": world.seed,
+              "image_size": world.config.image_size}
+    return {f"synthetic/{section}": {"metrics": metrics, "counts": dict(counts)} for section, metrics in scored.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,7 +405,7 @@ def summarise(sections: dict[str, dict]) -> dict:
     """Headline numbers: the mean negated-prompt gap over the datasets that have one (REFERENCE.md's Delta)."""
     gaps = [section["metrics"]["negated_prompt_gap"]["value"] for section in sections.values()
             if "negated_prompt_gap" in section["metrics"]]
-    return {"negated_prompt_gap_mean": _metric(sum(gaps) / len(gaps), len(gaps))} if gaps else {}
+    return {"negated_prompt_gap_mean": metric(sum(gaps) / len(gaps), len(gaps))} if gaps else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,8 +455,7 @@ def flat_metrics(result: dict) -> dict[str, float]:
 
 
 __all__ = [
-    "image_features", "text_features", "breakdown", "score_pairs", "score_mcq", "score_retrieval", "score_recall_among",
-    "score_prompt_gap", "evaluate_negation_examples", "evaluate_affirmative_retrieval", "evaluate_scope_pairs",
+    "image_features", "text_features", "evaluate_negation_examples",
     "evaluate_mcq", "evaluate_retrieval", "evaluate_foils", "evaluate_prompt_gap", "evaluate_image_folder",
     "evaluate_synthetic", "evaluate_all", "summarise", "markdown_table", "flat_metrics", "class_prompts",
 ]

@@ -215,7 +215,7 @@ def markdown(sentences: list[str], plan, figures: Mapping[str, list[str]], data:
         lines += [f"![{name}]({png})", "", FIGURE_CAPTIONS.get(name, name) + (f" ([PDF]({pdf}))" if pdf else ""), ""]
     if embedded_metrics:
         lines += ["## Embedded model (held-out synthetic metrics when it was built)", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in embedded_metrics.items() if isinstance(v, (int, float)) and "[" not in k]
+        lines += [f"| {k} | {v:.3f} |" for k, v in embedded_metrics.items() if isinstance(v, (int, float)) and "/" not in k]
         lines.append("")
     notes = list(plan.evidence.get("notes", [])) + [f"{k}: {v}" for k, v in (data.get("meta", {}).get("skipped") or {}).items()]
     notes += list(run_info.get("notes", []))

@@ -7,6 +7,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -62,18 +63,36 @@ def encode_images(
     batch_size: int = 256,
     normalize: bool = True,
     progress: bool = False,
+    device: torch.device | str | None = None,
+    autocast: bool = False,
+    origins: Sequence[tuple[str | None, object]] | None = None,
 ) -> torch.Tensor:
-    """Image features [n, embed_dim]; images are paths, PIL images or uint8 arrays [H, W, 3].
+    """Image features [n, embed_dim] as float32, on `device` (default: the CPU).
 
-    The model runs in eval mode (see `eval_mode`).
+    images: paths, PIL images or uint8 arrays [H, W, 3]. A path that is missing or unreadable is a
+    `DataError` naming it, and `origins[i] = (source, row)` if given (the record it came from).
+    The model runs in eval mode (see `eval_mode`); `autocast` runs it in bfloat16 on CUDA.
     """
-    device = next(model.parameters()).device
+    from probing.data.reading import load_image
+
+    model_device = next(model.parameters()).device
     chunks = []
     with eval_mode(model):
         for start in tqdm(range(0, len(images), batch_size), desc="images", disable=not progress):
-            pixels = images_to_tensor(model, preprocess, images[start:start + batch_size])
-            chunks.append(model.encode_image(pixels.to(device), normalize=normalize).float().cpu())
-    return torch.cat(chunks)
+            batch = []
+            for index in range(start, min(start + batch_size, len(images))):
+                image = images[index]
+                if isinstance(image, (str, Path)):
+                    source, row = origins[index] if origins is not None else (None, None)
+                    image = load_image(image, source=source, row=row)
+                batch.append(image)
+            pixels = images_to_tensor(model, preprocess, batch).to(model_device)
+            with torch.autocast(model_device.type, dtype=torch.bfloat16, enabled=autocast):
+                features = model.encode_image(pixels)
+            features = features.float()
+            chunks.append(F.normalize(features, dim=-1) if normalize else features)
+    out = torch.cat(chunks)
+    return out.to(device) if device is not None else out.cpu()
 
 
 def images_to_tensor(model: torch.nn.Module, preprocess: Callable, images: Sequence) -> torch.Tensor:

@@ -29,7 +29,7 @@ from probing.measure.tasks import ProbeTask
 from probing.vocabulary import MEASUREMENTS  # named there, so that --help needs no torch
 from probing.models.text_tower import TextTower
 
-CAUSAL_METRICS = ("ccneg_accuracy", "scope_accuracy", "image_to_text_R@1_among_100", "zero_shot_object_affirmative")
+CAUSAL_METRICS = ("ccneg_accuracy", "scope_accuracy", "image_to_text_R@1_among_100", "zero_shot_affirmative")
 LossFn = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
 
@@ -205,7 +205,7 @@ def causal_rows(model, preprocess, tokenizer, world, directions: np.ndarray, con
     hooked = HookedCLIPText(model)
 
     def evaluate(encode):
-        metrics = suite.evaluate(model, preprocess, tokenizer, encode_text=encode, image_features=image_features)
+        metrics = suite.scores(model, preprocess, tokenizer, encode_text=encode, image_features=image_features)
         return {key: metrics[key] for key in CAUSAL_METRICS}
 
     return projection_ablation(hooked, tokenizer, dict(enumerate(directions)), evaluate)

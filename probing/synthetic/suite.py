@@ -1,21 +1,24 @@
-"""The synthetic world's evaluation suite: affirmative skills and the two negation metrics.
+"""The synthetic world's evaluation suite: affirmative skills and the two negation metrics. It is the
+one synthetic evaluator: `evaluate-negation`'s synthetic benchmark, the ablation, the embedded build
+and the causal checks all score through it.
 
 Built once from a world (images rendered, captions written), then evaluated on any model, or on
 any text encoder passed as a function (the causal check uses that to evaluate with hooks on).
 
-Metrics (REFERENCE.md):
-- zero-shot top-1 over the world's object classes, over shapes only and colours only, with
-  affirmative prompts "a photo of a {c}" and with negated prompts "not a photo of a {c}"
-  (CLIP ignores the "not": both give about the same accuracy), and their gap;
-- image->text and text->image R@1 among 100 candidates (affirmative captions);
-- CC-Neg-style accuracy: s(I, true caption) > s(I, presence-negated caption);
-- scope accuracy (shortcut-proof): s(I, "A and no X") > s(I, "A and no B"), X absent, B present;
-- absence accuracy: s(I, absence-negated caption) > s(I, presence-negated caption).
-The negation metrics are also broken down by cue word.
+Sections and metrics (REFERENCE.md; names are probing.measure.metrics' shared vocabulary):
+    negation    ccneg_accuracy: s(I, true caption) > s(I, presence-negated caption);
+                absence_accuracy: s(I, absence-negated caption) > s(I, presence-negated caption);
+                both also by cue word and by K ("ccneg_accuracy/cue=never", ".../k=2")
+    retrieval   image_to_text_R@1_among_100, text_to_image_R@1_among_100 (affirmative captions)
+    scope       scope_accuracy (shortcut-proof): s(I, "A and no X") > s(I, "A and no B"), X absent,
+                B present; by cue and K
+    prompt_gap  zero-shot top-1 over the world's object classes with "a photo of a {c}"
+                (zero_shot_affirmative) and "not a photo of a {c}" (zero_shot_negated; CLIP ignores
+                the "not": both about the same) and their gap; the same over shapes only and colours
+                only ("zero_shot_affirmative/classes=shape", ".../classes=colour")
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 
 from probing.measure.encode import encode_captions, encode_images
-from probing.measure.metrics import pair_wins, recall_at_k, zero_shot_accuracy
+from probing.measure.metrics import Metrics, flatten, score_pairs, score_prompt_gap, score_recall_among
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 
@@ -41,10 +44,12 @@ class SyntheticSuite:
     presence_negated: list[str]
     absence_negated: list[str]
     example_cues: list[str]
+    example_ks: list[int]
     scope_images: np.ndarray
     scope_correct: list[str]
     scope_wrong: list[str]
     scope_cues: list[str]
+    scope_ks: list[int]
 
     @classmethod
     def build(cls, world, *, n: int = 1000, n_classification: int = 720, split: str = "test",
@@ -65,57 +70,40 @@ class SyntheticSuite:
             presence_negated=[e.presence_negated for e in examples],
             absence_negated=[e.absence_negated for e in examples],
             example_cues=[e.cue for e in examples],
+            example_ks=[e.k for e in examples],
             scope_images=np.stack([p.image for p in pairs]),
             scope_correct=[p.correct for p in pairs],
             scope_wrong=[p.wrong for p in pairs],
             scope_cues=[p.cue for p in pairs],
+            scope_ks=[p.k for p in pairs],
         )
 
-    def image_features(self, model, preprocess) -> dict[str, torch.Tensor]:
+    def image_features(self, model, preprocess, *, batch_size: int = 256, progress: bool = False) -> dict[str, torch.Tensor]:
         """Image features of the suite (compute once, reuse across text-side interventions)."""
-        return {key: encode_images(model, preprocess, list(images))
+        return {key: encode_images(model, preprocess, list(images), batch_size=batch_size, progress=progress)
                 for key, images in (("class", self.class_images), ("scenes", self.images), ("scope", self.scope_images))}
 
     def evaluate(self, model, preprocess, tokenizer, *, encode_text: TextEncoder | None = None,
-                 image_features: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-        """All metrics as a flat dict; `encode_text` overrides the model's text encoder."""
-        encode = encode_text or (lambda captions: encode_captions(model, tokenizer, captions))
-        images = image_features or self.image_features(model, preprocess)
-        results: dict[str, float] = {}
-        for label, prefix in (("object", ""), ("shape", "shape_"), ("colour", "colour_")):
-            for kind in ("affirmative", "negated"):
-                prompts = encode(self.prompts[f"{prefix}{kind}"])
-                accuracy = zero_shot_accuracy(images["class"], prompts, self.class_labels[label])
-                results[f"zero_shot_{label}_{kind}"] = accuracy
-            results[f"negated_prompt_gap_{label}"] = (results[f"zero_shot_{label}_affirmative"]
-                                                      - results[f"zero_shot_{label}_negated"])
+                 image_features: dict[str, torch.Tensor] | None = None, batch_size: int = 256,
+                 progress: bool = False) -> dict[str, Metrics]:
+        """section -> Metrics (see the module docstring); `encode_text` overrides the model's text encoder."""
+        encode = encode_text or (lambda captions: encode_captions(model, tokenizer, captions, batch_size=batch_size))
+        images = image_features or self.image_features(model, preprocess, batch_size=batch_size, progress=progress)
+        prompt_gap: Metrics = {}
+        for label, prefix, classes in (("object", "", None), ("shape", "shape_", "shape"), ("colour", "colour_", "colour")):
+            prompt_gap.update(score_prompt_gap(images["class"], encode(self.prompts[f"{prefix}affirmative"]),
+                                               encode(self.prompts[f"{prefix}negated"]), self.class_labels[label],
+                                               classes=classes))
         captions = encode(self.captions)
-        results.update(recall_among(images["scenes"], captions, group=100))
         presence, absence = encode(self.presence_negated), encode(self.absence_negated)
-        _add_pair_metric(results, "ccneg_accuracy", pair_wins(images["scenes"], captions, presence), self.example_cues)
-        _add_pair_metric(results, "absence_accuracy", pair_wins(images["scenes"], absence, presence), self.example_cues)
-        scope = pair_wins(images["scope"], encode(self.scope_correct), encode(self.scope_wrong))
-        _add_pair_metric(results, "scope_accuracy", scope, self.scope_cues)
-        return results
+        groups = {"cue": self.example_cues, "k": self.example_ks}
+        negation = score_pairs("ccneg_accuracy", images["scenes"], captions, presence, groups)
+        negation.update(score_pairs("absence_accuracy", images["scenes"], absence, presence, groups))
+        scope = score_pairs("scope_accuracy", images["scope"], encode(self.scope_correct), encode(self.scope_wrong),
+                            {"cue": self.scope_cues, "k": self.scope_ks})
+        return {"negation": negation, "retrieval": score_recall_among(images["scenes"], captions, group=100),
+                "scope": scope, "prompt_gap": prompt_gap}
 
-
-def recall_among(images: torch.Tensor, captions: torch.Tensor, group: int) -> dict[str, float]:
-    """R@1 with `group` candidates: the mean over consecutive groups of `group` image-caption pairs."""
-    n_groups = len(images) // group
-    if n_groups == 0:
-        raise ValueError(f"need at least {group} scenes for R@1 among {group}, got {len(images)}")
-    totals: dict[str, float] = defaultdict(float)
-    for g in range(n_groups):
-        part = slice(g * group, (g + 1) * group)
-        for key, value in recall_at_k(images[part], captions[part], ks=(1,)).items():
-            totals[f"{key}_among_{group}"] += value / n_groups
-    return dict(totals)
-
-
-def _add_pair_metric(results: dict, name: str, wins: torch.Tensor, cues: Sequence[str]) -> None:
-    results[name] = float(wins.float().mean())
-    by_cue: dict[str, list[bool]] = defaultdict(list)
-    for win, cue in zip(wins.tolist(), cues):
-        by_cue[cue].append(win)
-    for cue, values in sorted(by_cue.items()):
-        results[f"{name}[{cue}]"] = float(np.mean(values))
+    def scores(self, model, preprocess, tokenizer, **options) -> dict[str, float]:
+        """`evaluate` as one flat {metric: value} dict."""
+        return flatten(self.evaluate(model, preprocess, tokenizer, **options))
