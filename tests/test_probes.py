@@ -1,10 +1,12 @@
-"""Probes: sklearn conventions, directions in residual coordinates, planted signal and pure noise."""
+"""Probes: sklearn's estimator contract, directions in residual coordinates, planted signal and pure
+noise."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from probing.measure.probes import DiffMeansProbe, LogisticProbe, bootstrap_balanced_accuracy, mean_ci, probe_layers
 
@@ -29,6 +31,12 @@ def test_estimator_conventions():
     assert hasattr(probe, "coef_") and hasattr(probe, "direction_")
     with pytest.raises(ValueError, match="exactly two classes"):
         DiffMeansProbe().fit(X[0], np.zeros(len(y)))
+
+
+@parametrize_with_checks([LogisticProbe(), DiffMeansProbe()])
+def test_sklearn_estimator_checks(estimator, check):
+    """Every check of sklearn's check_estimator, with the probes' binary-only tag honoured."""
+    check(estimator)
 
 
 @pytest.mark.parametrize("probe_class", [LogisticProbe, DiffMeansProbe])
@@ -87,3 +95,4 @@ def test_bootstrap_interval_covers_test_sampling():
     # 400 items at p=0.7: standard error ~0.023, so the 95 % interval is about +-0.045 around ~0.7
     assert 0.66 < interval.mean < 0.74
     assert 0.03 < interval.high - interval.mean < 0.06
+

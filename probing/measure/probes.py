@@ -2,7 +2,9 @@
 
 Both probes standardise features first (residual norms grow with depth, so raw features are not
 comparable across layers) and expose `direction_`: a unit vector in the ORIGINAL residual
-coordinates, which is what the causal check projects out of the residual stream.
+coordinates, which is what the causal check projects out of the residual stream. They follow
+scikit-learn's estimator contract (sklearn's own input validation, `classes_`, `n_features_in_`;
+tests run check_estimator on them) and declare themselves binary-only through the estimator tags.
 """
 from __future__ import annotations
 
@@ -14,9 +16,48 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 
-class LogisticProbe(ClassifierMixin, BaseEstimator):
+class _StandardisedProbe(ClassifierMixin, BaseEstimator):
+    """What both probes share: sklearn's input validation, standardisation, a binary decision rule.
+
+    Subclasses implement `_fit_standardised(Z, y)`, which sets `coef_` (standardised coordinates)
+    and `intercept_`; the decision is `Z @ coef_ + intercept_ > 0` -> classes_[1].
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # binary by design: one direction per probe
+        return tags
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:
+            raise ValueError("Only binary classification is supported. Probes need y with exactly two classes, "
+                             f"got {len(self.classes_)} class(es): {self.classes_.tolist()[:10]}")
+        self.scaler_ = StandardScaler().fit(X)
+        self._fit_standardised(self.scaler_.transform(X), y)
+        self.direction_ = _unit(self.coef_ / self.scaler_.scale_)
+        return self
+
+    def decision_function(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self.scaler_.transform(X) @ self.coef_ + self.intercept_
+
+    def predict(self, X):
+        scores = self.decision_function(X)
+        return self.classes_[(scores > 0).astype(int)]
+
+    def score(self, X, y, sample_weight=None):
+        return balanced_accuracy_score(y, self.predict(X), sample_weight=sample_weight)
+
+
+class LogisticProbe(_StandardisedProbe):
     """L2-regularised logistic regression on standardised features."""
 
     def __init__(self, C: float = 0.1, max_iter: int = 2000, random_state: int | None = 0):
@@ -24,48 +65,20 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def fit(self, X, y):
-        X, y = _check_xy(X, y)
-        self.scaler_ = StandardScaler().fit(X)
-        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
-        self.model_.fit(self.scaler_.transform(X), y)
-        self.classes_ = self.model_.classes_
+    def _fit_standardised(self, Z, y):
+        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state).fit(Z, y)
+        self.n_iter_ = int(self.model_.n_iter_[0])
         self.coef_ = self.model_.coef_[0]  # in standardised coordinates
-        self.direction_ = _unit(self.coef_ / self.scaler_.scale_)
-        return self
-
-    def decision_function(self, X):
-        return self.model_.decision_function(self.scaler_.transform(np.asarray(X, dtype=np.float64)))
-
-    def predict(self, X):
-        return self.model_.predict(self.scaler_.transform(np.asarray(X, dtype=np.float64)))
-
-    def score(self, X, y, sample_weight=None):
-        return balanced_accuracy_score(y, self.predict(X), sample_weight=sample_weight)
+        self.intercept_ = float(self.model_.intercept_[0])
 
 
-class DiffMeansProbe(ClassifierMixin, BaseEstimator):
+class DiffMeansProbe(_StandardisedProbe):
     """Difference of class means in standardised space; threshold halfway between the means."""
 
-    def fit(self, X, y):
-        X, y = _check_xy(X, y)
-        self.scaler_ = StandardScaler().fit(X)
-        Z = self.scaler_.transform(X)
-        self.classes_ = np.unique(y)
+    def _fit_standardised(self, Z, y):
         mean_neg, mean_pos = (Z[y == label].mean(0) for label in self.classes_)
         self.coef_ = mean_pos - mean_neg
-        self.threshold_ = float(self.coef_ @ (mean_pos + mean_neg) / 2)
-        self.direction_ = _unit(self.coef_ / self.scaler_.scale_)
-        return self
-
-    def decision_function(self, X):
-        return self.scaler_.transform(np.asarray(X, dtype=np.float64)) @ self.coef_ - self.threshold_
-
-    def predict(self, X):
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
-
-    def score(self, X, y, sample_weight=None):
-        return balanced_accuracy_score(y, self.predict(X), sample_weight=sample_weight)
+        self.intercept_ = -float(self.coef_ @ (mean_pos + mean_neg) / 2)
 
 
 PROBES = {"logistic": LogisticProbe, "diffmeans": DiffMeansProbe}
@@ -198,16 +211,6 @@ def _check_split(labels, train, test) -> None:
     for name, index in (("train", train), ("test", test)):
         if len(np.unique(labels[index])) != 2:
             raise ValueError(f"the {name} split must contain both classes (has {np.unique(labels[index]).tolist()})")
-
-
-def _check_xy(X, y):
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y)
-    if X.ndim != 2 or len(X) != len(y):
-        raise ValueError(f"expected X [n, d] and y [n], got {X.shape} and {y.shape}")
-    if len(np.unique(y)) != 2:
-        raise ValueError("probes are binary: y must contain exactly two classes")
-    return X, y
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
