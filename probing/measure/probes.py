@@ -108,24 +108,38 @@ def bootstrap_balanced_accuracy(correct: np.ndarray, labels: np.ndarray, *, n_bo
     correct: [n_seeds, n_test] booleans. Resampling the test items (not the seeds) is what makes the
     interval honest: every seed is scored on the same finite test set, so seed-to-seed spread alone
     would understate the uncertainty.
+
+    A resample of the n items matters only through how many items it takes from each cell (class,
+    per-item correctness); averaged over S seeds, correctness takes at most S + 1 values. Drawing n
+    items with replacement is therefore drawn as the cells' counts, one multinomial over the cells
+    with the cells' shares as probabilities (class sizes multinomial, levels within a class
+    multinomial given its size): the same distribution in O(n_boot x classes x (S + 1)) memory
+    instead of O(n_boot x n). A class a resample misses drops out of that resample's mean.
     """
     per_item = np.asarray(correct, dtype=float).mean(0)
     labels = np.asarray(labels)
-    point = _balanced(per_item[None, :], labels[None, :])[0]
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(labels), size=(n_boot, len(labels)))
-    boot = _balanced(per_item[draws], labels[draws])
+    point = _balanced(per_item, labels)
+    classes, class_index = np.unique(labels, return_inverse=True)
+    levels, level_index = np.unique(per_item, return_inverse=True)
+    cells, cell_sizes = np.unique(class_index * len(levels) + level_index, return_counts=True)
+    cell_class, cell_level = divmod(cells, len(levels))
+    in_class = cell_class[:, None] == np.arange(len(classes))  # [n_cells, n_classes]
+    counts = np.random.default_rng(seed).multinomial(len(labels), cell_sizes / len(labels), size=n_boot)
+    with np.errstate(invalid="ignore"):
+        recalls = (counts * levels[cell_level]) @ in_class / (counts @ in_class)  # [n_boot, n_classes]
+    boot = np.nanmean(recalls, axis=1)
     alpha = (1 - confidence) / 2
     return Interval(float(point), float(np.nanquantile(boot, alpha)), float(np.nanquantile(boot, 1 - alpha)))
 
 
-def _balanced(correct: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _balanced(correct: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes in `labels` of the mean of `correct` within the class: for booleans,
+    balanced accuracy (recall averaged over the true classes, as sklearn's balanced_accuracy_score)."""
     recalls = []
     for label in np.unique(labels):
         members = labels == label
-        with np.errstate(invalid="ignore"):
-            recalls.append((correct * members).sum(1) / members.sum(1))
-    return np.nanmean(np.stack(recalls), axis=0)
+        recalls.append((correct * members).sum() / members.sum())
+    return float(np.mean(recalls))
 
 
 @dataclass
@@ -180,10 +194,10 @@ def probe_layers(
                 directions[name] = probe.direction_
                 direction_sums[name][layer] += probe.direction_
                 for split, test in tests.items():
-                    predictions = probe.predict(X[test])
-                    correct[(split, layer, name)].append(predictions == labels[test])
+                    hits = probe.predict(X[test]) == labels[test]
+                    correct[(split, layer, name)].append(hits)
                     per_seed.append({"split": split, "layer": layer, "probe": name, "seed": seed,
-                                     "accuracy": float(balanced_accuracy_score(labels[test], predictions))})
+                                     "accuracy": _balanced(hits, labels[test])})
             if {"logistic", "diffmeans"} <= set(directions):
                 cosines[layer].append(float(directions["logistic"] @ directions["diffmeans"]))
     summary = []
