@@ -2,7 +2,9 @@
 
 Both probes standardise features first (residual norms grow with depth, so raw features are not
 comparable across layers) and expose `direction_`: a unit vector in the ORIGINAL residual
-coordinates, which is what the causal check projects out of the residual stream.
+coordinates, which is what the causal check projects out of the residual stream. They follow
+scikit-learn's estimator contract (sklearn's own input validation, `classes_`, `n_features_in_`;
+tests run check_estimator on them) and declare themselves binary-only through the estimator tags.
 """
 from __future__ import annotations
 
@@ -14,9 +16,48 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 
-class LogisticProbe(ClassifierMixin, BaseEstimator):
+class _StandardisedProbe(ClassifierMixin, BaseEstimator):
+    """What both probes share: sklearn's input validation, standardisation, a binary decision rule.
+
+    Subclasses implement `_fit_standardised(Z, y)`, which sets `coef_` (standardised coordinates)
+    and `intercept_`; the decision is `Z @ coef_ + intercept_ > 0` -> classes_[1].
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # binary by design: one direction per probe
+        return tags
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:
+            raise ValueError("Only binary classification is supported. Probes need y with exactly two classes, "
+                             f"got {len(self.classes_)} class(es): {self.classes_.tolist()[:10]}")
+        self.scaler_ = StandardScaler().fit(X)
+        self._fit_standardised(self.scaler_.transform(X), y)
+        self.direction_ = _unit(self.coef_ / self.scaler_.scale_)
+        return self
+
+    def decision_function(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self.scaler_.transform(X) @ self.coef_ + self.intercept_
+
+    def predict(self, X):
+        scores = self.decision_function(X)
+        return self.classes_[(scores > 0).astype(int)]
+
+    def score(self, X, y, sample_weight=None):
+        return balanced_accuracy_score(y, self.predict(X), sample_weight=sample_weight)
+
+
+class LogisticProbe(_StandardisedProbe):
     """L2-regularised logistic regression on standardised features."""
 
     def __init__(self, C: float = 0.1, max_iter: int = 2000, random_state: int | None = 0):
@@ -24,48 +65,20 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def fit(self, X, y):
-        X, y = _check_xy(X, y)
-        self.scaler_ = StandardScaler().fit(X)
-        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
-        self.model_.fit(self.scaler_.transform(X), y)
-        self.classes_ = self.model_.classes_
+    def _fit_standardised(self, Z, y):
+        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state).fit(Z, y)
+        self.n_iter_ = int(self.model_.n_iter_[0])
         self.coef_ = self.model_.coef_[0]  # in standardised coordinates
-        self.direction_ = _unit(self.coef_ / self.scaler_.scale_)
-        return self
-
-    def decision_function(self, X):
-        return self.model_.decision_function(self.scaler_.transform(np.asarray(X, dtype=np.float64)))
-
-    def predict(self, X):
-        return self.model_.predict(self.scaler_.transform(np.asarray(X, dtype=np.float64)))
-
-    def score(self, X, y, sample_weight=None):
-        return balanced_accuracy_score(y, self.predict(X), sample_weight=sample_weight)
+        self.intercept_ = float(self.model_.intercept_[0])
 
 
-class DiffMeansProbe(ClassifierMixin, BaseEstimator):
+class DiffMeansProbe(_StandardisedProbe):
     """Difference of class means in standardised space; threshold halfway between the means."""
 
-    def fit(self, X, y):
-        X, y = _check_xy(X, y)
-        self.scaler_ = StandardScaler().fit(X)
-        Z = self.scaler_.transform(X)
-        self.classes_ = np.unique(y)
+    def _fit_standardised(self, Z, y):
         mean_neg, mean_pos = (Z[y == label].mean(0) for label in self.classes_)
         self.coef_ = mean_pos - mean_neg
-        self.threshold_ = float(self.coef_ @ (mean_pos + mean_neg) / 2)
-        self.direction_ = _unit(self.coef_ / self.scaler_.scale_)
-        return self
-
-    def decision_function(self, X):
-        return self.scaler_.transform(np.asarray(X, dtype=np.float64)) @ self.coef_ - self.threshold_
-
-    def predict(self, X):
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
-
-    def score(self, X, y, sample_weight=None):
-        return balanced_accuracy_score(y, self.predict(X), sample_weight=sample_weight)
+        self.intercept_ = -float(self.coef_ @ (mean_pos + mean_neg) / 2)
 
 
 PROBES = {"logistic": LogisticProbe, "diffmeans": DiffMeansProbe}
@@ -95,24 +108,38 @@ def bootstrap_balanced_accuracy(correct: np.ndarray, labels: np.ndarray, *, n_bo
     correct: [n_seeds, n_test] booleans. Resampling the test items (not the seeds) is what makes the
     interval honest: every seed is scored on the same finite test set, so seed-to-seed spread alone
     would understate the uncertainty.
+
+    A resample of the n items matters only through how many items it takes from each cell (class,
+    per-item correctness); averaged over S seeds, correctness takes at most S + 1 values. Drawing n
+    items with replacement is therefore drawn as the cells' counts, one multinomial over the cells
+    with the cells' shares as probabilities (class sizes multinomial, levels within a class
+    multinomial given its size): the same distribution in O(n_boot x classes x (S + 1)) memory
+    instead of O(n_boot x n). A class a resample misses drops out of that resample's mean.
     """
     per_item = np.asarray(correct, dtype=float).mean(0)
     labels = np.asarray(labels)
-    point = _balanced(per_item[None, :], labels[None, :])[0]
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(labels), size=(n_boot, len(labels)))
-    boot = _balanced(per_item[draws], labels[draws])
+    point = _balanced(per_item, labels)
+    classes, class_index = np.unique(labels, return_inverse=True)
+    levels, level_index = np.unique(per_item, return_inverse=True)
+    cells, cell_sizes = np.unique(class_index * len(levels) + level_index, return_counts=True)
+    cell_class, cell_level = divmod(cells, len(levels))
+    in_class = cell_class[:, None] == np.arange(len(classes))  # [n_cells, n_classes]
+    counts = np.random.default_rng(seed).multinomial(len(labels), cell_sizes / len(labels), size=n_boot)
+    with np.errstate(invalid="ignore"):
+        recalls = (counts * levels[cell_level]) @ in_class / (counts @ in_class)  # [n_boot, n_classes]
+    boot = np.nanmean(recalls, axis=1)
     alpha = (1 - confidence) / 2
     return Interval(float(point), float(np.nanquantile(boot, alpha)), float(np.nanquantile(boot, 1 - alpha)))
 
 
-def _balanced(correct: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _balanced(correct: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes in `labels` of the mean of `correct` within the class: for booleans,
+    balanced accuracy (recall averaged over the true classes, as sklearn's balanced_accuracy_score)."""
     recalls = []
     for label in np.unique(labels):
         members = labels == label
-        with np.errstate(invalid="ignore"):
-            recalls.append((correct * members).sum(1) / members.sum(1))
-    return np.nanmean(np.stack(recalls), axis=0)
+        recalls.append((correct * members).sum() / members.sum())
+    return float(np.mean(recalls))
 
 
 @dataclass
@@ -167,10 +194,10 @@ def probe_layers(
                 directions[name] = probe.direction_
                 direction_sums[name][layer] += probe.direction_
                 for split, test in tests.items():
-                    predictions = probe.predict(X[test])
-                    correct[(split, layer, name)].append(predictions == labels[test])
+                    hits = probe.predict(X[test]) == labels[test]
+                    correct[(split, layer, name)].append(hits)
                     per_seed.append({"split": split, "layer": layer, "probe": name, "seed": seed,
-                                     "accuracy": float(balanced_accuracy_score(labels[test], predictions))})
+                                     "accuracy": _balanced(hits, labels[test])})
             if {"logistic", "diffmeans"} <= set(directions):
                 cosines[layer].append(float(directions["logistic"] @ directions["diffmeans"]))
     summary = []
@@ -198,16 +225,6 @@ def _check_split(labels, train, test) -> None:
     for name, index in (("train", train), ("test", test)):
         if len(np.unique(labels[index])) != 2:
             raise ValueError(f"the {name} split must contain both classes (has {np.unique(labels[index]).tolist()})")
-
-
-def _check_xy(X, y):
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y)
-    if X.ndim != 2 or len(X) != len(y):
-        raise ValueError(f"expected X [n, d] and y [n], got {X.shape} and {y.shape}")
-    if len(np.unique(y)) != 2:
-        raise ValueError("probes are binary: y must contain exactly two classes")
-    return X, y
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
