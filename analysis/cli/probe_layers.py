@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from analysis.cli import common
-from analysis.cli.common import at_least, fraction, positive_int
+from analysis.cli.common import at_least, fraction, non_negative_int, positive_int
 from analysis.selection import RULES
 from finetune.vocabulary import GRADNORM_LOSSES
 from probing.vocabulary import MEASUREMENTS, NEEDS_IMAGES
@@ -33,8 +33,9 @@ PROG = "probe-layers"
 def build_parser() -> argparse.ArgumentParser:
     parser = common.CommandParser(PROG, __doc__)
     model = common.add_model_arguments(parser)
-    model.add_argument("--no-random-baseline", action="store_true",
-                       help="skip the random-weights model; probe evidence is then measured against chance")
+    model.add_argument("--null-models", type=non_negative_int, default=5,
+                       help="null models: the model with its text tower randomly initialised again, one per seed; "
+                            "every piece of evidence is its excess over them (fewer than 2: no evidence, no plan)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic",
                       help="'synthetic', or a real data file the loaders read (CC-Neg .pt/.csv/.jsonl, COCO instances "
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seed of data draws, of the synthetic world (non-embedded models) and of random weights")
     measure = parser.add_argument_group("measurements")
     measure.add_argument("--measurements", default=",".join(MEASUREMENTS), help="comma list among " + ", ".join(MEASUREMENTS))
-    measure.add_argument("--seeds", default="0,1,2,3,4", help="probe seeds (comma list)")
+    measure.add_argument("--seeds", default="0,1,2,3,4", help="probe seeds on the model (comma list)")
+    measure.add_argument("--null-seeds", default="0,1", help="probe seeds on each null model (comma list)")
     measure.add_argument("--batch-size", type=positive_int, default=256, help="captions per forward pass")
     measure.add_argument("--n-sensitivity", type=positive_int, default=400, help="captions edited for sensitivity")
     measure.add_argument("--n-causal", type=positive_int, default=400, help="scenes in the causal check")
@@ -59,21 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--grad-batch-size", type=positive_int, default=64)
     measure.add_argument("--losses", default=",".join(GRADNORM_LOSSES),
                          help="losses for the gradient norms, among " + ", ".join(GRADNORM_LOSSES))
-    select = parser.add_argument_group("layer selection (formulas: analysis/selection.py)")
-    select.add_argument("--rule", choices=RULES, default="prefix",
-                        help="prefix: shortest front prefix holding --share of the evidence; topk: the --k best blocks; "
-                             "auto_rgn: blocks with Auto-RGN weight >= --rgn-floor")
-    select.add_argument("--share", type=fraction, default=0.8, help="prefix: share of the combined evidence")
-    select.add_argument("--k", type=positive_int, default=4, help="topk: number of blocks")
+    select = parser.add_argument_group("evidence and layer selection (analysis/evidence.py, analysis/selection.py)")
+    select.add_argument("--rule", choices=RULES, default="window",
+                        help="window: the shortest contiguous run holding --share of the evidence; prefix: the "
+                             "shortest front prefix holding it; topk: the --k blocks with most evidence; auto_rgn: "
+                             "blocks whose null-calibrated gradient-norm excess is >= --rgn-floor of the largest")
+    select.add_argument("--share", type=fraction, default=0.8, help="window/prefix: share of the combined evidence")
+    select.add_argument("--k", type=positive_int, default=4, help="topk: number of blocks at most")
     select.add_argument("--rgn-floor", type=fraction, default=0.1, help="auto_rgn: lowest lr weight that still trains")
-    select.add_argument("--lr-weights", action="store_true", help="prefix/topk: add Auto-RGN per-block lr weights")
+    select.add_argument("--alpha", type=fraction, default=0.05,
+                        help="family-wise error of each component's test over blocks")
     select.add_argument("--grad-loss", help="the loss whose gradient norms count (default: mean over --losses)")
     select.add_argument("--score-weights", default="0.5,0.25,0.25",
-                        help="weights of probe, gradnorm and sensitivity evidence in the combined score")
+                        help="weights of probe, sensitivity and gradnorm evidence in the combined score")
     select.add_argument("--sensitivity-edit", choices=("presence", "absence"), default="presence",
                         help="the negation edit whose excess over the control edit counts as sensitivity evidence")
-    select.add_argument("--min-probe-margin", type=float, default=0.03,
-                        help="held-out probe accuracy over the baseline below this counts as noise")
     run = common.add_run_arguments(parser)
     run.add_argument("--out", type=Path, help="output folder (default: runs/probe-layers-<model>-<time>)")
     return parser
@@ -85,15 +87,14 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
     args.measurement_list = common.names(args.measurements, MEASUREMENTS, "--measurements", parser)
     args.loss_list = common.names(args.losses, GRADNORM_LOSSES, "--losses", parser)
     args.seed_list = common.int_list(args.seeds, "--seeds", parser)
+    args.null_seed_list = common.int_list(args.null_seeds, "--null-seeds", parser)
     args.weights = _score_weights(args.score_weights, parser)
-    if not 0 <= args.min_probe_margin < 1:
-        parser.error(f"--min-probe-margin must be in [0, 1), got {args.min_probe_margin}")
     if "causal" in args.measurement_list and "probes" not in args.measurement_list:
         parser.error("causal projects out the probe direction: it needs probes in --measurements")
     if not set(args.measurement_list) & {"probes", "sensitivity", "gradnorms"}:
         parser.error("layer selection needs at least one of probes, sensitivity, gradnorms in --measurements")
-    if (args.rule == "auto_rgn" or args.lr_weights) and "gradnorms" not in args.measurement_list:
-        parser.error("--rule auto_rgn and --lr-weights need gradnorms in --measurements")
+    if args.rule == "auto_rgn" and "gradnorms" not in args.measurement_list:
+        parser.error("--rule auto_rgn needs gradnorms in --measurements")
     if args.grad_loss is not None and args.grad_loss not in args.loss_list:
         parser.error(f"--grad-loss {args.grad_loss!r} is not among --losses ({', '.join(args.loss_list)})")
     args.train_cue_list = tuple(c.strip() for c in args.train_cues.split(",") if c.strip())
@@ -115,7 +116,7 @@ def _score_weights(text: str, parser) -> tuple[float, float, float]:
     except ValueError:
         weights = ()
     if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
-        parser.error(f"--score-weights takes three non-negative numbers (probe,gradnorm,sensitivity), got {text!r}")
+        parser.error(f"--score-weights takes three non-negative numbers (probe,sensitivity,gradnorm), got {text!r}")
     return weights
 
 
@@ -145,19 +146,19 @@ def measure_select_report(args: argparse.Namespace) -> int:
         common.say(args, f"reading {args.data}")
         real = real_task(args, notes)
     common.say(args, f"loading {model_label(args)} on {args.device}")
-    bundle, random_model = load_models(args, notes)
+    bundle, null_models = load_models(args, notes)
     if real is None and bundle.world is None:
         raise common.UsageError(f"{bundle.world_note}; pass --data with a real data file")
     tasks = [real] if real is not None else synthetic_tasks(bundle.world, args)
-    measurements = measure(bundle, random_model, tasks, args, notes)
+    measurements = measure(bundle, null_models, tasks, args, notes)
     measurements.meta["model"] = bundle.info
     measurements.save(args.out)
     return select_and_report(measurements, bundle, args, notes, started)
 
 
 def load_models(args, notes: list[str]):
-    """(the model's ModelBundle, its random-weights twin or None): same architecture, seeded init."""
-    from probing.models.factory import create_model
+    """(the model's ModelBundle, its null models: name -> builder of that null model)."""
+    from probing.measure.null import null_tower
     from probing.models.text_tower import TextTower
 
     bundle = common.load_model(args, seed=args.seed)
@@ -166,11 +167,10 @@ def load_models(args, notes: list[str]):
         print(f"{PROG}: note: {bundle.world_note}", file=sys.stderr)
     if args.pretrained is None and not bundle.checkpoint:
         notes.append("the model has random weights (no --pretrained)")
-    random_model = None
-    if "probes" in args.measurement_list and not args.no_random_baseline:
-        random_model = create_model(bundle.name, None, device=args.device, seed=args.seed).model
+    seeds = [args.seed * 1000 + 1 + k for k in range(args.null_models)]  # never the model's own init seed
+    null_models = {f"null:{seed}": (lambda seed=seed: null_tower(bundle.model, bundle.name, seed)) for seed in seeds}
     bundle.info["n_layers"] = TextTower.from_model(bundle.model).n_layers
-    return bundle, random_model
+    return bundle, null_models
 
 
 def synthetic_tasks(world, args) -> list:
@@ -214,7 +214,7 @@ def real_task(args, notes: list[str]):
     return task
 
 
-def measure(bundle, random_model, tasks, args, notes: list[str]):
+def measure(bundle, null_models, tasks, args, notes: list[str]):
     from finetune.losses import gradnorm_loss_fns
     from probing.measure.layers import MeasureConfig, measure_layers
 
@@ -225,45 +225,55 @@ def measure(bundle, random_model, tasks, args, notes: list[str]):
             notes.append(f"skipped {', '.join(skipped)}: they need the synthetic world's images")
             print(f"{PROG}: note: skipping {', '.join(skipped)} (no synthetic world for this model)", file=sys.stderr)
             wanted = [m for m in wanted if m not in skipped]
-    config = MeasureConfig(seeds=args.seed_list, measurements=tuple(wanted), n_sensitivity=args.n_sensitivity,
-                           n_causal=args.n_causal, grad_batches=args.grad_batches,
+    config = MeasureConfig(seeds=args.seed_list, null_seeds=args.null_seed_list, measurements=tuple(wanted),
+                           n_sensitivity=args.n_sensitivity, n_causal=args.n_causal, grad_batches=args.grad_batches,
                            grad_batch_size=args.grad_batch_size, batch_size=args.batch_size, seed=args.seed)
-    common.say(args, f"measuring {', '.join(wanted)} ({len(args.seed_list)} probe seeds)")
+    common.say(args, f"measuring {', '.join(wanted)} on the model and {len(null_models)} null models")
     return measure_layers(bundle.model, bundle.preprocess, bundle.tokenizer, tasks, world=bundle.world,
-                          random_model=random_model, loss_fns=gradnorm_loss_fns(args.loss_list),
+                          null_models=null_models, loss_fns=gradnorm_loss_fns(args.loss_list),
                           config=config, progress=not args.no_progress)
 
 
-def selection_config(args):
-    from analysis.selection import SelectionConfig
+def evidence_config(args):
+    from analysis.evidence import EvidenceConfig
 
-    w_probe, w_gradnorm, w_sensitivity = args.weights
-    return SelectionConfig(rule=args.rule, share=args.share, k=args.k, rgn_floor=args.rgn_floor,
-                           lr_weights=args.lr_weights, grad_loss=args.grad_loss, w_probe=w_probe,
-                           w_gradnorm=w_gradnorm, w_sensitivity=w_sensitivity, min_probe_margin=args.min_probe_margin,
-                           sensitivity_edit=args.sensitivity_edit)
+    w_probe, w_sensitivity, w_gradnorm = args.weights
+    return EvidenceConfig(sensitivity_edit=args.sensitivity_edit, alpha=args.alpha, seed=args.seed,
+                          grad_losses=(args.grad_loss,) if args.grad_loss else None,
+                          weights={"probe": w_probe, "sensitivity": w_sensitivity, "gradnorm": w_gradnorm})
 
 
 def select_and_report(measurements, bundle, args, notes: list[str], started: float) -> int:
+    """Null-calibrated evidence, the plan (possibly empty: no evidence), figures and report. Exit 1 when
+    the evidence supports no plan (the plan file then names no blocks and says why)."""
+    from analysis.evidence import block_evidence
     from analysis.report.figures import plot_all
     from analysis.report.report import write_report
-    from analysis.selection import SelectionError, describe_blocks, select_layers
+    from analysis.selection import SelectionConfig, SelectionError, describe_blocks, select_layers
 
+    common.say(args, f"testing the evidence against {len(measurements.null_models)} null models")
+    evidence = block_evidence(measurements, evidence_config(args))
     try:
-        plan = select_layers(measurements, selection_config(args))
+        selection = select_layers(evidence, SelectionConfig(rule=args.rule, share=args.share, k=args.k,
+                                                            rgn_floor=args.rgn_floor))
     except SelectionError as error:
         raise common.Unsupported(f"no layer plan: {error} (measurements saved in {args.out})") from None
+    plan = selection.plan
     plan.validate(measurements.n_layers)
     plan_path = plan.save(args.out / "layer_plan.json")
     common.say(args, "drawing figures")
-    figures = plot_all(measurements, plan, args.out / "figures")
+    figures = plot_all(measurements, selection, args.out / "figures")
     run_info = {"arguments": {k: v for k, v in vars(args).items()}, "seconds": time.perf_counter() - started,
                 "notes": notes}
-    paths = write_report(args.out, measurements, plan, figures=figures, model_info=bundle.info,
+    paths = write_report(args.out, measurements, selection, figures=figures, model_info=bundle.info,
                          embedded_metrics=bundle.metrics, run_info=run_info)
     print(f"wrote {args.out}/: {paths['markdown'].name}, {paths['json'].name}, {plan_path.name}, measurements.json "
-          f"(+ CSV tables), figures/ ({sum(len(p) for p in figures.values())} files)")
-    print(f"selected blocks: {describe_blocks(plan.blocks)} ({plan.describe()})")
+          f"(+ CSV tables, items.npz), figures/ ({sum(len(p) for p in figures.values())} files)")
+    if not plan.blocks:
+        print(f"selected blocks: none: {selection.decision.reason}")
+        return common.EXIT_UNSUPPORTED
+    print(f"selected blocks: {describe_blocks(plan.blocks)} ({plan.describe()}); chosen in "
+          f"{selection.agreement:.0%} of bootstrap replicates")
     return 0
 
 

@@ -1,26 +1,33 @@
-"""Figures of the per-layer measurements, sized for a paper column (3.5 in), written as PNG and PDF.
+"""Figures of the per-layer measurements and of the null-calibrated evidence, sized for a paper
+column (3.5 in), written as PNG and PDF.
 
-One function per figure; each takes the measurements (a `LayerMeasurements` or the dict in
-measurements.json) and optionally the layer plan, writes `<out_dir>/<name>.png` and `.pdf`, and
-returns both paths. Curves over residual-stream layers (0 = embeddings, l = after block l - 1)
-shade the selected blocks: block b spans layers b to b + 1, the step it adds. Bands are the
-confidence intervals stored with the measurements.
+One function per figure; each takes the measurements (a `LayerMeasurements`, whose tables are
+DataFrames) or the selection, writes `<out_dir>/<name>.png` and `.pdf`, and returns both paths.
+Curves over residual-stream layers (0 = embeddings, l = after block l - 1) shade the selected
+blocks: block b spans layers b to b + 1, the step it adds. Bands are the confidence intervals stored
+with the measurements; the null models (randomly initialised towers) appear as their mean and the
+range they span.
 
 matplotlib runs on the Agg backend (no display needed); it and seaborn are imported on first use.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
-from analysis.selection import CHANCE, describe_blocks
+from analysis.selection import describe_blocks
+from probing.measure.layers import TRAINED
 from probing.measure.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION
 
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
+CHANCE = 0.5  # balanced accuracy of a binary probe that guesses
 SELECTED_COLOUR = "#f2c14e"
+NULL_COLOUR = "#7f8c8d"
 EDIT_COLOURS = {"presence": "#c0392b", "absence": "#2471a3", "control": "#7f8c8d"}
+COMPONENT_COLOURS = {"probe": "#1f4e79", "sensitivity": "#c0392b", "gradnorm": "#27ae60", "patching": "#8e44ad"}
 COMPONENT_LABELS = {"all": "all", "attention": "attn", "mlp": "mlp", "layernorms": "LN", "layerscale": "LS"}
 LAYER_AXIS = "layer (0 = embeddings, L = output of block L-1)"
 
@@ -36,20 +43,6 @@ def _pyplot():
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.9)
     plt.rcParams.update({"savefig.dpi": 300, "pdf.fonttype": 42, "legend.fontsize": 6.5, "axes.titlesize": 8})
     return plt
-
-
-def _rows(measurements, table: str) -> list[dict]:
-    if isinstance(measurements, Mapping):
-        return list(measurements.get(table) or [])
-    return list(getattr(measurements, table) or [])
-
-
-def _n_layers(measurements) -> int:
-    return int(measurements["n_layers"] if isinstance(measurements, Mapping) else measurements.n_layers)
-
-
-def _blocks(plan) -> list[int]:
-    return [] if plan is None else list(plan.blocks)
 
 
 def _save(fig, out_dir: str | Path, name: str) -> list[Path]:
@@ -99,17 +92,22 @@ def _legend_below(fig, ax, ncol: int = 2) -> None:
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, frameon=False)
 
 
-def _curve(rows: list[dict], n_points: int, value: str = "accuracy") -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Mean value and CI bounds per layer over the given rows (several splits: the bounds are averaged)."""
-    if not rows:
+def _curve(rows: pd.DataFrame, n_points: int, value: str = "accuracy"):
+    """Mean value and CI bounds per layer over the given rows (several splits: each averaged over them)."""
+    if rows.empty:
         return None
-    out = np.full((3, n_points), np.nan)
-    for layer in range(n_points):
-        at = [r for r in rows if r["layer"] == layer]
-        if at:
-            out[:, layer] = [np.mean([r[value] for r in at]), np.mean([r["ci_low"] for r in at]),
-                             np.mean([r["ci_high"] for r in at])]
-    return out[0], out[1], out[2]
+    means = rows.groupby("layer")[[value, "ci_low", "ci_high"]].mean().reindex(range(n_points))
+    return means[value].to_numpy(), means["ci_low"].to_numpy(), means["ci_high"].to_numpy()
+
+
+def _null_band(ax, rows: pd.DataFrame, n_points: int, label: str, value: str = "accuracy") -> None:
+    """The null models: the mean of their curves and the range the curves span."""
+    if rows.empty:
+        return
+    per_model = rows.groupby(["model", "layer"])[value].mean().unstack("layer").reindex(columns=range(n_points))
+    x = np.arange(n_points)
+    ax.plot(x, per_model.mean().to_numpy(), ":", color=NULL_COLOUR, lw=1.2, label=f"{label} (mean of {len(per_model)})")
+    ax.fill_between(x, per_model.min().to_numpy(), per_model.max().to_numpy(), color=NULL_COLOUR, alpha=0.15, lw=0)
 
 
 def _plot_band(ax, curve, label: str, colour: str, style: str = "-") -> None:
@@ -121,23 +119,29 @@ def _plot_band(ax, curve, label: str, colour: str, style: str = "-") -> None:
     ax.fill_between(x, low, high, color=colour, alpha=0.18, lw=0)
 
 
-def plot_probe_accuracy(measurements, plan=None, out_dir: str | Path = ".", *, probe: str = "logistic") -> list[Path]:
-    """Held-out probe accuracy per layer with the in-distribution, control and random-model baselines."""
-    rows = [r for r in _rows(measurements, "probes") if r["probe"] == probe]
-    tasks = [t for t in ("negation", "scope") if any(r["task"] == t for r in rows)]
+def plot_probe_accuracy(measurements, blocks: Sequence[int] = (), out_dir: str | Path = ".", *,
+                        probe: str = "logistic") -> list[Path]:
+    """Held-out probe accuracy per layer against the null models, the in-distribution split and control labels."""
+    table = measurements.probes
+    rows = table[table.probe == probe]
+    tasks = [t for t in ("negation", "scope") if (rows.task == t).any()]
     if not tasks:
         raise ValueError("no probe rows to plot")
     plt = _pyplot()
-    n_layers = _n_layers(measurements)
+    n_layers = measurements.n_layers
     fig, axes = plt.subplots(len(tasks), 1, figsize=(COLUMN_WIDTH, 2.0 * len(tasks) + 0.4), sharex=True, squeeze=False)
     for ax, task in zip(axes[:, 0], tasks):
-        pick = lambda model, labels, splits: [r for r in rows if r["task"] == task and r["model"] == model
-                                              and r["labels"] == labels and r["split"] in splits]
-        shade_blocks(ax, _blocks(plan))
-        _plot_band(ax, _curve(pick("trained", "task", HELDOUT_SPLITS), n_layers + 1), "held-out splits", "#1f4e79")
-        _plot_band(ax, _curve(pick("trained", "task", (IN_DISTRIBUTION,)), n_layers + 1), "in-distribution", "#5dade2", "--")
-        _plot_band(ax, _curve(pick("random", "task", HELDOUT_SPLITS), n_layers + 1), "random model, held-out", "#7f8c8d", ":")
-        _plot_band(ax, _curve(pick("trained", "control", (IN_DISTRIBUTION,)), n_layers + 1), "control labels", "#a569bd", "-.")
+        mine = rows[rows.task == task]
+        held = mine.split.isin(HELDOUT_SPLITS)
+        shade_blocks(ax, blocks)
+        _plot_band(ax, _curve(mine[(mine.model == TRAINED) & (mine.labels == "task") & held], n_layers + 1),
+                   "held-out splits", "#1f4e79")
+        _plot_band(ax, _curve(mine[(mine.model == TRAINED) & (mine.labels == "task") & (mine.split == IN_DISTRIBUTION)],
+                              n_layers + 1), "in-distribution", "#5dade2", "--")
+        _null_band(ax, mine[mine.model.str.startswith("null:") & (mine.labels == "task") & held], n_layers + 1,
+                   "null models, held-out")
+        _plot_band(ax, _curve(mine[(mine.model == TRAINED) & (mine.labels == "control")], n_layers + 1),
+                   "control labels", "#a569bd", "-.")
         ax.axhline(CHANCE, color="black", lw=0.6, alpha=0.6)
         ax.set_ylabel(f"{task} probe accuracy")
         ax.set_title(f"{task}: {probe} probe (balanced accuracy, 95% CI)")
@@ -149,50 +153,54 @@ def plot_probe_accuracy(measurements, plan=None, out_dir: str | Path = ".", *, p
     return _save(fig, out_dir, "probe_accuracy")
 
 
-def plot_selectivity(measurements, plan=None, out_dir: str | Path = ".") -> list[Path]:
+def plot_selectivity(measurements, blocks: Sequence[int] = (), out_dir: str | Path = ".") -> list[Path]:
     """Selectivity (task minus control accuracy, in-distribution) per layer; band from the two CIs."""
-    rows = _rows(measurements, "selectivity")
-    if not rows:
+    rows = measurements.selectivity
+    if rows.empty:
         raise ValueError("no selectivity rows to plot")
-    intervals = {(r["task"], r["probe"], r["layer"], r["labels"]): (r["ci_low"], r["ci_high"])
-                 for r in _rows(measurements, "probes") if r["model"] == "trained" and r["split"] == IN_DISTRIBUTION}
+    probes = measurements.probes
+    probes = probes[(probes.model == TRAINED) & (probes.split == IN_DISTRIBUTION)]
+    intervals = probes.set_index(["task", "probe", "layer", "labels"])[["ci_low", "ci_high"]]
     plt = _pyplot()
-    n_layers = _n_layers(measurements)
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.4))
-    shade_blocks(ax, _blocks(plan))
+    shade_blocks(ax, blocks)
     colours = {"negation": "#1f4e79", "scope": "#c0392b"}
-    for (task, probe) in sorted({(r["task"], r["probe"]) for r in rows}):
-        chosen = sorted((r for r in rows if r["task"] == task and r["probe"] == probe), key=lambda r: r["layer"])
-        x = np.array([r["layer"] for r in chosen])
-        y = np.array([r["selectivity"] for r in chosen])
+    for (task, probe), chosen in rows.sort_values("layer").groupby(["task", "probe"]):
+        x = chosen.layer.to_numpy()
         style = "-" if probe == "logistic" else "--"
-        ax.plot(x, y, style, color=colours.get(task, "black"), lw=1.2, marker="o", ms=2.2, label=f"{task}, {probe}")
-        # conservative band: task interval minus control interval, end to end
-        bands = [(intervals.get((task, probe, l, "task")), intervals.get((task, probe, l, "control"))) for l in x]
-        if probe == "logistic" and all(t is not None and c is not None for t, c in bands):  # one band per task
-            ax.fill_between(x, [t[0] - c[1] for t, c in bands], [t[1] - c[0] for t, c in bands],
+        ax.plot(x, chosen.selectivity.to_numpy(), style, color=colours.get(task, "black"), lw=1.2, marker="o", ms=2.2,
+                label=f"{task}, {probe}")
+        if probe == "logistic":  # conservative band: task interval minus control interval, end to end
+            try:
+                task_ci = intervals.loc[[(task, probe, layer, "task") for layer in x]].to_numpy()
+                control_ci = intervals.loc[[(task, probe, layer, "control") for layer in x]].to_numpy()
+            except KeyError:
+                continue
+            ax.fill_between(x, task_ci[:, 0] - control_ci[:, 1], task_ci[:, 1] - control_ci[:, 0],
                             color=colours.get(task, "black"), alpha=0.12, lw=0)
     ax.axhline(0, color="black", lw=0.6, alpha=0.6)
     ax.set_ylabel("selectivity (task - control)")
     ax.set_title("probe selectivity (in-distribution)")
-    _layer_axis(ax, n_layers)
+    _layer_axis(ax, measurements.n_layers)
     _legend_below(fig, ax)
     return _save(fig, out_dir, "selectivity")
 
 
-def plot_sensitivity(measurements, plan=None, out_dir: str | Path = ".") -> list[Path]:
-    """Standardised sensitivity per layer for presence, absence and control edits."""
-    rows = _rows(measurements, "sensitivity")
-    if not rows:
+def plot_sensitivity(measurements, blocks: Sequence[int] = (), out_dir: str | Path = ".") -> list[Path]:
+    """Standardised sensitivity per layer for presence, absence and control edits, the null models' beside."""
+    rows = measurements.sensitivity
+    if rows.empty:
         raise ValueError("no sensitivity rows to plot")
     plt = _pyplot()
-    n_layers = _n_layers(measurements)
+    n_layers = measurements.n_layers
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.4))
-    shade_blocks(ax, _blocks(plan))
+    shade_blocks(ax, blocks)
     for edit in ("presence", "absence", "control"):
-        chosen = [r for r in rows if r["edit"] == edit]
+        chosen = rows[(rows.edit == edit) & (rows.model == TRAINED)]
         _plot_band(ax, _curve(chosen, n_layers + 1, "sensitivity"), f"{edit} edit",
                    EDIT_COLOURS[edit], "-" if edit != "control" else "--")
+    _null_band(ax, rows[(rows.edit == "presence") & rows.model.str.startswith("null:")], n_layers + 1,
+               "null models, presence edit", "sensitivity")
     ax.set_ylabel("sensitivity\n(edit distance / caption distance)")
     ax.set_title("how far an edit moves the caption (95% CI)")
     ax.set_ylim(bottom=0)
@@ -201,31 +209,30 @@ def plot_sensitivity(measurements, plan=None, out_dir: str | Path = ".") -> list
     return _save(fig, out_dir, "sensitivity")
 
 
-def plot_gradnorm_heatmap(measurements, plan=None, out_dir: str | Path = ".") -> list[Path]:
-    """Relative gradient norm ||g||/||w|| per block (rows) and component (columns), one panel per loss."""
-    rows = _rows(measurements, "gradnorms")
-    if not rows:
+def plot_gradnorm_heatmap(measurements, blocks: Sequence[int] = (), out_dir: str | Path = ".") -> list[Path]:
+    """The model's relative gradient norm ||g||/||w|| per block (rows) and component (columns), one panel per loss."""
+    table = measurements.gradnorms
+    rows = table[table.model == TRAINED]
+    if rows.empty:
         raise ValueError("no gradient-norm rows to plot")
     plt = _pyplot()
     import matplotlib.colors as mcolors
     from matplotlib.patches import Rectangle
 
-    losses = list(dict.fromkeys(r["loss"] for r in rows))
-    components = [c for c in ("all", "attention", "mlp", "layernorms", "layerscale") if any(r["component"] == c for r in rows)]
-    n_layers = _n_layers(measurements)
+    losses = list(dict.fromkeys(rows.loss))
+    components = [c for c in ("all", "attention", "mlp", "layernorms", "layerscale") if (rows.component == c).any()]
+    n_layers = measurements.n_layers
     ncols = min(2, len(losses))
     nrows = -(-len(losses) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_WIDTH, 2.5 * nrows + 0.3), squeeze=False,
                              gridspec_kw={"wspace": 0.35, "hspace": 0.3})
-    values = np.array([r["relative_norm"] for r in rows if r["relative_norm"] > 0])
+    values = rows.relative_norm[rows.relative_norm > 0].to_numpy()
     norm = mcolors.LogNorm(vmin=values.min(), vmax=values.max()) if len(values) else None
     image = None
-    selected = set(_blocks(plan))
+    selected = set(blocks)
     for ax, loss in zip(axes.flat, losses):
-        grid = np.full((n_layers, len(components)), np.nan)
-        for r in rows:
-            if r["loss"] == loss and r["component"] in components:
-                grid[r["layer"], components.index(r["component"])] = r["relative_norm"]
+        grid = rows[rows.loss == loss].pivot_table(index="layer", columns="component", values="relative_norm")
+        grid = grid.reindex(index=range(n_layers), columns=components).to_numpy()
         image = ax.imshow(np.where(grid > 0, grid, np.nan), aspect="auto", cmap="viridis", norm=norm)
         ax.set_title(loss)
         ax.set_xticks(range(len(components)))
@@ -248,40 +255,59 @@ def plot_gradnorm_heatmap(measurements, plan=None, out_dir: str | Path = ".") ->
     return _save(fig, out_dir, "gradnorms")
 
 
-def plot_block_scores(plan, out_dir: str | Path = ".") -> list[Path]:
-    """The combined per-block score the rule used, its components' shares, and the chosen blocks."""
-    table = plan.evidence.get("per_block") or []
-    if not table:
-        raise ValueError("the plan records no per-block evidence")
+def plot_evidence(selection, out_dir: str | Path = ".") -> list[Path]:
+    """Per component: each block's excess over the null models with its interval and the family-wise
+    threshold (filled = significant); below, the combined score and how often each block is selected."""
+    evidence = selection.evidence
+    components = list(evidence.components.values())
     plt = _pyplot()
-    blocks = [row["block"] for row in table]
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.3))
-    colours = ["#e67e22" if b in plan.blocks else "#95a5a6" for b in blocks]
-    ax.bar(blocks, [row["combined"] for row in table], color=colours, width=0.7, label="combined score")
-    markers = {"probe": ("o", "#1f4e79"), "gradnorm": ("s", "#27ae60"), "sensitivity": ("^", "#c0392b")}
-    for name, (marker, colour) in markers.items():
-        if f"{name}_share" in table[0]:
-            ax.plot(blocks, [row[f"{name}_share"] for row in table], marker, color=colour, ms=3, ls="none",
-                    label=f"{name} share")
+    fig, axes = plt.subplots(len(components) + 1, 1, figsize=(COLUMN_WIDTH, 1.45 * (len(components) + 1) + 0.4),
+                             sharex=True, squeeze=False)
+    blocks = np.arange(evidence.n_layers)
+    for ax, component in zip(axes[:-1, 0], components):
+        colour = COMPONENT_COLOURS.get(component.name, "black")
+        excess = np.asarray(component.excess)
+        ax.errorbar(blocks, excess, yerr=[excess - np.asarray(component.low), np.asarray(component.high) - excess],
+                    fmt="none", ecolor=colour, elinewidth=0.8, alpha=0.6)
+        significant = np.asarray(component.significant)
+        ax.plot(blocks[significant], excess[significant], "o", color=colour, ms=3.5, label="significant")
+        ax.plot(blocks[~significant], excess[~significant], "o", mfc="white", mec=colour, ms=3.5, label="not significant")
+        ax.step(np.append(blocks, blocks[-1] + 1) - 0.5, np.append(component.threshold, component.threshold[-1]),
+                where="post", color="black", lw=0.7, ls="--", label="family-wise threshold")
+        ax.axhline(0, color="black", lw=0.5, alpha=0.5)
+        ax.set_ylabel(f"{component.name}\nexcess", fontsize=7)
+    ax = axes[-1, 0]
+    colours = ["#e67e22" if b in selection.plan.blocks else "#95a5a6" for b in blocks]
+    ax.bar(blocks, evidence.combined, color=colours, width=0.7, label="combined score (orange = selected)")
+    ax.plot(blocks, selection.stability, "k.-", lw=0.8, ms=3, label="selected in bootstrap replicates")
+    ax.set_ylim(0, 1.05)
     ax.set_xticks(blocks)
-    ax.set_xlabel("block (orange = selected)")
-    ax.set_ylabel("share of evidence")
-    ax.set_title(plan.rule)
-    _legend_below(fig, ax)
-    return _save(fig, out_dir, "block_scores")
+    ax.set_xlabel("block")
+    ax.set_ylabel("share", fontsize=7)
+    axes[0, 0].set_title(f"evidence beyond {components[0].n_null if components else 0} null models; "
+                         f"plan: {describe_blocks(selection.plan.blocks)}")
+    handles, labels = [], []
+    for axis in (axes[0, 0], ax):
+        h, l = axis.get_legend_handles_labels()
+        handles += h
+        labels += l
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
+    return _save(fig, out_dir, "evidence")
 
 
-def plot_all(measurements, plan=None, out_dir: str | Path = ".") -> dict[str, list[Path]]:
+def plot_all(measurements, selection=None, out_dir: str | Path = ".") -> dict[str, list[Path]]:
     """Every figure whose data was measured; name -> [png, pdf]."""
+    blocks = [] if selection is None else list(selection.plan.blocks)
     figures = {}
-    if _rows(measurements, "probes"):
-        figures["probe_accuracy"] = plot_probe_accuracy(measurements, plan, out_dir)
-    if _rows(measurements, "selectivity"):
-        figures["selectivity"] = plot_selectivity(measurements, plan, out_dir)
-    if _rows(measurements, "sensitivity"):
-        figures["sensitivity"] = plot_sensitivity(measurements, plan, out_dir)
-    if _rows(measurements, "gradnorms"):
-        figures["gradnorms"] = plot_gradnorm_heatmap(measurements, plan, out_dir)
-    if plan is not None and plan.evidence.get("per_block"):
-        figures["block_scores"] = plot_block_scores(plan, out_dir)
+    if not measurements.probes.empty:
+        figures["probe_accuracy"] = plot_probe_accuracy(measurements, blocks, out_dir)
+    if not measurements.selectivity.empty:
+        figures["selectivity"] = plot_selectivity(measurements, blocks, out_dir)
+    if not measurements.sensitivity.empty:
+        figures["sensitivity"] = plot_sensitivity(measurements, blocks, out_dir)
+    if not measurements.gradnorms.empty:
+        figures["gradnorms"] = plot_gradnorm_heatmap(measurements, blocks, out_dir)
+    if selection is not None and selection.evidence.components:
+        figures["evidence"] = plot_evidence(selection, out_dir)
     return figures

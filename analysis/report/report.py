@@ -1,30 +1,38 @@
 """The layer-selection report: report.md (plain sentences, figures, tables) and report.json (every number).
 
-The sentences are computed from the plan's recorded evidence and the measurements, never written
-by hand: which blocks were chosen and by which rule, the numbers that decided it, what each kind
-of evidence says, and whether the evidence favours the front layers at all.
+The sentences are computed from the selection (its null-calibrated evidence, decision and
+stability) and the measurements, never written by hand: which blocks were chosen and why, how
+stable that choice is, what each kind of evidence shows beyond the null models (randomly
+initialised towers of the same architecture), and whether the evidence favours front layers at
+all. A claim such as "the evidence favours front layers" is made only when the evidence beyond the
+null models supports it; otherwise the report says the evidence is not there.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from analysis.selection import describe_blocks
+from analysis.selection import Selection, describe_blocks
 
-COMPONENT_WORDS = {"probe": "held-out probes", "gradnorm": "gradient norms", "sensitivity": "sensitivity"}
+COMPONENT_WORDS = {"probe": "held-out probes", "sensitivity": "edit sensitivity", "gradnorm": "gradient norms",
+                   "patching": "activation patching"}
 FRONT_FAVOURED = 0.6  # the front half holds at least this share of the evidence
 BACK_FAVOURED = 0.4
 FIGURE_CAPTIONS = {
     "probe_accuracy": "Probe accuracy per layer: held-out splits (cue, object, template; mean) against the "
-                      "in-distribution split, control labels and the random-weights model. Shaded: selected blocks.",
+                      "in-distribution split, control labels and the null models (randomly initialised text towers: "
+                      "mean and range). Shaded: selected blocks.",
     "selectivity": "Selectivity (task minus control accuracy) per layer; band from the two confidence intervals.",
     "sensitivity": "How far a presence negation, an absence negation and a same-size control edit move the "
-                   "caption's representation, relative to the distance between different captions.",
+                   "caption's representation, relative to the distance between different captions; null models grey.",
     "gradnorms": "Relative gradient norm ||g||/||w|| per block and component under each loss; selected blocks outlined.",
-    "block_scores": "The combined per-block score the rule used (bars; orange = selected) and its components' shares.",
+    "evidence": "Each component's per-block excess over the null models with its 95% interval and the family-wise "
+                "threshold (filled = significant); below, the combined score (orange = selected) and how often each "
+                "block is selected over bootstrap replicates.",
 }
 
 
@@ -37,129 +45,93 @@ def _pct(x: float, digits: int = 0) -> str:
     return f"{100 * x:.{digits}f}%"
 
 
-def _as_dict(measurements) -> dict:
-    return dict(measurements) if isinstance(measurements, Mapping) else dataclasses.asdict(measurements)
-
-
-def summary_sentences(measurements, plan) -> list[str]:
-    """A few plain sentences: the selected layers and the evidence for (or against) them."""
-    data = _as_dict(measurements)
-    evidence = plan.evidence
-    sentences = [_plan_sentence(plan, data["n_layers"]), _decision_sentence(plan)]
-    sentences += _probe_sentences(evidence)
-    sentences += _gradnorm_sentences(data, plan)
-    sentences += _sensitivity_sentences(data, evidence)
-    sentences.append(_front_sentence(evidence))
-    sentences += _causal_sentences(data)
+def summary_sentences(measurements, selection: Selection) -> list[str]:
+    """Plain sentences: the plan (or why there is none), its stability, and each kind of evidence."""
+    sentences = [_plan_sentence(selection, measurements.n_layers), _stability_sentence(selection)]
+    for component in selection.evidence.components.values():
+        sentences += _component_sentences(component, selection)
+    sentences.append(_front_sentence(selection))
+    sentences += _causal_sentences(measurements)
     return [s for s in sentences if s]
 
 
-def _plan_sentence(plan, n_layers: int) -> str:
+def _plan_sentence(selection: Selection, n_layers: int) -> str:
+    plan, decision = selection.plan, selection.decision
+    n_null = max((c.n_null for c in selection.evidence.components.values()), default=0)
+    if not plan.blocks:
+        return (f"No layer plan: {decision.reason} ({n_null} null models, family-wise alpha "
+                f"{selection.evidence.config.alpha:g} per component). The plan file names no blocks.")
     extras = [name for name, on in (("the token and positional embeddings", plan.train_embeddings),
                                     ("the final LayerNorm", plan.train_ln_final),
                                     ("the text projection", plan.train_projection),
                                     ("the logit scale", plan.train_logit_scale)) if on]
-    text = f"The layer plan trains text {_blocks_phrase(plan.blocks)} of {n_layers} (rule {plan.rule})"
+    text = f"The layer plan trains text {_blocks_phrase(plan.blocks)} of {n_layers}: {decision.reason}"
+    text += f" ({_pct(decision.share_of_chosen, 1)} of it"
+    if decision.share_of_next_shorter is not None:
+        text += f"; the best run one block shorter holds {_pct(decision.share_of_next_shorter, 1)}"
+    text += ")"
     if extras:
         text += ", plus " + (", ".join(extras[:-1]) + " and " + extras[-1] if len(extras) > 1 else extras[0])
     if plan.lr_weights:
         low = min(plan.lr_weights, key=plan.lr_weights.get)
-        text += f"; learning rates are scaled per block by Auto-RGN weights from 1.0 down to {plan.lr_weights[low]:.2f} (block {low})"
+        text += f"; learning rates scale per block from 1.0 down to {plan.lr_weights[low]:.2f} (block {low})"
     return text + "."
 
 
-def _decision_sentence(plan) -> str:
-    evidence, decision = plan.evidence, plan.evidence["decision"]
-    chosen = _blocks_phrase(plan.blocks)
-    one = len(plan.blocks) == 1
-    if evidence["rule"] == "prefix":
-        k = decision["k"]
-        # one decimal: a prefix just short of the share must not read as reaching it
-        shorter = (f"; {_blocks_phrase(range(k - 1))} held only {_pct(decision['share_of_shorter_prefix'], 1)}"
-                   if k > 1 else "")
-        return (f"{chosen.capitalize()} {'is' if one else 'are'} the shortest front prefix that holds at least "
-                f"{_pct(decision['share'])} of the combined evidence: {'it holds' if one else 'they hold'} "
-                f"{_pct(decision['share_of_prefix'], 1)}{shorter}.")
-    if evidence["rule"] == "topk":
-        ranking = "the highest combined score" if one else f"the {decision['k']} highest combined scores"
-        following = "" if decision["next_score"] is None else f", the best left out {decision['next_score']:.3f}"
-        return (f"{chosen.capitalize()} {'has' if one else 'have'} {ranking} (lowest chosen {decision['kth_score']:.3f}"
-                f"{following}) and {'holds' if one else 'together hold'} {_pct(decision['share_of_chosen'])} of the evidence.")
-    frozen = decision["frozen_blocks"]
-    left = (f"{_blocks_phrase(frozen)} {'falls' if len(frozen) == 1 else 'fall'} below it and stay{'s' if len(frozen) == 1 else ''} "
-            "frozen" if frozen else "no block falls below it")
-    return (f"Auto-RGN keeps every block whose relative gradient norm is at least {_pct(decision['floor'])} of the "
-            f"largest; {left}. The chosen blocks hold {_pct(decision['share_of_chosen'])} of the combined evidence.")
+def _stability_sentence(selection: Selection) -> str:
+    if selection.evidence.replicates is None:
+        return ""
+    stable = [b for b, f in enumerate(selection.stability) if f >= 0.5]
+    if not selection.plan.blocks:
+        return (f"On {len(selection.evidence.replicates)} bootstrap replicates (test items, captions, gradient "
+                f"batches and null towers resampled), the rule selects nothing in {_pct(selection.agreement)} of them"
+                + (f"; {_blocks_phrase(stable)} would be chosen in at least half." if stable else "."))
+    return (f"Over {len(selection.evidence.replicates)} bootstrap replicates (test items, captions, gradient batches "
+            f"and null towers resampled) the rule picks exactly this plan in {_pct(selection.agreement)} of them; "
+            + ("blocks chosen in at least half: " + describe_blocks(stable) if stable else
+               "no block is chosen in half of them") + ".")
 
 
-def _probe_sentences(evidence: dict) -> list[str]:
-    probes = evidence["per_layer"].get("probe")
-    if probes is None:
-        return ["No probes were measured, so the plan rests on the other evidence only."]
-    sentences = []
-    threshold = evidence["config"]["min_probe_margin"]
-    for task, info in probes["per_task"].items():
-        trained, base = np.asarray(info["trained"]), np.asarray(info["baseline_accuracy"])
-        gap = trained - base
-        best = int(np.argmax(gap))
-        splits = "held-out" if info["splits"] != ["in_distribution"] else "in-distribution"
-        against = "the random-weights model" if info["baseline"] == "random" else "chance"
-        below = int((gap < 0).sum())
-        tail = f"; it is below {against} at {below} of {len(gap)} layers" if below else ""
-        if gap.max() < threshold:
-            sentences.append(f"On {splits} data the {task} probe never beats {against} by the {100 * threshold:.0f}-point "
-                             f"noise margin (best {100 * gap.max():+.1f} points, layer {best}{tail}): it shows no {task} beyond what "
-                             "token identity gives, and adds no evidence.")
-        else:
-            sentences.append(f"On {splits} data the {task} probe beats {against} by up to {100 * gap.max():.1f} points "
-                             f"(layer {best}: {trained[best]:.2f} vs {base[best]:.2f}){tail}.")
-    gains = [row.get("probe", 0.0) for row in evidence["per_block"]]
-    if max(gains, default=0) > 0:
-        top = int(np.argmax(gains))
-        sentences.append(f"The largest probe gain is across block {top} (+{100 * gains[top]:.1f} points over the baseline, "
-                         f"averaged over tasks).")
+def _component_sentences(component, selection: Selection) -> list[str]:
+    name, excess = component.name, np.asarray(component.excess)
+    significant = [b for b, s in enumerate(component.significant) if s and excess[b] > 0]
+    words = COMPONENT_WORDS.get(name, name)
+    unit = {"probe": ("points", 100.0), "sensitivity": ("caption distances", 1.0),
+            "gradnorm": ("points of the gradient share", 100.0)}.get(name, ("", 1.0))
+    lowest = int(np.argmin(excess))
+    if not significant:
+        best = int(np.argmax(excess))
+        text = (f"{words.capitalize()} ({component.basis}): no block exceeds the {component.n_null} null models "
+                f"beyond what random towers differ among themselves (largest excess {excess[best] * unit[1]:+.1f} "
+                f"{unit[0]} at block {best}, z = {component.z[best]:.1f} against a family-wise threshold of "
+                f"{component.critical:.1f}), so they add no evidence")
+    else:
+        best = max(significant, key=lambda b: excess[b])
+        text = (f"{words.capitalize()} ({component.basis}) exceed the {component.n_null} null models significantly at "
+                f"{_blocks_phrase(significant)} (largest at block {best}: {excess[best] * unit[1]:+.1f} {unit[0]}, 95% "
+                f"interval {component.low[best] * unit[1]:+.1f} to {component.high[best] * unit[1]:+.1f}, z = "
+                f"{component.z[best]:.1f} against {component.critical:.1f})")
+    if excess[lowest] < 0 and component.z[lowest] < -component.critical:
+        text += (f"; at block {lowest} the model adds {-excess[lowest] * unit[1]:.1f} {unit[0]} less than random "
+                 "towers do")
+    sentences = [text + "."]
+    if name == "gradnorm":
+        null_front = float(np.sum(component.null_mean[: len(component.null_mean) // 2]))
+        sentences.append(f"Random towers themselves put {_pct(null_front)} of their gradient norm on the front half: "
+                         "raw gradient norms are front-loaded by the architecture, which is why only the excess counts.")
     return sentences
 
 
-def _gradnorm_sentences(data: dict, plan) -> list[str]:
-    profile = plan.evidence.get("rgn_profile")
-    if profile is None:
-        return []
-    losses = plan.evidence["per_layer"].get("gradnorm_losses", [])
-    top = int(np.argmax(profile))
-    chosen = sum(profile[b] for b in plan.blocks)
-    text = [f"Relative gradient norms ({', '.join(losses)}) are largest in block {top}; the chosen blocks take "
-            f"{_pct(chosen)} of the total."]
-    clip = [r["relative_norm"] for r in sorted(data.get("gradnorms") or [], key=lambda r: r["layer"])
-            if r["loss"] == "clip" and r["component"] == plan.evidence["config"]["grad_component"]]
-    if clip and sum(clip[: len(clip) // 2]) >= 0.5 * sum(clip):
-        text.append(f"The plain CLIP loss puts {_pct(sum(clip[: len(clip) // 2]) / sum(clip))} of its gradient norm on the "
-                    "front half too, so gradient norms say where any loss changes the model most, not where negation lives.")
-    return text
-
-
-def _sensitivity_sentences(data: dict, evidence: dict) -> list[str]:
-    margin = evidence["per_layer"].get("sensitivity_margin")
-    if margin is None:
-        return []
-    rows = {(r["edit"], r["layer"]): r["sensitivity"] for r in data.get("sensitivity") or []}
-    edit = evidence["config"]["sensitivity_edit"]
-    excess = [rows[(edit, l)] - rows[("control", l)] for l in range(1, len(margin))]
-    if not excess:
-        return []
-    best = int(np.argmax(excess)) + 1
-    if max(excess) <= 0:
-        return [f"After the embeddings, {'an' if edit == 'absence' else 'a'} {edit} negation never moves the caption further than a same-size control "
-                f"edit (closest at layer {best}: {excess[best - 1]:+.2f}), so sensitivity adds no evidence."]
-    return [f"{'An' if edit == 'absence' else 'A'} {edit} negation moves the caption further than a same-size control edit by up to "
-            f"{excess[best - 1]:.2f} (layer {best}, in units of the distance between different captions)."]
-
-
-def _front_sentence(evidence: dict) -> str:
-    share, front = evidence["front_half_share"], evidence["front_half_blocks"]
-    used = list(evidence["components_used"])
-    basis = "" if len(used) == len(COMPONENT_WORDS) else f" ({' and '.join(COMPONENT_WORDS[c] for c in used)} only)"
-    where = f"The front half (blocks {describe_blocks(front)}) holds {_pct(share)} of the combined evidence{basis}"
+def _front_sentence(selection: Selection) -> str:
+    combined = selection.evidence.combined
+    if sum(combined) <= 0:
+        return ("The evidence does not favour front, middle or back layers: none of it survives the comparison "
+                "with the null models.")
+    n_front = len(combined) // 2
+    share = float(sum(combined[:n_front]))
+    used = " and ".join(COMPONENT_WORDS.get(c, c) for c in selection.evidence.weights)
+    where = (f"The front half (blocks {describe_blocks(range(n_front))}) holds {_pct(share)} of the evidence "
+             f"beyond the null models ({used})")
     if share >= FRONT_FAVOURED:
         return where + ": the evidence favours front layers."
     if share <= BACK_FAVOURED:
@@ -167,14 +139,14 @@ def _front_sentence(evidence: dict) -> str:
     return where + ": the evidence is spread about evenly and does not single out the front layers."
 
 
-def _causal_sentences(data: dict) -> list[str]:
-    rows = data.get("causal") or []
+def _causal_sentences(measurements) -> list[str]:
+    rows = measurements.causal
     parts = []
     for metric, label in (("ccneg_accuracy", "CC-Neg-style accuracy"), ("scope_accuracy", "scope accuracy")):
-        chosen = [r for r in rows if r["metric"] == metric]
-        if chosen:
-            worst = max(chosen, key=lambda r: abs(r["change"]))
-            parts.append(f"{label} by at most {worst['change']:+.3f} (layer {worst['layer']})")
+        chosen = rows[rows.metric == metric]
+        if not chosen.empty:
+            worst = chosen.loc[chosen.change.abs().idxmax()]
+            parts.append(f"{label} by at most {worst.change:+.3f} (layer {int(worst.layer)})")
     if not parts:
         return []
     return ["Projecting the negation probe direction out of the residual stream changes " + " and ".join(parts) + "."]
@@ -182,63 +154,72 @@ def _causal_sentences(data: dict) -> list[str]:
 
 # --- files ------------------------------------------------------------------------------------
 
-def write_report(out_dir: str | Path, measurements, plan, *, figures: Mapping[str, list[Path]] | None = None,
-                 model_info: Mapping[str, Any] | None = None, embedded_metrics: Mapping[str, Any] | None = None,
-                 run_info: Mapping[str, Any] | None = None) -> dict[str, Path]:
+def write_report(out_dir: str | Path, measurements, selection: Selection, *,
+                 figures: Mapping[str, list[Path]] | None = None, model_info: Mapping[str, Any] | None = None,
+                 embedded_metrics: Mapping[str, Any] | None = None, run_info: Mapping[str, Any] | None = None,
+                 extra_sentences: list[str] | None = None) -> dict[str, Path]:
     """Write report.md and report.json into `out_dir` (atomically); return both paths."""
     from probing.io import atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)
-    sentences = summary_sentences(measurements, plan)
+    sentences = summary_sentences(measurements, selection) + list(extra_sentences or [])
     relative = {name: [str(Path(p).relative_to(out_dir)) if Path(p).is_relative_to(out_dir) else str(p) for p in paths]
                 for name, paths in (figures or {}).items()}
-    payload = {"summary": sentences, "model": dict(model_info or {}), "plan": plan.to_dict(),
+    payload = {"summary": sentences, "model": dict(model_info or {}), "plan": selection.plan.to_dict(),
+               "decision": dataclasses.asdict(selection.decision), "stability": selection.stability,
+               "agreement": selection.agreement, "evidence": selection.evidence.to_dict(),
                "embedded_metrics": dict(embedded_metrics) if embedded_metrics else None,
-               "figures": relative, "run": dict(run_info or {}), "measurements": _as_dict(measurements)}
+               "figures": relative, "run": json.loads(json.dumps(dict(run_info or {}), default=str))}
     json_path = atomic_write_json(out_dir / "report.json", payload)
-    md_path = atomic_write_text(out_dir / "report.md", markdown(sentences, plan, relative, _as_dict(measurements),
+    md_path = atomic_write_text(out_dir / "report.md", markdown(sentences, selection, relative, measurements,
                                                                 model_info or {}, embedded_metrics, run_info or {}))
     return {"markdown": md_path, "json": json_path}
 
 
-def markdown(sentences: list[str], plan, figures: Mapping[str, list[str]], data: dict, model_info: Mapping,
-             embedded_metrics: Mapping | None, run_info: Mapping) -> str:
+def markdown(sentences: list[str], selection: Selection, figures: Mapping[str, list[str]], measurements,
+             model_info: Mapping, embedded_metrics: Mapping | None, run_info: Mapping) -> str:
+    plan = selection.plan
     lines = ["# Where to fine-tune: layer selection report", ""]
     if model_info:
         lines += ["Model: " + ", ".join(f"{k} `{v}`" for k, v in model_info.items() if v is not None), ""]
-    lines += ["## Summary", "", " ".join(sentences), "", "## Layer plan", "",
-              f"`{plan.describe()}` (written to `layer_plan.json`; pass it to `finetune-layers --plan`).", ""]
-    lines += _block_table(plan)
+    lines += ["## Summary", "", " ".join(sentences), "", "## Layer plan", ""]
+    if plan.blocks:
+        lines += [f"`{plan.describe()}` (written to `layer_plan.json`; pass it to `finetune-layers --plan`).", ""]
+    else:
+        lines += [f"No blocks: {selection.decision.reason}. `layer_plan.json` names no blocks and says why.", ""]
+    lines += _block_table(selection)
     for name, paths in figures.items():
         png = next((p for p in paths if p.endswith(".png")), paths[0])
         pdf = next((p for p in paths if p.endswith(".pdf")), None)
         lines += [f"![{name}]({png})", "", FIGURE_CAPTIONS.get(name, name) + (f" ([PDF]({pdf}))" if pdf else ""), ""]
     if embedded_metrics:
-        lines += ["## Embedded model (held-out synthetic metrics when it was built)", "", "| metric | value |", "|---|---|"]
+        lines += ["## Embedded model (held-out synthetic metrics recorded when it was built)", "",
+                  "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in embedded_metrics.items() if isinstance(v, (int, float)) and "/" not in k]
         lines.append("")
-    notes = list(plan.evidence.get("notes", [])) + [f"{k}: {v}" for k, v in (data.get("meta", {}).get("skipped") or {}).items()]
+    notes = list(selection.evidence.notes) + [f"{k}: {v}" for k, v in (measurements.meta.get("skipped") or {}).items()]
     notes += list(run_info.get("notes", []))
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    lines += ["Every number behind this report is in `report.json` and `measurements.json` (CSV tables beside them).", ""]
+    lines += ["Every number behind this report is in `report.json` and `measurements.json` (CSV tables and the "
+              "per-item values in `items.npz` beside them).", ""]
     return "\n".join(lines)
 
 
-def _block_table(plan) -> list[str]:
-    rows = plan.evidence.get("per_block") or []
-    if not rows:
+def _block_table(selection: Selection) -> list[str]:
+    evidence = selection.evidence
+    if not evidence.components:
         return []
-    components = [c for c in ("probe", "gradnorm", "sensitivity") if f"{c}_share" in rows[0]]
-    header = ["block", "selected", "combined", *[f"{c} share" for c in components]]
-    if plan.lr_weights:
-        header.append("lr weight")
+    names = list(evidence.components)
+    header = ["block", "selected", "stability", "combined", *[f"{n} excess (z)" for n in names]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        b = row["block"]
-        cells = [str(b), "yes" if b in plan.blocks else "", f"{row['combined']:.3f}",
-                 *[f"{row[f'{c}_share']:.3f}" for c in components]]
-        if plan.lr_weights:
-            cells.append(f"{plan.lr_weights[b]:.3f}" if b in plan.lr_weights else "")
+    for b in range(evidence.n_layers):
+        cells = [str(b), "yes" if b in selection.plan.blocks else "", f"{selection.stability[b]:.2f}",
+                 f"{evidence.combined[b]:.3f}"]
+        for name in names:
+            c = evidence.components[name]
+            cells.append(f"{c.excess[b]:+.3f} ({c.z[b]:.1f}{'*' if c.significant[b] else ''})")
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""]
+    return lines + ["", "\\* significant beyond the null models (family-wise alpha "
+                    f"{evidence.config.alpha:g}; threshold z = " + ", ".join(
+                        f"{n} {evidence.components[n].critical:.1f}" for n in names) + ")", ""]

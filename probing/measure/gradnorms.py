@@ -37,12 +37,15 @@ def relative_gradient_norms(
     *,
     loss_name: str = "loss",
     progress: bool = True,
+    per_batch: dict[tuple[int, str], list[float]] | None = None,
 ) -> list[dict]:
     """Average ||g|| / ||w|| per (block, component) over the given batches.
 
     batch_losses: one callable per batch; each takes the model and returns the scalar loss of
     that batch (built by the caller from `finetune.losses`). Returns rows
-    {loss, layer, component, relative_norm, grad_norm, weight_norm, n_batches}.
+    {loss, layer, component, relative_norm, grad_norm, weight_norm, n_batches}. `per_batch`, if
+    given, is filled with (block, component) -> each batch's relative norm (for tests that
+    resample batches, analysis.evidence).
     """
     tower = TextTower.from_model(model)
     groups = block_parameter_groups(tower)
@@ -51,6 +54,7 @@ def relative_gradient_norms(
         for p in params:
             p.requires_grad_(True)
     sums = {key: 0.0 for key in groups}
+    batches: dict[tuple[int, str], list[float]] = {key: [] for key in groups}
     grad_sums = {key: 0.0 for key in groups}
     n_batches = 0
     try:
@@ -64,7 +68,8 @@ def relative_gradient_norms(
                 grad = _norm([p.grad for p in params if p.grad is not None])
                 weight = _norm([p.detach() for p in params])
                 grad_sums[key] += grad
-                sums[key] += grad / weight if weight > 0 else 0.0
+                batches[key].append(grad / weight if weight > 0 else 0.0)
+                sums[key] += batches[key][-1]
             n_batches += 1
     finally:
         model.zero_grad(set_to_none=True)
@@ -72,6 +77,8 @@ def relative_gradient_norms(
             p.requires_grad_(flag)
     if n_batches == 0:
         raise ValueError("no batches to measure gradient norms on")
+    if per_batch is not None:
+        per_batch.update(batches)
     return [
         {"loss": loss_name, "layer": layer, "component": component,
          "relative_norm": sums[(layer, component)] / n_batches,

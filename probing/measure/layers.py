@@ -1,41 +1,62 @@
-"""Per-layer measurement of negation: probes with controls, sensitivity, gradient norms, causal check.
+"""Per-layer measurement of negation on a model and on its null models: probes with controls,
+sensitivity, gradient norms, and a causal check.
 
-`measure_layers` runs everything on one model and returns a `LayerMeasurements` of plain rows
-(JSON and CSV ready). Layer index 0 is the embedding output, index l + 1 is block l's output.
-Gradient norms need the fine-tuning losses; they come in as `loss_fns` (name -> function of a
-feature dict and the logit scale), so this module does not depend on `finetune`.
+`measure_layers` runs everything on one model ("trained") and on its null models ("null:<seed>",
+the same model with its text tower randomly initialised again: probing.measure.null), and returns
+a `LayerMeasurements`: typed tables (pandas DataFrames, columns documented in TABLES) and the
+per-item values behind them (`items`), which the null-calibrated tests of analysis.evidence
+resample. Layer index 0 is the embedding output, index l + 1 is block l's output; gradient-norm
+rows are indexed by block. Gradient norms need the fine-tuning losses; they come in as `loss_fns`
+(name -> function of a feature dict and the logit scale), so this module does not depend on `finetune`.
 """
 from __future__ import annotations
 
-import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from probing.io import atomic_path, atomic_write_json
 from probing.measure.capture import capture_pooled, layer_labels
 from probing.measure.causal import projection_ablation
 from probing.measure.encode import encode_images
 from probing.measure.gradnorms import relative_gradient_norms
-from probing.io import atomic_path, atomic_write_json
 from probing.measure.probes import probe_layers
 from probing.measure.sensitivity import edit_sensitivity
-from probing.synthetic.suite import SyntheticSuite
 from probing.measure.tasks import ProbeTask
-from probing.vocabulary import MEASUREMENTS  # named there, so that --help needs no torch
 from probing.models.text_tower import TextTower
+from probing.synthetic.suite import SyntheticSuite
+from probing.vocabulary import MEASUREMENTS  # named there, so that --help needs no torch
 
 CAUSAL_METRICS = ("ccneg_accuracy", "scope_accuracy", "image_to_text_R@1_among_100", "zero_shot_affirmative")
+TRAINED = "trained"
 LossFn = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
+
+# table -> its columns (every table has exactly these, in this order)
+TABLES: dict[str, tuple[str, ...]] = {
+    # balanced accuracy of a probe at a layer on a split, mean over probe seeds, bootstrap interval over
+    # test items; model "trained" or "null:<seed>"; labels "task" or "control" (trained model only)
+    "probes": ("task", "model", "labels", "split", "layer", "probe", "accuracy", "ci_low", "ci_high", "n_seeds",
+               "n_train", "n_test", "direction_cosine"),
+    # in-distribution task accuracy minus control-label accuracy (Hewitt & Liang), trained model
+    "selectivity": ("task", "layer", "probe", "task_accuracy", "control_accuracy", "selectivity"),
+    # how far an edit moves a caption's pooled state, in units of the distance between different captions
+    "sensitivity": ("model", "layer", "edit", "sensitivity", "ci_low", "ci_high", "raw_distance", "baseline_distance"),
+    # relative gradient norm ||g|| / ||w|| of a block's component under a loss, mean over batches
+    "gradnorms": ("model", "loss", "layer", "component", "relative_norm", "grad_norm", "weight_norm", "n_batches"),
+    # the negation probe direction projected out at a layer: metric with and without it
+    "causal": ("layer", "metric", "ablated", "baseline", "change"),
+}
 
 
 @dataclass
 class MeasureConfig:
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # probe seeds on the model
+    null_seeds: tuple[int, ...] = (0, 1)  # probe seeds on each null model (their spread is across models)
     measurements: tuple[str, ...] = MEASUREMENTS
     n_sensitivity: int = 400
     n_causal: int = 400
@@ -48,36 +69,76 @@ class MeasureConfig:
         unknown = set(self.measurements) - set(MEASUREMENTS)
         if unknown:
             raise ValueError(f"unknown measurements {sorted(unknown)}; choose from {', '.join(MEASUREMENTS)}")
-        if len(self.seeds) < 1:
-            raise ValueError("at least one seed is needed")
+        if len(self.seeds) < 1 or len(self.null_seeds) < 1:
+            raise ValueError("at least one probe seed is needed")
 
 
 @dataclass
 class LayerMeasurements:
-    """Every number of a measurement run, as lists of flat rows."""
+    """Every number of a measurement run: the tables of TABLES, per-item values, and what was run."""
 
     n_layers: int
     layer_labels: list[str]
-    probes: list[dict] = field(default_factory=list)  # task, model, labels, split, layer, probe, accuracy, ci_*
-    selectivity: list[dict] = field(default_factory=list)  # task, layer, probe, task/control accuracy
-    sensitivity: list[dict] = field(default_factory=list)  # layer, edit, sensitivity, ci_*
-    gradnorms: list[dict] = field(default_factory=list)  # loss, layer (block), component, relative_norm
-    causal: list[dict] = field(default_factory=list)  # layer, metric, ablated, baseline, change
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # per-item values for resampling tests, e.g. "probes/scope/heldout_cue/trained" [n_layers + 1, n_test]
+    # (correctness averaged over probe seeds), "probes/scope/heldout_cue/labels" [n_test],
+    # "sensitivity/presence/null:3" [n_layers + 1, n] (standardised distances), "gradnorms/clip/trained"
+    # [n_batches, n_blocks] (relative norms of whole blocks)
+    items: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        for name, columns in TABLES.items():
+            table = self.tables.get(name)
+            self.tables[name] = pd.DataFrame(columns=list(columns)) if table is None or table.empty else table
+            missing = [c for c in columns if c not in self.tables[name].columns]
+            if missing:
+                raise ValueError(f"table {name} lacks columns {missing}")
+
+    def __getattr__(self, name: str) -> pd.DataFrame:
+        if name in TABLES:
+            return self.__dict__["tables"][name]
+        raise AttributeError(name)
+
+    def add(self, table: str, rows: Sequence[dict], **constant) -> None:
+        """Append rows (dicts with the table's columns, `constant` filling the rest) to a table."""
+        frame = pd.DataFrame([{**constant, **row} for row in rows], columns=list(TABLES[table]))
+        current = self.tables[table]
+        self.tables[table] = frame if current.empty else pd.concat([current, frame], ignore_index=True)
+
+    @property
+    def null_models(self) -> list[str]:
+        """The null models' names ("null:<seed>"), in the order they were measured."""
+        return list(self.meta.get("null_models", []))
+
+    # --- files ---------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        """measurements.json plus one CSV per table, each written atomically."""
+        """measurements.json (tables as records + meta), one CSV per table and items.npz, atomically."""
         folder = Path(folder)
-        atomic_write_json(folder / "measurements.json", asdict(self))
-        for table in ("probes", "selectivity", "sensitivity", "gradnorms", "causal"):
-            rows = getattr(self, table)
-            if rows:
-                _write_csv(folder / f"{table}.csv", rows)
+        payload = {"n_layers": self.n_layers, "layer_labels": self.layer_labels, "meta": self.meta,
+                   **{name: json.loads(table.to_json(orient="records")) for name, table in self.tables.items()}}
+        atomic_write_json(folder / "measurements.json", payload)
+        for name, table in self.tables.items():
+            if not table.empty:
+                with atomic_path(folder / f"{name}.csv") as tmp:
+                    table.to_csv(tmp, index=False)
+        with atomic_path(folder / "items.npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **self.items)
         return folder / "measurements.json"
 
     @classmethod
     def load(cls, path: str | Path) -> "LayerMeasurements":
-        return cls(**json.loads(Path(path).read_text()))
+        """From measurements.json (items.npz beside it, when there is one)."""
+        path = Path(path)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        tables = {name: pd.DataFrame(data.get(name) or [], columns=list(columns)) for name, columns in TABLES.items()}
+        items_path = path.with_name("items.npz")
+        items = dict(np.load(items_path)) if items_path.is_file() else {}
+        return cls(data["n_layers"], data["layer_labels"], tables, items, data.get("meta", {}))
+
+
+NullModels = Mapping[str, Callable[[], torch.nn.Module]]
 
 
 def measure_layers(
@@ -87,52 +148,77 @@ def measure_layers(
     tasks: Sequence[ProbeTask],
     *,
     world=None,
-    random_model: torch.nn.Module | None = None,
+    null_models: NullModels | None = None,
     loss_fns: Mapping[str, LossFn] | None = None,
     config: MeasureConfig = MeasureConfig(),
     progress: bool = True,
 ) -> LayerMeasurements:
-    """Run the configured measurements; those needing images (sensitivity, gradient norms, causal)
-    need the synthetic `world` (real data gives the text-side probes)."""
+    """Run the configured measurements on `model` and on each null model.
+
+    null_models: name -> a function that builds that null model (built one at a time, measured,
+    then dropped, so that several copies of a large model never sit in memory together).
+    Measurements that need images (sensitivity, gradient norms, causal) need the synthetic `world`
+    (real data gives the text-side probes).
+    """
     n_layers = TextTower.from_model(model).n_layers
+    null_models = dict(null_models or {})
     result = LayerMeasurements(n_layers, layer_labels(n_layers), meta={
-        "seeds": list(config.seeds), "measurements": list(config.measurements),
+        "seeds": list(config.seeds), "null_seeds": list(config.null_seeds), "measurements": list(config.measurements),
+        "null_models": list(null_models),
         "tasks": {task.name: {"n_captions": len(task.captions), "n_train": len(task.train),
                               "tests": {k: len(v) for k, v in task.tests.items()}, **task.meta} for task in tasks}})
-    directions = {}
-    if "probes" in config.measurements:
-        directions = _run_probes(result, model, tokenizer, tasks, random_model, config, progress)
     needs_world = [m for m in ("sensitivity", "gradnorms", "causal") if m in config.measurements]
     if needs_world and world is None:
         result.meta["skipped"] = {m: "needs the synthetic world (images)" for m in needs_world}
-        return result
-    if "sensitivity" in config.measurements:
-        result.sensitivity = sensitivity_rows(model, tokenizer, world, config, progress)
-    if "gradnorms" in config.measurements:
-        if not loss_fns:
-            raise ValueError("gradient norms need loss_fns (name -> loss function of features and scale)")
-        result.gradnorms = gradnorm_rows(model, preprocess, tokenizer, world, loss_fns, config, progress)
-    if "causal" in config.measurements and "negation" in directions:
-        result.causal = causal_rows(model, preprocess, tokenizer, world, directions["negation"], config)
+    wanted = [m for m in config.measurements if world is not None or m not in needs_world]
+    if "gradnorms" in wanted and not loss_fns:
+        raise ValueError("gradient norms need loss_fns (name -> loss function of features and scale)")
+    edits = sensitivity_edits(world, config) if "sensitivity" in wanted else None
+    batches = gradnorm_batches(model, preprocess, tokenizer, world, config) if "gradnorms" in wanted else None
+
+    directions = {}
+    for name, subject in _models(model, null_models):
+        if "probes" in wanted:
+            directions = _probes(result, name, subject, tokenizer, tasks, config, progress) or directions
+        if "sensitivity" in wanted:
+            _sensitivity(result, name, subject, tokenizer, edits, config, progress)
+        if "gradnorms" in wanted:
+            _gradnorms(result, name, subject, batches, loss_fns, progress)
+    if "causal" in wanted and "negation" in directions:
+        result.add("causal", causal_rows(model, preprocess, tokenizer, world, directions["negation"], config))
     return result
 
 
-def _run_probes(result, model, tokenizer, tasks, random_model, config, progress) -> dict[str, np.ndarray]:
-    """Probe sweeps for every task on the model (task + control labels) and the random baseline."""
+def _models(model, null_models: dict[str, Callable]) -> Iterator[tuple[str, torch.nn.Module]]:
+    yield TRAINED, model
+    for name, build in null_models.items():
+        null = build()
+        yield name, null
+        del null
+
+
+# --- probes ---------------------------------------------------------------------------------------
+
+def _probes(result: LayerMeasurements, name: str, subject, tokenizer, tasks, config: MeasureConfig,
+            progress: bool) -> dict[str, np.ndarray] | None:
+    """Probe sweeps for every task: task labels (and, on the model, control labels and selectivity).
+    Returns the model's logistic probe directions per task (None for a null model)."""
+    trained = name == TRAINED
+    seeds = config.seeds if trained else config.null_seeds
     directions = {}
-    models = {"trained": model, **({"random": random_model} if random_model is not None else {})}
     for task in tasks:
-        for model_name, subject in models.items():
-            features = capture_pooled(subject, tokenizer, task.captions, batch_size=config.batch_size, progress=progress)
-            sweep = probe_layers(features, task.labels, task.train, task.tests, seeds=config.seeds)
-            result.probes += [{"task": task.name, "model": model_name, "labels": "task", **row} for row in sweep.summary]
-            if model_name == "trained":
-                directions[task.name] = sweep.directions["logistic"]
-                control = probe_layers(features, task.control_labels, task.train, task.control_tests(), seeds=config.seeds)
-                result.probes += [{"task": task.name, "model": model_name, "labels": "control", **row}
-                                  for row in control.summary]
-                result.selectivity += _selectivity(task.name, sweep.summary, control.summary)
-    return directions
+        features = capture_pooled(subject, tokenizer, task.captions, batch_size=config.batch_size, progress=progress)
+        sweep = probe_layers(features, task.labels, task.train, task.tests, seeds=seeds)
+        result.add("probes", sweep.summary, task=task.name, model=name, labels="task")
+        for split, labels in sweep.labels.items():
+            result.items[f"probes/{task.name}/{split}/labels"] = labels
+            result.items[f"probes/{task.name}/{split}/{name}"] = sweep.items[(split, "logistic")]
+        if trained:
+            directions[task.name] = sweep.directions["logistic"]
+            control = probe_layers(features, task.control_labels, task.train, task.control_tests(), seeds=seeds)
+            result.add("probes", control.summary, task=task.name, model=name, labels="control")
+            result.add("selectivity", _selectivity(task.name, sweep.summary, control.summary))
+    return directions if trained else None
 
 
 def _selectivity(task: str, task_rows: list[dict], control_rows: list[dict]) -> list[dict]:
@@ -143,18 +229,29 @@ def _selectivity(task: str, task_rows: list[dict], control_rows: list[dict]) -> 
             for r in task_rows if r["split"] == "in_distribution" and (r["layer"], r["probe"]) in control]
 
 
-def sensitivity_rows(model, tokenizer, world, config: MeasureConfig, progress: bool) -> list[dict]:
-    """Presence negation, absence negation, and a same-size control edit (one colour word swapped)."""
+# --- sensitivity ----------------------------------------------------------------------------------
+
+def sensitivity_edits(world, config: MeasureConfig) -> dict[str, list[str]]:
+    """Captions and their edits: presence negation, absence negation, and a same-size control edit
+    (one colour word swapped)."""
     examples = world.examples(config.n_sensitivity, "test", config.seed + 101)
     colours = list(world.config.colours)
-    edits = {
-        "presence": [e.presence_negated for e in examples],
-        "absence": [e.absence_negated for e in examples],
-        "control": [swap_first_colour(e.caption, colours) for e in examples],
-    }
-    capture = lambda captions: capture_pooled(model, tokenizer, captions, batch_size=config.batch_size, progress=progress)
-    base = capture([e.caption for e in examples])
-    return edit_sensitivity(base, {name: capture(captions) for name, captions in edits.items()}, seed=config.seed)
+    return {"base": [e.caption for e in examples],
+            "presence": [e.presence_negated for e in examples],
+            "absence": [e.absence_negated for e in examples],
+            "control": [swap_first_colour(e.caption, colours) for e in examples]}
+
+
+def _sensitivity(result, name, subject, tokenizer, edits, config: MeasureConfig, progress: bool) -> None:
+    def capture(captions):
+        return capture_pooled(subject, tokenizer, captions, batch_size=config.batch_size, progress=progress)
+
+    base = capture(edits["base"])
+    distances: dict[str, np.ndarray] = {}
+    rows = edit_sensitivity(base, {edit: capture(captions) for edit, captions in edits.items() if edit != "base"},
+                            seed=config.seed, distances=distances)
+    result.add("sensitivity", rows, model=name)
+    result.items.update({f"sensitivity/{edit}/{name}": values for edit, values in distances.items()})
 
 
 def swap_first_colour(caption: str, colours: Sequence[str]) -> str:
@@ -168,32 +265,45 @@ def swap_first_colour(caption: str, colours: Sequence[str]) -> str:
     raise ValueError(f"caption has no colour word to swap: {caption!r}")
 
 
-def gradnorm_rows(model, preprocess, tokenizer, world, loss_fns: Mapping[str, LossFn], config: MeasureConfig,
-                  progress: bool) -> list[dict]:
-    """Relative gradient norms per block and component under each loss, on the same batches."""
-    tower = TextTower.from_model(model)
+# --- gradient norms -------------------------------------------------------------------------------
+
+def gradnorm_batches(model, preprocess, tokenizer, world, config: MeasureConfig) -> list[tuple[dict, dict]]:
+    """(image features, caption tokens) of each batch. The image tower is the model's for every null
+    model too (null models re-initialise the text tower only), so images are encoded once."""
     batches = []
     for b in range(config.grad_batches):
         examples = world.examples(config.grad_batch_size, "train", config.seed + 1000 + b)
-        with torch.no_grad():
-            images = {"image": encode_images(model, preprocess, [e.image for e in examples]),
-                      "distractor": encode_images(model, preprocess, [e.distractor_image for e in examples])}
+        images = {"image": encode_images(model, preprocess, [e.image for e in examples]),
+                  "distractor": encode_images(model, preprocess, [e.distractor_image for e in examples])}
         tokens = {key: tokenizer([getattr(e, key) for e in examples])
                   for key in ("caption", "presence_negated", "absence_negated")}
         batches.append((images, tokens))
-    device = tower.positional_embedding.device
-    rows = []
-    for name, loss_fn in loss_fns.items():
-        def batch_loss(images, tokens, loss_fn=loss_fn):
-            def loss(m):
-                features = dict(images)
-                features.update({key: tower.encode(t.to(device), normalize=True) for key, t in tokens.items()})
-                features = {key: value.to(device) for key, value in features.items()}
-                return loss_fn(features, m.logit_scale.exp().clamp(max=100))
-            return loss
-        rows += relative_gradient_norms(model, [batch_loss(*b) for b in batches], loss_name=name, progress=progress)
-    return rows
+    return batches
 
+
+def _gradnorms(result, name, subject, batches, loss_fns: Mapping[str, LossFn], progress: bool) -> None:
+    """Relative gradient norms per block and component under each loss, on the same batches."""
+    tower = TextTower.from_model(subject)
+    device = tower.positional_embedding.device
+
+    def batch_loss(images, tokens, loss_fn):
+        def loss(m):
+            features = {key: value.to(device) for key, value in images.items()}
+            features.update({key: tower.encode(t.to(device), normalize=True) for key, t in tokens.items()})
+            return loss_fn(features, m.logit_scale.exp().clamp(max=100))
+        return loss
+
+    for loss_name, loss_fn in loss_fns.items():
+        per_batch: dict[tuple[int, str], list[float]] = {}
+        rows = relative_gradient_norms(subject, [batch_loss(*b, loss_fn) for b in batches], loss_name=loss_name,
+                                       progress=progress, per_batch=per_batch)
+        result.add("gradnorms", rows, model=name)
+        blocks = sorted(block for block, component in per_batch if component == "all")
+        result.items[f"gradnorms/{loss_name}/{name}"] = np.array(
+            [per_batch[(block, "all")] for block in blocks], dtype=np.float32).T
+
+
+# --- causal check ---------------------------------------------------------------------------------
 
 def causal_rows(model, preprocess, tokenizer, world, directions: np.ndarray, config: MeasureConfig) -> list[dict]:
     """Project the negation probe direction out at each layer; report the negation and retrieval metrics."""
@@ -209,11 +319,3 @@ def causal_rows(model, preprocess, tokenizer, world, directions: np.ndarray, con
         return {key: metrics[key] for key in CAUSAL_METRICS}
 
     return projection_ablation(hooked, tokenizer, dict(enumerate(directions)), evaluate)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)

@@ -153,6 +153,10 @@ class ProbeSweep:
     per_seed: list[dict]
     summary: list[dict]
     directions: dict[str, np.ndarray]
+    # (split, probe name) -> [n_layers + 1, n_test] per-item correctness averaged over seeds, for tests
+    # that resample test items (analysis.evidence); labels[split] -> the test items' labels
+    items: dict[tuple[str, str], np.ndarray]
+    labels: dict[str, np.ndarray]
 
 
 def probe_layers(
@@ -208,7 +212,9 @@ def probe_layers(
                         "n_train": len(train), "n_test": len(tests[split]),
                         "direction_cosine": float(np.mean(cosines[layer])) if cosines[layer] else None})
     directions = {name: np.stack([_unit(v) for v in sums]) for name, sums in direction_sums.items()}
-    return ProbeSweep(per_seed, summary, directions)
+    items = {(split, name): np.stack([np.mean(correct[(split, layer, name)], axis=0) for layer in range(n_layers)])
+             .astype(np.float32) for split in tests for name in probes}
+    return ProbeSweep(per_seed, summary, directions, items, {split: labels[test] for split, test in tests.items()})
 
 
 def _stratified_subsample(labels, index, fraction, rng) -> np.ndarray:

@@ -35,25 +35,31 @@ def edit_sensitivity(
     seed: int = 0,
     n_boot: int = 1000,
     confidence: float = 0.95,
+    distances: dict[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """Standardised sensitivity per layer and edit, with a bootstrap interval over captions.
 
     base: [n_layers + 1, n, d] pooled states of the original captions; edits: name ->
     pooled states of the edited captions, aligned row by row with `base` (e.g. "presence",
-    "absence", "control").
+    "absence", "control"). `distances`, if given, is filled with edit -> [n_layers + 1, n] the
+    per-caption standardised distances (for tests that resample captions, analysis.evidence).
     """
     rng = np.random.default_rng(seed)
     rows = []
+    per_caption: dict[str, list[np.ndarray]] = {name: [] for name in edits}
     for layer in range(base.shape[0]):
         scale = baseline_distance(base[layer], rng)
         for name, edited in edits.items():
             if edited.shape != base.shape:
                 raise ValueError(f"edit {name!r} has shape {edited.shape}, base has {base.shape}")
-            distances = cosine_distance(base[layer], edited[layer]) / scale
-            interval = _bootstrap_mean(distances, rng, n_boot, confidence)
+            standardised = cosine_distance(base[layer], edited[layer]) / scale
+            per_caption[name].append(standardised)
+            interval = _bootstrap_mean(standardised, rng, n_boot, confidence)
             rows.append({"layer": layer, "edit": name, "sensitivity": interval.mean,
                          "ci_low": interval.low, "ci_high": interval.high,
-                         "raw_distance": float(distances.mean() * scale), "baseline_distance": scale})
+                         "raw_distance": float(standardised.mean() * scale), "baseline_distance": scale})
+    if distances is not None:
+        distances.update({name: np.stack(values).astype(np.float32) for name, values in per_caption.items()})
     return rows
 
 

@@ -1,0 +1,44 @@
+"""Null models: the same model with its text tower randomly initialised again.
+
+A per-layer number is evidence about what a text tower LEARNT only if a tower that learnt nothing
+does not produce it too. The null models are that comparison: copies of the model whose text tower
+(token and positional embeddings, every block, final LayerNorm, projection) is re-initialised with
+the architecture's own init under another seed, while the image tower and the logit scale stay the
+trained ones, so that image-grounded measurements (sensitivity, gradient norms) see the same
+images. Parameters that are identically zero in the model are structural (e.g. an attention
+sublayer switched off by construction, see finetune.embedded) and stay zero in its null models.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from probing.models.text_tower import TextTower
+
+
+def null_tower(model: nn.Module, architecture: str, seed: int) -> nn.Module:
+    """A copy of `model` whose text tower is re-initialised as `architecture` initialises it, seeded."""
+    from probing.models.loading import load_clip
+
+    torch.manual_seed(seed)
+    fresh, _, _ = load_clip(architecture, None)
+    null = copy.deepcopy(model)
+    source = dict(TextTower.from_model(fresh).parameters_by_part())
+    target = dict(TextTower.from_model(null).parameters_by_part())
+    if source.keys() != target.keys():
+        raise ValueError(f"{architecture} does not build the text tower of this model ({sorted(source)} vs {sorted(target)})")
+    with torch.no_grad():
+        for part, params in target.items():
+            for param, init in zip(params, source[part]):
+                if param.shape != init.shape:
+                    raise ValueError(f"{architecture} builds {part} as {tuple(init.shape)}, the model has {tuple(param.shape)}")
+                structural_zero = not bool(param.any())
+                param.copy_(torch.zeros_like(param) if structural_zero else init.to(param.device, param.dtype))
+    return null.eval()
+
+
+def null_towers(model: nn.Module, architecture: str, seeds) -> dict[str, nn.Module]:
+    """{"null:<seed>": null model} for each seed."""
+    return {f"null:{seed}": null_tower(model, architecture, seed) for seed in seeds}
