@@ -236,10 +236,14 @@ def negation_mix_loss(
     return torch.stack(parts).sum()
 
 
+def _keywords(fn: Callable) -> set[str]:
+    """The keyword-only options of a loss function, the similarity scale left out."""
+    return {name for name, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY} - {"scale"}
+
+
 # the weight names negation_mix_loss takes, one per part, and its other options (named in
 # finetune.vocabulary, checked here)
-_MIX_KEYWORDS = {name for name, p in inspect.signature(negation_mix_loss).parameters.items() if p.kind == p.KEYWORD_ONLY}
-if set(MIX_PARTS) != _MIX_KEYWORDS - set(MIX_OPTIONS) - {"scale"} or not set(MIX_OPTIONS) <= _MIX_KEYWORDS:
+if set(MIX_PARTS) != _keywords(negation_mix_loss) - set(MIX_OPTIONS) or not set(MIX_OPTIONS) <= _keywords(negation_mix_loss):
     raise ImportError("finetune.vocabulary.MIX_PARTS / MIX_OPTIONS drifted from negation_mix_loss's keywords")
 
 
@@ -286,10 +290,6 @@ LOSS_SPECS: dict[str, LossSpec] = {
 LOSSES: dict[str, Callable[..., Tensor]] = {name: spec.fn for name, spec in LOSS_SPECS.items()}
 if set(LOSS_SPECS) != set(LOSS_NAMES) or {n for n, spec in LOSS_SPECS.items() if spec.record == "mcq"} != set(MCQ_LOSSES):
     raise ImportError("finetune.vocabulary.LOSS_NAMES / MCQ_LOSSES drifted from LOSS_SPECS")
-
-
-def _keywords(fn: Callable) -> set[str]:
-    return {name for name, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY} - {"scale"}
 
 
 # every command-line option of a loss is a keyword of its function (the mix's omni options as omni_<name>)

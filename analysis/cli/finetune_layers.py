@@ -136,7 +136,7 @@ def parse(argv: list[str] | None, parser: argparse.ArgumentParser) -> argparse.N
         args.steps = None
     if "--steps" in given:
         args.epochs = None
-    if "--plan" in given:  # a plan file says itself what trains: the recipe's layers and extras give way
+    if "--plan" in given and "--layers" not in given:  # a plan file says what trains: the recipe's layers give way
         args.layers = None
         for extra in EXTRAS:
             if f"--train-{extra.replace('_', '-')}" not in given and f"--no-train-{extra.replace('_', '-')}" not in given:

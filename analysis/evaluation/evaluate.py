@@ -191,7 +191,8 @@ def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalIt
 
     With NegBench's negated file the captions are negated queries ("... but no chair"): its
     text_to_image R@k is retrieval with negated queries. Rows naming the same image are merged
-    into one gallery image, so a caption's own image is never duplicated among the candidates.
+    into one gallery image, so a caption's own image is never duplicated among the candidates, and a
+    caption written word for word for several images is right for each of them.
     """
     if not items:
         return _result({}, items, 0)
@@ -206,7 +207,7 @@ def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalIt
         captions += list(item.captions)
     image = image_features(model, preprocess, images, batch_size=batch_size, cache=image_cache, progress=progress)
     text = text_features(model, tokenizer, captions, batch_size=batch_size, progress=progress)
-    metrics = score_retrieval(image, text, owners, ks)
+    metrics = score_retrieval(image, text, owners, ks, texts=captions)
     return _result(metrics, items, len(items), n_images=len(images), n_captions=len(captions))
 
 

@@ -11,7 +11,9 @@ option scores more than every other option, a retrieval query at k when fewer th
 candidates score at least as much as its best correct one. The papers define correctness by a
 strict inequality, but the authors' code takes argmax, which breaks a tie towards the first
 index: NegBench's and NegRefCOCOg's correct answer is always option 0, so a collapsed text tower
-(every option equal) would score 100 %. Here it scores 0, and its items are counted as ties.
+(every option equal) would score 100 %. Here it scores 0, and its items are counted as ties. Two
+scores within TIE_TOLERANCE (1e-6) are equal: identical features give identical cosines only up
+to float32 rounding, which a matrix product does not do the same way at every position.
 
 The key vocabulary, shared by every evaluator: `score_*` return Metrics, {name: {"value", "n",
 "ties"}}: value, the number of items behind it, and how many of them a tie decided (items the
@@ -37,6 +39,7 @@ Metrics = dict[str, dict[str, float | int]]
 _NORM_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 2e-2}
 _DEFAULT_TOLERANCE = 1e-3
 _QUERY_CHUNK = 1024  # retrieval queries ranked at once (bounds the memory of the comparison masks)
+TIE_TOLERANCE = 1e-6  # cosines this close are a tie (float32 rounding of identical features is ~1e-7)
 
 
 def check_normalized(features: torch.Tensor, name: str) -> None:
@@ -60,9 +63,9 @@ def check_normalized(features: torch.Tensor, name: str) -> None:
 def choice_outcomes(scores: torch.Tensor, correct: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of `scores` [n, k]: (right, tied) booleans [n].
 
-    right: scores[i, correct[i]] strictly exceeds every other entry of row i; tied: it equals the
-    best other entry (the argmax rule would break that tie one way or the other). Entries of -inf
-    are padding (rows with fewer options): they never tie.
+    right: scores[i, correct[i]] exceeds every other entry of row i by more than TIE_TOLERANCE; tied:
+    it is within TIE_TOLERANCE of the best other entry (the argmax rule would break that tie one way
+    or the other). Entries of -inf are padding (rows with fewer options): they never tie.
     """
     correct = torch.as_tensor(correct, dtype=torch.long, device=scores.device)
     if scores.ndim != 2 or scores.shape[1] < 2 or correct.shape != (scores.shape[0],):
@@ -72,7 +75,8 @@ def choice_outcomes(scores: torch.Tensor, correct: Sequence[int] | torch.Tensor)
         raise ValueError(f"correct indices must lie in 0..{scores.shape[1] - 1}")
     right_score = scores.gather(1, correct[:, None]).squeeze(1)
     best_other = scores.scatter(1, correct[:, None], float("-inf")).max(dim=1).values
-    return right_score > best_other, (right_score == best_other) & torch.isfinite(right_score)
+    gap = right_score - best_other
+    return gap > TIE_TOLERANCE, (gap.abs() <= TIE_TOLERANCE) & torch.isfinite(right_score)
 
 
 def pair_outcomes(image: torch.Tensor, positive: torch.Tensor,
@@ -114,34 +118,64 @@ def zero_shot_accuracy(image: torch.Tensor, class_text: torch.Tensor, labels: Se
     return float(zero_shot_outcomes(image, class_text, labels)[0].float().mean())
 
 
+def _same_text_pairs(owner: torch.Tensor, texts: Sequence[str] | None) -> tuple[list[int], list[int]]:
+    """(images, captions) of the extra correct pairs that identical caption texts make: a caption
+    written word for word for several images describes each of them (the synthetic world, and some
+    real datasets, repeat captions); a retrieval of one of them is right, not a tie."""
+    if texts is None:
+        return [], []
+    if len(texts) != len(owner):
+        raise ValueError(f"{len(texts)} caption texts for {len(owner)} captions")
+    by_text: dict[str, list[int]] = defaultdict(list)
+    for j, text in enumerate(texts):
+        by_text[text].append(j)
+    images, captions = [], []
+    for group in by_text.values():
+        owners = {int(owner[j]) for j in group}
+        if len(owners) > 1:
+            for j in group:
+                for i in owners - {int(owner[j])}:
+                    images.append(i)
+                    captions.append(j)
+    return images, captions
+
+
 def _recall_counts(image: torch.Tensor, text: torch.Tensor, text_to_image: Sequence[int] | torch.Tensor | None,
-                   ks: Sequence[int]) -> dict[str, tuple[int, int, int]]:
+                   ks: Sequence[int], texts: Sequence[str] | None = None) -> dict[str, tuple[int, int, int]]:
     """name -> (hits, ties, queries) for image->text and text->image R@k under the tie rule.
 
     A query's best correct candidate ranks behind every wrong candidate scoring at least as much
-    (ties broken against the query): a hit at k when fewer than k such wrong candidates exist; a
-    tie when that fails but fewer than k wrong candidates score strictly more.
+    (ties, within TIE_TOLERANCE, broken against the query): a hit at k when fewer than k such wrong
+    candidates exist; a tie when that fails but fewer than k wrong candidates score strictly more.
+    Correct pairs: caption j and the image text_to_image[j]; with `texts` (the caption strings) also
+    every image that has a caption with the same text.
     """
     check_normalized(image, "image")
     check_normalized(text, "text")
     owner = torch.arange(len(text)) if text_to_image is None else torch.as_tensor(text_to_image, dtype=torch.long)
     if len(owner) != len(text):
         raise ValueError(f"text_to_image has {len(owner)} entries for {len(text)} captions")
+    extra_images, extra_captions = (torch.tensor(v, dtype=torch.long, device=image.device)
+                                    for v in _same_text_pairs(owner, texts))
     owner = owner.to(image.device)
     counts: dict[str, list[int]] = {}
-    for direction, queries, keys, query_of_key in (("image_to_text", image, text, owner),
-                                                   ("text_to_image", text, image, None)):
+    for direction, queries, keys in (("image_to_text", image, text), ("text_to_image", text, image)):
         hits, ties = torch.zeros(len(ks), dtype=torch.long), torch.zeros(len(ks), dtype=torch.long)
         for start in range(0, len(queries), _QUERY_CHUNK):
-            rows = torch.arange(start, min(start + _QUERY_CHUNK, len(queries)), device=image.device)
+            stop = min(start + _QUERY_CHUNK, len(queries))
+            rows = torch.arange(start, stop, device=image.device)
             similarity = queries[rows] @ keys.T
-            if query_of_key is not None:  # image queries: any of the image's captions is correct
-                correct = query_of_key[None, :] == rows[:, None]
-            else:  # caption queries: the one image it describes
+            if direction == "image_to_text":  # image queries: any of the image's captions is correct
+                correct = owner[None, :] == rows[:, None]
+                query, key = extra_images, extra_captions
+            else:  # caption queries: the image it describes
                 correct = torch.arange(len(keys), device=image.device)[None, :] == owner[rows][:, None]
+                query, key = extra_captions, extra_images
+            inside = (query >= start) & (query < stop)
+            correct[query[inside] - start, key[inside]] = True
             best = similarity.masked_fill(~correct, float("-inf")).max(dim=1, keepdim=True).values
-            wrong_at_least = ((similarity >= best) & ~correct).sum(1)
-            wrong_above = ((similarity > best) & ~correct).sum(1)
+            wrong_at_least = ((similarity >= best - TIE_TOLERANCE) & ~correct).sum(1)
+            wrong_above = ((similarity > best + TIE_TOLERANCE) & ~correct).sum(1)
             for i, k in enumerate(ks):
                 hit = wrong_at_least < k
                 hits[i] += int(hit.sum())
@@ -157,33 +191,38 @@ def recall_at_k(
     text: torch.Tensor,
     text_to_image: Sequence[int] | torch.Tensor | None = None,
     ks: Sequence[int] = (1, 5, 10),
+    texts: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Image->text and text->image recall@k.
 
     text_to_image[j] is the index of the image that caption j describes (default: j, one caption
     per image). An image query counts as a hit when any of its captions is in the top k, ties with
-    wrong candidates broken against it.
+    wrong candidates broken against it. texts: the caption strings, so that a caption repeated word
+    for word for several images is right for each of them.
     """
-    return {name: hits / n for name, (hits, _, n) in _recall_counts(image, text, text_to_image, ks).items()}
+    return {name: hits / n for name, (hits, _, n) in _recall_counts(image, text, text_to_image, ks, texts).items()}
 
 
-def _among_counts(image: torch.Tensor, caption: torch.Tensor, group: int) -> dict[str, tuple[int, int, int]]:
+def _among_counts(image: torch.Tensor, caption: torch.Tensor, group: int,
+                  texts: Sequence[str] | None = None) -> dict[str, tuple[int, int, int]]:
     """name -> (hits, ties, scored rows) of R@1 among `group`, over the whole groups of `group` rows."""
     n_groups = len(image) // group
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for g in range(n_groups):
         part = slice(g * group, (g + 1) * group)
-        for name, counts in _recall_counts(image[part], caption[part], None, (1,)).items():
+        for name, counts in _recall_counts(image[part], caption[part], None, (1,),
+                                           None if texts is None else texts[part]).items():
             totals[f"{name}_among_{group}"] = [a + b for a, b in zip(totals[f"{name}_among_{group}"], counts)]
     return {name: tuple(counts) for name, counts in totals.items()}
 
 
-def recall_among(images: torch.Tensor, captions: torch.Tensor, group: int) -> dict[str, float]:
+def recall_among(images: torch.Tensor, captions: torch.Tensor, group: int,
+                 texts: Sequence[str] | None = None) -> dict[str, float]:
     """R@1 with `group` candidates: the mean over consecutive groups of `group` image-caption pairs
     (the groups are equal, so the mean of their R@1 is the hits over all scored rows)."""
     if len(images) < group:
         raise ValueError(f"need at least {group} scenes for R@1 among {group}, got {len(images)}")
-    return {name: hits / n for name, (hits, _, n) in _among_counts(images, captions, group).items()}
+    return {name: hits / n for name, (hits, _, n) in _among_counts(images, captions, group, texts).items()}
 
 
 # --- scores in the shared vocabulary ---------------------------------------------------------------
@@ -247,16 +286,21 @@ def score_mcq(image: torch.Tensor, options: torch.Tensor, correct: Sequence[int]
 
 
 def score_retrieval(image: torch.Tensor, text: torch.Tensor, text_to_image: Sequence[int],
-                    ks: Sequence[int] = (1, 5, 10)) -> Metrics:
-    """Image->text and text->image R@k (REFERENCE.md retrieval); n = queries of each direction."""
-    return {name: metric(hits / n, n, ties) for name, (hits, ties, n) in _recall_counts(image, text, text_to_image, ks).items()}
+                    ks: Sequence[int] = (1, 5, 10), texts: Sequence[str] | None = None) -> Metrics:
+    """Image->text and text->image R@k (REFERENCE.md retrieval); n = queries of each direction.
+    texts: the caption strings (a caption repeated for several images is right for each)."""
+    counts = _recall_counts(image, text, text_to_image, ks, texts)
+    return {name: metric(hits / n, n, ties) for name, (hits, ties, n) in counts.items()}
 
 
-def score_recall_among(image: torch.Tensor, caption: torch.Tensor, group: int = 100) -> Metrics:
+def score_recall_among(image: torch.Tensor, caption: torch.Tensor, group: int = 100,
+                       texts: Sequence[str] | None = None) -> Metrics:
     """Image->text and text->image R@1 among `group` candidates: the mean over consecutive groups of
     `group` image-caption pairs (the retrieval that negation fine-tuning must not lose). Rows past the
-    last whole group are not scored; n counts the scored rows; fewer than `group` rows give no metric."""
-    return {name: metric(hits / n, n, ties) for name, (hits, ties, n) in _among_counts(image, caption, group).items()}
+    last whole group are not scored; n counts the scored rows; fewer than `group` rows give no metric.
+    texts: the caption strings (a caption repeated for several scenes is right for each)."""
+    counts = _among_counts(image, caption, group, texts)
+    return {name: metric(hits / n, n, ties) for name, (hits, ties, n) in counts.items()}
 
 
 def score_prompt_gap(image: torch.Tensor, affirmative: torch.Tensor, negated: torch.Tensor,
