@@ -103,7 +103,8 @@ def _mcq_options(examples: Sequence[Any]) -> tuple[list[str], torch.Tensor]:
                                          f"of the right one; this example is a {type(item).__name__}")
         if not all(isinstance(text, str) and text.strip() for text in captions) or not 0 <= right < len(captions):
             source, row = _where(item, index)
-            raise DataError(source, row, f"an MCQ item needs non-empty options and a right index among them, got {right}")
+            raise DataError(source, row, "an MCQ item needs non-empty options and a right index among them, "
+                                         f"got {right}")
         counts.add(len(captions))
         options += list(captions)
         correct.append(right)

@@ -165,7 +165,8 @@ def negbench_mcq_loss(image: Tensor, options: Tensor, correct: Tensor, *, scale:
     image's K options, mean_i CE(t <I_i, o_ik>_k, correct_i). options [M, K, d], correct [M] (indices)."""
     _check(image=image)
     if options.ndim != 3 or options.shape[0] != image.shape[0] or options.shape[2] != image.shape[1]:
-        raise ValueError(f"options must be [M, K, d] for image [M, d] = {tuple(image.shape)}, got {tuple(options.shape)}")
+        raise ValueError(f"options must be [M, K, d] for image [M, d] = {tuple(image.shape)}, "
+                         f"got {tuple(options.shape)}")
     check_normalized(options, "options")
     correct = torch.as_tensor(correct, dtype=torch.long, device=image.device)
     if correct.shape != (image.shape[0],) or ((correct < 0) | (correct >= options.shape[1])).any():
@@ -243,7 +244,8 @@ def _keywords(fn: Callable) -> set[str]:
 
 # the weight names negation_mix_loss takes, one per part, and its other options (named in
 # finetune.vocabulary, checked here)
-if set(MIX_PARTS) != _keywords(negation_mix_loss) - set(MIX_OPTIONS) or not set(MIX_OPTIONS) <= _keywords(negation_mix_loss):
+_MIX_KEYWORDS = _keywords(negation_mix_loss)
+if set(MIX_PARTS) != _MIX_KEYWORDS - set(MIX_OPTIONS) or not set(MIX_OPTIONS) <= _MIX_KEYWORDS:
     raise ImportError("finetune.vocabulary.MIX_PARTS / MIX_OPTIONS drifted from negation_mix_loss's keywords")
 
 
@@ -288,7 +290,7 @@ LOSS_SPECS: dict[str, LossSpec] = {
     "mix": LossSpec(negation_mix_loss, ("caption", "presence_negated", "absence_negated"), distractor="optional"),
 }
 LOSSES: dict[str, Callable[..., Tensor]] = {name: spec.fn for name, spec in LOSS_SPECS.items()}
-if set(LOSS_SPECS) != set(LOSS_NAMES) or {n for n, spec in LOSS_SPECS.items() if spec.record == "mcq"} != set(MCQ_LOSSES):
+if set(LOSS_SPECS) != set(LOSS_NAMES) or {n for n, s in LOSS_SPECS.items() if s.record == "mcq"} != set(MCQ_LOSSES):
     raise ImportError("finetune.vocabulary.LOSS_NAMES / MCQ_LOSSES drifted from LOSS_SPECS")
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,6 +57,9 @@ MAX_LOGIT_SCALE = math.log(100.0)  # t = exp(logit_scale) is clamped to at most 
 _RESUME_MUST_MATCH = ("loss", "loss_kwargs", "loss_weight", "lr", "weight_decay", "decay", "schedule", "warmup_steps",
                       "batch_size", "grad_accum", "clip_grad_norm", "seed", "betas", "eps", "precision", "second_loss",
                       "second_loss_kwargs", "second_weight", "second_batch_size", "total_steps", "plan")
+# settings added after checkpoints were first written: a checkpoint without one ran with its default
+_ADDED_SETTINGS = ("loss_weight", "decay", "schedule", "precision", "second_loss", "second_loss_kwargs", "second_weight",
+                   "second_batch_size")
 PRECISIONS = ("bf16", "fp16", "fp32")
 DECAY_RULES = ("matrices", "all")
 SCHEDULES = ("cosine", "constant")
@@ -332,7 +336,9 @@ class Trainer:
             return
         state = load_checkpoint(checkpoint, self.model, device=self.device)
         saved, now = json.loads(state["settings"]), self.run_settings()
-        changed = sorted(key for key in set(saved) | set(now) if key != "world_size" and saved.get(key) != now.get(key))
+        defaults = json.loads(json.dumps({key: getattr(TrainConfig(), key) for key in _ADDED_SETTINGS}))
+        changed = sorted(key for key in set(saved) | set(now)
+                         if key != "world_size" and saved.get(key, defaults.get(key)) != now.get(key))
         if changed:
             raise ResumeError(f"cannot resume {checkpoint.folder}: settings differ from the checkpoint's "
                               f"({', '.join(changed)}); use the original settings or a new output folder")
@@ -378,7 +384,9 @@ class Trainer:
                                    schedule=config.schedule)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a step the scaler skipped still advances the schedule, as the authors' does
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
         with torch.no_grad():  # CLIP's temperature cap: t = exp(logit_scale) <= 100
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         self.step += 1

@@ -15,7 +15,8 @@ MIX_OPTIONS: tuple[str, ...] = ("terms", "omni_lam", "omni_lambda_o", "omni_lamb
 # mix takes Omni-NegCLIP's as the settings of its omni part (omni_lam, omni_lambda_o, ...)
 LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
     "conclip": ("terms",), "omni": ("lam", "lambda_o", "lambda_t", "margin"),
-    "omni_absence": ("lambda_o", "lambda_t", "margin"), "mix": ("terms", "weights", "lam", "lambda_o", "lambda_t", "margin"),
+    "omni_absence": ("lambda_o", "lambda_t", "margin"),
+    "mix": ("terms", "weights", "lam", "lambda_o", "lambda_t", "margin"),
 }
 # Omni-NegCLIP's absence-loss hinge margin in the authors' training runs (their --margin default;
 # 0.2 is only the default of a function signature in their code)

@@ -229,3 +229,23 @@ def test_command_line_overrides_the_recipe(small_embedded, tmp_path, capsys):
     kwargs = run["config"]["loss_kwargs"]
     assert kwargs["omni"] == 1.0 and kwargs["omni_margin"] == 0.5 and kwargs["omni_lambda_t"] == 2.0
     assert kwargs["terms"] == [1] and kwargs["scope_pair"] == 0.0
+
+
+def test_an_overflowing_fp16_step_is_skipped_by_the_scaler_not_an_error(tiny, tmp_path):
+    """The authors' amp: a scaled gradient that overflows skips the optimiser step and lowers the scale.
+    (On CUDA the trainer makes this scaler itself for precision fp16; here one runs on the CPU.)"""
+    model, preprocess, tokenizer = fresh(tiny)
+    config = TrainConfig(loss="clip", steps=3, batch_size=4, warmup_steps=0, lr=1e-3, device="cpu",
+                         out_dir=str(tmp_path / "run"), progress=False, tensorboard=False)
+    trainer = Trainer(model, tokenizer, preprocess, world_examples(12, 0), PLAN, config)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)  # the first scaled gradient is inf
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    metrics = trainer.train_step()
+    assert not torch.isfinite(torch.tensor(metrics["grad_norm"])) and torch.isfinite(torch.tensor(metrics["loss"]))
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters() if p.requires_grad)  # skipped
+    assert trainer.scaler.get_scale() < 2.0 ** 127
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    trainer.train_step()  # a finite scaled gradient: the step is taken on the unscaled gradient
+    assert any(not torch.equal(before[name], p) for name, p in model.named_parameters() if p.requires_grad)
+    trainer.save()
+    assert "scaler" in torch.load(trainer.last_checkpoint.folder / "state.pt", weights_only=False)

@@ -1,8 +1,8 @@
 """The ablation figure: one paper column, two panels, 95 % t-intervals over seeds.
 
-(a) per variant (frozen, selected, front, middle, back, all, and Omni-NegCLIP's groups when run): scope accuracy on held-out objects and
-    on held-out templates, CC-Neg-style accuracy and image->text R@1 among 100 (retention), each a
-    point with its interval;
+(a) per variant (frozen, selected, front, middle, back, all, and Omni-NegCLIP's groups when run): scope
+    accuracy on held-out objects and on held-out templates, CC-Neg-style accuracy and image->text R@1
+    among 100 (retention), each a point with its interval;
 (b) the single-layer sweep: scope accuracy against the one block that trained, with interval
     bands, the frozen model as a reference line and the front / middle / back blocks marked; the
     y axis is zoomed to the data (differences between layers are the point of this panel).

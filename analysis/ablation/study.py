@@ -19,10 +19,10 @@ Variants for a text tower of n blocks (h = n // 2):
 
 Only the blocks differ (except in the omni_* variants, which keep their authors' extras). Every
 other trained variant gets the same extras (token/positional embeddings, final LayerNorm, text
-projection, logit scale): none by default, so a single-layer run really trains one block; `extras="plan"` gives every variant the selected plan's extras, or name them
-("ln_final,projection"). The selected plan's own extras are replaced by the study's for the same
-reason; its per-block learning-rate weights are kept, because the selector's Auto-RGN rule is
-defined by them.
+projection, logit scale): none by default, so a single-layer run really trains one block;
+`extras="plan"` gives every variant the selected plan's extras, or name them ("ln_final,projection").
+The selected plan's own extras are replaced by the study's for the same reason; its per-block
+learning-rate weights are kept, because the selector's Auto-RGN rule is defined by them.
 
 Same budget and data: every run trains on the same examples (the synthetic world's train split,
 `n_train` of them, seeded by `data_seed`) for the same number of steps with the same optimiser

@@ -3,8 +3,8 @@
     evaluate-negation --out runs/eval                                  (the embedded model, every benchmark found)
     evaluate-negation --model ViT-B-32-quickgelu --pretrained openai.pt --data-root ../shared/data \
         --benchmarks negbench_mcq,sugarcrepe --out runs/eval-clip
-    evaluate-negation --model ViT-B-32-quickgelu --pretrained openai.pt --negbench-mcq VOC2007_mcq_llama3.1_rephrased.csv \
-        --negbench-mcq COCO_val_mcq_llama3.1_rephrased.csv --image-root images/ --out runs/mcq
+    evaluate-negation --model ViT-B-32-quickgelu --pretrained openai.pt --image-root images/ --out runs/mcq \
+        --negbench-mcq VOC2007_mcq_llama3.1_rephrased.csv --negbench-mcq COCO_val_mcq_llama3.1_rephrased.csv
     evaluate-negation --model tiny.json --benchmarks synthetic,image_folder --image-folder my_classes/ --out runs/x
 
 Every benchmark takes its files by path (--negbench-mcq, --negbench-retrieval, --sugarcrepe, --valse-existence,

@@ -2,8 +2,9 @@
 
     finetune-layers --recipe scope --out runs/ft-scope                     (this project's scope recipe)
     finetune-layers --recipe conclip --data ccneg.pt --image-root imgs/ --out runs/conclip
-    finetune-layers --recipe omni_negclip --data ccneg.pt --second-data coco_negated.json --image-root imgs/ --out runs/omni
-    finetune-layers --recipe scope --plan runs/probe/layer_plan.json --steps 600 --out runs/ft   (flags override the recipe)
+    finetune-layers --recipe omni_negclip --data ccneg.pt --second-data coco_negated.json --image-root imgs/ \
+        --out runs/omni
+    finetune-layers --recipe scope --plan runs/probe/layer_plan.json --steps 600 --out runs/ft  (flags override it)
     finetune-layers --data synthetic --loss conclip --layers 0-5 --steps 300 --out runs/front6
     torchrun --nproc_per_node 4 -m analysis.cli.finetune_layers ...      (same command, data-parallel)
 
@@ -44,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "the defaults; flags given here override them")
     common.add_model_arguments(parser, device=False)
     data = parser.add_argument_group("data")
-    data.add_argument("--data", default="synthetic", help="'synthetic', or a data file the loaders read (CC-Neg .pt/.csv/.jsonl, "
-                                                          "COCO captions, NegBench MCQ CSV for --loss negbench_mcq ...)")
+    data.add_argument("--data", default="synthetic",
+                      help="'synthetic', or a data file the loaders read (CC-Neg .pt/.csv/.jsonl, COCO captions, "
+                           "NegBench MCQ CSV for --loss negbench_mcq ...)")
     data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file (e.g. ccneg)")
     data.add_argument("--image-root", help="folder that relative image paths in the data file start from")
     data.add_argument("--split", default="train", help="split of a CC-Neg file (train / eval / all)")
@@ -61,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     second.add_argument("--second-data-kind", help="loader kind of --second-data")
     second.add_argument("--second-image-root", help="image root of --second-data (default: --image-root)")
     second.add_argument("--second-split", default="train", help="split of a CC-Neg file as --second-data")
-    second.add_argument("--second-n-examples", type=positive_int, help="synthetic second examples (default: --n-examples)")
-    second.add_argument("--second-data-seed", type=int, help="seed of the synthetic second examples (default: --data-seed + 1)")
+    second.add_argument("--second-n-examples", type=positive_int,
+                        help="synthetic second examples (default: --n-examples)")
+    second.add_argument("--second-data-seed", type=int,
+                        help="seed of the synthetic second examples (default: --data-seed + 1)")
     loss = parser.add_argument_group("loss")
     loss.add_argument("--loss", choices=LOSS_NAMES, default="conclip",
                       help="conclip uses distractor images when every example has one (three terms), else its two-term "
@@ -94,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--schedule", choices=("cosine", "constant"), default="cosine", help="after the warm-up")
     length = optim.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, help="optimizer steps")
-    length.add_argument("--epochs", type=positive_float, help="epochs of the first source (default 1 when --steps is not given)")
+    length.add_argument("--epochs", type=positive_float,
+                        help="epochs of the first source (default 1 when --steps is not given)")
     optim.add_argument("--batch-size", type=positive_int, default=128, help="global contrastive batch")
-    optim.add_argument("--second-batch-size", type=positive_int, help="batch of the second source (default: --batch-size)")
+    optim.add_argument("--second-batch-size", type=positive_int,
+                       help="batch of the second source (default: --batch-size)")
     optim.add_argument("--grad-accum", type=positive_int, default=1)
     optim.add_argument("--clip-grad-norm", type=float, default=1.0, help="0 turns clipping off")
     optim.add_argument("--seed", type=int, default=0)
@@ -139,7 +145,8 @@ def parse(argv: list[str] | None, parser: argparse.ArgumentParser) -> argparse.N
     if "--plan" in given and "--layers" not in given:  # a plan file says what trains: the recipe's layers give way
         args.layers = None
         for extra in EXTRAS:
-            if f"--train-{extra.replace('_', '-')}" not in given and f"--no-train-{extra.replace('_', '-')}" not in given:
+            flag = extra.replace("_", "-")
+            if f"--train-{flag}" not in given and f"--no-train-{flag}" not in given:
                 setattr(args, f"train_{extra}", False)
     return args
 
@@ -226,27 +233,28 @@ def load_examples(args: argparse.Namespace, world, *, second: bool = False) -> l
     `main`) or a data file (with the loaders' own errors), for the first or the second source."""
     from probing.data.records import DataError, MCQItem, NegationExample
 
-    prefix = "second_" if second else ""
+    prefix, flag = ("second_", "--second-") if second else ("", "--")
     source, loss = getattr(args, f"{prefix}data"), args.second_loss if second else args.loss
     wanted = MCQItem if loss in MCQ_LOSSES else NegationExample
-    option = "--second-data" if second else "--data"
     if source == "synthetic":
         if wanted is MCQItem:
-            raise common.UsageError(f"--{'second-' if second else ''}loss {loss} reads MCQ items: give {option} a NegBench "
-                                    "MCQ file (the synthetic world has none)")
-        n = (args.second_n_examples or args.n_examples) if second else args.n_examples
-        seed = (args.data_seed + 1 if args.second_data_seed is None else args.second_data_seed) if second else args.data_seed
-        return world.examples(n, "train", seed=seed)
+            raise common.UsageError(f"{flag}loss {loss} reads MCQ items: give {flag}data a NegBench MCQ file "
+                                    "(the synthetic world has none)")
+        if not second:
+            return world.examples(args.n_examples, "train", seed=args.data_seed)
+        seed = args.data_seed + 1 if args.second_data_seed is None else args.second_data_seed
+        return world.examples(args.second_n_examples or args.n_examples, "train", seed=seed)
     from probing.data.loaders import guess_kind, load_dataset
 
     kind = getattr(args, f"{prefix}data_kind") or guess_kind(source)
-    options = {"split": getattr(args, f"{prefix}split"), "strip_commas": not args.ccneg_keep_commas} if kind == "ccneg" else {}
+    options = ({"split": getattr(args, f"{prefix}split"), "strip_commas": not args.ccneg_keep_commas}
+               if kind == "ccneg" else {})
     image_root = (args.second_image_root or args.image_root) if second else args.image_root
     examples = load_dataset(source, kind=kind, image_root=image_root, strict=not args.skip_bad_rows, **options)
     wrong = next((item for item in examples if not isinstance(item, wanted)), None)
     if wrong is not None:
-        raise DataError(source, None, f"{kind} data holds {type(wrong).__name__} records; --{'second-' if second else ''}"
-                                      f"loss {loss} needs {wanted.__name__} data")
+        raise DataError(source, None, f"{kind} data holds {type(wrong).__name__} records; {flag}loss {loss} needs "
+                                      f"{wanted.__name__} data")
     print(getattr(examples, "report", f"{source}: {len(examples)} examples"), flush=True)
     return list(examples)
 

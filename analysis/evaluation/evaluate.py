@@ -511,8 +511,8 @@ def published_comparison(result: dict) -> list[str]:
         rows = published_for(section, metric)
         if rows:
             published = "; ".join(f"{row.model} {_number(row.value)}" for row in rows)
-            lines.append(f"{section} {metric}: measured {_number(entry['value'])} (n {entry['n']}, ties {entry['ties']})"
-                         f" | published {published}")
+            lines.append(f"{section} {metric}: measured {_number(entry['value'])} (n {entry['n']}, "
+                         f"ties {entry['ties']}) | published {published}")
     return lines
 
 

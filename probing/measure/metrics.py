@@ -85,7 +85,8 @@ def pair_outcomes(image: torch.Tensor, positive: torch.Tensor,
     for tensor, name in ((image, "image"), (positive, "positive"), (negative, "negative")):
         check_normalized(tensor, name)
     if not image.shape == positive.shape == negative.shape:
-        raise ValueError(f"shapes differ: image {tuple(image.shape)}, positive {tuple(positive.shape)}, negative {tuple(negative.shape)}")
+        raise ValueError(f"shapes differ: image {tuple(image.shape)}, positive {tuple(positive.shape)}, "
+                         f"negative {tuple(negative.shape)}")
     return choice_outcomes(torch.stack([(image * positive).sum(-1), (image * negative).sum(-1)], dim=1),
                            torch.zeros(len(image), dtype=torch.long))
 
