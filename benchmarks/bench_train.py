@@ -131,7 +131,7 @@ def make_naive_step(model, preprocess, tokenizer, examples, plan, config, device
     pixels = torch.stack([preprocess(Image.fromarray(e.image)) for e in examples])
     distractors = torch.stack([preprocess(Image.fromarray(e.distractor_image)) for e in examples])
     tokens = {name: tokenizer([getattr(e, name) for e in examples]) for name in spec.texts}
-    autocast = config.bf16 and device.type == "cuda"
+    autocast = config.precision == "bf16" and device.type == "cuda"
     position = {"k": 0}
 
     def step():

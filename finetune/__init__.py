@@ -4,6 +4,7 @@
     plan.py      LayerPlan: the JSON file the layer selector writes
     freezing.py  apply_plan: freeze everything, unfreeze the planned parts
     train.py     TrainConfig, Trainer, train(), batch_losses (import them from finetune.train)
+    recipe.py    load_recipe, recipe_names: the anchors' settings as files (finetune/recipes/*.json)
     cli.py       the `finetune-layers` command
 
 Names are imported on first use, so that command-line `--help` stays instant.
@@ -22,6 +23,8 @@ _EXPORTS = {
     "TrainConfig": "finetune.train",
     "Trainer": "finetune.train",
     "batch_losses": "finetune.train",
+    "load_recipe": "finetune.recipe",
+    "recipe_names": "finetune.recipe",
 }
 
 

@@ -3,7 +3,9 @@
 The image tower is frozen, so image (and distractor image) features are computed once, in eval
 mode without gradients, and kept on the device; captions are tokenised once up front. Examples
 are duck-typed: anything with `image`, `caption`, `presence_negated`, `absence_negated` and
-`distractor_image` attributes works (probing.data.records.NegationExample is the real one).
+`distractor_image` attributes works (probing.data.records.NegationExample is the real one). A loss
+that reads MCQ items (LossSpec.record == "mcq", NegBench's) takes anything with `image`, `captions`
+(the K options, the same K for every item) and `correct` (probing.data.records.MCQItem).
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ CAPTION_FIELDS = {"caption": "caption", "presence_negated": "presence_negated", 
 
 @dataclass
 class TrainingData:
-    tokens: dict[str, torch.Tensor]  # feature name -> [N, context_length] token ids (CPU)
+    tokens: dict[str, torch.Tensor]  # feature name -> [N, context_length] token ids (CPU); options: [N, K, context]
     image: torch.Tensor  # [N, d] normalised float32 image features (device)
     distractor: torch.Tensor | None  # [N, d] or None
+    correct: torch.Tensor | None = None  # [N] index of the right option (MCQ items, device)
 
     def __len__(self) -> int:
         return self.image.shape[0]
@@ -46,7 +49,14 @@ def prepare_data(
 ) -> TrainingData:
     if len(examples) == 0:
         raise DataError(None, None, "no training examples")
-    tokens = {name: tokenizer(_captions(examples, CAPTION_FIELDS[name])).long() for name in spec.texts}
+    correct = None
+    if spec.record == "mcq":
+        options, correct = _mcq_options(examples)
+        flat = tokenizer(options).long()
+        tokens = {"options": flat.view(len(examples), -1, flat.shape[-1])}
+        correct = correct.to(device)
+    else:
+        tokens = {name: tokenizer(_captions(examples, CAPTION_FIELDS[name])).long() for name in spec.texts}
     use_distractor = _use_distractors(examples, spec)
 
     def encode(triples: Sequence[tuple[int, Any, Any]]) -> torch.Tensor:
@@ -56,7 +66,7 @@ def prepare_data(
 
     image = dist.map_sharded(_indexed(examples, "image"), encode)
     distractor = dist.map_sharded(_indexed(examples, "distractor_image"), encode) if use_distractor else None
-    return TrainingData(tokens, image, distractor)
+    return TrainingData(tokens, image, distractor, correct)
 
 
 def _indexed(examples: Sequence[Any], attribute: str) -> list[tuple[int, Any, Any]]:
@@ -79,6 +89,28 @@ def _captions(examples: Sequence[Any], attribute: str) -> list[str]:
             raise DataError(source, row, f"the loss needs a non-empty {attribute} caption in every example; this one has {text!r}")
         captions.append(text)
     return captions
+
+
+def _mcq_options(examples: Sequence[Any]) -> tuple[list[str], torch.Tensor]:
+    """Every item's options in order (flat) and the index of its right one; every item needs K options."""
+    options, correct = [], []
+    counts = set()
+    for index, item in enumerate(examples):
+        captions, right = getattr(item, "captions", None), getattr(item, "correct", None)
+        if not isinstance(captions, (list, tuple)) or len(captions) < 2 or not isinstance(right, int):
+            source, row = _where(item, index)
+            raise DataError(source, row, "the MCQ loss needs MCQ items (NegBench's MCQ files): captions and the index "
+                                         f"of the right one; this example is a {type(item).__name__}")
+        if not all(isinstance(text, str) and text.strip() for text in captions) or not 0 <= right < len(captions):
+            source, row = _where(item, index)
+            raise DataError(source, row, "an MCQ item needs non-empty options and a right index among them, "
+                                         f"got {right}")
+        counts.add(len(captions))
+        options += list(captions)
+        correct.append(right)
+    if len(counts) != 1:
+        raise DataError(None, None, f"MCQ items must all have the same number of options, found {sorted(counts)}")
+    return options, torch.tensor(correct)
 
 
 def _use_distractors(examples: Sequence[Any], spec: LossSpec) -> bool:

@@ -4,7 +4,8 @@ Notation (docs: /work/shared/REFERENCE.md): image features I, true caption c, pr
 caption c' (negates something the image shows: false), absence-negated caption a (negates
 something the image lacks: true), distractor image I' (the subject without the negated object, so
 c' is true for it). Every feature tensor is [M, d], row i of each describing example i, and must
-be L2-normalised; t = exp(logit_scale) is the similarity scale, s(x, y) = t <x, y>.
+be L2-normalised; t = exp(logit_scale) is the similarity scale, s(x, y) = t <x, y>. NegBench's MCQ
+loss reads options [M, K, d] (the K candidate captions of image i) and the index of the right one.
 
 CE(X -> [Y; Z]) is the mean row-wise softmax cross-entropy of the M x 2M similarity matrix
 t X [Y; Z]^T with targets on the diagonal (row i's target is Y_i).
@@ -18,7 +19,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from finetune.vocabulary import GRADNORM_LOSSES, LOSS_NAMES, MIX_PARTS
+from finetune.vocabulary import (GRADNORM_LOSSES, LOSS_NAMES, LOSS_OPTIONS, MCQ_LOSSES, MIX_OPTIONS, MIX_PARTS,
+                                 OMNI_MARGIN)
 from probing.measure.metrics import check_normalized
 
 Tensor = torch.Tensor
@@ -115,13 +117,14 @@ def omni_absence_loss(
     scale: Tensor | float,
     lambda_o: float = 1.0,
     lambda_t: float = 1.0,
-    margin: float = 0.2,
+    margin: float = OMNI_MARGIN,
 ) -> Tensor:
     """Omni-NegCLIP absence loss, `absence_negated` = true captions a negating an absent object.
 
     L_abs = 1/2 [CE(I -> a) + CE(a -> I)] + lambda_o 1/2 [CE(I -> c) + CE(c -> I)]
             + lambda_t mean_i max(0, cos(c_i, a_i) + margin)
-    The hinge pushes cos(c_i, a_i) below -margin (the cosine is not scaled by t).
+    The hinge pushes cos(c_i, a_i) below -margin (the cosine is not scaled by t). The default margin
+    0.9 is the authors' training setting (their --margin; 0.2 is only a function default in their code).
     """
     _check(image=image, caption=caption, absence_negated=absence_negated)
     hinge = F.relu((caption * absence_negated).sum(-1) + margin).mean()
@@ -138,9 +141,12 @@ def omni_negclip_loss(
     lam: float = 1.0,
     lambda_o: float = 1.0,
     lambda_t: float = 1.0,
-    margin: float = 0.2,
+    margin: float = OMNI_MARGIN,
 ) -> Tensor:
-    """Omni-NegCLIP: L = L_pres + lam * L_abs (see omni_presence_loss / omni_absence_loss)."""
+    """Omni-NegCLIP on one batch: L = L_pres + lam * L_abs (see omni_presence_loss / omni_absence_loss).
+    The authors compute the two halves on different batches of the same step (L_pres on CC-Neg, L_abs on
+    COCO): the trainer does that with `omni_presence` as the loss and `omni_absence` as the second
+    source's loss, weighted lam (finetune.train.TrainConfig.second_loss)."""
     presence = omni_presence_loss(image, caption, presence_negated, scale=scale)
     absence = omni_absence_loss(
         image, caption, absence_negated, scale=scale, lambda_o=lambda_o, lambda_t=lambda_t, margin=margin
@@ -152,6 +158,20 @@ def negationclip_loss(image: Tensor, absence_negated: Tensor, *, scale: Tensor |
     """NegationCLIP (Park et al.): CLIP loss on absence-negated captions, 1/2 [CE(I -> a) + CE(a -> I)]."""
     _check(image=image, absence_negated=absence_negated)
     return _infonce(image, absence_negated, scale)
+
+
+def negbench_mcq_loss(image: Tensor, options: Tensor, correct: Tensor, *, scale: Tensor | float) -> Tensor:
+    """NegBench's MCQ loss (Alhamoud et al.): the cross-entropy of choosing the right caption among the
+    image's K options, mean_i CE(t <I_i, o_ik>_k, correct_i). options [M, K, d], correct [M] (indices)."""
+    _check(image=image)
+    if options.ndim != 3 or options.shape[0] != image.shape[0] or options.shape[2] != image.shape[1]:
+        raise ValueError(f"options must be [M, K, d] for image [M, d] = {tuple(image.shape)}, "
+                         f"got {tuple(options.shape)}")
+    check_normalized(options, "options")
+    correct = torch.as_tensor(correct, dtype=torch.long, device=image.device)
+    if correct.shape != (image.shape[0],) or ((correct < 0) | (correct >= options.shape[1])).any():
+        raise ValueError(f"correct must hold one option index in 0..{options.shape[1] - 1} per image")
+    return F.cross_entropy(scale * torch.einsum("md,mkd->mk", image, options), correct)
 
 
 def tripletclip_loss(
@@ -182,6 +202,10 @@ def negation_mix_loss(
     absence_vs_presence: float = 0.0,
     scope_pair: float = 0.0,
     terms: Sequence[int] = (1, 2, 3),
+    omni_lam: float = 1.0,
+    omni_lambda_o: float = 1.0,
+    omni_lambda_t: float = 1.0,
+    omni_margin: float = OMNI_MARGIN,
 ) -> Tensor:
     """A weighted sum of the losses above on one batch; a weight of 0 leaves that loss out.
 
@@ -193,14 +217,17 @@ def negation_mix_loss(
     presence-negated one as its hard negative, CE(I -> [a; c']): the two captions share frame
     and cue and differ only in which object is negated, so only reading the scope wins it.
     `scope_pair` weights the same contrast alone, the 2-way cross-entropy over (s(I, a), s(I, c'))
-    with target a: no other caption of the batch dilutes it.
+    with target a: no other caption of the batch dilutes it. `terms` picks CoN-CLIP's terms; the
+    omni part takes Omni-NegCLIP's lam, lambda_o, lambda_t and margin as omni_lam, omni_lambda_o,
+    omni_lambda_t and omni_margin.
     """
     weighted = [
         (conclip, lambda: conclip_loss(image, caption, presence_negated, distractor, scale=scale, terms=terms)),
         (negationclip, lambda: negationclip_loss(image, absence_negated, scale=scale)),
         (clip, lambda: clip_loss(image, caption, scale=scale)),
         (tripletclip, lambda: tripletclip_loss(image, caption, presence_negated, distractor, scale=scale)),
-        (omni, lambda: omni_negclip_loss(image, caption, presence_negated, absence_negated, scale=scale)),
+        (omni, lambda: omni_negclip_loss(image, caption, presence_negated, absence_negated, scale=scale, lam=omni_lam,
+                                         lambda_o=omni_lambda_o, lambda_t=omni_lambda_t, margin=omni_margin)),
         (absence_vs_presence, lambda: conclip_loss(image, absence_negated, presence_negated, scale=scale, terms=(1,))),
         (scope_pair, lambda: _pair_ce(image, absence_negated, presence_negated, scale)),
     ]
@@ -210,32 +237,42 @@ def negation_mix_loss(
     return torch.stack(parts).sum()
 
 
-# the weight names negation_mix_loss takes, one per part (named in finetune.vocabulary, checked below)
-if set(MIX_PARTS) != {name for name, p in inspect.signature(negation_mix_loss).parameters.items()
-                      if p.kind == p.KEYWORD_ONLY and name not in ("scale", "terms")}:
-    raise ImportError("finetune.vocabulary.MIX_PARTS drifted from negation_mix_loss's weights")
+def _keywords(fn: Callable) -> set[str]:
+    """The keyword-only options of a loss function, the similarity scale left out."""
+    return {name for name, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY} - {"scale"}
+
+
+# the weight names negation_mix_loss takes, one per part, and its other options (named in
+# finetune.vocabulary, checked here)
+_MIX_KEYWORDS = _keywords(negation_mix_loss)
+if set(MIX_PARTS) != _MIX_KEYWORDS - set(MIX_OPTIONS) or not set(MIX_OPTIONS) <= _MIX_KEYWORDS:
+    raise ImportError("finetune.vocabulary.MIX_PARTS / MIX_OPTIONS drifted from negation_mix_loss's keywords")
 
 
 # --- registry: which features each loss reads, and one call for all of them -------------------
 
-FEATURE_NAMES = ("image", "caption", "presence_negated", "absence_negated", "distractor")
+FEATURE_NAMES = ("image", "caption", "presence_negated", "absence_negated", "distractor", "options", "correct")
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A loss and the features it reads. distractor: "no", "optional" (used when given) or "required"."""
+    """A loss and the features it reads. distractor: "no", "optional" (used when given) or "required".
+    record: what a training example must be: "negation" (NegationExample: the captions in `texts`) or
+    "mcq" (MCQItem: `texts` = ("options",), the K captions of each image, plus the index "correct")."""
 
     fn: Callable[..., Tensor]
     texts: tuple[str, ...]
     distractor: str = "no"
+    record: str = "negation"
 
     def call(self, features: Mapping[str, Tensor | None], scale: Tensor | float, **kwargs) -> Tensor:
-        missing = [name for name in ("image", *self.texts) if features.get(name) is None]
+        inputs = ("image", *self.texts) + (("correct",) if self.record == "mcq" else ())
+        missing = [name for name in inputs if features.get(name) is None]
         if self.distractor == "required" and features.get("distractor") is None:
             missing.append("distractor")
         if missing:
             raise ValueError(f"{self.fn.__name__} needs {', '.join(missing)} features")
-        args = [features["image"], *(features[name] for name in self.texts)]
+        args = [features[name] for name in inputs]
         if self.distractor != "no":
             args.append(features.get("distractor"))
         return self.fn(*args, scale=scale, **kwargs)
@@ -245,13 +282,23 @@ LOSS_SPECS: dict[str, LossSpec] = {
     "clip": LossSpec(clip_loss, ("caption",)),
     "conclip": LossSpec(conclip_loss, ("caption", "presence_negated"), distractor="optional"),
     "omni": LossSpec(omni_negclip_loss, ("caption", "presence_negated", "absence_negated")),
+    "omni_presence": LossSpec(omni_presence_loss, ("caption", "presence_negated")),
+    "omni_absence": LossSpec(omni_absence_loss, ("caption", "absence_negated")),
     "negationclip": LossSpec(negationclip_loss, ("absence_negated",)),
     "tripletclip": LossSpec(tripletclip_loss, ("caption", "presence_negated"), distractor="required"),
+    "negbench_mcq": LossSpec(negbench_mcq_loss, ("options",), record="mcq"),
     "mix": LossSpec(negation_mix_loss, ("caption", "presence_negated", "absence_negated"), distractor="optional"),
 }
 LOSSES: dict[str, Callable[..., Tensor]] = {name: spec.fn for name, spec in LOSS_SPECS.items()}
-if set(LOSS_SPECS) != set(LOSS_NAMES):
-    raise ImportError("finetune.vocabulary.LOSS_NAMES drifted from LOSS_SPECS")
+if set(LOSS_SPECS) != set(LOSS_NAMES) or {n for n, s in LOSS_SPECS.items() if s.record == "mcq"} != set(MCQ_LOSSES):
+    raise ImportError("finetune.vocabulary.LOSS_NAMES / MCQ_LOSSES drifted from LOSS_SPECS")
+
+
+# every command-line option of a loss is a keyword of its function (the mix's omni options as omni_<name>)
+for _name, _options in LOSS_OPTIONS.items():
+    _wanted = {("omni_" + o if _name == "mix" and o not in ("terms", "weights") else o) for o in _options} - {"weights"}
+    if not _wanted <= _keywords(LOSS_SPECS[_name].fn):
+        raise ImportError(f"finetune.vocabulary.LOSS_OPTIONS[{_name!r}] names options its loss does not take")
 
 
 def loss_spec(name: str) -> LossSpec:
@@ -264,8 +311,9 @@ def compute_loss(name: str, features: Mapping[str, Tensor | None], *, scale: Ten
     """The named loss on a batch of features.
 
     features: mapping with keys among FEATURE_NAMES (image, caption, presence_negated,
-    absence_negated, distractor), each [M, d] and L2-normalised; keys the loss does not read may be
-    missing or None. kwargs go to the loss (terms=, lam=, margin=, ...).
+    absence_negated, distractor: each [M, d] and L2-normalised; options [M, K, d] and correct [M]
+    for the MCQ loss); keys the loss does not read may be missing or None. kwargs go to the loss
+    (terms=, lam=, margin=, ...).
     """
     return loss_spec(name).call(features, scale, **kwargs)
 
@@ -286,14 +334,7 @@ def make_loss_fn(name: str, **kwargs) -> Callable[[Mapping[str, Tensor | None], 
 def gradnorm_loss_fns(names: Sequence[str] = GRADNORM_LOSSES) -> dict[str, Callable]:
     """Losses for the gradient-norm measurement: CLIP and CoN-CLIP as training computes them, and
     Omni-NegCLIP's presence and absence halves separately (they move different captions)."""
-    def omni_presence(features, scale):
-        return omni_presence_loss(features["image"], features["caption"], features["presence_negated"], scale=scale)
-
-    def omni_absence(features, scale):
-        return omni_absence_loss(features["image"], features["caption"], features["absence_negated"], scale=scale)
-
-    known = {"clip": make_loss_fn("clip"), "conclip": make_loss_fn("conclip"),
-             "omni_presence": omni_presence, "omni_absence": omni_absence}
+    known = {name: make_loss_fn(name) for name in ("clip", "conclip", "omni_presence", "omni_absence")}
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(f"no gradient-norm loss {unknown}; known: {', '.join(known)}")

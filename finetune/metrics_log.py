@@ -11,7 +11,8 @@ from pathlib import Path
 
 from probing.io import atomic_write_text
 
-COLUMNS = ("step", "epoch", "loss", "lr", "logit_scale", "grad_norm", "samples_per_s", "elapsed_s")
+# loss is the step's total; loss_second the second source's part of it, unweighted (empty without one)
+COLUMNS = ("step", "epoch", "loss", "loss_second", "lr", "logit_scale", "grad_norm", "samples_per_s", "elapsed_s")
 
 
 class MetricsLog:

@@ -53,8 +53,10 @@ class LayerPlan:
 
     @classmethod
     def whole_text_tower(cls, n_layers: int) -> "LayerPlan":
-        """Every text block plus embeddings, final LayerNorm and projection (CoN-CLIP's setup)."""
-        return cls(list(range(n_layers)), True, True, True, False, rule="whole-text-tower")
+        """Every text block plus embeddings, final LayerNorm, projection and logit scale: CoN-CLIP's setup
+        (its optimiser takes every parameter of the model outside the locked image tower, the logit
+        scale included: src/conclip_fine_tuning.py)."""
+        return cls(list(range(n_layers)), True, True, True, True, rule="whole-text-tower")
 
     @classmethod
     def from_layers(cls, spec: str, **extras: Any) -> "LayerPlan":

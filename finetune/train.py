@@ -4,6 +4,20 @@ One optimizer step = `grad_accum` micro-batches of `batch_size` examples each. T
 negatives of a loss come from its micro-batch, so `batch_size` is the contrastive batch; under
 torchrun it is the GLOBAL micro-batch, split over the ranks (see finetune.distributed).
 
+A second data source (optional, `TrainConfig.second_loss` and `train(..., second_examples=)`): each
+step also draws a batch from other examples and adds `second_weight` x `second_loss` on it. That is
+how the anchors pair data: Omni-NegCLIP computes its presence loss on a CC-Neg batch and its absence
+loss on a separate COCO batch in the same step; NegBench adds its MCQ loss on an MCQ batch to the
+contrastive loss on a caption batch. The second source has its own data order (its own epochs);
+the run's length in epochs counts the first source's.
+
+Precision and optimiser follow the recipes of the anchors (finetune/recipes): bf16 autocast (this
+toolkit's default), fp16 autocast with a gradient scaler (the authors' "amp": a step whose scaled
+gradient overflowed is skipped and the scale lowered, as torch.amp.GradScaler does), or float32;
+weight decay on every parameter (plain torch AdamW, as CoN-CLIP, Omni-NegCLIP, NegationCLIP and
+TripletCLIP do) or on weight matrices only (open_clip's rule: no decay on gains, biases, logit
+scale); cosine or constant learning rate after the warm-up.
+
 What makes it fast: the image tower is frozen, so image features are computed once and cached;
 captions are tokenised once, and each text batch runs only up to its longest caption
 (TextTower.encode(trim=True), exact because of the causal mask).
@@ -18,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,8 +54,15 @@ from probing.models.text_tower import TextTower
 
 MAX_LOGIT_SCALE = math.log(100.0)  # t = exp(logit_scale) is clamped to at most 100
 # settings that change the trajectory: a resumed run must use the same ones
-_RESUME_MUST_MATCH = ("loss", "loss_kwargs", "lr", "weight_decay", "warmup_steps", "batch_size", "grad_accum",
-                      "clip_grad_norm", "seed", "betas", "eps", "total_steps", "plan")
+_RESUME_MUST_MATCH = ("loss", "loss_kwargs", "loss_weight", "lr", "weight_decay", "decay", "schedule", "warmup_steps",
+                      "batch_size", "grad_accum", "clip_grad_norm", "seed", "betas", "eps", "precision", "second_loss",
+                      "second_loss_kwargs", "second_weight", "second_batch_size", "total_steps", "plan")
+# settings added after checkpoints were first written: a checkpoint without one ran with its default
+_ADDED_SETTINGS = ("loss_weight", "decay", "schedule", "precision", "second_loss", "second_loss_kwargs", "second_weight",
+                   "second_batch_size")
+PRECISIONS = ("bf16", "fp16", "fp32")
+DECAY_RULES = ("matrices", "all")
+SCHEDULES = ("cosine", "constant")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,11 +77,14 @@ class ResumeError(RuntimeError):
 class TrainConfig:
     loss: str = "conclip"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"terms": [1]}, {"lam": 0.5}
+    loss_weight: float = 1.0  # weight of `loss` in the step's total (NegBench: 0.99 beside its MCQ loss)
     lr: float = 1e-5
     weight_decay: float = 0.2
+    decay: str = "matrices"  # which parameters decay: "matrices" (not gains, biases, logit scale) or "all"
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     warmup_steps: int = 50
+    schedule: str = "cosine"  # after the warm-up: "cosine" decay to 0, or "constant"
     steps: int | None = None  # optimizer steps; or give epochs
     epochs: float | None = None
     batch_size: int = 128  # contrastive (global) micro-batch
@@ -67,7 +92,13 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0  # None or 0: no clipping
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
+    precision: str = "bf16"  # on CUDA: "bf16" autocast, "fp16" autocast + gradient scaler, "fp32"; CPU: float32
+    # a second data source (train(..., second_examples=)): each step adds second_weight x second_loss
+    # on a batch of second_batch_size of its examples (default: batch_size)
+    second_loss: str | None = None
+    second_loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    second_weight: float = 1.0
+    second_batch_size: int | None = None
     log_every: int = 10
     ckpt_every: int = 500
     keep_checkpoints: int = 1
@@ -94,21 +125,24 @@ class TrainResult:
 
 # --- schedule, optimizer, data order ---------------------------------------------------------------
 
-def lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to 0 at `total_steps` (or constant)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def build_optimizer(model: nn.Module, plan: LayerPlan, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with one group per planned part (per-block lr weights); no decay on gains and biases."""
+    """AdamW with one group per planned part (per-block lr weights). decay "matrices": no decay on
+    gains, biases and the logit scale (open_clip's rule); "all": every parameter decays."""
     groups = []
     for part, params in planned_parts(model, plan).items():
         weight = plan.lr_weight(int(part.split(".")[1])) if part.startswith("blocks.") else 1.0
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]  # LayerNorm gains, biases, logit scale
+        decay = [p for p in params if p.ndim >= 2 or config.decay == "all"]
+        no_decay = [p for p in params if p.ndim < 2 and config.decay != "all"]  # LayerNorm gains, biases, logit scale
         for params_, weight_decay, suffix in ((decay, config.weight_decay, ""), (no_decay, 0.0, "/no_decay")):
             if params_:
                 groups.append({"params": params_, "lr": config.lr * weight, "weight_decay": weight_decay,
@@ -119,17 +153,18 @@ def build_optimizer(model: nn.Module, plan: LayerPlan, config: TrainConfig) -> t
 
 
 class DataOrder:
-    """Global micro-batch k -> example indices; epoch e is a permutation seeded by (seed, e)."""
+    """Global micro-batch k -> example indices; epoch e is a permutation seeded by (seed, e, stream)
+    (stream 1: the second data source, so that its order is not the first source's)."""
 
-    def __init__(self, n_examples: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n_examples, batch_size, seed
+    def __init__(self, n_examples: int, batch_size: int, seed: int, stream: int = 0):
+        self.n, self.batch_size, self.seed, self.stream = n_examples, batch_size, seed, stream
         self.batches_per_epoch = n_examples // batch_size  # drop the ragged last batch
         self._epoch, self._perm = -1, None
 
     def batch(self, k: int) -> tuple[int, torch.Tensor]:
         epoch, position = divmod(k, self.batches_per_epoch)
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + self.stream * 7_919_000_003)
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=generator)
         return epoch, self._perm[position * self.batch_size:(position + 1) * self.batch_size]
 
@@ -142,13 +177,23 @@ def total_steps_of(config: TrainConfig, n_examples: int) -> int:
     return max(1, math.ceil(config.epochs * (n_examples // config.batch_size) / config.grad_accum))
 
 
-def _check_config(config: TrainConfig, n_examples: int, dist: DistContext) -> None:
-    if config.batch_size < 2:
-        raise ValueError("batch_size must be at least 2: contrastive losses need negatives")
-    if n_examples < config.batch_size:
-        raise ValueError(f"{n_examples} examples are fewer than one batch of {config.batch_size}")
-    if config.batch_size % dist.world_size:
-        raise ValueError(f"batch_size {config.batch_size} must divide by the number of processes {dist.world_size}")
+def _check_config(config: TrainConfig, n_examples: int, n_second: int | None, dist: DistContext) -> None:
+    for value, allowed, name in ((config.precision, PRECISIONS, "precision"), (config.decay, DECAY_RULES, "decay"),
+                                 (config.schedule, SCHEDULES, "schedule")):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    sources = [("", n_examples, config.batch_size)]
+    if (config.second_loss is None) != (n_second is None):
+        raise ValueError("a second loss needs second examples and second examples need a second loss")
+    if config.second_loss is not None:
+        sources.append(("second ", n_second, config.second_batch_size or config.batch_size))
+    for what, n, batch_size in sources:
+        if batch_size < 2:
+            raise ValueError(f"{what}batch_size must be at least 2: contrastive losses need negatives")
+        if n < batch_size:
+            raise ValueError(f"{n} {what}examples are fewer than one batch of {batch_size}")
+        if batch_size % dist.world_size:
+            raise ValueError(f"{what}batch_size {batch_size} must divide by the number of processes {dist.world_size}")
     if config.grad_accum < 1 or config.lr <= 0 or config.warmup_steps < 0:
         raise ValueError("grad_accum must be >= 1, lr > 0 and warmup_steps >= 0")
 
@@ -156,23 +201,28 @@ def _check_config(config: TrainConfig, n_examples: int, dist: DistContext) -> No
 # --- the loss of one batch -----------------------------------------------------------------------
 
 def batch_loss(model: nn.Module, data: TrainingData, spec: LossSpec, indices: torch.Tensor, *,
-               device: torch.device, dist: DistContext | None = None, autocast: bool = False,
+               device: torch.device, dist: DistContext | None = None, autocast: torch.dtype | None = None,
                loss_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
     """The loss of the global batch `indices`: this rank's captions encoded (trimmed) in one pass,
-    gathered over ranks, against the cached image features."""
+    gathered over ranks, against the cached image features. autocast: the CUDA autocast dtype, or None."""
     dist = dist or DistContext()
     local = dist.shard(indices)
-    tokens = torch.cat([data.tokens[name][local] for name in spec.texts]).to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+    chosen = [data.tokens[name][local] for name in spec.texts]  # [b, context] or, for MCQ options, [b, K, context]
+    tokens = torch.cat([part.reshape(-1, part.shape[-1]) for part in chosen]).to(device)
+    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         text = TextTower.from_model(model).encode(tokens, trim=True)
     text = F.normalize(text.float(), dim=-1)
     if not torch.isfinite(text).all():
         raise NonFiniteLossError("text features are not finite")
-    features = {name: dist.gather_with_grad(part) for name, part in zip(spec.texts, text.split(len(local)))}
+    parts = text.split([part[..., 0].numel() for part in chosen])
+    features = {name: dist.gather_with_grad(feature.view(*part.shape[:-1], -1))
+                for name, part, feature in zip(spec.texts, chosen, parts)}
     device_indices = indices.to(device)
     features["image"] = data.image[device_indices]
     if data.distractor is not None:
         features["distractor"] = data.distractor[device_indices]
+    if data.correct is not None:
+        features["correct"] = data.correct[device_indices]
     return spec.call(features, model.logit_scale.exp(), **(loss_kwargs or {}))
 
 
@@ -197,15 +247,29 @@ def batch_losses(model: nn.Module, tokenizer: Callable, preprocess: Callable, ex
 
 # --- the loop ----------------------------------------------------------------------------------------
 
+@dataclass
+class Source:
+    """One data source of a run: its loss, its cached data and its data order."""
+
+    spec: LossSpec
+    data: TrainingData
+    order: DataOrder
+    weight: float
+    loss_kwargs: dict[str, Any]
+
+
 class Trainer:
     def __init__(self, model: nn.Module, tokenizer: Callable, preprocess: Callable, examples: Sequence[Any],
-                 plan: LayerPlan, config: TrainConfig):
+                 plan: LayerPlan, config: TrainConfig, second_examples: Sequence[Any] | None = None):
         self.config, self.plan, self.model = config, plan, model
         self.device = rank_device(resolve_device(config.device))
         self.dist = setup_distributed(self.device)
         self.spec: LossSpec = loss_spec(config.loss)
-        _check_config(config, len(examples), self.dist)
-        self.autocast = config.bf16 and self.device.type == "cuda"
+        _check_config(config, len(examples), None if second_examples is None else len(second_examples), self.dist)
+        on_cuda = self.device.type == "cuda"
+        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision) if on_cuda else None
+        # fp16 needs loss scaling (the authors' "amp"); a disabled scaler is a no-op
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
         self.out_dir = Path(config.out_dir)
         self.total_steps = total_steps_of(config, len(examples))
         self._refuse_to_overwrite()  # before the slow part (caching image features)
@@ -214,17 +278,28 @@ class Trainer:
         model.to(self.device)
         self.dist.broadcast_from_main(model)
         self.summary = apply_plan(model, plan, verbose=self.dist.is_main)
-        self.data: TrainingData = prepare_data(
-            model, tokenizer, preprocess, examples, self.spec, device=self.device, dist=self.dist,
-            image_batch_size=config.image_batch_size, autocast=self.autocast)
-        self.order = DataOrder(len(self.data), config.batch_size, config.seed)
+        self.sources = [self._source(tokenizer, preprocess, examples, self.spec, config.batch_size, config.loss_weight,
+                                     config.loss_kwargs, stream=0)]
+        if second_examples is not None:
+            self.sources.append(self._source(tokenizer, preprocess, second_examples, loss_spec(config.second_loss),
+                                             config.second_batch_size or config.batch_size, config.second_weight,
+                                             config.second_loss_kwargs, stream=1))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(model, plan, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, warmup_steps=config.warmup_steps, total_steps=self.total_steps))
+            self.optimizer, lambda s: lr_factor(s, warmup_steps=config.warmup_steps, total_steps=self.total_steps,
+                                                schedule=config.schedule))
         self.step = 0
         self.last_checkpoint: Checkpoint | None = None
         self.history: list[dict[str, float]] = []
+
+    def _source(self, tokenizer: Callable, preprocess: Callable, examples: Sequence[Any], spec: LossSpec,
+                batch_size: int, weight: float, loss_kwargs: dict[str, Any], *, stream: int) -> Source:
+        # image features are cached once; under fp16 they are computed in float32 (the image tower is
+        # frozen, so precision there changes only rounding) and under bf16 in bfloat16 as before
+        data = prepare_data(self.model, tokenizer, preprocess, examples, spec, device=self.device, dist=self.dist,
+                            image_batch_size=self.config.image_batch_size, autocast=self.autocast == torch.bfloat16)
+        return Source(spec, data, DataOrder(len(data), batch_size, self.config.seed, stream), weight, dict(loss_kwargs))
 
     # -- state --
     def run_settings(self) -> dict[str, Any]:
@@ -235,7 +310,7 @@ class Trainer:
 
     def save(self) -> Checkpoint:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "settings": json.dumps(self.run_settings())}
+                 "scaler": self.scaler.state_dict(), "settings": json.dumps(self.run_settings())}
         if self.dist.is_main:
             self.last_checkpoint = save_checkpoint(self.out_dir, self.step, self.model, state,
                                                    model_name=self.config.model_name,
@@ -261,46 +336,65 @@ class Trainer:
             return
         state = load_checkpoint(checkpoint, self.model, device=self.device)
         saved, now = json.loads(state["settings"]), self.run_settings()
-        changed = sorted(key for key in set(saved) | set(now) if key != "world_size" and saved.get(key) != now.get(key))
+        defaults = json.loads(json.dumps({key: getattr(TrainConfig(), key) for key in _ADDED_SETTINGS}))
+        changed = sorted(key for key in set(saved) | set(now)
+                         if key != "world_size" and saved.get(key, defaults.get(key)) != now.get(key))
         if changed:
             raise ResumeError(f"cannot resume {checkpoint.folder}: settings differ from the checkpoint's "
                               f"({', '.join(changed)}); use the original settings or a new output folder")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.last_checkpoint = int(state["step"]), checkpoint
         if self.dist.is_main:
             print(f"resumed from {checkpoint.folder} (step {self.step})", flush=True)
 
     # -- one step --
-    def micro_batch_loss(self, k: int) -> tuple[int, torch.Tensor]:
-        epoch, indices = self.order.batch(k)
-        loss = batch_loss(self.model, self.data, self.spec, indices, device=self.device, dist=self.dist,
-                          autocast=self.autocast, loss_kwargs=self.config.loss_kwargs)
-        return epoch, loss
+    def micro_batch_loss(self, k: int) -> tuple[int, list[torch.Tensor]]:
+        """The epoch of the first source and each source's (unweighted) loss on micro-batch k."""
+        losses, epoch = [], 0
+        for index, source in enumerate(self.sources):
+            source_epoch, indices = source.order.batch(k)
+            epoch = source_epoch if index == 0 else epoch
+            losses.append(batch_loss(self.model, source.data, source.spec, indices, device=self.device, dist=self.dist,
+                                     autocast=self.autocast, loss_kwargs=source.loss_kwargs))
+        return epoch, losses
 
     def train_step(self) -> dict[str, float]:
         config = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
+        totals = torch.zeros(len(self.sources), device=self.device)
         for micro in range(config.grad_accum):
-            epoch, loss = self.micro_batch_loss(self.step * config.grad_accum + micro)
-            (loss / config.grad_accum).backward()
-            total += loss.detach() / config.grad_accum
-        loss_value = total.item()
+            epoch, losses = self.micro_batch_loss(self.step * config.grad_accum + micro)
+            loss = sum(source.weight * part for source, part in zip(self.sources, losses))
+            self.scaler.scale(loss / config.grad_accum).backward()
+            totals += torch.stack([part.detach() for part in losses]) / config.grad_accum
+        parts = totals.tolist()
+        loss_value = sum(source.weight * part for source, part in zip(self.sources, parts))
         self.dist.average_gradients(self.params)
+        self.scaler.unscale_(self.optimizer)
         max_norm = config.clip_grad_norm if config.clip_grad_norm else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+        # under fp16 an overflowing gradient is the scaler's business: it skips the step and lowers the scale
+        if not math.isfinite(loss_value) or (not math.isfinite(grad_norm) and not self.scaler.is_enabled()):
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
             raise NonFiniteLossError(f"{what} is {loss_value if what == 'loss' else grad_norm}")
-        lr = config.lr * lr_factor(self.step, warmup_steps=config.warmup_steps, total_steps=self.total_steps)
-        self.optimizer.step()
-        self.scheduler.step()
+        lr = config.lr * lr_factor(self.step, warmup_steps=config.warmup_steps, total_steps=self.total_steps,
+                                   schedule=config.schedule)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with warnings.catch_warnings():  # a step the scaler skipped still advances the schedule, as the authors' does
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
         with torch.no_grad():  # CLIP's temperature cap: t = exp(logit_scale) <= 100
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         self.step += 1
-        return {"step": self.step, "epoch": epoch, "loss": loss_value, "lr": lr,
-                "logit_scale": self.model.logit_scale.exp().item(), "grad_norm": grad_norm}
+        metrics = {"step": self.step, "epoch": epoch, "loss": loss_value, "lr": lr,
+                   "logit_scale": self.model.logit_scale.exp().item(), "grad_norm": grad_norm}
+        if len(parts) > 1:
+            metrics["loss_second"] = parts[1]
+        return metrics
 
     # -- the run --
     def fit(self) -> TrainResult:
@@ -364,9 +458,10 @@ def _progress_bar(total: int, initial: int, *, enabled: bool):
 
 
 def train(model: nn.Module, tokenizer: Callable, preprocess: Callable, examples: Sequence[Any],
-          plan: LayerPlan, config: TrainConfig) -> TrainResult:
-    """Fine-tune `model` in place on `examples` with the parts `plan` names; see TrainConfig."""
-    trainer = Trainer(model, tokenizer, preprocess, examples, plan, config)
+          plan: LayerPlan, config: TrainConfig, second_examples: Sequence[Any] | None = None) -> TrainResult:
+    """Fine-tune `model` in place on `examples` with the parts `plan` names; see TrainConfig.
+    second_examples: the second data source, trained with `config.second_loss` (module docstring)."""
+    trainer = Trainer(model, tokenizer, preprocess, examples, plan, config, second_examples)
     try:
         return trainer.fit()
     finally:

@@ -2,9 +2,25 @@
 registries against them when it is imported."""
 from __future__ import annotations
 
-LOSS_NAMES: tuple[str, ...] = ("conclip", "clip", "omni", "negationclip", "tripletclip", "mix")
+LOSS_NAMES: tuple[str, ...] = ("conclip", "clip", "omni", "omni_presence", "omni_absence", "negationclip",
+                                "tripletclip", "negbench_mcq", "mix")
+# losses that read NegBench MCQ items (an image, its K caption options, the index of the right one)
+# instead of negation examples
+MCQ_LOSSES: tuple[str, ...] = ("negbench_mcq",)
 MIX_PARTS: tuple[str, ...] = ("conclip", "negationclip", "clip", "tripletclip", "omni", "absence_vs_presence",
                               "scope_pair")
+# the mix's options that are not part weights: CoN-CLIP's terms and the omni part's settings
+MIX_OPTIONS: tuple[str, ...] = ("terms", "omni_lam", "omni_lambda_o", "omni_lambda_t", "omni_margin")
+# the command-line loss options each loss takes (finetune-layers --terms, --weights, --lam, ...); the
+# mix takes Omni-NegCLIP's as the settings of its omni part (omni_lam, omni_lambda_o, ...)
+LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "conclip": ("terms",), "omni": ("lam", "lambda_o", "lambda_t", "margin"),
+    "omni_absence": ("lambda_o", "lambda_t", "margin"),
+    "mix": ("terms", "weights", "lam", "lambda_o", "lambda_t", "margin"),
+}
+# Omni-NegCLIP's absence-loss hinge margin in the authors' training runs (their --margin default;
+# 0.2 is only the default of a function signature in their code)
+OMNI_MARGIN = 0.9
 # what a layer plan may train besides text blocks
 EXTRAS: tuple[str, ...] = ("embeddings", "ln_final", "projection", "logit_scale")
 # losses whose relative gradient norms probe-layers measures (finetune.losses.gradnorm_loss_fns)

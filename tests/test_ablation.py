@@ -70,6 +70,25 @@ def test_variants_differ_only_in_blocks():
         extras_flags("ln_final,head")
 
 
+def test_omni_negclip_groups_are_named_variants_with_their_extras():
+    """Omni-NegCLIP's own table: front 0-5, middle 4-7, back 8-11 (and whole), each with embeddings,
+    ln_final, projection and logit scale, whatever extras the other variants train."""
+    variants, notes = resolve_variants(["omni", "front", "frozen"], 12, has_plan=False)
+    assert variants == ["frozen", "front", "omni_front", "omni_middle", "omni_back", "omni_whole"] and notes == []
+    assert resolve_variants(["omni_middle"], 12, has_plan=False)[0] == ["omni_middle"]
+    assert not any(name.startswith("omni") for name in resolve_variants(None, 12, has_plan=False)[0])
+    plans = variant_plans(variants, 12, extras_flags("none"))
+    assert plans["omni_front"].blocks == [0, 1, 2, 3, 4, 5] and plans["omni_middle"].blocks == [4, 5, 6, 7]
+    assert plans["omni_back"].blocks == [8, 9, 10, 11] and plans["omni_whole"].blocks == list(range(12))
+    for name in ("omni_front", "omni_middle", "omni_back", "omni_whole"):
+        plan = plans[name]
+        assert plan.train_embeddings and plan.train_ln_final and plan.train_projection and plan.train_logit_scale
+    assert plans["front"].blocks == [0, 1, 2, 3, 4, 5] and not plans["front"].train_embeddings  # the study's extras
+    # a shallower tower: the ranges scale with its depth
+    assert {name: plan.blocks for name, plan in variant_plans(["omni_front", "omni_back"], 6, extras_flags("none")).items()} == {
+        "omni_front": [0, 1, 2], "omni_back": [4, 5]}
+
+
 def test_config_refuses_inconsistent_settings():
     with pytest.raises(AblationError, match="do not go with the embedded model"):
         AblationConfig(model="embedded:small", pretrained="x.pt")

@@ -129,11 +129,63 @@ def test_mcq_ties_count_as_wrong():
     image = F.normalize(torch.randn(3, 8), dim=-1)
     same = F.normalize(torch.randn(8), dim=-1)
     options = same.expand(3, 4, 8).clone()
-    metrics, ties = ev.score_mcq(image, options, torch.zeros(3, dtype=torch.long), ["positive"] * 3)
-    assert metrics["mcq_accuracy"]["value"] == 0.0 and ties == 3
+    metrics = ev.score_mcq(image, options, torch.zeros(3, dtype=torch.long), ["positive"] * 3)
+    assert metrics["mcq_accuracy"] == {"value": 0.0, "n": 3, "ties": 3}
     options[1, 0] = image[1]  # the correct option now strictly best for item 1
-    metrics, ties = ev.score_mcq(image, options, torch.zeros(3, dtype=torch.long), ["positive"] * 3)
-    assert metrics["mcq_accuracy"]["value"] == pytest.approx(1 / 3) and ties == 2
+    metrics = ev.score_mcq(image, options, torch.zeros(3, dtype=torch.long), ["positive"] * 3)
+    assert metrics["mcq_accuracy"] == {"value": pytest.approx(1 / 3), "n": 3, "ties": 2}
+    assert metrics["mcq_accuracy/template=positive"]["ties"] == 2
+
+
+def negrefcocog_file(path: Path, images: list[Path]) -> Path:
+    """A small NegRefCOCOg file laid out like parkquasar/NegationCLIP's NegRefCOCOg/NegRefCOCOg.json.
+
+    Layout assumed (from that released file and its negrefcocog_eval.py): one JSON list; each entry
+    {"image": COCO file name, "phrase": referring expression with a negation, "ref_bbox": [x, y, w, h],
+    "bbox_list": [[x, y, w, h], ...]} in pixels, ref_bbox one of bbox_list (there always the first, with
+    two candidates; here also third-of-three and a duplicated box, to exercise the tie rule)."""
+    entries = [
+        {"image": images[0].name, "phrase": "a zebra not eating grass",
+         "ref_bbox": [0, 0, 200.5, 300], "bbox_list": [[0, 0, 200.5, 300], [150.25, 10, 250, 280.75]]},
+        {"image": images[1].name, "phrase": "the vase that does not have a flower in it",
+         "ref_bbox": [40, 30, 120, 160], "bbox_list": [[0, 0, 100, 100], [200, 50, 150, 200], [40, 30, 120, 160]]},
+        {"image": images[2].name, "phrase": "a man without glasses",
+         "ref_bbox": [10, 10, 90, 90], "bbox_list": [[10, 10, 90, 90], [10, 10, 90, 90]]},  # the same box twice: a tie
+        {"image": images[3].name, "phrase": "a chair with no one sitting on it",
+         "ref_bbox": [5, 5, 60, 60], "bbox_list": [[5, 5, 60, 60], [70, 70, 100, 120]]},
+    ]
+    path.write_text(json.dumps(entries, indent=4))
+    return path
+
+
+def test_negrefcocog_scores_crops_against_the_phrase_with_the_tie_rule(tiny, shared_data, tmp_path):
+    from probing.data import load_negrefcocog
+
+    model, preprocess, tokenizer, _ = tiny
+    images = sorted(coco(shared_data).glob("*.jpg"))[:4]
+    path = negrefcocog_file(tmp_path / "NegRefCOCOg.json", images)
+    items = load_negrefcocog(path, coco(shared_data))
+    assert [item.correct for item in items] == [0, 2, 0, 0] and len(items[1].boxes) == 3
+    result = ev.evaluate_regions(model, preprocess, tokenizer, items, batch_size=3)
+    # the second way: crop each box with PIL as the authors do, encode one crop at a time
+    outcomes = []
+    for item in items:
+        phrase = one_text(model, tokenizer, item.phrase)
+        with Image.open(item.image) as opened:
+            pil = opened.convert("RGB")
+        scores = [float(one_image(model, preprocess, np.asarray(pil.crop((x, y, x + w, y + h)))) @ phrase)
+                  for x, y, w, h in item.boxes]
+        others = [s for i, s in enumerate(scores) if i != item.correct]
+        outcomes.append(scores[item.correct] - max(others))
+    metrics = result["metrics"]
+    assert metrics["negrefcocog_accuracy"]["n"] == 4 and result["counts"]["n_regions"] == 9
+    check_rate(metrics["negrefcocog_accuracy"]["value"], outcomes)
+    assert metrics["negrefcocog_accuracy"]["ties"] == 1  # the duplicated box: argmax would count it right
+    assert metrics["negrefcocog_accuracy/cue=without"] == {"value": 0.0, "n": 1, "ties": 1}
+    # the benchmark by path, through evaluate_all
+    out = ev.evaluate_all(model, preprocess, tokenizer, which=["negrefcocog"], files={"negrefcocog": [path]},
+                          image_roots={"negrefcocog": coco(shared_data)})
+    assert out["sections"]["negrefcocog"]["metrics"] == metrics
 
 
 def test_sugarcrepe_folds_equal_explicit_dot_products(tiny, shared_data):
@@ -262,11 +314,15 @@ def test_synthetic_retrieval_is_r_at_1_among_100_over_whole_groups(tiny, world):
     examples = world.examples(230, "test", 0)
     image = torch.stack([one_image(model, preprocess, e.image) for e in examples[:200]])
     text = torch.stack([one_text(model, tokenizer, e.caption) for e in examples[:200]])
+    captions = [e.caption for e in examples[:200]]
     hits = {"image_to_text": 0, "text_to_image": 0}
-    for group in (slice(0, 100), slice(100, 200)):  # the 30 rows past the last whole group are not scored
-        similarity = image[group] @ text[group].T
-        hits["image_to_text"] += int((similarity.argmax(1) == torch.arange(100)).sum())
-        hits["text_to_image"] += int((similarity.argmax(0) == torch.arange(100)).sum())
+    for start in (0, 100):  # the 30 rows past the last whole group are not scored
+        similarity = image[start:start + 100] @ text[start:start + 100].T
+        texts = captions[start:start + 100]
+        # the world repeats some captions word for word: a repeated caption is right for each of its scenes
+        hits["image_to_text"] += sum(texts[j] == texts[i] for i, j in enumerate(similarity.argmax(1).tolist()))
+        hits["text_to_image"] += sum(texts[i] == texts[j] for j, i in enumerate(similarity.argmax(0).tolist()))
+    assert len(set(captions)) < len(captions)
     for direction, count in hits.items():
         entry = retrieval[f"{direction}_R@1_among_100"]
         assert entry["n"] == 200 and entry["value"] == pytest.approx(count / 200, abs=1 / 200)
@@ -330,13 +386,14 @@ def test_coco_generated_and_ccneg_file(tiny, shared_data, tmp_path):
                    f"cc3m/{images[1].name},two cups and a plate,two cups but no plate,2\n"
                    "cc3m/missing.jpg,a cat,no cat,1\n"
                    f"cc3m/{images[2].name},a bus on a road,a bus without a road,\n")
-    out = ev.evaluate_all(model, preprocess, tokenizer, which=["ccneg"], ccneg=csv, image_root=coco(shared_data),
-                          batch_size=2)
+    out = ev.evaluate_all(model, preprocess, tokenizer, which=["ccneg"], files={"ccneg": [csv]},
+                          image_root=coco(shared_data), batch_size=2)
     section = out["sections"]["ccneg"]
     assert section["metrics"]["ccneg_accuracy"]["n"] == 3
     assert section["metrics"]["ccneg_accuracy/cue=not"]["n"] == 1
     assert section["metrics"]["ccneg_accuracy/k=unknown"]["n"] == 1
     assert section["counts"]["skip_reasons"] == {"image not found": 1} and section["counts"]["rows_read"] == 4
+    assert section["counts"]["commas_stripped"] is True
 
 
 def test_evaluate_all_reports_missing_images_and_plan(tiny, shared_data, tmp_path):
@@ -358,18 +415,29 @@ def test_evaluate_all_reports_missing_images_and_plan(tiny, shared_data, tmp_pat
     table = ev.markdown_table(out, model="tiny")
     assert "| valse_existence | 505 | 2 (limit 2) | 502 | image not found (502) |" in table
 
-    # the default plan runs what exists and says why the rest does not run
+    # the default plan runs what exists and says why the rest does not run; NegBench's files are sections by dataset
     plan = plan_benchmarks(Sources(data_root=shared_data))
     assert set(plan.runnable) == {"synthetic", "coco_generated", "negbench_mcq", "negbench_retrieval", "sugarcrepe",
                                   "valse_existence"}
+    assert [job.section for job in plan.runnable["negbench_retrieval"]] == ["negbench_retrieval/coco",
+                                                                            "negbench_retrieval/coco_negated"]
+    assert [job.section for job in plan.runnable["negbench_mcq"]] == ["negbench_mcq/coco"]
     assert "--ccneg" in plan.not_run["ccneg"] and "--image-folder" in plan.not_run["image_folder"]
+    assert "--negrefcocog" in plan.not_run["negrefcocog"]
     with pytest.raises(BenchmarkError, match="'ccneg' cannot run"):
         plan_benchmarks(Sources(data_root=shared_data), ["ccneg"])
     with pytest.raises(BenchmarkError, match="unknown benchmark"):
         plan_benchmarks(Sources(data_root=shared_data), ["negbench"])
     (tmp_path / "x.csv").write_text("image_path,caption,negative_prompt\n")
     with pytest.raises(BenchmarkError, match="no image root"):
-        plan_benchmarks(Sources(data_root=tmp_path / "nowhere", image_root=None, ccneg=tmp_path / "x.csv"), ["ccneg"])
+        plan_benchmarks(Sources(data_root=tmp_path / "nowhere", image_root=None, files={"ccneg": [tmp_path / "x.csv"]}),
+                        ["ccneg"])
+    # files by path replace the data root's for their benchmark, one section per file
+    voc = tmp_path / "VOC2007_mcq_llama3.1_rephrased.csv"
+    shutil.copy(shared_data / "negbench/COCO_val_mcq_llama3.1_rephrased.csv", voc)
+    plan = plan_benchmarks(Sources(data_root=shared_data, files={"negbench_mcq": [voc, tmp_path / "x.csv"]}),
+                           ["negbench_mcq"])
+    assert [job.section for job in plan.runnable["negbench_mcq"]] == ["negbench_mcq/voc2007", "negbench_mcq/x"]
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -385,21 +453,35 @@ def test_cli_writes_json_and_markdown(tiny, shared_data, tmp_path, monkeypatch, 
         shutil.copy(image, folder / name / image.name)
     monkeypatch.chdir(REPO)  # the default data root is ../shared/data from here
     out = tmp_path / "out"
+    # a second MCQ file by path, laid out as NegBench's VOC2007 file (there the right answer is not always option 0)
+    voc = tmp_path / "VOC2007_mcq_llama3.1_rephrased.csv"
+    rows = (shared_data / "negbench/COCO_val_mcq_llama3.1_rephrased.csv").read_text().splitlines()
+    voc.write_text("\n".join(rows[:1] + [row for row in rows[1:] if "000000397133" in row or "000000037777" in row]) + "\n")
     code = main(["--model", str(config), "--benchmarks", "synthetic,negbench_mcq,image_folder", "--limit", "6",
-                 "--image-folder", str(folder), "--synthetic-n", "12", "--synthetic-classification", "36",
-                 "--synthetic-image-size", "32", "--batch-size", "5", "--out", str(out), "--no-progress"])
+                 "--negbench-mcq", str(REPO.parent / "shared/data/negbench/COCO_val_mcq_llama3.1_rephrased.csv"),
+                 "--negbench-mcq", str(voc), "--image-folder", str(folder), "--synthetic-n", "12",
+                 "--synthetic-classification", "36", "--synthetic-image-size", "32", "--batch-size", "5",
+                 "--out", str(out), "--no-progress"])
     assert code == 0
-    assert f"wrote {out / 'evaluation.json'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'evaluation.json'}" in printed
     result = json.loads((out / "evaluation.json").read_text())
     assert result["model"]["architecture"] == config.stem and result["model"]["pretrained"] is None
     assert set(result["sections"]) == {"synthetic/negation", "synthetic/retrieval", "synthetic/scope",
-                                       "synthetic/prompt_gap", "negbench_mcq", "image_folder/prompt_gap"}
-    mcq = result["sections"]["negbench_mcq"]
+                                       "synthetic/prompt_gap", "negbench_mcq/coco", "negbench_mcq/voc2007",
+                                       "image_folder/prompt_gap"}
+    mcq = result["sections"]["negbench_mcq/coco"]
     assert mcq["metrics"]["mcq_accuracy"]["n"] == 6 and mcq["counts"]["n_skipped"] == 5914 - 251
+    assert result["sections"]["negbench_mcq/voc2007"]["counts"]["source"] == str(voc)
     markdown = (out / "evaluation.md").read_text()
-    assert "| benchmark | metric | value | n |" in markdown
-    value = mcq["metrics"]["mcq_accuracy"]["value"]
-    assert f"| negbench_mcq | mcq_accuracy | {value:.4f} | 6 |" in markdown
+    assert "| benchmark | metric | value | n | ties | published CLIP ViT-B/32 | published, other models |" in markdown
+    entry = mcq["metrics"]["mcq_accuracy"]
+    # measured beside published: CLIP ViT-B/32 0.393 on COCO, 0.387 on VOC2007, and the fixed models
+    assert (f"| negbench_mcq/coco | mcq_accuracy | {entry['value']:.4f} | 6 | {entry['ties']} | 0.3930 | "
+            "NegBench-tuned NegCLIP 0.5624; NegBench-tuned CLIP 0.5443; NegCLIP 0.2868; CoN-CLIP 0.2390 |") in markdown
+    assert "| negbench_mcq/voc2007 | mcq_accuracy |" in markdown and "| 0.3872 |" in markdown
+    assert f"negbench_mcq/coco mcq_accuracy: measured {entry['value']:.4f}" in printed
+    assert result["published"]["negbench_mcq/coco"]["mcq_accuracy"][0]["model"] == "CLIP ViT-B/32"
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
 
 
@@ -410,6 +492,7 @@ def test_cli_writes_json_and_markdown(tiny, shared_data, tmp_path, monkeypatch, 
     (["--data-root", "/nonexistent/folder"], "is not a folder"),
     (["--model", "no-such-model"], "unknown model name"),
     (["--image-root-for", "valse_existence"], "BENCHMARK=DIR"),
+    (["--benchmarks", "negbench_mcq", "--negbench-mcq", "/nonexistent/mcq.csv"], "do(es) not exist"),
 ])
 def test_cli_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, monkeypatch, capsys):
     from analysis.cli.evaluate_negation import main
@@ -452,3 +535,21 @@ def test_cli_embedded_model_comes_with_its_synthetic_world(small_embedded, tmp_p
             main([*argv, "--benchmarks", "synthetic", "--out", str(tmp_path / "bad")])
         assert exit_info.value.code == 2
     assert "unknown embedded model 'huge'" in capsys.readouterr().err
+
+
+def test_published_table_rows_name_real_sections_and_metrics():
+    """Every published value sits where evaluate-negation writes the metric it compares with."""
+    from analysis.evaluation.benchmarks import BENCHMARKS, NEGBENCH_LABELS
+    from analysis.evaluation.published import published_table
+
+    sections = {"ccneg", "summary"} | {f"{kind}/{label}" for kind, label in NEGBENCH_LABELS.values()}
+    table = published_table()
+    assert table and all(section in sections for section, _ in table)
+    for (section, metric), rows in table.items():
+        assert metric.split("/")[0] in {"ccneg_accuracy", "mcq_accuracy", "text_to_image_R@5", "negated_prompt_gap_mean"}
+        assert all(0 <= row.value <= 1 and row.source for row in rows)
+        assert sum(row.reference for row in rows) <= 1 and (not rows[0].reference or rows[0].model == "CLIP ViT-B/32")
+    assert table[("ccneg", "ccneg_accuracy")][0].value == 0.657  # REFERENCE.md: CLIP ViT-B/32 65.70
+    assert {row.model: row.value for row in table[("negbench_mcq/coco", "mcq_accuracy/template=negative")]} == {
+        "CLIP ViT-B/32": 0.068}
+    assert set(BENCHMARKS) >= {section.split("/")[0] for section in sections if section != "summary"}

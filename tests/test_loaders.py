@@ -457,3 +457,71 @@ def test_coco_rows_that_point_nowhere(tmp_path):
     (tmp_path / "instances_x.json").write_text(json.dumps({"images": [], "annotations": []}))
     with pytest.raises(DataError, match="no list 'categories'"):
         load_coco_instances(tmp_path / "instances_x.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# fidelity to the anchors: commas, every NegBench file by path, NegRefCOCOg, video frames
+
+
+def test_ccneg_strips_commas_from_the_negated_caption_by_default(tmp_path):
+    csv = tmp_path / "ccneg.csv"
+    csv.write_text('image_path,caption,negative_prompt\n'
+                   'a.jpg,"a dog, a ball and a sofa","a dog, a ball, but no sofa"\n')
+    stripped, kept = load_ccneg(csv), load_ccneg(csv, strip_commas=False)
+    # the authors: negative_prompt.replace(",", ""), in fine-tuning and in evaluation; the true caption stays
+    assert stripped[0].presence_negated == "a dog a ball but no sofa" == "a dog, a ball, but no sofa".replace(",", "")
+    assert stripped[0].caption == kept[0].caption == "a dog, a ball and a sofa"
+    assert kept[0].presence_negated == "a dog, a ball, but no sofa"
+    assert stripped[0].meta["commas_stripped"] is True and kept[0].meta["commas_stripped"] is False
+
+
+def test_every_negbench_layout_reads_by_path(tmp_path, coco_images):
+    image = sorted(coco_images.glob("*.jpg"))[0].name
+    # a synthetic-style MCQ file: the right answer is not option 0, the image column is 'filepath'
+    mcq = tmp_path / "synthetic_mcq_llama3.1_rephrased.csv"
+    mcq.write_text("filepath,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n"
+                   f"imgs/{image},2,a cat,a dog,a dog and no cat,no dog,hybrid\n")
+    items = load_negbench_mcq(mcq, coco_images)
+    assert items[0].correct == 2 and items[0].template == "hybrid" and Path(items[0].image).name == image
+    assert guess_kind(mcq) == "negbench_mcq"
+    # an MSR-VTT-style MCQ row names a video: a frame saved under the video's name stands for it
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "video7010.jpg").write_bytes((coco_images / image).read_bytes())
+    video = tmp_path / "msr_vtt_mcq_rephrased_llama.csv"
+    video.write_text(MCQ_HEADER + "data/videos/video7010.mp4,0,a man cooking,a man not cooking,no man,a dog,positive\n")
+    assert Path(load_negbench_mcq(video, frames)[0].image) == frames / "video7010.jpg"
+    # a retrieval file with only an image column and captions (one caption per cell, no object lists)
+    retrieval = tmp_path / "msr_vtt_retrieval.csv"
+    retrieval.write_text("image_path,captions\n"
+                         f"{image},a man is cooking\n"
+                         f"{image},\"['a man is cooking', 'someone cooks but no one eats']\"\n")
+    rows = load_negbench_retrieval(retrieval, coco_images)
+    assert [row.captions for row in rows] == [["a man is cooking"], ["a man is cooking", "someone cooks but no one eats"]]
+    assert rows[0].positive_objects == [] and rows[0].image_id is None
+    assert guess_kind(retrieval) == "negbench_retrieval"
+
+
+def test_negrefcocog_loader_reads_the_released_layout_and_names_bad_entries(tmp_path, coco_images):
+    from probing.data import load_negrefcocog
+
+    # laid out as parkquasar/NegationCLIP NegRefCOCOg/NegRefCOCOg.json: a list of
+    # {"image", "phrase", "ref_bbox": [x, y, w, h], "bbox_list": [[x, y, w, h], ...]}
+    image = sorted(coco_images.glob("*.jpg"))[0].name
+    good = {"image": image, "phrase": "a pizza with mushrooms and no greens", "ref_bbox": [298.84, 0, 341.16, 479],
+            "bbox_list": [[0, 0, 341.22, 479], [298.84, 0, 341.16, 479]]}
+    path = tmp_path / "NegRefCOCOg.json"
+    path.write_text(json.dumps([good, {**good, "ref_bbox": [1, 2, 3, 4]}, {**good, "bbox_list": [good["ref_bbox"]]},
+                                {**good, "bbox_list": [[0, 0, 0, 5], good["ref_bbox"]]},
+                                {**good, "image": "COCO_train2014_000000000001.jpg"}]))
+    assert guess_kind(path) == "negrefcocog"
+    items = load_negrefcocog(path, coco_images, strict=False)
+    assert len(items) == 1 and items[0].correct == 1 and items[0].boxes[1] == [298.84, 0.0, 341.16, 479.0]
+    reasons = dict(items.report.skipped)
+    assert "not one of bbox_list" in reasons[1] and "at least two" in reasons[2] and "no area" in reasons[3]
+    assert "image not found" in reasons[4]
+    with pytest.raises(DataError, match="row 1: ref_bbox"):
+        load_negrefcocog(path, coco_images)
+    (tmp_path / "dict.json").write_text(json.dumps({"a": good}))
+    with pytest.raises(DataError, match="JSON list"):
+        load_negrefcocog(tmp_path / "dict.json")

@@ -16,6 +16,7 @@ from finetune.losses import (
     conclip_loss,
     make_loss_fn,
     negationclip_loss,
+    negbench_mcq_loss,
     omni_absence_loss,
     omni_negclip_loss,
     omni_presence_loss,
@@ -120,8 +121,10 @@ def test_omni_losses_match_formula():
     for lambda_o, lambda_t, margin in [(1.0, 1.0, 0.2), (0.3, 2.5, 0.5), (0.0, 0.0, 0.2)]:
         close(omni_absence_loss(I, c, a, scale=SCALE, lambda_o=lambda_o, lambda_t=lambda_t, margin=margin),
               ref_absence(npI, npc, npa, SCALE, lambda_o, lambda_t, margin))
+    # the default margin is the authors' training setting 0.9 (their --margin), not the 0.2 of a signature
+    close(omni_absence_loss(I, c, a, scale=SCALE), ref_absence(npI, npc, npa, SCALE, 1.0, 1.0, 0.9))
     close(omni_negclip_loss(I, c, n, a, scale=SCALE, lam=0.7),
-          ref_presence(npI, npc, npn, SCALE) + 0.7 * ref_absence(npI, npc, npa, SCALE, 1.0, 1.0, 0.2))
+          ref_presence(npI, npc, npn, SCALE) + 0.7 * ref_absence(npI, npc, npa, SCALE, 1.0, 1.0, 0.9))
 
 
 def test_omni_hinge_is_active_only_above_minus_margin():
@@ -136,8 +139,14 @@ def test_omni_hinge_is_active_only_above_minus_margin():
     c3 = c.clone().requires_grad_(True)
     omni_absence_loss(I, c3, a.detach(), scale=SCALE, lambda_o=0.0, lambda_t=0.0).backward()
     assert torch.equal(hinge_free, c3.grad), "with cos < -m the hinge must add no gradient"
-    # a_i = c_i: cos = 1, the hinge contributes 1 + m per row
-    close(omni_absence_loss(I, c, c, scale=SCALE, lambda_o=0.0, lambda_t=1.0) - negationclip_loss(I, c, scale=SCALE), 1.2)
+    # a_i = c_i: cos = 1, the hinge contributes 1 + m per row (m = 0.9 by default)
+    close(omni_absence_loss(I, c, c, scale=SCALE, lambda_o=0.0, lambda_t=1.0) - negationclip_loss(I, c, scale=SCALE), 1.9)
+    # cos(c, a) = -0.5 lies above -0.9 but below -0.2: the default hinge pays 0.4 per row, a 0.2 margin nothing
+    e = torch.eye(D, dtype=torch.float64)
+    c4, a4 = e[0].expand(M, D), (-0.5 * e[0] + math.sqrt(0.75) * e[1]).expand(M, D)
+    hinge = omni_absence_loss(I, c4, a4, scale=SCALE, lambda_o=0.0) - negationclip_loss(I, a4, scale=SCALE)
+    close(hinge, 0.4)
+    close(omni_absence_loss(I, c4, a4, scale=SCALE, lambda_o=0.0, margin=0.2) - negationclip_loss(I, a4, scale=SCALE), 0.0)
 
 
 def test_tripletclip_matches_formula():
@@ -157,7 +166,11 @@ def test_scale_tensor_carries_gradient_and_matches_float():
 def test_registry_and_compute_loss_dispatch():
     I, c, n, a, Ip = features(8, 5)
     batch = {"image": I, "caption": c, "presence_negated": n, "absence_negated": a, "distractor": Ip}
-    assert set(LOSSES) == {"clip", "conclip", "omni", "negationclip", "tripletclip", "mix"}
+    assert set(LOSSES) == {"clip", "conclip", "omni", "omni_presence", "omni_absence", "negationclip", "tripletclip",
+                           "negbench_mcq", "mix"}
+    close(compute_loss("omni_presence", batch, scale=SCALE), omni_presence_loss(I, c, n, scale=SCALE).item())
+    close(compute_loss("omni_absence", batch, scale=SCALE, margin=0.5),
+          omni_absence_loss(I, c, a, scale=SCALE, margin=0.5).item())
     close(compute_loss("clip", batch, scale=SCALE), clip_loss(I, c, scale=SCALE).item())
     close(compute_loss("conclip", batch, scale=SCALE), conclip_loss(I, c, n, Ip, scale=SCALE).item())
     close(compute_loss("conclip", {**batch, "distractor": None}, scale=SCALE), conclip_loss(I, c, n, scale=SCALE).item())
@@ -268,3 +281,46 @@ def test_negation_mix_is_the_weighted_sum_of_its_parts():
     two_term = negation_mix_loss(image, caption, negated, absence, scale=SCALE, negationclip=0, clip=0)
     assert two_term.item() == pytest.approx((np_ce(image, np.vstack([caption, negated]), SCALE)
                                              + np_ce(caption, image, SCALE)) / 2, rel=1e-9)
+
+
+def ref_mcq(I, options, correct, t):
+    """mean_i -log softmax_k(t <I_i, o_ik>)[correct_i], one image at a time."""
+    total = 0.0
+    for i in range(len(I)):
+        logits = [t * float(np.dot(I[i], option)) for option in options[i]]
+        top = max(logits)
+        total += top + math.log(sum(math.exp(v - top) for v in logits)) - logits[correct[i]]
+    return total / len(I)
+
+
+def test_negbench_mcq_loss_matches_a_loop_and_is_in_the_registry():
+    generator = torch.Generator().manual_seed(13)
+    I = F.normalize(torch.randn(M, D, generator=generator, dtype=torch.float64), dim=-1)
+    options = F.normalize(torch.randn(M, 4, D, generator=generator, dtype=torch.float64), dim=-1)
+    correct = torch.tensor([0, 3, 1, 2, 0, 1])
+    expected = ref_mcq(I.numpy(), options.numpy(), correct.tolist(), SCALE)
+    close(negbench_mcq_loss(I, options, correct, scale=SCALE), expected)
+    close(compute_loss("negbench_mcq", {"image": I, "options": options, "correct": correct}, scale=SCALE), expected)
+    # the right option pulled onto the image lowers the loss; options must be normalised and indices valid
+    better = options.clone()
+    better[torch.arange(M), correct] = I
+    assert negbench_mcq_loss(I, better, correct, scale=SCALE) < negbench_mcq_loss(I, options, correct, scale=SCALE)
+    with pytest.raises(ValueError, match="options is not L2-normalised"):
+        negbench_mcq_loss(I, options * 2, correct, scale=SCALE)
+    with pytest.raises(ValueError, match="option index"):
+        negbench_mcq_loss(I, options, torch.tensor([0, 4, 1, 2, 0, 1]), scale=SCALE)
+    with pytest.raises(ValueError, match="correct"):
+        compute_loss("negbench_mcq", {"image": I, "options": options}, scale=SCALE)
+
+
+def test_mix_sets_the_omni_parts_margin_and_lambdas():
+    from finetune.losses import negation_mix_loss
+
+    I, c, n, a = features(14, 4)
+    npI, npc, npn, npa = (x.numpy() for x in (I, c, n, a))
+    mixed = negation_mix_loss(I, c, n, a, scale=SCALE, conclip=0, negationclip=0, clip=0, omni=2.0,
+                              omni_lam=0.3, omni_lambda_o=0.5, omni_lambda_t=2.0, omni_margin=0.4)
+    expected = 2.0 * (ref_presence(npI, npc, npn, SCALE) + 0.3 * ref_absence(npI, npc, npa, SCALE, 0.5, 2.0, 0.4))
+    close(mixed, expected)
+    default = negation_mix_loss(I, c, n, a, scale=SCALE, conclip=0, negationclip=0, clip=0, omni=1.0)
+    close(default, ref_presence(npI, npc, npn, SCALE) + ref_absence(npI, npc, npa, SCALE, 1.0, 1.0, 0.9))

@@ -157,7 +157,7 @@ def test_accumulated_gradient_equals_naive_full_length_gradient(tiny, tmp_path):
     trainer = Trainer(model, tokenizer, preprocess, examples, PLAN, cfg)
     model.zero_grad()
     for k in range(3):  # the plain formula first, before the trainer's step changes the weights
-        _, indices = trainer.order.batch(k)
+        _, indices = trainer.sources[0].order.batch(k)
         batch = [examples[i] for i in indices.tolist()]
         pixels = torch.stack([preprocess(_pil(e.image)) for e in batch])
         with torch.no_grad():
@@ -282,7 +282,11 @@ def test_cli_trains_on_the_synthetic_world(tiny, tmp_path, capsys):
     (["--layers", "0", "--terms", "4"], "--terms must be among"),
     (["--layers", "0", "--lr", "-1"], "must be > 0"),
     (["--layers", "0", "--batch-size", "0"], "must be >= 1"),
-    ([], "one of the arguments --plan --layers is required"),
+    ([], "give one of --plan and --layers"),
+    (["--layers", "0", "--plan", "p.json"], "give one of --plan and --layers"),
+    (["--recipe", "nonesuch"], "unknown recipe 'nonesuch'"),
+    (["--layers", "0", "--second-loss", "omni_absence"], "--second-loss omni_absence needs --second-data"),
+    (["--layers", "0", "--betas", "0.9"], "--betas takes two numbers"),
 ])
 def test_cli_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message):
     from analysis.cli.finetune_layers import main

@@ -1,8 +1,8 @@
 """The ablation figure: one paper column, two panels, 95 % t-intervals over seeds.
 
-(a) per variant (frozen, selected, front, middle, back, all): scope accuracy on held-out objects and
-    on held-out templates, CC-Neg-style accuracy and image->text R@1 among 100 (retention), each a
-    point with its interval;
+(a) per variant (frozen, selected, front, middle, back, all, and Omni-NegCLIP's groups when run): scope
+    accuracy on held-out objects and on held-out templates, CC-Neg-style accuracy and image->text R@1
+    among 100 (retention), each a point with its interval;
 (b) the single-layer sweep: scope accuracy against the one block that trained, with interval
     bands, the frozen model as a reference line and the front / middle / back blocks marked; the
     y axis is zoomed to the data (differences between layers are the point of this panel).
@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from analysis.ablation.study import GROUP_VARIANTS, block_variants, sweep_layer
+from analysis.ablation.study import GROUP_VARIANTS, OMNI_VARIANTS, block_variants, sweep_layer
 
 COLUMN_WIDTH_IN = 3.4  # one column of a two-column paper
 PANEL_A_METRICS = (
@@ -41,7 +41,7 @@ def _errors(values: list[dict[str, float]]) -> np.ndarray:
 
 
 def _panel_variants(ax, summary: dict[str, Any]) -> None:
-    entries = [entry for entry in summary["variants"] if entry["variant"] in GROUP_VARIANTS]
+    entries = [entry for entry in summary["variants"] if entry["variant"] in GROUP_VARIANTS + tuple(OMNI_VARIANTS)]
     if not entries:
         ax.text(0.5, 0.5, "no group variants run", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()

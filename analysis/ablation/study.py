@@ -10,13 +10,19 @@ Variants for a text tower of n blocks (h = n // 2):
     back       blocks n-h .. n-1
     all        blocks 0 .. n-1
     layer_i    block i alone; "sweep" names every layer_i
+    omni_front, omni_middle, omni_back, omni_whole
+               Omni-NegCLIP's own groups, so that its table can be reproduced ("omni" names all four;
+               not in the default set): on its 12-block tower blocks 0-5, 4-7, 8-11 and 0-11 (its code's
+               `freeze_text_encoder_layers`; the groups overlap and differ in size), each with the extras
+               that code always trains: token/positional embeddings, final LayerNorm, text projection and
+               logit scale. On a tower of another depth the block ranges scale with it.
 
-Only the blocks differ. Every trained variant gets the same extras (token/positional embeddings,
-final LayerNorm, text projection, logit scale): none by default, so a single-layer run really
-trains one block; `extras="plan"` gives every variant the selected plan's extras, or name them
-("ln_final,projection"). The selected plan's own extras are replaced by the study's for the same
-reason; its per-block learning-rate weights are kept, because the selector's Auto-RGN rule is
-defined by them.
+Only the blocks differ (except in the omni_* variants, which keep their authors' extras). Every
+other trained variant gets the same extras (token/positional embeddings, final LayerNorm, text
+projection, logit scale): none by default, so a single-layer run really trains one block;
+`extras="plan"` gives every variant the selected plan's extras, or name them ("ln_final,projection").
+The selected plan's own extras are replaced by the study's for the same reason; its per-block
+learning-rate weights are kept, because the selector's Auto-RGN rule is defined by them.
 
 Same budget and data: every run trains on the same examples (the synthetic world's train split,
 `n_train` of them, seeded by `data_seed`) for the same number of steps with the same optimiser
@@ -67,6 +73,12 @@ FIGURE_STEM = "ablation"
 GROUP_VARIANTS = ("frozen", "selected", "front", "middle", "back", "all")
 SWEEP = "sweep"
 SWEEP_PREFIX = "layer_"
+# Omni-NegCLIP's groups as [start, stop) of its 12 blocks (Jingqi-Xu/Omni-NegCLIP src/training_omni_negclip.py.py,
+# freeze_text_encoder_layers: front range(0, 6), middle range(4, 8), back range(8, 12), whole range(0, 12))
+OMNI = "omni"
+OMNI_DEPTH = 12
+OMNI_VARIANTS: dict[str, tuple[int, int]] = {"omni_front": (0, 6), "omni_middle": (4, 8), "omni_back": (8, 12),
+                                             "omni_whole": (0, 12)}
 EXTRAS = ("embeddings", "ln_final", "projection", "logit_scale")
 EVAL_SUITES = ("object", "template", "cue")
 RETENTION_SUITE = "object"
@@ -181,6 +193,12 @@ def block_variants(n_layers: int) -> dict[str, list[int]]:
             "back": list(range(n_layers - half, n_layers)), "all": list(range(n_layers))}
 
 
+def omni_variants(n_layers: int) -> dict[str, list[int]]:
+    """Omni-NegCLIP's groups as block lists; ranges scale with a tower that is not 12 blocks deep."""
+    return {name: list(range(start * n_layers // OMNI_DEPTH, stop * n_layers // OMNI_DEPTH))
+            for name, (start, stop) in OMNI_VARIANTS.items()}
+
+
 def sweep_variants(n_layers: int) -> list[str]:
     return [f"{SWEEP_PREFIX}{i}" for i in range(n_layers)]
 
@@ -195,8 +213,9 @@ def sweep_layer(variant: str) -> int | None:
 def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bool) -> tuple[list[str], list[str]]:
     """The variants to run in display order, and notes on what was left out.
 
-    None means all of them; "sweep" expands to every layer_i. "selected" without a plan is an
-    error when asked for by name and a note when it only came with the default list.
+    None means the groups and the sweep; "sweep" expands to every layer_i, "omni" to Omni-NegCLIP's
+    groups. "selected" without a plan is an error when asked for by name and a note when it only came
+    with the default list.
     """
     notes: list[str] = []
     asked = list(GROUP_VARIANTS) + [SWEEP] if names is None else [n.strip() for n in names if n.strip()]
@@ -207,6 +226,10 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
         layer = sweep_layer(name)
         if name == SWEEP:
             chosen.update(sweep_variants(n_layers))
+        elif name == OMNI:
+            chosen.update(OMNI_VARIANTS)
+        elif name in OMNI_VARIANTS:
+            chosen.add(name)
         elif layer is not None:
             if layer >= n_layers:
                 raise AblationError(f"variant {name}: the text tower has {n_layers} blocks (layer_0 .. layer_{n_layers - 1})")
@@ -214,14 +237,14 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
         elif name in GROUP_VARIANTS:
             chosen.add(name)
         else:
-            raise AblationError(f"unknown variant {name!r}; choose among {', '.join(GROUP_VARIANTS)}, {SWEEP}, "
-                                f"layer_0 .. layer_{n_layers - 1}")
+            raise AblationError(f"unknown variant {name!r}; choose among {', '.join(GROUP_VARIANTS)}, {OMNI} "
+                                f"({', '.join(OMNI_VARIANTS)}), {SWEEP}, layer_0 .. layer_{n_layers - 1}")
     if "selected" in chosen and not has_plan:
         if names is not None:
             raise AblationError("variant 'selected' needs a layer plan: pass the plan JSON that probe-layers wrote")
         chosen.discard("selected")
         notes.append("variant 'selected' skipped: no layer plan given (write one with probe-layers and pass it as the plan)")
-    order = list(GROUP_VARIANTS) + sweep_variants(n_layers)
+    order = list(GROUP_VARIANTS) + list(OMNI_VARIANTS) + sweep_variants(n_layers)
     return [name for name in order if name in chosen], notes
 
 
@@ -250,10 +273,12 @@ def extras_flags(extras: str, selected=None) -> dict[str, bool]:
 
 
 def variant_plans(variants: Iterable[str], n_layers: int, flags: dict[str, bool], selected=None) -> dict[str, Any]:
-    """Variant -> LayerPlan (None for frozen). Every plan carries the same extras `flags`."""
+    """Variant -> LayerPlan (None for frozen). Every plan carries the same extras `flags`, except
+    Omni-NegCLIP's groups, which train the extras their authors' code trains with every group."""
     from finetune.plan import LayerPlan
 
     groups = block_variants(n_layers)
+    omni = omni_variants(n_layers)
     plans: dict[str, Any] = {}
     for name in variants:
         if name == "frozen":
@@ -263,6 +288,9 @@ def variant_plans(variants: Iterable[str], n_layers: int, flags: dict[str, bool]
                                     rule=f"selected ({selected.rule})", evidence={}, **flags)
         elif name in groups:
             plans[name] = LayerPlan(groups[name], rule=name, **flags)
+        elif name in omni:
+            plans[name] = LayerPlan(omni[name], train_embeddings=True, train_ln_final=True, train_projection=True,
+                                    train_logit_scale=True, rule=f"{name} (Omni-NegCLIP's group, with its extras)")
         else:
             plans[name] = LayerPlan([sweep_layer(name)], rule=name, **flags)
     return plans

@@ -5,8 +5,13 @@
     ablate-layers --plan runs/probe/layer_plan.json --loss omni --loss-kwargs '{"lam": 0.5}' --out runs/omni
 
 Variants: frozen, selected (needs --plan), front, middle, back, all, sweep (= layer_0 .. layer_{n-1}),
-or single layers such as layer_3. Every finished (variant, seed) run is a line of <out>/runs.jsonl:
-run the same command again after an interruption and it continues where it stopped.
+single layers such as layer_3, and Omni-NegCLIP's own groups omni_front (blocks 0-5), omni_middle (4-7),
+omni_back (8-11), omni_whole (0-11), each with the extras its code trains ("omni" names all four):
+
+    ablate-layers --variants frozen,omni --loss omni --out runs/omni-groups
+
+Every finished (variant, seed) run is a line of <out>/runs.jsonl: run the same command again after
+an interruption and it continues where it stopped.
 
 torch is imported after the arguments are parsed, so that `--help` is instant. Exit status as
 every command's (analysis.cli.common): 2 for a wrong argument, plan, model or study folder; 1 when a
@@ -43,8 +48,9 @@ def build_parser() -> common.CommandParser:
     loss.add_argument("--data-seed", type=int, default=0, help="seed of the training examples")
     study = parser.add_argument_group("study")
     study.add_argument("--seeds", default="0,1,2", help="comma list of training seeds (at least 3 for intervals worth reading)")
-    study.add_argument("--variants", help="comma list among frozen, selected, front, middle, back, all, sweep, layer_<i> "
-                                          "(default: all of them, sweep included)")
+    study.add_argument("--variants", help="comma list among frozen, selected, front, middle, back, all, sweep, "
+                                          "layer_<i>, omni (= omni_front, omni_middle, omni_back, omni_whole) "
+                                          "(default: the groups and the sweep)")
     study.add_argument("--plan", help="layer plan JSON for the 'selected' variant (as probe-layers writes it)")
     study.add_argument("--extras", default="none",
                        help="extras every trained variant also trains: none, plan (the --plan's), or a comma list among "

@@ -3,7 +3,14 @@
     evaluate-negation --out runs/eval                                  (the embedded model, every benchmark found)
     evaluate-negation --model ViT-B-32-quickgelu --pretrained openai.pt --data-root ../shared/data \
         --benchmarks negbench_mcq,sugarcrepe --out runs/eval-clip
+    evaluate-negation --model ViT-B-32-quickgelu --pretrained openai.pt --image-root images/ --out runs/mcq \
+        --negbench-mcq VOC2007_mcq_llama3.1_rephrased.csv --negbench-mcq COCO_val_mcq_llama3.1_rephrased.csv
     evaluate-negation --model tiny.json --benchmarks synthetic,image_folder --image-folder my_classes/ --out runs/x
+
+Every benchmark takes its files by path (--negbench-mcq, --negbench-retrieval, --sugarcrepe, --valse-existence,
+--coco-instances, --ccneg, --negrefcocog; each repeatable); a benchmark given no file looks in --data-root. Ties
+count as wrong and every metric reports its ties; the published value for CLIP ViT-B/32 and the fixed models
+is printed and written beside each metric that has one.
 
 torch and open_clip are imported after the arguments are checked, so `--help` is instant and a
 wrong argument fails at once (exit 2, as a model that cannot load). A benchmark file that turns out
@@ -24,8 +31,19 @@ OUTPUT_MD = "evaluation.md"
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "data"
 
 
+FILE_HELP = {
+    "coco_generated": "COCO instances JSON for the rule-based negations (coco_generated)",
+    "ccneg": "CC-Neg file (.pt/.csv/.jsonl); its evaluation split is used",
+    "negbench_mcq": "NegBench MCQ CSV (COCO, VOC2007, synthetic or MSR-VTT frames)",
+    "negbench_retrieval": "NegBench retrieval CSV (affirmative or negated queries)",
+    "sugarcrepe": "SugarCREPE folder of folds, or one fold's JSON",
+    "valse_existence": "VALSE existence.json",
+    "negrefcocog": "NegationCLIP's NegRefCOCOg.json (COCO train2014 images: give --image-root-for negrefcocog=DIR)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from analysis.evaluation.benchmarks import BENCHMARKS  # no torch behind this import
+    from analysis.evaluation.benchmarks import BENCHMARKS, FILE_OPTIONS  # no torch behind these imports
 
     parser = common.CommandParser(PROG, __doc__)
     common.add_model_arguments(parser)
@@ -36,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(default: <data-root>/coco_mini/val2017 if it exists)")
     data.add_argument("--image-root-for", action="append", default=[], metavar="BENCHMARK=DIR",
                       help="image root for one benchmark (e.g. valse_existence=visual7w/); repeatable")
-    data.add_argument("--ccneg", type=Path, help="CC-Neg file (.pt/.csv/.jsonl); its evaluation split is used")
+    for name, option in FILE_OPTIONS.items():
+        data.add_argument(option, type=Path, action="append", metavar="PATH",
+                          help=f"{FILE_HELP[name]}; repeatable, each file its own section (default: from --data-root)")
+    data.add_argument("--ccneg-keep-commas", action="store_true",
+                      help="keep the commas of CC-Neg's negated captions (default: removed, as the authors do)")
     data.add_argument("--image-folder", type=Path, help="folder of class-named subfolders of images (prompt gap)")
     data.add_argument("--benchmarks", help=f"comma list among {', '.join(BENCHMARKS)} "
                                            "(default: every benchmark whose files are found)")
@@ -60,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """The benchmark sources and the plan, checked before any model is loaded (errors exit 2)."""
-    from analysis.evaluation.benchmarks import BenchmarkError, Sources, plan_benchmarks
+    from analysis.evaluation.benchmarks import FILE_OPTIONS, BenchmarkError, Sources, plan_benchmarks
 
     data_root = args.data_root
     if data_root is None and DEFAULT_DATA_ROOT.is_dir():
@@ -84,7 +106,8 @@ def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
             parser.error("--benchmarks is empty")
     common.check_model_arguments(args, parser)
     try:
-        sources = Sources(data_root=data_root, image_root=args.image_root, image_roots=roots, ccneg=args.ccneg,
+        files = {name: getattr(args, option[2:].replace("-", "_")) or [] for name, option in FILE_OPTIONS.items()}
+        sources = Sources(data_root=data_root, image_root=args.image_root, image_roots=roots, files=files,
                           image_folder=args.image_folder)
         plan = plan_benchmarks(sources, which)
     except BenchmarkError as error:
@@ -102,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from analysis.evaluation.evaluate import evaluate_all, markdown_table
+    from analysis.evaluation.evaluate import evaluate_all, markdown_table, published_comparison
     from probing.io import atomic_write_json, atomic_write_text
     from probing.synthetic.record import default_world
 
@@ -123,8 +146,8 @@ def evaluate(args: argparse.Namespace) -> int:
         not_run["synthetic"] = bundle.world_note
     result = evaluate_all(
         bundle.model, bundle.preprocess, bundle.tokenizer, data_root=sources.data_root, image_root=sources.image_root,
-        image_roots=sources.image_roots, ccneg=sources.ccneg, image_folder=sources.image_folder,
-        which=which, batch_size=args.batch_size, limit=args.limit,
+        image_roots=sources.image_roots, files=sources.files, image_folder=sources.image_folder,
+        which=which, batch_size=args.batch_size, limit=args.limit, ccneg_strip_commas=not args.ccneg_keep_commas,
         synthetic_n=args.synthetic_n, synthetic_classification=args.synthetic_classification,
         synthetic_split=args.synthetic_split, synthetic_heldout=args.synthetic_heldout, synthetic_world=world,
         seed=args.seed, progress=not args.no_progress)
@@ -132,6 +155,8 @@ def evaluate(args: argparse.Namespace) -> int:
     output = {"model": bundle.info, **result}
     json_path = atomic_write_json(args.out / OUTPUT_JSON, output)
     md_path = atomic_write_text(args.out / OUTPUT_MD, markdown_table(result, model=bundle.label))
+    for line in published_comparison(result):
+        print(line, flush=True)
     print(f"wrote {json_path} and {md_path}", flush=True)
     for name, why in result["failed"].items():
         print(f"{PROG}: error: {name} failed: {why}", file=sys.stderr)

@@ -1,13 +1,25 @@
 """`finetune-layers`: fine-tune the text-tower layers a plan names with a negation loss.
 
+    finetune-layers --recipe scope --out runs/ft-scope                     (this project's scope recipe)
+    finetune-layers --recipe conclip --data ccneg.pt --image-root imgs/ --out runs/conclip
+    finetune-layers --recipe omni_negclip --data ccneg.pt --second-data coco_negated.json --image-root imgs/ \
+        --out runs/omni
+    finetune-layers --recipe scope --plan runs/probe/layer_plan.json --steps 600 --out runs/ft  (flags override it)
     finetune-layers --data synthetic --loss conclip --layers 0-5 --steps 300 --out runs/front6
-    finetune-layers --model ViT-B-32-quickgelu --pretrained openai.pt --data ccneg.pt --image-root imgs/ \
-        --loss conclip --plan plan.json --epochs 5 --batch-size 256 --lr 1e-6 --out runs/ccneg
     torchrun --nproc_per_node 4 -m analysis.cli.finetune_layers ...      (same command, data-parallel)
 
+A recipe (--recipe NAME, or a recipe file's path) sets the anchors' settings as this command's
+defaults: learning rate, AdamW betas and eps, which parameters decay, batch, epochs, precision (fp16
+with a gradient scaler where the authors use it), clipping, what trains; each recipe file names its
+sources (finetune/recipes/*.json). Any flag given on the command line overrides the recipe.
+
+A second data source (--second-data with --second-loss) adds, in every step, that loss on a batch of
+its own examples: Omni-NegCLIP's absence loss on COCO beside its presence loss on CC-Neg, NegBench's
+MCQ loss on MCQ items beside its contrastive loss.
+
 torch and open_clip are imported inside `main`, after parsing, so that `--help` is instant. Exit
-status as every command's (analysis.cli.common): 2 for a wrong argument, data file, model, layer plan
-or resume; 1 when training stops because the loss or the weights stopped being finite.
+status as every command's (analysis.cli.common): 2 for a wrong argument, data file, model, layer plan,
+recipe or resume; 1 when training stops because the loss or the weights stopped being finite.
 """
 from __future__ import annotations
 
@@ -18,51 +30,86 @@ from pathlib import Path
 
 from analysis.cli import common
 from analysis.cli.common import non_negative_int, positive_float, positive_int
-from finetune.vocabulary import EXTRAS, LOSS_NAMES, MIX_PARTS
+from finetune.vocabulary import EXTRAS, LOSS_NAMES, LOSS_OPTIONS, MCQ_LOSSES, MIX_PARTS
 
 PROG = "finetune-layers"
+PRECISIONS = ("bf16", "fp16", "fp32")  # finetune.train.PRECISIONS, here without importing torch
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from finetune.recipe import recipes_help
+
     parser = common.CommandParser(PROG, __doc__)
+    parser.epilog = (parser.epilog or "") + "\n\nRecipes (--recipe NAME):\n" + recipes_help()
+    parser.add_argument("--recipe", help="a shipped recipe (listed below) or a recipe JSON file: its settings become "
+                                         "the defaults; flags given here override them")
     common.add_model_arguments(parser, device=False)
     data = parser.add_argument_group("data")
-    data.add_argument("--data", default="synthetic", help="'synthetic', or a data file the loaders read (CC-Neg .pt/.csv/.jsonl, COCO captions ...)")
+    data.add_argument("--data", default="synthetic",
+                      help="'synthetic', or a data file the loaders read (CC-Neg .pt/.csv/.jsonl, COCO captions, "
+                           "NegBench MCQ CSV for --loss negbench_mcq ...)")
     data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file (e.g. ccneg)")
     data.add_argument("--image-root", help="folder that relative image paths in the data file start from")
     data.add_argument("--split", default="train", help="split of a CC-Neg file (train / eval / all)")
     data.add_argument("--n-examples", type=positive_int, default=10_000, help="synthetic examples to generate")
     data.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic world")
+    data.add_argument("--skip-bad-rows", action="store_true",
+                      help="skip (and count) rows of a data file whose image is missing or that are malformed, "
+                           "instead of stopping at the first")
+    data.add_argument("--ccneg-keep-commas", action="store_true",
+                      help="keep the commas of CC-Neg's negated captions (default: removed, as the authors do)")
+    second = parser.add_argument_group("second data source (its loss on a batch of its own in every step)")
+    second.add_argument("--second-data", help="'synthetic' or a data file, as --data")
+    second.add_argument("--second-data-kind", help="loader kind of --second-data")
+    second.add_argument("--second-image-root", help="image root of --second-data (default: --image-root)")
+    second.add_argument("--second-split", default="train", help="split of a CC-Neg file as --second-data")
+    second.add_argument("--second-n-examples", type=positive_int,
+                        help="synthetic second examples (default: --n-examples)")
+    second.add_argument("--second-data-seed", type=int,
+                        help="seed of the synthetic second examples (default: --data-seed + 1)")
     loss = parser.add_argument_group("loss")
     loss.add_argument("--loss", choices=LOSS_NAMES, default="conclip",
-                      help="conclip uses distractor images when every example has one (three terms), else its two-term form")
+                      help="conclip uses distractor images when every example has one (three terms), else its two-term "
+                           "form; omni_presence / omni_absence are Omni-NegCLIP's halves; negbench_mcq reads MCQ items")
+    loss.add_argument("--loss-weight", type=positive_float, default=1.0, help="weight of --loss in the step's total")
+    loss.add_argument("--second-loss", choices=LOSS_NAMES, help="the loss of the second data source")
+    loss.add_argument("--second-weight", type=positive_float, default=1.0, help="weight of --second-loss")
     loss.add_argument("--terms", help="CoN-CLIP terms to use, e.g. '1' or '1,2,3' (default: all available)")
     loss.add_argument("--weights", help="with --loss mix: weights such as 'scope_pair=1,clip=1'; parts not listed "
                                         f"get 0 (keys: {', '.join(MIX_PARTS)})")
     loss.add_argument("--lam", type=float, help="Omni-NegCLIP weight of the absence loss (default 1)")
     loss.add_argument("--lambda-o", type=float, help="Omni-NegCLIP weight of the original-caption term (default 1)")
     loss.add_argument("--lambda-t", type=float, help="Omni-NegCLIP weight of the hinge (default 1)")
-    loss.add_argument("--margin", type=float, help="Omni-NegCLIP hinge margin m (default 0.2)")
+    loss.add_argument("--margin", type=float, help="Omni-NegCLIP hinge margin m (default 0.9, the authors' runs)")
     layers = parser.add_argument_group("what trains (the image tower is always frozen)")
-    which = layers.add_mutually_exclusive_group(required=True)
-    which.add_argument("--plan", help="layer plan JSON (as written by the layer selector)")
-    which.add_argument("--layers", help="text blocks to train, e.g. '0-5' or '0,1,2'")
+    layers.add_argument("--plan", help="layer plan JSON (as written by the layer selector)")
+    layers.add_argument("--layers", help="text blocks to train, e.g. '0-5', '0,1,2' or 'all' (one of --plan, --layers)")
     for extra in EXTRAS:
-        layers.add_argument(f"--train-{extra.replace('_', '-')}", action="store_true", help=f"with --layers: also train {extra}")
+        layers.add_argument(f"--train-{extra.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=False,
+                            help=f"with --layers: also train {extra}")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr", type=positive_float, default=1e-5)
+    optim.add_argument("--betas", default="0.9,0.98", help="AdamW betas 'b1,b2'")
+    optim.add_argument("--eps", type=positive_float, default=1e-6, help="AdamW eps")
     optim.add_argument("--weight-decay", type=float, default=0.2)
+    optim.add_argument("--decay", choices=("matrices", "all"), default="matrices",
+                       help="which parameters decay: weight matrices only (not gains, biases, logit scale) or all")
     optim.add_argument("--warmup-steps", type=non_negative_int, default=50)
+    optim.add_argument("--schedule", choices=("cosine", "constant"), default="cosine", help="after the warm-up")
     length = optim.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, help="optimizer steps")
-    length.add_argument("--epochs", type=positive_float, help="epochs (default 1 when --steps is not given)")
+    length.add_argument("--epochs", type=positive_float,
+                        help="epochs of the first source (default 1 when --steps is not given)")
     optim.add_argument("--batch-size", type=positive_int, default=128, help="global contrastive batch")
+    optim.add_argument("--second-batch-size", type=positive_int,
+                       help="batch of the second source (default: --batch-size)")
     optim.add_argument("--grad-accum", type=positive_int, default=1)
     optim.add_argument("--clip-grad-norm", type=float, default=1.0, help="0 turns clipping off")
     optim.add_argument("--seed", type=int, default=0)
     run = common.add_run_arguments(parser)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--no-bf16", action="store_true", help="keep float32 on CUDA (bf16 autocast is the default there)")
+    run.add_argument("--precision", choices=PRECISIONS, default="bf16",
+                     help="on CUDA: bf16 autocast, fp16 autocast with a gradient scaler, or fp32 (CPU: always fp32)")
     run.add_argument("--out", required=True, help="output folder (checkpoints, metrics.csv, tensorboard/, model.safetensors)")
     run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     run.add_argument("--log-every", type=positive_int, default=10)
@@ -71,26 +118,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
-    """Loss options, refusing those that the chosen loss does not have."""
+def parse(argv: list[str] | None, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse with the recipe's settings as defaults: flags on the command line override the recipe."""
+    from finetune.recipe import RecipeError, load_recipe
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first, _ = parser.parse_known_args(argv)
+    recipe = None
+    if first.recipe:
+        try:
+            recipe = load_recipe(first.recipe)
+        except RecipeError as error:
+            parser.error(f"--recipe: {error}")
+        known = set(vars(first)) - {"recipe", "out"}
+        unknown = sorted(set(recipe.settings) - known)
+        if unknown:
+            parser.error(f"--recipe {first.recipe}: unknown setting(s) {', '.join(unknown)}")
+        parser.set_defaults(**recipe.settings)
+    args = parser.parse_args(argv)
+    args.recipe_loaded = recipe
+    given = {flag.split("=", 1)[0] for flag in argv if flag.startswith("--")}
+    if "--epochs" in given:  # the command line's length wins over the recipe's steps
+        args.steps = None
+    if "--steps" in given:
+        args.epochs = None
+    if "--plan" in given and "--layers" not in given:  # a plan file says what trains: the recipe's layers give way
+        args.layers = None
+        for extra in EXTRAS:
+            flag = extra.replace("_", "-")
+            if f"--train-{flag}" not in given and f"--no-train-{flag}" not in given:
+                setattr(args, f"train_{extra}", False)
+    return args
+
+
+def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[dict, dict]:
+    """The options of the loss and of the second loss, refusing those that neither takes."""
     given = {name: getattr(args, name) for name in ("terms", "lam", "lambda_o", "lambda_t", "margin", "weights")
              if getattr(args, name) is not None}
-    allowed = {"conclip": {"terms"}, "omni": {"lam", "lambda_o", "lambda_t", "margin"},
-               "mix": {"terms", "weights"}}.get(args.loss, set())
-    foreign = sorted(set(given) - allowed)
+    losses = [args.loss] + ([args.second_loss] if args.second_loss else [])
+    foreign = sorted(name for name in given if not any(name in LOSS_OPTIONS.get(loss, ()) for loss in losses))
     if foreign:
         flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
-        parser.error(f"{flags} do(es) not apply to --loss {args.loss}")
+        parser.error(f"{flags} do(es) not apply to --loss {' / --second-loss '.join(losses)}")
     if "terms" in given:
         try:
-            given["terms"] = [int(t) for t in given["terms"].split(",")]
+            given["terms"] = [int(t) for t in str(given["terms"]).split(",")]
         except ValueError:
             parser.error(f"--terms must list term numbers such as '1,2,3', got {args.terms!r}")
         if not given["terms"] or not set(given["terms"]) <= {1, 2, 3}:
             parser.error(f"--terms must be among 1, 2, 3, got {args.terms!r}")
     if "weights" in given:
-        given.update(_mix_weights(given.pop("weights"), parser))
-    return given
+        given["weights"] = _mix_weights(given["weights"], parser)
+
+    def options_of(loss: str) -> dict:
+        options = {}
+        for name in LOSS_OPTIONS.get(loss, ()):
+            if name not in given:
+                continue
+            if name == "weights":
+                options.update(given[name])
+            else:  # the mix takes Omni-NegCLIP's options for its omni part
+                options["omni_" + name if loss == "mix" and name != "terms" else name] = given[name]
+        return options
+
+    return options_of(args.loss), options_of(args.second_loss) if args.second_loss else {}
 
 
 def _mix_weights(text: str, parser: argparse.ArgumentParser) -> dict[str, float]:
@@ -108,74 +199,119 @@ def _mix_weights(text: str, parser: argparse.ArgumentParser) -> dict[str, float]
     return weights
 
 
+def _betas(text: str, parser: argparse.ArgumentParser) -> tuple[float, float]:
+    try:
+        betas = tuple(float(part) for part in str(text).split(","))
+    except ValueError:
+        betas = ()
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        parser.error(f"--betas takes two numbers in [0, 1) such as '0.9,0.98', got {text!r}")
+    return betas
+
+
 def layer_plan(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The LayerPlan of --plan or --layers; None for '--layers all' (built once the model's depth is known)."""
     from finetune.plan import LayerPlan, PlanError
 
     extras = {f"train_{extra}": getattr(args, f"train_{extra}") for extra in EXTRAS}
+    if bool(args.plan) == bool(args.layers):
+        parser.error("give one of --plan and --layers (or a --recipe that sets them)")
     try:
         if args.plan:
             if any(extras.values()):
                 parser.error("--train-* flags go with --layers; a --plan file says itself what trains")
             return LayerPlan.load(args.plan)
+        if str(args.layers).strip() == "all":
+            return None
         return LayerPlan.from_layers(args.layers, **extras)
     except PlanError as error:
         parser.error(str(error))
 
 
-def load_examples(args: argparse.Namespace, world) -> list:
-    """NegationExamples from the synthetic `world` (the model's own, see `main`) or a data file
-    (with the loaders' own errors)."""
-    from probing.data.records import DataError, NegationExample
+def load_examples(args: argparse.Namespace, world, *, second: bool = False) -> list:
+    """NegationExamples (or MCQItems for an MCQ loss) from the synthetic `world` (the model's own, see
+    `main`) or a data file (with the loaders' own errors), for the first or the second source."""
+    from probing.data.records import DataError, MCQItem, NegationExample
 
-    if args.data == "synthetic":
-        return world.examples(args.n_examples, "train", seed=args.data_seed)
+    prefix, flag = ("second_", "--second-") if second else ("", "--")
+    source, loss = getattr(args, f"{prefix}data"), args.second_loss if second else args.loss
+    wanted = MCQItem if loss in MCQ_LOSSES else NegationExample
+    if source == "synthetic":
+        if wanted is MCQItem:
+            raise common.UsageError(f"{flag}loss {loss} reads MCQ items: give {flag}data a NegBench MCQ file "
+                                    "(the synthetic world has none)")
+        if not second:
+            return world.examples(args.n_examples, "train", seed=args.data_seed)
+        seed = args.data_seed + 1 if args.second_data_seed is None else args.second_data_seed
+        return world.examples(args.second_n_examples or args.n_examples, "train", seed=seed)
     from probing.data.loaders import guess_kind, load_dataset
 
-    kind = args.data_kind or guess_kind(args.data)
-    options = {"split": args.split} if kind == "ccneg" else {}
-    examples = load_dataset(args.data, kind=kind, image_root=args.image_root, strict=True, **options)
-    wrong = next((item for item in examples if not isinstance(item, NegationExample)), None)
+    kind = getattr(args, f"{prefix}data_kind") or guess_kind(source)
+    options = ({"split": getattr(args, f"{prefix}split"), "strip_commas": not args.ccneg_keep_commas}
+               if kind == "ccneg" else {})
+    image_root = (args.second_image_root or args.image_root) if second else args.image_root
+    examples = load_dataset(source, kind=kind, image_root=image_root, strict=not args.skip_bad_rows, **options)
+    wrong = next((item for item in examples if not isinstance(item, wanted)), None)
     if wrong is not None:
-        raise DataError(args.data, None, f"{kind} data holds {type(wrong).__name__} records; fine-tuning needs "
-                                         "NegationExample data (CC-Neg, COCO captions, the synthetic world)")
-    print(getattr(examples, "report", f"{args.data}: {len(examples)} examples"), flush=True)
+        raise DataError(source, None, f"{kind} data holds {type(wrong).__name__} records; {flag}loss {loss} needs "
+                                      f"{wanted.__name__} data")
+    print(getattr(examples, "report", f"{source}: {len(examples)} examples"), flush=True)
     return list(examples)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(argv, parser)
     common.check_model_arguments(args, parser)
-    args.loss_kwargs = loss_kwargs(args, parser)
+    if args.second_loss and not args.second_data:
+        what = " (a NegBench MCQ file)" if args.second_loss in MCQ_LOSSES else " ('synthetic' or a data file)"
+        parser.error(f"--second-loss {args.second_loss} needs --second-data{what}")
+    if args.second_data and not args.second_loss:
+        parser.error("--second-data needs --second-loss (the loss of the second source)")
+    args.loss_kwargs, args.second_loss_kwargs = loss_kwargs(args, parser)
+    args.betas = _betas(args.betas, parser)
     args.layer_plan = layer_plan(args, parser)
     return common.run(PROG, finetune, args)
 
 
 def finetune(args: argparse.Namespace) -> int:
     """Load the model and data, train, and say where the weights went."""
+    from finetune.plan import LayerPlan
     from finetune.train import NonFiniteLossError, ResumeError, TrainConfig, train
+    from probing.models.text_tower import TextTower
     from probing.synthetic.record import default_world, world_metadata
 
     common.apply_threads(args)
+    if args.recipe_loaded is not None:
+        print(f"recipe {args.recipe_loaded.name}: {args.recipe_loaded.source}", flush=True)
     bundle = common.load_model(args, seed=args.seed)  # a model without pretrained weights starts from a seeded init
+    plan = args.layer_plan
+    if plan is None:  # --layers all
+        extras = {f"train_{extra}": getattr(args, f"train_{extra}") for extra in EXTRAS}
+        plan = LayerPlan(list(range(TextTower.from_model(bundle.model).n_layers)), rule="all blocks", **extras)
     try:
         config = TrainConfig(
-            loss=args.loss, loss_kwargs=args.loss_kwargs, lr=args.lr, weight_decay=args.weight_decay,
-            warmup_steps=args.warmup_steps, steps=args.steps, epochs=None if args.steps else (args.epochs or 1.0),
-            batch_size=args.batch_size, grad_accum=args.grad_accum, clip_grad_norm=args.clip_grad_norm or None,
-            seed=args.seed, device=args.device, bf16=not args.no_bf16, log_every=args.log_every,
-            ckpt_every=args.ckpt_every, out_dir=args.out, resume=args.resume, model_name=bundle.name,
-            tensorboard=not args.no_tensorboard, progress=not args.no_progress)
+            loss=args.loss, loss_kwargs=args.loss_kwargs, loss_weight=args.loss_weight, lr=args.lr,
+            weight_decay=args.weight_decay, decay=args.decay, betas=args.betas, eps=args.eps,
+            warmup_steps=args.warmup_steps, schedule=args.schedule, steps=args.steps,
+            epochs=None if args.steps else (args.epochs or 1.0), batch_size=args.batch_size, grad_accum=args.grad_accum,
+            clip_grad_norm=args.clip_grad_norm or None, seed=args.seed, device=args.device, precision=args.precision,
+            second_loss=args.second_loss, second_loss_kwargs=args.second_loss_kwargs, second_weight=args.second_weight,
+            second_batch_size=args.second_batch_size, log_every=args.log_every, ckpt_every=args.ckpt_every,
+            out_dir=args.out, resume=args.resume, model_name=bundle.name, tensorboard=not args.no_tensorboard,
+            progress=not args.no_progress)
         # the synthetic world the model was trained on (its checkpoint records it), else the default one
         world = bundle.world
-        if world is None and args.data == "synthetic":
+        synthetic = "synthetic" in (args.data, args.second_data)
+        if world is None and synthetic:
             raise common.UsageError(f"--data synthetic: {bundle.world_note}")
         if world is not None and not bundle.world_recorded:  # the default world, drawn with --data-seed
             world = default_world(world.config.image_size, seed=args.data_seed)
         examples = load_examples(args, world)
-        if world is not None and (args.data == "synthetic" or bundle.world_recorded):
+        second = load_examples(args, world, second=True) if args.second_data else None
+        if world is not None and (synthetic or bundle.world_recorded):
             config = replace(config, checkpoint_metadata=world_metadata(world))  # the output keeps the record
-        result = train(bundle.model, bundle.tokenizer, bundle.preprocess, examples, args.layer_plan, config)
+        result = train(bundle.model, bundle.tokenizer, bundle.preprocess, examples, plan, config, second)
     except ResumeError as error:
         raise common.UsageError(str(error)) from None
     except NonFiniteLossError as error:

@@ -7,13 +7,22 @@ Benchmarks (names used by `--benchmarks` and `evaluate_all(which=...)`):
 
     synthetic            the synthetic world: CC-Neg-style, absence and scope accuracy by cue and K,
                          negated class prompt gap on its 36 classes (no files needed)
-    coco_generated       rule-based presence / absence negations of the annotated COCO images
+    coco_generated       rule-based presence / absence negations of COCO images (an instances JSON)
     ccneg                a CC-Neg file (.pt / .csv / .jsonl), evaluation split
-    negbench_mcq         NegBench multiple choice, overall and by template
-    negbench_retrieval   NegBench retrieval, affirmative file and negated file, R@1/5/10 both ways
-    sugarcrepe           SugarCREPE, per fold and mean over folds
+    negbench_mcq         NegBench multiple choice (COCO, VOC2007, synthetic, MSR-VTT frames), overall
+                         and by template type
+    negbench_retrieval   NegBench retrieval files (affirmative and negated queries), R@1/5/10 both ways
+    sugarcrepe           SugarCREPE, per fold and mean over folds (a folder of folds, or one fold file)
     valse_existence      VALSE existence (caption vs foil, mturk.caption >= 2)
+    negrefcocog          NegationCLIP's NegRefCOCOg: pick the box a negated referring phrase names
     image_folder         negated class prompt gap on a folder of class-named subfolders of images
+
+Every file benchmark takes the user's files by path (`Sources.files`, the command's
+`--negbench-mcq FILE` and its siblings, repeatable); a benchmark given no file looks in a data root
+laid out like the shared data (`DEFAULT_FILES`). Each file is one output section: NegBench's are
+always named by their dataset ("negbench_mcq/coco", "negbench_retrieval/coco_negated", from
+`NEGBENCH_LABELS`, else the file name), the others by the benchmark alone, or by benchmark and file
+name when given several files.
 
 Real data is always loaded leniently (`strict=False`): a row whose image is missing is skipped
 and COUNTED in the load report, which the evaluation carries into its output. The shared data
@@ -30,15 +39,44 @@ from typing import Sequence
 from probing.data.records import DataError, Loaded, LoadReport
 
 BENCHMARKS: tuple[str, ...] = ("synthetic", "coco_generated", "ccneg", "negbench_mcq", "negbench_retrieval",
-                               "sugarcrepe", "valse_existence", "image_folder")
+                               "sugarcrepe", "valse_existence", "negrefcocog", "image_folder")
+# the benchmarks that read files (evaluate-negation takes each of them by path)
+FILE_BENCHMARKS: tuple[str, ...] = ("coco_generated", "ccneg", "negbench_mcq", "negbench_retrieval", "sugarcrepe",
+                                    "valse_existence", "negrefcocog")
+# the evaluate-negation option that gives a benchmark's files by path (repeatable)
+FILE_OPTIONS: dict[str, str] = {
+    "coco_generated": "--coco-instances", "ccneg": "--ccneg", "negbench_mcq": "--negbench-mcq",
+    "negbench_retrieval": "--negbench-retrieval", "sugarcrepe": "--sugarcrepe", "valse_existence": "--valse-existence",
+    "negrefcocog": "--negrefcocog",
+}
+# benchmarks whose sections always carry their dataset's label (their published numbers differ by dataset)
+LABELLED: tuple[str, ...] = ("negbench_mcq", "negbench_retrieval")
 
-# Paths inside a data root laid out as the shared data folder is (MANIFEST.md).
-NEGBENCH_MCQ = "negbench/COCO_val_mcq_llama3.1_rephrased.csv"
-NEGBENCH_RETRIEVAL = "negbench/COCO_val_retrieval.csv"
-NEGBENCH_RETRIEVAL_NEGATED = "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv"
-SUGARCREPE_DIR = "sugarcrepe"
-VALSE_EXISTENCE = "valse/existence.json"
-COCO_INSTANCES = "coco_mini/annotations/instances_val2017.json"
+# NegBench's file names (m1k2zoo/negbench datasets.md) -> (benchmark, dataset label of its section)
+NEGBENCH_LABELS: dict[str, tuple[str, str]] = {
+    "COCO_val_mcq_llama3.1_rephrased.csv": ("negbench_mcq", "coco"),
+    "VOC2007_mcq_llama3.1_rephrased.csv": ("negbench_mcq", "voc2007"),
+    "synthetic_mcq_llama3.1_rephrased.csv": ("negbench_mcq", "synthetic"),
+    "msr_vtt_mcq_rephrased_llama.csv": ("negbench_mcq", "msr_vtt"),
+    "COCO_val_retrieval.csv": ("negbench_retrieval", "coco"),
+    "COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv": ("negbench_retrieval", "coco_negated"),
+    "synthetic_retrieval_v1.csv": ("negbench_retrieval", "synthetic_v1"),
+    "synthetic_retrieval_v2.csv": ("negbench_retrieval", "synthetic_v2"),
+    "msr_vtt_retrieval.csv": ("negbench_retrieval", "msr_vtt"),
+    "msr_vtt_retrieval_rephrased_llama.csv": ("negbench_retrieval", "msr_vtt_negated"),
+}
+
+# What each file benchmark looks for in a data root laid out as the shared data folder (MANIFEST.md),
+# when it is given no file; every one found runs.
+DEFAULT_FILES: dict[str, tuple[str, ...]] = {
+    "coco_generated": ("coco_mini/annotations/instances_val2017.json",),
+    "negbench_mcq": tuple(f"negbench/{name}" for name, (kind, _) in NEGBENCH_LABELS.items() if kind == "negbench_mcq"),
+    "negbench_retrieval": tuple(f"negbench/{name}" for name, (kind, _) in NEGBENCH_LABELS.items()
+                                if kind == "negbench_retrieval"),
+    "sugarcrepe": ("sugarcrepe",),
+    "valse_existence": ("valse/existence.json",),
+    "negrefcocog": ("negrefcocog/NegRefCOCOg.json",),
+}
 COCO_IMAGES = "coco_mini/val2017"
 CCNEG_DIR = "ccneg"
 
@@ -53,28 +91,30 @@ class BenchmarkError(ValueError):
 class Sources:
     """Everything `plan_benchmarks` needs to find the files of each benchmark.
 
-    data_root:    folder laid out as the shared data (negbench/, sugarcrepe/, valse/, coco_mini/).
+    data_root:    folder laid out as the shared data (negbench/, sugarcrepe/, valse/, coco_mini/, ccneg/).
     image_root:   folder the benchmarks' image paths resolve against (default: <data_root>/coco_mini/val2017).
     image_roots:  per-benchmark overrides of image_root (VALSE's images are Visual7W / VisDial, not COCO).
-    ccneg:        a CC-Neg file; default: the first .pt / .csv / .jsonl in <data_root>/ccneg/.
+    files:        benchmark -> the user's files (any number); a benchmark listed here ignores the data root.
     image_folder: a folder of class-named subfolders of images.
     """
 
     data_root: Path | None = None
     image_root: Path | None = None
     image_roots: dict[str, Path] = field(default_factory=dict)
-    ccneg: Path | None = None
+    files: dict[str, list[Path]] = field(default_factory=dict)
     image_folder: Path | None = None
 
     def __post_init__(self):
         self.data_root = _optional_path(self.data_root)
         self.image_root = _optional_path(self.image_root)
-        self.ccneg = _optional_path(self.ccneg)
         self.image_folder = _optional_path(self.image_folder)
         self.image_roots = {name: Path(root) for name, root in self.image_roots.items()}
-        unknown = sorted(set(self.image_roots) - set(BENCHMARKS))
-        if unknown:
-            raise BenchmarkError(f"image roots given for unknown benchmark(s) {unknown}; known: {list(BENCHMARKS)}")
+        self.files = {name: [Path(path) for path in paths] for name, paths in self.files.items() if paths}
+        for what, names in (("image roots", self.image_roots), ("files", self.files)):
+            unknown = sorted(set(names) - set(BENCHMARKS if what == "image roots" else FILE_BENCHMARKS))
+            if unknown:
+                raise BenchmarkError(f"{what} given for unknown benchmark(s) {unknown}; known: "
+                                     f"{list(BENCHMARKS if what == 'image roots' else FILE_BENCHMARKS)}")
         if self.image_root is None and self.data_root is not None and (self.data_root / COCO_IMAGES).is_dir():
             self.image_root = self.data_root / COCO_IMAGES
 
@@ -87,10 +127,19 @@ def _optional_path(value: str | os.PathLike | None) -> Path | None:
 
 
 @dataclass
-class Plan:
-    """What will run: benchmark -> its files (name -> path), and benchmark -> why it will not."""
+class Job:
+    """One file of a benchmark and the output section it fills (`path` None: the synthetic world)."""
 
-    runnable: dict[str, dict[str, Path]]
+    section: str
+    path: Path | None = None
+    image_root: Path | None = None
+
+
+@dataclass
+class Plan:
+    """What will run: benchmark -> its jobs (one per file), and benchmark -> why it will not."""
+
+    runnable: dict[str, list[Job]]
     not_run: dict[str, str]
 
 
@@ -105,9 +154,9 @@ def plan_benchmarks(sources: Sources, which: Sequence[str] | None = None) -> Pla
         raise BenchmarkError(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
     runnable, not_run = {}, {}
     for name in dict.fromkeys(names):  # keep the order, drop repeats
-        files, problem = _files_of(name, sources)
+        jobs, problem = _jobs_of(name, sources)
         if problem is None:
-            runnable[name] = files
+            runnable[name] = jobs
         elif explicit:
             raise BenchmarkError(f"benchmark {name!r} cannot run: {problem}")
         else:
@@ -115,56 +164,70 @@ def plan_benchmarks(sources: Sources, which: Sequence[str] | None = None) -> Pla
     return Plan(runnable, not_run)
 
 
-def _files_of(name: str, sources: Sources) -> tuple[dict[str, Path], str | None]:
-    """(files, None) when `name` can run, else ({}, the reason)."""
+def section_label(benchmark: str, path: Path) -> str:
+    """The dataset label of a benchmark file: NegBench's known names, else the file name's stem."""
+    known = NEGBENCH_LABELS.get(path.name)
+    return known[1] if known is not None and known[0] == benchmark else path.stem
+
+
+def _jobs_of(name: str, sources: Sources) -> tuple[list[Job], str | None]:
+    """(jobs, None) when `name` can run, else ([], the reason)."""
     if name == "synthetic":
-        return {}, None
+        return [Job("synthetic")], None
     if name == "image_folder":
         if sources.image_folder is None:
-            return {}, "no image folder given (--image-folder)"
+            return [], "no image folder given (--image-folder)"
         if not sources.image_folder.is_dir():
-            return {}, f"image folder {sources.image_folder} is not a folder"
-        return {"folder": sources.image_folder}, None
-    if name == "ccneg":
-        path = sources.ccneg or _first_ccneg_file(sources.data_root)
-        if path is None:
-            return {}, "no CC-Neg file given (--ccneg) nor found in <data-root>/ccneg/"
-        if not path.is_file():
-            return {}, f"CC-Neg file {path} does not exist"
-        return _with_image_root(name, sources, {"file": path})
-    if sources.data_root is None:
-        return {}, "no data root (--data-root)"
-    wanted = {
-        "coco_generated": {"instances": COCO_INSTANCES},
-        "negbench_mcq": {"file": NEGBENCH_MCQ},
-        "negbench_retrieval": {"affirmative": NEGBENCH_RETRIEVAL, "negated": NEGBENCH_RETRIEVAL_NEGATED},
-        "sugarcrepe": {"folder": SUGARCREPE_DIR},
-        "valse_existence": {"file": VALSE_EXISTENCE},
-    }[name]
-    files = {key: sources.data_root / relative for key, relative in wanted.items()}
-    missing = [str(path) for path in files.values() if not path.exists()]
-    if missing:
-        return {}, f"missing {', '.join(missing)}"
-    return _with_image_root(name, sources, files)
-
-
-def _with_image_root(name: str, sources: Sources, files: dict[str, Path]) -> tuple[dict[str, Path], str | None]:
+            return [], f"image folder {sources.image_folder} is not a folder"
+        return [Job("image_folder/prompt_gap", sources.image_folder)], None
+    flag = FILE_OPTIONS[name]
+    paths = sources.files.get(name)
+    if paths is not None:
+        missing = [str(path) for path in paths if not path.exists()]
+        if missing:
+            return [], f"{', '.join(missing)} do(es) not exist"
+    elif name == "ccneg":
+        paths = _ccneg_files(sources.data_root)
+        if not paths:
+            return [], f"no CC-Neg file given ({flag}) nor found in <data-root>/{CCNEG_DIR}/"
+    elif sources.data_root is None:
+        return [], f"no file given ({flag}) and no data root (--data-root)"
+    else:
+        paths = [sources.data_root / relative for relative in DEFAULT_FILES[name]
+                 if (sources.data_root / relative).exists()]
+        if not paths:
+            return [], f"no file given ({flag}) and none of {', '.join(DEFAULT_FILES[name])} in {sources.data_root}"
+    root = sources.root_for(name)
     # Without an image root the loaders keep paths unchecked, and encoding would fail on the first
     # missing image: refuse here instead, with the reason.
-    root = sources.root_for(name)
     if root is None:
-        return {}, "no image root (--image-root)"
+        return [], "no image root (--image-root)"
     if not root.is_dir():
-        return {}, f"image root {root} is not a folder"
-    return {**files, "image_root": root}, None
+        return [], f"image root {root} is not a folder"
+    labels = [section_label(name, path) for path in paths]
+    if name in LABELLED or len(paths) > 1:
+        labels = _unique(labels)
+        return [Job(f"{name}/{label}", path, root) for label, path in zip(labels, paths)], None
+    return [Job(name, paths[0], root)], None
 
 
-def _first_ccneg_file(data_root: Path | None) -> Path | None:
+def _unique(labels: list[str]) -> list[str]:
+    """Labels made distinct by a counter ("coco", "coco_2") when two files share one."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}_{seen[label]}")
+    return out
+
+
+def _ccneg_files(data_root: Path | None) -> list[Path]:
+    """The first .pt / .csv / .jsonl file in <data_root>/ccneg/, as a list (empty when none)."""
     if data_root is None or not (data_root / CCNEG_DIR).is_dir():
-        return None
+        return []
     candidates = sorted(path for path in (data_root / CCNEG_DIR).iterdir()
                         if path.suffix.lower() in (".pt", ".pth", ".csv", ".jsonl"))
-    return candidates[0] if candidates else None
+    return candidates[:1]
 
 
 # ---------------------------------------------------------------------------------------------

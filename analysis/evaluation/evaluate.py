@@ -15,13 +15,15 @@ anchors' evaluation bugs this guards against (REFERENCE.md, "Pitfalls"):
 - rows silently dropped: rows the loaders skip (missing images) and rows the evaluation cannot use
   are counted with their reason in `counts`.
 
-Ties count as failures everywhere (a pair is won only with a strictly larger similarity; an MCQ
-item only when the correct caption strictly beats every other): NegBench's correct answer is
-always option 0, so breaking ties towards the first option would reward a model that gives every
-caption the same score.
+Ties count as failures everywhere and every metric reports how many items a tie decided
+(`probing.measure.metrics`: a pair is won only with a strictly larger similarity, an MCQ item or a
+NegRefCOCOg phrase only when the correct option strictly beats every other): NegBench's and
+NegRefCOCOg's correct answer is always option 0, so breaking ties towards the first option, as the
+authors' argmax does, would reward a model that gives every option the same score.
 
 `evaluate_all` runs the benchmarks whose files exist (see `analysis.evaluation.benchmarks`) and
-`markdown_table` renders its result.
+`markdown_table` renders its result, with the published value of each metric beside it where the
+literature gives one (`analysis.evaluation.published`).
 """
 from __future__ import annotations
 
@@ -32,12 +34,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from analysis.evaluation.benchmarks import (BENCHMARKS, ImageFolder, Sources, load_counts, load_image_folder, plan_benchmarks,
-                                 report_of)
-from probing.data.records import DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample, RetrievalItem
+from analysis.evaluation.benchmarks import (BENCHMARKS, ImageFolder, Job, Sources, load_counts, load_image_folder,
+                                            plan_benchmarks, report_of)
+from analysis.evaluation.published import published_for, published_of
+from probing.data.records import (DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample, RegionItem,
+                                  RetrievalItem)
 from probing.measure.encode import encode_captions, encode_images
 from probing.measure.metrics import (Metrics, metric, score_mcq, score_pairs, score_prompt_gap, score_recall_among,
-                                     score_retrieval)
+                                     score_regions, score_retrieval)
 
 AFFIRMATIVE_PROMPT = "a photo of {a_c}"
 NEGATED_PROMPT = "not a photo of {a_c}"
@@ -175,9 +179,9 @@ def evaluate_mcq(model, preprocess, tokenizer, items: Sequence[MCQItem], *, batc
                            cache=image_cache, progress=progress)
     options = text_features(model, tokenizer, [c for item in items for c in item.captions], batch_size=batch_size,
                             progress=progress).reshape(len(items), k, -1)
-    metrics, ties = score_mcq(image, options, torch.tensor([item.correct for item in items]),
-                              [item.template for item in items])
-    return _result(metrics, items, len(items), n_ties=ties)
+    metrics = score_mcq(image, options, torch.tensor([item.correct for item in items]),
+                        [item.template for item in items])
+    return _result(metrics, items, len(items))
 
 
 def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalItem], *, batch_size: int = 256,
@@ -187,7 +191,8 @@ def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalIt
 
     With NegBench's negated file the captions are negated queries ("... but no chair"): its
     text_to_image R@k is retrieval with negated queries. Rows naming the same image are merged
-    into one gallery image, so a caption's own image is never duplicated among the candidates.
+    into one gallery image, so a caption's own image is never duplicated among the candidates, and a
+    caption written word for word for several images is right for each of them.
     """
     if not items:
         return _result({}, items, 0)
@@ -202,7 +207,7 @@ def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalIt
         captions += list(item.captions)
     image = image_features(model, preprocess, images, batch_size=batch_size, cache=image_cache, progress=progress)
     text = text_features(model, tokenizer, captions, batch_size=batch_size, progress=progress)
-    metrics = score_retrieval(image, text, owners, ks)
+    metrics = score_retrieval(image, text, owners, ks, texts=captions)
     return _result(metrics, items, len(items), n_images=len(images), n_captions=len(captions))
 
 
@@ -220,8 +225,29 @@ def evaluate_foils(model, preprocess, tokenizer, pairs: Sequence[FoilPair], *, b
     folds = [key for key in metrics if key.startswith("accuracy/fold=")]
     if len(folds) > 1:
         metrics["mean_over_folds"] = metric(sum(metrics[key]["value"] for key in folds) / len(folds),
-                                             sum(metrics[key]["n"] for key in folds))
+                                             sum(metrics[key]["n"] for key in folds),
+                                             sum(metrics[key]["ties"] for key in folds))
     return _result(metrics, pairs, len(pairs))
+
+
+def evaluate_regions(model, preprocess, tokenizer, items: Sequence[RegionItem], *, batch_size: int = 256,
+                     progress: bool = False) -> dict:
+    """NegRefCOCOg (NegationCLIP): the phrase against a crop of each candidate box, as the authors score
+    it (`image.crop((x, y, x + w, y + h))`, then the model's preprocessing); right when the referred
+    box's crop strictly beats every other crop, by the cue word of the phrase."""
+    from probing.data.ccneg import find_negation_cue
+    from probing.data.negrefcocog import crop_regions
+
+    if not items:
+        return _result({}, items, 0)
+    crops = [crop for item in items for crop in crop_regions(item)]
+    features = encode_images(model, preprocess, crops, batch_size=batch_size, progress=progress)
+    _check_rows(features, len(crops), "region features")
+    regions = list(features.split([len(item.boxes) for item in items]))
+    phrase = text_features(model, tokenizer, [item.phrase for item in items], batch_size=batch_size, progress=progress)
+    metrics = score_regions(phrase, regions, [item.correct for item in items],
+                            {"cue": [find_negation_cue(item.phrase) for item in items]})
+    return _result(metrics, items, len(items), n_regions=len(crops))
 
 
 def class_prompts(classes: Sequence[str], template: str) -> list[str]:
@@ -299,63 +325,67 @@ def _limited(items, limit: int | None, key: Callable | None = None):
     return Loaded(kept, report_of(items))
 
 
-def _run_benchmark(name: str, files: dict[str, Path], model, preprocess, tokenizer, *, options: dict,
-                   limit: int | None, settings: dict, cache: dict) -> dict[str, dict]:
-    """Load one benchmark leniently and evaluate it; returns its output sections."""
+def _run_job(name: str, job: Job, model, preprocess, tokenizer, *, options: dict, limit: int | None,
+             settings: dict, cache: dict, ccneg_strip_commas: bool = True) -> dict[str, dict]:
+    """Load one file of a benchmark leniently and evaluate it; returns its output sections."""
     from probing import data
 
     run = dict(options, image_cache=cache)
-    root = files.get("image_root")
+    root = job.image_root
     if name == "synthetic":
         return evaluate_synthetic(model, preprocess, tokenizer, **settings, **options)
     if name == "image_folder":
-        folder = load_image_folder(files["folder"])
+        folder = load_image_folder(job.path)
         if limit is not None:
             keep = _limited(list(range(len(folder))), limit, key=lambda i: folder.labels[i])
             folder = ImageFolder(folder.root, [folder.paths[i] for i in keep], [folder.labels[i] for i in keep],
                                  folder.classes, folder.report)
-        return {"image_folder/prompt_gap": evaluate_image_folder(model, preprocess, tokenizer, folder, **options)}
+        return {job.section: evaluate_image_folder(model, preprocess, tokenizer, folder, **options)}
     if name == "coco_generated":
-        instances = data.load_coco_instances(files["instances"], root, strict=False)
+        instances = data.load_coco_instances(job.path, root, strict=False)
         generated = data.generate_negations(instances, seed=settings["seed"], max_subjects=3)
         # the images skipped by the instances loader (missing files) are this benchmark's skipped rows
         report = LoadReport(path=instances.report.path, loaded=len(generated), skipped=list(instances.report.skipped),
                             filtered={**instances.report.filtered, **generated.report.filtered})
         examples = _limited(Loaded(generated, report), limit)
-        return {"coco_generated": evaluate_negation_examples(model, preprocess, tokenizer, examples, **run)}
+        return {job.section: evaluate_negation_examples(model, preprocess, tokenizer, examples, **run)}
     if name == "ccneg":
-        examples = _limited(data.load_ccneg(files["file"], root, strict=False), limit)
-        return {"ccneg": evaluate_negation_examples(model, preprocess, tokenizer, examples, **run)}
+        examples = _limited(data.load_ccneg(job.path, root, strict=False, strip_commas=ccneg_strip_commas),
+                            limit)
+        return {job.section: evaluate_negation_examples(model, preprocess, tokenizer, examples, **run)}
     if name == "negbench_mcq":
-        items = _limited(data.load_negbench_mcq(files["file"], root, strict=False), limit)
-        return {"negbench_mcq": evaluate_mcq(model, preprocess, tokenizer, items, **run)}
+        items = _limited(data.load_negbench_mcq(job.path, root, strict=False), limit)
+        return {job.section: evaluate_mcq(model, preprocess, tokenizer, items, **run)}
     if name == "negbench_retrieval":
-        return {f"negbench_retrieval/{kind}": evaluate_retrieval(
-                    model, preprocess, tokenizer,
-                    _limited(data.load_negbench_retrieval(files[kind], root, strict=False), limit), **run)
-                for kind in ("affirmative", "negated")}
+        items = _limited(data.load_negbench_retrieval(job.path, root, strict=False), limit)
+        return {job.section: evaluate_retrieval(model, preprocess, tokenizer, items, **run)}
     if name == "sugarcrepe":
-        pairs = _limited(data.load_sugarcrepe(files["folder"], root, strict=False), limit, key=lambda p: p.fold)
-        return {"sugarcrepe": evaluate_foils(model, preprocess, tokenizer, pairs, **run)}
+        pairs = _limited(data.load_sugarcrepe(job.path, root, strict=False), limit, key=lambda p: p.fold)
+        return {job.section: evaluate_foils(model, preprocess, tokenizer, pairs, **run)}
     if name == "valse_existence":
-        pairs = _limited(data.load_valse_existence(files["file"], root, strict=False), limit)
-        return {"valse_existence": evaluate_foils(model, preprocess, tokenizer, pairs, **run)}
+        pairs = _limited(data.load_valse_existence(job.path, root, strict=False), limit)
+        return {job.section: evaluate_foils(model, preprocess, tokenizer, pairs, **run)}
+    if name == "negrefcocog":
+        items = _limited(data.load_negrefcocog(job.path, root, strict=False), limit)
+        return {job.section: evaluate_regions(model, preprocess, tokenizer, items, **options)}
     raise ValueError(f"unknown benchmark {name!r}; known: {BENCHMARKS}")
 
 
 def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None = None,
                  image_root: str | Path | None = None, which: Sequence[str] | None = None, batch_size: int = 256,
-                 image_roots: dict[str, str | Path] | None = None, ccneg: str | Path | None = None,
-                 image_folder: str | Path | None = None, limit: int | None = None, synthetic_n: int = 1000,
-                 synthetic_classification: int = 360, synthetic_split: str = "test", synthetic_heldout: str = "all",
-                 synthetic_world=None, seed: int = 0, progress: bool = False) -> dict:
+                 image_roots: dict[str, str | Path] | None = None, files: dict[str, Sequence[str | Path]] | None = None,
+                 image_folder: str | Path | None = None, limit: int | None = None, ccneg_strip_commas: bool = True,
+                 synthetic_n: int = 1000, synthetic_classification: int = 360, synthetic_split: str = "test",
+                 synthetic_heldout: str = "all", synthetic_world=None, seed: int = 0, progress: bool = False) -> dict:
     """Run the benchmarks in `which` (default: every one whose files exist) and collect their output.
 
     Returns {"sections": {section: {"metrics", "counts"}}, "not_run": {benchmark: why},
-    "failed": {benchmark: data error}, "summary": {...}, "settings": {...}}. `limit`: evaluate at
-    most that many loaded rows per benchmark (per fold for SugarCREPE, per class for an image
-    folder), for quick runs; the counts record it. A data error in one benchmark's file is
-    recorded in "failed" and the others still run. See `analysis.evaluation.benchmarks` for the file layout.
+    "failed": {section: data error}, "summary": {...}, "published": {section: {metric: [rows]}},
+    "settings": {...}}. `files`: benchmark -> the user's files (see `analysis.evaluation.benchmarks`;
+    a benchmark without files looks in `data_root`). `limit`: evaluate at most that many loaded rows
+    per file (per fold for SugarCREPE, per class for an image folder), for quick runs; the counts
+    record it. A data error in one file is recorded in "failed" and the others still run.
+    ccneg_strip_commas: remove the commas of CC-Neg's negated captions, as the authors do.
     synthetic_world: the SyntheticWorld to evaluate on (default: `WorldConfig()` seeded with `seed`;
     pass the world a model was pretrained on, e.g. `finetune.embedded.world_for(spec)`).
     """
@@ -365,31 +395,38 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    sources = Sources(data_root=data_root, image_root=image_root, image_roots=image_roots or {}, ccneg=ccneg,
-                      image_folder=image_folder)
+    sources = Sources(data_root=data_root, image_root=image_root, image_roots=image_roots or {},
+                      files={name: list(paths) for name, paths in (files or {}).items()}, image_folder=image_folder)
     plan = plan_benchmarks(sources, which)
     settings = {"n": synthetic_n, "n_classification": synthetic_classification, "split": synthetic_split,
                 "heldout": synthetic_heldout, "seed": seed, "world": synthetic_world}
     sections: dict[str, dict] = {}
     failed: dict[str, str] = {}
     cache: dict[str, torch.Tensor] = {}  # COCO images are shared by NegBench, SugarCREPE and the generator
-    bar = tqdm(list(plan.runnable.items()), desc="benchmarks", disable=not progress)
-    for name, files in bar:
-        bar.set_postfix_str(name)
+    jobs = [(name, job) for name, planned in plan.runnable.items() for job in planned]
+    bar = tqdm(jobs, desc="benchmarks", disable=not progress)
+    for name, job in bar:
+        bar.set_postfix_str(job.section)
         try:
-            produced = _run_benchmark(name, files, model, preprocess, tokenizer,
-                                      options={"batch_size": batch_size, "progress": False},
-                                      limit=None if name == "synthetic" else limit, settings=settings, cache=cache)
+            produced = _run_job(name, job, model, preprocess, tokenizer,
+                                options={"batch_size": batch_size, "progress": False},
+                                limit=None if name == "synthetic" else limit, settings=settings, cache=cache,
+                                ccneg_strip_commas=ccneg_strip_commas)
         except DataError as error:
-            failed[name] = str(error)
+            failed[job.section] = str(error)
             continue
         for section, result in produced.items():
             if limit is not None and name != "synthetic":
                 result["counts"]["limited_to"] = limit
+            if name == "ccneg":
+                result["counts"]["commas_stripped"] = ccneg_strip_commas
             sections[section] = result
-    return {"sections": sections, "not_run": plan.not_run, "failed": failed, "summary": summarise(sections),
+    summary = summarise(sections)
+    return {"sections": sections, "not_run": plan.not_run, "failed": failed, "summary": summary,
+            "published": published_of(sections, summary),
             "settings": {"batch_size": batch_size, "limit": limit, "data_root": sources.data_root,
-                         "image_root": sources.image_root, "synthetic": _world_settings(settings)}}
+                         "image_root": sources.image_root, "files": sources.files,
+                         "synthetic": _world_settings(settings)}}
 
 
 def _world_settings(settings: dict) -> dict:
@@ -403,9 +440,12 @@ def _world_settings(settings: dict) -> dict:
 
 def summarise(sections: dict[str, dict]) -> dict:
     """Headline numbers: the mean negated-prompt gap over the datasets that have one (REFERENCE.md's Delta)."""
-    gaps = [section["metrics"]["negated_prompt_gap"]["value"] for section in sections.values()
+    gaps = [section["metrics"]["negated_prompt_gap"] for section in sections.values()
             if "negated_prompt_gap" in section["metrics"]]
-    return {"negated_prompt_gap_mean": metric(sum(gaps) / len(gaps), len(gaps))} if gaps else {}
+    if not gaps:
+        return {}
+    return {"negated_prompt_gap_mean": metric(sum(gap["value"] for gap in gaps) / len(gaps), len(gaps),
+                                              sum(gap["ties"] for gap in gaps))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,17 +456,34 @@ def _number(value: float) -> str:
     return "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}"
 
 
+def _published_cells(section: str, metric: str) -> tuple[str, str]:
+    """(the CLIP ViT-B/32 reference value, the other models' values) published for a metric, or "-"."""
+    rows = published_for(section, metric)
+    reference = "; ".join(_number(row.value) for row in rows if row.reference) or "-"
+    others = "; ".join(f"{row.model} {_number(row.value)}" for row in rows if not row.reference) or "-"
+    return reference, others
+
+
 def markdown_table(result: dict, *, title: str = "Negation evaluation", model: str | None = None) -> str:
-    """The metrics as one Markdown table, then the rows not evaluated, and the benchmarks not run."""
+    """The metrics as one Markdown table (value, items, ties, and the published values beside them),
+    then the sources of the published values, the rows not evaluated, and the benchmarks not run."""
     lines = [f"# {title}", ""]
     if model:
         lines += [f"Model: `{model}`", ""]
-    lines += ["| benchmark | metric | value | n |", "|---|---|---:|---:|"]
-    for section, body in result["sections"].items():
-        for metric, entry in body["metrics"].items():
-            lines.append(f"| {section} | {metric} | {_number(entry['value'])} | {entry['n']} |")
-    for metric, entry in result.get("summary", {}).items():
-        lines.append(f"| summary | {metric} | {_number(entry['value'])} | {entry['n']} |")
+    lines += ["Ties count as wrong; `ties` is the number of items a tie decided (the authors' argmax would count "
+              "them as right). Published values are the authors' (argmax rule).", "",
+              "| benchmark | metric | value | n | ties | published CLIP ViT-B/32 | published, other models |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    rows = [(section, metric, entry) for section, body in result["sections"].items()
+            for metric, entry in body["metrics"].items()]
+    rows += [("summary", metric, entry) for metric, entry in result.get("summary", {}).items()]
+    for section, metric, entry in rows:
+        reference, others = _published_cells(section, metric)
+        lines.append(f"| {section} | {metric} | {_number(entry['value'])} | {entry['n']} | {entry['ties']} "
+                     f"| {reference} | {_escape(others)} |")
+    sources = sorted({row.source for section, metric, _ in rows for row in published_for(section, metric)})
+    if sources:
+        lines += ["", "Published values from: " + "; ".join(_escape(source) for source in sources) + "."]
     lines += ["", "## Rows evaluated and skipped", "",
               "| benchmark | rows read | evaluated | skipped | why skipped | flagged | filtered by protocol |",
               "|---|---:|---:|---:|---|---:|---|"]
@@ -444,6 +501,21 @@ def markdown_table(result: dict, *, title: str = "Negation evaluation", model: s
     return "\n".join(lines) + "\n"
 
 
+def published_comparison(result: dict) -> list[str]:
+    """One line per measured metric that has published values: measured beside published."""
+    lines = []
+    measured = [(section, metric, entry) for section, body in result["sections"].items()
+                for metric, entry in body["metrics"].items()]
+    measured += [("summary", metric, entry) for metric, entry in result.get("summary", {}).items()]
+    for section, metric, entry in measured:
+        rows = published_for(section, metric)
+        if rows:
+            published = "; ".join(f"{row.model} {_number(row.value)}" for row in rows)
+            lines.append(f"{section} {metric}: measured {_number(entry['value'])} (n {entry['n']}, "
+                         f"ties {entry['ties']}) | published {published}")
+    return lines
+
+
 def _escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -456,6 +528,7 @@ def flat_metrics(result: dict) -> dict[str, float]:
 
 __all__ = [
     "image_features", "text_features", "evaluate_negation_examples",
-    "evaluate_mcq", "evaluate_retrieval", "evaluate_foils", "evaluate_prompt_gap", "evaluate_image_folder",
-    "evaluate_synthetic", "evaluate_all", "summarise", "markdown_table", "flat_metrics", "class_prompts",
+    "evaluate_mcq", "evaluate_retrieval", "evaluate_foils", "evaluate_regions", "evaluate_prompt_gap",
+    "evaluate_image_folder", "evaluate_synthetic", "evaluate_all", "summarise", "markdown_table",
+    "published_comparison", "flat_metrics", "class_prompts",
 ]

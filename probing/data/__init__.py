@@ -1,10 +1,11 @@
 """Real negation data: one record format, benchmark loaders and a rule-based negation generator.
 (The synthetic negation world is `probing.synthetic`; it writes the same records.)
 
-    records     NegationExample (the one format), MCQItem, RetrievalItem, FoilPair, CocoImage,
+    records     NegationExample (the one format), MCQItem, RetrievalItem, FoilPair, RegionItem, CocoImage,
                 DataError, LoadReport, Loaded (a list with .report)
     loaders     load_dataset (guesses the kind), load_ccneg, load_negbench_mcq, load_negbench_retrieval,
-                load_sugarcrepe, load_valse_existence, load_coco_captions, load_coco_instances
+                load_sugarcrepe, load_valse_existence, load_coco_captions, load_coco_instances,
+                load_negrefcocog
     generator   generate_negations (from COCO instances or NegBench object lists)
 
 Importing this package is cheap: torch and open_clip are imported only by the functions that need
@@ -16,17 +17,19 @@ from probing.data.foils import SUGARCREPE_FOLDS, load_sugarcrepe, load_valse_exi
 from probing.data.generator import generate_negations
 from probing.data.loaders import READERS, guess_kind, load_dataset
 from probing.data.negbench import load_negbench_mcq, load_negbench_retrieval
+from probing.data.negrefcocog import load_negrefcocog
 from probing.data.reading import TokenLimit, generation_artifact, load_image
 from probing.data.records import (CocoImage, DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample,
-                                  RetrievalItem)
+                                  RegionItem, RetrievalItem)
 
 __all__ = [
     # records
-    "NegationExample", "MCQItem", "RetrievalItem", "FoilPair", "CocoImage", "DataError", "LoadReport", "Loaded",
+    "NegationExample", "MCQItem", "RetrievalItem", "FoilPair", "RegionItem", "CocoImage", "DataError", "LoadReport",
+    "Loaded",
     # real data
     "load_dataset", "guess_kind", "READERS", "load_ccneg", "split_rows", "CCNEG_EVAL_SIZE", "find_negation_cue",
     "load_negbench_mcq", "load_negbench_retrieval", "load_sugarcrepe", "load_valse_existence", "SUGARCREPE_FOLDS",
-    "load_coco_captions", "load_coco_instances", "load_image", "TokenLimit", "generation_artifact",
+    "load_coco_captions", "load_coco_instances", "load_negrefcocog", "load_image", "TokenLimit", "generation_artifact",
     # rule-based generator
     "generate_negations",
 ]

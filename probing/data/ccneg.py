@@ -13,6 +13,12 @@ empty training split.
 CSV / JSONL carry one row per example with fields `image_path`, `caption`, `negative_prompt`
 (`negative-prompt` also accepted) and optionally `num_ops` (K of that row); the same split rule
 applies to row order.
+
+Commas: the authors' code removes every comma from the negated caption before tokenising it, in
+fine-tuning and in evaluation (`negative_prompt.replace(",", "")`, CoN-CLIP's
+src/data/finetuning_datasets.py and its CC-Neg evaluation), so their published accuracies are on
+comma-free negated captions. The loader does the same by default; `strip_commas=False` keeps the
+file's text (the true caption is never changed).
 """
 from __future__ import annotations
 
@@ -48,14 +54,16 @@ def split_rows(n_rows: int, split: str, eval_size: int = CCNEG_EVAL_SIZE) -> ran
 
 def load_ccneg(path: str | os.PathLike, image_root: str | os.PathLike | None = None, *, split: str = "eval",
                strict: bool = True, context_length: int | None = None, tokenizer: Any = None,
-               eval_size: int = CCNEG_EVAL_SIZE, weights_only: bool = True) -> Loaded[NegationExample]:
+               eval_size: int = CCNEG_EVAL_SIZE, weights_only: bool = True,
+               strip_commas: bool = True) -> Loaded[NegationExample]:
     """Read CC-Neg (`.pt`, `.csv` or `.jsonl`) into NegationExamples of one split.
 
     caption = true caption, presence_negated = CC-Neg's negated caption (false for the image),
     k = number of predicate-object pairs (from num_ops), cue = first negation word of the negated
     caption. absence_negated, subject and distractor_image stay None: CC-Neg does not give them.
     `row` is the row index in the whole file. weights_only: passed to torch.load; set False only
-    for a file you trust.
+    for a file you trust. strip_commas: remove the commas of the negated caption, as the authors
+    do (module docstring); meta["commas_stripped"] records it.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -75,13 +83,16 @@ def load_ccneg(path: str | os.PathLike, image_root: str | os.PathLike | None = N
             continue
         with collector.row(row):
             caption, negated = _captions(annotation, clean)
+            if strip_commas:
+                negated = negated.replace(",", "")
             if token_limit:
                 token_limit.check(caption, "caption")
                 token_limit.check(negated, "negative prompt")
             image = resolve(image_path)
             collector.add(NegationExample(image=image, caption=caption, presence_negated=negated,
                                           cue=find_negation_cue(negated), k=k_of_row.get(row),
-                                          source=str(path), row=row, meta={"split": split}))
+                                          source=str(path), row=row,
+                                          meta={"split": split, "commas_stripped": strip_commas}))
     return collector.result()
 
 

@@ -8,6 +8,7 @@
     valse_existence      load_valse_existence        FoilPair
     coco_captions        load_coco_captions          NegationExample (caption only)
     coco_instances       load_coco_instances         CocoImage
+    negrefcocog          load_negrefcocog            RegionItem
 
 The kind is guessed from the extension, then the CSV header or the JSON structure; pass `kind`
 when the guess cannot be made (the error says so).
@@ -23,6 +24,7 @@ from probing.data.ccneg import load_ccneg
 from probing.data.coco import load_coco_captions, load_coco_instances
 from probing.data.foils import SUGARCREPE_FOLDS, load_sugarcrepe, load_valse_existence
 from probing.data.negbench import load_negbench_mcq, load_negbench_retrieval
+from probing.data.negrefcocog import load_negrefcocog
 from probing.data.reading import read_bytes
 from probing.data.records import DataError, Loaded
 
@@ -34,6 +36,7 @@ READERS: dict[str, Callable[..., Loaded]] = {
     "valse_existence": load_valse_existence,
     "coco_captions": load_coco_captions,
     "coco_instances": load_coco_instances,
+    "negrefcocog": load_negrefcocog,
 }
 
 
@@ -72,7 +75,7 @@ def _kind_from_csv_header(path: Path) -> str:
     columns = {name.strip().strip('"') for name in first_line.split(",")}
     if {"caption_0", "correct_answer"} <= columns:
         return "negbench_mcq"
-    if {"positive_objects", "negative_objects", "captions"} <= columns:
+    if "captions" in columns and columns & {"filepath", "image_path"}:
         return "negbench_retrieval"
     if "caption" in columns and columns & {"negative_prompt", "negative-prompt"}:
         return "ccneg"
@@ -90,6 +93,8 @@ def _kind_from_json(path: Path) -> str:
         return "coco_instances"
     if name == "existence":
         return "valse_existence"
+    if name == "negrefcocog":
+        return "negrefcocog"
     try:
         data = json.loads(read_bytes(path).decode("utf-8-sig", errors="replace"))
     except json.JSONDecodeError as err:
@@ -105,4 +110,6 @@ def _kind_from_json(path: Path) -> str:
             return "sugarcrepe"
         if isinstance(first, dict) and "foil" in first and "mturk" in first:
             return "valse_existence"
+    if isinstance(data, list) and data and isinstance(data[0], dict) and {"phrase", "bbox_list"} <= set(data[0]):
+        return "negrefcocog"
     raise DataError(path, None, "cannot tell the dataset kind from the JSON structure; pass kind=")

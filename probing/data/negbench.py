@@ -1,8 +1,21 @@
-"""NegBench (COCO) readers: the multiple-choice CSV and the (negated) retrieval CSVs.
+"""NegBench readers: the multiple-choice CSVs and the (negated) retrieval CSVs, any of them by path.
+
+NegBench (Alhamoud et al., CVPR 2025; m1k2zoo/negbench, datasets.md) ships one layout per task:
 
 MCQ:       image_path, correct_answer, caption_0..caption_3, correct_answer_template
-Retrieval: positive_objects, negative_objects, filepath, image_id, captions
-           (the list cells are Python literals such as "['person', 'cup']", not JSON)
+           COCO_val_mcq_llama3.1_rephrased.csv, VOC2007_mcq_llama3.1_rephrased.csv,
+           synthetic_mcq_llama3.1_rephrased.csv, msr_vtt_mcq_rephrased_llama.csv (videos: see below);
+           the correct answer is option 0 in the COCO file, not in every file
+Retrieval: filepath (or image_path), captions, and where the file has them positive_objects,
+           negative_objects, image_id: COCO_val_retrieval.csv,
+           COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv, synthetic_retrieval_v1/v2.csv,
+           msr_vtt_retrieval.csv, msr_vtt_retrieval_rephrased_llama.csv
+           (list cells are Python literals such as "['person', 'cup']", not JSON; a captions cell
+           that is not a list is one caption)
+
+MSR-VTT rows name videos; this toolkit scores frames: put one frame per video under the image root,
+named like the video with an image extension (video7010.mp4 -> video7010.jpg); the resolver finds it
+(`probing.data.reading.ImageResolver`).
 
 The captions were rephrased by an LLM and some still hold its leftovers ("??  (To be rephrased)",
 notes in parentheses, quoted alternatives). `artifacts="flag"` (default) keeps such rows and lists
@@ -18,9 +31,10 @@ from probing.data.reading import (Collector, ImageResolver, RowProblem, int_cell
 from probing.data.records import Loaded, MCQItem, RetrievalItem
 
 MCQ_CAPTION_COLUMNS = ("caption_0", "caption_1", "caption_2", "caption_3")
-MCQ_COLUMNS = ("image_path", "correct_answer", *MCQ_CAPTION_COLUMNS, "correct_answer_template")
+IMAGE_COLUMNS = ("image_path", "filepath")  # NegBench's files name the image column either way
+MCQ_COLUMNS = (IMAGE_COLUMNS, "correct_answer", *MCQ_CAPTION_COLUMNS, "correct_answer_template")
 MCQ_TEMPLATES = ("positive", "negative", "hybrid")
-RETRIEVAL_COLUMNS = ("positive_objects", "negative_objects", "filepath", "image_id", "captions")
+RETRIEVAL_COLUMNS = (IMAGE_COLUMNS, "captions")
 
 
 def load_negbench_mcq(path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
@@ -51,7 +65,7 @@ def load_negbench_mcq(path: str | os.PathLike, image_root: str | os.PathLike | N
             keep, reasons = keep_after_artifact_check(captions, row, collector, artifacts)
             if not keep:
                 continue
-            image = resolve(text_cell(record, "image_path", clean))
+            image = resolve(text_cell(record, _image_column(record), clean))
             meta = {"artifacts": reasons} if reasons else {}
             collector.add(MCQItem(image, captions, correct, template, source=str(path), row=row, meta=meta))
     return collector.result()
@@ -63,27 +77,32 @@ def load_negbench_retrieval(path: str | os.PathLike, image_root: str | os.PathLi
     """Read a NegBench retrieval CSV (plain or negated) into RetrievalItems.
 
     Same options as `load_negbench_mcq`. `positive_objects` / `negative_objects` feed the rule-based
-    generator (`probing.data.generator`).
+    generator (`probing.data.generator`); files without them give empty lists, without image_id None.
     """
     collector = Collector(path, strict)
     resolve = ImageResolver(image_root)
     token_limit = make_token_limit(context_length, tokenizer)
     for row, record, clean in iter_csv(path, RETRIEVAL_COLUMNS, collector):
         with collector.row(row):
-            captions = literal_list(record, "captions", clean)
+            raw = text_cell(record, "captions", clean)
+            captions = literal_list(record, "captions", clean) if raw.lstrip().startswith("[") else [raw]
             if not captions:
                 raise RowProblem("field 'captions' is an empty list")
-            positives = literal_list(record, "positive_objects", clean)
-            negatives = literal_list(record, "negative_objects", clean)
-            image_id = int_cell(record, "image_id")
+            positives, negatives = (literal_list(record, column, clean) if record.get(column, "").strip() else []
+                                    for column in ("positive_objects", "negative_objects"))
+            image_id = int_cell(record, "image_id") if record.get("image_id", "").strip() else None
             if token_limit:
                 for i, caption in enumerate(captions):
                     token_limit.check(caption, f"caption {i}")
             keep, reasons = keep_after_artifact_check(captions, row, collector, artifacts)
             if not keep:
                 continue
-            image = resolve(text_cell(record, "filepath", clean))
+            image = resolve(text_cell(record, _image_column(record), clean))
             meta = {"artifacts": reasons} if reasons else {}
             collector.add(RetrievalItem(image, captions, positives, negatives, image_id,
                                         source=str(path), row=row, meta=meta))
     return collector.result()
+
+
+def _image_column(record: dict) -> str:
+    return next(column for column in IMAGE_COLUMNS if column in record)

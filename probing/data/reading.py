@@ -27,6 +27,8 @@ import numpy as np
 from probing.data.records import DataError, Loaded, LoadReport
 
 REPLACEMENT_CHAR = "\ufffd"
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 class RowProblem(Exception):
@@ -235,8 +237,10 @@ class ImageResolver:
     Data files name images in many ways: a bare file name (SugarCREPE), a path from the authors'
     machine (`data/coco/images/val2017/000000397133.jpg`, `/workspace/datasets/cc3m/...`). The
     resolver tries, under `image_root`: the path as written, then ever shorter tails of it, down
-    to the bare file name. With no image root, paths are returned as written and not checked
-    (text-only use). A missing or unreadable image is a RowProblem naming the path.
+    to the bare file name. A path naming a video (NegBench's MSR-VTT rows) resolves to a frame
+    saved under the same name with an image extension (`video7010.mp4` -> `video7010.jpg`). With
+    no image root, paths are returned as written and not checked (text-only use). A missing or
+    unreadable image is a RowProblem naming the path.
     """
 
     def __init__(self, image_root: str | os.PathLike | None, check_readable: bool = True):
@@ -267,6 +271,11 @@ class ImageResolver:
             candidate = self.root.joinpath(*parts[start:])
             if candidate.is_file():
                 return candidate
+            if candidate.suffix.lower() in VIDEO_EXTENSIONS:
+                frame = next((candidate.with_suffix(ext) for ext in FRAME_EXTENSIONS
+                              if candidate.with_suffix(ext).is_file()), None)
+                if frame is not None:
+                    return frame
         return None
 
     def _problem_opening(self, path: Path) -> str | None:

@@ -103,6 +103,20 @@ class FoilPair:
 
 
 @dataclass
+class RegionItem:
+    """A referring phrase and candidate boxes of one image; `boxes[correct]` is the region it refers
+    to (NegationCLIP's NegRefCOCOg). Boxes are [x, y, width, height] in pixels, COCO's convention."""
+
+    image: ImageRef
+    phrase: str
+    boxes: list[list[float]]
+    correct: int
+    source: str | None = None
+    row: int | str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class CocoImage:
     """A COCO image with the names of the object categories annotated in it.
 

@@ -9,7 +9,8 @@ Sections and metrics (REFERENCE.md; names are probing.measure.metrics' shared vo
     negation    ccneg_accuracy: s(I, true caption) > s(I, presence-negated caption);
                 absence_accuracy: s(I, absence-negated caption) > s(I, presence-negated caption);
                 both also by cue word and by K ("ccneg_accuracy/cue=never", ".../k=2")
-    retrieval   image_to_text_R@1_among_100, text_to_image_R@1_among_100 (affirmative captions)
+    retrieval   image_to_text_R@1_among_100, text_to_image_R@1_among_100 (affirmative captions; a
+                caption the world wrote for several scenes is right for each of them)
     scope       scope_accuracy (shortcut-proof): s(I, "A and no X") > s(I, "A and no B"), X absent,
                 B present; by cue and K
     prompt_gap  zero-shot top-1 over the world's object classes with "a photo of a {c}"
@@ -101,7 +102,8 @@ class SyntheticSuite:
         negation.update(score_pairs("absence_accuracy", images["scenes"], absence, presence, groups))
         scope = score_pairs("scope_accuracy", images["scope"], encode(self.scope_correct), encode(self.scope_wrong),
                             {"cue": self.scope_cues, "k": self.scope_ks})
-        return {"negation": negation, "retrieval": score_recall_among(images["scenes"], captions, group=100),
+        return {"negation": negation, "retrieval": score_recall_among(images["scenes"], captions, group=100,
+                                                                       texts=self.captions),
                 "scope": scope, "prompt_gap": prompt_gap}
 
     def scores(self, model, preprocess, tokenizer, **options) -> dict[str, float]:
