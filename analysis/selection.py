@@ -25,12 +25,14 @@ setting); an empty plan trains nothing.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from analysis.evidence import BlockEvidence
 from finetune.plan import LayerPlan
+
+if TYPE_CHECKING:  # the evidence needs torch-backed measurement types; --help must not
+    from analysis.evidence import BlockEvidence
 
 RULES = ("window", "prefix", "topk", "auto_rgn")
 _TOLERANCE = 1e-9  # cumulative shares are sums of floats; 0.8 must reach 0.8

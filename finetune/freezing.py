@@ -19,7 +19,11 @@ def planned_parts(model: nn.Module, plan: LayerPlan) -> dict[str, list[nn.Parame
     tower = TextTower.from_model(model)
     plan.validate(tower.n_layers)
     parts = tower.parameters_by_part()
-    chosen = {f"blocks.{b}": parts[f"blocks.{b}"] for b in plan.blocks}
+    if plan.block_parts == "layernorm":
+        chosen = {f"blocks.{b}": [p for name, p in tower.blocks[b].named_parameters() if name.startswith(("ln_1.", "ln_2."))]
+                  for b in plan.blocks}
+    else:
+        chosen = {f"blocks.{b}": parts[f"blocks.{b}"] for b in plan.blocks}
     if plan.train_embeddings:
         chosen["embeddings"] = parts["embeddings"]
     if plan.train_ln_final:

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 
+BLOCK_PARTS = ("all", "layernorm")
+
+
 class PlanError(ValueError):
     """A layer plan that cannot be used; the message says which file and what is wrong."""
 
@@ -28,6 +31,8 @@ class LayerPlan:
     train_projection: bool = False
     train_logit_scale: bool = False
     lr_weights: dict[int, float] | None = None  # block index -> learning-rate multiplier
+    # "all": every parameter of a listed block trains; "layernorm": only its LayerNorms (norm-only tuning)
+    block_parts: str = "all"
     rule: str = "manual"
     evidence: dict[str, Any] = field(default_factory=dict)  # free-form, written by the selector
 
@@ -36,6 +41,8 @@ class LayerPlan:
         for name in ("train_embeddings", "train_ln_final", "train_projection", "train_logit_scale"):
             if not isinstance(getattr(self, name), bool):
                 raise PlanError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.block_parts not in BLOCK_PARTS:
+            raise PlanError(f"block_parts must be one of {', '.join(BLOCK_PARTS)}, got {self.block_parts!r}")
         if not isinstance(self.rule, str):
             raise PlanError(f"rule must be a string, got {self.rule!r}")
         if not isinstance(self.evidence, dict):
@@ -117,7 +124,8 @@ class LayerPlan:
         extras = [name for name, on in (("embeddings", self.train_embeddings), ("ln_final", self.train_ln_final),
                                         ("projection", self.train_projection), ("logit_scale", self.train_logit_scale)) if on]
         blocks = ",".join(map(str, self.blocks)) or "none"
-        return f"{self.rule}: blocks [{blocks}]" + (f" + {', '.join(extras)}" if extras else "")
+        parts = " (LayerNorms only)" if self.block_parts == "layernorm" else ""
+        return f"{self.rule}: blocks [{blocks}]{parts}" + (f" + {', '.join(extras)}" if extras else "")
 
 
 def parse_layers(spec: str) -> list[int]:

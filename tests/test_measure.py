@@ -47,37 +47,79 @@ def test_swap_first_colour():
         swap_first_colour("a circle", ["red"])
 
 
-def test_measure_layers_end_to_end(world, write_config, tmp_path):
+def test_measure_layers_end_to_end_with_null_models(world, write_config, tmp_path):
     from finetune.losses import make_loss_fn
+    from probing.measure.null import null_tower
 
+    config_path = write_config("tiny-measure", layers=3)
     torch.manual_seed(0)
-    model, preprocess, tokenizer = load_clip(write_config("tiny-measure", layers=3))
-    random_model, _, _ = load_clip(write_config("tiny-measure-random", layers=3))
+    model, preprocess, tokenizer = load_clip(config_path)
     tasks = [synthetic_negation_task(world, n_train=200, n_test=60), synthetic_scope_task(world, n_train=200, n_test=60)]
-    config = MeasureConfig(seeds=(0, 1), n_sensitivity=40, n_causal=100, grad_batches=2, grad_batch_size=8)
+    config = MeasureConfig(seeds=(0, 1), null_seeds=(0,), n_sensitivity=40, n_causal=100, grad_batches=2,
+                           grad_batch_size=8)
     losses = {"clip": make_loss_fn("clip"), "conclip": make_loss_fn("conclip")}
-    result = measure_layers(model, preprocess, tokenizer, tasks, world=world, random_model=random_model,
+    built = []
+    nulls = {f"null:{s}": (lambda s=s: built.append(s) or null_tower(model, config_path.stem, s)) for s in (7, 8)}
+    result = measure_layers(model, preprocess, tokenizer, tasks, world=world, null_models=nulls,
                             loss_fns=losses, config=config, progress=False)
-    probes = pd.DataFrame(result.probes)
-    assert set(probes.model) == {"trained", "random"} and set(probes.labels) == {"task", "control"}
+    assert built == [7, 8] and result.null_models == ["null:7", "null:8"]
+    probes = result.probes
+    assert set(probes.model) == {"trained", "null:7", "null:8"} and set(probes.labels) == {"task", "control"}
+    assert set(probes[probes.labels == "control"].model) == {"trained"}  # controls are about the model
     assert len(probes[(probes.task == "negation") & (probes.model == "trained") & (probes.labels == "task")]) == 4 * 4 * 2
+    assert set(probes[probes.model == "null:7"].n_seeds) == {1}  # null models use their own probe seeds
     # a negation probe trained and tested on the same cues finds the cue token somewhere
-    in_dist = probes[(probes.split == "in_distribution") & (probes.labels == "task") & (probes.task == "negation")]
+    in_dist = probes[(probes.split == "in_distribution") & (probes.labels == "task") & (probes.task == "negation")
+                     & (probes.model == "trained")]
     assert in_dist.accuracy.max() > 0.75
-    selectivity = pd.DataFrame(result.selectivity)
-    row = selectivity.iloc[0]
+    row = result.selectivity.iloc[0]
     assert row.selectivity == pytest.approx(row.task_accuracy - row.control_accuracy)
-    assert set(pd.DataFrame(result.sensitivity).edit) == {"presence", "absence", "control"}
-    grads = pd.DataFrame(result.gradnorms)
+    assert set(result.sensitivity.edit) == {"presence", "absence", "control"}
+    assert set(result.sensitivity.model) == set(result.gradnorms.model) == {"trained", "null:7", "null:8"}
+    grads = result.gradnorms
     assert set(grads.loss) == {"clip", "conclip"} and set(grads.layer) == {0, 1, 2}
-    causal = pd.DataFrame(result.causal)
-    assert len(causal) == 4 * 4 and set(causal.layer) == {0, 1, 2, 3}
+    assert len(result.causal) == 4 * 4 and set(result.causal.layer) == {0, 1, 2, 3}
+    # per-item values agree with the tables computed from them
+    labels = result.items["probes/scope/heldout_cue/labels"]
+    hits = result.items["probes/scope/heldout_cue/trained"].astype(float)
+    balanced = np.mean([hits[:, labels == c].mean(axis=1) for c in (0, 1)], axis=0)
+    table = probes[(probes.task == "scope") & (probes.split == "heldout_cue") & (probes.model == "trained")
+                   & (probes.labels == "task") & (probes.probe == "logistic")].sort_values("layer")
+    assert balanced == pytest.approx(table.accuracy.to_numpy(), abs=1e-6)
+    per_batch = result.items["gradnorms/clip/null:8"]
+    mean = grads[(grads.model == "null:8") & (grads.loss == "clip") & (grads.component == "all")].sort_values("layer")
+    assert per_batch.shape == (2, 3) and per_batch.mean(axis=0) == pytest.approx(mean.relative_norm.to_numpy(), rel=1e-5)
+    distances = result.items["sensitivity/presence/trained"]
+    sens = result.sensitivity[(result.sensitivity.model == "trained") & (result.sensitivity.edit == "presence")]
+    assert distances.mean(axis=1) == pytest.approx(sens.sort_values("layer").sensitivity.to_numpy(), rel=1e-5)
 
     path = result.save(tmp_path / "out")
     again = LayerMeasurements.load(path)
-    assert again.probes == json.loads(json.dumps(result.probes))
+    pd.testing.assert_frame_equal(again.probes, result.probes, check_dtype=False)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "causal.csv", "gradnorms.csv", "measurements.json", "probes.csv", "selectivity.csv", "sensitivity.csv"]
+        "causal.csv", "gradnorms.csv", "items.npz", "measurements.json", "probes.csv", "selectivity.csv",
+        "sensitivity.csv"]
+
+
+def test_null_tower_reinitialises_only_the_text_tower(write_config):
+    from probing.measure.null import null_tower
+    from probing.models.text_tower import TextTower
+
+    config_path = write_config("tiny-null", layers=2)
+    torch.manual_seed(0)
+    model, _, _ = load_clip(config_path)
+    with torch.no_grad():  # a structural zero: an attention sublayer switched off
+        TextTower.from_model(model).blocks[1].attn.out_proj.weight.zero_()
+    null = null_tower(model, config_path.stem, seed=5)
+    again = null_tower(model, config_path.stem, seed=5)
+    for (name, p), (_, q), (_, r) in zip(model.named_parameters(), null.named_parameters(), again.named_parameters()):
+        assert torch.equal(q, r), name  # seeded
+        if name.startswith("visual.") or name == "logit_scale":
+            assert torch.equal(p, q), name  # the image tower and the scale are the model's
+        elif "resblocks.1.attn.out_proj.weight" in name:
+            assert not q.any()  # structural zeros stay zero
+        elif p.numel() > 1 and float(p.std()) > 0:  # randomly initialised (not the constant LayerNorm gains)
+            assert not torch.equal(p, q), name
 
 
 def test_real_negation_task_from_generator(shared_data):

@@ -15,7 +15,16 @@ Variants for a text tower of n blocks (h = n // 2):
                not in the default set): on its 12-block tower blocks 0-5, 4-7, 8-11 and 0-11 (its code's
                `freeze_text_encoder_layers`; the groups overlap and differ in size), each with the extras
                that code always trains: token/positional embeddings, final LayerNorm, text projection and
-               logit scale. On a tower of another depth the block ranges scale with it.
+               logit scale. On a tower of another depth the block ranges scale with it. omni_whole is
+               also CoN-CLIP's setup: the whole text tower, logit scale included.
+    window_a_b blocks a .. b; "windows" names every contiguous window with as many blocks as the
+               selected plan (for analysis.ablation.validity: the best plan of that size)
+    openclip_last
+               what open_clip's own `lock_text_tower(unlocked_layers=h + 1)` unlocks: the last h blocks,
+               the final LayerNorm and the text projection (read off the function, not re-implemented)
+    norm_only  only the LayerNorms of every block and the final one: the cheapest trainable baseline
+    "anchors" names omni_front, omni_whole, openclip_last and norm_only: the anchors' choices at the
+    study's budget.
 
 Only the blocks differ (except in the omni_* variants, which keep their authors' extras). Every
 other trained variant gets the same extras (token/positional embeddings, final LayerNorm, text
@@ -71,6 +80,10 @@ SUMMARY_CSV = "ablation_summary.csv"
 FIGURE_STEM = "ablation"
 
 GROUP_VARIANTS = ("frozen", "selected", "front", "middle", "back", "all")
+WINDOWS = "windows"
+WINDOW_PREFIX = "window_"
+ANCHORS = "anchors"
+ANCHOR_VARIANTS = ("omni_front", "omni_whole", "openclip_last", "norm_only")
 SWEEP = "sweep"
 SWEEP_PREFIX = "layer_"
 # Omni-NegCLIP's groups as [start, stop) of its 12 blocks (Jingqi-Xu/Omni-NegCLIP src/training_omni_negclip.py.py,
@@ -210,7 +223,26 @@ def sweep_layer(variant: str) -> int | None:
     return None
 
 
-def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bool) -> tuple[list[str], list[str]]:
+def window_name(first: int, last: int) -> str:
+    return f"{WINDOW_PREFIX}{first}_{last}"
+
+
+def window_blocks(variant: str) -> list[int] | None:
+    """window_2_4 -> [2, 3, 4]; None for other variants."""
+    if not variant.startswith(WINDOW_PREFIX):
+        return None
+    first, _, last = variant[len(WINDOW_PREFIX):].partition("_")
+    if not (first.isdigit() and last.isdigit()) or int(last) < int(first):
+        return None
+    return list(range(int(first), int(last) + 1))
+
+
+def windows_of(size: int, n_layers: int) -> list[str]:
+    return [window_name(first, first + size - 1) for first in range(n_layers - size + 1)]
+
+
+def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bool,
+                     selected_size: int | None = None) -> tuple[list[str], list[str]]:
     """The variants to run in display order, and notes on what was left out.
 
     None means the groups and the sweep; "sweep" expands to every layer_i, "omni" to Omni-NegCLIP's
@@ -226,6 +258,18 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
         layer = sweep_layer(name)
         if name == SWEEP:
             chosen.update(sweep_variants(n_layers))
+        elif name == WINDOWS:
+            if not selected_size:
+                raise AblationError("variant 'windows' takes its size from the selected plan: pass a plan with blocks")
+            chosen.update(windows_of(selected_size, n_layers))
+        elif window_blocks(name) is not None:
+            if window_blocks(name)[-1] >= n_layers:
+                raise AblationError(f"variant {name}: the text tower has {n_layers} blocks")
+            chosen.add(name)
+        elif name == ANCHORS:
+            chosen.update(ANCHOR_VARIANTS)
+        elif name in ("openclip_last", "norm_only"):
+            chosen.add(name)
         elif name == OMNI:
             chosen.update(OMNI_VARIANTS)
         elif name in OMNI_VARIANTS:
@@ -238,13 +282,15 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
             chosen.add(name)
         else:
             raise AblationError(f"unknown variant {name!r}; choose among {', '.join(GROUP_VARIANTS)}, {OMNI} "
-                                f"({', '.join(OMNI_VARIANTS)}), {SWEEP}, layer_0 .. layer_{n_layers - 1}")
+                                f"({', '.join(OMNI_VARIANTS)}), {ANCHORS} ({', '.join(ANCHOR_VARIANTS)}), {SWEEP}, "
+                                f"layer_0 .. layer_{n_layers - 1}, {WINDOWS}, window_<a>_<b>")
     if "selected" in chosen and not has_plan:
         if names is not None:
             raise AblationError("variant 'selected' needs a layer plan: pass the plan JSON that probe-layers wrote")
         chosen.discard("selected")
         notes.append("variant 'selected' skipped: no layer plan given (write one with probe-layers and pass it as the plan)")
-    order = list(GROUP_VARIANTS) + list(OMNI_VARIANTS) + sweep_variants(n_layers)
+    windows = sorted((name for name in chosen if window_blocks(name) is not None), key=window_blocks)
+    order = list(GROUP_VARIANTS) + list(OMNI_VARIANTS) + ["openclip_last", "norm_only"] + windows + sweep_variants(n_layers)
     return [name for name in order if name in chosen], notes
 
 
@@ -291,9 +337,45 @@ def variant_plans(variants: Iterable[str], n_layers: int, flags: dict[str, bool]
         elif name in omni:
             plans[name] = LayerPlan(omni[name], train_embeddings=True, train_ln_final=True, train_projection=True,
                                     train_logit_scale=True, rule=f"{name} (Omni-NegCLIP's group, with its extras)")
+        elif name == "openclip_last":
+            plans[name] = openclip_last_plan(n_layers)
+        elif name == "norm_only":
+            plans[name] = LayerPlan(list(range(n_layers)), train_ln_final=True, block_parts="layernorm",
+                                    rule="norm_only (every LayerNorm)")
+        elif window_blocks(name) is not None:
+            plans[name] = LayerPlan(window_blocks(name), rule=name, **flags)
         else:
             plans[name] = LayerPlan([sweep_layer(name)], rule=name, **flags)
     return plans
+
+
+def openclip_last_plan(n_layers: int):
+    """The plan of open_clip's `lock_text_tower(unlocked_layers=h + 1)`, h = n_layers // 2, read off what
+    the function unlocks on a tower of that depth (its groups: embeddings, one per block, the last block
+    with ln_final, the projection; the last h + 1 groups are unlocked)."""
+    import torch
+    from open_clip.transformer import lock_text_tower
+    from torch import nn
+
+    from finetune.plan import LayerPlan
+
+    class Tower(nn.Module):  # the attributes lock_text_tower reads, one parameter each
+        def __init__(self):
+            super().__init__()
+            self.token_embedding = nn.Embedding(1, 1)
+            self.positional_embedding = nn.Parameter(torch.zeros(1))
+            self.transformer = nn.Module()
+            self.transformer.resblocks = nn.ModuleList(nn.Linear(1, 1) for _ in range(n_layers))
+            self.ln_final = nn.LayerNorm(1)
+            self.text_projection = nn.Parameter(torch.zeros(1))
+
+    tower = Tower()
+    lock_text_tower(tower, unlocked_layers=n_layers // 2 + 1)
+    blocks = [b for b, block in enumerate(tower.transformer.resblocks) if block.weight.requires_grad]
+    return LayerPlan(blocks, train_embeddings=tower.token_embedding.weight.requires_grad,
+                     train_ln_final=tower.ln_final.weight.requires_grad,
+                     train_projection=tower.text_projection.requires_grad, train_logit_scale=False,
+                     rule=f"openclip_last (open_clip lock_text_tower(unlocked_layers={n_layers // 2 + 1}))")
 
 
 def load_selected_plan(path: str | Path | None, n_layers: int):
@@ -434,13 +516,20 @@ class Evaluation:
         features = {heldout: suite.image_features(base.model, base.preprocess) for heldout, suite in suites.items()}
         return cls(suites, features)
 
-    def evaluate(self, model, base: Base) -> dict[str, float]:
+    def evaluate(self, model, base: Base) -> tuple[dict[str, float], dict[str, list[int]]]:
+        """({"<suite>/<metric>": value}, {"<suite>/scope": per-item outcomes}) of a model."""
+        from probing.measure.metrics import flatten
+
         model.eval()
         metrics: dict[str, float] = {}
+        items: dict[str, list[int]] = {}
         for heldout, suite in self.suites.items():
-            values = suite.scores(model, base.preprocess, base.tokenizer, image_features=self.image_features[heldout])
-            metrics.update({f"{heldout}/{key}": float(value) for key, value in values.items()})
-        return metrics
+            outcomes: dict[str, list[int]] = {}
+            sections = suite.evaluate(model, base.preprocess, base.tokenizer, image_features=self.image_features[heldout],
+                                      outcomes=outcomes)
+            metrics.update({f"{heldout}/{key}": value for key, value in flatten(sections).items()})
+            items[f"{heldout}/scope"] = outcomes["scope"]
+        return metrics, items
 
 
 @dataclass
@@ -461,7 +550,8 @@ class AblationStudy:
         self.base = load_base(config, progress=progress)
         self.n_layers = self.base.n_layers
         self.selected = load_selected_plan(config.plan_path, self.n_layers)
-        self.variants, self.notes = resolve_variants(config.variants, self.n_layers, has_plan=self.selected is not None)
+        self.variants, self.notes = resolve_variants(config.variants, self.n_layers, has_plan=self.selected is not None,
+                                                     selected_size=len(self.selected.blocks) if self.selected else None)
         self.extras = extras_flags(config.extras, self.selected)
         self.plans = variant_plans(self.variants, self.n_layers, self.extras, self.selected)
         self.runs_path = self.out_dir / RUNS_FILE
@@ -534,7 +624,7 @@ class AblationStudy:
                 result = train(model, self.base.tokenizer, self.base.preprocess, self.examples, plan, train_config)
             record.update(steps=result.step, train_seconds=time.perf_counter() - started, final_loss=result.loss)
         started = time.perf_counter()
-        record["metrics"] = self.evaluation.evaluate(model, self.base)
+        record["metrics"], record["items"] = self.evaluation.evaluate(model, self.base)
         record["eval_seconds"] = time.perf_counter() - started
         record["device"] = str(next(model.parameters()).device)
         del model
@@ -579,7 +669,39 @@ class AblationStudy:
         complete = len(executed) == len(todo)
         summary = self.summarize(runs, complete=complete)
         outputs = write_outputs(self.out_dir, summary)
+        outputs.update(self.write_validity(runs))
         return AblationResult(self.out_dir, executed, complete, summary, outputs)
+
+    def write_validity(self, runs: Sequence[dict[str, Any]]) -> dict[str, Path]:
+        """validity.json / .md / figure when the study holds what the validity test needs: the frozen
+        model, the whole sweep, the selected plan (with the evidence it was chosen from) and the
+        windows of its size (analysis.ablation.validity); nothing otherwise, with a note in the log."""
+        from analysis.ablation.figures import validity_figure
+        from analysis.ablation.validity import assess, verdict
+        from probing.io import atomic_path, atomic_write_json, atomic_write_text
+
+        if self.selected is None or not self.selected.evidence.get("components"):
+            return {}
+        wanted = set(self.planned())
+        chosen = [run for run in runs if (run["variant"], int(run["seed"])) in wanted]
+        groups = {name: plan.blocks for name, plan in self.plans.items() if plan is not None}
+        try:
+            results = assess(chosen, self.selected.evidence, self.selected.blocks, n_layers=self.n_layers, groups=groups)
+        except (ValueError, KeyError) as error:
+            self.log(f"note: no predictive-validity test: {error}")
+            return {}
+        sentences = verdict(results)
+        payload = {"sentences": sentences, "selected": self.selected.blocks,
+                   "axes": {axis: result.to_dict() for axis, result in results.items()}}
+        outputs = {"validity_json": atomic_write_json(self.out_dir / "validity.json", payload),
+                   "validity_md": atomic_write_text(self.out_dir / "validity.md", validity_markdown(results, sentences))}
+        figure = validity_figure(results, self.selected.evidence)
+        for suffix in ("png", "pdf"):
+            path = self.out_dir / f"validity.{suffix}"
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, format=suffix, dpi=300, bbox_inches="tight")
+            outputs[f"validity_{suffix}"] = path
+        return outputs
 
     def summarize(self, runs: Sequence[dict[str, Any]], *, complete: bool) -> dict[str, Any]:
         wanted = set(self.planned())
@@ -729,6 +851,20 @@ def markdown_table(summary: dict[str, Any], *, cost: bool = True) -> str:
             metrics = entry["metrics"]
             lines.append(f"| {entry['variant']} | {entry['trained_parameters']:,} | "
                          f"{_cell(metrics.get('train_seconds'), 1)} | {_cell(metrics.get('final_loss'), 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def validity_markdown(results: dict, sentences: list[str]) -> str:
+    """The predictive-validity table: per held-out axis, rho of each kind of evidence and the plan's regret."""
+    mean = results["mean"]
+    names = list(mean.rho)
+    lines = ["## Did the evidence predict the ablation?", "", " ".join(sentences), "",
+             "| held-out axis | " + " | ".join(f"rho {n}" for n in names) + " | selected gain | best equal-size plan "
+             "| best gain | regret | ratio |", "|" + "---|" * (len(names) + 6)]
+    for axis, v in results.items():
+        cells = [f"{v.rho[n]:+.2f} [{v.rho_low[n]:+.2f}, {v.rho_high[n]:+.2f}]" for n in names]
+        lines.append(f"| {axis} | " + " | ".join(cells) + f" | {v.selected_gain:+.3f} | {v.best_plan} "
+                     f"| {v.best_gain:+.3f} | {v.regret:+.3f} | {v.ratio:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,24 +25,11 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-from analysis.ablation.study import sweep_layer
+from analysis.ablation.study import sweep_layer, window_blocks, window_name
 from analysis.selection import describe_blocks
 
 AXES = ("object", "template")  # held-out axes the target is judged on
-WINDOW_PREFIX = "window_"
 TARGET_RATIO = 0.95
-
-
-def window_name(first: int, last: int) -> str:
-    return f"{WINDOW_PREFIX}{first}_{last}"
-
-
-def window_blocks(variant: str) -> list[int] | None:
-    """window_2_4 -> [2, 3, 4]; None for other variants."""
-    if not variant.startswith(WINDOW_PREFIX):
-        return None
-    first, _, last = variant[len(WINDOW_PREFIX):].partition("_")
-    return list(range(int(first), int(last) + 1)) if first.isdigit() and last.isdigit() else None
 
 
 @dataclass

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from probing.measure.encode import encode_captions, encode_images
-from probing.measure.metrics import Metrics, flatten, score_pairs, score_prompt_gap, score_recall_among
+from probing.measure.metrics import Metrics, flatten, pair_outcomes, score_pairs, score_prompt_gap, score_recall_among
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 
@@ -86,8 +86,10 @@ class SyntheticSuite:
 
     def evaluate(self, model, preprocess, tokenizer, *, encode_text: TextEncoder | None = None,
                  image_features: dict[str, torch.Tensor] | None = None, batch_size: int = 256,
-                 progress: bool = False) -> dict[str, Metrics]:
-        """section -> Metrics (see the module docstring); `encode_text` overrides the model's text encoder."""
+                 progress: bool = False, outcomes: dict[str, list[int]] | None = None) -> dict[str, Metrics]:
+        """section -> Metrics (see the module docstring); `encode_text` overrides the model's text encoder.
+        `outcomes`, if given, is filled with the per-item results of the pair metrics ("scope",
+        "ccneg", "absence": 1 won, 0 lost or tied), for tests that resample items."""
         encode = encode_text or (lambda captions: encode_captions(model, tokenizer, captions, batch_size=batch_size))
         images = image_features or self.image_features(model, preprocess, batch_size=batch_size, progress=progress)
         prompt_gap: Metrics = {}
@@ -100,8 +102,13 @@ class SyntheticSuite:
         groups = {"cue": self.example_cues, "k": self.example_ks}
         negation = score_pairs("ccneg_accuracy", images["scenes"], captions, presence, groups)
         negation.update(score_pairs("absence_accuracy", images["scenes"], absence, presence, groups))
-        scope = score_pairs("scope_accuracy", images["scope"], encode(self.scope_correct), encode(self.scope_wrong),
-                            {"cue": self.scope_cues, "k": self.scope_ks})
+        correct, wrong = encode(self.scope_correct), encode(self.scope_wrong)
+        scope = score_pairs("scope_accuracy", images["scope"], correct, wrong, {"cue": self.scope_cues, "k": self.scope_ks})
+        if outcomes is not None:
+            for name, args in (("scope", (images["scope"], correct, wrong)),
+                               ("ccneg", (images["scenes"], captions, presence)),
+                               ("absence", (images["scenes"], absence, presence))):
+                outcomes[name] = pair_outcomes(*args)[0].int().tolist()
         return {"negation": negation, "retrieval": score_recall_among(images["scenes"], captions, group=100,
                                                                        texts=self.captions),
                 "scope": scope, "prompt_gap": prompt_gap}

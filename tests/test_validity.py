@@ -1,0 +1,80 @@
+"""Predictive validity of the layer evidence: per-block gains, Spearman correlations and the regret of
+the selected plan against the best plan of its size, checked against a direct computation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from analysis.ablation.study import openclip_last_plan, resolve_variants, window_blocks, windows_of
+from analysis.ablation.validity import assess, verdict
+
+N_LAYERS, N_ITEMS = 4, 60
+
+
+def make_runs(rates: dict[str, float], seeds=(0, 1, 2), rng=None) -> list[dict]:
+    """Run records whose per-item scope outcomes win at about `rates[variant]` (+- seed noise)."""
+    rng = rng or np.random.default_rng(0)
+    runs = []
+    for variant, rate in rates.items():
+        for seed in seeds:
+            p = np.clip(rate + rng.normal(0, 0.02), 0, 1)
+            runs.append({"variant": variant, "seed": seed,
+                         "items": {f"{axis}/scope": (rng.random(N_ITEMS) < p).astype(int).tolist()
+                                   for axis in ("object", "template")}})
+    return runs
+
+
+RATES = {"frozen": 0.1, "layer_0": 0.6, "layer_1": 0.3, "layer_2": 0.2, "layer_3": 0.15,
+         "selected": 0.55, "window_0_1": 0.65, "window_1_2": 0.35, "window_2_3": 0.25}
+EVIDENCE = {"components": {"probe": {"excess": [0.1, 0.05, 0.0, -0.02]}, "gradnorm": {"excess": [-0.1, 0.0, 0.1, 0.2]}},
+            "combined": [0.6, 0.4, 0.0, 0.0]}
+
+
+def test_gains_rho_and_regret_equal_a_direct_computation():
+    runs = make_runs(RATES)
+    results = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=200)
+    by_variant = {v: np.mean([np.mean(r["items"]["object/scope"]) for r in runs if r["variant"] == v]) for v in RATES}
+    gains = [by_variant[f"layer_{b}"] - by_variant["frozen"] for b in range(N_LAYERS)]
+    result = results["object"]
+    assert result.gains == pytest.approx(gains)
+    assert result.rho["probe"] == pytest.approx(stats.spearmanr(EVIDENCE["components"]["probe"]["excess"], gains).statistic)
+    assert result.rho["gradnorm"] == pytest.approx(-1.0)  # ordered opposite to the gains
+    candidates = {name: by_variant[name] - by_variant["frozen"] for name in ("selected", "window_0_1", "window_1_2",
+                                                                              "window_2_3")}
+    best = max(candidates, key=candidates.get)
+    assert result.best_plan == best == "window_0_1"
+    assert result.regret == pytest.approx(candidates[best] - candidates["selected"])
+    assert result.ratio == pytest.approx(candidates["selected"] / candidates[best])
+    assert result.rho_low["probe"] <= result.rho["probe"] <= result.rho_high["probe"]
+    mean = results["mean"]
+    assert mean.gains[0] == pytest.approx((results["object"].gains[0] + results["template"].gains[0]) / 2)
+
+
+def test_verdict_says_whether_the_evidence_predicted_and_the_target_was_met():
+    text = " ".join(verdict(assess(make_runs(RATES), EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=200)))
+    assert "The evidence predicted where fine-tuning works" in text and "combined" in text
+    assert "misses the 95% target" in text  # 0.55 of 0.65 is below 95 %
+    good = dict(RATES, selected=0.66)
+    assert "meets the 95% target" in " ".join(verdict(assess(make_runs(good), EVIDENCE, [0, 1], n_layers=N_LAYERS)))
+
+
+def test_validity_refuses_a_study_without_the_sweep_or_the_windows():
+    runs = make_runs({k: v for k, v in RATES.items() if k != "layer_2"})
+    with pytest.raises(ValueError, match="missing blocks \\[2\\]"):
+        assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS)
+    runs = make_runs({k: v for k, v in RATES.items() if k != "window_1_2"})
+    with pytest.raises(ValueError, match="missing window_1_2"):
+        assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS)
+
+
+def test_windows_and_the_anchors_variants():
+    assert windows_of(3, 5) == ["window_0_2", "window_1_3", "window_2_4"]
+    assert window_blocks("window_2_4") == [2, 3, 4] and window_blocks("window_4_2") is None
+    variants, _ = resolve_variants(["frozen", "windows", "anchors"], 6, has_plan=True, selected_size=2)
+    assert variants == ["frozen", "omni_front", "omni_whole", "openclip_last", "norm_only", "window_0_1", "window_1_2",
+                        "window_2_3", "window_3_4", "window_4_5"]
+    # open_clip's own function decides: unlocked_layers = h + 1 unlocks the last h blocks, ln_final and projection
+    plan = openclip_last_plan(12)
+    assert plan.blocks == [6, 7, 8, 9, 10, 11] and plan.train_ln_final and plan.train_projection
+    assert not plan.train_embeddings and not plan.train_logit_scale
