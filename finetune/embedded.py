@@ -70,6 +70,11 @@ class EmbeddedSpec:
     # Objects fill a good part of their grid cell, so that a star and a cross differ in more than
     # a few pixels at 48x48.
     object_sizes: tuple[float, ...] = (0.30, 0.38, 0.46)
+    # Blocks whose attention sublayer is switched off by construction: its weights start at exactly 0,
+    # where they get no gradient, so they stay 0 in pretraining and in any fine-tuning (only the output
+    # bias can move, a constant). Such a block maps each token on its own and can never relate the
+    # negation cue to the noun it scopes over. Used by the control model (VARIANT_SPECS["late"]).
+    dead_attention_blocks: tuple[int, ...] = ()
 
     def key(self) -> str:
         config_text = (_PACKAGE_CONFIGS / f"{self.model}.json").read_text()
@@ -82,7 +87,16 @@ DEFAULT_SPEC = EmbeddedSpec()
 # runs on a model with some structure, not for claims about negation.
 SMALL_SPEC = EmbeddedSpec(model="negclip-micro", seed=0, steps=120, batch_size=64, lr=2e-3, warmup_steps=10,
                           eval_scenes=300, shape_twin_fraction=0.0, pretraining_objects="split", threads=1)
-SPECS = {"default": DEFAULT_SPEC, "small": SMALL_SPEC}
+SPECS = {"default": DEFAULT_SPEC, "small": SMALL_SPEC}  # the shipped ones (probing.vocabulary.EMBEDDED_VARIANTS)
+# Models that differ in where negation can be learnt, for validating the layer selection (README,
+# "Is the layer choice evidence?"); built into the cache with `build-embedded --spec NAME`.
+VARIANT_SPECS = {
+    "seed2": replace(DEFAULT_SPEC, seed=2),
+    "depth6": replace(DEFAULT_SPEC, model="negclip-tiny-d6"),
+    # the control: blocks 0-5 cannot move information between tokens, so negation scope, a relation
+    # between the cue and a noun, can only be computed (and learnt) in blocks 6-11
+    "late": replace(DEFAULT_SPEC, dead_attention_blocks=(0, 1, 2, 3, 4, 5)),
+}
 
 
 def cache_dir() -> Path:
@@ -146,9 +160,13 @@ def _pretrain(spec: EmbeddedSpec, *, progress: bool) -> tuple[torch.nn.Module, d
     model, preprocess, tokenizer = load_clip(spec.model)
     tower = TextTower.from_model(model)
     record = embedding_init_record(model, spec)
-    if record is not None:
-        with torch.no_grad():
+    with torch.no_grad():
+        if record is not None:
             tower.token_embedding.weight.copy_(rebuild_init(record))
+        for block in spec.dead_attention_blocks:
+            attention = tower.blocks[block].attn
+            for param in (attention.in_proj_weight, attention.in_proj_bias, attention.out_proj.weight):
+                param.zero_()
     world = world_for(spec)
     optimizer = torch.optim.AdamW(_param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -31,7 +31,8 @@ def main() -> None:
     spec = SPECS[args.variant]
     source = args.source or ensure_embedded_model(spec)
     metadata = checkpoint_metadata(source)
-    if json.loads(metadata["spec"]) != json.loads(json.dumps(asdict(spec))):
+    recorded = {**asdict(SPECS[args.variant].__class__()), **json.loads(metadata["spec"])}  # later fields: defaults
+    if recorded != json.loads(json.dumps(asdict(spec))):
         raise SystemExit(f"{source} records another spec than SPECS[{args.variant!r}]; build that spec")
     model, preprocess, tokenizer = load_clip(spec.model, pretrained=source)
     built = json.loads(metadata["metrics"])

@@ -5,6 +5,8 @@
                                             file) and print both builds' numbers side by side
     build-embedded --seed 2 --steps 300     another build (cached); the commands use it with
                                             --model negclip-tiny --pretrained <the printed path>
+    build-embedded --spec late              a model built to differ in where negation can be learnt
+                                            (seed2, depth6, late: finetune.embedded.VARIANT_SPECS)
 
 The shipped model was built by the same code with the same spec; a rebuild on another CPU or
 thread count sums floating-point numbers in another order and ends at other weights, so its
@@ -18,6 +20,7 @@ import sys
 
 from analysis.cli import common
 from analysis.cli.common import positive_int
+from finetune.vocabulary import BUILD_VARIANTS
 from probing.vocabulary import EMBEDDED, EMBEDDED_VARIANTS
 
 PROG = "build-embedded"
@@ -25,8 +28,9 @@ PROG = "build-embedded"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = common.CommandParser(PROG, __doc__)
-    parser.add_argument("--spec", choices=tuple(EMBEDDED_VARIANTS), default="default",
-                        help="'small' is the seconds-long smoke-test build")
+    parser.add_argument("--spec", choices=tuple(EMBEDDED_VARIANTS) + BUILD_VARIANTS, default="default",
+                        help="'small' is the seconds-long smoke-test build; " + ", ".join(BUILD_VARIANTS) +
+                             " are built only (not shipped), compared with the shipped default")
     parser.add_argument("--seed", type=int, help="pretraining seed (default: the spec's)")
     parser.add_argument("--steps", type=positive_int, help="pretraining steps (default: the spec's)")
     parser.add_argument("--threads", type=positive_int,
@@ -43,16 +47,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build(args: argparse.Namespace) -> int:
-    from finetune.embedded import SPECS, checkpoint_path, ensure_embedded_model, format_metrics, with_overrides
+    from finetune.embedded import (SPECS, VARIANT_SPECS, checkpoint_path, ensure_embedded_model, format_metrics,
+                                   with_overrides)
     from probing.models.factory import embedded_checkpoint
     from probing.models.loading import checkpoint_metadata
 
-    shipped_path = embedded_checkpoint(args.spec)
+    base = SPECS.get(args.spec) or VARIANT_SPECS[args.spec]
+    shipped_path = embedded_checkpoint(args.spec if args.spec in SPECS else "default")
     shipped_meta = checkpoint_metadata(shipped_path)
     shipped = json.loads(shipped_meta["metrics"])
-    spec = with_overrides(SPECS[args.spec], seed=args.seed, steps=args.steps, threads=args.threads)
-    print(f"shipped model {EMBEDDED}:{args.spec} ({spec.model}): {shipped_path}")
-    if spec == SPECS[args.spec] and not args.rebuild:
+    spec = with_overrides(base, seed=args.seed, steps=args.steps, threads=args.threads)
+    print(f"shipped model {EMBEDDED}:{args.spec if args.spec in SPECS else 'default'}: {shipped_path}")
+    if spec == SPECS.get(args.spec) and not args.rebuild:
         print(f"held-out synthetic scenes ({spec.eval_scenes}); pretrained in {shipped['pretraining_minutes']:.1f} min "
               "when it was built:")
         print(format_metrics(shipped))
