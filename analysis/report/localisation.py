@@ -23,17 +23,34 @@ import pandas as pd
 from analysis.report.figures import COLUMN_WIDTH, LAYER_AXIS, _layer_axis, _legend_below, _plot_band, _pyplot, _save
 from probing.measure.patching import preferred_method, top_heads
 from probing.measure.roles import ROLES
+from probing.measure.scoring import RETRIEVAL
 
 PATCH_COMPONENTS = ("resid", "attn", "mlp")
 COMPONENT_TITLES = {"resid": "residual stream\nlayer (entering block)", "attn": "attention output\nblock",
                     "mlp": "MLP output\nblock"}
-METRIC_LABELS = {"ccneg_accuracy": "CC-Neg-style acc.", "scope_accuracy": "scope acc.",
-                 "image_to_text_R@1_among_100": "R@1 among 100"}
-CHANCE = {"ccneg_accuracy": 0.5, "scope_accuracy": 0.5, "image_to_text_R@1_among_100": 0.01}
+PAIR_METRICS = {"ccneg_accuracy": "CC-Neg-style acc.", "scope_accuracy": "scope acc."}
 QUANTMEYER_SHIFT_BLOCK = 4  # of 12: where causal tracing sees negation move to later positions, and its heads
 REFERENCE_DEPTH = 12
 SAMMANI_ALPHA = 0.13
 SELECTIVE = 2.0  # a head attends selectively to the cue when its weight is at least this many times uniform
+
+
+def metric_label(metric: str) -> str:
+    return PAIR_METRICS.get(metric) or f"R@1 among {metric.removeprefix(RETRIEVAL)}"
+
+
+def chance(metric: str) -> float:
+    return 0.5 if metric in PAIR_METRICS else 1 / int(metric.removeprefix(RETRIEVAL))
+
+
+def _metrics(table: pd.DataFrame) -> list[str]:
+    """The metrics of a table: the two pair metrics first, then retrieval."""
+    present = list(dict.fromkeys(table["metric"]))
+    return [m for m in PAIR_METRICS if m in present] + [m for m in present if m.startswith(RETRIEVAL)]
+
+
+def _retrieval(table: pd.DataFrame) -> str | None:
+    return next((m for m in _metrics(table) if m.startswith(RETRIEVAL)), None)
 
 
 # ---- figures ---------------------------------------------------------------------------------------
@@ -60,7 +77,9 @@ def plot_patching(localisation, kind: str, out_dir: str | Path = ".", *, method:
             image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, origin="lower")
             ax.set_xticks(range(len(ROLES)))
             ax.set_xticklabels(ROLES, fontsize=5.5, rotation=45, ha="right")
-            ax.set_yticks(range(0, len(grid), 2))
+            step = 2 if len(grid) > 8 else 1
+            ax.set_yticks(range(0, len(grid), step))
+            ax.set_yticklabels(grid.index[::step])
             ax.tick_params(axis="y", labelsize=5.5)
             ax.grid(False)
             if i == 0:
@@ -97,8 +116,13 @@ def plot_heads(localisation, out_dir: str | Path = ".", *, n_top: int = 3) -> li
     for ax, (title, grid, cmap, (low, high)) in zip(axes[0], panels):
         image = ax.imshow(grid.to_numpy(), aspect="auto", cmap=cmap, vmin=low, vmax=high, origin="lower")
         for layer, head in top:
-            ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="black", lw=1.2))
+            if layer in grid.index:  # rows are the patched blocks
+                row = list(grid.index).index(layer)
+                ax.add_patch(Rectangle((head - 0.5, row - 0.5), 1, 1, fill=False, ec="black", lw=1.2))
         ax.set_xticks(range(grid.shape[1]))
+        step = 2 if len(grid) > 8 else 1
+        ax.set_yticks(range(0, len(grid), step))
+        ax.set_yticklabels(grid.index[::step])
         ax.set_xlabel("head")
         ax.set_title(title, fontsize=6.5)
         ax.grid(False)
@@ -116,16 +140,17 @@ def plot_lens(localisation, out_dir: str | Path = ".") -> list[Path]:
     if table.empty:
         raise ValueError("no lens rows")
     plt = _pyplot()
-    metrics = [m for m in METRIC_LABELS if (table["metric"] == m).any()]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(COLUMN_WIDTH, 1.6 * len(metrics) + 0.5), sharex=True, squeeze=False)
+    metrics = _metrics(table)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(COLUMN_WIDTH, 1.6 * len(metrics) + 0.5), sharex=True,
+                             squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics):
         for lens, colour, style in (("plain", "#1f4e79", "-"), ("tuned", "#c0392b", "--")):
             rows = table[(table["lens"] == lens) & (table["metric"] == metric)].sort_values("layer")
             if not rows.empty:
                 curve = tuple(rows[c].to_numpy(dtype=float) for c in ("value", "ci_low", "ci_high"))
                 _plot_band(ax, curve, f"{lens} lens", colour, style)
-        ax.axhline(CHANCE[metric], color="black", lw=0.6, alpha=0.6)
-        ax.set_ylabel(METRIC_LABELS[metric], fontsize=6.5)
+        ax.axhline(chance(metric), color="black", lw=0.6, alpha=0.6)
+        ax.set_ylabel(metric_label(metric), fontsize=6.5)
         _layer_axis(ax, localisation.n_layers)
         ax.set_xlabel("")
     axes[-1, 0].set_xlabel(LAYER_AXIS)
@@ -140,12 +165,13 @@ def plot_steering(localisation, out_dir: str | Path = ".") -> list[Path]:
     if table.empty:
         raise ValueError("no steering rows")
     plt = _pyplot()
-    metrics = [m for m in METRIC_LABELS if (table["metric"] == m).any()]
+    metrics = _metrics(table)
     alphas = sorted(table["alpha"].unique())
     colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(alphas)))
     styles = {"logistic": "-", "diffmeans": "--"}
     n = localisation.n_layers
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(COLUMN_WIDTH, 1.6 * len(metrics) + 0.6), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(COLUMN_WIDTH, 1.6 * len(metrics) + 0.6), sharex=True,
+                             squeeze=False)
     probes = list(table["probe"].unique())
     offsets = np.linspace(-0.35, 0.35, len(probes) * len(alphas))  # the every-layer markers side by side
     for ax, metric in zip(axes[:, 0], metrics):
@@ -156,15 +182,15 @@ def plot_steering(localisation, out_dir: str | Path = ".") -> list[Path]:
                 x = per_layer["layer"].to_numpy(dtype=float)
                 ax.plot(x, per_layer["change"], styles.get(probe, ":"), color=colour, lw=1.0, marker="o", ms=1.8,
                         label=f"{probe}, alpha {alpha:g}")
-                ax.fill_between(x, per_layer["ci_low"].to_numpy(dtype=float), per_layer["ci_high"].to_numpy(dtype=float),
-                                color=colour, alpha=0.08, lw=0)
+                ax.fill_between(x, per_layer["ci_low"].to_numpy(dtype=float),
+                                per_layer["ci_high"].to_numpy(dtype=float), color=colour, alpha=0.08, lw=0)
                 every = rows[rows["layer"].isna()]
                 if not every.empty:
-                    ax.errorbar([n + 1.2 + offsets[p * len(alphas) + a]], every["change"], yerr=[every["change"] - every["ci_low"],
-                                                                  every["ci_high"] - every["change"]],
+                    spread = [every["change"] - every["ci_low"], every["ci_high"] - every["change"]]
+                    ax.errorbar([n + 1.2 + offsets[p * len(alphas) + a]], every["change"], yerr=spread,
                                 fmt="s" if probe == "logistic" else "D", color=colour, ms=2.5, lw=0.8)
         ax.axhline(0, color="black", lw=0.6, alpha=0.6)
-        ax.set_ylabel(f"change in\n{METRIC_LABELS[metric]}", fontsize=6.5)
+        ax.set_ylabel(f"change in\n{metric_label(metric)}", fontsize=6.5)
         ax.set_xlim(-0.3, n + 1.8)
         ax.set_xticks([*range(0, n + 1, 2 if n > 8 else 1), n + 1.2])
         ax.set_xticklabels([*map(str, range(0, n + 1, 2 if n > 8 else 1)), "all"])
@@ -316,7 +342,8 @@ def _head_sentences(localisation) -> list[str]:
             out.append(f"No head attends from EOT to the cue at {SELECTIVE:g} times uniform attention or more.")
         else:
             blocks = selective.groupby("layer")["head"].nunique().sort_values(ascending=False)
-            out.append(f"{selective[['layer', 'head']].drop_duplicates().shape[0]} heads attend from EOT to the cue at "
+            k = selective[["layer", "head"]].drop_duplicates().shape[0]
+            out.append(f"{k} head{'s attend' if k != 1 else ' attends'} from EOT to the cue at "
                        f"{SELECTIVE:g}x uniform or more, most of them in block {blocks.index[0]} "
                        f"({blocks.iloc[0]} of {localisation.n_heads} heads there).")
     return out
@@ -334,13 +361,14 @@ def lens_reach(lens: pd.DataFrame, name: str, metric: str, tolerance: float = 0.
 def _lens_sentences(localisation) -> list[str]:
     lens = localisation.lens
     out = []
-    for metric in METRIC_LABELS:
+    for metric in _metrics(lens):
         final = lens[(lens["metric"] == metric) & (lens["layer"] == lens["layer"].max()) & (lens["lens"] == "plain")]
         if final.empty:
             continue
         reach = {name: lens_reach(lens, name, metric) for name in ("plain", "tuned")}
-        text = (f"{METRIC_LABELS[metric]} of the final features is {final['value'].iloc[0]:.2f}; read through the "
-                f"plain lens it is within 0.02 of that from layer {reach['plain']}")
+        label = metric_label(metric)
+        text = (f"{label[0].upper() + label[1:]} of the final features is {final['value'].iloc[0]:.2f}; "
+                f"read through the plain lens it is within 0.02 of that from layer {reach['plain']}")
         if reach["tuned"] is not None:
             text += f", through the tuned lens from layer {reach['tuned']}"
         out.append(text + ".")
@@ -353,11 +381,12 @@ def _steering_sentences(localisation) -> list[str]:
     if scope.empty:
         return []
     key = lambda row: (row["probe"], None if pd.isna(row["layer"]) else int(row["layer"]), row["alpha"])
-    retrieval = {key(row): row for _, row in steering.iterrows() if row["metric"] == "image_to_text_R@1_among_100"}
+    retrieval_metric = _retrieval(steering)
+    retrieval = {key(row): row for _, row in steering.iterrows() if row["metric"] == retrieval_metric}
     best = scope.loc[scope["change"].idxmax()]
     where = f"layer {best['layer']}" if pd.notna(best["layer"]) else "every layer"
-    text = (f"The best steering setting for scope accuracy ({best['probe']} direction at {where}, alpha {best['alpha']:g}) "
-            f"changes it by {_ci(best)} from {best['baseline']:.2f}")
+    text = (f"The best steering setting for scope accuracy ({best['probe']} direction at {where}, "
+            f"alpha {best['alpha']:g}) changes it by {_ci(best)} from {best['baseline']:.2f}")
     if key(best) in retrieval:
         text += f", and R@1 by {_ci(retrieval[key(best)])}"
     raised = scope[scope["ci_low"] > 0]
@@ -383,23 +412,23 @@ def comparison_sentences(localisation) -> list[str]:
             share = profile["eot"].clip(lower=0).sum() / profile["best"].clip(lower=0).sum()
             where = f"from layer {shift}" if shift is not None else "at no stable layer"
             out.append(f"Quantmeyer et al. see negation move to later positions around block {QUANTMEYER_SHIFT_BLOCK} "
-                       f"of {REFERENCE_DEPTH} in real CLIP (block {expected:.1f} at this depth of {n}); here ({kind} pairs) "
-                       f"the EOT position carries the largest effect {where}, and it holds {_pct(share)} of the summed "
-                       f"per-layer maxima ({'most' if share > 0.5 else 'not most'} of the effect, where they find most).")
+                       f"of {REFERENCE_DEPTH} in real CLIP (block {expected:.1f} at this depth of {n}); here "
+                       f"({kind} pairs) the EOT position carries the largest effect {where}, and it holds "
+                       f"{_pct(share)} of the summed per-layer maxima ({'most' if share > 0.5 else 'not most'} of the "
+                       "effect, where they find most).")
     attention = localisation.attention
     if not attention.empty:
         selective = selective_heads(attention)
         if not selective.empty:
             block = int(selective.groupby("layer")["head"].nunique().idxmax())
-            out.append(f"Their negator-attending heads are mostly in block {QUANTMEYER_SHIFT_BLOCK} (of {REFERENCE_DEPTH}); "
-                       f"here the most such heads are in block {block} (of {n}).")
+            out.append(f"Their negator-attending heads are mostly in block {QUANTMEYER_SHIFT_BLOCK} "
+                       f"(of {REFERENCE_DEPTH}); here the most such heads are in block {block} (of {n}).")
     steering = localisation.steering
     every = steering[steering["layer"].isna() & np.isclose(steering["alpha"], SAMMANI_ALPHA)]
     if (every["probe"] == "logistic").any():  # their probe is a logistic regression
         every = every[every["probe"] == "logistic"]
     if not every.empty:
-        parts = [f"{METRIC_LABELS[m]} {_ci(every[every['metric'] == m].iloc[0])}"
-                 for m in METRIC_LABELS if (every["metric"] == m).any()]
+        parts = [f"{metric_label(m)} {_ci(every[every['metric'] == m].iloc[0])}" for m in _metrics(every)]
         out.append(f"Sammani et al. steer every block at alpha {SAMMANI_ALPHA:g} on real CLIP; the same setting "
                    f"({every['probe'].iloc[0]} direction) changes " + ", ".join(parts) + " here.")
     return out

@@ -37,6 +37,8 @@ def head_label(layer: int, head: int) -> str:
 def attention_to_cue(hooked, pairs: Sequence[AlignedPair], kind: str, *, batch_size: int = 64) -> pd.DataFrame:
     """kind, layer, head, query (eot / negated), attention (mean over captions), its interval, uniform, n."""
     items = [p for p in pairs if "cue" in p.anchor_roles and "negated" in p.anchor_roles]
+    if not items:
+        return pd.DataFrame(columns=list(ATTENTION_COLUMNS))
     n_layers, n_heads = hooked.cfg.n_layers, hooked.cfg.n_heads
     weights = {query: [[[] for _ in range(n_heads)] for _ in range(n_layers)] for query in QUERIES}
     uniform = {query: [] for query in QUERIES}
@@ -49,8 +51,8 @@ def attention_to_cue(hooked, pairs: Sequence[AlignedPair], kind: str, *, batch_s
         for query in QUERIES:
             uniform[query] += torch.einsum("bq,qk,bk->b", queries[query], visible, cue).tolist()
         seen = {}
-        hooks = [(f"blocks.{l}.attn.hook_pattern", lambda pattern, hook, l=l: seen.__setitem__(l, pattern.float().cpu()))
-                 for l in range(n_layers)]
+        keep = lambda pattern, hook: seen.__setitem__(hook.layer(), pattern.float().cpu())
+        hooks = [(f"blocks.{l}.attn.hook_pattern", keep) for l in range(n_layers)]
         with eval_mode(hooked):
             hooked.run_with_hooks(tokens.to(device), fwd_hooks=hooks)
         for layer, pattern in seen.items():  # pattern: [b, h, query, key]
@@ -62,11 +64,10 @@ def attention_to_cue(hooked, pairs: Sequence[AlignedPair], kind: str, *, batch_s
     for query in QUERIES:
         for layer in range(n_layers):
             for head in range(n_heads):
-                interval = mean_ci(weights[query][layer][head]) if items else None
-                rows.append({"kind": kind, "layer": layer, "head": head, "query": query,
-                             "attention": interval.mean if interval else np.nan,
-                             "ci_low": interval.low if interval else np.nan, "ci_high": interval.high if interval else np.nan,
-                             "uniform": float(np.mean(uniform[query])) if items else np.nan, "n": len(items)})
+                interval = mean_ci(weights[query][layer][head])
+                rows.append({"kind": kind, "layer": layer, "head": head, "query": query, "attention": interval.mean,
+                             "ci_low": interval.low, "ci_high": interval.high,
+                             "uniform": float(np.mean(uniform[query])), "n": len(items)})
     return pd.DataFrame(rows, columns=list(ATTENTION_COLUMNS))
 
 

@@ -69,7 +69,8 @@ def lens_rows(hooked, tokenizer: Callable[[Sequence[str]], torch.Tensor], held_o
               train_captions: Sequence[str], *, lenses: Sequence[str] = LENSES, ridge: float = 1e-3,
               batch_size: int = 128, progress: bool = False) -> pd.DataFrame:
     """The held-out metrics of every layer under each lens: lens, layer, metric, value, ci_low, ci_high, n."""
-    capture = lambda captions: capture_pooled(hooked, tokenizer, list(captions), batch_size=batch_size, progress=progress)
+    capture = lambda captions: capture_pooled(hooked, tokenizer, list(captions), batch_size=batch_size,
+                                              progress=progress)
     states = capture(held_out.texts)
     maps = {"plain": None}
     if "tuned" in lenses:

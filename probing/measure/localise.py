@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,7 +40,8 @@ from tqdm.auto import tqdm
 
 from probing.io import atomic_path, atomic_write_json
 from probing.measure.encode import encode_images, eval_mode
-from probing.measure.heads import ABLATION_COLUMNS, ATTENTION_COLUMNS, ablation_rows, attention_to_cue, mean_head_outputs
+from probing.measure.heads import (ABLATION_COLUMNS, ATTENTION_COLUMNS, ablation_rows, attention_to_cue,
+                                   mean_head_outputs)
 from probing.measure.lens import LENS_COLUMNS, LENSES, lens_rows
 from probing.measure.patching import (COMPONENTS, METHODS, PATCHING_COLUMNS, PairBatch, PatchRuns, agreement,
                                       pair_summary, patch_batch, patch_cells, summarise, top_heads)
@@ -70,8 +72,11 @@ class LocaliseConfig:
     components: tuple[str, ...] = tuple(COMPONENTS)
     roles: tuple[str, ...] = ROLES
     head_roles: tuple[str, ...] = (ALL,)
+    patch_layers: tuple[int, ...] | None = None  # blocks to patch; None: all (a full-size model may take a few)
     n_eval: int = 200  # held-out scenes and scope pairs (retrieval among 100 needs at least 100)
     n_steer: int = 100  # the first n_steer of them score each steering setting (there are many settings)
+    retrieval_group: int = 100  # R@1 among this many scenes
+    steer_layers: tuple[int, ...] | None = None  # None: every layer, one at a time (and all at once)
     n_train: int = 400  # training scenes / scope pairs for the tuned lens and mean-ablation (x5 captions)
     n_train_probe: int = 1000  # training captions of the negation task for the steering directions
     probes: tuple[str, ...] = ("logistic", "diffmeans")
@@ -87,9 +92,11 @@ class LocaliseConfig:
     def __post_init__(self):
         unknown = set(self.measurements) - set(LOCALISATION_MEASUREMENTS)
         if unknown:
-            raise ValueError(f"unknown measurements {sorted(unknown)}; choose from {', '.join(LOCALISATION_MEASUREMENTS)}")
+            raise ValueError(f"unknown measurements {sorted(unknown)}; "
+                             f"choose from {', '.join(LOCALISATION_MEASUREMENTS)}")
         if "heads" in self.measurements and not ("patching" in self.measurements and "head" in self.components):
-            raise ValueError("heads ranks heads by their patching effect: it needs 'patching' with the 'head' component")
+            raise ValueError("heads ranks heads by their patching effect: "
+                             "it needs 'patching' with the 'head' component")
 
 
 @dataclass
@@ -150,8 +157,8 @@ def measure_localisation(model: torch.nn.Module, preprocess: Callable, tokenizer
         if "heads" in config.measurements:
             with timer("attention"):
                 result.tables["attention"] = pd.concat(
-                    [attention_to_cue(hooked, pairs, kind, batch_size=config.batch_size) for kind, pairs in aligned.items()],
-                    ignore_index=True)
+                    [attention_to_cue(hooked, pairs, kind, batch_size=config.batch_size)
+                     for kind, pairs in aligned.items()], ignore_index=True)
         needs_world = [m for m in ("heads", "lens", "steering") if m in config.measurements]
         if needs_world and world is None:
             result.meta["skipped"].update({m: "needs the synthetic world (held-out images and training captions)"
@@ -161,7 +168,7 @@ def measure_localisation(model: torch.nn.Module, preprocess: Callable, tokenizer
             return result
         with timer("held_out_set"):
             held_out = HeldOutSet.build(model, preprocess, world, n=config.n_eval, split=config.split,
-                                        heldout=config.heldout, seed=config.seed + 202)
+                                        heldout=config.heldout, seed=config.seed + 202, group=config.retrieval_group)
             train = training_captions(world, config.n_train, config.seed)
         if "heads" in config.measurements:
             with timer("ablation"):
@@ -180,7 +187,7 @@ def measure_localisation(model: torch.nn.Module, preprocess: Callable, tokenizer
                                                          probes=config.probes, seed=config.seed,
                                                          batch_size=2 * config.batch_size)
                 result.tables["steering"] = steering_rows(hooked, tokenizer, held_out.head(config.n_steer), directions,
-                                                          scales, config.alphas,
+                                                          scales, config.alphas, layers=config.steer_layers,
                                                           batch_size=2 * config.batch_size, progress=progress)
     return result
 
@@ -197,7 +204,7 @@ def _aligned_pairs(hooked, tokenizer, world, examples, config: LocaliseConfig, m
     aligned, meta["pairs_skipped"] = {}, {}
     for kind, pairs in sources.items():
         aligned[kind], skipped = finder.align(pairs)
-        meta["pairs_skipped"][kind] = {reason: sum(r == reason for _, r in skipped) for reason in {r for _, r in skipped}}
+        meta["pairs_skipped"][kind] = dict(Counter(reason for _, reason in skipped))
         if not aligned[kind]:
             raise ValueError(f"no {kind} pair could be aligned: {meta['pairs_skipped'][kind]}")
     return aligned
@@ -205,7 +212,8 @@ def _aligned_pairs(hooked, tokenizer, world, examples, config: LocaliseConfig, m
 
 def _patching(hooked, model, preprocess, aligned: dict[str, list], config: LocaliseConfig, result: Localisation,
               progress: bool) -> None:
-    cells = patch_cells(hooked.cfg.n_layers, hooked.cfg.n_heads, config.components, config.roles, config.head_roles)
+    cells = patch_cells(hooked.cfg.n_layers, hooked.cfg.n_heads, config.components, config.roles, config.head_roles,
+                        config.patch_layers)
     device = hooked.positional_embedding.device
     tables, pairs = [], []
     for kind, items in aligned.items():
@@ -213,7 +221,8 @@ def _patching(hooked, model, preprocess, aligned: dict[str, list], config: Local
         images = encode_images(model, preprocess, [item.pair.image for item in items])
         parts = []
         for start in tqdm(range(0, len(items), config.batch_size), desc=f"patching {kind}", disable=not progress):
-            batch = PairBatch.build(items[start:start + config.batch_size], images[start:start + config.batch_size], device)
+            chunk = slice(start, start + config.batch_size)
+            batch = PairBatch.build(items[chunk], images[chunk], device)
             parts.append(patch_batch(hooked, batch, cells, config.methods))
         runs = PatchRuns.concat(parts)
         tables.append(summarise(runs, kind, n_boot=config.n_boot, seed=config.seed))

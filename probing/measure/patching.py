@@ -12,9 +12,9 @@ role's aligned positions (roles.py) from a source run into a target run:
 
 Exact patching runs the target with the patch (a TransformerLens hook; the run starts at the
 patched block from the target's cached residual stream, `start_at_layer`, since the blocks
-before it cannot change) and records the change d = m(patched) - m(target). Attribution patching (the gradient approximation)
-estimates it at first order from one forward and one backward per run (TransformerLens's
-`cache_activation_and_gradient`):
+before it cannot change) and records the change d = m(patched) - m(target). Attribution patching
+(the gradient approximation) estimates it at first order from one forward and one backward per
+run (TransformerLens's `cache_activation_and_gradient`):
     d ~ sum over the role's positions p of (a_source[p'] - a_target[p]) . dm/da_target[p].
 
 Normalisation, as a ratio of means over the pairs for which the role is patchable (one pair with
@@ -66,7 +66,8 @@ class PairBatch:
 
     def runs(self, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(source tokens, target tokens)."""
-        return (self.true_tokens, self.false_tokens) if direction == "denoise" else (self.false_tokens, self.true_tokens)
+        runs = (self.true_tokens, self.false_tokens)
+        return runs if direction == "denoise" else runs[::-1]
 
     def index(self, role: str, direction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pair rows, source positions, target positions) of every patched position of `role`."""
@@ -89,13 +90,16 @@ class PairBatch:
 
 
 def patch_cells(n_layers: int, n_heads: int, components: Sequence[str], roles: Sequence[str] = ROLES,
-                head_roles: Sequence[str] = (ALL,)) -> pd.DataFrame:
-    """The cells patched: component, layer, role, head (<NA> except for heads), in a fixed order."""
+                head_roles: Sequence[str] = (ALL,), layers: Sequence[int] | None = None) -> pd.DataFrame:
+    """The cells patched: component, layer, role, head (<NA> except for heads), in a fixed order.
+
+    layers: the blocks to patch (default all; a full-size model may take a few with exact patching).
+    """
     rows = []
     for component in components:
         if component not in COMPONENTS:
             raise ValueError(f"unknown component {component!r}; choose from {list(COMPONENTS)}")
-        for layer in range(n_layers):
+        for layer in (range(n_layers) if layers is None else layers):
             if component == "head":
                 rows += [(component, layer, role, head) for head in range(n_heads) for role in head_roles]
             else:
@@ -118,8 +122,8 @@ class PatchRuns:
     @staticmethod
     def concat(parts: Sequence["PatchRuns"]) -> "PatchRuns":
         first = parts[0]
-        return PatchRuns(first.cells, {key: np.concatenate([p.deltas[key] for p in parts], axis=1) for key in first.deltas},
-                         np.concatenate([p.defined for p in parts], axis=1),
+        deltas = {key: np.concatenate([p.deltas[key] for p in parts], axis=1) for key in first.deltas}
+        return PatchRuns(first.cells, deltas, np.concatenate([p.defined for p in parts], axis=1),
                          np.concatenate([p.clean for p in parts]), np.concatenate([p.corrupted for p in parts]))
 
 
@@ -142,8 +146,8 @@ def patch_batch(hooked, batch: PairBatch, cells: pd.DataFrame, methods: Sequence
         for direction in directions:
             source, target = ("true", "false") if direction == "denoise" else ("false", "true")
             if "exact" in methods:
-                deltas[("exact", direction)] = (_exact(hooked, batch, cells, direction, runs[source][0], runs[target][0])
-                                                - runs[target][2])
+                patched = _exact(hooked, batch, cells, direction, runs[source][0], runs[target][0])
+                deltas[("exact", direction)] = patched - runs[target][2]
             if "attribution" in methods:
                 deltas[("attribution", direction)] = _attribution(batch, cells, direction, runs[source], runs[target])
     defined = np.stack([batch.defined(role) for role in cells["role"]])
@@ -214,11 +218,13 @@ def _attribution(batch: PairBatch, cells: pd.DataFrame, direction: str, source_r
     source, _, _ = source_run
     target, gradients, _ = target_run
     n = len(batch.pairs)
+    indices = {role: batch.index(role, direction) for role in dict.fromkeys(cells["role"])}
     out = torch.zeros(len(cells), n)
     for row in cells.itertuples():
         name = _hook_name(row.component, row.layer)
-        rows, source_pos, target_pos = batch.index(row.role, direction)
-        a_source, a_target, grad = source[name][rows, source_pos], target[name][rows, target_pos], gradients[name][rows, target_pos]
+        rows, source_pos, target_pos = indices[row.role]
+        a_source, a_target = source[name][rows, source_pos], target[name][rows, target_pos]
+        grad = gradients[name][rows, target_pos]
         if row.component == "head":
             a_source, a_target, grad = a_source[:, row.head], a_target[:, row.head], grad[:, row.head]
         contribution = ((a_source - a_target) * grad).sum(-1).float().cpu()
@@ -226,13 +232,15 @@ def _attribution(batch: PairBatch, cells: pd.DataFrame, direction: str, source_r
     return out
 
 
-def summarise(runs: PatchRuns, kind: str, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def summarise(runs: PatchRuns, kind: str, *, n_boot: int = 1000, confidence: float = 0.95,
+              seed: int = 0) -> pd.DataFrame:
     """One row per (method, direction, cell): effect with its bootstrap interval, score, n_pairs."""
     gap = runs.clean - runs.corrupted
     frames = []
     for (method, direction), delta in runs.deltas.items():
         sign = 1.0 if direction == "denoise" else -1.0
-        effect, low, high = ratio_of_sums(sign * delta, gap, runs.defined, n_boot=n_boot, confidence=confidence, seed=seed)
+        effect, low, high = ratio_of_sums(sign * delta, gap, runs.defined, n_boot=n_boot, confidence=confidence,
+                                          seed=seed)
         frame = runs.cells.copy()
         frame.insert(0, "direction", direction)
         frame.insert(0, "method", method)

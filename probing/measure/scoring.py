@@ -7,7 +7,8 @@ change against the unchanged model comes with a paired interval over the same it
 
     ccneg_accuracy                 s(I, true caption) > s(I, presence-negated caption)
     scope_accuracy                 s(I, "A and no X") > s(I, "A and no B"), X absent, B present (chance 0.5)
-    image_to_text_R@1_among_100    the scene's own caption is the most similar of 100 (consecutive groups)
+    image_to_text_R@1_among_<g>    the scene's own caption is the most similar of g (consecutive groups of
+                                   g scenes; g = 100 by default, as the synthetic suite reports it)
 
 Pair metrics use the strict inequality (REFERENCE.md: a tie never counts as correct).
 """
@@ -23,8 +24,7 @@ from probing.measure.encode import encode_images, eval_mode
 from probing.measure.metrics import check_normalized, pair_wins
 from probing.measure.probes import mean_ci
 
-METRICS = ("ccneg_accuracy", "scope_accuracy", "image_to_text_R@1_among_100")
-GROUP = 100
+RETRIEVAL = "image_to_text_R@1_among_"
 
 
 @dataclass
@@ -38,25 +38,31 @@ class HeldOutSet:
     scope_features: torch.Tensor  # [m, embed_dim]
     scope_correct: list[str]
     scope_wrong: list[str]
+    group: int = 100  # retrieval candidates
+
+    def __post_init__(self):
+        if len(self.captions) < self.group:
+            raise ValueError(f"retrieval among {self.group} needs at least {self.group} scenes, "
+                             f"got {len(self.captions)}")
 
     @classmethod
     def build(cls, model, preprocess, world, *, n: int = 200, split: str = "test", heldout="all",
-              seed: int = 0) -> "HeldOutSet":
-        if n < GROUP:
-            raise ValueError(f"retrieval among {GROUP} needs at least {GROUP} scenes, got n={n}")
+              seed: int = 0, group: int = 100) -> "HeldOutSet":
         examples = world.examples(n, split, seed, heldout=heldout)
         pairs = world.scope_pairs(n, split, seed, heldout=heldout)
         return cls(f"{split}/{heldout}", encode_images(model, preprocess, [e.image for e in examples]),
                    [e.caption for e in examples], [e.presence_negated for e in examples],
                    encode_images(model, preprocess, [p.image for p in pairs]),
-                   [p.correct for p in pairs], [p.wrong for p in pairs])
+                   [p.correct for p in pairs], [p.wrong for p in pairs], group)
 
     def head(self, n: int) -> "HeldOutSet":
         """The first `n` scenes and scope pairs (for interventions too many to score on the whole set)."""
-        if n < GROUP:
-            raise ValueError(f"retrieval among {GROUP} needs at least {GROUP} scenes, got n={n}")
         return HeldOutSet(self.name, self.scene_features[:n], self.captions[:n], self.presence_negated[:n],
-                          self.scope_features[:n], self.scope_correct[:n], self.scope_wrong[:n])
+                          self.scope_features[:n], self.scope_correct[:n], self.scope_wrong[:n], self.group)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return ("ccneg_accuracy", "scope_accuracy", f"{RETRIEVAL}{self.group}")
 
     @property
     def texts(self) -> list[str]:
@@ -69,14 +75,15 @@ class HeldOutSet:
         n, m = len(self.captions), len(self.scope_correct)
         captions, presence, correct, wrong = torch.split(text_features.float().cpu(), [n, n, m, m])
         scenes = self.scene_features.float().cpu()
-        groups = n // GROUP * GROUP
-        similarity = torch.einsum("gid,gjd->gij", scenes[:groups].reshape(-1, GROUP, scenes.shape[1]),
-                                  captions[:groups].reshape(-1, GROUP, captions.shape[1]))
-        return {
-            "ccneg_accuracy": pair_wins(scenes, captions, presence).numpy().astype(float),
-            "scope_accuracy": pair_wins(self.scope_features.float().cpu(), correct, wrong).numpy().astype(float),
-            "image_to_text_R@1_among_100": (similarity.argmax(-1) == torch.arange(GROUP)).reshape(-1).numpy().astype(float),
-        }
+        g = self.group
+        groups = n // g * g
+        similarity = torch.einsum("gid,gjd->gij", scenes[:groups].reshape(-1, g, scenes.shape[1]),
+                                  captions[:groups].reshape(-1, g, captions.shape[1]))
+        return dict(zip(self.metrics, [
+            pair_wins(scenes, captions, presence).numpy().astype(float),
+            pair_wins(self.scope_features.float().cpu(), correct, wrong).numpy().astype(float),
+            (similarity.argmax(-1) == torch.arange(g)).reshape(-1).numpy().astype(float),
+        ]))
 
     def score_variants(self, hooked, tokenizer: Callable[[Sequence[str]], torch.Tensor],
                        variants: Sequence[Sequence[tuple]], *, start_layer: int = 0,

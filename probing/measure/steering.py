@@ -31,8 +31,9 @@ from probing.measure.tasks import synthetic_negation_task
 STEERING_COLUMNS = ("probe", "layer", "alpha", "metric", "value", "baseline", "change", "ci_low", "ci_high", "n")
 
 
-def negation_directions(hooked, tokenizer, world, *, n_train: int = 1000, probes: Sequence[str] = ("logistic", "diffmeans"),
-                        seed: int = 0, batch_size: int = 128, progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def negation_directions(hooked, tokenizer, world, *, n_train: int = 1000,
+                        probes: Sequence[str] = ("logistic", "diffmeans"), seed: int = 0, batch_size: int = 128,
+                        progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({probe: unit directions [L + 1, d]}, EOT norms [L + 1]) from the negation task's training captions."""
     task = synthetic_negation_task(world, n_train=n_train, n_test=2, seed=seed)
     captions = [task.captions[i] for i in task.train]
