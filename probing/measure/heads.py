@@ -113,7 +113,7 @@ def ablate_heads_hook(heads: Sequence[int], values: torch.Tensor | None):
     def hook(z: torch.Tensor, hook) -> torch.Tensor:  # [b, p, h, e]
         z = z.clone()
         for i, head in enumerate(heads):
-            z[:, :, head] = 0.0 if values is None else values[i].to(z.dtype)
+            z[:, :, head] = 0.0 if values is None else values[i].to(z)
         return z
     return hook
 

@@ -159,12 +159,11 @@ def measure_localisation(model: torch.nn.Module, preprocess: Callable, tokenizer
                 result.tables["attention"] = pd.concat(
                     [attention_to_cue(hooked, pairs, kind, batch_size=config.batch_size)
                      for kind, pairs in aligned.items()], ignore_index=True)
-        needs_world = [m for m in ("heads", "lens", "steering") if m in config.measurements]
-        if needs_world and world is None:
-            result.meta["skipped"].update({m: "needs the synthetic world (held-out images and training captions)"
-                                           for m in needs_world if m != "heads"})
-            if "heads" in needs_world:
-                result.meta["skipped"]["ablation"] = "needs the synthetic world (held-out images)"
+        if world is None:
+            result.meta["skipped"] = {part: "needs the synthetic world (held-out images, training captions)"
+                                      for part, measurement in (("ablation", "heads"), ("lens", "lens"),
+                                                                ("steering", "steering"))
+                                      if measurement in config.measurements}
             return result
         with timer("held_out_set"):
             held_out = HeldOutSet.build(model, preprocess, world, n=config.n_eval, split=config.split,

@@ -178,10 +178,10 @@ def _cache_run(hooked, batch: PairBatch, tokens: torch.Tensor, names: list[str],
         track = ("hook_embed", lambda x, hook: x.detach().requires_grad_(True))
         with torch.enable_grad(), hooked.hooks(fwd_hooks=[track]):
             cached = cache_activation_and_gradient(hooked, tokens, metric, names_filter=names)
-        return ActivationCache(cached.activations, hooked), cached.gradients, values[-1].detach()
+        return ActivationCache(cached.activations, hooked), cached.gradients, values[-1].detach().cpu()
     with torch.no_grad():
         features, cache = hooked.run_with_cache(tokens, names_filter=names)
-    return cache, None, batch.metric(features)
+    return cache, None, batch.metric(features).cpu()
 
 
 def _exact(hooked, batch: PairBatch, cells: pd.DataFrame, direction: str, source_cache, target_cache) -> torch.Tensor:

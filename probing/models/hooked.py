@@ -125,8 +125,7 @@ class HookedAttention(nn.Module):
     @property
     def b_O(self) -> torch.Tensor:
         """[d] (LayerScale included)."""
-        weight = self.mha.out_proj.weight
-        bias = self.mha.out_proj.bias if self.mha.out_proj.bias is not None else weight.new_zeros(weight.shape[0])
+        bias = _bias(self.mha.out_proj)
         return bias * _layer_scale_gamma(self.ls, bias)
 
 
