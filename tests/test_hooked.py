@@ -145,3 +145,115 @@ def test_non_eot_pooling_is_refused(write_config):
     model, _, _ = load_clip(write_config("tiny-last", pool_type="last", no_causal_mask=True))
     with pytest.raises(UnsupportedTextTower, match="pooling 'last'"):
         HookedCLIPText(model)
+
+
+# ---- what a TransformerLens user tries next ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(ls_init_value=0.3)], ids=["plain", "layerscale"])
+def test_weight_properties_reproduce_the_hooks(write_config, kwargs):
+    """W_Q/K/V/O, b_*, W_in/W_out in TransformerLens's shapes give back the cached activations."""
+    model, tokens = _model(write_config, "tiny-weights", **kwargs)
+    hooked = HookedCLIPText(model)
+    n, h, d, e = hooked.cfg.n_layers, hooked.cfg.n_heads, hooked.cfg.d_model, hooked.cfg.d_head
+    m = hooked.cfg.d_mlp
+    assert hooked.W_Q.shape == hooked.W_K.shape == hooked.W_V.shape == (n, h, d, e)
+    assert hooked.W_O.shape == (n, h, e, d) and hooked.b_O.shape == (n, d) and hooked.b_Q.shape == (n, h, e)
+    assert hooked.W_in.shape == (n, d, m) and hooked.W_out.shape == (n, m, d) and hooked.b_out.shape == (n, d)
+    assert hooked.W_E.shape == (hooked.cfg.d_vocab, d) and hooked.W_pos.shape == (hooked.cfg.n_ctx, d)
+    _, cache = hooked.run_with_cache(tokens)
+    for l, block in enumerate(hooked.blocks):
+        x = block.ln1(cache[f"blocks.{l}.hook_resid_pre"])
+        for name, W, b in (("q", hooked.W_Q, hooked.b_Q), ("k", hooked.W_K, hooked.b_K), ("v", hooked.W_V, hooked.b_V)):
+            expected = cache[f"blocks.{l}.attn.hook_{name}"]
+            assert torch.allclose(torch.einsum("bpd,hde->bphe", x, W[l]) + b[l], expected, atol=1e-5)
+        attn_out = torch.einsum("bphe,hed->bpd", cache[f"blocks.{l}.attn.hook_z"], hooked.W_O[l]) + hooked.b_O[l]
+        assert torch.allclose(attn_out, cache[f"blocks.{l}.hook_attn_out"], atol=1e-5)
+        x2 = block.ln2(cache[f"blocks.{l}.hook_resid_mid"])
+        assert torch.allclose(x2 @ hooked.W_in[l] + hooked.b_in[l], cache[f"blocks.{l}.mlp.hook_pre"], atol=1e-5)
+        mlp_out = cache[f"blocks.{l}.mlp.hook_post"] @ hooked.W_out[l] + hooked.b_out[l]
+        assert torch.allclose(mlp_out, cache[f"blocks.{l}.hook_mlp_out"], atol=1e-5)
+    if kwargs:  # LayerScale is folded in: without it the output weights would not match
+        gamma = model.transformer.resblocks[0].ls_1.gamma
+        out_proj = model.transformer.resblocks[0].attn.out_proj.weight
+        assert torch.allclose(hooked.W_O[0], out_proj.T.reshape(h, e, d) * gamma)
+
+
+def test_transformer_lens_decompositions_run(write_config):
+    model, tokens = _model(write_config, "tiny-decompose", ls_init_value=0.5)
+    hooked = HookedCLIPText(model)
+    n = hooked.cfg.n_layers
+    _, cache = hooked.run_with_cache(tokens)
+    final = cache[f"blocks.{n - 1}.hook_resid_post"]
+    heads, labels = cache.stack_head_results(return_labels=True)
+    assert heads.shape[0] == n * hooked.cfg.n_heads and labels[:2] == ["L0H0", "L0H1"]
+    attn_total = sum(cache[f"blocks.{l}.hook_attn_out"] for l in range(n))
+    assert torch.allclose(heads.sum(0) + hooked.b_O.sum(0), attn_total, atol=1e-4)
+    for expand_neurons in (True, False):
+        parts, labels = cache.get_full_resid_decomposition(expand_neurons=expand_neurons, return_labels=True)
+        assert labels[-3:] == ["embed", "pos_embed", "bias"]
+        assert torch.allclose(parts.sum(0), final, atol=1e-4)
+    projected = cache.get_full_resid_decomposition(apply_ln=True, expand_neurons=False,
+                                                   project_output_onto=hooked.tower.text_projection)
+    eot = hooked.eot_positions(tokens)
+    features = projected.sum(0)[torch.arange(len(tokens)), eot]  # direct attribution sums to the features
+    assert torch.allclose(features, hooked(tokens), atol=1e-4)
+    hooked.set_use_attn_result(True)
+    features_with_results, cache = hooked.run_with_cache(tokens)
+    assert cache["blocks.1.attn.hook_result"].shape[-2:] == (hooked.cfg.n_heads, hooked.cfg.d_model)
+    assert torch.allclose(features_with_results, model.encode_text(tokens), atol=1e-5)
+
+
+def test_transformer_lens_patching_runs_on_to_tokens(write_config):
+    from transformer_lens import patching
+
+    model, _ = _model(write_config, "tiny-tl-patch")
+    hooked = HookedCLIPText(model)
+    clean = hooked.to_tokens(["a red circle but a blue square", "a dog and a cat"])
+    corrupted = hooked.to_tokens(["a red circle but no blue square", "a dog and no cat"])
+    assert clean.shape == corrupted.shape == (2, 9)  # trimmed: the tokenizer gives 32 positions
+    assert torch.equal(hooked.eot_positions(clean), torch.tensor([8, 6]))
+    _, clean_cache = hooked.run_with_cache(clean)
+    metric = lambda features: features[:, 0].sum()
+    resid = patching.get_act_patch_resid_pre(hooked, corrupted, clean_cache, metric)
+    heads = patching.get_act_patch_attn_head_out_all_pos(hooked, corrupted, clean_cache, metric)
+    assert resid.shape == (hooked.cfg.n_layers, 9) and heads.shape == (hooked.cfg.n_layers, hooked.cfg.n_heads)
+    # one cell by hand: position 5 ("no" / "a") at block 2's input
+    def patch(resid_pre, hook):
+        resid_pre = resid_pre.clone()
+        resid_pre[:, 5] = clean_cache["blocks.2.hook_resid_pre"][:, 5]
+        return resid_pre
+    with torch.no_grad():
+        by_hand = metric(hooked.run_with_hooks(corrupted, fwd_hooks=[("blocks.2.hook_resid_pre", patch)]))
+    assert resid[2, 5] == pytest.approx(float(by_hand), abs=1e-5)
+
+
+def test_start_and_stop_at_layer_compose_to_the_full_run(write_config):
+    model, tokens = _model(write_config, "tiny-start-stop")
+    hooked = HookedCLIPText(model)
+    full = hooked(tokens)
+    for layer in range(hooked.cfg.n_layers + 1):
+        stream = hooked(tokens, stop_at_layer=layer)
+        assert stream.shape == (len(tokens), hooked.tower.trimmed_length(tokens), hooked.cfg.d_model)
+        assert torch.allclose(hooked(tokens, start_at_layer=layer, residual=stream), full, atol=1e-6)
+    with pytest.raises(ValueError, match="residual stream"):
+        hooked(tokens, start_at_layer=1)
+
+
+def test_the_wrapper_takes_the_model_mode_and_helpers_never_change_it(write_config):
+    from transformer_lens.tools.analysis._model_state import require_eval_mode
+
+    from probing.measure.capture import capture_pooled
+
+    model, _, tokenizer = load_clip(write_config("tiny-mode"))
+    hooked = HookedCLIPText(model)
+    assert not any(m.training for m in hooked.modules())
+    require_eval_mode(hooked, operation="patching")  # what TransformerLens's patching checks
+    model.train()
+    model.transformer.resblocks[1].eval()  # a mixed state must come back as it was
+    modes = {name: m.training for name, m in model.named_modules()}
+    hooked = HookedCLIPText(model)
+    assert hooked.training and hooked.blocks[0].attn.training
+    capture_pooled(hooked, tokenizer, CAPTIONS, progress=False)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert hooked.training

@@ -9,6 +9,14 @@
     gradnorms.py    relative gradient norms per block under a fine-tuning loss (passed in)
     causal.py       project a probe direction out of the residual stream and measure what breaks
     layers.py       measure_layers: all of the above on one model -> LayerMeasurements
+
+Where negation is computed (localise.py runs them all -> Localisation):
+    roles.py        patching pairs (negation twins, scope swaps, real records) and token roles
+    patching.py     exact and attribution patching by (block, role) and per head, normalised effects
+    heads.py        attention from EOT / the negated noun to the cue; zero- and mean-ablation of heads
+    scoring.py      held-out CC-Neg-style, scope and retrieval outcomes of text-side interventions
+    lens.py         the joint-space lens per layer, plain and tuned
+    steering.py     training-free steering along probe directions, per layer and alpha
 """
 from __future__ import annotations
 
@@ -24,6 +32,9 @@ _EXPORTS = {
     "measure_layers": "probing.measure.layers",
     "MeasureConfig": "probing.measure.layers",
     "LayerMeasurements": "probing.measure.layers",
+    "measure_localisation": "probing.measure.localise",
+    "LocaliseConfig": "probing.measure.localise",
+    "Localisation": "probing.measure.localise",
 }
 
 __getattr__, __dir__ = lazy_exports("probing.measure", _EXPORTS, globals())

@@ -16,17 +16,19 @@ from probing.models.text_tower import TextTower
 
 @contextlib.contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Run `module` in eval mode and put it back as it was, even on an error.
+    """Run `module` in eval mode and put every submodule back as it was, even on an error.
 
     Feature extraction needs it: a ResNet image tower in train mode would normalise with batch
-    statistics and overwrite its running ones.
+    statistics and overwrite its running ones. Each submodule gets its own flag back (not the root's):
+    a hooked view shares its modules with the model, whose modes must come back unchanged.
     """
-    was_training = module.training
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
     module.eval()
     try:
         yield module
     finally:
-        module.train(was_training)
+        for submodule, training in modes:
+            submodule.training = training
 
 
 @torch.no_grad()
