@@ -12,6 +12,8 @@ and on every null model m = "null:<seed>" (layer index l: 0 = embeddings, l = ou
                                                             G_m[b] = S_m[b+1] - S_m[b]
     gradnorm     P_m[b] = relative gradient norm ||g|| / ||w|| of block b under each fine-tuning loss,
                  normalised to sum 1 over blocks, averaged over losses;      G_m[b] = P_m[b]
+    patching     (optional) the largest exact denoising effect of block b's attention or MLP output,
+                 in similarity units (probing.measure.layers.patching_profile); G_m[b] = that effect
 
 No rule is front-loaded by construction: block 0's sensitivity gain starts from the embedding
 layer like every other block's, and the gradient-norm profile of random towers (largest in the
@@ -50,7 +52,7 @@ from scipy import stats
 from probing.measure.layers import TRAINED, LayerMeasurements
 from probing.measure.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION
 
-COMPONENTS = ("probe", "sensitivity", "gradnorm")
+COMPONENTS = ("probe", "sensitivity", "gradnorm", "patching")
 
 
 @dataclass
@@ -58,7 +60,8 @@ class EvidenceConfig:
     tasks: tuple[str, ...] = ("negation", "scope")
     sensitivity_edit: str = "presence"  # the negation edit compared with the control edit
     grad_losses: tuple[str, ...] | None = None  # None: every measured loss
-    weights: dict[str, float] = field(default_factory=lambda: {"probe": 0.5, "sensitivity": 0.25, "gradnorm": 0.25})
+    weights: dict[str, float] = field(default_factory=lambda: {"probe": 0.5, "sensitivity": 0.25, "gradnorm": 0.25,
+                                                               "patching": 0.25})
     alpha: float = 0.05  # chance that a model that learnt nothing shows any evidence (Bonferroni over blocks and components)
     n_boot: int = 1000
     seed: int = 0
@@ -218,6 +221,24 @@ class _GradnormStatistic(_Statistic):
         return self._profile(self.values[:, :, index])
 
 
+class _PatchingStatistic(_Statistic):
+    """Block effects per model; resampled over models only (the pairs are few and shared)."""
+
+    def __init__(self, items: dict[str, np.ndarray], models: list[str]):
+        self._models = models
+        self.values = np.stack([items[f"patching/{m}"] for m in models]).astype(np.float64)
+        self.basis = "exact activation patching, each block's largest attention or MLP effect (similarity units)"
+
+    def models(self) -> list[str]:
+        return self._models
+
+    def point(self) -> np.ndarray:
+        return self.values
+
+    def replicate(self, rng: np.random.Generator) -> np.ndarray:
+        return self.values
+
+
 # --- the test --------------------------------------------------------------------------------------
 
 def calibrate(statistic: _Statistic, name: str, critical: float, n_boot: int, rng: np.random.Generator
@@ -271,6 +292,8 @@ def block_evidence(measurements: LayerMeasurements, config: EvidenceConfig = Evi
         if statistics["gradnorm"] is None:
             del statistics["gradnorm"]
             notes.append("gradnorm: not measured on the model and its null models, left out")
+        if all(f"patching/{m}" in items for m in models):
+            statistics["patching"] = _PatchingStatistic(items, models)
     components, replicates = {}, {}
     n_tests = max(1, len(statistics)) * measurements.n_layers
     critical = float(stats.t.ppf(1 - config.alpha / n_tests, len(models) - 2)) if len(models) >= 3 else float("inf")

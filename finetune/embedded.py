@@ -75,6 +75,13 @@ class EmbeddedSpec:
     # bias can move, a constant). Such a block maps each token on its own and can never relate the
     # negation cue to the noun it scopes over. Used by the control model (VARIANT_SPECS["late"]).
     dead_attention_blocks: tuple[int, ...] = ()
+    # Image-tower warm-up before contrastive pretraining: the image tower learns to name the objects a
+    # scene holds (multi-label cross-entropy over the world's 36 objects, through a linear head that is
+    # then dropped). CLIP met negation with an image tower that already recognised objects; from-scratch
+    # contrastive pretraining of this small model learnt shapes in 1 of 3 seeds (v5) and 0 of 2 (v6
+    # recipe without warm-up: zero-shot 0.17 and 0.25, colours 1.00). The text tower is untouched by it.
+    image_warmup_steps: int = 250  # 250 steps: 0.99 object accuracy of its head on held-out images (seed 1)
+    image_warmup_lr: float = 1e-3
 
     def key(self) -> str:
         config_text = (_PACKAGE_CONFIGS / f"{self.model}.json").read_text()
@@ -86,7 +93,8 @@ DEFAULT_SPEC = EmbeddedSpec()
 # The smoke-test build: same depth, tiny width, seconds of training. Good for checking that code
 # runs on a model with some structure, not for claims about negation.
 SMALL_SPEC = EmbeddedSpec(model="negclip-micro", seed=0, steps=120, batch_size=64, lr=2e-3, warmup_steps=10,
-                          eval_scenes=300, shape_twin_fraction=0.0, pretraining_objects="split", threads=1)
+                          eval_scenes=300, shape_twin_fraction=0.0, pretraining_objects="split", threads=1,
+                          image_warmup_steps=0)
 SPECS = {"default": DEFAULT_SPEC, "small": SMALL_SPEC}  # the shipped ones (probing.vocabulary.EMBEDDED_VARIANTS)
 # Models that differ in where negation can be learnt, for validating the layer selection (README,
 # "Is the layer choice evidence?"); built into the cache with `build-embedded --spec NAME`.
@@ -168,6 +176,8 @@ def _pretrain(spec: EmbeddedSpec, *, progress: bool) -> tuple[torch.nn.Module, d
             for param in (attention.in_proj_weight, attention.in_proj_bias, attention.out_proj.weight):
                 param.zero_()
     world = world_for(spec)
+    if spec.image_warmup_steps:
+        warm_up_image_tower(model, preprocess, world, spec, progress=progress)
     optimizer = torch.optim.AdamW(_param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup_steps=spec.warmup_steps, total_steps=spec.steps))
@@ -197,6 +207,31 @@ def _pretrain(spec: EmbeddedSpec, *, progress: bool) -> tuple[torch.nn.Module, d
     metrics["pretraining_minutes"] = minutes
     metrics["final_loss"] = float(loss.item())
     return model, metrics
+
+
+def warm_up_image_tower(model: torch.nn.Module, preprocess, world: SyntheticWorld, spec: EmbeddedSpec, *,
+                        progress: bool = True) -> float:
+    """Train the image tower to name the objects of pretraining scenes (see EmbeddedSpec.image_warmup_steps);
+    returns the last batch's loss."""
+    objects = list(world.objects)
+    head = torch.nn.Linear(model.visual.output_dim, len(objects))
+    params = list(model.visual.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=spec.image_warmup_lr, weight_decay=0.0)
+    model.visual.train()
+    loss = torch.zeros(())
+    for step in tqdm(range(spec.image_warmup_steps), desc="image-tower warm-up", disable=not progress):
+        pairs = world.pretraining_specs(spec.batch_size, "train", seed=spec.seed * 7_000_003 + step,
+                                        shape_twin_fraction=spec.shape_twin_fraction, objects=spec.pretraining_objects)
+        images = [world.render(scene) for scene, _ in pairs]
+        targets = torch.zeros(len(pairs), len(objects))
+        for row, (scene, _) in enumerate(pairs):
+            targets[row, [objects.index(name) for name in scene.names]] = 1.0
+        logits = head(model.encode_image(images_to_tensor(model, preprocess, images)))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return float(loss.item())
 
 
 def evaluate_build(model: torch.nn.Module, preprocess, tokenizer, spec: EmbeddedSpec) -> dict[str, float]:

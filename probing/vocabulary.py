@@ -12,6 +12,9 @@ EMBEDDED_VARIANTS: dict[str, str] = {
 }
 EMBEDDED = "embedded"  # the model name that selects them: "embedded" (= "embedded:default"), "embedded:small"
 
-# per-layer measurements of probing.measure.layers, in the order they run
-MEASUREMENTS: tuple[str, ...] = ("probes", "sensitivity", "gradnorms", "causal")
-NEEDS_IMAGES: tuple[str, ...] = ("sensitivity", "gradnorms", "causal")
+# per-layer measurements of probing.measure.layers (on the model and its null models), in the order they run
+LAYER_MEASUREMENTS: tuple[str, ...] = ("probes", "sensitivity", "gradnorms", "causal")
+# where negation is computed (probing.measure.localise, on the model)
+LOCALISATION_MEASUREMENTS: tuple[str, ...] = ("patching", "heads", "lens", "steering")
+MEASUREMENTS: tuple[str, ...] = LAYER_MEASUREMENTS + LOCALISATION_MEASUREMENTS
+NEEDS_IMAGES: tuple[str, ...] = ("sensitivity", "gradnorms", "causal", "lens", "steering")

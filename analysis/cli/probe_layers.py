@@ -25,7 +25,7 @@ from analysis.cli import common
 from analysis.cli.common import at_least, fraction, non_negative_int, positive_int
 from analysis.selection import RULES
 from finetune.vocabulary import GRADNORM_LOSSES
-from probing.vocabulary import MEASUREMENTS, NEEDS_IMAGES
+from probing.vocabulary import LAYER_MEASUREMENTS, LOCALISATION_MEASUREMENTS, MEASUREMENTS, NEEDS_IMAGES
 
 PROG = "probe-layers"
 
@@ -51,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0,
                       help="seed of data draws, of the synthetic world (non-embedded models) and of random weights")
     measure = parser.add_argument_group("measurements")
-    measure.add_argument("--measurements", default=",".join(MEASUREMENTS), help="comma list among " + ", ".join(MEASUREMENTS))
+    measure.add_argument("--measurements", default=",".join(MEASUREMENTS),
+                         help="comma list among " + ", ".join(MEASUREMENTS) + " (the last four say where negation is "
+                              "computed: activation patching, heads, a joint-space lens, steering)")
+    measure.add_argument("--patching-evidence", action="store_true",
+                         help="also patch every null model and count each block's patching effect as evidence "
+                              "(its weight: the 4th number of --score-weights)")
+    measure.add_argument("--n-pairs", type=positive_int, default=64, help="patching pairs per kind (negation, scope)")
     measure.add_argument("--seeds", default="0,1,2,3,4", help="probe seeds on the model (comma list)")
     measure.add_argument("--null-seeds", default="0,1", help="probe seeds on each null model (comma list)")
     measure.add_argument("--batch-size", type=positive_int, default=256, help="captions per forward pass")
@@ -72,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--alpha", type=fraction, default=0.05,
                         help="family-wise error of each component's test over blocks")
     select.add_argument("--grad-loss", help="the loss whose gradient norms count (default: mean over --losses)")
-    select.add_argument("--score-weights", default="0.5,0.25,0.25",
-                        help="weights of probe, sensitivity and gradnorm evidence in the combined score")
+    select.add_argument("--score-weights", default="0.5,0.25,0.25,0.25",
+                        help="weights of probe, sensitivity, gradnorm (and patching) evidence in the combined score")
     select.add_argument("--sensitivity-edit", choices=("presence", "absence"), default="presence",
                         help="the negation edit whose excess over the control edit counts as sensitivity evidence")
     run = common.add_run_arguments(parser)
@@ -91,6 +97,8 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
     args.weights = _score_weights(args.score_weights, parser)
     if "causal" in args.measurement_list and "probes" not in args.measurement_list:
         parser.error("causal projects out the probe direction: it needs probes in --measurements")
+    if "heads" in args.measurement_list and "patching" not in args.measurement_list:
+        parser.error("heads ranks heads by their patching effect: it needs patching in --measurements")
     if not set(args.measurement_list) & {"probes", "sensitivity", "gradnorms"}:
         parser.error("layer selection needs at least one of probes, sensitivity, gradnorms in --measurements")
     if args.rule == "auto_rgn" and "gradnorms" not in args.measurement_list:
@@ -110,14 +118,15 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
     return args
 
 
-def _score_weights(text: str, parser) -> tuple[float, float, float]:
+def _score_weights(text: str, parser) -> tuple[float, ...]:
     try:
         weights = tuple(float(x) for x in text.split(","))
     except ValueError:
         weights = ()
-    if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
-        parser.error(f"--score-weights takes three non-negative numbers (probe,sensitivity,gradnorm), got {text!r}")
-    return weights
+    if len(weights) not in (3, 4) or min(weights) < 0 or sum(weights) <= 0:
+        parser.error(f"--score-weights takes three or four non-negative numbers (probe,sensitivity,gradnorm"
+                     f"[,patching]), got {text!r}")
+    return weights + (0.25,) * (4 - len(weights))
 
 
 def model_label(args) -> str:
@@ -153,7 +162,31 @@ def measure_select_report(args: argparse.Namespace) -> int:
     measurements = measure(bundle, null_models, tasks, args, notes)
     measurements.meta["model"] = bundle.info
     measurements.save(args.out)
-    return select_and_report(measurements, bundle, args, notes, started)
+    localisation = localise(bundle, args, notes)
+    return select_and_report(measurements, bundle, args, notes, started, localisation)
+
+
+def localise(bundle, args, notes: list[str]):
+    """Patching, heads, lens and steering on the model (saved in <out>/localisation/), or None."""
+    wanted = [m for m in args.measurement_list if m in LOCALISATION_MEASUREMENTS]
+    if bundle.world is None:
+        skipped = [m for m in wanted if m in NEEDS_IMAGES]
+        wanted = [m for m in wanted if m not in skipped]
+        if skipped:
+            notes.append(f"skipped {', '.join(skipped)}: they score held-out synthetic scenes")
+    examples = getattr(args, "real_examples", None)
+    if not wanted or (bundle.world is None and not examples):
+        return None
+    from probing.measure.localise import LocaliseConfig, measure_localisation
+
+    components = ("resid", "attn", "mlp", "head") if "heads" in wanted else ("resid", "attn", "mlp")
+    common.say(args, f"localising: {', '.join(wanted)}")
+    localisation = measure_localisation(
+        bundle.model, bundle.preprocess, bundle.tokenizer, world=bundle.world, examples=examples,
+        config=LocaliseConfig(measurements=tuple(wanted), components=components, n_pairs=args.n_pairs, seed=args.seed),
+        progress=not args.no_progress)
+    localisation.save(args.out / "localisation")
+    return localisation
 
 
 def load_models(args, notes: list[str]):
@@ -211,6 +244,7 @@ def real_task(args, notes: list[str]):
     if len(task.tests) == 1:
         notes.append(f"{args.data}: every caption uses the training cues {list(args.train_cue_list)}, "
                      "so there is no held-out cue split")
+    args.real_examples = list(records)  # patching and head analysis run on the file's own captions too
     return task
 
 
@@ -218,7 +252,7 @@ def measure(bundle, null_models, tasks, args, notes: list[str]):
     from finetune.losses import gradnorm_loss_fns
     from probing.measure.layers import MeasureConfig, measure_layers
 
-    wanted = list(args.measurement_list)
+    wanted = [m for m in args.measurement_list if m in LAYER_MEASUREMENTS]
     if bundle.world is None:
         skipped = [m for m in wanted if m in NEEDS_IMAGES]
         if skipped:
@@ -226,6 +260,8 @@ def measure(bundle, null_models, tasks, args, notes: list[str]):
             print(f"{PROG}: note: skipping {', '.join(skipped)} (no synthetic world for this model)", file=sys.stderr)
             wanted = [m for m in wanted if m not in skipped]
     config = MeasureConfig(seeds=args.seed_list, null_seeds=args.null_seed_list, measurements=tuple(wanted),
+                           patching_evidence=args.patching_evidence and bundle.world is not None,
+                           n_patching_pairs=min(args.n_pairs, 32),
                            n_sensitivity=args.n_sensitivity, n_causal=args.n_causal, grad_batches=args.grad_batches,
                            grad_batch_size=args.grad_batch_size, batch_size=args.batch_size, seed=args.seed)
     common.say(args, f"measuring {', '.join(wanted)} on the model and {len(null_models)} null models")
@@ -237,13 +273,14 @@ def measure(bundle, null_models, tasks, args, notes: list[str]):
 def evidence_config(args):
     from analysis.evidence import EvidenceConfig
 
-    w_probe, w_sensitivity, w_gradnorm = args.weights
+    w_probe, w_sensitivity, w_gradnorm, w_patching = args.weights
     return EvidenceConfig(sensitivity_edit=args.sensitivity_edit, alpha=args.alpha, seed=args.seed,
                           grad_losses=(args.grad_loss,) if args.grad_loss else None,
-                          weights={"probe": w_probe, "sensitivity": w_sensitivity, "gradnorm": w_gradnorm})
+                          weights={"probe": w_probe, "sensitivity": w_sensitivity, "gradnorm": w_gradnorm,
+                                   "patching": w_patching})
 
 
-def select_and_report(measurements, bundle, args, notes: list[str], started: float) -> int:
+def select_and_report(measurements, bundle, args, notes: list[str], started: float, localisation=None) -> int:
     """Null-calibrated evidence, the plan (possibly empty: no evidence), figures and report. Exit 1 when
     the evidence supports no plan (the plan file then names no blocks and says why)."""
     from analysis.evidence import block_evidence
@@ -263,10 +300,16 @@ def select_and_report(measurements, bundle, args, notes: list[str], started: flo
     plan_path = plan.save(args.out / "layer_plan.json")
     common.say(args, "drawing figures")
     figures = plot_all(measurements, selection, args.out / "figures")
+    extra = []
+    if localisation is not None:
+        from analysis.report.localisation import comparison_sentences, localisation_sentences, plot_localisation
+
+        figures.update(plot_localisation(localisation, args.out / "figures"))
+        extra = localisation_sentences(localisation) + comparison_sentences(localisation)
     run_info = {"arguments": {k: v for k, v in vars(args).items()}, "seconds": time.perf_counter() - started,
                 "notes": notes}
     paths = write_report(args.out, measurements, selection, figures=figures, model_info=bundle.info,
-                         embedded_metrics=bundle.metrics, run_info=run_info)
+                         embedded_metrics=bundle.metrics, run_info=run_info, extra_sentences=extra)
     print(f"wrote {args.out}/: {paths['markdown'].name}, {paths['json'].name}, {plan_path.name}, measurements.json "
           f"(+ CSV tables, items.npz), figures/ ({sum(len(p) for p in figures.values())} files)")
     if not plan.blocks:

@@ -33,6 +33,15 @@ FIGURE_CAPTIONS = {
     "evidence": "Each component's per-block excess over the null models with its 95% interval and the family-wise "
                 "threshold (filled = significant); below, the combined score (orange = selected) and how often each "
                 "block is selected over bootstrap replicates.",
+    "patching_negation": "Activation patching on negated / affirmative caption pairs: the share of the image-grounded "
+                         "gap restored (denoising) per block and token role, for the residual stream, attention and "
+                         "MLP outputs (0 = corrupted run, 1 = clean run).",
+    "patching_scope": "Activation patching on scope minimal pairs ('A and no B' / 'B and no A'), as above.",
+    "heads": "Per-head patching effect, and attention from the EOT token and from the negated noun to the cue.",
+    "lens": "Joint-space lens: each layer's EOT state through the final LayerNorm and projection (plain), and through "
+            "one affine map per layer fitted on training captions (tuned): accuracy if the tower stopped there.",
+    "steering": "Training-free steering: the change in each metric when alpha x a negation direction is added at "
+                "one layer (or every layer), on held-out data.",
 }
 
 

@@ -30,7 +30,7 @@ from probing.measure.sensitivity import edit_sensitivity
 from probing.measure.tasks import ProbeTask
 from probing.models.text_tower import TextTower
 from probing.synthetic.suite import SyntheticSuite
-from probing.vocabulary import MEASUREMENTS  # named there, so that --help needs no torch
+from probing.vocabulary import LAYER_MEASUREMENTS  # named there, so that --help needs no torch
 
 CAUSAL_METRICS = ("ccneg_accuracy", "scope_accuracy", "image_to_text_R@1_among_100", "zero_shot_affirmative")
 TRAINED = "trained"
@@ -57,7 +57,11 @@ TABLES: dict[str, tuple[str, ...]] = {
 class MeasureConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # probe seeds on the model
     null_seeds: tuple[int, ...] = (0, 1)  # probe seeds on each null model (their spread is across models)
-    measurements: tuple[str, ...] = MEASUREMENTS
+    measurements: tuple[str, ...] = LAYER_MEASUREMENTS
+    # patching as evidence: each block's exact denoising effect on the model AND its null models
+    # (probing.measure.patching.block_effects, in similarity units), for analysis.evidence
+    patching_evidence: bool = False
+    n_patching_pairs: int = 32
     n_sensitivity: int = 400
     n_causal: int = 400
     grad_batches: int = 4
@@ -66,9 +70,9 @@ class MeasureConfig:
     seed: int = 0  # data draws for sensitivity, gradient batches and the causal suite
 
     def __post_init__(self):
-        unknown = set(self.measurements) - set(MEASUREMENTS)
+        unknown = set(self.measurements) - set(LAYER_MEASUREMENTS)
         if unknown:
-            raise ValueError(f"unknown measurements {sorted(unknown)}; choose from {', '.join(MEASUREMENTS)}")
+            raise ValueError(f"unknown measurements {sorted(unknown)}; choose from {', '.join(LAYER_MEASUREMENTS)}")
         if len(self.seeds) < 1 or len(self.null_seeds) < 1:
             raise ValueError("at least one probe seed is needed")
 
@@ -83,7 +87,7 @@ class LayerMeasurements:
     # per-item values for resampling tests, e.g. "probes/scope/heldout_cue/trained" [n_layers + 1, n_test]
     # (correctness averaged over probe seeds), "probes/scope/heldout_cue/labels" [n_test],
     # "sensitivity/presence/null:3" [n_layers + 1, n] (standardised distances), "gradnorms/clip/trained"
-    # [n_batches, n_blocks] (relative norms of whole blocks)
+    # [n_batches, n_blocks] (relative norms of whole blocks), "patching/trained" [n_blocks] (block effects)
     items: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
@@ -184,6 +188,8 @@ def measure_layers(
             _sensitivity(result, name, subject, tokenizer, edits, config, progress)
         if "gradnorms" in wanted:
             _gradnorms(result, name, subject, batches, loss_fns, progress)
+        if config.patching_evidence and world is not None:
+            result.items[f"patching/{name}"] = patching_profile(subject, preprocess, tokenizer, world, config, progress)
     if "causal" in wanted and "negation" in directions:
         result.add("causal", causal_rows(model, preprocess, tokenizer, world, directions["negation"], config))
     return result
@@ -301,6 +307,26 @@ def _gradnorms(result, name, subject, batches, loss_fns: Mapping[str, LossFn], p
         blocks = sorted(block for block, component in per_batch if component == "all")
         result.items[f"gradnorms/{loss_name}/{name}"] = np.array(
             [per_batch[(block, "all")] for block in blocks], dtype=np.float32).T
+
+
+# --- patching as evidence ------------------------------------------------------------------------
+
+def patching_profile(model, preprocess, tokenizer, world, config: MeasureConfig, progress: bool) -> np.ndarray:
+    """Per block: the largest exact denoising effect of its attention or MLP output over token roles,
+    averaged over negation and scope pairs, in similarity units (the normalised effect times the pairs'
+    mean clean-corrupted gap: random towers, whose gap is about 0, are not divided by it)."""
+    from probing.measure.localise import LocaliseConfig, measure_localisation
+    from probing.measure.patching import block_effects
+
+    localisation = measure_localisation(
+        model, preprocess, tokenizer, world=world, progress=progress,
+        config=LocaliseConfig(measurements=("patching",), methods=("exact",), components=("attn", "mlp"),
+                              n_pairs=config.n_patching_pairs, seed=config.seed))
+    gaps = localisation.pairs.set_index("kind")["mean_gap"]
+    table = localisation.patching
+    table = table.assign(effect=table["effect"] * table["kind"].map(gaps))
+    effects = block_effects(table).set_index("block")["best"]
+    return effects.reindex(range(TextTower.from_model(model).n_layers)).fillna(0.0).to_numpy(dtype=np.float32)
 
 
 # --- causal check ---------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from probing.measure.roles import ALL, ROLES, RoleFinder, example_pairs, synthet
 from probing.measure.scoring import HeldOutSet, training_captions
 from probing.measure.steering import STEERING_COLUMNS, negation_directions, steering_rows
 
-LOCALISATION_MEASUREMENTS = ("patching", "heads", "lens", "steering")
+from probing.vocabulary import LOCALISATION_MEASUREMENTS  # named there, so that --help needs no torch
 TABLES = {
     "pairs": ("kind", "n_pairs", "n_skipped", "accuracy", "mean_gap", "mean_clean", "mean_corrupted"),
     "patching": PATCHING_COLUMNS,
