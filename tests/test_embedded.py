@@ -173,7 +173,8 @@ def test_build_command_prints_the_shipped_numbers_and_compares_a_build(short_bui
     assert str(shipped.checkpoint) in printed and f"{shipped.metrics['scope_accuracy']:.3f}" in printed
     assert main(["--spec", "small", "--steps", "6", "--no-progress"]) == 0  # another build: into the cache
     printed = capsys.readouterr().out
-    assert "pretraining negclip-micro from scratch: 6 steps" in printed and "shipped" in printed and "diff" in printed
+    assert "pretraining negclip-micro from scratch: 0 image-tower warm-up and 6 contrastive steps" in printed
+    assert "shipped" in printed and "diff" in printed
     with pytest.raises(SystemExit):
         main(["--spec", "small", "--threads", "0"])
     assert "--threads: must be >= 1" in capsys.readouterr().err

@@ -49,16 +49,21 @@ def main(argv: list[str] | None = None) -> int:
 def build(args: argparse.Namespace) -> int:
     from finetune.embedded import (SPECS, VARIANT_SPECS, checkpoint_path, ensure_embedded_model, format_metrics,
                                    with_overrides)
-    from probing.models.factory import embedded_checkpoint
+    from probing.models.factory import SHIPPED
     from probing.models.loading import checkpoint_metadata
 
-    base = SPECS.get(args.spec) or VARIANT_SPECS[args.spec]
-    shipped_path = embedded_checkpoint(args.spec if args.spec in SPECS else "default")
-    shipped_meta = checkpoint_metadata(shipped_path)
-    shipped = json.loads(shipped_meta["metrics"])
-    spec = with_overrides(base, seed=args.seed, steps=args.steps, threads=args.threads)
-    print(f"shipped model {EMBEDDED}:{args.spec if args.spec in SPECS else 'default'}: {shipped_path}")
+    shipped_name = args.spec if args.spec in SPECS else "default"
+    shipped_path = SHIPPED / EMBEDDED_VARIANTS[shipped_name]
+    shipped = json.loads(checkpoint_metadata(shipped_path)["metrics"]) if shipped_path.is_file() else None
+    spec = with_overrides(SPECS.get(args.spec) or VARIANT_SPECS[args.spec], seed=args.seed, steps=args.steps,
+                          threads=args.threads)
+    if shipped is None:
+        print(f"the shipped model {EMBEDDED}:{shipped_name} is missing from this installation ({shipped_path})")
+    else:
+        print(f"shipped model {EMBEDDED}:{shipped_name}: {shipped_path}")
     if spec == SPECS.get(args.spec) and not args.rebuild:
+        if shipped is None:
+            raise common.UsageError("nothing to show: pass --rebuild to build the model into the cache")
         print(f"held-out synthetic scenes ({spec.eval_scenes}); pretrained in {shipped['pretraining_minutes']:.1f} min "
               "when it was built:")
         print(format_metrics(shipped))
@@ -66,9 +71,11 @@ def build(args: argparse.Namespace) -> int:
         return 0
     path = checkpoint_path(spec)
     if args.rebuild or not path.exists():
-        print(f"pretraining {spec.model} from scratch: {spec.steps} steps of batch {spec.batch_size} on "
-              f"{spec.threads} thread(s); the shipped build took {shipped['pretraining_minutes']:.1f} min "
-              "on the machine that built it (one time: the result is cached)", flush=True)
+        took = f"; the shipped build took {shipped['pretraining_minutes']:.1f} min on the machine that built it" \
+            if shipped else ""
+        print(f"pretraining {spec.model} from scratch: {spec.image_warmup_steps} image-tower warm-up and {spec.steps} "
+              f"contrastive steps of batch {spec.batch_size} on {spec.threads} thread(s){took} (one time: the "
+              "result is cached)", flush=True)
     path = ensure_embedded_model(spec, rebuild=args.rebuild, progress=not args.no_progress)
     built = json.loads(checkpoint_metadata(path)["metrics"])
     print(f"this build (seed {spec.seed}, {spec.steps} steps, {spec.threads} thread(s)): {path}")
