@@ -94,32 +94,19 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
         raise ValueError("validity needs the runs of the selected plan (variant 'selected')")
     per_axis = {axis: {v: np.stack([_scope_items(run, axis) for run in grouped[v]]) for v in dict.fromkeys(variants)}
                 for axis in AXES}
+    variants = list(dict.fromkeys(variants))
+    point = _gains(per_axis, variants, sweep, candidates, None, None)
+    replicates = []
+    for _ in range(n_boot):  # each variant's seeds and the (shared) items resampled
+        seed_draws = {v: rng.integers(0, len(per_axis[AXES[0]][v]), len(per_axis[AXES[0]][v])) for v in variants}
+        item_draws = {a: rng.integers(0, per_axis[a]["frozen"].shape[1], per_axis[a]["frozen"].shape[1]) for a in AXES}
+        replicates.append(_gains(per_axis, variants, sweep, candidates, seed_draws, item_draws))
     results = {}
     for axis in (*AXES, "mean"):
-        def gains_of(draw_seeds, draw_items):
-            values = {}
-            for variant in dict.fromkeys(variants):
-                if axis == "mean":
-                    parts = [_mean(per_axis[a][variant], draw_seeds, draw_items, a) for a in AXES]
-                    values[variant] = float(np.mean(parts))
-                else:
-                    values[variant] = _mean(per_axis[axis][variant], draw_seeds, draw_items, axis)
-            frozen = values["frozen"]
-            return ({b: values[sweep[b]] - frozen for b in range(n_layers)},
-                    {name: values[name] - frozen for name in candidates})
-
-        sweep_gain, plan_gain = gains_of(None, None)
-        boot_gains, boot_rho = [], {name: [] for name in scores}
-        for _ in range(n_boot):
-            draw_seeds = lambda n: rng.integers(0, n, n)  # noqa: E731
-            items = {a: rng.integers(0, per_axis[a]["frozen"].shape[1], per_axis[a]["frozen"].shape[1]) for a in AXES}
-            g, _ = gains_of(draw_seeds, items)
-            vector = np.array([g[b] for b in range(n_layers)])
-            boot_gains.append(vector)
-            for name, score in scores.items():
-                boot_rho[name].append(_spearman(score, vector))
+        sweep_gain, plan_gain = point[axis]
         vector = np.array([sweep_gain[b] for b in range(n_layers)])
-        boot_gains = np.stack(boot_gains)
+        boot_gains = np.stack([[replicate[axis][0][b] for b in range(n_layers)] for replicate in replicates])
+        boot_rho = {name: [_spearman(score, gains) for gains in boot_gains] for name, score in scores.items()}
         best = max(plan_gain, key=lambda name: (plan_gain[name], name == "selected"))
         chosen = plan_gain["selected"]
         results[axis] = Validity(
@@ -133,10 +120,23 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
     return results
 
 
-def _mean(matrix: np.ndarray, draw_seeds, draw_items, axis: str) -> float:
-    """Mean scope accuracy over (resampled) seeds and (resampled) items of one variant: matrix [seeds, items]."""
-    rows = matrix if draw_seeds is None else matrix[draw_seeds(matrix.shape[0])]
-    return float(rows.mean() if draw_items is None else rows[:, draw_items[axis]].mean())
+def _gains(per_axis: dict, variants: list[str], sweep: dict[int, str], candidates: dict[str, list[int]],
+           seed_draws: dict[str, np.ndarray] | None, item_draws: dict[str, np.ndarray] | None) -> dict[str, tuple]:
+    """axis -> ({block: single-block gain}, {equal-size plan: gain}) over frozen, on (resampled) seeds and items."""
+    means = {}
+    for axis in AXES:
+        for variant in variants:
+            rows = per_axis[axis][variant]  # [seeds, items]
+            rows = rows if seed_draws is None else rows[seed_draws[variant]]
+            means[axis, variant] = float(rows.mean() if item_draws is None else rows[:, item_draws[axis]].mean())
+    for variant in variants:
+        means["mean", variant] = float(np.mean([means[axis, variant] for axis in AXES]))
+    out = {}
+    for axis in (*AXES, "mean"):
+        frozen = means[axis, "frozen"]
+        out[axis] = ({b: means[axis, name] - frozen for b, name in sweep.items()},
+                     {name: means[axis, name] - frozen for name in candidates})
+    return out
 
 
 def _spearman(score: np.ndarray, gains: np.ndarray) -> float:
