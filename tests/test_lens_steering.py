@@ -13,7 +13,7 @@ from probing.measure.scoring import HeldOutSet, training_captions
 from probing.measure.steering import negation_directions, steering_rows
 from probing.models.factory import create_model
 from probing.models.hooked import HookedCLIPText
-from probing.synthetic.suite import recall_among
+from probing.measure.metrics import recall_among
 
 
 @pytest.fixture(scope="module")
