@@ -15,3 +15,7 @@ EMBEDDED = "embedded"  # the model name that selects them: "embedded" (= "embedd
 # per-layer measurements of probing.measure.layers, in the order they run
 MEASUREMENTS: tuple[str, ...] = ("probes", "sensitivity", "gradnorms", "causal")
 NEEDS_IMAGES: tuple[str, ...] = ("sensitivity", "gradnorms", "causal")
+
+# the kinds of real data file probing.data.load_dataset reads (its READERS)
+DATA_KINDS: tuple[str, ...] = ("ccneg", "negbench_mcq", "negbench_retrieval", "sugarcrepe", "valse_existence",
+                               "coco_captions", "coco_instances", "negrefcocog")
