@@ -13,11 +13,11 @@ numbers differ slightly: the differences are printed.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 
 from analysis.cli import common
-from analysis.cli.common import positive_int
+from analysis.cli.common import positive_int, seed, threads
 from probing.vocabulary import EMBEDDED, EMBEDDED_VARIANTS
 
 PROG = "build-embedded"
@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = common.CommandParser(PROG, __doc__)
     parser.add_argument("--spec", choices=tuple(EMBEDDED_VARIANTS), default="default",
                         help="'small' is the seconds-long smoke-test build")
-    parser.add_argument("--seed", type=int, help="pretraining seed (default: the spec's)")
+    parser.add_argument("--seed", type=seed, help="pretraining seed (default: the spec's)")
     parser.add_argument("--steps", type=positive_int, help="pretraining steps (default: the spec's)")
-    parser.add_argument("--threads", type=positive_int,
+    parser.add_argument("--threads", type=threads,
                         help="torch CPU threads of the build (default: the spec's); another count gives other weights")
     parser.add_argument("--rebuild", action="store_true", help="pretrain again even if the cache has this build")
     parser.add_argument("--no-progress", action="store_true")
@@ -42,18 +42,29 @@ def main(argv: list[str] | None = None) -> int:
     return common.run(PROG, build, args)
 
 
+def recorded_metrics(path) -> dict:
+    """The held-out numbers a build recorded in its checkpoint; a ModelLoadError if they are missing or damaged."""
+    from probing.models.factory import recorded_metrics
+    from probing.models.loading import ModelLoadError
+
+    metrics = recorded_metrics(path)
+    if metrics is None:
+        raise ModelLoadError(f"checkpoint file {path} records no metrics (not a build of this toolkit?)")
+    return metrics
+
+
 def build(args: argparse.Namespace) -> int:
-    from finetune.embedded import SPECS, checkpoint_path, ensure_embedded_model, format_metrics, with_overrides
+    from finetune.embedded import (SPECS, CacheError, checkpoint_path, ensure_embedded_model, format_metrics,
+                                   with_overrides)
     from probing.models.factory import embedded_checkpoint
-    from probing.models.loading import checkpoint_metadata
 
     shipped_path = embedded_checkpoint(args.spec)
-    shipped_meta = checkpoint_metadata(shipped_path)
-    shipped = json.loads(shipped_meta["metrics"])
+    shipped = recorded_metrics(shipped_path)
+    minutes = shipped.get("pretraining_minutes", math.nan)
     spec = with_overrides(SPECS[args.spec], seed=args.seed, steps=args.steps, threads=args.threads)
     print(f"shipped model {EMBEDDED}:{args.spec} ({spec.model}): {shipped_path}")
     if spec == SPECS[args.spec] and not args.rebuild:
-        print(f"held-out synthetic scenes ({spec.eval_scenes}); pretrained in {shipped['pretraining_minutes']:.1f} min "
+        print(f"held-out synthetic scenes ({spec.eval_scenes}); pretrained in {minutes:.1f} min "
               "when it was built:")
         print(format_metrics(shipped))
         print("(`build-embedded --rebuild` pretrains it again into the cache and compares)")
@@ -61,10 +72,13 @@ def build(args: argparse.Namespace) -> int:
     path = checkpoint_path(spec)
     if args.rebuild or not path.exists():
         print(f"pretraining {spec.model} from scratch: {spec.steps} steps of batch {spec.batch_size} on "
-              f"{spec.threads} thread(s); the shipped build took {shipped['pretraining_minutes']:.1f} min "
+              f"{spec.threads} thread(s); the shipped build took {minutes:.1f} min "
               "on the machine that built it (one time: the result is cached)", flush=True)
-    path = ensure_embedded_model(spec, rebuild=args.rebuild, progress=not args.no_progress)
-    built = json.loads(checkpoint_metadata(path)["metrics"])
+    try:
+        path = ensure_embedded_model(spec, rebuild=args.rebuild, progress=not args.no_progress)
+    except CacheError as error:
+        raise common.UsageError(str(error)) from None
+    built = recorded_metrics(path)
     print(f"this build (seed {spec.seed}, {spec.steps} steps, {spec.threads} thread(s)): {path}")
     print(format_metrics(built, compare=shipped))
     return 0
