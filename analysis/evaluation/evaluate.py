@@ -123,10 +123,10 @@ def _readable(items: Sequence, images: Sequence, failed: dict[str, str]) -> tupl
 
 
 def _encode_item_images(model, preprocess, items: Sequence, *, batch_size: int, cache: dict | None,
-                        failed: dict | None, progress: bool, image_of: Callable = lambda item: item.image):
+                        failed: dict | None, progress: bool):
     """(the items whose image decoded, their image features, (row, reason) of the others)."""
     failed = {} if failed is None else failed
-    images = [image_of(item) for item in items]
+    images = [item.image for item in items]
     features = image_features(model, preprocess, images, batch_size=batch_size, cache=cache, failed=failed,
                               progress=progress)
     kept, skipped = _readable(items, images, failed)
