@@ -6,7 +6,11 @@ Layout under the run folder:
     checkpoints/latest.json                      {"step": 300, "folder": "step_0000300"}
 Each file is written atomically and `latest.json` is switched only after both files of a step
 exist, so an interrupted save leaves the previous checkpoint in place. Older step folders are
-deleted only after the new one is complete.
+deleted only after the new one is complete; the temporary files a killed save leaves behind are
+removed by the next run (`sweep`).
+
+A damaged checkpoint (a `latest.json` that is not the pointer above, a `state.pt` torch cannot read or
+that lacks a part, weights that are not finite) is a `ResumeError` naming the file and what to do.
 """
 from __future__ import annotations
 
@@ -19,10 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from probing.io import atomic_torch_save, atomic_write_json
+from probing.io import atomic_torch_save, atomic_write_json, sweep_temporaries
 from probing.models.loading import save_clip_checkpoint
 
 LATEST = "latest.json"
+STATE_KEYS = ("optimizer", "scheduler", "settings", "step", "rng")
+
+
+class ResumeError(RuntimeError):
+    """--resume asked for something the checkpoint cannot give (other settings, a damaged file)."""
 
 
 @dataclass
@@ -44,11 +53,33 @@ def checkpoint_root(out_dir: str | Path) -> Path:
 
 
 def latest_checkpoint(out_dir: str | Path) -> Checkpoint | None:
+    """The checkpoint `latest.json` points at, None without one; a ResumeError if the pointer is damaged."""
     pointer = checkpoint_root(out_dir) / LATEST
+    if pointer.exists() and not pointer.is_file():
+        raise ResumeError(f"{pointer} is a folder, not the checkpoint pointer file")
     if not pointer.is_file():
         return None
-    record = json.loads(pointer.read_text(encoding="utf-8"))
-    return Checkpoint(int(record["step"]), checkpoint_root(out_dir) / record["folder"])
+    fix = ('it should read {"step": N, "folder": "step_000000N"}; remove the checkpoints folder to start again, '
+           "or choose another output folder")
+    try:
+        record = json.loads(pointer.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResumeError(f"{pointer} is damaged: not JSON ({error}); {fix}") from None
+    if (not isinstance(record, dict) or not isinstance(record.get("step"), int) or isinstance(record["step"], bool)
+            or record["step"] < 0 or not isinstance(record.get("folder"), str)
+            or Path(record["folder"]).name != record["folder"] or not record["folder"].startswith("step_")):
+        raise ResumeError(f"{pointer} is damaged: found {str(record)[:80]}; {fix}")
+    checkpoint = Checkpoint(record["step"], checkpoint_root(out_dir) / record["folder"])
+    missing = [path.name for path in (checkpoint.model_path, checkpoint.state_path) if not path.is_file()]
+    if missing:
+        raise ResumeError(f"{pointer} points at {checkpoint.folder}, which lacks {', '.join(missing)}; remove the "
+                          "checkpoints folder to start again, or choose another output folder")
+    return checkpoint
+
+
+def sweep(out_dir: str | Path) -> list[Path]:
+    """Remove the temporary files that killed writers left in a run folder and its checkpoints."""
+    return sweep_temporaries(out_dir, recursive=True)
 
 
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, state: dict[str, Any], *,
@@ -66,15 +97,41 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, state: dic
 
 
 def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, *, device: torch.device) -> dict[str, Any]:
-    """Load the weights into `model` (strict) and return the training state (RNG restored)."""
+    """Load the weights into `model` (strict) and return the training state (RNG restored).
+
+    Weights that are not finite (a checkpoint written before training checked them) and a training state
+    that torch cannot read or that lacks a part are ResumeErrors naming the file."""
     from probing.models.loading import load_state_dict_checked, read_checkpoint
 
     weights = read_checkpoint(checkpoint.model_path)
+    bad = non_finite_tensors(weights.state_dict)
+    if bad:
+        raise ResumeError(f"checkpoint {checkpoint.model_path} holds non-finite weights ({len(bad)} tensors, e.g. "
+                          f"{bad[0]}); it cannot be resumed: remove {checkpoint.folder.parent} and start again")
+    state = _read_state(checkpoint.state_path, device)
     load_state_dict_checked(model, weights.state_dict, source=str(checkpoint.model_path),
                             model_name=weights.metadata.get("open_clip_model", "?"))
-    state = torch.load(checkpoint.state_path, map_location=device, weights_only=True)
     set_rng_state(state["rng"])
     return state
+
+
+def _read_state(path: Path, device: torch.device) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # a damaged pickle fails in many ways (EOFError, RuntimeError, UnpicklingError, ...)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ResumeError(f"training state {path} is damaged ({type(error).__name__}: {first}); remove the "
+                          "checkpoints folder to start again, or choose another output folder") from None
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing or not isinstance(state["rng"], dict) or not isinstance(state["rng"].get("torch"), torch.Tensor):
+        raise ResumeError(f"training state {path} is damaged: it lacks {', '.join(missing) or 'the RNG state'}")
+    return state
+
+
+def non_finite_tensors(tensors: dict[str, torch.Tensor] | Any) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [name for name, value in dict(tensors).items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
 
 
 def rng_state() -> dict[str, Any]:

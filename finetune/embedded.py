@@ -9,13 +9,17 @@ contrastively on data that mirrors web captions: affirmative captions, plus a sm
 affirmative captions but not the scope of a negation.
 
 The checkpoint is cached under the user's cache directory, keyed by config and seed, written
-atomically, and loaded back through `probing.load_clip` like any local checkpoint.
+atomically, and loaded back through `probing.load_clip` like any local checkpoint. A build holds a
+lock file beside the checkpoint (`filelock`), so that two processes asking for the same build do not
+both pretrain: the second waits and then uses the first one's file. The metrics file is written
+before the weights, so a checkpoint that exists always has its metrics beside it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,7 +32,7 @@ from finetune.train import MAX_LOGIT_SCALE, lr_factor
 from probing.synthetic.world import SyntheticWorld, WorldConfig
 from probing.synthetic.record import world_metadata
 from probing.measure.encode import images_to_tensor
-from probing.io import atomic_write_json
+from probing.io import atomic_write_json, sweep_temporaries
 from probing.models.loading import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
 from probing.synthetic.suite import SyntheticSuite
 from probing.models.text_tower import TextTower
@@ -126,22 +130,50 @@ def world_for(spec: EmbeddedSpec = DEFAULT_SPEC) -> SyntheticWorld:
                           seed=spec.seed)
 
 
-def ensure_embedded_model(spec: EmbeddedSpec = DEFAULT_SPEC, *, rebuild: bool = False, progress: bool = True) -> Path:
-    """Path of the cached checkpoint, pretraining it first if it is not there (or `rebuild`)."""
+class CacheError(OSError):
+    """The model cache cannot be used (a file where its folder should be, no write permission)."""
+
+
+def ensure_embedded_model(spec: EmbeddedSpec = DEFAULT_SPEC, *, rebuild: bool = False, progress: bool = True,
+                          lock_timeout: float = -1) -> Path:
+    """Path of the cached checkpoint, pretraining it first if it is not there (or `rebuild`).
+
+    Under the build's lock: a process that waited for another one's build of the same spec uses that build
+    (with `rebuild` too, when it finished after this call began) instead of pretraining again.
+    lock_timeout: seconds to wait for the lock (-1: as long as it takes); then filelock.Timeout."""
+    from filelock import FileLock
+
     path = checkpoint_path(spec)
     if path.exists() and not rebuild:
         return path
-    model, metrics = pretrain(spec, progress=progress)
-    save_clip_checkpoint(model, path, model_name=spec.model, spec=asdict(spec), metrics=metrics,
-                         compact_init=embedding_init_record(model, spec), **world_metadata(world_for(spec)))
-    atomic_write_json(path.with_suffix(".json"), {"spec": asdict(spec), "metrics": metrics})
+    asked_at = time.time()
+    check_cache_folder(path.parent)
+    with FileLock(str(path.with_suffix(".lock")), timeout=lock_timeout):
+        if path.exists() and (not rebuild or path.stat().st_mtime >= asked_at):
+            return path  # built by another process while this one waited
+        sweep_temporaries(path.parent)  # a build killed half-way
+        model, metrics = pretrain(spec, progress=progress)
+        atomic_write_json(path.with_suffix(".json"), {"spec": asdict(spec), "metrics": metrics})
+        save_clip_checkpoint(model, path, model_name=spec.model, spec=asdict(spec), metrics=metrics,
+                             compact_init=embedding_init_record(model, spec), **world_metadata(world_for(spec)))
     return path
+
+
+def check_cache_folder(folder: Path) -> None:
+    """Raise CacheError if checkpoints cannot be written into `folder` (created when missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise CacheError(f"model cache folder {folder} cannot be used ({error.strerror or error}); set "
+                         "CLIP_NEGATION_CACHE to a writable folder") from None
 
 
 def embedded_metrics(spec: EmbeddedSpec = DEFAULT_SPEC) -> dict | None:
     """The metrics recorded when the cached model was built, or None if it is not built."""
-    path = checkpoint_path(spec).with_suffix(".json")
-    return json.loads(path.read_text())["metrics"] if path.exists() else None
+    path = checkpoint_path(spec)
+    return json.loads(path.with_suffix(".json").read_text())["metrics"] if path.exists() else None
 
 
 def pretrain(spec: EmbeddedSpec, *, progress: bool = True) -> tuple[torch.nn.Module, dict]:

@@ -19,8 +19,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from finetune.vocabulary import (GRADNORM_LOSSES, LOSS_NAMES, LOSS_OPTIONS, MCQ_LOSSES, MIX_OPTIONS, MIX_PARTS,
-                                 OMNI_MARGIN)
+from finetune.vocabulary import (GRADNORM_LOSSES, LOSS_KEYWORDS, LOSS_NAMES, LOSS_OPTIONS, MCQ_LOSSES, MIX_OPTIONS,
+                                 MIX_PARTS, OMNI_MARGIN)
 from probing.measure.metrics import check_normalized
 
 Tensor = torch.Tensor
@@ -294,11 +294,21 @@ if set(LOSS_SPECS) != set(LOSS_NAMES) or {n for n, s in LOSS_SPECS.items() if s.
     raise ImportError("finetune.vocabulary.LOSS_NAMES / MCQ_LOSSES drifted from LOSS_SPECS")
 
 
+# the keywords finetune.options checks are each loss function's own
+for _name, _spec in LOSS_SPECS.items():
+    if set(LOSS_KEYWORDS.get(_name, ())) != _keywords(_spec.fn):
+        raise ImportError(f"finetune.vocabulary.LOSS_KEYWORDS[{_name!r}] drifted from {_spec.fn.__name__}'s keywords")
+
 # every command-line option of a loss is a keyword of its function (the mix's omni options as omni_<name>)
 for _name, _options in LOSS_OPTIONS.items():
     _wanted = {("omni_" + o if _name == "mix" and o not in ("terms", "weights") else o) for o in _options} - {"weights"}
     if not _wanted <= _keywords(LOSS_SPECS[_name].fn):
         raise ImportError(f"finetune.vocabulary.LOSS_OPTIONS[{_name!r}] names options its loss does not take")
+
+
+def loss_keywords(spec: LossSpec) -> set[str]:
+    """The options (keyword arguments) a registered loss takes."""
+    return _keywords(spec.fn)
 
 
 def loss_spec(name: str) -> LossSpec:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 
 from probing.io import atomic_write_text
@@ -29,12 +30,21 @@ class MetricsLog:
             self._writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
 
     def _truncate_after(self, step: int) -> None:
-        rows = []
+        """Keep the rows up to `step`. A row that a killed writer left half-written (fewer fields than the
+        header, a step that is not a number) or bytes that are not UTF-8 are dropped, with a warning."""
+        rows, dropped = [], 0
         if self.path.is_file() and step > 0:
-            with self.path.open(newline="", encoding="utf-8") as handle:
-                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+            text = self.path.read_bytes().decode("utf-8", errors="replace")
+            for row in csv.DictReader(io.StringIO(text, newline="")):
+                row_step = _complete_row_step(row)
+                if row_step is None:
+                    dropped += 1
+                elif row_step <= step:
+                    rows.append(row)
+        if dropped:
+            warnings.warn(f"{self.path}: dropped {dropped} damaged row(s) (a write the run's interruption cut short)")
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.path, buffer.getvalue())
@@ -51,6 +61,17 @@ class MetricsLog:
         self._file.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _complete_row_step(row: dict) -> int | None:
+    """The step of a complete row; None for a damaged one (cut short, or holding undecodable bytes)."""
+    values = list(row.values())
+    if None in values or any("\ufffd" in str(value) for value in values):
+        return None
+    try:
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _fmt(value) -> str:

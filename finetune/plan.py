@@ -11,12 +11,14 @@ Block indices are checked against the model's depth when the plan is applied (`v
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 
 BLOCK_PARTS = ("all", "layernorm")
+MAX_BLOCK = 9_999  # the largest block index a layer list may name (ViT-bigG's text tower has 32 blocks)
 
 
 class PlanError(ValueError):
@@ -102,8 +104,8 @@ class LayerPlan:
         outside = [b for b in self.blocks if b >= n_layers]
         if outside:
             raise PlanError(
-                f"layer plan ({self.rule}) lists block(s) {outside}, but the text tower has {n_layers} "
-                f"blocks (0..{n_layers - 1})"
+                f"layer plan ({_shorten(self.rule)}) lists block(s) {describe_indices(outside)}, but the text tower "
+                f"has {n_layers} blocks (0..{n_layers - 1})"
             )
 
     def lr_weight(self, block: int) -> float:
@@ -129,7 +131,8 @@ class LayerPlan:
 
 
 def parse_layers(spec: str) -> list[int]:
-    """"0-5" -> [0..5], "0,2,4" -> [0, 2, 4], "0-2,7" -> [0, 1, 2, 7]."""
+    """"0-5" -> [0..5], "0,2,4" -> [0, 2, 4], "0-2,7" -> [0, 1, 2, 7]. Indices above MAX_BLOCK are refused
+    here, before a range such as "0-10000000000" is ever expanded."""
     blocks: list[int] = []
     for piece in str(spec).replace(" ", "").split(","):
         try:
@@ -137,21 +140,43 @@ def parse_layers(spec: str) -> list[int]:
                 low, high = (int(x) for x in piece.split("-", 1))
                 if high < low:
                     raise ValueError
-                blocks.extend(range(low, high + 1))
             else:
-                blocks.append(int(piece))
+                low = high = int(piece)
         except ValueError:
-            raise PlanError(f"bad layer list {spec!r}: use indices and ranges such as '0-5' or '0,1,2'") from None
+            raise PlanError(f"bad layer list {_shorten(spec)}: use indices and ranges such as '0-5' or '0,1,2'") \
+                from None
+        if high > MAX_BLOCK:
+            raise PlanError(f"layer list {_shorten(spec)} names block {_shorten(high)}; no text tower has more than "
+                            f"{MAX_BLOCK + 1} blocks")
+        blocks.extend(range(low, high + 1))
     return blocks
+
+
+def describe_indices(indices: list[int], limit: int = 8) -> str:
+    """[3, 4, 5, ..., 1000000] -> "3..1000000 (999998 blocks)"; a short list as it is."""
+    indices = sorted(indices)
+    if len(indices) <= limit:
+        return str(indices)
+    contiguous = indices[-1] - indices[0] + 1 == len(indices)
+    middle = ".." if contiguous else ", ..., "
+    return f"{indices[0]}{middle}{indices[-1]} ({len(indices)} blocks)"
+
+
+def _shorten(value: Any, limit: int = 60) -> str:
+    text = str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def _clean_blocks(blocks: Any, lr_weights: Any) -> tuple[list[int], dict[int, float] | None]:
     if not isinstance(blocks, (list, tuple)) or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
-        raise PlanError(f"blocks must be a list of integers, got {blocks!r}")
+        raise PlanError(f"blocks must be a list of integers, got {_shorten(blocks)}")
     if any(b < 0 for b in blocks):
-        raise PlanError(f"block indices must be >= 0, got {sorted(b for b in blocks if b < 0)}")
+        raise PlanError(f"block indices must be >= 0, got {describe_indices([b for b in blocks if b < 0])}")
+    if any(b > MAX_BLOCK for b in blocks):
+        too_large = describe_indices([b for b in blocks if b > MAX_BLOCK])
+        raise PlanError(f"block indices must be <= {MAX_BLOCK}, got {too_large}")
     if len(set(blocks)) != len(blocks):
-        raise PlanError(f"blocks lists an index twice: {list(blocks)}")
+        raise PlanError(f"blocks lists an index twice: {_shorten(list(blocks))}")
     if lr_weights is None:
         return sorted(blocks), None
     if not isinstance(lr_weights, dict):
@@ -164,7 +189,7 @@ def _clean_blocks(blocks: Any, lr_weights: Any) -> tuple[list[int], dict[int, fl
             raise PlanError(f"lr_weights key {key!r} is not a block index") from None
         if block not in blocks:
             raise PlanError(f"lr_weights gives block {block} a weight, but block {block} is not trained (not in blocks)")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise PlanError(f"lr_weights[{block}] must be a positive number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise PlanError(f"lr_weights[{block}] must be a positive finite number, got {_shorten(value)}")
         cleaned[block] = float(value)
     return sorted(blocks), cleaned

@@ -25,7 +25,13 @@ captions are tokenised once, and each text batch runs only up to its longest cap
 What makes it reproducible: the data order of epoch e is a permutation seeded by (seed, e), so
 the batch of any step is a function of the step; checkpoints carry optimizer, scheduler and RNG
 state; an interrupted run resumed from its checkpoint ends with the same weights as an
-uninterrupted one (bit-for-bit on CPU).
+uninterrupted one (bit-for-bit on CPU), SIGKILL at any moment included (tests/test_kill_resume.py).
+
+What keeps a bad run from passing for a good one: the settings are checked before anything runs
+(`check_config`: finite numbers, positive where they must be); the loss and gradient norm must be
+finite before a step, and after it every trained weight must be finite and at most `MAX_WEIGHT` in
+size: otherwise the run stops (NonFiniteLossError) before that step is saved, and the last
+checkpoint, whose weights passed the same check, stays the one to resume from.
 """
 from __future__ import annotations
 
@@ -41,11 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.checkpoint import Checkpoint, checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
+from finetune.checkpoint import (Checkpoint, ResumeError, checkpoint_root, latest_checkpoint, load_checkpoint,
+                                 save_checkpoint, sweep)
 from finetune.data import TrainingData, prepare_data
 from finetune.distributed import DistContext, rank_device, setup_distributed
 from finetune.freezing import apply_plan, planned_parts
-from finetune.losses import LossSpec, loss_spec
+from finetune.losses import LossSpec, loss_keywords, loss_spec
+from finetune.options import LossOptionError, check_loss_options
 from finetune.metrics_log import MetricsLog
 from finetune.plan import LayerPlan
 from probing.io import atomic_write_json
@@ -53,6 +61,11 @@ from probing.models.loading import resolve_device, save_clip_checkpoint
 from probing.models.text_tower import TextTower
 
 MAX_LOGIT_SCALE = math.log(100.0)  # t = exp(logit_scale) is clamped to at most 100
+# A trained weight larger than this has exploded: no CLIP weight comes near it (the largest are LayerNorm
+# gains of a few units; the logit scale is clamped to 4.6), and `--lr 1e30` puts weights at 1e28 in one step.
+MAX_WEIGHT = 1e3
+MAX_SEED = 2**32 - 1  # numpy's seed range (torch's is wider)
+MAX_LEARNING_RATE = 1.0  # AdamW moves each weight by about lr per step
 # settings that change the trajectory: a resumed run must use the same ones
 _RESUME_MUST_MATCH = ("loss", "loss_kwargs", "loss_weight", "lr", "weight_decay", "decay", "schedule", "warmup_steps",
                       "batch_size", "grad_accum", "clip_grad_norm", "seed", "betas", "eps", "precision", "second_loss",
@@ -66,11 +79,8 @@ SCHEDULES = ("cosine", "constant")
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training stopped because the loss (or its gradient) stopped being a finite number."""
-
-
-class ResumeError(RuntimeError):
-    """--resume asked for something the checkpoint cannot give."""
+    """Training stopped because the loss, its gradient or the weights after a step stopped being finite
+    (or the weights exploded past MAX_WEIGHT)."""
 
 
 @dataclass
@@ -177,11 +187,53 @@ def total_steps_of(config: TrainConfig, n_examples: int) -> int:
     return max(1, math.ceil(config.epochs * (n_examples // config.batch_size) / config.grad_accum))
 
 
-def _check_config(config: TrainConfig, n_examples: int, n_second: int | None, dist: DistContext) -> None:
+def check_config(config: TrainConfig) -> None:
+    """Refuse settings that cannot train (ValueError naming the setting): numbers must be finite, positive
+    where they must be (a negative gradient-norm limit would run gradient ascent), seeds in numpy's range."""
     for value, allowed, name in ((config.precision, PRECISIONS, "precision"), (config.decay, DECAY_RULES, "decay"),
                                  (config.schedule, SCHEDULES, "schedule")):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    numbers = {"lr": (config.lr, 0, MAX_LEARNING_RATE, False), "eps": (config.eps, 0, 1, False),
+               "weight_decay": (config.weight_decay, 0, math.inf, True),
+               "loss_weight": (config.loss_weight, 0, math.inf, False),
+               "second_weight": (config.second_weight, 0, math.inf, False),
+               "clip_grad_norm": (config.clip_grad_norm or 0, 0, math.inf, True),
+               "epochs": (config.epochs if config.epochs is not None else 1, 0, math.inf, False)}
+    for name, (value, low, high, low_allowed) in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if value < low or (value == low and not low_allowed) or value > high:
+            bound = f">= {low}" if low_allowed else f"> {low}"
+            raise ValueError(f"{name} must be {bound}" + (f" and <= {high:g}" if high < math.inf else "")
+                             + f", got {value!r}")
+    betas = tuple(config.betas)
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {config.betas!r}")
+    integers = {"grad_accum": (config.grad_accum, 1), "warmup_steps": (config.warmup_steps, 0),
+                "batch_size": (config.batch_size, 2), "log_every": (config.log_every, 1),
+                "ckpt_every": (config.ckpt_every, 1), "keep_checkpoints": (config.keep_checkpoints, 1),
+                "image_batch_size": (config.image_batch_size, 1), "seed": (config.seed, 0)}
+    integers.update({name: (value, 1) for name, value in (("steps", config.steps), ("stop_at", config.stop_at),
+                                                         ("second_batch_size", config.second_batch_size))
+                     if value is not None})
+    for name, (value, low) in integers.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if config.seed > MAX_SEED:
+        raise ValueError(f"seed must be at most {MAX_SEED}, got {config.seed}")
+    for loss, options, what in ((config.loss, config.loss_kwargs, "loss_kwargs"),
+                                (config.second_loss, config.second_loss_kwargs, "second_loss_kwargs")):
+        if loss is None:
+            continue
+        spec = loss_spec(loss)  # an unknown loss is a ValueError naming the known ones
+        try:
+            check_loss_options(loss, options, loss_keywords(spec))
+        except LossOptionError as error:
+            raise ValueError(f"{what}: {error}") from None
+
+
+def _check_sizes(config: TrainConfig, n_examples: int, n_second: int | None, dist: DistContext) -> None:
     sources = [("", n_examples, config.batch_size)]
     if (config.second_loss is None) != (n_second is None):
         raise ValueError("a second loss needs second examples and second examples need a second loss")
@@ -194,8 +246,24 @@ def _check_config(config: TrainConfig, n_examples: int, n_second: int | None, di
             raise ValueError(f"{n} {what}examples are fewer than one batch of {batch_size}")
         if batch_size % dist.world_size:
             raise ValueError(f"{what}batch_size {batch_size} must divide by the number of processes {dist.world_size}")
-    if config.grad_accum < 1 or config.lr <= 0 or config.warmup_steps < 0:
-        raise ValueError("grad_accum must be >= 1, lr > 0 and warmup_steps >= 0")
+
+
+def trained_weights_problem(params: Sequence[torch.Tensor], names: Sequence[str] | None = None) -> str | None:
+    """Why the trained weights are no longer usable (a NaN or an infinity, or a weight past MAX_WEIGHT), or None.
+    One reduction and one synchronisation for all of them."""
+    if not params:
+        return None
+    largest = torch.stack([p.detach().abs().max().float() if p.numel() else p.new_zeros((), dtype=torch.float32)
+                           for p in params])  # NaN propagates through max
+    worst = float(largest.max()) if bool(torch.isfinite(largest).all()) else math.nan
+    if math.isfinite(worst) and worst <= MAX_WEIGHT:
+        return None
+    bad = [i for i, value in enumerate(largest.tolist()) if not math.isfinite(value) or value > MAX_WEIGHT]
+    named = [names[i] if names else f"parameter {i}" for i in bad]
+    if not math.isfinite(worst):
+        return f"{len(bad)} of {len(params)} trained tensors hold non-finite weights (e.g. {named[0]})"
+    return (f"the weights exploded: {named[0]} reaches {worst:.3g}, beyond {MAX_WEIGHT:g} "
+            f"({len(bad)} of {len(params)} trained tensors)")
 
 
 # --- the loss of one batch -----------------------------------------------------------------------
@@ -265,7 +333,8 @@ class Trainer:
         self.device = rank_device(resolve_device(config.device))
         self.dist = setup_distributed(self.device)
         self.spec: LossSpec = loss_spec(config.loss)
-        _check_config(config, len(examples), None if second_examples is None else len(second_examples), self.dist)
+        check_config(config)
+        _check_sizes(config, len(examples), None if second_examples is None else len(second_examples), self.dist)
         on_cuda = self.device.type == "cuda"
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision) if on_cuda else None
         # fp16 needs loss scaling (the authors' "amp"); a disabled scaler is a no-op
@@ -285,6 +354,7 @@ class Trainer:
                                              config.second_batch_size or config.batch_size, config.second_weight,
                                              config.second_loss_kwargs, stream=1))
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.param_names = [name for name, p in model.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(model, plan, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup_steps=config.warmup_steps, total_steps=self.total_steps,
@@ -329,13 +399,22 @@ class Trainer:
 
     def resume_or_start(self) -> None:
         self._refuse_to_overwrite()
+        if self.dist.is_main:
+            sweep(self.out_dir)  # temporary files of a writer that was killed
         checkpoint = latest_checkpoint(self.out_dir)
         if checkpoint is None:
             if self.config.resume and self.dist.is_main:
                 print(f"no checkpoint in {self.out_dir}: starting from step 0", flush=True)
             return
         state = load_checkpoint(checkpoint, self.model, device=self.device)
-        saved, now = json.loads(state["settings"]), self.run_settings()
+        try:
+            saved = json.loads(state["settings"])
+        except (TypeError, json.JSONDecodeError) as error:
+            raise ResumeError(f"training state {checkpoint.state_path} is damaged: its settings are not JSON "
+                              f"({error})") from None
+        if not isinstance(saved, dict):
+            raise ResumeError(f"training state {checkpoint.state_path} is damaged: its settings are not an object")
+        now = self.run_settings()
         defaults = json.loads(json.dumps({key: getattr(TrainConfig(), key) for key in _ADDED_SETTINGS}))
         changed = sorted(key for key in set(saved) | set(now)
                          if key != "world_size" and saved.get(key, defaults.get(key)) != now.get(key))
@@ -384,6 +463,9 @@ class Trainer:
                                    schedule=config.schedule)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        problem = trained_weights_problem(self.params, self.param_names)
+        if problem:  # this step broke the weights: stop before it is counted or saved
+            raise NonFiniteLossError(f"after the step, {problem}")
         with warnings.catch_warnings():  # a step the scaler skipped still advances the schedule, as the authors' does
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             self.scheduler.step()

@@ -18,6 +18,13 @@ LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
     "omni_absence": ("lambda_o", "lambda_t", "margin"),
     "mix": ("terms", "weights", "lam", "lambda_o", "lambda_t", "margin"),
 }
+# the keyword options of each loss function (finetune.losses checks them against the signatures); values are
+# checked by finetune.options.check_loss_options
+LOSS_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "clip": (), "conclip": ("terms",), "omni": ("lam", "lambda_o", "lambda_t", "margin"), "omni_presence": (),
+    "omni_absence": ("lambda_o", "lambda_t", "margin"), "negationclip": (), "tripletclip": (), "negbench_mcq": (),
+    "mix": MIX_PARTS + MIX_OPTIONS,
+}
 # Omni-NegCLIP's absence-loss hinge margin in the authors' training runs (their --margin default;
 # 0.2 is only the default of a function signature in their code)
 OMNI_MARGIN = 0.9

@@ -1,12 +1,22 @@
-"""Atomic file output: a run that is interrupted leaves either the old file or the new one, never half of one."""
+"""Atomic file output: a run that is interrupted leaves either the old file or the new one, never half of one.
+
+A temporary file is removed on every exit path Python sees (success, error, Ctrl-C; SIGTERM too under
+the commands, which turn it into SystemExit). Only SIGKILL (or a power cut) can leave one behind; its
+name carries the writer's process id (`.<name>.<pid>.<random>.tmp`), so `sweep_temporaries` can remove
+the ones whose writer is gone without touching those of a writer still at work.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+# a temporary file of atomic_path: .<final name>.<pid>.<random>.tmp
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 
 
 @contextlib.contextmanager
@@ -17,7 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -27,6 +37,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def sweep_temporaries(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files of atomic writes in `folder` whose writing process no longer runs
+    (left by SIGKILL); return them. Files of a writer that still runs are left alone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and not _running(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
 
 
 def _umask() -> int:

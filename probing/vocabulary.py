@@ -18,3 +18,7 @@ LAYER_MEASUREMENTS: tuple[str, ...] = ("probes", "sensitivity", "gradnorms", "ca
 LOCALISATION_MEASUREMENTS: tuple[str, ...] = ("patching", "heads", "lens", "steering")
 MEASUREMENTS: tuple[str, ...] = LAYER_MEASUREMENTS + LOCALISATION_MEASUREMENTS
 NEEDS_IMAGES: tuple[str, ...] = ("sensitivity", "gradnorms", "causal", "lens", "steering")
+
+# the kinds of real data file probing.data.load_dataset reads (its READERS)
+DATA_KINDS: tuple[str, ...] = ("ccneg", "negbench_mcq", "negbench_retrieval", "sugarcrepe", "valse_existence",
+                               "coco_captions", "coco_instances", "negrefcocog")

@@ -54,6 +54,25 @@ def test_streaming_to_disk_equals_memory(tiny, tmp_path):
     assert sorted(p.name for p in (tmp_path / "acts").iterdir()) == ["eot.npy"]  # no partial file left behind
 
 
+def test_an_interrupted_capture_leaves_no_partial_memory_map(tiny, tmp_path, monkeypatch):
+    import probing.measure.capture as capture
+
+    hooked, tokenizer = tiny
+    real, calls = capture._pooled_batch, {"n": 0}
+
+    def fail_on_third_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # Ctrl-C half-way through
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(capture, "_pooled_batch", fail_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        capture_pooled(hooked, tokenizer, CAPTIONS, pools=("eot", "mean"), batch_size=4, out_dir=tmp_path / "acts",
+                       progress=False)
+    assert calls["n"] == 3 and (tmp_path / "acts").is_dir() and not list((tmp_path / "acts").iterdir())
+
+
 def test_capture_accepts_plain_model_and_rejects_bad_pool(write_config):
     model, _, tokenizer = load_clip(write_config("tiny-capture2"))
     assert capture_pooled(model, tokenizer, ["a dog"], progress=False).shape[:2] == (5, 1)

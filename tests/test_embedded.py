@@ -3,8 +3,10 @@ a damaged file named as damaged, and builds that go to the cache, never over the
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +180,90 @@ def test_build_command_prints_the_shipped_numbers_and_compares_a_build(short_bui
     with pytest.raises(SystemExit):
         main(["--spec", "small", "--threads", "0"])
     assert "--threads: must be >= 1" in capsys.readouterr().err
+
+
+_LOCK_PROBE = """
+import json, os, sys, time
+from pathlib import Path
+go, ready, log = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+from finetune import embedded
+spec = embedded.with_overrides(embedded.SMALL_SPEC, steps=6, eval_scenes=100)
+real = embedded.pretrain
+def counted(*args, **kwargs):
+    with log.open("a") as handle:
+        handle.write(f"{os.getpid()}\\n")
+    return real(*args, **kwargs)
+embedded.pretrain = counted
+ready.write_text("ready")
+while not go.exists():
+    time.sleep(0.01)
+start = time.perf_counter()
+path = embedded.ensure_embedded_model(spec, progress=False, lock_timeout=300)
+print(json.dumps({"pid": os.getpid(), "path": str(path), "seconds": time.perf_counter() - start}))
+"""
+
+
+def test_two_processes_asking_for_one_build_pretrain_it_once(tmp_path):
+    """The build lock: both processes reach ensure_embedded_model together (a barrier file); one pretrains,
+    the other waits for it and returns the same file."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, CLIP_NEGATION_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    go, log = tmp_path / "go", tmp_path / "pretrained.log"
+    processes = [subprocess.Popen([sys.executable, "-c", _LOCK_PROBE, str(go), str(tmp_path / f"ready{i}"), str(log)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "probes did not start"
+        time.sleep(0.05)
+    go.write_text("go")
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    builders = log.read_text().split()
+    assert len(builders) == 1  # pretrained once
+    waiter = next(result for result in results if str(result["pid"]) != builders[0])
+    builder = next(result for result in results if str(result["pid"]) == builders[0])
+    assert results[0]["path"] == results[1]["path"] and Path(results[0]["path"]).is_file()
+    assert waiter["seconds"] >= 0.5 * builder["seconds"]  # it waited for the build instead of doing its own
+    assert Path(results[0]["path"]).with_suffix(".json").is_file()
+    assert not list(Path(results[0]["path"]).parent.glob("*.tmp"))
+
+
+def test_metrics_file_is_written_before_the_weights(tmp_path, monkeypatch):
+    """A checkpoint that exists always has its metrics file beside it: the metrics go first."""
+    monkeypatch.setenv("CLIP_NEGATION_CACHE", str(tmp_path))
+    written = []
+    monkeypatch.setattr(embedded, "pretrain", lambda spec, progress=True: (create_model("embedded:small").model,
+                                                                           {"scope_accuracy": 0.5}))
+    real_json, real_weights = embedded.atomic_write_json, embedded.save_clip_checkpoint
+    monkeypatch.setattr(embedded, "atomic_write_json", lambda path, obj: written.append(Path(path).suffix)
+                        or real_json(path, obj))
+    monkeypatch.setattr(embedded, "save_clip_checkpoint", lambda model, path, **kw: written.append(Path(path).suffix)
+                        or real_weights(model, path, **kw))
+    spec = embedded.with_overrides(SMALL_SPEC, steps=7)
+    path = ensure_embedded_model(spec, progress=False)
+    assert written == [".json", ".safetensors"] and embedded.embedded_metrics(spec) == {"scope_accuracy": 0.5}
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def test_a_cache_that_is_a_file_is_named_before_any_pretraining(tmp_path, monkeypatch):
+    cache = tmp_path / "cache-file"
+    cache.write_text("not a folder")
+    monkeypatch.setenv("CLIP_NEGATION_CACHE", str(cache))
+    monkeypatch.setattr(embedded, "pretrain", lambda *a, **k: pytest.fail("pretrained into an unusable cache"))
+    with pytest.raises(embedded.CacheError, match="model cache folder .*cache-file/embedded cannot be used"):
+        ensure_embedded_model(embedded.with_overrides(SMALL_SPEC, steps=5), progress=False)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

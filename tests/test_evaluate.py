@@ -553,3 +553,114 @@ def test_published_table_rows_name_real_sections_and_metrics():
     assert {row.model: row.value for row in table[("negbench_mcq/coco", "mcq_accuracy/template=negative")]} == {
         "CLIP ViT-B/32": 0.068}
     assert set(BENCHMARKS) >= {section.split("/")[0] for section in sections if section != "summary"}
+
+
+# ---- no silently wrong number: unreadable images, captions cut by the context, duplicates, nothing left ----
+
+
+def test_a_truncated_jpeg_costs_its_rows_not_the_benchmark(tiny, shared_data, tmp_path):
+    model, preprocess, tokenizer, _ = tiny
+    images = sorted(coco(shared_data).glob("*.jpg"))[:3]
+    root = tmp_path / "images"
+    root.mkdir()
+    for image in images[:2]:
+        shutil.copy(image, root / image.name)
+    data = images[2].read_bytes()
+    (root / images[2].name).write_bytes(data[:len(data) // 2])  # a download cut half-way
+    mcq = tmp_path / "mcq.csv"
+    mcq.write_text("image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n" +
+                   "".join(f"val2017/{image.name},0,a photo,no photo,a cat,no cat,positive\n" for image in images) +
+                   f"val2017/{images[2].name},1,a dog,no dog,a bus,no bus,negative\n")
+    out = ev.evaluate_all(model, preprocess, tokenizer, which=["negbench_mcq", "sugarcrepe"], image_root=root,
+                          files={"negbench_mcq": [mcq], "sugarcrepe": [_sugarcrepe_fold(tmp_path, images)]})
+    assert not out["failed"]
+    for section, rows in (("negbench_mcq/mcq", 4), ("sugarcrepe", 3)):
+        counts = out["sections"][section]["counts"]
+        assert counts["rows_read"] == rows and counts["n_evaluated"] == 2  # the two good images' rows
+        assert counts["skip_reasons"] == {"image unreadable": rows - 2}
+        assert images[2].name in counts["skipped_examples"][0]["problem"]
+    # the good rows score as they would alone: the same numbers without the broken image's rows
+    alone = ev.evaluate_mcq(model, preprocess, tokenizer, [item for item in
+                                                           _load(mcq, root) if images[2].name not in item.image])
+    assert out["sections"]["negbench_mcq/mcq"]["metrics"] == alone["metrics"]
+
+
+def _sugarcrepe_fold(tmp_path: Path, images) -> Path:
+    fold = tmp_path / "sugar" / "add_obj.json"
+    fold.parent.mkdir()
+    fold.write_text(json.dumps({str(i): {"filename": image.name, "caption": "a cat on a mat",
+                                         "negative_caption": "a dog on a mat"} for i, image in enumerate(images)}))
+    return fold
+
+
+def _load(path, root):
+    from probing.data import load_negbench_mcq as load
+
+    return load(path, root, strict=False)
+
+
+def test_captions_cut_by_the_context_are_counted_and_pairs_the_cut_makes_equal_are_left_out(tiny, shared_data,
+                                                                                             tmp_path):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    model, preprocess, tokenizer, _ = tiny  # a 32-token context
+    image = sorted(coco(shared_data).glob("*.jpg"))[0].name
+    long = "a big red bus parked next to a small green tree " * 4
+    pairs = {"past_the_cut": (long + "and a cat", long + "and a dog"),  # differ after token 32 only
+             "early": ("a cat " + long, "a dog " + long),  # both cut, different from the start
+             "short": ("a cat on a sofa", "a dog on a sofa")}
+    fold = tmp_path / "folds" / "add_obj.json"
+    fold.parent.mkdir()
+    fold.write_text(json.dumps({key: {"filename": image, "caption": caption, "negative_caption": foil}
+                                for key, (caption, foil) in pairs.items()}))
+    pairs_loaded = load_sugarcrepe(fold, coco(shared_data), strict=False)
+    result = ev.evaluate_foils(model, preprocess, tokenizer, pairs_loaded)
+    # counted a second way: open_clip's BPE, plus start and end tokens, against the 32-token context
+    bpe = SimpleTokenizer()
+    too_long = {key: [len(bpe.encode(text)) + 2 > 32 for text in pair] for key, pair in pairs.items()}
+    assert too_long == {"past_the_cut": [True, True], "early": [True, True], "short": [False, False]}
+    counts = result["counts"]
+    assert counts["n_evaluated"] == 2 and counts["skip_reasons"] == {"captions identical after the cut": 1}
+    assert counts["skipped_examples"][0]["row"] == "past_the_cut"
+    assert counts["cut"] == {"context_length": 32, "captions_cut": 2, "items_with_a_cut_caption": 1, "counted": True}
+    assert result["metrics"]["accuracy"]["n"] == 2
+    table = ev.markdown_table({"sections": {"sugarcrepe": result}})
+    assert "| 2 (32 tokens) |" in table
+    assert ev.cut_notes({"sections": {"sugarcrepe": result}}) == [
+        "sugarcrepe: 2 captions longer than the 32-token context were cut (1 items); 1 items left out because "
+        "their compared captions were the same tokens"]
+
+
+def test_duplicated_rows_are_counted_and_leave_the_numbers_unchanged(tiny, shared_data, tmp_path):
+    model, preprocess, tokenizer, _ = tiny
+    source = shared_data / "negbench/COCO_val_retrieval.csv"
+    lines = source.read_text(encoding="utf-8").splitlines()
+    present = {path.name for path in coco(shared_data).glob("*.jpg")}
+    rows = [line for line in lines[1:] if any(name in line for name in present)][:15]
+    once, twice = tmp_path / "once.csv", tmp_path / "twice.csv"
+    once.write_text("\n".join([lines[0]] + rows) + "\n")
+    twice.write_text("\n".join([lines[0]] + rows + rows[:10]) + "\n")  # 10 rows repeated word for word
+    results = [ev.evaluate_retrieval(model, preprocess, tokenizer,
+                                     load_negbench_retrieval(path, coco(shared_data), strict=False))
+               for path in (once, twice)]
+    assert results[1]["metrics"] == results[0]["metrics"]
+    assert results[1]["counts"]["skip_reasons"] == {"duplicate": 10} and results[1]["counts"]["rows_read"] == 25
+    assert results[1]["counts"]["n_evaluated"] == results[0]["counts"]["n_evaluated"] == 15
+    mcq_lines = (shared_data / "negbench/COCO_val_mcq_llama3.1_rephrased.csv").read_text(encoding="utf-8").splitlines()
+    mcq_rows = [line for line in mcq_lines[1:] if any(name in line for name in present)][:8]
+    doubled = tmp_path / "mcq.csv"
+    doubled.write_text("\n".join([mcq_lines[0]] + mcq_rows * 2) + "\n")
+    result = ev.evaluate_mcq(model, preprocess, tokenizer, load_negbench_mcq(doubled, coco(shared_data), strict=False))
+    assert result["metrics"]["mcq_accuracy"]["n"] == 8 and result["counts"]["skip_reasons"] == {"duplicate": 8}
+
+
+def test_a_benchmark_left_with_nothing_to_evaluate_is_a_failure_not_an_empty_table(tiny, shared_data, tmp_path):
+    model, preprocess, tokenizer, _ = tiny
+    mcq = tmp_path / "mcq.csv"
+    mcq.write_text("image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n"
+                   "nowhere/a.jpg,0,a,b,c,d,positive\nnowhere/b.jpg,9,a,b,c,d,positive\n")
+    out = ev.evaluate_all(model, preprocess, tokenizer, which=["negbench_mcq"], files={"negbench_mcq": [mcq]},
+                          image_root=coco(shared_data))
+    assert out["sections"] == {}
+    assert out["failed"] == {"negbench_mcq/mcq": f"{mcq}: nothing to evaluate: 2 rows read, none usable (image not "
+                                                 "found (1); correct_answer 9 is not a caption index 0..3 (1))"}

@@ -135,3 +135,22 @@ def test_real_negation_task_from_generator(shared_data):
                 for text in (e.caption, e.presence_negated, e.absence_negated)}
     assert held == expected
     assert set(np.unique(task.labels[task.tests["heldout_cue"]])) == {0, 1}
+
+
+def test_real_negation_task_from_ccneg_rows_without_subjects(tmp_path):
+    """CC-Neg gives no subject: the control labelling's type is then the example (a caption and its negated twin
+    share a control label), so the control probe has both classes to fit; one example alone is refused."""
+    from probing.data import load_ccneg
+
+    rows = ["image_path,caption,negative_prompt"] + [f"im{i}.jpg,a dog next to a {o},a dog with no {o}"
+                                                    for i, o in enumerate(["cat", "cup", "bus", "car", "tree", "boat"])]
+    path = tmp_path / "ccneg.csv"
+    path.write_text("\n".join(rows) + "\n")
+    examples = load_ccneg(path, split="all")
+    task = real_negation_task(examples, train_cues=("no",), n_in_distribution=0.0)
+    assert len(task.train) == 12 and set(task.labels[task.train]) == {0, 1}
+    assert set(task.control_labels[task.train]) == {0, 1}
+    assert all(twin.startswith("a dog with no") for twin in task.captions[1::2])  # each caption, then its twin
+    assert (task.control_labels[0::2] == task.control_labels[1::2]).all()
+    with pytest.raises(ValueError, match="holds one class of control labels only"):
+        real_negation_task(examples[:1], train_cues=("no",), n_in_distribution=0.0)

@@ -371,3 +371,112 @@ def test_cli_fine_tunes_on_the_world_the_checkpoint_records_and_passes_the_recor
     assert checkpoint_world(plain) is None
     assert main(common + ["--pretrained", str(plain), "--out", str(tmp_path / "plain")]) == 0
     assert checkpoint_world(tmp_path / "plain" / "model.safetensors").config == WorldConfig(image_size=size)
+
+
+# --- guards: weights after each step, settings before any ---------------------------------------------------
+
+def _break_weights_at(trainer, step: int, damage) -> None:
+    """Make the optimizer's `step`-th update damage the first trained block's weight (as a bad lr would)."""
+    target = next(p for name, p in trainer.model.named_parameters() if p.requires_grad and p.ndim == 2)
+    calls = {"n": 0}
+
+    def hook(optimizer, args, kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            with torch.no_grad():
+                damage(target)
+
+    trainer.optimizer.register_step_post_hook(hook)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.view(-1)[0].fill_(float("inf")), r"after the step, 1 of \d+ trained tensors hold non-finite weights"),
+    (lambda p: p.view(-1)[3].fill_(float("nan")), r"non-finite weights"),
+    (lambda p: p.mul_(1e6), r"the weights exploded: .* reaches [\d.e+]+, beyond 1000"),
+])
+def test_broken_weights_after_a_step_stop_the_run_and_keep_the_last_finite_checkpoint(tiny, tmp_path, damage, message):
+    from finetune.checkpoint import non_finite_tensors
+    from probing.models.loading import read_checkpoint
+
+    model, preprocess, tokenizer = fresh(tiny)
+    trainer = Trainer(model, tokenizer, preprocess, make_examples(12), PLAN,
+                      config(tmp_path, loss="clip", steps=8, grad_accum=1, ckpt_every=2))
+    _break_weights_at(trainer, 5, damage)
+    with pytest.raises(NonFiniteLossError, match=message) as stopped:
+        trainer.fit()
+    assert "step_0000004 (step 4)" in str(stopped.value) and "stopped at step 5" in str(stopped.value)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    assert checkpoint.step == 4 and not non_finite_tensors(read_checkpoint(checkpoint.model_path).state_dict)
+    assert max(float(t.abs().max()) for t in read_checkpoint(checkpoint.model_path).state_dict.values()) < 100
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert [r["step"] for r in rows(tmp_path / "run")] == ["1", "2", "3", "4"]
+
+
+def test_a_run_resumed_after_the_guard_stopped_it_starts_from_the_finite_checkpoint(tiny, tmp_path):
+    model, preprocess, tokenizer = fresh(tiny)
+    trainer = Trainer(model, tokenizer, preprocess, make_examples(12), PLAN,
+                      config(tmp_path, loss="clip", steps=6, grad_accum=1, ckpt_every=2))
+    _break_weights_at(trainer, 3, lambda p: p.fill_(float("inf")))
+    with pytest.raises(NonFiniteLossError):
+        trainer.fit()
+    resumed, result = run(tiny, make_examples(12), config(tmp_path, loss="clip", steps=6, grad_accum=1, ckpt_every=2,
+                                                          resume=True))
+    whole, _ = run(tiny, make_examples(12), config(tmp_path, "whole", loss="clip", steps=6, grad_accum=1))
+    assert result.step == 6
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr": float("inf")}, "lr must be a finite number"),
+    ({"lr": float("nan")}, "lr must be a finite number"),
+    ({"lr": 1e30}, r"lr must be > 0 and <= 1"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"clip_grad_norm": -1.0}, "clip_grad_norm must be >= 0"),
+    ({"clip_grad_norm": float("inf")}, "clip_grad_norm must be a finite number"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+    ({"eps": 0.0}, "eps must be > 0"),
+    ({"steps": None, "epochs": float("inf")}, "epochs must be a finite number"),
+    ({"steps": None, "epochs": 0.0}, "epochs must be > 0"),
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"seed": 2**40}, "seed must be at most 4294967295"),
+    ({"betas": (1.0, 0.5)}, r"betas must be two numbers in \[0, 1\)"),
+    ({"grad_accum": 0}, "grad_accum must be an integer >= 1"),
+    ({"loss_weight": float("nan")}, "loss_weight must be a finite number"),
+    ({"loss": "omni", "loss_kwargs": {"lam": float("nan")}}, "loss_kwargs: loss option lam must be a finite number"),
+    ({"loss": "omni", "loss_kwargs": {"lam": -2.0}}, "loss option lam must be >= 0"),
+    ({"loss": "conclip", "loss_kwargs": {"terms": [9]}}, "loss option terms must be a non-empty list"),
+    ({"loss": "clip", "loss_kwargs": {"terms": [1]}}, "loss 'clip' takes no option"),
+    ({"precision": "fp8"}, "precision must be one of"),
+])
+def test_settings_that_cannot_train_are_refused_before_anything_runs(tmp_path, overrides, message):
+    from finetune.train import check_config
+
+    with pytest.raises(ValueError, match=message):
+        check_config(config(tmp_path, **overrides))
+    check_config(config(tmp_path))  # the defaults of these tests pass
+
+
+def test_every_file_a_run_writes_has_the_usual_permissions(tiny, tmp_path):
+    """Atomic writes start from mkstemp's 0600; what they leave must have the umask's permissions, like any file."""
+    import os
+    import stat
+
+    run(tiny, make_examples(12), config(tmp_path, loss="clip", steps=2, ckpt_every=1, grad_accum=1))
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
+    assert {path.name for path in files} >= {"model.safetensors", "state.pt", "latest.json", "run.json", "metrics.csv"}
+    assert {oct(stat.S_IMODE(path.stat().st_mode)) for path in files} == {oct(0o666 & ~mask)}
+
+
+def test_a_metrics_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    from finetune.metrics_log import MetricsLog
+
+    header = "step,epoch,loss,loss_second,lr,logit_scale,grad_norm,samples_per_s,elapsed_s\n"
+    (tmp_path / "metrics.csv").write_text(header + "1,0,0.5,,0.1,10,1,5,0.1\n2,0,0.4,,0.1,10,1,5,0.2\n3,0,0.3\n")
+    with pytest.warns(UserWarning, match="dropped 1 damaged row"):
+        log = MetricsLog(tmp_path, start_step=3, tensorboard=False)
+    log.close()
+    assert [row["step"] for row in rows(tmp_path)] == ["1", "2"]

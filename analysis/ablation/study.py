@@ -62,9 +62,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import inspect
 import io
 import json
+import math
 import shutil
 import time
 import warnings
@@ -156,7 +156,8 @@ class AblationConfig:
 
 
 def _check_config(config: AblationConfig) -> None:
-    from finetune.losses import LOSS_SPECS
+    from finetune.options import LossOptionError, check_loss_options
+    from finetune.train import MAX_LEARNING_RATE, MAX_SEED
 
     from probing.models.factory import embedded_variant, is_embedded
 
@@ -169,9 +170,14 @@ def _check_config(config: AblationConfig) -> None:
             raise AblationError(str(error)) from None
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
         raise AblationError(f"seeds must be distinct and at least one, got {list(config.seeds)}")
-    if config.loss not in LOSS_SPECS:
-        raise AblationError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSS_SPECS)}")
-    _check_loss_kwargs(LOSS_SPECS[config.loss].fn, config.loss, config.loss_kwargs)
+    for name, values in (("seeds", config.seeds), ("world_seed", [config.world_seed]),
+                         ("data_seed", [config.data_seed]), ("eval_seed", [config.eval_seed])):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEED for v in values):
+            raise AblationError(f"{name} must be integers in 0..{MAX_SEED}, got {list(values)}")
+    try:
+        check_loss_options(config.loss, config.loss_kwargs)
+    except LossOptionError as error:
+        raise AblationError(str(error)) from None
     for name, low in (("steps", 1), ("batch_size", 2), ("n_train", 2), ("eval_n", 100), ("eval_n_classification", 1),
                       ("ckpt_every", 1)):
         if getattr(config, name) < low:
@@ -179,19 +185,11 @@ def _check_config(config: AblationConfig) -> None:
                                 + (" (R@1 is measured among 100 scenes)" if name == "eval_n" else ""))
     if config.n_train < config.batch_size:
         raise AblationError(f"n_train {config.n_train} is fewer than one batch of {config.batch_size}")
-    if not config.lr > 0 or config.warmup_steps < 0:
-        raise AblationError("lr must be > 0 and warmup_steps >= 0")
+    if not (math.isfinite(config.lr) and 0 < config.lr <= MAX_LEARNING_RATE) or config.warmup_steps < 0:
+        raise AblationError(f"lr must be > 0 and <= {MAX_LEARNING_RATE:g}, and warmup_steps >= 0")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise AblationError(f"weight_decay must be a finite number >= 0, got {config.weight_decay}")
     parse_extras(config.extras)
-
-
-def _check_loss_kwargs(fn: Callable, loss: str, kwargs: dict[str, Any]) -> None:
-    """Refuse keyword arguments the loss does not take before any run starts, not at its first step."""
-    parameters = inspect.signature(fn).parameters
-    accepted = {name for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY and name != "scale"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise AblationError(f"loss {loss!r} takes no option(s) {', '.join(unknown)}; "
-                            f"its options: {', '.join(sorted(accepted)) or 'none'}")
 
 
 # --- variants -----------------------------------------------------------------------------------
@@ -402,7 +400,10 @@ def load_runs(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise AblationError(f"{path} cannot be read ({error}); restore it, or remove it to redo every run") from None
     runs, seen = [], set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -410,6 +411,10 @@ def load_runs(path: str | Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
             key = (record["variant"], int(record["seed"]))
+            metrics = record.get("metrics")
+            if (not isinstance(key[0], str) or not isinstance(metrics, dict)
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())):
+                raise ValueError("not a run record")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             if number == len(lines):
                 warnings.warn(f"{path}: ignoring an incomplete last line (an interrupted write); that run will be redone")
@@ -438,7 +443,7 @@ def check_study_settings(out_dir: Path, config: AblationConfig) -> None:
     path = out_dir / CONFIG_FILE
     settings = config.study_settings()
     if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+        saved = _saved_settings(path)
         changed = sorted(key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key))
         if changed:
             details = ", ".join(f"{key}: {saved.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
@@ -446,6 +451,18 @@ def check_study_settings(out_dir: Path, config: AblationConfig) -> None:
                                 "use the same settings to continue it, or another output folder")
         return
     atomic_write_json(path, {"settings": settings, "config": asdict(config)})
+
+
+def _saved_settings(path: Path) -> dict[str, Any]:
+    """The settings a study recorded in ablation_config.json; an AblationError naming the file if it is damaged."""
+    fix = "restore it, or remove it together with runs.jsonl to start the study again"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AblationError(f"{path} is damaged: not JSON ({error}); {fix}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise AblationError(f"{path} is damaged: it holds no 'settings' object; {fix}")
+    return record["settings"]
 
 
 def check_finished_runs(runs: Sequence[dict[str, Any]], plans: dict[str, Any]) -> None:
@@ -645,7 +662,10 @@ class AblationStudy:
         """Run what is not done yet (at most `max_runs` of it), then write table, summary and figure."""
         from tqdm.auto import tqdm
 
+        from probing.io import sweep_temporaries
+
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        sweep_temporaries(self.out_dir)  # the runs file or a table a killed study was writing
         check_study_settings(self.out_dir, self.config)
         runs = load_runs(self.runs_path)
         check_finished_runs(runs, self.plans)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from analysis.cli import common
-from analysis.cli.common import non_negative_int, positive_float, positive_int
+from analysis.cli.common import learning_rate, non_negative_float, non_negative_int, positive_int, seed
 from finetune.vocabulary import LOSS_NAMES
 
 PROG = "ablate-layers"
@@ -34,18 +35,18 @@ def build_parser() -> common.CommandParser:
     parser = common.CommandParser(PROG, __doc__)
     model = common.add_model_arguments(parser)
     model.title = "model (the image tower is always frozen)"
-    model.add_argument("--world-seed", type=int, default=0,
+    model.add_argument("--world-seed", type=seed, default=0,
                        help="random init and synthetic world of a model whose checkpoint records no world")
     loss = parser.add_argument_group("loss and budget (the same for every run)")
     loss.add_argument("--loss", choices=LOSS_NAMES, default="conclip")
     loss.add_argument("--loss-kwargs", default="{}", help="loss options as a JSON object, e.g. '{\"terms\": [1]}'")
     loss.add_argument("--steps", type=positive_int, default=200, help="optimizer steps per run")
     loss.add_argument("--batch-size", type=positive_int, default=128)
-    loss.add_argument("--lr", type=positive_float, default=5e-5)
+    loss.add_argument("--lr", type=learning_rate, default=5e-5)
     loss.add_argument("--warmup-steps", type=non_negative_int, default=20)
-    loss.add_argument("--weight-decay", type=float, default=0.2)
+    loss.add_argument("--weight-decay", type=non_negative_float, default=0.2)
     loss.add_argument("--n-train", type=positive_int, default=8192, help="training examples (shared by every run)")
-    loss.add_argument("--data-seed", type=int, default=0, help="seed of the training examples")
+    loss.add_argument("--data-seed", type=seed, default=0, help="seed of the training examples")
     study = parser.add_argument_group("study")
     study.add_argument("--seeds", default="0,1,2", help="comma list of training seeds (at least 3 for intervals worth reading)")
     study.add_argument("--variants", help="comma list among frozen, selected, front, middle, back, all, sweep, "
@@ -57,7 +58,7 @@ def build_parser() -> common.CommandParser:
                             "embeddings, ln_final, projection, logit_scale")
     study.add_argument("--eval-n", type=positive_int, default=1000, help="test items per held-out suite (>= 100)")
     study.add_argument("--eval-classification", type=positive_int, default=720, help="zero-shot test images")
-    study.add_argument("--eval-seed", type=int, default=1)
+    study.add_argument("--eval-seed", type=seed, default=1)
     run = common.add_run_arguments(parser)
     run.add_argument("--out", required=True, help="output folder (runs.jsonl, ablation_table.md, ablation_summary.*, ablation.png/pdf)")
     run.add_argument("--max-runs", type=positive_int, help="stop after this many runs (continue later with the same command)")
@@ -66,23 +67,20 @@ def build_parser() -> common.CommandParser:
     return parser
 
 
-def parse_seeds(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        parser.error(f"--seeds must be a comma list of integers such as '0,1,2', got {text!r}")
-    if not seeds:
-        parser.error("--seeds is empty")
-    return seeds
+def parse_loss_kwargs(text: str, loss: str, parser: argparse.ArgumentParser) -> dict:
+    """The JSON object of --loss-kwargs, each option one that `loss` takes with a value it can use."""
+    from finetune.options import LossOptionError, check_loss_options
 
-
-def parse_loss_kwargs(text: str, parser: argparse.ArgumentParser) -> dict:
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as error:
-        parser.error(f"--loss-kwargs is not JSON ({error.msg}): {text!r}")
+    except (json.JSONDecodeError, RecursionError) as error:
+        parser.error(f"--loss-kwargs is not JSON ({getattr(error, 'msg', error)}): {common.shown(text)}")
     if not isinstance(value, dict):
-        parser.error(f"--loss-kwargs must be a JSON object such as '{{\"lam\": 0.5}}', got {text!r}")
+        parser.error(f"--loss-kwargs must be a JSON object such as '{{\"lam\": 0.5}}', got {common.shown(text)}")
+    try:
+        check_loss_options(loss, value)
+    except LossOptionError as error:
+        parser.error(f"--loss-kwargs: {error}")
     return value
 
 
@@ -95,9 +93,10 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     try:
         return AblationConfig(
             model=args.model, pretrained=args.pretrained, world_seed=args.world_seed, loss=args.loss,
-            loss_kwargs=parse_loss_kwargs(args.loss_kwargs, parser), steps=args.steps, batch_size=args.batch_size,
+            loss_kwargs=parse_loss_kwargs(args.loss_kwargs, args.loss, parser), steps=args.steps,
+            batch_size=args.batch_size,
             lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, n_train=args.n_train,
-            data_seed=args.data_seed, seeds=parse_seeds(args.seeds, parser), eval_n=args.eval_n,
+            data_seed=args.data_seed, seeds=common.int_list(args.seeds, "--seeds", parser), eval_n=args.eval_n,
             eval_n_classification=args.eval_classification, eval_seed=args.eval_seed, variants=variants,
             plan_path=args.plan, extras=args.extras, device=args.device, ckpt_every=args.ckpt_every,
             keep_models=args.keep_models)
@@ -111,12 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants is not None and not args.variants.strip(",").strip():
         parser.error("--variants is empty")
     args.config = make_config(args, parser)
+    if args.plan is not None and not Path(args.plan).is_file():
+        parser.error(f"--plan: layer plan file {args.plan} does not exist")
+    common.check_output_folder(args.out, "--out", parser)
     return common.run(PROG, ablate, args)
 
 
 def ablate(args: argparse.Namespace) -> int:
     from analysis.ablation.study import AblationError, AblationStudy
-    from finetune.train import NonFiniteLossError, ResumeError
+    from finetune.train import NonFiniteLossError
 
     common.apply_threads(args)
     config = args.config
@@ -125,7 +127,7 @@ def ablate(args: argparse.Namespace) -> int:
         print(f"ablation of {study.base.label}: {len(study.variants)} variants x {len(config.seeds)} seeds "
               f"({study.n_layers} text blocks) -> {args.out}", flush=True)
         result = study.run(max_runs=args.max_runs)
-    except (AblationError, ResumeError) as error:
+    except AblationError as error:
         raise common.UsageError(str(error)) from None
     except NonFiniteLossError as error:
         raise common.Unsupported(str(error)) from None

@@ -15,11 +15,11 @@ numbers differ slightly: the differences are printed.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 
 from analysis.cli import common
-from analysis.cli.common import positive_int
+from analysis.cli.common import positive_int, seed, threads
 from finetune.vocabulary import BUILD_VARIANTS
 from probing.vocabulary import EMBEDDED, EMBEDDED_VARIANTS
 
@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spec", choices=tuple(EMBEDDED_VARIANTS) + BUILD_VARIANTS, default="default",
                         help="'small' is the seconds-long smoke-test build; " + ", ".join(BUILD_VARIANTS) +
                              " are built only (not shipped), compared with the shipped default")
-    parser.add_argument("--seed", type=int, help="pretraining seed (default: the spec's)")
+    parser.add_argument("--seed", type=seed, help="pretraining seed (default: the spec's)")
     parser.add_argument("--steps", type=positive_int, help="pretraining steps (default: the spec's)")
-    parser.add_argument("--threads", type=positive_int,
+    parser.add_argument("--threads", type=threads,
                         help="torch CPU threads of the build (default: the spec's); another count gives other weights")
     parser.add_argument("--rebuild", action="store_true", help="pretrain again even if the cache has this build")
     parser.add_argument("--no-progress", action="store_true")
@@ -46,15 +46,26 @@ def main(argv: list[str] | None = None) -> int:
     return common.run(PROG, build, args)
 
 
+def recorded_metrics(path) -> dict:
+    """The held-out numbers a build recorded in its checkpoint; a ModelLoadError if they are missing or damaged."""
+    from probing.models.factory import recorded_metrics
+    from probing.models.loading import ModelLoadError
+
+    metrics = recorded_metrics(path)
+    if metrics is None:
+        raise ModelLoadError(f"checkpoint file {path} records no metrics (not a build of this toolkit?)")
+    return metrics
+
+
 def build(args: argparse.Namespace) -> int:
-    from finetune.embedded import (SPECS, VARIANT_SPECS, checkpoint_path, ensure_embedded_model, format_metrics,
-                                   with_overrides)
+    from finetune.embedded import (SPECS, VARIANT_SPECS, CacheError, checkpoint_path, ensure_embedded_model,
+                                   format_metrics, with_overrides)
     from probing.models.factory import SHIPPED
-    from probing.models.loading import checkpoint_metadata
 
     shipped_name = args.spec if args.spec in SPECS else "default"
     shipped_path = SHIPPED / EMBEDDED_VARIANTS[shipped_name]
-    shipped = json.loads(checkpoint_metadata(shipped_path)["metrics"]) if shipped_path.is_file() else None
+    shipped = recorded_metrics(shipped_path) if shipped_path.is_file() else None
+    minutes = shipped.get("pretraining_minutes", math.nan) if shipped else math.nan
     spec = with_overrides(SPECS.get(args.spec) or VARIANT_SPECS[args.spec], seed=args.seed, steps=args.steps,
                           threads=args.threads)
     if shipped is None:
@@ -64,20 +75,21 @@ def build(args: argparse.Namespace) -> int:
     if spec == SPECS.get(args.spec) and not args.rebuild:
         if shipped is None:
             raise common.UsageError("nothing to show: pass --rebuild to build the model into the cache")
-        print(f"held-out synthetic scenes ({spec.eval_scenes}); pretrained in {shipped['pretraining_minutes']:.1f} min "
-              "when it was built:")
+        print(f"held-out synthetic scenes ({spec.eval_scenes}); pretrained in {minutes:.1f} min when it was built:")
         print(format_metrics(shipped))
         print("(`build-embedded --rebuild` pretrains it again into the cache and compares)")
         return 0
     path = checkpoint_path(spec)
     if args.rebuild or not path.exists():
-        took = f"; the shipped build took {shipped['pretraining_minutes']:.1f} min on the machine that built it" \
-            if shipped else ""
+        took = f"; the shipped build took {minutes:.1f} min on the machine that built it" if shipped else ""
         print(f"pretraining {spec.model} from scratch: {spec.image_warmup_steps} image-tower warm-up and {spec.steps} "
               f"contrastive steps of batch {spec.batch_size} on {spec.threads} thread(s){took} (one time: the "
               "result is cached)", flush=True)
-    path = ensure_embedded_model(spec, rebuild=args.rebuild, progress=not args.no_progress)
-    built = json.loads(checkpoint_metadata(path)["metrics"])
+    try:
+        path = ensure_embedded_model(spec, rebuild=args.rebuild, progress=not args.no_progress)
+    except CacheError as error:
+        raise common.UsageError(str(error)) from None
+    built = recorded_metrics(path)
     print(f"this build (seed {spec.seed}, {spec.steps} steps, {spec.threads} thread(s)): {path}")
     print(format_metrics(built, compare=shipped))
     return 0

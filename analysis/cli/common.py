@@ -8,19 +8,35 @@ Exit status (every command):
     1  the run itself cannot support what was asked (e.g. probe-layers' measurements support no
        layer plan); what was measured is saved first
 
+Every input is checked where it enters: numbers by the argument types below (finite, in range),
+output and cache folders by `writable_folder_problem` before any work, data files by the loaders
+(probing.data.reading). An error message is cut to one line of at most `MESSAGE_LIMIT` characters.
+
 Nothing here imports torch: `--help` and argument errors stay instant. Commands import their heavy
 modules after `parse_args`.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
+import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import Callable
 
 from probing.vocabulary import EMBEDDED, EMBEDDED_VARIANTS
 
 EXIT_UNSUPPORTED = 1
 EXIT_USAGE = 2
+MESSAGE_LIMIT = 500  # characters of an error line; a longer message is cut (a list of a million blocks is not news)
+MAX_COUNT = 2**31 - 1  # the largest count torch and numpy take everywhere (a C int)
+MAX_SEED = 2**32 - 1  # numpy's seed range (torch's is wider)
+MAX_THREADS = 1024  # torch starts as many threads as asked; more than this cannot help
+MAX_LEARNING_RATE = 1.0  # AdamW moves each weight by about lr per step; CLIP's weights are about 0.02
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class UsageError(Exception):
@@ -47,41 +63,66 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(prog=prog, formatter_class=Formatter, **kwargs)
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
+def one_line(message: object, limit: int = MESSAGE_LIMIT) -> str:
+    """`message` on one line, cut to `limit` characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[:limit - 30] + f"... ({len(text)} characters in all)"
+
+
+def shown(text: object, limit: int = 60) -> str:
+    """repr(text), cut: for messages that quote what the user typed."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 # --- argument types ----------------------------------------------------------------------------
 
 def _number(text: str, kind: type, name: str):
     try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {name}, got {text!r}") from None
+        value = kind(text)
+    except ValueError:  # int() also refuses more than 4300 digits this way
+        raise argparse.ArgumentTypeError(f"must be {name}, got {shown(text)}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {shown(text)}")
+    return value
+
+
+def _integer(text: str, low: int, high: int) -> int:
+    value = _number(text, int, "an integer")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"must be <= {high}, got {shown(value, 30)}")
+    return value
 
 
 def positive_int(text: str) -> int:
-    value = _number(text, int, "an integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return _integer(text, 1, MAX_COUNT)
 
 
 def non_negative_int(text: str) -> int:
-    value = _number(text, int, "an integer")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _integer(text, 0, MAX_COUNT)
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
     """An integer type with a floor."""
     def parse(text: str) -> int:
-        value = _number(text, int, "an integer")
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
+        return _integer(text, minimum, MAX_COUNT)
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def seed(text: str) -> int:
+    """A random seed: 0 .. 2**32 - 1, the range every generator here takes (numpy refuses negative seeds)."""
+    return _integer(text, 0, MAX_SEED)
+
+
+def threads(text: str) -> int:
+    """CPU threads: 1 .. MAX_THREADS."""
+    return _integer(text, 1, MAX_THREADS)
 
 
 def positive_float(text: str) -> float:
@@ -91,11 +132,47 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    return _number(text, float, "a number")
+
+
+def learning_rate(text: str) -> float:
+    value = positive_float(text)
+    if value > MAX_LEARNING_RATE:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_LEARNING_RATE:g} (AdamW moves each weight by about lr per "
+                                         f"step; CLIP's weights are about 0.02), got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     value = _number(text, float, "a number")
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
     return value
+
+
+def device_name(text: str) -> str:
+    """auto, cpu, mps, cuda or cuda:N (whether that device exists is checked when the model loads)."""
+    if not DEVICE_PATTERN.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"unknown device {shown(text)}; use auto, cpu, cuda or cuda:N")
+    return text.strip()
+
+
+def retype(value, kind: Callable[[str], object], option: str, parser: argparse.ArgumentParser):
+    """`value` (already parsed, e.g. by an older type or a recipe) checked again with the type `kind`."""
+    if value is None:
+        return None
+    try:
+        return kind(str(value))
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"argument {option}: {error}")
 
 
 def names(text: str, known: tuple[str, ...], option: str, parser: argparse.ArgumentParser) -> tuple[str, ...]:
@@ -109,15 +186,53 @@ def names(text: str, known: tuple[str, ...], option: str, parser: argparse.Argum
     return chosen
 
 
-def int_list(text: str, option: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
-    """A comma list of integers such as '0,1,2' (repeats dropped, order kept)."""
-    try:
-        values = tuple(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))
-    except ValueError:
-        parser.error(f"{option} takes a comma list of integers such as '0,1,2', got {text!r}")
+def int_list(text: str, option: str, parser: argparse.ArgumentParser, *,
+             kind: Callable[[str], int] = seed) -> tuple[int, ...]:
+    """A comma list of integers such as '0,1,2' (repeats dropped, order kept), each checked by `kind`
+    (default: a seed, 0 .. 2**32 - 1)."""
+    values = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            values.append(kind(part.strip()))
+        except argparse.ArgumentTypeError as error:
+            if not part.strip().lstrip("-").isdigit():
+                parser.error(f"{option} must be a comma list of integers such as '0,1,2', got {shown(text)}")
+            parser.error(f"{option}: each value {error}")
     if not values:
         parser.error(f"{option} is empty")
-    return values
+    return tuple(dict.fromkeys(values))
+
+
+def writable_folder_problem(folder: str | os.PathLike, what: str) -> str | None:
+    """Why files cannot be written into `folder` (created if missing), or None. Checked before any work,
+    without leaving anything behind: a file is created and removed in the folder or in its nearest
+    existing parent."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"{what} {folder} is a file, not a folder"
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{what} {folder} cannot be created: {existing} is a file"
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        where = "" if existing == folder else f" (its parent {existing} is not writable)"
+        return f"{what} {folder} is not writable{where}: {error.strerror or error}"
+    too_long = [part for part in folder.parts if len(part.encode()) > 255]
+    if too_long:
+        return f"{what} {folder} has a name longer than 255 bytes: {shown(too_long[0])}"
+    return None
+
+
+def check_output_folder(folder: str | os.PathLike, option: str, parser: argparse.ArgumentParser) -> None:
+    problem = writable_folder_problem(folder, option)
+    if problem:
+        parser.error(problem)
 
 
 # --- shared arguments ----------------------------------------------------------------------------
@@ -131,13 +246,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, device: bool = True)
     group.add_argument("--pretrained", help="open_clip pretrained tag (needs internet) or local checkpoint file "
                                             "(not with the embedded model)")
     if device:
-        group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        group.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     return group
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("run")
-    group.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    group.add_argument("--threads", type=threads, help="torch CPU threads (default: torch's choice)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     return group
 
@@ -176,17 +291,43 @@ def say(args: argparse.Namespace, message: str) -> None:
 
 
 def run(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """`body(args)`, with the errors a user can cause turned into one line and an exit status."""
+    """`body(args)`, with the errors a user can cause turned into one line and an exit status.
+
+    SIGTERM becomes SystemExit(143) while the body runs, so that `finally` blocks (the temporary files of
+    atomic writes, probing.io) clean up as on Ctrl-C; after SIGKILL the next run sweeps them
+    (probing.io.sweep_temporaries)."""
     from probing.data.records import DataError
     from probing.models.loading import ModelLoadError
 
+    from finetune.checkpoint import ResumeError
     from finetune.plan import PlanError
 
-    try:
-        return body(args)
-    except (DataError, ModelLoadError, PlanError, UsageError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except Unsupported as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return EXIT_UNSUPPORTED
+    with _sigterm_as_exit():
+        try:
+            return body(args)
+        except (DataError, ModelLoadError, PlanError, ResumeError, UsageError) as error:
+            print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+            return EXIT_USAGE
+        except Unsupported as error:
+            print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+            return EXIT_UNSUPPORTED
+
+
+class _sigterm_as_exit:
+    """Within the block, SIGTERM raises SystemExit(128 + 15) (main thread only; elsewhere a no-op)."""
+
+    def __enter__(self):
+        self.previous = None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._exit)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    @staticmethod
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)

@@ -13,8 +13,11 @@ count as wrong and every metric reports its ties; the published value for CLIP V
 is printed and written beside each metric that has one.
 
 torch and open_clip are imported after the arguments are checked, so `--help` is instant and a
-wrong argument fails at once (exit 2, as a model that cannot load). A benchmark file that turns out
-to be broken is recorded in the output and the other benchmarks still run; the exit status is then 2.
+wrong argument (an --out that is a file or cannot be written included) fails at once (exit 2, as a
+model that cannot load). A benchmark file that turns out to be broken, or that leaves nothing to
+evaluate, is recorded in the output and the other benchmarks still run; the exit status is then 2.
+Rows that cannot be evaluated (a missing or undecodable image, a duplicate, a pair that the context
+cut makes identical) are skipped and counted per benchmark, and so are captions the cut shortens.
 """
 from __future__ import annotations
 
@@ -75,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "else the model's image size)")
     run = common.add_run_arguments(parser)
     run.add_argument("--batch-size", type=positive_int, default=256)
-    run.add_argument("--seed", type=int, default=0, help="seed of the synthetic world, the generator and random weights")
+    run.add_argument("--seed", type=common.seed, default=0,
+                     help="seed of the synthetic world, the generator and random weights")
     run.add_argument("--out", type=Path, required=True, help=f"output folder ({OUTPUT_JSON}, {OUTPUT_MD})")
     return parser
 
@@ -114,6 +118,7 @@ def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(str(error))
     if not plan.runnable:
         parser.error("no benchmark can run: " + "; ".join(f"{k}: {v}" for k, v in plan.not_run.items()))
+    common.check_output_folder(args.out, "--out", parser)
     return sources, which, plan
 
 
@@ -125,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from analysis.evaluation.evaluate import evaluate_all, markdown_table, published_comparison
-    from probing.io import atomic_write_json, atomic_write_text
+    from analysis.evaluation.evaluate import cut_notes, evaluate_all, markdown_table, published_comparison
+    from probing.io import atomic_write_json, atomic_write_text, sweep_temporaries
     from probing.synthetic.record import default_world
 
     common.apply_threads(args)
@@ -153,13 +158,16 @@ def evaluate(args: argparse.Namespace) -> int:
         seed=args.seed, progress=not args.no_progress)
     result["not_run"] = {**not_run, **result["not_run"]}
     output = {"model": bundle.info, **result}
+    sweep_temporaries(args.out)  # what a killed earlier run was writing
     json_path = atomic_write_json(args.out / OUTPUT_JSON, output)
     md_path = atomic_write_text(args.out / OUTPUT_MD, markdown_table(result, model=bundle.label))
     for line in published_comparison(result):
         print(line, flush=True)
+    for line in cut_notes(result):
+        print(f"{PROG}: note: {line}", file=sys.stderr)
     print(f"wrote {json_path} and {md_path}", flush=True)
     for name, why in result["failed"].items():
-        print(f"{PROG}: error: {name} failed: {why}", file=sys.stderr)
+        print(f"{PROG}: error: {common.one_line(f'{name} failed: {why}')}", file=sys.stderr)
     return common.EXIT_USAGE if result["failed"] else 0
 
 

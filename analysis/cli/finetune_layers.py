@@ -29,11 +29,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from analysis.cli import common
-from analysis.cli.common import non_negative_int, positive_float, positive_int
+from analysis.cli.common import (device_name, finite_float, learning_rate, non_negative_float, non_negative_int,
+                                 positive_float, positive_int, seed)
 from finetune.vocabulary import EXTRAS, LOSS_NAMES, LOSS_OPTIONS, MCQ_LOSSES, MIX_PARTS
+from probing.vocabulary import DATA_KINDS
 
 PROG = "finetune-layers"
 PRECISIONS = ("bf16", "fp16", "fp32")  # finetune.train.PRECISIONS, here without importing torch
+SPLITS = ("train", "eval", "all")  # probing.data.ccneg.SPLITS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data", default="synthetic",
                       help="'synthetic', or a data file the loaders read (CC-Neg .pt/.csv/.jsonl, COCO captions, "
                            "NegBench MCQ CSV for --loss negbench_mcq ...)")
-    data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file (e.g. ccneg)")
+    data.add_argument("--data-kind", choices=DATA_KINDS, help="loader kind when it cannot be guessed from the file")
     data.add_argument("--image-root", help="folder that relative image paths in the data file start from")
-    data.add_argument("--split", default="train", help="split of a CC-Neg file (train / eval / all)")
+    data.add_argument("--split", choices=SPLITS, default="train", help="split of a CC-Neg file")
     data.add_argument("--n-examples", type=positive_int, default=10_000, help="synthetic examples to generate")
-    data.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic world")
+    data.add_argument("--data-seed", type=seed, default=0, help="seed of the synthetic world")
     data.add_argument("--skip-bad-rows", action="store_true",
                       help="skip (and count) rows of a data file whose image is missing or that are malformed, "
                            "instead of stopping at the first")
@@ -60,12 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the commas of CC-Neg's negated captions (default: removed, as the authors do)")
     second = parser.add_argument_group("second data source (its loss on a batch of its own in every step)")
     second.add_argument("--second-data", help="'synthetic' or a data file, as --data")
-    second.add_argument("--second-data-kind", help="loader kind of --second-data")
+    second.add_argument("--second-data-kind", choices=DATA_KINDS, help="loader kind of --second-data")
     second.add_argument("--second-image-root", help="image root of --second-data (default: --image-root)")
-    second.add_argument("--second-split", default="train", help="split of a CC-Neg file as --second-data")
+    second.add_argument("--second-split", choices=SPLITS, default="train",
+                        help="split of a CC-Neg file as --second-data")
     second.add_argument("--second-n-examples", type=positive_int,
                         help="synthetic second examples (default: --n-examples)")
-    second.add_argument("--second-data-seed", type=int,
+    second.add_argument("--second-data-seed", type=seed,
                         help="seed of the synthetic second examples (default: --data-seed + 1)")
     loss = parser.add_argument_group("loss")
     loss.add_argument("--loss", choices=LOSS_NAMES, default="conclip",
@@ -77,10 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--terms", help="CoN-CLIP terms to use, e.g. '1' or '1,2,3' (default: all available)")
     loss.add_argument("--weights", help="with --loss mix: weights such as 'scope_pair=1,clip=1'; parts not listed "
                                         f"get 0 (keys: {', '.join(MIX_PARTS)})")
-    loss.add_argument("--lam", type=float, help="Omni-NegCLIP weight of the absence loss (default 1)")
-    loss.add_argument("--lambda-o", type=float, help="Omni-NegCLIP weight of the original-caption term (default 1)")
-    loss.add_argument("--lambda-t", type=float, help="Omni-NegCLIP weight of the hinge (default 1)")
-    loss.add_argument("--margin", type=float, help="Omni-NegCLIP hinge margin m (default 0.9, the authors' runs)")
+    loss.add_argument("--lam", type=non_negative_float, help="Omni-NegCLIP weight of the absence loss (default 1)")
+    loss.add_argument("--lambda-o", type=non_negative_float,
+                      help="Omni-NegCLIP weight of the original-caption term (default 1)")
+    loss.add_argument("--lambda-t", type=non_negative_float, help="Omni-NegCLIP weight of the hinge (default 1)")
+    loss.add_argument("--margin", type=finite_float,
+                      help="Omni-NegCLIP hinge margin m, in [-2, 2] (default 0.9, the authors' runs)")
     layers = parser.add_argument_group("what trains (the image tower is always frozen)")
     layers.add_argument("--plan", help="layer plan JSON (as written by the layer selector)")
     layers.add_argument("--layers", help="text blocks to train, e.g. '0-5', '0,1,2' or 'all' (one of --plan, --layers)")
@@ -88,10 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         layers.add_argument(f"--train-{extra.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=False,
                             help=f"with --layers: also train {extra}")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--lr", type=positive_float, default=1e-5)
+    optim.add_argument("--lr", type=learning_rate, default=1e-5, help="peak learning rate, at most 1")
     optim.add_argument("--betas", default="0.9,0.98", help="AdamW betas 'b1,b2'")
     optim.add_argument("--eps", type=positive_float, default=1e-6, help="AdamW eps")
-    optim.add_argument("--weight-decay", type=float, default=0.2)
+    optim.add_argument("--weight-decay", type=non_negative_float, default=0.2)
     optim.add_argument("--decay", choices=("matrices", "all"), default="matrices",
                        help="which parameters decay: weight matrices only (not gains, biases, logit scale) or all")
     optim.add_argument("--warmup-steps", type=non_negative_int, default=50)
@@ -104,10 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--second-batch-size", type=positive_int,
                        help="batch of the second source (default: --batch-size)")
     optim.add_argument("--grad-accum", type=positive_int, default=1)
-    optim.add_argument("--clip-grad-norm", type=float, default=1.0, help="0 turns clipping off")
-    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--clip-grad-norm", type=non_negative_float, default=1.0, help="0 turns clipping off")
+    optim.add_argument("--seed", type=seed, default=0)
     run = common.add_run_arguments(parser)
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--precision", choices=PRECISIONS, default="bf16",
                      help="on CUDA: bf16 autocast, fp16 autocast with a gradient scaler, or fp32 (CPU: always fp32)")
     run.add_argument("--out", required=True, help="output folder (checkpoints, metrics.csv, tensorboard/, model.safetensors)")
@@ -134,7 +140,7 @@ def parse(argv: list[str] | None, parser: argparse.ArgumentParser) -> argparse.N
         unknown = sorted(set(recipe.settings) - known)
         if unknown:
             parser.error(f"--recipe {first.recipe}: unknown setting(s) {', '.join(unknown)}")
-        parser.set_defaults(**recipe.settings)
+        parser.set_defaults(**recipe_defaults(recipe.settings, first.recipe, parser))
     args = parser.parse_args(argv)
     args.recipe_loaded = recipe
     given = {flag.split("=", 1)[0] for flag in argv if flag.startswith("--")}
@@ -149,6 +155,34 @@ def parse(argv: list[str] | None, parser: argparse.ArgumentParser) -> argparse.N
             if f"--train-{flag}" not in given and f"--no-train-{flag}" not in given:
                 setattr(args, f"train_{extra}", False)
     return args
+
+
+def recipe_defaults(settings: dict, recipe: str, parser: argparse.ArgumentParser) -> dict:
+    """A recipe's settings checked as if typed on the command line: each by its option's type and choices
+    (a recipe file holding `"lr": -1` or `"loss": "magic"` is refused like the flag would be)."""
+    actions = {action.dest: action for action in parser._actions}
+    checked = {}
+    for name, value in settings.items():
+        action = actions[name]
+        where = f"--recipe {recipe}: setting {name!r}"
+        if value is None:
+            checked[name] = None
+            continue
+        if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
+            if not isinstance(value, bool):
+                parser.error(f"{where} must be true or false, got {common.shown(value)}")
+        elif isinstance(value, (dict, list, bool)):
+            parser.error(f"{where} must be a number or a string, got {common.shown(value)}")
+        else:
+            if action.type is not None:
+                try:
+                    value = action.type(str(value))
+                except (argparse.ArgumentTypeError, ValueError) as error:
+                    parser.error(f"{where} {error}")
+            if action.choices is not None and value not in action.choices:
+                parser.error(f"{where}: {common.shown(value)} is not one of {', '.join(map(str, action.choices))}")
+        checked[name] = value
+    return checked
 
 
 def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[dict, dict]:
@@ -181,21 +215,30 @@ def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
                 options["omni_" + name if loss == "mix" and name != "terms" else name] = given[name]
         return options
 
-    return options_of(args.loss), options_of(args.second_loss) if args.second_loss else {}
+    first, second = options_of(args.loss), options_of(args.second_loss) if args.second_loss else {}
+    from finetune.options import LossOptionError, check_loss_options
+
+    for loss, options in ((args.loss, first), (args.second_loss, second)):
+        try:
+            if loss:
+                check_loss_options(loss, options)
+        except LossOptionError as error:
+            parser.error(str(error))
+    return first, second
 
 
 def _mix_weights(text: str, parser: argparse.ArgumentParser) -> dict[str, float]:
     """The mix's weights; a part not listed gets 0, so the command line says the whole mix."""
     known = MIX_PARTS
     weights = dict.fromkeys(known, 0.0)
-    for item in text.split(","):
+    for item in str(text).split(","):
         name, _, value = item.partition("=")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            parser.error(f"--weights items look like 'conclip=1', got {item!r}")
         if name.strip() not in known:
-            parser.error(f"--weights: unknown loss {name.strip()!r}; known: {', '.join(known)}")
+            parser.error(f"--weights: unknown loss {common.shown(name.strip())}; known: {', '.join(known)}")
+        try:
+            weights[name.strip()] = non_negative_float(value)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"--weights {name.strip()}: {error} (items look like 'conclip=1')")
     return weights
 
 
@@ -205,7 +248,7 @@ def _betas(text: str, parser: argparse.ArgumentParser) -> tuple[float, float]:
     except ValueError:
         betas = ()
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        parser.error(f"--betas takes two numbers in [0, 1) such as '0.9,0.98', got {text!r}")
+        parser.error(f"--betas takes two numbers in [0, 1) such as '0.9,0.98', got {common.shown(text)}")
     return betas
 
 
@@ -236,14 +279,19 @@ def load_examples(args: argparse.Namespace, world, *, second: bool = False) -> l
     prefix, flag = ("second_", "--second-") if second else ("", "--")
     source, loss = getattr(args, f"{prefix}data"), args.second_loss if second else args.loss
     wanted = MCQItem if loss in MCQ_LOSSES else NegationExample
+    batch_size = (args.second_batch_size or args.batch_size) if second else args.batch_size
     if source == "synthetic":
         if wanted is MCQItem:
             raise common.UsageError(f"{flag}loss {loss} reads MCQ items: give {flag}data a NegBench MCQ file "
                                     "(the synthetic world has none)")
+        n = args.second_n_examples or args.n_examples if second else args.n_examples
+        if n < batch_size:
+            raise common.UsageError(f"{flag}data synthetic: {n} examples ({flag}n-examples) are fewer than one batch "
+                                    f"of {batch_size}")
         if not second:
-            return world.examples(args.n_examples, "train", seed=args.data_seed)
+            return world.examples(n, "train", seed=args.data_seed)
         seed = args.data_seed + 1 if args.second_data_seed is None else args.second_data_seed
-        return world.examples(args.second_n_examples or args.n_examples, "train", seed=seed)
+        return world.examples(n, "train", seed=seed)
     from probing.data.loaders import guess_kind, load_dataset
 
     kind = getattr(args, f"{prefix}data_kind") or guess_kind(source)
@@ -256,6 +304,10 @@ def load_examples(args: argparse.Namespace, world, *, second: bool = False) -> l
         raise DataError(source, None, f"{kind} data holds {type(wrong).__name__} records; {flag}loss {loss} needs "
                                       f"{wanted.__name__} data")
     print(getattr(examples, "report", f"{source}: {len(examples)} examples"), flush=True)
+    if len(examples) < batch_size:
+        skipped = getattr(getattr(examples, "report", None), "n_skipped", 0)
+        counted = f"{len(examples)} usable examples" + (f" ({skipped} rows skipped)" if skipped else "")
+        raise DataError(source, None, f"{counted} are fewer than one batch of {batch_size} ({flag}batch-size)")
     return list(examples)
 
 
@@ -271,16 +323,35 @@ def main(argv: list[str] | None = None) -> int:
     args.loss_kwargs, args.second_loss_kwargs = loss_kwargs(args, parser)
     args.betas = _betas(args.betas, parser)
     args.layer_plan = layer_plan(args, parser)
+    common.check_output_folder(args.out, "--out", parser)
     return common.run(PROG, finetune, args)
+
+
+def check_files(args: argparse.Namespace) -> None:
+    """The data files, image roots and the output folder's checkpoint, before the model loads (exit 2)."""
+    from finetune.checkpoint import latest_checkpoint
+    from probing.data.records import DataError
+
+    for option, value in (("--data", args.data), ("--second-data", args.second_data)):
+        if value not in (None, "synthetic") and not Path(value).exists():
+            raise DataError(value, None, f"file not found (given as {option}; or pass 'synthetic')")
+    for option, value in (("--image-root", args.image_root), ("--second-image-root", args.second_image_root)):
+        if value is not None and not Path(value).is_dir():
+            raise DataError(value, None, f"image root is not a folder (given as {option})")
+    checkpoint = latest_checkpoint(args.out)  # a damaged checkpoint pointer is a ResumeError naming it
+    if checkpoint is not None and not args.resume:
+        raise common.UsageError(f"{args.out} already holds a checkpoint (step {checkpoint.step}); pass --resume to "
+                                "continue it, or choose another output folder")
 
 
 def finetune(args: argparse.Namespace) -> int:
     """Load the model and data, train, and say where the weights went."""
     from finetune.plan import LayerPlan
-    from finetune.train import NonFiniteLossError, ResumeError, TrainConfig, train
+    from finetune.train import NonFiniteLossError, TrainConfig, train
     from probing.models.text_tower import TextTower
     from probing.synthetic.record import default_world, world_metadata
 
+    check_files(args)
     common.apply_threads(args)
     if args.recipe_loaded is not None:
         print(f"recipe {args.recipe_loaded.name}: {args.recipe_loaded.source}", flush=True)
@@ -312,8 +383,6 @@ def finetune(args: argparse.Namespace) -> int:
         if world is not None and (synthetic or bundle.world_recorded):
             config = replace(config, checkpoint_metadata=world_metadata(world))  # the output keeps the record
         result = train(bundle.model, bundle.tokenizer, bundle.preprocess, examples, plan, config, second)
-    except ResumeError as error:
-        raise common.UsageError(str(error)) from None
     except NonFiniteLossError as error:
         raise common.Unsupported(str(error)) from None
     except ValueError as error:  # settings the trainer refuses (e.g. fewer examples than one batch)

@@ -113,8 +113,10 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
             parser.error("--train-cues is empty")
     if args.image_root is not None and not args.image_root.is_dir():
         parser.error(f"--image-root {args.image_root} is not a folder")
+    common.retype(args.seed, common.seed, "--seed", parser)
     if args.out is None:
         args.out = Path("runs") / f"probe-layers-{_slug(model_label(args))}-{time.strftime('%Y%m%d-%H%M%S')}"
+    common.check_output_folder(args.out, "--out", parser)
     return args
 
 
@@ -123,7 +125,7 @@ def _score_weights(text: str, parser) -> tuple[float, ...]:
         weights = tuple(float(x) for x in text.split(","))
     except ValueError:
         weights = ()
-    if len(weights) not in (3, 4) or min(weights) < 0 or sum(weights) <= 0:
+    if len(weights) not in (3, 4) or not all(0 <= w < float("inf") for w in weights) or sum(weights) <= 0:
         parser.error(f"--score-weights takes three or four non-negative numbers (probe,sensitivity,gradnorm"
                      f"[,patching]), got {text!r}")
     return weights + (0.25,) * (4 - len(weights))

@@ -12,8 +12,13 @@ anchors' evaluation bugs this guards against (REFERENCE.md, "Pitfalls"):
 - similarities on unnormalised features: every score function checks the norms;
 - scoring only the last batch: features are assembled for every row and their count checked
   against the number of rows (`_check_rows`), and `n` in the output is the number scored;
-- rows silently dropped: rows the loaders skip (missing images) and rows the evaluation cannot use
-  are counted with their reason in `counts`.
+- rows silently dropped: rows the loaders skip (missing images, duplicates) and rows the evaluation
+  cannot use (an image that does not decode, e.g. a truncated JPEG) are counted with their reason in
+  `counts`; a benchmark left with nothing to evaluate is a failure (`evaluate_all`), not an empty table;
+- captions silently cut: the text tower sees at most its context (77 tokens for CLIP, 32 for the
+  embedded models); captions longer than that are counted per benchmark (`counts["cut"]`), and an
+  item whose compared captions become the same tokens after the cut (a SugarCREPE pair that differs
+  only past the cut would score a tie, i.e. wrong) is left out and counted (`CaptionCut`).
 
 Ties count as failures everywhere and every metric reports how many items a tie decided
 (`probing.measure.metrics`: a pair is won only with a strictly larger similarity, an MCQ item or a
@@ -37,6 +42,7 @@ import torch
 from analysis.evaluation.benchmarks import (BENCHMARKS, ImageFolder, Job, Sources, load_counts, load_image_folder,
                                             plan_benchmarks, report_of)
 from analysis.evaluation.published import published_for, published_of
+from probing.data.reading import TokenLimit, load_image
 from probing.data.records import (DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample, RegionItem,
                                   RetrievalItem)
 from probing.measure.encode import encode_captions, encode_images
@@ -63,37 +69,105 @@ def _image_key(image: Any) -> str | None:
 
 
 def image_features(model, preprocess, images: Sequence, *, batch_size: int = 256,
-                   cache: dict[str, torch.Tensor] | None = None, progress: bool = False) -> torch.Tensor:
+                   cache: dict[str, torch.Tensor] | None = None, failed: dict[str, str] | None = None,
+                   progress: bool = False) -> torch.Tensor:
     """Normalised image features [len(images), d], one row per entry, in order.
 
     A path is encoded once however often it appears (NegBench's MCQ has several rows per image);
-    `cache` (path -> feature) carries features between benchmarks that share images.
+    `cache` (path -> feature) carries features between benchmarks that share images. An image file
+    that cannot be decoded (a truncated JPEG, a file that is no image) gets a row of NaN, and its
+    path -> the reason goes to `failed` (kept across benchmarks like `cache`): one bad file costs its
+    rows, not the benchmark.
     """
+    from tqdm.auto import tqdm
+
     cache = {} if cache is None else cache
-    pending: list = []
-    pending_index: dict[str, int] = {}
-    slots: list[tuple[str | None, int]] = []  # per row: (cache key, -1) or (None, index into pending)
-    for image in images:
-        key = _image_key(image)
-        if key is not None and key in cache:
-            slots.append((key, -1))
-        elif key is not None and key in pending_index:
-            slots.append((None, pending_index[key]))
-        else:
-            if key is not None:
-                pending_index[key] = len(pending)
-            slots.append((None, len(pending)))
-            pending.append(image)
-    new = encode_images(model, preprocess, pending, batch_size=batch_size, progress=progress) if pending else None
-    if new is not None:
-        _check_rows(new, len(pending), "image features")
-        for key, index in pending_index.items():
-            cache[key] = new[index]
-    if not slots:
+    failed = {} if failed is None else failed
+    if not images:
         raise ValueError("no images to encode")
-    features = torch.stack([cache[key] if key is not None else new[index] for key, index in slots])
+    keys = [_image_key(image) for image in images]
+    pending = list(dict.fromkeys(key for key in keys if key is not None and key not in cache and key not in failed))
+    for start in tqdm(range(0, len(pending), batch_size), desc="images", disable=not progress):
+        readable, arrays = [], []
+        for key in pending[start:start + batch_size]:
+            try:
+                arrays.append(load_image(key))  # decoded here, so that one bad file fails alone
+                readable.append(key)
+            except DataError as error:
+                failed[key] = error.problem
+        if arrays:
+            encoded = encode_images(model, preprocess, arrays, batch_size=len(arrays))
+            _check_rows(encoded, len(arrays), "image features")
+            cache.update(zip(readable, encoded))
+    others = [image for image, key in zip(images, keys) if key is None]  # arrays and PIL images: never cached
+    encoded_others = iter(encode_images(model, preprocess, others, batch_size=batch_size) if others else [])
+    rows = [next(encoded_others) if key is None else cache.get(key) for key in keys]  # None: failed
+    found = next((row for row in rows if row is not None), None)
+    if found is None:  # every image failed: nothing gives the feature size
+        return torch.full((len(images), 1), math.nan)
+    features = torch.stack([torch.full_like(found, math.nan) if row is None else row for row in rows])
     _check_rows(features, len(images), "image features")
     return features
+
+
+def _readable(items: Sequence, images: Sequence, failed: dict[str, str]) -> tuple[list[int], list[tuple]]:
+    """(indices of the items whose image decoded, (row, reason) of the others)."""
+    kept, skipped = [], []
+    for index, (item, image) in enumerate(zip(items, images)):
+        key = _image_key(image)
+        if key is not None and key in failed:
+            skipped.append((getattr(item, "row", index), f"image unreadable: {key} ({failed[key]})"))
+        else:
+            kept.append(index)
+    return kept, skipped
+
+
+def _encode_item_images(model, preprocess, items: Sequence, *, batch_size: int, cache: dict | None,
+                        failed: dict | None, progress: bool):
+    """(the items whose image decoded, their image features, (row, reason) of the others)."""
+    failed = {} if failed is None else failed
+    images = [item.image for item in items]
+    features = image_features(model, preprocess, images, batch_size=batch_size, cache=cache, failed=failed,
+                              progress=progress)
+    kept, skipped = _readable(items, images, failed)
+    return [items[i] for i in kept], features[torch.tensor(kept, dtype=torch.long)], skipped
+
+
+class CaptionCut:
+    """What the text tower sees of each caption: its tokens, cut to the context, and which captions the
+    cut shortened (counted with open_clip's tokenizer, whose `encode` gives the uncut token ids).
+
+    `same(a, b)`: which caption pairs become the same tokens (after the cut, or already in the file):
+    such an item can only tie, which the tie rule scores as wrong, so the evaluators leave it out."""
+
+    def __init__(self, tokenizer: Callable):
+        self.tokenizer = tokenizer
+        self.context = int(getattr(tokenizer, "context_length", 0) or tokenizer(["a"]).shape[-1])
+        encode = getattr(tokenizer, "encode", None)
+        self.limit = TokenLimit(self.context, tokenizer) if callable(encode) and self.context >= 3 else None
+        self._cut: dict[str, bool] = {}
+
+    def is_cut(self, text: str) -> bool:
+        if text not in self._cut:
+            self._cut[text] = self.limit is not None and self.limit.count(text) > self.context
+        return self._cut[text]
+
+    def same(self, first: Sequence[str], second: Sequence[str]) -> list[bool]:
+        if not first:
+            return []
+        return (self.tokenizer(list(first)) == self.tokenizer(list(second))).all(dim=-1).tolist()
+
+    def reason(self, what: str, texts: Sequence[str]) -> str:
+        cut = any(self.is_cut(text) for text in texts)
+        return (f"captions identical after the cut: {what} become the same {self.context} tokens" if cut
+                else f"captions identical: {what} are the same text")
+
+    def counts(self, captions_per_item: Sequence[Sequence[str]]) -> dict:
+        """How many captions (and items) of the evaluated items the cut shortened."""
+        flags = [[self.is_cut(text) for text in captions] for captions in captions_per_item]
+        return {"context_length": self.context, "captions_cut": sum(map(sum, flags)),
+                "items_with_a_cut_caption": sum(1 for item in flags if any(item)),
+                "counted": self.limit is not None}
 
 
 def text_features(model, tokenizer, texts: Sequence[str], *, batch_size: int = 256,
@@ -124,17 +198,36 @@ def _result(metrics: Metrics, items, n_evaluated: int, extra_skipped: Sequence[t
     return {"metrics": metrics, "counts": counts}
 
 
+def _distinct(items: Sequence, pairs: Callable, cut: CaptionCut, what: str) -> tuple[list, list[tuple]]:
+    """(the items whose compared captions differ as tokens, (row, reason) of the others).
+    pairs(item) -> the (first, second) caption pairs the item is scored on."""
+    firsts, seconds, owners = [], [], []
+    for index, item in enumerate(items):
+        for first, second in pairs(item):
+            firsts.append(first)
+            seconds.append(second)
+            owners.append(index)
+    identical = {}
+    for owner, first, second, same in zip(owners, firsts, seconds, cut.same(firsts, seconds)):
+        if same and owner not in identical:
+            identical[owner] = cut.reason(what, (first, second))
+    return ([item for index, item in enumerate(items) if index not in identical],
+            [(items[index].row, reason) for index, reason in identical.items()])
+
+
 def evaluate_negation_examples(model, preprocess, tokenizer, examples: Sequence[NegationExample], *,
                                batch_size: int = 256, image_cache: dict | None = None,
-                               progress: bool = False) -> dict:
+                               image_failures: dict | None = None, progress: bool = False) -> dict:
     """CC-Neg-style and absence accuracy over NegationExamples, broken down by cue word and K.
 
     ccneg_accuracy    s(I, caption) > s(I, presence_negated)          (CC-Neg; REFERENCE.md)
     absence_accuracy  s(I, absence_negated) > s(I, presence_negated)  (the true negation beats the
                       false one; for the synthetic world and the rule-based generator both come from
                       the same frame, cue and subjects, so this is also a scope test)
-    Examples without an image or a presence-negated caption are skipped and counted; examples
-    without an absence-negated caption count for ccneg_accuracy only.
+    Examples without an image or a presence-negated caption, whose image does not decode, or whose
+    caption and presence-negated caption are the same tokens (after the cut) are skipped and counted;
+    examples without an absence-negated caption (or with one that is the same tokens as the
+    presence-negated one) count for ccneg_accuracy only.
     """
     usable, skipped = [], []
     for example in examples:
@@ -146,108 +239,162 @@ def evaluate_negation_examples(model, preprocess, tokenizer, examples: Sequence[
             skipped.append((example.row, "no affirmative caption"))
         else:
             usable.append(example)
+    cut = CaptionCut(tokenizer)
+    usable, identical = _distinct(usable, lambda e: [(e.caption, e.presence_negated)], cut,
+                                  "caption and presence-negated caption")
+    skipped += identical
     if not usable:
         return _result({}, examples, 0, skipped)
-    image = image_features(model, preprocess, [e.image for e in usable], batch_size=batch_size,
-                           cache=image_cache, progress=progress)
+    usable, image, unreadable = _encode_item_images(model, preprocess, usable, batch_size=batch_size, cache=image_cache,
+                                                    failed=image_failures, progress=progress)
+    skipped += unreadable
+    if not usable:
+        return _result({}, examples, 0, skipped)
     caption = text_features(model, tokenizer, [e.caption for e in usable], batch_size=batch_size, progress=progress)
     presence = text_features(model, tokenizer, [e.presence_negated for e in usable], batch_size=batch_size,
                              progress=progress)
     groups = {"cue": [e.cue for e in usable], "k": [e.k for e in usable]}
     metrics = score_pairs("ccneg_accuracy", image, caption, presence, groups)
-    with_absence = [i for i, e in enumerate(usable) if e.absence_negated]
+    candidates = [i for i, e in enumerate(usable) if e.absence_negated]
+    same = cut.same([usable[i].absence_negated for i in candidates], [usable[i].presence_negated for i in candidates])
+    with_absence = [i for i, identical in zip(candidates, same) if not identical]
     if with_absence:
         chosen = torch.tensor(with_absence)
         absence = text_features(model, tokenizer, [usable[i].absence_negated for i in with_absence],
                                 batch_size=batch_size, progress=progress)
         metrics.update(score_pairs("absence_accuracy", image[chosen], absence, presence[chosen],
                                    {key: [values[i] for i in with_absence] for key, values in groups.items()}))
-    return _result(metrics, examples, len(usable), skipped)
+    cut_counts = cut.counts([[e.caption, e.presence_negated] + ([e.absence_negated] if e.absence_negated else [])
+                             for e in usable])
+    cut_counts["absence_pairs_identical"] = len(candidates) - len(with_absence)
+    return _result(metrics, examples, len(usable), skipped, cut=cut_counts)
 
 
 def evaluate_mcq(model, preprocess, tokenizer, items: Sequence[MCQItem], *, batch_size: int = 256,
-                 image_cache: dict | None = None, progress: bool = False) -> dict:
+                 image_cache: dict | None = None, image_failures: dict | None = None, progress: bool = False) -> dict:
     """NegBench MCQ (REFERENCE.md): pick the correct caption among the options; overall and by the
-    template type of the correct answer (positive / negative / hybrid). Ties count as wrong."""
+    template type of the correct answer (positive / negative / hybrid). Ties count as wrong. An item
+    whose correct option is the same tokens as another option (after the cut) can only tie: it is
+    left out and counted, as is one whose image does not decode."""
     if not items:
         return _result({}, items, 0)
     n_options = {len(item.captions) for item in items}
     if len(n_options) != 1:
         raise ValueError(f"MCQ items have different numbers of options: {sorted(n_options)}")
     k = n_options.pop()
-    image = image_features(model, preprocess, [item.image for item in items], batch_size=batch_size,
-                           cache=image_cache, progress=progress)
-    options = text_features(model, tokenizer, [c for item in items for c in item.captions], batch_size=batch_size,
-                            progress=progress).reshape(len(items), k, -1)
-    metrics = score_mcq(image, options, torch.tensor([item.correct for item in items]),
-                        [item.template for item in items])
-    return _result(metrics, items, len(items))
+    cut = CaptionCut(tokenizer)
+    usable, skipped = _distinct(list(items), lambda item: [(item.captions[item.correct], other) for j, other in
+                                                           enumerate(item.captions) if j != item.correct],
+                                cut, "the correct option and another option")
+    if not usable:
+        return _result({}, items, 0, skipped)
+    usable, image, unreadable = _encode_item_images(model, preprocess, usable, batch_size=batch_size, cache=image_cache,
+                                                    failed=image_failures, progress=progress)
+    skipped += unreadable
+    if not usable:
+        return _result({}, items, 0, skipped)
+    options = text_features(model, tokenizer, [c for item in usable for c in item.captions], batch_size=batch_size,
+                            progress=progress).reshape(len(usable), k, -1)
+    metrics = score_mcq(image, options, torch.tensor([item.correct for item in usable]),
+                        [item.template for item in usable])
+    return _result(metrics, items, len(usable), skipped, cut=cut.counts([item.captions for item in usable]))
 
 
 def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalItem], *, batch_size: int = 256,
                        ks: Sequence[int] = (1, 5, 10), image_cache: dict | None = None,
-                       progress: bool = False) -> dict:
+                       image_failures: dict | None = None, progress: bool = False) -> dict:
     """Zero-shot retrieval R@k both ways over the items' images and all their captions.
 
     With NegBench's negated file the captions are negated queries ("... but no chair"): its
     text_to_image R@k is retrieval with negated queries. Rows naming the same image are merged
     into one gallery image, so a caption's own image is never duplicated among the candidates, and a
-    caption written word for word for several images is right for each of them.
+    caption written word for word for several images is right for each of them. Rows whose image
+    does not decode are left out and counted.
     """
     if not items:
         return _result({}, items, 0)
+    cache = {} if image_cache is None else image_cache
+    usable, _, skipped = _encode_item_images(model, preprocess, list(items), batch_size=batch_size, cache=cache,
+                                             failed=image_failures, progress=progress)
+    if not usable:
+        return _result({}, items, 0, skipped)
     gallery: dict[str, int] = {}
     images, owners, captions = [], [], []
-    for row, item in enumerate(items):
+    for row, item in enumerate(usable):
         key = _image_key(item.image) or f"row {row}"
         if key not in gallery:
             gallery[key] = len(images)
             images.append(item.image)
         owners += [gallery[key]] * len(item.captions)
         captions += list(item.captions)
-    image = image_features(model, preprocess, images, batch_size=batch_size, cache=image_cache, progress=progress)
+    image = image_features(model, preprocess, images, batch_size=batch_size, cache=cache, progress=progress)
     text = text_features(model, tokenizer, captions, batch_size=batch_size, progress=progress)
     metrics = score_retrieval(image, text, owners, ks, texts=captions)
-    return _result(metrics, items, len(items), n_images=len(images), n_captions=len(captions))
+    cut = CaptionCut(tokenizer)
+    return _result(metrics, items, len(usable), skipped, n_images=len(images), n_captions=len(captions),
+                   cut=cut.counts([item.captions for item in usable]))
 
 
 def evaluate_foils(model, preprocess, tokenizer, pairs: Sequence[FoilPair], *, batch_size: int = 256,
-                   image_cache: dict | None = None, progress: bool = False) -> dict:
+                   image_cache: dict | None = None, image_failures: dict | None = None,
+                   progress: bool = False) -> dict:
     """Caption vs foil (SugarCREPE, VALSE existence; REFERENCE.md): s(I, caption) > s(I, foil),
-    overall, per fold, and (with several folds) the mean over folds, SugarCREPE's headline number."""
+    overall, per fold, and (with several folds) the mean over folds, SugarCREPE's headline number.
+    A pair whose caption and foil are the same tokens (after the cut) can only tie: it is left out and
+    counted, as is one whose image does not decode."""
     if not pairs:
         return _result({}, pairs, 0)
-    image = image_features(model, preprocess, [p.image for p in pairs], batch_size=batch_size,
-                           cache=image_cache, progress=progress)
-    caption = text_features(model, tokenizer, [p.caption for p in pairs], batch_size=batch_size, progress=progress)
-    foil = text_features(model, tokenizer, [p.foil for p in pairs], batch_size=batch_size, progress=progress)
-    metrics = score_pairs("accuracy", image, caption, foil, {"fold": [p.fold for p in pairs]})
+    cut = CaptionCut(tokenizer)
+    usable, skipped = _distinct(list(pairs), lambda pair: [(pair.caption, pair.foil)], cut, "caption and foil")
+    if not usable:
+        return _result({}, pairs, 0, skipped)
+    usable, image, unreadable = _encode_item_images(model, preprocess, usable, batch_size=batch_size, cache=image_cache,
+                                                    failed=image_failures, progress=progress)
+    skipped += unreadable
+    if not usable:
+        return _result({}, pairs, 0, skipped)
+    caption = text_features(model, tokenizer, [p.caption for p in usable], batch_size=batch_size, progress=progress)
+    foil = text_features(model, tokenizer, [p.foil for p in usable], batch_size=batch_size, progress=progress)
+    metrics = score_pairs("accuracy", image, caption, foil, {"fold": [p.fold for p in usable]})
     folds = [key for key in metrics if key.startswith("accuracy/fold=")]
     if len(folds) > 1:
         metrics["mean_over_folds"] = metric(sum(metrics[key]["value"] for key in folds) / len(folds),
                                              sum(metrics[key]["n"] for key in folds),
                                              sum(metrics[key]["ties"] for key in folds))
-    return _result(metrics, pairs, len(pairs))
+    return _result(metrics, pairs, len(usable), skipped, cut=cut.counts([[p.caption, p.foil] for p in usable]))
 
 
 def evaluate_regions(model, preprocess, tokenizer, items: Sequence[RegionItem], *, batch_size: int = 256,
                      progress: bool = False) -> dict:
     """NegRefCOCOg (NegationCLIP): the phrase against a crop of each candidate box, as the authors score
     it (`image.crop((x, y, x + w, y + h))`, then the model's preprocessing); right when the referred
-    box's crop strictly beats every other crop, by the cue word of the phrase."""
+    box's crop strictly beats every other crop, by the cue word of the phrase. An item whose image does
+    not decode is left out and counted."""
     from probing.data.ccneg import find_negation_cue
     from probing.data.negrefcocog import crop_regions
 
     if not items:
         return _result({}, items, 0)
-    crops = [crop for item in items for crop in crop_regions(item)]
+    usable, skipped, crops = [], [], []
+    for item in items:
+        try:
+            item_crops = crop_regions(item)
+        except DataError as error:
+            skipped.append((item.row, f"image unreadable: {item.image} ({error.problem})"))
+            continue
+        usable.append(item)
+        crops += item_crops
+    if not usable:
+        return _result({}, items, 0, skipped)
     features = encode_images(model, preprocess, crops, batch_size=batch_size, progress=progress)
     _check_rows(features, len(crops), "region features")
-    regions = list(features.split([len(item.boxes) for item in items]))
-    phrase = text_features(model, tokenizer, [item.phrase for item in items], batch_size=batch_size, progress=progress)
-    metrics = score_regions(phrase, regions, [item.correct for item in items],
-                            {"cue": [find_negation_cue(item.phrase) for item in items]})
-    return _result(metrics, items, len(items), n_regions=len(crops))
+    regions = list(features.split([len(item.boxes) for item in usable]))
+    phrase = text_features(model, tokenizer, [item.phrase for item in usable], batch_size=batch_size,
+                           progress=progress)
+    metrics = score_regions(phrase, regions, [item.correct for item in usable],
+                            {"cue": [find_negation_cue(item.phrase) for item in usable]})
+    return _result(metrics, items, len(usable), skipped, n_regions=len(crops),
+                   cut=CaptionCut(tokenizer).counts([[item.phrase] for item in usable]))
 
 
 def class_prompts(classes: Sequence[str], template: str) -> list[str]:
@@ -267,12 +414,21 @@ def evaluate_prompt_gap(model, preprocess, tokenizer, images: Sequence, labels: 
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if not images:
         return {"metrics": {}, "counts": load_counts(report, 0)}
-    image = image_features(model, preprocess, images, batch_size=batch_size, cache=image_cache, progress=progress)
+    failed: dict[str, str] = {}
+    image = image_features(model, preprocess, images, batch_size=batch_size, cache=image_cache, failed=failed,
+                           progress=progress)
+    bad = {i for i, path in enumerate(images) if _image_key(path) in failed}
+    kept = [i for i in range(len(images)) if i not in bad]
+    skipped = [(str(images[i]), f"image unreadable: {failed[_image_key(images[i])]}") for i in sorted(bad)]
+    counts = load_counts(report, len(kept), extra_skipped=skipped)
+    if not kept:
+        return {"metrics": {}, "counts": counts}
     positive = text_features(model, tokenizer, class_prompts(classes, affirmative), batch_size=batch_size)
     negative = text_features(model, tokenizer, class_prompts(classes, negated), batch_size=batch_size)
-    counts = load_counts(report, len(images))
     counts.update(n_classes=len(classes), prompts=[affirmative, negated])
-    return {"metrics": score_prompt_gap(image, positive, negative, labels), "counts": counts}
+    chosen = torch.tensor(kept, dtype=torch.long)
+    return {"metrics": score_prompt_gap(image[chosen], positive, negative, [labels[i] for i in kept]),
+            "counts": counts}
 
 
 def evaluate_image_folder(model, preprocess, tokenizer, folder: ImageFolder | str | Path, *,
@@ -326,11 +482,12 @@ def _limited(items, limit: int | None, key: Callable | None = None):
 
 
 def _run_job(name: str, job: Job, model, preprocess, tokenizer, *, options: dict, limit: int | None,
-             settings: dict, cache: dict, ccneg_strip_commas: bool = True) -> dict[str, dict]:
+             settings: dict, cache: dict, unreadable: dict | None = None,
+             ccneg_strip_commas: bool = True) -> dict[str, dict]:
     """Load one file of a benchmark leniently and evaluate it; returns its output sections."""
     from probing import data
 
-    run = dict(options, image_cache=cache)
+    run = dict(options, image_cache=cache, image_failures=unreadable)
     root = job.image_root
     if name == "synthetic":
         return evaluate_synthetic(model, preprocess, tokenizer, **settings, **options)
@@ -403,6 +560,7 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     sections: dict[str, dict] = {}
     failed: dict[str, str] = {}
     cache: dict[str, torch.Tensor] = {}  # COCO images are shared by NegBench, SugarCREPE and the generator
+    unreadable: dict[str, str] = {}  # image files that do not decode, and why (shared the same way)
     jobs = [(name, job) for name, planned in plan.runnable.items() for job in planned]
     bar = tqdm(jobs, desc="benchmarks", disable=not progress)
     for name, job in bar:
@@ -411,15 +569,21 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
             produced = _run_job(name, job, model, preprocess, tokenizer,
                                 options={"batch_size": batch_size, "progress": False},
                                 limit=None if name == "synthetic" else limit, settings=settings, cache=cache,
-                                ccneg_strip_commas=ccneg_strip_commas)
+                                unreadable=unreadable, ccneg_strip_commas=ccneg_strip_commas)
         except DataError as error:
             failed[job.section] = str(error)
             continue
         for section, result in produced.items():
+            counts = result["counts"]
             if limit is not None and name != "synthetic":
-                result["counts"]["limited_to"] = limit
+                counts["limited_to"] = limit
             if name == "ccneg":
-                result["counts"]["commas_stripped"] = ccneg_strip_commas
+                counts["commas_stripped"] = ccneg_strip_commas
+            if counts["n_evaluated"] == 0:  # an empty table would read as a result
+                why = "; ".join(f"{reason} ({n})" for reason, n in counts["skip_reasons"].items()) or "no rows"
+                failed[section] = (f"{counts.get('source', job.path)}: nothing to evaluate: {counts['rows_read']} "
+                                   f"rows read, none usable ({why})")
+                continue
             sections[section] = result
     summary = summarise(sections)
     return {"sections": sections, "not_run": plan.not_run, "failed": failed, "summary": summary,
@@ -485,20 +649,44 @@ def markdown_table(result: dict, *, title: str = "Negation evaluation", model: s
     if sources:
         lines += ["", "Published values from: " + "; ".join(_escape(source) for source in sources) + "."]
     lines += ["", "## Rows evaluated and skipped", "",
-              "| benchmark | rows read | evaluated | skipped | why skipped | flagged | filtered by protocol |",
-              "|---|---:|---:|---:|---|---:|---|"]
+              "| benchmark | rows read | evaluated | skipped | why skipped | flagged | filtered by protocol "
+              "| captions cut to the context |",
+              "|---|---:|---:|---:|---|---:|---|---:|"]
     for section, body in result["sections"].items():
         counts = body["counts"]
         why = "; ".join(f"{reason} ({count})" for reason, count in counts["skip_reasons"].items()) or "-"
         filtered = "; ".join(f"{reason} ({count})" for reason, count in counts.get("filtered", {}).items()) or "-"
         evaluated = f"{counts['n_evaluated']}" + (f" (limit {counts['limited_to']})" if "limited_to" in counts else "")
         lines.append(f"| {section} | {counts['rows_read']} | {evaluated} | {counts['n_skipped']} | {_escape(why)} "
-                     f"| {counts.get('n_flagged', 0)} | {_escape(filtered)} |")
+                     f"| {counts.get('n_flagged', 0)} | {_escape(filtered)} | {_cut_cell(counts.get('cut'))} |")
     if result.get("not_run") or result.get("failed"):
         lines += ["", "## Not run", ""]
         lines += [f"- {name}: {_escape(why)}" for name, why in result.get("not_run", {}).items()]
         lines += [f"- {name}: FAILED: {_escape(why)}" for name, why in result.get("failed", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def _cut_cell(cut: dict | None) -> str:
+    if not cut:
+        return "-"
+    if not cut["counted"]:
+        return f"not counted ({cut['context_length']} tokens)"
+    return f"{cut['captions_cut']} ({cut['context_length']} tokens)"
+
+
+def cut_notes(result: dict) -> list[str]:
+    """One line per benchmark whose captions the context cut: how many, and the items left out for it."""
+    lines = []
+    for section, body in result["sections"].items():
+        cut = body["counts"].get("cut") or {}
+        reasons = body["counts"]["skip_reasons"]
+        identical = sum(n for reason, n in reasons.items() if reason.startswith("captions identical"))
+        if cut.get("captions_cut") or identical:
+            items = cut.get("items_with_a_cut_caption", 0)
+            lines.append(f"{section}: {cut.get('captions_cut', 0)} captions longer than the "
+                         f"{cut.get('context_length')}-token context were cut ({items} items); {identical} items "
+                         "left out because their compared captions were the same tokens")
+    return lines
 
 
 def published_comparison(result: dict) -> list[str]:
@@ -530,5 +718,5 @@ __all__ = [
     "image_features", "text_features", "evaluate_negation_examples",
     "evaluate_mcq", "evaluate_retrieval", "evaluate_foils", "evaluate_regions", "evaluate_prompt_gap",
     "evaluate_image_folder", "evaluate_synthetic", "evaluate_all", "summarise", "markdown_table",
-    "published_comparison", "flat_metrics", "class_prompts",
+    "published_comparison", "cut_notes", "flat_metrics", "class_prompts", "CaptionCut",
 ]

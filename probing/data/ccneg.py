@@ -27,8 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from probing.data.reading import (Collector, ImageResolver, RowProblem, cell, int_cell, iter_csv, iter_jsonl,
-                                  make_token_limit, text_cell)
+from probing.data.reading import (Collector, ImageResolver, RowProblem, as_dict, cell, file_level, int_cell, iter_csv,
+                                  iter_jsonl, make_token_limit, text_cell)
 from probing.data.records import DataError, Loaded, NegationExample
 
 CCNEG_EVAL_SIZE = 40_000
@@ -88,7 +88,10 @@ def load_ccneg(path: str | os.PathLike, image_root: str | os.PathLike | None = N
             if token_limit:
                 token_limit.check(caption, "caption")
                 token_limit.check(negated, "negative prompt")
+            if not isinstance(image_path, str) or not image_path.strip():
+                raise RowProblem(f"image path should be text, found {str(image_path)[:40]!r}")
             image = resolve(image_path)
+            collector.duplicate((image_path, caption, negated), drop=False)  # the split rule counts every row
             collector.add(NegationExample(image=image, caption=caption, presence_negated=negated,
                                           cue=find_negation_cue(negated), k=k_of_row.get(row),
                                           source=str(path), row=row,
@@ -98,12 +101,9 @@ def load_ccneg(path: str | os.PathLike, image_root: str | os.PathLike | None = N
 
 def _captions(annotation: Any, clean: bool) -> tuple[str, str]:
     """(caption, negative prompt) from an annotation dict of the released format."""
-    if not isinstance(annotation, dict):
-        raise RowProblem(f"annotation should be a dict, found {type(annotation).__name__}")
-    caption_holder = cell(annotation, "json")
-    sop = cell(annotation, "sop_data")
-    if not isinstance(caption_holder, dict) or not isinstance(sop, dict):
-        raise RowProblem("annotation 'json' and 'sop_data' should both be dicts")
+    annotation = as_dict(annotation, "annotation")
+    caption_holder = as_dict(cell(annotation, "json"), "annotation 'json'")
+    sop = as_dict(cell(annotation, "sop_data"), "annotation 'sop_data'")
     return text_cell(caption_holder, "caption", clean), text_cell(sop, "negative-prompt", clean)
 
 
@@ -124,11 +124,14 @@ def _rows_from_torch(path: Path, weights_only: bool):
     missing = [key for key in ("image_paths", "annotations") if key not in data]
     if missing:
         raise DataError(path, None, f"missing key(s) {missing}; the file has {sorted(map(str, data))}")
+    for key in ("image_paths", "annotations"):
+        if not isinstance(data[key], (list, tuple)):
+            raise DataError(path, None, f"{key} should be a list, found {type(data[key]).__name__}")
     image_paths, annotations = list(data["image_paths"]), list(data["annotations"])
     if len(image_paths) != len(annotations):
         raise DataError(path, None, f"{len(image_paths)} image_paths but {len(annotations)} annotations")
     k_of_row = _k_of_row(path, data.get("num_ops"))
-    rows = ((row, str(image_path), annotation, True)
+    rows = ((row, image_path, annotation, True)
             for row, (image_path, annotation) in enumerate(zip(image_paths, annotations)))
     return rows, len(image_paths), k_of_row
 
@@ -141,8 +144,11 @@ def _k_of_row(path: Path, num_ops: Any) -> dict[int, int]:
         raise DataError(path, None, f"num_ops should map K -> row indices, found {type(num_ops).__name__}")
     k_of_row = {}
     for k, indices in num_ops.items():
-        for index in indices:
-            k_of_row[int(index)] = int(k)
+        with file_level(path, f"num_ops[{str(k)[:20]}]"):
+            if not isinstance(indices, (list, tuple)):
+                raise RowProblem(f"should be a list of row indices, found {type(indices).__name__}")
+            for index in indices:
+                k_of_row[int_cell({"row index": index}, "row index")] = int_cell({"K": k}, "K")
     return k_of_row
 
 

@@ -11,8 +11,8 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from probing.data.reading import (Collector, ImageResolver, RowProblem, cell, make_token_limit, read_json,
-                                  text_cell)
+from probing.data.reading import (Collector, ImageResolver, RowProblem, as_dict, cell, file_level, identifier,
+                                  make_token_limit, number, read_json, text_cell)
 from probing.data.records import CocoImage, DataError, Loaded, NegationExample
 
 
@@ -38,6 +38,7 @@ def load_coco_captions(path: str | os.PathLike, image_root: str | os.PathLike | 
                 token_limit.check(caption)
             if image_id not in resolved:
                 resolved[image_id] = resolve(images[image_id])
+            collector.duplicate((image_id, caption), drop=False)
             collector.add(NegationExample(image=resolved[image_id], caption=caption, source=str(path), row=row,
                                           meta={"image_id": image_id}))
     return collector.result()
@@ -56,18 +57,21 @@ def load_coco_instances(path: str | os.PathLike, image_root: str | os.PathLike |
     images = _images_by_id(path, data)
     annotations = _list_field(path, data, "annotations")
     categories = _category_names(path, data)
-    sizes = {image["id"]: _image_area(image) for image in data["images"] if isinstance(image, dict) and "id" in image}
+    sizes = {image["id"]: _image_area(image) for image in data["images"]}  # every entry checked by _images_by_id
     collector = Collector(path, strict)
     area_by_image: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for row, annotation in enumerate(annotations):
         with collector.row(row):
             image_id = _image_id(annotation, images)
-            category_id = cell(annotation, "category_id")
+            category_id = identifier(cell(annotation, "category_id"), "field 'category_id'")
             if category_id not in categories:
                 raise RowProblem(f"category_id {category_id!r} is not in 'categories'")
             bbox = cell(annotation, "bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-                raise RowProblem(f"bbox should be [x, y, width, height], found {bbox!r}")
+            if not (isinstance(bbox, list) and len(bbox) == 4):
+                raise RowProblem(f"bbox should be [x, y, width, height], found {str(bbox)[:60]!r}")
+            bbox = [number(v, "a bbox value") for v in bbox]
+            if collector.duplicate((image_id, category_id, tuple(bbox))):
+                continue
             area_by_image[image_id][categories[category_id]] += bbox[2] * bbox[3] / sizes[image_id]
     # images are a second kind of row: a missing image file is reported under "images[i]"
     resolve = ImageResolver(image_root)
@@ -98,7 +102,8 @@ def _images_by_id(path, data: Any) -> dict[int, str]:
     for index, image in enumerate(_list_field(path, data, "images")):
         if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
             raise DataError(path, f"images[{index}]", "image entry needs 'id' and 'file_name'")
-        images[image["id"]] = image["file_name"]
+        with file_level(path, f"images[{index}]"):
+            images[identifier(image["id"], "image 'id'")] = image["file_name"]
     return images
 
 
@@ -107,7 +112,8 @@ def _category_names(path, data: Any) -> dict[int, str]:
     for index, category in enumerate(_list_field(path, data, "categories")):
         if not isinstance(category, dict) or "id" not in category or not isinstance(category.get("name"), str):
             raise DataError(path, f"categories[{index}]", "category entry needs 'id' and 'name'")
-        names[category["id"]] = category["name"]
+        with file_level(path, f"categories[{index}]"):
+            names[identifier(category["id"], "category 'id'")] = category["name"]
     return names
 
 
@@ -119,9 +125,7 @@ def _image_area(image: dict) -> float:
 
 
 def _image_id(annotation: Any, images: dict[int, str]) -> int:
-    if not isinstance(annotation, dict):
-        raise RowProblem(f"expected an object, found {type(annotation).__name__}")
-    image_id = cell(annotation, "image_id")
+    image_id = identifier(cell(as_dict(annotation, "annotation"), "image_id"), "field 'image_id'")
     if image_id not in images:
         raise RowProblem(f"image_id {image_id!r} is not in 'images'")
     return image_id

@@ -69,8 +69,10 @@ def _load_sugarcrepe_fold(path: Path, image_root, strict, context_length, tokeni
             if token_limit:
                 token_limit.check(caption, "caption")
                 token_limit.check(foil, "negative_caption")
-            image = resolve(text_cell(item, "filename", clean))
-            collector.add(FoilPair(image, caption, foil, fold=path.stem, source=str(path), row=key))
+            written = text_cell(item, "filename", clean)
+            if collector.duplicate((written, caption, foil)):
+                continue
+            collector.add(FoilPair(resolve(written), caption, foil, fold=path.stem, source=str(path), row=key))
     return collector.result()
 
 
@@ -93,8 +95,9 @@ def load_valse_existence(path: str | os.PathLike, image_root: str | os.PathLike 
             if not isinstance(item, dict):
                 raise RowProblem(f"expected an object, found {type(item).__name__}")
             votes = cell(item, "mturk")
-            if not isinstance(votes, dict) or not isinstance(votes.get("caption"), (int, float)):
-                raise RowProblem(f"field 'mturk' should hold a numeric 'caption' vote count, found {votes!r}")
+            if (not isinstance(votes, dict) or isinstance(votes.get("caption"), bool)
+                    or not isinstance(votes.get("caption"), (int, float)) or votes["caption"] != votes["caption"]):
+                raise RowProblem(f"field 'mturk' should hold a numeric 'caption' vote count, found {str(votes)[:60]!r}")
             if votes["caption"] < min_caption_votes:
                 low_agreement += 1
                 continue
@@ -103,9 +106,12 @@ def load_valse_existence(path: str | os.PathLike, image_root: str | os.PathLike 
             if token_limit:
                 token_limit.check(caption, "caption")
                 token_limit.check(foil, "foil")
-            image = resolve(text_cell(item, "image_file", clean))
+            written = text_cell(item, "image_file", clean)
+            if collector.duplicate((written, caption, foil)):
+                continue
             meta = {"dataset": item.get("dataset"), "mturk": votes}
-            collector.add(FoilPair(image, caption, foil, fold="existence", source=str(path), row=key, meta=meta))
+            collector.add(FoilPair(resolve(written), caption, foil, fold="existence", source=str(path), row=key,
+                                   meta=meta))
     result = collector.result()
     if low_agreement:
         result.report.filtered[f"mturk.caption < {min_caption_votes} (VALSE protocol)"] = low_agreement

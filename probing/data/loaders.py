@@ -27,6 +27,7 @@ from probing.data.negbench import load_negbench_mcq, load_negbench_retrieval
 from probing.data.negrefcocog import load_negrefcocog
 from probing.data.reading import read_bytes
 from probing.data.records import DataError, Loaded
+from probing.vocabulary import DATA_KINDS
 
 READERS: dict[str, Callable[..., Loaded]] = {
     "ccneg": load_ccneg,
@@ -38,6 +39,8 @@ READERS: dict[str, Callable[..., Loaded]] = {
     "coco_instances": load_coco_instances,
     "negrefcocog": load_negrefcocog,
 }
+if tuple(READERS) != DATA_KINDS:
+    raise ImportError("probing.vocabulary.DATA_KINDS drifted from probing.data.loaders.READERS")
 
 
 def load_dataset(path: str | os.PathLike, kind: str | None = None, image_root: str | os.PathLike | None = None,
@@ -100,7 +103,7 @@ def _kind_from_json(path: Path) -> str:
     except json.JSONDecodeError as err:
         raise DataError(path, None, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        first = data["annotations"][0] if data["annotations"] else {}
+        first = data["annotations"][0] if data["annotations"] and isinstance(data["annotations"][0], dict) else {}
         if "categories" in data or "category_id" in first:
             return "coco_instances"
         return "coco_captions"

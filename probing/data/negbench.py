@@ -65,9 +65,11 @@ def load_negbench_mcq(path: str | os.PathLike, image_root: str | os.PathLike | N
             keep, reasons = keep_after_artifact_check(captions, row, collector, artifacts)
             if not keep:
                 continue
-            image = resolve(text_cell(record, _image_column(record), clean))
+            written = text_cell(record, _image_column(record), clean)
+            if collector.duplicate((written, tuple(captions), correct, template)):
+                continue
             meta = {"artifacts": reasons} if reasons else {}
-            collector.add(MCQItem(image, captions, correct, template, source=str(path), row=row, meta=meta))
+            collector.add(MCQItem(resolve(written), captions, correct, template, source=str(path), row=row, meta=meta))
     return collector.result()
 
 
@@ -97,9 +99,11 @@ def load_negbench_retrieval(path: str | os.PathLike, image_root: str | os.PathLi
             keep, reasons = keep_after_artifact_check(captions, row, collector, artifacts)
             if not keep:
                 continue
-            image = resolve(text_cell(record, _image_column(record), clean))
+            written = text_cell(record, _image_column(record), clean)
+            if collector.duplicate((written, tuple(captions), tuple(positives), tuple(negatives), image_id)):
+                continue
             meta = {"artifacts": reasons} if reasons else {}
-            collector.add(RetrievalItem(image, captions, positives, negatives, image_id,
+            collector.add(RetrievalItem(resolve(written), captions, positives, negatives, image_id,
                                         source=str(path), row=row, meta=meta))
     return collector.result()
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from probing.data.reading import Collector, ImageResolver, RowProblem, cell, check_text, load_image, read_json
+from probing.data.reading import (Collector, ImageResolver, RowProblem, as_dict, as_list, cell, check_text, load_image,
+                                  read_json)
 from probing.data.records import DataError, Loaded, RegionItem
 
 
@@ -37,13 +38,13 @@ def load_negrefcocog(path: str | os.PathLike, image_root: str | os.PathLike | No
     resolve = ImageResolver(image_root)
     for row, entry in enumerate(data):
         with collector.row(row):
-            if not isinstance(entry, dict):
-                raise RowProblem(f"entry should be an object, found {type(entry).__name__}")
+            entry = as_dict(entry, "entry")
             phrase = cell(entry, "phrase")
             if not isinstance(phrase, str):
                 raise RowProblem(f"field 'phrase' should be text, found {type(phrase).__name__}")
             check_text(phrase, clean, "field 'phrase'")
-            boxes = [_box(box, f"bbox_list[{i}]") for i, box in enumerate(_list(entry, "bbox_list"))]
+            listed = as_list(cell(entry, "bbox_list"), "field 'bbox_list'")
+            boxes = [_box(box, f"bbox_list[{i}]") for i, box in enumerate(listed)]
             if len(boxes) < 2:
                 raise RowProblem(f"bbox_list holds {len(boxes)} box(es); choosing needs at least two")
             reference = _box(cell(entry, "ref_bbox"), "ref_bbox")
@@ -52,16 +53,11 @@ def load_negrefcocog(path: str | os.PathLike, image_root: str | os.PathLike | No
             image_name = cell(entry, "image")
             if not isinstance(image_name, str):
                 raise RowProblem(f"field 'image' should be a file name, found {type(image_name).__name__}")
+            if collector.duplicate((image_name, phrase, tuple(map(tuple, boxes)), boxes.index(reference))):
+                continue
             collector.add(RegionItem(resolve(image_name), phrase, boxes, boxes.index(reference),
                                      source=str(path), row=row))
     return collector.result()
-
-
-def _list(entry: dict, key: str) -> list[Any]:
-    value = cell(entry, key)
-    if not isinstance(value, list):
-        raise RowProblem(f"field '{key}' should be a list of boxes, found {type(value).__name__}")
-    return value
 
 
 def _box(value: Any, what: str) -> list[float]:

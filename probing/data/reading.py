@@ -10,6 +10,16 @@ inside csv, json, pandas or PIL reaches the user. Problems are of two kinds:
 
 Rows are numbered from 0 in file order, header excluded (the index pandas would give); JSON
 dictionaries are named by their key.
+
+A row that repeats an earlier row word for word is a duplicate (`Collector.duplicate`). Where a
+benchmark scores each distinct item once (NegBench, SugarCREPE, VALSE, NegRefCOCOg; their released
+files hold none) it is left out and counted in the report's `skipped` ("duplicate: same as row 3"),
+in strict mode too; so is a repeated COCO box, which would count its area twice. Where rows are taken
+by position (CC-Neg's split rule) or repeat legitimately (COCO captions), it is kept and flagged.
+
+The validators below (`cell`, `text_cell`, `int_cell`, `identifier`, `as_dict`, `as_list`, ...) are the
+one place where a value's shape is checked: a loader never indexes or iterates a value it did not check,
+so JSON of the wrong shape is a DataError naming the file and row, never a TypeError.
 """
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -47,14 +58,19 @@ class Collector:
         self.strict = strict
         self.items: list = []
         self.report = LoadReport(path=self.path)
+        self._current: int | str | None = None
+        self._first_row_of: dict[Any, int | str | None] = {}
 
     @contextlib.contextmanager
     def row(self, row: int | str) -> Iterator[None]:
         """Run the parsing of one row; a RowProblem inside raises (strict) or is counted (lenient)."""
+        self._current = row
         try:
             yield
         except RowProblem as problem:
             self.problem(row, str(problem))
+        finally:
+            self._current = None
 
     def problem(self, row: int | str | None, problem: str) -> None:
         if self.strict:
@@ -66,6 +82,16 @@ class Collector:
 
     def add(self, item: Any) -> None:
         self.items.append(item)
+
+    def duplicate(self, key: Any, *, drop: bool = True) -> bool:
+        """Whether an earlier row had this content `key`. If so, the row being parsed is a duplicate of it:
+        counted in the report's skipped rows (`drop`: the caller leaves it out), or kept and flagged."""
+        first = self._first_row_of.setdefault(key, self._current)
+        if first == self._current:
+            return False
+        kept_in = self.report.skipped if drop else self.report.flagged
+        kept_in.append((self._current, f"duplicate: same as row {first}"))
+        return True
 
     def result(self) -> Loaded:
         self.report.loaded = len(self.items)
@@ -194,6 +220,48 @@ def cell(record: dict, key: str, what: str | None = None) -> Any:
     return value
 
 
+def as_dict(value: Any, what: str) -> dict:
+    """`value` if it is a JSON object, else a RowProblem naming `what`."""
+    if not isinstance(value, dict):
+        raise RowProblem(f"{what} should be an object, found {_kind(value)}")
+    return value
+
+
+def as_list(value: Any, what: str) -> list:
+    """`value` if it is a JSON list, else a RowProblem naming `what`."""
+    if not isinstance(value, list):
+        raise RowProblem(f"{what} should be a list, found {_kind(value)}")
+    return value
+
+
+def identifier(value: Any, what: str) -> int | str:
+    """An id (an integer or a string) that other rows can refer to; a RowProblem otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise RowProblem(f"{what} should be an integer or a string id, found {_kind(value)} {str(value)[:40]!r}")
+    return value
+
+
+def number(value: Any, what: str) -> float:
+    """A finite JSON number (not a boolean); a RowProblem otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise RowProblem(f"{what} should be a finite number, found {str(value)[:40]!r}")
+    return value
+
+
+@contextlib.contextmanager
+def file_level(path: str | os.PathLike, row: int | str | None = None) -> Iterator[None]:
+    """Turn RowProblems raised by the validators on a part every row depends on into a DataError."""
+    try:
+        yield
+    except RowProblem as problem:
+        raise DataError(path, row, str(problem)) from None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
 def text_cell(record: dict, key: str, clean_file: bool = True) -> str:
     value = cell(record, key)
     if not isinstance(value, str):
@@ -203,13 +271,19 @@ def text_cell(record: dict, key: str, clean_file: bool = True) -> str:
 
 
 def int_cell(record: dict, key: str) -> int:
+    """An integer field: a JSON integer, or text such as "3" or "3.0"."""
     value = cell(record, key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value.strip())
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise RowProblem(f"field '{key}' should be an integer, found {value!r}") from None
+        number = float(value) if isinstance(value, (str, float)) else math.nan
+    except ValueError:
+        number = math.nan
     if not number.is_integer():
-        raise RowProblem(f"field '{key}' should be an integer, found {value!r}")
+        raise RowProblem(f"field '{key}' should be an integer, found {str(value)[:40]!r}")
     return int(number)
 
 
@@ -264,16 +338,16 @@ class ImageResolver:
 
     def _find(self, written: str) -> Path | None:
         path = Path(written.strip().replace("\\", "/"))  # paths written on Windows, too
-        if path.is_absolute() and path.is_file():
+        if path.is_absolute() and _is_file(path):
             return path
         parts = [part for part in path.parts if part not in ("/", "\\", "..", ".")]
         for start in range(len(parts)):
             candidate = self.root.joinpath(*parts[start:])
-            if candidate.is_file():
+            if _is_file(candidate):
                 return candidate
             if candidate.suffix.lower() in VIDEO_EXTENSIONS:
                 frame = next((candidate.with_suffix(ext) for ext in FRAME_EXTENSIONS
-                              if candidate.with_suffix(ext).is_file()), None)
+                              if _is_file(candidate.with_suffix(ext))), None)
                 if frame is not None:
                     return frame
         return None
@@ -282,6 +356,14 @@ class ImageResolver:
         if path not in self._readable:
             self._readable[path] = image_problem(path)
         return self._readable[path]
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, with names the file system refuses (too long, a NUL byte) counted as absent."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def image_problem(path: str | os.PathLike) -> str | None:

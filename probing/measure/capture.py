@@ -66,12 +66,19 @@ def capture_pooled(
 
     device = hooked.positional_embedding.device
     names = resid_hook_names(hooked.cfg.n_layers)
-    with torch.no_grad(), eval_mode(hooked):
-        for start in tqdm(range(0, len(captions), batch_size), desc="capture", unit="batch", disable=not progress):
-            index = order[start:start + batch_size]
-            pooled = _pooled_batch(hooked, tokens[index].to(device), names, pool_names)
+    try:
+        with torch.no_grad(), eval_mode(hooked):
+            for start in tqdm(range(0, len(captions), batch_size), desc="capture", unit="batch", disable=not progress):
+                index = order[start:start + batch_size]
+                pooled = _pooled_batch(hooked, tokens[index].to(device), names, pool_names)
+                for name in pool_names:
+                    outputs[name][:, index.numpy()] = pooled[name].cpu().numpy().astype(dtype)
+    except BaseException:  # an error or an interruption: no half-filled memory map stays behind
+        if out_dir is not None:
+            outputs.clear()
             for name in pool_names:
-                outputs[name][:, index.numpy()] = pooled[name].cpu().numpy().astype(dtype)
+                _partial_path(out_dir, name).unlink(missing_ok=True)
+        raise
 
     if out_dir is not None:
         outputs = {name: _finish(array, out_dir, name) for name, array in outputs.items()}

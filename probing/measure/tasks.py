@@ -104,16 +104,19 @@ def real_negation_task(examples, *, train_cues: Sequence[str] = ("no", "not"), s
     """Negation task from real NegationExamples (e.g. the rule-based generator over COCO/NegBench).
 
     Label 1 for the presence- and absence-negated captions, 0 for the affirmative caption; trained
-    on `train_cues` and tested on an in-distribution part of them and on every other cue.
+    on `train_cues` and tested on an in-distribution part of them and on every other cue. The control
+    labelling's type is the example's subject, or for data without one (CC-Neg) the example itself, so
+    that a caption and its negated twin share a control label, as in the synthetic task. A ValueError
+    says when the training split (or its control labels) does not hold both classes.
     """
     rows = []  # (caption, label, cue, type)
-    for example in examples:
-        subject = example.subject or ""
+    for index, example in enumerate(examples):
+        kind = example.subject or ("example", example.source, example.row if example.row is not None else index)
         if example.caption:
-            rows.append((example.caption, 0, example.cue, subject))
+            rows.append((example.caption, 0, example.cue, kind))
         for negated in (example.presence_negated, example.absence_negated):
             if negated:
-                rows.append((negated, 1, example.cue, subject))
+                rows.append((negated, 1, example.cue, kind))
     if not rows:
         raise ValueError("no captions in the given examples")
     rng = np.random.default_rng(seed)
@@ -127,4 +130,9 @@ def real_negation_task(examples, *, train_cues: Sequence[str] = ("no", "not"), s
             builder.add(split, [r[0] for r in chosen], [r[1] for r in chosen], [r[3] for r in chosen])
     if "train" not in builder.blocks:
         raise ValueError(f"no examples use the training cues {list(train_cues)}")
-    return builder.task("negation", seed, {"source": "real", "train_cues": list(train_cues)})
+    task = builder.task("negation", seed, {"source": "real", "train_cues": list(train_cues)})
+    for what, labels in (("labels", task.labels), ("control labels", task.control_labels)):
+        if len(np.unique(labels[task.train])) < 2:
+            raise ValueError(f"the training split ({len(task.train)} captions with the cues {list(train_cues)}) holds "
+                             f"one class of {what} only: it needs affirmative and negated captions of several examples")
+    return task

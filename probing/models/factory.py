@@ -102,8 +102,26 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
     world, note = world_for_model(model, checkpoint, seed)
     recorded = world is not None and checkpoint_world(checkpoint) is not None
     metadata = checkpoint_metadata(checkpoint) if checkpoint is not None and checkpoint.suffix == ".safetensors" else {}
-    metrics = json.loads(metadata["metrics"]) if "metrics" in metadata else None
+    metrics = recorded_metrics(checkpoint, metadata) if metadata else None
     info = {"model": label, "architecture": arch, "pretrained": None if pretrained is None else str(pretrained),
             "checkpoint": None if checkpoint is None else str(checkpoint), "device": str(device),
             "sha256": metadata.get("state_sha256")}
     return ModelBundle(model, preprocess, tokenizer, arch, label, checkpoint, world, note, recorded, metrics, info)
+
+
+def recorded_metrics(checkpoint: str | Path, metadata: dict[str, str] | None = None) -> dict | None:
+    """The metrics a build recorded in the metadata of its .safetensors checkpoint (None without); a
+    ModelLoadError naming the file if they are damaged."""
+    from probing.models.loading import ModelLoadError, checkpoint_metadata
+
+    metadata = checkpoint_metadata(checkpoint) if metadata is None else metadata
+    if "metrics" not in metadata:
+        return None
+    try:
+        metrics = json.loads(metadata["metrics"])
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"checkpoint file {checkpoint} has damaged metadata: 'metrics' is not JSON "
+                             f"({error})") from None
+    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+        raise ModelLoadError(f"checkpoint file {checkpoint} has damaged metadata: 'metrics' is not a table of numbers")
+    return metrics

@@ -40,12 +40,24 @@ class Checkpoint:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto' (or None) picks CUDA when there is one; anything else is taken as given."""
+    """'auto' (or None) picks CUDA when there is one; anything else must name a device this machine has
+    (a ModelLoadError says why not)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device 'cuda' was asked for, but torch sees no CUDA device on this machine")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ModelLoadError(f"unknown device {str(device)[:40]!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError("device 'cuda' was asked for, but torch sees no CUDA device on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device} was asked for, but this machine has {torch.cuda.device_count()} "
+                                 f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device 'mps' was asked for, but torch sees no Apple GPU on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {device} is not supported here; use auto, cpu, cuda or cuda:N")
     return device
 
 

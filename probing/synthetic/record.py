@@ -40,12 +40,17 @@ def world_from_metadata(metadata: dict[str, str]) -> SyntheticWorld | None:
 
 
 def checkpoint_world(pretrained: str | Path | None) -> SyntheticWorld | None:
-    """The world recorded in a local .safetensors checkpoint; None for tags, other formats or no record."""
+    """The world recorded in a local .safetensors checkpoint; None for tags, other formats or no record.
+    A record that cannot be read back is a ModelLoadError naming the file."""
     if pretrained is None or Path(pretrained).suffix != ".safetensors" or not Path(pretrained).is_file():
         return None
-    from probing.models.loading import checkpoint_metadata
+    from probing.models.loading import ModelLoadError, checkpoint_metadata
 
-    return world_from_metadata(checkpoint_metadata(pretrained))
+    try:
+        return world_from_metadata(checkpoint_metadata(pretrained))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ModelLoadError(f"checkpoint file {pretrained} has damaged metadata: its {WORLD_KEY!r} record cannot be "
+                             f"read ({type(error).__name__}: {str(error)[:120]})") from None
 
 
 def world_for_model(model, pretrained: str | Path | None = None, seed: int = 0) -> tuple[SyntheticWorld | None, str | None]:

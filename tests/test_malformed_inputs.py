@@ -1,0 +1,690 @@
+"""Malformed and hostile inputs to every command: each ends with exit status 2, one error line that names
+the problem (and the file, where there is one), and no traceback.
+
+The inputs are made here from small fixtures (a tiny model config, a two-step fine-tuning run, files
+written wrong on purpose, damaged copies of checkpoints and study folders). Every case runs the command
+in this process (`main(argv)`): an exception escaping it fails the case with its traceback, so "no
+traceback" is checked directly; a few cases also run the installed entry points as processes.
+"""
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from analysis.cli import ablate_layers, build_embedded, evaluate_negation, finetune_layers, probe_layers
+from analysis.cli.common import MESSAGE_LIMIT
+from tests.conftest import SHARED_DATA, tiny_config
+
+COMMANDS = {"probe-layers": probe_layers.main, "finetune-layers": finetune_layers.main,
+            "evaluate-negation": evaluate_negation.main, "ablate-layers": ablate_layers.main,
+            "build-embedded": build_embedded.main}
+IMAGES = SHARED_DATA / "coco_mini" / "val2017"
+IMAGE = "000000397133.jpg"  # one of the shared COCO images
+
+
+# --- the fixtures: small files, written right and wrong ----------------------------------------------
+
+def _csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _json(path: Path, value) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value), encoding="utf-8")
+    return path
+
+
+MCQ_HEADER = ["image_path", "correct_answer", "caption_0", "caption_1", "caption_2", "caption_3",
+              "correct_answer_template"]
+RETRIEVAL_HEADER = ["positive_objects", "negative_objects", "filepath", "image_id", "captions"]
+
+
+def _with_metadata(source: Path, target: Path, **changes: str) -> Path:
+    """A copy of a .safetensors checkpoint whose metadata entries are replaced (the tensors untouched)."""
+    from safetensors.torch import load_file, save_file
+
+    from probing.models.loading import checkpoint_metadata
+
+    save_file(load_file(str(source)), str(target), metadata={**checkpoint_metadata(source), **changes})
+    return target
+
+
+def _finetune_base(root: Path, config: Path) -> tuple[Path, list[str]]:
+    """A finished two-step fine-tuning run (checkpoint at step 2) and the arguments that made it."""
+    out = root / "ft-base"
+    args = ["--model", str(config), "--data", "synthetic", "--n-examples", "8", "--batch-size", "4", "--steps", "2",
+            "--layers", "0", "--ckpt-every", "1", "--warmup-steps", "1", "--lr", "1e-4", "--no-progress",
+            "--no-tensorboard", "--threads", "1", "--device", "cpu"]
+    with contextlib.redirect_stdout(_io.StringIO()):
+        assert finetune_layers.main(args + ["--out", str(out)]) == 0
+    return out, args
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory) -> dict[str, str]:
+    """Paths (as text) of every fixture the cases name by {key}."""
+    root = tmp_path_factory.mktemp("malformed")
+    paths: dict[str, Path] = {}
+
+    def add(name: str, path: Path) -> Path:
+        paths[name] = path
+        return path
+
+    add("file", root / "a_file.txt").write_text("not a folder\n")
+    add("under_file", paths["file"] / "sub")
+    add("missing", root / "missing" / "nothing.csv")
+    add("out", root / "out")  # does not exist yet: every case that gets past the checks writes nowhere else
+    add("tiny", _json(root / "tiny-mal.json", tiny_config(layers=2)))
+    add("empty_csv", root / "empty.csv").write_text("")
+    add("blank_csv", root / "blank.csv").write_text("\n\n  \n")
+    add("binary_csv", root / "binary.csv").write_bytes(b"\xff\xfe\x00\x01image_path,caption\n\xff,\xfe\n")
+    add("bad_json", root / "bad.json").write_text('{"a": [1, 2,,]}')
+    add("list_json", _json(root / "list.json", [1, 2, 3]))
+    add("text_file", root / "notes.txt").write_text("hello\n")
+    # CC-Neg in its CSV layout
+    add("ccneg_no_negation_column", _csv(root / "ccneg_cols.csv", ["image_path", "caption"], [[IMAGE, "a cat"]]))
+    add("ccneg_without_only", _csv(root / "ccneg_without.csv", ["image_path", "caption", "negative_prompt"],
+                                   [[IMAGE, f"a dog and a cat {i}", f"a dog without a cat {i}"] for i in range(6)]))
+    add("ccneg_one_example", _csv(root / "ccneg_one.csv", ["image_path", "caption", "negative_prompt"],
+                                  [[IMAGE, "a dog and a cat", "a dog and no cat"]]))
+    add("jsonl_all_broken", root / "broken.jsonl").write_text("{broken\n[1, 2]\n\"text\"\n")
+    add("ccneg_pt_garbage", root / "garbage.pt").write_bytes(b"PK\x03\x04 this is no torch file")
+    add("ccneg_pt_wrong", root / "wrong.pt")
+    torch.save({"image_paths": 5, "annotations": [1]}, paths["ccneg_pt_wrong"])
+    # NegBench
+    add("mcq_missing_column", _csv(root / "mcq_cols.csv", MCQ_HEADER[:-1], [[IMAGE, "0", "a", "b", "c", "d"]]))
+    add("mcq_bad_rows", _csv(root / "mcq_bad.csv", MCQ_HEADER, [[IMAGE, "7", "a", "b", "c", "d", "positive"],
+                                                                [IMAGE, "x", "a", "b", "c", "d", "positive"],
+                                                                [IMAGE, "0", "a", "b", "c", "d", "sideways"]]))
+    add("mcq_no_images", _csv(root / "mcq_noimg.csv", MCQ_HEADER, [[f"nowhere/{i}.jpg", "0", "a cat", "no cat",
+                                                                   "a dog", "no dog", "positive"] for i in range(3)]))
+    add("mcq_identical", _csv(root / "mcq_same.csv", MCQ_HEADER, [[IMAGE, "0", "a cat on a mat", "a cat on a mat",
+                                                                   "a dog", "no dog", "positive"]]))
+    add("retrieval_bad_lists", _csv(root / "ret_bad.csv", RETRIEVAL_HEADER,
+                                    [["['cat']", "['dog']", IMAGE, "1", "['a cat', 'b'"],
+                                     ["['cat']", "['dog']", IMAGE, "1", "[]"]]))
+    # SugarCREPE, VALSE, COCO, NegRefCOCOg
+    add("sugarcrepe_list", _json(root / "add_obj.json", [{"filename": IMAGE}]))
+    add("sugarcrepe_same", _json(root / "sc_same" / "add_obj.json",
+                                 {"0": {"filename": IMAGE, "caption": "a cat", "negative_caption": "a cat"},
+                                  "1": {"filename": IMAGE, "caption": "a dog", "negative_caption": "a dog"}}))
+    long = " ".join(["a big red bus"] * 30)
+    add("sugarcrepe_cut", _json(root / "sc_cut" / "add_obj.json",
+                                {"0": {"filename": IMAGE, "caption": long + " and a cat",
+                                       "negative_caption": long + " and a dog"}}))
+    add("sugarcrepe_bad_json", root / "swap_obj.json").write_text("{")
+    add("valse_wrong_items", _json(root / "existence.json", {"0": [1, 2], "1": "text", "2": {"mturk": "x"}}))
+    add("coco_no_annotations", _json(root / "instances_x.json", {"images": []}))
+    add("coco_list_ids", _json(root / "instances_y.json", {"images": [{"id": [1], "file_name": IMAGE}],
+                                                          "annotations": [], "categories": []}))
+    add("negrefcocog_object", _json(root / "NegRefCOCOg.json", {"phrase": "x"}))
+    # layer plans and recipes
+    add("plan_bad_json", root / "plan_bad.json").write_text("{blocks: [0]}")
+    add("plan_list", _json(root / "plan_list.json", [0, 1]))
+    add("plan_huge_block", _json(root / "plan_huge.json", {"blocks": [0, 10**9]}))
+    add("plan_inf_weight", root / "plan_inf.json").write_text('{"blocks": [0], "lr_weights": {"0": Infinity}}')
+    add("plan_text_blocks", _json(root / "plan_text.json", {"blocks": ["0", "1"]}))
+    add("plan_empty", _json(root / "plan_empty.json", {"blocks": []}))
+    recipe = {"name": "r", "summary": "s", "source": "t"}
+    add("recipe_bad_json", root / "recipe_bad.json").write_text('{"name": ')
+    add("recipe_negative_lr", _json(root / "recipe_lr.json", {**recipe, "settings": {"lr": -1, "layers": "0"}}))
+    add("recipe_inf_lr", _json(root / "recipe_inf.json", {**recipe, "settings": {"lr": "inf", "layers": "0"}}))
+    add("recipe_bad_loss", _json(root / "recipe_loss.json", {**recipe, "settings": {"loss": "magic", "layers": "0"}}))
+    add("recipe_flag_text", _json(root / "recipe_flag.json", {**recipe, "settings": {"train_embeddings": "yes",
+                                                                                     "layers": "0"}}))
+    add("recipe_unknown", _json(root / "recipe_unknown.json", {**recipe, "settings": {"learning_rate": 1}}))
+    add("recipe_list_settings", _json(root / "recipe_list.json", {**recipe, "settings": [1, 2]}))
+    # an image folder with one class only
+    add("one_class", root / "one_class")
+    (paths["one_class"] / "cat").mkdir(parents=True)
+    shutil.copy(IMAGES / IMAGE, paths["one_class"] / "cat" / IMAGE)
+
+    # checkpoints: a real two-step run, then damaged copies of it
+    base, base_args = _finetune_base(root, paths["tiny"])
+    paths["ft_base"] = base
+
+    def damaged_run(name: str, damage: Callable[[Path], None]) -> Path:
+        out = add(name, root / name)
+        shutil.copytree(base, out)
+        damage(out / "checkpoints")
+        return out
+
+    step = "step_0000002"
+    damaged_run("ft_latest_garbage", lambda c: (c / "latest.json").write_text("{not json"))
+    damaged_run("ft_latest_shape", lambda c: _json(c / "latest.json", {"step": "two", "folder": step}))
+    damaged_run("ft_latest_escape", lambda c: _json(c / "latest.json", {"step": 2, "folder": "../../etc"}))
+    damaged_run("ft_latest_dangling", lambda c: _json(c / "latest.json", {"step": 9, "folder": "step_0000009"}))
+    damaged_run("ft_latest_folder", lambda c: ((c / "latest.json").unlink(), (c / "latest.json").mkdir()))
+    damaged_run("ft_state_garbage", lambda c: (c / step / "state.pt").write_bytes(b"\x80\x04 truncated pickle"))
+    damaged_run("ft_state_empty", lambda c: (c / step / "state.pt").write_bytes(b""))
+    damaged_run("ft_state_keys", lambda c: torch.save({"step": 2}, c / step / "state.pt"))
+    damaged_run("ft_state_settings", lambda c: torch.save({**torch.load(c / step / "state.pt", weights_only=True),
+                                                           "settings": "{not json"}, c / step / "state.pt"))
+    damaged_run("ft_weights_truncated", lambda c: (c / step / "model.safetensors").write_bytes(
+        (c / step / "model.safetensors").read_bytes()[:300]))
+
+    def nan_weights(checkpoints: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        from probing.models.loading import checkpoint_metadata
+
+        path = checkpoints / step / "model.safetensors"
+        tensors = load_file(str(path))
+        name = next(key for key in tensors if key.startswith("transformer.resblocks.0") and key.endswith("weight"))
+        tensors[name] = torch.full_like(tensors[name], float("nan"))
+        metadata = checkpoint_metadata(path)
+        metadata.pop("state_sha256", None)  # as a checkpoint written before the weight check would be
+        save_file(tensors, str(path), metadata=metadata)
+
+    damaged_run("ft_nan_weights", nan_weights)
+    model_file = base / "model.safetensors"
+    add("damaged_world", _with_metadata(model_file, root / "damaged_world.safetensors", synthetic_world="{not json"))
+    add("damaged_world_shape", _with_metadata(model_file, root / "world_shape.safetensors",
+                                              synthetic_world=json.dumps({"config": {"image_size": 32}, "seed": 0})))
+    add("damaged_metrics", _with_metadata(model_file, root / "damaged_metrics.safetensors", metrics="[1, 2"))
+    add("damaged_metrics_shape", _with_metadata(model_file, root / "metrics_shape.safetensors",
+                                                metrics=json.dumps(["not", "a", "table"])))
+    add("damaged_digest", _with_metadata(model_file, root / "damaged_digest.safetensors", state_sha256="0" * 64))
+
+    # ablation study folders, damaged
+    add("ab_config_garbage", root / "ab_config_garbage").mkdir()
+    (paths["ab_config_garbage"] / "ablation_config.json").write_text("{\"settings\": ")
+    add("ab_config_shape", root / "ab_config_shape").mkdir()
+    _json(paths["ab_config_shape"] / "ablation_config.json", ["settings"])
+    add("ab_runs_broken", root / "ab_runs_broken").mkdir()
+    (paths["ab_runs_broken"] / "runs.jsonl").write_text("{\"variant\": 3}\n{\"variant\": \"front\", \"seed\": 0, "
+                                                        "\"metrics\": {}}\n")
+    add("ab_runs_binary", root / "ab_runs_binary").mkdir()
+    (paths["ab_runs_binary"] / "runs.jsonl").write_bytes(b"\xff\xfe\xfa\n")
+    add("ab_run_checkpoint", root / "ab_run_checkpoint")
+    (paths["ab_run_checkpoint"] / "runs" / "front" / "seed0" / "checkpoints").mkdir(parents=True)
+    (paths["ab_run_checkpoint"] / "runs" / "front" / "seed0" / "checkpoints" / "latest.json").write_text("[")
+
+    shown = {name: str(path) for name, path in paths.items()}
+    shown["base_args"] = base_args
+    return shown
+
+
+# --- the cases -------------------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    prog: str
+    argv: list[str]  # {fixture} placeholders are filled from `fx`
+    message: str  # a part of the error line that names the problem
+    env: dict[str, str] = field(default_factory=dict)  # environment variables ({fixture} filled too)
+
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    """`text` with each {fixture} replaced by its path; other braces (JSON) stay."""
+    return re.sub(r"\{(\w+)\}", lambda match: values.get(match.group(1), match.group(0)), text)
+
+
+def case(prog: str, argv: str | list[str], message: str, **env: str) -> Case:
+    return Case(prog, argv.split() if isinstance(argv, str) else argv, message, env)
+
+
+# quick settings that reach the data, model and study checks without real work
+PL = "--model embedded:small --seeds 0 --null-models 2 --null-seeds 0 --measurements probes --no-progress"
+FT = "--model {tiny} --data synthetic --n-examples 8 --batch-size 4 --steps 2 --layers 0 --no-progress --no-tensorboard"
+EV = "--model {tiny} --image-root " + str(IMAGES) + " --no-progress --out {out}/ev"
+AB = ("--model embedded:small --steps 1 --batch-size 16 --n-train 32 --warmup-steps 1 --eval-n 100 "
+      "--eval-classification 36 --no-progress --threads 1 --seeds 0 --variants front")
+
+PROBE_LAYERS = [
+    case("probe-layers", f"{PL} --seed -1", "--seed: must be >= 0"),
+    case("probe-layers", f"{PL} --seed 99999999999", "must be <= 4294967295"),
+    case("probe-layers", f"{PL} --seed 1.5", "invalid int value: '1.5'"),
+    case("probe-layers", "--seeds 0,-1", "--seeds: each value must be >= 0"),
+    case("probe-layers", ["--seeds", ""], "--seeds is empty"),
+    case("probe-layers", "--null-seeds x,y", "--null-seeds must be a comma list"),
+    case("probe-layers", "--n-train abc", "must be an integer, got 'abc'"),
+    case("probe-layers", "--n-train 1e3", "must be an integer"),
+    case("probe-layers", "--n-train " + "9" * 5000, "must be an integer"),
+    case("probe-layers", "--n-test 5", "must be >= 10"),
+    case("probe-layers", "--batch-size 0", "must be >= 1"),
+    case("probe-layers", "--batch-size 99999999999", "must be <= 2147483647"),
+    case("probe-layers", "--share nan", "must be a finite number"),
+    case("probe-layers", "--share inf", "must be a finite number"),
+    case("probe-layers", "--share 1.5", "must be in (0, 1]"),
+    case("probe-layers", "--alpha 0", "must be in (0, 1]"),
+    case("probe-layers", "--k -1", "must be >= 1"),
+    case("probe-layers", "--per-image 0", "must be >= 1"),
+    case("probe-layers", "--score-weights nan,1,1", "--score-weights takes three non-negative numbers"),
+    case("probe-layers", "--score-weights inf,0,0", "--score-weights takes three non-negative numbers"),
+    case("probe-layers", "--score-weights 0,0,0", "--score-weights"),
+    case("probe-layers", "--device bogus", "unknown device 'bogus'"),
+    case("probe-layers", "--device cuda:x", "unknown device"),
+    case("probe-layers", "--threads 0", "must be >= 1"),
+    case("probe-layers", "--threads 100000", "must be <= 1024"),
+    case("probe-layers", "--measurements ,,", "--measurements is empty"),
+    case("probe-layers", "--losses clip,magic", "unknown magic"),
+    case("probe-layers", "--rule magic", "invalid choice: 'magic'"),
+    case("probe-layers", "--model embedded:nope", "unknown embedded model 'nope'"),
+    case("probe-layers", "--data {missing}", "no such file"),
+    case("probe-layers", "--image-root {file}", "is not a folder"),
+    case("probe-layers", f"{PL} --out {{file}}", "--out {file} is a file, not a folder"),
+    case("probe-layers", f"{PL} --out {{under_file}}", "cannot be created: {file} is a file"),
+    case("probe-layers", f"{PL} --data {{empty_csv}} --out {{out}}/pl", "empty.csv: file is empty"),
+    case("probe-layers", f"{PL} --data {{blank_csv}} --out {{out}}/pl", "blank.csv: file is empty"),
+    case("probe-layers", f"{PL} --data {{bad_json}} --out {{out}}/pl", "bad.json: invalid JSON"),
+    case("probe-layers", f"{PL} --data {{list_json}} --out {{out}}/pl", "list.json: cannot tell the dataset kind"),
+    case("probe-layers", f"{PL} --data {{text_file}} --out {{out}}/pl", "notes.txt: cannot tell the dataset kind"),
+    case("probe-layers", f"{PL} --data {{binary_csv}} --out {{out}}/pl", "binary.csv"),
+    case("probe-layers", f"{PL} --data {{empty_csv}} --data-kind magic --out {{out}}/pl",
+         "unknown dataset kind 'magic'"),
+    case("probe-layers", f"{PL} --data {{ccneg_no_negation_column}} --data-kind ccneg --out {{out}}/pl",
+         "ccneg_cols.csv: missing column(s)"),
+    case("probe-layers", f"{PL} --data {{ccneg_without_only}} --out {{out}}/pl", "no examples use the training cues"),
+    case("probe-layers", f"{PL} --data {{ccneg_one_example}} --out {{out}}/pl", "holds one class of"),
+    case("probe-layers", f"{PL} --data {{ccneg_pt_garbage}} --out {{out}}/pl", "garbage.pt: torch.load cannot read it"),
+    case("probe-layers", f"{PL} --data {{ccneg_pt_wrong}} --out {{out}}/pl", "image_paths should be a list"),
+    case("probe-layers", f"{PL} --data {{jsonl_all_broken}} --out {{out}}/pl", "broken.jsonl"),
+    case("probe-layers", "--model {tiny} --pretrained {damaged_world} --seeds 0 --null-models 2 --out {out}/pl",
+         "damaged_world.safetensors has damaged metadata"),
+    case("probe-layers", "--model {tiny} --pretrained {ccneg_pt_garbage} --out {out}/pl", "garbage.pt is corrupt"),
+    case("probe-layers", "--model no-such-architecture --out {out}/pl", "unknown model name 'no-such-architecture'"),
+    case("probe-layers", "--model {missing} --out {out}/pl", "unknown model name"),
+]
+
+FINETUNE_LAYERS = [
+    case("finetune-layers", f"{FT} --lr inf --out {{out}}/ft", "--lr: must be a finite number"),
+    case("finetune-layers", f"{FT} --lr nan --out {{out}}/ft", "--lr: must be a finite number"),
+    case("finetune-layers", f"{FT} --lr 1e30 --out {{out}}/ft", "--lr: must be <= 1"),
+    case("finetune-layers", f"{FT} --lr -1 --out {{out}}/ft", "--lr: must be > 0"),
+    case("finetune-layers", f"{FT} --lr 0 --out {{out}}/ft", "--lr: must be > 0"),
+    case("finetune-layers", f"{FT} --clip-grad-norm -1 --out {{out}}/ft", "--clip-grad-norm: must be >= 0"),
+    case("finetune-layers", f"{FT} --clip-grad-norm inf --out {{out}}/ft", "--clip-grad-norm: must be a finite"),
+    case("finetune-layers", "--model {tiny} --layers 0 --epochs inf --out {out}/ft", "--epochs: must be a finite"),
+    case("finetune-layers", "--model {tiny} --layers 0 --epochs nan --out {out}/ft", "--epochs: must be a finite"),
+    case("finetune-layers", "--model {tiny} --layers 0 --epochs 0 --out {out}/ft", "--epochs: must be > 0"),
+    case("finetune-layers", "--model {tiny} --layers 0 --steps 0 --out {out}/ft", "--steps: must be >= 1"),
+    case("finetune-layers", "--model {tiny} --layers 0 --steps 1e3 --out {out}/ft", "--steps: must be an integer"),
+    case("finetune-layers", "--model {tiny} --layers 0 --steps 99999999999 --out {out}/ft", "must be <= 2147483647"),
+    case("finetune-layers", "--model {tiny} --layers 0 --steps 2 --epochs 1 --out {out}/ft", "not allowed with"),
+    case("finetune-layers", f"{FT} --seed -5 --out {{out}}/ft", "--seed: must be >= 0"),
+    case("finetune-layers", f"{FT} --seed 4294967296 --out {{out}}/ft", "--seed: must be <= 4294967295"),
+    case("finetune-layers", f"{FT} --data-seed -1 --out {{out}}/ft", "--data-seed: must be >= 0"),
+    case("finetune-layers", f"{FT} --second-data-seed x --out {{out}}/ft", "--second-data-seed: must be an integer"),
+    case("finetune-layers", f"{FT} --weight-decay -0.1 --out {{out}}/ft", "--weight-decay: must be >= 0"),
+    case("finetune-layers", f"{FT} --weight-decay inf --out {{out}}/ft", "--weight-decay: must be a finite"),
+    case("finetune-layers", f"{FT} --eps 0 --out {{out}}/ft", "--eps: must be > 0"),
+    case("finetune-layers", f"{FT} --betas 0.9 --out {{out}}/ft", "--betas takes two numbers"),
+    case("finetune-layers", f"{FT} --betas 1,0.5 --out {{out}}/ft", "--betas takes two numbers in [0, 1)"),
+    case("finetune-layers", f"{FT} --betas nan,0.9 --out {{out}}/ft", "--betas takes two numbers"),
+    case("finetune-layers", f"{FT} --betas a,b --out {{out}}/ft", "--betas takes two numbers"),
+    case("finetune-layers", "--model {tiny} --layers 0 --batch-size 0 --out {out}/ft", "--batch-size: must be >= 1"),
+    case("finetune-layers", f"{FT} --grad-accum 0 --out {{out}}/ft", "--grad-accum: must be >= 1"),
+    case("finetune-layers", f"{FT} --warmup-steps -1 --out {{out}}/ft", "--warmup-steps: must be >= 0"),
+    case("finetune-layers", f"{FT} --log-every 0 --out {{out}}/ft", "--log-every: must be >= 1"),
+    case("finetune-layers", f"{FT} --ckpt-every 0 --out {{out}}/ft", "--ckpt-every: must be >= 1"),
+    case("finetune-layers", f"{FT} --n-examples 0 --out {{out}}/ft", "--n-examples: must be >= 1"),
+    case("finetune-layers", f"{FT} --device bogus --out {{out}}/ft", "unknown device 'bogus'"),
+    case("finetune-layers", f"{FT} --device cuda:x --out {{out}}/ft", "unknown device 'cuda:x'"),
+    case("finetune-layers", f"{FT} --threads 0 --out {{out}}/ft", "--threads: must be >= 1"),
+    case("finetune-layers", f"{FT} --loss magic --out {{out}}/ft", "invalid choice: 'magic'"),
+    case("finetune-layers", f"{FT} --split magic --out {{out}}/ft", "invalid choice: 'magic'"),
+    case("finetune-layers", f"{FT} --data-kind magic --out {{out}}/ft", "invalid choice: 'magic'"),
+    case("finetune-layers", f"{FT} --loss omni --lam -1 --out {{out}}/ft", "--lam: must be >= 0"),
+    case("finetune-layers", f"{FT} --loss omni --lam nan --out {{out}}/ft", "--lam: must be a finite number"),
+    case("finetune-layers", f"{FT} --loss omni --lambda-t -1 --out {{out}}/ft", "--lambda-t: must be >= 0"),
+    case("finetune-layers", f"{FT} --loss omni --lambda-o inf --out {{out}}/ft", "--lambda-o: must be a finite"),
+    case("finetune-layers", f"{FT} --loss omni --margin 5 --out {{out}}/ft", "margin must lie in [-2, 2]"),
+    case("finetune-layers", f"{FT} --loss omni --margin inf --out {{out}}/ft", "--margin: must be a finite number"),
+    case("finetune-layers", f"{FT} --lam 1 --out {{out}}/ft", "--lam do(es) not apply to --loss conclip"),
+    case("finetune-layers", f"{FT} --terms 4 --out {{out}}/ft", "--terms must be among"),
+    case("finetune-layers", f"{FT} --terms a --out {{out}}/ft", "--terms must list term numbers"),
+    case("finetune-layers", f"{FT} --loss mix --weights conclip=-1 --out {{out}}/ft",
+         "--weights conclip: must be >= 0"),
+    case("finetune-layers", f"{FT} --loss mix --weights conclip=nan --out {{out}}/ft", "must be a finite number"),
+    case("finetune-layers", f"{FT} --loss mix --weights magic=1 --out {{out}}/ft", "--weights: unknown loss 'magic'"),
+    case("finetune-layers", f"{FT} --loss mix --weights conclip=0 --out {{out}}/ft", "every weight of the mix is 0"),
+    case("finetune-layers", "--model {tiny} --layers 0-1000000 --out {out}/ft", "no text tower has more than"),
+    case("finetune-layers", "--model {tiny} --layers 0-99999999999999999999 --out {out}/ft", "names block"),
+    case("finetune-layers", "--model {tiny} --layers 5-2 --out {out}/ft", "bad layer list '5-2'"),
+    case("finetune-layers", "--model {tiny} --layers -1 --out {out}/ft", "bad layer list '-1'"),
+    case("finetune-layers", "--model {tiny} --layers zero --out {out}/ft", "bad layer list 'zero'"),
+    case("finetune-layers", "--model {tiny} --out {out}/ft", "give one of --plan and --layers"),
+    case("finetune-layers", "--model {tiny} --plan {plan_bad_json} --out {out}/ft", "plan_bad.json is not valid JSON"),
+    case("finetune-layers", "--model {tiny} --plan {plan_list} --out {out}/ft", "must be a JSON object, got list"),
+    case("finetune-layers", "--model {tiny} --plan {plan_huge_block} --out {out}/ft", "block indices must be <= 9999"),
+    case("finetune-layers", "--model {tiny} --plan {plan_inf_weight} --out {out}/ft", "must be a positive finite"),
+    case("finetune-layers", "--model {tiny} --plan {plan_text_blocks} --out {out}/ft", "must be a list of integers"),
+    case("finetune-layers", "--model {tiny} --plan {missing} --out {out}/ft", "does not exist"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_bad_json} --out {out}/ft", "recipe_bad.json is not valid"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_negative_lr} --out {out}/ft", "setting 'lr' must be > 0"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_inf_lr} --out {out}/ft", "setting 'lr' must be a finite"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_bad_loss} --out {out}/ft", "'magic' is not one of"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_flag_text} --out {out}/ft", "must be true or false"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_unknown} --out {out}/ft",
+         "unknown setting(s) learning_rate"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_list_settings} --out {out}/ft", "must be JSON objects"),
+    case("finetune-layers", "--model {tiny} --recipe nonesuch --out {out}/ft", "unknown recipe 'nonesuch'"),
+    case("finetune-layers", f"{FT} --second-loss omni_absence --out {{out}}/ft", "needs --second-data"),
+    case("finetune-layers", f"{FT} --second-data synthetic --out {{out}}/ft", "--second-data needs --second-loss"),
+    case("finetune-layers", f"{FT} --model embedded:small --pretrained x.pt --out {{out}}/ft",
+         "does not go with the embedded model"),
+    case("finetune-layers", f"{FT} --out {{file}}", "--out {file} is a file, not a folder"),
+    case("finetune-layers", f"{FT} --out {{under_file}}", "cannot be created: {file} is a file"),
+    case("finetune-layers", f"{FT} --data {{missing}} --out {{out}}/ft", "nothing.csv: file not found"),
+    case("finetune-layers", f"{FT} --image-root {{file}} --data {{empty_csv}} --out {{out}}/ft",
+         "image root is not a folder"),
+    case("finetune-layers", f"{FT} --data {{empty_csv}} --out {{out}}/ft", "empty.csv: file is empty"),
+    case("finetune-layers", f"{FT} --data {{bad_json}} --out {{out}}/ft", "bad.json: invalid JSON"),
+    case("finetune-layers", f"{FT} --data {{ccneg_no_negation_column}} --data-kind ccneg --split all --out {{out}}/ft",
+         "ccneg_cols.csv: missing column(s)"),
+    case("finetune-layers", f"{FT} --data {{jsonl_all_broken}} --out {{out}}/ft", "broken.jsonl, row 0: invalid JSON"),
+    case("finetune-layers", f"{FT} --data {{jsonl_all_broken}} --skip-bad-rows --out {{out}}/ft",
+         "broken.jsonl: 0 usable examples (3 rows skipped) are fewer than one batch of 4"),
+    case("finetune-layers", f"{FT} --data {{ccneg_pt_garbage}} --out {{out}}/ft", "torch.load cannot read it"),
+    case("finetune-layers", f"{FT} --data {{sugarcrepe_list}} --data-kind sugarcrepe --out {{out}}/ft",
+         "expected a JSON object of id -> item"),
+    case("finetune-layers", "--model {tiny} --data synthetic --n-examples 3 --batch-size 4 --steps 1 --layers 0 "
+                            "--out {out}/ft", "3 examples (--n-examples) are fewer than one batch of 4"),
+    case("finetune-layers", f"{FT} --loss negbench_mcq --out {{out}}/ft", "reads MCQ items"),
+    case("finetune-layers", "--model {tiny} --layers 0-7 --steps 1 --batch-size 4 --n-examples 8 --out {out}/ft",
+         "the text tower has 2 blocks"),
+    case("finetune-layers", "--model {tiny} --pretrained {damaged_world} --layers 0 --steps 1 --batch-size 4 "
+                            "--n-examples 8 --out {out}/ft", "damaged_world.safetensors has damaged metadata"),
+    case("finetune-layers", "--model {tiny} --pretrained {damaged_world_shape} --layers 0 --steps 1 --batch-size 4 "
+                            "--n-examples 8 --out {out}/ft", "world_shape.safetensors has damaged metadata"),
+    case("finetune-layers", "--model {tiny} --pretrained {damaged_metrics} --layers 0 --steps 1 --batch-size 4 "
+                            "--n-examples 8 --out {out}/ft", "damaged_metrics.safetensors has damaged metadata"),
+    case("finetune-layers", "--model {tiny} --pretrained {damaged_digest} --layers 0 --steps 1 --batch-size 4 "
+                            "--n-examples 8 --out {out}/ft", "damaged_digest.safetensors is damaged"),
+    case("finetune-layers", "--model {tiny} --pretrained {ccneg_pt_garbage} --layers 0 --out {out}/ft",
+         "garbage.pt is corrupt"),
+]
+# resuming damaged runs: the arguments of the run that wrote them, with --resume
+RESUME = [
+    ("ft_latest_garbage", "latest.json is damaged: not JSON"),
+    ("ft_latest_shape", "latest.json is damaged: found"),
+    ("ft_latest_escape", "latest.json is damaged: found"),
+    ("ft_latest_dangling", "which lacks model.safetensors, state.pt"),
+    ("ft_latest_folder", "latest.json is a folder"),
+    ("ft_state_garbage", "state.pt is damaged"),
+    ("ft_state_empty", "state.pt is damaged"),
+    ("ft_state_keys", "state.pt is damaged: it lacks optimizer, scheduler, settings, rng"),
+    ("ft_state_settings", "state.pt is damaged: its settings are not JSON"),
+    ("ft_weights_truncated", "model.safetensors is corrupt"),
+    ("ft_nan_weights", "holds non-finite weights"),
+]
+FINETUNE_LAYERS += [case("finetune-layers", ["{base_args}", "--resume", "--out", "{%s}" % name], message)
+                    for name, message in RESUME]
+FINETUNE_LAYERS += [case("finetune-layers", ["{base_args}", "--out", "{ft_base}"],
+                         "already holds a checkpoint (step 2)")]
+
+EVALUATE_NEGATION = [
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --batch-size 0", "--batch-size: must be >= 1"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --limit -1", "--limit: must be >= 1"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --seed -1", "--seed: must be >= 0"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-n x", "must be an integer, got 'x'"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-image-size 0", "must be >= 1"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-split magic", "invalid choice: 'magic'"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --device bogus", "unknown device 'bogus'"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --threads -1", "--threads: must be >= 1"),
+    case("evaluate-negation", "--benchmarks synthetic --model embedded:nope --out {out}/ev", "unknown embedded model"),
+    case("evaluate-negation", "--benchmarks synthetic --out {file}", "--out {file} is a file, not a folder"),
+    case("evaluate-negation", "--benchmarks synthetic --out {under_file}", "cannot be created: {file} is a file"),
+    case("evaluate-negation", f"{EV} --data-root {{file}}", "--data-root {file} is not a folder"),
+    case("evaluate-negation", "--image-root {missing} --out {out}/ev", "is not a folder"),
+    case("evaluate-negation", f"{EV} --image-root-for valse_existence", "--image-root-for takes BENCHMARK=DIR"),
+    case("evaluate-negation", f"{EV} --image-root-for magic={{out}}", "is not a folder"),
+    case("evaluate-negation", f"{EV} --image-root-for magic=" + str(IMAGES), "unknown benchmark(s) ['magic']"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic,bogus", "unknown benchmark(s) ['bogus']"),
+    case("evaluate-negation", [*EV.split(), "--benchmarks", " , "], "--benchmarks is empty"),
+    case("evaluate-negation", f"{EV} --benchmarks negbench_mcq --negbench-mcq {{missing}}", "do(es) not exist"),
+    case("evaluate-negation", f"{EV} --benchmarks image_folder", "no image folder given"),
+    *[case("evaluate-negation", f"{EV} --benchmarks {benchmark} --{benchmark.replace('_', '-')} {{{fixture}}}", message)
+      for benchmark, fixture, message in [
+          ("negbench_mcq", "empty_csv", "empty.csv: file is empty"),
+          ("negbench_mcq", "blank_csv", "blank.csv: file is empty"),
+          ("negbench_mcq", "binary_csv", "binary.csv: the header is not valid UTF-8"),
+          ("negbench_mcq", "mcq_missing_column", "mcq_cols.csv: missing column(s)"),
+          ("negbench_mcq", "mcq_bad_rows", "mcq_bad.csv: nothing to evaluate: 3 rows read"),
+          ("negbench_mcq", "mcq_no_images", "nothing to evaluate: 3 rows read, none usable (image not found (3))"),
+          ("negbench_mcq", "mcq_identical", "none usable (captions identical (1))"),
+          ("negbench_retrieval", "retrieval_bad_lists", "ret_bad.csv: nothing to evaluate"),
+          ("negbench_retrieval", "bad_json", "bad.json: missing column(s)"),
+          ("sugarcrepe", "sugarcrepe_list", "expected a JSON object of id -> item"),
+          ("sugarcrepe", "sugarcrepe_bad_json", "swap_obj.json: invalid JSON"),
+          ("sugarcrepe", "sugarcrepe_same", "none usable (captions identical (2))"),
+          ("sugarcrepe", "sugarcrepe_cut", "none usable (captions identical after the cut (1))"),
+          ("sugarcrepe", "missing", "do(es) not exist"),
+          ("valse_existence", "valse_wrong_items", "existence.json: nothing to evaluate"),
+          ("valse_existence", "list_json", "expected a JSON object of id -> item"),
+          ("ccneg", "ccneg_pt_garbage", "torch.load cannot read it"),
+          ("ccneg", "ccneg_pt_wrong", "image_paths should be a list"),
+          ("ccneg", "text_file", "CC-Neg files are .pt, .csv or .jsonl"),
+          ("ccneg", "jsonl_all_broken", "broken.jsonl: nothing to evaluate"),
+          ("ccneg", "ccneg_no_negation_column", "missing column(s)"),
+          ("negrefcocog", "negrefcocog_object", "NegRefCOCOg is a JSON list"),
+          ("negrefcocog", "bad_json", "bad.json: invalid JSON"),
+      ]],
+    case("evaluate-negation", f"{EV} --benchmarks coco_generated --coco-instances {{coco_no_annotations}}",
+         "no list 'annotations'"),
+    case("evaluate-negation", f"{EV} --benchmarks coco_generated --coco-instances {{coco_list_ids}}",
+         "should be an integer or a string id"),
+    case("evaluate-negation", f"{EV} --benchmarks image_folder --image-folder {{one_class}}",
+         "need at least two class folders"),
+    case("evaluate-negation", "--model {tiny} --pretrained {damaged_metrics} --benchmarks synthetic --out {out}/ev",
+         "damaged_metrics.safetensors has damaged metadata: 'metrics' is not JSON"),
+    case("evaluate-negation", "--model {tiny} --pretrained {damaged_metrics_shape} --benchmarks synthetic "
+                              "--out {out}/ev", "'metrics' is not a table of numbers"),
+    case("evaluate-negation", "--model {tiny} --pretrained {damaged_world} --benchmarks synthetic --out {out}/ev",
+         "damaged_world.safetensors has damaged metadata"),
+    case("evaluate-negation", "--model {tiny} --pretrained {missing} --benchmarks synthetic --out {out}/ev",
+         "does not exist"),
+]
+
+ABLATE_LAYERS = [
+    case("ablate-layers", f"{AB} --lr inf --out {{out}}/ab", "--lr: must be a finite number"),
+    case("ablate-layers", f"{AB} --lr 1e30 --out {{out}}/ab", "--lr: must be <= 1"),
+    case("ablate-layers", f"{AB} --lr 0 --out {{out}}/ab", "--lr: must be > 0"),
+    case("ablate-layers", f"{AB} --weight-decay -1 --out {{out}}/ab", "--weight-decay: must be >= 0"),
+    case("ablate-layers", f"{AB} --weight-decay nan --out {{out}}/ab", "--weight-decay: must be a finite"),
+    case("ablate-layers", f"{AB} --seeds 0,-1 --out {{out}}/ab", "--seeds: each value must be >= 0"),
+    case("ablate-layers", f"{AB} --seeds x --out {{out}}/ab", "--seeds must be a comma list"),
+    case("ablate-layers", f"{AB} --world-seed -1 --out {{out}}/ab", "--world-seed: must be >= 0"),
+    case("ablate-layers", f"{AB} --eval-seed 1099511627776 --out {{out}}/ab", "--eval-seed: must be <= 4294967295"),
+    case("ablate-layers", f"{AB} --data-seed 1.5 --out {{out}}/ab", "--data-seed: must be an integer"),
+    case("ablate-layers", [*AB.split(), "--loss-kwargs", "{bad", "--out", "{out}/ab"], "--loss-kwargs is not JSON"),
+    case("ablate-layers", [*AB.split(), "--loss-kwargs", "[1]", "--out", "{out}/ab"], "must be a JSON object"),
+    case("ablate-layers", [*AB.split(), "--loss-kwargs", "[" * 100000, "--out", "{out}/ab"],
+         "--loss-kwargs is not JSON"),
+    case("ablate-layers", [*AB.split(), "--loss", "omni", "--loss-kwargs", '{"lam": NaN}', "--out", "{out}/ab"],
+         "loss option lam must be a finite number"),
+    case("ablate-layers", [*AB.split(), "--loss", "omni", "--loss-kwargs", '{"lam": -1}', "--out", "{out}/ab"],
+         "loss option lam must be >= 0"),
+    case("ablate-layers", [*AB.split(), "--loss", "omni", "--loss-kwargs", '{"lam": "x"}', "--out", "{out}/ab"],
+         "loss option lam must be a finite number"),
+    case("ablate-layers", [*AB.split(), "--loss", "omni", "--loss-kwargs", '{"margin": 9}', "--out", "{out}/ab"],
+         "loss option margin must lie in [-2, 2]"),
+    case("ablate-layers", [*AB.split(), "--loss-kwargs", '{"terms": [7]}', "--out", "{out}/ab"],
+         "loss option terms must be a non-empty list among 1, 2, 3"),
+    case("ablate-layers", [*AB.split(), "--loss-kwargs", '{"terms": "1"}', "--out", "{out}/ab"],
+         "loss option terms must be a non-empty list"),
+    case("ablate-layers", [*AB.split(), "--loss-kwargs", '{"lam": 1}', "--out", "{out}/ab"],
+         "loss 'conclip' takes no option(s) lam"),
+    case("ablate-layers", [*AB.split(), "--loss", "mix", "--loss-kwargs",
+                           json.dumps({"conclip": 0, "negationclip": 0, "clip": 0, "tripletclip": 0, "omni": 0,
+                                       "absence_vs_presence": 0, "scope_pair": 0}), "--out", "{out}/ab"],
+         "every weight of the mix is 0"),
+    case("ablate-layers", f"{AB} --steps 0 --out {{out}}/ab", "--steps: must be >= 1"),
+    case("ablate-layers", f"{AB} --eval-n 50 --out {{out}}/ab", "eval_n must be at least 100"),
+    case("ablate-layers", f"{AB} --n-train 8 --out {{out}}/ab", "n_train 8 is fewer than one batch of 16"),
+    case("ablate-layers", f"{AB} --extras magic --out {{out}}/ab", "unknown extra(s) magic"),
+    case("ablate-layers", f"{AB} --device bogus --out {{out}}/ab", "unknown device 'bogus'"),
+    case("ablate-layers", f"{AB} --pretrained x.pt --out {{out}}/ab", "--pretrained does not go with the embedded"),
+    case("ablate-layers", f"{AB} --plan {{missing}} --out {{out}}/ab", "nothing.csv does not exist"),
+    case("ablate-layers", f"{AB} --out {{file}}", "--out {file} is a file, not a folder"),
+    case("ablate-layers", f"{AB} --out {{under_file}}", "cannot be created: {file} is a file"),
+    case("ablate-layers", [*AB.split(), "--variants", ",,", "--out", "{out}/ab"], "--variants is empty"),
+    case("ablate-layers", f"{AB} --out {{ab_config_garbage}}", "ablation_config.json is damaged: not JSON"),
+    case("ablate-layers", f"{AB} --out {{ab_config_shape}}", "ablation_config.json is damaged: it holds no 'settings'"),
+    case("ablate-layers", f"{AB} --out {{ab_runs_broken}}", "runs.jsonl: line 1 is not a run record"),
+    case("ablate-layers", f"{AB} --out {{ab_runs_binary}}", "runs.jsonl cannot be read"),
+    case("ablate-layers", f"{AB} --out {{ab_run_checkpoint}}", "latest.json is damaged"),
+    case("ablate-layers", f"{AB} --plan {{plan_bad_json}} --variants selected --out {{out}}/ab",
+         "plan_bad.json is not valid JSON"),
+    case("ablate-layers", f"{AB} --plan {{plan_empty}} --variants selected --out {{out}}/ab", "trains no text block"),
+    case("ablate-layers", f"{AB} --plan {{plan_huge_block}} --variants selected --out {{out}}/ab",
+         "block indices must be <= 9999"),
+    case("ablate-layers", f"{AB} --out {{out}}/ab --variants frontal", "unknown variant 'frontal'"),
+    case("ablate-layers", f"{AB} --out {{out}}/ab --variants layer_99", "the text tower has 12 blocks"),
+    case("ablate-layers", "--model {tiny} --pretrained {damaged_world} --out {out}/ab", "has damaged metadata"),
+]
+
+BUILD_EMBEDDED = [
+    case("build-embedded", "--seed -1", "--seed: must be >= 0"),
+    case("build-embedded", "--seed x", "--seed: must be an integer"),
+    case("build-embedded", "--steps 0", "--steps: must be >= 1"),
+    case("build-embedded", "--steps 1e9", "--steps: must be an integer"),
+    case("build-embedded", "--threads 0", "--threads: must be >= 1"),
+    case("build-embedded", "--threads 5000", "--threads: must be <= 1024"),
+    case("build-embedded", "--spec magic", "invalid choice: 'magic'"),
+    case("build-embedded", "--spec small --steps 3 --no-progress", "model cache folder {file}/embedded cannot be used",
+         CLIP_NEGATION_CACHE="{file}"),
+    case("build-embedded", "--spec small --steps 3 --no-progress", "cannot be used",
+         CLIP_NEGATION_CACHE="{under_file}"),
+]
+
+CASES = PROBE_LAYERS + FINETUNE_LAYERS + EVALUATE_NEGATION + ABLATE_LAYERS + BUILD_EMBEDDED
+
+
+def _id(item: Case) -> str:
+    return f"{item.prog}:{' '.join(item.argv)[-70:]}"
+
+
+def run_command(prog: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of one command run in this process; an exception that escapes it
+    (what would print a traceback) fails the test with that traceback."""
+    try:
+        status = COMMANDS[prog](argv)
+    except SystemExit as exit_info:
+        status = exit_info.code
+    except BaseException:  # noqa: BLE001 - any escape is the failure this suite looks for
+        pytest.fail(f"{prog} {' '.join(argv)[:300]} ended in a traceback:\n{traceback.format_exc()}")
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def check_error(prog: str, status: int, err: str, message: str) -> None:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith(f"{prog}: error:")]
+    assert status == 2, f"exit {status}, stderr: {err[-800:]}"
+    assert lines, f"no '{prog}: error:' line in: {err[-800:]}"
+    assert any(message in line for line in lines), f"{message!r} not in {lines}"
+    assert all(len(line) <= MESSAGE_LIMIT + 200 for line in lines)  # one short line, never a list of a million
+
+
+def test_at_least_150_cases_over_every_command():
+    assert len(CASES) >= 150
+    assert {item.prog for item in CASES} == set(COMMANDS)
+
+
+@pytest.mark.parametrize("item", CASES, ids=_id)
+def test_malformed_input_is_one_clear_error(item: Case, fx, capsys, monkeypatch):
+    values = {key: value for key, value in fx.items() if key != "base_args"}
+    argv = []
+    for part in item.argv:
+        argv += fx["base_args"] if part == "{base_args}" else [fill(part, values)]
+    for name, value in item.env.items():
+        monkeypatch.setenv(name, fill(value, values))
+    with contextlib.redirect_stdout(_io.StringIO()):  # progress lines and loader reports are not the point
+        status, _, err = run_command(item.prog, argv, capsys)
+    check_error(item.prog, status, err, fill(item.message, values))
+
+
+def test_damaged_shipped_metadata_is_named(fx, capsys, monkeypatch):
+    """build-embedded on a shipped file whose recorded metrics are damaged (e.g. a bad download)."""
+    import probing.models.factory as factory
+
+    monkeypatch.setattr(factory, "embedded_checkpoint", lambda variant="default": Path(fx["damaged_metrics"]))
+    status, _, err = run_command("build-embedded", ["--spec", "small", "--no-progress"], capsys)
+    check_error("build-embedded", status, err, "damaged_metrics.safetensors has damaged metadata")
+
+
+@pytest.mark.parametrize("prog, argv, message", [
+    ("probe-layers", ["--seed", "-1"], "--seed: must be >= 0"),
+    ("finetune-layers", ["--layers", "0", "--lr", "inf", "--out", "x"], "--lr: must be a finite number"),
+    ("finetune-layers", ["--layers", "0-1000000", "--out", "x"], "no text tower has more than"),
+    ("evaluate-negation", ["--batch-size", "0", "--out", "x"], "--batch-size: must be >= 1"),
+    ("ablate-layers", ["--lr", "1e30", "--out", "x"], "--lr: must be <= 1"),
+    ("build-embedded", ["--threads", "0"], "--threads: must be >= 1"),
+])
+def test_installed_commands_exit_2_without_a_traceback(prog, argv, message, tmp_path):
+    """The same contract at the process level, through the installed entry points."""
+    executable = Path(sys.executable).with_name(prog)
+    done = subprocess.run([str(executable), *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"{prog}: error:") and message in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_loaders_meet_json_of_the_wrong_shape_with_data_errors(tmp_path):
+    """Every loader, fed JSON whose parts have the wrong type, raises DataError (strict) or skips and counts
+    the row (lenient): never a TypeError, KeyError or ValueError from inside."""
+    from probing.data import load_dataset
+    from probing.data.records import DataError
+
+    weird = [None, 1, 1.5, True, "x", [], [1], {}, {"a": 1}, [[1, 2]], -1, [None]]
+    good = {
+        "sugarcrepe": ("add_obj.json", {"0": {"filename": IMAGE, "caption": "a cat", "negative_caption": "a dog"}}),
+        "valse_existence": ("existence.json", {"0": {"caption": "a cat", "foil": "no cat", "image_file": IMAGE,
+                                                     "mturk": {"caption": 3, "foil": 0, "other": 0}}}),
+        "coco_captions": ("captions_x.json", {"images": [{"id": 1, "file_name": IMAGE}],
+                                              "annotations": [{"image_id": 1, "caption": "a cat"}]}),
+        "coco_instances": ("instances_x.json", {"images": [{"id": 1, "file_name": IMAGE}], "categories": [
+            {"id": 1, "name": "cat"}], "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}]}),
+        "negrefcocog": ("NegRefCOCOg.json", [{"image": IMAGE, "phrase": "the cat that is not black",
+                                              "ref_bbox": [0, 0, 5, 5], "bbox_list": [[0, 0, 5, 5], [1, 1, 3, 3]]}]),
+    }
+    tried = 0
+    for kind, (name, value) in good.items():
+        variants = [w for w in weird] + [{"0": w} for w in weird] + [[w] for w in weird]
+        items = value.values() if isinstance(value, dict) else value
+        for container in items:
+            if isinstance(container, list):  # COCO's lists of entries
+                container = container[0]
+            for key in container:
+                variants += [_replace(value, key, w) for w in weird]
+        for variant in variants:
+            path = _json(tmp_path / name, variant)
+            for strict in (True, False):
+                tried += 1
+                try:
+                    loaded = load_dataset(path, kind=kind, image_root=IMAGES, strict=strict)
+                except DataError as error:
+                    assert error.path == str(path) and error.problem
+                    continue
+                assert loaded.report.loaded == len(loaded)
+                assert all(isinstance(problem, str) and problem for _, problem in loaded.report.skipped)
+    assert tried > 500
+
+
+def _replace(value, key, replacement):
+    """A deep copy of `value` with every dict entry named `key` set to `replacement`."""
+    if isinstance(value, dict):
+        return {k: replacement if k == key else _replace(v, key, replacement) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace(v, key, replacement) for v in value]
+    return value
