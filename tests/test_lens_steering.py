@@ -34,7 +34,7 @@ def test_held_out_outcomes_match_the_suite_metrics(small):
     ccneg = pair_accuracy(held_out.scene_features, captions, presence)
     assert outcomes["ccneg_accuracy"].mean() == pytest.approx(ccneg)
     assert outcomes["scope_accuracy"].mean() == pytest.approx(pair_accuracy(held_out.scope_features, correct, wrong))
-    recall = recall_among(held_out.scene_features, captions, group=100)["image_to_text_R@1_among_100"]
+    recall = recall_among(held_out.scene_features, captions, group=100, texts=held_out.captions)["image_to_text_R@1_among_100"]
     assert outcomes["image_to_text_R@1_among_100"].mean() == pytest.approx(recall)
 
 

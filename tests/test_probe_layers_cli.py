@@ -24,10 +24,13 @@ QUICK = ["--model", "embedded:small", "--n-train", "200", "--n-test", "60", "--s
 def test_named_choices_are_the_librarys_own():
     from finetune.embedded import SPECS
     from finetune.losses import gradnorm_loss_fns
-    from probing.measure.layers import MEASUREMENTS, measure_layers  # noqa: F401  (imports check the names)
-    from probing.vocabulary import EMBEDDED_VARIANTS
+    from probing.measure.layers import MeasureConfig
+    from probing.measure.localise import LocaliseConfig
+    from probing.vocabulary import EMBEDDED_VARIANTS, LAYER_MEASUREMENTS, LOCALISATION_MEASUREMENTS
 
-    assert set(EMBEDDED_VARIANTS) == set(SPECS) and cli.MEASUREMENTS is MEASUREMENTS
+    assert set(EMBEDDED_VARIANTS) == set(SPECS)
+    assert cli.MEASUREMENTS == MeasureConfig().measurements + LocaliseConfig().measurements
+    assert cli.MEASUREMENTS == LAYER_MEASUREMENTS + LOCALISATION_MEASUREMENTS
     assert set(gradnorm_loss_fns()) == set(cli.GRADNORM_LOSSES)
 
 

@@ -60,10 +60,12 @@ def recorded_metrics(path) -> dict:
 def build(args: argparse.Namespace) -> int:
     from finetune.embedded import (SPECS, VARIANT_SPECS, CacheError, checkpoint_path, ensure_embedded_model,
                                    format_metrics, with_overrides)
-    from probing.models.factory import SHIPPED
+    from probing.models.factory import SHIPPED, embedded_checkpoint
 
     shipped_name = args.spec if args.spec in SPECS else "default"
     shipped_path = SHIPPED / EMBEDDED_VARIANTS[shipped_name]
+    if shipped_path.is_file():
+        shipped_path = embedded_checkpoint(shipped_name)
     shipped = recorded_metrics(shipped_path) if shipped_path.is_file() else None
     minutes = shipped.get("pretraining_minutes", math.nan) if shipped else math.nan
     spec = with_overrides(SPECS.get(args.spec) or VARIANT_SPECS[args.spec], seed=args.seed, steps=args.steps,

@@ -141,6 +141,36 @@ def _same_text_pairs(owner: torch.Tensor, texts: Sequence[str] | None) -> tuple[
     return images, captions
 
 
+def _rank_outcomes(similarity: torch.Tensor, correct: torch.Tensor, ks: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query (row) and k: (hit, tie) under the tie rule. A query's best correct candidate ranks behind
+    every wrong candidate scoring at least as much (within TIE_TOLERANCE): a hit at k when fewer than k
+    such wrong candidates exist; a tie when that fails but fewer than k wrong candidates score strictly more."""
+    best = similarity.masked_fill(~correct, float("-inf")).max(dim=1, keepdim=True).values
+    wrong_at_least = ((similarity >= best - TIE_TOLERANCE) & ~correct).sum(1)
+    wrong_above = ((similarity > best + TIE_TOLERANCE) & ~correct).sum(1)
+    hit = torch.stack([wrong_at_least < k for k in ks], dim=1)
+    tie = torch.stack([(wrong_above < k) for k in ks], dim=1) & ~hit
+    return hit.long().cpu(), tie.long().cpu()
+
+
+def among_outcomes(images: torch.Tensor, captions: torch.Tensor, group: int,
+                   texts: Sequence[str] | None = None) -> torch.Tensor:
+    """Per scene of the whole groups: 1 when its own caption (or one with the same text) is the most similar
+    of its group of `group` (image -> text R@1 among `group`, the tie rule as `recall_among`)."""
+    check_normalized(images, "images")
+    check_normalized(captions, "captions")
+    outcomes = []
+    for g in range(len(images) // group):
+        part = slice(g * group, (g + 1) * group)
+        owner = torch.arange(group)
+        correct = owner[None, :] == owner[:, None]
+        extra_images, extra_captions = _same_text_pairs(owner, None if texts is None else texts[part])
+        correct[extra_images, extra_captions] = True
+        hit, _ = _rank_outcomes(images[part] @ captions[part].T, correct.to(images.device), (1,))
+        outcomes.append(hit[:, 0])
+    return torch.cat(outcomes) if outcomes else torch.zeros(0, dtype=torch.long)
+
+
 def _recall_counts(image: torch.Tensor, text: torch.Tensor, text_to_image: Sequence[int] | torch.Tensor | None,
                    ks: Sequence[int], texts: Sequence[str] | None = None) -> dict[str, tuple[int, int, int]]:
     """name -> (hits, ties, queries) for image->text and text->image R@k under the tie rule.
@@ -174,13 +204,9 @@ def _recall_counts(image: torch.Tensor, text: torch.Tensor, text_to_image: Seque
                 query, key = extra_captions, extra_images
             inside = (query >= start) & (query < stop)
             correct[query[inside] - start, key[inside]] = True
-            best = similarity.masked_fill(~correct, float("-inf")).max(dim=1, keepdim=True).values
-            wrong_at_least = ((similarity >= best - TIE_TOLERANCE) & ~correct).sum(1)
-            wrong_above = ((similarity > best + TIE_TOLERANCE) & ~correct).sum(1)
-            for i, k in enumerate(ks):
-                hit = wrong_at_least < k
-                hits[i] += int(hit.sum())
-                ties[i] += int(((wrong_above < k) & ~hit).sum())
+            hit, tie = _rank_outcomes(similarity, correct, ks)
+            hits += hit.sum(0)
+            ties += tie.sum(0)
         for i, k in enumerate(ks):
             counts[f"{direction}_R@{k}"] = [int(hits[i]), int(ties[i]), len(queries)]
     order = [f"{d}_R@{k}" for k in ks for d in ("image_to_text", "text_to_image")]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from probing.measure.encode import encode_images, eval_mode
-from probing.measure.metrics import check_normalized, pair_wins
+from probing.measure.metrics import among_outcomes, check_normalized, pair_wins
 from probing.measure.probes import mean_ci
 
 RETRIEVAL = "image_to_text_R@1_among_"
@@ -75,14 +75,10 @@ class HeldOutSet:
         n, m = len(self.captions), len(self.scope_correct)
         captions, presence, correct, wrong = torch.split(text_features.float().cpu(), [n, n, m, m])
         scenes = self.scene_features.float().cpu()
-        g = self.group
-        groups = n // g * g
-        similarity = torch.einsum("gid,gjd->gij", scenes[:groups].reshape(-1, g, scenes.shape[1]),
-                                  captions[:groups].reshape(-1, g, captions.shape[1]))
         return dict(zip(self.metrics, [
             pair_wins(scenes, captions, presence).numpy().astype(float),
             pair_wins(self.scope_features.float().cpu(), correct, wrong).numpy().astype(float),
-            (similarity.argmax(-1) == torch.arange(g)).reshape(-1).numpy().astype(float),
+            among_outcomes(scenes, captions, self.group, self.captions).numpy().astype(float),
         ]))
 
     def score_variants(self, hooked, tokenizer: Callable[[Sequence[str]], torch.Tensor],
