@@ -33,7 +33,7 @@ PROG = "probe-layers"
 def build_parser() -> argparse.ArgumentParser:
     parser = common.CommandParser(PROG, __doc__)
     model = common.add_model_arguments(parser)
-    model.add_argument("--null-models", type=non_negative_int, default=5,
+    model.add_argument("--null-models", type=non_negative_int, default=10,
                        help="null models: the model with its text tower randomly initialised again, one per seed; "
                             "every piece of evidence is its excess over them (fewer than 2: no evidence, no plan)")
     data = parser.add_argument_group("data")
@@ -304,10 +304,10 @@ def select_and_report(measurements, bundle, args, notes: list[str], started: flo
     figures = plot_all(measurements, selection, args.out / "figures")
     extra = []
     if localisation is not None:
-        from analysis.report.localisation import comparison_sentences, localisation_sentences, plot_localisation
+        from analysis.report.localisation import localisation_sentences, plot_localisation
 
         figures.update(plot_localisation(localisation, args.out / "figures"))
-        extra = localisation_sentences(localisation) + comparison_sentences(localisation)
+        extra = localisation_sentences(localisation)
     run_info = {"arguments": {k: v for k, v in vars(args).items()}, "seconds": time.perf_counter() - started,
                 "notes": notes}
     paths = write_report(args.out, measurements, selection, figures=figures, model_info=bundle.info,
