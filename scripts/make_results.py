@@ -1,0 +1,198 @@
+"""Write the README's results from the runs' JSON: no number in the README is typed by hand.
+
+    python scripts/make_results.py --collect runs/validation runs/scope   copy the runs' JSON and figures
+                                                                           into docs/results and docs/figures
+    python scripts/make_results.py                                        rewrite every generated block
+    python scripts/make_results.py --check                                exit 1 if a block is out of date
+
+The README holds generated blocks between `<!-- results:NAME -->` and `<!-- /results:NAME -->`; each
+is rendered below by a function of the JSON in docs/results (which the repository keeps: small
+files, the figures beside them), or of the shipped models' own metadata. The prose around the blocks
+states no number of its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results"
+FIGURES = REPO / "docs" / "figures"
+README = REPO / "README.md"
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+# what --collect keeps of a run folder (small JSON and Markdown; the figures are copied to docs/figures)
+KEEP = ("report.json", "layer_plan.json", "ablation_summary.json", "validity.json", "evaluation.json",
+        "metrics.csv", "run.json", "provenance.json")
+
+
+def _json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+# --- blocks -------------------------------------------------------------------------------------------
+
+def embedded_models() -> str:
+    """The shipped embedded models' held-out numbers, read from their own metadata."""
+    from finetune.embedded import HEADLINE
+    from probing.models.factory import create_model
+
+    bundles = {name: create_model(f"embedded:{name}") for name in ("default", "small")}
+    lines = ["| held-out synthetic metric | " + " | ".join(f"`embedded:{n}` ({b.name})" for n, b in bundles.items())
+             + " |", "|---|" + "---:|" * len(bundles)]
+    for key, label in HEADLINE:
+        lines.append(f"| {label.format(n=36).replace('{c}', 'c')} | "
+                     + " | ".join(_fmt(b.metrics.get(key)) for b in bundles.values()) + " |")
+    lines.append("| pretraining minutes when it was built | "
+                 + " | ".join(_fmt(b.metrics.get("pretraining_minutes"), 1) for b in bundles.values()) + " |")
+    return "\n".join(lines)
+
+
+def _report(model: str) -> dict | None:
+    path = RESULTS / "validation" / model / "probe" / "report.json"
+    return _json(path) if path.is_file() else None
+
+
+def evidence_default() -> str:
+    """probe-layers on the default model: the report's own sentences and its per-block table."""
+    report = _report("default")
+    if report is None:
+        return "(not run yet: `python scripts/validation_study.py --only default`)"
+    return "> " + "\n> ".join(report["summary"]) + "\n\n![evidence](docs/figures/evidence-default.png)"
+
+
+def evidence_table() -> str:
+    """Per model: what the selector chose, its stability, and each component's strongest block."""
+    rows = ["| model | selected blocks | replicates choosing exactly this | probe (max t, block) | sensitivity | "
+            "gradnorm | threshold t |", "|---|---|---:|---|---|---|---:|"]
+    folders = sorted(p.parent.parent.relative_to(RESULTS / "validation").as_posix()
+                     for p in (RESULTS / "validation").glob("**/probe/report.json"))
+    for name in folders:
+        report = _report(name)
+        plan = report["plan"]
+        blocks = ", ".join(map(str, plan["blocks"])) or "none"
+        cells = []
+        for component in ("probe", "sensitivity", "gradnorm"):
+            c = report["evidence"]["components"].get(component)
+            if c is None:
+                cells.append("–")
+                continue
+            best = max(range(len(c["z"])), key=lambda b: c["z"][b])
+            cells.append(f"{c['z'][best]:.1f} (block {best})" + (" *" if c["significant"][best] else ""))
+        critical = next(iter(report["evidence"]["components"].values()), {}).get("critical")
+        rows.append(f"| {name} | {blocks} | {report['agreement']:.0%} | " + " | ".join(cells)
+                    + f" | {_fmt(critical, 1)} |")
+    return "\n".join(rows) + "\n\n\\* beyond the threshold (Bonferroni over every block and component)."
+
+
+def validity_table() -> str:
+    """Per trained model: did the evidence predict the single-block gains, and the plan's regret."""
+    lines = ["| model | selected | rho combined [95% CI] | rho probe | rho gradnorm | best equal-size plan "
+             "(objects / templates) | ratio objects | ratio templates |", "|---|---|---|---|---|---|---:|---:|"]
+    for path in sorted((RESULTS / "validation").glob("*/ablation/validity.json")):
+        model = path.parent.parent.name
+        validity = _json(path)
+        mean, obj, tmpl = (validity["axes"][a] for a in ("mean", "object", "template"))
+        rho = lambda name: (f"{mean['rho'][name]:+.2f} [{mean['rho_low'][name]:+.2f}, {mean['rho_high'][name]:+.2f}]"  # noqa: E731
+                            if name in mean["rho"] and mean["rho"][name] == mean["rho"][name] else "–")
+        lines.append(f"| {model} | {', '.join(map(str, validity['selected']))} | {rho('combined')} | {rho('probe')} | "
+                     f"{rho('gradnorm')} | {obj['best_plan']} / {tmpl['best_plan']} | {obj['ratio']:.2f} | "
+                     f"{tmpl['ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def validity_sentences() -> str:
+    out = []
+    for path in sorted((RESULTS / "validation").glob("*/ablation/validity.json")):
+        out.append(f"**{path.parent.parent.name}.** " + " ".join(_json(path)["sentences"]))
+    return "\n\n".join(out) or "(not run yet)"
+
+
+def ablation_default() -> str:
+    path = RESULTS / "validation" / "default" / "ablation" / "ablation_summary.json"
+    if not path.is_file():
+        return "(not run yet)"
+    from analysis.ablation.study import markdown_table
+
+    table = markdown_table(_json(path), cost=True)
+    return table.split("\n", 2)[2] + "\n![ablation](docs/figures/ablation-default.png)"
+
+
+def scope_recipe() -> str:
+    """The scope recipe on the default model, three seeds, per held-out axis (evaluate-negation's JSON)."""
+    folder = RESULTS / "scope"
+    if not folder.is_dir():
+        return "(not run yet: `bash scripts/scope_recipe.sh`)"
+    keys = ("scope_accuracy", "ccneg_accuracy", "image_to_text_R@1_among_100", "text_to_image_R@1_among_100")
+    lines = ["| run | held-out axis | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * len(keys)]
+    for run in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for axis in ("object", "template", "cue"):
+            path = run / axis / "evaluation.json"
+            if not path.is_file():
+                continue
+            sections = _json(path)["sections"]
+            values = {name: entry["value"] for body in sections.values() for name, entry in body["metrics"].items()}
+            lines.append(f"| {run.name} | {axis} | " + " | ".join(_fmt(values.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+BLOCKS = {
+    "embedded-models": embedded_models,
+    "evidence-default": evidence_default,
+    "evidence-table": evidence_table,
+    "validity-table": validity_table,
+    "validity-sentences": validity_sentences,
+    "ablation-default": ablation_default,
+    "scope-recipe": scope_recipe,
+}
+
+
+# --- the README --------------------------------------------------------------------------------------
+
+def render(text: str) -> str:
+    def fill(match: re.Match) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            raise SystemExit(f"README block {name!r} has no renderer in scripts/make_results.py")
+        return f"{match.group(1)}{BLOCKS[name]().rstrip()}\n{match.group(4)}"
+
+    return BLOCK.sub(fill, text)
+
+
+def collect(folders: list[Path]) -> None:
+    """Copy each run's small JSON into docs/results (same relative layout) and its figures into docs/figures."""
+    for root in folders:
+        for path in root.rglob("*"):
+            if path.name in KEEP:
+                target = RESULTS / root.name / path.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--collect", nargs="+", type=Path, help="run folders to copy results from")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README's generated blocks are stale")
+    args = parser.parse_args()
+    if args.collect:
+        collect(args.collect)
+    text = README.read_text(encoding="utf-8")
+    rendered = render(text)
+    if args.check:
+        if rendered != text:
+            print("README.md: generated results are out of date; run python scripts/make_results.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(rendered, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
