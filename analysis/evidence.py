@@ -202,23 +202,23 @@ class _SensitivityStatistic(_Statistic):
 class _GradnormStatistic(_Statistic):
     def __init__(self, items: dict[str, np.ndarray], losses: Sequence[str], models: list[str]):
         self._models = models
-        self.values = np.stack([np.stack([items[f"gradnorms/{loss}/{m}"] for loss in losses]) for m in models]
-                               ).astype(np.float64)  # [n_models, n_losses, n_batches, n_blocks]
+        # per model [n_losses, n_batches, n_blocks]; null models may have fewer batches than the model
+        self.values = [np.stack([items[f"gradnorms/{loss}/{m}"] for loss in losses]).astype(np.float64) for m in models]
         self.basis = "relative gradient norms normalised over blocks (" + ", ".join(losses) + ")"
 
     def models(self) -> list[str]:
         return self._models
 
-    def _profile(self, values: np.ndarray) -> np.ndarray:
-        per_loss = values.mean(axis=-2)  # [n_models, n_losses, n_blocks]
-        return (per_loss / per_loss.sum(axis=-1, keepdims=True)).mean(axis=1)
+    @staticmethod
+    def _profile(values: np.ndarray) -> np.ndarray:
+        per_loss = values.mean(axis=1)  # [n_losses, n_blocks]
+        return (per_loss / per_loss.sum(axis=-1, keepdims=True)).mean(axis=0)
 
     def point(self) -> np.ndarray:
-        return self._profile(self.values)
+        return np.stack([self._profile(v) for v in self.values])
 
     def replicate(self, rng: np.random.Generator) -> np.ndarray:
-        index = rng.integers(0, self.values.shape[2], self.values.shape[2])
-        return self._profile(self.values[:, :, index])
+        return np.stack([self._profile(v[:, rng.integers(0, v.shape[1], v.shape[1])]) for v in self.values])
 
 
 class _PatchingStatistic(_Statistic):

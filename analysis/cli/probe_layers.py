@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "(its weight: the 4th number of --score-weights)")
     measure.add_argument("--n-pairs", type=positive_int, default=64, help="patching pairs per kind (negation, scope)")
     measure.add_argument("--seeds", default="0,1,2,3,4", help="probe seeds on the model (comma list)")
-    measure.add_argument("--null-seeds", default="0,1", help="probe seeds on each null model (comma list)")
+    measure.add_argument("--null-seeds", default="0", help="probe seeds on each null model (comma list)")
     measure.add_argument("--batch-size", type=positive_int, default=256, help="captions per forward pass")
     measure.add_argument("--n-sensitivity", type=positive_int, default=400, help="captions edited for sensitivity")
     measure.add_argument("--n-causal", type=positive_int, default=400, help="scenes in the causal check")

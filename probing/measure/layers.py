@@ -56,7 +56,11 @@ TABLES: dict[str, tuple[str, ...]] = {
 @dataclass
 class MeasureConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # probe seeds on the model
-    null_seeds: tuple[int, ...] = (0, 1)  # probe seeds on each null model (their spread is across models)
+    # On each null model: one probe seed, the logistic probe only, and the first `null_grad_batches` gradient
+    # batches. Their spread across null models is what the test needs; a noisier null is a more lenient
+    # comparison for nobody: it widens the null's spread, so the test only gets stricter.
+    null_seeds: tuple[int, ...] = (0,)
+    null_grad_batches: int = 2
     measurements: tuple[str, ...] = LAYER_MEASUREMENTS
     # patching as evidence: each block's exact denoising effect on the model AND its null models
     # (probing.measure.patching.block_effects, in similarity units), for analysis.evidence
@@ -107,6 +111,9 @@ class LayerMeasurements:
     def add(self, table: str, rows: Sequence[dict], **constant) -> None:
         """Append rows (dicts with the table's columns, `constant` filling the rest) to a table."""
         frame = pd.DataFrame([{**constant, **row} for row in rows], columns=list(TABLES[table]))
+        for column in frame.columns[frame.dtypes == object]:  # numbers with gaps (None) become floats with NaN
+            if all(value is None or isinstance(value, (int, float)) for value in frame[column]):
+                frame[column] = frame[column].astype(float)
         current = self.tables[table]
         self.tables[table] = frame if current.empty else pd.concat([current, frame], ignore_index=True)
 
@@ -187,7 +194,8 @@ def measure_layers(
         if "sensitivity" in wanted:
             _sensitivity(result, name, subject, tokenizer, edits, config, progress)
         if "gradnorms" in wanted:
-            _gradnorms(result, name, subject, batches, loss_fns, progress)
+            _gradnorms(result, name, subject, batches if name == TRAINED else batches[:config.null_grad_batches],
+                       loss_fns, progress)
         if config.patching_evidence and world is not None:
             result.items[f"patching/{name}"] = patching_profile(subject, preprocess, tokenizer, world, config, progress)
     if "causal" in wanted and "negation" in directions:
@@ -214,7 +222,8 @@ def _probes(result: LayerMeasurements, name: str, subject, tokenizer, tasks, con
     directions = {}
     for task in tasks:
         features = capture_pooled(subject, tokenizer, task.captions, batch_size=config.batch_size, progress=progress)
-        sweep = probe_layers(features, task.labels, task.train, task.tests, seeds=seeds)
+        sweep = probe_layers(features, task.labels, task.train, task.tests, seeds=seeds,
+                             probes=("logistic", "diffmeans") if trained else ("logistic",))
         result.add("probes", sweep.summary, task=task.name, model=name, labels="task")
         for split, labels in sweep.labels.items():
             result.items[f"probes/{task.name}/{split}/labels"] = labels
