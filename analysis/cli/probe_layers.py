@@ -197,6 +197,12 @@ def load_models(args, notes: list[str]):
     from probing.models.text_tower import TextTower
 
     bundle = common.load_model(args, seed=args.seed)
+    if bundle.metrics:  # the numbers its build recorded: the same on every machine (probing.models.compact)
+        m = bundle.metrics
+        print(f"model {bundle.label} ({bundle.name}), held-out numbers recorded when it was built: zero-shot "
+              f"{m['zero_shot_affirmative']:.3f}, R@1 among 100 {m['image_to_text_R@1_among_100']:.3f} / "
+              f"{m['text_to_image_R@1_among_100']:.3f}, CC-Neg-style {m['ccneg_accuracy']:.3f}, scope "
+              f"{m['scope_accuracy']:.3f} (chance 0.5)", flush=True)
     if bundle.world is None:
         notes.append(bundle.world_note)
         print(f"{PROG}: note: {bundle.world_note}", file=sys.stderr)
