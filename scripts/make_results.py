@@ -143,6 +143,63 @@ def scope_recipe() -> str:
     return "\n".join(lines)
 
 
+def recipes() -> str:
+    """The recipes' settings, read from the recipe files themselves."""
+    from finetune.recipe import load_recipe, recipe_names
+
+    lines = ["| recipe | source | loss | trains | lr | betas, eps | weight decay | batch | length | precision | clipping |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        s = recipe.settings
+        trains = s.get("layers", "plan")
+        extras = [e for e in ("embeddings", "ln_final", "projection", "logit_scale") if s.get(f"train_{e}")]
+        length = f"{s['steps']} steps" if "steps" in s else f"{s.get('epochs')} epochs"
+        loss = s.get("loss", "")
+        if s.get("weights"):
+            loss += f" ({s['weights']})"
+        if s.get("second_loss"):
+            loss += f" + {s['second_loss']} on a second batch"
+        lines.append(f"| `{name}` | {recipe.source.split(';')[0].split(',')[0]} | {loss} | {trains}{' + ' + ', '.join(extras) if extras else ''} "
+                     f"| {s.get('lr')} ({s.get('warmup_steps', 0)} warm-up, {s.get('schedule', 'cosine')}) | "
+                     f"{s.get('betas', '')}, {s.get('eps', '')} | {s.get('weight_decay', '')} ({s.get('decay', 'matrices')}) | "
+                     f"{s.get('batch_size')} | {length} | {s.get('precision', '')} | {s.get('clip_grad_norm') or 'none'} |")
+    return "\n".join(lines)
+
+
+def benchmarks() -> str:
+    """Each benchmark, how to give its file, and the published CLIP ViT-B/32 value (published.json)."""
+    from analysis.evaluation.published import published_table
+
+    how = {"ccneg": "`--ccneg FILE`", "negbench_mcq": "`--negbench-mcq FILE` (COCO, VOC2007, synthetic, MSR-VTT)",
+           "negbench_retrieval": "`--negbench-retrieval FILE`", "sugarcrepe": "`--sugarcrepe DIR` or a fold's JSON",
+           "valse_existence": "`--valse-existence FILE`", "negrefcocog": "`--negrefcocog FILE`",
+           "coco_generated": "`--coco-instances FILE`", "image_folder": "`--image-folder DIR`",
+           "synthetic": "(the model's own world)"}
+    lines = ["| benchmark | by path | published (metric: CLIP ViT-B/32; fixes) |", "|---|---|---|"]
+    table = published_table()
+    for name, option in how.items():
+        cells = []
+        for (section, metric), values in table.items():
+            if section.split("/")[0] != name:
+                continue
+            reference = [f"{p.value:.3f}" for p in values if p.reference]
+            others = [f"{p.model} {p.value:.3f}" for p in values if not p.reference]
+            cells.append(f"{section} {metric}: {', '.join(reference) or '-'}" + (f"; {', '.join(others)}" if others else ""))
+        lines.append(f"| `{name}` | {option} | {'<br>'.join(cells) or '-'} |")
+    return "\n".join(lines)
+
+
+def real_data() -> str:
+    path = RESULTS / "real-data.md"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else "(not run yet)"
+
+
+def performance() -> str:
+    path = RESULTS / "performance.md"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else "(not run yet)"
+
+
 BLOCKS = {
     "embedded-models": embedded_models,
     "evidence-default": evidence_default,
@@ -151,6 +208,10 @@ BLOCKS = {
     "validity-sentences": validity_sentences,
     "ablation-default": ablation_default,
     "scope-recipe": scope_recipe,
+    "recipes": recipes,
+    "benchmarks": benchmarks,
+    "real-data": real_data,
+    "performance": performance,
 }
 
 
