@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from analysis.cli import common
-from analysis.cli.common import at_least, fraction, positive_int
+from analysis.cli.common import at_least, fraction, positive_float, positive_int
 from analysis.selection import RULES
 from finetune.vocabulary import GRADNORM_LOSSES
 from probing.vocabulary import MEASUREMENTS, NEEDS_IMAGES
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--measurements", default=",".join(MEASUREMENTS), help="comma list among " + ", ".join(MEASUREMENTS))
     measure.add_argument("--seeds", default="0,1,2,3,4", help="probe seeds (comma list)")
     measure.add_argument("--batch-size", type=positive_int, default=256, help="captions per forward pass")
+    measure.add_argument("--memory-budget", type=positive_float, default=2.0,
+                         help="GiB the captured features of one caption set may take in memory; larger captures "
+                              "stream to memory-mapped files in $TMPDIR (deleted once mapped)")
     measure.add_argument("--n-sensitivity", type=positive_int, default=400, help="captions edited for sensitivity")
     measure.add_argument("--n-causal", type=positive_int, default=400, help="scenes in the causal check")
     measure.add_argument("--grad-batches", type=positive_int, default=4, help="batches averaged for gradient norms")
@@ -227,7 +230,8 @@ def measure(bundle, random_model, tasks, args, notes: list[str]):
             wanted = [m for m in wanted if m not in skipped]
     config = MeasureConfig(seeds=args.seed_list, measurements=tuple(wanted), n_sensitivity=args.n_sensitivity,
                            n_causal=args.n_causal, grad_batches=args.grad_batches,
-                           grad_batch_size=args.grad_batch_size, batch_size=args.batch_size, seed=args.seed)
+                           grad_batch_size=args.grad_batch_size, batch_size=args.batch_size, seed=args.seed,
+                           memory_budget=int(args.memory_budget * 2**30))
     common.say(args, f"measuring {', '.join(wanted)} ({len(args.seed_list)} probe seeds)")
     return measure_layers(bundle.model, bundle.preprocess, bundle.tokenizer, tasks, world=bundle.world,
                           random_model=random_model, loss_fns=gradnorm_loss_fns(args.loss_list),

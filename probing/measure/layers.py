@@ -43,6 +43,9 @@ class MeasureConfig:
     grad_batch_size: int = 64
     batch_size: int = 256
     seed: int = 0  # data draws for sensitivity, gradient batches and the causal suite
+    # bytes captured features may take in memory; larger captures stream to memory-mapped files in
+    # the temporary folder ($TMPDIR), deleted as soon as they are mapped (probing.measure.capture)
+    memory_budget: int | None = 2 * 2**30
 
     def __post_init__(self):
         unknown = set(self.measurements) - set(MEASUREMENTS)
@@ -123,7 +126,8 @@ def _run_probes(result, model, tokenizer, tasks, random_model, config, progress)
     models = {"trained": model, **({"random": random_model} if random_model is not None else {})}
     for task in tasks:
         for model_name, subject in models.items():
-            features = capture_pooled(subject, tokenizer, task.captions, batch_size=config.batch_size, progress=progress)
+            features = capture_pooled(subject, tokenizer, task.captions, batch_size=config.batch_size,
+                                      memory_budget=config.memory_budget, progress=progress)
             sweep = probe_layers(features, task.labels, task.train, task.tests, seeds=config.seeds)
             result.probes += [{"task": task.name, "model": model_name, "labels": "task", **row} for row in sweep.summary]
             if model_name == "trained":
@@ -152,7 +156,8 @@ def sensitivity_rows(model, tokenizer, world, config: MeasureConfig, progress: b
         "absence": [e.absence_negated for e in examples],
         "control": [swap_first_colour(e.caption, colours) for e in examples],
     }
-    capture = lambda captions: capture_pooled(model, tokenizer, captions, batch_size=config.batch_size, progress=progress)
+    capture = lambda captions: capture_pooled(model, tokenizer, captions, batch_size=config.batch_size,
+                                              memory_budget=config.memory_budget, progress=progress)
     base = capture([e.caption for e in examples])
     return edit_sensitivity(base, {name: capture(captions) for name, captions in edits.items()}, seed=config.seed)
 
