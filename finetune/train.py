@@ -6,7 +6,10 @@ torchrun it is the GLOBAL micro-batch, split over the ranks (see finetune.distri
 
 What makes it fast: the image tower is frozen, so image features are computed once and cached;
 captions are tokenised once, and each text batch runs only up to its longest caption
-(TextTower.encode(trim=True), exact because of the causal mask).
+(TextTower.encode(trim=True), exact because of the causal mask). The contrastive batch itself is
+fixed by the loss, but its captions can be encoded in length-sorted chunks of at most
+`text_token_budget` tokens (less padding when caption lengths vary); the loss then sees the same
+features up to float rounding, not bit for bit, so this is off by default.
 
 What makes it reproducible: the data order of epoch e is a permutation seeded by (seed, e), so
 the batch of any step is a function of the step; checkpoints carry optimizer, scheduler and RNG
@@ -34,13 +37,14 @@ from finetune.losses import LossSpec, loss_spec
 from finetune.metrics_log import MetricsLog
 from finetune.plan import LayerPlan
 from probing.io import atomic_write_json
+from probing.measure.batching import token_batches
 from probing.models.loading import resolve_device, save_clip_checkpoint
 from probing.models.text_tower import TextTower
 
 MAX_LOGIT_SCALE = math.log(100.0)  # t = exp(logit_scale) is clamped to at most 100
 # settings that change the trajectory: a resumed run must use the same ones
 _RESUME_MUST_MATCH = ("loss", "loss_kwargs", "lr", "weight_decay", "warmup_steps", "batch_size", "grad_accum",
-                      "clip_grad_norm", "seed", "betas", "eps", "total_steps", "plan")
+                      "clip_grad_norm", "seed", "betas", "eps", "total_steps", "plan", "text_token_budget")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,6 +79,9 @@ class TrainConfig:
     resume: bool = False
     stop_at: int | None = None  # stop after this step as if interrupted (time-limited jobs, tests)
     image_batch_size: int = 256
+    # None: each micro-batch's captions in one trimmed pass. A number: in length-sorted chunks of at
+    # most this many tokens (captions x trimmed length); features equal to float rounding (see above)
+    text_token_budget: int | None = None
     model_name: str = "unknown"  # stored in checkpoint metadata, so load_clip can rebuild the model
     # more checkpoint metadata, e.g. the synthetic world the data came from (probing.synthetic.record)
     checkpoint_metadata: dict[str, str] = field(default_factory=dict)
@@ -155,16 +162,27 @@ def _check_config(config: TrainConfig, n_examples: int, dist: DistContext) -> No
 
 # --- the loss of one batch -----------------------------------------------------------------------
 
+def encode_tokens(tower: TextTower, tokens: torch.Tensor, token_budget: int | None = None) -> torch.Tensor:
+    """Text features of `tokens` [n, context] in their order, gradients included: one pass trimmed to
+    the longest caption, or length-sorted chunks of at most `token_budget` tokens, each trimmed."""
+    if token_budget is None:
+        return tower.encode(tokens, trim=True)
+    chunks = [torch.from_numpy(chunk).to(tokens.device)
+              for chunk in token_batches(tower.eot_positions(tokens).cpu() + 1, token_budget)]
+    features = torch.cat([tower.encode(tokens[chunk], trim=True) for chunk in chunks])
+    return features[torch.argsort(torch.cat(chunks))]
+
+
 def batch_loss(model: nn.Module, data: TrainingData, spec: LossSpec, indices: torch.Tensor, *,
                device: torch.device, dist: DistContext | None = None, autocast: bool = False,
-               loss_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
-    """The loss of the global batch `indices`: this rank's captions encoded (trimmed) in one pass,
-    gathered over ranks, against the cached image features."""
+               loss_kwargs: dict[str, Any] | None = None, text_token_budget: int | None = None) -> torch.Tensor:
+    """The loss of the global batch `indices`: this rank's captions encoded (trimmed; see
+    `encode_tokens`), gathered over ranks, against the cached image features."""
     dist = dist or DistContext()
     local = dist.shard(indices)
     tokens = torch.cat([data.tokens[name][local] for name in spec.texts]).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        text = TextTower.from_model(model).encode(tokens, trim=True)
+        text = encode_tokens(TextTower.from_model(model), tokens, text_token_budget)
     text = F.normalize(text.float(), dim=-1)
     if not torch.isfinite(text).all():
         raise NonFiniteLossError("text features are not finite")
@@ -275,7 +293,8 @@ class Trainer:
     def micro_batch_loss(self, k: int) -> tuple[int, torch.Tensor]:
         epoch, indices = self.order.batch(k)
         loss = batch_loss(self.model, self.data, self.spec, indices, device=self.device, dist=self.dist,
-                          autocast=self.autocast, loss_kwargs=self.config.loss_kwargs)
+                          autocast=self.autocast, loss_kwargs=self.config.loss_kwargs,
+                          text_token_budget=self.config.text_token_budget)
         return epoch, loss
 
     def train_step(self) -> dict[str, float]:
