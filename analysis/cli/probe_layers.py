@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--measurements", default=",".join(MEASUREMENTS), help="comma list among " + ", ".join(MEASUREMENTS))
     measure.add_argument("--seeds", default="0,1,2,3,4", help="probe seeds (comma list)")
     measure.add_argument("--batch-size", type=positive_int, default=256, help="captions per forward pass")
+    measure.add_argument("--token-budget", type=positive_int,
+                         help="captures in length-sorted batches of at most this many tokens (e.g. 2560): less "
+                              "padding on real captions, probe numbers equal only to float rounding (default: "
+                              "batches of --batch-size captions)")
     measure.add_argument("--memory-budget", type=positive_float, default=2.0,
                          help="GiB the captured features of one caption set may take in memory; larger captures "
                               "stream to memory-mapped files in $TMPDIR (deleted once mapped)")
@@ -231,7 +235,7 @@ def measure(bundle, random_model, tasks, args, notes: list[str]):
     config = MeasureConfig(seeds=args.seed_list, measurements=tuple(wanted), n_sensitivity=args.n_sensitivity,
                            n_causal=args.n_causal, grad_batches=args.grad_batches,
                            grad_batch_size=args.grad_batch_size, batch_size=args.batch_size, seed=args.seed,
-                           memory_budget=int(args.memory_budget * 2**30))
+                           token_budget=args.token_budget, memory_budget=int(args.memory_budget * 2**30))
     common.say(args, f"measuring {', '.join(wanted)} ({len(args.seed_list)} probe seeds)")
     return measure_layers(bundle.model, bundle.preprocess, bundle.tokenizer, tasks, world=bundle.world,
                           random_model=random_model, loss_fns=gradnorm_loss_fns(args.loss_list),

@@ -48,7 +48,8 @@ def text_encoder_with_hooks(hooked, tokenizer, fwd_hooks, *, token_budget: int |
         with torch.no_grad(), eval_mode(hooked):
             for index in token_batches(hooked.eot_positions(tokens) + 1, token_budget, batch_size):
                 index = torch.from_numpy(index)
-                batch = hooked.run_with_hooks(tokens[index].to(device), fwd_hooks=fwd_hooks, normalize=True).float().cpu()
+                batch = hooked.run_with_hooks(tokens[index].to(device), fwd_hooks=fwd_hooks, normalize=True)
+                batch = batch.float().cpu()
                 if out is None:
                     out = torch.empty(len(captions), batch.shape[1])
                 out[index] = batch
@@ -107,7 +108,8 @@ class AblatedText:
         # the rest of HookedCLIPText.forward, from the kept state: blocks after the layer, ln_final, EOT, projection
         eot = hooked.eot_positions(tokens)
         length = int(eot.max()) + 1
-        mask = hooked.tower.attn_mask[:length, :length].to(device=tokens.device, dtype=hooked.positional_embedding.dtype)
+        dtype = hooked.positional_embedding.dtype
+        mask = hooked.tower.attn_mask[:length, :length].to(device=tokens.device, dtype=dtype)
         for layer in self.layers:
             resid = self.hooks[layer](kept[layer], None)
             for block in hooked.blocks[layer:]:

@@ -46,6 +46,10 @@ class MeasureConfig:
     # bytes captured features may take in memory; larger captures stream to memory-mapped files in
     # the temporary folder ($TMPDIR), deleted as soon as they are mapped (probing.measure.capture)
     memory_budget: int | None = 2 * 2**30
+    # None: captures run in length-sorted batches of batch_size, as every recorded measurement did. A
+    # token budget saves padding on captions of varied lengths, but its other batches change features
+    # at float rounding, and probe fits with them (a test item here and there)
+    token_budget: int | None = None
 
     def __post_init__(self):
         unknown = set(self.measurements) - set(MEASUREMENTS)
@@ -127,7 +131,8 @@ def _run_probes(result, model, tokenizer, tasks, random_model, config, progress)
     for task in tasks:
         for model_name, subject in models.items():
             features = capture_pooled(subject, tokenizer, task.captions, batch_size=config.batch_size,
-                                      memory_budget=config.memory_budget, progress=progress)
+                                      token_budget=config.token_budget, memory_budget=config.memory_budget,
+                                      progress=progress)
             sweep = probe_layers(features, task.labels, task.train, task.tests, seeds=config.seeds)
             result.probes += [{"task": task.name, "model": model_name, "labels": "task", **row} for row in sweep.summary]
             if model_name == "trained":
@@ -157,7 +162,8 @@ def sensitivity_rows(model, tokenizer, world, config: MeasureConfig, progress: b
         "control": [swap_first_colour(e.caption, colours) for e in examples],
     }
     capture = lambda captions: capture_pooled(model, tokenizer, captions, batch_size=config.batch_size,
-                                              memory_budget=config.memory_budget, progress=progress)
+                                              token_budget=config.token_budget, memory_budget=config.memory_budget,
+                                              progress=progress)
     base = capture([e.caption for e in examples])
     return edit_sensitivity(base, {name: capture(captions) for name, captions in edits.items()}, seed=config.seed)
 
