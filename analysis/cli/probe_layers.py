@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--seeds", default="0,1,2,3,4", help="probe seeds (comma list)")
     measure.add_argument("--batch-size", type=positive_int, default=256, help="captions per forward pass")
     measure.add_argument("--token-budget", type=positive_int,
-                         help="captures in length-sorted batches of at most this many tokens (e.g. 2560): less "
+                         help="captures in length-sorted batches of at most this many tokens (e.g. 1280): less "
                               "padding on real captions, probe numbers equal only to float rounding (default: "
                               "batches of --batch-size captions)")
     measure.add_argument("--memory-budget", type=positive_float, default=2.0,
