@@ -20,7 +20,10 @@ scale); cosine or constant learning rate after the warm-up.
 
 What makes it fast: the image tower is frozen, so image features are computed once and cached;
 captions are tokenised once, and each text batch runs only up to its longest caption
-(TextTower.encode(trim=True), exact because of the causal mask).
+(TextTower.encode(trim=True), exact because of the causal mask). The contrastive batch itself is
+fixed by the loss, but its captions can be encoded in length-sorted chunks of at most
+`text_token_budget` tokens (less padding when caption lengths vary); the loss then sees the same
+features up to float rounding, not bit for bit, so this is off by default.
 
 What makes it reproducible: the data order of epoch e is a permutation seeded by (seed, e), so
 the batch of any step is a function of the step; checkpoints carry optimizer, scheduler and RNG
@@ -57,6 +60,7 @@ from finetune.options import LossOptionError, check_loss_options
 from finetune.metrics_log import MetricsLog
 from finetune.plan import LayerPlan
 from probing.io import atomic_write_json
+from probing.measure.batching import token_batches
 from probing.models.loading import resolve_device, save_clip_checkpoint
 from probing.models.text_tower import TextTower
 
@@ -69,10 +73,11 @@ MAX_LEARNING_RATE = 1.0  # AdamW moves each weight by about lr per step
 # settings that change the trajectory: a resumed run must use the same ones
 _RESUME_MUST_MATCH = ("loss", "loss_kwargs", "loss_weight", "lr", "weight_decay", "decay", "schedule", "warmup_steps",
                       "batch_size", "grad_accum", "clip_grad_norm", "seed", "betas", "eps", "precision", "second_loss",
-                      "second_loss_kwargs", "second_weight", "second_batch_size", "total_steps", "plan")
+                      "second_loss_kwargs", "second_weight", "second_batch_size", "total_steps", "plan",
+                      "text_token_budget")
 # settings added after checkpoints were first written: a checkpoint without one ran with its default
 _ADDED_SETTINGS = ("loss_weight", "decay", "schedule", "precision", "second_loss", "second_loss_kwargs", "second_weight",
-                   "second_batch_size")
+                   "second_batch_size", "text_token_budget")
 PRECISIONS = ("bf16", "fp16", "fp32")
 DECAY_RULES = ("matrices", "all")
 SCHEDULES = ("cosine", "constant")
@@ -116,6 +121,9 @@ class TrainConfig:
     resume: bool = False
     stop_at: int | None = None  # stop after this step as if interrupted (time-limited jobs, tests)
     image_batch_size: int = 256
+    # None: each micro-batch's captions in one trimmed pass. A number: in length-sorted chunks of at
+    # most this many tokens (captions x trimmed length); features equal to float rounding (see above)
+    text_token_budget: int | None = None
     model_name: str = "unknown"  # stored in checkpoint metadata, so load_clip can rebuild the model
     # more checkpoint metadata, e.g. the synthetic world the data came from (probing.synthetic.record)
     checkpoint_metadata: dict[str, str] = field(default_factory=dict)
@@ -268,17 +276,28 @@ def trained_weights_problem(params: Sequence[torch.Tensor], names: Sequence[str]
 
 # --- the loss of one batch -----------------------------------------------------------------------
 
+def encode_tokens(tower: TextTower, tokens: torch.Tensor, token_budget: int | None = None) -> torch.Tensor:
+    """Text features of `tokens` [n, context] in their order, gradients included: one pass trimmed to
+    the longest caption, or length-sorted chunks of at most `token_budget` tokens, each trimmed."""
+    if token_budget is None:
+        return tower.encode(tokens, trim=True)
+    chunks = [torch.from_numpy(chunk).to(tokens.device)
+              for chunk in token_batches(tower.eot_positions(tokens).cpu() + 1, token_budget)]
+    features = torch.cat([tower.encode(tokens[chunk], trim=True) for chunk in chunks])
+    return features[torch.argsort(torch.cat(chunks))]
+
+
 def batch_loss(model: nn.Module, data: TrainingData, spec: LossSpec, indices: torch.Tensor, *,
                device: torch.device, dist: DistContext | None = None, autocast: torch.dtype | None = None,
-               loss_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
-    """The loss of the global batch `indices`: this rank's captions encoded (trimmed) in one pass,
+               loss_kwargs: dict[str, Any] | None = None, text_token_budget: int | None = None) -> torch.Tensor:
+    """The loss of the global batch `indices`: this rank's captions encoded (trimmed; see `encode_tokens`),
     gathered over ranks, against the cached image features. autocast: the CUDA autocast dtype, or None."""
     dist = dist or DistContext()
     local = dist.shard(indices)
     chosen = [data.tokens[name][local] for name in spec.texts]  # [b, context] or, for MCQ options, [b, K, context]
     tokens = torch.cat([part.reshape(-1, part.shape[-1]) for part in chosen]).to(device)
     with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        text = TextTower.from_model(model).encode(tokens, trim=True)
+        text = encode_tokens(TextTower.from_model(model), tokens, text_token_budget)
     text = F.normalize(text.float(), dim=-1)
     if not torch.isfinite(text).all():
         raise NonFiniteLossError("text features are not finite")
@@ -437,7 +456,8 @@ class Trainer:
             source_epoch, indices = source.order.batch(k)
             epoch = source_epoch if index == 0 else epoch
             losses.append(batch_loss(self.model, source.data, source.spec, indices, device=self.device, dist=self.dist,
-                                     autocast=self.autocast, loss_kwargs=source.loss_kwargs))
+                                     autocast=self.autocast, loss_kwargs=source.loss_kwargs,
+                                     text_token_budget=self.config.text_token_budget))
         return epoch, losses
 
     def train_step(self) -> dict[str, float]:

@@ -71,6 +71,41 @@ def test_an_interrupted_capture_leaves_no_partial_memory_map(tiny, tmp_path, mon
         capture_pooled(hooked, tokenizer, CAPTIONS, pools=("eot", "mean"), batch_size=4, out_dir=tmp_path / "acts",
                        progress=False)
     assert calls["n"] == 3 and (tmp_path / "acts").is_dir() and not list((tmp_path / "acts").iterdir())
+@pytest.mark.parametrize("budget, batch_size", [(40, None), (100, 3), (None, 1), (None, 7)])
+def test_token_budget_batching_gives_the_unbatched_capture(tiny, monkeypatch, budget, batch_size):
+    """Length-sorted token-budget batches: the same numbers as one caption at a time, untrimmed."""
+    import probing.measure.capture as capture
+
+    hooked, tokenizer = tiny
+    shapes = []
+    real = capture._pooled_batch
+    monkeypatch.setattr(capture, "_pooled_batch", lambda h, tokens, *a: (shapes.append(
+        (tokens.shape[0], int(h.eot_positions(tokens).max()) + 1)), real(h, tokens, *a))[1])
+    pooled = capture_pooled(hooked, tokenizer, CAPTIONS, pools=("eot", "mean"), token_budget=budget,
+                            batch_size=batch_size, progress=False)
+    eot, mean = _reference(hooked, tokenizer, CAPTIONS)
+    np.testing.assert_allclose(pooled["eot"], eot, atol=1e-5)
+    np.testing.assert_allclose(pooled["mean"], mean, atol=1e-5)
+    assert sum(size for size, _ in shapes) == len(CAPTIONS)
+    assert all(size == 1 or budget is None or size * length <= budget for size, length in shapes)
+    assert all(batch_size is None or size <= batch_size for size, _ in shapes)
+    assert [length for _, length in shapes] == sorted(length for _, length in shapes)
+
+
+def test_over_the_memory_budget_capture_streams_to_deleted_files(tiny, tmp_path):
+    hooked, tokenizer = tiny
+    in_memory = capture_pooled(hooked, tokenizer, CAPTIONS, pools=("eot", "mean"), progress=False)
+    nbytes = sum(array.nbytes for array in in_memory.values())
+    kept = capture_pooled(hooked, tokenizer, CAPTIONS, pools=("eot", "mean"), memory_budget=nbytes, progress=False)
+    assert not any(isinstance(array, np.memmap) for array in kept.values())
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    spilled = capture_pooled(hooked, tokenizer, CAPTIONS, pools=("eot", "mean"), memory_budget=nbytes - 1,
+                             spill_dir=spill, progress=False)
+    for name in ("eot", "mean"):
+        assert isinstance(spilled[name], np.memmap)
+        np.testing.assert_array_equal(spilled[name], in_memory[name])
+    assert list(spill.iterdir()) == []  # nothing left on disk; the maps stay readable
 
 
 def test_capture_accepts_plain_model_and_rejects_bad_pool(write_config):

@@ -154,3 +154,25 @@ def test_real_negation_task_from_ccneg_rows_without_subjects(tmp_path):
     assert (task.control_labels[0::2] == task.control_labels[1::2]).all()
     with pytest.raises(ValueError, match="holds one class of control labels only"):
         real_negation_task(examples[:1], train_cues=("no",), n_in_distribution=0.0)
+def test_measure_layers_streams_captures_over_the_memory_budget(world, write_config, monkeypatch):
+    import probing.measure.layers as layers
+
+    torch.manual_seed(0)
+    model, preprocess, tokenizer = load_clip(write_config("tiny-measure-budget", layers=2))
+    tasks = [synthetic_negation_task(world, n_train=60, n_test=20)]
+    captured, options = [], []
+    real = layers.capture_pooled
+    monkeypatch.setattr(layers, "capture_pooled",
+                        lambda *a, **k: options.append(k) or captured.append(real(*a, **k)) or captured[-1])
+
+    def probes(**budgets):
+        config = MeasureConfig(seeds=(0,), measurements=("probes",), **budgets)
+        return measure_layers(model, preprocess, tokenizer, tasks, config=config, progress=False).probes
+
+    in_memory = probes()
+    assert not isinstance(captured[-1], np.memmap)
+    assert probes(memory_budget=1).equals(in_memory)  # the same numbers from memory-mapped features
+    assert isinstance(captured[-1], np.memmap)
+    assert options[-1]["token_budget"] is None  # batches of batch_size, as recorded measurements were made
+    probes(token_budget=64)
+    assert options[-1]["token_budget"] == 64

@@ -64,6 +64,8 @@ def test_help_is_instant_and_imports_no_torch():
     (["--score-weights", "1,2"], "--score-weights"),
     (["--grad-loss", "omni_absence", "--losses", "clip"], "not among --losses"),
     (["--rule", "middle"], "invalid choice"),
+    (["--memory-budget", "0"], "--memory-budget: must be > 0"),
+    (["--token-budget", "0"], "--token-budget: must be >= 1"),
 ])
 def test_bad_arguments_fail_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

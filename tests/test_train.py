@@ -480,3 +480,41 @@ def test_a_metrics_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
         log = MetricsLog(tmp_path, start_step=3, tensorboard=False)
     log.close()
     assert [row["step"] for row in rows(tmp_path)] == ["1", "2"]
+def test_text_token_budget_chunks_give_the_one_pass_loss_and_gradients(tiny, tmp_path):
+    """Encoding a contrastive batch in token-budget chunks: the same loss and gradients up to float rounding."""
+    from finetune.train import batch_loss, encode_tokens
+    from finetune.data import prepare_data
+    from finetune.distributed import DistContext
+    from probing.models.text_tower import TextTower
+
+    model, preprocess, tokenizer = fresh(tiny)
+    examples = make_examples(12)
+    spec = LOSS_SPECS["omni"]
+    data = prepare_data(model, tokenizer, preprocess, examples, spec, device=torch.device("cpu"), dist=DistContext())
+    indices = DataOrder(12, 12, 0).batch(0)[1]
+    tower = TextTower.from_model(model)
+    tokens = torch.cat([data.tokens[name][indices] for name in spec.texts])
+    lengths = tower.eot_positions(tokens) + 1
+    budget = int(lengths.max()) * 5  # several chunks, each shorter than the whole batch's trimmed length
+    with torch.no_grad():
+        one_by_one = torch.cat([model.encode_text(tokens[i:i + 1]) for i in range(len(tokens))])  # untrimmed, unbatched
+        torch.testing.assert_close(encode_tokens(tower, tokens, budget), one_by_one, atol=1e-5, rtol=0)
+
+    def loss_and_grads(text_token_budget):
+        model.zero_grad(set_to_none=True)
+        loss = batch_loss(model, data, spec, indices, device=torch.device("cpu"), text_token_budget=text_token_budget)
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads(None)
+    chunked_loss, chunked_grads = loss_and_grads(budget)
+    torch.testing.assert_close(chunked_loss, loss, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == chunked_grads.keys() and len(grads) > 10
+    for name, grad in grads.items():  # sums over other chunkings: rounding relative to the gradient's size
+        assert (chunked_grads[name] - grad).norm() <= 1e-5 * grad.norm(), name
+
+    cfg = config(tmp_path, text_token_budget=budget, steps=2, grad_accum=1)
+    chunked, _ = run(tiny, make_examples(12), cfg)
+    plain, _ = run(tiny, make_examples(12), config(tmp_path, "plain", steps=2, grad_accum=1))
+    for (name, a), (_, b) in zip(chunked.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from analysis.cli import common
-from analysis.cli.common import at_least, fraction, non_negative_int, positive_int
+from analysis.cli.common import at_least, fraction, non_negative_int, positive_float, positive_int
 from analysis.selection import RULES
 from finetune.vocabulary import GRADNORM_LOSSES
 from probing.vocabulary import LAYER_MEASUREMENTS, LOCALISATION_MEASUREMENTS, MEASUREMENTS, NEEDS_IMAGES
@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--seeds", default="0,1,2,3,4", help="probe seeds on the model (comma list)")
     measure.add_argument("--null-seeds", default="0", help="probe seeds on each null model (comma list)")
     measure.add_argument("--batch-size", type=positive_int, default=256, help="captions per forward pass")
+    measure.add_argument("--token-budget", type=positive_int,
+                         help="captures in length-sorted batches of at most this many tokens (e.g. 1280): less "
+                              "padding on real captions, probe numbers equal only to float rounding (default: "
+                              "batches of --batch-size captions)")
+    measure.add_argument("--memory-budget", type=positive_float, default=2.0,
+                         help="GiB the captured features of one caption set may take in memory; larger captures "
+                              "stream to memory-mapped files in $TMPDIR (deleted once mapped)")
     measure.add_argument("--n-sensitivity", type=positive_int, default=400, help="captions edited for sensitivity")
     measure.add_argument("--n-causal", type=positive_int, default=400, help="scenes in the causal check")
     measure.add_argument("--grad-batches", type=positive_int, default=4, help="batches averaged for gradient norms")
@@ -271,7 +278,8 @@ def measure(bundle, null_models, tasks, args, notes: list[str]):
                            patching_evidence=args.patching_evidence and bundle.world is not None,
                            n_patching_pairs=min(args.n_pairs, 32),
                            n_sensitivity=args.n_sensitivity, n_causal=args.n_causal, grad_batches=args.grad_batches,
-                           grad_batch_size=args.grad_batch_size, batch_size=args.batch_size, seed=args.seed)
+                           grad_batch_size=args.grad_batch_size, batch_size=args.batch_size, seed=args.seed,
+                           token_budget=args.token_budget, memory_budget=int(args.memory_budget * 2**30))
     common.say(args, f"measuring {', '.join(wanted)} on the model and {len(null_models)} null models")
     return measure_layers(bundle.model, bundle.preprocess, bundle.tokenizer, tasks, world=bundle.world,
                           null_models=null_models, loss_fns=gradnorm_loss_fns(args.loss_list),

@@ -1,5 +1,6 @@
 """Per-layer measurement of negation, and the metrics everything is scored with.
 
+    batching.py     token-budget batches: captions sorted by length, at most N tokens per forward pass
     capture.py      pooled per-layer capture [n_layers + 1, n, d] (EOT / mean), in memory or on disk
     encode.py       batched, trimmed text and image encoding; eval_mode
     metrics.py      scoring on normalised features (pair wins, MCQ, recall@k, zero-shot, breakdowns)
@@ -8,6 +9,7 @@
     sensitivity.py  how far an edit moves a caption's pooled state, per layer
     gradnorms.py    relative gradient norms per block under a fine-tuning loss (passed in)
     causal.py       project a probe direction out of the residual stream and measure what breaks
+                    (each ablation runs only the blocks after its layer)
     layers.py       measure_layers: all of the above on one model -> LayerMeasurements
 
 Where negation is computed (localise.py runs them all -> Localisation):
@@ -23,6 +25,7 @@ from __future__ import annotations
 from probing.lazy import lazy_exports
 
 _EXPORTS = {
+    "token_batches": "probing.measure.batching",
     "capture_pooled": "probing.measure.capture",
     "encode_captions": "probing.measure.encode",
     "encode_images": "probing.measure.encode",

@@ -3,15 +3,21 @@
 For each batch we attach forward hooks to `blocks.0.hook_resid_pre` (the embedding output) and to
 every `blocks.{l}.hook_resid_post`, and keep only the pooled vector per caption: the state at the
 EOT position (what CLIP itself pools), and optionally the mean over real tokens up to EOT.
-Captions are processed in order of token length so that trimming removes most padding.
+Captions run in length-sorted batches of at most `token_budget` tokens (probing.measure.batching),
+so that trimming removes most padding; the result does not depend on the batching.
 
 Result: `[n_layers + 1, n_captions, d_model]`, index 0 = embedding output, l + 1 = block l.
 With `out_dir`, arrays are `.npy` memory maps filled batch by batch, so 228k captions x 13 layers
-x 512 (about 6 GB) never need to fit in memory; they are renamed into place when complete.
+x 512 (about 6 GB) never need to fit in memory; they are renamed into place when complete. With
+`memory_budget`, a result larger than the budget streams the same way into a temporary folder whose
+files are deleted as soon as they are mapped (POSIX keeps a deleted file's pages while it is mapped),
+so nothing is left on disk.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from probing.measure.batching import DEFAULT_TOKEN_BUDGET, token_batches
 from probing.measure.encode import eval_mode
 
 POOLS = ("eot", "mean")
@@ -39,16 +46,23 @@ def capture_pooled(
     captions: Sequence[str],
     *,
     pools: str | Sequence[str] = "eot",
-    batch_size: int = 128,
+    token_budget: int | None = DEFAULT_TOKEN_BUDGET,
+    batch_size: int | None = None,
     out_dir: str | os.PathLike | None = None,
+    memory_budget: int | None = None,
+    spill_dir: str | os.PathLike | None = None,
     progress: bool = True,
     dtype: np.dtype = np.float32,
 ) -> np.ndarray | dict[str, np.ndarray]:
-    """Pooled residual stream per layer for every caption.
+    """Pooled residual stream per layer for every caption, in the input order.
 
     hooked: a `HookedCLIPText` (or an open_clip model, which is wrapped).
     pools: "eot", "mean" or both; with one name an array is returned, with several a dict.
+    token_budget, batch_size: at most this many tokens (captions x trimmed length) and captions per
+    forward pass (see probing.measure.batching.token_batches).
     out_dir: stream to `<out_dir>/<pool>.npy` memory maps instead of memory.
+    memory_budget: bytes the arrays may take in memory; a larger result streams to deleted files in
+    a temporary folder under `spill_dir` (default: the system's) and comes back memory-mapped.
     """
     hooked = _as_hooked(hooked)
     pool_names = (pools,) if isinstance(pools, str) else tuple(pools)
@@ -59,29 +73,32 @@ def capture_pooled(
         raise ValueError("no captions to capture")
 
     tokens = tokenizer(list(captions))
-    eot = hooked.eot_positions(tokens)
-    order = torch.argsort(eot, stable=True)  # similar lengths together -> little padding per batch
+    batches = token_batches(hooked.eot_positions(tokens) + 1, token_budget, batch_size)
     shape = (hooked.cfg.n_layers + 1, len(captions), hooked.cfg.d_model)
-    outputs = {name: _allocate(shape, dtype, out_dir, name) for name in pool_names}
-
-    device = hooked.positional_embedding.device
-    names = resid_hook_names(hooked.cfg.n_layers)
+    nbytes = len(pool_names) * int(np.prod(shape)) * np.dtype(dtype).itemsize
+    spill = out_dir is None and memory_budget is not None and nbytes > memory_budget
+    folder = tempfile.mkdtemp(prefix="capture-", dir=spill_dir) if spill else out_dir
+    outputs = {}
     try:
+        outputs = {name: _allocate(shape, dtype, folder, name) for name in pool_names}
+        device = hooked.positional_embedding.device
+        names = resid_hook_names(hooked.cfg.n_layers)
         with torch.no_grad(), eval_mode(hooked):
-            for start in tqdm(range(0, len(captions), batch_size), desc="capture", unit="batch", disable=not progress):
-                index = order[start:start + batch_size]
+            for index in tqdm(batches, desc="capture", unit="batch", disable=not progress):
                 pooled = _pooled_batch(hooked, tokens[index].to(device), names, pool_names)
                 for name in pool_names:
-                    outputs[name][:, index.numpy()] = pooled[name].cpu().numpy().astype(dtype)
+                    outputs[name][:, index] = pooled[name].cpu().numpy().astype(dtype)
+        if folder is not None:
+            outputs = {name: _finish(array, folder, name) for name, array in outputs.items()}
     except BaseException:  # an error or an interruption: no half-filled memory map stays behind
-        if out_dir is not None:
+        if folder is not None and not spill:
             outputs.clear()
             for name in pool_names:
-                _partial_path(out_dir, name).unlink(missing_ok=True)
+                _partial_path(folder, name).unlink(missing_ok=True)
         raise
-
-    if out_dir is not None:
-        outputs = {name: _finish(array, out_dir, name) for name, array in outputs.items()}
+    finally:
+        if spill:
+            shutil.rmtree(folder)  # the maps stay readable; their pages are freed when they are
     return outputs[pool_names[0]] if len(pool_names) == 1 else outputs
 
 

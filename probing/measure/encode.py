@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from probing.measure.batching import DEFAULT_TOKEN_BUDGET, token_batches
 from probing.models.text_tower import TextTower
 
 
@@ -37,18 +38,20 @@ def encode_captions(
     tokenizer: Callable,
     captions: Sequence[str],
     *,
-    batch_size: int = 256,
+    batch_size: int | None = 256,
+    token_budget: int | None = DEFAULT_TOKEN_BUDGET,
     normalize: bool = True,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Text features [n, embed_dim] in the input order; batches sorted by length and trimmed (exact)."""
+    """Text features [n, embed_dim] in the input order; length-sorted batches of at most `batch_size`
+    captions and `token_budget` tokens, each trimmed to its longest caption (exact)."""
     tower = TextTower.from_model(model)
     device = tower.positional_embedding.device
     tokens = tokenizer(list(captions))
-    order = torch.argsort(tower.eot_positions(tokens), stable=True)
     features = None
-    for start in tqdm(range(0, len(captions), batch_size), desc="text", disable=not progress):
-        index = order[start:start + batch_size]
+    for index in tqdm(token_batches(tower.eot_positions(tokens) + 1, token_budget, batch_size), desc="text",
+                      disable=not progress):
+        index = torch.from_numpy(index)
         batch = tower.encode(tokens[index].to(device), trim=True, normalize=normalize).float().cpu()
         if features is None:
             features = torch.empty(len(captions), batch.shape[1])

@@ -72,6 +72,13 @@ class MeasureConfig:
     grad_batch_size: int = 64
     batch_size: int = 256
     seed: int = 0  # data draws for sensitivity, gradient batches and the causal suite
+    # bytes captured features may take in memory; larger captures stream to memory-mapped files in
+    # the temporary folder ($TMPDIR), deleted as soon as they are mapped (probing.measure.capture)
+    memory_budget: int | None = 2 * 2**30
+    # None: captures run in length-sorted batches of batch_size, as every recorded measurement did. A
+    # token budget saves padding on captions of varied lengths, but its other batches change features
+    # at float rounding, and probe fits with them (a test item here and there)
+    token_budget: int | None = None
 
     def __post_init__(self):
         unknown = set(self.measurements) - set(LAYER_MEASUREMENTS)
@@ -221,7 +228,9 @@ def _probes(result: LayerMeasurements, name: str, subject, tokenizer, tasks, con
     seeds = config.seeds if trained else config.null_seeds
     directions = {}
     for task in tasks:
-        features = capture_pooled(subject, tokenizer, task.captions, batch_size=config.batch_size, progress=progress)
+        features = capture_pooled(subject, tokenizer, task.captions, batch_size=config.batch_size,
+                                  token_budget=config.token_budget, memory_budget=config.memory_budget,
+                                  progress=progress)
         sweep = probe_layers(features, task.labels, task.train, task.tests, seeds=seeds,
                              probes=("logistic", "diffmeans") if trained else ("logistic",))
         result.add("probes", sweep.summary, task=task.name, model=name, labels="task")
@@ -259,7 +268,8 @@ def sensitivity_edits(world, config: MeasureConfig) -> dict[str, list[str]]:
 
 def _sensitivity(result, name, subject, tokenizer, edits, config: MeasureConfig, progress: bool) -> None:
     def capture(captions):
-        return capture_pooled(subject, tokenizer, captions, batch_size=config.batch_size, progress=progress)
+        return capture_pooled(subject, tokenizer, captions, batch_size=config.batch_size,
+                              token_budget=config.token_budget, memory_budget=config.memory_budget, progress=progress)
 
     base = capture(edits["base"])
     distances: dict[str, np.ndarray] = {}
