@@ -1,10 +1,8 @@
 """Render the README's performance tables from the benchmarks' JSON records.
 
     python scripts/bench_tables.py                 print the tables (Markdown)
-    python scripts/bench_tables.py --write README.md   replace the README's generated block
 
-The block sits between `<!-- bench-tables:start -->` and `<!-- bench-tables:end -->`; nothing else
-in the README is touched. Records: benchmarks/results/<benchmark>-<device>.json, as the scripts in
+scripts/make_results.py puts them into the README's Performance section (its "performance" block). Records: benchmarks/results/<benchmark>-<device>.json, as the scripts in
 benchmarks/ write them (one per benchmark and device; a CUDA record, when there is one, gets its own
 tables with the GPU's name and date).
 """
@@ -16,7 +14,6 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-START, END = "<!-- bench-tables:start -->", "<!-- bench-tables:end -->"
 CAPTION_SETS = {"negbench": "NegBench captions", "synthetic": "synthetic captions"}
 
 
@@ -136,28 +133,11 @@ def synthetic_table(record: dict) -> str:
             f"{record['image_size']} px. {_machine(record)}.\n\n" + _rows(["set", "time", "items/s"], rows, labels=1))
 
 
-def replace_block(text: str, block: str) -> str:
-    """`text` with everything between the markers replaced by `block`."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"expected one {START} ... {END} block")
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{block}\n{END}{tail}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--write", type=Path, help="a Markdown file whose generated block to replace (README.md)")
     args = parser.parse_args(argv)
-    block = render(load_records(args.results))
-    if args.write is None:
-        print(block)
-        return 0
-    from probing.io import atomic_write_text
-
-    atomic_write_text(args.write, replace_block(args.write.read_text(), block))
-    print(f"updated {args.write}", file=sys.stderr)
+    print(render(load_records(args.results)))
     return 0
 
 

@@ -196,8 +196,11 @@ def real_data() -> str:
 
 
 def performance() -> str:
-    path = RESULTS / "performance.md"
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else "(not run yet)"
+    """The benchmarks' tables, from benchmarks/results/*.json (scripts/bench_tables.py renders them)."""
+    sys.path.insert(0, str(REPO))
+    from scripts import bench_tables
+
+    return bench_tables.render(bench_tables.load_records())
 
 
 BLOCKS = {

@@ -1,5 +1,6 @@
 """The benchmarks run and record what they claim; their FLOP counts agree with torch's counter; the
-README's performance tables are the ones scripts/bench_tables.py renders from the committed records."""
+README's performance tables are the ones scripts/bench_tables.py renders from the committed records
+(scripts/make_results.py puts them there)."""
 from __future__ import annotations
 
 import json
@@ -99,9 +100,7 @@ def test_tables_render_the_records(tmp_path):
     if ("capture", "cuda") not in records:
         assert "GPU (bfloat16) throughput has not been measured" in text
     readme = (REPO / "README.md").read_text()
-    assert bench_tables.replace_block(readme, text) == readme, "README tables are stale: run scripts/bench_tables.py --write README.md"
-    with pytest.raises(ValueError, match="block"):
-        bench_tables.replace_block("no markers here", text)
+    assert text.strip() in readme, "README tables are stale: run python scripts/make_results.py"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there: the CUDA path runs instead of being skipped")
