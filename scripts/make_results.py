@@ -26,7 +26,20 @@ README = REPO / "README.md"
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 # what --collect keeps of a run folder (small JSON and Markdown; the figures are copied to docs/figures)
 KEEP = ("report.json", "layer_plan.json", "ablation_summary.json", "validity.json", "evaluation.json",
-        "metrics.csv", "run.json", "provenance.json")
+        "metrics.csv", "run.json", "provenance.json", "localisation.json", "pairs.csv", "patching.csv", "agreement.csv",
+        "attention.csv", "ablation.csv", "lens.csv", "steering.csv")
+# figures --collect copies to docs/figures: (run folder below the collected root, file name) -> README name
+FIGURES_KEPT = {("validation/default/probe/figures", "evidence.png"): "evidence-default.png",
+                ("validation/default/probe/figures", "patching_scope.png"): "patching-scope-default.png",
+                ("validation/default/probe/figures", "patching_negation.png"): "patching-negation-default.png",
+                ("validation/default/probe/figures", "heads.png"): "heads-default.png",
+                ("validation/default/probe/figures", "lens.png"): "lens-default.png",
+                ("validation/default/probe/figures", "steering.png"): "steering-default.png",
+                ("validation/default/ablation", "ablation.png"): "ablation-default.png",
+                ("validation/default/ablation", "validity.png"): "validity-default.png",
+                ("validation/late/ablation", "validity.png"): "validity-late.png",
+                ("validation/seed2/ablation", "validity.png"): "validity-seed2.png",
+                ("validation/depth6/ablation", "validity.png"): "validity-depth6.png"}
 
 
 def _json(path: Path):
@@ -203,6 +216,21 @@ def performance() -> str:
     return bench_tables.render(bench_tables.load_records())
 
 
+def localisation_default() -> str:
+    """Where the default model computes negation: the localisation's own sentences (set beside Quantmeyer's
+    and Sammani's findings on real CLIP) and its figures."""
+    folder = RESULTS / "validation" / "default" / "probe" / "localisation"
+    if not folder.is_dir():
+        return "(not run yet)"
+    from analysis.report.localisation import localisation_sentences
+    from probing.measure.localise import Localisation
+
+    text = " ".join(localisation_sentences(Localisation.load(folder)))
+    figures = [name for name in ("patching-scope-default", "patching-negation-default", "heads-default",
+                                 "lens-default", "steering-default") if (FIGURES / f"{name}.png").is_file()]
+    return text + "\n\n" + " ".join(f"![{name}](docs/figures/{name}.png)" for name in figures)
+
+
 BLOCKS = {
     "embedded-models": embedded_models,
     "evidence-default": evidence_default,
@@ -214,6 +242,7 @@ BLOCKS = {
     "recipes": recipes,
     "benchmarks": benchmarks,
     "real-data": real_data,
+    "localisation-default": localisation_default,
     "performance": performance,
 }
 
@@ -231,13 +260,18 @@ def render(text: str) -> str:
 
 
 def collect(folders: list[Path]) -> None:
-    """Copy each run's small JSON into docs/results (same relative layout) and its figures into docs/figures."""
+    """Copy each run's small JSON into docs/results (same relative layout) and the README's figures into
+    docs/figures."""
     for root in folders:
         for path in root.rglob("*"):
             if path.name in KEEP:
                 target = RESULTS / root.name / path.relative_to(root)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
+            key = (f"{root.name}/{path.parent.relative_to(root).as_posix()}".rstrip("/."), path.name)
+            if key in FIGURES_KEPT:
+                FIGURES.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, FIGURES / FIGURES_KEPT[key])
 
 
 def main() -> int:
