@@ -565,7 +565,7 @@ class Trainer:
 def _progress_bar(total: int, initial: int, *, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="fine-tuning", unit="step", dynamic_ncols=True)
 
 
 def train(model: nn.Module, tokenizer: Callable, preprocess: Callable, examples: Sequence[Any],

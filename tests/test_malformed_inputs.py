@@ -71,7 +71,7 @@ def _finetune_base(root: Path, config: Path) -> tuple[Path, list[str]]:
     """A finished two-step fine-tuning run (checkpoint at step 2) and the arguments that made it."""
     out = root / "ft-base"
     args = ["--model", str(config), "--data", "synthetic", "--n-examples", "8", "--batch-size", "4", "--steps", "2",
-            "--layers", "0", "--ckpt-every", "1", "--warmup-steps", "1", "--lr", "1e-4", "--no-progress",
+            "--layers", "0", "--resumable", "--ckpt-every", "1", "--warmup-steps", "1", "--lr", "1e-4", "--no-progress",
             "--no-tensorboard", "--threads", "1", "--device", "cpu"]
     with contextlib.redirect_stdout(_io.StringIO()):
         assert finetune_layers.main(args + ["--out", str(out)]) == 0

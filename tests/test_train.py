@@ -367,7 +367,7 @@ def test_cli_fine_tunes_on_the_world_the_checkpoint_records_and_passes_the_recor
     own = SyntheticWorld(WorldConfig(image_size=size, sizes=(0.3, 0.4, 0.5), noise=0.02), seed=7)
     source = save_clip_checkpoint(model, tmp_path / "source.safetensors", model_name=tiny.stem, **world_metadata(own))
     common = ["--model", str(tiny), "--layers", "0", "--steps", "2", "--batch-size", "4", "--n-examples", "8",
-              "--ckpt-every", "1", "--no-progress", "--no-tensorboard"]
+              "--resumable", "--ckpt-every", "1", "--no-progress", "--no-tensorboard"]
     assert main(common + ["--pretrained", str(source), "--out", str(tmp_path / "own")]) == 0
     for written in [tmp_path / "own" / "model.safetensors", latest_checkpoint(tmp_path / "own").model_path]:
         world = checkpoint_world(written)

@@ -50,8 +50,10 @@ def load_negation_examples(path: str | os.PathLike, *, kind: str | None = None,
     (`report.filtered`). split / strip_commas: CC-Neg's (probing.data.ccneg); seed, per_image, max_subjects,
     captions: the generator's. A file of another kind (MCQ, foils) is a DataError saying what it holds."""
     kind = kind or guess_kind(path)
-    if kind not in NEGATION_KINDS:
-        raise DataError(path, None, f"{kind} files hold no negation examples (they come from "
+    if kind not in NEGATION_KINDS:  # read it all the same: a broken file says what is wrong with it
+        records = load_dataset(path, kind=kind, image_root=image_root, strict=False)
+        held = type(records[0]).__name__ if records else "no"
+        raise DataError(path, None, f"{kind} data holds {held} records, not negation examples (those come from "
                                     f"{', '.join(NEGATION_KINDS)} files)")
     if kind == "ccneg":
         return load_dataset(path, kind=kind, image_root=image_root, strict=strict, split=split,

@@ -43,12 +43,14 @@ def capture_pooled(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     dtype: np.dtype = np.float32,
+    desc: str = "capture",
 ) -> np.ndarray | dict[str, np.ndarray]:
     """Pooled residual stream per layer for every caption.
 
     hooked: a `HookedCLIPText` (or an open_clip model, which is wrapped).
     pools: "eot", "mean" or both; with one name an array is returned, with several a dict.
     out_dir: stream to `<out_dir>/<pool>.npy` memory maps instead of memory.
+    desc: the progress bar's label (what is captured).
     """
     hooked = _as_hooked(hooked)
     pool_names = (pools,) if isinstance(pools, str) else tuple(pools)
@@ -68,7 +70,7 @@ def capture_pooled(
     names = resid_hook_names(hooked.cfg.n_layers)
     try:
         with torch.no_grad(), eval_mode(hooked):
-            for start in tqdm(range(0, len(captions), batch_size), desc="capture", unit="batch", disable=not progress):
+            for start in tqdm(range(0, len(captions), batch_size), desc=desc, unit="batch", disable=not progress):
                 index = order[start:start + batch_size]
                 pooled = _pooled_batch(hooked, tokens[index].to(device), names, pool_names)
                 for name in pool_names:

@@ -204,8 +204,15 @@ class _Pixels(Dataset):
         return self.preprocess(as_pil(image))
 
 
-def _collate(items):
-    return items
+def _batched(items, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _one_thread(_worker: int) -> None:
@@ -259,14 +266,17 @@ def encode_image_features(
     found: dict[int, torch.Tensor] = {}
     size = _input_size(model)
     fast = (size, *_normalisation(model)) if size else None
-    loader = DataLoader(_Pixels(images, preprocess, fast, origins, sorted(todo)), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=_collate, worker_init_fn=_one_thread if num_workers else None)
+    # one image per loader item, so that every worker decodes whatever the batch size; batches of `batch_size`
+    # are put together here, in order (the same batches as probing.measure.encode.encode_images runs)
+    loader = DataLoader(_Pixels(images, preprocess, fast, origins, sorted(todo)), batch_size=None,
+                        num_workers=num_workers, worker_init_fn=_one_thread if num_workers else None,
+                        prefetch_factor=4 if num_workers else None)
     pending_keys: list[bytes] = []
     pending_rows: list[torch.Tensor] = []
     bar = tqdm(total=len(todo), desc=desc, unit="image", disable=not progress or not todo, dynamic_ncols=True)
     try:
         with torch.no_grad(), eval_mode(model):
-            for batch in loader:
+            for batch in _batched(loader, batch_size):
                 good = [(index, pixels) for index, pixels, problem in batch if problem is None]
                 for index, _, problem in batch:
                     if problem is not None:
