@@ -1,7 +1,8 @@
 """Resumable checkpoints: model weights in safetensors, optimizer / scheduler / RNG / step in a torch file.
 
 Layout under the run folder:
-    checkpoints/step_0000300/model.safetensors   the whole CLIP model (load_clip reads it)
+    checkpoints/step_0000300/model.safetensors   the CLIP model (load_clip reads it): with a base checkpoint,
+                                                 only the trained tensors (a delta, probing.models.loading)
     checkpoints/step_0000300/state.pt            optimizer, scheduler, step, RNG, run settings
     checkpoints/latest.json                      {"step": 300, "folder": "step_0000300"}
 Each file is written atomically and `latest.json` is switched only after both files of a step
@@ -83,11 +84,14 @@ def sweep(out_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, state: dict[str, Any], *,
-                    model_name: str, keep_last: int = 1, metadata: dict[str, str] | None = None) -> Checkpoint:
-    """Write model + training state for `step`, point latest.json at it, prune older folders."""
+                    model_name: str, keep_last: int = 1, metadata: dict[str, str] | None = None,
+                    base: dict[str, str] | None = None, trained: list[str] | None = None) -> Checkpoint:
+    """Write model + training state for `step`, point latest.json at it, prune older folders. With `base`
+    (probing.models.loading.base_record) the model file holds only the `trained` tensors."""
     root = checkpoint_root(out_dir)
     checkpoint = Checkpoint(step, root / f"step_{step:07d}")
-    save_clip_checkpoint(model, checkpoint.model_path, model_name=model_name, step=step, **(metadata or {}))
+    save_clip_checkpoint(model, checkpoint.model_path, model_name=model_name, base=base, trained=trained, step=step,
+                         **(metadata or {}))
     atomic_torch_save(checkpoint.state_path, {**state, "step": step, "rng": rng_state()})
     atomic_write_json(root / LATEST, {"step": step, "folder": checkpoint.folder.name})
     folders = sorted(p for p in root.glob("step_*") if p.is_dir() and p != checkpoint.folder)
@@ -101,7 +105,7 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, *, device: torch.d
 
     Weights that are not finite (a checkpoint written before training checked them) and a training state
     that torch cannot read or that lacks a part are ResumeErrors naming the file."""
-    from probing.models.loading import load_state_dict_checked, read_checkpoint
+    from probing.models.loading import DELTA_KEY, ModelLoadError, apply_delta, load_state_dict_checked, read_checkpoint
 
     weights = read_checkpoint(checkpoint.model_path)
     bad = non_finite_tensors(weights.state_dict)
@@ -109,8 +113,14 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, *, device: torch.d
         raise ResumeError(f"checkpoint {checkpoint.model_path} holds non-finite weights ({len(bad)} tensors, e.g. "
                           f"{bad[0]}); it cannot be resumed: remove {checkpoint.folder.parent} and start again")
     state = _read_state(checkpoint.state_path, device)
-    load_state_dict_checked(model, weights.state_dict, source=str(checkpoint.model_path),
-                            model_name=weights.metadata.get("open_clip_model", "?"))
+    model_name = weights.metadata.get("open_clip_model", "?")
+    if weights.metadata.get(DELTA_KEY) == "true":  # the model holds the base: the stored tensors go on top
+        try:
+            apply_delta(model, weights, source=checkpoint.model_path, model_name=model_name)
+        except ModelLoadError as error:
+            raise ResumeError(f"cannot resume {checkpoint.folder}: {error}") from None
+    else:
+        load_state_dict_checked(model, weights.state_dict, source=str(checkpoint.model_path), model_name=model_name)
     set_rng_state(state["rng"])
     return state
 

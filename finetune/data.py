@@ -1,7 +1,9 @@
 """Turn negation examples into what the training loop reads: cached image features and tokens.
 
 The image tower is frozen, so image (and distractor image) features are computed once, in eval
-mode without gradients, and kept on the device; captions are tokenised once up front. Examples
+mode without gradients, and kept on the device; they come from the disk cache of image features when
+an earlier run (a resume, another run of an ablation, an evaluation) computed them with the same
+image tower (probing.measure.feature_cache). Captions are tokenised once up front. Examples
 are duck-typed: anything with `image`, `caption`, `presence_negated`, `absence_negated` and
 `distractor_image` attributes works (probing.data.records.NegationExample is the real one). A loss
 that reads MCQ items (LossSpec.record == "mcq", NegBench's) takes anything with `image`, `captions`
@@ -18,7 +20,7 @@ from torch import nn
 from finetune.distributed import DistContext
 from finetune.losses import LossSpec
 from probing.data.records import DataError
-from probing.measure.encode import encode_images
+from probing.measure.feature_cache import encode_image_features
 
 # loss feature name -> example attribute holding that caption
 CAPTION_FIELDS = {"caption": "caption", "presence_negated": "presence_negated", "absence_negated": "absence_negated"}
@@ -46,7 +48,13 @@ def prepare_data(
     dist: DistContext,
     image_batch_size: int = 256,
     autocast: bool = False,
+    feature_cache: bool = True,
+    num_workers: int = 0,
+    progress: bool = False,
 ) -> TrainingData:
+    """Tokens and image features of `examples` for the loss `spec`. feature_cache: read and write the disk
+    cache of image features; num_workers: DataLoader processes that decode images; progress: a bar per
+    image set ("image features", "distractor features")."""
     if len(examples) == 0:
         raise DataError(None, None, "no training examples")
     correct = None
@@ -59,13 +67,17 @@ def prepare_data(
         tokens = {name: tokenizer(_captions(examples, CAPTION_FIELDS[name])).long() for name in spec.texts}
     use_distractor = _use_distractors(examples, spec)
 
-    def encode(triples: Sequence[tuple[int, Any, Any]]) -> torch.Tensor:
-        return encode_images(model, preprocess, [image for _, _, image in triples], device=device,
-                             batch_size=image_batch_size, autocast=autocast,
-                             origins=[_where(example, index) for index, example, _ in triples])
+    def encoder(desc: str) -> Callable[[Sequence[tuple[int, Any, Any]]], torch.Tensor]:
+        def encode(triples: Sequence[tuple[int, Any, Any]]) -> torch.Tensor:
+            return encode_image_features(model, preprocess, [image for _, _, image in triples], device=device,
+                                         batch_size=image_batch_size, autocast=autocast, cache=feature_cache,
+                                         num_workers=num_workers, progress=progress and dist.is_main, desc=desc,
+                                         origins=[_where(example, index) for index, example, _ in triples])
+        return encode
 
-    image = dist.map_sharded(_indexed(examples, "image"), encode)
-    distractor = dist.map_sharded(_indexed(examples, "distractor_image"), encode) if use_distractor else None
+    image = dist.map_sharded(_indexed(examples, "image"), encoder("image features"))
+    distractor = (dist.map_sharded(_indexed(examples, "distractor_image"), encoder("distractor features"))
+                  if use_distractor else None)
     return TrainingData(tokens, image, distractor, correct)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +31,7 @@ from finetune.train import MAX_LOGIT_SCALE, lr_factor
 from probing.synthetic.world import SyntheticWorld, WorldConfig
 from probing.synthetic.record import world_metadata
 from probing.measure.encode import images_to_tensor
+from probing.cache import cache_dir
 from probing.io import atomic_write_json, sweep_temporaries
 from probing.models.loading import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
 from probing.synthetic.suite import SyntheticSuite
@@ -109,14 +109,6 @@ VARIANT_SPECS = {
     # between the cue and a noun, can only be computed (and learnt) in blocks 6-11
     "late": replace(DEFAULT_SPEC, dead_attention_blocks=(0, 1, 2, 3, 4, 5)),
 }
-
-
-def cache_dir() -> Path:
-    """$CLIP_NEGATION_CACHE, else $XDG_CACHE_HOME/clip-negation-probe, else ~/.cache/clip-negation-probe."""
-    if os.environ.get("CLIP_NEGATION_CACHE"):
-        return Path(os.environ["CLIP_NEGATION_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "clip-negation-probe"
 
 
 def checkpoint_path(spec: EmbeddedSpec = DEFAULT_SPEC) -> Path:

@@ -18,7 +18,8 @@ weight decay on every parameter (plain torch AdamW, as CoN-CLIP, Omni-NegCLIP, N
 TripletCLIP do) or on weight matrices only (open_clip's rule: no decay on gains, biases, logit
 scale); cosine or constant learning rate after the warm-up.
 
-What makes it fast: the image tower is frozen, so image features are computed once and cached;
+What makes it fast: the image tower is frozen, so image features are computed once and cached (on
+disk too, shared with resumes, other runs and evaluations: probing.measure.feature_cache);
 captions are tokenised once, and each text batch runs only up to its longest caption
 (TextTower.encode(trim=True), exact because of the causal mask). The contrastive batch itself is
 fixed by the loss, but its captions can be encoded in length-sorted chunks of at most
@@ -29,6 +30,14 @@ What makes it reproducible: the data order of epoch e is a permutation seeded by
 the batch of any step is a function of the step; checkpoints carry optimizer, scheduler and RNG
 state; an interrupted run resumed from its checkpoint ends with the same weights as an
 uninterrupted one (bit-for-bit on CPU), SIGKILL at any moment included (tests/test_kill_resume.py).
+Optimizer state is written only for resumable runs (`resumable`, the default here; the command asks
+for it with --resumable); otherwise only the final weights are.
+
+What the files hold: with a base checkpoint (`base`: the file the model was loaded from), every
+model file holds only the tensors training changes (the planned parameters and the logit scale,
+which the temperature cap may move), with the base recorded by path and SHA-256; load_clip rebuilds
+the whole model from the base (probing.models.loading, "Delta checkpoints"). A model without a base
+file (random weights) is saved whole.
 
 What keeps a bad run from passing for a good one: the settings are checked before anything runs
 (`check_config`: finite numbers, positive where they must be); the loss and gradient norm must be
@@ -61,7 +70,7 @@ from finetune.metrics_log import MetricsLog
 from finetune.plan import LayerPlan
 from probing.io import atomic_write_json
 from probing.measure.batching import token_batches
-from probing.models.loading import resolve_device, save_clip_checkpoint
+from probing.models.loading import base_record, resolve_device, save_clip_checkpoint
 from probing.models.text_tower import TextTower
 
 MAX_LOGIT_SCALE = math.log(100.0)  # t = exp(logit_scale) is clamped to at most 100
@@ -120,10 +129,17 @@ class TrainConfig:
     out_dir: str = "runs/finetune"
     resume: bool = False
     stop_at: int | None = None  # stop after this step as if interrupted (time-limited jobs, tests)
+    # checkpoints with optimizer state every ckpt_every steps, so that an interrupted run can resume
+    resumable: bool = True
     image_batch_size: int = 256
     # None: each micro-batch's captions in one trimmed pass. A number: in length-sorted chunks of at
     # most this many tokens (captions x trimmed length); features equal to float rounding (see above)
     text_token_budget: int | None = None
+    image_workers: int = 0  # DataLoader processes that decode images for the image features
+    feature_cache: bool = True  # read and write the disk cache of image features (probing.measure.feature_cache)
+    # the checkpoint the model was loaded from: {"path": file, "reference": "embedded:default" or ""}; model
+    # files then hold only the trained tensors. None: the model has no base file and is saved whole
+    base: dict[str, str] | None = None
     model_name: str = "unknown"  # stored in checkpoint metadata, so load_clip can rebuild the model
     # more checkpoint metadata, e.g. the synthetic world the data came from (probing.synthetic.record)
     checkpoint_metadata: dict[str, str] = field(default_factory=dict)
@@ -221,7 +237,8 @@ def check_config(config: TrainConfig) -> None:
     integers = {"grad_accum": (config.grad_accum, 1), "warmup_steps": (config.warmup_steps, 0),
                 "batch_size": (config.batch_size, 2), "log_every": (config.log_every, 1),
                 "ckpt_every": (config.ckpt_every, 1), "keep_checkpoints": (config.keep_checkpoints, 1),
-                "image_batch_size": (config.image_batch_size, 1), "seed": (config.seed, 0)}
+                "image_batch_size": (config.image_batch_size, 1), "seed": (config.seed, 0),
+                "image_workers": (config.image_workers, 0)}
     integers.update({name: (value, 1) for name, value in (("steps", config.steps), ("stop_at", config.stop_at),
                                                          ("second_batch_size", config.second_batch_size))
                      if value is not None})
@@ -230,6 +247,10 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if config.seed > MAX_SEED:
         raise ValueError(f"seed must be at most {MAX_SEED}, got {config.seed}")
+    if config.stop_at is not None and not config.resumable:
+        raise ValueError("stop_at stops a run to be resumed later: it needs resumable checkpoints")
+    if config.base is not None and not (isinstance(config.base, dict) and config.base.get("path")):
+        raise ValueError(f"base must be {{'path': checkpoint file, 'reference': ...}}, got {config.base!r}")
     for loss, options, what in ((config.loss, config.loss_kwargs, "loss_kwargs"),
                                 (config.second_loss, config.second_loss_kwargs, "second_loss_kwargs")):
         if loss is None:
@@ -365,6 +386,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         model.to(self.device)
         self.dist.broadcast_from_main(model)
+        self.base = base_record(model, config.base["path"], config.base.get("reference")) if config.base else None
         self.summary = apply_plan(model, plan, verbose=self.dist.is_main)
         self.sources = [self._source(tokenizer, preprocess, examples, self.spec, config.batch_size, config.loss_weight,
                                      config.loss_kwargs, stream=0)]
@@ -374,6 +396,9 @@ class Trainer:
                                              config.second_loss_kwargs, stream=1))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.param_names = [name for name, p in model.named_parameters() if p.requires_grad]
+        # what the model files of a run with a base hold: the trained tensors, and the logit scale, which the
+        # temperature cap clamps in place whether it trains or not
+        self.changed = sorted(set(self.param_names) | ({"logit_scale"} if hasattr(model, "logit_scale") else set()))
         self.optimizer = build_optimizer(model, plan, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup_steps=config.warmup_steps, total_steps=self.total_steps,
@@ -387,7 +412,9 @@ class Trainer:
         # image features are cached once; under fp16 they are computed in float32 (the image tower is
         # frozen, so precision there changes only rounding) and under bf16 in bfloat16 as before
         data = prepare_data(self.model, tokenizer, preprocess, examples, spec, device=self.device, dist=self.dist,
-                            image_batch_size=self.config.image_batch_size, autocast=self.autocast == torch.bfloat16)
+                            image_batch_size=self.config.image_batch_size, autocast=self.autocast == torch.bfloat16,
+                            feature_cache=self.config.feature_cache, num_workers=self.config.image_workers,
+                            progress=self.config.progress)
         return Source(spec, data, DataOrder(len(data), batch_size, self.config.seed, stream), weight, dict(loss_kwargs))
 
     # -- state --
@@ -404,7 +431,8 @@ class Trainer:
             self.last_checkpoint = save_checkpoint(self.out_dir, self.step, self.model, state,
                                                    model_name=self.config.model_name,
                                                    keep_last=self.config.keep_checkpoints,
-                                                   metadata=self.config.checkpoint_metadata)
+                                                   metadata=self.config.checkpoint_metadata, base=self.base,
+                                                   trained=self.changed if self.base else None)
         else:  # the other ranks only need to know where it is
             self.last_checkpoint = Checkpoint(self.step, checkpoint_root(self.out_dir) / f"step_{self.step:07d}")
         self.dist.barrier()
@@ -529,7 +557,7 @@ class Trainer:
                     if log is not None:
                         log.log(metrics)
                     window_start, window_steps = now, 0
-                if self.step % config.ckpt_every == 0 or self.step == stop:
+                if config.resumable and (self.step % config.ckpt_every == 0 or self.step == stop):
                     self.save()
         finally:
             progress.close()
@@ -542,7 +570,8 @@ class Trainer:
         path = self.out_dir / "model.safetensors"
         if self.dist.is_main:
             save_clip_checkpoint(self.model, path, model_name=self.config.model_name, loss=self.config.loss,
-                                 plan=self.plan.to_dict(), steps=self.step, **self.config.checkpoint_metadata)
+                                 plan=self.plan.to_dict(), steps=self.step, base=self.base,
+                                 trained=self.changed if self.base else None, **self.config.checkpoint_metadata)
         self.dist.barrier()
         return path
 
@@ -556,7 +585,7 @@ class Trainer:
 def _progress_bar(total: int, initial: int, *, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="fine-tuning", unit="step", dynamic_ncols=True)
 
 
 def train(model: nn.Module, tokenizer: Callable, preprocess: Callable, examples: Sequence[Any],

@@ -381,11 +381,12 @@ def test_coco_generated_and_ccneg_file(tiny, shared_data, tmp_path):
     # a CC-Neg file in its CSV form: one row's image is missing, one row has no K
     images = sorted(coco(shared_data).glob("*.jpg"))[:3]
     csv = tmp_path / "ccneg.csv"
-    csv.write_text("image_path,caption,negative_prompt,num_ops\n"
-                   f"cc3m/{images[0].name},a dog on a sofa,a dog not on a sofa,1\n"
-                   f"cc3m/{images[1].name},two cups and a plate,two cups but no plate,2\n"
-                   "cc3m/missing.jpg,a cat,no cat,1\n"
-                   f"cc3m/{images[2].name},a bus on a road,a bus without a road,\n")
+    # (a `split` column decides each row's split: without it, a 4-row file would keep a fifth for evaluation)
+    csv.write_text("image_path,caption,negative_prompt,num_ops,split\n"
+                   f"cc3m/{images[0].name},a dog on a sofa,a dog not on a sofa,1,eval\n"
+                   f"cc3m/{images[1].name},two cups and a plate,two cups but no plate,2,eval\n"
+                   "cc3m/missing.jpg,a cat,no cat,1,eval\n"
+                   f"cc3m/{images[2].name},a bus on a road,a bus without a road,,eval\n")
     out = ev.evaluate_all(model, preprocess, tokenizer, which=["ccneg"], files={"ccneg": [csv]},
                           image_root=coco(shared_data), batch_size=2)
     section = out["sections"]["ccneg"]

@@ -249,9 +249,12 @@ def test_ccneg_split_rule_on_a_tiny_pt_file(tmp_path):
     path, root = write_tiny_ccneg(tmp_path)
     assert list(split_rows(10, "eval", eval_size=4)) == [6, 7, 8, 9]
     assert list(split_rows(10, "train", eval_size=4)) == [0, 1, 2, 3, 4, 5]
-    # with the real rule (last 40,000 rows) a 10-row file is all evaluation, no training rows
-    assert [example.row for example in load_ccneg(path)] == list(range(10))
-    assert load_ccneg(path, split="train") == []
+    # the default rule: the authors' last 40,000 rows of the released file, a fifth (rounded up) of a smaller
+    # one, so that a small file has training rows too
+    assert [example.row for example in load_ccneg(path)] == [8, 9]
+    assert [example.row for example in load_ccneg(path, split="train")] == list(range(8))
+    assert len(split_rows(228_246, "eval")) == 40_000 and split_rows(228_246, "train") == range(188_246)
+    assert len(split_rows(199_999, "eval")) == 40_000 and len(split_rows(4, "eval")) == 1
 
     evaluation = load_ccneg(path, root, split="eval", eval_size=4)
     training = load_ccneg(path, root, split="train", eval_size=4)
@@ -300,7 +303,7 @@ def test_ccneg_bad_pt_files(tmp_path):
                                 {"json": {"caption": "a dog"}, "sop_data": {}}]}, tmp_path / "bad_row.pt")
     with pytest.raises(DataError, match=r"bad_row.pt, row 1: missing field 'negative-prompt'"):
         load_ccneg(tmp_path / "bad_row.pt")
-    lenient = load_ccneg(tmp_path / "bad_row.pt", strict=False)
+    lenient = load_ccneg(tmp_path / "bad_row.pt", strict=False, split="all")
     assert [e.caption for e in lenient] == ["a cat"] and lenient.report.skipped[0][0] == 1
 
 
@@ -436,7 +439,7 @@ def test_malformed_jsonl_line_and_python_literal_cells(tmp_path):
     path.write_text(json.dumps(good) + "\n{broken\n" + json.dumps(good) + "\n")
     with pytest.raises(DataError, match=r"ccneg.jsonl, row 1: invalid JSON line"):
         load_ccneg(path)
-    assert [e.row for e in load_ccneg(path, strict=False)] == [0, 2]
+    assert [e.row for e in load_ccneg(path, strict=False, split="all")] == [0, 2]
 
     retrieval = tmp_path / "retrieval.csv"
     retrieval.write_text('positive_objects,negative_objects,filepath,image_id,captions\n'

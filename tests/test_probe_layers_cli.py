@@ -133,7 +133,7 @@ def test_end_to_end_on_the_small_build(small_embedded, tmp_path, capsys):
     assert f"wrote {out}/" in printed and "selected blocks: none: no block carries negation evidence" in printed
 
     expected = ["causal.csv", "gradnorms.csv", "items.npz", "layer_plan.json", "measurements.json", "probes.csv",
-                "report.json", "report.md", "selectivity.csv", "sensitivity.csv"]
+                "provenance.json", "report.json", "report.md", "selectivity.csv", "sensitivity.csv"]
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == expected
     figures = {p.name for p in (out / "figures").iterdir()}
     for name in ("probe_accuracy", "selectivity", "sensitivity", "gradnorms", "evidence"):
@@ -165,8 +165,15 @@ def test_real_data_mode_probes_real_captions(small_embedded, shared_data, tmp_pa
     measured = json.loads((out / "measurements.json").read_text())
     assert measured["meta"]["tasks"]["negation"]["source"] == "real"
     assert {r["split"] for r in measured["probes"]} == {"in_distribution", "heldout_cue"}
-    assert not measured["sensitivity"] and measured["gradnorms"]  # gradient norms from the synthetic world
+    assert not measured["sensitivity"] and measured["gradnorms"]
     assert {r["model"] for r in measured["gradnorms"]} == {"trained", "null:1", "null:2"}
+    # the gradient norms ran on the file's images and captions, and the record says so
+    data = measured["meta"]["data"]
+    assert set(data) == {"probes", "gradnorms"} and {d["kind"] for d in data.values()} == {"real"}
+    assert data["gradnorms"]["source"].endswith("instances_val2017.json") and data["gradnorms"]["batch_size"] == 16
+    assert measured["meta"]["completed"] == ["probes/trained", "gradnorms/trained", "probes/null:1", "gradnorms/null:1",
+                                             "probes/null:2", "gradnorms/null:2"]
+    assert "instances_val2017.json" in " ".join(json.loads((out / "report.json").read_text())["summary"])
     assert LayerPlan.load(out / "layer_plan.json").blocks == []
     assert (out / "figures" / "gradnorms.png").is_file() and not (out / "figures" / "sensitivity.png").exists()
 

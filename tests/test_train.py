@@ -132,7 +132,8 @@ def test_per_block_learning_rate_weights(tiny):
 
 # --- caching, trimming, accumulation ----------------------------------------------------------------
 
-def test_images_encoded_once_and_text_trimmed(tiny, tmp_path):
+def test_images_encoded_once_and_text_trimmed(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIP_NEGATION_CACHE", str(tmp_path / "cache"))  # no image features cached yet
     model, preprocess, tokenizer = fresh(tiny)
     image_batches, text_lengths = [], []
     model.visual.register_forward_hook(lambda module, args, out: image_batches.append(args[0].shape[0]))
@@ -147,6 +148,11 @@ def test_images_encoded_once_and_text_trimmed(tiny, tmp_path):
     longest = int(tokenizer(texts).argmax(-1).max()) + 1  # up to EOT
     assert len(text_lengths) == 10 and max(text_lengths) == longest < tokenizer.context_length
     assert min(text_lengths) < longest
+    # a second run with the same image tower (here: the same model, as a resume or an ablation run has) reads
+    # every feature from the disk cache and encodes nothing
+    image_batches.clear()
+    train(model, tokenizer, preprocess, examples, PLAN, config(tmp_path, name="again", loss="conclip", steps=5))
+    assert image_batches == []
 
 
 def test_accumulated_gradient_equals_naive_full_length_gradient(tiny, tmp_path):
@@ -361,7 +367,7 @@ def test_cli_fine_tunes_on_the_world_the_checkpoint_records_and_passes_the_recor
     own = SyntheticWorld(WorldConfig(image_size=size, sizes=(0.3, 0.4, 0.5), noise=0.02), seed=7)
     source = save_clip_checkpoint(model, tmp_path / "source.safetensors", model_name=tiny.stem, **world_metadata(own))
     common = ["--model", str(tiny), "--layers", "0", "--steps", "2", "--batch-size", "4", "--n-examples", "8",
-              "--ckpt-every", "1", "--no-progress", "--no-tensorboard"]
+              "--resumable", "--ckpt-every", "1", "--no-progress", "--no-tensorboard"]
     assert main(common + ["--pretrained", str(source), "--out", str(tmp_path / "own")]) == 0
     for written in [tmp_path / "own" / "model.safetensors", latest_checkpoint(tmp_path / "own").model_path]:
         world = checkpoint_world(written)

@@ -250,12 +250,28 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, device: bool = True)
     return group
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+def add_run_arguments(parser: argparse.ArgumentParser, *, images: bool = True) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("run")
     group.add_argument("--threads", type=threads,
                        help="CPU threads of torch and of the BLAS/OpenMP pools (default: the libraries' choice)")
+    if images:
+        group.add_argument("--workers", type=non_negative_int,
+                           help="processes that decode images for image features (default: --threads, else the "
+                                "CPU count, at most 8; 0 or 1 thread: decode in this process)")
+        group.add_argument("--no-feature-cache", action="store_true",
+                           help="neither read nor write the disk cache of image features (<cache>/image-features: "
+                                "$CLIP_NEGATION_CACHE or ~/.cache/clip-negation-probe)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     return group
+
+
+def image_workers(args: argparse.Namespace) -> int:
+    """DataLoader processes that decode images: --workers, else --threads (else the CPU count), at most 8;
+    none (decode in this process) for a single thread."""
+    if getattr(args, "workers", None) is not None:
+        return args.workers
+    available = getattr(args, "threads", None) or os.cpu_count() or 1
+    return 0 if available < 2 else min(available, 8)
 
 
 def check_model_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -294,6 +310,103 @@ def apply_threads(args: argparse.Namespace) -> None:
             os.environ[variable] = str(args.threads)
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (what `sha256sum` prints); of a folder, over its files' names and digests."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{child.relative_to(path).as_posix()}|{file_sha256(child)}\n".encode())
+        return digest.hexdigest()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def toolkit_version() -> dict[str, str | None]:
+    """The package version and, in a git checkout, the commit (with "+changes" when the tree is not clean)."""
+    import subprocess
+    from importlib import metadata
+
+    try:
+        version = metadata.version("clip-negation-probe")
+    except metadata.PackageNotFoundError:
+        version = None
+    commit = None
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10).stdout.strip() or None
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            commit = commit + "+changes" if commit and dirty else commit
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {"version": version, "git_commit": commit}
+
+
+def write_provenance(folder: str | os.PathLike, args: argparse.Namespace, *, model=None,
+                     data: dict[str, str | os.PathLike | None] | None = None,
+                     image_roots: dict[str, str | os.PathLike | None] | None = None,
+                     extra: dict | None = None, name: str = "provenance.json") -> Path:
+    """<folder>/provenance.json: the command line, the toolkit's version, the model (its checkpoint by path,
+    file SHA-256 and recorded weights SHA-256; a delta's base), each data file by path and SHA-256, the image
+    roots and the library versions. Written atomically; data files are hashed here (a few seconds per GB)."""
+    import platform
+    import time
+
+    from probing.io import atomic_write_json
+
+    versions = {"python": platform.python_version()}
+    for module in ("torch", "open_clip", "numpy"):
+        try:
+            versions[module] = __import__(module).__version__
+        except (ImportError, AttributeError):
+            versions[module] = None
+    record = {"command": [getattr(args, "prog", None) or Path(sys.argv[0]).name, *getattr(args, "argv", sys.argv[1:])],
+              "cwd": str(Path.cwd()), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "toolkit": toolkit_version(), "versions": versions}
+    if model is not None:
+        record["model"] = _model_provenance(model)
+    record["data"] = {option: None if path in (None, "synthetic") else
+                      {"path": str(Path(path).resolve()), "sha256": file_sha256(path)} if Path(path).exists() else
+                      {"path": str(path), "sha256": None}
+                      for option, path in (data or {}).items()}
+    record["image_roots"] = {option: None if root is None else str(Path(root).resolve())
+                             for option, root in (image_roots or {}).items()}
+    record.update(extra or {})
+    return atomic_write_json(Path(folder) / name, record)
+
+
+def _model_provenance(bundle) -> dict:
+    """A ModelBundle's checkpoint by path and SHA-256, with the base of a delta checkpoint."""
+    from probing.models.loading import BASE_DIGEST_KEY, BASE_PATH_KEY, BASE_REFERENCE_KEY, checkpoint_metadata
+
+    info = dict(bundle.info)
+    checkpoint = bundle.checkpoint
+    if checkpoint is not None and Path(checkpoint).is_file():
+        info["checkpoint_file_sha256"] = file_sha256(checkpoint)
+        if Path(checkpoint).suffix == ".safetensors":
+            metadata = checkpoint_metadata(checkpoint)
+            if BASE_DIGEST_KEY in metadata:
+                info["base"] = {"checkpoint": metadata.get(BASE_PATH_KEY), "model": metadata.get(BASE_REFERENCE_KEY),
+                                "weights_sha256": metadata[BASE_DIGEST_KEY]}
+    return info
+
+
+def model_base(bundle) -> dict[str, str] | None:
+    """What a fine-tuned model's files record of its base (finetune.train.TrainConfig.base): the checkpoint
+    file it was loaded from and, for a shipped model, its name; None for random weights (saved whole)."""
+    if bundle.checkpoint is None:
+        return None
+    return {"path": str(Path(bundle.checkpoint).resolve()),
+            "reference": bundle.label if str(bundle.label).startswith(EMBEDDED) else ""}
 
 
 def say(args: argparse.Namespace, message: str) -> None:

@@ -13,6 +13,16 @@ defaults: learning rate, AdamW betas and eps, which parameters decay, batch, epo
 with a gradient scaler where the authors use it), clipping, what trains; each recipe file names its
 sources (finetune/recipes/*.json). Any flag given on the command line overrides the recipe.
 
+Real data: any file that gives negation examples feeds every loss it has the captions for (probing.data
+.negations): CC-Neg (.pt, or the CC-Neg layout with absence-negated captions and distractor images, as
+`make-negations` writes it), NegBench retrieval CSVs and COCO captions / instances (through the rule-based
+generator: presence- and absence-negated captions, distractor images mined from the annotations).
+NegBench MCQ files feed --loss negbench_mcq. --skip-missing skips rows whose image is missing or that
+are malformed, and reports them. Checkpoints hold only the trained tensors, with the base model
+recorded by path and SHA-256; pass --resumable for checkpoints that --resume can continue. The run
+folder gets provenance.json (base checkpoint, data files and their SHA-256, image roots, command line,
+toolkit version).
+
 A second data source (--second-data with --second-loss) adds, in every step, that loss on a batch of
 its own examples: Omni-NegCLIP's absence loss on COCO beside its presence loss on CC-Neg, NegBench's
 MCQ loss on MCQ items beside its contrastive loss.
@@ -56,9 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split", choices=SPLITS, default="train", help="split of a CC-Neg file")
     data.add_argument("--n-examples", type=positive_int, default=10_000, help="synthetic examples to generate")
     data.add_argument("--data-seed", type=seed, default=0, help="seed of the synthetic world")
-    data.add_argument("--skip-bad-rows", action="store_true",
-                      help="skip (and count) rows of a data file whose image is missing or that are malformed, "
-                           "instead of stopping at the first")
+    data.add_argument("--skip-missing", "--skip-bad-rows", dest="skip_bad_rows", action="store_true",
+                      help="skip rows of a data file whose image is missing or that are malformed, and report them "
+                           "(default: stop at the first)")
+    data.add_argument("--per-image", type=positive_int, default=1,
+                      help="COCO / NegBench retrieval files: negation examples the generator writes per image")
+    data.add_argument("--distractors", choices=("auto", "only", "none"), default="auto",
+                      help="distractor images of real data: auto = used when every example has one (a loss that "
+                           "requires them keeps the examples that have one); only = keep just the examples with one; "
+                           "none = never used")
     data.add_argument("--ccneg-keep-commas", action="store_true",
                       help="keep the commas of CC-Neg's negated captions (default: removed, as the authors do)")
     second = parser.add_argument_group("second data source (its loss on a batch of its own in every step)")
@@ -117,9 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=PRECISIONS, default="bf16",
                      help="on CUDA: bf16 autocast, fp16 autocast with a gradient scaler, or fp32 (CPU: always fp32)")
     run.add_argument("--out", required=True, help="output folder (checkpoints, metrics.csv, tensorboard/, model.safetensors)")
-    run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    run.add_argument("--resumable", action="store_true",
+                     help="write checkpoints with optimizer state every --ckpt-every steps, so that --resume can "
+                          "continue an interrupted run (default: only the final weights)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the latest checkpoint in --out (implies --resumable)")
     run.add_argument("--log-every", type=positive_int, default=10)
-    run.add_argument("--ckpt-every", type=positive_int, default=500)
+    run.add_argument("--ckpt-every", type=positive_int, default=500, help="with --resumable: steps between checkpoints")
     run.add_argument("--no-tensorboard", action="store_true")
     return parser
 
@@ -274,14 +294,13 @@ def layer_plan(args: argparse.Namespace, parser: argparse.ArgumentParser):
 def load_examples(args: argparse.Namespace, world, *, second: bool = False) -> list:
     """NegationExamples (or MCQItems for an MCQ loss) from the synthetic `world` (the model's own, see
     `main`) or a data file (with the loaders' own errors), for the first or the second source."""
-    from probing.data.records import DataError, MCQItem, NegationExample
+    from probing.data.records import DataError, MCQItem
 
     prefix, flag = ("second_", "--second-") if second else ("", "--")
     source, loss = getattr(args, f"{prefix}data"), args.second_loss if second else args.loss
-    wanted = MCQItem if loss in MCQ_LOSSES else NegationExample
     batch_size = (args.second_batch_size or args.batch_size) if second else args.batch_size
     if source == "synthetic":
-        if wanted is MCQItem:
+        if loss in MCQ_LOSSES:
             raise common.UsageError(f"{flag}loss {loss} reads MCQ items: give {flag}data a NegBench MCQ file "
                                     "(the synthetic world has none)")
         n = args.second_n_examples or args.n_examples if second else args.n_examples
@@ -292,18 +311,12 @@ def load_examples(args: argparse.Namespace, world, *, second: bool = False) -> l
             return world.examples(n, "train", seed=args.data_seed)
         seed = args.data_seed + 1 if args.second_data_seed is None else args.second_data_seed
         return world.examples(n, "train", seed=seed)
-    from probing.data.loaders import guess_kind, load_dataset
-
-    kind = getattr(args, f"{prefix}data_kind") or guess_kind(source)
-    options = ({"split": getattr(args, f"{prefix}split"), "strip_commas": not args.ccneg_keep_commas}
-               if kind == "ccneg" else {})
-    image_root = (args.second_image_root or args.image_root) if second else args.image_root
-    examples = load_dataset(source, kind=kind, image_root=image_root, strict=not args.skip_bad_rows, **options)
-    wrong = next((item for item in examples if not isinstance(item, wanted)), None)
-    if wrong is not None:
-        raise DataError(source, None, f"{kind} data holds {type(wrong).__name__} records; {flag}loss {loss} needs "
-                                      f"{wanted.__name__} data")
+    examples = real_examples(args, second=second)
+    if loss in MCQ_LOSSES and not all(isinstance(item, MCQItem) for item in examples):
+        raise DataError(source, None, f"{flag}loss {loss} reads NegBench MCQ items; this file gives negation examples")
     print(getattr(examples, "report", f"{source}: {len(examples)} examples"), flush=True)
+    if loss not in MCQ_LOSSES:
+        examples = fit_to_loss(examples, loss, args.distractors, source, flag)
     if len(examples) < batch_size:
         skipped = getattr(getattr(examples, "report", None), "n_skipped", 0)
         counted = f"{len(examples)} usable examples" + (f" ({skipped} rows skipped)" if skipped else "")
@@ -311,9 +324,70 @@ def load_examples(args: argparse.Namespace, world, *, second: bool = False) -> l
     return list(examples)
 
 
+def real_examples(args: argparse.Namespace, *, second: bool = False):
+    """The records of a data file: MCQ items for an MCQ loss, else negation examples (probing.data.negations)."""
+    from probing.data.loaders import guess_kind, load_dataset
+    from probing.data.negations import load_negation_examples
+    from probing.data.records import DataError
+
+    prefix, flag = ("second_", "--second-") if second else ("", "--")
+    source, loss = getattr(args, f"{prefix}data"), args.second_loss if second else args.loss
+    kind = getattr(args, f"{prefix}data_kind") or guess_kind(source)
+    image_root = (args.second_image_root or args.image_root) if second else args.image_root
+    if loss in MCQ_LOSSES:
+        if kind != "negbench_mcq":
+            raise DataError(source, None, f"{flag}loss {loss} reads NegBench MCQ items; this is a {kind} file")
+        return load_dataset(source, kind=kind, image_root=image_root, strict=not args.skip_bad_rows)
+    return load_negation_examples(source, kind=kind, image_root=image_root, strict=not args.skip_bad_rows,
+                                  seed=args.data_seed + (1 if second else 0), per_image=args.per_image,
+                                  split=getattr(args, f"{prefix}split"), strip_commas=not args.ccneg_keep_commas)
+
+
+def fit_to_loss(examples, loss: str, policy: str, source: str, flag: str):
+    """The examples a loss can train on: every caption it reads must be there (a DataError says which are
+    missing and where they come from), and distractor images by `policy` (--distractors); what is left out
+    is printed."""
+    from finetune.losses import loss_spec
+    from probing.data.negations import describe_examples, describe_sentence
+    from probing.data.records import DataError
+
+    if not examples:  # nothing usable: the batch-size check says how many rows were skipped
+        return examples
+    spec = loss_spec(loss)
+    description = describe_examples(examples, source)
+    print(describe_sentence(description), flush=True)
+    lacking = [name for name in spec.texts if description["captions"][name]["examples"] == 0]
+    if lacking:
+        raise DataError(source, None, f"{flag}loss {loss} needs {' and '.join(n.replace('_', '-') for n in lacking)} "
+                                      "captions, which this file does not have (released CC-Neg has presence-negated "
+                                      "captions only; COCO and NegBench retrieval files, or a CC-Neg-layout file from "
+                                      "make-negations, have both)")
+    partial = [name for name in spec.texts if description["captions"][name]["examples"] < len(examples)]
+    kept = [e for e in examples if all(getattr(e, name) for name in partial)]
+    if partial:
+        print(f"{flag}loss {loss}: {len(examples) - len(kept)} examples without "
+              f"{' / '.join(n.replace('_', '-') for n in partial)} captions left out", flush=True)
+    with_distractor = [e for e in kept if e.distractor_image is not None]
+    if spec.distractor != "no" and policy != "none" and 0 < len(with_distractor) < len(kept) and (
+            policy == "only" or spec.distractor == "required"):
+        print(f"{flag}loss {loss}: {len(kept) - len(with_distractor)} examples without a distractor image left out "
+              f"({len(with_distractor)} kept)", flush=True)
+        kept = with_distractor
+    elif spec.distractor != "no" and 0 < len(with_distractor) < len(kept):
+        print(f"{flag}loss {loss}: {len(with_distractor)} of {len(kept)} examples have a distractor image: trained "
+              "without distractors (--distractors only keeps the examples that have one)", flush=True)
+    if policy == "none" or (spec.distractor == "optional" and len(with_distractor) < len(kept)):
+        for example in kept:  # the loss then takes its form without distractor images
+            example.distractor_image = None
+    if spec.distractor == "required" and not any(e.distractor_image is not None for e in kept):
+        raise DataError(source, None, f"{flag}loss {loss} needs distractor images, and no example has one")
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse(argv, parser)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     common.check_model_arguments(args, parser)
     if args.second_loss and not args.second_data:
         what = " (a NegBench MCQ file)" if args.second_loss in MCQ_LOSSES else " ('synthetic' or a data file)"
@@ -342,24 +416,37 @@ def check_files(args: argparse.Namespace) -> None:
     if checkpoint is not None and not args.resume:
         raise common.UsageError(f"{args.out} already holds a checkpoint (step {checkpoint.step}); pass --resume to "
                                 "continue it, or choose another output folder")
+    if checkpoint is None and not args.resume and (Path(args.out) / "model.safetensors").is_file():
+        raise common.UsageError(f"{args.out} already holds the weights of a finished run (model.safetensors); choose "
+                                "another output folder")
 
 
 def finetune(args: argparse.Namespace) -> int:
-    """Load the model and data, train, and say where the weights went."""
+    """Load the data and the model, train, and say where the weights went."""
     from finetune.plan import LayerPlan
     from finetune.train import NonFiniteLossError, TrainConfig, train
     from probing.models.text_tower import TextTower
     from probing.synthetic.record import default_world, world_metadata
 
+    from finetune.checkpoint import latest_checkpoint
+
     check_files(args)
+    final = Path(args.out) / "model.safetensors"
+    if args.resume and latest_checkpoint(args.out) is None and final.is_file():  # a finished run without checkpoints
+        print(f"done: nothing left to train; weights: {final}", flush=True)
+        return 0
     common.apply_threads(args)
     if args.recipe_loaded is not None:
         print(f"recipe {args.recipe_loaded.name}: {args.recipe_loaded.source}", flush=True)
+    # real data first: a file that cannot feed the loss fails before the model loads
+    real = {key: load_examples(args, None, second=key == "second") for key, source in
+            (("first", args.data), ("second", args.second_data)) if source not in (None, "synthetic")}
     bundle = common.load_model(args, seed=args.seed)  # a model without pretrained weights starts from a seeded init
     plan = args.layer_plan
     if plan is None:  # --layers all
         extras = {f"train_{extra}": getattr(args, f"train_{extra}") for extra in EXTRAS}
         plan = LayerPlan(list(range(TextTower.from_model(bundle.model).n_layers)), rule="all blocks", **extras)
+    plan.validate(TextTower.from_model(bundle.model).n_layers)  # before anything is written to --out
     try:
         config = TrainConfig(
             loss=args.loss, loss_kwargs=args.loss_kwargs, loss_weight=args.loss_weight, lr=args.lr,
@@ -369,7 +456,9 @@ def finetune(args: argparse.Namespace) -> int:
             clip_grad_norm=args.clip_grad_norm or None, seed=args.seed, device=args.device, precision=args.precision,
             second_loss=args.second_loss, second_loss_kwargs=args.second_loss_kwargs, second_weight=args.second_weight,
             second_batch_size=args.second_batch_size, log_every=args.log_every, ckpt_every=args.ckpt_every,
-            out_dir=args.out, resume=args.resume, model_name=bundle.name, tensorboard=not args.no_tensorboard,
+            out_dir=args.out, resume=args.resume, resumable=args.resumable or args.resume,
+            image_workers=common.image_workers(args), feature_cache=not args.no_feature_cache,
+            base=common.model_base(bundle), model_name=bundle.name, tensorboard=not args.no_tensorboard,
             progress=not args.no_progress)
         # the synthetic world the model was trained on (its checkpoint records it), else the default one
         world = bundle.world
@@ -378,10 +467,14 @@ def finetune(args: argparse.Namespace) -> int:
             raise common.UsageError(f"--data synthetic: {bundle.world_note}")
         if world is not None and not bundle.world_recorded:  # the default world, drawn with --data-seed
             world = default_world(world.config.image_size, seed=args.data_seed)
-        examples = load_examples(args, world)
-        second = load_examples(args, world, second=True) if args.second_data else None
+        examples = real.get("first") or load_examples(args, world)
+        second = (real.get("second") or load_examples(args, world, second=True)) if args.second_data else None
         if world is not None and (synthetic or bundle.world_recorded):
             config = replace(config, checkpoint_metadata=world_metadata(world))  # the output keeps the record
+        common.write_provenance(args.out, args, model=bundle,
+                                data={"--data": args.data, "--second-data": args.second_data},
+                                image_roots={"--image-root": args.image_root,
+                                             "--second-image-root": args.second_image_root})
         result = train(bundle.model, bundle.tokenizer, bundle.preprocess, examples, plan, config, second)
     except NonFiniteLossError as error:
         raise common.Unsupported(str(error)) from None

@@ -5,8 +5,15 @@
     probe-layers --model ViT-B-32-quickgelu --pretrained openai.pt --data negbench_retrieval.csv \
         --image-root val2017/ --rule topk --k 4 --out runs/clip-b32
 
-Writes into the output folder: measurements.json (+ one CSV per table), layer_plan.json (for
-`finetune-layers --plan`), figures/ (PNG + PDF), report.md and report.json.
+Writes into the output folder: measurements.json (+ one CSV per table, saved after every phase of every
+model, so that a late failure keeps what was measured), layer_plan.json (for `finetune-layers --plan`),
+figures/ (PNG + PDF), report.md, report.json and provenance.json.
+
+With --data, every measurement runs on the file: probes on its captions, edit sensitivity on its captions
+and their negated versions, gradient norms and the causal check on its images (--image-root) and
+captions, patching and heads on its caption pairs. Negated captions are the file's own where it has
+them (CC-Neg, NegBench) and the rule-based generator's where it has none (COCO, NegBench's affirmative
+files); the report says which data each number came from.
 
 torch, open_clip and the measurement code are imported after the arguments are checked, so
 `--help` is instant. Exit status as every command's (analysis.cli.common): 2 for a wrong argument,
@@ -28,6 +35,7 @@ from finetune.vocabulary import GRADNORM_LOSSES
 from probing.vocabulary import LAYER_MEASUREMENTS, LOCALISATION_MEASUREMENTS, MEASUREMENTS, NEEDS_IMAGES
 
 PROG = "probe-layers"
+CAUSAL_MINIMUM = 100  # the causal check scores R@1 among 100 scenes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "every piece of evidence is its excess over them (fewer than 2: no evidence, no plan)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic",
-                      help="'synthetic', or a real data file the loaders read (CC-Neg .pt/.csv/.jsonl, COCO instances "
-                           "JSON, NegBench retrieval CSV): text-side probes on its captions")
+                      help="'synthetic', or a real data file that gives negation examples (CC-Neg .pt/.csv/.jsonl, "
+                           "NegBench retrieval CSV, COCO captions or instances JSON): every measurement runs on it")
     data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file")
-    data.add_argument("--image-root", type=Path, help="folder the data file's image paths resolve against")
+    data.add_argument("--image-root", type=Path, help="folder the data file's image paths resolve against (without "
+                                                      "it, gradient norms and the causal check are skipped)")
+    data.add_argument("--split", choices=("train", "eval", "all"), default="eval",
+                      help="split of a CC-Neg file to probe (probing.data.ccneg)")
+    data.add_argument("--max-examples", type=at_least(10), default=4000,
+                      help="real data: negation examples used at most (a seeded draw), as the synthetic sizes are")
     data.add_argument("--train-cues", default="no,not", help="real data: negation cues the probes train on; "
                                                              "the other cues are the held-out split")
     data.add_argument("--per-image", type=positive_int, default=3,
@@ -68,10 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--memory-budget", type=positive_float, default=2.0,
                          help="GiB the captured features of one caption set may take in memory; larger captures "
                               "stream to memory-mapped files in $TMPDIR (deleted once mapped)")
-    measure.add_argument("--n-sensitivity", type=positive_int, default=400, help="captions edited for sensitivity")
-    measure.add_argument("--n-causal", type=positive_int, default=400, help="scenes in the causal check")
+    measure.add_argument("--n-sensitivity", type=at_least(2), default=400, help="captions edited for sensitivity")
+    measure.add_argument("--n-causal", type=at_least(CAUSAL_MINIMUM), default=400,
+                         help=f"scenes (real data: examples) in the causal check; at least {CAUSAL_MINIMUM}, as it "
+                              "scores R@1 among 100")
     measure.add_argument("--grad-batches", type=positive_int, default=4, help="batches averaged for gradient norms")
-    measure.add_argument("--grad-batch-size", type=positive_int, default=64)
+    measure.add_argument("--grad-batch-size", type=at_least(2), default=64,
+                         help="examples per gradient batch (contrastive losses need at least 2)")
     measure.add_argument("--losses", default=",".join(GRADNORM_LOSSES),
                          help="losses for the gradient norms, among " + ", ".join(GRADNORM_LOSSES))
     select = parser.add_argument_group("evidence and layer selection (analysis/evidence.py, analysis/selection.py)")
@@ -151,6 +167,8 @@ def _slug(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = check_args(parser.parse_args(argv), parser)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.losses_given = any(flag == "--losses" or flag.startswith("--losses=") for flag in args.argv)
     return common.run(PROG, measure_select_report, args)
 
 
@@ -167,6 +185,8 @@ def measure_select_report(args: argparse.Namespace) -> int:
     bundle, null_models = load_models(args, notes)
     if real is None and bundle.world is None:
         raise common.UsageError(f"{bundle.world_note}; pass --data with a real data file")
+    common.write_provenance(args.out, args, model=bundle, data={"--data": args.data},
+                            image_roots={"--image-root": args.image_root})
     tasks = [real] if real is not None else synthetic_tasks(bundle.world, args)
     measurements = measure(bundle, null_models, tasks, args, notes)
     measurements.meta["model"] = bundle.info
@@ -178,20 +198,21 @@ def measure_select_report(args: argparse.Namespace) -> int:
 def localise(bundle, args, notes: list[str]):
     """Patching, heads, lens and steering on the model (saved in <out>/localisation/), or None."""
     wanted = [m for m in args.measurement_list if m in LOCALISATION_MEASUREMENTS]
-    if bundle.world is None:
+    examples = getattr(args, "real_examples", None)
+    world = None if examples else bundle.world  # with --data, localisation runs on the file's captions only
+    if world is None:
         skipped = [m for m in wanted if m in NEEDS_IMAGES]
         wanted = [m for m in wanted if m not in skipped]
         if skipped:
             notes.append(f"skipped {', '.join(skipped)}: they score held-out synthetic scenes")
-    examples = getattr(args, "real_examples", None)
-    if not wanted or (bundle.world is None and not examples):
+    if not wanted or (world is None and not examples):
         return None
     from probing.measure.localise import LocaliseConfig, measure_localisation
 
     components = ("resid", "attn", "mlp", "head") if "heads" in wanted else ("resid", "attn", "mlp")
     common.say(args, f"localising: {', '.join(wanted)}")
     localisation = measure_localisation(
-        bundle.model, bundle.preprocess, bundle.tokenizer, world=bundle.world, examples=examples,
+        bundle.model, bundle.preprocess, bundle.tokenizer, world=world, examples=examples,
         config=LocaliseConfig(measurements=tuple(wanted), components=components, n_pairs=args.n_pairs, seed=args.seed),
         progress=not args.no_progress)
     localisation.save(args.out / "localisation")
@@ -231,12 +252,17 @@ def synthetic_tasks(world, args) -> list:
 
 
 def real_task(args, notes: list[str]):
-    """The negation probing task from a real data file (text only: images are not read)."""
-    from probing.data import CocoImage, DataError, NegationExample, RetrievalItem, generate_negations, load_dataset
+    """The negation probing task from a real data file, and (args.real_data) the data the image-grounded
+    measurements run on: its negation examples (probing.data.negations), checked against the arguments
+    before any model loads."""
+    from probing.data import DataError, load_negation_examples
+    from probing.data.negations import describe_examples, describe_sentence
+    from probing.measure.sources import RealData
     from probing.measure.tasks import real_negation_task
 
     try:
-        records = load_dataset(args.data, kind=args.data_kind, image_root=args.image_root, strict=False)
+        records = load_negation_examples(args.data, kind=args.data_kind, image_root=args.image_root, strict=False,
+                                         seed=args.seed, per_image=args.per_image, split=args.split)
     except DataError:
         raise
     except ValueError as error:  # e.g. an unknown --data-kind
@@ -244,14 +270,17 @@ def real_task(args, notes: list[str]):
     if records.report.n_skipped:
         notes.append(f"{args.data}: skipped {records.report.n_skipped} unreadable rows "
                      f"({', '.join(f'{k} x{n}' for k, n in records.report.skip_reasons().most_common(3))})")
-    if records and all(isinstance(r, (CocoImage, RetrievalItem)) for r in records):
-        records = generate_negations(records, seed=args.seed, per_image=args.per_image)
-    if not records or not all(isinstance(r, NegationExample) for r in records):
-        kind = type(records[0]).__name__ if records else "nothing"
-        raise common.UsageError(f"--data {args.data}: holds {kind} records; probing needs negation examples "
-                         "(CC-Neg, COCO instances or NegBench retrieval files)")
+    if not records:
+        raise common.UsageError(f"--data {args.data}: no negation examples ({records.report.summary()})")
     if not any(r.presence_negated or r.absence_negated for r in records):
         raise common.UsageError(f"--data {args.data}: no negated captions to probe (captions only?)")
+    if len(records) > args.max_examples:
+        import numpy as np
+
+        keep = np.sort(np.random.default_rng([args.seed, 0xDA7A]).choice(len(records), args.max_examples,
+                                                                          replace=False))
+        notes.append(f"{args.data}: {args.max_examples} of {len(records)} negation examples used (--max-examples)")
+        records = [records[i] for i in keep]
     try:
         task = real_negation_task(records, train_cues=args.train_cue_list, seed=args.seed)
     except ValueError as error:
@@ -260,7 +289,41 @@ def real_task(args, notes: list[str]):
         notes.append(f"{args.data}: every caption uses the training cues {list(args.train_cue_list)}, "
                      "so there is no held-out cue split")
     args.real_examples = list(records)  # patching and head analysis run on the file's own captions too
+    notes.append("data: " + describe_sentence(describe_examples(records, args.data)))
+    try:
+        args.real_data = RealData(records, source=str(args.data), with_images=args.image_root is not None)
+    except ValueError as error:
+        raise common.UsageError(f"--data {args.data}: {error}") from None
+    check_real_data(args, args.real_data, notes)
     return task
+
+
+def check_real_data(args, data, notes: list[str]) -> None:
+    """What the measurements will ask of the file, checked before the model loads."""
+    from finetune.losses import loss_spec
+
+    if args.image_root is None:
+        skipped = [m for m in ("gradnorms", "causal") if m in args.measurement_list]
+        if skipped:
+            notes.append(f"skipped {', '.join(skipped)}: --image-root not given, so the file's images cannot be read")
+    if "sensitivity" in args.measurement_list and args.sensitivity_edit == "absence" and not data.has_absence:
+        raise common.UsageError(f"--sensitivity-edit absence: {args.data} has no absence-negated captions for most "
+                                "examples; use --sensitivity-edit presence")
+    if "gradnorms" in args.measurement_list and args.image_root is not None:
+        if args.grad_batch_size > len(data.examples):
+            raise common.UsageError(f"--grad-batch-size {args.grad_batch_size} is more than the {len(data.examples)} "
+                                    f"examples of {args.data}")
+        lacking = [name for name in args.loss_list if "absence_negated" in loss_spec(name).texts
+                   and not all(e.absence_negated for e in data.examples)]
+        if lacking and args.losses_given:
+            raise common.UsageError(f"--losses {', '.join(lacking)}: {args.data} has no absence-negated caption for "
+                                    "every example (released CC-Neg has none)")
+        if lacking:
+            args.loss_list = tuple(name for name in args.loss_list if name not in lacking)
+            notes.append(f"gradient norms without {', '.join(lacking)}: {args.data} has no absence-negated captions")
+            if args.grad_loss in lacking:
+                raise common.UsageError(f"--grad-loss {args.grad_loss} needs absence-negated captions, which "
+                                        f"{args.data} does not have")
 
 
 def measure(bundle, null_models, tasks, args, notes: list[str]):
@@ -268,22 +331,32 @@ def measure(bundle, null_models, tasks, args, notes: list[str]):
     from probing.measure.layers import MeasureConfig, measure_layers
 
     wanted = [m for m in args.measurement_list if m in LAYER_MEASUREMENTS]
-    if bundle.world is None:
+    data = getattr(args, "real_data", None)
+    if data is None and bundle.world is None:
         skipped = [m for m in wanted if m in NEEDS_IMAGES]
         if skipped:
             notes.append(f"skipped {', '.join(skipped)}: they need the synthetic world's images")
             print(f"{PROG}: note: skipping {', '.join(skipped)} (no synthetic world for this model)", file=sys.stderr)
             wanted = [m for m in wanted if m not in skipped]
+    if data is not None and args.patching_evidence:
+        notes.append("no patching evidence: it patches synthetic scope pairs, and --data replaces the synthetic world")
     config = MeasureConfig(seeds=args.seed_list, null_seeds=args.null_seed_list, measurements=tuple(wanted),
-                           patching_evidence=args.patching_evidence and bundle.world is not None,
+                           patching_evidence=args.patching_evidence and bundle.world is not None and data is None,
                            n_patching_pairs=min(args.n_pairs, 32),
                            n_sensitivity=args.n_sensitivity, n_causal=args.n_causal, grad_batches=args.grad_batches,
                            grad_batch_size=args.grad_batch_size, batch_size=args.batch_size, seed=args.seed,
-                           token_budget=args.token_budget, memory_budget=int(args.memory_budget * 2**30))
+                           token_budget=args.token_budget, memory_budget=int(args.memory_budget * 2**30),
+                           feature_cache=not args.no_feature_cache, num_workers=common.image_workers(args))
+
+    def save(measurements, phase: str) -> None:  # every phase is on disk as soon as it is measured
+        measurements.meta["model"] = bundle.info
+        measurements.save(args.out)
+
     common.say(args, f"measuring {', '.join(wanted)} on the model and {len(null_models)} null models")
-    return measure_layers(bundle.model, bundle.preprocess, bundle.tokenizer, tasks, world=bundle.world,
+    return measure_layers(bundle.model, bundle.preprocess, bundle.tokenizer, tasks,
+                          world=bundle.world if data is None else None, data=data,
                           null_models=null_models, loss_fns=gradnorm_loss_fns(args.loss_list),
-                          config=config, progress=not args.no_progress)
+                          config=config, progress=not args.no_progress, on_phase=save)
 
 
 def evidence_config(args):

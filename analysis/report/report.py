@@ -61,7 +61,30 @@ def summary_sentences(measurements, selection: Selection) -> list[str]:
         sentences += _component_sentences(component, selection)
     sentences.append(_front_sentence(selection))
     sentences += _causal_sentences(measurements)
+    sentences += data_sentences(measurements)
     return [s for s in sentences if s]
+
+
+MEASUREMENT_WORDS = {"probes": "the probes", "sensitivity": "edit sensitivity", "gradnorms": "the gradient norms",
+                     "causal": "the causal check", "patching": "patching evidence"}
+
+
+def data_sentences(measurements) -> list[str]:
+    """Which data each measurement ran on (measurements.meta["data"], probing.measure.layers): one sentence per
+    data source, naming the measurements that used it."""
+    record = measurements.meta.get("data") or {}
+    groups: dict[str, list[str]] = {}
+    for measurement, data in record.items():
+        groups.setdefault(data.get("sentence") or data.get("source") or data.get("kind", "?"), []).append(measurement)
+    sentences = []
+    for sentence, names in groups.items():
+        words = [MEASUREMENT_WORDS.get(name, name) for name in names]
+        listed = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+        sentences.append(f"Data: {listed} ran on {sentence}.")
+    control = (record.get("sensitivity") or {}).get("control_edit")
+    if control:
+        sentences.append(f"The control edit of sensitivity: {control}.")
+    return sentences
 
 
 def _plan_sentence(selection: Selection, n_layers: int) -> str:
@@ -151,7 +174,8 @@ def _front_sentence(selection: Selection) -> str:
 def _causal_sentences(measurements) -> list[str]:
     rows = measurements.causal
     parts = []
-    for metric, label in (("ccneg_accuracy", "CC-Neg-style accuracy"), ("scope_accuracy", "scope accuracy")):
+    for metric, label in (("ccneg_accuracy", "CC-Neg-style accuracy"), ("scope_accuracy", "scope accuracy"),
+                          ("absence_accuracy", "absence accuracy (true against false negated caption)")):
         chosen = rows[rows.metric == metric]
         if not chosen.empty:
             worst = chosen.loc[chosen.change.abs().idxmax()]
@@ -208,11 +232,22 @@ def markdown(sentences: list[str], selection: Selection, figures: Mapping[str, l
         lines.append("")
     notes = list(selection.evidence.notes) + [f"{k}: {v}" for k, v in (measurements.meta.get("skipped") or {}).items()]
     notes += list(run_info.get("notes", []))
+    record = measurements.meta.get("data") or {}
+    if record:
+        lines += ["## Data", "", "| measurement | data | control edit |", "|---|---|---|"]
+        lines += [f"| {MEASUREMENT_WORDS.get(name, name)} | {_cell(data.get('sentence') or data.get('source'))} | "
+                  f"{_cell(data.get('control_edit', '')) if name == 'sensitivity' else ''} |"
+                  for name, data in record.items()]
+        lines.append("")
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     lines += ["Every number behind this report is in `report.json` and `measurements.json` (CSV tables and the "
               "per-item values in `items.npz` beside them).", ""]
     return "\n".join(lines)
+
+
+def _cell(text) -> str:
+    return str(text or "").replace("|", "\\|").replace("\n", " ")
 
 
 def _block_table(selection: Selection) -> list[str]:

@@ -7,18 +7,24 @@ The released file is a torch `.pt` dictionary:
     num_ops       dict K -> list of row indices whose caption has K predicate-object pairs
 
 Split rule (the authors'): the LAST `eval_size` = 40,000 rows are the evaluation split, the rows
-before them the training split. A file with at most `eval_size` rows is all evaluation and has an
-empty training split.
+before them the training split. A smaller file keeps a fifth of its rows, rounded up, as its
+evaluation split (`default_eval_size`: min(40,000, ceil(n / 5)), which is the authors' 40,000 for the
+released 228,246 rows), so that a small file still has rows to train on.
 
 CSV / JSONL carry one row per example with fields `image_path`, `caption`, `negative_prompt`
 (`negative-prompt` also accepted) and optionally `num_ops` (K of that row); the same split rule
-applies to row order.
+applies to row order. The CC-Neg layout this toolkit writes (`write_ccneg`, the `make-negations`
+command) adds optional fields the reader keeps: `absence_negated` (a true negated caption),
+`distractor_image` (an image for which the negated caption is true, resolved like image_path), `cue`,
+`negated_object`, `absent_object`, `subject`, `generated` (which captions rules wrote, e.g.
+"presence_negated;absence_negated") and `split` (train / eval per row: when the column is there, it
+decides the split instead of row order).
 
 Commas: the authors' code removes every comma from the negated caption before tokenising it, in
 fine-tuning and in evaluation (`negative_prompt.replace(",", "")`, CoN-CLIP's
 src/data/finetuning_datasets.py and its CC-Neg evaluation), so their published accuracies are on
-comma-free negated captions. The loader does the same by default; `strip_commas=False` keeps the
-file's text (the true caption is never changed).
+comma-free negated captions. The loader does the same by default, for the absence-negated caption
+too; `strip_commas=False` keeps the file's text (the true caption is never changed).
 """
 from __future__ import annotations
 
@@ -32,7 +38,12 @@ from probing.data.reading import (Collector, ImageResolver, RowProblem, as_dict,
 from probing.data.records import DataError, Loaded, NegationExample
 
 CCNEG_EVAL_SIZE = 40_000
+EVAL_SHARE = 5  # a file with fewer rows than 5 x 40,000 keeps ceil(n / 5) rows for evaluation
 SPLITS = ("train", "eval", "all")
+# optional fields of the CC-Neg layout (module docstring) -> NegationExample attribute
+EXTRA_TEXT_FIELDS = ("absence_negated", "cue", "negated_object", "absent_object", "subject")
+LAYOUT_COLUMNS = ("image_path", "caption", "negative_prompt", "absence_negated", "distractor_image", "num_ops", "cue",
+                  "negated_object", "absent_object", "subject", "generated", "split")
 
 # Negation words as CC-Neg's evaluation splits them (no / not / without), plus the other common ones.
 _CUE = re.compile(r"\b(without|not|no|never|none|nothing|nobody|neither|nor|\w+n't)\b", re.IGNORECASE)
@@ -44,38 +55,53 @@ def find_negation_cue(text: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def split_rows(n_rows: int, split: str, eval_size: int = CCNEG_EVAL_SIZE) -> range:
-    """Row indices of `split` in a file of `n_rows` rows: eval = the last `eval_size`, train = the rest."""
+def default_eval_size(n_rows: int) -> int:
+    """Evaluation rows of a file of `n_rows`: the authors' 40,000, or a fifth (rounded up) of a smaller file."""
+    return min(CCNEG_EVAL_SIZE, -(-n_rows // EVAL_SHARE))
+
+
+def split_rows(n_rows: int, split: str, eval_size: int | None = None) -> range:
+    """Row indices of `split` in a file of `n_rows` rows: eval = the last `eval_size` (default:
+    `default_eval_size`), train = the rest."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    eval_size = default_eval_size(n_rows) if eval_size is None else eval_size
     first_eval = max(0, n_rows - eval_size)
     return {"train": range(0, first_eval), "eval": range(first_eval, n_rows), "all": range(n_rows)}[split]
 
 
 def load_ccneg(path: str | os.PathLike, image_root: str | os.PathLike | None = None, *, split: str = "eval",
                strict: bool = True, context_length: int | None = None, tokenizer: Any = None,
-               eval_size: int = CCNEG_EVAL_SIZE, weights_only: bool = True,
+               eval_size: int | None = None, weights_only: bool = True,
                strip_commas: bool = True) -> Loaded[NegationExample]:
     """Read CC-Neg (`.pt`, `.csv` or `.jsonl`) into NegationExamples of one split.
 
     caption = true caption, presence_negated = CC-Neg's negated caption (false for the image),
     k = number of predicate-object pairs (from num_ops), cue = first negation word of the negated
-    caption. absence_negated, subject and distractor_image stay None: CC-Neg does not give them.
-    `row` is the row index in the whole file. weights_only: passed to torch.load; set False only
-    for a file you trust. strip_commas: remove the commas of the negated caption, as the authors
-    do (module docstring); meta["commas_stripped"] records it.
+    caption. absence_negated, subject and distractor_image stay None unless the file has them (the
+    CC-Neg layout's optional fields, module docstring): the released CC-Neg does not give them.
+    `row` is the row index in the whole file. eval_size: rows of the evaluation split (default: the
+    split rule of the module docstring; a `split` column overrides it). weights_only: passed to
+    torch.load; set False only for a file you trust. strip_commas: remove the commas of the negated
+    captions, as the authors do (module docstring); meta["commas_stripped"] records it.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    split_of_row: dict[int, str] = {}
     if suffix in (".pt", ".pth"):
         rows, n_rows, k_of_row = _rows_from_torch(path, weights_only)
         collector = Collector(path, strict)
     elif suffix in (".csv", ".jsonl"):
         collector = Collector(path, strict)
-        rows, n_rows, k_of_row = _rows_from_table(path, collector)
+        rows, n_rows, k_of_row, split_of_row = _rows_from_table(path, collector)
     else:
         raise DataError(path, None, f"CC-Neg files are .pt, .csv or .jsonl, not {suffix or 'extensionless'}")
-    wanted = split_rows(n_rows, split, eval_size)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split_of_row:  # the file says each row's split
+        wanted = {row for row, value in split_of_row.items() if split in ("all", value)}
+    else:
+        wanted = split_rows(n_rows, split, eval_size)
     resolve = ImageResolver(image_root)
     token_limit = make_token_limit(context_length, tokenizer)
     for row, image_path, annotation, clean in rows:
@@ -83,19 +109,29 @@ def load_ccneg(path: str | os.PathLike, image_root: str | os.PathLike | None = N
             continue
         with collector.row(row):
             caption, negated = _captions(annotation, clean)
+            extra = dict(annotation.get("extra", {})) if isinstance(annotation, dict) else {}
             if strip_commas:
                 negated = negated.replace(",", "")
+                if extra.get("absence_negated"):
+                    extra["absence_negated"] = extra["absence_negated"].replace(",", "")
             if token_limit:
                 token_limit.check(caption, "caption")
                 token_limit.check(negated, "negative prompt")
+                if extra.get("absence_negated"):
+                    token_limit.check(extra["absence_negated"], "absence-negated caption")
             if not isinstance(image_path, str) or not image_path.strip():
                 raise RowProblem(f"image path should be text, found {str(image_path)[:40]!r}")
             image = resolve(image_path)
+            distractor = extra.pop("distractor_image", None)
+            distractor = resolve(distractor) if distractor else None
+            generated = [name for name in extra.pop("generated", "").split(";") if name]
             collector.duplicate((image_path, caption, negated), drop=False)  # the split rule counts every row
             collector.add(NegationExample(image=image, caption=caption, presence_negated=negated,
-                                          cue=find_negation_cue(negated), k=k_of_row.get(row),
-                                          source=str(path), row=row,
-                                          meta={"split": split, "commas_stripped": strip_commas}))
+                                          cue=extra.pop("cue", None) or find_negation_cue(negated),
+                                          k=k_of_row.get(row), distractor_image=distractor,
+                                          source=str(path), row=row, **extra,
+                                          meta={"split": split_of_row.get(row, split), "commas_stripped": strip_commas,
+                                                "generated": generated}))
     return collector.result()
 
 
@@ -153,20 +189,86 @@ def _k_of_row(path: Path, num_ops: Any) -> dict[int, int]:
 
 
 def _rows_from_table(path: Path, collector: Collector):
-    """Materialise a CSV / JSONL file into rows shaped like the .pt ones, and K per row."""
+    """Materialise a CSV / JSONL file into rows shaped like the .pt ones (the layout's optional fields under
+    "extra"), with K and the split of the rows that name them."""
     if path.suffix.lower() == ".csv":
         records = iter_csv(path, ("image_path", "caption", ("negative_prompt", "negative-prompt")), collector)
     else:
         records = iter_jsonl(path, collector)
-    rows, k_of_row = [], {}
+    rows, k_of_row, split_of_row = [], {}, {}
     for row, record, clean in records:
         with collector.row(row):
             negated_key = "negative_prompt" if "negative_prompt" in record else "negative-prompt"
             annotation = {"json": {"caption": text_cell(record, "caption", clean)},
-                          "sop_data": {"negative-prompt": text_cell(record, negated_key, clean)}}
+                          "sop_data": {"negative-prompt": text_cell(record, negated_key, clean)},
+                          "extra": {name: text_cell(record, name, clean).strip()
+                                    for name in (*EXTRA_TEXT_FIELDS, "distractor_image", "generated")
+                                    if record.get(name) not in (None, "")}}
             if record.get("num_ops") not in (None, ""):
                 k_of_row[row] = int_cell(record, "num_ops")
+            if record.get("split") not in (None, ""):
+                value = text_cell(record, "split", clean).strip()
+                if value not in ("train", "eval"):
+                    raise RowProblem(f"split should be 'train' or 'eval', found {value[:20]!r}")
+                split_of_row[row] = value
             rows.append((row, text_cell(record, "image_path", clean), annotation, clean))
     # the split counts every row of the file, the skipped ones too
     seen = [row for row, *_ in rows] + [row for row, _ in collector.report.skipped if isinstance(row, int)]
-    return rows, max(seen, default=-1) + 1, k_of_row
+    if split_of_row and len(split_of_row) != len(rows):
+        raise DataError(path, None, f"the 'split' column names {len(split_of_row)} of {len(rows)} rows: give every "
+                                    "row one (train or eval), or drop the column")
+    return rows, max(seen, default=-1) + 1, k_of_row, split_of_row
+
+
+# --- writing the layout --------------------------------------------------------------------------
+
+def write_ccneg(examples, path: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
+                splits: dict[int, str] | None = None) -> Path:
+    """Write NegationExamples as a CC-Neg-layout file (.csv or .jsonl, by the suffix) that `load_ccneg` reads
+    back: the released fields (image_path, caption, negative_prompt, num_ops) and the optional ones of the
+    module docstring. Image paths are written relative to `image_root` when under it. `splits`: example
+    index -> "train" / "eval" (a `split` column). Examples need an image path, a caption and a
+    presence-negated caption (a ValueError names the first that lacks one). Written atomically."""
+    import csv
+    import io
+    import json
+
+    from probing.io import atomic_write_text
+
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise ValueError(f"a CC-Neg-layout file is .csv or .jsonl, not {path.suffix or 'extensionless'}")
+    root = Path(image_root).resolve() if image_root is not None else None
+    records = []
+    for index, example in enumerate(examples):
+        if not isinstance(example.image, (str, Path)) or not example.caption or not example.presence_negated:
+            raise ValueError(f"example {index} ({example.source}, row {example.row}) needs an image file, a caption "
+                             "and a presence-negated caption")
+        record = {"image_path": _relative(example.image, root), "caption": example.caption,
+                  "negative_prompt": example.presence_negated, "absence_negated": example.absence_negated or "",
+                  "distractor_image": _relative(example.distractor_image, root) if example.distractor_image else "",
+                  "num_ops": "" if example.k is None else example.k, "cue": example.cue or "",
+                  "negated_object": example.negated_object or "", "absent_object": example.absent_object or "",
+                  "subject": example.subject or "", "generated": ";".join(example.meta.get("generated", [])),
+                  "split": (splits or {}).get(index, "")}
+        records.append(record)
+    columns = [c for c in LAYOUT_COLUMNS if any(record[c] != "" for record in records) or c in LAYOUT_COLUMNS[:3]]
+    if path.suffix.lower() == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        text = buffer.getvalue()
+    else:
+        text = "".join(json.dumps({c: record[c] for c in columns if record[c] != ""}) + "\n" for record in records)
+    return atomic_write_text(path, text)
+
+
+def _relative(image, root: Path | None) -> str:
+    path = Path(image)
+    if root is not None:
+        try:
+            return path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return str(path)

@@ -53,6 +53,7 @@ def capture_pooled(
     spill_dir: str | os.PathLike | None = None,
     progress: bool = True,
     dtype: np.dtype = np.float32,
+    desc: str = "capture",
 ) -> np.ndarray | dict[str, np.ndarray]:
     """Pooled residual stream per layer for every caption, in the input order.
 
@@ -63,6 +64,7 @@ def capture_pooled(
     out_dir: stream to `<out_dir>/<pool>.npy` memory maps instead of memory.
     memory_budget: bytes the arrays may take in memory; a larger result streams to deleted files in
     a temporary folder under `spill_dir` (default: the system's) and comes back memory-mapped.
+    desc: the progress bar's label (what is captured).
     """
     hooked = _as_hooked(hooked)
     pool_names = (pools,) if isinstance(pools, str) else tuple(pools)
@@ -84,7 +86,7 @@ def capture_pooled(
         device = hooked.positional_embedding.device
         names = resid_hook_names(hooked.cfg.n_layers)
         with torch.no_grad(), eval_mode(hooked):
-            for index in tqdm(batches, desc="capture", unit="batch", disable=not progress):
+            for index in tqdm(batches, desc=desc, unit="batch", disable=not progress):
                 pooled = _pooled_batch(hooked, tokens[index].to(device), names, pool_names)
                 for name in pool_names:
                     outputs[name][:, index] = pooled[name].cpu().numpy().astype(dtype)

@@ -38,6 +38,7 @@ def relative_gradient_norms(
     loss_name: str = "loss",
     progress: bool = True,
     per_batch: dict[tuple[int, str], list[float]] | None = None,
+    desc: str | None = None,
 ) -> list[dict]:
     """Average ||g|| / ||w|| per (block, component) over the given batches.
 
@@ -45,7 +46,7 @@ def relative_gradient_norms(
     that batch (built by the caller from `finetune.losses`). Returns rows
     {loss, layer, component, relative_norm, grad_norm, weight_norm, n_batches}. `per_batch`, if
     given, is filled with (block, component) -> each batch's relative norm (for tests that
-    resample batches, analysis.evidence).
+    resample batches, analysis.evidence). desc: the progress bar's label (default "grad norms (<loss>)").
     """
     tower = TextTower.from_model(model)
     groups = block_parameter_groups(tower)
@@ -58,7 +59,8 @@ def relative_gradient_norms(
     grad_sums = {key: 0.0 for key in groups}
     n_batches = 0
     try:
-        for loss_fn in tqdm(list(batch_losses), desc=f"grad norms ({loss_name})", disable=not progress):
+        for loss_fn in tqdm(list(batch_losses), desc=desc or f"grad norms ({loss_name})",
+                            disable=not progress):
             model.zero_grad(set_to_none=True)
             loss = loss_fn(model)
             if not torch.isfinite(loss):

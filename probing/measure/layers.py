@@ -8,6 +8,12 @@ per-item values behind them (`items`), which the null-calibrated tests of analys
 resample. Layer index 0 is the embedding output, index l + 1 is block l's output; gradient-norm
 rows are indexed by block. Gradient norms need the fine-tuning losses; they come in as `loss_fns`
 (name -> function of a feature dict and the logit scale), so this module does not depend on `finetune`.
+
+The data: probes run on the given tasks; sensitivity, gradient norms and the causal check on `data`
+(probing.measure.sources): the synthetic world, or a real file's negation examples with their images,
+captions and negated captions. meta["data"] records, per measurement, which data it ran on. With
+`on_phase`, the caller is handed the measurements after every phase of every model (e.g. to save
+them), so that a late failure keeps what was measured; meta["completed"] lists the phases done.
 """
 from __future__ import annotations
 
@@ -23,16 +29,18 @@ import torch
 from probing.io import atomic_path, atomic_write_json
 from probing.measure.capture import capture_pooled, layer_labels
 from probing.measure.causal import projection_ablation
-from probing.measure.encode import encode_images
+from probing.measure.feature_cache import encode_image_features
 from probing.measure.gradnorms import relative_gradient_norms
 from probing.measure.probes import probe_layers
 from probing.measure.sensitivity import edit_sensitivity
+from probing.measure.sources import REAL_CAUSAL_METRICS, RealData, RealSuite, SyntheticData, swap_first_colour
 from probing.measure.tasks import ProbeTask
 from probing.models.text_tower import TextTower
-from probing.synthetic.suite import SyntheticSuite
 from probing.vocabulary import LAYER_MEASUREMENTS  # named there, so that --help needs no torch
 
+__all__ = ["measure_layers", "MeasureConfig", "LayerMeasurements", "swap_first_colour", "TABLES"]
 CAUSAL_METRICS = ("ccneg_accuracy", "scope_accuracy", "image_to_text_R@1_among_100", "zero_shot_affirmative")
+IMAGE_MEASUREMENTS = ("gradnorms", "causal")  # read images (sensitivity reads captions only)
 TRAINED = "trained"
 LossFn = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
@@ -79,6 +87,8 @@ class MeasureConfig:
     # token budget saves padding on captions of varied lengths, but its other batches change features
     # at float rounding, and probe fits with them (a test item here and there)
     token_budget: int | None = None
+    feature_cache: bool = True  # image features through the disk cache (probing.measure.feature_cache)
+    num_workers: int = 0  # processes that decode real images
 
     def __post_init__(self):
         unknown = set(self.measurements) - set(LAYER_MEASUREMENTS)
@@ -166,48 +176,102 @@ def measure_layers(
     tasks: Sequence[ProbeTask],
     *,
     world=None,
+    data: SyntheticData | RealData | None = None,
     null_models: NullModels | None = None,
     loss_fns: Mapping[str, LossFn] | None = None,
     config: MeasureConfig = MeasureConfig(),
     progress: bool = True,
+    on_phase: Callable[[LayerMeasurements, str], None] | None = None,
 ) -> LayerMeasurements:
     """Run the configured measurements on `model` and on each null model.
 
     null_models: name -> a function that builds that null model (built one at a time, measured,
     then dropped, so that several copies of a large model never sit in memory together).
-    Measurements that need images (sensitivity, gradient norms, causal) need the synthetic `world`
-    (real data gives the text-side probes).
+    data: what sensitivity, gradient norms and the causal check run on (probing.measure.sources); default:
+    the synthetic `world`. Without either they are skipped (meta["skipped"] says why); a RealData whose
+    images were not found (`with_images` False) gives sensitivity (captions only) but no image measurement.
+    on_phase(measurements, phase): called after each phase ("probes/trained", "sensitivity/null:1001", ...).
     """
     n_layers = TextTower.from_model(model).n_layers
     null_models = dict(null_models or {})
+    if data is None and world is not None:
+        data = SyntheticData(world)
     result = LayerMeasurements(n_layers, layer_labels(n_layers), meta={
         "seeds": list(config.seeds), "null_seeds": list(config.null_seeds), "measurements": list(config.measurements),
         "null_models": list(null_models),
         "tasks": {task.name: {"n_captions": len(task.captions), "n_train": len(task.train),
-                              "tests": {k: len(v) for k, v in task.tests.items()}, **task.meta} for task in tasks}})
-    needs_world = [m for m in ("sensitivity", "gradnorms", "causal") if m in config.measurements]
-    if needs_world and world is None:
-        result.meta["skipped"] = {m: "needs the synthetic world (images)" for m in needs_world}
-    wanted = [m for m in config.measurements if world is not None or m not in needs_world]
+                              "tests": {k: len(v) for k, v in task.tests.items()}, **task.meta} for task in tasks},
+        "data": {}, "completed": []})
+    skipped = {}
+    for measurement in ("sensitivity", "gradnorms", "causal"):
+        if measurement not in config.measurements:
+            continue
+        if data is None:
+            skipped[measurement] = "needs data: the synthetic world or a real file's negation examples"
+        elif measurement in IMAGE_MEASUREMENTS and isinstance(data, RealData) and not data.with_images:
+            skipped[measurement] = "needs the data's images: give the image root"
+    wanted = [m for m in config.measurements if m not in skipped]
     if "gradnorms" in wanted and not loss_fns:
         raise ValueError("gradient norms need loss_fns (name -> loss function of features and scale)")
-    edits = sensitivity_edits(world, config) if "sensitivity" in wanted else None
-    batches = gradnorm_batches(model, preprocess, tokenizer, world, config) if "gradnorms" in wanted else None
+    edits = sensitivity_edits(data, config) if "sensitivity" in wanted else None
+    batches = gradnorm_batches(model, preprocess, tokenizer, data, config, progress) if "gradnorms" in wanted else None
+    if batches is not None:
+        loss_fns, missing = _feedable(loss_fns, batches)
+        skipped.update({f"gradnorms/{name}": why for name, why in missing.items()})
+    if skipped:
+        result.meta["skipped"] = skipped
+    result.meta["data"] = _data_record(tasks, data, world, wanted, config, edits)
+
+    def done(phase: str) -> None:
+        result.meta["completed"].append(phase)
+        if on_phase is not None:
+            on_phase(result, phase)
 
     directions = {}
     for name, subject in _models(model, null_models):
         if "probes" in wanted:
             directions = _probes(result, name, subject, tokenizer, tasks, config, progress) or directions
+            done(f"probes/{name}")
         if "sensitivity" in wanted:
             _sensitivity(result, name, subject, tokenizer, edits, config, progress)
-        if "gradnorms" in wanted:
+            done(f"sensitivity/{name}")
+        if "gradnorms" in wanted and loss_fns:
             _gradnorms(result, name, subject, batches if name == TRAINED else batches[:config.null_grad_batches],
                        loss_fns, progress)
+            done(f"gradnorms/{name}")
         if config.patching_evidence and world is not None:
             result.items[f"patching/{name}"] = patching_profile(subject, preprocess, tokenizer, world, config, progress)
+            done(f"patching/{name}")
     if "causal" in wanted and "negation" in directions:
-        result.add("causal", causal_rows(model, preprocess, tokenizer, world, directions["negation"], config))
+        result.add("causal", causal_rows(model, preprocess, tokenizer, data, directions["negation"], config, progress))
+        done("causal/trained")
     return result
+
+
+def _data_record(tasks, data, world, wanted: Sequence[str], config: MeasureConfig, edits) -> dict:
+    """Per measurement, the data it runs on (for meta["data"] and the report)."""
+    record = {}
+    if "probes" in wanted and tasks:
+        real = [task.name for task in tasks if task.meta.get("source") == "real"]
+        if real and isinstance(data, RealData):
+            record["probes"] = {**data.description, "tasks": [task.name for task in tasks]}
+        elif real:
+            record["probes"] = {"kind": "real", "sentence": "the captions of a real data file", "tasks": real}
+        else:
+            record["probes"] = {**SyntheticData(world).description, "tasks": [task.name for task in tasks]} \
+                if world is not None else {"kind": "synthetic", "tasks": [task.name for task in tasks]}
+    for measurement in ("sensitivity", "gradnorms", "causal"):
+        if measurement in wanted and data is not None:
+            record[measurement] = dict(data.description)
+    if "sensitivity" in record and edits is not None:
+        record["sensitivity"].update(n_captions=len(edits["base"]), edits=[e for e in edits if e != "base"])
+    if "gradnorms" in record:
+        record["gradnorms"].update(n_batches=config.grad_batches, batch_size=config.grad_batch_size)
+    if "causal" in record:
+        record["causal"].update(n_items=config.n_causal)
+    if config.patching_evidence and world is not None:
+        record["patching"] = SyntheticData(world).description
+    return record
 
 
 def _models(model, null_models: dict[str, Callable]) -> Iterator[tuple[str, torch.nn.Module]]:
@@ -230,7 +294,8 @@ def _probes(result: LayerMeasurements, name: str, subject, tokenizer, tasks, con
     for task in tasks:
         features = capture_pooled(subject, tokenizer, task.captions, batch_size=config.batch_size,
                                   token_budget=config.token_budget, memory_budget=config.memory_budget,
-                                  progress=progress)
+                                  progress=progress,
+                                  desc=f"probes: {task.name} captions ({name})")
         sweep = probe_layers(features, task.labels, task.train, task.tests, seeds=seeds,
                              probes=("logistic", "diffmeans") if trained else ("logistic",))
         result.add("probes", sweep.summary, task=task.name, model=name, labels="task")
@@ -255,55 +320,61 @@ def _selectivity(task: str, task_rows: list[dict], control_rows: list[dict]) -> 
 
 # --- sensitivity ----------------------------------------------------------------------------------
 
-def sensitivity_edits(world, config: MeasureConfig) -> dict[str, list[str]]:
-    """Captions and their edits: presence negation, absence negation, and a same-size control edit
-    (one colour word swapped)."""
-    examples = world.examples(config.n_sensitivity, "test", config.seed + 101)
-    colours = list(world.config.colours)
-    return {"base": [e.caption for e in examples],
-            "presence": [e.presence_negated for e in examples],
-            "absence": [e.absence_negated for e in examples],
-            "control": [swap_first_colour(e.caption, colours) for e in examples]}
+def sensitivity_edits(data: SyntheticData | RealData, config: MeasureConfig) -> dict[str, list[str]]:
+    """Captions and their edits from the run's data (probing.measure.sources): presence negation, absence
+    negation (when the data has it) and a same-size control edit that does not negate."""
+    return data.sensitivity_edits(config.n_sensitivity, config.seed)
 
 
 def _sensitivity(result, name, subject, tokenizer, edits, config: MeasureConfig, progress: bool) -> None:
-    def capture(captions):
-        return capture_pooled(subject, tokenizer, captions, batch_size=config.batch_size,
-                              token_budget=config.token_budget, memory_budget=config.memory_budget, progress=progress)
+    def capture(captions, edit):
+        return capture_pooled(subject, tokenizer, captions, batch_size=config.batch_size, token_budget=config.token_budget,
+                              memory_budget=config.memory_budget, progress=progress,
+                              desc=f"sensitivity: {edit} captions ({name})")
 
-    base = capture(edits["base"])
+    base = capture(edits["base"], "base")
     distances: dict[str, np.ndarray] = {}
-    rows = edit_sensitivity(base, {edit: capture(captions) for edit, captions in edits.items() if edit != "base"},
+    rows = edit_sensitivity(base, {edit: capture(captions, edit) for edit, captions in edits.items() if edit != "base"},
                             seed=config.seed, distances=distances)
     result.add("sensitivity", rows, model=name)
     result.items.update({f"sensitivity/{edit}/{name}": values for edit, values in distances.items()})
 
 
-def swap_first_colour(caption: str, colours: Sequence[str]) -> str:
-    """The caption with its first colour word replaced by the next colour: a one-word, non-negating edit."""
-    words = caption.split(" ")
-    for i, word in enumerate(words):
-        bare = word.rstrip(",")
-        if bare in colours:
-            words[i] = word.replace(bare, colours[(colours.index(bare) + 1) % len(colours)])
-            return " ".join(words)
-    raise ValueError(f"caption has no colour word to swap: {caption!r}")
-
-
 # --- gradient norms -------------------------------------------------------------------------------
 
-def gradnorm_batches(model, preprocess, tokenizer, world, config: MeasureConfig) -> list[tuple[dict, dict]]:
-    """(image features, caption tokens) of each batch. The image tower is the model's for every null
-    model too (null models re-initialise the text tower only), so images are encoded once."""
+def gradnorm_batches(model, preprocess, tokenizer, data: SyntheticData | RealData, config: MeasureConfig,
+                     progress: bool = False) -> list[tuple[dict, dict]]:
+    """(image features, caption tokens) of each batch of the run's data. The image tower is the model's for
+    every null model too (null models re-initialise the text tower only), so images are encoded once, through
+    the disk cache. Distractor features and each caption kind come only where every example of the batch has
+    them (a loss that needs what is missing is left out: `_feedable`)."""
     batches = []
-    for b in range(config.grad_batches):
-        examples = world.examples(config.grad_batch_size, "train", config.seed + 1000 + b)
-        images = {"image": encode_images(model, preprocess, [e.image for e in examples]),
-                  "distractor": encode_images(model, preprocess, [e.distractor_image for e in examples])}
+    for b, examples in enumerate(data.gradnorm_examples(config.grad_batches, config.grad_batch_size, config.seed)):
+        def encode(images, what):
+            return encode_image_features(model, preprocess, images, cache=config.feature_cache,
+                                         num_workers=config.num_workers, progress=progress,
+                                         desc=f"gradient norms: {what} (batch {b + 1})",
+                                         origins=[(e.source, e.row) for e in examples])
+        images = {"image": encode([e.image for e in examples], "image features")}
+        if all(e.distractor_image is not None for e in examples):
+            images["distractor"] = encode([e.distractor_image for e in examples], "distractor features")
         tokens = {key: tokenizer([getattr(e, key) for e in examples])
-                  for key in ("caption", "presence_negated", "absence_negated")}
+                  for key in ("caption", "presence_negated", "absence_negated") if all(getattr(e, key) for e in examples)}
         batches.append((images, tokens))
     return batches
+
+
+def _feedable(loss_fns: Mapping[str, LossFn], batches) -> tuple[dict[str, LossFn], dict[str, str]]:
+    """The losses every batch has the captions and images for, and why the others are left out."""
+    kept, missing = {}, {}
+    for name, fn in loss_fns.items():
+        needs = set(getattr(fn, "texts", ())) | ({"distractor"} if getattr(fn, "distractor", "no") == "required" else set())
+        lacking = sorted(need for need in needs for images, tokens in batches if need not in tokens and need not in images)
+        if lacking:
+            missing[name] = f"the data has no {lacking[0].replace('_', '-')} captions or images for every batch"
+        else:
+            kept[name] = fn
+    return kept, missing
 
 
 def _gradnorms(result, name, subject, batches, loss_fns: Mapping[str, LossFn], progress: bool) -> None:
@@ -321,7 +392,8 @@ def _gradnorms(result, name, subject, batches, loss_fns: Mapping[str, LossFn], p
     for loss_name, loss_fn in loss_fns.items():
         per_batch: dict[tuple[int, str], list[float]] = {}
         rows = relative_gradient_norms(subject, [batch_loss(*b, loss_fn) for b in batches], loss_name=loss_name,
-                                       progress=progress, per_batch=per_batch)
+                                       progress=progress, per_batch=per_batch,
+                                       desc=f"gradient norms: {loss_name} ({name})")
         result.add("gradnorms", rows, model=name)
         blocks = sorted(block for block, component in per_batch if component == "all")
         result.items[f"gradnorms/{loss_name}/{name}"] = np.array(
@@ -350,17 +422,31 @@ def patching_profile(model, preprocess, tokenizer, world, config: MeasureConfig,
 
 # --- causal check ---------------------------------------------------------------------------------
 
-def causal_rows(model, preprocess, tokenizer, world, directions: np.ndarray, config: MeasureConfig) -> list[dict]:
-    """Project the negation probe direction out at each layer; report the negation and retrieval metrics."""
+def causal_rows(model, preprocess, tokenizer, data: SyntheticData | RealData, directions: np.ndarray,
+                config: MeasureConfig, progress: bool = False) -> list[dict]:
+    """Project the negation probe direction out at each layer; report the negation and retrieval metrics of the
+    run's data (synthetic: CAUSAL_METRICS; real: sources.REAL_CAUSAL_METRICS, those the data has)."""
+    from tqdm.auto import tqdm
+
     from probing.models.hooked import HookedCLIPText
 
-    suite = SyntheticSuite.build(world, n=config.n_causal, n_classification=min(360, config.n_causal),
-                                 split="test", heldout="all", seed=config.seed + 202)
-    image_features = suite.image_features(model, preprocess)
+    suite = data.causal_suite(config.n_causal, config.seed)
+    if isinstance(suite, RealSuite):
+        image_features = suite.image_features(model, preprocess, progress=progress, num_workers=config.num_workers,
+                                              cache=config.feature_cache)
+        names = REAL_CAUSAL_METRICS
+    else:
+        image_features = suite.image_features(model, preprocess)
+        names = CAUSAL_METRICS
     hooked = HookedCLIPText(model)
+    bar = tqdm(total=len(directions) + 1, desc="causal check: layers ablated", unit="layer", disable=not progress)
 
     def evaluate(encode):
         metrics = suite.scores(model, preprocess, tokenizer, encode_text=encode, image_features=image_features)
-        return {key: metrics[key] for key in CAUSAL_METRICS}
+        bar.update(1)
+        return {key: metrics[key] for key in names if key in metrics}
 
-    return projection_ablation(hooked, tokenizer, dict(enumerate(directions)), evaluate)
+    try:
+        return projection_ablation(hooked, tokenizer, dict(enumerate(directions)), evaluate)
+    finally:
+        bar.close()

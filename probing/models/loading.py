@@ -8,6 +8,12 @@ The QuickGELU pitfall: OpenAI's CLIP weights were trained with QuickGELU, while 
 "ViT-B-32" config builds GELU. Loading one into the other runs without complaint and silently
 loses accuracy. We detect OpenAI-style weights (pretrained tag metadata, OpenAI's checkpoint
 layout, or our own checkpoint metadata) and rebuild the model with QuickGELU, with a warning.
+
+Delta checkpoints: a fine-tuned model is saved as the tensors training changed, with its base
+checkpoint recorded by path (or shipped-model name) and SHA-256 (`save_clip_checkpoint(base=...)`).
+Loading one loads the base first (`resolve_base`; a missing base is a ModelLoadError naming it),
+checks the base's SHA-256, applies the stored tensors and checks the whole model's SHA-256
+(`apply_delta`), so `--pretrained run/model.safetensors` works like any checkpoint file.
 """
 from __future__ import annotations
 
@@ -18,11 +24,13 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
+# checkpoint metadata of a delta (save_clip_checkpoint with a base): the trained tensors only
+DELTA_KEY, BASE_PATH_KEY, BASE_DIGEST_KEY, BASE_REFERENCE_KEY = "delta", "base_checkpoint", "base_sha256", "base_model"
 # Keys that only OpenAI's original checkpoints carry beside the weights.
 _OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 _PACKAGE_CONFIGS = Path(__file__).parent / "configs"
@@ -200,6 +208,10 @@ def _config_uses_quick_gelu(model_name: str) -> bool:
 
 def _create_from_checkpoint(model_name: str, path: Path) -> tuple[nn.Module, Callable]:
     checkpoint = read_checkpoint(path)
+    if checkpoint.metadata.get(DELTA_KEY) == "true":  # the trained parameters only: rebuild the base first
+        model, preprocess = _create_from_checkpoint(model_name, resolve_base(path, checkpoint.metadata))
+        apply_delta(model, checkpoint, source=path, model_name=model_name)
+        return model, preprocess
     needs_quick_gelu = checkpoint.openai_style or checkpoint.metadata.get("quick_gelu") == "true"
     if needs_quick_gelu and not _config_uses_quick_gelu(model_name):
         warnings.warn(
@@ -266,7 +278,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
     except (KeyError, ValueError, IndexError, RuntimeError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"checkpoint file {path} is damaged: its compact token embedding cannot be "
                              f"rebuilt ({type(error).__name__}: {error})") from None
-    if DIGEST_KEY in metadata and state_digest(state_dict) != metadata[DIGEST_KEY]:
+    if DIGEST_KEY in metadata and metadata.get(DELTA_KEY) != "true" and state_digest(state_dict) != metadata[DIGEST_KEY]:
         raise ModelLoadError(f"checkpoint file {path} is damaged: its weights do not match the SHA-256 recorded "
                              "when it was saved")
     return Checkpoint(state_dict, metadata, openai_style=metadata.get("format") == "openai")
@@ -324,12 +336,15 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor
 
 
 def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str, compact_init: dict | None = None,
+                         base: Mapping[str, str] | None = None, trained: Iterable[str] | None = None,
                          **metadata: Any) -> Path:
     """Save weights as .safetensors with metadata that `load_clip` reads back (QuickGELU included).
 
     The metadata records a SHA-256 of the whole state dict, checked on load. `compact_init` (a
     `probing.models.compact.init_record`) stores that tensor as only the rows that differ from its
-    portable init (see probing.models.compact).
+    portable init (see probing.models.compact). With `base` (`base_record`: the checkpoint the model was
+    loaded from, by path and SHA-256) and `trained` (the names of the tensors training changed), only
+    those tensors are stored: a delta, rebuilt on load from the base (`resolve_base`, `apply_delta`).
     """
     from safetensors.torch import save_file
 
@@ -340,12 +355,80 @@ def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str,
     meta.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()})
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     meta[DIGEST_KEY] = state_digest(tensors)
-    if compact_init is not None:
+    if base is not None:
+        kept = set(trained or ())
+        unknown = sorted(kept - set(tensors))
+        if unknown:
+            raise ValueError(f"trained tensors {unknown[:3]} are not in the model")
+        tensors = {key: value for key, value in tensors.items() if key in kept}
+        meta.update({DELTA_KEY: "true", BASE_PATH_KEY: str(base["path"]), BASE_DIGEST_KEY: str(base["sha256"]),
+                     BASE_REFERENCE_KEY: str(base.get("reference") or "")})
+    elif compact_init is not None:
         tensors, compact_meta = compact(tensors, compact_init)
         meta.update(compact_meta)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
+
+
+# --- delta checkpoints: the trained tensors, and the base they apply to ----------------------------
+
+def base_record(model: nn.Module, path: str | Path, reference: str | None = None) -> dict[str, str]:
+    """What a delta checkpoint records of its base: the file's absolute path, the SHA-256 of the model's
+    state as loaded from it (probing.models.compact.state_digest), and for a shipped model its name
+    ("embedded:default"), which resolves on any installation."""
+    from probing.models.compact import state_digest
+
+    return {"path": str(Path(path).resolve()), "sha256": state_digest(model.state_dict()),
+            "reference": reference or ""}
+
+
+def resolve_base(delta: str | Path, metadata: Mapping[str, str]) -> Path:
+    """The base checkpoint file of a delta: a shipped model by its name, else the recorded path, else a file
+    of the same name beside the delta (a run folder moved together with its base); a ModelLoadError
+    naming the base and its SHA-256 when none exists."""
+    reference, recorded = metadata.get(BASE_REFERENCE_KEY, ""), metadata.get(BASE_PATH_KEY, "")
+    if reference.startswith("embedded"):
+        from probing.models.factory import embedded_checkpoint, embedded_variant
+
+        try:
+            return embedded_checkpoint(embedded_variant(reference))
+        except ValueError as error:
+            raise ModelLoadError(f"checkpoint file {delta} was trained from {reference!r}: {error}") from None
+    candidates = [Path(recorded)] if recorded else []
+    if recorded:
+        candidates.append(Path(delta).parent / Path(recorded).name)
+    for candidate in candidates:
+        if candidate.is_file() and candidate.resolve() != Path(delta).resolve():
+            return candidate
+    raise ModelLoadError(f"checkpoint file {delta} holds only the tensors fine-tuning changed; its base checkpoint "
+                         f"{recorded or '(not recorded)'} (SHA-256 {metadata.get(BASE_DIGEST_KEY, '?')[:16]}...) is "
+                         "missing: put that file back where it was, or beside this one")
+
+
+def apply_delta(model: nn.Module, checkpoint: Checkpoint, *, source: str | Path, model_name: str) -> None:
+    """Load a delta's tensors into `model`, which must hold its base: the base's SHA-256 is checked before,
+    the whole model's after (a ModelLoadError says which one differs)."""
+    from probing.models.compact import DIGEST_KEY, state_digest
+
+    metadata = checkpoint.metadata
+    if state_digest(model.state_dict()) != metadata.get(BASE_DIGEST_KEY):
+        raise ModelLoadError(f"checkpoint file {source} was trained from a base whose SHA-256 is "
+                             f"{metadata.get(BASE_DIGEST_KEY, '?')[:16]}..., but the base found "
+                             f"({metadata.get(BASE_PATH_KEY) or metadata.get(BASE_REFERENCE_KEY)}) has other weights: "
+                             "restore the original base checkpoint")
+    expected = model.state_dict()
+    unknown = sorted(set(checkpoint.state_dict) - set(expected))
+    wrong = [f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+             for key, value in checkpoint.state_dict.items() if key in expected and expected[key].shape != value.shape]
+    if unknown or wrong:
+        raise ModelLoadError(f"checkpoint {source} does not fit architecture {model_name}: "
+                             + "; ".join(([f"{len(unknown)} tensors are not in the model ({', '.join(unknown[:3])})"]
+                                          if unknown else []) + wrong[:3]))
+    model.load_state_dict(checkpoint.state_dict, strict=False)
+    if DIGEST_KEY in metadata and state_digest(model.state_dict()) != metadata[DIGEST_KEY]:
+        raise ModelLoadError(f"checkpoint file {source} is damaged: base + stored tensors do not match the SHA-256 "
+                             "recorded when it was saved")
 
 
 def image_size(model: nn.Module) -> int | None:
