@@ -62,7 +62,9 @@ class EvidenceConfig:
     grad_losses: tuple[str, ...] | None = None  # None: every measured loss
     weights: dict[str, float] = field(default_factory=lambda: {"probe": 0.5, "sensitivity": 0.25, "gradnorm": 0.25,
                                                                "patching": 0.25})
-    alpha: float = 0.05  # chance that a model that learnt nothing shows any evidence (Bonferroni over blocks and components)
+    alpha: float = (
+        0.05  # chance that a model that learnt nothing shows any evidence (Bonferroni over blocks and components)
+    )
     n_boot: int = 1000
     seed: int = 0
 
@@ -257,7 +259,9 @@ def calibrate(statistic: _Statistic, name: str, critical: float, n_boot: int, rn
         values = statistic.replicate(rng)
         null = values[1:][rng.integers(0, k, k)]
         replicate_excess.append(values[0] - null.mean(axis=0))
-        replicate_t.append(replicate_excess[-1] / (np.maximum(null.std(axis=0, ddof=1), np.finfo(float).tiny) * inflation))
+        replicate_t.append(
+            replicate_excess[-1] / (np.maximum(null.std(axis=0, ddof=1), np.finfo(float).tiny) * inflation)
+        )
     low, high = np.quantile(np.stack(replicate_excess), [0.025, 0.975], axis=0)
     component = ComponentEvidence(name, trained.tolist(), nulls.mean(axis=0).tolist(), excess.tolist(), low.tolist(),
                                   high.tolist(), t.tolist(), critical, (critical * spread * inflation).tolist(),

@@ -68,9 +68,20 @@ def main(argv=None) -> Path:
     directions = {layer: rng.normal(size=hooked.cfg.d_model) for layer in range(hooked.cfg.n_layers + 1)}
     matmul = harness.MatmulRate(device)
     tower = hooked.tower
-    record = {"model": {"name": args.model, "layers": tower.n_layers, "width": tower.d_model, "heads": tower.n_heads,
-                        "context": tower.n_ctx, "weights": "embedded" if args.model.startswith("embedded") else "random"},
-              "n_causal": args.n_causal, "layer_indices": len(directions), "matmul": matmul.describe(), "captions": {}}
+    record = {
+        "model": {
+            "name": args.model,
+            "layers": tower.n_layers,
+            "width": tower.d_model,
+            "heads": tower.n_heads,
+            "context": tower.n_ctx,
+            "weights": "embedded" if args.model.startswith("embedded") else "random",
+        },
+        "n_causal": args.n_causal,
+        "layer_indices": len(directions),
+        "matmul": matmul.describe(),
+        "captions": {},
+    }
     for kind in ("synthetic", "negbench"):
         print(f"{kind} captions", file=sys.stderr, flush=True)
         subject = suite if kind == "synthetic" else with_negbench_captions(suite, args.seed)
@@ -133,7 +144,9 @@ def measure(bundle, hooked, suite, images, directions, matmul, args, device) -> 
     reference = np.array([row["ablated"] for row in results["ablated_text"]])
     for name in ("hooked_per_layer", "hooked_per_layer_sorted", "ablated_text"):
         entry = harness.rate_entry(times[name], flops[name], peak, useful_flops=flops["useful"])
-        entry["max_abs_difference"] = float(np.abs(np.array([row["ablated"] for row in results[name]]) - reference).max())
+        entry["max_abs_difference"] = float(
+            np.abs(np.array([row["ablated"] for row in results[name]]) - reference).max()
+        )
         result["variants"][name] = entry
     return result
 
@@ -186,8 +199,10 @@ def scheme_flops(tower, tokenizer, asked: list[list[str]], n_runs: int, directio
 
 def print_summary(record: dict) -> None:
     for kind, result in record["captions"].items():
-        print(f"\n{kind}: {result['texts']} texts ({result['unique_texts']} distinct), "
-              f"{result['lengths']['mean']:.1f} tokens on average; matmul {result['matmul']['gflops_per_s']:.1f} GFLOP/s")
+        print(
+            f"\n{kind}: {result['texts']} texts ({result['unique_texts']} distinct), "
+            f"{result['lengths']['mean']:.1f} tokens on average; matmul {result['matmul']['gflops_per_s']:.1f} GFLOP/s"
+        )
         harness.print_variants(result["variants"], "hooked_per_layer",
                                {"max diff": lambda entry: f"{entry['max_abs_difference']:.1e}"})
 

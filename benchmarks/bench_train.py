@@ -148,8 +148,19 @@ def measure(kind, image_size, budgets, matmul, args, device) -> dict:
     for name, images, trim in (("openclip_locked", "each_step", False), ("openclip_trimmed_text", "each_step", True),
                                ("openclip_cached_images", "cached", False)):
         model, preprocess, tokenizer = fresh()
-        stepper[name] = OpenClipStep(model, preprocess, tokenizer, examples, plan, config(name), toolkit.sources[0].order, device,
-                                     images=images, trim=trim, cached=toolkit.sources[0].data)
+        stepper[name] = OpenClipStep(
+            model,
+            preprocess,
+            tokenizer,
+            examples,
+            plan,
+            config(name),
+            toolkit.sources[0].order,
+            device,
+            images=images,
+            trim=trim,
+            cached=toolkit.sources[0].data,
+        )
     variants = {name: repeat(step, args.steps_per_call) for name, step in stepper.items()}
     variants["matmul"] = matmul
 
@@ -207,7 +218,6 @@ class OpenClipStep:
         self.k = 0
 
     def loss(self, indices: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
 
         from probing.models.text_tower import TextTower
 
@@ -265,8 +275,15 @@ def useful_step_flops(trainer, n_steps: int) -> float:
 
     with FlopCounterMode(display=False) as counter:
         for k in range(trainer.step, trainer.step + n_steps):
-            batch_loss(trainer.model, trainer.sources[0].data, trainer.sources[0].spec, trainer.sources[0].order.batch(k)[1], device=trainer.device,
-                       autocast=trainer.autocast, text_token_budget=1).backward()
+            batch_loss(
+                trainer.model,
+                trainer.sources[0].data,
+                trainer.sources[0].spec,
+                trainer.sources[0].order.batch(k)[1],
+                device=trainer.device,
+                autocast=trainer.autocast,
+                text_token_budget=1,
+            ).backward()
     trainer.model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / n_steps
 
@@ -275,7 +292,9 @@ def text_lengths(trainer) -> np.ndarray:
     from probing.models.text_tower import TextTower
 
     tower = TextTower.from_model(trainer.model)
-    return np.concatenate([(tower.eot_positions(tokens) + 1).numpy() for tokens in trainer.sources[0].data.tokens.values()])
+    return np.concatenate(
+        [(tower.eot_positions(tokens) + 1).numpy() for tokens in trainer.sources[0].data.tokens.values()]
+    )
 
 
 def print_summary(record: dict) -> None:

@@ -100,7 +100,9 @@ class MatmulRate:
         self.size = size or (8192 if device.type == "cuda" else 1024)
         self.repeats = 20 if device.type == "cuda" else 4
         generator = torch.Generator().manual_seed(0)
-        self.a, self.b = (torch.randn(self.size, self.size, generator=generator).to(device, self.dtype) for _ in range(2))
+        self.a, self.b = (
+            torch.randn(self.size, self.size, generator=generator).to(device, self.dtype) for _ in range(2)
+        )
 
     @property
     def flops(self) -> float:
@@ -205,9 +207,17 @@ def length_summary(lengths: np.ndarray) -> dict[str, float]:
 # --- the record ------------------------------------------------------------------------------------
 
 def machine(device: torch.device, threads: int) -> dict:
-    info = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-            "device": str(device), "torch_threads": torch.get_num_threads(), "threads_asked": threads}
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "threads_asked": threads,
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

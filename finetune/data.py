@@ -98,7 +98,9 @@ def _captions(examples: Sequence[Any], attribute: str) -> list[str]:
         text = getattr(example, attribute, None)
         if not isinstance(text, str) or not text.strip():
             source, row = _where(example, index)
-            raise DataError(source, row, f"the loss needs a non-empty {attribute} caption in every example; this one has {text!r}")
+            raise DataError(
+                source, row, f"the loss needs a non-empty {attribute} caption in every example; this one has {text!r}"
+            )
         captions.append(text)
     return captions
 

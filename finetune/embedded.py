@@ -28,15 +28,15 @@ from tqdm.auto import tqdm
 
 from finetune.losses import clip_loss
 from finetune.train import MAX_LOGIT_SCALE, lr_factor
-from probing.synthetic.world import SyntheticWorld, WorldConfig
-from probing.synthetic.record import world_metadata
-from probing.measure.encode import images_to_tensor
 from probing.cache import cache_dir
 from probing.io import atomic_write_json, sweep_temporaries
-from probing.models.loading import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
-from probing.synthetic.suite import SyntheticSuite
-from probing.models.text_tower import TextTower
+from probing.measure.encode import images_to_tensor
 from probing.models.compact import init_record, rebuild_init
+from probing.models.loading import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
+from probing.models.text_tower import TextTower
+from probing.synthetic.record import world_metadata
+from probing.synthetic.suite import SyntheticSuite
+from probing.synthetic.world import SyntheticWorld, WorldConfig
 
 
 @dataclass(frozen=True)

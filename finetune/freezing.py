@@ -20,8 +20,10 @@ def planned_parts(model: nn.Module, plan: LayerPlan) -> dict[str, list[nn.Parame
     plan.validate(tower.n_layers)
     parts = tower.parameters_by_part()
     if plan.block_parts == "layernorm":
-        chosen = {f"blocks.{b}": [p for name, p in tower.blocks[b].named_parameters() if name.startswith(("ln_1.", "ln_2."))]
-                  for b in plan.blocks}
+        chosen = {
+            f"blocks.{b}": [p for name, p in tower.blocks[b].named_parameters() if name.startswith(("ln_1.", "ln_2."))]
+            for b in plan.blocks
+        }
     else:
         chosen = {f"blocks.{b}": parts[f"blocks.{b}"] for b in plan.blocks}
     if plan.train_embeddings:

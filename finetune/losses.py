@@ -19,8 +19,16 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from finetune.vocabulary import (GRADNORM_LOSSES, LOSS_KEYWORDS, LOSS_NAMES, LOSS_OPTIONS, MCQ_LOSSES, MIX_OPTIONS,
-                                 MIX_PARTS, OMNI_MARGIN)
+from finetune.vocabulary import (
+    GRADNORM_LOSSES,
+    LOSS_KEYWORDS,
+    LOSS_NAMES,
+    LOSS_OPTIONS,
+    MCQ_LOSSES,
+    MIX_OPTIONS,
+    MIX_PARTS,
+    OMNI_MARGIN,
+)
 from probing.measure.metrics import check_normalized
 
 Tensor = torch.Tensor

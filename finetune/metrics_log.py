@@ -27,7 +27,9 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step hides the interrupted attempt's events past the resume point
-            self._writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+            self._writer = SummaryWriter(
+                str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None
+            )
 
     def _truncate_after(self, step: int) -> None:
         """Keep the rows up to `step`. A row that a killed writer left half-written (fewer fields than the
@@ -42,7 +44,8 @@ class MetricsLog:
                 elif row_step <= step:
                     rows.append(row)
         if dropped:
-            warnings.warn(f"{self.path}: dropped {dropped} damaged row(s) (a write the run's interruption cut short)")
+            warnings.warn(f"{self.path}: dropped {dropped} damaged row(s) (a write the run's interruption cut short)",
+                          stacklevel=2)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
 BLOCK_PARTS = ("all", "layernorm")
 MAX_BLOCK = 9_999  # the largest block index a layer list may name (ViT-bigG's text tower has 32 blocks)
 
@@ -123,8 +122,16 @@ class LayerPlan:
         return atomic_write_json(path, self.to_dict())
 
     def describe(self) -> str:
-        extras = [name for name, on in (("embeddings", self.train_embeddings), ("ln_final", self.train_ln_final),
-                                        ("projection", self.train_projection), ("logit_scale", self.train_logit_scale)) if on]
+        extras = [
+            name
+            for name, on in (
+                ("embeddings", self.train_embeddings),
+                ("ln_final", self.train_ln_final),
+                ("projection", self.train_projection),
+                ("logit_scale", self.train_logit_scale),
+            )
+            if on
+        ]
         blocks = ",".join(map(str, self.blocks)) or "none"
         parts = " (LayerNorms only)" if self.block_parts == "layernorm" else ""
         return f"{self.rule}: blocks [{blocks}]{parts}" + (f" + {', '.join(extras)}" if extras else "")
@@ -188,7 +195,9 @@ def _clean_blocks(blocks: Any, lr_weights: Any) -> tuple[list[int], dict[int, fl
         except (TypeError, ValueError):
             raise PlanError(f"lr_weights key {key!r} is not a block index") from None
         if block not in blocks:
-            raise PlanError(f"lr_weights gives block {block} a weight, but block {block} is not trained (not in blocks)")
+            raise PlanError(
+                f"lr_weights gives block {block} a weight, but block {block} is not trained (not in blocks)"
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise PlanError(f"lr_weights[{block}] must be a positive finite number, got {_shorten(value)}")
         cleaned[block] = float(value)

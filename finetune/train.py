@@ -59,14 +59,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.checkpoint import (Checkpoint, ResumeError, checkpoint_root, latest_checkpoint, load_checkpoint,
-                                 save_checkpoint, sweep)
+from finetune.checkpoint import (
+    Checkpoint,
+    ResumeError,
+    checkpoint_root,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    sweep,
+)
 from finetune.data import TrainingData, prepare_data
 from finetune.distributed import DistContext, rank_device, setup_distributed
 from finetune.freezing import apply_plan, planned_parts
 from finetune.losses import LossSpec, loss_keywords, loss_spec
-from finetune.options import LossOptionError, check_loss_options
 from finetune.metrics_log import MetricsLog
+from finetune.options import LossOptionError, check_loss_options
 from finetune.plan import LayerPlan
 from probing.io import atomic_write_json
 from probing.measure.batching import token_batches
@@ -85,8 +92,17 @@ _RESUME_MUST_MATCH = ("loss", "loss_kwargs", "loss_weight", "lr", "weight_decay"
                       "second_loss_kwargs", "second_weight", "second_batch_size", "total_steps", "plan",
                       "text_token_budget")
 # settings added after checkpoints were first written: a checkpoint without one ran with its default
-_ADDED_SETTINGS = ("loss_weight", "decay", "schedule", "precision", "second_loss", "second_loss_kwargs", "second_weight",
-                   "second_batch_size", "text_token_budget")
+_ADDED_SETTINGS = (
+    "loss_weight",
+    "decay",
+    "schedule",
+    "precision",
+    "second_loss",
+    "second_loss_kwargs",
+    "second_weight",
+    "second_batch_size",
+    "text_token_budget",
+)
 PRECISIONS = ("bf16", "fp16", "fp32")
 DECAY_RULES = ("matrices", "all")
 SCHEDULES = ("cosine", "constant")
@@ -531,7 +547,11 @@ class Trainer:
         config = self.config
         self.resume_or_start()
         stop = min(self.total_steps, config.stop_at) if config.stop_at else self.total_steps
-        log = MetricsLog(self.out_dir, start_step=self.step, tensorboard=config.tensorboard) if self.dist.is_main else None
+        log = (
+            MetricsLog(self.out_dir, start_step=self.step, tensorboard=config.tensorboard)
+            if self.dist.is_main
+            else None
+        )
         if self.dist.is_main:
             atomic_write_json(self.out_dir / "run.json", {"config": asdict(config), "plan": self.plan.to_dict(),
                                                          "total_steps": self.total_steps,

@@ -2,9 +2,9 @@
 
     python scripts/bench_tables.py                 print the tables (Markdown)
 
-scripts/make_results.py puts them into the README's Performance section (its "performance" block). Records: benchmarks/results/<benchmark>-<device>.json, as the scripts in
-benchmarks/ write them (one per benchmark and device; a CUDA record, when there is one, gets its own
-tables with the GPU's name and date).
+scripts/make_results.py puts them into the README's Performance section (its "performance" block).
+Records: benchmarks/results/<benchmark>-<device>.json, as the scripts in benchmarks/ write them
+(one per benchmark and device; a CUDA record, when there is one, gets its own tables with the GPU's name and date).
 """
 from __future__ import annotations
 
@@ -115,16 +115,20 @@ def causal_table(record: dict) -> str:
 
 def train_table(record: dict) -> str:
     model = record["model"]
-    caching = "; ".join(f"{CAPTION_SETS.get(k, k)} {r['toolkit_caching_s']:.1f} s" for k, r in record["captions"].items())
+    caching = "; ".join(
+        f"{CAPTION_SETS.get(k, k)} {r['toolkit_caching_s']:.1f} s" for k, r in record["captions"].items()
+    )
     columns = {"samples/s": lambda e, b: f"{e['items_per_s']:.1f} ± {_pct(e['relative_spread'])}",
                "x open_clip": lambda e, b: f"{b['median_s'] / e['median_s']:.2f}x", **SHARES,
                "CC-Neg epoch": lambda e, b: f"{e['ccneg_epoch_s'] / 3600:.2f} h"}
-    return (f"**Fine-tuning** (`benchmarks/bench_train.py`): {_model(record)}, {model['image_tower']} image tower at "
-            f"{model['image_size']} px, {model['dtype']}; loss {record['loss']}, batch {record['batch_size']}, the front "
-            f"half of the text tower trained; {_sets(record)}. {_machine(record)}. \"useful\": the FLOPs of the loss's "
-            "forward and backward with every caption at its own length and image features given. The toolkit caches "
-            f"image features once ({caching} for the benchmark's examples), included in its CC-Neg epoch (188,246 "
-            "examples).\n\n" + _table(record, "variant", "openclip_locked", columns))
+    return (
+        f"**Fine-tuning** (`benchmarks/bench_train.py`): {_model(record)}, {model['image_tower']} image tower at "
+        f"{model['image_size']} px, {model['dtype']}; loss {record['loss']}, batch {record['batch_size']}, the front "
+        f'half of the text tower trained; {_sets(record)}. {_machine(record)}. "useful": the FLOPs of the loss\'s '
+        "forward and backward with every caption at its own length and image features given. The toolkit caches "
+        f"image features once ({caching} for the benchmark's examples), included in its CC-Neg epoch (188,246 "
+        "examples).\n\n" + _table(record, "variant", "openclip_locked", columns)
+    )
 
 
 def synthetic_table(record: dict) -> str:

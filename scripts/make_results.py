@@ -160,8 +160,10 @@ def recipes() -> str:
     """The recipes' settings, read from the recipe files themselves."""
     from finetune.recipe import load_recipe, recipe_names
 
-    lines = ["| recipe | source | loss | trains | lr | betas, eps | weight decay | batch | length | precision | clipping |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recipe | source | loss | trains | lr | betas, eps | weight decay | batch | length | precision | clipping |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in recipe_names():
         recipe = load_recipe(name)
         s = recipe.settings
@@ -173,10 +175,13 @@ def recipes() -> str:
             loss += f" ({s['weights']})"
         if s.get("second_loss"):
             loss += f" + {s['second_loss']} on a second batch"
-        lines.append(f"| `{name}` | {recipe.source.split(';')[0].split(',')[0]} | {loss} | {trains}{' + ' + ', '.join(extras) if extras else ''} "
-                     f"| {s.get('lr')} ({s.get('warmup_steps', 0)} warm-up, {s.get('schedule', 'cosine')}) | "
-                     f"{s.get('betas', '')}, {s.get('eps', '')} | {s.get('weight_decay', '')} ({s.get('decay', 'matrices')}) | "
-                     f"{s.get('batch_size')} | {length} | {s.get('precision', '')} | {s.get('clip_grad_norm') or 'none'} |")
+        trained = trains + (" + " + ", ".join(extras) if extras else "")
+        lines.append(
+            f"| `{name}` | {recipe.source.split(';')[0].split(',')[0]} | {loss} | {trained} "
+            f"| {s.get('lr')} ({s.get('warmup_steps', 0)} warm-up, {s.get('schedule', 'cosine')}) | "
+            f"{s.get('betas', '')}, {s.get('eps', '')} | {s.get('weight_decay', '')} ({s.get('decay', 'matrices')}) | "
+            f"{s.get('batch_size')} | {length} | {s.get('precision', '')} | {s.get('clip_grad_norm') or 'none'} |"
+        )
     return "\n".join(lines)
 
 
@@ -198,7 +203,9 @@ def benchmarks() -> str:
                 continue
             reference = [f"{p.value:.3f}" for p in values if p.reference]
             others = [f"{p.model} {p.value:.3f}" for p in values if not p.reference]
-            cells.append(f"{section} {metric}: {', '.join(reference) or '-'}" + (f"; {', '.join(others)}" if others else ""))
+            cells.append(
+                f"{section} {metric}: {', '.join(reference) or '-'}" + (f"; {', '.join(others)}" if others else "")
+            )
         lines.append(f"| `{name}` | {option} | {'<br>'.join(cells) or '-'} |")
     return "\n".join(lines)
 

@@ -13,9 +13,22 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.ablation.study import (HEADLINE, RUNS_FILE, AblationConfig, AblationError, AblationStudy, block_variants,
-                               extras_flags, load_runs, markdown_table, resolve_variants, run_ablation, save_runs,
-                               summarize_runs, variant_plans)
+from analysis.ablation.study import (
+    HEADLINE,
+    RUNS_FILE,
+    AblationConfig,
+    AblationError,
+    AblationStudy,
+    block_variants,
+    extras_flags,
+    load_runs,
+    markdown_table,
+    resolve_variants,
+    run_ablation,
+    save_runs,
+    summarize_runs,
+    variant_plans,
+)
 from analysis.cli.ablate_layers import main
 from finetune.plan import LayerPlan
 from probing.measure.probes import mean_ci
@@ -60,7 +73,11 @@ def test_variants_differ_only_in_blocks():
         for name, plan in plans.items():
             if plan is None:
                 continue
-            on = {extra for extra in ("embeddings", "ln_final", "projection", "logit_scale") if getattr(plan, f"train_{extra}")}
+            on = {
+                extra
+                for extra in ("embeddings", "ln_final", "projection", "logit_scale")
+                if getattr(plan, f"train_{extra}")
+            }
             assert on == expected, (extras, name)
         assert plans["selected"].blocks == [0, 2] and plans["selected"].lr_weights == {0: 1.0, 2: 0.5}
         assert plans["layer_3"].blocks == [3] and plans["front"].blocks == [0, 1] and plans["back"].blocks == [2, 3]
@@ -85,8 +102,9 @@ def test_omni_negclip_groups_are_named_variants_with_their_extras():
         assert plan.train_embeddings and plan.train_ln_final and plan.train_projection and plan.train_logit_scale
     assert plans["front"].blocks == [0, 1, 2, 3, 4, 5] and not plans["front"].train_embeddings  # the study's extras
     # a shallower tower: the ranges scale with its depth
-    assert {name: plan.blocks for name, plan in variant_plans(["omni_front", "omni_back"], 6, extras_flags("none")).items()} == {
-        "omni_front": [0, 1, 2], "omni_back": [4, 5]}
+    assert {
+        name: plan.blocks for name, plan in variant_plans(["omni_front", "omni_back"], 6, extras_flags("none")).items()
+    } == {"omni_front": [0, 1, 2], "omni_back": [4, 5]}
 
 
 def test_config_refuses_inconsistent_settings():
@@ -108,8 +126,15 @@ def test_config_refuses_inconsistent_settings():
 # --- the runs file and aggregation -----------------------------------------------------------------
 
 def _record(variant: str, seed: int, scope: float) -> dict:
-    return {"variant": variant, "seed": seed, "plan": None, "train_seconds": 1.0 + seed, "final_loss": None,
-            "trained_parameters": 0, "metrics": {"object/scope_accuracy": scope, "cue/scope_accuracy/cue=never": scope / 2}}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "plan": None,
+        "train_seconds": 1.0 + seed,
+        "final_loss": None,
+        "trained_parameters": 0,
+        "metrics": {"object/scope_accuracy": scope, "cue/scope_accuracy/cue=never": scope / 2},
+    }
 
 
 def test_runs_file_round_trip_and_a_truncated_last_line_is_dropped(tmp_path):
@@ -135,7 +160,9 @@ def test_runs_file_round_trip_and_a_truncated_last_line_is_dropped(tmp_path):
 
 
 def test_summary_is_mean_and_t_interval_over_seeds():
-    runs = [_record("front", seed, scope) for seed, scope in enumerate((0.50, 0.60, 0.58))] + [_record("frozen", 0, 0.2)]
+    runs = [_record("front", seed, scope) for seed, scope in enumerate((0.50, 0.60, 0.58))] + [
+        _record("frozen", 0, 0.2)
+    ]
     plans = {"front": LayerPlan([0, 1]), "frozen": None}
     header = {"model": "m", "loss": "conclip", "loss_kwargs": {}, "steps": 3, "batch_size": 16, "lr": 1e-4,
               "warmup_steps": 1, "n_train": 48, "seeds": [0, 1, 2], "eval_n": 100, "extras": [], "selected_plan": None}
@@ -169,7 +196,12 @@ def _metric_tables(summary: dict) -> str:
 
 
 def test_study_records_every_run_with_heldout_and_retention_metrics(uninterrupted):
-    assert uninterrupted.complete and uninterrupted.executed == [("front", 0), ("layer_11", 0), ("front", 1), ("layer_11", 1)]
+    assert uninterrupted.complete and uninterrupted.executed == [
+        ("front", 0),
+        ("layer_11", 0),
+        ("front", 1),
+        ("layer_11", 1),
+    ]
     runs = load_runs(uninterrupted.out_dir / RUNS_FILE)
     assert [(run["variant"], run["seed"]) for run in runs] == uninterrupted.executed
     for run in runs:
@@ -178,8 +210,12 @@ def test_study_records_every_run_with_heldout_and_retention_metrics(uninterrupte
         metrics = run["metrics"]
         for key, _ in HEADLINE:
             assert 0.0 <= metrics[key] <= 1.0, key
-        assert {"cue/scope_accuracy/cue=never", "cue/scope_accuracy/cue=none", "cue/scope_accuracy/cue=isn't"} <= set(metrics)
-        assert not any(key.startswith("object/scope_accuracy/cue=never") for key in metrics)  # held-out cues only in "cue"
+        assert {"cue/scope_accuracy/cue=never", "cue/scope_accuracy/cue=none", "cue/scope_accuracy/cue=isn't"} <= set(
+            metrics
+        )
+        assert not any(
+            key.startswith("object/scope_accuracy/cue=never") for key in metrics
+        )  # held-out cues only in "cue"
     # the seed changes the data order, so the two seeds of a variant train differently
     front = [run for run in runs if run["variant"] == "front"]
     assert front[0]["final_loss"] != front[1]["final_loss"]
@@ -243,8 +279,27 @@ def test_restart_with_other_settings_is_refused(uninterrupted):
 
 # --- the command ---------------------------------------------------------------------------------
 
-QUICK_ARGS = ["--model", "embedded:small", "--steps", "2", "--batch-size", "16", "--n-train", "32", "--warmup-steps", "1",
-              "--lr", "1e-4", "--eval-n", "100", "--eval-classification", "36", "--no-progress", "--threads", "1"]
+QUICK_ARGS = [
+    "--model",
+    "embedded:small",
+    "--steps",
+    "2",
+    "--batch-size",
+    "16",
+    "--n-train",
+    "32",
+    "--warmup-steps",
+    "1",
+    "--lr",
+    "1e-4",
+    "--eval-n",
+    "100",
+    "--eval-classification",
+    "36",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 
 
 def test_cli_runs_a_study_and_a_second_call_has_nothing_left(small_embedded, tmp_path, capsys):
@@ -283,8 +338,11 @@ def test_cli_bad_arguments_are_one_line_errors(small_embedded, tmp_path, capsys,
 
 
 def test_cli_help_does_not_import_torch():
-    code = ("import sys\nfrom analysis.cli.ablate_layers import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    code = (
+        "import sys\nfrom analysis.cli.ablate_layers import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "ablate-layers" in result.stdout and "--variants" in result.stdout
@@ -294,7 +352,11 @@ def test_figure_sweep_panel_shows_every_interval_and_the_frozen_level():
     from analysis.ablation.figures import ablation_figure
 
     rng = np.random.default_rng(0)
-    runs = [_record(f"layer_{layer}", seed, 0.15 + 0.01 * layer + 0.02 * rng.random()) for layer in range(12) for seed in range(3)]
+    runs = [
+        _record(f"layer_{layer}", seed, 0.15 + 0.01 * layer + 0.02 * rng.random())
+        for layer in range(12)
+        for seed in range(3)
+    ]
     runs += [_record(name, seed, 0.3) for name in ("frozen", "front", "back") for seed in range(3)]
     variants = ["frozen", "front", "back"] + [f"layer_{i}" for i in range(12)]
     plans = {name: None if name == "frozen" else LayerPlan([0]) for name in variants}
@@ -303,6 +365,10 @@ def test_figure_sweep_panel_shows_every_interval_and_the_frozen_level():
     variant_axes, sweep_axes = ablation_figure(summary).axes
     assert [tick.get_text() for tick in variant_axes.get_xticklabels()] == ["frozen", "front", "back"]
     low, high = sweep_axes.get_ylim()
-    values = [entry["metrics"]["object/scope_accuracy"] for entry in summary["variants"] if entry["variant"].startswith("layer_")]
+    values = [
+        entry["metrics"]["object/scope_accuracy"]
+        for entry in summary["variants"]
+        if entry["variant"].startswith("layer_")
+    ]
     assert low <= min(v["low"] for v in values) and max(v["high"] for v in values) <= high and low <= 0.3 <= high
     assert len(sweep_axes.lines[0].get_xdata()) == 12  # one point per block

@@ -36,7 +36,9 @@ def test_flop_formula_counts_what_torch_counts(write_config):
 
 def test_interleaved_rounds_rotate_and_warm_up():
     calls = []
-    times = harness.interleaved({name: (lambda name=name: calls.append(name)) for name in "abc"}, 3, torch.device("cpu"))
+    times = harness.interleaved(
+        {name: (lambda name=name: calls.append(name)) for name in "abc"}, 3, torch.device("cpu")
+    )
     assert calls == list("abc") + list("abc") + list("bca") + list("cab")  # warm-up, then rotated rounds
     assert {name: len(seconds) for name, seconds in times.items()} == {"a": 3, "b": 3, "c": 3}
     entry = harness.rate_entry([1.0, 2.0, 4.0], 8e9, 8e9, useful_flops=2e9, items=10)
@@ -56,7 +58,11 @@ def test_capture_benchmark_records_identical_outputs_and_padding(write_config, t
                                  "capture_budget60"}
         assert all(entry["max_abs_difference"] < 1e-4 for entry in variants.values())
         # full context computes the most, the budget no more than fixed-size trimmed batches
-        assert variants["encode_text_full"]["flops"] > variants["hooks_trimmed"]["flops"] >= variants["hooks_budget60"]["flops"]
+        assert (
+            variants["encode_text_full"]["flops"]
+            > variants["hooks_trimmed"]["flops"]
+            >= variants["hooks_budget60"]["flops"]
+        )
         assert all(0 < entry["useful_fraction"] <= 1 for entry in variants.values())
         assert variants["hooks_budget60"]["flops"] == variants["capture_budget60"]["flops"]
     assert "capture_budget60" in capsys.readouterr().out
@@ -72,8 +78,16 @@ def test_train_benchmark_runs_every_loop(write_config, tmp_path):
         assert set(variants) == {"toolkit", "toolkit_budget20", "openclip_locked", "openclip_trimmed_text",
                                  "openclip_cached_images"}
         # the image tower every step and the full context cost FLOPs the toolkit does not spend
-        assert variants["openclip_locked"]["flops"] > variants["openclip_trimmed_text"]["flops"] > variants["toolkit"]["flops"]
-        assert variants["openclip_locked"]["flops"] > variants["openclip_cached_images"]["flops"] > variants["toolkit"]["flops"]
+        assert (
+            variants["openclip_locked"]["flops"]
+            > variants["openclip_trimmed_text"]["flops"]
+            > variants["toolkit"]["flops"]
+        )
+        assert (
+            variants["openclip_locked"]["flops"]
+            > variants["openclip_cached_images"]["flops"]
+            > variants["toolkit"]["flops"]
+        )
         assert variants["toolkit"]["useful_fraction"] <= 1 and result["toolkit_caching_s"] > 0
 
 
@@ -86,7 +100,9 @@ def test_causal_and_synthetic_benchmarks(write_config, tmp_path):
         assert variants["ablated_text"]["flops"] < variants["hooked_per_layer"]["flops"]
         assert variants["ablated_text"]["useful_fraction"] > variants["hooked_per_layer"]["useful_fraction"]
         assert all(entry["max_abs_difference"] < 1e-6 for entry in variants.values())
-    path = bench_synthetic.main(["--n", "20", "--rounds", "1", "--image-size", "32", "--out", str(tmp_path / "syn.json")])
+    path = bench_synthetic.main(
+        ["--n", "20", "--rounds", "1", "--image-size", "32", "--out", str(tmp_path / "syn.json")]
+    )
     assert json.loads(path.read_text())["sets"]["scope_pairs"]["items_per_s"] > 0
 
 
@@ -96,7 +112,7 @@ def test_tables_render_the_records(tmp_path):
     text = bench_tables.render(records)
     capture = records[("capture", "cpu")]["captions"]["negbench"]["variants"]
     ratio = capture["encode_text_full"]["median_s"] / capture["capture_budget2560"]["median_s"]
-    assert f"| NegBench captions | `capture_budget2560` |" in text and f"| {ratio:.2f}x |" in text
+    assert "| NegBench captions | `capture_budget2560` |" in text and f"| {ratio:.2f}x |" in text
     if ("capture", "cuda") not in records:
         assert "GPU (bfloat16) throughput has not been measured" in text
     readme = (REPO / "README.md").read_text()

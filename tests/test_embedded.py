@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -125,7 +124,9 @@ def test_builds_go_to_the_cache_and_are_reused(short_build, monkeypatch):
     shipped = embedded_checkpoint("small")
     assert path == checkpoint_path(spec) and path.parent != shipped.parent
     mtime = path.stat().st_mtime_ns
-    monkeypatch.setattr(embedded, "pretrain", lambda *a, **k: pytest.fail("pretrained again instead of using the cache"))
+    monkeypatch.setattr(
+        embedded, "pretrain", lambda *a, **k: pytest.fail("pretrained again instead of using the cache")
+    )
     assert ensure_embedded_model(spec, progress=False) == path and path.stat().st_mtime_ns == mtime
 
 

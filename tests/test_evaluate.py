@@ -21,10 +21,17 @@ from PIL import Image
 
 from analysis.evaluation import evaluate as ev
 from analysis.evaluation.benchmarks import BenchmarkError, Sources, load_image_folder, plan_benchmarks
-from probing.synthetic import SyntheticWorld, WorldConfig
-from probing.data import (DataError, Loaded, generate_negations, load_coco_instances,
-                          load_negbench_mcq, load_negbench_retrieval, load_sugarcrepe)
+from probing.data import (
+    DataError,
+    Loaded,
+    generate_negations,
+    load_coco_instances,
+    load_negbench_mcq,
+    load_negbench_retrieval,
+    load_sugarcrepe,
+)
 from probing.models.loading import load_clip
+from probing.synthetic import SyntheticWorld, WorldConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NOISE = 1e-5  # similarity margins below this may flip between batched and single-row encoding
@@ -235,7 +242,9 @@ def test_negated_retrieval_equals_an_explicit_ranking(tiny, shared_data):
     # image -> text R@1: the best caption of each image is one of its own
     best = similarity.argmax(dim=0)
     assert metrics["image_to_text_R@1"]["n"] == 12
-    assert metrics["image_to_text_R@1"]["value"] == pytest.approx((owners[best] == torch.arange(12)).float().mean().item())
+    assert metrics["image_to_text_R@1"]["value"] == pytest.approx(
+        (owners[best] == torch.arange(12)).float().mean().item()
+    )
 
 
 def test_last_batch_only_regression(tiny, world, monkeypatch):
@@ -292,7 +301,9 @@ def test_synthetic_scope_and_prompt_gap_by_cue_and_k(tiny, world):
     margins = []
     for pair in pairs:
         image = one_image(model, preprocess, pair.image)
-        margins.append(float(image @ one_text(model, tokenizer, pair.correct) - image @ one_text(model, tokenizer, pair.wrong)))
+        margins.append(
+            float(image @ one_text(model, tokenizer, pair.correct) - image @ one_text(model, tokenizer, pair.wrong))
+        )
     check_rate(scope["scope_accuracy"]["value"], margins)
     for cue in {p.cue for p in pairs}:  # held-out cues of the test split
         rows = [m for m, p in zip(margins, pairs) if p.cue == cue]
@@ -350,7 +361,9 @@ def test_image_folder_loader_and_prompt_gap(tiny, shared_data, tmp_path):
     for path, label in zip(folder.paths, folder.labels):
         image = one_image(model, preprocess, path)
         for kind, template in (("affirmative", "a photo of {}"), ("negated", "not a photo of {}")):
-            scores = [float(image @ one_text(model, tokenizer, template.format(a))) for a in ("a dog", "a traffic light")]
+            scores = [
+                float(image @ one_text(model, tokenizer, template.format(a))) for a in ("a dog", "a traffic light")
+            ]
             hits[kind] += int(np.argmax(scores) == label)
     metrics = result["metrics"]
     assert metrics["zero_shot_affirmative"]["value"] == pytest.approx(hits["affirmative"] / 4)
@@ -457,7 +470,9 @@ def test_cli_writes_json_and_markdown(tiny, shared_data, tmp_path, monkeypatch, 
     # a second MCQ file by path, laid out as NegBench's VOC2007 file (there the right answer is not always option 0)
     voc = tmp_path / "VOC2007_mcq_llama3.1_rephrased.csv"
     rows = (shared_data / "negbench/COCO_val_mcq_llama3.1_rephrased.csv").read_text().splitlines()
-    voc.write_text("\n".join(rows[:1] + [row for row in rows[1:] if "000000397133" in row or "000000037777" in row]) + "\n")
+    voc.write_text(
+        "\n".join(rows[:1] + [row for row in rows[1:] if "000000397133" in row or "000000037777" in row]) + "\n"
+    )
     code = main(["--model", str(config), "--benchmarks", "synthetic,negbench_mcq,image_folder", "--limit", "6",
                  "--negbench-mcq", str(REPO.parent / "shared/data/negbench/COCO_val_mcq_llama3.1_rephrased.csv"),
                  "--negbench-mcq", str(voc), "--image-folder", str(folder), "--synthetic-n", "12",
@@ -546,8 +561,13 @@ def test_published_table_rows_name_real_sections_and_metrics():
     sections = {"ccneg", "summary"} | {f"{kind}/{label}" for kind, label in NEGBENCH_LABELS.values()}
     table = published_table()
     assert table and all(section in sections for section, _ in table)
-    for (section, metric), rows in table.items():
-        assert metric.split("/")[0] in {"ccneg_accuracy", "mcq_accuracy", "text_to_image_R@5", "negated_prompt_gap_mean"}
+    for (_section, metric), rows in table.items():
+        assert metric.split("/")[0] in {
+            "ccneg_accuracy",
+            "mcq_accuracy",
+            "text_to_image_R@5",
+            "negated_prompt_gap_mean",
+        }
         assert all(0 <= row.value <= 1 and row.source for row in rows)
         assert sum(row.reference for row in rows) <= 1 and (not rows[0].reference or rows[0].model == "CLIP ViT-B/32")
     assert table[("ccneg", "ccneg_accuracy")][0].value == 0.657  # REFERENCE.md: CLIP ViT-B/32 65.70

@@ -30,7 +30,9 @@ def synthetic_measurements(rng, *, n_null=10, n_test=300, planted_probe=None, pl
                 level = 0.6 + np.cumsum(rng.normal(0, 0.01, N_LAYERS + 1))
                 if model == "trained" and planted_probe is not None:
                     level[planted_probe + 1:] += 0.15  # block `planted_probe` adds 15 points
-                items[f"probes/{task}/{split}/{model}"] = (rng.random((N_LAYERS + 1, n_test)) < level[:, None]).astype(np.float32)
+                items[f"probes/{task}/{split}/{model}"] = (rng.random((N_LAYERS + 1, n_test)) < level[:, None]).astype(
+                    np.float32
+                )
     for model in models:
         base = rng.normal(0.5, 0.05, (N_LAYERS + 1, 200)).astype(np.float32)
         items[f"sensitivity/presence/{model}"] = base + rng.normal(0, 0.05, base.shape).astype(np.float32)
@@ -39,7 +41,9 @@ def synthetic_measurements(rng, *, n_null=10, n_test=300, planted_probe=None, pl
         profile = profile * np.exp(rng.normal(0, 0.05, N_LAYERS))
         if model == "trained" and planted_grad is not None:
             profile[planted_grad] *= 2.0
-        items[f"gradnorms/clip/{model}"] = (profile[None, :] * np.exp(rng.normal(0, 0.02, (4, N_LAYERS)))).astype(np.float32)
+        items[f"gradnorms/clip/{model}"] = (profile[None, :] * np.exp(rng.normal(0, 0.02, (4, N_LAYERS)))).astype(
+            np.float32
+        )
     return LayerMeasurements(N_LAYERS, [str(i) for i in range(N_LAYERS + 1)], items=items,
                              meta={"null_models": models[1:]})
 
@@ -107,7 +111,9 @@ def test_fewer_than_two_null_models_give_no_evidence():
 
 def test_measurements_round_trip_with_their_items(tmp_path):
     measurements = synthetic_measurements(np.random.default_rng(5), n_null=2)
-    measurements.add("causal", [{"layer": 1, "metric": "scope_accuracy", "ablated": 0.4, "baseline": 0.5, "change": -0.1}])
+    measurements.add(
+        "causal", [{"layer": 1, "metric": "scope_accuracy", "ablated": 0.4, "baseline": 0.5, "change": -0.1}]
+    )
     measurements.save(tmp_path)
     again = LayerMeasurements.load(tmp_path / "measurements.json")
     assert again.null_models == measurements.null_models and set(again.items) == set(measurements.items)

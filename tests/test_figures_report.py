@@ -10,8 +10,15 @@ import torch
 from PIL import Image
 
 from analysis.evidence import EvidenceConfig, block_evidence
-from analysis.report.figures import (COLUMN_WIDTH, plot_all, plot_evidence, plot_gradnorm_heatmap, plot_probe_accuracy,
-                                     plot_selectivity, plot_sensitivity)
+from analysis.report.figures import (
+    COLUMN_WIDTH,
+    plot_all,
+    plot_evidence,
+    plot_gradnorm_heatmap,
+    plot_probe_accuracy,
+    plot_selectivity,
+    plot_sensitivity,
+)
 from analysis.report.report import summary_sentences, write_report
 from analysis.selection import SelectionConfig, select_layers
 from probing.measure.layers import LayerMeasurements
@@ -37,7 +44,10 @@ def measured(tmp_path_factory):
     torch.manual_seed(0)
     model, preprocess, tokenizer = load_clip(config_path)
     world = SyntheticWorld(WorldConfig(image_size=32), seed=0)
-    tasks = [synthetic_negation_task(world, n_train=120, n_test=40), synthetic_scope_task(world, n_train=120, n_test=40)]
+    tasks = [
+        synthetic_negation_task(world, n_train=120, n_test=40),
+        synthetic_scope_task(world, n_train=120, n_test=40),
+    ]
     nulls = {f"null:{s}": (lambda s=s: null_tower(model, "tiny-figures", s)) for s in (1, 2, 3)}
     m = measure_layers(model, preprocess, tokenizer, tasks, world=world, null_models=nulls,
                        loss_fns=gradnorm_loss_fns(("clip", "conclip")),
@@ -83,7 +93,10 @@ def test_report_names_the_evidence_and_where_it_sits():
     text = " ".join(summary_sentences(m, selection))
     assert "trains text block 4 of 6" in text
     probe = selection.evidence.components["probe"]
-    assert f"exceed the 10 null models significantly at block 4 (largest at block 4: {100 * probe.excess[4]:+.1f} points" in text
+    assert (
+        f"exceed the 10 null models significantly at block 4 (largest at block 4: {100 * probe.excess[4]:+.1f} points"
+        in text
+    )
     assert "does NOT favour front layers; it sits in the back half" in text
     assert "favours front layers." not in text
 
@@ -105,9 +118,11 @@ def test_report_files_hold_every_number_and_link_existing_figures(measured):
     report = json.loads(paths["json"].read_text())
     assert report["plan"] == json.loads(json.dumps(selection.plan.to_dict()))
     assert report["evidence"]["components"]["probe"]["z"] == pytest.approx(selection.evidence.components["probe"].z)
-    assert report["summary"] == summary_sentences(m, selection) and report["embedded_metrics"] == {"scope_accuracy": 0.3}
+    assert report["summary"] == summary_sentences(m, selection) and report["embedded_metrics"] == {
+        "scope_accuracy": 0.3
+    }
     md = paths["markdown"].read_text()
-    for name, files in report["figures"].items():
+    for files in report["figures"].values():
         assert all((out / f).is_file() for f in files)
         assert f"]({files[0]})" in md
     assert "| block | selected | stability | combined |" in md

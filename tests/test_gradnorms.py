@@ -43,4 +43,6 @@ def test_nan_loss_is_reported(write_config):
     model, _, tokenizer = load_clip(write_config("tiny-grad-nan"))
     tokens = tokenizer(["a dog"])
     with pytest.raises(FloatingPointError, match="loss bad is nan on batch 0"):
-        relative_gradient_norms(model, [lambda m: m.encode_text(tokens).sum() * float("nan")], loss_name="bad", progress=False)
+        relative_gradient_norms(
+            model, [lambda m: m.encode_text(tokens).sum() * float("nan")], loss_name="bad", progress=False
+        )

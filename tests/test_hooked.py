@@ -131,6 +131,7 @@ def test_hugging_face_text_tower_is_refused(write_config):
 def test_custom_text_clip_tower_is_wrapped(write_config):
     """CustomTextCLIP keeps the tower at model.text; the wrapper must find it there."""
     from open_clip.model import CustomTextCLIP
+
     from tests.conftest import tiny_config
 
     config = tiny_config()

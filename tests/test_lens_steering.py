@@ -8,12 +8,11 @@ import torch.nn.functional as F
 
 from probing.measure.capture import capture_pooled
 from probing.measure.lens import fit_tuned_lens, lens_features, lens_rows
-from probing.measure.metrics import pair_accuracy
+from probing.measure.metrics import pair_accuracy, recall_among
 from probing.measure.scoring import HeldOutSet, training_captions
 from probing.measure.steering import negation_directions, steering_rows
 from probing.models.factory import create_model
 from probing.models.hooked import HookedCLIPText
-from probing.measure.metrics import recall_among
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,9 @@ def test_held_out_outcomes_match_the_suite_metrics(small):
     ccneg = pair_accuracy(held_out.scene_features, captions, presence)
     assert outcomes["ccneg_accuracy"].mean() == pytest.approx(ccneg)
     assert outcomes["scope_accuracy"].mean() == pytest.approx(pair_accuracy(held_out.scope_features, correct, wrong))
-    recall = recall_among(held_out.scene_features, captions, group=100, texts=held_out.captions)["image_to_text_R@1_among_100"]
+    recall = recall_among(held_out.scene_features, captions, group=100, texts=held_out.captions)[
+        "image_to_text_R@1_among_100"
+    ]
     assert outcomes["image_to_text_R@1_among_100"].mean() == pytest.approx(recall)
 
 

@@ -9,9 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probing.data import (DataError, guess_kind, load_ccneg, load_coco_captions, load_coco_instances, load_dataset,
-                          load_image, load_negbench_mcq, load_negbench_retrieval, load_sugarcrepe,
-                          load_valse_existence, split_rows)
+from probing.data import (
+    DataError,
+    guess_kind,
+    load_ccneg,
+    load_coco_captions,
+    load_coco_instances,
+    load_dataset,
+    load_image,
+    load_negbench_mcq,
+    load_negbench_retrieval,
+    load_sugarcrepe,
+    load_valse_existence,
+    split_rows,
+)
 from probing.data.reading import TokenLimit, generation_artifact
 
 MCQ = "negbench/COCO_val_mcq_llama3.1_rephrased.csv"
@@ -500,7 +511,10 @@ def test_every_negbench_layout_reads_by_path(tmp_path, coco_images):
                          f"{image},a man is cooking\n"
                          f"{image},\"['a man is cooking', 'someone cooks but no one eats']\"\n")
     rows = load_negbench_retrieval(retrieval, coco_images)
-    assert [row.captions for row in rows] == [["a man is cooking"], ["a man is cooking", "someone cooks but no one eats"]]
+    assert [row.captions for row in rows] == [
+        ["a man is cooking"],
+        ["a man is cooking", "someone cooks but no one eats"],
+    ]
     assert rows[0].positive_objects == [] and rows[0].image_id is None
     assert guess_kind(retrieval) == "negbench_retrieval"
 

@@ -6,8 +6,17 @@ import pytest
 from PIL import Image
 
 from analysis.report.figures import COLUMN_WIDTH
-from analysis.report.localisation import (eot_shift_layer, lens_reach, localisation_sentences, plot_heads, plot_lens,
-                                          plot_patching, plot_steering, residual_profile, selective_heads)
+from analysis.report.localisation import (
+    eot_shift_layer,
+    lens_reach,
+    localisation_sentences,
+    plot_heads,
+    plot_lens,
+    plot_patching,
+    plot_steering,
+    residual_profile,
+    selective_heads,
+)
 from probing.measure.localise import TABLES, Localisation
 from probing.measure.roles import ROLES
 

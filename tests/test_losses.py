@@ -131,7 +131,10 @@ def test_omni_hinge_is_active_only_above_minus_margin():
     I, c = features(5, 2)
     # a_i = -c_i: cos = -1 < -m, the hinge is 0 and the loss equals its two InfoNCE parts
     a = -c
-    close(omni_absence_loss(I, c, a, scale=SCALE), ref_clip(I.numpy(), a.numpy(), SCALE) + ref_clip(I.numpy(), c.numpy(), SCALE))
+    close(
+        omni_absence_loss(I, c, a, scale=SCALE),
+        ref_clip(I.numpy(), a.numpy(), SCALE) + ref_clip(I.numpy(), c.numpy(), SCALE),
+    )
     a.requires_grad_(True)
     c2 = c.clone().requires_grad_(True)
     omni_absence_loss(I, c2, a, scale=SCALE, lambda_o=0.0, lambda_t=1.0).backward()
@@ -140,13 +143,17 @@ def test_omni_hinge_is_active_only_above_minus_margin():
     omni_absence_loss(I, c3, a.detach(), scale=SCALE, lambda_o=0.0, lambda_t=0.0).backward()
     assert torch.equal(hinge_free, c3.grad), "with cos < -m the hinge must add no gradient"
     # a_i = c_i: cos = 1, the hinge contributes 1 + m per row (m = 0.9 by default)
-    close(omni_absence_loss(I, c, c, scale=SCALE, lambda_o=0.0, lambda_t=1.0) - negationclip_loss(I, c, scale=SCALE), 1.9)
+    close(
+        omni_absence_loss(I, c, c, scale=SCALE, lambda_o=0.0, lambda_t=1.0) - negationclip_loss(I, c, scale=SCALE), 1.9
+    )
     # cos(c, a) = -0.5 lies above -0.9 but below -0.2: the default hinge pays 0.4 per row, a 0.2 margin nothing
     e = torch.eye(D, dtype=torch.float64)
     c4, a4 = e[0].expand(M, D), (-0.5 * e[0] + math.sqrt(0.75) * e[1]).expand(M, D)
     hinge = omni_absence_loss(I, c4, a4, scale=SCALE, lambda_o=0.0) - negationclip_loss(I, a4, scale=SCALE)
     close(hinge, 0.4)
-    close(omni_absence_loss(I, c4, a4, scale=SCALE, lambda_o=0.0, margin=0.2) - negationclip_loss(I, a4, scale=SCALE), 0.0)
+    close(
+        omni_absence_loss(I, c4, a4, scale=SCALE, lambda_o=0.0, margin=0.2) - negationclip_loss(I, a4, scale=SCALE), 0.0
+    )
 
 
 def test_tripletclip_matches_formula():
@@ -173,11 +180,16 @@ def test_registry_and_compute_loss_dispatch():
           omni_absence_loss(I, c, a, scale=SCALE, margin=0.5).item())
     close(compute_loss("clip", batch, scale=SCALE), clip_loss(I, c, scale=SCALE).item())
     close(compute_loss("conclip", batch, scale=SCALE), conclip_loss(I, c, n, Ip, scale=SCALE).item())
-    close(compute_loss("conclip", {**batch, "distractor": None}, scale=SCALE), conclip_loss(I, c, n, scale=SCALE).item())
+    close(
+        compute_loss("conclip", {**batch, "distractor": None}, scale=SCALE), conclip_loss(I, c, n, scale=SCALE).item()
+    )
     close(compute_loss("omni", batch, scale=SCALE, lam=0.5), omni_negclip_loss(I, c, n, a, scale=SCALE, lam=0.5).item())
     close(compute_loss("negationclip", batch, scale=SCALE), negationclip_loss(I, a, scale=SCALE).item())
     close(compute_loss("tripletclip", batch, scale=SCALE), tripletclip_loss(I, c, n, Ip, scale=SCALE).item())
-    close(compute_loss("mix", batch, scale=SCALE, clip=0.5), losses.negation_mix_loss(I, c, n, a, Ip, scale=SCALE, clip=0.5).item())
+    close(
+        compute_loss("mix", batch, scale=SCALE, clip=0.5),
+        losses.negation_mix_loss(I, c, n, a, Ip, scale=SCALE, clip=0.5).item(),
+    )
     close(make_loss_fn("conclip", terms=(1,))(batch, SCALE), conclip_loss(I, c, n, Ip, scale=SCALE, terms=(1,)).item())
     with pytest.raises(ValueError, match="unknown loss"):
         compute_loss("negclip", batch, scale=SCALE)
@@ -205,7 +217,11 @@ def test_unnormalised_features_are_rejected_naming_the_argument():
         clip_loss(I, c[:-1], scale=SCALE)
     # float32 and bf16 features that come out of F.normalize are accepted
     clip_loss(I.float(), c.float(), scale=SCALE)
-    clip_loss(F.normalize(torch.randn(M, 512), dim=-1).bfloat16(), F.normalize(torch.randn(M, 512), dim=-1).bfloat16(), scale=SCALE)
+    clip_loss(
+        F.normalize(torch.randn(M, 512), dim=-1).bfloat16(),
+        F.normalize(torch.randn(M, 512), dim=-1).bfloat16(),
+        scale=SCALE,
+    )
 
 
 # --- gradients flow only where they should ---------------------------------------------------------
@@ -234,7 +250,10 @@ def test_conclip_term_gradients():
 
 def test_losses_ignore_features_they_do_not_read():
     I, c, n, a, Ip = features(11, 5)
-    g = grads(lambda I, c, n, a, Ip: negationclip_loss(I, a, scale=SCALE) + 0 * (c.sum() + n.sum() + Ip.sum()), (I, c, n, a, Ip))
+    g = grads(
+        lambda I, c, n, a, Ip: negationclip_loss(I, a, scale=SCALE) + 0 * (c.sum() + n.sum() + Ip.sum()),
+        (I, c, n, a, Ip),
+    )
     assert is_zero(g[1]) and is_zero(g[2]) and is_zero(g[4]) and not is_zero(g[3])
     g = grads(lambda I, c, n, a: omni_presence_loss(I, c, n, scale=SCALE) + 0 * a.sum(), (I, c, n, a))
     assert is_zero(g[3]) and not is_zero(g[2])
@@ -263,8 +282,11 @@ def test_negation_mix_is_the_weighted_sum_of_its_parts():
                               conclip=0.5, negationclip=2.0, clip=1.5, tripletclip=0.25, absence_vs_presence=0.75,
                               scope_pair=1.25)
     # the second way: each part from the numpy loops
-    conclip = (np_ce(image, np.vstack([caption, negated]), SCALE) + np_ce(caption, np.vstack([image, distractor]), SCALE)
-               + np_ce(distractor, np.vstack([negated, caption]), SCALE)) / 3
+    conclip = (
+        np_ce(image, np.vstack([caption, negated]), SCALE)
+        + np_ce(caption, np.vstack([image, distractor]), SCALE)
+        + np_ce(distractor, np.vstack([negated, caption]), SCALE)
+    ) / 3
     negationclip = (np_ce(image, absence, SCALE) + np_ce(absence, image, SCALE)) / 2
     clip = (np_ce(image, caption, SCALE) + np_ce(caption, image, SCALE)) / 2
     nc = lambda i, t, f: 0.5 * (np_ce(i, np.vstack([t, f]), SCALE) + np_ce(t, i, SCALE))

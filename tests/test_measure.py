@@ -1,7 +1,6 @@
 """Measurement orchestration on a tiny model and the synthetic world; probing tasks' construction."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np
@@ -9,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from probing.synthetic.world import SyntheticWorld, WorldConfig
 from probing.measure.layers import LayerMeasurements, MeasureConfig, measure_layers, swap_first_colour
-from probing.models.loading import load_clip
 from probing.measure.tasks import real_negation_task, synthetic_negation_task, synthetic_scope_task
+from probing.models.loading import load_clip
+from probing.synthetic.world import SyntheticWorld, WorldConfig
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,10 @@ def test_measure_layers_end_to_end_with_null_models(world, write_config, tmp_pat
     config_path = write_config("tiny-measure", layers=3)
     torch.manual_seed(0)
     model, preprocess, tokenizer = load_clip(config_path)
-    tasks = [synthetic_negation_task(world, n_train=200, n_test=60), synthetic_scope_task(world, n_train=200, n_test=60)]
+    tasks = [
+        synthetic_negation_task(world, n_train=200, n_test=60),
+        synthetic_scope_task(world, n_train=200, n_test=60),
+    ]
     config = MeasureConfig(seeds=(0, 1), null_seeds=(0,), n_sensitivity=40, n_causal=100, grad_batches=2,
                            grad_batch_size=8)
     losses = {"clip": make_loss_fn("clip"), "conclip": make_loss_fn("conclip")}
@@ -66,7 +68,9 @@ def test_measure_layers_end_to_end_with_null_models(world, write_config, tmp_pat
     probes = result.probes
     assert set(probes.model) == {"trained", "null:7", "null:8"} and set(probes.labels) == {"task", "control"}
     assert set(probes[probes.labels == "control"].model) == {"trained"}  # controls are about the model
-    assert len(probes[(probes.task == "negation") & (probes.model == "trained") & (probes.labels == "task")]) == 4 * 4 * 2
+    assert (
+        len(probes[(probes.task == "negation") & (probes.model == "trained") & (probes.labels == "task")]) == 4 * 4 * 2
+    )
     assert set(probes[probes.model == "null:7"].n_seeds) == {1}  # null models use their own probe seeds
     # a negation probe trained and tested on the same cues finds the cue token somewhere
     in_dist = probes[(probes.split == "in_distribution") & (probes.labels == "task") & (probes.task == "negation")
@@ -88,7 +92,9 @@ def test_measure_layers_end_to_end_with_null_models(world, write_config, tmp_pat
     assert balanced == pytest.approx(table.accuracy.to_numpy(), abs=1e-6)
     per_batch = result.items["gradnorms/clip/null:8"]
     mean = grads[(grads.model == "null:8") & (grads.loss == "clip") & (grads.component == "all")].sort_values("layer")
-    assert per_batch.shape == (2, 3) and per_batch.mean(axis=0) == pytest.approx(mean.relative_norm.to_numpy(), rel=1e-5)
+    assert per_batch.shape == (2, 3) and per_batch.mean(axis=0) == pytest.approx(
+        mean.relative_norm.to_numpy(), rel=1e-5
+    )
     distances = result.items["sensitivity/presence/trained"]
     sens = result.sensitivity[(result.sensitivity.model == "trained") & (result.sensitivity.edit == "presence")]
     assert distances.mean(axis=1) == pytest.approx(sens.sort_values("layer").sensitivity.to_numpy(), rel=1e-5)

@@ -7,9 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probing.measure.metrics import (breakdown, flatten, pair_accuracy, pair_wins, recall_at_k, score_mcq, score_pairs,
-                                     score_prompt_gap, score_recall_among, score_regions, score_retrieval,
-                                     zero_shot_accuracy)
+from probing.measure.metrics import (
+    breakdown,
+    flatten,
+    pair_accuracy,
+    pair_wins,
+    recall_at_k,
+    score_mcq,
+    score_pairs,
+    score_prompt_gap,
+    score_recall_among,
+    score_regions,
+    score_retrieval,
+    zero_shot_accuracy,
+)
 
 
 def unit(*rows):

@@ -104,7 +104,11 @@ def test_empty_checkpoint(write_config, tmp_path):
 def test_shape_mismatch_names_the_tensors(write_config, tmp_path):
     small, _, _ = load_clip(write_config("tiny-w64", text_width=64))
     path = save_clip_checkpoint(small, tmp_path / "w64.safetensors", model_name="tiny-w64")
-    with pytest.raises(ModelLoadError, match=r"does not fit architecture tiny-w96: 53 tensors have the wrong shape \(ln_final.bias: checkpoint \(64,\) vs model \(96,\)"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"does not fit architecture tiny-w96: 53 tensors have the wrong shape "
+        r"\(ln_final.bias: checkpoint \(64,\) vs model \(96,\)",
+    ):
         load_clip(write_config("tiny-w96", text_width=96), pretrained=path)
 
 

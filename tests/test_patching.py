@@ -9,8 +9,16 @@ import torch
 
 from probing.measure.encode import encode_images
 from probing.measure.heads import ablate_heads_hook, attention_to_cue
-from probing.measure.patching import (PairBatch, agreement, block_effects, patch_batch, patch_cells, ratio_of_sums,
-                                      summarise, top_heads)
+from probing.measure.patching import (
+    PairBatch,
+    agreement,
+    block_effects,
+    patch_batch,
+    patch_cells,
+    ratio_of_sums,
+    summarise,
+    top_heads,
+)
 from probing.measure.roles import RoleFinder, synthetic_negation_pairs, synthetic_scope_pairs
 from probing.models.factory import create_model
 from probing.models.hooked import HookedCLIPText
@@ -19,8 +27,9 @@ from tests.planted import N_HEADS, N_LAYERS, PLANTED, image_features, planted_mo
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    from tests.conftest import tiny_config
     import json
+
+    from tests.conftest import tiny_config
 
     folder = tmp_path_factory.mktemp("planted")
 

@@ -35,15 +35,19 @@ def test_named_choices_are_the_librarys_own():
 
 
 def test_help_is_instant_and_imports_no_torch():
-    code = ("import sys, time; t = time.perf_counter(); from analysis.cli.probe_layers import build_parser, check_args; "
-            "p = build_parser(); check_args(p.parse_args(['--out', 'x', '--rule', 'topk']), p); "
-            "assert 'torch' not in sys.modules, 'heavy import'; "
-            "print(time.perf_counter() - t)")
+    code = (
+        "import sys, time; t = time.perf_counter(); from analysis.cli.probe_layers import build_parser, check_args; "
+        "p = build_parser(); check_args(p.parse_args(['--out', 'x', '--rule', 'topk']), p); "
+        "assert 'torch' not in sys.modules, 'heavy import'; "
+        "print(time.perf_counter() - t)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) < 1.0
     start = time.perf_counter()
-    shown = subprocess.run([sys.executable, "-m", "analysis.cli.probe_layers", "--help"], capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "analysis.cli.probe_layers", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert shown.returncode == 0 and "--rule" in shown.stdout and "embedded:small" in shown.stdout
     assert time.perf_counter() - start < 10  # interpreter start-up included; torch alone takes longer
 
@@ -148,7 +152,9 @@ def test_end_to_end_on_the_small_build(small_embedded, tmp_path, capsys):
     assert {r["model"] for r in measured["probes"]} == {"trained", "null:1", "null:2", "null:3"}
     report = json.loads((out / "report.json").read_text())
     for component in ("probe", "gradnorm"):
-        assert report["evidence"]["components"][component]["z"] == pytest.approx(recompute_t(measured, items, component))
+        assert report["evidence"]["components"][component]["z"] == pytest.approx(
+            recompute_t(measured, items, component)
+        )
     assert report["plan"] == json.loads((out / "layer_plan.json").read_text())
     assert report["embedded_metrics"]["scope_accuracy"] >= 0 and report["model"]["n_layers"] == 12
     md = (out / "report.md").read_text()

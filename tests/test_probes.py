@@ -12,8 +12,14 @@ from sklearn.base import clone
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from probing.measure.probes import (DiffMeansProbe, LogisticProbe, _balanced, bootstrap_balanced_accuracy, mean_ci,
-                                    probe_layers)
+from probing.measure.probes import (
+    DiffMeansProbe,
+    LogisticProbe,
+    _balanced,
+    bootstrap_balanced_accuracy,
+    mean_ci,
+    probe_layers,
+)
 
 
 def planted(n=1000, d=32, layers=6, signal_layer=3, strength=1.5, seed=0):
@@ -162,7 +168,9 @@ def test_per_seed_accuracy_is_sklearns_balanced_accuracy():
         for _ in range(20):
             y_true = rng.integers(0, n_classes, int(rng.integers(5, 500)))
             y_pred = rng.integers(0, n_classes, len(y_true))
-            assert _balanced(y_pred == y_true, y_true) == pytest.approx(balanced_accuracy_score(y_true, y_pred), abs=1e-15)
+            assert _balanced(y_pred == y_true, y_true) == pytest.approx(
+                balanced_accuracy_score(y_true, y_pred), abs=1e-15
+            )
     # in the sweep, balanced accuracy is linear in per-item correctness (class sizes fixed), so the summary's
     # seed-averaged accuracy is the mean of the per-seed rows
     features, labels, _ = planted(layers=2, signal_layer=1, strength=0.3)

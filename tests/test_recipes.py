@@ -60,10 +60,21 @@ def test_second_source_adds_its_weighted_loss_on_its_own_batches(tiny, tmp_path)
     """Omni-NegCLIP's pairing: presence loss on one batch, absence loss on another batch, same step."""
     model, preprocess, tokenizer = fresh(tiny)
     first, second = world_examples(12, seed=0), world_examples(10, seed=1)
-    config = TrainConfig(loss="omni_presence", second_loss="omni_absence", second_weight=0.5,
-                         second_loss_kwargs={"margin": 0.9, "lambda_t": 2.0}, steps=2, batch_size=6, second_batch_size=5,
-                         warmup_steps=1, lr=1e-3, clip_grad_norm=None, out_dir=str(tmp_path / "run"), progress=False,
-                         tensorboard=False)
+    config = TrainConfig(
+        loss="omni_presence",
+        second_loss="omni_absence",
+        second_weight=0.5,
+        second_loss_kwargs={"margin": 0.9, "lambda_t": 2.0},
+        steps=2,
+        batch_size=6,
+        second_batch_size=5,
+        warmup_steps=1,
+        lr=1e-3,
+        clip_grad_norm=None,
+        out_dir=str(tmp_path / "run"),
+        progress=False,
+        tensorboard=False,
+    )
     trainer = Trainer(model, tokenizer, preprocess, first, PLAN, config, second)
     # the second way: the batches of step 1 drawn by their orders (the second source has its own), encoded plainly
     one = [first[i] for i in DataOrder(12, 6, 0).batch(0)[1].tolist()]
@@ -151,7 +162,17 @@ def test_every_recipe_is_a_file_with_its_sources_and_known_settings():
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.source and recipe.summary
         assert set(recipe.settings) <= dests, set(recipe.settings) - dests
-        for key in ("lr", "betas", "eps", "weight_decay", "decay", "batch_size", "precision", "clip_grad_norm", "layers"):
+        for key in (
+            "lr",
+            "betas",
+            "eps",
+            "weight_decay",
+            "decay",
+            "batch_size",
+            "precision",
+            "clip_grad_norm",
+            "layers",
+        ):
             assert key in recipe.settings, (name, key)
         assert "epochs" in recipe.settings or "steps" in recipe.settings
     assert load_recipe("omni_negclip").settings["margin"] == 0.9

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from analysis.evidence import EvidenceConfig, block_evidence
-from analysis.selection import (SelectionConfig, SelectionError, choose, describe_blocks, front_prefix, select_layers,
-                                shortest_window, top_k)
+from analysis.selection import (
+    SelectionConfig,
+    SelectionError,
+    choose,
+    describe_blocks,
+    front_prefix,
+    select_layers,
+    shortest_window,
+    top_k,
+)
 from finetune.plan import LayerPlan
 from tests.test_evidence import synthetic_measurements
 
@@ -35,7 +43,9 @@ def test_shortest_window_matches_a_brute_force_search(scores, share):
     assert (first, last) == brute_force_window(scores, share)
     assert held == pytest.approx(sum(scores[first:last + 1]) / sum(scores))
     if last > first:
-        best_shorter = max(sum(scores[a:a + last - first]) for a in range(len(scores) - (last - first) + 1)) / sum(scores)
+        best_shorter = max(sum(scores[a : a + last - first]) for a in range(len(scores) - (last - first) + 1)) / sum(
+            scores
+        )
         assert shorter == pytest.approx(best_shorter)
 
 

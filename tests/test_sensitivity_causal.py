@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from probing.measure.capture import resid_hook_names
 from probing.measure.causal import AblatedText, project_out_hook, projection_ablation, text_encoder_with_hooks
+from probing.measure.sensitivity import edit_sensitivity
 from probing.models.hooked import HookedCLIPText
 from probing.models.loading import load_clip
-from probing.measure.sensitivity import edit_sensitivity
 
 
 def test_sensitivity_is_zero_for_no_edit_and_one_for_unrelated_captions():
@@ -53,7 +53,9 @@ def test_final_layer_ablation_matches_manual_computation(tiny):
     captions = ["a red circle but no blue square", "a dog", "not a cat"]
     n = hooked.cfg.n_layers
     direction = np.random.default_rng(0).normal(size=hooked.cfg.d_model)
-    ablated = text_encoder_with_hooks(hooked, tokenizer, [(f"blocks.{n - 1}.hook_resid_post", project_out_hook(direction))])
+    ablated = text_encoder_with_hooks(
+        hooked, tokenizer, [(f"blocks.{n - 1}.hook_resid_post", project_out_hook(direction))]
+    )
     tokens = tokenizer(captions)
     _, cache = hooked.run_with_cache(tokens)
     resid = cache[f"blocks.{n - 1}.hook_resid_post"]

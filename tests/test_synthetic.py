@@ -151,7 +151,9 @@ def test_scope_pairs_differ_only_in_the_negated_object_and_have_known_truth():
             assert caption_truth(scene, specs["correct"]) and WORLD.caption_truth(scene, pair.correct)
             assert not caption_truth(scene, specs["wrong"]) and not WORLD.caption_truth(scene, pair.wrong)
             assert scene.has(pair.wrong_object) and not scene.has(pair.correct_object)
-            assert same_article(pair.wrong).replace(pair.wrong_object, pair.correct_object) == same_article(pair.correct)
+            assert same_article(pair.wrong).replace(pair.wrong_object, pair.correct_object) == same_article(
+                pair.correct
+            )
             assert specs["correct"].template == specs["wrong"].template == pair.template
             assert specs["correct"].cue == specs["wrong"].cue == pair.cue
             assert len(scene.objects) == pair.k
@@ -185,7 +187,11 @@ def test_probe_captions_are_balanced_twins_with_correct_labels():
         assert c.k == len(c.subjects) + 1
     for negated, affirmative in twins.values():
         assert negated.negated and not affirmative.negated
-        assert (negated.cue, negated.template, negated.object) == (affirmative.cue, affirmative.template, affirmative.object)
+        assert (negated.cue, negated.template, negated.object) == (
+            affirmative.cue,
+            affirmative.template,
+            affirmative.object,
+        )
         negated_clause, affirmative_clause = CUES[negated.cue]
         article = "an " if negated.object[0] in "aeiou" else "a "
         x = dict(x=negated.object, a_x=article + negated.object)
@@ -316,7 +322,9 @@ def test_shape_twins_keep_colours_and_places_and_change_every_shape():
     for (first, _), (second, spec) in zip(pairs[0::2], pairs[1::2]):
         assert caption_truth(second, spec)
         assert all(name in WORLD.train_objects for name in second.names)
-        if [(o.colour, o.x, o.y, o.size) for o in first.objects] == [(o.colour, o.x, o.y, o.size) for o in second.objects]:
+        if [(o.colour, o.x, o.y, o.size) for o in first.objects] == [
+            (o.colour, o.x, o.y, o.size) for o in second.objects
+        ]:
             twins += 1
             assert all(a.shape != b.shape for a, b in zip(first.objects, second.objects))
             assert len(set(second.names)) == len(second.names) and not set(first.names) & set(second.names)
@@ -330,7 +338,9 @@ def test_shape_twins_keep_colours_and_places_and_change_every_shape():
 
 def test_pretraining_can_name_every_object_but_the_train_split_does_not_by_default():
     def named(objects):
-        return {name for scene, _ in WORLD.pretraining_specs(600, "train", seed=9, objects=objects) for name in scene.names}
+        return {
+            name for scene, _ in WORLD.pretraining_specs(600, "train", seed=9, objects=objects) for name in scene.names
+        }
 
     assert named("split") == set(WORLD.train_objects)
     assert named("all") == set(WORLD.objects)
@@ -351,8 +361,8 @@ def test_world_record_round_trips_through_checkpoint_metadata():
 
 
 def test_checkpoint_world_reports_a_corrupt_checkpoint_by_name(tmp_path):
-    from probing.synthetic.record import checkpoint_world
     from probing.models.loading import ModelLoadError
+    from probing.synthetic.record import checkpoint_world
 
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")

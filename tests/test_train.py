@@ -12,11 +12,21 @@ import torch.nn.functional as F
 from finetune.checkpoint import latest_checkpoint
 from finetune.losses import LOSS_SPECS, LossSpec, clip_loss
 from finetune.plan import LayerPlan
-from finetune.train import (MAX_LOGIT_SCALE, DataOrder, NonFiniteLossError, ResumeError, TrainConfig, Trainer,
-                            build_optimizer, lr_factor, train)
+from finetune.train import (
+    MAX_LOGIT_SCALE,
+    DataOrder,
+    NonFiniteLossError,
+    ResumeError,
+    TrainConfig,
+    Trainer,
+    build_optimizer,
+    lr_factor,
+    train,
+)
 from probing.data.records import DataError, NegationExample
-from probing.synthetic.world import SyntheticWorld, WorldConfig
 from probing.models.loading import load_clip
+from probing.synthetic.world import SyntheticWorld, WorldConfig
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -42,8 +52,20 @@ def make_examples(n: int, *, seed: int = 0, distractors: bool = True) -> list[Ne
 
 
 def config(tmp_path, name="run", **overrides) -> TrainConfig:
-    settings = dict(loss="omni", lr=1e-3, warmup_steps=2, steps=6, batch_size=6, grad_accum=2, out_dir=str(tmp_path / name),
-                    model_name="tiny-train", log_every=1, ckpt_every=100, progress=False, tensorboard=False)
+    settings = dict(
+        loss="omni",
+        lr=1e-3,
+        warmup_steps=2,
+        steps=6,
+        batch_size=6,
+        grad_accum=2,
+        out_dir=str(tmp_path / name),
+        model_name="tiny-train",
+        log_every=1,
+        ckpt_every=100,
+        progress=False,
+        tensorboard=False,
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -99,7 +121,11 @@ def test_resume_refuses_changed_settings_and_fresh_runs_refuse_old_checkpoints(t
 def test_warmup_then_cosine():
     factors = [lr_factor(s, warmup_steps=4, total_steps=12) for s in range(12)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
-    assert factors[4] == 1.0 and factors[8] == pytest.approx(0.5) and factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert (
+        factors[4] == 1.0
+        and factors[8] == pytest.approx(0.5)
+        and factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    )
     assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
 
 
@@ -111,7 +137,9 @@ def test_logged_lr_follows_schedule_and_logit_scale_is_clamped(tiny, tmp_path):
     train(model, tokenizer, preprocess, make_examples(12), PLAN, cfg)
     assert model.logit_scale.item() <= MAX_LOGIT_SCALE
     logged = rows(tmp_path / "run")
-    assert [float(r["lr"]) for r in logged] == pytest.approx([1e-3 * lr_factor(s, warmup_steps=2, total_steps=4) for s in range(4)])
+    assert [float(r["lr"]) for r in logged] == pytest.approx(
+        [1e-3 * lr_factor(s, warmup_steps=2, total_steps=4) for s in range(4)]
+    )
     assert all(float(r["logit_scale"]) <= 100.0 + 1e-4 for r in logged)
 
 
@@ -123,7 +151,9 @@ def test_per_block_learning_rate_weights(tiny):
     apply_plan(model, plan, verbose=False)
     optimizer = build_optimizer(model, plan, TrainConfig(lr=1e-4, weight_decay=0.2))
     groups = {g["name"]: g for g in optimizer.param_groups}
-    assert groups["blocks.0"]["lr"] == pytest.approx(0.5e-4) and groups["blocks.0/no_decay"]["lr"] == pytest.approx(0.5e-4)
+    assert groups["blocks.0"]["lr"] == pytest.approx(0.5e-4) and groups["blocks.0/no_decay"]["lr"] == pytest.approx(
+        0.5e-4
+    )
     assert groups["blocks.2"]["lr"] == pytest.approx(3e-4) and groups["ln_final/no_decay"]["lr"] == pytest.approx(1e-4)
     assert groups["blocks.0"]["weight_decay"] == 0.2 and groups["blocks.0/no_decay"]["weight_decay"] == 0.0
     in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -224,7 +254,9 @@ def test_bad_data_gives_the_loaders_errors(tiny, tmp_path):
 
 
 def test_conclip_without_distractors_trains_two_term_form(tiny, tmp_path, capsys):
-    _, result = run(tiny, make_examples(12, distractors=False), config(tmp_path, loss="conclip", steps=2, progress=True))
+    _, result = run(
+        tiny, make_examples(12, distractors=False), config(tmp_path, loss="conclip", steps=2, progress=True)
+    )
     assert result.step == 2 and math.isfinite(result.loss)
     err = capsys.readouterr().err
     assert "loss=" in err and "samples_s=" in err  # the progress bar shows loss and throughput
@@ -256,7 +288,8 @@ def test_cli_mix_weights_name_every_part_and_default_the_rest_to_zero():
     import inspect
 
     from analysis.cli.finetune_layers import MIX_PARTS, _mix_weights
-    from finetune.losses import MIX_PARTS as LOSS_MIX_PARTS, negation_mix_loss
+    from finetune.losses import MIX_PARTS as LOSS_MIX_PARTS
+    from finetune.losses import negation_mix_loss
 
     assert MIX_PARTS == LOSS_MIX_PARTS
     assert set(MIX_PARTS) <= set(inspect.signature(negation_mix_loss).parameters)
@@ -312,7 +345,18 @@ def test_cli_default_model_is_the_shipped_embedded_model(small_embedded, tmp_pat
     asked = []
     monkeypatch.setattr(common, "load_model", lambda args, seed=0: asked.append(args.model) or
                         create_model("embedded:small", seed=seed))  # the default model, at smoke-test size
-    args = ["--layers", "0", "--steps", "1", "--batch-size", "4", "--n-examples", "8", "--no-progress", "--no-tensorboard"]
+    args = [
+        "--layers",
+        "0",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--n-examples",
+        "8",
+        "--no-progress",
+        "--no-tensorboard",
+    ]
     assert main(args + ["--out", str(tmp_path / "run")]) == 0
     assert asked == ["embedded"]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["model_name"] == small_embedded[1].model
@@ -358,8 +402,8 @@ def test_batch_losses_feed_the_gradient_norm_measurement(tiny):
 
 def test_cli_fine_tunes_on_the_world_the_checkpoint_records_and_passes_the_record_on(tiny, tmp_path):
     from analysis.cli.finetune_layers import main
-    from probing.synthetic.record import checkpoint_world, world_metadata
     from probing.models.loading import save_clip_checkpoint
+    from probing.synthetic.record import checkpoint_world, world_metadata
 
     model, _, _ = fresh(tiny)
     size = model.visual.image_size
@@ -488,9 +532,9 @@ def test_a_metrics_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     assert [row["step"] for row in rows(tmp_path)] == ["1", "2"]
 def test_text_token_budget_chunks_give_the_one_pass_loss_and_gradients(tiny, tmp_path):
     """Encoding a contrastive batch in token-budget chunks: the same loss and gradients up to float rounding."""
-    from finetune.train import batch_loss, encode_tokens
     from finetune.data import prepare_data
     from finetune.distributed import DistContext
+    from finetune.train import batch_loss, encode_tokens
     from probing.models.text_tower import TextTower
 
     model, preprocess, tokenizer = fresh(tiny)

@@ -38,7 +38,9 @@ def test_gains_rho_and_regret_equal_a_direct_computation():
     gains = [by_variant[f"layer_{b}"] - by_variant["frozen"] for b in range(N_LAYERS)]
     result = results["object"]
     assert result.gains == pytest.approx(gains)
-    assert result.rho["probe"] == pytest.approx(stats.spearmanr(EVIDENCE["components"]["probe"]["excess"], gains).statistic)
+    assert result.rho["probe"] == pytest.approx(
+        stats.spearmanr(EVIDENCE["components"]["probe"]["excess"], gains).statistic
+    )
     assert result.rho["gradnorm"] == pytest.approx(-1.0)  # ordered opposite to the gains
     candidates = {name: by_variant[name] - by_variant["frozen"] for name in ("selected", "window_0_1", "window_1_2",
                                                                               "window_2_3")}

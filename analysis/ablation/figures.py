@@ -79,11 +79,17 @@ def _panel_sweep(ax, summary: dict[str, Any]) -> None:
         values = [entry["metrics"].get(key) for _, entry in sweep]
         if any(v is None for v in values):
             continue
-        ax.plot(layers, [v["mean"] for v in values], marker="o", markersize=2.5, linewidth=1.0, color=colour, label=label)
+        ax.plot(
+            layers, [v["mean"] for v in values], marker="o", markersize=2.5, linewidth=1.0, color=colour, label=label
+        )
         ax.fill_between(layers, [v["low"] for v in values], [v["high"] for v in values], color=colour, alpha=0.2,
                         linewidth=0)
-    shown = [v for key, _, _ in PANEL_B_METRICS for _, entry in sweep
-             for v in ([entry["metrics"][key]["low"], entry["metrics"][key]["high"]] if key in entry["metrics"] else [])]
+    shown = [
+        v
+        for key, _, _ in PANEL_B_METRICS
+        for _, entry in sweep
+        for v in ([entry["metrics"][key]["low"], entry["metrics"][key]["high"]] if key in entry["metrics"] else [])
+    ]
     frozen = next((entry for entry in summary["variants"] if entry["variant"] == "frozen"), None)
     if frozen is not None and "object/scope_accuracy" in frozen["metrics"]:
         level = frozen["metrics"]["object/scope_accuracy"]["mean"]

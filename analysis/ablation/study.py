@@ -158,7 +158,6 @@ class AblationConfig:
 def _check_config(config: AblationConfig) -> None:
     from finetune.options import LossOptionError, check_loss_options
     from finetune.train import MAX_LEARNING_RATE, MAX_SEED
-
     from probing.models.factory import embedded_variant, is_embedded
 
     if is_embedded(config.model):
@@ -274,7 +273,9 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
             chosen.add(name)
         elif layer is not None:
             if layer >= n_layers:
-                raise AblationError(f"variant {name}: the text tower has {n_layers} blocks (layer_0 .. layer_{n_layers - 1})")
+                raise AblationError(
+                    f"variant {name}: the text tower has {n_layers} blocks (layer_0 .. layer_{n_layers - 1})"
+                )
             chosen.add(name)
         elif name in GROUP_VARIANTS:
             chosen.add(name)
@@ -286,9 +287,13 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
         if names is not None:
             raise AblationError("variant 'selected' needs a layer plan: pass the plan JSON that probe-layers wrote")
         chosen.discard("selected")
-        notes.append("variant 'selected' skipped: no layer plan given (write one with probe-layers and pass it as the plan)")
+        notes.append(
+            "variant 'selected' skipped: no layer plan given (write one with probe-layers and pass it as the plan)"
+        )
     windows = sorted((name for name in chosen if window_blocks(name) is not None), key=window_blocks)
-    order = list(GROUP_VARIANTS) + list(OMNI_VARIANTS) + ["openclip_last", "norm_only"] + windows + sweep_variants(n_layers)
+    order = (
+        list(GROUP_VARIANTS) + list(OMNI_VARIANTS) + ["openclip_last", "norm_only"] + windows + sweep_variants(n_layers)
+    )
     return [name for name in order if name in chosen], notes
 
 
@@ -417,11 +422,14 @@ def load_runs(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError("not a run record")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             if number == len(lines):
-                warnings.warn(f"{path}: ignoring an incomplete last line (an interrupted write); that run will be redone")
+                warnings.warn(
+                    f"{path}: ignoring an incomplete last line (an interrupted write); that run will be redone",
+                    stacklevel=2,
+                )
                 continue
             raise AblationError(f"{path}: line {number} is not a run record; fix or remove that line") from None
         if key in seen:
-            warnings.warn(f"{path}: run {key[0]} seed {key[1]} appears twice; keeping the first")
+            warnings.warn(f"{path}: run {key[0]} seed {key[1]} appears twice; keeping the first", stacklevel=2)
             continue
         seen.add(key)
         runs.append(record)
@@ -472,9 +480,11 @@ def check_finished_runs(runs: Sequence[dict[str, Any]], plans: dict[str, Any]) -
             continue
         now = _plan_parts(plans[run["variant"]])
         if _plan_parts(run.get("plan")) != now:
-            raise AblationError(f"finished run {run['variant']} seed {run['seed']} trained {_plan_parts(run.get('plan'))}, "
-                                f"but that variant now trains {now} (another plan file or extras?); "
-                                "use the original ones, or another output folder")
+            raise AblationError(
+                f"finished run {run['variant']} seed {run['seed']} trained {_plan_parts(run.get('plan'))}, "
+                f"but that variant now trains {now} (another plan file or extras?); "
+                "use the original ones, or another output folder"
+            )
 
 
 def _plan_parts(plan) -> dict[str, Any] | None:
@@ -526,9 +536,17 @@ class Evaluation:
     def build(cls, base: Base, config: AblationConfig) -> "Evaluation":
         from probing.synthetic.suite import SyntheticSuite
 
-        suites = {heldout: SyntheticSuite.build(base.world, n=config.eval_n, n_classification=config.eval_n_classification,
-                                                split="test", heldout=heldout, seed=config.eval_seed)
-                  for heldout in EVAL_SUITES}
+        suites = {
+            heldout: SyntheticSuite.build(
+                base.world,
+                n=config.eval_n,
+                n_classification=config.eval_n_classification,
+                split="test",
+                heldout=heldout,
+                seed=config.eval_seed,
+            )
+            for heldout in EVAL_SUITES
+        }
         base.model.eval()
         features = {heldout: suite.image_features(base.model, base.preprocess) for heldout, suite in suites.items()}
         return cls(suites, features)
@@ -542,8 +560,9 @@ class Evaluation:
         items: dict[str, list[int]] = {}
         for heldout, suite in self.suites.items():
             outcomes: dict[str, list[int]] = {}
-            sections = suite.evaluate(model, base.preprocess, base.tokenizer, image_features=self.image_features[heldout],
-                                      outcomes=outcomes)
+            sections = suite.evaluate(
+                model, base.preprocess, base.tokenizer, image_features=self.image_features[heldout], outcomes=outcomes
+            )
             metrics.update({f"{heldout}/{key}": value for key, value in flatten(sections).items()})
             items[f"{heldout}/scope"] = outcomes["scope"]
         return metrics, items
@@ -634,7 +653,9 @@ class AblationStudy:
             run_dir = Path(train_config.out_dir)
             checkpoint = latest_checkpoint(run_dir)
             record["resumed_from_step"] = None if checkpoint is None else checkpoint.step
-            record["trained_parameters"] = sum(p.numel() for params in planned_parts(model, plan).values() for p in params)
+            record["trained_parameters"] = sum(
+                p.numel() for params in planned_parts(model, plan).values() for p in params
+            )
             run_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             with _output_to(run_dir / "train.log"):  # the trainer's freeze table, once per run, goes to the log
@@ -706,15 +727,19 @@ class AblationStudy:
         chosen = [run for run in runs if (run["variant"], int(run["seed"])) in wanted]
         groups = {name: plan.blocks for name, plan in self.plans.items() if plan is not None}
         try:
-            results = assess(chosen, self.selected.evidence, self.selected.blocks, n_layers=self.n_layers, groups=groups)
+            results = assess(
+                chosen, self.selected.evidence, self.selected.blocks, n_layers=self.n_layers, groups=groups
+            )
         except (ValueError, KeyError) as error:
             self.log(f"note: no predictive-validity test: {error}")
             return {}
         sentences = verdict(results)
         payload = {"sentences": sentences, "selected": self.selected.blocks,
                    "axes": {axis: result.to_dict() for axis, result in results.items()}}
-        outputs = {"validity_json": atomic_write_json(self.out_dir / "validity.json", payload),
-                   "validity_md": atomic_write_text(self.out_dir / "validity.md", validity_markdown(results, sentences))}
+        outputs = {
+            "validity_json": atomic_write_json(self.out_dir / "validity.json", payload),
+            "validity_md": atomic_write_text(self.out_dir / "validity.md", validity_markdown(results, sentences)),
+        }
         figure = validity_figure(results, self.selected.evidence)
         for suffix in ("png", "pdf"):
             path = self.out_dir / f"validity.{suffix}"
@@ -841,13 +866,17 @@ def markdown_table(summary: dict[str, Any], *, cost: bool = True) -> str:
     """The ablation as Markdown: headline metrics, scope per held-out cue, and (with `cost`) train time."""
     header = summary["header"]
     loss = header["loss"] + (f" {json.dumps(header['loss_kwargs'])}" if header["loss_kwargs"] else "")
-    lines = [f"## Layer ablation (synthetic world; {header['model']})", "",
-             f"Synthetic data, not a real benchmark. Loss {loss}; {header['steps']} steps, batch {header['batch_size']}, "
-             f"lr {header['lr']:g} ({header['warmup_steps']} warm-up steps, then cosine); the same "
-             f"{header['n_train']} training examples for every run. Extras trained in every variant: "
-             f"{', '.join(header['extras']) or 'none'} (variants differ only in blocks). Each cell: mean ± half-width "
-             f"of the 95 % t-interval over seeds {', '.join(map(str, header['seeds']))}; {header['eval_n']} test "
-             "items per held-out suite. Scope accuracy is the shortcut-proof negation metric (chance 0.50).", ""]
+    lines = [
+        f"## Layer ablation (synthetic world; {header['model']})",
+        "",
+        f"Synthetic data, not a real benchmark. Loss {loss}; {header['steps']} steps, batch {header['batch_size']}, "
+        f"lr {header['lr']:g} ({header['warmup_steps']} warm-up steps, then cosine); the same "
+        f"{header['n_train']} training examples for every run. Extras trained in every variant: "
+        f"{', '.join(header['extras']) or 'none'} (variants differ only in blocks). Each cell: mean ± half-width "
+        f"of the 95 % t-interval over seeds {', '.join(map(str, header['seeds']))}; {header['eval_n']} test "
+        "items per held-out suite. Scope accuracy is the shortcut-proof negation metric (chance 0.50).",
+        "",
+    ]
     if header.get("selected_plan"):
         lines += [f"Selected plan (probe-layers): {header['selected_plan']}; the variant 'selected' trains its blocks "
                   "(with its learning-rate weights, if any) and the extras above, like every other variant.", ""]
@@ -866,7 +895,13 @@ def markdown_table(summary: dict[str, Any], *, cost: bool = True) -> str:
             cells = [_cell(entry["metrics"].get(f"cue/scope_accuracy/cue={cue}")) for cue in cues]
             lines.append(f"| {entry['variant']} | " + " | ".join(cells) + " |")
     if cost:
-        lines += ["", "### Cost", "", "| variant | trained parameters | train seconds | final loss |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "### Cost",
+            "",
+            "| variant | trained parameters | train seconds | final loss |",
+            "|---|---|---|---|",
+        ]
         for entry in summary["variants"]:
             metrics = entry["metrics"]
             lines.append(f"| {entry['variant']} | {entry['trained_parameters']:,} | "
@@ -898,7 +933,9 @@ def write_outputs(out_dir: str | Path, summary: dict[str, Any]) -> dict[str, Pat
                "summary_json": atomic_write_json(out_dir / SUMMARY_JSON, summary)}
     rows = summary_rows(summary)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["variant", "blocks", "seeds", "metric", "n", "mean", "ci_low", "ci_high"])
+    writer = csv.DictWriter(
+        buffer, fieldnames=["variant", "blocks", "seeds", "metric", "n", "mean", "ci_low", "ci_high"]
+    )
     writer.writeheader()
     writer.writerows(rows)
     outputs["summary_csv"] = atomic_write_text(out_dir / SUMMARY_CSV, buffer.getvalue())

@@ -48,22 +48,35 @@ def build_parser() -> common.CommandParser:
     loss.add_argument("--n-train", type=positive_int, default=8192, help="training examples (shared by every run)")
     loss.add_argument("--data-seed", type=seed, default=0, help="seed of the training examples")
     study = parser.add_argument_group("study")
-    study.add_argument("--seeds", default="0,1,2", help="comma list of training seeds (at least 3 for intervals worth reading)")
+    study.add_argument(
+        "--seeds", default="0,1,2", help="comma list of training seeds (at least 3 for intervals worth reading)"
+    )
     study.add_argument("--variants", help="comma list among frozen, selected, front, middle, back, all, sweep, "
                                           "layer_<i>, omni (= omni_front, omni_middle, omni_back, omni_whole) "
                                           "(default: the groups and the sweep)")
     study.add_argument("--plan", help="layer plan JSON for the 'selected' variant (as probe-layers writes it)")
-    study.add_argument("--extras", default="none",
-                       help="extras every trained variant also trains: none, plan (the --plan's), or a comma list among "
-                            "embeddings, ln_final, projection, logit_scale")
+    study.add_argument(
+        "--extras",
+        default="none",
+        help="extras every trained variant also trains: none, plan (the --plan's), or a comma list among "
+        "embeddings, ln_final, projection, logit_scale",
+    )
     study.add_argument("--eval-n", type=positive_int, default=1000, help="test items per held-out suite (>= 100)")
     study.add_argument("--eval-classification", type=positive_int, default=720, help="zero-shot test images")
     study.add_argument("--eval-seed", type=seed, default=1)
     run = common.add_run_arguments(parser)
-    run.add_argument("--out", required=True, help="output folder (runs.jsonl, ablation_table.md, ablation_summary.*, ablation.png/pdf)")
-    run.add_argument("--max-runs", type=positive_int, help="stop after this many runs (continue later with the same command)")
+    run.add_argument(
+        "--out",
+        required=True,
+        help="output folder (runs.jsonl, ablation_table.md, ablation_summary.*, ablation.png/pdf)",
+    )
+    run.add_argument(
+        "--max-runs", type=positive_int, help="stop after this many runs (continue later with the same command)"
+    )
     run.add_argument("--ckpt-every", type=positive_int, default=100, help="trainer checkpoint interval within a run")
-    run.add_argument("--keep-models", action="store_true", help="keep every run's weights (default: only logs and metrics)")
+    run.add_argument(
+        "--keep-models", action="store_true", help="keep every run's weights (default: only logs and metrics)"
+    )
     return parser
 
 

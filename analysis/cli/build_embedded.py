@@ -58,8 +58,15 @@ def recorded_metrics(path) -> dict:
 
 
 def build(args: argparse.Namespace) -> int:
-    from finetune.embedded import (SPECS, VARIANT_SPECS, CacheError, checkpoint_path, ensure_embedded_model,
-                                   format_metrics, with_overrides)
+    from finetune.embedded import (
+        SPECS,
+        VARIANT_SPECS,
+        CacheError,
+        checkpoint_path,
+        ensure_embedded_model,
+        format_metrics,
+        with_overrides,
+    )
     from probing.models.factory import SHIPPED, embedded_checkpoint
 
     shipped_name = args.spec if args.spec in SPECS else "default"

@@ -421,11 +421,10 @@ def run(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Nam
     SIGTERM becomes SystemExit(143) while the body runs, so that `finally` blocks (the temporary files of
     atomic writes, probing.io) clean up as on Ctrl-C; after SIGKILL the next run sweeps them
     (probing.io.sweep_temporaries)."""
-    from probing.data.records import DataError
-    from probing.models.loading import ModelLoadError
-
     from finetune.checkpoint import ResumeError
     from finetune.plan import PlanError
+    from probing.data.records import DataError
+    from probing.models.loading import ModelLoadError
 
     with _sigterm_as_exit():
         try:

@@ -39,8 +39,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from analysis.cli import common
-from analysis.cli.common import (device_name, finite_float, learning_rate, non_negative_float, non_negative_int,
-                                 positive_float, positive_int, seed)
+from analysis.cli.common import (
+    device_name,
+    finite_float,
+    learning_rate,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+)
 from finetune.vocabulary import EXTRAS, LOSS_NAMES, LOSS_OPTIONS, MCQ_LOSSES, MIX_PARTS
 from probing.vocabulary import DATA_KINDS
 
@@ -132,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--precision", choices=PRECISIONS, default="bf16",
                      help="on CUDA: bf16 autocast, fp16 autocast with a gradient scaler, or fp32 (CPU: always fp32)")
-    run.add_argument("--out", required=True, help="output folder (checkpoints, metrics.csv, tensorboard/, model.safetensors)")
+    run.add_argument(
+        "--out", required=True, help="output folder (checkpoints, metrics.csv, tensorboard/, model.safetensors)"
+    )
     run.add_argument("--resumable", action="store_true",
                      help="write checkpoints with optimizer state every --ckpt-every steps, so that --resume can "
                           "continue an interrupted run (default: only the final weights)")
@@ -423,12 +433,11 @@ def check_files(args: argparse.Namespace) -> None:
 
 def finetune(args: argparse.Namespace) -> int:
     """Load the data and the model, train, and say where the weights went."""
+    from finetune.checkpoint import latest_checkpoint
     from finetune.plan import LayerPlan
     from finetune.train import NonFiniteLossError, TrainConfig, train
     from probing.models.text_tower import TextTower
     from probing.synthetic.record import default_world, world_metadata
-
-    from finetune.checkpoint import latest_checkpoint
 
     check_files(args)
     final = Path(args.out) / "model.safetensors"

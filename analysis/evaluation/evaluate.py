@@ -39,15 +39,38 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from analysis.evaluation.benchmarks import (BENCHMARKS, ImageFolder, Job, Sources, load_counts, load_image_folder,
-                                            plan_benchmarks, report_of)
+from analysis.evaluation.benchmarks import (
+    BENCHMARKS,
+    ImageFolder,
+    Job,
+    Sources,
+    load_counts,
+    load_image_folder,
+    plan_benchmarks,
+    report_of,
+)
 from analysis.evaluation.published import published_for, published_of
 from probing.data.reading import TokenLimit, load_image
-from probing.data.records import (DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample, RegionItem,
-                                  RetrievalItem)
+from probing.data.records import (
+    DataError,
+    FoilPair,
+    Loaded,
+    LoadReport,
+    MCQItem,
+    NegationExample,
+    RegionItem,
+    RetrievalItem,
+)
 from probing.measure.encode import encode_captions, encode_images
-from probing.measure.metrics import (Metrics, metric, score_mcq, score_pairs, score_prompt_gap, score_recall_among,
-                                     score_regions, score_retrieval)
+from probing.measure.metrics import (
+    Metrics,
+    metric,
+    score_mcq,
+    score_pairs,
+    score_prompt_gap,
+    score_regions,
+    score_retrieval,
+)
 
 AFFIRMATIVE_PROMPT = "a photo of {a_c}"
 NEGATED_PROMPT = "not a photo of {a_c}"
@@ -404,10 +427,21 @@ def class_prompts(classes: Sequence[str], template: str) -> list[str]:
     return [template.format(c=name, a_c=with_article(name)) for name in classes]
 
 
-def evaluate_prompt_gap(model, preprocess, tokenizer, images: Sequence, labels: Sequence[int],
-                        classes: Sequence[str], *, batch_size: int = 256, affirmative: str = AFFIRMATIVE_PROMPT,
-                        negated: str = NEGATED_PROMPT, image_cache: dict | None = None, report: LoadReport | None = None,
-                        progress: bool = False) -> dict:
+def evaluate_prompt_gap(
+    model,
+    preprocess,
+    tokenizer,
+    images: Sequence,
+    labels: Sequence[int],
+    classes: Sequence[str],
+    *,
+    batch_size: int = 256,
+    affirmative: str = AFFIRMATIVE_PROMPT,
+    negated: str = NEGATED_PROMPT,
+    image_cache: dict | None = None,
+    report: LoadReport | None = None,
+    progress: bool = False,
+) -> dict:
     """Negated class prompt gap (REFERENCE.md): zero-shot top-1 with "a photo of a {c}" minus top-1
     with "not a photo of a {c}" over the same images."""
     if len(images) != len(labels):
@@ -638,14 +672,12 @@ def markdown_table(result: dict, *, title: str = "Negation evaluation", model: s
               "them as right). Published values are the authors' (argmax rule).", "",
               "| benchmark | metric | value | n | ties | published CLIP ViT-B/32 | published, other models |",
               "|---|---|---:|---:|---:|---:|---|"]
-    rows = [(section, metric, entry) for section, body in result["sections"].items()
-            for metric, entry in body["metrics"].items()]
-    rows += [("summary", metric, entry) for metric, entry in result.get("summary", {}).items()]
-    for section, metric, entry in rows:
-        reference, others = _published_cells(section, metric)
-        lines.append(f"| {section} | {metric} | {_number(entry['value'])} | {entry['n']} | {entry['ties']} "
+    rows = _measured(result)
+    for section, key, entry in rows:
+        reference, others = _published_cells(section, key)
+        lines.append(f"| {section} | {key} | {_number(entry['value'])} | {entry['n']} | {entry['ties']} "
                      f"| {reference} | {_escape(others)} |")
-    sources = sorted({row.source for section, metric, _ in rows for row in published_for(section, metric)})
+    sources = sorted({row.source for section, key, _ in rows for row in published_for(section, key)})
     if sources:
         lines += ["", "Published values from: " + "; ".join(_escape(source) for source in sources) + "."]
     lines += ["", "## Rows evaluated and skipped", "",
@@ -692,16 +724,20 @@ def cut_notes(result: dict) -> list[str]:
 def published_comparison(result: dict) -> list[str]:
     """One line per measured metric that has published values: measured beside published."""
     lines = []
-    measured = [(section, metric, entry) for section, body in result["sections"].items()
-                for metric, entry in body["metrics"].items()]
-    measured += [("summary", metric, entry) for metric, entry in result.get("summary", {}).items()]
-    for section, metric, entry in measured:
-        rows = published_for(section, metric)
+    for section, key, entry in _measured(result):
+        rows = published_for(section, key)
         if rows:
             published = "; ".join(f"{row.model} {_number(row.value)}" for row in rows)
-            lines.append(f"{section} {metric}: measured {_number(entry['value'])} (n {entry['n']}, "
+            lines.append(f"{section} {key}: measured {_number(entry['value'])} (n {entry['n']}, "
                          f"ties {entry['ties']}) | published {published}")
     return lines
+
+
+def _measured(result: dict) -> list[tuple[str, str, dict]]:
+    """(section, metric key, entry) of every measured metric, the summary's last."""
+    rows = [(section, key, entry) for section, body in result["sections"].items()
+            for key, entry in body["metrics"].items()]
+    return rows + [("summary", key, entry) for key, entry in result.get("summary", {}).items()]
 
 
 def _escape(text: str) -> str:

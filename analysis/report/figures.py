@@ -271,7 +271,9 @@ def plot_evidence(selection, out_dir: str | Path = ".") -> list[Path]:
                     fmt="none", ecolor=colour, elinewidth=0.8, alpha=0.6)
         significant = np.asarray(component.significant)
         ax.plot(blocks[significant], excess[significant], "o", color=colour, ms=3.5, label="significant")
-        ax.plot(blocks[~significant], excess[~significant], "o", mfc="white", mec=colour, ms=3.5, label="not significant")
+        ax.plot(
+            blocks[~significant], excess[~significant], "o", mfc="white", mec=colour, ms=3.5, label="not significant"
+        )
         ax.step(np.append(blocks, blocks[-1] + 1) - 0.5, np.append(component.threshold, component.threshold[-1]),
                 where="post", color="black", lw=0.7, ls="--", label="family-wise threshold")
         ax.axhline(0, color="black", lw=0.5, alpha=0.5)

@@ -24,24 +24,25 @@ FRONT_FAVOURED = 0.6  # the front half holds at least this share of the evidence
 BACK_FAVOURED = 0.4
 FIGURE_CAPTIONS = {
     "probe_accuracy": "Probe accuracy per layer: held-out splits (cue, object, template; mean) against the "
-                      "in-distribution split, control labels and the null models (randomly initialised text towers: "
-                      "mean and range). Shaded: selected blocks.",
+    "in-distribution split, control labels and the null models (randomly initialised text towers: "
+    "mean and range). Shaded: selected blocks.",
     "selectivity": "Selectivity (task minus control accuracy) per layer; band from the two confidence intervals.",
     "sensitivity": "How far a presence negation, an absence negation and a same-size control edit move the "
-                   "caption's representation, relative to the distance between different captions; null models grey.",
-    "gradnorms": "Relative gradient norm ||g||/||w|| per block and component under each loss; selected blocks outlined.",
+    "caption's representation, relative to the distance between different captions; null models grey.",
+    "gradnorms": "Relative gradient norm ||g||/||w|| per block and component under each loss; selected blocks "
+    "outlined.",
     "evidence": "Each component's per-block excess over the null models with its 95% interval and the family-wise "
-                "threshold (filled = significant); below, the combined score (orange = selected) and how often each "
-                "block is selected over bootstrap replicates.",
+    "threshold (filled = significant); below, the combined score (orange = selected) and how often each "
+    "block is selected over bootstrap replicates.",
     "patching_negation": "Activation patching on negated / affirmative caption pairs: the share of the image-grounded "
-                         "gap restored (denoising) per block and token role, for the residual stream, attention and "
-                         "MLP outputs (0 = corrupted run, 1 = clean run).",
+    "gap restored (denoising) per block and token role, for the residual stream, attention and "
+    "MLP outputs (0 = corrupted run, 1 = clean run).",
     "patching_scope": "Activation patching on scope minimal pairs ('A and no B' / 'B and no A'), as above.",
     "heads": "Per-head patching effect, and attention from the EOT token and from the negated noun to the cue.",
     "lens": "Joint-space lens: each layer's EOT state through the final LayerNorm and projection (plain), and through "
-            "one affine map per layer fitted on training captions (tuned): accuracy if the tower stopped there.",
+    "one affine map per layer fitted on training captions (tuned): accuracy if the tower stopped there.",
     "steering": "Training-free steering: the change in each metric when alpha x a negation direction is added at "
-                "one layer (or every layer), on held-out data.",
+    "one layer (or every layer), on held-out data.",
 }
 
 
@@ -149,8 +150,10 @@ def _component_sentences(component, selection: Selection) -> list[str]:
     sentences = [text + "."]
     if name == "gradnorm":
         null_front = float(np.sum(component.null_mean[: len(component.null_mean) // 2]))
-        sentences.append(f"Random towers themselves put {_pct(null_front)} of their gradient norm on the front half: "
-                         "raw gradient norms are front-loaded by the architecture, which is why only the excess counts.")
+        sentences.append(
+            f"Random towers themselves put {_pct(null_front)} of their gradient norm on the front half: "
+            "raw gradient norms are front-loaded by the architecture, which is why only the excess counts."
+        )
     return sentences
 
 
@@ -228,7 +231,9 @@ def markdown(sentences: list[str], selection: Selection, figures: Mapping[str, l
     if embedded_metrics:
         lines += ["## Embedded model (held-out synthetic metrics recorded when it was built)", "",
                   "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in embedded_metrics.items() if isinstance(v, (int, float)) and "/" not in k]
+        lines += [
+            f"| {k} | {v:.3f} |" for k, v in embedded_metrics.items() if isinstance(v, (int, float)) and "/" not in k
+        ]
         lines.append("")
     notes = list(selection.evidence.notes) + [f"{k}: {v}" for k, v in (measurements.meta.get("skipped") or {}).items()]
     notes += list(run_info.get("notes", []))

@@ -13,7 +13,14 @@
 Importing this package is cheap: torch and open_clip are imported only by the functions that need
 them (the CC-Neg `.pt` reader, the default tokenizer of the context-length check).
 """
-from probing.data.ccneg import CCNEG_EVAL_SIZE, default_eval_size, find_negation_cue, load_ccneg, split_rows, write_ccneg
+from probing.data.ccneg import (
+                                  CCNEG_EVAL_SIZE,
+                                  default_eval_size,
+                                  find_negation_cue,
+                                  load_ccneg,
+                                  split_rows,
+                                  write_ccneg,
+)
 from probing.data.coco import load_coco_captions, load_coco_instances
 from probing.data.foils import SUGARCREPE_FOLDS, load_sugarcrepe, load_valse_existence
 from probing.data.generator import generate_negations
@@ -22,8 +29,17 @@ from probing.data.negations import NEGATION_KINDS, describe_examples, load_negat
 from probing.data.negbench import load_negbench_mcq, load_negbench_retrieval
 from probing.data.negrefcocog import load_negrefcocog
 from probing.data.reading import TokenLimit, generation_artifact, load_image
-from probing.data.records import (CocoImage, DataError, FoilPair, Loaded, LoadReport, MCQItem, NegationExample,
-                                  RegionItem, RetrievalItem)
+from probing.data.records import (
+                                  CocoImage,
+                                  DataError,
+                                  FoilPair,
+                                  Loaded,
+                                  LoadReport,
+                                  MCQItem,
+                                  NegationExample,
+                                  RegionItem,
+                                  RetrievalItem,
+)
 
 __all__ = [
     # records

@@ -33,8 +33,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-from probing.data.reading import (Collector, ImageResolver, RowProblem, as_dict, cell, file_level, int_cell, iter_csv,
-                                  iter_jsonl, make_token_limit, text_cell)
+from probing.data.reading import (
+    Collector,
+    ImageResolver,
+    RowProblem,
+    as_dict,
+    cell,
+    file_level,
+    int_cell,
+    iter_csv,
+    iter_jsonl,
+    make_token_limit,
+    text_cell,
+)
 from probing.data.records import DataError, Loaded, NegationExample
 
 CCNEG_EVAL_SIZE = 40_000

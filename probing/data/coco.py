@@ -11,8 +11,19 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from probing.data.reading import (Collector, ImageResolver, RowProblem, as_dict, cell, file_level, identifier,
-                                  make_token_limit, number, read_json, text_cell)
+from probing.data.reading import (
+    Collector,
+    ImageResolver,
+    RowProblem,
+    as_dict,
+    cell,
+    file_level,
+    identifier,
+    make_token_limit,
+    number,
+    read_json,
+    text_cell,
+)
 from probing.data.records import CocoImage, DataError, Loaded, NegationExample
 
 

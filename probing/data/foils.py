@@ -8,8 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from probing.data.reading import (Collector, ImageResolver, RowProblem, cell, make_token_limit, read_json,
-                                  text_cell)
+from probing.data.reading import Collector, ImageResolver, RowProblem, cell, make_token_limit, read_json, text_cell
 from probing.data.records import DataError, FoilPair, Loaded, LoadReport
 
 SUGARCREPE_FOLDS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")

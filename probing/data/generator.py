@@ -42,9 +42,9 @@ from typing import Sequence
 
 import numpy as np
 
-from probing.synthetic.captions import AFFIRMATIVE_TEMPLATES, CUES, NEGATION_FRAMES, affirmative_text, framed_text
 from probing.data.ccneg import find_negation_cue
 from probing.data.records import CocoImage, Loaded, LoadReport, NegationExample, RetrievalItem
+from probing.synthetic.captions import AFFIRMATIVE_TEMPLATES, CUES, NEGATION_FRAMES, affirmative_text, framed_text
 
 # "none" is left out: its clause ("none of the shapes is ...") speaks of the synthetic world's shapes.
 DEFAULT_CUES = ("no", "not", "without", "there is no", "isn't", "never")
@@ -121,7 +121,9 @@ def generate_negations(images: Sequence[CocoImage | RetrievalItem], *, seed: int
     examples = []
     for index, item in enumerate(annotated):
         if len(item.visible) < 2:
-            report.filtered["fewer than two visible objects"] = report.filtered.get("fewer than two visible objects", 0) + 1
+            report.filtered["fewer than two visible objects"] = (
+                report.filtered.get("fewer than two visible objects", 0) + 1
+            )
             continue
         for _ in range(per_image):
             subjects, negated = _pick_visible(rng, item, max_subjects)

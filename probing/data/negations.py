@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from probing.data.coco import load_coco_captions, load_coco_instances
 from probing.data.generator import generate_negations
 from probing.data.loaders import guess_kind, load_dataset
-from probing.data.records import CocoImage, DataError, Loaded, LoadReport, NegationExample, RetrievalItem
+from probing.data.records import CocoImage, DataError, Loaded, LoadReport, NegationExample
 
 # the kinds of file that give negation examples (the others hold MCQ items, foils or regions)
 NEGATION_KINDS = ("ccneg", "negbench_retrieval", "coco_instances", "coco_captions")

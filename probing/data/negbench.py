@@ -26,8 +26,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from probing.data.reading import (Collector, ImageResolver, RowProblem, int_cell, iter_csv, keep_after_artifact_check,
-                                  literal_list, make_token_limit, text_cell)
+from probing.data.reading import (
+    Collector,
+    ImageResolver,
+    RowProblem,
+    int_cell,
+    iter_csv,
+    keep_after_artifact_check,
+    literal_list,
+    make_token_limit,
+    text_cell,
+)
 from probing.data.records import Loaded, MCQItem, RetrievalItem
 
 MCQ_CAPTION_COLUMNS = ("caption_0", "caption_1", "caption_2", "caption_3")

@@ -18,8 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from probing.data.reading import (Collector, ImageResolver, RowProblem, as_dict, as_list, cell, check_text, load_image,
-                                  read_json)
+from probing.data.reading import (
+    Collector,
+    ImageResolver,
+    RowProblem,
+    as_dict,
+    as_list,
+    cell,
+    check_text,
+    load_image,
+    read_json,
+)
 from probing.data.records import DataError, Loaded, RegionItem
 
 

@@ -15,7 +15,12 @@ from tqdm.auto import tqdm
 from probing.models.text_tower import TextTower
 
 # component name -> attribute prefixes inside an open_clip ResidualAttentionBlock
-COMPONENTS = {"attention": ("attn.",), "mlp": ("mlp.",), "layernorms": ("ln_1.", "ln_2."), "layerscale": ("ls_1.", "ls_2.")}
+COMPONENTS = {
+    "attention": ("attn.",),
+    "mlp": ("mlp.",),
+    "layernorms": ("ln_1.", "ln_2."),
+    "layerscale": ("ls_1.", "ls_2."),
+}
 
 
 def block_parameter_groups(tower: TextTower) -> dict[tuple[int, str], list[nn.Parameter]]:

@@ -128,7 +128,8 @@ class LayerMeasurements:
     def add(self, table: str, rows: Sequence[dict], **constant) -> None:
         """Append rows (dicts with the table's columns, `constant` filling the rest) to a table."""
         frame = pd.DataFrame([{**constant, **row} for row in rows], columns=list(TABLES[table]))
-        for column in frame.columns[frame.dtypes == object]:  # numbers with gaps (None) become floats with NaN
+        # numbers with gaps (None) become floats with NaN
+        for column in frame.columns[frame.dtypes == object]:  # noqa: E721 (pandas dtypes)
             if all(value is None or isinstance(value, (int, float)) for value in frame[column]):
                 frame[column] = frame[column].astype(float)
         current = self.tables[table]
@@ -328,9 +329,16 @@ def sensitivity_edits(data: SyntheticData | RealData, config: MeasureConfig) -> 
 
 def _sensitivity(result, name, subject, tokenizer, edits, config: MeasureConfig, progress: bool) -> None:
     def capture(captions, edit):
-        return capture_pooled(subject, tokenizer, captions, batch_size=config.batch_size, token_budget=config.token_budget,
-                              memory_budget=config.memory_budget, progress=progress,
-                              desc=f"sensitivity: {edit} captions ({name})")
+        return capture_pooled(
+            subject,
+            tokenizer,
+            captions,
+            batch_size=config.batch_size,
+            token_budget=config.token_budget,
+            memory_budget=config.memory_budget,
+            progress=progress,
+            desc=f"sensitivity: {edit} captions ({name})",
+        )
 
     base = capture(edits["base"], "base")
     distances: dict[str, np.ndarray] = {}
@@ -358,8 +366,11 @@ def gradnorm_batches(model, preprocess, tokenizer, data: SyntheticData | RealDat
         images = {"image": encode([e.image for e in examples], "image features")}
         if all(e.distractor_image is not None for e in examples):
             images["distractor"] = encode([e.distractor_image for e in examples], "distractor features")
-        tokens = {key: tokenizer([getattr(e, key) for e in examples])
-                  for key in ("caption", "presence_negated", "absence_negated") if all(getattr(e, key) for e in examples)}
+        tokens = {
+            key: tokenizer([getattr(e, key) for e in examples])
+            for key in ("caption", "presence_negated", "absence_negated")
+            if all(getattr(e, key) for e in examples)
+        }
         batches.append((images, tokens))
     return batches
 
@@ -368,8 +379,12 @@ def _feedable(loss_fns: Mapping[str, LossFn], batches) -> tuple[dict[str, LossFn
     """The losses every batch has the captions and images for, and why the others are left out."""
     kept, missing = {}, {}
     for name, fn in loss_fns.items():
-        needs = set(getattr(fn, "texts", ())) | ({"distractor"} if getattr(fn, "distractor", "no") == "required" else set())
-        lacking = sorted(need for need in needs for images, tokens in batches if need not in tokens and need not in images)
+        needs = set(getattr(fn, "texts", ())) | (
+            {"distractor"} if getattr(fn, "distractor", "no") == "required" else set()
+        )
+        lacking = sorted(
+            need for need in needs for images, tokens in batches if need not in tokens and need not in images
+        )
         if lacking:
             missing[name] = f"the data has no {lacking[0].replace('_', '-')} captions or images for every batch"
         else:

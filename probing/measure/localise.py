@@ -40,16 +40,32 @@ from tqdm.auto import tqdm
 
 from probing.io import atomic_path, atomic_write_json
 from probing.measure.encode import encode_images, eval_mode
-from probing.measure.heads import (ABLATION_COLUMNS, ATTENTION_COLUMNS, ablation_rows, attention_to_cue,
-                                   mean_head_outputs)
+from probing.measure.heads import (
+    ABLATION_COLUMNS,
+    ATTENTION_COLUMNS,
+    ablation_rows,
+    attention_to_cue,
+    mean_head_outputs,
+)
 from probing.measure.lens import LENS_COLUMNS, LENSES, lens_rows
-from probing.measure.patching import (COMPONENTS, METHODS, PATCHING_COLUMNS, PairBatch, PatchRuns, agreement,
-                                      pair_summary, patch_batch, patch_cells, summarise, top_heads)
+from probing.measure.patching import (
+    COMPONENTS,
+    METHODS,
+    PATCHING_COLUMNS,
+    PairBatch,
+    PatchRuns,
+    agreement,
+    pair_summary,
+    patch_batch,
+    patch_cells,
+    summarise,
+    top_heads,
+)
 from probing.measure.roles import ALL, ROLES, RoleFinder, example_pairs, synthetic_negation_pairs, synthetic_scope_pairs
 from probing.measure.scoring import HeldOutSet, training_captions
 from probing.measure.steering import STEERING_COLUMNS, negation_directions, steering_rows
-
 from probing.vocabulary import LOCALISATION_MEASUREMENTS  # named there, so that --help needs no torch
+
 TABLES = {
     "pairs": ("kind", "n_pairs", "n_skipped", "accuracy", "mean_gap", "mean_clean", "mean_corrupted"),
     "patching": PATCHING_COLUMNS,

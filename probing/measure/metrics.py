@@ -141,7 +141,9 @@ def _same_text_pairs(owner: torch.Tensor, texts: Sequence[str] | None) -> tuple[
     return images, captions
 
 
-def _rank_outcomes(similarity: torch.Tensor, correct: torch.Tensor, ks: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _rank_outcomes(
+    similarity: torch.Tensor, correct: torch.Tensor, ks: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query (row) and k: (hit, tie) under the tie rule. A query's best correct candidate ranks behind
     every wrong candidate scoring at least as much (within TIE_TOLERANCE): a hit at k when fewer than k
     such wrong candidates exist; a tie when that fails but fewer than k wrong candidates score strictly more."""

@@ -28,12 +28,16 @@ def null_tower(model: nn.Module, architecture: str, seed: int) -> nn.Module:
     source = dict(TextTower.from_model(fresh).parameters_by_part())
     target = dict(TextTower.from_model(null).parameters_by_part())
     if source.keys() != target.keys():
-        raise ValueError(f"{architecture} does not build the text tower of this model ({sorted(source)} vs {sorted(target)})")
+        raise ValueError(
+            f"{architecture} does not build the text tower of this model ({sorted(source)} vs {sorted(target)})"
+        )
     with torch.no_grad():
         for part, params in target.items():
             for param, init in zip(params, source[part]):
                 if param.shape != init.shape:
-                    raise ValueError(f"{architecture} builds {part} as {tuple(init.shape)}, the model has {tuple(param.shape)}")
+                    raise ValueError(
+                        f"{architecture} builds {part} as {tuple(init.shape)}, the model has {tuple(param.shape)}"
+                    )
                 structural_zero = not bool(param.any())
                 param.copy_(torch.zeros_like(param) if structural_zero else init.to(param.device, param.dtype))
     return null.eval()

@@ -237,7 +237,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
     except Exception as error:
         if _is_torchscript(path):
             return _read_torchscript(path)
-        raise ModelLoadError(f"checkpoint file {path} is corrupt or not a PyTorch checkpoint ({type(error).__name__})") from None
+        raise ModelLoadError(
+            f"checkpoint file {path} is corrupt or not a PyTorch checkpoint ({type(error).__name__})"
+        ) from None
     metadata: dict[str, str] = {}
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         metadata = {k: str(v) for k, v in payload.get("metadata", {}).items()}
@@ -278,7 +280,11 @@ def _read_safetensors(path: Path) -> Checkpoint:
     except (KeyError, ValueError, IndexError, RuntimeError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"checkpoint file {path} is damaged: its compact token embedding cannot be "
                              f"rebuilt ({type(error).__name__}: {error})") from None
-    if DIGEST_KEY in metadata and metadata.get(DELTA_KEY) != "true" and state_digest(state_dict) != metadata[DIGEST_KEY]:
+    if (
+        DIGEST_KEY in metadata
+        and metadata.get(DELTA_KEY) != "true"
+        and state_digest(state_dict) != metadata[DIGEST_KEY]
+    ):
         raise ModelLoadError(f"checkpoint file {path} is damaged: its weights do not match the SHA-256 recorded "
                              "when it was saved")
     return Checkpoint(state_dict, metadata, openai_style=metadata.get("format") == "openai")
@@ -307,7 +313,9 @@ def _strip_ddp_prefix(key: str) -> str:
     return key[len("module."):] if key.startswith("module.") else key
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, model_name: str) -> None:
+def load_state_dict_checked(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, model_name: str
+) -> None:
     """load_state_dict(strict=True), with shape and key problems reported in one readable error."""
     from open_clip.model import convert_to_custom_text_state_dict
 

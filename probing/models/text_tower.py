@@ -149,7 +149,7 @@ def _text_tower_owner(model: nn.Module) -> nn.Module:
     """The module that owns token_embedding / transformer / ln_final."""
     text = getattr(model, "text", None)
     if text is not None:
-        if not hasattr(text, "transformer") or not hasattr(getattr(text, "transformer"), "resblocks"):
+        if not hasattr(text, "transformer") or not hasattr(text.transformer, "resblocks"):
             raise UnsupportedTextTower(
                 f"text tower {type(text).__name__} is not an open_clip TextTransformer "
                 "(Hugging Face and timm text encoders cannot be wrapped)"

@@ -178,6 +178,8 @@ class CaptionParser:
         return tuple(present), tuple(absent)
 
 
-def parse_caption(text: str, colours: Iterable[str], shapes: Iterable[str]) -> tuple[tuple[Mention, ...], tuple[Mention, ...]]:
+def parse_caption(
+    text: str, colours: Iterable[str], shapes: Iterable[str]
+) -> tuple[tuple[Mention, ...], tuple[Mention, ...]]:
     """(present mentions, absent mentions) of a synthetic caption, read from its text alone."""
     return CaptionParser(colours, shapes)(text)

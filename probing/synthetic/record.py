@@ -53,7 +53,9 @@ def checkpoint_world(pretrained: str | Path | None) -> SyntheticWorld | None:
                              f"read ({type(error).__name__}: {str(error)[:120]})") from None
 
 
-def world_for_model(model, pretrained: str | Path | None = None, seed: int = 0) -> tuple[SyntheticWorld | None, str | None]:
+def world_for_model(
+    model, pretrained: str | Path | None = None, seed: int = 0
+) -> tuple[SyntheticWorld | None, str | None]:
     """(world, None), or (None, why not): the world `pretrained` records, else the default world at
     the model's image size, checked to render there (every command asks this one function)."""
     recorded = checkpoint_world(pretrained)

@@ -59,8 +59,14 @@ class SyntheticSuite:
         pairs = world.scope_pairs(n, split, seed, heldout=heldout)
         class_images, object_labels = world.classification_set(n_classification, split, seed, label="object")
         classes = world.class_prompts()
-        shapes = [classes["shape_classes"].index(name.split(" ", 1)[1]) for name in np.array(classes["classes"])[object_labels]]
-        colours = [classes["colour_classes"].index(name.split(" ", 1)[0]) for name in np.array(classes["classes"])[object_labels]]
+        shapes = [
+            classes["shape_classes"].index(name.split(" ", 1)[1])
+            for name in np.array(classes["classes"])[object_labels]
+        ]
+        colours = [
+            classes["colour_classes"].index(name.split(" ", 1)[0])
+            for name in np.array(classes["classes"])[object_labels]
+        ]
         return cls(
             name=f"{split}/{heldout}",
             class_images=class_images,
@@ -79,10 +85,14 @@ class SyntheticSuite:
             scope_ks=[p.k for p in pairs],
         )
 
-    def image_features(self, model, preprocess, *, batch_size: int = 256, progress: bool = False) -> dict[str, torch.Tensor]:
+    def image_features(
+        self, model, preprocess, *, batch_size: int = 256, progress: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Image features of the suite (compute once, reuse across text-side interventions)."""
-        return {key: encode_images(model, preprocess, list(images), batch_size=batch_size, progress=progress)
-                for key, images in (("class", self.class_images), ("scenes", self.images), ("scope", self.scope_images))}
+        return {
+            key: encode_images(model, preprocess, list(images), batch_size=batch_size, progress=progress)
+            for key, images in (("class", self.class_images), ("scenes", self.images), ("scope", self.scope_images))
+        }
 
     def evaluate(self, model, preprocess, tokenizer, *, encode_text: TextEncoder | None = None,
                  image_features: dict[str, torch.Tensor] | None = None, batch_size: int = 256,
@@ -93,7 +103,11 @@ class SyntheticSuite:
         encode = encode_text or (lambda captions: encode_captions(model, tokenizer, captions, batch_size=batch_size))
         images = image_features or self.image_features(model, preprocess, batch_size=batch_size, progress=progress)
         prompt_gap: Metrics = {}
-        for label, prefix, classes in (("object", "", None), ("shape", "shape_", "shape"), ("colour", "colour_", "colour")):
+        for label, prefix, classes in (
+            ("object", "", None),
+            ("shape", "shape_", "shape"),
+            ("colour", "colour_", "colour"),
+        ):
             prompt_gap.update(score_prompt_gap(images["class"], encode(self.prompts[f"{prefix}affirmative"]),
                                                encode(self.prompts[f"{prefix}negated"]), self.class_labels[label],
                                                classes=classes))
@@ -103,7 +117,9 @@ class SyntheticSuite:
         negation = score_pairs("ccneg_accuracy", images["scenes"], captions, presence, groups)
         negation.update(score_pairs("absence_accuracy", images["scenes"], absence, presence, groups))
         correct, wrong = encode(self.scope_correct), encode(self.scope_wrong)
-        scope = score_pairs("scope_accuracy", images["scope"], correct, wrong, {"cue": self.scope_cues, "k": self.scope_ks})
+        scope = score_pairs(
+            "scope_accuracy", images["scope"], correct, wrong, {"cue": self.scope_cues, "k": self.scope_ks}
+        )
         if outcomes is not None:
             for name, args in (("scope", (images["scope"], correct, wrong)),
                                ("ccneg", (images["scenes"], captions, presence)),

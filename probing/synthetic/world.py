@@ -26,9 +26,19 @@ from typing import Sequence
 
 import numpy as np
 
-from probing.synthetic.captions import (AFFIRMATIVE_TEMPLATES, CUES, NEGATION_FRAMES, CaptionParser, CaptionSpec, Mention,
-                                   affirmative_caption, caption_truth, framed_caption, with_article)
 from probing.data.records import NegationExample
+from probing.synthetic.captions import (
+    AFFIRMATIVE_TEMPLATES,
+    CUES,
+    NEGATION_FRAMES,
+    CaptionParser,
+    CaptionSpec,
+    Mention,
+    affirmative_caption,
+    caption_truth,
+    framed_caption,
+    with_article,
+)
 from probing.synthetic.scenes import DRAWABLE_SHAPES, Scene, place_objects, render_scene
 
 DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -88,7 +98,9 @@ class WorldConfig:
                 raise ValueError(f"unknown held-out {kind}(s) {unknown}; known: {list(known)}")
         if not set(CUES) - set(self.heldout_cues):
             raise ValueError("every cue is held out: the train split would have no negation cue")
-        if not set(NEGATION_FRAMES) - set(self.heldout_templates) or not set(AFFIRMATIVE_TEMPLATES) - set(self.heldout_templates):
+        if not set(NEGATION_FRAMES) - set(self.heldout_templates) or not set(AFFIRMATIVE_TEMPLATES) - set(
+            self.heldout_templates
+        ):
             raise ValueError("held-out templates must leave a negation frame and an affirmative template for training")
         if len(objects) - len(set(self.heldout_objects)) < self.max_objects + 1:
             raise ValueError("too few training objects for max_objects + 1 distinct objects per scene")
@@ -197,7 +209,9 @@ class SyntheticWorld:
         train_frames = tuple(f for f in NEGATION_FRAMES if f not in held)
         train_affirmative = tuple(t for t in AFFIRMATIVE_TEMPLATES if t not in held)
         if split == "train":
-            return SplitVocabulary(self.train_cues, train_frames, train_affirmative, self.train_objects, self.train_objects)
+            return SplitVocabulary(
+                self.train_cues, train_frames, train_affirmative, self.train_objects, self.train_objects
+            )
         test_frames = tuple(f for f in NEGATION_FRAMES if f in held)
         test_affirmative = tuple(t for t in AFFIRMATIVE_TEMPLATES if t in held) or train_affirmative
         for axis, pool in [("cue", self.config.heldout_cues), ("template", test_frames),
