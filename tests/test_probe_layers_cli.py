@@ -203,3 +203,36 @@ def test_open_clip_config_with_a_checkpoint_file(write_config, tmp_path, capsys)
     assert report["model"]["pretrained"] == str(checkpoint) and report["model"]["n_layers"] == 3
     assert set(report["evidence"]["components"]) == {"probe", "sensitivity", "gradnorm"}
     assert "selected blocks:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_random_tower_gets_no_plan_against_ten_null_models(write_config, tmp_path, capsys, seed):
+    """The null of the whole method: a randomly initialised text tower (weights from another seed than
+    the null models') is itself a draw from the null, so against 10 null models no block may carry
+    evidence, the run ends without a plan (exit 1), and every t stays under the family-wise bound."""
+    import torch
+
+    from probing.models.loading import load_clip, save_clip_checkpoint
+
+    config = write_config("tiny-random", layers=4)
+    torch.manual_seed(1000 + seed)
+    model, _, _ = load_clip(config)
+    checkpoint = save_clip_checkpoint(model, tmp_path / "random.safetensors", model_name="tiny-random")
+    out = tmp_path / "random"
+    argv = ["--model", str(config), "--pretrained", str(checkpoint), "--n-train", "160", "--n-test", "60",
+            "--seeds", "0,1", "--null-models", "10", "--measurements", "probes,sensitivity,gradnorms",
+            "--grad-batches", "2", "--grad-batch-size", "16", "--n-sensitivity", "60", "--seed", str(seed),
+            "--threads", "1", "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert LayerPlan.load(out / "layer_plan.json").blocks == []
+    components = report["evidence"]["components"]
+    assert set(components) == {"probe", "sensitivity", "gradnorm"}
+    for name, component in components.items():
+        assert component["n_null"] == 10 and not any(component["significant"])
+        assert max(component["z"]) < component["critical"], (name, component["z"], component["critical"])
+    # the t statistics of the gradient norms, recomputed from the tables without analysis.evidence
+    measured = json.loads((out / "measurements.json").read_text())
+    t = recompute_t(measured, {}, "gradnorm")
+    assert t == pytest.approx(components["gradnorm"]["z"], abs=1e-6)
+    assert "no block carries negation evidence" in capsys.readouterr().out
