@@ -58,7 +58,7 @@ if SMALL:
     LOCALISE = dict(n_pairs=16, n_eval=100, n_steer=100, n_train=50, n_train_probe=200, probes=("logistic",),
                     alphas=(0.13, 1.0), n_boot=200)
 else:
-    SIZES = dict(n_train=2000, n_test=600, seeds=(0, 1, 2, 3, 4), null_seeds=(0, 1), null_models=5,
+    SIZES = dict(n_train=2000, n_test=600, seeds=(0, 1, 2, 3, 4), null_seeds=(0,), null_models=10,
                  n_sensitivity=400, n_causal=400, grad_batches=4, grad_batch_size=64)
     LOCALISE = dict(n_pairs=64)
 
