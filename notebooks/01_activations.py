@@ -21,54 +21,20 @@
 # (`"embedded:small"`) and tiny sizes, whose numbers say nothing about negation.
 
 # %%
-import io
-import logging
-import os
-import shutil
 import time
-import warnings
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
-from PIL import Image
 
-torch.set_num_threads(1)  # the machine is shared; these small models are also fastest on one thread
-logging.getLogger().setLevel(logging.ERROR)  # open_clip logs that it built an architecture before loading weights
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets; progress bars are off
-pd.set_option("display.precision", 3)
+from analysis.report.notebook import show, start
 
-SMALL = os.environ.get("NOTEBOOK_SMALL") == "1"  # the test suite's switch: the smoke-test build and tiny sizes
-MODEL = "embedded:small" if SMALL else "embedded"
-BUILD = "small" if SMALL else "default"
+run = start("01_activations")  # threads, logging, the output folder: analysis/report/notebook.py
+SMALL, MODEL, BUILD, OUT, STARTED = run.small, run.model, run.build, run.out, run.started
 # probe data (captions) and probe seeds; negated captions averaged over in the attention figure
 N_TRAIN, N_TEST, SEEDS, N_ATTENTION = (200, 60, (0,), 60) if SMALL else (2000, 600, (0, 1, 2, 3, 4), 600)
-
-# outputs go to the repository's runs/ folder (git ignores it); paths are printed relative to this notebook
-ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-OUT = Path(os.path.relpath(ROOT / "runs" / "notebooks" / "01_activations" / BUILD))
-shutil.rmtree(OUT, ignore_errors=True)  # every run of the notebook starts from scratch
-OUT.mkdir(parents=True)
-STARTED = time.perf_counter()
-
-
-def show(figure, width=720):
-    """Display a matplotlib figure or a saved image at screen size, as a 64-colour palette PNG (a fraction
-    of the bytes of a full-colour one in the notebook file; plots need no more colours)."""
-    if isinstance(figure, (str, Path)):
-        image = Image.open(figure)
-    else:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
-        plt.close(figure)
-        image = Image.open(buffer)
-    image = image.convert("RGB")
-    image.thumbnail((width, 10 * width))
-    display(image.quantize(colors=64))
-
 
 print(f"model {MODEL}; outputs in {OUT}")
 
@@ -192,11 +158,11 @@ def eot_to_cue(captions, cue_words, batch_size=128):
     """Mean attention weight EOT -> cue token [layer, head] over captions (one cue each), and the mean
     weight an even spread over the caption's tokens would give (1 / number of tokens up to EOT)."""
     total, count, even = torch.zeros(n_layers, n_heads), 0, 0.0
-    for start in range(0, len(captions), batch_size):
-        batch = tokenizer(captions[start:start + batch_size])
+    for first in range(0, len(captions), batch_size):
+        batch = tokenizer(captions[first:first + batch_size])
         _, batch_cache = hooked.run_with_cache(batch, names_filter=lambda name: name.endswith("hook_pattern"))
         ends = hooked.eot_positions(batch)
-        for i, cue_word in enumerate(cue_words[start:start + batch_size]):
+        for i, cue_word in enumerate(cue_words[first:first + batch_size]):
             position = [word(t) for t in batch[i, :int(ends[i]) + 1]].index(CUE_TOKEN[cue_word])
             total += torch.stack([batch_cache[f"blocks.{l}.attn.hook_pattern"][i, :, ends[i], position]
                                   for l in range(n_layers)])

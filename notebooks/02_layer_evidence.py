@@ -28,29 +28,16 @@
 # nothing about negation).
 
 # %%
-import io
-import logging
-import os
-import shutil
 import time
-import warnings
-from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import Markdown, display
-from PIL import Image
 
-torch.set_num_threads(1)  # the machine is shared; these small models are also fastest on one thread
-logging.getLogger().setLevel(logging.ERROR)  # open_clip logs that it built an architecture before loading weights
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets; progress bars are off
-pd.set_option("display.precision", 3)
+from analysis.report.notebook import show, start
 
-SMALL = os.environ.get("NOTEBOOK_SMALL") == "1"  # the test suite's switch: the smoke-test build and tiny sizes
-MODEL = "embedded:small" if SMALL else "embedded"
-BUILD = "small" if SMALL else "default"
+run = start("02_layer_evidence")  # threads, logging, the output folder: analysis/report/notebook.py
+SMALL, MODEL, BUILD, OUT, STARTED = run.small, run.model, run.build, run.out, run.started
 # the probe-layers command's defaults (notebook 3 measures with the same sizes when this notebook has not run)
 if SMALL:
     SIZES = dict(n_train=200, n_test=60, seeds=(0,), null_seeds=(0,), null_models=3, n_sensitivity=60, n_causal=100,
@@ -61,29 +48,6 @@ else:
     SIZES = dict(n_train=2000, n_test=600, seeds=(0, 1, 2, 3, 4), null_seeds=(0,), null_models=10,
                  n_sensitivity=400, n_causal=400, grad_batches=4, grad_batch_size=64)
     LOCALISE = dict(n_pairs=64)
-
-# outputs go to the repository's runs/ folder (git ignores it); paths are printed relative to this notebook
-ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-OUT = Path(os.path.relpath(ROOT / "runs" / "notebooks" / "02_layer_evidence" / BUILD))
-shutil.rmtree(OUT, ignore_errors=True)  # every run of the notebook starts from scratch
-OUT.mkdir(parents=True)
-STARTED = time.perf_counter()
-
-
-def show(figure, width=720):
-    """Display a matplotlib figure or a saved image at screen size, as a 64-colour palette PNG (a fraction
-    of the bytes of a full-colour one in the notebook file; plots need no more colours)."""
-    if isinstance(figure, (str, Path)):
-        image = Image.open(figure)
-    else:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
-        plt.close(figure)
-        image = Image.open(buffer)
-    image = image.convert("RGB")
-    image.thumbnail((width, 10 * width))
-    display(image.quantize(colors=64))
-
 
 print(f"model {MODEL}; outputs in {OUT}")
 

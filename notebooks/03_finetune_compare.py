@@ -26,28 +26,17 @@
 
 # %%
 import io
-import logging
-import os
-import shutil
 import time
-import warnings
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import Markdown, display
-from PIL import Image
 
-torch.set_num_threads(1)  # the machine is shared; these small models are also fastest on one thread
-logging.getLogger().setLevel(logging.ERROR)  # open_clip logs that it built an architecture before loading weights
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets; progress bars are off
-pd.set_option("display.precision", 3)
+from analysis.report.notebook import show, start
 
-SMALL = os.environ.get("NOTEBOOK_SMALL") == "1"  # the test suite's switch: the smoke-test build and tiny sizes
-MODEL = "embedded:small" if SMALL else "embedded"
-BUILD = "small" if SMALL else "default"
+run = start("03_finetune_compare")  # threads, logging, the output folder: analysis/report/notebook.py
+SMALL, MODEL, BUILD, OUT, STARTED = run.small, run.model, run.build, run.out, run.started
 # The README's scope recipe (finetune/recipes/scope.json): the scope pair, CLIP to hold retrieval, half a CoN-CLIP
 # first term; a short budget here, so scope moves only part of the way
 LOSS, LOSS_KWARGS = "mix", {"scope_pair": 1.0, "clip": 1.0, "conclip": 0.5, "negationclip": 0.0, "terms": [1]}
@@ -61,29 +50,6 @@ else:
 PLAN_ARGS = ["--measurements", "probes,sensitivity,gradnorms"] + (
     ["--n-train", "200", "--n-test", "60", "--seeds", "0", "--null-seeds", "0", "--null-models", "3",
      "--n-sensitivity", "60", "--grad-batches", "1", "--grad-batch-size", "16"] if SMALL else [])
-
-# outputs go to the repository's runs/ folder (git ignores it); paths are printed relative to this notebook
-ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-OUT = Path(os.path.relpath(ROOT / "runs" / "notebooks" / "03_finetune_compare" / BUILD))
-shutil.rmtree(OUT, ignore_errors=True)  # every run of the notebook starts from scratch
-OUT.mkdir(parents=True)
-STARTED = time.perf_counter()
-
-
-def show(figure, width=720):
-    """Display a matplotlib figure or a saved image at screen size, as a 64-colour palette PNG (a fraction
-    of the bytes of a full-colour one in the notebook file; plots need no more colours)."""
-    if isinstance(figure, (str, Path)):
-        image = Image.open(figure)
-    else:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
-        plt.close(figure)
-        image = Image.open(buffer)
-    image = image.convert("RGB")
-    image.thumbnail((width, 10 * width))
-    display(image.quantize(colors=64))
-
 
 print(f"model {MODEL}; outputs in {OUT}")
 
@@ -111,7 +77,7 @@ from analysis.cli.probe_layers import main as probe_layers
 from finetune.plan import LayerPlan
 from probing import TextTower
 
-plan_path = Path(os.path.relpath(ROOT / "runs" / "notebooks" / "02_layer_evidence" / BUILD / "layer_plan.json"))
+plan_path = OUT.parent.parent / "02_layer_evidence" / BUILD / "layer_plan.json"  # where notebook 2 writes it
 if not plan_path.exists():
     plan_path = OUT / "probe-layers" / "layer_plan.json"
     status = probe_layers(["--model", MODEL, "--out", str(plan_path.parent), "--threads", "1", "--no-progress",
