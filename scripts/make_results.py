@@ -78,7 +78,9 @@ def evidence_default() -> str:
     report = _report("default")
     if report is None:
         return "(not run yet: `python scripts/validation_study.py --only default`)"
-    return "> " + "\n> ".join(report["summary"]) + "\n\n![evidence](docs/figures/evidence-default.png)"
+    localisation = set(_localisation_sentences())  # they have their own block (localisation-default)
+    sentences = list(dict.fromkeys(s for s in report["summary"] if s not in localisation))
+    return "> " + "\n> ".join(sentences) + "\n\n![evidence](docs/figures/evidence-default.png)"
 
 
 def evidence_table() -> str:
@@ -223,16 +225,24 @@ def performance() -> str:
     return bench_tables.render(bench_tables.load_records())
 
 
-def localisation_default() -> str:
-    """Where the default model computes negation: the localisation's own sentences (set beside Quantmeyer's
-    and Sammani's findings on real CLIP) and its figures."""
+def _localisation_sentences() -> list[str]:
+    """The localisation's sentences on the default model (none before it has run)."""
     folder = RESULTS / "validation" / "default" / "probe" / "localisation"
     if not folder.is_dir():
-        return "(not run yet)"
+        return []
     from analysis.report.localisation import localisation_sentences
     from probing.measure.localise import Localisation
 
-    text = " ".join(localisation_sentences(Localisation.load(folder)))
+    return localisation_sentences(Localisation.load(folder))
+
+
+def localisation_default() -> str:
+    """Where the default model computes negation: the localisation's own sentences (set beside Quantmeyer's
+    and Sammani's findings on real CLIP) and its figures."""
+    sentences = _localisation_sentences()
+    if not sentences:
+        return "(not run yet)"
+    text = " ".join(sentences)
     figures = [name for name in ("patching-scope-default", "patching-negation-default", "heads-default",
                                  "lens-default", "steering-default") if (FIGURES / f"{name}.png").is_file()]
     return text + "\n\n" + " ".join(f"![{name}](docs/figures/{name}.png)" for name in figures)
