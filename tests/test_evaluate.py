@@ -488,6 +488,7 @@ def test_cli_writes_json_and_markdown(tiny, shared_data, tmp_path, monkeypatch, 
                                        "image_folder/prompt_gap"}
     mcq = result["sections"]["negbench_mcq/coco"]
     assert mcq["metrics"]["mcq_accuracy"]["n"] == 6 and mcq["counts"]["n_skipped"] == 5914 - 251
+    assert result["sections"]["synthetic/negation"]["metrics"]["ccneg_accuracy"]["n"] == 6  # --limit 6 of 12
     assert result["sections"]["negbench_mcq/voc2007"]["counts"]["source"] == str(voc)
     markdown = (out / "evaluation.md").read_text()
     assert "| benchmark | metric | value | n | ties | published CLIP ViT-B/32 | published, other models |" in markdown
@@ -685,3 +686,19 @@ def test_a_benchmark_left_with_nothing_to_evaluate_is_a_failure_not_an_empty_tab
     assert out["sections"] == {}
     assert out["failed"] == {"negbench_mcq/mcq": f"{mcq}: nothing to evaluate: 2 rows read, none usable (image not "
                                                  "found (1); correct_answer 9 is not a caption index 0..3 (1))"}
+
+
+def test_limit_caps_the_synthetic_suite_too(tiny, world):
+    model, preprocess, tokenizer, _ = tiny
+    out = ev.evaluate_all(model, preprocess, tokenizer, which=["synthetic"], synthetic_world=world, limit=7,
+                          synthetic_n=40, synthetic_classification=30, batch_size=16)
+    sections = out["sections"]
+    assert sections["synthetic/negation"]["metrics"]["ccneg_accuracy"]["n"] == 7
+    assert sections["synthetic/scope"]["metrics"]["scope_accuracy"]["n"] == 7
+    assert sections["synthetic/prompt_gap"]["metrics"]["zero_shot_affirmative"]["n"] == 7
+    assert all(section["counts"]["limited_to"] == 7 for section in sections.values())
+    assert out["settings"]["synthetic"]["n"] == 7 and out["settings"]["synthetic"]["n_classification"] == 7
+    unlimited = ev.evaluate_all(model, preprocess, tokenizer, which=["synthetic"], synthetic_world=world,
+                                synthetic_n=40, synthetic_classification=30, batch_size=16)["sections"]
+    assert unlimited["synthetic/negation"]["metrics"]["ccneg_accuracy"]["n"] == 40
+    assert unlimited["synthetic/prompt_gap"]["metrics"]["zero_shot_affirmative"]["n"] == 30

@@ -23,13 +23,13 @@ from typing import Callable
 import pytest
 import torch
 
-from analysis.cli import ablate_layers, build_embedded, evaluate_negation, finetune_layers, probe_layers
+from analysis.cli import ablate_layers, build_embedded, evaluate_negation, finetune_layers, make_negations, probe_layers
 from analysis.cli.common import MESSAGE_LIMIT
 from tests.conftest import SHARED_DATA, tiny_config
 
 COMMANDS = {"probe-layers": probe_layers.main, "finetune-layers": finetune_layers.main,
             "evaluate-negation": evaluate_negation.main, "ablate-layers": ablate_layers.main,
-            "build-embedded": build_embedded.main}
+            "build-embedded": build_embedded.main, "make-negations": make_negations.main}
 IMAGES = SHARED_DATA / "coco_mini" / "val2017"
 IMAGE = "000000397133.jpg"  # one of the shared COCO images
 
@@ -568,7 +568,34 @@ BUILD_EMBEDDED = [
          CLIP_NEGATION_CACHE="{under_file}"),
 ]
 
-CASES = PROBE_LAYERS + FINETUNE_LAYERS + EVALUATE_NEGATION + ABLATE_LAYERS + BUILD_EMBEDDED
+MN = f"--image-root {IMAGES} --no-progress"
+MAKE_NEGATIONS = [
+    case("make-negations", f"{MN} --data {{missing}} --out {{out}}/n.csv", "nothing.csv: file not found"),
+    case("make-negations", f"{MN} --data {{empty_csv}} --out {{out}}/n.csv", "empty.csv: file is empty"),
+    case("make-negations", f"{MN} --data {{bad_json}} --out {{out}}/n.csv", "bad.json: invalid JSON"),
+    case("make-negations", f"{MN} --data {{text_file}} --out {{out}}/n.csv", "cannot tell the dataset kind"),
+    case("make-negations", f"{MN} --data {{mcq_no_images}} --out {{out}}/n.csv", "not negation examples"),
+    case("make-negations", f"{MN} --data {{ccneg_no_negation_column}} --out {{out}}/n.csv", "ccneg_cols.csv"),
+    case("make-negations", f"{MN} --data {{retrieval_bad_lists}} --out {{out}}/n.csv", "ret_bad.csv, row"),
+    case("make-negations", f"{MN} --data {{retrieval_bad_lists}} --skip-missing --out {{out}}/n.csv",
+         "no negation examples to write: 1 skipped (field 'captions' is not a Python list literal)"),
+    case("make-negations", f"{MN} --data {{coco_no_annotations}} --out {{out}}/n.csv", "instances_x.json"),
+    case("make-negations", f"{MN} --data {{ccneg_one_example}} --image-root {{file}} --out {{out}}/n.csv",
+         "image root is not a folder"),
+    case("make-negations", f"{MN} --data {{ccneg_one_example}} --out {{out}}/n.txt", "--out must end in .csv or .jsonl"),
+    case("make-negations", f"{MN} --data {{ccneg_one_example}} --out {{under_file}}/n.csv", "is a file"),
+    case("make-negations", f"{MN} --data {{ccneg_one_example}} --data-kind negbench_mcq --out {{out}}/n.csv",
+         "invalid choice: 'negbench_mcq'"),
+    case("make-negations", f"{MN} --data {{ccneg_one_example}} --per-image 0 --out {{out}}/n.csv",
+         "--per-image: must be >= 1"),
+    case("make-negations", f"{MN} --data {{ccneg_one_example}} --limit 0 --out {{out}}/n.csv", "--limit: must be >= 1"),
+    case("make-negations", f"{MN} --data {{ccneg_one_example}} --seed -1 --out {{out}}/n.csv", "--seed: must be >= 0"),
+    case("make-negations", f"{MN} --data {{ccneg_one_example}} --threads 0 --out {{out}}/n.csv",
+         "--threads: must be >= 1"),
+    case("make-negations", f"{MN} --data {{ccneg_one_example}}", "the following arguments are required: --out"),
+]
+
+CASES = PROBE_LAYERS + FINETUNE_LAYERS + EVALUATE_NEGATION + ABLATE_LAYERS + BUILD_EMBEDDED + MAKE_NEGATIONS
 
 
 def _id(item: Case) -> str:
@@ -692,3 +719,18 @@ def _replace(value, key, replacement):
     if isinstance(value, list):
         return [_replace(v, key, replacement) for v in value]
     return value
+
+
+@pytest.mark.parametrize("prog", sorted(COMMANDS))
+def test_every_command_takes_threads(prog):
+    """--threads N parses on every command (its value reaches the run), and 0 is refused."""
+    module = {"probe-layers": probe_layers, "finetune-layers": finetune_layers, "evaluate-negation": evaluate_negation,
+              "ablate-layers": ablate_layers, "build-embedded": build_embedded, "make-negations": make_negations}[prog]
+    assert module.PROG == prog
+    required = {"finetune-layers": ["--layers", "0", "--out", "x"], "evaluate-negation": ["--out", "x"],
+                "ablate-layers": ["--out", "x"], "probe-layers": ["--out", "x"],
+                "make-negations": ["--data", "x.json", "--out", "x.csv"]}.get(prog, [])
+    parser = module.build_parser()
+    assert parser.parse_args(required + ["--threads", "3"]).threads == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(required + ["--threads", "0"])

@@ -398,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse(argv, parser)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.prog = PROG  # provenance.json names the command, however it was started
     common.check_model_arguments(args, parser)
     if args.second_loss and not args.second_data:
         what = " (a NegBench MCQ file)" if args.second_loss in MCQ_LOSSES else " ('synthetic' or a data file)"

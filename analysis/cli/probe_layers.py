@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = check_args(parser.parse_args(argv), parser)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.prog = PROG  # provenance.json names the command, however it was started
     args.losses_given = any(flag == "--losses" or flag.startswith("--losses=") for flag in args.argv)
     return common.run(PROG, measure_select_report, args)
 

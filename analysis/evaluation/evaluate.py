@@ -574,8 +574,8 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     "failed": {section: data error}, "summary": {...}, "published": {section: {metric: [rows]}},
     "settings": {...}}. `files`: benchmark -> the user's files (see `analysis.evaluation.benchmarks`;
     a benchmark without files looks in `data_root`). `limit`: evaluate at most that many loaded rows
-    per file (per fold for SugarCREPE, per class for an image folder), for quick runs; the counts
-    record it. A data error in one file is recorded in "failed" and the others still run.
+    per file (per fold for SugarCREPE, per class for an image folder; for the synthetic suite, at most
+    that many examples, scope pairs and prompt-gap images), for quick runs; the counts record it. A data error in one file is recorded in "failed" and the others still run.
     ccneg_strip_commas: remove the commas of CC-Neg's negated captions, as the authors do.
     synthetic_world: the SyntheticWorld to evaluate on (default: `WorldConfig()` seeded with `seed`;
     pass the world a model was pretrained on, e.g. `finetune.embedded.world_for(spec)`).
@@ -589,6 +589,8 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     sources = Sources(data_root=data_root, image_root=image_root, image_roots=image_roots or {},
                       files={name: list(paths) for name, paths in (files or {}).items()}, image_folder=image_folder)
     plan = plan_benchmarks(sources, which)
+    if limit is not None:  # the synthetic suite too: at most `limit` examples, scope pairs and prompt-gap images
+        synthetic_n, synthetic_classification = min(synthetic_n, limit), min(synthetic_classification, limit)
     settings = {"n": synthetic_n, "n_classification": synthetic_classification, "split": synthetic_split,
                 "heldout": synthetic_heldout, "seed": seed, "world": synthetic_world}
     sections: dict[str, dict] = {}
@@ -602,14 +604,14 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
         try:
             produced = _run_job(name, job, model, preprocess, tokenizer,
                                 options={"batch_size": batch_size, "progress": False},
-                                limit=None if name == "synthetic" else limit, settings=settings, cache=cache,
+                                limit=limit, settings=settings, cache=cache,
                                 unreadable=unreadable, ccneg_strip_commas=ccneg_strip_commas)
         except DataError as error:
             failed[job.section] = str(error)
             continue
         for section, result in produced.items():
             counts = result["counts"]
-            if limit is not None and name != "synthetic":
+            if limit is not None:
                 counts["limited_to"] = limit
             if name == "ccneg":
                 counts["commas_stripped"] = ccneg_strip_commas

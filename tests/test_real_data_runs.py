@@ -1,0 +1,218 @@
+"""Real files end to end: make-negations writes what the generator gives and finetune-layers trains on it;
+finetune-layers on COCO instances, on a NegBench retrieval CSV with a missing image and on a small CC-Neg
+file; delta checkpoints; provenance.json of finetune-layers and probe-layers (checked against hashlib)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.cli import finetune_layers, make_negations, probe_layers
+from probing.data.ccneg import default_eval_size, load_ccneg, write_ccneg
+from probing.data.negations import load_negation_examples
+from tests.conftest import tiny_config
+
+FIELDS = ("caption", "presence_negated", "absence_negated", "cue", "negated_object", "absent_object", "subject")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny") / "tiny-real.json"
+    path.write_text(json.dumps(tiny_config(layers=2)))
+    return path
+
+
+@pytest.fixture
+def coco(shared_data) -> tuple[Path, Path]:
+    return shared_data / "coco_mini/annotations/instances_val2017.json", shared_data / "coco_mini/val2017"
+
+
+def train_args(tiny: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(tiny), "--layers", "0", "--steps", "2", "--batch-size", "8", "--warmup-steps", "1",
+            "--lr", "1e-4", "--log-every", "1", "--no-progress", "--no-tensorboard", "--threads", "1", "--device", "cpu",
+            "--workers", "0",
+            "--out", str(out), *extra]
+
+
+def metric_steps(out: Path) -> list[int]:
+    with open(out / "metrics.csv", newline="") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle)]
+
+
+# --- make-negations ----------------------------------------------------------------------------------
+
+def test_make_negations_writes_the_generators_examples_and_finetune_trains_on_them(coco, tiny, tmp_path, capsys):
+    instances, root = coco
+    out = tmp_path / "negations.csv"
+    assert make_negations.main(["--data", str(instances), "--image-root", str(root), "--per-image", "2",
+                                "--seed", "3", "--threads", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    direct = load_negation_examples(instances, image_root=root, seed=3, per_image=2)
+    back = load_ccneg(out, root, split="all", strip_commas=False)
+    assert len(back) == len(direct) > 100
+    for made, read in zip(direct, back):
+        assert Path(read.image) == Path(made.image).resolve()
+        assert {f: getattr(read, f) for f in FIELDS} == {f: getattr(made, f) for f in FIELDS}
+        assert (read.distractor_image is None) == (made.distractor_image is None)
+        assert read.distractor_image is None or Path(read.distractor_image) == Path(made.distractor_image).resolve()
+        assert read.meta["generated"] == made.meta["generated"] == ["presence_negated", "absence_negated"]
+    assert 0 < sum(e.distractor_image is not None for e in back) < len(back)  # mined where the annotations allow
+    assert all(not Path(row["image_path"]).is_absolute() for row in csv.DictReader(out.open()))  # relative to root
+    # split by image: no image on both sides, a fifth of the images for evaluation
+    train, held = load_ccneg(out, root, split="train"), load_ccneg(out, root, split="eval")
+    assert len(train) + len(held) == len(direct) and train and held
+    images = {str(e.image) for e in direct}
+    assert {str(e.image) for e in train}.isdisjoint(str(e.image) for e in held)
+    assert len({str(e.image) for e in held}) == default_eval_size(len(images))
+    # what was written and what the generator could not use are printed
+    filtered = direct.report.filtered["fewer than two visible objects"]
+    assert f"filtered {filtered}: fewer than two visible objects" in printed
+    assert f"wrote {out}: {len(direct)} examples ({len(train)} train, {len(held)} eval); skipped 0 rows" in printed
+
+    # --limit writes the first N
+    limited = tmp_path / "limited.jsonl"
+    assert make_negations.main(["--data", str(instances), "--image-root", str(root), "--seed", "3", "--per-image", "2",
+                                "--limit", "10", "--no-progress", "--out", str(limited)]) == 0
+    assert [e.caption for e in load_ccneg(limited, root, split="all")] == [e.caption for e in direct[:10]]
+
+    # finetune-layers trains on the written file (the absence-negated captions feed Omni-NegCLIP's loss)
+    run = tmp_path / "ft"
+    assert finetune_layers.main(train_args(tiny, run, "--data", str(out), "--image-root", str(root),
+                                           "--loss", "omni")) == 0
+    assert metric_steps(run) == [1, 2] and (run / "model.safetensors").is_file()
+    assert f"loaded {len(train)}, skipped 0" in capsys.readouterr().out  # the train split, read back
+
+
+def test_make_negations_on_negbench_reports_skipped_rows(shared_data, tmp_path, capsys):
+    retrieval = shared_data / "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv"
+    root = shared_data / "coco_mini/val2017"
+    out = tmp_path / "negbench.jsonl"
+    assert make_negations.main(["--data", str(retrieval), "--image-root", str(root), "--out", str(out)]) == 2
+    assert "image not found" in capsys.readouterr().err and not out.exists()  # strict: the first missing image
+    assert make_negations.main(["--data", str(retrieval), "--image-root", str(root), "--skip-missing",
+                                "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    back = load_ccneg(out, root, split="all", strip_commas=False)
+    assert len(back) == 141  # the rows whose image is among the 159 shared ones, once per image (MANIFEST.md)
+    assert "skipped 4841 rows" in printed and "skipped 4841: image not found" in printed
+    # the file's own negated captions are the absence-negated ones (true); the rules wrote the affirmative ones
+    assert all(e.meta["generated"] == ["caption", "presence_negated"] for e in back)
+
+
+# --- finetune-layers on real sources ------------------------------------------------------------------
+
+def test_finetune_on_coco_instances_and_provenance(coco, tiny, tmp_path, capsys):
+    instances, root = coco
+    run = tmp_path / "coco"
+    argv = train_args(tiny, run, "--data", str(instances), "--image-root", str(root))
+    assert finetune_layers.main(argv) == 0
+    assert metric_steps(run) == [1, 2]
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["command"] == ["finetune-layers", *argv]
+    assert provenance["data"]["--data"] == {"path": str(instances.resolve()),
+                                            "sha256": hashlib.sha256(instances.read_bytes()).hexdigest()}
+    assert provenance["data"]["--second-data"] is None
+    assert provenance["image_roots"]["--image-root"] == str(root.resolve())
+    assert provenance["toolkit"]["version"] == metadata.version("clip-negation-probe")
+    assert provenance["model"]["architecture"] == "tiny-real" and provenance["versions"]["torch"] == torch.__version__
+
+
+def test_probe_layers_writes_provenance(coco, tiny, tmp_path, capsys):
+    instances, root = coco
+    out = tmp_path / "probe"
+    argv = ["--model", str(tiny), "--data", str(instances), "--image-root", str(root), "--measurements", "probes",
+            "--null-models", "0", "--rule", "topk", "--k", "1", "--n-train", "40", "--n-test", "20", "--seeds", "0",
+            "--threads", "1", "--workers", "0", "--no-progress", "--out", str(out)]
+    assert probe_layers.main(argv) in (0, 1)
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["command"] == ["probe-layers", *argv]
+    assert provenance["data"]["--data"]["sha256"] == hashlib.sha256(instances.read_bytes()).hexdigest()
+    assert provenance["image_roots"] == {"--image-root": str(root.resolve())}
+    assert provenance["toolkit"]["version"] == metadata.version("clip-negation-probe")
+
+
+def test_finetune_on_negbench_with_a_missing_image_strict_and_skipping(shared_data, tiny, tmp_path, capsys):
+    source = shared_data / "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv"
+    root = shared_data / "coco_mini/val2017"
+    with source.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames
+        rows = [row for row in reader if (root / Path(row["filepath"]).name).is_file()][:24]
+    rows[5]["filepath"] = "data/coco/images/val2017/000000999999.jpg"  # not among the shared images
+    small = tmp_path / "retrieval.csv"
+    with small.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    run = tmp_path / "strict"
+    assert finetune_layers.main(train_args(tiny, run, "--data", str(small), "--image-root", str(root))) == 2
+    err = capsys.readouterr().err
+    assert "retrieval.csv, row " in err and "000000999999.jpg" in err and "Traceback" not in err
+    assert not (run / "model.safetensors").exists()
+    run = tmp_path / "skipping"
+    assert finetune_layers.main(train_args(tiny, run, "--data", str(small), "--image-root", str(root),
+                                           "--skip-missing")) == 0
+    printed = capsys.readouterr().out
+    assert f"{small}: loaded " in printed and ", skipped 1," in printed and "skipped 1: image not found" in printed
+    assert metric_steps(run) == [1, 2]
+
+
+def test_a_small_ccneg_file_has_train_and_eval_rows_and_trains(coco, tiny, tmp_path, capsys):
+    instances, root = coco
+    examples = load_negation_examples(instances, image_root=root, per_image=1)[:30]
+    small = write_ccneg(examples, tmp_path / "ccneg30.csv", image_root=root)  # no split column: the split rule
+    train, held = load_ccneg(small, root, split="train"), load_ccneg(small, root, split="eval")
+    assert (len(train), len(held)) == (24, 6)  # the last fifth for evaluation, not all 30 (CC-Neg's 40,000)
+    assert [e.row for e in held] == list(range(24, 30))
+    run = tmp_path / "ccneg"
+    assert finetune_layers.main(train_args(tiny, run, "--data", str(small), "--image-root", str(root))) == 0
+    assert metric_steps(run) == [1, 2]
+
+
+# --- delta checkpoints ---------------------------------------------------------------------------------
+
+def test_delta_checkpoint_holds_the_trained_tensors_and_needs_its_base(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    from finetune.plan import LayerPlan
+    from finetune.train import TrainConfig, train
+    from probing.models.compact import DIGEST_KEY
+    from probing.models.loading import (BASE_DIGEST_KEY, BASE_PATH_KEY, ModelLoadError, checkpoint_metadata, load_clip,
+                                        save_clip_checkpoint)
+    from probing.synthetic.world import SyntheticWorld, WorldConfig
+
+    torch.manual_seed(7)
+    model, _, _ = load_clip(str(tiny))
+    base = save_clip_checkpoint(model, tmp_path / "base" / "base.safetensors", model_name="tiny-real")
+    model, preprocess, tokenizer = load_clip(str(tiny), str(base))
+    examples = SyntheticWorld(WorldConfig(image_size=32), seed=0).examples(16, "train", seed=0)
+    config = TrainConfig(loss="conclip", lr=1e-3, warmup_steps=1, steps=2, batch_size=8, out_dir=str(tmp_path / "run"),
+                         model_name="tiny-real", progress=False, tensorboard=False, feature_cache=False,
+                         base={"path": str(base), "reference": ""})
+    result = train(model, tokenizer, preprocess, examples, LayerPlan(blocks=[1]), config)
+    delta = Path(result.model_path)
+    stored = load_file(str(delta))
+    assert set(stored) == {name for name, _ in model.named_parameters() if name.startswith("transformer.resblocks.1.")} \
+        | {"logit_scale"}
+    assert delta.stat().st_size < base.stat().st_size / 10
+    recorded = checkpoint_metadata(delta)
+    assert recorded[BASE_PATH_KEY] == str(base.resolve())
+    assert recorded[BASE_DIGEST_KEY] == checkpoint_metadata(base)[DIGEST_KEY]  # the base's own recorded SHA-256
+    reloaded, _, _ = load_clip(str(tiny), str(delta))
+    trained = model.state_dict()
+    assert all(torch.equal(value, trained[key].cpu()) for key, value in reloaded.state_dict().items())
+    assert not torch.equal(reloaded.transformer.resblocks[1].attn.in_proj_weight,
+                           load_clip(str(tiny), str(base))[0].transformer.resblocks[1].attn.in_proj_weight)
+    # a base with other weights, then no base at all: a clear error naming it
+    torch.manual_seed(8)
+    save_clip_checkpoint(load_clip(str(tiny))[0], base, model_name="tiny-real")
+    with pytest.raises(ModelLoadError, match="has other weights: restore the original base checkpoint"):
+        load_clip(str(tiny), str(delta))
+    base.unlink()
+    with pytest.raises(ModelLoadError, match=f"base checkpoint {base.resolve()} .* is missing"):
+        load_clip(str(tiny), str(delta))
