@@ -577,21 +577,38 @@ MAKE_NEGATIONS = [
     case("make-negations", f"{MN} --data {{mcq_no_images}} --out {{out}}/n.csv", "not negation examples"),
     case("make-negations", f"{MN} --data {{ccneg_no_negation_column}} --out {{out}}/n.csv", "ccneg_cols.csv"),
     case("make-negations", f"{MN} --data {{retrieval_bad_lists}} --out {{out}}/n.csv", "ret_bad.csv, row"),
-    case("make-negations", f"{MN} --data {{retrieval_bad_lists}} --skip-missing --out {{out}}/n.csv",
-         "no negation examples to write: 1 skipped (field 'captions' is not a Python list literal)"),
+    case(
+        "make-negations",
+        f"{MN} --data {{retrieval_bad_lists}} --skip-missing --out {{out}}/n.csv",
+        "no negation examples to write: 1 skipped (field 'captions' is not a Python list literal)",
+    ),
     case("make-negations", f"{MN} --data {{coco_no_annotations}} --out {{out}}/n.csv", "instances_x.json"),
-    case("make-negations", f"{MN} --data {{ccneg_one_example}} --image-root {{file}} --out {{out}}/n.csv",
-         "image root is not a folder"),
-    case("make-negations", f"{MN} --data {{ccneg_one_example}} --out {{out}}/n.txt", "--out must end in .csv or .jsonl"),
+    case(
+        "make-negations",
+        f"{MN} --data {{ccneg_one_example}} --image-root {{file}} --out {{out}}/n.csv",
+        "image root is not a folder",
+    ),
+    case(
+        "make-negations", f"{MN} --data {{ccneg_one_example}} --out {{out}}/n.txt", "--out must end in .csv or .jsonl"
+    ),
     case("make-negations", f"{MN} --data {{ccneg_one_example}} --out {{under_file}}/n.csv", "is a file"),
-    case("make-negations", f"{MN} --data {{ccneg_one_example}} --data-kind negbench_mcq --out {{out}}/n.csv",
-         "invalid choice: 'negbench_mcq'"),
-    case("make-negations", f"{MN} --data {{ccneg_one_example}} --per-image 0 --out {{out}}/n.csv",
-         "--per-image: must be >= 1"),
+    case(
+        "make-negations",
+        f"{MN} --data {{ccneg_one_example}} --data-kind negbench_mcq --out {{out}}/n.csv",
+        "invalid choice: 'negbench_mcq'",
+    ),
+    case(
+        "make-negations",
+        f"{MN} --data {{ccneg_one_example}} --per-image 0 --out {{out}}/n.csv",
+        "--per-image: must be >= 1",
+    ),
     case("make-negations", f"{MN} --data {{ccneg_one_example}} --limit 0 --out {{out}}/n.csv", "--limit: must be >= 1"),
     case("make-negations", f"{MN} --data {{ccneg_one_example}} --seed -1 --out {{out}}/n.csv", "--seed: must be >= 0"),
-    case("make-negations", f"{MN} --data {{ccneg_one_example}} --threads 0 --out {{out}}/n.csv",
-         "--threads: must be >= 1"),
+    case(
+        "make-negations",
+        f"{MN} --data {{ccneg_one_example}} --threads 0 --out {{out}}/n.csv",
+        "--threads: must be >= 1",
+    ),
     case("make-negations", f"{MN} --data {{ccneg_one_example}}", "the following arguments are required: --out"),
 ]
 
@@ -662,6 +679,7 @@ def test_damaged_shipped_metadata_is_named(fx, capsys, monkeypatch):
     ("evaluate-negation", ["--batch-size", "0", "--out", "x"], "--batch-size: must be >= 1"),
     ("ablate-layers", ["--lr", "1e30", "--out", "x"], "--lr: must be <= 1"),
     ("build-embedded", ["--threads", "0"], "--threads: must be >= 1"),
+    ("make-negations", ["--data", "missing.json", "--out", "x.csv"], "missing.json"),
 ])
 def test_installed_commands_exit_2_without_a_traceback(prog, argv, message, tmp_path):
     """The same contract at the process level, through the installed entry points."""

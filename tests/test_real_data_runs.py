@@ -33,10 +33,33 @@ def coco(shared_data) -> tuple[Path, Path]:
 
 
 def train_args(tiny: Path, out: Path, *extra: str) -> list[str]:
-    return ["--model", str(tiny), "--layers", "0", "--steps", "2", "--batch-size", "8", "--warmup-steps", "1",
-            "--lr", "1e-4", "--log-every", "1", "--no-progress", "--no-tensorboard", "--threads", "1", "--device", "cpu",
-            "--workers", "0",
-            "--out", str(out), *extra]
+    return [
+        "--model",
+        str(tiny),
+        "--layers",
+        "0",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--warmup-steps",
+        "1",
+        "--lr",
+        "1e-4",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--no-tensorboard",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def metric_steps(out: Path) -> list[int]:
@@ -182,8 +205,14 @@ def test_delta_checkpoint_holds_the_trained_tensors_and_needs_its_base(tiny, tmp
     from finetune.plan import LayerPlan
     from finetune.train import TrainConfig, train
     from probing.models.compact import DIGEST_KEY
-    from probing.models.loading import (BASE_DIGEST_KEY, BASE_PATH_KEY, ModelLoadError, checkpoint_metadata, load_clip,
-                                        save_clip_checkpoint)
+    from probing.models.loading import (
+        BASE_DIGEST_KEY,
+        BASE_PATH_KEY,
+        ModelLoadError,
+        checkpoint_metadata,
+        load_clip,
+        save_clip_checkpoint,
+    )
     from probing.synthetic.world import SyntheticWorld, WorldConfig
 
     torch.manual_seed(7)
@@ -197,8 +226,9 @@ def test_delta_checkpoint_holds_the_trained_tensors_and_needs_its_base(tiny, tmp
     result = train(model, tokenizer, preprocess, examples, LayerPlan(blocks=[1]), config)
     delta = Path(result.model_path)
     stored = load_file(str(delta))
-    assert set(stored) == {name for name, _ in model.named_parameters() if name.startswith("transformer.resblocks.1.")} \
-        | {"logit_scale"}
+    assert set(stored) == {
+        name for name, _ in model.named_parameters() if name.startswith("transformer.resblocks.1.")
+    } | {"logit_scale"}
     assert delta.stat().st_size < base.stat().st_size / 10
     recorded = checkpoint_metadata(delta)
     assert recorded[BASE_PATH_KEY] == str(base.resolve())

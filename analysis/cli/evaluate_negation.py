@@ -65,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-folder", type=Path, help="folder of class-named subfolders of images (prompt gap)")
     data.add_argument("--benchmarks", help=f"comma list among {', '.join(BENCHMARKS)} "
                                            "(default: every benchmark whose files are found)")
-    data.add_argument("--limit", type=positive_int, help="evaluate at most N rows per benchmark, the synthetic one included "
-                                                        "(at most N of its examples, scope pairs and images) (quick runs)")
+    data.add_argument(
+        "--limit",
+        type=positive_int,
+        help="evaluate at most N rows per benchmark, the synthetic one included "
+        "(at most N of its examples, scope pairs and images) (quick runs)",
+    )
     synthetic = parser.add_argument_group("synthetic world")
     synthetic.add_argument("--synthetic-n", type=positive_int, default=1000, help="negation examples and scope pairs")
     synthetic.add_argument("--synthetic-classification", type=positive_int, default=360,

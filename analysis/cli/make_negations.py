@@ -45,8 +45,11 @@ def build_parser() -> common.CommandParser:
     data.add_argument("--skip-missing", "--skip-bad-rows", dest="skip_bad_rows", action="store_true",
                       help="skip rows whose image is missing or that are malformed, and report them "
                            "(default: stop at the first)")
-    data.add_argument("--ccneg-keep-commas", action="store_true",
-                      help="CC-Neg input: keep the commas of the negated captions (default: removed, as the authors do)")
+    data.add_argument(
+        "--ccneg-keep-commas",
+        action="store_true",
+        help="CC-Neg input: keep the commas of the negated captions (default: removed, as the authors do)",
+    )
     generator = parser.add_argument_group("generator (COCO and NegBench retrieval files)")
     generator.add_argument("--per-image", type=positive_int, default=1, help="negation examples per image")
     generator.add_argument("--max-subjects", type=positive_int, default=1,

@@ -575,7 +575,8 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     "settings": {...}}. `files`: benchmark -> the user's files (see `analysis.evaluation.benchmarks`;
     a benchmark without files looks in `data_root`). `limit`: evaluate at most that many loaded rows
     per file (per fold for SugarCREPE, per class for an image folder; for the synthetic suite, at most
-    that many examples, scope pairs and prompt-gap images), for quick runs; the counts record it. A data error in one file is recorded in "failed" and the others still run.
+    that many examples, scope pairs and prompt-gap images), for quick runs; the counts record it. A data
+    error in one file is recorded in "failed" and the others still run.
     ccneg_strip_commas: remove the commas of CC-Neg's negated captions, as the authors do.
     synthetic_world: the SyntheticWorld to evaluate on (default: `WorldConfig()` seeded with `seed`;
     pass the world a model was pretrained on, e.g. `finetune.embedded.world_for(spec)`).
