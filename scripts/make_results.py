@@ -216,6 +216,14 @@ def performance() -> str:
     return bench_tables.render(bench_tables.load_records())
 
 
+def pipeline() -> str:
+    """The CC-Neg pipeline's measured throughput and estimated wall time (benchmarks/bench_pipeline.py's record)."""
+    sys.path.insert(0, str(REPO))
+    from scripts import bench_tables
+
+    return bench_tables.render_pipeline(bench_tables.load_records())
+
+
 def localisation_default() -> str:
     """Where the default model computes negation: the localisation's own sentences (set beside Quantmeyer's
     and Sammani's findings on real CLIP) and its figures."""
@@ -244,6 +252,7 @@ BLOCKS = {
     "real-data": real_data,
     "localisation-default": localisation_default,
     "performance": performance,
+    "pipeline": pipeline,
 }
 
 
