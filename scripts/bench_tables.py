@@ -5,6 +5,8 @@
 scripts/make_results.py puts them into the README's Performance section (its "performance" block).
 Records: benchmarks/results/<benchmark>-<device>.json, as the scripts in benchmarks/ write them
 (one per benchmark and device; a CUDA record, when there is one, gets its own tables with the GPU's name and date).
+The pipeline record (`benchmarks/bench_pipeline.py`: measured throughput and the full CC-Neg pipeline's
+estimated wall time) has a block of its own ("pipeline", `render_pipeline`).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def load_records(folder: Path = RESULTS) -> dict[tuple[str, str], dict]:
 
 
 def render(records: dict[tuple[str, str], dict]) -> str:
-    """All tables, CPU first; a line saying that GPU figures are missing when there is no CUDA record."""
+    """All throughput tables, CPU first; a line saying that GPU figures are missing when there is no CUDA
+    record. The pipeline estimate is rendered apart (`render_pipeline`)."""
     parts = []
     for device in ("cpu", "cuda"):
         for benchmark, table in (("capture", capture_table), ("causal", causal_table), ("train", train_table),
@@ -137,11 +140,67 @@ def synthetic_table(record: dict) -> str:
             f"{record['image_size']} px. {_machine(record)}.\n\n" + _rows(["set", "time", "items/s"], rows, labels=1))
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds / 60:,.1f} min"
+
+
+def render_pipeline(records: dict[tuple[str, str], dict]) -> str:
+    """The pipeline's measured throughput and estimated wall time, per device measured (CPU first)."""
+    tables = [pipeline_table(records[("pipeline", device)]) for device in ("cpu", "cuda")
+              if ("pipeline", device) in records]
+    return "\n\n".join(tables) or "(not measured yet: `python benchmarks/bench_pipeline.py`)"
+
+
+def pipeline_table(record: dict) -> str:
+    """Measured throughput, then each phase of the CC-Neg pipeline as items x seconds per item."""
+    sizes, estimate, load = record["sizes"], record["estimate"], record["load_average"]
+    measured = _rows(["measurement", "unit", "items per run", "time per run", "per second"],
+                     [[f"`{name}`", e["unit"], f"{e['items']:,}", _spread(e), f"{e['items_per_s']:,.2f}"]
+                      for name, e in record["measured"].items()])
+    on_gpu = record["machine"]["device"].startswith("cuda")
+    gpu_cell = [] if on_gpu else [estimate["gpu"]]  # a CPU record: the GPU column says it was not measured
+    rows = []
+    for phase, entry in estimate["phases"].items():
+        for part in entry["parts"]:
+            rows.append([phase, part["what"], f"{part['items']:,}",
+                         f"{part['s_per_item']:.4g} s (`{part['measurement']}`)", _duration(part["seconds"])]
+                        + [""] * len(gpu_cell))
+        rows.append([f"**{phase}**", "", "", "", f"**{_duration(entry['seconds'])}**"] + gpu_cell)
+    rows.append(["**total**", "", "", "", f"**{_duration(estimate['total_s'])}**"] + gpu_cell)
+    where = record["machine"].get("gpu") or "this CPU"
+    header = ["phase", "part", "items", "seconds per item", f"wall time on {where}"] + ["one GPU"] * len(gpu_cell)
+    table = _rows(header, rows, labels=2)
+    p = sizes["probe"]
+    gpu = ("" if on_gpu else
+           f"\n\nOne GPU: {estimate['gpu']}; no GPU figure is derived here, from peak-rate ratios or otherwise. "
+           "`python benchmarks/bench_pipeline.py --device cuda` is the way to measure it on one (that path has "
+           "not run: no GPU was available).")
+    front = (f"Fine-tuning the front half of the text tower instead (`train_step_front`, a plan of the kind "
+             f"`probe-layers` selects): {_duration(estimate['front_plan_finetuning_s'])}. ")
+    return (f"**CC-Neg pipeline** (`benchmarks/bench_pipeline.py`): {_model(record)}, {record['model']['image_tower']} "
+            f"image tower, {record['model']['dtype']}, through the toolkit's own paths on the shared COCO images with "
+            f"a caption and a negated caption per image. {_machine(record)}. The machine is shared (load average "
+            f"{load['before'][0]:.2f} before, {load['after'][0]:.2f} after, on {load['cpu_count']} cores): the times "
+            f"are upper bounds. `probe_fit` is timed in {record['arguments']['probe_rounds']} run(s) of its own after "
+            f"the others.\n\n{measured}\n\nEstimated wall time of the whole pipeline at CC-Neg's size "
+            f"({sizes['train_rows']:,} training rows, {sizes['eval_rows']:,} evaluation rows, "
+            f"{sizes['captions_per_row']} captions each): `probe-layers` at its defaults ({p['max_examples']:,} "
+            f"examples, {p['null_models']} null models, {p['seeds']} probe seeds, {p['n_sensitivity']} sensitivity "
+            f"and {p['n_causal']} causal examples, "
+            f"{p['grad_batches']} gradient batches of {p['grad_batch_size']}, {p['null_grad_batches']} on each null "
+            f"model, for the losses CC-Neg feeds: "
+            f"{', '.join(p['losses_fed'])}), then the "
+            f"`{sizes['recipe']}` recipe ({sizes['epochs']} epochs, batch {sizes['batch_size']}; the seconds per "
+            f"example were measured at batch {record['arguments']['batch_size']}), then CC-Neg accuracy. Each row is "
+            f"items x seconds per item.\n\n{table}\n\n{front}Not included: {'; '.join(estimate['not_covered'])}." + gpu)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    print(render(load_records(args.results)))
+    records = load_records(args.results)
+    print(render(records) + "\n\n" + render_pipeline(records))
     return 0
 
 

@@ -212,17 +212,20 @@ def benchmarks() -> str:
     return "\n".join(lines)
 
 
-def real_data() -> str:
-    path = RESULTS / "real-data.md"
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else "(not run yet)"
-
-
 def performance() -> str:
     """The benchmarks' tables, from benchmarks/results/*.json (scripts/bench_tables.py renders them)."""
     sys.path.insert(0, str(REPO))
     from scripts import bench_tables
 
     return bench_tables.render(bench_tables.load_records())
+
+
+def pipeline() -> str:
+    """The CC-Neg pipeline's measured throughput and estimated wall time (benchmarks/bench_pipeline.py's record)."""
+    sys.path.insert(0, str(REPO))
+    from scripts import bench_tables
+
+    return bench_tables.render_pipeline(bench_tables.load_records())
 
 
 def _localisation_sentences() -> list[str]:
@@ -258,9 +261,9 @@ BLOCKS = {
     "scope-recipe": scope_recipe,
     "recipes": recipes,
     "benchmarks": benchmarks,
-    "real-data": real_data,
     "localisation-default": localisation_default,
     "performance": performance,
+    "pipeline": pipeline,
 }
 
 

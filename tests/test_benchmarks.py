@@ -1,6 +1,7 @@
 """The benchmarks run and record what they claim; their FLOP counts agree with torch's counter; the
-README's performance tables are the ones scripts/bench_tables.py renders from the committed records
-(scripts/make_results.py puts them there)."""
+pipeline estimate is items x seconds per item; the README's performance tables and pipeline estimate
+are the ones scripts/bench_tables.py renders from the committed records (scripts/make_results.py puts
+them there)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import bench_capture, bench_causal, bench_synthetic, bench_train, harness
+from benchmarks import bench_capture, bench_causal, bench_pipeline, bench_synthetic, bench_train, harness
 from probing.models.loading import load_clip
 from probing.models.text_tower import TextTower
 from scripts import bench_tables
@@ -117,12 +118,76 @@ def test_tables_render_the_records(tmp_path):
         assert "GPU (bfloat16) throughput has not been measured" in text
     readme = (REPO / "README.md").read_text()
     assert text.strip() in readme, "README tables are stale: run python scripts/make_results.py"
+    assert ("pipeline", "cpu") in records and "CC-Neg pipeline" not in text  # a block of its own
+    pipeline = bench_tables.render_pipeline(records)
+    total = bench_tables._duration(records[("pipeline", "cpu")]["estimate"]["total_s"])
+    assert f"| **total** |  |  |  | **{total}** | not measured (no GPU in this environment) |" in pipeline
+    assert pipeline.strip() in readme, "README pipeline estimate is stale: run python scripts/make_results.py"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there: the CUDA path runs instead of being skipped")
 def test_gpu_benchmarks_say_they_are_skipped_without_a_gpu(tmp_path, capsys):
-    for bench in (bench_capture, bench_train):
+    for bench in (bench_capture, bench_train, bench_pipeline):
         with pytest.raises(SystemExit) as stopped:
             bench.main(["--device", "cuda", "--out", str(tmp_path / "gpu.json")])
         assert stopped.value.code == 0 and "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "gpu.json").exists()
+
+
+def _measured(seconds_per_item: dict[str, float], items: int = 4) -> dict:
+    return {name: {"median_s": s * items, "items": items} for name, s in seconds_per_item.items()}
+
+
+def test_pipeline_estimate_is_items_times_seconds_per_item():
+    per_item = {"image_features": 0.05, "train_step_front": 0.1, "train_step_all": 0.25, "capture": 0.01,
+                "probe_fit": 30.0, "evaluation": 0.07}
+    sizes = bench_pipeline.pipeline_sizes(12)
+    estimate = bench_pipeline.estimate(_measured(per_item), sizes)
+    p = sizes["probe"]
+    assert (sizes["train_rows"], sizes["eval_rows"], sizes["epochs"], p["null_models"]) == (188_246, 40_000, 5, 10)
+    assert p["losses_fed"] == ["clip", "conclip", "omni_presence"]  # CC-Neg has no absence-negated caption
+    # the counts written out here by hand from probe-layers' defaults (4,000 examples of 2 captions, 11 models,
+    # 5 seeds, 400 sensitivity examples with 3 captions each, 13 layer indices + baseline, 4 + 10 x 2 gradient
+    # batches of 64 for 3 losses, 4 x 64 + 400 images)
+    expected = {"features": 188_246 * 0.05,
+                "probe-layers": (11 * 8_000 + 11 * 1_200 + 14 * 800) * 0.01 + 20 * 30.0 + 24 * 64 * 3 * 0.25
+                                + 656 * 0.05,
+                "fine-tuning": 5 * 188_246 * 0.25,
+                "evaluation": 40_000 * 0.07}
+    for phase, seconds in expected.items():
+        assert estimate["phases"][phase]["seconds"] == pytest.approx(seconds)
+        parts = estimate["phases"][phase]["parts"]
+        assert sum(part["items"] * per_item[part["measurement"]] for part in parts) == pytest.approx(seconds)
+    assert estimate["total_s"] == pytest.approx(sum(expected.values()))
+    assert estimate["front_plan_finetuning_s"] == pytest.approx(5 * 188_246 * 0.1)
+    assert estimate["gpu"] == "not measured (no GPU in this environment)"
+    record = {"machine": {"date": "2026-11-30", "cpu": "CPU", "torch_threads": 1, "torch": "2", "device": "cpu"},
+              "arguments": {"rounds": 3, "probe_rounds": 1, "batch_size": 64},
+              "model": {"name": "m", "layers": 12, "width": 512, "heads": 8, "context": 77, "weights": "random",
+                        "image_tower": "VisionTransformer", "dtype": "float32"},
+              "load_average": {"before": [2.0, 2.0, 2.0], "after": [2.5, 2.0, 2.0], "cpu_count": 2},
+              "measured": {name: {**entry, "unit": "item", "relative_spread": 0.0, "items_per_s": 1 / per_item[name]}
+                           for name, entry in _measured(per_item).items()},
+              "sizes": sizes, "estimate": estimate}
+    text = bench_tables.render_pipeline({("pipeline", "cpu"): record})
+    fine_tuning = 5 * 188_246 * 0.25 / 3600
+    assert f"| fine-tuning | 5 epochs of the training split (conclip recipe) | 941,230 | 0.25 s (`train_step_all`) | " \
+           f"{fine_tuning:,.1f} h |  |" in text
+    assert f"| evaluation | CC-Neg accuracy on the evaluation split (images, both captions) | 40,000 | 0.07 s " \
+           f"(`evaluation`) | {40_000 * 0.07 / 60:,.1f} min |  |" in text
+    assert f"| **total** |  |  |  | **{sum(expected.values()) / 3600:,.1f} h** | not measured (no GPU in this " \
+           "environment) |" in text
+    assert "One GPU: not measured (no GPU in this environment)" in text
+
+
+def test_pipeline_benchmark_measures_every_part(write_config, tmp_path):
+    path = bench_pipeline.main(["--model", str(write_config("tiny-bench-pipeline", layers=2)), "--threads", "1",
+                                "--rounds", "1", "--images", "4", "--batch-size", "4", "--captions", "16",
+                                "--out", str(tmp_path / "pipeline.json")])
+    record = json.loads(path.read_text())
+    assert set(record["measured"]) == {"image_features", "train_step_front", "train_step_all", "capture", "probe_fit",
+                                       "evaluation"}
+    for entry in record["measured"].values():
+        assert entry["items_per_s"] == pytest.approx(entry["items"] / entry["median_s"]) and entry["median_s"] > 0
+    assert record["sizes"]["n_layers"] == 2 and len(record["load_average"]["before"]) == 3
+    assert record["estimate"] == json.loads(json.dumps(bench_pipeline.estimate(record["measured"], record["sizes"])))
