@@ -80,7 +80,11 @@ def evidence_default() -> str:
         return "(not run yet: `python scripts/validation_study.py --only default`)"
     localisation = set(_localisation_sentences())  # they have their own block (localisation-default)
     sentences = list(dict.fromkeys(s for s in report["summary"] if s not in localisation))
-    return "> " + "\n> ".join(sentences) + "\n\n![evidence](docs/figures/evidence-default.png)"
+    run = report.get("run", {})
+    threads = run.get("arguments", {}).get("threads")
+    timing = (f"\n\nThis run of `probe-layers` took {run['seconds'] / 60:.1f} min "
+              f"({threads or 'default'} thread(s); the localisation included)." if run.get("seconds") else "")
+    return "> " + "\n> ".join(sentences) + timing + "\n\n![evidence](docs/figures/evidence-default.png)"
 
 
 # the models scripts/validation_study.py studies
