@@ -138,9 +138,12 @@ def validity_table() -> str:
 
 
 def validity_sentences() -> str:
+    """The validity verdict per model, said again from its numbers (validity.json) by today's wording."""
+    from analysis.ablation.validity import from_json, verdict
+
     out = []
     for path in sorted((RESULTS / "validation").glob("*/ablation/validity.json")):
-        out.append(f"**{path.parent.parent.name}.** " + " ".join(_json(path)["sentences"]))
+        out.append(f"**{path.parent.parent.name}.** " + " ".join(verdict(from_json(_json(path)))))
     return "\n\n".join(out) or "(not run yet)"
 
 

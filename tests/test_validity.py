@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from analysis.ablation.study import openclip_last_plan, resolve_variants, window_blocks, windows_of
-from analysis.ablation.validity import assess, verdict
+from analysis.ablation.validity import assess, from_json, verdict
 
 N_LAYERS, N_ITEMS = 4, 60
 
@@ -59,6 +59,22 @@ def test_verdict_says_whether_the_evidence_predicted_and_the_target_was_met():
     assert "misses the 95% target" in text  # 0.55 of 0.65 is below 95 %
     good = dict(RATES, selected=0.66)
     assert "meets the 95% target" in " ".join(verdict(assess(make_runs(good), EVIDENCE, [0, 1], n_layers=N_LAYERS)))
+
+
+def test_verdict_names_the_combined_score_when_only_a_part_predicted():
+    """The plan is chosen by the combined score: a part that correlates does not make the evidence predictive."""
+    import dataclasses
+    import json
+
+    results = assess(make_runs(RATES), EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=200)
+    mean = results["mean"]
+    results["mean"] = dataclasses.replace(mean, rho_low={**mean.rho_low, "combined": -0.1, "probe": 0.05})
+    text = " ".join(verdict(results))
+    assert "The combined score the plan was chosen by did not predict" in text and "probe did" in text
+    assert "The evidence predicted where fine-tuning works" not in text
+    # the sentences come back the same from validity.json's numbers
+    record = json.loads(json.dumps({"axes": {axis: v.to_dict() for axis, v in results.items()}}))
+    assert verdict(from_json(record)) == verdict(results)
 
 
 def test_validity_refuses_a_study_without_the_sweep_or_the_windows():

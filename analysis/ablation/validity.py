@@ -145,6 +145,11 @@ def _spearman(score: np.ndarray, gains: np.ndarray) -> float:
     return float(stats.spearmanr(score, gains).statistic)
 
 
+def from_json(record: dict) -> dict[str, Validity]:
+    """The per-axis results of a validity.json (as AblationStudy writes them: `Validity.to_dict` per axis)."""
+    return {axis: Validity(**fields) for axis, fields in record["axes"].items()}
+
+
 def verdict(results: dict[str, Validity]) -> list[str]:
     """Plain sentences: did the evidence predict the ablation, and does the plan meet the target?"""
     sentences = []
@@ -160,10 +165,18 @@ def verdict(results: dict[str, Validity]) -> list[str]:
     predicted = [name for name in mean.rho if not np.isnan(mean.rho_low[name]) and mean.rho_low[name] > 0]
     sentences.append("Spearman correlation of each kind of evidence with the single-block gains (mean of held-out "
                      "objects and templates, 95% bootstrap interval over seeds and items): " + "; ".join(parts) + ".")
-    sentences.append(("The evidence predicted where fine-tuning works: " + ", ".join(predicted) +
-                      " correlate(s) positively with the per-block gains beyond the bootstrap noise.") if predicted else
-                     "No kind of evidence predicted the per-block gains: every correlation's interval includes 0 or "
-                     "lies below it.")
+    others = [name for name in predicted if name != "combined"]
+    if "combined" in predicted:  # the score the plan was chosen by
+        sentences.append("The evidence predicted where fine-tuning works: the combined score the plan was chosen by "
+                         "correlates positively with the per-block gains beyond the bootstrap noise"
+                         + (f" (so do: {', '.join(others)})." if others else "."))
+    elif others:
+        sentences.append("The combined score the plan was chosen by did not predict the per-block gains (its interval "
+                         f"includes 0 or lies below it); of its parts, {', '.join(others)} did, beyond the bootstrap "
+                         "noise.")
+    else:
+        sentences.append("No kind of evidence predicted the per-block gains: every correlation's interval includes 0 "
+                         "or lies below it.")
     met = []
     for axis in AXES:
         v = results[axis]
