@@ -384,8 +384,9 @@ class Source:
 
 class Trainer:
     def __init__(self, model: nn.Module, tokenizer: Callable, preprocess: Callable, examples: Sequence[Any],
-                 plan: LayerPlan, config: TrainConfig, second_examples: Sequence[Any] | None = None):
-        self.config, self.plan, self.model = config, plan, model
+                 plan: LayerPlan, config: TrainConfig, second_examples: Sequence[Any] | None = None,
+                 provenance: dict | None = None):
+        self.config, self.plan, self.model, self.provenance = config, plan, model, provenance
         self.device = rank_device(resolve_device(config.device))
         self.dist = setup_distributed(self.device)
         self.spec: LossSpec = loss_spec(config.loss)
@@ -556,6 +557,8 @@ class Trainer:
             atomic_write_json(self.out_dir / "run.json", {"config": asdict(config), "plan": self.plan.to_dict(),
                                                          "total_steps": self.total_steps,
                                                          "world_size": self.dist.world_size})
+            if self.provenance is not None:
+                atomic_write_json(self.out_dir / "provenance.json", self.provenance)
         progress = _progress_bar(self.total_steps, self.step, enabled=config.progress and self.dist.is_main)
         samples_per_step = config.batch_size * config.grad_accum
         started = window_start = time.perf_counter()
@@ -609,10 +612,12 @@ def _progress_bar(total: int, initial: int, *, enabled: bool):
 
 
 def train(model: nn.Module, tokenizer: Callable, preprocess: Callable, examples: Sequence[Any],
-          plan: LayerPlan, config: TrainConfig, second_examples: Sequence[Any] | None = None) -> TrainResult:
+          plan: LayerPlan, config: TrainConfig, second_examples: Sequence[Any] | None = None, *,
+          provenance: dict | None = None) -> TrainResult:
     """Fine-tune `model` in place on `examples` with the parts `plan` names; see TrainConfig.
-    second_examples: the second data source, trained with `config.second_loss` (module docstring)."""
-    trainer = Trainer(model, tokenizer, preprocess, examples, plan, config, second_examples)
+    second_examples: the second data source, trained with `config.second_loss` (module docstring).
+    provenance: written to <out_dir>/provenance.json beside run.json, once every check has passed."""
+    trainer = Trainer(model, tokenizer, preprocess, examples, plan, config, second_examples, provenance)
     try:
         return trainer.fit()
     finally:

@@ -351,17 +351,23 @@ def toolkit_version() -> dict[str, str | None]:
     return {"version": version, "git_commit": commit}
 
 
-def write_provenance(folder: str | os.PathLike, args: argparse.Namespace, *, model=None,
-                     data: dict[str, str | os.PathLike | None] | None = None,
-                     image_roots: dict[str, str | os.PathLike | None] | None = None,
-                     extra: dict | None = None, name: str = "provenance.json") -> Path:
-    """<folder>/provenance.json: the command line, the toolkit's version, the model (its checkpoint by path,
-    file SHA-256 and recorded weights SHA-256; a delta's base), each data file by path and SHA-256, the image
-    roots and the library versions. Written atomically; data files are hashed here (a few seconds per GB)."""
+def write_provenance(folder: str | os.PathLike, args: argparse.Namespace, *, name: str = "provenance.json",
+                     **what) -> Path:
+    """<folder>/provenance.json (`provenance_record`), written atomically."""
+    from probing.io import atomic_write_json
+
+    return atomic_write_json(Path(folder) / name, provenance_record(args, **what))
+
+
+def provenance_record(args: argparse.Namespace, *, model=None,
+                      data: dict[str, str | os.PathLike | None] | None = None,
+                      image_roots: dict[str, str | os.PathLike | None] | None = None,
+                      extra: dict | None = None) -> dict:
+    """What a run folder's provenance.json holds: the command line, the toolkit's version, the model (its
+    checkpoint by path, file SHA-256 and recorded weights SHA-256; a delta's base), each data file by path and
+    SHA-256, the image roots and the library versions. Data files are hashed here (a few seconds per GB)."""
     import platform
     import time
-
-    from probing.io import atomic_write_json
 
     versions = {"python": platform.python_version()}
     for module in ("torch", "open_clip", "numpy"):
@@ -381,7 +387,7 @@ def write_provenance(folder: str | os.PathLike, args: argparse.Namespace, *, mod
     record["image_roots"] = {option: None if root is None else str(Path(root).resolve())
                              for option, root in (image_roots or {}).items()}
     record.update(extra or {})
-    return atomic_write_json(Path(folder) / name, record)
+    return record
 
 
 def _model_provenance(bundle) -> dict:

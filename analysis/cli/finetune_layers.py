@@ -456,7 +456,6 @@ def finetune(args: argparse.Namespace) -> int:
     if plan is None:  # --layers all
         extras = {f"train_{extra}": getattr(args, f"train_{extra}") for extra in EXTRAS}
         plan = LayerPlan(list(range(TextTower.from_model(bundle.model).n_layers)), rule="all blocks", **extras)
-    plan.validate(TextTower.from_model(bundle.model).n_layers)  # before anything is written to --out
     try:
         config = TrainConfig(
             loss=args.loss, loss_kwargs=args.loss_kwargs, loss_weight=args.loss_weight, lr=args.lr,
@@ -481,11 +480,13 @@ def finetune(args: argparse.Namespace) -> int:
         second = (real.get("second") or load_examples(args, world, second=True)) if args.second_data else None
         if world is not None and (synthetic or bundle.world_recorded):
             config = replace(config, checkpoint_metadata=world_metadata(world))  # the output keeps the record
-        common.write_provenance(args.out, args, model=bundle,
-                                data={"--data": args.data, "--second-data": args.second_data},
-                                image_roots={"--image-root": args.image_root,
-                                             "--second-image-root": args.second_image_root})
-        result = train(bundle.model, bundle.tokenizer, bundle.preprocess, examples, plan, config, second)
+        # written by the trainer with its first output, after every check that could refuse the run
+        provenance = common.provenance_record(args, model=bundle,
+                                              data={"--data": args.data, "--second-data": args.second_data},
+                                              image_roots={"--image-root": args.image_root,
+                                                           "--second-image-root": args.second_image_root})
+        result = train(bundle.model, bundle.tokenizer, bundle.preprocess, examples, plan, config, second,
+                       provenance=provenance)
     except NonFiniteLossError as error:
         raise common.Unsupported(str(error)) from None
     except ValueError as error:  # settings the trainer refuses (e.g. fewer examples than one batch)
