@@ -123,17 +123,22 @@ def evidence_table() -> str:
 
 def validity_table() -> str:
     """Per trained model: did the evidence predict the single-block gains, and the plan's regret."""
+    from analysis.ablation.study import ratio_cell
+    from analysis.ablation.validity import from_json
+
     lines = ["| model | selected | rho combined [95% CI] | rho probe | rho gradnorm | best equal-size plan "
-             "(objects / templates) | ratio objects | ratio templates |", "|---|---|---|---|---|---|---:|---:|"]
+             "(objects / templates) | ratio objects [95% CI] | ratio templates [95% CI] |",
+             "|---|---|---|---|---|---|---:|---:|"]
     for path in sorted((RESULTS / "validation").glob("*/ablation/validity.json")):
         model = path.parent.parent.name
         validity = _json(path)
+        results = from_json(validity)
         mean, obj, tmpl = (validity["axes"][a] for a in ("mean", "object", "template"))
         rho = lambda name: (f"{mean['rho'][name]:+.2f} [{mean['rho_low'][name]:+.2f}, {mean['rho_high'][name]:+.2f}]"  # noqa: E731
                             if name in mean["rho"] and mean["rho"][name] == mean["rho"][name] else "–")
         lines.append(f"| {model} | {', '.join(map(str, validity['selected']))} | {rho('combined')} | {rho('probe')} | "
-                     f"{rho('gradnorm')} | {obj['best_plan']} / {tmpl['best_plan']} | {obj['ratio']:.2f} | "
-                     f"{tmpl['ratio']:.2f} |")
+                     f"{rho('gradnorm')} | {obj['best_plan']} / {tmpl['best_plan']} | "
+                     f"{ratio_cell(results['object'])} | {ratio_cell(results['template'])} |")
     return "\n".join(lines)
 
 

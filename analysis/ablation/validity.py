@@ -15,7 +15,10 @@ the plan was chosen from (the `evidence` of probe-layers' layer_plan.json).
 
 Intervals: a bootstrap that resamples each variant's seeds and the evaluation items (paired: every
 run is scored on the same items), so rho's interval holds the optimisation noise and the finite
-test set. The verdict sentence is computed from these numbers.
+test set. The ratio gets one too: in each replicate, the selected plan's gain over the best gain
+among the equal-size plans of that replicate; `target_share` is the fraction of replicates where
+it reaches TARGET_RATIO, so a miss by a few points can be told from a miss beyond the noise. The
+verdict sentence is computed from these numbers.
 """
 from __future__ import annotations
 
@@ -49,6 +52,11 @@ class Validity:
     regret: float
     ratio: float
     candidates: dict[str, float] = field(default_factory=dict)  # equal-size plan -> gain
+    # the ratio's 95% bootstrap interval and the share of replicates reaching TARGET_RATIO (NaN in
+    # records written before they were computed)
+    ratio_low: float = float("nan")
+    ratio_high: float = float("nan")
+    target_share: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +117,7 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
         boot_rho = {name: [_spearman(score, gains) for gains in boot_gains] for name, score in scores.items()}
         best = max(plan_gain, key=lambda name: (plan_gain[name], name == "selected"))
         chosen = plan_gain["selected"]
+        boot_ratio = np.array([_ratio(replicate[axis][1]) for replicate in replicates])
         results[axis] = Validity(
             axis, vector.tolist(), np.quantile(boot_gains, 0.025, axis=0).tolist(),
             np.quantile(boot_gains, 0.975, axis=0).tolist(),
@@ -116,8 +125,15 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
             {name: float(np.nanquantile(values, 0.025)) for name, values in boot_rho.items()},
             {name: float(np.nanquantile(values, 0.975)) for name, values in boot_rho.items()},
             list(selected), chosen, best, list(candidates[best]), plan_gain[best], plan_gain[best] - chosen,
-            chosen / plan_gain[best] if plan_gain[best] > 0 else float("nan"), dict(plan_gain))
+            _ratio(plan_gain), dict(plan_gain), float(np.nanquantile(boot_ratio, 0.025)),
+            float(np.nanquantile(boot_ratio, 0.975)), float(np.mean(boot_ratio >= TARGET_RATIO - 1e-12)))
     return results
+
+
+def _ratio(plan_gain: dict[str, float]) -> float:
+    """The selected plan's gain over the best equal-size plan's (NaN when no plan gains)."""
+    best = max(plan_gain.values())
+    return plan_gain["selected"] / best if best > 0 else float("nan")
 
 
 def _gains(per_axis: dict, variants: list[str], sweep: dict[int, str], candidates: dict[str, list[int]],
@@ -185,5 +201,13 @@ def verdict(results: dict[str, Validity]) -> list[str]:
         sentences.append(f"Held-out {axis}s: the selected plan (blocks {describe_blocks(v.selected)}) gains "
                          f"{v.selected_gain:+.3f} scope accuracy; the best plan of {len(v.selected)} block(s) is "
                          f"{v.best_plan} (blocks {describe_blocks(v.best_blocks)}, {v.best_gain:+.3f}); ratio "
-                         f"{v.ratio:.2f} ({'meets' if ok else 'misses'} the {TARGET_RATIO:.0%} target).")
+                         f"{v.ratio:.2f}{_ratio_interval(v)} ({'meets' if ok else 'misses'} the {TARGET_RATIO:.0%} "
+                         "target).")
     return sentences
+
+
+def _ratio_interval(v: Validity) -> str:
+    if np.isnan(v.ratio_low):
+        return ""
+    return (f" [{v.ratio_low:.2f}, {v.ratio_high:.2f}]; the bootstrap reaches {TARGET_RATIO:.0%} in "
+            f"{v.target_share:.0%} of replicates")
