@@ -202,28 +202,16 @@ def _pretrain(spec: EmbeddedSpec, *, progress: bool) -> tuple[torch.nn.Module, d
     world = world_for(spec)
     if spec.image_warmup_steps:
         warm_up_image_tower(model, preprocess, world, spec, progress=progress)
-    optimizer = torch.optim.AdamW(_param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup_steps=spec.warmup_steps, total_steps=spec.steps))
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(spec.steps), desc=f"pretraining {spec.model}", disable=not progress)
     for step in bar:
-        images, captions = world.pretraining_pairs(spec.batch_size, "train", seed=spec.seed * 1_000_003 + step,
-                                                   negated_fraction=spec.negated_fraction,
-                                                   shape_twin_fraction=spec.shape_twin_fraction,
-                                                   objects=spec.pretraining_objects,
-                                                   words=spec.pretraining_words)
-        image_features = model.encode_image(images_to_tensor(model, preprocess, list(images)), normalize=True)
-        text_features = tower.encode(tokenizer(captions), trim=True, normalize=True)
-        loss = clip_loss(image_features, text_features, scale=model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        images, captions = pretraining_batch(world, spec, step)
+        loss = contrastive_step(model, tower, preprocess, tokenizer, images, captions, optimizer)
         scheduler.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     minutes = (time.perf_counter() - start) / 60
@@ -231,6 +219,28 @@ def _pretrain(spec: EmbeddedSpec, *, progress: bool) -> tuple[torch.nn.Module, d
     metrics["pretraining_minutes"] = minutes
     metrics["final_loss"] = float(loss.item())
     return model, metrics
+
+
+def pretraining_batch(world: SyntheticWorld, spec: EmbeddedSpec, step: int):
+    """(images uint8 [n, H, W, 3], captions) of pretraining step `step`."""
+    return world.pretraining_pairs(spec.batch_size, "train", seed=spec.seed * 1_000_003 + step,
+                                   negated_fraction=spec.negated_fraction, shape_twin_fraction=spec.shape_twin_fraction,
+                                   objects=spec.pretraining_objects, words=spec.pretraining_words)
+
+
+def contrastive_step(model: torch.nn.Module, tower: TextTower, preprocess, tokenizer, images, captions,
+                     optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """One CLIP-loss step on a batch (gradients clipped at norm 1, logit scale clamped); returns the loss."""
+    image_features = model.encode_image(images_to_tensor(model, preprocess, list(images)), normalize=True)
+    text_features = tower.encode(tokenizer(captions), trim=True, normalize=True)
+    loss = clip_loss(image_features, text_features, scale=model.logit_scale.exp())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return loss
 
 
 def warm_up_image_tower(model: torch.nn.Module, preprocess, world: SyntheticWorld, spec: EmbeddedSpec, *,
@@ -265,7 +275,7 @@ def evaluate_build(model: torch.nn.Module, preprocess, tokenizer, spec: Embedded
     return suite.scores(model, preprocess, tokenizer)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on gains, biases, embeddings and the logit scale (CLIP's recipe)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():

@@ -34,7 +34,7 @@ def render(records: dict[tuple[str, str], dict]) -> str:
     parts = []
     for device in ("cpu", "cuda"):
         for benchmark, table in (("capture", capture_table), ("causal", causal_table), ("train", train_table),
-                                 ("synthetic", synthetic_table)):
+                                 ("synthetic", synthetic_table), ("build", build_table)):
             if (benchmark, device) in records:
                 parts.append(table(records[(benchmark, device)]))
     if not any(device == "cuda" for _, device in records):
@@ -138,6 +138,26 @@ def synthetic_table(record: dict) -> str:
     rows = [[name, _spread(entry), f"{entry['items_per_s']:,.0f}"] for name, entry in record["sets"].items()]
     return (f"**Synthetic world** (`benchmarks/bench_synthetic.py`): {record['n']:,} items per set at "
             f"{record['image_size']} px. {_machine(record)}.\n\n" + _rows(["set", "time", "items/s"], rows, labels=1))
+
+
+def build_table(record: dict) -> str:
+    """Where a step of the embedded build goes, and the most an exact speed-up could save."""
+    parts = {"data": "batch preparation (scenes rendered, tensors, tokens)",
+             "step": "one contrastive step, data included (as the build runs it)",
+             "step_no_embedding": "the same step with the token embedding frozen",
+             "warmup_step": "one image-tower warm-up step"}
+    step = record["variants"]["step"]
+    rows = [[f"`{name}`", label, _spread(record["variants"][name])] for name, label in parts.items()]
+    return (f"**Embedded build** (`benchmarks/bench_build.py`): the default spec's steps ({record['model']}, batch "
+            f"{record['batch_size']}). {_machine(record)}. A contrastive step computes {step['flops'] / 1e9:.1f} GFLOP "
+            f"at {_pct(step['share_of_matmul_rate'])} of the {record['matmul']['shape']} matmul rate "
+            f"({record['matmul']['gflops_per_s']:.0f} GFLOP/s); batch preparation is "
+            f"{_pct(record['shares_of_step']['data'])} of it and the dense update of the 49408-row token embedding "
+            f"{_pct(record['shares_of_step']['embedding_update'])}. Removing both entirely, the most a change that "
+            f"keeps every floating-point sum (and so the shipped weights) could do, would make the build "
+            f"{record['exact_speedup_bound']:.2f}x faster; estimated build "
+            f"{record['estimated_build_s'] / 60:.1f} min before evaluation.\n\n"
+            + _rows(["part", "what", "time"], rows))
 
 
 def _duration(seconds: float) -> str:

@@ -372,3 +372,30 @@ def test_figure_sweep_panel_shows_every_interval_and_the_frozen_level():
     ]
     assert low <= min(v["low"] for v in values) and max(v["high"] for v in values) <= high and low <= 0.3 <= high
     assert len(sweep_axes.lines[0].get_xdata()) == 12  # one point per block
+
+
+def test_steering_variant_trains_nothing_and_scores_the_steered_model(small_embedded, tmp_path):
+    """The training-free anchor: no parameter moves, its vectors are fitted per run, and its numbers are
+    the steered model's own, scored here directly on the study's suites; the base model stays unsteered."""
+    from probing.measure.metrics import flatten
+    from probing.measure.steering import PUBLISHED_ALPHA, steered, steering_vectors
+
+    config = AblationConfig(**QUICK, seeds=(0,), variants=("frozen", "steering"))
+    study = AblationStudy(config, tmp_path, progress=False, log=lambda line: None)
+    result = study.run()
+    runs = {run["variant"]: run for run in load_runs(tmp_path / RUNS_FILE)}
+    steering, frozen = runs["steering"], runs["frozen"]
+    assert steering["trained_parameters"] == 0 and steering["plan"] is None and steering["train_seconds"] > 0
+    assert steering["steering"] == {"alpha": PUBLISHED_ALPHA, "probe": "logistic", "layers": "every"}
+    base = study.base
+    vectors = steering_vectors(base.model, base.tokenizer, base.world, seed=0)
+    suite = study.evaluation.suites["object"]
+    with steered(base.model, vectors):
+        direct = flatten(suite.evaluate(base.model, base.preprocess, base.tokenizer,
+                                        image_features=study.evaluation.image_features["object"]))
+    assert steering["metrics"]["object/scope_accuracy"] == pytest.approx(direct["scope_accuracy"])
+    assert steering["metrics"]["object/ccneg_accuracy"] == pytest.approx(direct["ccneg_accuracy"])
+    assert any(steering["metrics"][key] != frozen["metrics"][key] for key, _ in HEADLINE)
+    after, _ = study.evaluation.evaluate(base.model, base)
+    assert after == frozen["metrics"]  # the hooks are gone
+    assert "| steering |" in result.outputs["table"].read_text()

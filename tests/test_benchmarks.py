@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import bench_capture, bench_causal, bench_pipeline, bench_synthetic, bench_train, harness
+from benchmarks import bench_build, bench_capture, bench_causal, bench_pipeline, bench_synthetic, bench_train, harness
 from probing.models.loading import load_clip
 from probing.models.text_tower import TextTower
 from scripts import bench_tables
@@ -105,6 +105,22 @@ def test_causal_and_synthetic_benchmarks(write_config, tmp_path):
         ["--n", "20", "--rounds", "1", "--image-size", "32", "--out", str(tmp_path / "syn.json")]
     )
     assert json.loads(path.read_text())["sets"]["scope_pairs"]["items_per_s"] > 0
+
+
+def test_build_benchmark_times_every_part_and_bounds_an_exact_speedup(tmp_path):
+    """The embedded build's step, timed in parts: the bound and the estimate follow from the medians."""
+    path = bench_build.main(["--rounds", "1", "--out", str(tmp_path / "build.json")])
+    record = json.loads(path.read_text())
+    median = {name: entry["median_s"] for name, entry in record["variants"].items()}
+    assert set(median) == {"data", "step", "step_no_embedding", "warmup_step"} and all(v > 0 for v in median.values())
+    saving = max(0.0, median["step"] - median["step_no_embedding"])
+    assert record["exact_speedup_bound"] == pytest.approx(median["step"] / (median["step"] - median["data"] - saving))
+    assert record["estimated_build_s"] == pytest.approx(250 * median["warmup_step"] + 700 * median["step"])
+    assert record["shares_of_step"]["data"] == pytest.approx(median["data"] / median["step"])
+    # a contrastive step of batch 128 runs both towers forward and backward: more than 3x the text forward alone
+    tower = TextTower.from_model(load_clip("negclip-tiny")[0])
+    assert record["variants"]["step"]["flops"] > 3 * harness.text_forward_flops(tower, 128, 8)
+    assert "Embedded build" in bench_tables.build_table(record)
 
 
 def test_tables_render_the_records(tmp_path):

@@ -98,3 +98,32 @@ def test_steering_at_one_layer_equals_a_hook_on_the_full_run(small):
         full = held_out.score_variants(hooked, bundle.tokenizer, hooks, start_layer=0)[0]
         for metric in late:
             assert np.array_equal(late[metric], full[metric])
+
+
+def test_steering_the_open_clip_model_equals_steering_at_the_hook_points(small):
+    """`steered` (forward hooks on open_clip's blocks, used by the ablation's evaluation) adds the same vectors
+    as TransformerLens hooks at resid_hook_names do; the hooks are gone afterwards, also after an error."""
+    from probing.measure.capture import resid_hook_names
+    from probing.measure.steering import steered, steering_hook, steering_vectors
+
+    bundle, hooked, held_out = small
+    vectors = steering_vectors(bundle.model, bundle.tokenizer, bundle.world, alpha=0.5, n_train=200)
+    n_layers = hooked.cfg.n_layers
+    assert vectors.shape == (n_layers + 1, hooked.cfg.d_model)
+    tokens = bundle.tokenizer(held_out.texts[:60])
+    hooks = [(name, steering_hook(vector)) for name, vector in zip(resid_hook_names(n_layers), vectors)]
+    with torch.no_grad():
+        plain = bundle.model.encode_text(tokens)
+        expected = hooked.run_with_hooks(tokens, fwd_hooks=hooks)
+        with steered(bundle.model, vectors):
+            steered_features = bundle.model.encode_text(tokens)
+        after = bundle.model.encode_text(tokens)
+        with pytest.raises(RuntimeError), steered(bundle.model, vectors):
+            raise RuntimeError("interrupted")
+        after_error = bundle.model.encode_text(tokens)
+    assert torch.allclose(steered_features, expected, atol=1e-4)
+    assert not torch.allclose(steered_features, plain, atol=1e-2)  # the vectors do move the features
+    assert torch.equal(after, plain) and torch.equal(after_error, plain)
+    with pytest.raises(ValueError, match="vectors"):
+        with steered(bundle.model, vectors[:-1]):
+            pass

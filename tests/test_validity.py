@@ -119,8 +119,8 @@ def test_windows_and_the_anchors_variants():
     assert windows_of(3, 5) == ["window_0_2", "window_1_3", "window_2_4"]
     assert window_blocks("window_2_4") == [2, 3, 4] and window_blocks("window_4_2") is None
     variants, _ = resolve_variants(["frozen", "windows", "anchors"], 6, has_plan=True, selected_size=2)
-    assert variants == ["frozen", "omni_front", "omni_whole", "openclip_last", "norm_only", "window_0_1", "window_1_2",
-                        "window_2_3", "window_3_4", "window_4_5"]
+    assert variants == ["frozen", "omni_front", "omni_whole", "openclip_last", "norm_only", "steering", "window_0_1",
+                        "window_1_2", "window_2_3", "window_3_4", "window_4_5"]
     # open_clip's own function decides: unlocked_layers = h + 1 unlocks the last h blocks, ln_final and projection
     plan = openclip_last_plan(12)
     assert plan.blocks == [6, 7, 8, 9, 10, 11] and plan.train_ln_final and plan.train_projection

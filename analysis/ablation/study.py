@@ -23,8 +23,12 @@ Variants for a text tower of n blocks (h = n // 2):
                what open_clip's own `lock_text_tower(unlocked_layers=h + 1)` unlocks: the last h blocks,
                the final LayerNorm and the text projection (read off the function, not re-implemented)
     norm_only  only the LayerNorms of every block and the final one: the cheapest trainable baseline
-    "anchors" names omni_front, omni_whole, openclip_last and norm_only: the anchors' choices at the
-    study's budget.
+    steering   no training at all: Sammani et al.'s training-free steering (every layer moved along its
+               logistic negation-probe direction, alpha 0.13 of the layer's residual norm; the probe is
+               fitted on the negation task's training captions, drawn with the run's seed), evaluated
+               like every other variant (probing.measure.steering.steered)
+    "anchors" names omni_front, omni_whole, openclip_last, norm_only and steering: the anchors' choices
+    at the study's budget.
 
 Only the blocks differ (except in the omni_* variants, which keep their authors' extras). Every
 other trained variant gets the same extras (token/positional embeddings, final LayerNorm, text
@@ -83,7 +87,8 @@ GROUP_VARIANTS = ("frozen", "selected", "front", "middle", "back", "all")
 WINDOWS = "windows"
 WINDOW_PREFIX = "window_"
 ANCHORS = "anchors"
-ANCHOR_VARIANTS = ("omni_front", "omni_whole", "openclip_last", "norm_only")
+ANCHOR_VARIANTS = ("omni_front", "omni_whole", "openclip_last", "norm_only", "steering")
+STEERING = "steering"  # training-free: no plan, its vectors fitted per run
 SWEEP = "sweep"
 SWEEP_PREFIX = "layer_"
 # Omni-NegCLIP's groups as [start, stop) of its 12 blocks (Jingqi-Xu/Omni-NegCLIP src/training_omni_negclip.py.py,
@@ -265,7 +270,7 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
             chosen.add(name)
         elif name == ANCHORS:
             chosen.update(ANCHOR_VARIANTS)
-        elif name in ("openclip_last", "norm_only"):
+        elif name in ("openclip_last", "norm_only", STEERING):
             chosen.add(name)
         elif name == OMNI:
             chosen.update(OMNI_VARIANTS)
@@ -292,7 +297,8 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
         )
     windows = sorted((name for name in chosen if window_blocks(name) is not None), key=window_blocks)
     order = (
-        list(GROUP_VARIANTS) + list(OMNI_VARIANTS) + ["openclip_last", "norm_only"] + windows + sweep_variants(n_layers)
+        list(GROUP_VARIANTS) + list(OMNI_VARIANTS) + ["openclip_last", "norm_only", STEERING] + windows
+        + sweep_variants(n_layers)
     )
     return [name for name in order if name in chosen], notes
 
@@ -322,15 +328,16 @@ def extras_flags(extras: str, selected=None) -> dict[str, bool]:
 
 
 def variant_plans(variants: Iterable[str], n_layers: int, flags: dict[str, bool], selected=None) -> dict[str, Any]:
-    """Variant -> LayerPlan (None for frozen). Every plan carries the same extras `flags`, except
-    Omni-NegCLIP's groups, which train the extras their authors' code trains with every group."""
+    """Variant -> LayerPlan (None for frozen and steering, which train nothing). Every plan carries the same
+    extras `flags`, except Omni-NegCLIP's groups, which train the extras their authors' code trains with every
+    group."""
     from finetune.plan import LayerPlan
 
     groups = block_variants(n_layers)
     omni = omni_variants(n_layers)
     plans: dict[str, Any] = {}
     for name in variants:
-        if name == "frozen":
+        if name in ("frozen", STEERING):
             plans[name] = None
         elif name == "selected":
             plans[name] = LayerPlan(list(selected.blocks), lr_weights=selected.lr_weights,
@@ -646,8 +653,17 @@ class AblationStudy:
                                   "blocks": [] if plan is None else list(plan.blocks), "steps": 0,
                                   "trained_parameters": 0, "train_seconds": 0.0, "final_loss": None,
                                   "resumed_from_step": None}
+        steering = None
         if plan is None:
             model.to(resolve_device(self.config.device))
+            if variant == STEERING:
+                from probing.measure.steering import PUBLISHED_ALPHA, steered, steering_vectors
+
+                started = time.perf_counter()
+                vectors = steering_vectors(model, self.base.tokenizer, self.base.world, seed=seed)
+                record.update(train_seconds=time.perf_counter() - started,
+                              steering={"alpha": PUBLISHED_ALPHA, "probe": "logistic", "layers": "every"})
+                steering = steered(model, vectors)
         else:
             train_config = self.train_config(variant, seed)
             run_dir = Path(train_config.out_dir)
@@ -662,7 +678,8 @@ class AblationStudy:
                 result = train(model, self.base.tokenizer, self.base.preprocess, self.examples, plan, train_config)
             record.update(steps=result.step, train_seconds=time.perf_counter() - started, final_loss=result.loss)
         started = time.perf_counter()
-        record["metrics"], record["items"] = self.evaluation.evaluate(model, self.base)
+        with steering or contextlib.nullcontext():
+            record["metrics"], record["items"] = self.evaluation.evaluate(model, self.base)
         record["eval_seconds"] = time.perf_counter() - started
         record["device"] = str(next(model.parameters()).device)
         del model

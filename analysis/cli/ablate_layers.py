@@ -10,6 +10,10 @@ omni_back (8-11), omni_whole (0-11), each with the extras its code trains ("omni
 
     ablate-layers --variants frozen,omni --loss omni --out runs/omni-groups
 
+windows (every run of as many blocks as the plan), window_<a>_<b>, and the anchors' choices at the same
+budget ("anchors"): omni_front, omni_whole, openclip_last (open_clip's lock_text_tower), norm_only
+(LayerNorms only) and steering (training-free: every layer moved along its negation-probe direction).
+
 Every finished (variant, seed) run is a line of <out>/runs.jsonl: run the same command again after
 an interruption and it continues where it stopped.
 
@@ -52,7 +56,9 @@ def build_parser() -> common.CommandParser:
         "--seeds", default="0,1,2", help="comma list of training seeds (at least 3 for intervals worth reading)"
     )
     study.add_argument("--variants", help="comma list among frozen, selected, front, middle, back, all, sweep, "
-                                          "layer_<i>, omni (= omni_front, omni_middle, omni_back, omni_whole) "
+                                          "layer_<i>, omni (= omni_front, omni_middle, omni_back, omni_whole), "
+                                          "windows, window_<a>_<b>, anchors (= omni_front, omni_whole, "
+                                          "openclip_last, norm_only, steering) or any of those "
                                           "(default: the groups and the sweep)")
     study.add_argument("--plan", help="layer plan JSON for the 'selected' variant (as probe-layers writes it)")
     study.add_argument(

@@ -13,10 +13,15 @@
 Each setting is scored on a HeldOutSet against the unsteered model (alpha = 0): value, baseline,
 change with a paired interval over items. Steering that helps raises scope accuracy (the
 shortcut-proof metric) without costing retrieval.
+
+`steered(model, vectors)` applies the same additions to the open_clip model itself (forward hooks
+on its text blocks), so that code that only calls the model - the ablation's evaluation - scores a
+steered model; `steering_vectors` gives Sammani et al.'s setting (every layer, alpha 0.13).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -78,3 +83,49 @@ def steering_rows(hooked, tokenizer: Callable[[Sequence[str]], torch.Tensor], he
     table = pd.DataFrame(rows, columns=list(STEERING_COLUMNS))
     table["layer"] = table["layer"].astype("Int64")
     return table
+
+
+PUBLISHED_ALPHA = 0.13  # Sammani et al. 2026: every layer, along its logistic probe direction
+
+
+def steering_vectors(model, tokenizer, world, *, alpha: float = PUBLISHED_ALPHA, probe: str = "logistic",
+                     n_train: int = 1000, seed: int = 0) -> np.ndarray:
+    """[L + 1, d] vectors alpha s_l u_l for steering every layer at once (layer 0 = embeddings), fitted on the
+    negation task's training captions of `world` (seed picks them) through the hooked view of `model`."""
+    from probing.models.hooked import HookedCLIPText
+
+    hooked = HookedCLIPText(model, tokenizer)
+    with torch.no_grad():
+        directions, scales = negation_directions(hooked, tokenizer, world, n_train=n_train, probes=(probe,), seed=seed)
+    return alpha * scales[:, None] * directions[probe]
+
+
+@contextlib.contextmanager
+def steered(model, vectors: np.ndarray | torch.Tensor) -> Iterator[None]:
+    """Within the block, `model`'s text tower adds vectors[l] to the residual stream entering block l
+    (l = 0 .. L - 1) and vectors[L] to the last block's output, at every position: the additions
+    `steering_rows` makes at the hook points of `resid_hook_names` (blocks.l.hook_resid_pre is
+    blocks.(l-1).hook_resid_post). The hooks are removed on exit, also after an error."""
+    from probing.models.text_tower import TextTower
+
+    blocks = TextTower.from_model(model).blocks
+    vectors = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
+    if vectors.shape[0] != len(blocks) + 1:
+        raise ValueError(f"steering needs {len(blocks) + 1} vectors (embeddings and every block), "
+                         f"got {vectors.shape[0]}")
+
+    def add(vector: torch.Tensor):
+        return lambda x: x + vector.to(device=x.device, dtype=x.dtype)
+
+    handles = []
+    try:
+        for layer, block in enumerate(blocks):
+            shift = add(vectors[layer])
+            handles.append(block.register_forward_pre_hook(
+                lambda module, args, shift=shift: (shift(args[0]), *args[1:])))
+        last = add(vectors[-1])
+        handles.append(blocks[-1].register_forward_hook(lambda module, args, output: last(output)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
