@@ -126,9 +126,9 @@ def validity_table() -> str:
     from analysis.ablation.study import ratio_cell
     from analysis.ablation.validity import from_json
 
-    lines = ["| model | selected | rho combined [95% CI] | rho probe | rho gradnorm | best equal-size plan "
+    lines = ["| model | seeds | selected | rho combined [95% CI] | rho probe | rho gradnorm | best equal-size plan "
              "(objects / templates) | ratio objects [95% CI] | ratio templates [95% CI] |",
-             "|---|---|---|---|---|---|---:|---:|"]
+             "|---|---:|---|---|---|---|---|---:|---:|"]
     for path in sorted((RESULTS / "validation").glob("*/ablation/validity.json")):
         model = path.parent.parent.name
         validity = _json(path)
@@ -136,7 +136,9 @@ def validity_table() -> str:
         mean, obj, tmpl = (validity["axes"][a] for a in ("mean", "object", "template"))
         rho = lambda name: (f"{mean['rho'][name]:+.2f} [{mean['rho_low'][name]:+.2f}, {mean['rho_high'][name]:+.2f}]"  # noqa: E731
                             if name in mean["rho"] and mean["rho"][name] == mean["rho"][name] else "–")
-        lines.append(f"| {model} | {', '.join(map(str, validity['selected']))} | {rho('combined')} | {rho('probe')} | "
+        seeds = len(_json(path.parent / "ablation_summary.json")["header"]["seeds"])
+        lines.append(f"| {model} | {seeds} | {', '.join(map(str, validity['selected']))} | {rho('combined')} | "
+                     f"{rho('probe')} | "
                      f"{rho('gradnorm')} | {obj['best_plan']} / {tmpl['best_plan']} | "
                      f"{ratio_cell(results['object'])} | {ratio_cell(results['template'])} |")
     return "\n".join(lines)
