@@ -84,10 +84,9 @@ def main(argv=None) -> Path:
             images, captions = pretraining_batch(world, spec, next(counter))
             return contrastive_step(model, tower, preprocess, tokenizer, images, captions, optimizer)
 
-        return run, model
+        return run
 
-    step, *_ = trainer(False)
-    step_frozen, *_ = trainer(True)
+    step, step_frozen = trainer(False), trainer(True)
     batches = iter(range(10 ** 9))
     warm_model = copy.deepcopy(base)
     one_warmup = replace(spec, image_warmup_steps=1)

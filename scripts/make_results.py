@@ -123,24 +123,21 @@ def evidence_table() -> str:
 
 def validity_table() -> str:
     """Per trained model: did the evidence predict the single-block gains, and the plan's regret."""
-    from analysis.ablation.study import ratio_cell
-    from analysis.ablation.validity import from_json
+    from analysis.ablation.validity import format_ratio, from_json
 
     lines = ["| model | seeds | selected | rho combined [95% CI] | rho probe | rho gradnorm | best equal-size plan "
              "(objects / templates) | ratio objects [95% CI] | ratio templates [95% CI] |",
              "|---|---:|---|---|---|---|---|---:|---:|"]
     for path in sorted((RESULTS / "validation").glob("*/ablation/validity.json")):
         model = path.parent.parent.name
-        validity = _json(path)
-        results = from_json(validity)
-        mean, obj, tmpl = (validity["axes"][a] for a in ("mean", "object", "template"))
-        rho = lambda name: (f"{mean['rho'][name]:+.2f} [{mean['rho_low'][name]:+.2f}, {mean['rho_high'][name]:+.2f}]"  # noqa: E731
-                            if name in mean["rho"] and mean["rho"][name] == mean["rho"][name] else "–")
+        results = from_json(_json(path))
+        mean, obj, tmpl = (results[a] for a in ("mean", "object", "template"))
+        rho = lambda name: (f"{mean.rho[name]:+.2f} [{mean.rho_low[name]:+.2f}, {mean.rho_high[name]:+.2f}]"  # noqa: E731
+                            if name in mean.rho and mean.rho[name] == mean.rho[name] else "–")
         seeds = len(_json(path.parent / "ablation_summary.json")["header"]["seeds"])
-        lines.append(f"| {model} | {seeds} | {', '.join(map(str, validity['selected']))} | {rho('combined')} | "
-                     f"{rho('probe')} | "
-                     f"{rho('gradnorm')} | {obj['best_plan']} / {tmpl['best_plan']} | "
-                     f"{ratio_cell(results['object'])} | {ratio_cell(results['template'])} |")
+        lines.append(f"| {model} | {seeds} | {', '.join(map(str, obj.selected))} | {rho('combined')} | "
+                     f"{rho('probe')} | {rho('gradnorm')} | {obj.best_plan} / {tmpl.best_plan} | "
+                     f"{format_ratio(obj)} | {format_ratio(tmpl)} |")
     return "\n".join(lines)
 
 

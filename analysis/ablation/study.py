@@ -928,6 +928,8 @@ def markdown_table(summary: dict[str, Any], *, cost: bool = True) -> str:
 
 def validity_markdown(results: dict, sentences: list[str]) -> str:
     """The predictive-validity table: per held-out axis, rho of each kind of evidence and the plan's regret."""
+    from analysis.ablation.validity import format_ratio
+
     mean = results["mean"]
     names = list(mean.rho)
     lines = ["## Did the evidence predict the ablation?", "", " ".join(sentences), "",
@@ -936,14 +938,8 @@ def validity_markdown(results: dict, sentences: list[str]) -> str:
     for axis, v in results.items():
         cells = [f"{v.rho[n]:+.2f} [{v.rho_low[n]:+.2f}, {v.rho_high[n]:+.2f}]" for n in names]
         lines.append(f"| {axis} | " + " | ".join(cells) + f" | {v.selected_gain:+.3f} | {v.best_plan} "
-                     f"| {v.best_gain:+.3f} | {v.regret:+.3f} | {ratio_cell(v)} |")
+                     f"| {v.best_gain:+.3f} | {v.regret:+.3f} | {format_ratio(v)} |")
     return "\n".join(lines) + "\n"
-
-
-def ratio_cell(v) -> str:
-    """A validity result's ratio with its bootstrap interval (when the record has one)."""
-    interval = "" if v.ratio_low != v.ratio_low else f" [{v.ratio_low:.2f}, {v.ratio_high:.2f}]"
-    return f"{v.ratio:.2f}{interval}"
 
 
 def write_outputs(out_dir: str | Path, summary: dict[str, Any]) -> dict[str, Path]:

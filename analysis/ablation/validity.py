@@ -201,13 +201,18 @@ def verdict(results: dict[str, Validity]) -> list[str]:
         sentences.append(f"Held-out {axis}s: the selected plan (blocks {describe_blocks(v.selected)}) gains "
                          f"{v.selected_gain:+.3f} scope accuracy; the best plan of {len(v.selected)} block(s) is "
                          f"{v.best_plan} (blocks {describe_blocks(v.best_blocks)}, {v.best_gain:+.3f}); ratio "
-                         f"{v.ratio:.2f}{_ratio_interval(v)} ({'meets' if ok else 'misses'} the {TARGET_RATIO:.0%} "
-                         "target).")
+                         f"{format_ratio(v)}{_target_share(v)} ({'meets' if ok else 'misses'} the "
+                         f"{TARGET_RATIO:.0%} target).")
     return sentences
 
 
-def _ratio_interval(v: Validity) -> str:
-    if np.isnan(v.ratio_low):
+def format_ratio(v: Validity) -> str:
+    """The ratio with its bootstrap interval ("0.93 [0.75, 1.00]"; the ratio alone in older records)."""
+    interval = "" if np.isnan(v.ratio_low) else f" [{v.ratio_low:.2f}, {v.ratio_high:.2f}]"
+    return f"{v.ratio:.2f}{interval}"
+
+
+def _target_share(v: Validity) -> str:
+    if np.isnan(v.target_share):
         return ""
-    return (f" [{v.ratio_low:.2f}, {v.ratio_high:.2f}]; the bootstrap reaches {TARGET_RATIO:.0%} in "
-            f"{v.target_share:.0%} of replicates")
+    return f"; the bootstrap reaches {TARGET_RATIO:.0%} in {v.target_share:.0%} of replicates"
