@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -78,7 +79,7 @@ def main(argv=None) -> Path:
         tower.token_embedding.weight.requires_grad_(not freeze_embedding)
         groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in param_groups(model, 0.1)]
         optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
-        counter = iter(range(10 ** 9))
+        counter = itertools.count()
 
         def run():
             images, captions = pretraining_batch(world, spec, next(counter))
@@ -87,7 +88,7 @@ def main(argv=None) -> Path:
         return run
 
     step, step_frozen = trainer(False), trainer(True)
-    batches = iter(range(10 ** 9))
+    batches = itertools.count()
     warm_model = copy.deepcopy(base)
     one_warmup = replace(spec, image_warmup_steps=1)
 

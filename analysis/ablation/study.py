@@ -87,8 +87,9 @@ GROUP_VARIANTS = ("frozen", "selected", "front", "middle", "back", "all")
 WINDOWS = "windows"
 WINDOW_PREFIX = "window_"
 ANCHORS = "anchors"
-ANCHOR_VARIANTS = ("omni_front", "omni_whole", "openclip_last", "norm_only", "steering")
 STEERING = "steering"  # training-free: no plan, its vectors fitted per run
+OTHER_ANCHORS = ("openclip_last", "norm_only", STEERING)  # the anchors that are not Omni-NegCLIP's groups
+ANCHOR_VARIANTS = ("omni_front", "omni_whole", *OTHER_ANCHORS)
 SWEEP = "sweep"
 SWEEP_PREFIX = "layer_"
 # Omni-NegCLIP's groups as [start, stop) of its 12 blocks (Jingqi-Xu/Omni-NegCLIP src/training_omni_negclip.py.py,
@@ -270,7 +271,7 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
             chosen.add(name)
         elif name == ANCHORS:
             chosen.update(ANCHOR_VARIANTS)
-        elif name in ("openclip_last", "norm_only", STEERING):
+        elif name in OTHER_ANCHORS:
             chosen.add(name)
         elif name == OMNI:
             chosen.update(OMNI_VARIANTS)
@@ -297,8 +298,7 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
         )
     windows = sorted((name for name in chosen if window_blocks(name) is not None), key=window_blocks)
     order = (
-        list(GROUP_VARIANTS) + list(OMNI_VARIANTS) + ["openclip_last", "norm_only", STEERING] + windows
-        + sweep_variants(n_layers)
+        list(GROUP_VARIANTS) + list(OMNI_VARIANTS) + list(OTHER_ANCHORS) + windows + sweep_variants(n_layers)
     )
     return [name for name in order if name in chosen], notes
 

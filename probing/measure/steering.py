@@ -94,9 +94,8 @@ def steering_vectors(model, tokenizer, world, *, alpha: float = PUBLISHED_ALPHA,
     negation task's training captions of `world` (seed picks them) through the hooked view of `model`."""
     from probing.models.hooked import HookedCLIPText
 
-    hooked = HookedCLIPText(model, tokenizer)
-    with torch.no_grad():
-        directions, scales = negation_directions(hooked, tokenizer, world, n_train=n_train, probes=(probe,), seed=seed)
+    hooked = HookedCLIPText(model, tokenizer)  # the capture runs without autograd
+    directions, scales = negation_directions(hooked, tokenizer, world, n_train=n_train, probes=(probe,), seed=seed)
     return alpha * scales[:, None] * directions[probe]
 
 
