@@ -8,7 +8,7 @@ in the same order. This benchmark times the parts of the default build's steps o
 count (2), with the harness's protocol (benchmarks/harness.py: warm-up, interleaved rounds, medians):
 
     data              one contrastive batch: scenes drawn and rendered in Python, images to tensors,
-                      captions tokenised (finetune.embedded.pretraining_batch and the tokenizer)
+                      captions tokenised (probing.models.build.pretraining_batch and the tokenizer)
     step              one contrastive step as the build runs it (data included): image and text
                       towers forward and backward, gradient clipping, AdamW on every parameter
     step_no_embedding the same step with the 49408 x 128 token embedding frozen: what a sparse update of
@@ -53,7 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> Path:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from finetune.embedded import (
+    from probing.clip.loading import load_clip
+    from probing.clip.text_tower import TextTower
+    from probing.models.build import (
         DEFAULT_SPEC,
         contrastive_step,
         param_groups,
@@ -61,8 +63,6 @@ def main(argv=None) -> Path:
         warm_up_image_tower,
         world_for,
     )
-    from probing.models.loading import load_clip
-    from probing.models.text_tower import TextTower
 
     args = parse_args(argv)
     device = harness.setup(args)

@@ -58,9 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     device = harness.setup(args)
-    from probing.models.hooked import HookedCLIPText
-    from probing.models.loading import load_clip
-    from probing.models.text_tower import TextTower
+    from probing.clip.hooked import HookedCLIPText
+    from probing.clip.loading import load_clip
+    from probing.clip.text_tower import TextTower
 
     n = args.captions or (16384 if device.type == "cuda" else 256)
     budgets = [int(b) for b in args.token_budgets.split(",") if b.strip()]
@@ -84,7 +84,7 @@ def main(argv=None) -> Path:
 
 
 def measure(model, tower, hooked, tokenizer, captions, budgets, matmul, args, device) -> dict:
-    from probing.measure.batching import token_batches
+    from probing.features.batching import token_batches
     from probing.measure.capture import capture_pooled
 
     tokens = tokenizer(captions)

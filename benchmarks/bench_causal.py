@@ -55,8 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     device = harness.setup(args)
+    from probing.clip.hooked import HookedCLIPText
     from probing.models.factory import create_model
-    from probing.models.hooked import HookedCLIPText
     from probing.synthetic.suite import SyntheticSuite
 
     bundle = create_model(args.model, None, device=device, seed=args.seed)
@@ -170,7 +170,7 @@ def lengths_of(tower, tokenizer, captions) -> np.ndarray:
 
 def scheme_flops(tower, tokenizer, asked: list[list[str]], n_runs: int, directions) -> dict[str, float]:
     """Computed FLOPs of each variant on the caption lists the suite asks for, and the useful FLOPs."""
-    from probing.measure.batching import DEFAULT_TOKEN_BUDGET, token_batches
+    from probing.features.batching import DEFAULT_TOKEN_BUDGET, token_batches
 
     layers = sorted(directions)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_pipeline.py [--threads 2] [--rounds 3] [--batch-size 64]
 
-The pipeline: image features of CC-Neg's training images (cached once, `probing.measure.feature_cache`),
+The pipeline: image features of CC-Neg's training images (cached once, `probing.features.cache`),
 `probe-layers` on CC-Neg's evaluation split at its default sizes, fine-tuning with the `conclip` recipe
 (its batch size and epochs), and `evaluate-negation`'s CC-Neg accuracy on the 40,000 evaluation rows.
 CC-Neg as released has 228,246 rows, the last 40,000 its evaluation split, and per row one image, a
@@ -173,8 +173,8 @@ def measure(args, device) -> tuple[dict, dict]:
     """The measurements (module docstring) and the model's description."""
     import torch
 
-    from probing.models.loading import load_clip
-    from probing.models.text_tower import TextTower
+    from probing.clip.loading import load_clip
+    from probing.clip.text_tower import TextTower
 
     examples = coco_examples(args.batch_size * 2, args.seed, distinct=False)  # the trainer cycles through them
     distinct = coco_examples(args.images, args.seed, distinct=True)
@@ -212,10 +212,10 @@ def _measure(model, preprocess, tokenizer, examples, distinct, captions, scratch
     from analysis.evaluation.evaluate import evaluate_negation_examples
     from finetune.plan import LayerPlan
     from finetune.train import TrainConfig, Trainer
+    from probing.clip.loading import load_clip
+    from probing.clip.text_tower import TextTower
+    from probing.features.cache import encode_image_features
     from probing.measure.capture import capture_pooled
-    from probing.measure.feature_cache import encode_image_features
-    from probing.models.loading import load_clip
-    from probing.models.text_tower import TextTower
 
     n_layers = TextTower.from_model(model).n_layers
     images = [e.image for e in distinct]

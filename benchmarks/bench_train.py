@@ -73,8 +73,8 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     device = harness.setup(args)
     args.batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
-    from probing.models.loading import load_clip
-    from probing.models.text_tower import TextTower
+    from probing.clip.loading import load_clip
+    from probing.clip.text_tower import TextTower
 
     model, _, _ = load_clip(args.model, device="cpu")
     tower = TextTower.from_model(model)
@@ -116,8 +116,8 @@ def training_examples(kind: str, n: int, image_size: int, seed: int) -> list:
 def measure(kind, image_size, budgets, matmul, args, device) -> dict:
     from finetune.plan import LayerPlan
     from finetune.train import TrainConfig, Trainer
-    from probing.models.loading import load_clip
-    from probing.models.text_tower import TextTower
+    from probing.clip.loading import load_clip
+    from probing.clip.text_tower import TextTower
 
     n_batches = 1 + args.rounds * args.steps_per_call + args.flop_steps + 1  # warm-up, timed, counted, spare
     examples = training_examples(kind, args.batch_size * n_batches, image_size, args.seed)
@@ -219,7 +219,7 @@ class OpenClipStep:
 
     def loss(self, indices: torch.Tensor) -> torch.Tensor:
 
-        from probing.models.text_tower import TextTower
+        from probing.clip.text_tower import TextTower
 
         model, device = self.model, self.device
         texts = torch.cat([self.tokens[name][indices] for name in self.spec.texts]).to(device)
@@ -289,7 +289,7 @@ def useful_step_flops(trainer, n_steps: int) -> float:
 
 
 def text_lengths(trainer) -> np.ndarray:
-    from probing.models.text_tower import TextTower
+    from probing.clip.text_tower import TextTower
 
     tower = TextTower.from_model(trainer.model)
     return np.concatenate(

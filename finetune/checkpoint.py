@@ -2,7 +2,7 @@
 
 Layout under the run folder:
     checkpoints/step_0000300/model.safetensors   the CLIP model (load_clip reads it): with a base checkpoint,
-                                                 only the trained tensors (a delta, probing.models.loading)
+                                                 only the trained tensors (a delta, probing.clip.loading)
     checkpoints/step_0000300/state.pt            optimizer, scheduler, step, RNG, run settings
     checkpoints/latest.json                      {"step": 300, "folder": "step_0000300"}
 Each file is written atomically and `latest.json` is switched only after both files of a step
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from probing.clip.loading import save_clip_checkpoint
 from probing.io import atomic_torch_save, atomic_write_json, sweep_temporaries
-from probing.models.loading import save_clip_checkpoint
 
 LATEST = "latest.json"
 STATE_KEYS = ("optimizer", "scheduler", "settings", "step", "rng")
@@ -87,7 +87,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, state: dic
                     model_name: str, keep_last: int = 1, metadata: dict[str, str] | None = None,
                     base: dict[str, str] | None = None, trained: list[str] | None = None) -> Checkpoint:
     """Write model + training state for `step`, point latest.json at it, prune older folders. With `base`
-    (probing.models.loading.base_record) the model file holds only the `trained` tensors."""
+    (probing.clip.loading.base_record) the model file holds only the `trained` tensors."""
     root = checkpoint_root(out_dir)
     checkpoint = Checkpoint(step, root / f"step_{step:07d}")
     save_clip_checkpoint(model, checkpoint.model_path, model_name=model_name, base=base, trained=trained, step=step,
@@ -105,7 +105,7 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, *, device: torch.d
 
     Weights that are not finite (a checkpoint written before training checked them) and a training state
     that torch cannot read or that lacks a part are ResumeErrors naming the file."""
-    from probing.models.loading import DELTA_KEY, ModelLoadError, apply_delta, load_state_dict_checked, read_checkpoint
+    from probing.clip.loading import DELTA_KEY, ModelLoadError, apply_delta, load_state_dict_checked, read_checkpoint
 
     weights = read_checkpoint(checkpoint.model_path)
     bad = non_finite_tensors(weights.state_dict)

@@ -3,7 +3,7 @@
 The image tower is frozen, so image (and distractor image) features are computed once, in eval
 mode without gradients, and kept on the device; they come from the disk cache of image features when
 an earlier run (a resume, another run of an ablation, an evaluation) computed them with the same
-image tower (probing.measure.feature_cache). Captions are tokenised once up front. Examples
+image tower (probing.features.cache). Captions are tokenised once up front. Examples
 are duck-typed: anything with `image`, `caption`, `presence_negated`, `absence_negated` and
 `distractor_image` attributes works (probing.data.records.NegationExample is the real one). A loss
 that reads MCQ items (LossSpec.record == "mcq", NegBench's) takes anything with `image`, `captions`
@@ -20,7 +20,7 @@ from torch import nn
 from finetune.distributed import DistContext
 from finetune.losses import LossSpec
 from probing.data.records import DataError
-from probing.measure.feature_cache import encode_image_features
+from probing.features.cache import encode_image_features
 
 # loss feature name -> example attribute holding that caption
 CAPTION_FIELDS = {"caption": "caption", "presence_negated": "presence_negated", "absence_negated": "absence_negated"}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from finetune.plan import LayerPlan
-from probing.models.text_tower import TextTower
+from probing.clip.text_tower import TextTower
 
 
 def planned_parts(model: nn.Module, plan: LayerPlan) -> dict[str, list[nn.Parameter]]:

@@ -29,47 +29,15 @@ from finetune.vocabulary import (
     MIX_PARTS,
     OMNI_MARGIN,
 )
-from probing.measure.metrics import check_normalized
+from probing.contrastive import check_features, clip_loss, cross_entropy, infonce
+from probing.metrics import check_normalized
 
 Tensor = torch.Tensor
-
-def _check(**features: Tensor | None) -> int:
-    """Check every given tensor is normalised and that all have the same number of rows M."""
-    rows = set()
-    for name, value in features.items():
-        if value is not None:
-            if value.ndim != 2:
-                raise ValueError(f"{name} must be a [M, d] feature tensor, got {tuple(value.shape)}")
-            check_normalized(value, name)
-            rows.add(value.shape[0])
-    if len(rows) > 1:
-        sizes = {name: value.shape[0] for name, value in features.items() if value is not None}
-        raise ValueError(f"feature tensors must describe the same M examples, got rows {sizes}")
-    return rows.pop() if rows else 0
-
-
-def _ce(queries: Tensor, keys: Tensor, scale: Tensor | float) -> Tensor:
-    """Mean row-wise cross-entropy of scale * queries @ keys^T [M, K], row i's target is key i."""
-    logits = scale * queries @ keys.T
-    targets = torch.arange(queries.shape[0], device=queries.device)
-    return F.cross_entropy(logits, targets)
-
 
 def _pair_ce(image: Tensor, true: Tensor, false: Tensor, scale: Tensor | float) -> Tensor:
     """mean_i of the 2-way cross-entropy over (s(I_i, true_i), s(I_i, false_i)), target true_i."""
     logits = scale * torch.stack([(image * true).sum(-1), (image * false).sum(-1)], dim=1)
     return F.cross_entropy(logits, torch.zeros(image.shape[0], dtype=torch.long, device=image.device))
-
-
-def _infonce(x: Tensor, y: Tensor, scale: Tensor | float) -> Tensor:
-    """Symmetric CLIP InfoNCE: 1/2 [CE(x -> y) + CE(y -> x)]."""
-    return 0.5 * (_ce(x, y, scale) + _ce(y, x, scale))
-
-
-def clip_loss(image: Tensor, text: Tensor, *, scale: Tensor | float) -> Tensor:
-    """CLIP InfoNCE: L = 1/2 [CE(I -> c) + CE(c -> I)]."""
-    _check(image=image, text=text)
-    return _infonce(image, text, scale)
 
 
 def conclip_loss(
@@ -88,7 +56,7 @@ def conclip_loss(
     `terms` picks which of the three terms are used (averaged over the picked ones). Without
     distractors term 2 is CE(c -> I) and term 3, which needs I', is left out.
     """
-    _check(image=image, caption=caption, negated=negated, distractor=distractor)
+    check_features(image=image, caption=caption, negated=negated, distractor=distractor)
     picked = set(terms)
     if not picked or not picked <= {1, 2, 3}:
         raise ValueError(f"terms must be a non-empty subset of (1, 2, 3), got {terms!r}")
@@ -98,12 +66,12 @@ def conclip_loss(
             raise ValueError("CoN-CLIP term 3 is CE(I' -> [c'; c]) and needs distractor image features")
     values = []
     if 1 in picked:
-        values.append(_ce(image, torch.cat([caption, negated]), scale))
+        values.append(cross_entropy(image, torch.cat([caption, negated]), scale))
     if 2 in picked:
         images = image if distractor is None else torch.cat([image, distractor])
-        values.append(_ce(caption, images, scale))
+        values.append(cross_entropy(caption, images, scale))
     if 3 in picked:
-        values.append(_ce(distractor, torch.cat([negated, caption]), scale))
+        values.append(cross_entropy(distractor, torch.cat([negated, caption]), scale))
     return torch.stack(values).mean()
 
 
@@ -112,9 +80,10 @@ def omni_presence_loss(image: Tensor, caption: Tensor, negated: Tensor, *, scale
 
     L_pres = 1/3 [CE(I -> [c; c']) + CE(c -> I) + mean_i CE_2way((s(I_i, c_i), s(I_i, c'_i)), target c_i)].
     """
-    _check(image=image, caption=caption, negated=negated)
+    check_features(image=image, caption=caption, negated=negated)
     pairwise = _pair_ce(image, caption, negated, scale)
-    return (_ce(image, torch.cat([caption, negated]), scale) + _ce(caption, image, scale) + pairwise) / 3
+    return (cross_entropy(image, torch.cat([caption, negated]), scale) + cross_entropy(caption, image, scale)
+            + pairwise) / 3
 
 
 def omni_absence_loss(
@@ -134,9 +103,9 @@ def omni_absence_loss(
     The hinge pushes cos(c_i, a_i) below -margin (the cosine is not scaled by t). The default margin
     0.9 is the authors' training setting (their --margin; 0.2 is only a function default in their code).
     """
-    _check(image=image, caption=caption, absence_negated=absence_negated)
+    check_features(image=image, caption=caption, absence_negated=absence_negated)
     hinge = F.relu((caption * absence_negated).sum(-1) + margin).mean()
-    return _infonce(image, absence_negated, scale) + lambda_o * _infonce(image, caption, scale) + lambda_t * hinge
+    return infonce(image, absence_negated, scale) + lambda_o * infonce(image, caption, scale) + lambda_t * hinge
 
 
 def omni_negclip_loss(
@@ -164,14 +133,14 @@ def omni_negclip_loss(
 
 def negationclip_loss(image: Tensor, absence_negated: Tensor, *, scale: Tensor | float) -> Tensor:
     """NegationCLIP (Park et al.): CLIP loss on absence-negated captions, 1/2 [CE(I -> a) + CE(a -> I)]."""
-    _check(image=image, absence_negated=absence_negated)
-    return _infonce(image, absence_negated, scale)
+    check_features(image=image, absence_negated=absence_negated)
+    return infonce(image, absence_negated, scale)
 
 
 def negbench_mcq_loss(image: Tensor, options: Tensor, correct: Tensor, *, scale: Tensor | float) -> Tensor:
     """NegBench's MCQ loss (Alhamoud et al.): the cross-entropy of choosing the right caption among the
     image's K options, mean_i CE(t <I_i, o_ik>_k, correct_i). options [M, K, d], correct [M] (indices)."""
-    _check(image=image)
+    check_features(image=image)
     if options.ndim != 3 or options.shape[0] != image.shape[0] or options.shape[2] != image.shape[1]:
         raise ValueError(f"options must be [M, K, d] for image [M, d] = {tuple(image.shape)}, "
                          f"got {tuple(options.shape)}")
@@ -186,10 +155,10 @@ def tripletclip_loss(
     image: Tensor, caption: Tensor, negated: Tensor, distractor: Tensor, *, scale: Tensor | float
 ) -> Tensor:
     """TripletCLIP: NC(I, c, n) = 1/2 [CE(I -> [c; n]) + CE(c -> I)]; L = NC(I, c, c') + NC(I', c', c)."""
-    _check(image=image, caption=caption, negated=negated, distractor=distractor)
+    check_features(image=image, caption=caption, negated=negated, distractor=distractor)
 
     def nc(images: Tensor, true: Tensor, false: Tensor) -> Tensor:
-        return 0.5 * (_ce(images, torch.cat([true, false]), scale) + _ce(true, images, scale))
+        return 0.5 * (cross_entropy(images, torch.cat([true, false]), scale) + cross_entropy(true, images, scale))
 
     return nc(image, caption, negated) + nc(distractor, negated, caption)
 

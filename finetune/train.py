@@ -19,7 +19,7 @@ TripletCLIP do) or on weight matrices only (open_clip's rule: no decay on gains,
 scale); cosine or constant learning rate after the warm-up.
 
 What makes it fast: the image tower is frozen, so image features are computed once and cached (on
-disk too, shared with resumes, other runs and evaluations: probing.measure.feature_cache);
+disk too, shared with resumes, other runs and evaluations: probing.features.cache);
 captions are tokenised once, and each text batch runs only up to its longest caption
 (TextTower.encode(trim=True), exact because of the causal mask). The contrastive batch itself is
 fixed by the loss, but its captions can be encoded in length-sorted chunks of at most
@@ -36,7 +36,7 @@ for it with --resumable); otherwise only the final weights are.
 What the files hold: with a base checkpoint (`base`: the file the model was loaded from), every
 model file holds only the tensors training changes (the planned parameters and the logit scale,
 which the temperature cap may move), with the base recorded by path and SHA-256; load_clip rebuilds
-the whole model from the base (probing.models.loading, "Delta checkpoints"). A model without a base
+the whole model from the base (probing.clip.loading, "Delta checkpoints"). A model without a base
 file (random weights) is saved whole.
 
 What keeps a bad run from passing for a good one: the settings are checked before anything runs
@@ -75,12 +75,12 @@ from finetune.losses import LossSpec, loss_keywords, loss_spec
 from finetune.metrics_log import MetricsLog
 from finetune.options import LossOptionError, check_loss_options
 from finetune.plan import LayerPlan
+from probing.clip.loading import base_record, resolve_device, save_clip_checkpoint
+from probing.clip.text_tower import TextTower
+from probing.contrastive import MAX_LOGIT_SCALE, lr_factor
+from probing.features.batching import token_batches
 from probing.io import atomic_write_json
-from probing.measure.batching import token_batches
-from probing.models.loading import base_record, resolve_device, save_clip_checkpoint
-from probing.models.text_tower import TextTower
 
-MAX_LOGIT_SCALE = math.log(100.0)  # t = exp(logit_scale) is clamped to at most 100
 # A trained weight larger than this has exploded: no CLIP weight comes near it (the largest are LayerNorm
 # gains of a few units; the logit scale is clamped to 4.6), and `--lr 1e30` puts weights at 1e28 in one step.
 MAX_WEIGHT = 1e3
@@ -152,7 +152,7 @@ class TrainConfig:
     # most this many tokens (captions x trimmed length); features equal to float rounding (see above)
     text_token_budget: int | None = None
     image_workers: int = 0  # DataLoader processes that decode images for the image features
-    feature_cache: bool = True  # read and write the disk cache of image features (probing.measure.feature_cache)
+    feature_cache: bool = True  # read and write the disk cache of image features (probing.features.cache)
     # the checkpoint the model was loaded from: {"path": file, "reference": "embedded:default" or ""}; model
     # files then hold only the trained tensors. None: the model has no base file and is saved whole
     base: dict[str, str] | None = None
@@ -174,16 +174,6 @@ class TrainResult:
 
 
 # --- schedule, optimizer, data order ---------------------------------------------------------------
-
-def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to 0 at `total_steps` (or constant)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
 
 def build_optimizer(model: nn.Module, plan: LayerPlan, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with one group per planned part (per-block lr weights). decay "matrices": no decay on

@@ -32,5 +32,3 @@ OMNI_MARGIN = 0.9
 EXTRAS: tuple[str, ...] = ("embeddings", "ln_final", "projection", "logit_scale")
 # losses whose relative gradient norms probe-layers measures (finetune.losses.gradnorm_loss_fns)
 GRADNORM_LOSSES: tuple[str, ...] = ("clip", "conclip", "omni_presence", "omni_absence")
-# embedded builds that are not shipped (finetune.embedded.VARIANT_SPECS): `build-embedded --spec NAME`
-BUILD_VARIANTS: tuple[str, ...] = ("seed2", "depth6", "late")

@@ -48,7 +48,7 @@ print(f"model {MODEL}; outputs in {OUT}")
 # caption; a model that read negation would rank the false one last.
 
 # %%
-from finetune.embedded import format_metrics
+from probing.models.build import format_metrics
 from probing.models.factory import create_model
 
 bundle = create_model(MODEL)  # the embedded models ship with the package

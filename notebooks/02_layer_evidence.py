@@ -61,8 +61,8 @@ print(f"model {MODEL}; outputs in {OUT}")
 # `probe-layers` uses them (never the model's own init seed 0).
 
 # %%
-from finetune.embedded import format_metrics
 from probing.measure.null import null_tower
+from probing.models.build import format_metrics
 from probing.models.factory import create_model
 
 bundle = create_model(MODEL)  # the embedded models ship with the package

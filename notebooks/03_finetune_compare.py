@@ -54,7 +54,7 @@ PLAN_ARGS = ["--measurements", "probes,sensitivity,gradnorms"] + (
 print(f"model {MODEL}; outputs in {OUT}")
 
 # %%
-from finetune.embedded import format_metrics
+from probing.models.build import format_metrics
 from probing.models.factory import create_model
 
 bundle = create_model(MODEL)  # the embedded models ship with the package

@@ -1,10 +1,16 @@
 """probing: load CLIP models, hook their text encoder, capture activations and measure negation per layer.
 
-    probing.models     loading (names, tags, checkpoint files, configs), the text tower, the hooked module
+    probing.clip       the open_clip model: loading any checkpoint format, the text tower, its hooked view
+    probing.features   text and image features (token-budget batches, the image-feature cache)
     probing.data       real negation data: records, benchmark loaders, the rule-based negation generator
-    probing.synthetic  the synthetic negation world: scenes, captions, its evaluation suite
+    probing.synthetic  the synthetic negation world: scenes, its evaluation suite
+    probing.models     every model by name: create_model, the embedded models and their build
     probing.measure    per-layer measurements: capture, probes and tasks, sensitivity, gradient norms,
-                       causal checks, and the metrics they are scored with
+                       causal checks, patching, heads, lens, steering
+
+Leaf modules every package may use: captions (caption grammar, negation cues), metrics (every score,
+the tie rule), contrastive (CE / InfoNCE, the schedule), io (atomic writes), cache, vocabulary.
+Inside probing imports point one way: leaves <- data, clip <- features <- synthetic <- models <- measure.
 
 Heavy imports (torch, open_clip, transformer_lens) happen on first use of a name, so that command-line
 `--help` stays instant.
@@ -15,13 +21,14 @@ from probing.lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load_clip": "probing.models.loading",
-    "ModelLoadError": "probing.models.loading",
-    "TextTower": "probing.models.text_tower",
-    "HookedCLIPText": "probing.models.hooked",
+    "create_model": "probing.models.factory",
+    "load_clip": "probing.clip.loading",
+    "ModelLoadError": "probing.clip.loading",
+    "TextTower": "probing.clip.text_tower",
+    "HookedCLIPText": "probing.clip.hooked",
     "capture_pooled": "probing.measure.capture",
-    "encode_captions": "probing.measure.encode",
-    "encode_images": "probing.measure.encode",
+    "encode_captions": "probing.features.encode",
+    "encode_images": "probing.features.encode",
 }
 
 

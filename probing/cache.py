@@ -2,8 +2,8 @@
 
     $CLIP_NEGATION_CACHE, else $XDG_CACHE_HOME/clip-negation-probe, else ~/.cache/clip-negation-probe
 
-Built embedded models live in <cache>/embedded/ (finetune.embedded), image features in
-<cache>/image-features/ (probing.measure.feature_cache). Nothing here imports torch.
+Built embedded models live in <cache>/embedded/ (probing.models.build), image features in
+<cache>/image-features/ (probing.features.cache). Nothing here imports torch.
 """
 from __future__ import annotations
 

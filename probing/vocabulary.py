@@ -5,13 +5,6 @@ against them at import time, so the two cannot drift apart.
 """
 from __future__ import annotations
 
-# embedded model variant -> its file in probing/models/shipped/ (see probing.models.factory)
-EMBEDDED_VARIANTS: dict[str, str] = {
-    "default": "negclip-tiny-v6.safetensors",
-    "small": "negclip-micro-v6.safetensors",
-}
-EMBEDDED = "embedded"  # the model name that selects them: "embedded" (= "embedded:default"), "embedded:small"
-
 # per-layer measurements of probing.measure.layers (on the model and its null models), in the order they run
 LAYER_MEASUREMENTS: tuple[str, ...] = ("probes", "sensitivity", "gradnorms", "causal")
 # where negation is computed (probing.measure.localise, on the model)

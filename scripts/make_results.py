@@ -54,7 +54,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 def embedded_models() -> str:
     """The shipped embedded models' held-out numbers, read from their own metadata."""
-    from finetune.embedded import HEADLINE
+    from probing.models.build import HEADLINE
     from probing.models.factory import create_model
 
     bundles = {name: create_model(f"embedded:{name}") for name in ("default", "small")}

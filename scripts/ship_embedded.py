@@ -3,7 +3,7 @@
     python scripts/ship_embedded.py small              build the 'small' spec (cache) and ship it
     python scripts/ship_embedded.py default --from F   ship an existing build F of the 'default' spec
 
-The file must record exactly the spec `finetune.embedded.SPECS[variant]` (tests check that every
+The file must record exactly the spec `probing.models.embedded.REGISTRY[variant].spec` (tests check that every
 shipped file does), so the shipped model is always what `build-embedded --rebuild` would build.
 Its held-out metrics are re-evaluated here with the current evaluator and recorded in the file, so
 the numbers every command prints are those of the shipped weights in the current vocabulary.
@@ -15,29 +15,29 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from finetune.embedded import SPECS, embedding_init_record, ensure_embedded_model, evaluate_build, world_for
-from probing.models.factory import SHIPPED
-from probing.models.loading import checkpoint_metadata, load_clip, save_clip_checkpoint
+from probing.clip.loading import checkpoint_metadata, load_clip, save_clip_checkpoint
+from probing.models import SHIPPED
+from probing.models.build import embedding_init_record, ensure_embedded_model, evaluate_build, world_for
+from probing.models.embedded import REGISTRY
 from probing.synthetic.record import world_metadata
-from probing.vocabulary import EMBEDDED_VARIANTS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("variant", choices=tuple(EMBEDDED_VARIANTS))
+    parser.add_argument("variant", choices=[n for n, m in REGISTRY.items() if m.shipped])
     parser.add_argument("--from", dest="source", type=Path, help="an existing build of the variant's spec")
     args = parser.parse_args()
-    spec = SPECS[args.variant]
+    spec = REGISTRY[args.variant].spec
     source = args.source or ensure_embedded_model(spec)
     metadata = checkpoint_metadata(source)
-    recorded = {**asdict(SPECS[args.variant].__class__()), **json.loads(metadata["spec"])}  # later fields: defaults
+    recorded = {**asdict(spec.__class__()), **json.loads(metadata["spec"])}  # later fields: defaults
     if recorded != json.loads(json.dumps(asdict(spec))):
-        raise SystemExit(f"{source} records another spec than SPECS[{args.variant!r}]; build that spec")
+        raise SystemExit(f"{source} records another spec than REGISTRY[{args.variant!r}].spec; build that spec")
     model, preprocess, tokenizer = load_clip(spec.model, pretrained=source)
     built = json.loads(metadata["metrics"])
     metrics = evaluate_build(model, preprocess, tokenizer, spec)  # the current evaluator, same weights
     metrics.update({key: built[key] for key in ("pretraining_minutes", "final_loss")})
-    target = SHIPPED / EMBEDDED_VARIANTS[args.variant]
+    target = SHIPPED / REGISTRY[args.variant].shipped
     save_clip_checkpoint(model, target, model_name=spec.model, spec=asdict(spec), metrics=metrics,
                          compact_init=embedding_init_record(model, spec), **world_metadata(world_for(spec)))
     print(f"shipped {source} as {target} ({target.stat().st_size / 1e6:.1f} MB)")

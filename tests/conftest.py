@@ -68,7 +68,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def small_embedded():
     """The shipped smoke-test build ("embedded:small"): (checkpoint path, its spec)."""
-    from finetune.embedded import SMALL_SPEC
+    from probing.models.embedded import REGISTRY
     from probing.models.factory import embedded_checkpoint
 
-    return embedded_checkpoint("small"), SMALL_SPEC
+    return embedded_checkpoint("embedded:small"), REGISTRY["small"].spec

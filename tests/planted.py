@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from probing.clip.loading import load_clip
 from probing.measure.roles import PatchPair
-from probing.models.loading import load_clip
 
 CONTENT = slice(0, 48)
 CUE, CUE_MIRROR, QUERY, QUERY_MIRROR, KEY, KEY_MIRROR, OUT, OUT_MIRROR = range(48, 56)

@@ -234,8 +234,8 @@ def test_study_records_every_run_with_heldout_and_retention_metrics(uninterrupte
 
 
 def test_a_run_changes_only_its_planned_blocks(uninterrupted, small_embedded):
-    from probing.models.loading import load_clip
-    from probing.models.text_tower import TextTower
+    from probing.clip.loading import load_clip
+    from probing.clip.text_tower import TextTower
 
     path, spec = small_embedded
     base = TextTower.from_model(load_clip(spec.model, pretrained=path)[0]).parameters_by_part()
@@ -377,8 +377,8 @@ def test_figure_sweep_panel_shows_every_interval_and_the_frozen_level():
 def test_steering_variant_trains_nothing_and_scores_the_steered_model(small_embedded, tmp_path):
     """The training-free anchor: no parameter moves, its vectors are fitted per run, and its numbers are
     the steered model's own, scored here directly on the study's suites; the base model stays unsteered."""
-    from probing.measure.metrics import flatten
     from probing.measure.steering import PUBLISHED_ALPHA, steered, steering_vectors
+    from probing.metrics import flatten
 
     config = AblationConfig(**QUICK, seeds=(0,), variants=("frozen", "steering"))
     study = AblationStudy(config, tmp_path, progress=False, log=lambda line: None)

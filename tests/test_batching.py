@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from probing.measure.batching import token_batches
-from probing.measure.encode import encode_captions
-from probing.models.loading import load_clip
+from probing.clip.loading import load_clip
+from probing.features.batching import token_batches
+from probing.features.encode import encode_captions
 
 
 def _check_partition(lengths, batches, budget, max_batch):

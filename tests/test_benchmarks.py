@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from benchmarks import bench_build, bench_capture, bench_causal, bench_pipeline, bench_synthetic, bench_train, harness
-from probing.models.loading import load_clip
-from probing.models.text_tower import TextTower
+from probing.clip.loading import load_clip
+from probing.clip.text_tower import TextTower
 from scripts import bench_tables
 from tests.conftest import REPO
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from probing.clip.hooked import HookedCLIPText
+from probing.clip.loading import load_clip
 from probing.measure.capture import capture_pooled, resid_hook_names
-from probing.models.hooked import HookedCLIPText
-from probing.models.loading import load_clip
 
 CAPTIONS = [f"a {c} {s} but no {c2} {s}" for c in ("red", "blue", "green") for c2 in ("purple", "black")
             for s in ("circle", "square")] + ["a dog", "there is no cat on the mat next to the small brown dog"]
@@ -121,7 +121,7 @@ def test_encode_images_runs_a_resnet_image_tower_in_eval_mode(tmp_path):
     """BatchNorm in train mode would use batch statistics and overwrite its running ones."""
     import json
 
-    from probing.measure.encode import encode_images
+    from probing.features.encode import encode_images
     from tests.conftest import tiny_config
 
     config = tiny_config()

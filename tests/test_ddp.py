@@ -59,7 +59,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 def _initial_weights(config_path):
     """The untrained weights (the CLI seeds with --seed 0 before building the model)."""
-    from probing.models.loading import load_clip
+    from probing.clip.loading import load_clip
 
     torch.manual_seed(0)
     model, _, _ = load_clip(str(config_path))

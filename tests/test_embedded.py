@@ -11,19 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from finetune import embedded
-from finetune.embedded import SMALL_SPEC, SPECS, checkpoint_path, ensure_embedded_model
-from probing.models.compact import COMPACT_KEY, DIGEST_KEY, ROWS_SUFFIX, portable_uniform, state_digest
+from probing.clip.compact import COMPACT_KEY, DIGEST_KEY, ROWS_SUFFIX, portable_uniform, state_digest
+from probing.clip.loading import ModelLoadError, checkpoint_metadata, load_clip, read_checkpoint
+from probing.models import build as embedded
+from probing.models.build import checkpoint_path, ensure_embedded_model
+from probing.models.embedded import REGISTRY
 from probing.models.factory import create_model, embedded_checkpoint
-from probing.models.loading import ModelLoadError, checkpoint_metadata, load_clip, read_checkpoint
-from probing.vocabulary import EMBEDDED_VARIANTS
+
+SMALL_SPEC = REGISTRY["small"].spec
 
 
-@pytest.mark.parametrize("variant", list(EMBEDDED_VARIANTS))
+@pytest.mark.parametrize("variant", [name for name, model in REGISTRY.items() if model.shipped])
 def test_every_variant_ships_and_records_the_spec_that_builds_it(variant):
     path = embedded_checkpoint(variant)
     metadata = checkpoint_metadata(path)
-    assert json.loads(metadata["spec"]) == json.loads(json.dumps(asdict(SPECS[variant])))
+    assert json.loads(metadata["spec"]) == json.loads(json.dumps(asdict(REGISTRY[variant].spec)))
     assert path.stat().st_size < 36e6  # "at most about 35 MB per model version"
     assert COMPACT_KEY in metadata and DIGEST_KEY in metadata
     checkpoint = read_checkpoint(path)  # rebuilds the compact embedding and checks the SHA-256
@@ -187,8 +189,9 @@ _LOCK_PROBE = """
 import json, os, sys, time
 from pathlib import Path
 go, ready, log = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-from finetune import embedded
-spec = embedded.with_overrides(embedded.SMALL_SPEC, steps=6, eval_scenes=100)
+from probing.models import build as embedded
+from probing.models.embedded import REGISTRY
+spec = embedded.with_overrides(REGISTRY["small"].spec, steps=6, eval_scenes=100)
 real = embedded.pretrain
 def counted(*args, **kwargs):
     with log.open("a") as handle:

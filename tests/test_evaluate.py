@@ -21,6 +21,7 @@ from PIL import Image
 
 from analysis.evaluation import evaluate as ev
 from analysis.evaluation.benchmarks import BenchmarkError, Sources, load_image_folder, plan_benchmarks
+from probing.clip.loading import load_clip
 from probing.data import (
     DataError,
     Loaded,
@@ -30,7 +31,6 @@ from probing.data import (
     load_negbench_retrieval,
     load_sugarcrepe,
 )
-from probing.models.loading import load_clip
 from probing.synthetic import SyntheticWorld, WorldConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -536,7 +536,7 @@ def test_cli_help_does_not_import_torch():
 
 def test_cli_embedded_model_comes_with_its_synthetic_world(small_embedded, tmp_path, capsys):
     from analysis.cli.evaluate_negation import main
-    from finetune.embedded import world_for
+    from probing.models.build import world_for
 
     _, spec = small_embedded
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""The disk cache of image features (probing.measure.feature_cache): what its key depends on, that a second
+"""The disk cache of image features (probing.features.cache): what its key depends on, that a second
 pass encodes nothing, that DataLoader workers give the in-process numbers, and that an ablation study
 encodes each image once over all its runs. Image-tower work is counted with a forward hook."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
-from probing.measure.feature_cache import FeatureCache, encode_image_features, image_key, tower_key
-from probing.models.loading import load_clip
+from probing.clip.loading import load_clip
+from probing.features.cache import FeatureCache, encode_image_features, image_key, tower_key
 from tests.conftest import tiny_config
 
 

@@ -31,10 +31,10 @@ def measured(tmp_path_factory):
     import json as _json
 
     from finetune.losses import gradnorm_loss_fns
+    from probing.clip.loading import load_clip
     from probing.measure.layers import MeasureConfig, measure_layers
     from probing.measure.null import null_tower
     from probing.measure.tasks import synthetic_negation_task, synthetic_scope_task
-    from probing.models.loading import load_clip
     from probing.synthetic.world import SyntheticWorld, WorldConfig
     from tests.conftest import tiny_config
 

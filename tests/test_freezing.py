@@ -10,8 +10,8 @@ import torch
 from finetune.freezing import apply_plan, planned_parts
 from finetune.plan import LayerPlan, PlanError, parse_layers
 from finetune.train import TrainConfig, train
+from probing.clip.loading import load_clip
 from probing.data.records import NegationExample
-from probing.models.loading import load_clip
 
 
 @pytest.fixture(scope="module")

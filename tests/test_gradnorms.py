@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from probing.clip.loading import load_clip
 from probing.measure.gradnorms import relative_gradient_norms
-from probing.models.loading import load_clip
 
 
 def test_relative_norms_match_direct_computation(write_config):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from probing.models.hooked import HookedCLIPText
-from probing.models.loading import load_clip
-from probing.models.text_tower import TextTower, UnsupportedTextTower
+from probing.clip.hooked import HookedCLIPText
+from probing.clip.loading import load_clip
+from probing.clip.text_tower import TextTower, UnsupportedTextTower
 
 CAPTIONS = [
     "a dog",

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from probing.clip.hooked import HookedCLIPText
 from probing.measure.capture import capture_pooled
 from probing.measure.lens import fit_tuned_lens, lens_features, lens_rows
-from probing.measure.metrics import pair_accuracy, recall_among
 from probing.measure.scoring import HeldOutSet, training_captions
 from probing.measure.steering import negation_directions, steering_rows
+from probing.metrics import pair_accuracy, recall_among
 from probing.models.factory import create_model
-from probing.models.hooked import HookedCLIPText
 
 
 @pytest.fixture(scope="module")

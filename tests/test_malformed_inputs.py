@@ -61,7 +61,7 @@ def _with_metadata(source: Path, target: Path, **changes: str) -> Path:
     """A copy of a .safetensors checkpoint whose metadata entries are replaced (the tensors untouched)."""
     from safetensors.torch import load_file, save_file
 
-    from probing.models.loading import checkpoint_metadata
+    from probing.clip.loading import checkpoint_metadata
 
     save_file(load_file(str(source)), str(target), metadata={**checkpoint_metadata(source), **changes})
     return target
@@ -184,7 +184,7 @@ def fx(tmp_path_factory) -> dict[str, str]:
     def nan_weights(checkpoints: Path) -> None:
         from safetensors.torch import load_file, save_file
 
-        from probing.models.loading import checkpoint_metadata
+        from probing.clip.loading import checkpoint_metadata
 
         path = checkpoints / step / "model.safetensors"
         tensors = load_file(str(path))

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from probing.clip.loading import load_clip
 from probing.measure.layers import LayerMeasurements, MeasureConfig, measure_layers, swap_first_colour
 from probing.measure.tasks import real_negation_task, synthetic_negation_task, synthetic_scope_task
-from probing.models.loading import load_clip
 from probing.synthetic.world import SyntheticWorld, WorldConfig
 
 
@@ -108,8 +108,8 @@ def test_measure_layers_end_to_end_with_null_models(world, write_config, tmp_pat
 
 
 def test_null_tower_reinitialises_only_the_text_tower(write_config):
+    from probing.clip.text_tower import TextTower
     from probing.measure.null import null_tower
-    from probing.models.text_tower import TextTower
 
     config_path = write_config("tiny-null", layers=2)
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probing.measure.metrics import (
+from probing.metrics import (
     breakdown,
     flatten,
     pair_accuracy,

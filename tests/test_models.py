@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from probing.models.loading import ModelLoadError, load_clip, save_clip_checkpoint, uses_quick_gelu
+from probing.clip.loading import ModelLoadError, load_clip, save_clip_checkpoint, uses_quick_gelu
 
 
 def test_builtin_name_returns_model_preprocess_tokenizer():

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from probing.measure.encode import encode_images
+from probing.clip.hooked import HookedCLIPText
+from probing.features.encode import encode_images
 from probing.measure.heads import ablate_heads_hook, attention_to_cue
 from probing.measure.patching import (
     PairBatch,
@@ -21,7 +22,6 @@ from probing.measure.patching import (
 )
 from probing.measure.roles import RoleFinder, synthetic_negation_pairs, synthetic_scope_pairs
 from probing.models.factory import create_model
-from probing.models.hooked import HookedCLIPText
 from tests.planted import N_HEADS, N_LAYERS, PLANTED, image_features, planted_model, planted_pairs
 
 

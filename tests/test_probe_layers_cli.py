@@ -22,13 +22,11 @@ QUICK = ["--model", "embedded:small", "--n-train", "200", "--n-test", "60", "--s
 
 
 def test_named_choices_are_the_librarys_own():
-    from finetune.embedded import SPECS
     from finetune.losses import gradnorm_loss_fns
     from probing.measure.layers import MeasureConfig
     from probing.measure.localise import LocaliseConfig
-    from probing.vocabulary import EMBEDDED_VARIANTS, LAYER_MEASUREMENTS, LOCALISATION_MEASUREMENTS
+    from probing.vocabulary import LAYER_MEASUREMENTS, LOCALISATION_MEASUREMENTS
 
-    assert set(EMBEDDED_VARIANTS) == set(SPECS)
     assert cli.MEASUREMENTS == MeasureConfig().measurements + LocaliseConfig().measurements
     assert cli.MEASUREMENTS == LAYER_MEASUREMENTS + LOCALISATION_MEASUREMENTS
     assert set(gradnorm_loss_fns()) == set(cli.GRADNORM_LOSSES)
@@ -187,7 +185,7 @@ def test_real_data_mode_probes_real_captions(small_embedded, shared_data, tmp_pa
 def test_open_clip_config_with_a_checkpoint_file(write_config, tmp_path, capsys):
     import torch
 
-    from probing.models.loading import load_clip, save_clip_checkpoint
+    from probing.clip.loading import load_clip, save_clip_checkpoint
 
     config = write_config("tiny-probe", layers=3)
     torch.manual_seed(123)  # weights unlike the null models' seeded inits
@@ -212,7 +210,7 @@ def test_a_random_tower_gets_no_plan_against_ten_null_models(write_config, tmp_p
     evidence, the run ends without a plan (exit 1), and every t stays under the family-wise bound."""
     import torch
 
-    from probing.models.loading import load_clip, save_clip_checkpoint
+    from probing.clip.loading import load_clip, save_clip_checkpoint
 
     config = write_config("tiny-random", layers=4)
     torch.manual_seed(1000 + seed)

@@ -204,8 +204,8 @@ def test_delta_checkpoint_holds_the_trained_tensors_and_needs_its_base(tiny, tmp
 
     from finetune.plan import LayerPlan
     from finetune.train import TrainConfig, train
-    from probing.models.compact import DIGEST_KEY
-    from probing.models.loading import (
+    from probing.clip.compact import DIGEST_KEY
+    from probing.clip.loading import (
         BASE_DIGEST_KEY,
         BASE_PATH_KEY,
         ModelLoadError,

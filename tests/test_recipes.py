@@ -13,8 +13,8 @@ from finetune.losses import negbench_mcq_loss, omni_absence_loss, omni_presence_
 from finetune.plan import LayerPlan
 from finetune.recipe import RecipeError, load_recipe, recipe_names
 from finetune.train import DataOrder, TrainConfig, Trainer, build_optimizer, lr_factor
+from probing.clip.loading import load_clip
 from probing.data import load_negbench_mcq
-from probing.models.loading import load_clip
 from probing.synthetic.world import SyntheticWorld, WorldConfig
 
 RECIPES = ("conclip", "omni_negclip", "negationclip", "negbench", "tripletclip", "scope")

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from probing.clip.hooked import HookedCLIPText
+from probing.clip.loading import load_clip
 from probing.measure.capture import resid_hook_names
 from probing.measure.causal import AblatedText, project_out_hook, projection_ablation, text_encoder_with_hooks
 from probing.measure.sensitivity import edit_sensitivity
-from probing.models.hooked import HookedCLIPText
-from probing.models.loading import load_clip
 
 
 def test_sensitivity_is_zero_for_no_edit_and_one_for_unrelated_captions():

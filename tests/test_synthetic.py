@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from probing.synthetic.captions import CUES, Mention, caption_truth
+from probing.captions import CUES, Mention, caption_truth
 from probing.synthetic.scenes import Scene, SceneObject
 from probing.synthetic.world import SyntheticWorld, WorldConfig
 
@@ -361,8 +361,8 @@ def test_world_record_round_trips_through_checkpoint_metadata():
 
 
 def test_checkpoint_world_reports_a_corrupt_checkpoint_by_name(tmp_path):
-    from probing.models.loading import ModelLoadError
-    from probing.synthetic.record import checkpoint_world
+    from probing.clip.loading import ModelLoadError
+    from probing.models.factory import checkpoint_world
 
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")

@@ -23,8 +23,8 @@ from finetune.train import (
     lr_factor,
     train,
 )
+from probing.clip.loading import load_clip
 from probing.data.records import DataError, NegationExample
-from probing.models.loading import load_clip
 from probing.synthetic.world import SyntheticWorld, WorldConfig
 
 
@@ -402,8 +402,9 @@ def test_batch_losses_feed_the_gradient_norm_measurement(tiny):
 
 def test_cli_fine_tunes_on_the_world_the_checkpoint_records_and_passes_the_record_on(tiny, tmp_path):
     from analysis.cli.finetune_layers import main
-    from probing.models.loading import save_clip_checkpoint
-    from probing.synthetic.record import checkpoint_world, world_metadata
+    from probing.clip.loading import save_clip_checkpoint
+    from probing.models.factory import checkpoint_world
+    from probing.synthetic.record import world_metadata
 
     model, _, _ = fresh(tiny)
     size = model.visual.image_size
@@ -446,7 +447,7 @@ def _break_weights_at(trainer, step: int, damage) -> None:
 ])
 def test_broken_weights_after_a_step_stop_the_run_and_keep_the_last_finite_checkpoint(tiny, tmp_path, damage, message):
     from finetune.checkpoint import non_finite_tensors
-    from probing.models.loading import read_checkpoint
+    from probing.clip.loading import read_checkpoint
 
     model, preprocess, tokenizer = fresh(tiny)
     trainer = Trainer(model, tokenizer, preprocess, make_examples(12), PLAN,
@@ -535,7 +536,7 @@ def test_text_token_budget_chunks_give_the_one_pass_loss_and_gradients(tiny, tmp
     from finetune.data import prepare_data
     from finetune.distributed import DistContext
     from finetune.train import batch_loss, encode_tokens
-    from probing.models.text_tower import TextTower
+    from probing.clip.text_tower import TextTower
 
     model, preprocess, tokenizer = fresh(tiny)
     examples = make_examples(12)

@@ -164,13 +164,13 @@ class AblationConfig:
 def _check_config(config: AblationConfig) -> None:
     from finetune.options import LossOptionError, check_loss_options
     from finetune.train import MAX_LEARNING_RATE, MAX_SEED
-    from probing.models.factory import embedded_variant, is_embedded
+    from probing.models.embedded import embedded_model, is_embedded
 
     if is_embedded(config.model):
         if config.pretrained is not None:
             raise AblationError("pretrained weights do not go with the embedded model: it ships its own")
         try:
-            embedded_variant(config.model)
+            embedded_model(config.model)
         except ValueError as error:
             raise AblationError(str(error)) from None
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
@@ -517,7 +517,7 @@ class Base:
 
     @property
     def n_layers(self) -> int:
-        from probing.models.text_tower import TextTower
+        from probing.clip.text_tower import TextTower
 
         return TextTower.from_model(self.model).n_layers
 
@@ -560,7 +560,7 @@ class Evaluation:
 
     def evaluate(self, model, base: Base) -> tuple[dict[str, float], dict[str, list[int]]]:
         """({"<suite>/<metric>": value}, {"<suite>/scope": per-item outcomes}) of a model."""
-        from probing.measure.metrics import flatten
+        from probing.metrics import flatten
 
         model.eval()
         metrics: dict[str, float] = {}
@@ -645,7 +645,7 @@ class AblationStudy:
         from finetune.checkpoint import latest_checkpoint
         from finetune.freezing import planned_parts
         from finetune.train import train
-        from probing.models.loading import resolve_device
+        from probing.clip.loading import resolve_device
 
         plan = self.plans[variant]
         model = copy.deepcopy(self.base.model)

@@ -6,7 +6,7 @@
     build-embedded --seed 2 --steps 300     another build (cached); the commands use it with
                                             --model negclip-tiny --pretrained <the printed path>
     build-embedded --spec late              a model built to differ in where negation can be learnt
-                                            (seed2, depth6, late: finetune.embedded.VARIANT_SPECS)
+                                            (seed2, depth6, late, ...: probing.models.embedded.REGISTRY)
 
 The shipped model was built by the same code with the same spec; a rebuild on another CPU or
 thread count sums floating-point numbers in another order and ends at other weights, so its
@@ -20,17 +20,17 @@ import sys
 
 from analysis.cli import common
 from analysis.cli.common import positive_int, seed, threads
-from finetune.vocabulary import BUILD_VARIANTS
-from probing.vocabulary import EMBEDDED, EMBEDDED_VARIANTS
+from probing.models.embedded import EMBEDDED, NAMES, REGISTRY
 
 PROG = "build-embedded"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = common.CommandParser(PROG, __doc__)
-    parser.add_argument("--spec", choices=tuple(EMBEDDED_VARIANTS) + BUILD_VARIANTS, default="default",
-                        help="'small' is the seconds-long smoke-test build; " + ", ".join(BUILD_VARIANTS) +
-                             " are built only (not shipped), compared with the shipped default")
+    parser.add_argument("--spec", choices=NAMES, default="default",
+                        help="'small' is the seconds-long smoke-test build; "
+                             + ", ".join(n for n in NAMES if REGISTRY[n].shipped is None)
+                             + " are built only (not shipped), compared with the shipped default")
     parser.add_argument("--seed", type=seed, help="pretraining seed (default: the spec's)")
     parser.add_argument("--steps", type=positive_int, help="pretraining steps (default: the spec's)")
     parser.add_argument("--threads", type=threads,
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def recorded_metrics(path) -> dict:
     """The held-out numbers a build recorded in its checkpoint; a ModelLoadError if they are missing or damaged."""
+    from probing.clip.loading import ModelLoadError
     from probing.models.factory import recorded_metrics
-    from probing.models.loading import ModelLoadError
 
     metrics = recorded_metrics(path)
     if metrics is None:
@@ -58,30 +58,27 @@ def recorded_metrics(path) -> dict:
 
 
 def build(args: argparse.Namespace) -> int:
-    from finetune.embedded import (
-        SPECS,
-        VARIANT_SPECS,
+    from probing.models import SHIPPED
+    from probing.models.build import (
         CacheError,
         checkpoint_path,
         ensure_embedded_model,
         format_metrics,
         with_overrides,
     )
-    from probing.models.factory import SHIPPED, embedded_checkpoint
 
-    shipped_name = args.spec if args.spec in SPECS else "default"
-    shipped_path = SHIPPED / EMBEDDED_VARIANTS[shipped_name]
-    if shipped_path.is_file():
-        shipped_path = embedded_checkpoint(shipped_name)
+    entry = REGISTRY[args.spec]
+    shipped_name = args.spec if entry.shipped else "default"
+    shipped_path = SHIPPED / REGISTRY[shipped_name].shipped
     shipped = recorded_metrics(shipped_path) if shipped_path.is_file() else None
     minutes = shipped.get("pretraining_minutes", math.nan) if shipped else math.nan
-    spec = with_overrides(SPECS.get(args.spec) or VARIANT_SPECS[args.spec], seed=args.seed, steps=args.steps,
+    spec = with_overrides(entry.spec, seed=args.seed, steps=args.steps,
                           threads=args.threads)
     if shipped is None:
         print(f"the shipped model {EMBEDDED}:{shipped_name} is missing from this installation ({shipped_path})")
     else:
         print(f"shipped model {EMBEDDED}:{shipped_name}: {shipped_path}")
-    if spec == SPECS.get(args.spec) and not args.rebuild:
+    if entry.shipped and spec == entry.spec and not args.rebuild:
         if shipped is None:
             raise common.UsageError("nothing to show: pass --rebuild to build the model into the cache")
         print(f"held-out synthetic scenes ({spec.eval_scenes}); pretrained in {minutes:.1f} min when it was built:")

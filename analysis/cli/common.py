@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from probing.vocabulary import EMBEDDED, EMBEDDED_VARIANTS
+from probing.models.embedded import EMBEDDED, NAMES
 
 EXIT_UNSUPPORTED = 1
 EXIT_USAGE = 2
@@ -239,10 +239,11 @@ def check_output_folder(folder: str | os.PathLike, option: str, parser: argparse
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, device: bool = True) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("model")
-    variants = ", ".join(f"'{EMBEDDED}:{v}'" for v in EMBEDDED_VARIANTS if v != "default")
+    variants = ", ".join(f"'{EMBEDDED}:{v}'" for v in NAMES if v != "default")
     group.add_argument("--model", default=EMBEDDED,
                        help=f"open_clip model name or config JSON; '{EMBEDDED}' = the small CLIP pretrained on the "
-                            f"synthetic negation world that ships with this package; {variants} = its smoke-test build")
+                            f"synthetic negation world that ships with this package; also {variants} "
+                            "('small' ships, the others are built into the cache on first use)")
     group.add_argument("--pretrained", help="open_clip pretrained tag (needs internet) or local checkpoint file "
                                             "(not with the embedded model)")
     if device:
@@ -276,13 +277,13 @@ def image_workers(args: argparse.Namespace) -> int:
 
 def check_model_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """The model arguments make sense together (checked before anything heavy is imported)."""
-    from probing.models.factory import embedded_variant, is_embedded
+    from probing.models.embedded import embedded_model, is_embedded
 
     if is_embedded(args.model):
         if args.pretrained:
             parser.error(f"--pretrained does not go with the embedded model ({args.model}): it ships its own weights")
         try:
-            embedded_variant(args.model)
+            embedded_model(args.model)
         except ValueError as error:
             parser.error(str(error))
 
@@ -392,7 +393,7 @@ def provenance_record(args: argparse.Namespace, *, model=None,
 
 def _model_provenance(bundle) -> dict:
     """A ModelBundle's checkpoint by path and SHA-256, with the base of a delta checkpoint."""
-    from probing.models.loading import BASE_DIGEST_KEY, BASE_PATH_KEY, BASE_REFERENCE_KEY, checkpoint_metadata
+    from probing.clip.loading import BASE_DIGEST_KEY, BASE_PATH_KEY, BASE_REFERENCE_KEY, checkpoint_metadata
 
     info = dict(bundle.info)
     checkpoint = bundle.checkpoint
@@ -429,8 +430,8 @@ def run(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Nam
     (probing.io.sweep_temporaries)."""
     from finetune.checkpoint import ResumeError
     from finetune.plan import PlanError
+    from probing.clip.loading import ModelLoadError
     from probing.data.records import DataError
-    from probing.models.loading import ModelLoadError
 
     with _sigterm_as_exit():
         try:

@@ -437,7 +437,7 @@ def finetune(args: argparse.Namespace) -> int:
     from finetune.checkpoint import latest_checkpoint
     from finetune.plan import LayerPlan
     from finetune.train import NonFiniteLossError, TrainConfig, train
-    from probing.models.text_tower import TextTower
+    from probing.clip.text_tower import TextTower
     from probing.synthetic.record import default_world, world_metadata
 
     check_files(args)

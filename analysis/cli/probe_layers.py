@@ -222,11 +222,11 @@ def localise(bundle, args, notes: list[str]):
 
 def load_models(args, notes: list[str]):
     """(the model's ModelBundle, its null models: name -> builder of that null model)."""
+    from probing.clip.text_tower import TextTower
     from probing.measure.null import null_tower
-    from probing.models.text_tower import TextTower
 
     bundle = common.load_model(args, seed=args.seed)
-    if bundle.metrics:  # the numbers its build recorded: the same on every machine (probing.models.compact)
+    if bundle.metrics:  # the numbers its build recorded: the same on every machine (probing.clip.compact)
         m = bundle.metrics
         print(f"model {bundle.label} ({bundle.name}), held-out numbers recorded when it was built: zero-shot "
               f"{m['zero_shot_affirmative']:.3f}, R@1 among 100 {m['image_to_text_R@1_among_100']:.3f} / "

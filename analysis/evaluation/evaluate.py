@@ -6,7 +6,7 @@ One function per benchmark, each `(model, preprocess, tokenizer, items, batch_si
      "counts":  {"rows_read", "n_evaluated", "n_skipped", "skip_reasons", "skipped_examples", ...}}
 
 Each is an encoding step (every row, batched, L2-normalised) and a scoring step on the features
-(`score_*`, plain tensor code that refuses unnormalised features through `probing.measure.metrics`). The
+(`score_*`, plain tensor code that refuses unnormalised features through `probing.metrics`). The
 anchors' evaluation bugs this guards against (REFERENCE.md, "Pitfalls"):
 
 - similarities on unnormalised features: every score function checks the norms;
@@ -21,7 +21,7 @@ anchors' evaluation bugs this guards against (REFERENCE.md, "Pitfalls"):
   only past the cut would score a tie, i.e. wrong) is left out and counted (`CaptionCut`).
 
 Ties count as failures everywhere and every metric reports how many items a tie decided
-(`probing.measure.metrics`: a pair is won only with a strictly larger similarity, an MCQ item or a
+(`probing.metrics`: a pair is won only with a strictly larger similarity, an MCQ item or a
 NegRefCOCOg phrase only when the correct option strictly beats every other): NegBench's and
 NegRefCOCOg's correct answer is always option 0, so breaking ties towards the first option, as the
 authors' argmax does, would reward a model that gives every option the same score.
@@ -61,8 +61,8 @@ from probing.data.records import (
     RegionItem,
     RetrievalItem,
 )
-from probing.measure.encode import encode_captions, encode_images
-from probing.measure.metrics import (
+from probing.features.encode import encode_captions, encode_images
+from probing.metrics import (
     Metrics,
     metric,
     score_mcq,
@@ -422,7 +422,7 @@ def evaluate_regions(model, preprocess, tokenizer, items: Sequence[RegionItem], 
 
 def class_prompts(classes: Sequence[str], template: str) -> list[str]:
     """One prompt per class: `{c}` is the class name, `{a_c}` the name with "a" / "an"."""
-    from probing.synthetic.captions import with_article
+    from probing.captions import with_article
 
     return [template.format(c=name, a_c=with_article(name)) for name in classes]
 
@@ -579,7 +579,7 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     error in one file is recorded in "failed" and the others still run.
     ccneg_strip_commas: remove the commas of CC-Neg's negated captions, as the authors do.
     synthetic_world: the SyntheticWorld to evaluate on (default: `WorldConfig()` seeded with `seed`;
-    pass the world a model was pretrained on, e.g. `finetune.embedded.world_for(spec)`).
+    pass the world a model was pretrained on, e.g. `probing.models.build.world_for(spec)`).
     """
     from tqdm.auto import tqdm
 

@@ -7,7 +7,7 @@ rows (`RetrievalItem`: positive_objects, negative_objects). For each image the g
     negated_object  another visible object: presence_negated negates it, so it is false;
     absent_object   an object not in the image: absence_negated negates it, so it is true;
 
-and writes them with the synthetic world's templates and cues (probing.synthetic.captions):
+and writes them with the synthetic world's templates and cues (probing.captions):
     caption           "a photo of a person and an oven"
     presence_negated  "a person but no oven"
     absence_negated   "a person but no fork"
@@ -42,9 +42,9 @@ from typing import Sequence
 
 import numpy as np
 
+from probing.captions import AFFIRMATIVE_TEMPLATES, CUES, NEGATION_FRAMES, affirmative_text, framed_text
 from probing.data.ccneg import find_negation_cue
 from probing.data.records import CocoImage, Loaded, LoadReport, NegationExample, RetrievalItem
-from probing.synthetic.captions import AFFIRMATIVE_TEMPLATES, CUES, NEGATION_FRAMES, affirmative_text, framed_text
 
 # "none" is left out: its clause ("none of the shapes is ...") speaks of the synthetic world's shapes.
 DEFAULT_CUES = ("no", "not", "without", "there is no", "isn't", "never")

@@ -8,7 +8,7 @@ The file is one JSON list; each entry is
 with boxes in pixels (COCO's [x, y, width, height]); `ref_bbox` is one of `bbox_list` (in the
 released file always the first). The authors score a crop of each box against the phrase and count
 argmax == ref_bbox, so a tie goes to the first box, the right one; this toolkit's scorer counts a
-tie as wrong (`probing.measure.metrics.score_regions`).
+tie as wrong (`probing.metrics.score_regions`).
 """
 from __future__ import annotations
 

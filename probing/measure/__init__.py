@@ -25,10 +25,10 @@ from __future__ import annotations
 from probing.lazy import lazy_exports
 
 _EXPORTS = {
-    "token_batches": "probing.measure.batching",
+    "token_batches": "probing.features.batching",
     "capture_pooled": "probing.measure.capture",
-    "encode_captions": "probing.measure.encode",
-    "encode_images": "probing.measure.encode",
+    "encode_captions": "probing.features.encode",
+    "encode_images": "probing.features.encode",
     "LogisticProbe": "probing.measure.probes",
     "DiffMeansProbe": "probing.measure.probes",
     "probe_layers": "probing.measure.probes",

@@ -3,7 +3,7 @@
 For each batch we attach forward hooks to `blocks.0.hook_resid_pre` (the embedding output) and to
 every `blocks.{l}.hook_resid_post`, and keep only the pooled vector per caption: the state at the
 EOT position (what CLIP itself pools), and optionally the mean over real tokens up to EOT.
-Captions run in length-sorted batches of at most `token_budget` tokens (probing.measure.batching),
+Captions run in length-sorted batches of at most `token_budget` tokens (probing.features.batching),
 so that trimming removes most padding; the result does not depend on the batching.
 
 Result: `[n_layers + 1, n_captions, d_model]`, index 0 = embedding output, l + 1 = block l.
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probing.measure.batching import DEFAULT_TOKEN_BUDGET, token_batches
-from probing.measure.encode import eval_mode
+from probing.features.batching import DEFAULT_TOKEN_BUDGET, token_batches
+from probing.features.encode import eval_mode
 
 POOLS = ("eot", "mean")
 
@@ -60,7 +60,7 @@ def capture_pooled(
     hooked: a `HookedCLIPText` (or an open_clip model, which is wrapped).
     pools: "eot", "mean" or both; with one name an array is returned, with several a dict.
     token_budget, batch_size: at most this many tokens (captions x trimmed length) and captions per
-    forward pass (see probing.measure.batching.token_batches).
+    forward pass (see probing.features.batching.token_batches).
     out_dir: stream to `<out_dir>/<pool>.npy` memory maps instead of memory.
     memory_budget: bytes the arrays may take in memory; a larger result streams to deleted files in
     a temporary folder under `spill_dir` (default: the system's) and comes back memory-mapped.
@@ -127,7 +127,7 @@ def _pooled_batch(hooked, tokens: torch.Tensor, names: list[str], pools: tuple[s
 
 
 def _as_hooked(model):
-    from probing.models.hooked import HookedCLIPText
+    from probing.clip.hooked import HookedCLIPText
 
     return model if isinstance(model, HookedCLIPText) else HookedCLIPText(model)
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probing.measure.batching import DEFAULT_TOKEN_BUDGET, token_batches
+from probing.features.batching import DEFAULT_TOKEN_BUDGET, token_batches
+from probing.features.encode import eval_mode
 from probing.measure.capture import resid_hook_names
-from probing.measure.encode import eval_mode
 
 
 def project_out_hook(direction: np.ndarray | torch.Tensor):

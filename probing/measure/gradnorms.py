@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from probing.models.text_tower import TextTower
+from probing.clip.text_tower import TextTower
 
 # component name -> attribute prefixes inside an open_clip ResidualAttentionBlock
 COMPONENTS = {

@@ -26,16 +26,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from probing.clip.text_tower import TextTower
+from probing.features.cache import encode_image_features
 from probing.io import atomic_path, atomic_write_json
 from probing.measure.capture import capture_pooled, layer_labels
 from probing.measure.causal import projection_ablation
-from probing.measure.feature_cache import encode_image_features
 from probing.measure.gradnorms import relative_gradient_norms
 from probing.measure.probes import probe_layers
 from probing.measure.sensitivity import edit_sensitivity
 from probing.measure.sources import REAL_CAUSAL_METRICS, RealData, RealSuite, SyntheticData, swap_first_colour
 from probing.measure.tasks import ProbeTask
-from probing.models.text_tower import TextTower
 from probing.vocabulary import LAYER_MEASUREMENTS  # named there, so that --help needs no torch
 
 __all__ = ["measure_layers", "MeasureConfig", "LayerMeasurements", "swap_first_colour", "TABLES"]
@@ -87,7 +87,7 @@ class MeasureConfig:
     # token budget saves padding on captions of varied lengths, but its other batches change features
     # at float rounding, and probe fits with them (a test item here and there)
     token_budget: int | None = None
-    feature_cache: bool = True  # image features through the disk cache (probing.measure.feature_cache)
+    feature_cache: bool = True  # image features through the disk cache (probing.features.cache)
     num_workers: int = 0  # processes that decode real images
 
     def __post_init__(self):
@@ -443,7 +443,7 @@ def causal_rows(model, preprocess, tokenizer, data: SyntheticData | RealData, di
     run's data (synthetic: CAUSAL_METRICS; real: sources.REAL_CAUSAL_METRICS, those the data has)."""
     from tqdm.auto import tqdm
 
-    from probing.models.hooked import HookedCLIPText
+    from probing.clip.hooked import HookedCLIPText
 
     suite = data.causal_suite(config.n_causal, config.seed)
     if isinstance(suite, RealSuite):

@@ -38,8 +38,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from probing.features.encode import encode_images, eval_mode
 from probing.io import atomic_path, atomic_write_json
-from probing.measure.encode import encode_images, eval_mode
 from probing.measure.heads import (
     ABLATION_COLUMNS,
     ATTENTION_COLUMNS,
@@ -156,7 +156,7 @@ def measure_localisation(model: torch.nn.Module, preprocess: Callable, tokenizer
                          examples: Sequence | None = None, config: LocaliseConfig = LocaliseConfig(),
                          progress: bool = True) -> Localisation:
     """Run the configured measurements on `model` (any open_clip text tower HookedCLIPText wraps)."""
-    from probing.models.hooked import HookedCLIPText
+    from probing.clip.hooked import HookedCLIPText
 
     if world is None and not examples:
         raise ValueError("localisation needs pairs: pass the synthetic world, real examples, or both")

@@ -6,7 +6,7 @@ does not produce it too. The null models are that comparison: copies of the mode
 the architecture's own init under another seed, while the image tower and the logit scale stay the
 trained ones, so that image-grounded measurements (sensitivity, gradient norms) see the same
 images. Parameters that are identically zero in the model are structural (e.g. an attention
-sublayer switched off by construction, see finetune.embedded) and stay zero in its null models.
+sublayer switched off by construction, see probing.models.build) and stay zero in its null models.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import copy
 import torch
 from torch import nn
 
-from probing.models.text_tower import TextTower
+from probing.clip.text_tower import TextTower
 
 
 def null_tower(model: nn.Module, architecture: str, seed: int) -> nn.Module:
     """A copy of `model` whose text tower is re-initialised as `architecture` initialises it, seeded."""
-    from probing.models.loading import load_clip
+    from probing.clip.loading import load_clip
 
     torch.manual_seed(seed)
     fresh, _, _ = load_clip(architecture, None)

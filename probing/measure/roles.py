@@ -32,8 +32,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from probing.captions import CUES, NEGATION_FRAMES, framed_caption, framed_text
 from probing.data.records import ImageRef, NegationExample
-from probing.synthetic.captions import CUES, NEGATION_FRAMES, framed_caption, framed_text
 
 ROLES = ("cue", "negated", "subject", "other", "eot")
 ALL = "all"  # every aligned position at once (head patching)

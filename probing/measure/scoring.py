@@ -20,9 +20,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from probing.measure.encode import encode_images, eval_mode
-from probing.measure.metrics import among_outcomes, check_normalized, pair_wins
+from probing.features.encode import encode_images, eval_mode
 from probing.measure.probes import mean_ci
+from probing.metrics import among_outcomes, check_normalized, pair_wins
 
 RETRIEVAL = "image_to_text_R@1_among_"
 

@@ -37,9 +37,9 @@ import torch
 
 from probing.data.ccneg import find_negation_cue
 from probing.data.records import NegationExample
-from probing.measure.encode import encode_captions
-from probing.measure.feature_cache import encode_image_features
-from probing.measure.metrics import flatten, score_pairs, score_recall_among
+from probing.features.cache import encode_image_features
+from probing.features.encode import encode_captions
+from probing.metrics import flatten, score_pairs, score_recall_among
 
 # words that are never swapped by the control edit of real captions (function words and negation cues)
 STOP_WORDS = frozenset("""

@@ -1,25 +1,22 @@
-"""Models: one loader for every open_clip name, tag, config file and checkpoint; the text tower; its
-TransformerLens view.
+"""Every model the toolkit runs on, by name.
 
-    loading.py     load_clip, read_checkpoint, save_clip_checkpoint, ModelLoadError, resolve_device
-    weights.py     the portable token-embedding init, compact checkpoints and their SHA-256
-    configs/       this package's open_clip configs (negclip-tiny, negclip-micro)
-    text_tower.py  TextTower: a uniform view of an open_clip text tower, exact padding trimming
-    hooked.py      HookedCLIPText: TransformerLens hook points over that same tower
+    factory.py   create_model(name, pretrained) -> ModelBundle: the one place every model name is resolved
+                 (the embedded models, open_clip names, config files, tags, checkpoint files)
+    embedded.py  the embedded models' registry: every `embedded:<name>` and the spec that builds it (no torch)
+    build.py     pretraining an embedded model on the synthetic negation world, into the user's cache
+    shipped/     the shipped embedded models' weights
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from probing.lazy import lazy_exports
 
+SHIPPED = Path(__file__).parent / "shipped"  # the shipped embedded models' weights (probing.models.embedded)
+
 _EXPORTS = {
-    "load_clip": "probing.models.loading",
-    "ModelLoadError": "probing.models.loading",
-    "resolve_device": "probing.models.loading",
-    "read_checkpoint": "probing.models.loading",
-    "save_clip_checkpoint": "probing.models.loading",
-    "checkpoint_metadata": "probing.models.loading",
-    "TextTower": "probing.models.text_tower",
-    "HookedCLIPText": "probing.models.hooked",
+    "create_model": "probing.models.factory",
+    "ModelBundle": "probing.models.factory",
 }
 
 __getattr__, __dir__ = lazy_exports("probing.models", _EXPORTS, globals())

@@ -2,19 +2,18 @@
 
     name                               what is loaded
     "embedded" or "embedded:default"   the embedded default model, shipped in probing/models/shipped/
-    "embedded:small"                   its smoke-test build (for tests and quick runs)
+    "embedded:<name>"                  any model of probing.models.embedded.REGISTRY: the smoke-test build
+                                       ("small", shipped) and the validation models (seed2, depth6, late, ...),
+                                       pretrained into the user's cache on first use (probing.models.build)
     an open_clip model name            "ViT-B-32", "ViT-B-32-quickgelu", this package's "negclip-tiny", ...
     an open_clip config JSON file      registered under its file stem
     pretrained                         None (random weights, seeded by `seed`), an open_clip tag
                                        (needs internet) or a local checkpoint file
 
-The embedded models are small CLIPs pretrained on the synthetic negation world (how: finetune.embedded);
-they load through `load_clip` like any local checkpoint, which checks their SHA-256.
-
 A `ModelBundle` carries the model with everything the commands need beside it: preprocessing,
 tokenizer, the synthetic world that goes with the model (the one its checkpoint records, else the
-default world at its image size: probing.synthetic.record.world_for_model), and the metrics its
-build recorded. Every command resolves its model here and nowhere else.
+default world at its image size: `world_for_model`), and the metrics its build recorded. Every
+command resolves its model here and nowhere else.
 """
 from __future__ import annotations
 
@@ -23,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from probing.vocabulary import EMBEDDED, EMBEDDED_VARIANTS
-
-SHIPPED = Path(__file__).parent / "shipped"
+from probing.clip.loading import ModelLoadError, checkpoint_metadata, image_size, load_clip, resolve_device
+from probing.models import SHIPPED
+from probing.models.embedded import EMBEDDED, EmbeddedModel, embedded_model, is_embedded
+from probing.synthetic.record import WORLD_KEY, default_world, world_from_metadata
+from probing.synthetic.world import SyntheticWorld
 
 
 @dataclass
@@ -43,29 +44,27 @@ class ModelBundle:
     info: dict[str, Any] = field(default_factory=dict)  # JSON-ready description for reports
 
 
-def is_embedded(name: str | Path) -> bool:
-    """'embedded' or 'embedded:<variant>'."""
-    text = str(name)
-    return text == EMBEDDED or text.startswith(EMBEDDED + ":")
+def embedded_checkpoint(name: str | EmbeddedModel = "embedded", *, progress: bool = True) -> Path:
+    """The weights file of an embedded model: the shipped file, or its build in the user's cache (pretrained
+    now if it is not there yet: minutes, once)."""
+    from probing.models.build import ensure_embedded_model  # pretraining needs torch: only when a build is due
 
-
-def embedded_variant(name: str | Path) -> str:
-    """'embedded' -> 'default', 'embedded:small' -> 'small'; a ValueError names the known variants."""
-    variant = str(name).partition(":")[2] or "default"
-    if variant not in EMBEDDED_VARIANTS:
-        raise ValueError(f"unknown embedded model {variant!r}; known: {', '.join(EMBEDDED_VARIANTS)}")
-    return variant
-
-
-def embedded_checkpoint(variant: str = "default") -> Path:
-    """The shipped file of an embedded variant."""
-    from probing.models.loading import ModelLoadError
-
-    path = SHIPPED / EMBEDDED_VARIANTS[variant]
+    entry = name if isinstance(name, EmbeddedModel) else embedded_model(name)
+    if entry.shipped is None:
+        return ensure_embedded_model(entry.spec, progress=progress)
+    path = SHIPPED / entry.shipped
     if not path.is_file():
         raise ModelLoadError(f"the embedded model file {path} is missing from this installation "
                              "(reinstall the package, or build one with `build-embedded --rebuild`)")
     return path
+
+
+def _reference_checkpoint(reference: str) -> Path:
+    """A delta checkpoint's base named by reference ("embedded:default"): its weights file."""
+    try:
+        return embedded_checkpoint(reference)
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from None
 
 
 def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = None, *, device: str = "cpu",
@@ -76,29 +75,26 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
     """
     import torch
 
-    from probing.models.loading import ModelLoadError, checkpoint_metadata, load_clip, resolve_device
-    from probing.synthetic.record import checkpoint_world, world_for_model
-
     device = resolve_device(device)
     if is_embedded(name):
         if pretrained is not None:
             raise ModelLoadError(f"--pretrained does not go with the embedded model ({name}): it ships its own weights")
         try:
-            variant = embedded_variant(name)
+            entry = embedded_model(name)
         except ValueError as error:
             raise ModelLoadError(str(error)) from None
-        checkpoint = embedded_checkpoint(variant)
+        checkpoint = embedded_checkpoint(entry)
         arch = checkpoint_metadata(checkpoint).get("open_clip_model")
         if not arch:
             raise ModelLoadError(f"checkpoint file {checkpoint} does not record its architecture (open_clip_model)")
-        label = f"{EMBEDDED}:{variant}"
+        label, source, weights = entry.reference, arch, checkpoint
     else:
         arch = Path(name).stem if str(name).endswith(".json") else str(name)
         checkpoint = Path(pretrained) if pretrained is not None and Path(str(pretrained)).is_file() else None
         label = arch + (f" + {Path(str(pretrained)).name}" if pretrained is not None else " (random weights)")
+        source, weights = name, pretrained
     torch.manual_seed(seed)  # a model without pretrained weights starts from a seeded init
-    model, preprocess, tokenizer = load_clip(name if not is_embedded(name) else arch,
-                                             checkpoint if is_embedded(name) else pretrained, device=device)
+    model, preprocess, tokenizer = load_clip(source, weights, device=device, resolve_reference=_reference_checkpoint)
     world, note = world_for_model(model, checkpoint, seed)
     recorded = world is not None and checkpoint_world(checkpoint) is not None
     metadata = checkpoint_metadata(checkpoint) if checkpoint is not None and checkpoint.suffix == ".safetensors" else {}
@@ -112,8 +108,6 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
 def recorded_metrics(checkpoint: str | Path, metadata: dict[str, str] | None = None) -> dict | None:
     """The metrics a build recorded in the metadata of its .safetensors checkpoint (None without); a
     ModelLoadError naming the file if they are damaged."""
-    from probing.models.loading import ModelLoadError, checkpoint_metadata
-
     metadata = checkpoint_metadata(checkpoint) if metadata is None else metadata
     if "metrics" not in metadata:
         return None
@@ -125,3 +119,35 @@ def recorded_metrics(checkpoint: str | Path, metadata: dict[str, str] | None = N
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
         raise ModelLoadError(f"checkpoint file {checkpoint} has damaged metadata: 'metrics' is not a table of numbers")
     return metrics
+
+
+# --- which synthetic world goes with a model ------------------------------------------------------
+
+def checkpoint_world(pretrained: str | Path | None) -> SyntheticWorld | None:
+    """The world recorded in a local .safetensors checkpoint (probing.synthetic.record); None for tags, other
+    formats or no record. A record that cannot be read back is a ModelLoadError naming the file."""
+    if pretrained is None or Path(pretrained).suffix != ".safetensors" or not Path(pretrained).is_file():
+        return None
+    try:
+        return world_from_metadata(checkpoint_metadata(pretrained))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ModelLoadError(f"checkpoint file {pretrained} has damaged metadata: its {WORLD_KEY!r} record cannot be "
+                             f"read ({type(error).__name__}: {str(error)[:120]})") from None
+
+
+def world_for_model(model, pretrained: str | Path | None = None, seed: int = 0
+                    ) -> tuple[SyntheticWorld | None, str | None]:
+    """(world, None), or (None, why not): the world `pretrained` records, else the default world at
+    the model's image size, checked to render there (every command asks this one function)."""
+    recorded = checkpoint_world(pretrained)
+    if recorded is not None:
+        return recorded, None
+    size = image_size(model)
+    if size is None:
+        return None, "the model's image size is unknown, so the synthetic world cannot be rendered for it"
+    world = default_world(size, seed)
+    try:
+        world.examples(2, "test", seed)  # renders: fails here if the size is too small for the scenes
+    except ValueError as error:
+        return None, f"the synthetic world cannot be rendered at {size}x{size} ({error})"
+    return world, None

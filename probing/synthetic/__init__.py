@@ -11,8 +11,8 @@ construction, and its evaluation suite.
 """
 from __future__ import annotations
 
+from probing.captions import CaptionSpec, Mention, caption_truth, parse_caption
 from probing.lazy import lazy_exports
-from probing.synthetic.captions import CaptionSpec, Mention, caption_truth, parse_caption
 from probing.synthetic.scenes import Scene, SceneObject
 from probing.synthetic.world import MinimalPair, ProbeCaption, ScopePair, SyntheticWorld, WorldConfig
 

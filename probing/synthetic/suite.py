@@ -5,7 +5,7 @@ and the causal checks all score through it.
 Built once from a world (images rendered, captions written), then evaluated on any model, or on
 any text encoder passed as a function (the causal check uses that to evaluate with hooks on).
 
-Sections and metrics (REFERENCE.md; names are probing.measure.metrics' shared vocabulary):
+Sections and metrics (REFERENCE.md; names are probing.metrics' shared vocabulary):
     negation    ccneg_accuracy: s(I, true caption) > s(I, presence-negated caption);
                 absence_accuracy: s(I, absence-negated caption) > s(I, presence-negated caption);
                 both also by cue word and by K ("ccneg_accuracy/cue=never", ".../k=2")
@@ -26,8 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from probing.measure.encode import encode_captions, encode_images
-from probing.measure.metrics import Metrics, flatten, pair_outcomes, score_pairs, score_prompt_gap, score_recall_among
+from probing.features.encode import encode_captions, encode_images
+from probing.metrics import Metrics, flatten, pair_outcomes, score_pairs, score_prompt_gap, score_recall_among
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 

@@ -26,8 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from probing.data.records import NegationExample
-from probing.synthetic.captions import (
+from probing.captions import (
     AFFIRMATIVE_TEMPLATES,
     CUES,
     NEGATION_FRAMES,
@@ -39,6 +38,7 @@ from probing.synthetic.captions import (
     framed_caption,
     with_article,
 )
+from probing.data.records import NegationExample
 from probing.synthetic.scenes import DRAWABLE_SHAPES, Scene, place_objects, render_scene
 
 DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {

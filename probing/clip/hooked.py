@@ -35,7 +35,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.config import TransformerLensConfig
 from transformer_lens.hook_points import HookPoint
 
-from probing.models.text_tower import TextTower, UnsupportedTextTower
+from probing.clip.text_tower import TextTower, UnsupportedTextTower
 
 
 class HookedLayerNorm(nn.Module):

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from probing.measure.batching import DEFAULT_TOKEN_BUDGET, token_batches
-from probing.models.text_tower import TextTower
+from probing.clip.text_tower import TextTower
+from probing.features.batching import DEFAULT_TOKEN_BUDGET, token_batches
 
 
 @contextlib.contextmanager

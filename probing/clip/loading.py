@@ -29,11 +29,12 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from probing.clip import CONFIGS
+
 # checkpoint metadata of a delta (save_clip_checkpoint with a base): the trained tensors only
 DELTA_KEY, BASE_PATH_KEY, BASE_DIGEST_KEY, BASE_REFERENCE_KEY = "delta", "base_checkpoint", "base_sha256", "base_model"
 # Keys that only OpenAI's original checkpoints carry beside the weights.
 _OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
-_PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 
 
 class ModelLoadError(RuntimeError):
@@ -73,6 +74,8 @@ def load_clip(
     name: str | Path,
     pretrained: str | Path | None = None,
     device: str | torch.device = "cpu",
+    *,
+    resolve_reference: Callable[[str], Path] | None = None,
 ) -> tuple[nn.Module, Callable, Callable]:
     """Return `(model, image_preprocess, tokenizer)` for an open_clip model, in eval mode.
 
@@ -80,6 +83,9 @@ def load_clip(
         configs such as "negclip-tiny"), or the path of an open_clip model config JSON file.
     pretrained: None for random weights, an open_clip pretrained tag (needs internet), or the
         path of a local checkpoint (.pt/.pth/.bin or .safetensors).
+    resolve_reference: for a delta checkpoint whose base is named by reference ("embedded:default"), the
+        function that finds that base's file (probing.models.factory passes its own); without it the base is
+        looked for by its recorded path.
     """
     import open_clip
 
@@ -88,7 +94,7 @@ def load_clip(
     if pretrained is None:
         model, preprocess = _create(model_name, quick_gelu=False)
     elif _is_file_like(pretrained):
-        model, preprocess = _create_from_checkpoint(model_name, Path(pretrained))
+        model, preprocess = _create_from_checkpoint(model_name, Path(pretrained), resolve_reference)
     else:
         model, preprocess = _create_from_tag(model_name, str(pretrained))
     model = model.to(device).eval()
@@ -127,7 +133,7 @@ def _register_package_configs() -> None:
     if not _registered:
         import open_clip
 
-        open_clip.add_model_config(_PACKAGE_CONFIGS)
+        open_clip.add_model_config(CONFIGS)
         _registered = True
 
 
@@ -206,10 +212,12 @@ def _config_uses_quick_gelu(model_name: str) -> bool:
     return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
 
 
-def _create_from_checkpoint(model_name: str, path: Path) -> tuple[nn.Module, Callable]:
+def _create_from_checkpoint(model_name: str, path: Path, resolve_reference: Callable[[str], Path] | None = None
+                            ) -> tuple[nn.Module, Callable]:
     checkpoint = read_checkpoint(path)
     if checkpoint.metadata.get(DELTA_KEY) == "true":  # the trained parameters only: rebuild the base first
-        model, preprocess = _create_from_checkpoint(model_name, resolve_base(path, checkpoint.metadata))
+        base = resolve_base(path, checkpoint.metadata, resolve_reference)
+        model, preprocess = _create_from_checkpoint(model_name, base, resolve_reference)
         apply_delta(model, checkpoint, source=path, model_name=model_name)
         return model, preprocess
     needs_quick_gelu = checkpoint.openai_style or checkpoint.metadata.get("quick_gelu") == "true"
@@ -268,7 +276,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from probing.models.compact import DIGEST_KEY, expand, state_digest
+    from probing.clip.compact import DIGEST_KEY, expand, state_digest
 
     metadata = checkpoint_metadata(path)
     try:
@@ -349,15 +357,15 @@ def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str,
     """Save weights as .safetensors with metadata that `load_clip` reads back (QuickGELU included).
 
     The metadata records a SHA-256 of the whole state dict, checked on load. `compact_init` (a
-    `probing.models.compact.init_record`) stores that tensor as only the rows that differ from its
-    portable init (see probing.models.compact). With `base` (`base_record`: the checkpoint the model was
+    `probing.clip.compact.init_record`) stores that tensor as only the rows that differ from its
+    portable init (see probing.clip.compact). With `base` (`base_record`: the checkpoint the model was
     loaded from, by path and SHA-256) and `trained` (the names of the tensors training changed), only
     those tensors are stored: a delta, rebuilt on load from the base (`resolve_base`, `apply_delta`).
     """
     from safetensors.torch import save_file
 
+    from probing.clip.compact import DIGEST_KEY, compact, state_digest
     from probing.io import atomic_path
-    from probing.models.compact import DIGEST_KEY, compact, state_digest
 
     meta = {"open_clip_model": model_name, "quick_gelu": "true" if uses_quick_gelu(model) else "false"}
     meta.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()})
@@ -383,25 +391,24 @@ def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str,
 
 def base_record(model: nn.Module, path: str | Path, reference: str | None = None) -> dict[str, str]:
     """What a delta checkpoint records of its base: the file's absolute path, the SHA-256 of the model's
-    state as loaded from it (probing.models.compact.state_digest), and for a shipped model its name
+    state as loaded from it (probing.clip.compact.state_digest), and for a shipped model its name
     ("embedded:default"), which resolves on any installation."""
-    from probing.models.compact import state_digest
+    from probing.clip.compact import state_digest
 
     return {"path": str(Path(path).resolve()), "sha256": state_digest(model.state_dict()),
             "reference": reference or ""}
 
 
-def resolve_base(delta: str | Path, metadata: Mapping[str, str]) -> Path:
-    """The base checkpoint file of a delta: a shipped model by its name, else the recorded path, else a file
-    of the same name beside the delta (a run folder moved together with its base); a ModelLoadError
-    naming the base and its SHA-256 when none exists."""
+def resolve_base(delta: str | Path, metadata: Mapping[str, str],
+                 resolve_reference: Callable[[str], Path] | None = None) -> Path:
+    """The base checkpoint file of a delta: a model named by reference (a shipped model: "embedded:default")
+    through `resolve_reference`, else the recorded path, else a file of the same name beside the delta (a run
+    folder moved together with its base); a ModelLoadError naming the base and its SHA-256 when none exists."""
     reference, recorded = metadata.get(BASE_REFERENCE_KEY, ""), metadata.get(BASE_PATH_KEY, "")
-    if reference.startswith("embedded"):
-        from probing.models.factory import embedded_checkpoint, embedded_variant
-
+    if reference and resolve_reference is not None:
         try:
-            return embedded_checkpoint(embedded_variant(reference))
-        except ValueError as error:
+            return resolve_reference(reference)
+        except ModelLoadError as error:
             raise ModelLoadError(f"checkpoint file {delta} was trained from {reference!r}: {error}") from None
     candidates = [Path(recorded)] if recorded else []
     if recorded:
@@ -417,7 +424,7 @@ def resolve_base(delta: str | Path, metadata: Mapping[str, str]) -> Path:
 def apply_delta(model: nn.Module, checkpoint: Checkpoint, *, source: str | Path, model_name: str) -> None:
     """Load a delta's tensors into `model`, which must hold its base: the base's SHA-256 is checked before,
     the whole model's after (a ModelLoadError says which one differs)."""
-    from probing.models.compact import DIGEST_KEY, state_digest
+    from probing.clip.compact import DIGEST_KEY, state_digest
 
     metadata = checkpoint.metadata
     if state_digest(model.state_dict()) != metadata.get(BASE_DIGEST_KEY):

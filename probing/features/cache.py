@@ -7,7 +7,7 @@ fine-tuned model need the same numbers. `encode_image_features` computes the one
 
 Key of a tower (`tower_key`): SHA-256 over the image tower's structure (its repr: layer sizes,
 activation functions, so GELU and QuickGELU differ), its weights and buffers
-(`probing.models.compact.state_digest` of `model.visual`), the preprocessing (the transform's repr,
+(`probing.clip.compact.state_digest` of `model.visual`), the preprocessing (the transform's repr,
 input size and normalisation), the precision (float32, or bfloat16 autocast on CUDA) and the device
 type (CPU and GPU kernels round differently). The image tower's own weights rather than the whole
 checkpoint's: a fine-tuned model, whose text tower changed, shares its base model's features.
@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from probing.cache import cache_dir
 from probing.data.reading import load_image
 from probing.data.records import DataError
-from probing.measure.encode import _input_size, _normalisation, as_pil, eval_mode
+from probing.features.encode import _input_size, _normalisation, as_pil, eval_mode
 
 FEATURES_DIR = "image-features"
 FLUSH_EVERY = 4096
@@ -76,7 +76,7 @@ def tower_key(model: torch.nn.Module, preprocess: Callable, *, autocast: bool = 
               device: torch.device | str | None = None) -> str:
     """Hex key of what determines an image's features: the image tower (structure and weights), the
     preprocessing, the precision and the device type (module docstring)."""
-    from probing.models.compact import state_digest
+    from probing.clip.compact import state_digest
 
     visual = model.visual
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -195,7 +195,7 @@ class _Pixels(Dataset):
         return index, self._tensor(image), None
 
     def _tensor(self, image) -> torch.Tensor:
-        """The pixels `probing.measure.encode.images_to_tensor` makes for this image (the same numbers)."""
+        """The pixels `probing.features.encode.images_to_tensor` makes for this image (the same numbers)."""
         if self.fast is not None and isinstance(image, np.ndarray) and image.dtype == np.uint8 \
                 and image.shape == (self.fast[0], self.fast[0], 3):
             _, mean, std = self.fast
@@ -267,7 +267,7 @@ def encode_image_features(
     size = _input_size(model)
     fast = (size, *_normalisation(model)) if size else None
     # one image per loader item, so that every worker decodes whatever the batch size; batches of `batch_size`
-    # are put together here, in order (the same batches as probing.measure.encode.encode_images runs)
+    # are put together here, in order (the same batches as probing.features.encode.encode_images runs)
     loader = DataLoader(_Pixels(images, preprocess, fast, origins, sorted(todo)), batch_size=None,
                         num_workers=num_workers, worker_init_fn=_one_thread if num_workers else None,
                         prefetch_factor=4 if num_workers else None)

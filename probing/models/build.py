@@ -1,7 +1,8 @@
-"""The embedded default model: a small CLIP pretrained here, offline, on the synthetic negation world.
+"""How an embedded model is built: a small CLIP pretrained here, offline, on the synthetic negation world.
 
 No pretrained CLIP can be downloaded on the machines this toolkit targets, so the default model is
-built on demand and cached: a text tower as deep as ViT-B/32's (12 blocks, so layer analyses
+pretrained offline (it ships in probing/models/shipped/; every other name of probing.models.embedded is
+built on first use and cached): a text tower as deep as ViT-B/32's (12 blocks, so layer analyses
 carry over) but narrow, the real CLIP BPE tokenizer, and a small ResNet (open_clip's
 ModifiedResNet, one bottleneck per stage) for the 48x48 synthetic images. It is pretrained
 contrastively on data that mirrors web captions: affirmative captions, plus a small fraction of
@@ -16,99 +17,27 @@ before the weights, so a checkpoint that exists always has its metrics beside it
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from finetune.losses import clip_loss
-from finetune.train import MAX_LOGIT_SCALE, lr_factor
 from probing.cache import cache_dir
+from probing.clip import CONFIGS
+from probing.clip.compact import init_record, rebuild_init
+from probing.clip.loading import load_clip, save_clip_checkpoint
+from probing.clip.text_tower import TextTower
+from probing.contrastive import MAX_LOGIT_SCALE, clip_loss, lr_factor
+from probing.features.encode import images_to_tensor
 from probing.io import atomic_write_json, sweep_temporaries
-from probing.measure.encode import images_to_tensor
-from probing.models.compact import init_record, rebuild_init
-from probing.models.loading import _PACKAGE_CONFIGS, load_clip, save_clip_checkpoint
-from probing.models.text_tower import TextTower
+from probing.models.embedded import DEFAULT_SPEC, EmbeddedSpec
 from probing.synthetic.record import world_metadata
 from probing.synthetic.suite import SyntheticSuite
 from probing.synthetic.world import SyntheticWorld, WorldConfig
-
-
-@dataclass(frozen=True)
-class EmbeddedSpec:
-    """Everything that determines the built model; its hash keys the cache."""
-
-    model: str = "negclip-tiny"  # a config in probing/models/configs
-    # Shape learning in this small build is seed-sensitive: with this recipe seed 0 stayed at
-    # zero-shot 0.21 (shapes 0.23), seed 2 reached 0.70 and seed 1 0.91 (README, "The embedded
-    # model"). Seed 1 is the default; any seed is reproducible, not every seed is as good.
-    seed: int = 1
-    steps: int = 700
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    negated_fraction: float = 0.08
-    # Half the scenes come with a same-colour, other-shape twin in the batch (see
-    # SyntheticWorld.pretraining_specs): colour alone then cannot tell a batch's images apart.
-    shape_twin_fraction: float = 0.5
-    # Pretraining names all 36 objects, as web data names what CLIP later meets; held-out objects
-    # are held out of negation fine-tuning and probes only (SyntheticWorld.pretraining_specs).
-    pretraining_objects: str = "all"
-    # CPU threads of the build. The thread count changes the order of floating-point sums, and over
-    # 700 steps that changes the weights (seed 1 at 2 threads: zero-shot 0.907, CC-Neg-style 0.912,
-    # scope 0.010; at 1 thread 0.906 / 0.943 / 0.050), so it is part of what the cache key names.
-    threads: int = 2
-    # "all": pretraining captions use every cue and template, held-out ones included, as web text
-    # does (SyntheticWorld.pretraining_specs); held-out words stay out of negation fine-tuning and probes.
-    pretraining_words: str = "all"
-    # The token embedding starts from probing.models.compact.portable_uniform (the same bits on any machine),
-    # so the rows pretraining never touches can be rebuilt from the seed instead of stored.
-    embedding_init: str = "portable"
-    eval_scenes: int = 1000
-    # Objects fill a good part of their grid cell, so that a star and a cross differ in more than
-    # a few pixels at 48x48.
-    object_sizes: tuple[float, ...] = (0.30, 0.38, 0.46)
-    # Blocks whose attention sublayer is switched off by construction: its weights start at exactly 0,
-    # where they get no gradient, so they stay 0 in pretraining and in any fine-tuning (only the output
-    # bias can move, a constant). Such a block maps each token on its own and can never relate the
-    # negation cue to the noun it scopes over. Used by the control model (VARIANT_SPECS["late"]).
-    dead_attention_blocks: tuple[int, ...] = ()
-    # Image-tower warm-up before contrastive pretraining: the image tower learns to name the objects a
-    # scene holds (multi-label cross-entropy over the world's 36 objects, through a linear head that is
-    # then dropped). CLIP met negation with an image tower that already recognised objects; from-scratch
-    # contrastive pretraining of this small model learnt shapes in 1 of 3 seeds (v5) and 0 of 2 (v6
-    # recipe without warm-up: zero-shot 0.17 and 0.25, colours 1.00). The text tower is untouched by it.
-    image_warmup_steps: int = 250  # 250 steps: 0.99 object accuracy of its head on held-out images (seed 1)
-    image_warmup_lr: float = 1e-3
-
-    def key(self) -> str:
-        config_text = (_PACKAGE_CONFIGS / f"{self.model}.json").read_text()
-        payload = json.dumps({"spec": asdict(self), "config": json.loads(config_text)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-DEFAULT_SPEC = EmbeddedSpec()
-# The smoke-test build: same depth, tiny width, seconds of training. Good for checking that code
-# runs on a model with some structure, not for claims about negation.
-SMALL_SPEC = EmbeddedSpec(model="negclip-micro", seed=0, steps=120, batch_size=64, lr=2e-3, warmup_steps=10,
-                          eval_scenes=300, shape_twin_fraction=0.0, pretraining_objects="split", threads=1,
-                          image_warmup_steps=0)
-SPECS = {"default": DEFAULT_SPEC, "small": SMALL_SPEC}  # the shipped ones (probing.vocabulary.EMBEDDED_VARIANTS)
-# Models that differ in where negation can be learnt, for validating the layer selection (README,
-# "Is the layer choice evidence?"); built into the cache with `build-embedded --spec NAME`.
-VARIANT_SPECS = {
-    "seed2": replace(DEFAULT_SPEC, seed=2),
-    "depth6": replace(DEFAULT_SPEC, model="negclip-tiny-d6"),
-    # the control: blocks 0-5 cannot move information between tokens, so negation scope, a relation
-    # between the cue and a noun, can only be computed (and learnt) in blocks 6-11
-    "late": replace(DEFAULT_SPEC, dead_attention_blocks=(0, 1, 2, 3, 4, 5)),
-}
 
 
 def checkpoint_path(spec: EmbeddedSpec = DEFAULT_SPEC) -> Path:
@@ -117,7 +46,7 @@ def checkpoint_path(spec: EmbeddedSpec = DEFAULT_SPEC) -> Path:
 
 def world_for(spec: EmbeddedSpec = DEFAULT_SPEC) -> SyntheticWorld:
     """The synthetic world the model was pretrained on (image size taken from its config)."""
-    config = json.loads((_PACKAGE_CONFIGS / f"{spec.model}.json").read_text())
+    config = json.loads((CONFIGS / f"{spec.model}.json").read_text())
     return SyntheticWorld(WorldConfig(image_size=config["vision_cfg"]["image_size"], sizes=tuple(spec.object_sizes)),
                           seed=spec.seed)
 
@@ -179,7 +108,7 @@ def pretrain(spec: EmbeddedSpec, *, progress: bool = True) -> tuple[torch.nn.Mod
 
 
 def embedding_init_record(model: torch.nn.Module, spec: EmbeddedSpec) -> dict | None:
-    """The portable init of the token embedding (probing.models.compact), or None for torch's own init."""
+    """The portable init of the token embedding (probing.clip.compact), or None for torch's own init."""
     if spec.embedding_init != "portable":
         return None
     tower = TextTower.from_model(model)
