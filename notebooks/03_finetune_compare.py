@@ -201,8 +201,12 @@ show(fig)
 # repeat them.
 
 # %%
+from analysis.ablation.config import AblationConfig
 from analysis.ablation.figures import ablation_figure
-from analysis.ablation.study import EXTRAS, AblationConfig, AblationStudy, block_variants, markdown_table
+from analysis.ablation.runner import AblationStudy
+from analysis.ablation.tables import markdown_table
+from analysis.ablation.variants import block_variants
+from finetune.vocabulary import EXTRAS
 
 if plan.blocks:
     groups = block_variants(n_layers)  # front / middle / back halves and all, as block lists
@@ -235,7 +239,7 @@ show(figure, width=520)
 # Computed from this run's results above (re-running the notebook rewrites them).
 
 # %%
-from analysis.ablation.study import load_runs
+from analysis.ablation.runs import load_runs
 
 first, second = TRAINED
 frozen = evaluated["frozen"]

@@ -142,6 +142,13 @@ def framed_caption(frame: str, cue: str, subjects: Sequence[Mention], target: Me
     return CaptionSpec(text, subject_mentions + (target,), (), frame, None)
 
 
+def negation_caption(cue: str, target: Mention) -> CaptionSpec:
+    """The cue's negated clause alone ("no blue square", "there isn't a blue square"): `target` absent,
+    nothing asserted present (NegBench's "negative" template type)."""
+    text = CUES[cue][0].format(x=target.text(), a_x=with_article(target.text()))
+    return CaptionSpec(text, (), (target,), "negation", cue)
+
+
 def caption_truth(scene, spec: CaptionSpec) -> bool:
     """Whether `spec` is true of `scene`: every present mention matched, no absent mention matched."""
     objects = [(obj.colour, obj.shape) for obj in scene.objects]

@@ -155,7 +155,7 @@ def ablation_default() -> str:
     path = RESULTS / "validation" / "default" / "ablation" / "ablation_summary.json"
     if not path.is_file():
         return "(not run yet)"
-    from analysis.ablation.study import markdown_table
+    from analysis.ablation.tables import markdown_table
 
     table = markdown_table(_json(path), cost=True)
     return table.split("\n", 2)[2] + "\n![ablation](docs/figures/ablation-default.png)"

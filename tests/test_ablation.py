@@ -13,22 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.ablation.study import (
-    HEADLINE,
-    RUNS_FILE,
-    AblationConfig,
-    AblationError,
-    AblationStudy,
-    block_variants,
-    extras_flags,
-    load_runs,
-    markdown_table,
-    resolve_variants,
-    run_ablation,
-    save_runs,
-    summarize_runs,
-    variant_plans,
-)
+from analysis.ablation.aggregate import summarize_runs
+from analysis.ablation.config import AblationConfig, AblationError
+from analysis.ablation.runner import AblationStudy, run_ablation
+from analysis.ablation.runs import RUNS_FILE, load_runs, save_runs
+from analysis.ablation.tables import HEADLINE, markdown_table
+from analysis.ablation.variants import block_variants, extras_flags, resolve_variants, variant_plans
 from analysis.cli.ablate_layers import main
 from finetune.plan import LayerPlan
 from probing.measure.probes import mean_ci

@@ -94,7 +94,8 @@ def test_dataloader_workers_give_the_in_process_features(tiny, images):
 
 
 def test_an_ablation_of_several_runs_encodes_each_image_once(small_embedded, tmp_path, monkeypatch):
-    from analysis.ablation.study import EVAL_SUITES, AblationConfig, AblationStudy
+    from analysis.ablation.config import AblationConfig
+    from analysis.ablation.runner import EVAL_SUITES, AblationStudy
 
     monkeypatch.setenv("CLIP_NEGATION_CACHE", str(tmp_path / "cache"))  # no features from earlier tests
     config = AblationConfig(model="embedded:small", steps=2, batch_size=16, lr=1e-4, warmup_steps=1, n_train=32,

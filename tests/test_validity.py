@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis.ablation.study import openclip_last_plan, resolve_variants, window_blocks, windows_of
 from analysis.ablation.validity import assess, from_json, verdict
+from analysis.ablation.variants import openclip_last_plan, resolve_variants, window_blocks, windows_of
 
 N_LAYERS, N_ITEMS = 4, 60
 

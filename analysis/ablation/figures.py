@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from analysis.ablation.study import GROUP_VARIANTS, OMNI_VARIANTS, block_variants, sweep_layer
+from analysis.ablation.variants import GROUP_VARIANTS, OMNI_VARIANTS, block_variants, sweep_layer
 
 COLUMN_WIDTH_IN = 3.4  # one column of a two-column paper
 PANEL_A_METRICS = (
@@ -129,7 +130,6 @@ def _mark_groups(ax, n_layers: int) -> None:
 
 def ablation_figure(summary: dict[str, Any]) -> Figure:
     """The two-panel figure of an ablation summary (see analysis.ablation.summarize_runs)."""
-    import matplotlib
 
     with matplotlib.rc_context(FONT):
         figure = Figure(figsize=(COLUMN_WIDTH_IN, 5.0), layout="constrained")
@@ -149,7 +149,6 @@ def validity_figure(results: dict, evidence: dict) -> Figure:
     validity = results["mean"]
     scores = {name: component["excess"] for name, component in evidence["components"].items()}
     scores["combined"] = evidence["combined"]
-    import matplotlib
 
     with matplotlib.rc_context(FONT):
         figure = Figure(figsize=(COLUMN_WIDTH_IN, 1.6 * ((len(scores) + 1) // 2) + 0.3))

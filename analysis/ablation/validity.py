@@ -1,6 +1,6 @@
 """Predictive validity: did the layer evidence predict where fine-tuning works?
 
-Inputs: the runs of an ablation study (analysis.ablation.study) that include the frozen model, the
+Inputs: the runs of an ablation study (analysis.ablation.runner) that include the frozen model, the
 single-layer sweep (layer_<b>: block b alone), the selected plan and the windows of its size
 (window_<a>_<b>: every contiguous run of as many blocks), all at the same budget; and the evidence
 the plan was chosen from (the `evidence` of probe-layers' layer_plan.json).
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-from analysis.ablation.study import sweep_layer, window_blocks, window_name
+from analysis.ablation.variants import sweep_layer, window_blocks, window_name
 from analysis.selection import describe_blocks
 
 AXES = ("object", "template")  # held-out axes the target is judged on

@@ -105,7 +105,7 @@ def parse_loss_kwargs(text: str, loss: str, parser: argparse.ArgumentParser) -> 
 
 def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """The AblationConfig of the arguments; any inconsistency is an argument error."""
-    from analysis.ablation.study import AblationConfig, AblationError
+    from analysis.ablation.config import AblationConfig, AblationError
 
     common.check_model_arguments(args, parser)
     variants = None if args.variants is None else tuple(v.strip() for v in args.variants.split(",") if v.strip())
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ablate(args: argparse.Namespace) -> int:
-    from analysis.ablation.study import AblationError, AblationStudy
+    from analysis.ablation.config import AblationError
+    from analysis.ablation.runner import AblationStudy
     from finetune.train import NonFiniteLossError
 
     common.apply_threads(args)

@@ -17,6 +17,14 @@ Sections and metrics (REFERENCE.md; names are probing.metrics' shared vocabulary
                 (zero_shot_affirmative) and "not a photo of a {c}" (zero_shot_negated; CLIP ignores
                 the "not": both about the same) and their gap; the same over shapes only and colours
                 only ("zero_shot_affirmative/classes=shape", ".../classes=colour")
+    mcq         (when built with n_mcq > 0) NegBench-style four-way multiple choice
+                (SyntheticWorld.mcq_items): mcq_accuracy, by the correct answer's template type
+                ("mcq_accuracy/template=negative")
+
+Per-item outcomes (`evaluate(outcomes=...)`: 1 won strictly, 0 lost or tied) of every metric that is a
+mean over items, for tests that resample items: "scope", "ccneg", "absence", "mcq" (with
+"mcq_template", the template type of each item), "image_to_text" (R@1 among 100, per scene of the
+whole groups) and "zero_shot" (per class image).
 """
 from __future__ import annotations
 
@@ -27,7 +35,18 @@ import numpy as np
 import torch
 
 from probing.features.encode import encode_captions, encode_images
-from probing.metrics import Metrics, flatten, pair_outcomes, score_pairs, score_prompt_gap, score_recall_among
+from probing.metrics import (
+    Metrics,
+    among_outcomes,
+    choice_outcomes,
+    flatten,
+    pair_outcomes,
+    score_mcq,
+    score_pairs,
+    score_prompt_gap,
+    score_recall_among,
+    zero_shot_outcomes,
+)
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 
@@ -51,11 +70,15 @@ class SyntheticSuite:
     scope_wrong: list[str]
     scope_cues: list[str]
     scope_ks: list[int]
+    mcq_images: np.ndarray | None = None  # [n_mcq, H, W, 3]
+    mcq_options: list[list[str]] | None = None  # the four captions of each item, the correct one first
+    mcq_templates: list[str] | None = None
 
     @classmethod
     def build(cls, world, *, n: int = 1000, n_classification: int = 720, split: str = "test",
-              heldout: str = "all", seed: int = 0) -> "SyntheticSuite":
+              heldout: str = "all", seed: int = 0, n_mcq: int = 0) -> "SyntheticSuite":
         examples = world.examples(n, split, seed, heldout=heldout)
+        mcq = world.mcq_items(n_mcq, split, seed, heldout=heldout) if n_mcq else []
         pairs = world.scope_pairs(n, split, seed, heldout=heldout)
         class_images, object_labels = world.classification_set(n_classification, split, seed, label="object")
         classes = world.class_prompts()
@@ -83,16 +106,20 @@ class SyntheticSuite:
             scope_wrong=[p.wrong for p in pairs],
             scope_cues=[p.cue for p in pairs],
             scope_ks=[p.k for p in pairs],
+            mcq_images=np.stack([item.image for item in mcq]) if mcq else None,
+            mcq_options=[list(item.captions) for item in mcq] if mcq else None,
+            mcq_templates=[item.template for item in mcq] if mcq else None,
         )
 
     def image_features(
         self, model, preprocess, *, batch_size: int = 256, progress: bool = False
     ) -> dict[str, torch.Tensor]:
         """Image features of the suite (compute once, reuse across text-side interventions)."""
-        return {
-            key: encode_images(model, preprocess, list(images), batch_size=batch_size, progress=progress)
-            for key, images in (("class", self.class_images), ("scenes", self.images), ("scope", self.scope_images))
-        }
+        sets = [("class", self.class_images), ("scenes", self.images), ("scope", self.scope_images)]
+        if self.mcq_images is not None:
+            sets.append(("mcq", self.mcq_images))
+        return {key: encode_images(model, preprocess, list(images), batch_size=batch_size, progress=progress)
+                for key, images in sets}
 
     def evaluate(self, model, preprocess, tokenizer, *, encode_text: TextEncoder | None = None,
                  image_features: dict[str, torch.Tensor] | None = None, batch_size: int = 256,
@@ -120,14 +147,27 @@ class SyntheticSuite:
         scope = score_pairs(
             "scope_accuracy", images["scope"], correct, wrong, {"cue": self.scope_cues, "k": self.scope_ks}
         )
+        sections = {"negation": negation, "retrieval": score_recall_among(images["scenes"], captions, group=100,
+                                                                           texts=self.captions),
+                    "scope": scope, "prompt_gap": prompt_gap}
+        mcq_scores = None
+        if self.mcq_options is not None:
+            k = len(self.mcq_options[0])
+            options = encode([text for item in self.mcq_options for text in item]).reshape(len(self.mcq_options), k, -1)
+            sections["mcq"] = score_mcq(images["mcq"], options, [0] * len(self.mcq_options), self.mcq_templates)
+            mcq_scores = torch.einsum("nd,nkd->nk", images["mcq"], options)
         if outcomes is not None:
             for name, args in (("scope", (images["scope"], correct, wrong)),
                                ("ccneg", (images["scenes"], captions, presence)),
                                ("absence", (images["scenes"], absence, presence))):
                 outcomes[name] = pair_outcomes(*args)[0].int().tolist()
-        return {"negation": negation, "retrieval": score_recall_among(images["scenes"], captions, group=100,
-                                                                       texts=self.captions),
-                "scope": scope, "prompt_gap": prompt_gap}
+            outcomes["image_to_text"] = among_outcomes(images["scenes"], captions, 100, self.captions).int().tolist()
+            outcomes["zero_shot"] = zero_shot_outcomes(images["class"], encode(self.prompts["affirmative"]),
+                                                       self.class_labels["object"])[0].int().tolist()
+            if mcq_scores is not None:
+                outcomes["mcq"] = choice_outcomes(mcq_scores, [0] * len(mcq_scores))[0].int().tolist()
+                outcomes["mcq_template"] = list(self.mcq_templates)
+        return sections
 
     def scores(self, model, preprocess, tokenizer, **options) -> dict[str, float]:
         """`evaluate` as one flat {metric: value} dict."""

@@ -36,9 +36,10 @@ from probing.captions import (
     affirmative_caption,
     caption_truth,
     framed_caption,
+    negation_caption,
     with_article,
 )
-from probing.data.records import NegationExample
+from probing.data.records import MCQItem, NegationExample
 from probing.synthetic.scenes import DRAWABLE_SHAPES, Scene, place_objects, render_scene
 
 DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -50,6 +51,7 @@ DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (250, 135, 15),
 }
 SPLITS = ("train", "test")
+MCQ_TYPES = ("positive", "negative", "hybrid")  # NegBench's template types of the correct answer
 HELDOUT_AXES = ("cue", "object", "template")
 
 
@@ -333,6 +335,53 @@ class SyntheticWorld:
             out.append(ScopePair(self.render(scene), correct.text, wrong.text, cue, frame, k, absent, present,
                                  subjects[0] if subjects else None,
                                  meta={"scene": scene, "specs": {"correct": correct, "wrong": wrong}}))
+        return out
+
+    def mcq_items(self, n: int, split: str = "train", seed: int = 0, heldout="all") -> list[MCQItem]:
+        """`n` four-way multiple-choice items in NegBench's MCQ form, the correct answer always option 0.
+
+        Scene: subjects S (k - 1 objects) and a target P, all present; A is a target object the scene lacks.
+        The correct answer's template type cycles through MCQ_TYPES (a third each), and the three wrong
+        options are the other kinds of caption made false by the same two objects:
+            positive   correct: affirmative S + P          wrong: affirmative S + A, "no P", "A but no P"
+            negative   correct: "no A" (the cue's clause)  wrong: "no P", affirmative A, "A but no P"
+            hybrid     correct: "S + P but no A"           wrong: "S + A but no P", affirmative A, "no P"
+        (frame and cue drawn per item, shared by its options; with k = 1 the hybrid's subject is "a
+        shape"). A model that reads negation as mere mention prefers the options that name P, the object
+        the image shows: the NegBench failure (CLIP ViT-B/32: 0.69 positive, 0.07 negative). Every option's
+        truth is checked against the scene (`caption_truth`) when the item is made.
+        """
+        vocab = self.vocabulary(split, heldout)
+        rng = self._rng("mcq_items", split, seed, heldout)
+        out = []
+        for row in range(n):
+            kind = MCQ_TYPES[row % len(MCQ_TYPES)]
+            k = rng.randint(1, self.config.max_objects)
+            present, absent = rng.sample(vocab.target_objects, 2)
+            subjects = rng.sample([o for o in vocab.subject_objects if o not in (present, absent)], k - 1)
+            named = subjects + [present]
+            rng.shuffle(named)
+            scene = self.make_scene(rng, named)
+            frame, cue = rng.choice(vocab.frames), rng.choice(vocab.cues)
+            template = rng.choice(vocab.affirmative_templates)
+            P, A = Mention.of(present), Mention.of(absent)
+            S = [Mention.of(s) for s in subjects]
+            options = {
+                "positive": [affirmative_caption(template, [Mention.of(o) for o in named]),
+                             affirmative_caption(template, S + [A]), negation_caption(cue, P),
+                             framed_caption(frame, cue, [A], P)],
+                "negative": [negation_caption(cue, A), negation_caption(cue, P), affirmative_caption(template, [A]),
+                             framed_caption(frame, cue, [A], P)],
+                "hybrid": [framed_caption(frame, cue, S + [P], A), framed_caption(frame, cue, S + [A], P),
+                           affirmative_caption(template, [A]), negation_caption(cue, P)],
+            }[kind]
+            truths = [caption_truth(scene, spec) for spec in options]
+            if truths != [True, False, False, False]:
+                raise AssertionError(f"MCQ item {row}: option truths {truths} for {[o.text for o in options]}")
+            out.append(MCQItem(image=self.render(scene), captions=[spec.text for spec in options], correct=0,
+                               template=kind, source="synthetic", row=row,
+                               meta={"scene": scene, "specs": options, "cue": cue, "frame": frame, "k": k,
+                                     "split": split}))
         return out
 
     def minimal_pairs(self, n: int, split: str = "train", seed: int = 0, heldout="all") -> list[MinimalPair]:

@@ -1,0 +1,112 @@
+"""The layer ablation's settings (`AblationConfig`): one loss, data and budget for every run.
+
+Same budget and data: every run trains on the same examples (the synthetic world's train split,
+`n_train` of them, seeded by `data_seed`) for the same number of steps with the same optimiser
+settings. The run's seed is the trainer's seed (data order, torch RNG), so the spread over seeds
+is the spread of the optimisation, not of the data. The trainer caches image features of the
+frozen image tower per run; the evaluation suites and their image features are built once per
+study and shared by every run (the image tower never trains, so they are the same for all).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune.options import LossOptionError, check_loss_options
+from finetune.train import MAX_LEARNING_RATE, MAX_SEED
+from finetune.vocabulary import EXTRAS
+from probing.models.embedded import embedded_model, is_embedded
+
+# AblationConfig fields that change results: a restarted study must keep them
+_STUDY_FIELDS = ("model", "pretrained", "world_seed", "loss", "loss_kwargs", "steps", "batch_size", "lr",
+                 "warmup_steps", "weight_decay", "n_train", "data_seed", "eval_n", "eval_n_classification", "eval_seed")
+
+
+class AblationError(ValueError):
+    """A study that cannot run as asked; the message says what to change."""
+
+
+@dataclass
+class AblationConfig:
+    model: str = "embedded"  # any name probing.models.factory.create_model takes ("embedded:small", "ViT-B-32", ...)
+    pretrained: str | None = None
+    world_seed: int = 0  # random init and synthetic world of a model whose checkpoint records no world
+    loss: str = "conclip"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    steps: int = 200
+    batch_size: int = 128
+    lr: float = 5e-5
+    warmup_steps: int = 20
+    weight_decay: float = 0.2
+    n_train: int = 8192
+    data_seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    eval_n: int = 1000  # negation examples and scope pairs per held-out suite (>= 100 for R@1 among 100)
+    eval_n_classification: int = 720
+    eval_seed: int = 1
+    variants: tuple[str, ...] | None = None  # None: every variant, single-layer sweep included
+    plan_path: str | None = None  # the "selected" variant's layer plan
+    extras: str = "none"  # "none", "plan" or a comma list among EXTRAS; the same for every trained variant
+    device: str = "auto"
+    ckpt_every: int = 100  # trainer checkpoints, so that a run interrupted mid-training continues
+    keep_models: bool = False  # keep each run's weights and checkpoints (disk: one model per run)
+
+    def __post_init__(self) -> None:
+        self.seeds = tuple(self.seeds)
+        if self.variants is not None:
+            self.variants = tuple(self.variants)
+        self.loss_kwargs = dict(self.loss_kwargs)
+        _check_config(self)
+
+    def study_settings(self) -> dict[str, Any]:
+        """The settings every run of a study shares (JSON types, comparable after a round trip)."""
+        return json.loads(json.dumps({name: getattr(self, name) for name in _STUDY_FIELDS}))
+
+
+def _check_config(config: AblationConfig) -> None:
+
+    if is_embedded(config.model):
+        if config.pretrained is not None:
+            raise AblationError("pretrained weights do not go with the embedded model: it ships its own")
+        try:
+            embedded_model(config.model)
+        except ValueError as error:
+            raise AblationError(str(error)) from None
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+        raise AblationError(f"seeds must be distinct and at least one, got {list(config.seeds)}")
+    for name, values in (("seeds", config.seeds), ("world_seed", [config.world_seed]),
+                         ("data_seed", [config.data_seed]), ("eval_seed", [config.eval_seed])):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEED for v in values):
+            raise AblationError(f"{name} must be integers in 0..{MAX_SEED}, got {list(values)}")
+    try:
+        check_loss_options(config.loss, config.loss_kwargs)
+    except LossOptionError as error:
+        raise AblationError(str(error)) from None
+    for name, low in (("steps", 1), ("batch_size", 2), ("n_train", 2), ("eval_n", 100), ("eval_n_classification", 1),
+                      ("ckpt_every", 1)):
+        if getattr(config, name) < low:
+            raise AblationError(f"{name} must be at least {low}, got {getattr(config, name)}"
+                                + (" (R@1 is measured among 100 scenes)" if name == "eval_n" else ""))
+    if config.n_train < config.batch_size:
+        raise AblationError(f"n_train {config.n_train} is fewer than one batch of {config.batch_size}")
+    if not (math.isfinite(config.lr) and 0 < config.lr <= MAX_LEARNING_RATE) or config.warmup_steps < 0:
+        raise AblationError(f"lr must be > 0 and <= {MAX_LEARNING_RATE:g}, and warmup_steps >= 0")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise AblationError(f"weight_decay must be a finite number >= 0, got {config.weight_decay}")
+    parse_extras(config.extras)
+
+
+def parse_extras(extras: str) -> tuple[str, ...] | None:
+    """"none" -> (), "plan" -> None (taken from the selected plan), "ln_final,projection" -> names."""
+    text = str(extras).strip()
+    if text in ("", "none"):
+        return ()
+    if text == "plan":
+        return None
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in EXTRAS]
+    if unknown:
+        raise AblationError(f"unknown extra(s) {', '.join(unknown)}; choose among none, plan, {', '.join(EXTRAS)}")
+    return names

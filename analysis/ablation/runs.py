@@ -1,0 +1,116 @@
+"""The study's files: finished runs (one JSON line each) and the settings they share.
+
+Resumable: each finished (variant, seed) run is one JSON line of `<out>/runs.jsonl`, written by
+replacing the whole file atomically, so an interrupted study never leaves half a line (a
+truncated last line from other writers is dropped with a warning). A restarted study skips the
+finished runs; a run interrupted mid-training continues from its last trainer checkpoint. The
+settings that change results are kept in `<out>/ablation_config.json`, and a restart with other
+settings is refused; more seeds or more variants extend the study.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from analysis.ablation.config import AblationConfig, AblationError
+from probing.io import atomic_write_json, atomic_write_text
+
+RUNS_FILE = "runs.jsonl"
+CONFIG_FILE = "ablation_config.json"
+
+
+def load_runs(path: str | Path) -> list[dict[str, Any]]:
+    """Finished runs from runs.jsonl. A truncated last line (an interrupted writer) is dropped with a
+    warning; a broken line elsewhere means the file was damaged, and is an error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise AblationError(f"{path} cannot be read ({error}); restore it, or remove it to redo every run") from None
+    runs, seen = [], set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            key = (record["variant"], int(record["seed"]))
+            metrics = record.get("metrics")
+            if (not isinstance(key[0], str) or not isinstance(metrics, dict)
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())):
+                raise ValueError("not a run record")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            if number == len(lines):
+                warnings.warn(
+                    f"{path}: ignoring an incomplete last line (an interrupted write); that run will be redone",
+                    stacklevel=2,
+                )
+                continue
+            raise AblationError(f"{path}: line {number} is not a run record; fix or remove that line") from None
+        if key in seen:
+            warnings.warn(f"{path}: run {key[0]} seed {key[1]} appears twice; keeping the first", stacklevel=2)
+            continue
+        seen.add(key)
+        runs.append(record)
+    return runs
+
+
+def save_runs(path: str | Path, runs: Sequence[dict[str, Any]]) -> Path:
+    """Replace runs.jsonl with `runs`, atomically: a reader sees the old file or the new one."""
+
+    text = "".join(json.dumps(run, sort_keys=True) + "\n" for run in runs)
+    return atomic_write_text(path, text)
+
+
+def check_study_settings(out_dir: Path, config: AblationConfig) -> None:
+    """Write the study's settings on the first start; refuse a restart with different ones."""
+
+    path = out_dir / CONFIG_FILE
+    settings = config.study_settings()
+    if path.exists():
+        saved = _saved_settings(path)
+        changed = sorted(key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key))
+        if changed:
+            details = ", ".join(f"{key}: {saved.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
+            raise AblationError(f"{out_dir} holds a study with other settings ({details}); "
+                                "use the same settings to continue it, or another output folder")
+        return
+    atomic_write_json(path, {"settings": settings, "config": asdict(config)})
+
+
+def _saved_settings(path: Path) -> dict[str, Any]:
+    """The settings a study recorded in ablation_config.json; an AblationError naming the file if it is damaged."""
+    fix = "restore it, or remove it together with runs.jsonl to start the study again"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AblationError(f"{path} is damaged: not JSON ({error}); {fix}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise AblationError(f"{path} is damaged: it holds no 'settings' object; {fix}")
+    return record["settings"]
+
+
+def check_finished_runs(runs: Sequence[dict[str, Any]], plans: dict[str, Any]) -> None:
+    """A finished run must have trained what its variant trains now (e.g. the same selected plan)."""
+    for run in runs:
+        if run["variant"] not in plans:
+            continue
+        now = _plan_parts(plans[run["variant"]])
+        if _plan_parts(run.get("plan")) != now:
+            raise AblationError(
+                f"finished run {run['variant']} seed {run['seed']} trained {_plan_parts(run.get('plan'))}, "
+                f"but that variant now trains {now} (another plan file or extras?); "
+                "use the original ones, or another output folder"
+            )
+
+
+def _plan_parts(plan) -> dict[str, Any] | None:
+    """What a plan trains (blocks, extras, lr weights), without its free-form rule and evidence."""
+    if plan is None:
+        return None
+    data = plan if isinstance(plan, dict) else plan.to_dict()
+    return {key: value for key, value in data.items() if key not in ("rule", "evidence")}

@@ -1,0 +1,156 @@
+"""The ablation's written outputs.
+
+Outputs: ablation_table.md, ablation_summary.json / .csv (per variant and metric: mean and 95 %
+Student-t interval over seeds, probing.measure.probes.mean_ci), ablation.png / .pdf (see
+analysis.ablation.figures).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from analysis.ablation.aggregate import summary_rows
+from analysis.ablation.figures import ablation_figure
+from analysis.ablation.validity import format_ratio
+from probing.io import atomic_path, atomic_write_json, atomic_write_text
+
+TABLE_FILE = "ablation_table.md"
+SUMMARY_JSON = "ablation_summary.json"
+SUMMARY_CSV = "ablation_summary.csv"
+FIGURE_STEM = "ablation"
+
+# (metric key, column label): the table's and the figure's headline numbers
+HEADLINE: tuple[tuple[str, str], ...] = (
+    ("object/scope_accuracy", "scope, held-out objects"),
+    ("template/scope_accuracy", "scope, held-out templates"),
+    ("cue/scope_accuracy", "scope, held-out cues"),
+    ("object/ccneg_accuracy", "CC-Neg-style"),
+    ("object/absence_accuracy", "absence"),
+    ("object/image_to_text_R@1_among_100", "I→T R@1/100"),
+    ("object/text_to_image_R@1_among_100", "T→I R@1/100"),
+    ("object/zero_shot_affirmative", "zero-shot objects"),
+)
+
+
+def _cell(value: dict[str, float] | None, digits: int = 3) -> str:
+    """"0.512 ± 0.031" (half-width of the 95 % t-interval); a single seed has no interval."""
+    if value is None:
+        return "–"
+    if value["n"] < 2:
+        return f"{value['mean']:.{digits}f} (1 seed)"
+    return f"{value['mean']:.{digits}f} ± {(value['high'] - value['low']) / 2:.{digits}f}"
+
+
+def _blocks_text(blocks: Sequence[int]) -> str:
+    """[0, 1, 2, 7] -> "0–2,7"."""
+    if not blocks:
+        return "none"
+    pieces = []
+    start = previous = blocks[0]
+    for block in list(blocks[1:]) + [None]:
+        if block is not None and block == previous + 1:
+            previous = block
+            continue
+        pieces.append(str(start) if start == previous else f"{start}–{previous}")
+        if block is not None:
+            start = previous = block
+    return ",".join(pieces)
+
+
+def heldout_cues(summary: dict[str, Any]) -> list[str]:
+    """The held-out cue words that have a per-cue scope accuracy in the summary."""
+    cues = set()
+    for entry in summary["variants"]:
+        for key in entry["metrics"]:
+            if key.startswith("cue/scope_accuracy/cue="):
+                cues.add(key[len("cue/scope_accuracy/cue="):])
+    return sorted(cues)
+
+
+def markdown_table(summary: dict[str, Any], *, cost: bool = True) -> str:
+    """The ablation as Markdown: headline metrics, scope per held-out cue, and (with `cost`) train time."""
+    header = summary["header"]
+    loss = header["loss"] + (f" {json.dumps(header['loss_kwargs'])}" if header["loss_kwargs"] else "")
+    lines = [
+        f"## Layer ablation (synthetic world; {header['model']})",
+        "",
+        f"Synthetic data, not a real benchmark. Loss {loss}; {header['steps']} steps, batch {header['batch_size']}, "
+        f"lr {header['lr']:g} ({header['warmup_steps']} warm-up steps, then cosine); the same "
+        f"{header['n_train']} training examples for every run. Extras trained in every variant: "
+        f"{', '.join(header['extras']) or 'none'} (variants differ only in blocks). Each cell: mean ± half-width "
+        f"of the 95 % t-interval over seeds {', '.join(map(str, header['seeds']))}; {header['eval_n']} test "
+        "items per held-out suite. Scope accuracy is the shortcut-proof negation metric (chance 0.50).",
+        "",
+    ]
+    if header.get("selected_plan"):
+        lines += [f"Selected plan (probe-layers): {header['selected_plan']}; the variant 'selected' trains its blocks "
+                  "(with its learning-rate weights, if any) and the extras above, like every other variant.", ""]
+    lines += [f"- {note}" for note in summary["notes"]] + ([""] if summary["notes"] else [])
+    columns = ["variant", "blocks", "seeds"] + [label for _, label in HEADLINE]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for entry in summary["variants"]:
+        cells = [entry["variant"], _blocks_text(entry["blocks"]), str(len(entry["seeds"]))]
+        cells += [_cell(entry["metrics"].get(key)) for key, _ in HEADLINE]
+        lines.append("| " + " | ".join(cells) + " |")
+    cues = heldout_cues(summary)
+    if cues:
+        lines += ["", "### Scope accuracy per held-out cue (cues never seen in fine-tuning)", "",
+                  "| variant | " + " | ".join(cues) + " |", "|" + "---|" * (len(cues) + 1)]
+        for entry in summary["variants"]:
+            cells = [_cell(entry["metrics"].get(f"cue/scope_accuracy/cue={cue}")) for cue in cues]
+            lines.append(f"| {entry['variant']} | " + " | ".join(cells) + " |")
+    if cost:
+        lines += [
+            "",
+            "### Cost",
+            "",
+            "| variant | trained parameters | train seconds | final loss |",
+            "|---|---|---|---|",
+        ]
+        for entry in summary["variants"]:
+            metrics = entry["metrics"]
+            lines.append(f"| {entry['variant']} | {entry['trained_parameters']:,} | "
+                         f"{_cell(metrics.get('train_seconds'), 1)} | {_cell(metrics.get('final_loss'), 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def validity_markdown(results: dict, sentences: list[str]) -> str:
+    """The predictive-validity table: per held-out axis, rho of each kind of evidence and the plan's regret."""
+
+    mean = results["mean"]
+    names = list(mean.rho)
+    lines = ["## Did the evidence predict the ablation?", "", " ".join(sentences), "",
+             "| held-out axis | " + " | ".join(f"rho {n}" for n in names) + " | selected gain | best equal-size plan "
+             "| best gain | regret | ratio |", "|" + "---|" * (len(names) + 6)]
+    for axis, v in results.items():
+        cells = [f"{v.rho[n]:+.2f} [{v.rho_low[n]:+.2f}, {v.rho_high[n]:+.2f}]" for n in names]
+        lines.append(f"| {axis} | " + " | ".join(cells) + f" | {v.selected_gain:+.3f} | {v.best_plan} "
+                     f"| {v.best_gain:+.3f} | {v.regret:+.3f} | {format_ratio(v)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out_dir: str | Path, summary: dict[str, Any]) -> dict[str, Path]:
+    """ablation_table.md, ablation_summary.json / .csv and the figure (PNG + PDF)."""
+
+    out_dir = Path(out_dir)
+    outputs = {"table": atomic_write_text(out_dir / TABLE_FILE, markdown_table(summary)),
+               "summary_json": atomic_write_json(out_dir / SUMMARY_JSON, summary)}
+    rows = summary_rows(summary)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=["variant", "blocks", "seeds", "metric", "n", "mean", "ci_low", "ci_high"]
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    outputs["summary_csv"] = atomic_write_text(out_dir / SUMMARY_CSV, buffer.getvalue())
+    if summary["variants"]:
+        figure = ablation_figure(summary)
+        for suffix in ("png", "pdf"):
+            path = out_dir / f"{FIGURE_STEM}.{suffix}"
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, format=suffix, dpi=300, bbox_inches="tight")
+            outputs[f"figure_{suffix}"] = path
+    return outputs
