@@ -29,15 +29,13 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from probing.models.errors import ModelLoadError  # defined in a leaf module; imported from here by callers
+
 # checkpoint metadata of a delta (save_clip_checkpoint with a base): the trained tensors only
 DELTA_KEY, BASE_PATH_KEY, BASE_DIGEST_KEY, BASE_REFERENCE_KEY = "delta", "base_checkpoint", "base_sha256", "base_model"
 # Keys that only OpenAI's original checkpoints carry beside the weights.
 _OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 _PACKAGE_CONFIGS = Path(__file__).parent / "configs"
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message names the model, file and problem."""
 
 
 @dataclass
