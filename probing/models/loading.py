@@ -230,11 +230,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raise ModelLoadError(f"checkpoint file {path} is empty")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
+    if _is_torchscript(path):  # before torch.load, which would warn about the archive and then fail on it
+        return _read_torchscript(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        if _is_torchscript(path):
-            return _read_torchscript(path)
         raise ModelLoadError(
             f"checkpoint file {path} is corrupt or not a PyTorch checkpoint ({type(error).__name__})"
         ) from None
@@ -299,7 +299,9 @@ def _is_torchscript(path: Path) -> bool:
 def _read_torchscript(path: Path) -> Checkpoint:
     # OpenAI released CLIP as TorchScript archives; their weights need QuickGELU.
     try:
-        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice: these archives exist only as TorchScript
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.load.*")
+            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
     except Exception as error:
         raise ModelLoadError(f"TorchScript checkpoint {path} could not be read ({type(error).__name__})") from None
     for key in _OPENAI_ONLY_KEYS:
