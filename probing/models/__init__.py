@@ -2,6 +2,8 @@
 TransformerLens view.
 
     loading.py     load_clip, read_checkpoint, save_clip_checkpoint, ModelLoadError, resolve_device
+    huggingface.py Hugging Face transformers CLIPModel checkpoints, converted exactly into open_clip's CLIP
+    errors.py      ModelLoadError (a leaf, so that loading and huggingface can both raise it)
     weights.py     the portable token-embedding init, compact checkpoints and their SHA-256
     configs/       this package's open_clip configs (negclip-tiny, negclip-micro)
     text_tower.py  TextTower: a uniform view of an open_clip text tower, exact padding trimming

@@ -5,6 +5,8 @@
     "embedded:small"                   its smoke-test build (for tests and quick runs)
     an open_clip model name            "ViT-B-32", "ViT-B-32-quickgelu", this package's "negclip-tiny", ...
     an open_clip config JSON file      registered under its file stem
+    a Hugging Face CLIPModel folder    its config.json and weights, converted (probing.models.huggingface);
+                                       also as `pretrained`, or a weights file with config.json beside it
     pretrained                         None (random weights, seeded by `seed`), an open_clip tag
                                        (needs internet) or a local checkpoint file
 
@@ -76,10 +78,12 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
     """
     import torch
 
+    from probing.models import huggingface
     from probing.models.loading import ModelLoadError, checkpoint_metadata, load_clip, resolve_device
     from probing.synthetic.record import checkpoint_world, world_for_model
 
     device = resolve_device(device)
+    hugging_face = None if is_embedded(name) else huggingface.resolve(name, pretrained)
     if is_embedded(name):
         if pretrained is not None:
             raise ModelLoadError(f"--pretrained does not go with the embedded model ({name}): it ships its own weights")
@@ -92,6 +96,8 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
         if not arch:
             raise ModelLoadError(f"checkpoint file {checkpoint} does not record its architecture (open_clip_model)")
         label = f"{EMBEDDED}:{variant}"
+    elif hugging_face is not None:  # a Hugging Face checkpoint: its config.json is the architecture
+        arch, checkpoint, label = huggingface.register(hugging_face.config), hugging_face.checkpoint, hugging_face.label
     else:
         arch = Path(name).stem if str(name).endswith(".json") else str(name)
         checkpoint = Path(pretrained) if pretrained is not None and Path(str(pretrained)).is_file() else None
@@ -106,6 +112,8 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
     info = {"model": label, "architecture": arch, "pretrained": None if pretrained is None else str(pretrained),
             "checkpoint": None if checkpoint is None else str(checkpoint), "device": str(device),
             "sha256": metadata.get("state_sha256")}
+    if hugging_face is not None:
+        info.update(format="huggingface", config=str(hugging_face.config))
     return ModelBundle(model, preprocess, tokenizer, arch, label, checkpoint, world, note, recorded, metrics, info)
 
 

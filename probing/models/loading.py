@@ -14,6 +14,12 @@ checkpoint recorded by path (or shipped-model name) and SHA-256 (`save_clip_chec
 Loading one loads the base first (`resolve_base`; a missing base is a ModelLoadError naming it),
 checks the base's SHA-256, applies the stored tensors and checks the whole model's SHA-256
 (`apply_delta`), so `--pretrained run/model.safetensors` works like any checkpoint file.
+
+Hugging Face checkpoints: a transformers CLIPModel folder (config.json + model.safetensors or
+pytorch_model.bin), or such a weights file with its config.json beside it, given as `pretrained` or as
+the model name, is converted exactly into open_clip's CLIP (probing.models.huggingface, which says what
+is recognised). Its config.json defines the architecture: a model name that builds another one is
+ignored, with a warning naming the differences.
 """
 from __future__ import annotations
 
@@ -75,20 +81,28 @@ def load_clip(
     """Return `(model, image_preprocess, tokenizer)` for an open_clip model, in eval mode.
 
     name: an open_clip model name ("ViT-B-32", "ViT-B-32-quickgelu", or one of this package's
-        configs such as "negclip-tiny"), or the path of an open_clip model config JSON file.
-    pretrained: None for random weights, an open_clip pretrained tag (needs internet), or the
-        path of a local checkpoint (.pt/.pth/.bin or .safetensors).
+        configs such as "negclip-tiny"), the path of an open_clip model config JSON file, or a Hugging
+        Face CLIPModel folder (or its config.json).
+    pretrained: None for random weights (a Hugging Face folder as `name`: its own weights), an
+        open_clip pretrained tag (needs internet), the path of a local checkpoint (.pt/.pth/.bin or
+        .safetensors), or a Hugging Face CLIPModel folder.
     """
     import open_clip
 
-    model_name = register_model_config(name)
+    from probing.models import huggingface
+
     device = resolve_device(device)
-    if pretrained is None:
-        model, preprocess = _create(model_name, quick_gelu=False)
-    elif _is_file_like(pretrained):
-        model, preprocess = _create_from_checkpoint(model_name, Path(pretrained))
+    source = huggingface.resolve(name, pretrained)
+    if source is not None:
+        model, preprocess, model_name = _create_from_hugging_face(source, requested=name)
     else:
-        model, preprocess = _create_from_tag(model_name, str(pretrained))
+        model_name = register_model_config(name)
+        if pretrained is None:
+            model, preprocess = _create(model_name, quick_gelu=False)
+        elif _is_file_like(pretrained):
+            model, preprocess = _create_from_checkpoint(model_name, Path(pretrained))
+        else:
+            model, preprocess = _create_from_tag(model_name, str(pretrained))
     model = model.to(device).eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     return model, preprocess, tokenizer
@@ -146,11 +160,13 @@ def _is_file_like(pretrained: str | Path) -> bool:
     )
 
 
-def _create(model_name: str, *, quick_gelu: bool) -> tuple[nn.Module, Callable]:
+def _create(model_name: str, *, quick_gelu: bool, **options: Any) -> tuple[nn.Module, Callable]:
+    """The model with random weights; options go to open_clip (image_mean / image_std)."""
     import open_clip
 
     with _quiet_random_init_warning():
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, force_quick_gelu=quick_gelu)
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, force_quick_gelu=quick_gelu,
+                                                                     **options)
     return model, preprocess
 
 
@@ -204,10 +220,16 @@ def _config_uses_quick_gelu(model_name: str) -> bool:
     return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
 
 
-def _create_from_checkpoint(model_name: str, path: Path) -> tuple[nn.Module, Callable]:
+def _create_from_checkpoint(model_name: str, path: Path, **options: Any) -> tuple[nn.Module, Callable]:
+    from probing.models import huggingface
+
+    source = huggingface.resolve(model_name, path)
+    if source is not None and source.convert:  # e.g. the base of a delta fine-tuned from a Hugging Face checkpoint
+        model, preprocess, _ = _create_from_hugging_face(source, requested=model_name)
+        return model, preprocess
     checkpoint = read_checkpoint(path)
     if checkpoint.metadata.get(DELTA_KEY) == "true":  # the trained parameters only: rebuild the base first
-        model, preprocess = _create_from_checkpoint(model_name, resolve_base(path, checkpoint.metadata))
+        model, preprocess = _create_from_checkpoint(model_name, resolve_base(path, checkpoint.metadata), **options)
         apply_delta(model, checkpoint, source=path, model_name=model_name)
         return model, preprocess
     needs_quick_gelu = checkpoint.openai_style or checkpoint.metadata.get("quick_gelu") == "true"
@@ -217,9 +239,53 @@ def _create_from_checkpoint(model_name: str, path: Path) -> tuple[nn.Module, Cal
             "building it with QuickGELU instead, which these weights need",
             stacklevel=3,
         )
-    model, preprocess = _create(model_name, quick_gelu=needs_quick_gelu)
+    model, preprocess = _create(model_name, quick_gelu=needs_quick_gelu, **options)
     load_state_dict_checked(model, checkpoint.state_dict, source=str(path), model_name=model_name)
     return model, preprocess
+
+
+def _create_from_hugging_face(source, *, requested: str | Path | None) -> tuple[nn.Module, Callable, str]:
+    """The model of a probing.models.huggingface.Source, and the open_clip name of its architecture."""
+    from probing.models import huggingface
+
+    model_name = huggingface.register(source.config)
+    if requested is not None:
+        _check_requested_architecture(requested, model_name, source)
+    options = huggingface.preprocess_options(source)
+    if source.weights and not source.convert:  # an open_clip checkpoint (whole or delta) on this architecture
+        model, preprocess = _create_from_checkpoint(model_name, source.weights[0], **options)
+        return model, preprocess, model_name
+    model, preprocess = _create(model_name, quick_gelu=False, **options)  # the config says quick_gelu or not
+    if source.weights:
+        state: dict[str, torch.Tensor] = {}
+        for file in source.weights:  # one file, or the shards of an index
+            state.update(read_checkpoint(file).state_dict)
+        expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        load_state_dict_checked(model, huggingface.convert(state, source, expected), source=str(source.checkpoint),
+                                model_name=model_name)
+    return model, preprocess, model_name
+
+
+def _check_requested_architecture(requested: str | Path, model_name: str, source) -> None:
+    """A Hugging Face checkpoint's config.json defines its architecture: warn when the model name the
+    caller gave builds a different one (which is ignored); an unknown name is still an error."""
+    import open_clip
+
+    from probing.models import huggingface
+
+    config = huggingface.config_of_name(requested)
+    if config is not None and config == source.config:
+        return
+    requested_name = huggingface.register(config) if config is not None else register_model_config(requested)
+    if requested_name == model_name:
+        return
+    differences = huggingface.architecture_differences(open_clip.get_model_config(requested_name),
+                                                       open_clip.get_model_config(model_name))
+    if differences:
+        warnings.warn(f"ignoring model {requested}: {source.checkpoint or source.config} is a Hugging Face "
+                      f"checkpoint, whose config.json defines the architecture, and it differs from "
+                      f"{requested_name} in {'; '.join(differences[:4])}"
+                      + (f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""), stacklevel=4)
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
