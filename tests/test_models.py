@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from probing.clip.loading import ModelLoadError, load_clip, save_clip_checkpoint, uses_quick_gelu
 
@@ -54,8 +55,42 @@ def test_openai_style_weights_into_gelu_architecture_are_corrected(write_config,
     with pytest.warns(UserWarning, match="QuickGELU"):
         model, _, _ = load_clip(gelu, pretrained=path)
     assert uses_quick_gelu(model)
-    tokens = tokenizer(["a dog without a cat"])
+    tokens = tokenizer(["a dog without a cat", "no cat"])
     assert torch.allclose(model.encode_text(tokens), source.encode_text(tokens), atol=1e-6)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(model.encode_image(images), source.encode_image(images), atol=1e-6)
+
+
+class _OpenAIArchive(nn.Module):
+    """The layout of OpenAI's released TorchScript archives: CLIP's tensors under open_clip's (= OpenAI's) names,
+    plus input_resolution / context_length / vocab_size."""
+
+    def __init__(self, clip: nn.Module, resolution: int, context: int):
+        super().__init__()
+        for name, child in clip.named_children():
+            self.add_module(name, child)
+        for name, parameter in clip.named_parameters(recurse=False):
+            self.register_parameter(name, parameter)
+        for name, value in dict(input_resolution=resolution, context_length=context, vocab_size=49408).items():
+            self.register_buffer(name, torch.tensor(value))
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:  # tracing needs a forward; the archive keeps every tensor
+        return self.token_embedding(text).sum() + self.positional_embedding.sum()
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.trace:FutureWarning")  # building the archive
+def test_openai_torchscript_archive_loads_with_quick_gelu_and_matches(write_config, tmp_path):
+    source, _, tokenizer = load_clip(write_config("tiny-ts-quick", quick_gelu=True))
+    archive = tmp_path / "ViT-tiny.pt"
+    torch.jit.trace(_OpenAIArchive(source, 32, 32), (tokenizer(["a dog"]),)).save(str(archive))
+    with pytest.warns(UserWarning, match="QuickGELU"):
+        model, _, _ = load_clip(write_config("tiny-ts-gelu"), pretrained=archive)
+    assert uses_quick_gelu(model)
+    tokens = tokenizer(["a dog without a cat", "there is no red square next to the blue circle"])
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model.encode_text(tokens), source.encode_text(tokens), atol=1e-6)
+        assert torch.allclose(model.encode_image(images), source.encode_image(images), atol=1e-6)
 
 
 def test_own_checkpoint_metadata_keeps_quick_gelu(write_config, tmp_path):

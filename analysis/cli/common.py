@@ -241,10 +241,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, device: bool = True)
     group = parser.add_argument_group("model")
     variants = ", ".join(f"'{EMBEDDED}:{v}'" for v in NAMES if v != "default")
     group.add_argument("--model", default=EMBEDDED,
-                       help=f"open_clip model name or config JSON; '{EMBEDDED}' = the small CLIP pretrained on the "
-                            f"synthetic negation world that ships with this package; also {variants} "
-                            "('small' ships, the others are built into the cache on first use)")
-    group.add_argument("--pretrained", help="open_clip pretrained tag (needs internet) or local checkpoint file "
+                       help=f"open_clip model name or config JSON, or a Hugging Face CLIPModel folder; '{EMBEDDED}' = "
+                            f"the small CLIP pretrained on the synthetic negation world that ships with this package; "
+                            f"also {variants} ('small' ships, the others are built into the cache on first use)")
+    group.add_argument("--pretrained", help="open_clip pretrained tag (needs internet), local checkpoint file or "
+                                            "Hugging Face CLIPModel folder "
                                             "(not with the embedded model)")
     if device:
         group.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")

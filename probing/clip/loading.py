@@ -14,6 +14,12 @@ checkpoint recorded by path (or shipped-model name) and SHA-256 (`save_clip_chec
 Loading one loads the base first (`resolve_base`; a missing base is a ModelLoadError naming it),
 checks the base's SHA-256, applies the stored tensors and checks the whole model's SHA-256
 (`apply_delta`), so `--pretrained run/model.safetensors` works like any checkpoint file.
+
+Hugging Face checkpoints: a transformers CLIPModel folder (config.json + model.safetensors or
+pytorch_model.bin), or such a weights file with its config.json beside it, given as `pretrained` or as
+the model name, is converted exactly into open_clip's CLIP (probing.clip.huggingface, which says what
+is recognised). Its config.json defines the architecture: a model name that builds another one is
+ignored, with a warning naming the differences.
 """
 from __future__ import annotations
 
@@ -26,19 +32,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import open_clip
 import torch
+from open_clip.model import convert_to_custom_text_state_dict
+from open_clip.transformer import QuickGELU
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from probing.clip import CONFIGS
+from probing.clip import CONFIGS, huggingface
+from probing.clip.compact import DIGEST_KEY, compact, expand, state_digest
+from probing.clip.errors import ModelLoadError  # a leaf module: loading and huggingface both raise it
+from probing.io import atomic_path
 
 # checkpoint metadata of a delta (save_clip_checkpoint with a base): the trained tensors only
 DELTA_KEY, BASE_PATH_KEY, BASE_DIGEST_KEY, BASE_REFERENCE_KEY = "delta", "base_checkpoint", "base_sha256", "base_model"
 # Keys that only OpenAI's original checkpoints carry beside the weights.
 _OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message names the model, file and problem."""
 
 
 @dataclass
@@ -80,23 +90,29 @@ def load_clip(
     """Return `(model, image_preprocess, tokenizer)` for an open_clip model, in eval mode.
 
     name: an open_clip model name ("ViT-B-32", "ViT-B-32-quickgelu", or one of this package's
-        configs such as "negclip-tiny"), or the path of an open_clip model config JSON file.
-    pretrained: None for random weights, an open_clip pretrained tag (needs internet), or the
-        path of a local checkpoint (.pt/.pth/.bin or .safetensors).
+        configs such as "negclip-tiny"), the path of an open_clip model config JSON file, or a Hugging
+        Face CLIPModel folder (or its config.json).
+    pretrained: None for random weights (a Hugging Face folder as `name`: its own weights), an
+        open_clip pretrained tag (needs internet), the path of a local checkpoint (.pt/.pth/.bin or
+        .safetensors), or a Hugging Face CLIPModel folder.
     resolve_reference: for a delta checkpoint whose base is named by reference ("embedded:default"), the
         function that finds that base's file (probing.models.factory passes its own); without it the base is
         looked for by its recorded path.
     """
-    import open_clip
 
-    model_name = register_model_config(name)
+
     device = resolve_device(device)
-    if pretrained is None:
-        model, preprocess = _create(model_name, quick_gelu=False)
-    elif _is_file_like(pretrained):
-        model, preprocess = _create_from_checkpoint(model_name, Path(pretrained), resolve_reference)
+    source = huggingface.resolve(name, pretrained)
+    if source is not None:
+        model, preprocess, model_name = _create_from_hugging_face(source, requested=name)
     else:
-        model, preprocess = _create_from_tag(model_name, str(pretrained))
+        model_name = register_model_config(name)
+        if pretrained is None:
+            model, preprocess = _create(model_name, quick_gelu=False)
+        elif _is_file_like(pretrained):
+            model, preprocess = _create_from_checkpoint(model_name, Path(pretrained), resolve_reference)
+        else:
+            model, preprocess = _create_from_tag(model_name, str(pretrained))
     model = model.to(device).eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     return model, preprocess, tokenizer
@@ -107,7 +123,6 @@ def register_model_config(name: str | Path) -> str:
 
     Config files (and this package's own configs) are registered under their file stem.
     """
-    import open_clip
 
     _register_package_configs()
     path = Path(name)
@@ -131,7 +146,6 @@ _registered = False
 def _register_package_configs() -> None:
     global _registered
     if not _registered:
-        import open_clip
 
         open_clip.add_model_config(CONFIGS)
         _registered = True
@@ -154,11 +168,12 @@ def _is_file_like(pretrained: str | Path) -> bool:
     )
 
 
-def _create(model_name: str, *, quick_gelu: bool) -> tuple[nn.Module, Callable]:
-    import open_clip
+def _create(model_name: str, *, quick_gelu: bool, **options: Any) -> tuple[nn.Module, Callable]:
+    """The model with random weights; options go to open_clip (image_mean / image_std)."""
 
     with _quiet_random_init_warning():
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, force_quick_gelu=quick_gelu)
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, force_quick_gelu=quick_gelu,
+                                                                     **options)
     return model, preprocess
 
 
@@ -178,7 +193,6 @@ class _quiet_random_init_warning(logging.Filter):
 
 
 def _create_from_tag(model_name: str, tag: str) -> tuple[nn.Module, Callable]:
-    import open_clip
 
     tag_config = open_clip.get_pretrained_cfg(model_name, tag)
     if not tag_config:
@@ -207,17 +221,21 @@ def _create_from_tag(model_name: str, tag: str) -> tuple[nn.Module, Callable]:
 
 
 def _config_uses_quick_gelu(model_name: str) -> bool:
-    import open_clip
 
     return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
 
 
-def _create_from_checkpoint(model_name: str, path: Path, resolve_reference: Callable[[str], Path] | None = None
-                            ) -> tuple[nn.Module, Callable]:
+def _create_from_checkpoint(model_name: str, path: Path, resolve_reference: Callable[[str], Path] | None = None,
+                            **options: Any) -> tuple[nn.Module, Callable]:
+    """The model of a checkpoint file; options go to open_clip (image_mean / image_std of a Hugging Face folder)."""
+    source = huggingface.resolve(model_name, path)
+    if source is not None and source.convert:  # e.g. the base of a delta fine-tuned from a Hugging Face checkpoint
+        model, preprocess, _ = _create_from_hugging_face(source, requested=model_name)
+        return model, preprocess
     checkpoint = read_checkpoint(path)
     if checkpoint.metadata.get(DELTA_KEY) == "true":  # the trained parameters only: rebuild the base first
         base = resolve_base(path, checkpoint.metadata, resolve_reference)
-        model, preprocess = _create_from_checkpoint(model_name, base, resolve_reference)
+        model, preprocess = _create_from_checkpoint(model_name, base, resolve_reference, **options)
         apply_delta(model, checkpoint, source=path, model_name=model_name)
         return model, preprocess
     needs_quick_gelu = checkpoint.openai_style or checkpoint.metadata.get("quick_gelu") == "true"
@@ -227,9 +245,50 @@ def _create_from_checkpoint(model_name: str, path: Path, resolve_reference: Call
             "building it with QuickGELU instead, which these weights need",
             stacklevel=3,
         )
-    model, preprocess = _create(model_name, quick_gelu=needs_quick_gelu)
+    model, preprocess = _create(model_name, quick_gelu=needs_quick_gelu, **options)
     load_state_dict_checked(model, checkpoint.state_dict, source=str(path), model_name=model_name)
     return model, preprocess
+
+
+def _create_from_hugging_face(source, *, requested: str | Path | None) -> tuple[nn.Module, Callable, str]:
+    """The model of a probing.clip.huggingface.Source, and the open_clip name of its architecture."""
+
+    model_name = huggingface.register(source.config)
+    if requested is not None:
+        _check_requested_architecture(requested, model_name, source)
+    options = huggingface.preprocess_options(source)
+    if source.weights and not source.convert:  # an open_clip checkpoint (whole or delta) on this architecture
+        model, preprocess = _create_from_checkpoint(model_name, source.weights[0], **options)
+        return model, preprocess, model_name
+    model, preprocess = _create(model_name, quick_gelu=False, **options)  # the config says quick_gelu or not
+    if source.weights:
+        state: dict[str, torch.Tensor] = {}
+        for file in source.weights:  # one file, or the shards of an index
+            state.update(read_checkpoint(file).state_dict)
+        expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        load_state_dict_checked(model, huggingface.convert(state, source, expected), source=str(source.checkpoint),
+                                model_name=model_name)
+    return model, preprocess, model_name
+
+
+def _check_requested_architecture(requested: str | Path, model_name: str, source) -> None:
+    """A Hugging Face checkpoint's config.json defines its architecture: warn when the model name the
+    caller gave builds a different one (which is ignored); an unknown name is still an error."""
+
+
+    config = huggingface.config_of_name(requested)
+    if config is not None and config == source.config:
+        return
+    requested_name = huggingface.register(config) if config is not None else register_model_config(requested)
+    if requested_name == model_name:
+        return
+    differences = huggingface.architecture_differences(open_clip.get_model_config(requested_name),
+                                                       open_clip.get_model_config(model_name))
+    if differences:
+        warnings.warn(f"ignoring model {requested}: {source.checkpoint or source.config} is a Hugging Face "
+                      f"checkpoint, whose config.json defines the architecture, and it differs from "
+                      f"{requested_name} in {'; '.join(differences[:4])}"
+                      + (f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""), stacklevel=4)
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -240,11 +299,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raise ModelLoadError(f"checkpoint file {path} is empty")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
+    if _is_torchscript(path):  # before torch.load, which would warn about the archive and then fail on it
+        return _read_torchscript(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        if _is_torchscript(path):
-            return _read_torchscript(path)
         raise ModelLoadError(
             f"checkpoint file {path} is corrupt or not a PyTorch checkpoint ({type(error).__name__})"
         ) from None
@@ -263,7 +322,6 @@ def read_checkpoint(path: Path) -> Checkpoint:
 
 def checkpoint_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a .safetensors checkpoint, read from its header without loading the tensors."""
-    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -273,10 +331,7 @@ def checkpoint_metadata(path: str | Path) -> dict[str, str]:
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
-    from probing.clip.compact import DIGEST_KEY, expand, state_digest
 
     metadata = checkpoint_metadata(path)
     try:
@@ -309,7 +364,9 @@ def _is_torchscript(path: Path) -> bool:
 def _read_torchscript(path: Path) -> Checkpoint:
     # OpenAI released CLIP as TorchScript archives; their weights need QuickGELU.
     try:
-        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice: these archives exist only as TorchScript
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.load.*")
+            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
     except Exception as error:
         raise ModelLoadError(f"TorchScript checkpoint {path} could not be read ({type(error).__name__})") from None
     for key in _OPENAI_ONLY_KEYS:
@@ -325,7 +382,6 @@ def load_state_dict_checked(
     model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, model_name: str
 ) -> None:
     """load_state_dict(strict=True), with shape and key problems reported in one readable error."""
-    from open_clip.model import convert_to_custom_text_state_dict
 
     if "positional_embedding" in state_dict and not hasattr(model, "positional_embedding"):
         state_dict = convert_to_custom_text_state_dict(state_dict)
@@ -362,10 +418,7 @@ def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str,
     loaded from, by path and SHA-256) and `trained` (the names of the tensors training changed), only
     those tensors are stored: a delta, rebuilt on load from the base (`resolve_base`, `apply_delta`).
     """
-    from safetensors.torch import save_file
 
-    from probing.clip.compact import DIGEST_KEY, compact, state_digest
-    from probing.io import atomic_path
 
     meta = {"open_clip_model": model_name, "quick_gelu": "true" if uses_quick_gelu(model) else "false"}
     meta.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()})
@@ -393,7 +446,6 @@ def base_record(model: nn.Module, path: str | Path, reference: str | None = None
     """What a delta checkpoint records of its base: the file's absolute path, the SHA-256 of the model's
     state as loaded from it (probing.clip.compact.state_digest), and for a shipped model its name
     ("embedded:default"), which resolves on any installation."""
-    from probing.clip.compact import state_digest
 
     return {"path": str(Path(path).resolve()), "sha256": state_digest(model.state_dict()),
             "reference": reference or ""}
@@ -424,7 +476,6 @@ def resolve_base(delta: str | Path, metadata: Mapping[str, str],
 def apply_delta(model: nn.Module, checkpoint: Checkpoint, *, source: str | Path, model_name: str) -> None:
     """Load a delta's tensors into `model`, which must hold its base: the base's SHA-256 is checked before,
     the whole model's after (a ModelLoadError says which one differs)."""
-    from probing.clip.compact import DIGEST_KEY, state_digest
 
     metadata = checkpoint.metadata
     if state_digest(model.state_dict()) != metadata.get(BASE_DIGEST_KEY):
@@ -455,6 +506,5 @@ def image_size(model: nn.Module) -> int | None:
 
 
 def uses_quick_gelu(model: nn.Module) -> bool:
-    from open_clip.transformer import QuickGELU
 
     return any(isinstance(module, QuickGELU) for module in model.modules())

@@ -7,6 +7,8 @@
                                        pretrained into the user's cache on first use (probing.models.build)
     an open_clip model name            "ViT-B-32", "ViT-B-32-quickgelu", this package's "negclip-tiny", ...
     an open_clip config JSON file      registered under its file stem
+    a Hugging Face CLIPModel folder    its config.json and weights, converted (probing.clip.huggingface);
+                                       also as `pretrained`, or a weights file with config.json beside it
     pretrained                         None (random weights, seeded by `seed`), an open_clip tag
                                        (needs internet) or a local checkpoint file
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from probing.clip import huggingface
 from probing.clip.loading import ModelLoadError, checkpoint_metadata, image_size, load_clip, resolve_device
 from probing.models import SHIPPED
 from probing.models.embedded import EMBEDDED, EmbeddedModel, embedded_model, is_embedded
@@ -76,6 +79,7 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
     import torch
 
     device = resolve_device(device)
+    hugging_face = None if is_embedded(name) else huggingface.resolve(name, pretrained)
     if is_embedded(name):
         if pretrained is not None:
             raise ModelLoadError(f"--pretrained does not go with the embedded model ({name}): it ships its own weights")
@@ -88,6 +92,9 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
         if not arch:
             raise ModelLoadError(f"checkpoint file {checkpoint} does not record its architecture (open_clip_model)")
         label, source, weights = entry.reference, arch, checkpoint
+    elif hugging_face is not None:  # a Hugging Face checkpoint: its config.json is the architecture
+        arch, checkpoint, label = huggingface.register(hugging_face.config), hugging_face.checkpoint, hugging_face.label
+        source, weights = name, pretrained
     else:
         arch = Path(name).stem if str(name).endswith(".json") else str(name)
         checkpoint = Path(pretrained) if pretrained is not None and Path(str(pretrained)).is_file() else None
@@ -102,6 +109,8 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
     info = {"model": label, "architecture": arch, "pretrained": None if pretrained is None else str(pretrained),
             "checkpoint": None if checkpoint is None else str(checkpoint), "device": str(device),
             "sha256": metadata.get("state_sha256")}
+    if hugging_face is not None:
+        info.update(format="huggingface", config=str(hugging_face.config))
     return ModelBundle(model, preprocess, tokenizer, arch, label, checkpoint, world, note, recorded, metrics, info)
 
 
