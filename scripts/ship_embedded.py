@@ -38,7 +38,7 @@ def main() -> None:
     metrics = evaluate_build(model, preprocess, tokenizer, spec)  # the current evaluator, same weights
     metrics.update({key: built[key] for key in ("pretraining_minutes", "final_loss")})
     target = SHIPPED / REGISTRY[args.variant].shipped
-    save_clip_checkpoint(model, target, model_name=spec.model, spec=asdict(spec), metrics=metrics,
+    save_clip_checkpoint(model, target, model_name=spec.model, spec=spec.recorded(), metrics=metrics,
                          compact_init=embedding_init_record(model, spec), **world_metadata(world_for(spec)))
     print(f"shipped {source} as {target} ({target.stat().st_size / 1e6:.1f} MB)")
 

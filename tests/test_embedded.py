@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ SMALL_SPEC = REGISTRY["small"].spec
 def test_every_variant_ships_and_records_the_spec_that_builds_it(variant):
     path = embedded_checkpoint(variant)
     metadata = checkpoint_metadata(path)
-    assert json.loads(metadata["spec"]) == json.loads(json.dumps(asdict(REGISTRY[variant].spec)))
+    assert json.loads(metadata["spec"]) == json.loads(json.dumps(REGISTRY[variant].spec.recorded()))
     assert path.stat().st_size < 36e6  # "at most about 35 MB per model version"
     assert COMPACT_KEY in metadata and DIGEST_KEY in metadata
     checkpoint = read_checkpoint(path)  # rebuilds the compact embedding and checks the SHA-256

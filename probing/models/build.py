@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -74,8 +74,8 @@ def ensure_embedded_model(spec: EmbeddedSpec = DEFAULT_SPEC, *, rebuild: bool = 
             return path  # built by another process while this one waited
         sweep_temporaries(path.parent)  # a build killed half-way
         model, metrics = pretrain(spec, progress=progress)
-        atomic_write_json(path.with_suffix(".json"), {"spec": asdict(spec), "metrics": metrics})
-        save_clip_checkpoint(model, path, model_name=spec.model, spec=asdict(spec), metrics=metrics,
+        atomic_write_json(path.with_suffix(".json"), {"spec": spec.recorded(), "metrics": metrics})
+        save_clip_checkpoint(model, path, model_name=spec.model, spec=spec.recorded(), metrics=metrics,
                              compact_init=embedding_init_record(model, spec), **world_metadata(world_for(spec)))
     return path
 
@@ -128,6 +128,8 @@ def _pretrain(spec: EmbeddedSpec, *, progress: bool) -> tuple[torch.nn.Module, d
             attention = tower.blocks[block].attn
             for param in (attention.in_proj_weight, attention.in_proj_bias, attention.out_proj.weight):
                 param.zero_()
+    for block in spec.frozen_blocks:  # kept at their init: left out of the optimiser (param_groups)
+        tower.blocks[block].requires_grad_(False)
     world = world_for(spec)
     if spec.image_warmup_steps:
         warm_up_image_tower(model, preprocess, world, spec, progress=progress)
@@ -208,6 +210,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on gains, biases, embeddings and the logit scale (CLIP's recipe)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
         exempt = param.ndim < 2 or "embedding" in name or "logit_scale" in name or "class_embedding" in name
         (no_decay if exempt else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -59,6 +59,9 @@ class EmbeddedSpec:
     # bias can move, a constant). Such a block maps each token on its own and can never relate the
     # negation cue to the noun it scopes over. Used by the control model (REGISTRY["late"]).
     dead_attention_blocks: tuple[int, ...] = ()
+    # Blocks left at their random initialisation through pretraining (excluded from the optimiser): the
+    # rest of the tower learns to read what these random blocks compute. Fine-tuning may still train them.
+    frozen_blocks: tuple[int, ...] = ()
     # Image-tower warm-up before contrastive pretraining: the image tower learns to name the objects a
     # scene holds (multi-label cross-entropy over the world's 36 objects, through a linear head that is
     # then dropped). CLIP met negation with an image tower that already recognised objects; from-scratch
@@ -69,8 +72,17 @@ class EmbeddedSpec:
 
     def key(self) -> str:
         config_text = (CONFIGS / f"{self.model}.json").read_text()
-        payload = json.dumps({"spec": asdict(self), "config": json.loads(config_text)}, sort_keys=True)
+        payload = json.dumps({"spec": self.recorded(), "config": json.loads(config_text)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def recorded(self) -> dict:
+        """The spec as checkpoints record it: fields added after v6 (ADDED_FIELDS) only when they differ from
+        their default, so that every earlier build keeps its record and its cache key."""
+        record = asdict(self)
+        for name in ADDED_FIELDS:
+            if record[name] == getattr(EmbeddedSpec, name):
+                del record[name]
+        return record
 
 
 
@@ -89,6 +101,7 @@ class EmbeddedModel:
         return f"{EMBEDDED}:{self.name}"
 
 
+ADDED_FIELDS = ("frozen_blocks",)  # EmbeddedSpec fields added after the v6 builds (see EmbeddedSpec.recorded)
 DEFAULT_SPEC = EmbeddedSpec()
 _MODELS = (
     EmbeddedModel("default", DEFAULT_SPEC, "negclip-tiny-v6.safetensors",
@@ -108,6 +121,17 @@ _MODELS = (
     # between the cue and a noun, can only be computed (and learnt) in blocks 6-11
     EmbeddedModel("late", replace(DEFAULT_SPEC, dead_attention_blocks=(0, 1, 2, 3, 4, 5)), None,
                   "control: attention switched off in blocks 0-5, so scope can only be computed in 6-11"),
+    # Added for the selector study (docs/VALIDATION.md), each with its reason written before its ablation ran.
+    # middle: attention lives only in blocks 4-7, so scope can only be computed there; on `late` the first
+    # block with live attention gained most when trained alone, so the best plan should start at block 4,
+    # not at 0-1, while raw gradient norms (front-loaded on any tower) still point at the front.
+    EmbeddedModel("middle", replace(DEFAULT_SPEC, dead_attention_blocks=(0, 1, 2, 3, 8, 9, 10, 11)), None,
+                  "control: attention only in blocks 4-7, so scope can only be computed in the middle"),
+    # frontfrozen: blocks 0-5 stay at their random initialisation through pretraining, so everything the
+    # model learnt (negation included) sits in blocks 6-11 and the front is a random map the back learnt to
+    # read; training a front block changes that map under a back that was never trained to follow it.
+    EmbeddedModel("frontfrozen", replace(DEFAULT_SPEC, frozen_blocks=(0, 1, 2, 3, 4, 5)), None,
+                  "blocks 0-5 left at their random init through pretraining: what was learnt sits in 6-11"),
 )
 REGISTRY: dict[str, EmbeddedModel] = {model.name: model for model in _MODELS}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
