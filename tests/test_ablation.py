@@ -389,3 +389,71 @@ def test_steering_variant_trains_nothing_and_scores_the_steered_model(small_embe
     after, _ = study.evaluation.evaluate(base.model, base)
     assert after == frozen["metrics"]  # the hooks are gone
     assert "| steering |" in result.outputs["table"].read_text()
+
+
+# --- the selector study's additions: window sizes, sets, the plan as planned, shards, every target -------------
+
+def test_variant_grammar_names_windows_of_any_size_sets_and_the_plan_as_planned():
+    assert resolve_variants(["windows-3"], 5, has_plan=False)[0] == ["window_0_2", "window_1_3", "window_2_4"]
+    assert resolve_variants(["windows-1"], 3, has_plan=False)[0] == ["layer_0", "layer_1", "layer_2"]
+    near = resolve_variants(["windows-near"], 4, has_plan=True, selected_size=2)[0]
+    assert near == ["window_0_1", "window_1_2", "window_2_3", "window_0_2", "window_1_3", "layer_0", "layer_1",
+                    "layer_2", "layer_3"]
+    # one name per plan: a contiguous set is its window, a one-block window its layer
+    assert resolve_variants(["set_0_2", "set_1_2", "window_3_3"], 4, has_plan=False)[0] == [
+        "set_0_2", "window_1_2", "layer_3"]
+    with pytest.raises(AblationError, match="more than once"):
+        resolve_variants(["front", "layer_1", "front"], 4, has_plan=False)
+    with pytest.raises(AblationError, match="takes its size from the selected plan"):
+        resolve_variants(["windows-near"], 4, has_plan=False)
+    with pytest.raises(AblationError, match="windows of 1 .. 4 blocks"):
+        resolve_variants(["windows-5"], 4, has_plan=False)
+    with pytest.raises(AblationError, match="has 4 blocks"):
+        resolve_variants(["set_1_4"], 4, has_plan=False)
+    selected = LayerPlan([0, 1], train_embeddings=True, train_ln_final=True, lr_weights={0: 1.0, 1: 0.5},
+                         rule="window")
+    plans = variant_plans(["selected", "selected_planned", "set_0_2"], 4, extras_flags("none"), selected)
+    assert plans["selected"].blocks == plans["selected_planned"].blocks == [0, 1]
+    assert not plans["selected"].train_embeddings and not plans["selected"].train_ln_final  # the study's extras
+    assert plans["selected_planned"].train_embeddings and plans["selected_planned"].train_ln_final  # its own
+    assert not plans["selected_planned"].train_projection
+    assert plans["selected_planned"].lr_weights == {0: 1.0, 1: 0.5} and plans["set_0_2"].blocks == [0, 2]
+
+
+def test_every_target_is_recorded_per_item_and_its_mean_is_the_metric(uninterrupted):
+    """The per-item outcomes validity resamples: their mean is the metric the suite scores by another path
+    (score_* against *_outcomes), for every target."""
+    for run in load_runs(uninterrupted.out_dir / RUNS_FILE):
+        items, metrics = run["items"], run["metrics"]
+        for suite in ("object", "template", "cue"):
+            assert np.mean(items[f"{suite}/scope"]) == pytest.approx(metrics[f"{suite}/scope_accuracy"])
+            assert np.mean(items[f"{suite}/absence"]) == pytest.approx(metrics[f"{suite}/absence_accuracy"])
+        assert np.mean(items["object/image_to_text"]) == pytest.approx(
+            metrics["object/image_to_text_R@1_among_100"])
+        assert np.mean(items["object/zero_shot"]) == pytest.approx(metrics["object/zero_shot_affirmative"])
+        assert len(items["object/mcq"]) == QUICK["eval_n"] == len(items["object/mcq_template"])
+        assert np.mean(items["object/mcq"]) == pytest.approx(metrics["object/mcq_accuracy"])
+        negative = [hit for hit, kind in zip(items["object/mcq"], items["object/mcq_template"]) if kind == "negative"]
+        assert np.mean(negative) == pytest.approx(metrics["object/mcq_accuracy/template=negative"])
+        assert "template/mcq" not in items  # multiple choice on the held-out-object suite only
+
+
+def test_a_study_run_as_two_shards_merges_to_the_unsharded_study(uninterrupted, tmp_path):
+    from analysis.ablation.runs import Shard, load_study_runs
+
+    config = AblationConfig(**QUICK, seeds=(0, 1), variants=("front", "layer_11"))
+    first = run_ablation(config, tmp_path, progress=False, log=lambda line: None, shard=Shard(1, 2))
+    assert first.executed == [("front", 0), ("front", 1)] and not first.complete  # every other run
+    assert (tmp_path / "runs.shard-1-of-2.jsonl").is_file() and not (tmp_path / RUNS_FILE).exists()
+    second = run_ablation(config, tmp_path, progress=False, log=lambda line: None, shard=Shard(2, 2))
+    assert second.executed == [("layer_11", 0), ("layer_11", 1)] and second.complete
+    assert [(run["variant"], run["seed"]) for run in load_runs(tmp_path / "runs.shard-2-of-2.jsonl")] == \
+        second.executed  # each shard writes its own file only
+    whole = {(run["variant"], run["seed"]): run for run in load_runs(uninterrupted.out_dir / RUNS_FILE)}
+    merged = {(run["variant"], run["seed"]): run for run in load_study_runs(tmp_path)}
+    assert merged.keys() == whole.keys()
+    for key, run in merged.items():
+        assert run["metrics"] == whole[key]["metrics"] and run["items"] == whole[key]["items"], key
+    assert _metric_tables(second.summary) == _metric_tables(uninterrupted.summary)
+    with pytest.raises(AblationError, match="1 <= K <= N"):
+        Shard.parse("3/2")

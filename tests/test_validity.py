@@ -36,7 +36,7 @@ def test_gains_rho_and_regret_equal_a_direct_computation():
     results = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=200)
     by_variant = {v: np.mean([np.mean(r["items"]["object/scope"]) for r in runs if r["variant"] == v]) for v in RATES}
     gains = [by_variant[f"layer_{b}"] - by_variant["frozen"] for b in range(N_LAYERS)]
-    result = results["object"]
+    result = results["scope_object"]
     assert result.gains == pytest.approx(gains)
     assert result.rho["probe"] == pytest.approx(
         stats.spearmanr(EVIDENCE["components"]["probe"]["excess"], gains).statistic
@@ -49,8 +49,8 @@ def test_gains_rho_and_regret_equal_a_direct_computation():
     assert result.regret == pytest.approx(candidates[best] - candidates["selected"])
     assert result.ratio == pytest.approx(candidates["selected"] / candidates[best])
     assert result.rho_low["probe"] <= result.rho["probe"] <= result.rho_high["probe"]
-    mean = results["mean"]
-    assert mean.gains[0] == pytest.approx((results["object"].gains[0] + results["template"].gains[0]) / 2)
+    mean = results["scope"]
+    assert mean.gains[0] == pytest.approx((results["scope_object"].gains[0] + results["scope_template"].gains[0]) / 2)
 
 
 def test_verdict_says_whether_the_evidence_predicted_and_the_target_was_met():
@@ -66,7 +66,7 @@ def test_the_ratio_interval_agrees_with_a_direct_bootstrap_and_separates_noise_f
     same quantiles within Monte Carlo error; a plan far behind the best misses in every replicate, a plan far
     ahead meets in every one, and a near tie is said to be one."""
     runs = make_runs(RATES)
-    result = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=2000)["object"]
+    result = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=2000)["scope_object"]
     items = {v: np.array([r["items"]["object/scope"] for r in runs if r["variant"] == v], float) for v in RATES}
     plans = ["selected", "window_0_1", "window_1_2", "window_2_3"]
     rng = np.random.default_rng(123)
@@ -81,13 +81,13 @@ def test_the_ratio_interval_agrees_with_a_direct_bootstrap_and_separates_noise_f
     assert result.target_share == pytest.approx(np.mean(np.array(ratios) >= 0.95), abs=0.03)
     assert result.ratio_low <= result.ratio <= result.ratio_high
     far_behind = assess(make_runs(dict(RATES, selected=0.3)), EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=300)
-    assert far_behind["object"].target_share == 0.0 and far_behind["object"].ratio_high < 0.95
+    assert far_behind["scope_object"].target_share == 0.0 and far_behind["scope_object"].ratio_high < 0.95
     far_ahead = assess(make_runs(dict(RATES, selected=0.95)), EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=300)
-    assert far_ahead["object"].ratio_low == far_ahead["object"].ratio_high == 1.0
-    assert far_ahead["object"].target_share == 1.0
+    assert far_ahead["scope_object"].ratio_low == far_ahead["scope_object"].ratio_high == 1.0
+    assert far_ahead["scope_object"].target_share == 1.0
     tie = assess(make_runs(dict(RATES, selected=0.64)), EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=300)
     text = " ".join(verdict(tie))
-    assert "of replicates" in text and 0.1 < tie["object"].target_share < 1.0
+    assert "of replicates" in text and 0.1 < tie["scope_object"].target_share < 1.0
 
 
 def test_verdict_names_the_combined_score_when_only_a_part_predicted():
@@ -96,13 +96,13 @@ def test_verdict_names_the_combined_score_when_only_a_part_predicted():
     import json
 
     results = assess(make_runs(RATES), EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=200)
-    mean = results["mean"]
-    results["mean"] = dataclasses.replace(mean, rho_low={**mean.rho_low, "combined": -0.1, "probe": 0.05})
+    mean = results["scope"]
+    results["scope"] = dataclasses.replace(mean, rho_low={**mean.rho_low, "combined": -0.1, "probe": 0.05})
     text = " ".join(verdict(results))
     assert "The combined score the plan was chosen by did not predict" in text and "probe did" in text
     assert "The evidence predicted where fine-tuning works" not in text
     # the sentences come back the same from validity.json's numbers
-    record = json.loads(json.dumps({"axes": {axis: v.to_dict() for axis, v in results.items()}}))
+    record = json.loads(json.dumps({"targets": {axis: v.to_dict() for axis, v in results.items()}}))
     assert verdict(from_json(record)) == verdict(results)
 
 
@@ -125,3 +125,47 @@ def test_windows_and_the_anchors_variants():
     plan = openclip_last_plan(12)
     assert plan.blocks == [6, 7, 8, 9, 10, 11] and plan.train_ln_final and plan.train_projection
     assert not plan.train_embeddings and not plan.train_logit_scale
+
+
+def test_any_size_ratio_and_the_frontier_equal_a_direct_computation():
+    """Plans of other sizes and costs: the best plan of any size, the ratio to it, the frontier of gain against
+    trainable parameters and the next point on it, computed here from the per-item outcomes directly."""
+    rates = dict(RATES, selected=0.35, window_0_2=0.75, window_1_3=0.3, all=0.7, omni_front=0.8, selected_planned=0.6)
+    runs = make_runs(rates)
+    params = {"layer_0": 10, "layer_1": 10, "layer_2": 10, "layer_3": 10, "selected": 20, "window_0_1": 20,
+              "window_1_2": 20, "window_2_3": 20, "window_0_2": 30, "window_1_3": 30, "all": 40, "omni_front": 500,
+              "selected_planned": 400}
+    result = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=300, trainable=params,
+                    groups={"all": [0, 1, 2, 3]})["scope_object"]
+    mean = {v: np.mean([np.mean(r["items"]["object/scope"]) for r in runs if r["variant"] == v]) for v in rates}
+    gain = {v: mean[v] - mean["frozen"] for v in params}
+    assert result.plans.keys() == gain.keys()
+    assert {v: p["gain"] for v, p in result.plans.items()} == pytest.approx(gain)
+    best = max(gain, key=gain.get)
+    assert result.best_any == best and result.ratio_any == pytest.approx(gain["selected"] / gain[best])
+    # the frontier by hand: no other plan gains more with no more parameters
+    frontier = sorted((v for v in gain if not any(params[o] <= params[v] and gain[o] > gain[v] for o in gain)),
+                      key=params.get)
+    assert result.frontier == frontier
+    assert "selected" not in frontier and "window_0_1" in frontier  # window_0_1 (0.65) beats selected (0.35)
+    assert "window_0_1" in result.dominated_by  # by 0.30 on 60 items x 3 seeds: beyond the noise
+    assert result.next_larger == min((v for v in frontier if params[v] > 20 and gain[v] > gain["selected"]),
+                                     key=params.get)
+    assert result.plans["selected"]["low"] <= gain["selected"] <= result.plans["selected"]["high"]
+    assert result.ratio_any_low <= result.ratio_any <= result.ratio_any_high
+    text = " ".join(verdict({"scope": result}))
+    assert "is not on the frontier" in text and f"the next point on the frontier is {result.next_larger}" in text
+
+
+def test_every_target_with_recorded_outcomes_is_assessed():
+    """A target is assessed when every run recorded its items; absence and multiple choice here."""
+    rng = np.random.default_rng(1)
+    runs = make_runs(RATES, rng=rng)
+    for run in runs:
+        run["items"]["object/absence"] = (rng.random(N_ITEMS) < 0.5).astype(int).tolist()
+        run["items"]["object/mcq"] = (rng.random(N_ITEMS) < 0.4).astype(int).tolist()
+    results = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=100)
+    assert set(results) == {"scope", "scope_object", "scope_template", "absence", "mcq"}
+    direct = np.mean([np.mean(r["items"]["object/mcq"]) for r in runs if r["variant"] == "layer_2"]) - np.mean(
+        [np.mean(r["items"]["object/mcq"]) for r in runs if r["variant"] == "frozen"])
+    assert results["mcq"].gains[2] == pytest.approx(direct)

@@ -21,7 +21,8 @@ from probing.models.embedded import embedded_model, is_embedded
 
 # AblationConfig fields that change results: a restarted study must keep them
 _STUDY_FIELDS = ("model", "pretrained", "world_seed", "loss", "loss_kwargs", "steps", "batch_size", "lr",
-                 "warmup_steps", "weight_decay", "n_train", "data_seed", "eval_n", "eval_n_classification", "eval_seed")
+                 "warmup_steps", "weight_decay", "n_train", "data_seed", "eval_n", "eval_n_classification", "eval_seed",
+                 "eval_mcq")
 
 
 class AblationError(ValueError):
@@ -46,6 +47,7 @@ class AblationConfig:
     eval_n: int = 1000  # negation examples and scope pairs per held-out suite (>= 100 for R@1 among 100)
     eval_n_classification: int = 720
     eval_seed: int = 1
+    eval_mcq: int | None = None  # four-way multiple-choice items on the held-out-object suite (None: eval_n; 0: none)
     variants: tuple[str, ...] | None = None  # None: every variant, single-layer sweep included
     plan_path: str | None = None  # the "selected" variant's layer plan
     extras: str = "none"  # "none", "plan" or a comma list among EXTRAS; the same for every trained variant
@@ -58,6 +60,8 @@ class AblationConfig:
         if self.variants is not None:
             self.variants = tuple(self.variants)
         self.loss_kwargs = dict(self.loss_kwargs)
+        if self.eval_mcq is None:
+            self.eval_mcq = self.eval_n
         _check_config(self)
 
     def study_settings(self) -> dict[str, Any]:
@@ -89,6 +93,8 @@ def _check_config(config: AblationConfig) -> None:
         if getattr(config, name) < low:
             raise AblationError(f"{name} must be at least {low}, got {getattr(config, name)}"
                                 + (" (R@1 is measured among 100 scenes)" if name == "eval_n" else ""))
+    if config.eval_mcq < 0:
+        raise AblationError(f"eval_mcq must be at least 0, got {config.eval_mcq}")
     if config.n_train < config.batch_size:
         raise AblationError(f"n_train {config.n_train} is fewer than one batch of {config.batch_size}")
     if not (math.isfinite(config.lr) and 0 < config.lr <= MAX_LEARNING_RATE) or config.warmup_steps < 0:

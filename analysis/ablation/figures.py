@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
+from analysis.ablation.validity import headline
 from analysis.ablation.variants import GROUP_VARIANTS, OMNI_VARIANTS, block_variants, sweep_layer
 
 COLUMN_WIDTH_IN = 3.4  # one column of a two-column paper
@@ -146,7 +147,7 @@ def validity_figure(results: dict, evidence: dict) -> Figure:
     """Evidence against gain per block, one panel per kind of evidence (and the combined score): each
     block a labelled point at (its excess over the null models, its single-block scope gain averaged over
     held-out objects and templates, with the bootstrap interval), Spearman's rho in the title."""
-    validity = results["mean"]
+    validity = headline(results)
     scores = {name: component["excess"] for name, component in evidence["components"].items()}
     scores["combined"] = evidence["combined"]
 

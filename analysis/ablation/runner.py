@@ -3,9 +3,11 @@ record it, and write the tables, figures and validity test when the study is don
 
 Evaluation, after every run: three suites of the world's test split, each holding out one thing
 (heldout = "object", "template", "cue"); every metric of `SyntheticSuite.evaluate` is recorded
-as "<suite>/<metric>", e.g. "object/scope_accuracy", "cue/scope_accuracy/cue=never". Retention
-(R@1 among 100, zero-shot) is read from the object suite, whose affirmative captions use the
-training templates.
+as "<suite>/<metric>", e.g. "object/scope_accuracy", "cue/scope_accuracy/cue=never", and every per-item
+outcome as "<suite>/<outcome>" ("object/scope", "object/mcq", ...: what analysis.ablation.validity resamples
+for each target). The held-out-object suite also holds `eval_mcq` four-way multiple-choice items. Retention
+(R@1 among 100, zero-shot) is read from the object suite, whose affirmative captions use the training
+templates.
 """
 from __future__ import annotations
 
@@ -23,10 +25,25 @@ from tqdm.auto import tqdm
 from analysis.ablation.aggregate import summarize_runs
 from analysis.ablation.config import AblationConfig, AblationError
 from analysis.ablation.figures import validity_figure
-from analysis.ablation.runs import RUNS_FILE, check_finished_runs, check_study_settings, load_runs, save_runs
+from analysis.ablation.runs import (
+    Shard,
+    check_finished_runs,
+    check_study_settings,
+    load_runs,
+    load_study_runs,
+    runs_path,
+    save_runs,
+)
 from analysis.ablation.tables import validity_markdown, write_outputs
 from analysis.ablation.validity import assess, verdict
-from analysis.ablation.variants import STEERING, extras_flags, load_selected_plan, resolve_variants, variant_plans
+from analysis.ablation.variants import (
+    SELECTED_PLANNED,
+    STEERING,
+    extras_flags,
+    load_selected_plan,
+    resolve_variants,
+    variant_plans,
+)
 from finetune.checkpoint import latest_checkpoint
 from finetune.freezing import planned_parts
 from finetune.train import TrainConfig, train
@@ -87,6 +104,7 @@ class Evaluation:
                 split="test",
                 heldout=heldout,
                 seed=config.eval_seed,
+                n_mcq=config.eval_mcq if heldout == RETENTION_SUITE else 0,
             )
             for heldout in EVAL_SUITES
         }
@@ -94,8 +112,8 @@ class Evaluation:
         features = {heldout: suite.image_features(base.model, base.preprocess) for heldout, suite in suites.items()}
         return cls(suites, features)
 
-    def evaluate(self, model, base: Base) -> tuple[dict[str, float], dict[str, list[int]]]:
-        """({"<suite>/<metric>": value}, {"<suite>/scope": per-item outcomes}) of a model."""
+    def evaluate(self, model, base: Base) -> tuple[dict[str, float], dict[str, list]]:
+        """({"<suite>/<metric>": value}, {"<suite>/<outcome>": per-item outcomes}) of a model."""
 
         model.eval()
         metrics: dict[str, float] = {}
@@ -106,7 +124,7 @@ class Evaluation:
                 model, base.preprocess, base.tokenizer, image_features=self.image_features[heldout], outcomes=outcomes
             )
             metrics.update({f"{heldout}/{key}": value for key, value in flatten(sections).items()})
-            items[f"{heldout}/scope"] = outcomes["scope"]
+            items.update({f"{heldout}/{key}": values for key, values in outcomes.items()})
         return metrics, items
 
 
@@ -132,7 +150,6 @@ class AblationStudy:
                                                      selected_size=len(self.selected.blocks) if self.selected else None)
         self.extras = extras_flags(config.extras, self.selected)
         self.plans = variant_plans(self.variants, self.n_layers, self.extras, self.selected)
-        self.runs_path = self.out_dir / RUNS_FILE
         self._examples = None
         self._evaluation: Evaluation | None = None
 
@@ -224,33 +241,37 @@ class AblationStudy:
         (run_dir / "model.safetensors").unlink(missing_ok=True)
 
     # -- the study --
-    def run(self, *, max_runs: int | None = None) -> AblationResult:
-        """Run what is not done yet (at most `max_runs` of it), then write table, summary and figure."""
-
-
+    def run(self, *, max_runs: int | None = None, shard: Shard | None = None) -> AblationResult:
+        """Run what is not done yet (at most `max_runs` of it; with `shard`, only that shard's share, into its
+        own runs file), then write table, summary and figure from every run of the folder."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         sweep_temporaries(self.out_dir)  # the runs file or a table a killed study was writing
         check_study_settings(self.out_dir, self.config)
-        runs = load_runs(self.runs_path)
+        own_path = runs_path(self.out_dir, shard)
+        own = load_runs(own_path)
+        runs = load_study_runs(self.out_dir)
         check_finished_runs(runs, self.plans)
         for note in self.notes:
             self.log(f"note: {note}")
         todo = self.pending(runs)
         skipped = len(self.planned()) - len(todo)
         if skipped:
-            self.log(f"{skipped} of {len(self.planned())} runs already done in {self.runs_path}: skipping them")
-        batch = todo if max_runs is None else todo[:max_runs]
+            self.log(f"{skipped} of {len(self.planned())} runs already done in {self.out_dir}: skipping them")
+        mine = todo if shard is None else [key for key in todo if shard.takes(self.planned().index(key))]
+        batch = mine if max_runs is None else mine[:max_runs]
         executed = []
-        bar = tqdm(batch, desc="ablation runs", unit="run", disable=not self.progress, dynamic_ncols=True)
+        desc = "ablation runs" if shard is None else f"ablation runs (shard {shard.index}/{shard.count})"
+        bar = tqdm(batch, desc=desc, unit="run", disable=not self.progress, dynamic_ncols=True)
         for variant, seed in bar:
             bar.set_postfix_str(f"{variant} seed {seed}")
             record = self.run_one(variant, seed)
-            runs.append(record)
-            save_runs(self.runs_path, runs)
+            own.append(record)
+            save_runs(own_path, own)
             self._tidy(variant, seed)
             executed.append((variant, seed))
         bar.close()
-        complete = len(executed) == len(todo)
+        runs = load_study_runs(self.out_dir)  # other shards may have finished runs meanwhile
+        complete = not self.pending(runs)
         summary = self.summarize(runs, complete=complete)
         outputs = write_outputs(self.out_dir, summary)
         outputs.update(self.write_validity(runs))
@@ -265,17 +286,15 @@ class AblationStudy:
             return {}
         wanted = set(self.planned())
         chosen = [run for run in runs if (run["variant"], int(run["seed"])) in wanted]
-        groups = {name: plan.blocks for name, plan in self.plans.items() if plan is not None}
         try:
-            results = assess(
-                chosen, self.selected.evidence, self.selected.blocks, n_layers=self.n_layers, groups=groups
-            )
+            results = assess(chosen, self.selected.evidence, self.selected.blocks, n_layers=self.n_layers,
+                             groups=self.block_plans(), trainable=trainable_parameters(chosen))
         except (ValueError, KeyError) as error:
             self.log(f"note: no predictive-validity test: {error}")
             return {}
         sentences = verdict(results)
         payload = {"sentences": sentences, "selected": self.selected.blocks,
-                   "axes": {axis: result.to_dict() for axis, result in results.items()}}
+                   "targets": {name: result.to_dict() for name, result in results.items()}}
         outputs = {
             "validity_json": atomic_write_json(self.out_dir / "validity.json", payload),
             "validity_md": atomic_write_text(self.out_dir / "validity.md", validity_markdown(results, sentences)),
@@ -287,6 +306,13 @@ class AblationStudy:
                 figure.savefig(tmp, format=suffix, dpi=300, bbox_inches="tight")
             outputs[f"validity_{suffix}"] = path
         return outputs
+
+    def block_plans(self) -> dict[str, list[int]]:
+        """The variants that train whole blocks with the study's extras (the selected plan's blocks, windows, sets,
+        front / middle / back / all): the plans compared at equal size."""
+        return {name: list(plan.blocks) for name, plan in self.plans.items()
+                if plan is not None and plan.block_parts == "all" and name != SELECTED_PLANNED
+                and all(getattr(plan, f"train_{extra}") == self.extras[f"train_{extra}"] for extra in EXTRAS)}
 
     def summarize(self, runs: Sequence[dict[str, Any]], *, complete: bool) -> dict[str, Any]:
         wanted = set(self.planned())
@@ -314,7 +340,12 @@ def _output_to(path: Path):
         yield
 
 
+def trainable_parameters(runs: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Variant -> trainable parameters, as its runs recorded them (0 for frozen and steering)."""
+    return {run["variant"]: int(run.get("trained_parameters") or 0) for run in runs}
+
+
 def run_ablation(config: AblationConfig, out_dir: str | Path, *, max_runs: int | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> AblationResult:
-    """Run (or continue) the ablation study of `config` in `out_dir`; see the module docstring."""
-    return AblationStudy(config, out_dir, progress=progress, log=log).run(max_runs=max_runs)
+                 log: Callable[[str], None] = print, shard: Shard | None = None) -> AblationResult:
+    """Run (or continue) the ablation study of `config` in `out_dir` (or its `shard`); see the module docstring."""
+    return AblationStudy(config, out_dir, progress=progress, log=log).run(max_runs=max_runs, shard=shard)

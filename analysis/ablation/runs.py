@@ -6,12 +6,17 @@ truncated last line from other writers is dropped with a warning). A restarted s
 finished runs; a run interrupted mid-training continues from its last trainer checkpoint. The
 settings that change results are kept in `<out>/ablation_config.json`, and a restart with other
 settings is refused; more seeds or more variants extend the study.
+
+Shards: a study of hundreds of runs can be split over N processes (a job array, one per GPU): shard K of N
+(`Shard(K, N)`) runs every N-th pending run and writes only its own file, `runs.shard-K-of-N.jsonl`, so no
+two processes ever write one file. Every reader merges all the runs files of the folder (`load_study_runs`),
+so the tables, the validity test and the selector table of a sharded study are those of the whole study.
 """
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +25,53 @@ from probing.io import atomic_write_json, atomic_write_text
 
 RUNS_FILE = "runs.jsonl"
 CONFIG_FILE = "ablation_config.json"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` (1-based) of `count`: which pending runs a process takes, and its own runs file."""
+
+    index: int
+    count: int
+
+    def __post_init__(self):
+        if not 1 <= self.index <= self.count:
+            raise AblationError(f"a shard is K/N with 1 <= K <= N (e.g. 2/4), got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """'2/4' -> Shard(2, 4)."""
+        index, _, count = str(text).partition("/")
+        if not (index.strip().isdigit() and count.strip().isdigit()) or int(count) < 1:
+            raise AblationError(f"a shard is K/N with 1 <= K <= N (e.g. 2/4), got {text!r}")
+        return cls(int(index), int(count))
+
+    def takes(self, position: int) -> bool:
+        """Whether the run at this position of the study's run list is this shard's."""
+        return position % self.count == self.index - 1
+
+    @property
+    def runs_file(self) -> str:
+        return f"runs.shard-{self.index}-of-{self.count}.jsonl"
+
+
+def runs_path(out_dir: str | Path, shard: Shard | None = None) -> Path:
+    """The runs file a process writes: runs.jsonl, or its shard's own file."""
+    return Path(out_dir) / (RUNS_FILE if shard is None else shard.runs_file)
+
+
+def load_study_runs(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Every finished run of a study folder: runs.jsonl and every shard's file, merged (a run recorded in two
+    files, e.g. after the study was re-sharded, is kept once, from the first file in name order)."""
+    files = sorted(Path(out_dir).glob("runs*.jsonl"), key=lambda path: (path.name != RUNS_FILE, path.name))
+    runs, seen = [], set()
+    for path in files:
+        for record in load_runs(path):
+            key = (record["variant"], int(record["seed"]))
+            if key not in seen:
+                seen.add(key)
+                runs.append(record)
+    return runs
 
 
 def load_runs(path: str | Path) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from analysis.ablation.aggregate import summary_rows
 from analysis.ablation.figures import ablation_figure
-from analysis.ablation.validity import format_ratio
+from analysis.ablation.validity import format_ratio, headline
 from probing.io import atomic_path, atomic_write_json, atomic_write_text
 
 TABLE_FILE = "ablation_table.md"
@@ -118,17 +118,25 @@ def markdown_table(summary: dict[str, Any], *, cost: bool = True) -> str:
 
 
 def validity_markdown(results: dict, sentences: list[str]) -> str:
-    """The predictive-validity table: per held-out axis, rho of each kind of evidence and the plan's regret."""
-
-    mean = results["mean"]
+    """The predictive-validity tables: per target, rho of each kind of evidence with the single-block gains, and
+    the selected plan against the best plan of its size and of any size, with its place on the frontier."""
+    mean = headline(results)
     names = list(mean.rho)
     lines = ["## Did the evidence predict the ablation?", "", " ".join(sentences), "",
-             "| held-out axis | " + " | ".join(f"rho {n}" for n in names) + " | selected gain | best equal-size plan "
-             "| best gain | regret | ratio |", "|" + "---|" * (len(names) + 6)]
-    for axis, v in results.items():
+             "| target | " + " | ".join(f"rho {n}" for n in names) + " |", "|" + "---|" * (len(names) + 1)]
+    for name, v in results.items():
         cells = [f"{v.rho[n]:+.2f} [{v.rho_low[n]:+.2f}, {v.rho_high[n]:+.2f}]" for n in names]
-        lines.append(f"| {axis} | " + " | ".join(cells) + f" | {v.selected_gain:+.3f} | {v.best_plan} "
-                     f"| {v.best_gain:+.3f} | {v.regret:+.3f} | {format_ratio(v)} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | selected gain | best equal-size plan | best gain | ratio | best plan of any size "
+              "| its gain | ratio | on the frontier | next larger plan on the frontier |", "|" + "---|" * 10]
+    for name, v in results.items():
+        larger = (f"{v.next_larger} ({v.plans[v.next_larger]['trainable']:,} params, "
+                  f"{v.plans[v.next_larger]['gain']:+.3f})" if v.next_larger else "none")
+        frontier = ("yes" if "selected" in v.frontier else
+                    "no, beyond noise: " + ", ".join(v.dominated_by) if v.dominated_by else "within the noise")
+        lines.append(f"| {name} | {v.selected_gain:+.3f} | {v.best_plan} | {v.best_gain:+.3f} | {format_ratio(v)} "
+                     f"| {v.best_any or '-'} | {v.best_any_gain:+.3f} | {format_ratio(v, any_size=True)} "
+                     f"| {frontier if v.plans else '-'} | {larger if v.plans else '-'} |")
     return "\n".join(lines) + "\n"
 
 

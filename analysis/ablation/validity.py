@@ -1,43 +1,79 @@
-"""Predictive validity: did the layer evidence predict where fine-tuning works?
+"""Predictive validity: did the layer evidence predict where fine-tuning works, and is the plan the best advice?
 
 Inputs: the runs of an ablation study (analysis.ablation.runner) that include the frozen model, the
 single-layer sweep (layer_<b>: block b alone), the selected plan and the windows of its size
-(window_<a>_<b>: every contiguous run of as many blocks), all at the same budget; and the evidence
-the plan was chosen from (the `evidence` of probe-layers' layer_plan.json).
+(window_<a>_<b>: every contiguous run of as many blocks), all at the same budget, plus whatever other plans
+the study ran (windows of other sizes, top-k sets, the anchors, the plan with its own extras); and the
+evidence the plan was chosen from (the `evidence` of probe-layers' layer_plan.json).
 
-    gain[b]     mean over seeds of the held-out scope accuracy of layer_b minus the frozen model's
-                (held-out objects, held-out templates, and their mean)
-    rho_c       Spearman correlation between component c's per-block excess over the null models
-                (and the combined score) and gain[b]
-    regret      best gain among the plans with as many blocks as the selected one (every contiguous
-                window, and front / middle / back / all when their size matches) minus the selected
-                plan's gain; `ratio` = selected gain / best gain
+Every target (TARGETS) is a mean over test items of per-item outcomes the runs record ("<suite>/<outcome>"):
+scope accuracy on held-out objects, templates and cues (and their object-template mean, "scope", the
+headline), absence vs presence negation, the four-way multiple choice, and retention (image->text R@1 among
+100, zero-shot). For each target:
 
-Intervals: a bootstrap that resamples each variant's seeds and the evaluation items (paired: every
-run is scored on the same items), so rho's interval holds the optimisation noise and the finite
-test set. The ratio gets one too: in each replicate, the selected plan's gain over the best gain
-among the equal-size plans of that replicate; `target_share` is the fraction of replicates where
-it reaches TARGET_RATIO, so a miss by a few points can be told from a miss beyond the noise. The
-verdict sentence is computed from these numbers.
+    gain[v]     mean over seeds of variant v's target minus the frozen model's (per block b for layer_b)
+    rho_c       Spearman correlation between component c's per-block excess over the null models (and the
+                combined score) and the single-block gains
+    ratio       selected gain / best gain among the plans with as many blocks and the study's extras (every
+                contiguous window, top-k sets, front / middle / back / all when their size matches)
+    ratio_any   selected gain / best gain of any plan the study ran (other sizes, the anchors with their
+                extras, the plan with its own extras)
+    frontier    gain against trainable parameters: the plans no other plan beats with no more parameters
+                (point estimates); the selected plan is off it "beyond the noise" only when some plan with no
+                more parameters gains more in 97.5 % of bootstrap replicates (`dominated_by`); `next_larger`
+                is the next frontier point with more parameters (what a larger budget buys)
+
+Intervals: a bootstrap that resamples each variant's seeds and the evaluation items (paired: every run is
+scored on the same items), so rho's interval holds the optimisation noise and the finite test set. The
+ratios get one too: in each replicate the selected plan's gain over the best gain of that replicate;
+`target_share` is the fraction of replicates where `ratio` reaches TARGET_RATIO, so a miss by a few points can
+be told from a miss beyond the noise. Retention targets are "gains" too (usually negative: what fine-tuning
+lost), so a larger value is better for every target. The verdict sentences are computed from these numbers.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
-from analysis.ablation.variants import sweep_layer, window_blocks, window_name
+from analysis.ablation.variants import sweep_layer, variant_blocks, window_name
 from analysis.selection import describe_blocks
 
-AXES = ("object", "template")  # held-out axes the target is judged on
 TARGET_RATIO = 0.95
+HEADLINE_TARGET = "scope"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A quantity a fine-tuning plan is judged on: the mean of per-item outcomes recorded under `items`."""
+
+    name: str
+    label: str
+    items: tuple[str, ...]  # run item keys "<suite>/<outcome>"; several: the mean of their means
+    retention: bool = False  # kept, not raised, by negation fine-tuning
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("scope", "scope accuracy, mean of held-out objects and templates", ("object/scope", "template/scope")),
+    Target("scope_object", "scope accuracy, held-out objects", ("object/scope",)),
+    Target("scope_template", "scope accuracy, held-out templates", ("template/scope",)),
+    Target("scope_cue", "scope accuracy, held-out cues", ("cue/scope",)),
+    Target("absence", "absence (true) vs presence (false) negated captions, held-out objects", ("object/absence",)),
+    Target("mcq", "four-way multiple choice (positive / negative / hybrid answers), held-out objects",
+           ("object/mcq",)),
+    Target("retrieval", "image->text R@1 among 100 (retention)", ("object/image_to_text",), retention=True),
+    Target("zero_shot", "zero-shot over 36 objects (retention)", ("object/zero_shot",), retention=True),
+)}
+# records written before targets existed name the scope axes "object", "template" and their "mean"
+_OLD_AXES = {"object": "scope_object", "template": "scope_template", "mean": "scope"}
 
 
 @dataclass
 class Validity:
-    axis: str  # "object", "template" or "mean" (of the two)
+    axis: str  # the target's name ("object", "template", "mean" in records written before TARGETS)
     gains: list[float]  # per block
     gain_low: list[float]
     gain_high: list[float]
@@ -57,15 +93,29 @@ class Validity:
     ratio_low: float = float("nan")
     ratio_high: float = float("nan")
     target_share: float = float("nan")
+    # every plan the study ran: variant -> {"blocks", "trainable", "gain", "low", "high"} (empty in old records)
+    plans: dict[str, dict] = field(default_factory=dict)
+    best_any: str = ""
+    best_any_gain: float = float("nan")
+    ratio_any: float = float("nan")
+    ratio_any_low: float = float("nan")
+    ratio_any_high: float = float("nan")
+    frontier: list[str] = field(default_factory=list)  # plans on the gain / trainable-parameter frontier
+    dominated_by: list[str] = field(default_factory=list)  # plans with no more parameters that gain more, beyond noise
+    next_larger: str | None = None  # the next frontier plan with more trainable parameters
+
+    @property
+    def target(self) -> Target:
+        return TARGETS[_OLD_AXES.get(self.axis, self.axis)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _scope_items(run: dict, axis: str) -> np.ndarray:
-    items = run.get("items", {}).get(f"{axis}/scope")
+def _items(run: dict, key: str) -> np.ndarray:
+    items = run.get("items", {}).get(key)
     if items is None:
-        raise KeyError(f"run {run['variant']} seed {run['seed']} has no per-item scope results for {axis}")
+        raise KeyError(f"run {run['variant']} seed {run['seed']} has no per-item outcomes {key!r}")
     return np.asarray(items, dtype=float)
 
 
@@ -76,83 +126,126 @@ def _runs_by_variant(runs: Sequence[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
+def available_targets(runs: Sequence[dict], targets: Mapping[str, Target] = TARGETS) -> dict[str, Target]:
+    """The targets every run recorded the per-item outcomes of (runs made before a target existed lack it)."""
+    return {name: target for name, target in targets.items()
+            if all(key in run.get("items", {}) for run in runs for key in target.items)}
+
+
 def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_layers: int,
-           groups: dict[str, list[int]] | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Validity]:
-    """Validity per axis (object, template, mean). `evidence` is a plan's recorded evidence dict
-    (components -> {"excess": [...]}, "combined"); `groups` the named block groups (front, ...)."""
+           groups: dict[str, list[int]] | None = None, trainable: Mapping[str, int] | None = None,
+           targets: Mapping[str, Target] | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Validity]:
+    """Validity per target (module docstring). `evidence` is a plan's recorded evidence dict (components ->
+    {"excess": [...]}, "combined"); `groups` the block lists of the other variants that train blocks with the
+    study's extras (front, middle, ...; windows, layers and sets are read off their names): the equal-size
+    candidates; `trainable` the trainable parameters of every trained variant (the plans of the frontier and
+    of the any-size ratio). targets: default every target the runs recorded."""
     grouped = _runs_by_variant(runs)
     sweep = {sweep_layer(v): v for v in grouped if sweep_layer(v) is not None}
     missing = [b for b in range(n_layers) if b not in sweep]
     if "frozen" not in grouped or missing:
         raise ValueError(f"validity needs the frozen model and the whole single-layer sweep (missing blocks {missing})")
+    if "selected" not in grouped:
+        raise ValueError("validity needs the runs of the selected plan (variant 'selected')")
     k = len(selected)
-    candidates = {v: window_blocks(v) for v in grouped if window_blocks(v) is not None and len(window_blocks(v)) == k}
-    candidates.update({name: blocks for name, blocks in (groups or {}).items() if len(blocks) == k and name in grouped})
-    candidates.setdefault("selected", list(selected))
     expected = [window_name(a, a + k - 1) for a in range(n_layers - k + 1)]
     absent = [name for name in expected if name not in grouped]
     if absent:
         raise ValueError(f"validity needs every window of {k} blocks at the same budget; missing {', '.join(absent)}")
+    spans = {v: variant_blocks(v) for v in grouped if variant_blocks(v) is not None}  # windows, layers, sets
+    candidates = {name: list(blocks) for name, blocks in {**spans, **(groups or {})}.items()
+                  if len(blocks) == k and name in grouped}
+    candidates["selected"] = list(selected)
+    trainable = {v: int(n) for v, n in (trainable or {}).items() if v in grouped and n > 0}
+    trainable.setdefault("selected", 0)
+    targets = dict(targets) if targets is not None else available_targets(runs)
+    if not targets:
+        raise ValueError("the runs record the per-item outcomes of no target")
     scores = {name: np.asarray(component["excess"], dtype=float) for name, component in evidence["components"].items()}
     scores["combined"] = np.asarray(evidence["combined"], dtype=float)
+    variants = list(dict.fromkeys(["frozen", *(sweep[b] for b in range(n_layers)), *candidates, *trainable]))
+    keys = sorted({key for target in targets.values() for key in target.items})
+    per_key = {key: {v: np.stack([_items(run, key) for run in grouped[v]]) for v in variants} for key in keys}
+
+    def means(seed_draws, item_draws) -> dict[str, dict[str, float]]:
+        """target -> variant -> mean outcome on (resampled) seeds and items."""
+        key_means = {}
+        for key in keys:
+            for v in variants:
+                rows = per_key[key][v] if seed_draws is None else per_key[key][v][seed_draws[v]]
+                key_means[key, v] = float(rows.mean() if item_draws is None else rows[:, item_draws[key]].mean())
+        return {name: {v: float(np.mean([key_means[key, v] for key in t.items])) for v in variants}
+                for name, t in targets.items()}
 
     rng = np.random.default_rng(seed)
-    variants = ["frozen"] + [sweep[b] for b in range(n_layers)] + list(candidates)
-    if "selected" not in grouped:
-        raise ValueError("validity needs the runs of the selected plan (variant 'selected')")
-    per_axis = {axis: {v: np.stack([_scope_items(run, axis) for run in grouped[v]]) for v in dict.fromkeys(variants)}
-                for axis in AXES}
-    variants = list(dict.fromkeys(variants))
-    point = _gains(per_axis, variants, sweep, candidates, None, None)
+    point = means(None, None)
     replicates = []
     for _ in range(n_boot):  # each variant's seeds and the (shared) items resampled
-        seed_draws = {v: rng.integers(0, len(per_axis[AXES[0]][v]), len(per_axis[AXES[0]][v])) for v in variants}
-        item_draws = {a: rng.integers(0, per_axis[a]["frozen"].shape[1], per_axis[a]["frozen"].shape[1]) for a in AXES}
-        replicates.append(_gains(per_axis, variants, sweep, candidates, seed_draws, item_draws))
-    results = {}
-    for axis in (*AXES, "mean"):
-        sweep_gain, plan_gain = point[axis]
-        vector = np.array([sweep_gain[b] for b in range(n_layers)])
-        boot_gains = np.stack([[replicate[axis][0][b] for b in range(n_layers)] for replicate in replicates])
-        boot_rho = {name: [_spearman(score, gains) for gains in boot_gains] for name, score in scores.items()}
-        best = max(plan_gain, key=lambda name: (plan_gain[name], name == "selected"))
-        chosen = plan_gain["selected"]
-        boot_ratio = np.array([_ratio(replicate[axis][1]) for replicate in replicates])
-        results[axis] = Validity(
-            axis, vector.tolist(), np.quantile(boot_gains, 0.025, axis=0).tolist(),
-            np.quantile(boot_gains, 0.975, axis=0).tolist(),
-            {name: _spearman(score, vector) for name, score in scores.items()},
-            {name: float(np.nanquantile(values, 0.025)) for name, values in boot_rho.items()},
-            {name: float(np.nanquantile(values, 0.975)) for name, values in boot_rho.items()},
-            list(selected), chosen, best, list(candidates[best]), plan_gain[best], plan_gain[best] - chosen,
-            _ratio(plan_gain), dict(plan_gain), float(np.nanquantile(boot_ratio, 0.025)),
-            float(np.nanquantile(boot_ratio, 0.975)), float(np.mean(boot_ratio >= TARGET_RATIO - 1e-12)))
-    return results
+        seed_draws = {v: rng.integers(0, len(grouped[v]), len(grouped[v])) for v in variants}
+        item_draws = {key: rng.integers(0, per_key[key]["frozen"].shape[1], per_key[key]["frozen"].shape[1])
+                      for key in keys}
+        replicates.append(means(seed_draws, item_draws))
+    return {name: _validity(name, point[name], [r[name] for r in replicates], sweep, candidates, trainable, scores,
+                            list(selected), n_layers) for name in targets}
 
 
-def _ratio(plan_gain: dict[str, float]) -> float:
-    """The selected plan's gain over the best equal-size plan's (NaN when no plan gains)."""
-    best = max(plan_gain.values())
-    return plan_gain["selected"] / best if best > 0 else float("nan")
+def _validity(name: str, point: dict[str, float], replicates: list[dict[str, float]], sweep: dict[int, str],
+              candidates: dict[str, list[int]], trainable: dict[str, int], scores: dict[str, np.ndarray],
+              selected: list[int], n_layers: int) -> Validity:
+    def gains(means: dict[str, float]) -> dict[str, float]:
+        return {v: value - means["frozen"] for v, value in means.items()}
+
+    g, boot = gains(point), [gains(r) for r in replicates]
+    vector = np.array([g[sweep[b]] for b in range(n_layers)])
+    boot_sweep = np.array([[r[sweep[b]] for b in range(n_layers)] for r in boot])
+    boot_rho = {c: [_spearman(score, row) for row in boot_sweep] for c, score in scores.items()}
+    equal = {v: g[v] for v in candidates}
+    best = max(equal, key=lambda v: (equal[v], v == "selected"))
+    plans = {v: g[v] for v in trainable}
+    plans["selected"] = g["selected"]
+    best_any = max(plans, key=lambda v: (plans[v], v == "selected"))
+    boot_ratio = np.array([_ratio(r["selected"], [r[v] for v in candidates]) for r in boot])
+    boot_ratio_any = np.array([_ratio(r["selected"], [r[v] for v in plans]) for r in boot])
+    low = {v: float(np.quantile([r[v] for r in boot], 0.025)) for v in plans}
+    high = {v: float(np.quantile([r[v] for r in boot], 0.975)) for v in plans}
+    blocks = {**candidates, **{v: candidates.get(v, []) for v in plans}}
+    frontier = _frontier(plans, trainable) if trainable.get("selected") else []
+    cost = trainable.get("selected", 0)
+    dominated = [v for v in plans if v != "selected" and cost and trainable[v] <= cost
+                 and np.quantile([r[v] - r["selected"] for r in boot], 0.025) > 0]
+    larger = [v for v in frontier if trainable[v] > cost and plans[v] > plans["selected"]] if cost else []
+    return Validity(
+        name, vector.tolist(), np.quantile(boot_sweep, 0.025, axis=0).tolist(),
+        np.quantile(boot_sweep, 0.975, axis=0).tolist(),
+        {c: _spearman(score, vector) for c, score in scores.items()},
+        {c: float(np.nanquantile(values, 0.025)) for c, values in boot_rho.items()},
+        {c: float(np.nanquantile(values, 0.975)) for c, values in boot_rho.items()},
+        selected, g["selected"], best, list(candidates[best]), equal[best], equal[best] - g["selected"],
+        _ratio(g["selected"], equal.values()), dict(equal), float(np.nanquantile(boot_ratio, 0.025)),
+        float(np.nanquantile(boot_ratio, 0.975)), float(np.mean(boot_ratio >= TARGET_RATIO - 1e-12)),
+        plans={v: {"blocks": blocks.get(v, []), "trainable": trainable.get(v, 0), "gain": plans[v], "low": low[v],
+                   "high": high[v]} for v in plans},
+        best_any=best_any, best_any_gain=plans[best_any], ratio_any=_ratio(g["selected"], plans.values()),
+        ratio_any_low=float(np.nanquantile(boot_ratio_any, 0.025)),
+        ratio_any_high=float(np.nanquantile(boot_ratio_any, 0.975)),
+        frontier=frontier, dominated_by=dominated, next_larger=larger[0] if larger else None)
 
 
-def _gains(per_axis: dict, variants: list[str], sweep: dict[int, str], candidates: dict[str, list[int]],
-           seed_draws: dict[str, np.ndarray] | None, item_draws: dict[str, np.ndarray] | None) -> dict[str, tuple]:
-    """axis -> ({block: single-block gain}, {equal-size plan: gain}) over frozen, on (resampled) seeds and items."""
-    means = {}
-    for axis in AXES:
-        for variant in variants:
-            rows = per_axis[axis][variant]  # [seeds, items]
-            rows = rows if seed_draws is None else rows[seed_draws[variant]]
-            means[axis, variant] = float(rows.mean() if item_draws is None else rows[:, item_draws[axis]].mean())
-    for variant in variants:
-        means["mean", variant] = float(np.mean([means[axis, variant] for axis in AXES]))
-    out = {}
-    for axis in (*AXES, "mean"):
-        frozen = means[axis, "frozen"]
-        out[axis] = ({b: means[axis, name] - frozen for b, name in sweep.items()},
-                     {name: means[axis, name] - frozen for name in candidates})
-    return out
+def _frontier(gains: dict[str, float], trainable: dict[str, int]) -> list[str]:
+    """The plans no other plan beats with no more trainable parameters, by increasing parameters."""
+    order = sorted(gains, key=lambda v: (trainable[v], -gains[v]))
+    frontier, best = [], -math.inf
+    for v in order:
+        if gains[v] > best:
+            frontier.append(v)
+            best = gains[v]
+    return frontier
+
+
+def _ratio(selected: float, gains) -> float:
+    """The selected plan's gain over the best gain (NaN when no plan gains)."""
+    best = max(gains)
+    return selected / best if best > 0 else float("nan")
 
 
 def _spearman(score: np.ndarray, gains: np.ndarray) -> float:
@@ -162,14 +255,21 @@ def _spearman(score: np.ndarray, gains: np.ndarray) -> float:
 
 
 def from_json(record: dict) -> dict[str, Validity]:
-    """The per-axis results of a validity.json (as AblationStudy writes them: `Validity.to_dict` per axis)."""
-    return {axis: Validity(**fields) for axis, fields in record["axes"].items()}
+    """The per-target results of a validity.json (as the runner writes them: `Validity.to_dict` per target;
+    records written before TARGETS hold "axes" object / template / mean)."""
+    fields = record.get("targets") or record["axes"]
+    return {name: Validity(**values) for name, values in fields.items()}
+
+
+def headline(results: dict[str, Validity]) -> Validity:
+    """The target the plan's summary sentence is about: mean scope accuracy (old records: "mean")."""
+    return results.get(HEADLINE_TARGET) or results["mean"]
 
 
 def verdict(results: dict[str, Validity]) -> list[str]:
     """Plain sentences: did the evidence predict the ablation, and does the plan meet the target?"""
     sentences = []
-    mean = results["mean"]
+    mean = headline(results)
     order = sorted(mean.rho, key=lambda name: -np.nan_to_num(mean.rho[name], nan=-2))
     parts = []
     for name in order:
@@ -193,23 +293,49 @@ def verdict(results: dict[str, Validity]) -> list[str]:
     else:
         sentences.append("No kind of evidence predicted the per-block gains: every correlation's interval includes 0 "
                          "or lies below it.")
-    met = []
-    for axis in AXES:
+    for axis in ("scope_object", "scope_template", "object", "template"):
+        if axis not in results:
+            continue
         v = results[axis]
         ok = v.ratio >= TARGET_RATIO - 1e-12
-        met.append(ok)
-        sentences.append(f"Held-out {axis}s: the selected plan (blocks {describe_blocks(v.selected)}) gains "
+        where = "objects" if axis.endswith("object") else "templates"
+        sentences.append(f"Held-out {where}: the selected plan (blocks {describe_blocks(v.selected)}) gains "
                          f"{v.selected_gain:+.3f} scope accuracy; the best plan of {len(v.selected)} block(s) is "
                          f"{v.best_plan} (blocks {describe_blocks(v.best_blocks)}, {v.best_gain:+.3f}); ratio "
                          f"{format_ratio(v)}{_target_share(v)} ({'meets' if ok else 'misses'} the "
                          f"{TARGET_RATIO:.0%} target).")
+    if mean.plans:
+        sentences.append(frontier_sentence(mean))
     return sentences
 
 
-def format_ratio(v: Validity) -> str:
+def frontier_sentence(v: Validity) -> str:
+    """Where the selected plan stands on the gain / trainable-parameter frontier of one target, and what a larger
+    budget buys."""
+    selected = v.plans["selected"]
+    where = ("lies on the gain / trainable-parameter frontier" if "selected" in v.frontier else
+             "is not on the frontier by its mean" + ("" if v.dominated_by else
+                                                      ", but no plan with as few parameters beats it beyond the noise"))
+    text = (f"On {v.target.label}, the selected plan ({selected['trainable']:,} trainable parameters, "
+            f"{selected['gain']:+.3f} [{selected['low']:+.3f}, {selected['high']:+.3f}]) {where}")
+    if v.dominated_by:
+        text += (f"; with no more parameters {', '.join(v.dominated_by)} gain(s) more beyond the bootstrap noise "
+                 f"(best: {v.best_any if v.best_any in v.dominated_by else v.dominated_by[0]})")
+    if v.next_larger:
+        nxt = v.plans[v.next_larger]
+        text += (f"; the next point on the frontier is {v.next_larger} ({nxt['trainable']:,} parameters, "
+                 f"{nxt['gain']:+.3f} [{nxt['low']:+.3f}, {nxt['high']:+.3f}])")
+    else:
+        text += "; no larger plan the study ran gains more"
+    return text + "."
+
+
+def format_ratio(v: Validity, *, any_size: bool = False) -> str:
     """The ratio with its bootstrap interval ("0.93 [0.75, 1.00]"; the ratio alone in older records)."""
-    interval = "" if np.isnan(v.ratio_low) else f" [{v.ratio_low:.2f}, {v.ratio_high:.2f}]"
-    return f"{v.ratio:.2f}{interval}"
+    ratio, low, high = (v.ratio_any, v.ratio_any_low, v.ratio_any_high) if any_size else (v.ratio, v.ratio_low,
+                                                                                          v.ratio_high)
+    interval = "" if np.isnan(low) else f" [{low:.2f}, {high:.2f}]"
+    return f"{ratio:.2f}{interval}"
 
 
 def _target_share(v: Validity) -> str:

@@ -17,8 +17,14 @@ Variants for a text tower of n blocks (h = n // 2):
                that code always trains: token/positional embeddings, final LayerNorm, text projection and
                logit scale. On a tower of another depth the block ranges scale with it. omni_whole is
                also CoN-CLIP's setup: the whole text tower, logit scale included.
-    window_a_b blocks a .. b; "windows" names every contiguous window with as many blocks as the
-               selected plan (for analysis.ablation.validity: the best plan of that size)
+    window_a_b blocks a .. b (a window of one block is its layer_a); "windows" names every contiguous
+               window with as many blocks as the selected plan (for analysis.ablation.validity: the best
+               plan of that size), "windows-<k>" every window of k blocks, "windows-near" those of the
+               plan's size and of one block fewer and more (the neighbouring points of the frontier)
+    set_a_b_c  exactly blocks a, b, c (a plan that is not contiguous, e.g. a top-k selector's choice)
+    selected_planned
+               the selected plan exactly as `finetune-layers --plan` trains it: its blocks, its extras
+               and its learning-rate weights (the study's extras do not apply)
     openclip_last
                what open_clip's own `lock_text_tower(unlocked_layers=h + 1)` unlocks: the last h blocks,
                the final LayerNorm and the text projection (read off the function, not re-implemented)
@@ -52,7 +58,10 @@ from finetune.vocabulary import EXTRAS
 
 GROUP_VARIANTS = ("frozen", "selected", "front", "middle", "back", "all")
 WINDOWS = "windows"
+WINDOWS_NEAR = "windows-near"
 WINDOW_PREFIX = "window_"
+SET_PREFIX = "set_"
+SELECTED_PLANNED = "selected_planned"  # the plan with its own extras, as finetune-layers trains it
 ANCHORS = "anchors"
 STEERING = "steering"  # training-free: no plan, its vectors fitted per run
 OTHER_ANCHORS = ("openclip_last", "norm_only", STEERING)  # the anchors that are not Omni-NegCLIP's groups
@@ -95,17 +104,45 @@ def sweep_layer(variant: str) -> int | None:
 
 
 def window_name(first: int, last: int) -> str:
-    return f"{WINDOW_PREFIX}{first}_{last}"
+    """The variant of blocks first .. last; a single block is its sweep variant (layer_<first>)."""
+    return f"{SWEEP_PREFIX}{first}" if first == last else f"{WINDOW_PREFIX}{first}_{last}"
 
 
 def window_blocks(variant: str) -> list[int] | None:
-    """window_2_4 -> [2, 3, 4]; None for other variants."""
+    """window_2_4 -> [2, 3, 4], layer_3 -> [3]; None for other variants."""
+    layer = sweep_layer(variant)
+    if layer is not None:
+        return [layer]
     if not variant.startswith(WINDOW_PREFIX):
         return None
     first, _, last = variant[len(WINDOW_PREFIX):].partition("_")
     if not (first.isdigit() and last.isdigit()) or int(last) < int(first):
         return None
     return list(range(int(first), int(last) + 1))
+
+
+def set_name(blocks: Sequence[int]) -> str:
+    """The variant that trains exactly `blocks`: a window's or a layer's name when they are contiguous."""
+    blocks = sorted(set(blocks))
+    if blocks == list(range(blocks[0], blocks[-1] + 1)):
+        return window_name(blocks[0], blocks[-1])
+    return SET_PREFIX + "_".join(map(str, blocks))
+
+
+def set_blocks(variant: str) -> list[int] | None:
+    """set_0_3_7 -> [0, 3, 7]; None for other variants."""
+    if not variant.startswith(SET_PREFIX):
+        return None
+    parts = variant[len(SET_PREFIX):].split("_")
+    if not all(part.isdigit() for part in parts):
+        return None
+    blocks = [int(part) for part in parts]
+    return blocks if blocks == sorted(set(blocks)) else None
+
+
+def variant_blocks(variant: str) -> list[int] | None:
+    """The blocks of a window, layer or set variant (None for the others)."""
+    return window_blocks(variant) or set_blocks(variant)
 
 
 def windows_of(size: int, n_layers: int) -> list[str]:
@@ -117,57 +154,66 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
     """The variants to run in display order, and notes on what was left out.
 
     None means the groups and the sweep; "sweep" expands to every layer_i, "omni" to Omni-NegCLIP's
-    groups. "selected" without a plan is an error when asked for by name and a note when it only came
-    with the default list.
+    groups, "anchors" to the anchors' choices, "windows" / "windows-<k>" / "windows-near" to windows (module
+    docstring). "selected" without a plan is an error when asked for by name and a note when it only came
+    with the default list. A name asked twice is an error.
     """
     notes: list[str] = []
     asked = list(GROUP_VARIANTS) + [SWEEP] if names is None else [n.strip() for n in names if n.strip()]
     if not asked:
         raise AblationError("no variants given")
+    repeated = sorted({name for name in asked if asked.count(name) > 1})
+    if repeated:
+        raise AblationError(f"variant(s) {', '.join(repeated)} given more than once")
     chosen: set[str] = set()
+
+    def plan_size(name: str) -> int:
+        if not selected_size:
+            raise AblationError(f"variant {name!r} takes its size from the selected plan: pass a plan with blocks")
+        return selected_size
+
     for name in asked:
-        layer = sweep_layer(name)
+        blocks = variant_blocks(name)
         if name == SWEEP:
             chosen.update(sweep_variants(n_layers))
         elif name == WINDOWS:
-            if not selected_size:
-                raise AblationError("variant 'windows' takes its size from the selected plan: pass a plan with blocks")
-            chosen.update(windows_of(selected_size, n_layers))
-        elif window_blocks(name) is not None:
-            if window_blocks(name)[-1] >= n_layers:
-                raise AblationError(f"variant {name}: the text tower has {n_layers} blocks")
-            chosen.add(name)
+            chosen.update(windows_of(plan_size(name), n_layers))
+        elif name == WINDOWS_NEAR:
+            size = plan_size(name)
+            for k in (size - 1, size, size + 1):
+                if 1 <= k <= n_layers:
+                    chosen.update(windows_of(k, n_layers))
+        elif name.startswith(WINDOWS + "-") and name[len(WINDOWS) + 1:].isdigit():
+            k = int(name[len(WINDOWS) + 1:])
+            if not 1 <= k <= n_layers:
+                raise AblationError(f"variant {name}: windows of 1 .. {n_layers} blocks fit this text tower")
+            chosen.update(windows_of(k, n_layers))
+        elif blocks is not None:
+            if blocks[-1] >= n_layers:
+                raise AblationError(f"variant {name}: the text tower has {n_layers} blocks (0 .. {n_layers - 1})")
+            chosen.add(set_name(blocks))
         elif name == ANCHORS:
             chosen.update(ANCHOR_VARIANTS)
-        elif name in OTHER_ANCHORS:
-            chosen.add(name)
         elif name == OMNI:
             chosen.update(OMNI_VARIANTS)
-        elif name in OMNI_VARIANTS:
-            chosen.add(name)
-        elif layer is not None:
-            if layer >= n_layers:
-                raise AblationError(
-                    f"variant {name}: the text tower has {n_layers} blocks (layer_0 .. layer_{n_layers - 1})"
-                )
-            chosen.add(name)
-        elif name in GROUP_VARIANTS:
+        elif name in OTHER_ANCHORS or name in OMNI_VARIANTS or name in GROUP_VARIANTS or name == SELECTED_PLANNED:
             chosen.add(name)
         else:
-            raise AblationError(f"unknown variant {name!r}; choose among {', '.join(GROUP_VARIANTS)}, {OMNI} "
-                                f"({', '.join(OMNI_VARIANTS)}), {ANCHORS} ({', '.join(ANCHOR_VARIANTS)}), {SWEEP}, "
-                                f"layer_0 .. layer_{n_layers - 1}, {WINDOWS}, window_<a>_<b>")
-    if "selected" in chosen and not has_plan:
-        if names is not None:
-            raise AblationError("variant 'selected' needs a layer plan: pass the plan JSON that probe-layers wrote")
-        chosen.discard("selected")
-        notes.append(
-            "variant 'selected' skipped: no layer plan given (write one with probe-layers and pass it as the plan)"
-        )
-    windows = sorted((name for name in chosen if window_blocks(name) is not None), key=window_blocks)
-    order = (
-        list(GROUP_VARIANTS) + list(OMNI_VARIANTS) + list(OTHER_ANCHORS) + windows + sweep_variants(n_layers)
-    )
+            raise AblationError(f"unknown variant {name!r}; choose among {', '.join(GROUP_VARIANTS)}, "
+                                f"{SELECTED_PLANNED}, {OMNI} ({', '.join(OMNI_VARIANTS)}), {ANCHORS} "
+                                f"({', '.join(ANCHOR_VARIANTS)}), {SWEEP}, layer_0 .. layer_{n_layers - 1}, {WINDOWS}, "
+                                f"{WINDOWS}-<k>, {WINDOWS_NEAR}, window_<a>_<b>, set_<a>_<b>_...")
+    for name in ("selected", SELECTED_PLANNED):
+        if name in chosen and not has_plan:
+            if names is not None:
+                raise AblationError(f"variant {name!r} needs a layer plan: pass the plan JSON that probe-layers wrote")
+            chosen.discard(name)
+            notes.append(f"variant {name!r} skipped: no layer plan given (write one with probe-layers and pass it "
+                         "as the plan)")
+    spans = sorted((name for name in chosen if variant_blocks(name) is not None and sweep_layer(name) is None),
+                   key=lambda name: (len(variant_blocks(name)), variant_blocks(name)))
+    order = (list(GROUP_VARIANTS) + [SELECTED_PLANNED] + list(OMNI_VARIANTS) + list(OTHER_ANCHORS) + spans
+             + sweep_variants(n_layers))
     return [name for name in order if name in chosen], notes
 
 
@@ -195,6 +241,11 @@ def variant_plans(variants: Iterable[str], n_layers: int, flags: dict[str, bool]
         elif name == "selected":
             plans[name] = LayerPlan(list(selected.blocks), lr_weights=selected.lr_weights,
                                     rule=f"selected ({selected.rule})", evidence={}, **flags)
+        elif name == SELECTED_PLANNED:
+            own = {f"train_{extra}": bool(getattr(selected, f"train_{extra}")) for extra in EXTRAS}
+            plans[name] = LayerPlan(list(selected.blocks), lr_weights=selected.lr_weights,
+                                    block_parts=selected.block_parts, evidence={},
+                                    rule=f"selected as planned ({selected.rule}, its own extras)", **own)
         elif name in groups:
             plans[name] = LayerPlan(groups[name], rule=name, **flags)
         elif name in omni:
@@ -205,10 +256,8 @@ def variant_plans(variants: Iterable[str], n_layers: int, flags: dict[str, bool]
         elif name == "norm_only":
             plans[name] = LayerPlan(list(range(n_layers)), train_ln_final=True, block_parts="layernorm",
                                     rule="norm_only (every LayerNorm)")
-        elif window_blocks(name) is not None:
-            plans[name] = LayerPlan(window_blocks(name), rule=name, **flags)
         else:
-            plans[name] = LayerPlan([sweep_layer(name)], rule=name, **flags)
+            plans[name] = LayerPlan(variant_blocks(name), rule=name, **flags)
     return plans
 
 
