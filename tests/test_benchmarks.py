@@ -202,7 +202,7 @@ def test_pipeline_estimate_is_items_times_seconds_per_item():
 def test_pipeline_benchmark_measures_every_part(write_config, tmp_path):
     path = bench_pipeline.main(["--model", str(write_config("tiny-bench-pipeline", layers=2)), "--threads", "1",
                                 "--rounds", "1", "--images", "4", "--batch-size", "4", "--captions", "16",
-                                "--out", str(tmp_path / "pipeline.json")])
+                                "--out", str(tmp_path / "pipeline.json"), *DATA])
     record = json.loads(path.read_text())
     assert set(record["measured"]) == {"image_features", "train_step_front", "train_step_all", "capture", "probe_fit",
                                        "evaluation"}
