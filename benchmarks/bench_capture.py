@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128, help="captions per batch of the fixed-size variants")
     parser.add_argument("--token-budgets", default="1280,2560", help="comma list of token budgets to time")
     harness.add_common_arguments(parser)
+    harness.add_data_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -73,7 +74,7 @@ def main(argv=None) -> Path:
                         "mlp": tower.blocks[0].mlp.c_fc.out_features, "context": tower.n_ctx, "weights": "random",
                         "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32"},
               "matmul": matmul.describe(), "captions": {}}
-    for kind, captions in (("negbench", harness.negbench_captions(n, args.seed)),
+    for kind, captions in (("negbench", harness.negbench_captions(n, args.seed, args.data_root)),
                            ("synthetic", harness.synthetic_captions(n, args.seed))):
         print(f"{kind}: {n} captions", file=sys.stderr, flush=True)
         record["captions"][kind] = measure(model, tower, hooked, tokenizer, captions, budgets, matmul, args, device)

@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                 "unless it is an embedded variant)")
     parser.add_argument("--n-causal", type=int, default=400, help="scenes of the synthetic suite")
     harness.add_common_arguments(parser)
+    harness.add_data_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -84,7 +85,7 @@ def main(argv=None) -> Path:
     }
     for kind in ("synthetic", "negbench"):
         print(f"{kind} captions", file=sys.stderr, flush=True)
-        subject = suite if kind == "synthetic" else with_negbench_captions(suite, args.seed)
+        subject = suite if kind == "synthetic" else with_negbench_captions(suite, args.seed, args.data_root)
         record["captions"][kind] = measure(bundle, hooked, subject, images, directions, matmul, args, device)
     path = harness.write_record(args, "causal", device, record)
     print_summary(record)
@@ -92,10 +93,10 @@ def main(argv=None) -> Path:
     return path
 
 
-def with_negbench_captions(suite, seed: int):
+def with_negbench_captions(suite, seed: int, data_root: Path):
     """The suite with every caption list replaced by as many NegBench captions."""
     fields = ("captions", "presence_negated", "absence_negated", "scope_correct", "scope_wrong")
-    pool = iter(harness.negbench_captions(sum(len(getattr(suite, f)) for f in fields), seed))
+    pool = iter(harness.negbench_captions(sum(len(getattr(suite, f)) for f in fields), seed, data_root))
     return dataclasses.replace(suite, **{f: [next(pool) for _ in getattr(suite, f)] for f in fields})
 
 

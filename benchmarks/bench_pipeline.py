@@ -11,7 +11,7 @@ then CoN-CLIP's two-term form).
 
 What is measured, on `--model` (default ViT-B-32, CC-Neg's architecture, with random weights: speed
 does not depend on them), float32 on CPU with pinned threads, through the toolkit's own code paths,
-on real inputs: the shared COCO images (coco_mini) and, per image, a caption and a negated caption
+on real inputs: the shared COCO images (coco_mini under --data-root) and, per image, a caption and a negated caption
 written by the toolkit's rule-based generator (CC-Neg's layout):
 
     image_features    encode_image_features (what the trainer and evaluation call): decode, preprocess,
@@ -56,7 +56,6 @@ from probing.data.ccneg import split_rows  # noqa: E402
 
 CCNEG_ROWS = 228_246  # CC-Neg as released; its evaluation split is the last 40,000 rows (split_rows)
 CCNEG_FIELDS = ("caption", "presence_negated")  # per row: a caption and its negated caption
-COCO = harness.NEGBENCH.parent / "coco_mini"
 GPU_NOTE = "not measured (no GPU in this environment)"
 
 
@@ -68,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--captions", type=int, default=256, help="captions per capture run")
     parser.add_argument("--probe-rounds", type=int, default=1, help="timed runs of the probe fit")
     harness.add_common_arguments(parser)
+    harness.add_data_argument(parser)
     parser.set_defaults(threads=2)
     return parser.parse_args(argv)
 
@@ -151,21 +151,23 @@ def estimate(measured: dict, sizes: dict) -> dict:
 
 # --- measurements -------------------------------------------------------------------------------------
 
-def coco_examples(n: int, seed: int, *, distinct: bool) -> list:
-    """`n` NegationExamples in CC-Neg's layout from the shared COCO images: an image file, a caption and a
-    negated caption written by the toolkit's generator (no absence-negated caption, no distractor).
+def coco_examples(n: int, seed: int, *, distinct: bool, data_root: Path = harness.SHARED_DATA) -> list:
+    """`n` NegationExamples in CC-Neg's layout from the COCO images under `data_root` (by default the shared
+    ones): an image file, a caption and a negated caption written by the toolkit's generator (no
+    absence-negated caption, no distractor).
     distinct: one example per image (as CC-Neg's rows are); else several per image where n asks for more."""
     from probing.data import load_coco_instances
     from probing.data.generator import generate_negations
 
-    images = load_coco_instances(COCO / "annotations" / "instances_val2017.json", COCO / "val2017", strict=False)
+    coco = harness.data_file(data_root, "coco_mini")
+    images = load_coco_instances(coco / "annotations" / "instances_val2017.json", coco / "val2017", strict=False)
     per_image, examples = 0, []
     while len(examples) < n and per_image < (1 if distinct else n):
         per_image += 1
         examples = list(generate_negations(images, seed=seed, per_image=per_image, distractors=False))
     if len(examples) < n:
         what = "distinct images" if distinct else "examples"
-        raise SystemExit(f"{COCO} gives {len(examples)} {what}, fewer than {n}")
+        raise SystemExit(f"{coco} gives {len(examples)} {what}, fewer than {n}")
     return [dataclasses.replace(e, absence_negated=None) for e in examples[:n]]
 
 
@@ -176,8 +178,8 @@ def measure(args, device) -> tuple[dict, dict]:
     from probing.clip.loading import load_clip
     from probing.clip.text_tower import TextTower
 
-    examples = coco_examples(args.batch_size * 2, args.seed, distinct=False)  # the trainer cycles through them
-    distinct = coco_examples(args.images, args.seed, distinct=True)
+    examples = coco_examples(args.batch_size * 2, args.seed, distinct=False, data_root=args.data_root)  # cycled
+    distinct = coco_examples(args.images, args.seed, distinct=True, data_root=args.data_root)
     captions = [c for e in examples for c in (e.caption, e.presence_negated)][:args.captions]
     torch.manual_seed(args.seed)
     model, preprocess, tokenizer = load_clip(args.model, device=device)

@@ -66,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--flop-steps", type=int, default=4, help="batches whose FLOPs are counted (mean per step)")
     parser.add_argument("--token-budgets", default="1280", help="comma list of text token budgets to time")
     harness.add_common_arguments(parser)
+    harness.add_data_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -97,7 +98,7 @@ def main(argv=None) -> Path:
     return path
 
 
-def training_examples(kind: str, n: int, image_size: int, seed: int) -> list:
+def training_examples(kind: str, n: int, image_size: int, seed: int, data_root: Path = harness.SHARED_DATA) -> list:
     """Synthetic examples; for "negbench", their caption fields hold NegBench captions instead."""
     from probing.data import load_negbench_mcq
     from probing.synthetic import SyntheticWorld, WorldConfig
@@ -105,7 +106,7 @@ def training_examples(kind: str, n: int, image_size: int, seed: int) -> list:
     examples = SyntheticWorld(WorldConfig(image_size=image_size), seed=seed).examples(n, "train", seed=seed)
     if kind == "synthetic":
         return examples
-    items = load_negbench_mcq(harness.NEGBENCH / harness.NEGBENCH_MCQ, strict=False, artifacts="skip")
+    items = load_negbench_mcq(harness.data_file(data_root, harness.NEGBENCH_MCQ), strict=False, artifacts="skip")
     items = random.Random(seed).sample(list(items), n)
     return [dataclasses.replace(example, caption=item.captions[item.correct],
                                 presence_negated=item.captions[(item.correct + 1) % 4],
@@ -120,7 +121,7 @@ def measure(kind, image_size, budgets, matmul, args, device) -> dict:
     from probing.clip.text_tower import TextTower
 
     n_batches = 1 + args.rounds * args.steps_per_call + args.flop_steps + 1  # warm-up, timed, counted, spare
-    examples = training_examples(kind, args.batch_size * n_batches, image_size, args.seed)
+    examples = training_examples(kind, args.batch_size * n_batches, image_size, args.seed, args.data_root)
     out = tempfile.TemporaryDirectory()
 
     def fresh():

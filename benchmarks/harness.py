@@ -31,8 +31,10 @@ import torch
 from probing.io import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NEGBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "negbench"
-NEGBENCH_MCQ = "COCO_val_mcq_llama3.1_rephrased.csv"
+# the real captions and images: the full shared data beside the repository by default; --data-root names another
+# folder of the same layout (the tests give tests/data, the small vendored subset)
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NEGBENCH_MCQ = "negbench/COCO_val_mcq_llama3.1_rephrased.csv"
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +43,21 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda runs in bfloat16 autocast)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="JSON record (default: benchmarks/results/<benchmark>-<device>.json)")
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", type=Path, default=SHARED_DATA,
+                        help=f"folder laid out like the shared data, where the real captions (and images) come from "
+                             f"(default: {SHARED_DATA}, the full files)")
+
+
+def data_file(data_root: Path, relative: str) -> Path:
+    """`data_root / relative`, or an exit that names it and --data-root (no traceback) when it is not there."""
+    path = data_root / relative
+    if not path.exists():
+        raise SystemExit(f"{path}: not found; --data-root names a folder laid out like ../shared/data "
+                         "(tests/data holds a small subset)")
+    return path
 
 
 def setup(args: argparse.Namespace) -> torch.device:
@@ -179,15 +196,15 @@ def useful_flops(tower, lengths: np.ndarray) -> float:
 
 # --- captions --------------------------------------------------------------------------------------
 
-def negbench_captions(n: int, seed: int) -> list[str]:
-    """`n` captions drawn (seeded) from NegBench's COCO MCQ file (the shared copy beside the
-    repository): affirmative, negated and hybrid captions as the benchmark wrote them."""
+def negbench_captions(n: int, seed: int, data_root: Path = SHARED_DATA) -> list[str]:
+    """`n` captions drawn (seeded) from NegBench's COCO MCQ file under `data_root` (by default the shared
+    copy beside the repository): affirmative, negated and hybrid captions as the benchmark wrote them."""
     from probing.data import load_negbench_mcq
 
-    items = load_negbench_mcq(NEGBENCH / NEGBENCH_MCQ, strict=False, artifacts="skip")
+    items = load_negbench_mcq(data_file(data_root, NEGBENCH_MCQ), strict=False, artifacts="skip")
     captions = [caption for item in items for caption in item.captions]
     if len(captions) < n:
-        raise SystemExit(f"{NEGBENCH / NEGBENCH_MCQ} holds {len(captions)} captions, fewer than {n}")
+        raise SystemExit(f"{data_root / NEGBENCH_MCQ} holds {len(captions)} captions, fewer than {n}")
     return random.Random(seed).sample(captions, n)
 
 

@@ -1,7 +1,7 @@
 """The benchmarks run and record what they claim; their FLOP counts agree with torch's counter; the
 pipeline estimate is items x seconds per item; the README's performance tables and pipeline estimate
 are the ones scripts/bench_tables.py renders from the committed records (scripts/make_results.py puts
-them there)."""
+them there). The benchmarks' real captions come from the vendored subset here (--data-root tests/data)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,9 @@ from benchmarks import bench_build, bench_capture, bench_causal, bench_pipeline,
 from probing.clip.loading import load_clip
 from probing.clip.text_tower import TextTower
 from scripts import bench_tables
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_DATA
+
+DATA = ["--data-root", str(TEST_DATA)]  # the real captions: the vendored subset, not the full shared files
 
 
 def test_flop_formula_counts_what_torch_counts(write_config):
@@ -50,7 +52,8 @@ def test_interleaved_rounds_rotate_and_warm_up():
 
 def test_capture_benchmark_records_identical_outputs_and_padding(write_config, tmp_path, capsys):
     path = bench_capture.main(["--model", str(write_config("tiny-bench")), "--captions", "40", "--rounds", "1",
-                               "--token-budgets", "60", "--batch-size", "16", "--out", str(tmp_path / "capture.json")])
+                               "--token-budgets", "60", "--batch-size", "16", "--out", str(tmp_path / "capture.json"),
+                               *DATA])
     record = json.loads(path.read_text())
     assert record["machine"]["torch_threads"] == 1 and set(record["captions"]) == {"negbench", "synthetic"}
     for result in record["captions"].values():
@@ -72,7 +75,7 @@ def test_capture_benchmark_records_identical_outputs_and_padding(write_config, t
 def test_train_benchmark_runs_every_loop(write_config, tmp_path):
     path = bench_train.main(["--model", str(write_config("tiny-bench-train", layers=2)), "--batch-size", "4",
                              "--rounds", "1", "--steps-per-call", "1", "--flop-steps", "1", "--token-budgets", "20",
-                             "--out", str(tmp_path / "train.json")])
+                             "--out", str(tmp_path / "train.json"), *DATA])
     record = json.loads(path.read_text())
     for result in record["captions"].values():
         variants = result["variants"]
@@ -94,7 +97,7 @@ def test_train_benchmark_runs_every_loop(write_config, tmp_path):
 
 def test_causal_and_synthetic_benchmarks(write_config, tmp_path):
     path = bench_causal.main(["--model", str(write_config("tiny-bench-causal", layers=2)), "--n-causal", "20",
-                              "--rounds", "1", "--out", str(tmp_path / "causal.json")])
+                              "--rounds", "1", "--out", str(tmp_path / "causal.json"), *DATA])
     record = json.loads(path.read_text())
     for result in record["captions"].values():
         variants = result["variants"]
@@ -199,7 +202,7 @@ def test_pipeline_estimate_is_items_times_seconds_per_item():
 def test_pipeline_benchmark_measures_every_part(write_config, tmp_path):
     path = bench_pipeline.main(["--model", str(write_config("tiny-bench-pipeline", layers=2)), "--threads", "1",
                                 "--rounds", "1", "--images", "4", "--batch-size", "4", "--captions", "16",
-                                "--out", str(tmp_path / "pipeline.json")])
+                                "--out", str(tmp_path / "pipeline.json"), *DATA])
     record = json.loads(path.read_text())
     assert set(record["measured"]) == {"image_features", "train_step_front", "train_step_all", "capture", "probe_fit",
                                        "evaluation"}

@@ -1,4 +1,5 @@
-"""Negation benchmarks: numbers checked against independent per-row computations on the real files.
+"""Negation benchmarks: numbers checked against independent per-row computations on the real files (the
+vendored subset in tests/data; counts of rows and images read a second way with the csv and json modules).
 
 The independent side encodes ONE row at a time straight through open_clip (no batching, no
 trimming, no de-duplication, no caching), so a batching or bookkeeping bug in the evaluation shows
@@ -7,6 +8,7 @@ within float noise.
 """
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -34,6 +36,7 @@ from probing.data import (
 from probing.synthetic import SyntheticWorld, WorldConfig
 
 REPO = Path(__file__).resolve().parents[1]
+MCQ = "negbench/COCO_val_mcq_llama3.1_rephrased.csv"
 NOISE = 1e-5  # similarity margins below this may flip between batched and single-row encoding
 
 
@@ -63,8 +66,20 @@ def world():
     return SyntheticWorld(WorldConfig(image_size=32), seed=0)
 
 
-def coco(shared: Path) -> Path:
-    return shared / "coco_mini" / "val2017"
+def coco(data: Path) -> Path:
+    return data / "coco_mini" / "val2017"
+
+
+def rows_and_rows_with_an_image(path: Path, column: str, images: Path) -> tuple[int, int]:
+    """Rows of a NegBench CSV and those whose image file is in `images`, read with the csv module."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        names = [row[column].rsplit("/", 1)[-1] for row in csv.DictReader(handle)]
+    return len(names), sum((images / name).is_file() for name in names)
+
+
+def sugarcrepe_items_and_items_with_an_image(folder: Path, images: Path) -> tuple[int, int]:
+    items = [item for fold in sorted(folder.glob("*.json")) for item in json.loads(fold.read_text()).values()]
+    return len(items), sum((images / item["filename"]).is_file() for item in items)
 
 
 # ---- independent single-row encoders ---------------------------------------------------------
@@ -101,10 +116,9 @@ def first(items, n):
 # ---- per-benchmark numbers against per-row loops ---------------------------------------------
 
 
-def test_mcq_matches_a_brute_force_loop_and_reports_missing_images(tiny, shared_data):
+def test_mcq_matches_a_brute_force_loop_and_reports_missing_images(tiny, test_data):
     model, preprocess, tokenizer, _ = tiny
-    loaded = load_negbench_mcq(shared_data / "negbench/COCO_val_mcq_llama3.1_rephrased.csv", coco(shared_data),
-                               strict=False)
+    loaded = load_negbench_mcq(test_data / MCQ, coco(test_data), strict=False)
     items = first(loaded, 30)
     result = ev.evaluate_mcq(model, preprocess, tokenizer, items, batch_size=7)  # 7 < 30: several batches
 
@@ -123,10 +137,12 @@ def test_mcq_matches_a_brute_force_loop_and_reports_missing_images(tiny, shared_
         if template in margins:
             assert metrics[f"mcq_accuracy/template={template}"]["n"] == len(margins[template])
             check_rate(metrics[f"mcq_accuracy/template={template}"]["value"], margins[template])
-    # the rows of the whole file without an image are counted, not dropped silently (MANIFEST.md: 251 have one)
+    # the rows of the whole file without an image are counted, not dropped silently
+    rows, with_image = rows_and_rows_with_an_image(test_data / MCQ, "image_path", coco(test_data))
+    assert (rows, with_image) == (78, 33)
     counts = result["counts"]
-    assert counts["rows_read"] == 5914 and len(loaded) == 251
-    assert counts["n_skipped"] == 5914 - 251 and counts["skip_reasons"] == {"image not found": 5914 - 251}
+    assert counts["rows_read"] == rows and len(loaded) == with_image
+    assert counts["n_skipped"] == rows - with_image and counts["skip_reasons"] == {"image not found": rows - with_image}
     assert counts["n_evaluated"] == 30 and len(counts["skipped_examples"]) == 5
     assert "image not found" in counts["skipped_examples"][0]["problem"]
 
@@ -165,13 +181,13 @@ def negrefcocog_file(path: Path, images: list[Path]) -> Path:
     return path
 
 
-def test_negrefcocog_scores_crops_against_the_phrase_with_the_tie_rule(tiny, shared_data, tmp_path):
+def test_negrefcocog_scores_crops_against_the_phrase_with_the_tie_rule(tiny, test_data, tmp_path):
     from probing.data import load_negrefcocog
 
     model, preprocess, tokenizer, _ = tiny
-    images = sorted(coco(shared_data).glob("*.jpg"))[:4]
+    images = sorted(coco(test_data).glob("*.jpg"))[:4]
     path = negrefcocog_file(tmp_path / "NegRefCOCOg.json", images)
-    items = load_negrefcocog(path, coco(shared_data))
+    items = load_negrefcocog(path, coco(test_data))
     assert [item.correct for item in items] == [0, 2, 0, 0] and len(items[1].boxes) == 3
     result = ev.evaluate_regions(model, preprocess, tokenizer, items, batch_size=3)
     # the second way: crop each box with PIL as the authors do, encode one crop at a time
@@ -191,13 +207,13 @@ def test_negrefcocog_scores_crops_against_the_phrase_with_the_tie_rule(tiny, sha
     assert metrics["negrefcocog_accuracy/cue=without"] == {"value": 0.0, "n": 1, "ties": 1}
     # the benchmark by path, through evaluate_all
     out = ev.evaluate_all(model, preprocess, tokenizer, which=["negrefcocog"], files={"negrefcocog": [path]},
-                          image_roots={"negrefcocog": coco(shared_data)})
+                          image_roots={"negrefcocog": coco(test_data)})
     assert out["sections"]["negrefcocog"]["metrics"] == metrics
 
 
-def test_sugarcrepe_folds_equal_explicit_dot_products(tiny, shared_data):
+def test_sugarcrepe_folds_equal_explicit_dot_products(tiny, test_data):
     model, preprocess, tokenizer, _ = tiny
-    pairs = load_sugarcrepe(shared_data / "sugarcrepe", coco(shared_data), strict=False)
+    pairs = load_sugarcrepe(test_data / "sugarcrepe", coco(test_data), strict=False)
     subset = Loaded([p for fold in sorted({p.fold for p in pairs}) for p in [q for q in pairs if q.fold == fold][:4]],
                     pairs.report)
     result = ev.evaluate_foils(model, preprocess, tokenizer, subset, batch_size=5)
@@ -207,20 +223,21 @@ def test_sugarcrepe_folds_equal_explicit_dot_products(tiny, shared_data):
         margin = float(image @ one_text(model, tokenizer, pair.caption) - image @ one_text(model, tokenizer, pair.foil))
         margins.setdefault(pair.fold, []).append(margin)
     metrics = result["metrics"]
-    assert len(margins) == 7  # every fold has images among the 159
+    assert len(margins) == 7  # every fold has images among the vendored ones
     for fold, values in margins.items():
         assert metrics[f"accuracy/fold={fold}"]["n"] == len(values)
         check_rate(metrics[f"accuracy/fold={fold}"]["value"], values)
     fold_values = [metrics[f"accuracy/fold={fold}"]["value"] for fold in margins]
     assert metrics["mean_over_folds"]["value"] == pytest.approx(np.mean(fold_values))
     check_rate(metrics["accuracy"]["value"], [m for values in margins.values() for m in values])
-    assert result["counts"]["rows_read"] == 7511 and result["counts"]["n_skipped"] == 7511 - 211
+    items, with_image = sugarcrepe_items_and_items_with_an_image(test_data / "sugarcrepe", coco(test_data))
+    assert result["counts"]["rows_read"] == items and result["counts"]["n_skipped"] == items - with_image
 
 
-def test_negated_retrieval_equals_an_explicit_ranking(tiny, shared_data):
+def test_negated_retrieval_equals_an_explicit_ranking(tiny, test_data):
     model, preprocess, tokenizer, _ = tiny
     loaded = load_negbench_retrieval(
-        shared_data / "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv", coco(shared_data),
+        test_data / "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv", coco(test_data),
         strict=False)
     items = first(loaded, 12)
     result = ev.evaluate_retrieval(model, preprocess, tokenizer, items, batch_size=4, ks=(1, 5))
@@ -339,9 +356,9 @@ def test_synthetic_retrieval_is_r_at_1_among_100_over_whole_groups(tiny, world):
         assert entry["n"] == 200 and entry["value"] == pytest.approx(count / 200, abs=1 / 200)
 
 
-def test_image_folder_loader_and_prompt_gap(tiny, shared_data, tmp_path):
+def test_image_folder_loader_and_prompt_gap(tiny, test_data, tmp_path):
     model, preprocess, tokenizer, _ = tiny
-    jpgs = sorted(coco(shared_data).glob("*.jpg"))[:4]
+    jpgs = sorted(coco(test_data).glob("*.jpg"))[:4]
     for name, files in (("dog", jpgs[:2]), ("traffic_light", jpgs[2:])):
         (tmp_path / name / "nested").mkdir(parents=True)
         shutil.copy(files[0], tmp_path / name / files[0].name)
@@ -376,9 +393,9 @@ def test_image_folder_loader_and_prompt_gap(tiny, shared_data, tmp_path):
         load_image_folder(single)
 
 
-def test_coco_generated_and_ccneg_file(tiny, shared_data, tmp_path):
+def test_coco_generated_and_ccneg_file(tiny, test_data, tmp_path):
     model, preprocess, tokenizer, _ = tiny
-    instances = load_coco_instances(shared_data / "coco_mini/annotations/instances_val2017.json", coco(shared_data),
+    instances = load_coco_instances(test_data / "coco_mini/annotations/instances_val2017.json", coco(test_data),
                                     strict=False)
     examples = generate_negations(instances, seed=0, max_subjects=3)[:20]
     result = ev.evaluate_negation_examples(model, preprocess, tokenizer, examples, batch_size=6)
@@ -392,7 +409,7 @@ def test_coco_generated_and_ccneg_file(tiny, shared_data, tmp_path):
         "ccneg_accuracy/cue", "ccneg_accuracy/k", "absence_accuracy/cue", "absence_accuracy/k"}
 
     # a CC-Neg file in its CSV form: one row's image is missing, one row has no K
-    images = sorted(coco(shared_data).glob("*.jpg"))[:3]
+    images = sorted(coco(test_data).glob("*.jpg"))[:3]
     csv = tmp_path / "ccneg.csv"
     # (a `split` column decides each row's split: without it, a 4-row file would keep a fifth for evaluation)
     csv.write_text("image_path,caption,negative_prompt,num_ops,split\n"
@@ -401,7 +418,7 @@ def test_coco_generated_and_ccneg_file(tiny, shared_data, tmp_path):
                    "cc3m/missing.jpg,a cat,no cat,1,eval\n"
                    f"cc3m/{images[2].name},a bus on a road,a bus without a road,,eval\n")
     out = ev.evaluate_all(model, preprocess, tokenizer, which=["ccneg"], files={"ccneg": [csv]},
-                          image_root=coco(shared_data), batch_size=2)
+                          image_root=coco(test_data), batch_size=2)
     section = out["sections"]["ccneg"]
     assert section["metrics"]["ccneg_accuracy"]["n"] == 3
     assert section["metrics"]["ccneg_accuracy/cue=not"]["n"] == 1
@@ -410,27 +427,30 @@ def test_coco_generated_and_ccneg_file(tiny, shared_data, tmp_path):
     assert section["counts"]["commas_stripped"] is True
 
 
-def test_evaluate_all_reports_missing_images_and_plan(tiny, shared_data, tmp_path):
+def test_evaluate_all_reports_missing_images_and_plan(tiny, test_data, tmp_path):
     model, preprocess, tokenizer, _ = tiny
-    # VALSE's images are Visual7W, none in the shared data: give three of them (COCO pixels, VALSE names)
-    valse = json.loads((shared_data / "valse/existence.json").read_text())
-    kept = [item["image_file"] for item in valse.values() if item["mturk"]["caption"] >= 2][:3]
-    source = sorted(coco(shared_data).glob("*.jpg"))[0]
+    # VALSE's images are Visual7W, none in the real data: give three of them (COCO pixels, VALSE names)
+    valse = json.loads((test_data / "valse/existence.json").read_text())
+    kept = [item["image_file"] for item in valse.values() if item["mturk"]["caption"] >= 2]
+    dropped = len(valse) - len(kept)
+    kept = kept[:3]
+    source = sorted(coco(test_data).glob("*.jpg"))[0]
     for name in kept:
         shutil.copy(source, tmp_path / name)
-    out = ev.evaluate_all(model, preprocess, tokenizer, data_root=shared_data, which=["valse_existence", "sugarcrepe"],
+    out = ev.evaluate_all(model, preprocess, tokenizer, data_root=test_data, which=["valse_existence", "sugarcrepe"],
                           image_roots={"valse_existence": tmp_path}, limit=2, batch_size=16)
     valse_counts = out["sections"]["valse_existence"]["counts"]
     assert out["sections"]["valse_existence"]["metrics"]["accuracy"]["n"] == 2  # limit 2 of the 3 found
-    assert valse_counts["rows_read"] == 505 and valse_counts["n_skipped"] == 502
-    assert valse_counts["filtered"] == {"mturk.caption < 2 (VALSE protocol)": 29}
+    read = len(valse) - dropped
+    assert valse_counts["rows_read"] == read and valse_counts["n_skipped"] == read - 3
+    assert valse_counts["filtered"] == {"mturk.caption < 2 (VALSE protocol)": dropped} and dropped > 0
     sugarcrepe = out["sections"]["sugarcrepe"]
     assert sugarcrepe["metrics"]["accuracy"]["n"] == 14 and sugarcrepe["counts"]["limited_to"] == 2  # 2 per fold
     table = ev.markdown_table(out, model="tiny")
-    assert "| valse_existence | 505 | 2 (limit 2) | 502 | image not found (502) |" in table
+    assert f"| valse_existence | {read} | 2 (limit 2) | {read - 3} | image not found ({read - 3}) |" in table
 
     # the default plan runs what exists and says why the rest does not run; NegBench's files are sections by dataset
-    plan = plan_benchmarks(Sources(data_root=shared_data))
+    plan = plan_benchmarks(Sources(data_root=test_data))
     assert set(plan.runnable) == {"synthetic", "coco_generated", "negbench_mcq", "negbench_retrieval", "sugarcrepe",
                                   "valse_existence"}
     assert [job.section for job in plan.runnable["negbench_retrieval"]] == ["negbench_retrieval/coco",
@@ -439,17 +459,17 @@ def test_evaluate_all_reports_missing_images_and_plan(tiny, shared_data, tmp_pat
     assert "--ccneg" in plan.not_run["ccneg"] and "--image-folder" in plan.not_run["image_folder"]
     assert "--negrefcocog" in plan.not_run["negrefcocog"]
     with pytest.raises(BenchmarkError, match="'ccneg' cannot run"):
-        plan_benchmarks(Sources(data_root=shared_data), ["ccneg"])
+        plan_benchmarks(Sources(data_root=test_data), ["ccneg"])
     with pytest.raises(BenchmarkError, match="unknown benchmark"):
-        plan_benchmarks(Sources(data_root=shared_data), ["negbench"])
+        plan_benchmarks(Sources(data_root=test_data), ["negbench"])
     (tmp_path / "x.csv").write_text("image_path,caption,negative_prompt\n")
     with pytest.raises(BenchmarkError, match="no image root"):
         plan_benchmarks(Sources(data_root=tmp_path / "nowhere", image_root=None, files={"ccneg": [tmp_path / "x.csv"]}),
                         ["ccneg"])
     # files by path replace the data root's for their benchmark, one section per file
     voc = tmp_path / "VOC2007_mcq_llama3.1_rephrased.csv"
-    shutil.copy(shared_data / "negbench/COCO_val_mcq_llama3.1_rephrased.csv", voc)
-    plan = plan_benchmarks(Sources(data_root=shared_data, files={"negbench_mcq": [voc, tmp_path / "x.csv"]}),
+    shutil.copy(test_data / MCQ, voc)
+    plan = plan_benchmarks(Sources(data_root=test_data, files={"negbench_mcq": [voc, tmp_path / "x.csv"]}),
                            ["negbench_mcq"])
     assert [job.section for job in plan.runnable["negbench_mcq"]] == ["negbench_mcq/voc2007", "negbench_mcq/x"]
 
@@ -457,24 +477,24 @@ def test_evaluate_all_reports_missing_images_and_plan(tiny, shared_data, tmp_pat
 # ---- the command -----------------------------------------------------------------------------
 
 
-def test_cli_writes_json_and_markdown(tiny, shared_data, tmp_path, monkeypatch, capsys):
+def test_cli_writes_json_and_markdown(tiny, test_data, tmp_path, monkeypatch, capsys):
     from analysis.cli.evaluate_negation import main
 
     _, _, _, config = tiny
     folder = tmp_path / "classes"
-    for name, image in zip(("cat", "bus"), sorted(coco(shared_data).glob("*.jpg"))[:2]):
+    for name, image in zip(("cat", "bus"), sorted(coco(test_data).glob("*.jpg"))[:2]):
         (folder / name).mkdir(parents=True)
         shutil.copy(image, folder / name / image.name)
-    monkeypatch.chdir(REPO)  # the default data root is ../shared/data from here
+    monkeypatch.chdir(REPO)  # where the default data root, ../shared/data, would be found: --data-root replaces it
     out = tmp_path / "out"
     # a second MCQ file by path, laid out as NegBench's VOC2007 file (there the right answer is not always option 0)
     voc = tmp_path / "VOC2007_mcq_llama3.1_rephrased.csv"
-    rows = (shared_data / "negbench/COCO_val_mcq_llama3.1_rephrased.csv").read_text().splitlines()
+    rows = (test_data / MCQ).read_text().splitlines()
     voc.write_text(
         "\n".join(rows[:1] + [row for row in rows[1:] if "000000397133" in row or "000000037777" in row]) + "\n"
     )
     code = main(["--model", str(config), "--benchmarks", "synthetic,negbench_mcq,image_folder", "--limit", "6",
-                 "--negbench-mcq", str(REPO.parent / "shared/data/negbench/COCO_val_mcq_llama3.1_rephrased.csv"),
+                 "--data-root", str(test_data), "--negbench-mcq", str(test_data / MCQ),
                  "--negbench-mcq", str(voc), "--image-folder", str(folder), "--synthetic-n", "12",
                  "--synthetic-classification", "36", "--synthetic-image-size", "32", "--batch-size", "5",
                  "--out", str(out), "--no-progress"])
@@ -487,7 +507,8 @@ def test_cli_writes_json_and_markdown(tiny, shared_data, tmp_path, monkeypatch, 
                                        "synthetic/prompt_gap", "negbench_mcq/coco", "negbench_mcq/voc2007",
                                        "image_folder/prompt_gap"}
     mcq = result["sections"]["negbench_mcq/coco"]
-    assert mcq["metrics"]["mcq_accuracy"]["n"] == 6 and mcq["counts"]["n_skipped"] == 5914 - 251
+    total, with_image = rows_and_rows_with_an_image(test_data / MCQ, "image_path", coco(test_data))
+    assert mcq["metrics"]["mcq_accuracy"]["n"] == 6 and mcq["counts"]["n_skipped"] == total - with_image
     assert result["sections"]["synthetic/negation"]["metrics"]["ccneg_accuracy"]["n"] == 6  # --limit 6 of 12
     assert result["sections"]["negbench_mcq/voc2007"]["counts"]["source"] == str(voc)
     markdown = (out / "evaluation.md").read_text()
@@ -580,9 +601,9 @@ def test_published_table_rows_name_real_sections_and_metrics():
 # ---- no silently wrong number: unreadable images, captions cut by the context, duplicates, nothing left ----
 
 
-def test_a_truncated_jpeg_costs_its_rows_not_the_benchmark(tiny, shared_data, tmp_path):
+def test_a_truncated_jpeg_costs_its_rows_not_the_benchmark(tiny, test_data, tmp_path):
     model, preprocess, tokenizer, _ = tiny
-    images = sorted(coco(shared_data).glob("*.jpg"))[:3]
+    images = sorted(coco(test_data).glob("*.jpg"))[:3]
     root = tmp_path / "images"
     root.mkdir()
     for image in images[:2]:
@@ -621,12 +642,12 @@ def _load(path, root):
     return load(path, root, strict=False)
 
 
-def test_captions_cut_by_the_context_are_counted_and_pairs_the_cut_makes_equal_are_left_out(tiny, shared_data,
+def test_captions_cut_by_the_context_are_counted_and_pairs_the_cut_makes_equal_are_left_out(tiny, test_data,
                                                                                              tmp_path):
     from open_clip.tokenizer import SimpleTokenizer
 
     model, preprocess, tokenizer, _ = tiny  # a 32-token context
-    image = sorted(coco(shared_data).glob("*.jpg"))[0].name
+    image = sorted(coco(test_data).glob("*.jpg"))[0].name
     long = "a big red bus parked next to a small green tree " * 4
     pairs = {"past_the_cut": (long + "and a cat", long + "and a dog"),  # differ after token 32 only
              "early": ("a cat " + long, "a dog " + long),  # both cut, different from the start
@@ -635,7 +656,7 @@ def test_captions_cut_by_the_context_are_counted_and_pairs_the_cut_makes_equal_a
     fold.parent.mkdir()
     fold.write_text(json.dumps({key: {"filename": image, "caption": caption, "negative_caption": foil}
                                 for key, (caption, foil) in pairs.items()}))
-    pairs_loaded = load_sugarcrepe(fold, coco(shared_data), strict=False)
+    pairs_loaded = load_sugarcrepe(fold, coco(test_data), strict=False)
     result = ev.evaluate_foils(model, preprocess, tokenizer, pairs_loaded)
     # counted a second way: open_clip's BPE, plus start and end tokens, against the 32-token context
     bpe = SimpleTokenizer()
@@ -653,36 +674,36 @@ def test_captions_cut_by_the_context_are_counted_and_pairs_the_cut_makes_equal_a
         "their compared captions were the same tokens"]
 
 
-def test_duplicated_rows_are_counted_and_leave_the_numbers_unchanged(tiny, shared_data, tmp_path):
+def test_duplicated_rows_are_counted_and_leave_the_numbers_unchanged(tiny, test_data, tmp_path):
     model, preprocess, tokenizer, _ = tiny
-    source = shared_data / "negbench/COCO_val_retrieval.csv"
+    source = test_data / "negbench/COCO_val_retrieval.csv"
     lines = source.read_text(encoding="utf-8").splitlines()
-    present = {path.name for path in coco(shared_data).glob("*.jpg")}
+    present = {path.name for path in coco(test_data).glob("*.jpg")}
     rows = [line for line in lines[1:] if any(name in line for name in present)][:15]
     once, twice = tmp_path / "once.csv", tmp_path / "twice.csv"
     once.write_text("\n".join([lines[0]] + rows) + "\n")
     twice.write_text("\n".join([lines[0]] + rows + rows[:10]) + "\n")  # 10 rows repeated word for word
     results = [ev.evaluate_retrieval(model, preprocess, tokenizer,
-                                     load_negbench_retrieval(path, coco(shared_data), strict=False))
+                                     load_negbench_retrieval(path, coco(test_data), strict=False))
                for path in (once, twice)]
     assert results[1]["metrics"] == results[0]["metrics"]
     assert results[1]["counts"]["skip_reasons"] == {"duplicate": 10} and results[1]["counts"]["rows_read"] == 25
     assert results[1]["counts"]["n_evaluated"] == results[0]["counts"]["n_evaluated"] == 15
-    mcq_lines = (shared_data / "negbench/COCO_val_mcq_llama3.1_rephrased.csv").read_text(encoding="utf-8").splitlines()
+    mcq_lines = (test_data / MCQ).read_text(encoding="utf-8").splitlines()
     mcq_rows = [line for line in mcq_lines[1:] if any(name in line for name in present)][:8]
     doubled = tmp_path / "mcq.csv"
     doubled.write_text("\n".join([mcq_lines[0]] + mcq_rows * 2) + "\n")
-    result = ev.evaluate_mcq(model, preprocess, tokenizer, load_negbench_mcq(doubled, coco(shared_data), strict=False))
+    result = ev.evaluate_mcq(model, preprocess, tokenizer, load_negbench_mcq(doubled, coco(test_data), strict=False))
     assert result["metrics"]["mcq_accuracy"]["n"] == 8 and result["counts"]["skip_reasons"] == {"duplicate": 8}
 
 
-def test_a_benchmark_left_with_nothing_to_evaluate_is_a_failure_not_an_empty_table(tiny, shared_data, tmp_path):
+def test_a_benchmark_left_with_nothing_to_evaluate_is_a_failure_not_an_empty_table(tiny, test_data, tmp_path):
     model, preprocess, tokenizer, _ = tiny
     mcq = tmp_path / "mcq.csv"
     mcq.write_text("image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n"
                    "nowhere/a.jpg,0,a,b,c,d,positive\nnowhere/b.jpg,9,a,b,c,d,positive\n")
     out = ev.evaluate_all(model, preprocess, tokenizer, which=["negbench_mcq"], files={"negbench_mcq": [mcq]},
-                          image_root=coco(shared_data))
+                          image_root=coco(test_data))
     assert out["sections"] == {}
     assert out["failed"] == {"negbench_mcq/mcq": f"{mcq}: nothing to evaluate: 2 rows read, none usable (image not "
                                                  "found (1); correct_answer 9 is not a caption index 0..3 (1))"}

@@ -24,8 +24,8 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture
-def images(shared_data):
-    return sorted((shared_data / "coco_mini/val2017").glob("*.jpg"))[:10]
+def images(test_data):
+    return sorted((test_data / "coco_mini/val2017").glob("*.jpg"))[:10]
 
 
 def count_encoded(model) -> list[int]:

@@ -1,7 +1,14 @@
-"""Real benchmark readers on the real files in ../shared/data, and every kind of bad input."""
+"""Real benchmark readers on real files, and every kind of bad input.
+
+The real files are the vendored subset in tests/data (tests/data/MANIFEST.md): the expected numbers are read
+from the same files a second way (the csv and json modules, open_clip's BPE), not from the readers. The counts
+over the full files of ../shared/data, as its MANIFEST.md gives them, are checked where that folder is there.
+"""
 from __future__ import annotations
 
+import ast
 import collections
+import csv
 import json
 import os
 from pathlib import Path
@@ -29,11 +36,14 @@ MCQ = "negbench/COCO_val_mcq_llama3.1_rephrased.csv"
 NEG_RETRIEVAL = "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv"
 RETRIEVAL = "negbench/COCO_val_retrieval.csv"
 MCQ_HEADER = "image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n"
+# the subset's MCQ rows that hold leftover generation text (quoted remarks, '#', '->', "ANS:", "??  (To be
+# rephrased)", ...), found by reading all 78 rows; the other rows are clean captions
+MCQ_LEFTOVER_ROWS = {13, 14, 42, 43, 45, 50, 51, 52, 55, 56, 66, 72, 75}
 
 
 @pytest.fixture
-def coco_images(shared_data) -> Path:
-    return shared_data / "coco_mini" / "val2017"
+def coco_images(test_data) -> Path:
+    return test_data / "coco_mini" / "val2017"
 
 
 def words(text: str) -> list[str]:
@@ -41,56 +51,74 @@ def words(text: str) -> list[str]:
     return text.split()
 
 
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def image_name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
 # ---------------------------------------------------------------------------------------------
-# real files: row counts from MANIFEST.md
+# real files (the vendored subset): what the readers give against the rows read with csv / json
 
 
-def test_negbench_mcq_all_rows_without_images(shared_data):
-    items = load_negbench_mcq(shared_data / MCQ)
-    assert len(items) == 5914
-    assert collections.Counter(item.template for item in items) == {"positive": 2032, "hybrid": 2012, "negative": 1870}
+def test_negbench_mcq_all_rows_without_images(test_data):
+    items = load_negbench_mcq(test_data / MCQ)
+    rows = csv_rows(test_data / MCQ)
+    assert len(items) == len(rows) == 78
+    assert collections.Counter(item.template for item in items) == collections.Counter(
+        row["correct_answer_template"] for row in rows)
+    assert {item.template for item in items} == {"positive", "negative", "hybrid"}
     assert all(item.correct == 0 and len(item.captions) == 4 for item in items)
+    assert [item.captions for item in items] == [[row[f"caption_{i}"] for i in range(4)] for row in rows]
     assert items[0].image == "data/coco/images/val2017/000000397133.jpg"  # as written, unchecked
     assert items[0].captions[1] == "A car is present in this image, but there is no knife."
 
 
-def test_negbench_mcq_rows_with_the_real_images(shared_data, coco_images):
-    items = load_negbench_mcq(shared_data / MCQ, coco_images, strict=False)
-    assert len(items) == 251
-    assert len({item.image for item in items}) == 141
-    assert all(Path(item.image).is_file() and Path(item.image).parent == coco_images for item in items)
-    assert items.report.loaded == 251
-    assert items.report.skip_reasons() == {"image not found": 5914 - 251}
-
-
-def test_negbench_mcq_strict_names_the_first_row_whose_image_is_missing(shared_data, coco_images):
+def test_negbench_mcq_rows_with_the_real_images(test_data, coco_images):
+    items = load_negbench_mcq(test_data / MCQ, coco_images, strict=False)
+    rows = csv_rows(test_data / MCQ)
     available = set(os.listdir(coco_images))
-    rows = load_negbench_mcq(shared_data / MCQ)
+    with_image = [index for index, row in enumerate(rows) if image_name(row["image_path"]) in available]
+    assert [item.row for item in items] == with_image and len(with_image) == 33
+    assert len({item.image for item in items}) == len({image_name(rows[i]["image_path"]) for i in with_image}) == 17
+    assert all(Path(item.image).is_file() and Path(item.image).parent == coco_images for item in items)
+    assert items.report.loaded == len(with_image)
+    assert items.report.skip_reasons() == {"image not found": len(rows) - len(with_image)}
+
+
+def test_negbench_mcq_strict_names_the_first_row_whose_image_is_missing(test_data, coco_images):
+    available = set(os.listdir(coco_images))
+    rows = load_negbench_mcq(test_data / MCQ)
     first_missing = next(item for item in rows if Path(item.image).name not in available)
     with pytest.raises(DataError) as info:
-        load_negbench_mcq(shared_data / MCQ, coco_images)
+        load_negbench_mcq(test_data / MCQ, coco_images)
     err = info.value
     assert err.row == first_missing.row == 5
     assert "COCO_val_mcq" in str(err) and "row 5" in str(err) and "image not found" in str(err)
     assert Path(first_missing.image).name in str(err)
 
 
-def test_negbench_generation_leftovers_are_flagged_or_skipped(shared_data):
-    flagged = load_negbench_mcq(shared_data / MCQ)
-    leftover = flagged[5528]
+def test_negbench_generation_leftovers_are_flagged_or_skipped(test_data):
+    rows = csv_rows(test_data / MCQ)
+    placeholder = next(index for index, row in enumerate(rows) if row["caption_3"] == "??  (To be rephrased)")
+    flagged = load_negbench_mcq(test_data / MCQ)
+    leftover = flagged[placeholder]
     assert leftover.captions[3] == "??  (To be rephrased)"
     assert leftover.meta["artifacts"] == ["caption 3: placeholder '??'"]
     flagged_rows = {row for row, _ in flagged.report.flagged}
-    assert len(flagged_rows) == 153 and 5528 in flagged_rows
+    assert flagged_rows == MCQ_LEFTOVER_ROWS and placeholder in flagged_rows
     assert 0 not in flagged_rows  # a clean row stays clean
 
-    skipped = load_negbench_mcq(shared_data / MCQ, artifacts="skip")
-    assert len(skipped) == 5914 - 153
-    assert skipped.report.skip_reasons() == {"generation artifact": 153}
-    assert 5528 not in {item.row for item in skipped}
+    skipped = load_negbench_mcq(test_data / MCQ, artifacts="skip")
+    assert len(skipped) == len(rows) - len(MCQ_LEFTOVER_ROWS)
+    assert skipped.report.skip_reasons() == {"generation artifact": len(MCQ_LEFTOVER_ROWS)}
+    assert placeholder not in {item.row for item in skipped}
 
-    kept = load_negbench_mcq(shared_data / MCQ, artifacts="keep")
-    assert len(kept) == 5914 and not kept.report.flagged
+    kept = load_negbench_mcq(test_data / MCQ, artifacts="keep")
+    assert len(kept) == len(rows) and not kept.report.flagged
 
 
 @pytest.mark.parametrize("text, artifact", [
@@ -108,11 +136,13 @@ def test_generation_artifact_rules(text, artifact):
     assert (generation_artifact(text) is not None) == artifact
 
 
-def test_negbench_retrieval_files(shared_data, coco_images):
-    negated = load_negbench_retrieval(shared_data / NEG_RETRIEVAL)
-    plain = load_negbench_retrieval(shared_data / RETRIEVAL)
-    assert len(negated) == len(plain) == 5000
-    assert collections.Counter(len(item.captions) for item in plain) == {5: 4987, 6: 12, 7: 1}
+def test_negbench_retrieval_files(test_data, coco_images):
+    negated = load_negbench_retrieval(test_data / NEG_RETRIEVAL)
+    plain = load_negbench_retrieval(test_data / RETRIEVAL)
+    rows = csv_rows(test_data / RETRIEVAL)
+    assert len(negated) == len(plain) == len(rows) == 82
+    assert [item.captions for item in plain] == [ast.literal_eval(row["captions"]) for row in rows]
+    assert collections.Counter(len(item.captions) for item in plain) == {5: 79, 6: 2, 7: 1}
     first = negated[0]
     assert first.image_id == 397133 and first.negative_objects == ["chair", "fork", "car"]
     assert "oven" in first.positive_objects and first.captions[0].endswith("no chair in sight.")
@@ -120,52 +150,62 @@ def test_negbench_retrieval_files(shared_data, coco_images):
     assert [item.positive_objects for item in negated] == [item.positive_objects for item in plain]
     assert negated[0].captions != plain[0].captions
 
-    with_images = load_negbench_retrieval(shared_data / NEG_RETRIEVAL, coco_images, strict=False)
-    assert len(with_images) == 159 and len({item.image for item in with_images}) == 159
-    assert with_images.report.skip_reasons() == {"image not found": 4841}
+    with_images = load_negbench_retrieval(test_data / NEG_RETRIEVAL, coco_images, strict=False)
+    available = set(os.listdir(coco_images))
+    expected = [index for index, row in enumerate(rows) if image_name(row["filepath"]) in available]
+    assert [item.row for item in with_images] == expected and len(expected) == 18
+    assert len({item.image for item in with_images}) == 18
+    assert with_images.report.skip_reasons() == {"image not found": len(rows) - 18}
 
 
-def test_sugarcrepe_folder_and_single_fold(shared_data, coco_images):
-    pairs = load_sugarcrepe(shared_data / "sugarcrepe")
-    assert len(pairs) == 7511
-    assert collections.Counter(pair.fold for pair in pairs) == {
-        "add_att": 692, "add_obj": 2062, "replace_att": 788, "replace_obj": 1652,
-        "replace_rel": 1406, "swap_att": 666, "swap_obj": 245}
-    one = load_sugarcrepe(shared_data / "sugarcrepe" / "add_obj.json")
-    assert len(one) == 2062 and one[0].row == "0"
+def test_sugarcrepe_folder_and_single_fold(test_data, coco_images):
+    raw = {path.stem: json.loads(path.read_text()) for path in sorted((test_data / "sugarcrepe").glob("*.json"))}
+    pairs = load_sugarcrepe(test_data / "sugarcrepe")
+    assert len(pairs) == sum(len(items) for items in raw.values())
+    assert collections.Counter(pair.fold for pair in pairs) == {fold: len(items) for fold, items in raw.items()}
+    assert set(raw) == {"add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj"}
+    one = load_sugarcrepe(test_data / "sugarcrepe" / "add_obj.json")
+    assert len(one) == len(raw["add_obj"]) and one[0].row == "0"
     assert one[0].caption == "A cat and dog napping together on the couch."
     assert one[0].foil.startswith("A cat and a dog napping together under a blanket")
 
-    with_images = load_sugarcrepe(shared_data / "sugarcrepe", coco_images, strict=False)
-    assert len(with_images) == 211 and len({pair.image for pair in with_images}) == 47
-    assert with_images.report.n_skipped == 7511 - 211
+    with_images = load_sugarcrepe(test_data / "sugarcrepe", coco_images, strict=False)
+    available = set(os.listdir(coco_images))
+    expected = [item["filename"] for items in raw.values() for item in items.values() if item["filename"] in available]
+    assert len(with_images) == len(expected) and len({pair.image for pair in with_images}) == len(set(expected))
+    assert with_images.report.n_skipped == len(pairs) - len(expected)
     with pytest.raises(DataError, match="missing SugarCREPE fold"):
-        load_sugarcrepe(shared_data / "sugarcrepe", folds=("add_obj", "no_such_fold"))
+        load_sugarcrepe(test_data / "sugarcrepe", folds=("add_obj", "no_such_fold"))
 
 
-def test_valse_existence_keeps_items_with_two_or_more_caption_votes(shared_data):
-    pairs = load_valse_existence(shared_data / "valse" / "existence.json")
-    assert len(pairs) == 505
-    assert pairs.report.filtered == {"mturk.caption < 2 (VALSE protocol)": 29}
+def test_valse_existence_keeps_items_with_two_or_more_caption_votes(test_data):
+    raw = json.loads((test_data / "valse" / "existence.json").read_text())
+    votes = [item["mturk"]["caption"] for item in raw.values()]
+    pairs = load_valse_existence(test_data / "valse" / "existence.json")
+    assert len(pairs) == sum(v >= 2 for v in votes) and 0 < sum(v < 2 for v in votes) < len(votes)
+    assert pairs.report.filtered == {"mturk.caption < 2 (VALSE protocol)": sum(v < 2 for v in votes)}
     assert all(pair.meta["mturk"]["caption"] >= 2 for pair in pairs)
     first = pairs[0]
     assert (first.caption, first.foil) == ("There are no people in the picture.", "There are people in the picture.")
     assert first.image == "v7w_2371044.jpg" and first.fold == "existence"
-    assert len(load_valse_existence(shared_data / "valse" / "existence.json", min_caption_votes=0)) == 534
+    assert len(load_valse_existence(test_data / "valse" / "existence.json", min_caption_votes=0)) == len(raw)
 
 
-def test_coco_captions_and_instances_with_real_images(shared_data, coco_images):
-    annotations = shared_data / "coco_mini" / "annotations"
+def test_coco_captions_and_instances_with_real_images(test_data, coco_images):
+    annotations = test_data / "coco_mini" / "annotations"
+    raw_captions = json.loads((annotations / "captions_val2017.json").read_text())
     captions = load_coco_captions(annotations / "captions_val2017.json", coco_images)
-    assert len(captions) == 395
-    assert len({example.meta["image_id"] for example in captions}) == 79
+    assert len(captions) == len(raw_captions["annotations"])
+    assert len({example.meta["image_id"] for example in captions}) == len(raw_captions["images"])
+    # (the reader strips the white space some COCO captions end with)
+    assert [example.caption for example in captions] == [entry["caption"].strip()
+                                                         for entry in raw_captions["annotations"]]
     assert all(Path(example.image).is_file() for example in captions)
     assert all(example.presence_negated is None and example.k is None for example in captions)
 
     images = load_coco_instances(annotations / "instances_val2017.json", coco_images)
-    assert len(images) == 79
     raw = json.loads((annotations / "instances_val2017.json").read_text())
-    assert len(raw["annotations"]) == 624
+    assert len(images) == len(raw["images"]) == len({box["image_id"] for box in raw["annotations"]})
     kitchen = next(image for image in images if image.image_id == 397133)
     assert kitchen.objects[0] == "dining table" and {"oven", "person", "knife"} <= set(kitchen.objects)
     assert list(kitchen.areas.values()) == sorted(kitchen.areas.values(), reverse=True)
@@ -180,21 +220,22 @@ def test_load_image_reads_a_real_jpeg(coco_images):
     assert array.dtype == np.uint8 and array.shape == (427, 640, 3)
 
 
-def test_guess_kind_on_real_files(shared_data):
-    annotations = shared_data / "coco_mini" / "annotations"
-    assert guess_kind(shared_data / MCQ) == "negbench_mcq"
-    assert guess_kind(shared_data / NEG_RETRIEVAL) == "negbench_retrieval"
-    assert guess_kind(shared_data / "sugarcrepe") == "sugarcrepe"
-    assert guess_kind(shared_data / "sugarcrepe" / "swap_obj.json") == "sugarcrepe"
-    assert guess_kind(shared_data / "valse" / "existence.json") == "valse_existence"
+def test_guess_kind_on_real_files(test_data):
+    annotations = test_data / "coco_mini" / "annotations"
+    assert guess_kind(test_data / MCQ) == "negbench_mcq"
+    assert guess_kind(test_data / NEG_RETRIEVAL) == "negbench_retrieval"
+    assert guess_kind(test_data / "sugarcrepe") == "sugarcrepe"
+    assert guess_kind(test_data / "sugarcrepe" / "swap_obj.json") == "sugarcrepe"
+    assert guess_kind(test_data / "valse" / "existence.json") == "valse_existence"
     assert guess_kind(annotations / "captions_val2017.json") == "coco_captions"
     assert guess_kind(annotations / "instances_val2017.json") == "coco_instances"
-    assert len(load_dataset(shared_data / "sugarcrepe" / "swap_obj.json")) == 245
+    swap_obj = test_data / "sugarcrepe" / "swap_obj.json"
+    assert len(load_dataset(swap_obj)) == len(json.loads(swap_obj.read_text()))
 
 
-def test_guess_kind_from_content_when_the_name_says_nothing(tmp_path, shared_data):
+def test_guess_kind_from_content_when_the_name_says_nothing(tmp_path, test_data):
     valse = tmp_path / "renamed.json"
-    valse.write_bytes((shared_data / "valse" / "existence.json").read_bytes())
+    valse.write_bytes((test_data / "valse" / "existence.json").read_bytes())
     assert guess_kind(valse) == "valse_existence"
     sugar = tmp_path / "pairs.json"
     sugar.write_text(json.dumps({"0": {"filename": "a.jpg", "caption": "a", "negative_caption": "b"}}))
@@ -208,14 +249,76 @@ def test_guess_kind_from_content_when_the_name_says_nothing(tmp_path, shared_dat
         load_dataset(unknown)
 
 
-def test_caption_longer_than_the_clip_context(shared_data):
-    """Two real negated-retrieval rows hold LLM monologues longer than CLIP's 77 tokens."""
+def test_caption_longer_than_the_clip_context(test_data):
+    """Two real negated-retrieval rows (925 and 3859 of the full file) hold LLM monologues longer than CLIP's 77
+    tokens; counted a second way with open_clip's BPE (+ start and end tokens)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    bpe = SimpleTokenizer()
+    rows = csv_rows(test_data / NEG_RETRIEVAL)
+    lengths = [[len(bpe.encode(caption)) + 2 for caption in ast.literal_eval(row["captions"])] for row in rows]
+    too_long = [index for index, row in enumerate(lengths) if max(row) > 77]
+    assert len(too_long) == 2 and lengths[too_long[0]][0] == 142
+    lenient = load_negbench_retrieval(test_data / NEG_RETRIEVAL, strict=False, context_length=77)
+    assert len(lenient) == len(rows) - 2
+    assert [row for row, _ in lenient.report.skipped] == too_long
+    assert "142 tokens" in lenient.report.skipped[0][1]
+    with pytest.raises(DataError, match=rf"row {too_long[0]}: caption too long: caption 0 has 142 tokens"):
+        load_negbench_retrieval(test_data / NEG_RETRIEVAL, context_length=77)
+
+
+def test_the_full_files_hold_what_their_manifest_says(shared_data):
+    """The same readers over the full files of ../shared/data: the counts its MANIFEST.md gives."""
+    images = shared_data / "coco_mini" / "val2017"
+    items = load_negbench_mcq(shared_data / MCQ)
+    assert len(items) == 5914
+    assert collections.Counter(item.template for item in items) == {"positive": 2032, "hybrid": 2012, "negative": 1870}
+    assert all(item.correct == 0 and len(item.captions) == 4 for item in items)
+    with_images = load_negbench_mcq(shared_data / MCQ, images, strict=False)
+    assert len(with_images) == 251 and len({item.image for item in with_images}) == 141
+    assert with_images.report.skip_reasons() == {"image not found": 5914 - 251}
+    with pytest.raises(DataError, match="row 5: image not found"):
+        load_negbench_mcq(shared_data / MCQ, images)
+    leftover = items[5528]
+    assert leftover.captions[3] == "??  (To be rephrased)"
+    assert leftover.meta["artifacts"] == ["caption 3: placeholder '??'"]
+    flagged_rows = {row for row, _ in items.report.flagged}
+    assert len(flagged_rows) == 153 and 5528 in flagged_rows and 0 not in flagged_rows
+    skipped = load_negbench_mcq(shared_data / MCQ, artifacts="skip")
+    assert len(skipped) == 5914 - 153 and skipped.report.skip_reasons() == {"generation artifact": 153}
+
+    negated = load_negbench_retrieval(shared_data / NEG_RETRIEVAL)
+    plain = load_negbench_retrieval(shared_data / RETRIEVAL)
+    assert len(negated) == len(plain) == 5000
+    assert collections.Counter(len(item.captions) for item in plain) == {5: 4987, 6: 12, 7: 1}
+    assert [item.positive_objects for item in negated] == [item.positive_objects for item in plain]
+    with_images = load_negbench_retrieval(shared_data / NEG_RETRIEVAL, images, strict=False)
+    assert len(with_images) == 159 and len({item.image for item in with_images}) == 159
+    assert with_images.report.skip_reasons() == {"image not found": 4841}
     lenient = load_negbench_retrieval(shared_data / NEG_RETRIEVAL, strict=False, context_length=77)
     assert len(lenient) == 4998
     assert [row for row, _ in lenient.report.skipped] == [925, 3859]
     assert "142 tokens" in lenient.report.skipped[0][1]
-    with pytest.raises(DataError, match=r"row 925: caption too long: caption 0 has 142 tokens"):
-        load_negbench_retrieval(shared_data / NEG_RETRIEVAL, context_length=77)
+
+    pairs = load_sugarcrepe(shared_data / "sugarcrepe")
+    assert len(pairs) == 7511
+    assert collections.Counter(pair.fold for pair in pairs) == {
+        "add_att": 692, "add_obj": 2062, "replace_att": 788, "replace_obj": 1652,
+        "replace_rel": 1406, "swap_att": 666, "swap_obj": 245}
+    with_images = load_sugarcrepe(shared_data / "sugarcrepe", images, strict=False)
+    assert len(with_images) == 211 and len({pair.image for pair in with_images}) == 47
+    assert with_images.report.n_skipped == 7511 - 211
+    assert len(load_dataset(shared_data / "sugarcrepe" / "swap_obj.json")) == 245
+
+    valse = load_valse_existence(shared_data / "valse" / "existence.json")
+    assert len(valse) == 505 and valse.report.filtered == {"mturk.caption < 2 (VALSE protocol)": 29}
+    assert len(load_valse_existence(shared_data / "valse" / "existence.json", min_caption_votes=0)) == 534
+
+    annotations = shared_data / "coco_mini" / "annotations"
+    captions = load_coco_captions(annotations / "captions_val2017.json", images)
+    assert len(captions) == 395 and len({example.meta["image_id"] for example in captions}) == 79
+    assert len(load_coco_instances(annotations / "instances_val2017.json", images)) == 79
+    assert len(json.loads((annotations / "instances_val2017.json").read_text())["annotations"]) == 624
 
 
 def test_token_count_matches_the_clip_tokenizer():

@@ -67,9 +67,9 @@ def small():
     return create_model("embedded:small")
 
 
-def test_real_examples_alone_give_patching_and_say_what_they_skip(small, shared_data):
-    items = load_negbench_retrieval(shared_data / "negbench" / "COCO_val_retrieval.csv",
-                                    image_root=shared_data / "coco_mini" / "val2017", strict=False)
+def test_real_examples_alone_give_patching_and_say_what_they_skip(small, test_data):
+    items = load_negbench_retrieval(test_data / "negbench" / "COCO_val_retrieval.csv",
+                                    image_root=test_data / "coco_mini" / "val2017", strict=False)
     examples = generate_negations(items[:40], seed=0)
     config = LocaliseConfig(n_pairs=6, components=("resid", "head"), n_boot=50, batch_size=6)
     result = measure_localisation(small.model, small.preprocess, small.tokenizer, examples=examples, config=config,

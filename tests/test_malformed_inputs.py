@@ -25,13 +25,13 @@ import torch
 
 from analysis.cli import ablate_layers, build_embedded, evaluate_negation, finetune_layers, make_negations, probe_layers
 from analysis.cli.common import MESSAGE_LIMIT
-from tests.conftest import SHARED_DATA, tiny_config
+from tests.conftest import TEST_DATA, tiny_config
 
 COMMANDS = {"probe-layers": probe_layers.main, "finetune-layers": finetune_layers.main,
             "evaluate-negation": evaluate_negation.main, "ablate-layers": ablate_layers.main,
             "build-embedded": build_embedded.main, "make-negations": make_negations.main}
-IMAGES = SHARED_DATA / "coco_mini" / "val2017"
-IMAGE = "000000397133.jpg"  # one of the shared COCO images
+IMAGES = TEST_DATA / "coco_mini" / "val2017"
+IMAGE = "000000397133.jpg"  # one of the vendored COCO images (tests/data)
 
 
 # --- the fixtures: small files, written right and wrong ----------------------------------------------

@@ -128,11 +128,11 @@ def test_null_tower_reinitialises_only_the_text_tower(write_config):
             assert not torch.equal(p, q), name
 
 
-def test_real_negation_task_from_generator(shared_data):
+def test_real_negation_task_from_generator(test_data):
     from probing.data import generate_negations, load_coco_instances
 
-    images = load_coco_instances(shared_data / "coco_mini/annotations/instances_val2017.json",
-                                 shared_data / "coco_mini/val2017")
+    images = load_coco_instances(test_data / "coco_mini/annotations/instances_val2017.json",
+                                 test_data / "coco_mini/val2017")
     examples = generate_negations(images, seed=0, per_image=3)
     task = real_negation_task(examples, train_cues=("no", "not"))
     assert len(task.train) and len(task.tests["heldout_cue"])

@@ -77,14 +77,14 @@ def test_bad_arguments_fail_with_one_line(argv, message, capsys):
     assert err.startswith("probe-layers: error:") and "\n" not in err and message in err
 
 
-def test_loader_and_model_errors_are_one_line(tmp_path, shared_data, capsys):
+def test_loader_and_model_errors_are_one_line(tmp_path, test_data, capsys):
     broken = tmp_path / "broken.csv"
     broken.write_text("colour,shape\nred,circle\n")
     assert cli.main(["--data", str(broken), "--no-progress", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("probe-layers: error:") and "broken.csv" in err and "\n" not in err
 
-    assert cli.main(["--data", str(shared_data / "sugarcrepe"), "--no-progress",
+    assert cli.main(["--data", str(test_data / "sugarcrepe"), "--no-progress",
                                   "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
     assert "FoilPair records" in err and "\n" not in err
@@ -160,10 +160,10 @@ def test_end_to_end_on_the_small_build(small_embedded, tmp_path, capsys):
     print(f"probe-layers end to end: {elapsed:.1f} s")
 
 
-def test_real_data_mode_probes_real_captions(small_embedded, shared_data, tmp_path, capsys):
+def test_real_data_mode_probes_real_captions(small_embedded, test_data, tmp_path, capsys):
     out = tmp_path / "real"
-    argv = QUICK + ["--data", str(shared_data / "coco_mini/annotations/instances_val2017.json"),
-                    "--image-root", str(shared_data / "coco_mini/val2017"), "--measurements", "probes,gradnorms",
+    argv = QUICK + ["--data", str(test_data / "coco_mini/annotations/instances_val2017.json"),
+                    "--image-root", str(test_data / "coco_mini/val2017"), "--measurements", "probes,gradnorms",
                     "--null-models", "2", "--rule", "auto_rgn", "--rgn-floor", "0.3", "--out", str(out)]
     assert cli.main(argv) == 1  # 2 null models: 1 degree of freedom, no evidence can pass
     measured = json.loads((out / "measurements.json").read_text())

@@ -3,6 +3,8 @@ finetune-layers on COCO instances, on a NegBench retrieval CSV with a missing im
 file; delta checkpoints; provenance.json of finetune-layers and probe-layers (checked against hashlib)."""
 from __future__ import annotations
 
+import ast
+import collections
 import csv
 import hashlib
 import json
@@ -28,8 +30,21 @@ def tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def coco(shared_data) -> tuple[Path, Path]:
-    return shared_data / "coco_mini/annotations/instances_val2017.json", shared_data / "coco_mini/val2017"
+def coco(test_data) -> tuple[Path, Path]:
+    return test_data / "coco_mini/annotations/instances_val2017.json", test_data / "coco_mini/val2017"
+
+
+def images_with_two_visible_objects(instances: Path) -> int:
+    """Images of a COCO instances file with two categories covering >= 1 % of the image each, from the raw JSON:
+    the images the negation generator can use."""
+    raw = json.loads(instances.read_text())
+    images = {image["id"]: image for image in raw["images"]}
+    areas = collections.defaultdict(lambda: collections.defaultdict(float))
+    for box in raw["annotations"]:
+        image = images[box["image_id"]]
+        share = box["bbox"][2] * box["bbox"][3] / (image["width"] * image["height"])
+        areas[box["image_id"]][box["category_id"]] += share
+    return sum(sum(area >= 0.01 for area in categories.values()) >= 2 for categories in areas.values())
 
 
 def train_args(tiny: Path, out: Path, *extra: str) -> list[str]:
@@ -77,7 +92,7 @@ def test_make_negations_writes_the_generators_examples_and_finetune_trains_on_th
     printed = capsys.readouterr().out
     direct = load_negation_examples(instances, image_root=root, seed=3, per_image=2)
     back = load_ccneg(out, root, split="all", strip_commas=False)
-    assert len(back) == len(direct) > 100
+    assert len(back) == len(direct) == 2 * images_with_two_visible_objects(instances) == 2 * 15  # --per-image 2
     for made, read in zip(direct, back):
         assert Path(read.image) == Path(made.image).resolve()
         assert {f: getattr(read, f) for f in FIELDS} == {f: getattr(made, f) for f in FIELDS}
@@ -111,9 +126,14 @@ def test_make_negations_writes_the_generators_examples_and_finetune_trains_on_th
     assert f"loaded {len(train)}, skipped 0" in capsys.readouterr().out  # the train split, read back
 
 
-def test_make_negations_on_negbench_reports_skipped_rows(shared_data, tmp_path, capsys):
-    retrieval = shared_data / "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv"
-    root = shared_data / "coco_mini/val2017"
+def test_make_negations_on_negbench_reports_skipped_rows(test_data, tmp_path, capsys):
+    retrieval = test_data / "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv"
+    root = test_data / "coco_mini/val2017"
+    with retrieval.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    with_image = [row for row in rows if (root / Path(row["filepath"]).name).is_file()]
+    usable = [row for row in with_image if len(ast.literal_eval(row["positive_objects"])) >= 2]
+    assert (len(rows), len(with_image)) == (82, 18) and usable
     out = tmp_path / "negbench.jsonl"
     assert make_negations.main(["--data", str(retrieval), "--image-root", str(root), "--out", str(out)]) == 2
     assert "image not found" in capsys.readouterr().err and not out.exists()  # strict: the first missing image
@@ -121,8 +141,9 @@ def test_make_negations_on_negbench_reports_skipped_rows(shared_data, tmp_path, 
                                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     back = load_ccneg(out, root, split="all", strip_commas=False)
-    assert len(back) == 141  # the rows whose image is among the 159 shared ones, once per image (MANIFEST.md)
-    assert "skipped 4841 rows" in printed and "skipped 4841: image not found" in printed
+    assert len(back) == len(usable)  # the rows whose image is there and names two objects, once per image
+    missing = len(rows) - len(with_image)
+    assert f"skipped {missing} rows" in printed and f"skipped {missing}: image not found" in printed
     # the file's own negated captions are the absence-negated ones (true); the rules wrote the affirmative ones
     assert all(e.meta["generated"] == ["caption", "presence_negated"] for e in back)
 
@@ -159,14 +180,14 @@ def test_probe_layers_writes_provenance(coco, tiny, tmp_path, capsys):
     assert provenance["toolkit"]["version"] == metadata.version("clip-negation-probe")
 
 
-def test_finetune_on_negbench_with_a_missing_image_strict_and_skipping(shared_data, tiny, tmp_path, capsys):
-    source = shared_data / "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv"
-    root = shared_data / "coco_mini/val2017"
+def test_finetune_on_negbench_with_a_missing_image_strict_and_skipping(test_data, tiny, tmp_path, capsys):
+    source = test_data / "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv"
+    root = test_data / "coco_mini/val2017"
     with source.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames
         rows = [row for row in reader if (root / Path(row["filepath"]).name).is_file()][:24]
-    rows[5]["filepath"] = "data/coco/images/val2017/000000999999.jpg"  # not among the shared images
+    rows[5]["filepath"] = "data/coco/images/val2017/000000999999.jpg"  # not among the vendored images
     small = tmp_path / "retrieval.csv"
     with small.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=header)
@@ -187,7 +208,7 @@ def test_finetune_on_negbench_with_a_missing_image_strict_and_skipping(shared_da
 
 def test_a_small_ccneg_file_has_train_and_eval_rows_and_trains(coco, tiny, tmp_path, capsys):
     instances, root = coco
-    examples = load_negation_examples(instances, image_root=root, per_image=1)[:30]
+    examples = load_negation_examples(instances, image_root=root, per_image=2)[:30]  # 15 usable images, 2 each
     small = write_ccneg(examples, tmp_path / "ccneg30.csv", image_root=root)  # no split column: the split rule
     train, held = load_ccneg(small, root, split="train"), load_ccneg(small, root, split="eval")
     assert (len(train), len(held)) == (24, 6)  # the last fifth for evaluation, not all 30 (CC-Neg's 40,000)

@@ -95,10 +95,10 @@ def test_second_source_adds_its_weighted_loss_on_its_own_batches(tiny, tmp_path)
     assert metrics["step"] == 1 and metrics["epoch"] == 0
 
 
-def test_mcq_items_train_with_negbench_loss_as_second_source(tiny, tmp_path, shared_data):
+def test_mcq_items_train_with_negbench_loss_as_second_source(tiny, tmp_path, test_data):
     """NegBench: 0.99 x a contrastive loss + 0.01 x the MCQ loss on a batch of MCQ items (the real CSV)."""
     model, preprocess, tokenizer = fresh(tiny)
-    items = list(load_negbench_mcq(shared_data / MCQ_FILE, shared_data / "coco_mini/val2017", strict=False))[:8]
+    items = list(load_negbench_mcq(test_data / MCQ_FILE, test_data / "coco_mini/val2017", strict=False))[:8]
     examples = world_examples(8, seed=0)
     config = TrainConfig(loss="negationclip", loss_weight=0.99, second_loss="negbench_mcq", second_weight=0.01,
                          steps=1, batch_size=4, warmup_steps=0, out_dir=str(tmp_path / "run"), progress=False,
@@ -201,14 +201,14 @@ def run_cli(argv):
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_each_recipe_trains_a_few_steps_on_the_small_model(name, small_embedded, shared_data, tmp_path, capsys):
+def test_each_recipe_trains_a_few_steps_on_the_small_model(name, small_embedded, test_data, tmp_path, capsys):
     out = tmp_path / name
     argv = ["--recipe", name, "--model", "embedded:small", "--steps", "2", "--batch-size", "8",
             "--second-batch-size", "8", "--n-examples", "24", "--warmup-steps", "1", "--log-every", "1",
             "--no-progress", "--no-tensorboard", "--device", "cpu", "--out", str(out)]
     if name == "negbench":  # its second source is MCQ items: the real NegBench file, rows with an image
-        argv += ["--second-data", str(shared_data / MCQ_FILE), "--second-image-root",
-                 str(shared_data / "coco_mini/val2017"), "--skip-bad-rows"]
+        argv += ["--second-data", str(test_data / MCQ_FILE), "--second-image-root",
+                 str(test_data / "coco_mini/val2017"), "--skip-bad-rows"]
     assert run_cli(argv) == 0
     assert f"recipe {name}:" in capsys.readouterr().out
     run = json.loads((out / "run.json").read_text())
