@@ -139,8 +139,18 @@ def test_any_size_ratio_and_the_frontier_equal_a_direct_computation():
                     groups={"all": [0, 1, 2, 3]})["scope_object"]
     mean = {v: np.mean([np.mean(r["items"]["object/scope"]) for r in runs if r["variant"] == v]) for v in rates}
     gain = {v: mean[v] - mean["frozen"] for v in params}
-    assert result.plans.keys() == gain.keys()
-    assert {v: p["gain"] for v, p in result.plans.items()} == pytest.approx(gain)
+    real = {v: p for v, p in result.plans.items() if not p["expected"]}
+    assert real.keys() == gain.keys()
+    assert {v: p["gain"] for v, p in real.items()} == pytest.approx(gain)
+    # a random window's expected gain: the mean over every window of its size; its ratio to the best of that size
+    windows = {2: ["window_0_1", "window_1_2", "window_2_3"], 3: ["window_0_2", "window_1_3"]}
+    for size, names in windows.items():
+        expected = result.plans[f"random_window_{size}"]
+        assert expected["gain"] == pytest.approx(np.mean([gain[w] for w in names]))
+        best_of_size = max(gain[w] for w in names + (["selected"] if size == 2 else []))
+        assert expected["ratio"] == pytest.approx(expected["gain"] / best_of_size)
+    assert result.plans["window_1_2"]["diff"] == pytest.approx(gain["window_1_2"] - gain["selected"])
+    assert result.plans["window_0_1"]["diff_low"] > 0  # the plan that beats the selected one beyond the noise
     best = max(gain, key=gain.get)
     assert result.best_any == best and result.ratio_any == pytest.approx(gain["selected"] / gain[best])
     # the frontier by hand: no other plan gains more with no more parameters

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from analysis.selectors import SELECTORS
 from finetune.options import LossOptionError, check_loss_options
 from finetune.train import MAX_LEARNING_RATE, MAX_SEED
 from finetune.vocabulary import EXTRAS
@@ -50,6 +51,9 @@ class AblationConfig:
     eval_mcq: int | None = None  # four-way multiple-choice items on the held-out-object suite (None: eval_n; 0: none)
     variants: tuple[str, ...] | None = None  # None: every variant, single-layer sweep included
     plan_path: str | None = None  # the "selected" variant's layer plan
+    # baseline selectors (analysis.selectors) whose plans join the study, judged by analysis.ablation.selector_table;
+    # they read the measurements probe-layers saved beside the plan file
+    selectors: tuple[str, ...] | None = None
     extras: str = "none"  # "none", "plan" or a comma list among EXTRAS; the same for every trained variant
     device: str = "auto"
     ckpt_every: int = 100  # trainer checkpoints, so that a run interrupted mid-training continues
@@ -59,6 +63,8 @@ class AblationConfig:
         self.seeds = tuple(self.seeds)
         if self.variants is not None:
             self.variants = tuple(self.variants)
+        if self.selectors is not None:
+            self.selectors = tuple(SELECTORS) if tuple(self.selectors) == ("all",) else tuple(self.selectors)
         self.loss_kwargs = dict(self.loss_kwargs)
         if self.eval_mcq is None:
             self.eval_mcq = self.eval_n
@@ -102,6 +108,16 @@ def _check_config(config: AblationConfig) -> None:
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise AblationError(f"weight_decay must be a finite number >= 0, got {config.weight_decay}")
     parse_extras(config.extras)
+    if config.selectors is not None:
+        unknown = [name for name in config.selectors if name not in SELECTORS]
+        if unknown or not config.selectors:
+            raise AblationError(f"unknown selector(s) {', '.join(unknown) or '(none given)'}; choose among all, "
+                                + ", ".join(SELECTORS))
+        if len(set(config.selectors)) != len(config.selectors):
+            raise AblationError(f"selectors repeated: {', '.join(config.selectors)}")
+        if config.plan_path is None:
+            raise AblationError("selectors are compared at the size of the toolkit's plan: pass the plan probe-layers "
+                                "wrote (its measurements are read from the same folder)")
 
 
 def parse_extras(extras: str) -> tuple[str, ...] | None:

@@ -169,3 +169,48 @@ def validity_figure(results: dict, evidence: dict) -> Figure:
             ax.set_visible(False)
         figure.tight_layout()
     return figure
+
+
+def frontier_figure(results: dict, selectors: dict[str, str] | None = None,
+                    panels: tuple[str, ...] = ("scope", "retrieval")) -> Figure:
+    """Gain against trainable parameters, one panel per target (the headline scope gain, and retention): every plan
+    the study ran as a point with its bootstrap interval, the frontier (the plans no plan beats with no more
+    parameters) as a line, the selected plan in red, and each selector's plan labelled with its name.
+    selectors: selector -> the variant that holds its plan (analysis.ablation.selector_table.plan_variant)."""
+    panels = tuple(name for name in panels if name in results and results[name].plans)
+    labels = {}
+    for selector, variant in (selectors or {}).items():
+        labels.setdefault(variant, []).append(selector)
+    with matplotlib.rc_context(FONT):
+        figure = Figure(figsize=(COLUMN_WIDTH_IN * 2, 2.4))
+        axes = figure.subplots(1, max(1, len(panels)), squeeze=False)[0]
+        for ax, name in zip(axes, panels):
+            v = results[name]
+            plans = {p: r for p, r in v.plans.items() if not r.get("expected") and r["trainable"] > 0}
+            xs = np.array([plans[p]["trainable"] for p in plans], float)
+            ys = np.array([plans[p]["gain"] for p in plans])
+            errors = np.array([[plans[p]["gain"] - plans[p]["low"] for p in plans],
+                               [plans[p]["high"] - plans[p]["gain"] for p in plans]])
+            ax.errorbar(xs, ys, yerr=errors, fmt="o", ms=2.2, color="#7a7a7a", ecolor="#c9c9c9", elinewidth=0.6,
+                        zorder=2)
+            frontier = [p for p in v.frontier if p in plans]
+            ax.plot([plans[p]["trainable"] for p in frontier], [plans[p]["gain"] for p in frontier], "-",
+                    color="#1b6ca8", lw=0.9, zorder=1, label="frontier")
+            if "selected" in plans:
+                ax.errorbar([plans["selected"]["trainable"]], [plans["selected"]["gain"]],
+                            yerr=[[plans["selected"]["gain"] - plans["selected"]["low"]],
+                                  [plans["selected"]["high"] - plans["selected"]["gain"]]],
+                            fmt="o", ms=4, color="#d1495b", ecolor="#d1495b", elinewidth=0.9, zorder=3,
+                            label="selected plan")
+            for variant, names in labels.items():
+                if variant in plans:
+                    ax.annotate("/".join(names), (plans[variant]["trainable"], plans[variant]["gain"]), fontsize=5,
+                                xytext=(3, -6), textcoords="offset points", color="#333333")
+            ax.set_xscale("log")
+            ax.axhline(0, color="0.6", lw=0.6, ls=":")
+            ax.set_xlabel("trainable parameters")
+            ax.set_ylabel("gain over the frozen model")
+            ax.set_title(v.target.label, fontsize=6.5)
+            ax.legend(loc="best", frameon=False)
+        figure.tight_layout()
+    return figure

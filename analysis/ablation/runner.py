@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from analysis.ablation.aggregate import summarize_runs
 from analysis.ablation.config import AblationConfig, AblationError
-from analysis.ablation.figures import validity_figure
+from analysis.ablation.figures import frontier_figure, validity_figure
 from analysis.ablation.runs import (
     Shard,
     check_finished_runs,
@@ -34,6 +34,7 @@ from analysis.ablation.runs import (
     runs_path,
     save_runs,
 )
+from analysis.ablation.selector_table import plan_variant, write_selector_table
 from analysis.ablation.tables import validity_markdown, write_outputs
 from analysis.ablation.validity import assess, verdict
 from analysis.ablation.variants import (
@@ -44,6 +45,7 @@ from analysis.ablation.variants import (
     resolve_variants,
     variant_plans,
 )
+from analysis.selectors import RANDOM_WINDOW, SelectorPlan, missing_selectors, selector_plans
 from finetune.checkpoint import latest_checkpoint
 from finetune.freezing import planned_parts
 from finetune.train import TrainConfig, train
@@ -51,6 +53,7 @@ from finetune.vocabulary import EXTRAS
 from probing.clip.loading import resolve_device
 from probing.clip.text_tower import TextTower
 from probing.io import atomic_path, atomic_write_json, atomic_write_text, sweep_temporaries
+from probing.measure.layers import LayerMeasurements
 from probing.measure.steering import PUBLISHED_ALPHA, steered, steering_vectors
 from probing.metrics import flatten
 from probing.models.factory import create_model
@@ -146,12 +149,34 @@ class AblationStudy:
         self.base = load_base(config, progress=progress)
         self.n_layers = self.base.n_layers
         self.selected = load_selected_plan(config.plan_path, self.n_layers)
-        self.variants, self.notes = resolve_variants(config.variants, self.n_layers, has_plan=self.selected is not None,
+        self.selector_plans = self._selector_plans()
+        names = config.variants
+        if self.selector_plans:  # every selector's plan, and the windows a random window is drawn from
+            k = len(self.selected.blocks)
+            needed = ["frozen", "selected", "windows"] + [plan_variant(plan, k) for name, plan in
+                                                          self.selector_plans.items() if name not in ("toolkit",
+                                                                                                      RANDOM_WINDOW)]
+            names = tuple(dict.fromkeys([*(names or ()), *needed]))
+        self.variants, self.notes = resolve_variants(names, self.n_layers, has_plan=self.selected is not None,
                                                      selected_size=len(self.selected.blocks) if self.selected else None)
         self.extras = extras_flags(config.extras, self.selected)
         self.plans = variant_plans(self.variants, self.n_layers, self.extras, self.selected)
         self._examples = None
         self._evaluation: Evaluation | None = None
+
+    def _selector_plans(self) -> dict[str, SelectorPlan]:
+        """The asked-for selectors' plans, from the measurements probe-layers saved beside the plan file."""
+        if not self.config.selectors:
+            return {}
+        path = Path(self.config.plan_path).parent / "measurements.json"
+        if not path.is_file():
+            raise AblationError(f"the selectors read the measurements probe-layers saved beside the plan: {path} is "
+                                "missing")
+        measurements = LayerMeasurements.load(path)
+        plans = selector_plans(measurements, self.selected.blocks, names=self.config.selectors)
+        for name, why in missing_selectors(measurements, self.config.selectors).items():
+            self.log(f"note: selector {name} left out: {why} ({path})")
+        return plans
 
     # -- bookkeeping --
     def planned(self) -> list[tuple[str, int]]:
@@ -299,12 +324,18 @@ class AblationStudy:
             "validity_json": atomic_write_json(self.out_dir / "validity.json", payload),
             "validity_md": atomic_write_text(self.out_dir / "validity.md", validity_markdown(results, sentences)),
         }
-        figure = validity_figure(results, self.selected.evidence)
-        for suffix in ("png", "pdf"):
-            path = self.out_dir / f"validity.{suffix}"
-            with atomic_path(path) as tmp:
-                figure.savefig(tmp, format=suffix, dpi=300, bbox_inches="tight")
-            outputs[f"validity_{suffix}"] = path
+        k = len(self.selected.blocks)
+        figures = {"validity": validity_figure(results, self.selected.evidence),
+                   "frontier": frontier_figure(results, {name: plan_variant(plan, k)
+                                                         for name, plan in self.selector_plans.items()})}
+        for stem, figure in figures.items():
+            for suffix in ("png", "pdf"):
+                path = self.out_dir / f"{stem}.{suffix}"
+                with atomic_path(path) as tmp:
+                    figure.savefig(tmp, format=suffix, dpi=300, bbox_inches="tight")
+                outputs[f"{stem}_{suffix}"] = path
+        if self.selector_plans:
+            outputs.update(write_selector_table(self.out_dir, results, self.selector_plans))
         return outputs
 
     def block_plans(self) -> dict[str, list[int]]:

@@ -39,11 +39,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from analysis.ablation.variants import sweep_layer, variant_blocks, window_name
+from analysis.ablation.variants import sweep_layer, variant_blocks, window_name, windows_of
 from analysis.selection import describe_blocks
 
 TARGET_RATIO = 0.95
 HEADLINE_TARGET = "scope"
+RANDOM_WINDOW_PREFIX = "random_window_"  # a plan record for the mean over every window of a size
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,9 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
     if absent:
         raise ValueError(f"validity needs every window of {k} blocks at the same budget; missing {', '.join(absent)}")
     spans = {v: variant_blocks(v) for v in grouped if variant_blocks(v) is not None}  # windows, layers, sets
-    candidates = {name: list(blocks) for name, blocks in {**spans, **(groups or {})}.items()
-                  if len(blocks) == k and name in grouped}
-    candidates["selected"] = list(selected)
+    block_plans = {name: list(blocks) for name, blocks in {**spans, **(groups or {})}.items() if name in grouped}
+    block_plans["selected"] = list(selected)
+    candidates = {name: blocks for name, blocks in block_plans.items() if len(blocks) == k}
     trainable = {v: int(n) for v, n in (trainable or {}).items() if v in grouped and n > 0}
     trainable.setdefault("selected", 0)
     targets = dict(targets) if targets is not None else available_targets(runs)
@@ -163,7 +164,8 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
         raise ValueError("the runs record the per-item outcomes of no target")
     scores = {name: np.asarray(component["excess"], dtype=float) for name, component in evidence["components"].items()}
     scores["combined"] = np.asarray(evidence["combined"], dtype=float)
-    variants = list(dict.fromkeys(["frozen", *(sweep[b] for b in range(n_layers)), *candidates, *trainable]))
+    variants = list(dict.fromkeys(["frozen", *(sweep[b] for b in range(n_layers)), *candidates, *trainable,
+                                   *block_plans]))
     keys = sorted({key for target in targets.values() for key in target.items})
     per_key = {key: {v: np.stack([_items(run, key) for run in grouped[v]]) for v in variants} for key in keys}
 
@@ -185,16 +187,21 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
         item_draws = {key: rng.integers(0, per_key[key]["frozen"].shape[1], per_key[key]["frozen"].shape[1])
                       for key in keys}
         replicates.append(means(seed_draws, item_draws))
-    return {name: _validity(name, point[name], [r[name] for r in replicates], sweep, candidates, trainable, scores,
-                            list(selected), n_layers) for name in targets}
+    return {name: _validity(name, point[name], [r[name] for r in replicates], sweep, candidates, block_plans,
+                            trainable, scores, list(selected), n_layers) for name in targets}
 
 
 def _validity(name: str, point: dict[str, float], replicates: list[dict[str, float]], sweep: dict[int, str],
-              candidates: dict[str, list[int]], trainable: dict[str, int], scores: dict[str, np.ndarray],
-              selected: list[int], n_layers: int) -> Validity:
+              candidates: dict[str, list[int]], block_plans: dict[str, list[int]], trainable: dict[str, int],
+              scores: dict[str, np.ndarray], selected: list[int], n_layers: int) -> Validity:
     def gains(means: dict[str, float]) -> dict[str, float]:
-        return {v: value - means["frozen"] for v, value in means.items()}
+        out = {v: value - means["frozen"] for v, value in means.items()}
+        for size, windows in complete_windows.items():  # a random window of that size: the mean over all of them
+            out[f"{RANDOM_WINDOW_PREFIX}{size}"] = float(np.mean([out[w] for w in windows]))
+        return out
 
+    complete_windows = {size: windows_of(size, n_layers) for size in sorted({len(b) for b in block_plans.values()})
+                        if all(w in block_plans for w in windows_of(size, n_layers))}
     g, boot = gains(point), [gains(r) for r in replicates]
     vector = np.array([g[sweep[b]] for b in range(n_layers)])
     boot_sweep = np.array([[r[sweep[b]] for b in range(n_layers)] for r in boot])
@@ -206,9 +213,11 @@ def _validity(name: str, point: dict[str, float], replicates: list[dict[str, flo
     best_any = max(plans, key=lambda v: (plans[v], v == "selected"))
     boot_ratio = np.array([_ratio(r["selected"], [r[v] for v in candidates]) for r in boot])
     boot_ratio_any = np.array([_ratio(r["selected"], [r[v] for v in plans]) for r in boot])
-    low = {v: float(np.quantile([r[v] for r in boot], 0.025)) for v in plans}
-    high = {v: float(np.quantile([r[v] for r in boot], 0.975)) for v in plans}
-    blocks = {**candidates, **{v: candidates.get(v, []) for v in plans}}
+    records = {v: _plan_record(v, g, boot, block_plans, plans, trainable) for v in plans}
+    for size, windows in complete_windows.items():
+        expected = f"{RANDOM_WINDOW_PREFIX}{size}"
+        records[expected] = _plan_record(expected, g, boot, {**block_plans, expected: list(range(size))}, plans,
+                                         {**trainable, expected: trainable.get(windows[0], 0)}, expected=True)
     frontier = _frontier(plans, trainable) if trainable.get("selected") else []
     cost = trainable.get("selected", 0)
     dominated = [v for v in plans if v != "selected" and cost and trainable[v] <= cost
@@ -223,12 +232,35 @@ def _validity(name: str, point: dict[str, float], replicates: list[dict[str, flo
         selected, g["selected"], best, list(candidates[best]), equal[best], equal[best] - g["selected"],
         _ratio(g["selected"], equal.values()), dict(equal), float(np.nanquantile(boot_ratio, 0.025)),
         float(np.nanquantile(boot_ratio, 0.975)), float(np.mean(boot_ratio >= TARGET_RATIO - 1e-12)),
-        plans={v: {"blocks": blocks.get(v, []), "trainable": trainable.get(v, 0), "gain": plans[v], "low": low[v],
-                   "high": high[v]} for v in plans},
+        plans=records,
         best_any=best_any, best_any_gain=plans[best_any], ratio_any=_ratio(g["selected"], plans.values()),
         ratio_any_low=float(np.nanquantile(boot_ratio_any, 0.025)),
         ratio_any_high=float(np.nanquantile(boot_ratio_any, 0.975)),
         frontier=frontier, dominated_by=dominated, next_larger=larger[0] if larger else None)
+
+
+def _plan_record(v: str, g: dict[str, float], boot: list[dict[str, float]], block_plans: dict[str, list[int]],
+                 plans: dict[str, float], trainable: dict[str, int], *, expected: bool = False) -> dict:
+    """One plan's numbers: gain with interval, trainable parameters, its ratio to the best plan of its size (plans
+    of whole blocks with the study's extras) and of any size, and its difference from the selected plan, each with
+    a bootstrap interval. `expected`: the mean over every window of a size (a random window), not a plan."""
+    size = len(block_plans[v]) if v in block_plans else None
+    same = [w for w, blocks in block_plans.items() if size is not None and len(blocks) == size and w in g]
+
+    def quantiles(values) -> tuple[float, float]:
+        return float(np.nanquantile(values, 0.025)), float(np.nanquantile(values, 0.975))
+
+    record = {"blocks": block_plans.get(v, []) if not expected else [], "trainable": trainable.get(v, 0),
+              "gain": g[v], "expected": expected}
+    record["low"], record["high"] = quantiles([r[v] for r in boot])
+    record["diff"] = g[v] - g["selected"]
+    record["diff_low"], record["diff_high"] = quantiles([r[v] - r["selected"] for r in boot])
+    record["ratio"] = _ratio(g[v], [g[w] for w in same]) if same else float("nan")
+    record["ratio_low"], record["ratio_high"] = quantiles(
+        [_ratio(r[v], [r[w] for w in same]) for r in boot]) if same else (float("nan"), float("nan"))
+    record["ratio_any"] = _ratio(g[v], plans.values())
+    record["ratio_any_low"], record["ratio_any_high"] = quantiles([_ratio(r[v], [r[w] for w in plans]) for r in boot])
+    return record
 
 
 def _frontier(gains: dict[str, float], trainable: dict[str, int]) -> list[str]:

@@ -100,3 +100,48 @@ def _norm(tensors: list[torch.Tensor]) -> float:
     if not tensors:
         return 0.0
     return float(torch.sqrt(sum(t.float().pow(2).sum() for t in tensors)))
+
+
+def fisher_information(
+    model: nn.Module,
+    micro_batch_losses: Iterable[Callable[[nn.Module], torch.Tensor]],
+    *,
+    loss_name: str = "loss",
+    progress: bool = True,
+    desc: str | None = None,
+) -> list[dict]:
+    """The diagonal empirical Fisher information summed per block (Lodha et al. 2023, "On Surgical Fine-tuning for
+    Language Encoders": the FIM score that ranks layers): F_b = mean over examples of sum_{w in block b} g_w^2.
+
+    A contrastive loss has no per-example term (each example's loss involves the whole batch), so an "example"
+    here is a micro-batch: `micro_batch_losses` holds one callable per micro-batch (the loss of a few examples
+    contrasted among themselves). Every block is made trainable for the measurement, as for the gradient norms.
+    Returns rows {loss, layer, fisher, n_micro_batches}.
+    """
+    parts = block_parameter_groups(TextTower.from_model(model))
+    groups = {block: params for (block, component), params in parts.items() if component == "all"}
+    saved = {p: p.requires_grad for p in model.parameters()}
+    for params in groups.values():
+        for p in params:
+            p.requires_grad_(True)
+    sums = dict.fromkeys(groups, 0.0)
+    count = 0
+    try:
+        for loss_fn in tqdm(list(micro_batch_losses), desc=desc or f"Fisher information ({loss_name})",
+                            disable=not progress):
+            model.zero_grad(set_to_none=True)
+            loss = loss_fn(model)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss {loss_name} is {loss.item()} on micro-batch {count}")
+            loss.backward()
+            for block, params in groups.items():
+                sums[block] += float(sum(p.grad.float().pow(2).sum() for p in params if p.grad is not None))
+            count += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+    if count == 0:
+        raise ValueError("no micro-batches to measure the Fisher information on")
+    return [{"loss": loss_name, "layer": block, "fisher": total / count, "n_micro_batches": count}
+            for block, total in sums.items()]

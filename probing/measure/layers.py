@@ -31,7 +31,7 @@ from probing.features.cache import encode_image_features
 from probing.io import atomic_path, atomic_write_json
 from probing.measure.capture import capture_pooled, layer_labels
 from probing.measure.causal import projection_ablation
-from probing.measure.gradnorms import relative_gradient_norms
+from probing.measure.gradnorms import fisher_information, relative_gradient_norms
 from probing.measure.probes import probe_layers
 from probing.measure.sensitivity import edit_sensitivity
 from probing.measure.sources import REAL_CAUSAL_METRICS, RealData, RealSuite, SyntheticData, swap_first_colour
@@ -53,11 +53,16 @@ TABLES: dict[str, tuple[str, ...]] = {
     # in-distribution task accuracy minus control-label accuracy (Hewitt & Liang), trained model
     "selectivity": ("task", "layer", "probe", "task_accuracy", "control_accuracy", "selectivity"),
     # how far an edit moves a caption's pooled state, in units of the distance between different captions
-    "sensitivity": ("model", "layer", "edit", "sensitivity", "ci_low", "ci_high", "raw_distance", "baseline_distance"),
+    # (norm_change: mean |‖edited‖ - ‖original‖| / mean ‖original‖ of the pooled states)
+    "sensitivity": ("model", "layer", "edit", "sensitivity", "ci_low", "ci_high", "raw_distance", "baseline_distance",
+                    "norm_change"),
     # relative gradient norm ||g|| / ||w|| of a block's component under a loss, mean over batches
     "gradnorms": ("model", "loss", "layer", "component", "relative_norm", "grad_norm", "weight_norm", "n_batches"),
     # the negation probe direction projected out at a layer: metric with and without it
     "causal": ("layer", "metric", "ablated", "baseline", "change"),
+    # diagonal empirical Fisher information of a block under a loss (trained model): the mean over micro-batches
+    # of the summed squared gradient of the block's parameters (probing.measure.gradnorms.fisher_information)
+    "fisher": ("model", "loss", "layer", "fisher", "n_micro_batches", "micro_batch_size"),
 }
 
 
@@ -78,6 +83,9 @@ class MeasureConfig:
     n_causal: int = 400
     grad_batches: int = 4
     grad_batch_size: int = 64
+    # the Fisher information of each block (the FIM-score baseline selector, analysis.selectors), on the model
+    # only: the gradient batches cut into micro-batches of this many examples (0: not measured)
+    fisher_micro_batch: int = 8
     batch_size: int = 256
     seed: int = 0  # data draws for sensitivity, gradient batches and the causal suite
     # bytes captured features may take in memory; larger captures stream to memory-mapped files in
@@ -240,6 +248,9 @@ def measure_layers(
             _gradnorms(result, name, subject, batches if name == TRAINED else batches[:config.null_grad_batches],
                        loss_fns, progress)
             done(f"gradnorms/{name}")
+            if name == TRAINED and config.fisher_micro_batch:
+                _fisher(result, subject, batches, loss_fns, config.fisher_micro_batch, progress)
+                done(f"fisher/{name}")
         if config.patching_evidence and world is not None:
             result.items[f"patching/{name}"] = patching_profile(subject, preprocess, tokenizer, world, config, progress)
             done(f"patching/{name}")
@@ -392,27 +403,43 @@ def _feedable(loss_fns: Mapping[str, LossFn], batches) -> tuple[dict[str, LossFn
     return kept, missing
 
 
-def _gradnorms(result, name, subject, batches, loss_fns: Mapping[str, LossFn], progress: bool) -> None:
-    """Relative gradient norms per block and component under each loss, on the same batches."""
+def _batch_loss(subject, images: dict, tokens: dict, loss_fn: LossFn) -> Callable[[torch.nn.Module], torch.Tensor]:
+    """The loss of one batch as a function of the model (its text tower encodes the tokens each call)."""
     tower = TextTower.from_model(subject)
     device = tower.positional_embedding.device
 
-    def batch_loss(images, tokens, loss_fn):
-        def loss(m):
-            features = {key: value.to(device) for key, value in images.items()}
-            features.update({key: tower.encode(t.to(device), normalize=True) for key, t in tokens.items()})
-            return loss_fn(features, m.logit_scale.exp().clamp(max=100))
-        return loss
+    def loss(m):
+        features = {key: value.to(device) for key, value in images.items()}
+        features.update({key: tower.encode(t.to(device), normalize=True) for key, t in tokens.items()})
+        return loss_fn(features, m.logit_scale.exp().clamp(max=100))
+    return loss
 
+
+def _gradnorms(result, name, subject, batches, loss_fns: Mapping[str, LossFn], progress: bool) -> None:
+    """Relative gradient norms per block and component under each loss, on the same batches."""
     for loss_name, loss_fn in loss_fns.items():
         per_batch: dict[tuple[int, str], list[float]] = {}
-        rows = relative_gradient_norms(subject, [batch_loss(*b, loss_fn) for b in batches], loss_name=loss_name,
-                                       progress=progress, per_batch=per_batch,
+        rows = relative_gradient_norms(subject, [_batch_loss(subject, *b, loss_fn) for b in batches],
+                                       loss_name=loss_name, progress=progress, per_batch=per_batch,
                                        desc=f"gradient norms: {loss_name} ({name})")
         result.add("gradnorms", rows, model=name)
         blocks = sorted(block for block, component in per_batch if component == "all")
         result.items[f"gradnorms/{loss_name}/{name}"] = np.array(
             [per_batch[(block, "all")] for block in blocks], dtype=np.float32).T
+
+
+def _fisher(result, subject, batches, loss_fns: Mapping[str, LossFn], size: int, progress: bool) -> None:
+    """The Fisher information per block under each loss, the gradient batches cut into micro-batches of `size`."""
+    micro = []
+    for images, tokens in batches:
+        n = len(next(iter(images.values())))
+        for start in range(0, n - size + 1, size):
+            part = slice(start, start + size)
+            micro.append(({k: v[part] for k, v in images.items()}, {k: v[part] for k, v in tokens.items()}))
+    for loss_name, loss_fn in loss_fns.items():
+        rows = fisher_information(subject, [_batch_loss(subject, *m, loss_fn) for m in micro], loss_name=loss_name,
+                                  progress=progress, desc=f"Fisher information: {loss_name}")
+        result.add("fisher", rows, model=TRAINED, micro_batch_size=size)
 
 
 # --- patching as evidence ------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Distances are cosine distances between pooled (EOT) states of a caption and its edited version.
 To compare layers, each layer's distances are divided by that layer's typical distance between
 two DIFFERENT captions (random pairs from the same set): 1.0 means "the edit moves the state as
-far as swapping in an unrelated caption", 0.0 means "no change".
+far as swapping in an unrelated caption", 0.0 means "no change". Each row also keeps the raw mean
+cosine distance (1 - the cosine Omni-NegCLIP reads per layer) and the relative change of the state's
+norm (`norm_change`), which the baseline selectors of analysis.selectors read.
 """
 from __future__ import annotations
 
@@ -17,6 +19,13 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=-1, keepdims=True)
     b = b / np.linalg.norm(b, axis=-1, keepdims=True)
     return 1.0 - (a * b).sum(-1)
+
+
+def norm_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean |‖b_i‖ - ‖a_i‖| over rows, relative to the mean ‖a_i‖: how much an edit changes the size of a
+    caption's state at one layer ([n, d] each; the activation-norm score of analysis.selectors)."""
+    norm_a, norm_b = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    return float(np.abs(norm_b - norm_a).mean() / norm_a.mean())
 
 
 def baseline_distance(features: np.ndarray, rng: np.random.Generator) -> float:
@@ -57,7 +66,8 @@ def edit_sensitivity(
             interval = _bootstrap_mean(standardised, rng, n_boot, confidence)
             rows.append({"layer": layer, "edit": name, "sensitivity": interval.mean,
                          "ci_low": interval.low, "ci_high": interval.high,
-                         "raw_distance": float(standardised.mean() * scale), "baseline_distance": scale})
+                         "raw_distance": float(standardised.mean() * scale), "baseline_distance": scale,
+                         "norm_change": norm_change(base[layer], edited[layer])})
     if distances is not None:
         distances.update({name: np.stack(values).astype(np.float32) for name, values in per_caption.items()})
     return rows
