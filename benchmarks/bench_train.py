@@ -244,7 +244,7 @@ class OpenClipStep:
         return self.spec.call(features, model.logit_scale.exp(), **self.config.loss_kwargs)
 
     def __call__(self) -> None:
-        from finetune.train import MAX_LOGIT_SCALE
+        from probing.contrastive import MAX_LOGIT_SCALE
 
         indices = self.order.batch(self.k)[1]
         self.k += 1

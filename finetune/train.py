@@ -75,6 +75,7 @@ from finetune.losses import LossSpec, loss_keywords, loss_spec
 from finetune.metrics_log import MetricsLog
 from finetune.options import LossOptionError, check_loss_options
 from finetune.plan import LayerPlan
+from finetune.vocabulary import MAX_LEARNING_RATE, MAX_SEED
 from probing.clip.loading import base_record, resolve_device, save_clip_checkpoint
 from probing.clip.text_tower import TextTower
 from probing.contrastive import MAX_LOGIT_SCALE, lr_factor
@@ -84,8 +85,6 @@ from probing.io import atomic_write_json
 # A trained weight larger than this has exploded: no CLIP weight comes near it (the largest are LayerNorm
 # gains of a few units; the logit scale is clamped to 4.6), and `--lr 1e30` puts weights at 1e28 in one step.
 MAX_WEIGHT = 1e3
-MAX_SEED = 2**32 - 1  # numpy's seed range (torch's is wider)
-MAX_LEARNING_RATE = 1.0  # AdamW moves each weight by about lr per step
 # settings that change the trajectory: a resumed run must use the same ones
 _RESUME_MUST_MATCH = ("loss", "loss_kwargs", "loss_weight", "lr", "weight_decay", "decay", "schedule", "warmup_steps",
                       "batch_size", "grad_accum", "clip_grad_norm", "seed", "betas", "eps", "precision", "second_loss",

@@ -32,3 +32,6 @@ OMNI_MARGIN = 0.9
 EXTRAS: tuple[str, ...] = ("embeddings", "ln_final", "projection", "logit_scale")
 # losses whose relative gradient norms probe-layers measures (finetune.losses.gradnorm_loss_fns)
 GRADNORM_LOSSES: tuple[str, ...] = ("clip", "conclip", "omni_presence", "omni_absence")
+# bounds every command and the trainer check numbers against (the CLI's argument types and TrainConfig)
+MAX_SEED = 2**32 - 1  # numpy's seed range (torch's is wider)
+MAX_LEARNING_RATE = 1.0  # AdamW moves each weight by about lr per step; CLIP's weights are about 0.02

@@ -18,8 +18,8 @@
 #   non-negating edit; the relative gradient norm of each block under the fine-tuning losses; a causal check;
 # * **null calibration**: every measurement is repeated on *null towers*, the same model with its text tower
 #   randomly initialised again. A block counts as evidence only where the model exceeds them by more than
-#   random towers differ among themselves (a t-test over the null towers, `analysis.evidence`);
-# * the **layer plan** the evidence supports (`analysis.selection`), its stability, figures and the report;
+#   random towers differ among themselves (a t-test over the null towers, `analysis.planning.evidence`);
+# * the **layer plan** the evidence supports (`analysis.planning.selection`), its stability, figures and the report;
 # * **localisation** (`measure_localisation`): activation patching, heads, a joint-space lens and steering: where
 #   in the tower, and at which token positions, the model computes what negation it computes.
 #
@@ -142,10 +142,10 @@ calibration.unstack("task").swaplevel(axis=1).sort_index(axis=1, level=0, sort_r
 # the model could be one more random tower (s[b]: the spread of the K null towers). A block counts when t[b]
 # exceeds the t quantile with K - 1 degrees of freedom at 1 - alpha / (blocks x components). With few null towers
 # that threshold is high: the honest price of estimating the null spread from K towers. The formulas are in
-# `analysis/evidence.py`.
+# `analysis/planning/evidence.py`.
 
 # %%
-from analysis.evidence import block_evidence
+from analysis.planning.evidence import block_evidence
 
 evidence = block_evidence(measurements)
 for name, component in evidence.components.items():
@@ -166,7 +166,7 @@ per_block[[c for c in per_block.columns if c == "combined" or c.endswith(("_exce
 # measurements then give no reason to prefer any layers over others. Other rules are one argument away.
 
 # %%
-from analysis.selection import SelectionConfig, describe_blocks, select_layers
+from analysis.planning.selection import SelectionConfig, describe_blocks, select_layers
 
 selection = select_layers(evidence)
 plan = selection.plan

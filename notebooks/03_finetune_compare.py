@@ -48,8 +48,27 @@ else:
     N_TRAIN, EVAL_N, EVAL_N_CLASSIFICATION, SEEDS = 1024, 300, 180, (0, 1)
 # notebook 2's sizes, for the layer plan when notebook 2 has not run (the causal check does not enter the plan)
 PLAN_ARGS = ["--measurements", "probes,sensitivity,gradnorms"] + (
-    ["--n-train", "200", "--n-test", "60", "--seeds", "0", "--null-seeds", "0", "--null-models", "3",
-     "--n-sensitivity", "60", "--grad-batches", "1", "--grad-batch-size", "16"] if SMALL else [])
+    [
+        "--probe-train",
+        "200",
+        "--probe-test",
+        "60",
+        "--probe-seeds",
+        "0",
+        "--null-probe-seeds",
+        "0",
+        "--null-models",
+        "3",
+        "--sensitivity-captions",
+        "60",
+        "--grad-batches",
+        "1",
+        "--grad-batch-size",
+        "16",
+    ]
+    if SMALL
+    else []
+)
 
 print(f"model {MODEL}; outputs in {OUT}")
 
@@ -80,17 +99,26 @@ from probing import TextTower
 plan_path = OUT.parent.parent / "02_layer_evidence" / BUILD / "layer_plan.json"  # where notebook 2 writes it
 if not plan_path.exists():
     plan_path = OUT / "probe-layers" / "layer_plan.json"
-    status = probe_layers(["--model", MODEL, "--out", str(plan_path.parent), "--threads", "1", "--no-progress",
-                           *PLAN_ARGS])
+    status = probe_layers(
+        ["--model", MODEL, "--out", str(plan_path.parent), "--threads", "1", "--no-progress", *PLAN_ARGS]
+    )
     assert status in (0, 1), f"probe-layers exited with {status}"  # 1: the evidence supports no plan
 plan = LayerPlan.load(plan_path)
 n_layers = TextTower.from_model(model).n_layers
 plan.validate(n_layers)
 print(f"plan from {plan_path}: {plan.describe()}")
 if plan.blocks:
-    plans = {"selected": plan,
-             "all": LayerPlan(list(range(n_layers)), plan.train_embeddings, plan.train_ln_final, plan.train_projection,
-                              plan.train_logit_scale, rule="all blocks, the plan's extras")}
+    plans = {
+        "selected": plan,
+        "all": LayerPlan(
+            list(range(n_layers)),
+            plan.train_embeddings,
+            plan.train_ln_final,
+            plan.train_projection,
+            plan.train_logit_scale,
+            rule="all blocks, the plan's extras",
+        ),
+    }
 else:
     print(f"no plan: {plan.evidence['decision']['reason']}")
     plans = {"omni_front": LayerPlan.front(n_layers // 2), "omni_whole": LayerPlan.whole_text_tower(n_layers)}
@@ -112,14 +140,26 @@ from finetune.train import TrainConfig, train
 
 examples = world.examples(N_TRAIN, "train", seed=0)
 e = examples[0]
-print(f"{len(examples)} training examples, e.g.\n  caption: {e.caption}\n  presence-negated (false): "
-      f"{e.presence_negated}\n  absence-negated (true): {e.absence_negated}\n")
+print(
+    f"{len(examples)} training examples, e.g.\n  caption: {e.caption}\n  presence-negated (false): "
+    f"{e.presence_negated}\n  absence-negated (true): {e.absence_negated}\n"
+)
 
 tuned, results = {}, {}
 for name, run_plan in plans.items():
-    config = TrainConfig(loss=LOSS, loss_kwargs=LOSS_KWARGS, **TRAIN, seed=0, device="cpu", out_dir=str(OUT / name),
-                         log_every=max(1, TRAIN["steps"] // 20), ckpt_every=TRAIN["steps"], model_name=bundle.name,
-                         tensorboard=False, progress=False)
+    config = TrainConfig(
+        loss=LOSS,
+        loss_kwargs=LOSS_KWARGS,
+        **TRAIN,
+        seed=0,
+        device="cpu",
+        out_dir=str(OUT / name),
+        log_every=max(1, TRAIN["steps"] // 20),
+        ckpt_every=TRAIN["steps"],
+        model_name=bundle.name,
+        tensorboard=False,
+        progress=False,
+    )
     tuned[name] = copy.deepcopy(model)
     started = time.perf_counter()
     log = io.StringIO()
@@ -127,8 +167,10 @@ for name, run_plan in plans.items():
         results[name] = train(tuned[name], tokenizer, preprocess, examples, run_plan, config)
     if name == TRAINED[0]:
         print(log.getvalue())
-    print(f"{name}: {results[name].step} steps in {time.perf_counter() - started:.0f} s, final loss "
-          f"{results[name].loss:.3f}, weights in {results[name].model_path}")
+    print(
+        f"{name}: {results[name].step} steps in {time.perf_counter() - started:.0f} s, final loss "
+        f"{results[name].loss:.3f}, weights in {results[name].model_path}"
+    )
 
 # %% [markdown]
 # ## Evaluate against the frozen model
@@ -141,19 +183,34 @@ for name, run_plan in plans.items():
 # %%
 from probing.synthetic import SyntheticSuite
 
-suites = {heldout: SyntheticSuite.build(world, n=EVAL_N, n_classification=EVAL_N_CLASSIFICATION, split="test",
-                                        heldout=heldout, seed=1) for heldout in ("object", "template", "cue")}
+suites = {
+    heldout: SyntheticSuite.build(
+        world, n=EVAL_N, n_classification=EVAL_N_CLASSIFICATION, split="test", heldout=heldout, seed=1
+    )
+    for heldout in ("object", "template", "cue")
+}
 image_features = {heldout: suite.image_features(model, preprocess) for heldout, suite in suites.items()}
 model.eval()
 sections = suites["object"].evaluate(model, preprocess, tokenizer, image_features=image_features["object"])
-pd.DataFrame([{"section": section, "metric": metric, **entry} for section, metrics in sections.items()
-              for metric, entry in metrics.items() if "/" not in metric]).set_index(["section", "metric"])
+pd.DataFrame(
+    [
+        {"section": section, "metric": metric, **entry}
+        for section, metrics in sections.items()
+        for metric, entry in metrics.items()
+        if "/" not in metric
+    ]
+).set_index(["section", "metric"])
 
 # %%
-COLUMNS = {"object/scope_accuracy": "scope, held-out objects", "template/scope_accuracy": "scope, held-out templates",
-           "cue/scope_accuracy": "scope, held-out cues", "object/ccneg_accuracy": "CC-Neg-style",
-           "object/absence_accuracy": "absence", "object/image_to_text_R@1_among_100": "I→T R@1/100",
-           "object/zero_shot_affirmative": "zero-shot objects"}
+COLUMNS = {
+    "object/scope_accuracy": "scope, held-out objects",
+    "template/scope_accuracy": "scope, held-out templates",
+    "cue/scope_accuracy": "scope, held-out cues",
+    "object/ccneg_accuracy": "CC-Neg-style",
+    "object/absence_accuracy": "absence",
+    "object/image_to_text_R@1_among_100": "I→T R@1/100",
+    "object/zero_shot_affirmative": "zero-shot objects",
+}
 SCOPE = [key for key in COLUMNS if key.endswith("/scope_accuracy")]
 
 
@@ -167,8 +224,9 @@ def evaluate(m):
 
 
 evaluated = {"frozen": evaluate(model), **{name: evaluate(m) for name, m in tuned.items()}}
-comparison = pd.DataFrame({name: {label: metrics[key] for key, label in COLUMNS.items()}
-                           for name, metrics in evaluated.items()}).T
+comparison = pd.DataFrame(
+    {name: {label: metrics[key] for key, label in COLUMNS.items()} for name, metrics in evaluated.items()}
+).T
 comparison
 
 # %%
@@ -213,14 +271,27 @@ if plan.blocks:
     variants = ["frozen", "selected"] + [v for v in ("front", "back", "all") if groups[v] != list(plan.blocks)]
 else:
     variants = ["frozen", "omni_front", "omni_back", "omni_whole"]
-ablation_config = AblationConfig(model=MODEL, loss=LOSS, loss_kwargs=LOSS_KWARGS, **TRAIN, n_train=N_TRAIN, seeds=SEEDS,
-                                 eval_n=EVAL_N, eval_n_classification=EVAL_N_CLASSIFICATION, variants=tuple(variants),
-                                 plan_path=str(plan_path) if plan.blocks else None,
-                                 extras="plan" if plan.blocks else ",".join(EXTRAS), device="cpu")
+ablation_config = AblationConfig(
+    model=MODEL,
+    loss=LOSS,
+    loss_kwargs=LOSS_KWARGS,
+    **TRAIN,
+    n_train=N_TRAIN,
+    seeds=SEEDS,
+    eval_n=EVAL_N,
+    eval_n_classification=EVAL_N_CLASSIFICATION,
+    variants=tuple(variants),
+    plan_path=str(plan_path) if plan.blocks else None,
+    extras="plan" if plan.blocks else ",".join(EXTRAS),
+    device="cpu",
+)
 started = time.perf_counter()
 ablation = AblationStudy(ablation_config, OUT / "ablation", progress=False).run()
-print(f"{len(ablation.executed)} runs in {(time.perf_counter() - started) / 60:.1f} min; wrote " +
-      ", ".join(p.name for p in ablation.outputs.values()) + f" in {OUT / 'ablation'}")
+print(
+    f"{len(ablation.executed)} runs in {(time.perf_counter() - started) / 60:.1f} min; wrote "
+    + ", ".join(p.name for p in ablation.outputs.values())
+    + f" in {OUT / 'ablation'}"
+)
 display(Markdown(markdown_table(ablation.summary, cost=False)))
 
 # %%
@@ -254,37 +325,61 @@ def scope_gain(name):
 
 
 findings = [
-    (f"**The plan:** the evidence supports {plans[first].describe()}; it was fine-tuned against {second} "
-     f"({plans[second].describe()})." if plan.blocks else
-     f"**No plan:** the evidence supported none ({plan.evidence['decision']['reason']}), so the anchor "
-     f"{first} ({plans[first].describe()}) was fine-tuned against {second} ({plans[second].describe()})."),
+    (
+        f"**The plan:** the evidence supports {plans[first].describe()}; it was fine-tuned against {second} "
+        f"({plans[second].describe()})."
+        if plan.blocks
+        else f"**No plan:** the evidence supported none ({plan.evidence['decision']['reason']}), so the anchor "
+        f"{first} ({plans[first].describe()}) was fine-tuned against {second} ({plans[second].describe()})."
+    ),
 ]
 for name in TRAINED:
     findings.append(
         f"**{name}** ({TRAIN['steps']} steps, seed 0): scope accuracy on held-out objects {change(name, SCOPE[0])}, "
         f"templates {change(name, SCOPE[1])}, cues {change(name, SCOPE[2])}; CC-Neg-style "
         f"{change(name, 'object/ccneg_accuracy')}; I→T R@1 {change(name, 'object/image_to_text_R@1_among_100')}, "
-        f"zero-shot {change(name, 'object/zero_shot_affirmative')}.")
+        f"zero-shot {change(name, 'object/zero_shot_affirmative')}."
+    )
 better = max(TRAINED, key=scope_gain)
-findings.append(f"**Scope gain, mean over the three held-out suites:** {first} {scope_gain(first):+.3f}, {second} "
-                f"{scope_gain(second):+.3f}: {better} gained more in this single run.")
+findings.append(
+    f"**Scope gain, mean over the three held-out suites:** {first} {scope_gain(first):+.3f}, {second} "
+    f"{scope_gain(second):+.3f}: {better} gained more in this single run."
+)
 entries = {entry["variant"]: entry["metrics"][SCOPE[0]] for entry in ablation.summary["variants"]}
 if len(SEEDS) > 1:
     trained = [v for v in entries if v != "frozen"]
-    separated = [(a, b) for i, a in enumerate(trained) for b in trained[i + 1:]
-                 if entries[a]["low"] > entries[b]["high"] or entries[b]["low"] > entries[a]["high"]]
-    findings.append(f"**The ablation** ({len(SEEDS)} seeds; scope on held-out objects, mean [95% interval]): "
-                    + ", ".join(f"{v} {m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]" for v, m in entries.items())
-                    + "; " + ("intervals separate " + ", ".join(f"{a} from {b}" for a, b in separated) if separated
-                              else "every pair of trained variants overlaps, so no variant is separated from another")
-                    + ".")
+    separated = [
+        (a, b)
+        for i, a in enumerate(trained)
+        for b in trained[i + 1 :]
+        if entries[a]["low"] > entries[b]["high"] or entries[b]["low"] > entries[a]["high"]
+    ]
+    findings.append(
+        f"**The ablation** ({len(SEEDS)} seeds; scope on held-out objects, mean [95% interval]): "
+        + ", ".join(f"{v} {m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]" for v, m in entries.items())
+        + "; "
+        + (
+            "intervals separate " + ", ".join(f"{a} from {b}" for a, b in separated)
+            if separated
+            else "every pair of trained variants overlaps, so no variant is separated from another"
+        )
+        + "."
+    )
 else:
-    findings.append("**The ablation** (1 seed, so no intervals; scope on held-out objects): "
-                    + ", ".join(f"{v} {m['mean']:.3f}" for v, m in entries.items()) + ".")
+    findings.append(
+        "**The ablation** (1 seed, so no intervals; scope on held-out objects): "
+        + ", ".join(f"{v} {m['mean']:.3f}" for v, m in entries.items())
+        + "."
+    )
 runs = {(r["variant"], r["seed"]): r["metrics"] for r in load_runs(OUT / "ablation" / "runs.jsonl")}
-gaps = {name: max(abs(runs[(name, 0)][key] - evaluated[name][key]) for key in COLUMNS)
-        for name in TRAINED if (name, 0) in runs}
-findings.append("**Reproducibility:** the ablation's seed-0 runs of " + " and ".join(gaps) + " differ from the runs "
-                f"above by at most {max(gaps.values()):.1g} in any metric.")
+gaps = {
+    name: max(abs(runs[(name, 0)][key] - evaluated[name][key]) for key in COLUMNS)
+    for name in TRAINED
+    if (name, 0) in runs
+}
+findings.append(
+    "**Reproducibility:** the ablation's seed-0 runs of " + " and ".join(gaps) + " differ from the runs "
+    f"above by at most {max(gaps.values()):.1g} in any metric."
+)
 display(Markdown("\n".join(f"- {finding}" for finding in findings)))
 print(f"notebook run time: {(time.perf_counter() - STARTED) / 60:.1f} min ({BUILD} build)")

@@ -107,3 +107,33 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def dataclass_from_dict(cls, data: Any):
+    """A (nested) dataclass from its `dataclasses.asdict` form as read back from JSON: nested dataclasses rebuilt,
+    lists back to tuples where the field holds a tuple. A TypeError or ValueError says what does not fit (a field
+    the class does not have, an object where a value is due)."""
+    import dataclasses
+    import typing
+
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
+    unknown = set(data) - {item.name for item in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no setting(s) {', '.join(sorted(unknown))}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for item in dataclasses.fields(cls):
+        if item.name not in data or not item.init:
+            continue
+        value, hint = data[item.name], hints[item.name]
+        options = [hint, *typing.get_args(hint)]
+        nested = next((option for option in options if dataclasses.is_dataclass(option)), None)
+        if nested is not None and isinstance(value, dict):
+            value = dataclass_from_dict(nested, value)
+        elif isinstance(value, list) and any(o is tuple or typing.get_origin(o) is tuple for o in options):
+            value = tuple(value)
+        values[item.name] = value
+    return cls(**values)

@@ -81,7 +81,7 @@ def evidence_default() -> str:
     localisation = set(_localisation_sentences())  # they have their own block (localisation-default)
     sentences = list(dict.fromkeys(s for s in report["summary"] if s not in localisation))
     run = report.get("run", {})
-    threads = run.get("arguments", {}).get("threads")
+    threads = run.get("threads", run.get("arguments", {}).get("threads"))  # older reports: the arguments
     timing = (f"\n\nThis run of `probe-layers` took {run['seconds'] / 60:.1f} min "
               f"({threads or 'default'} thread(s); the localisation included)." if run.get("seconds") else "")
     return "> " + "\n> ".join(sentences) + timing + "\n\n![evidence](docs/figures/evidence-default.png)"

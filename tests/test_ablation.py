@@ -276,15 +276,15 @@ QUICK_ARGS = [
     "2",
     "--batch-size",
     "16",
-    "--n-train",
+    "--train-examples",
     "32",
     "--warmup-steps",
     "1",
     "--lr",
     "1e-4",
-    "--eval-n",
+    "--eval-items",
     "100",
-    "--eval-classification",
+    "--eval-zero-shot",
     "36",
     "--no-progress",
     "--threads",
@@ -308,9 +308,14 @@ def test_cli_runs_a_study_and_a_second_call_has_nothing_left(small_embedded, tmp
 
 @pytest.mark.parametrize("extra, message", [
     (["--seeds", "0,x"], "--seeds must be a comma list"),
-    (["--loss-kwargs", "{bad"], "--loss-kwargs is not JSON"),
-    (["--loss-kwargs", '{"lam": 1}'], "loss 'conclip' takes no option(s) lam"),
-    (["--eval-n", "50"], "eval_n must be at least 100"),
+    (["--lam", "1"], "--lam do(es) not apply to --loss conclip"),
+    (["--terms", "1,4"], "--terms must be among 1, 2, 3"),
+    (["--seeds", "0,1,0"], "--seeds: 0 given more than once"),
+    (["--variants", "front,front"], "--variants: front given more than once"),
+    (["--selectors", "all"], "selectors are compared at the size of the toolkit's plan"),
+    (["--selectors", "magic"], "unknown selector(s) magic"),
+    (["--shard", "3/2"], "1 <= K <= N"),
+    (["--eval-items", "50"], "eval_n must be at least 100"),
     (["--pretrained", "x.pt"], "--pretrained does not go with the embedded model"),
     (["--variants", "frontal"], "unknown variant 'frontal'"),
     (["--variants", "layer_12"], "the text tower has 12 blocks"),
@@ -325,6 +330,19 @@ def test_cli_bad_arguments_are_one_line_errors(small_embedded, tmp_path, capsys,
     assert status == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_cli_old_flag_spellings_still_work(small_embedded, tmp_path, capsys):
+    """The old spellings run for one release and say what replaced them; --loss-kwargs still takes its JSON."""
+    old = [arg.replace("--train-examples", "--n-train").replace("--eval-items", "--eval-n") for arg in QUICK_ARGS]
+    status = main(old + ["--seeds", "0", "--variants", "frozen", "--loss", "omni", "--loss-kwargs", '{"lam": 0.5}',
+                         "--out", str(tmp_path)])
+    assert status == 0
+    err = capsys.readouterr().err
+    assert "--n-train is now --train-examples" in err and "--eval-n is now --eval-items" in err
+    assert "--loss-kwargs is now --terms" in err
+    config = json.loads((tmp_path / "config.json").read_text())["config"]
+    assert config["n_train"] == 32 and config["loss_kwargs"] == {"lam": 0.5}
 
 
 def test_cli_help_does_not_import_torch():

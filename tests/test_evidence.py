@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.evidence import EvidenceConfig, block_evidence
-from analysis.selection import SelectionConfig, select_layers
+from analysis.planning.evidence import EvidenceConfig, block_evidence
+from analysis.planning.selection import SelectionConfig, select_layers
 from probing.measure.layers import LayerMeasurements
 
 N_LAYERS = 6

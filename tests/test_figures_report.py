@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis.evidence import EvidenceConfig, block_evidence
+from analysis.planning.evidence import EvidenceConfig, block_evidence
+from analysis.planning.selection import SelectionConfig, select_layers
 from analysis.report.figures import (
     COLUMN_WIDTH,
     plot_all,
@@ -20,7 +21,6 @@ from analysis.report.figures import (
     plot_sensitivity,
 )
 from analysis.report.report import summary_sentences, write_report
-from analysis.selection import SelectionConfig, select_layers
 from probing.measure.layers import LayerMeasurements
 from tests.test_evidence import synthetic_measurements
 

@@ -133,17 +133,17 @@ def _umask() -> int:
 _SIGTERM_PROBE = """
 import sys, time
 from pathlib import Path
-from analysis.cli import common
+from analysis.cli.execution import run
 from probing.io import atomic_path
 
-def body(args):
+def body():
     with atomic_path(Path(sys.argv[1]) / "result.json") as tmp:
         tmp.write_text("half")
         Path(sys.argv[1], "writing").write_text("now")
         time.sleep(60)
     return 0
 
-sys.exit(common.run("probe", body, None))
+sys.exit(run("probe", body))
 """
 
 

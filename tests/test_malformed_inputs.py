@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from analysis.cli import ablate_layers, build_embedded, evaluate_negation, finetune_layers, make_negations, probe_layers
-from analysis.cli.common import MESSAGE_LIMIT
+from analysis.cli.execution import MESSAGE_LIMIT
 from tests.conftest import TEST_DATA, tiny_config
 
 COMMANDS = {"probe-layers": probe_layers.main, "finetune-layers": finetune_layers.main,
@@ -244,7 +244,7 @@ def case(prog: str, argv: str | list[str], message: str, **env: str) -> Case:
 
 
 # quick settings that reach the data, model and study checks without real work
-PL = "--model embedded:small --seeds 0 --null-models 2 --null-seeds 0 --measurements probes --no-progress"
+PL = "--model embedded:small --probe-seeds 0 --null-models 2 --null-probe-seeds 0 --measurements probes --no-progress"
 FT = "--model {tiny} --data synthetic --n-examples 8 --batch-size 4 --steps 2 --layers 0 --no-progress --no-tensorboard"
 EV = "--model {tiny} --image-root " + str(IMAGES) + " --no-progress --out {out}/ev"
 AB = ("--model embedded:small --steps 1 --batch-size 16 --n-train 32 --warmup-steps 1 --eval-n 100 "
@@ -254,13 +254,13 @@ PROBE_LAYERS = [
     case("probe-layers", f"{PL} --seed -1", "--seed: must be >= 0"),
     case("probe-layers", f"{PL} --seed 99999999999", "must be <= 4294967295"),
     case("probe-layers", f"{PL} --seed 1.5", "invalid int value: '1.5'"),
-    case("probe-layers", "--seeds 0,-1", "--seeds: each value must be >= 0"),
-    case("probe-layers", ["--seeds", ""], "--seeds is empty"),
-    case("probe-layers", "--null-seeds x,y", "--null-seeds must be a comma list"),
-    case("probe-layers", "--n-train abc", "must be an integer, got 'abc'"),
-    case("probe-layers", "--n-train 1e3", "must be an integer"),
-    case("probe-layers", "--n-train " + "9" * 5000, "must be an integer"),
-    case("probe-layers", "--n-test 5", "must be >= 10"),
+    case("probe-layers", "--probe-seeds 0,-1", "--probe-seeds: each value must be >= 0"),
+    case("probe-layers", ["--probe-seeds", ""], "--probe-seeds is empty"),
+    case("probe-layers", "--null-probe-seeds x,y", "--null-probe-seeds must be a comma list"),
+    case("probe-layers", "--probe-train abc", "must be an integer, got 'abc'"),
+    case("probe-layers", "--probe-train 1e3", "must be an integer"),
+    case("probe-layers", "--probe-train " + "9" * 5000, "must be an integer"),
+    case("probe-layers", "--probe-test 5", "must be >= 10"),
     case("probe-layers", "--batch-size 0", "must be >= 1"),
     case("probe-layers", "--batch-size 99999999999", "must be <= 2147483647"),
     case("probe-layers", "--share nan", "must be a finite number"),
@@ -299,7 +299,7 @@ PROBE_LAYERS = [
     case("probe-layers", f"{PL} --data {{ccneg_pt_garbage}} --out {{out}}/pl", "garbage.pt: torch.load cannot read it"),
     case("probe-layers", f"{PL} --data {{ccneg_pt_wrong}} --out {{out}}/pl", "image_paths should be a list"),
     case("probe-layers", f"{PL} --data {{jsonl_all_broken}} --out {{out}}/pl", "broken.jsonl"),
-    case("probe-layers", "--model {tiny} --pretrained {damaged_world} --seeds 0 --null-models 2 --out {out}/pl",
+    case("probe-layers", "--model {tiny} --pretrained {damaged_world} --probe-seeds 0 --null-models 2 --out {out}/pl",
          "damaged_world.safetensors has damaged metadata"),
     case("probe-layers", "--model {tiny} --pretrained {ccneg_pt_garbage} --out {out}/pl", "garbage.pt is corrupt"),
     case("probe-layers", "--model no-such-architecture --out {out}/pl", "unknown model name 'no-such-architecture'"),

@@ -1,7 +1,7 @@
 """`probe-layers` end to end on the small embedded build, its one-line errors, and an instant --help.
 
 The plan is checked against the saved numbers with an independent recomputation of the rule
-(pandas, straight from the formulas in analysis/selection.py's docstring).
+(pandas, straight from the formulas in analysis/planning/selection.py's docstring).
 """
 from __future__ import annotations
 
@@ -17,8 +17,27 @@ import pytest
 from analysis.cli import probe_layers as cli
 from finetune.plan import LayerPlan
 
-QUICK = ["--model", "embedded:small", "--n-train", "200", "--n-test", "60", "--seeds", "0,1", "--n-sensitivity", "60",
-         "--n-causal", "100", "--grad-batches", "2", "--grad-batch-size", "16", "--threads", "1", "--no-progress"]
+QUICK = [
+    "--model",
+    "embedded:small",
+    "--probe-train",
+    "200",
+    "--probe-test",
+    "60",
+    "--probe-seeds",
+    "0,1",
+    "--sensitivity-captions",
+    "60",
+    "--causal-items",
+    "100",
+    "--grad-batches",
+    "2",
+    "--grad-batch-size",
+    "16",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 def test_named_choices_are_the_librarys_own():
@@ -50,25 +69,28 @@ def test_help_is_instant_and_imports_no_torch():
     assert time.perf_counter() - start < 10  # interpreter start-up included; torch alone takes longer
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--share", "1.5"], "--share"),
-    (["--k", "0"], "--k"),
-    (["--n-test", "3"], "must be >= 10"),
-    (["--seeds", "a,b"], "--seeds"),
-    (["--measurements", "probes,magic"], "unknown magic"),
-    (["--measurements", "causal,sensitivity"], "needs probes"),
-    (["--measurements", "causal"], "needs probes"),
-    (["--rule", "auto_rgn", "--measurements", "probes"], "needs gradnorms"),
-    (["--alpha", "0"], "--alpha"),
-    (["--pretrained", "x.pt"], "does not go with the embedded model"),
-    (["--model", "embedded:huge"], "unknown embedded model 'huge'"),
-    (["--data", "/no/such/file.csv"], "no such file"),
-    (["--score-weights", "1,2"], "--score-weights"),
-    (["--grad-loss", "omni_absence", "--losses", "clip"], "not among --losses"),
-    (["--rule", "middle"], "invalid choice"),
-    (["--memory-budget", "0"], "--memory-budget: must be > 0"),
-    (["--token-budget", "0"], "--token-budget: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--share", "1.5"], "--share"),
+        (["--k", "0"], "--k"),
+        (["--probe-test", "3"], "must be >= 10"),
+        (["--probe-seeds", "a,b"], "--probe-seeds"),
+        (["--measurements", "probes,magic"], "unknown magic"),
+        (["--measurements", "causal,sensitivity"], "needs probes"),
+        (["--measurements", "causal"], "needs probes"),
+        (["--rule", "auto_rgn", "--measurements", "probes"], "needs gradnorms"),
+        (["--alpha", "0"], "--alpha"),
+        (["--pretrained", "x.pt"], "does not go with the embedded model"),
+        (["--model", "embedded:huge"], "unknown embedded model 'huge'"),
+        (["--data", "/no/such/file.csv"], "no such file"),
+        (["--score-weights", "1,2"], "--score-weights"),
+        (["--grad-loss", "omni_absence", "--losses", "clip"], "not among --losses"),
+        (["--rule", "middle"], "invalid choice"),
+        (["--memory-budget", "0"], "--memory-budget: must be > 0"),
+        (["--token-budget", "0"], "--token-budget: must be >= 1"),
+    ],
+)
 def test_bad_arguments_fail_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
@@ -84,13 +106,11 @@ def test_loader_and_model_errors_are_one_line(tmp_path, test_data, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("probe-layers: error:") and "broken.csv" in err and "\n" not in err
 
-    assert cli.main(["--data", str(test_data / "sugarcrepe"), "--no-progress",
-                                  "--out", str(tmp_path / "b")]) == 2
+    assert cli.main(["--data", str(test_data / "sugarcrepe"), "--no-progress", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
     assert "FoilPair records" in err and "\n" not in err
 
-    assert cli.main(["--data", str(broken), "--data-kind", "magic", "--no-progress",
-                                  "--out", str(tmp_path / "d")]) == 2
+    assert cli.main(["--data", str(broken), "--data-kind", "magic", "--no-progress", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown dataset kind 'magic'" in err and "\n" not in err
 
@@ -101,7 +121,7 @@ def test_loader_and_model_errors_are_one_line(tmp_path, test_data, capsys):
 
 def recompute_t(measured: dict, items: dict, component: str) -> np.ndarray:
     """The prediction t statistic per block, from measurements.json and items.npz with pandas / numpy
-    (no analysis.evidence code): probes from per-item correctness, gradnorms from the table."""
+    (no analysis.planning.evidence code): probes from per-item correctness, gradnorms from the table."""
     nulls = measured["meta"]["null_models"]
     if component == "probe":
         curves = {}
@@ -134,9 +154,24 @@ def test_end_to_end_on_the_small_build(small_embedded, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"wrote {out}/" in printed and "selected blocks: none: no block carries negation evidence" in printed
 
-    expected = ["causal.csv", "gradnorms.csv", "items.npz", "layer_plan.json", "measurements.json", "probes.csv",
-                "provenance.json", "report.json", "report.md", "selectivity.csv", "sensitivity.csv"]
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == expected
+    expected = [
+        "causal.csv",
+        "config.json",
+        "fisher.csv",
+        "gradnorms.csv",
+        "items.npz",
+        "layer_plan.json",
+        "measurements.json",
+        "measurements_long.csv",
+        "probes.csv",
+        "provenance.json",
+        "report.json",
+        "report.md",
+        "selectivity.csv",
+        "sensitivity.csv",
+    ]
+    found = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "measurements_long.parquet")
+    assert found == expected
     figures = {p.name for p in (out / "figures").iterdir()}
     for name in ("probe_accuracy", "selectivity", "sensitivity", "gradnorms", "evidence"):
         assert {f"{name}.png", f"{name}.pdf"} <= figures
@@ -157,14 +192,72 @@ def test_end_to_end_on_the_small_build(small_embedded, tmp_path, capsys):
     assert report["embedded_metrics"]["scope_accuracy"] >= 0 and report["model"]["n_layers"] == 12
     md = (out / "report.md").read_text()
     assert report["summary"][0] in md and "](figures/probe_accuracy.png)" in md and "No blocks:" in md
+    # the long table holds every wide table's numbers: each probe accuracy, read back through pandas
+    long = pd.read_csv(out / "measurements_long.csv")
+    probes = pd.DataFrame(measured["probes"])
+    task_rows = probes[probes["labels"] == "task"]
+    for _, row in task_rows.sample(20, random_state=0).iterrows():
+        match = long[
+            (long["tower"] == row["model"])
+            & (long["layer"] == row["layer"])
+            & (long["metric"] == f"probe_accuracy/{row['task']}/{row['split']}/{row['probe']}")
+        ]
+        assert match["value"].tolist() == pytest.approx([row["accuracy"]])
+    fisher = pd.DataFrame(measured["fisher"])
+    assert len(long[long["metric"].str.startswith("fisher/")]) == len(fisher) == 12 * len(cli.GRADNORM_LOSSES)
+    assert set(long["tower"]) == {"trained", "null:1", "null:2", "null:3"}
     print(f"probe-layers end to end: {elapsed:.1f} s")
+
+
+def test_a_run_re_runs_from_its_config_json_and_saves_activations(small_embedded, tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    quick = QUICK + ["--measurements", "probes", "--null-models", "2", "--rule", "topk", "--k", "1"]
+    cli.main(quick + ["--save-activations", "--out", str(first)])
+    config = json.loads((first / "config.json").read_text())
+    assert config["command"] == "probe-layers" and config["config"]["measure"]["seeds"] == [0, 1]
+    cli.main(["--config", str(first / "config.json"), "--no-progress", "--out", str(second)])
+    again = json.loads((second / "config.json").read_text())
+    assert again == config  # the same run, described the same way
+    a, b = (json.loads((folder / "measurements.json").read_text()) for folder in (first, second))
+    assert a["probes"] == b["probes"] and a["meta"]["tasks"] == b["meta"]["tasks"]
+    with pytest.raises(SystemExit):
+        cli.main(["--config", str(first / "config.json"), "--probe-train", "100", "--out", str(tmp_path / "x")])
+    assert "drop --probe-train" in capsys.readouterr().err
+    # the activations: one file per task, keyed by hook name, the captions in the manifest
+    from safetensors.numpy import load_file
+
+    manifest = json.loads((first / "activations" / "manifest.json").read_text())
+    assert manifest["hooks"][0] == "blocks.0.hook_resid_pre" and manifest["hooks"][-1] == "blocks.11.hook_resid_post"
+    states = load_file(str(first / "activations" / manifest["sets"]["negation"]["file"]))
+    assert set(states) == set(manifest["hooks"])
+    assert states["blocks.11.hook_resid_post"].shape == (manifest["sets"]["negation"]["n"], manifest["d_model"])
+
+
+def test_old_flag_spellings_still_work_and_say_what_replaced_them(capsys):
+    args = cli.build_parser().parse_args(["--n-train", "300", "--seeds", "0,1", "--out", "x"])
+    assert args.probe_train == 300 and args.probe_seeds == "0,1"
+    err = capsys.readouterr().err
+    assert "--n-train is now --probe-train" in err and "--seeds is now --probe-seeds" in err
 
 
 def test_real_data_mode_probes_real_captions(small_embedded, test_data, tmp_path, capsys):
     out = tmp_path / "real"
-    argv = QUICK + ["--data", str(test_data / "coco_mini/annotations/instances_val2017.json"),
-                    "--image-root", str(test_data / "coco_mini/val2017"), "--measurements", "probes,gradnorms",
-                    "--null-models", "2", "--rule", "auto_rgn", "--rgn-floor", "0.3", "--out", str(out)]
+    argv = QUICK + [
+        "--data",
+        str(test_data / "coco_mini/annotations/instances_val2017.json"),
+        "--image-root",
+        str(test_data / "coco_mini/val2017"),
+        "--measurements",
+        "probes,gradnorms",
+        "--null-models",
+        "2",
+        "--rule",
+        "auto_rgn",
+        "--rgn-floor",
+        "0.3",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 1  # 2 null models: 1 degree of freedom, no evidence can pass
     measured = json.loads((out / "measurements.json").read_text())
     assert measured["meta"]["tasks"]["negation"]["source"] == "real"
@@ -175,8 +268,15 @@ def test_real_data_mode_probes_real_captions(small_embedded, test_data, tmp_path
     data = measured["meta"]["data"]
     assert set(data) == {"probes", "gradnorms"} and {d["kind"] for d in data.values()} == {"real"}
     assert data["gradnorms"]["source"].endswith("instances_val2017.json") and data["gradnorms"]["batch_size"] == 16
-    assert measured["meta"]["completed"] == ["probes/trained", "gradnorms/trained", "probes/null:1", "gradnorms/null:1",
-                                             "probes/null:2", "gradnorms/null:2"]
+    assert measured["meta"]["completed"] == [
+        "probes/trained",
+        "gradnorms/trained",
+        "fisher/trained",
+        "probes/null:1",
+        "gradnorms/null:1",
+        "probes/null:2",
+        "gradnorms/null:2",
+    ]
     assert "instances_val2017.json" in " ".join(json.loads((out / "report.json").read_text())["summary"])
     assert LayerPlan.load(out / "layer_plan.json").blocks == []
     assert (out / "figures" / "gradnorms.png").is_file() and not (out / "figures" / "sensitivity.png").exists()
@@ -192,10 +292,37 @@ def test_open_clip_config_with_a_checkpoint_file(write_config, tmp_path, capsys)
     model, _, _ = load_clip(config)
     checkpoint = save_clip_checkpoint(model, tmp_path / "tiny.safetensors", model_name="tiny-probe")
     out = tmp_path / "tiny"
-    argv = ["--model", str(config), "--pretrained", str(checkpoint), "--n-train", "100", "--n-test", "40",
-            "--seeds", "0", "--null-seeds", "0", "--null-models", "2", "--measurements", "probes,sensitivity,gradnorms",
-            "--grad-batches", "1", "--grad-batch-size", "8", "--n-sensitivity", "30", "--rule", "topk", "--k", "2",
-            "--no-progress", "--out", str(out)]
+    argv = [
+        "--model",
+        str(config),
+        "--pretrained",
+        str(checkpoint),
+        "--probe-train",
+        "100",
+        "--probe-test",
+        "40",
+        "--probe-seeds",
+        "0",
+        "--null-probe-seeds",
+        "0",
+        "--null-models",
+        "2",
+        "--measurements",
+        "probes,sensitivity,gradnorms",
+        "--grad-batches",
+        "1",
+        "--grad-batch-size",
+        "8",
+        "--sensitivity-captions",
+        "30",
+        "--rule",
+        "topk",
+        "--k",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) in (0, 1)
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["pretrained"] == str(checkpoint) and report["model"]["n_layers"] == 3
@@ -217,10 +344,35 @@ def test_a_random_tower_gets_no_plan_against_ten_null_models(write_config, tmp_p
     model, _, _ = load_clip(config)
     checkpoint = save_clip_checkpoint(model, tmp_path / "random.safetensors", model_name="tiny-random")
     out = tmp_path / "random"
-    argv = ["--model", str(config), "--pretrained", str(checkpoint), "--n-train", "160", "--n-test", "60",
-            "--seeds", "0,1", "--null-models", "10", "--measurements", "probes,sensitivity,gradnorms",
-            "--grad-batches", "2", "--grad-batch-size", "16", "--n-sensitivity", "60", "--seed", str(seed),
-            "--threads", "1", "--no-progress", "--out", str(out)]
+    argv = [
+        "--model",
+        str(config),
+        "--pretrained",
+        str(checkpoint),
+        "--probe-train",
+        "160",
+        "--probe-test",
+        "60",
+        "--probe-seeds",
+        "0,1",
+        "--null-models",
+        "10",
+        "--measurements",
+        "probes,sensitivity,gradnorms",
+        "--grad-batches",
+        "2",
+        "--grad-batch-size",
+        "16",
+        "--sensitivity-captions",
+        "60",
+        "--seed",
+        str(seed),
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 1
     report = json.loads((out / "report.json").read_text())
     assert LayerPlan.load(out / "layer_plan.json").blocks == []
@@ -229,7 +381,7 @@ def test_a_random_tower_gets_no_plan_against_ten_null_models(write_config, tmp_p
     for name, component in components.items():
         assert component["n_null"] == 10 and not any(component["significant"])
         assert max(component["z"]) < component["critical"], (name, component["z"], component["critical"])
-    # the t statistics of the gradient norms, recomputed from the tables without analysis.evidence
+    # the t statistics of the gradient norms, recomputed from the tables without analysis.planning.evidence
     measured = json.loads((out / "measurements.json").read_text())
     t = recompute_t(measured, {}, "gradnorm")
     assert t == pytest.approx(components["gradnorm"]["z"], abs=1e-6)

@@ -169,9 +169,35 @@ def test_finetune_on_coco_instances_and_provenance(coco, tiny, tmp_path, capsys)
 def test_probe_layers_writes_provenance(coco, tiny, tmp_path, capsys):
     instances, root = coco
     out = tmp_path / "probe"
-    argv = ["--model", str(tiny), "--data", str(instances), "--image-root", str(root), "--measurements", "probes",
-            "--null-models", "0", "--rule", "topk", "--k", "1", "--n-train", "40", "--n-test", "20", "--seeds", "0",
-            "--threads", "1", "--workers", "0", "--no-progress", "--out", str(out)]
+    argv = [
+        "--model",
+        str(tiny),
+        "--data",
+        str(instances),
+        "--image-root",
+        str(root),
+        "--measurements",
+        "probes",
+        "--null-models",
+        "0",
+        "--rule",
+        "topk",
+        "--k",
+        "1",
+        "--probe-train",
+        "40",
+        "--probe-test",
+        "20",
+        "--probe-seeds",
+        "0",
+        "--threads",
+        "1",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert probe_layers.main(argv) in (0, 1)
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["command"] == ["probe-layers", *argv]
@@ -199,8 +225,10 @@ def test_finetune_on_negbench_with_a_missing_image_strict_and_skipping(test_data
     assert "retrieval.csv, row " in err and "000000999999.jpg" in err and "Traceback" not in err
     assert not (run / "model.safetensors").exists()
     run = tmp_path / "skipping"
-    assert finetune_layers.main(train_args(tiny, run, "--data", str(small), "--image-root", str(root),
-                                           "--skip-missing")) == 0
+    assert (
+        finetune_layers.main(train_args(tiny, run, "--data", str(small), "--image-root", str(root), "--skip-missing"))
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"{small}: loaded " in printed and ", skipped 1," in printed and "skipped 1: image not found" in printed
     assert metric_steps(run) == [1, 2]
@@ -219,6 +247,7 @@ def test_a_small_ccneg_file_has_train_and_eval_rows_and_trains(coco, tiny, tmp_p
 
 
 # --- delta checkpoints ---------------------------------------------------------------------------------
+
 
 def test_delta_checkpoint_holds_the_trained_tensors_and_needs_its_base(tiny, tmp_path):
     from safetensors.torch import load_file
@@ -241,9 +270,19 @@ def test_delta_checkpoint_holds_the_trained_tensors_and_needs_its_base(tiny, tmp
     base = save_clip_checkpoint(model, tmp_path / "base" / "base.safetensors", model_name="tiny-real")
     model, preprocess, tokenizer = load_clip(str(tiny), str(base))
     examples = SyntheticWorld(WorldConfig(image_size=32), seed=0).examples(16, "train", seed=0)
-    config = TrainConfig(loss="conclip", lr=1e-3, warmup_steps=1, steps=2, batch_size=8, out_dir=str(tmp_path / "run"),
-                         model_name="tiny-real", progress=False, tensorboard=False, feature_cache=False,
-                         base={"path": str(base), "reference": ""})
+    config = TrainConfig(
+        loss="conclip",
+        lr=1e-3,
+        warmup_steps=1,
+        steps=2,
+        batch_size=8,
+        out_dir=str(tmp_path / "run"),
+        model_name="tiny-real",
+        progress=False,
+        tensorboard=False,
+        feature_cache=False,
+        base={"path": str(base), "reference": ""},
+    )
     result = train(model, tokenizer, preprocess, examples, LayerPlan(blocks=[1]), config)
     delta = Path(result.model_path)
     stored = load_file(str(delta))
@@ -257,8 +296,10 @@ def test_delta_checkpoint_holds_the_trained_tensors_and_needs_its_base(tiny, tmp
     reloaded, _, _ = load_clip(str(tiny), str(delta))
     trained = model.state_dict()
     assert all(torch.equal(value, trained[key].cpu()) for key, value in reloaded.state_dict().items())
-    assert not torch.equal(reloaded.transformer.resblocks[1].attn.in_proj_weight,
-                           load_clip(str(tiny), str(base))[0].transformer.resblocks[1].attn.in_proj_weight)
+    assert not torch.equal(
+        reloaded.transformer.resblocks[1].attn.in_proj_weight,
+        load_clip(str(tiny), str(base))[0].transformer.resblocks[1].attn.in_proj_weight,
+    )
     # a base with other weights, then no base at all: a clear error naming it
     torch.manual_seed(8)
     save_clip_checkpoint(load_clip(str(tiny))[0], base, model_name="tiny-real")

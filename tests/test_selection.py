@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from analysis.evidence import EvidenceConfig, block_evidence
-from analysis.selection import (
+from analysis.planning.evidence import EvidenceConfig, block_evidence
+from analysis.planning.selection import (
     SelectionConfig,
     SelectionError,
     choose,

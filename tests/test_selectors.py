@@ -1,4 +1,4 @@
-"""The baseline layer selectors (analysis.selectors): their rankings on planted measurements, the Fisher
+"""The baseline layer selectors (analysis.planning.selectors): their rankings on planted measurements, the Fisher
 information against a direct computation, and a planted tower whose answer is known (one live block among dead
 ones: gradient-based selectors must pick it), plus the selector table read off validity results."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.selectors import SELECTORS, missing_selectors, selector_plans, top_k
+from analysis.planning.selectors import SELECTORS, missing_selectors, selector_plans, top_k
 from probing.clip.loading import load_clip
 from probing.measure.gradnorms import fisher_information
 from probing.measure.layers import TABLES, LayerMeasurements

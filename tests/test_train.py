@@ -338,13 +338,13 @@ def test_cli_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message)
 
 
 def test_cli_default_model_is_the_shipped_embedded_model(small_embedded, tmp_path, capsys, monkeypatch):
-    from analysis.cli import common
     from analysis.cli.finetune_layers import main
-    from probing.models.factory import create_model
+    from probing.models import factory
 
     asked = []
-    monkeypatch.setattr(common, "load_model", lambda args, seed=0: asked.append(args.model) or
-                        create_model("embedded:small", seed=seed))  # the default model, at smoke-test size
+    real = factory.create_model
+    monkeypatch.setattr(factory, "create_model", lambda name, pretrained=None, device="cpu", seed=0: asked.append(name)
+                        or real("embedded:small", seed=seed))  # the default model, at smoke-test size
     args = [
         "--layers",
         "0",

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from analysis.selectors import SELECTORS
+from analysis.planning.selectors import SELECTORS
 from finetune.options import LossOptionError, check_loss_options
-from finetune.train import MAX_LEARNING_RATE, MAX_SEED
-from finetune.vocabulary import EXTRAS
+from finetune.vocabulary import EXTRAS, MAX_LEARNING_RATE, MAX_SEED
 from probing.models.embedded import embedded_model, is_embedded
 
 # AblationConfig fields that change results: a restarted study must keep them
@@ -51,13 +50,15 @@ class AblationConfig:
     eval_mcq: int | None = None  # four-way multiple-choice items on the held-out-object suite (None: eval_n; 0: none)
     variants: tuple[str, ...] | None = None  # None: every variant, single-layer sweep included
     plan_path: str | None = None  # the "selected" variant's layer plan
-    # baseline selectors (analysis.selectors) whose plans join the study, judged by analysis.ablation.selector_table;
-    # they read the measurements probe-layers saved beside the plan file
+    # baseline selectors (analysis.planning.selectors) whose plans join the study, judged by
+    # analysis.ablation.selector_table; they read the measurements probe-layers saved beside the plan file
     selectors: tuple[str, ...] | None = None
     extras: str = "none"  # "none", "plan" or a comma list among EXTRAS; the same for every trained variant
     device: str = "auto"
     ckpt_every: int = 100  # trainer checkpoints, so that a run interrupted mid-training continues
     keep_models: bool = False  # keep each run's weights and checkpoints (disk: one model per run)
+    num_workers: int = 0  # DataLoader processes that decode images for the trainer's image features
+    feature_cache: bool = True  # image features through the disk cache (probing.features.cache)
 
     def __post_init__(self) -> None:
         self.seeds = tuple(self.seeds)
@@ -69,6 +70,10 @@ class AblationConfig:
         if self.eval_mcq is None:
             self.eval_mcq = self.eval_n
         _check_config(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting, JSON-ready (config.json; probing.io.dataclass_from_dict reads it back)."""
+        return json.loads(json.dumps(asdict(self)))
 
     def study_settings(self) -> dict[str, Any]:
         """The settings every run of a study shares (JSON types, comparable after a round trip)."""

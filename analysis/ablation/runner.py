@@ -45,7 +45,7 @@ from analysis.ablation.variants import (
     resolve_variants,
     variant_plans,
 )
-from analysis.selectors import RANDOM_WINDOW, SelectorPlan, missing_selectors, selector_plans
+from analysis.planning.selectors import RANDOM_WINDOW, SelectorPlan, missing_selectors, selector_plans
 from finetune.checkpoint import latest_checkpoint
 from finetune.freezing import planned_parts
 from finetune.train import TrainConfig, train
@@ -212,7 +212,8 @@ class AblationStudy:
                            batch_size=config.batch_size, seed=seed, device=config.device,
                            log_every=max(1, config.steps // 20), ckpt_every=config.ckpt_every,
                            out_dir=str(self.run_dir(variant, seed)), resume=True, model_name=self.base.model_name,
-                           tensorboard=False, progress=False)
+                           tensorboard=False, progress=False, image_workers=config.num_workers,
+                           feature_cache=config.feature_cache)
 
     def run_one(self, variant: str, seed: int) -> dict[str, Any]:
         """Train a fresh copy of the base model as `variant` with `seed`, evaluate it, return its record."""

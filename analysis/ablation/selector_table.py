@@ -1,4 +1,4 @@
-"""The selector table: per target and selector (analysis.selectors), the plan it chose, what the plan costs in
+"""The selector table: per target and selector (analysis.planning.selectors), the plan it chose, what the plan costs in
 trainable parameters, what it gained in the ablation (with interval), its ratio to the best plan of its size and
 of any size, and the toolkit's plan minus it (a paired bootstrap interval: positive beyond the noise means the
 toolkit's plan is strictly better). Read off the validity results (analysis.ablation.validity), whose plan
@@ -15,8 +15,8 @@ from typing import Sequence
 
 from analysis.ablation.validity import RANDOM_WINDOW_PREFIX, TARGETS, Validity
 from analysis.ablation.variants import set_name
-from analysis.selection import describe_blocks
-from analysis.selectors import RANDOM_WINDOW, SelectorPlan
+from analysis.planning.selection import describe_blocks
+from analysis.planning.selectors import RANDOM_WINDOW, SelectorPlan
 from probing.io import atomic_write_json, atomic_write_text
 
 COLUMNS = ("target", "selector", "blocks", "variant", "trainable", "gain", "gain_low", "gain_high", "ratio",

@@ -40,7 +40,7 @@ import numpy as np
 from scipy import stats
 
 from analysis.ablation.variants import sweep_layer, variant_blocks, window_name, windows_of
-from analysis.selection import describe_blocks
+from analysis.planning.selection import describe_blocks
 
 TARGET_RATIO = 0.95
 HEADLINE_TARGET = "scope"

@@ -18,15 +18,19 @@ import argparse
 import math
 import sys
 
-from analysis.cli import common
-from analysis.cli.common import positive_int, seed, threads
+from analysis.cli import arguments as a
+from analysis.cli.arguments import positive_int, seed, threads
+from analysis.cli.execution import (
+    UsageError,
+    run,
+)
 from probing.models.embedded import EMBEDDED, NAMES, REGISTRY
 
 PROG = "build-embedded"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = common.CommandParser(PROG, __doc__)
+    parser = a.CommandParser(PROG, __doc__)
     parser.add_argument("--spec", choices=NAMES, default="default",
                         help="'small' is the seconds-long smoke-test build; "
                              + ", ".join(n for n in NAMES if REGISTRY[n].shipped is None)
@@ -43,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return common.run(PROG, build, args)
+    return run(PROG, lambda: build(args))
 
 
 def recorded_metrics(path) -> dict:
@@ -80,7 +84,7 @@ def build(args: argparse.Namespace) -> int:
         print(f"shipped model {EMBEDDED}:{shipped_name}: {shipped_path}")
     if entry.shipped and spec == entry.spec and not args.rebuild:
         if shipped is None:
-            raise common.UsageError("nothing to show: pass --rebuild to build the model into the cache")
+            raise UsageError("nothing to show: pass --rebuild to build the model into the cache")
         print(f"held-out synthetic scenes ({spec.eval_scenes}); pretrained in {minutes:.1f} min when it was built:")
         print(format_metrics(shipped))
         print("(`build-embedded --rebuild` pretrains it again into the cache and compares)")
@@ -94,7 +98,7 @@ def build(args: argparse.Namespace) -> int:
     try:
         path = ensure_embedded_model(spec, rebuild=args.rebuild, progress=not args.no_progress)
     except CacheError as error:
-        raise common.UsageError(str(error)) from None
+        raise UsageError(str(error)) from None
     built = recorded_metrics(path)
     print(f"this build (seed {spec.seed}, {spec.steps} steps, {spec.threads} thread(s)): {path}")
     print(format_metrics(built, compare=shipped))

@@ -25,8 +25,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.cli import common
-from analysis.cli.common import positive_int
+from analysis.cli import arguments as a
+from analysis.cli.arguments import positive_int
+from analysis.cli.execution import (
+    EXIT_USAGE,
+    UsageError,
+    apply_threads,
+    one_line,
+    run,
+)
 
 PROG = "evaluate-negation"
 OUTPUT_JSON = "evaluation.json"
@@ -48,8 +55,8 @@ FILE_HELP = {
 def build_parser() -> argparse.ArgumentParser:
     from analysis.evaluation.benchmarks import BENCHMARKS, FILE_OPTIONS  # no torch behind these imports
 
-    parser = common.CommandParser(PROG, __doc__)
-    common.add_model_arguments(parser)
+    parser = a.CommandParser(PROG, __doc__)
+    a.add_model_arguments(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--data-root", type=Path,
                       help=f"folder laid out like the shared data (default: {DEFAULT_DATA_ROOT} if it exists)")
@@ -81,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--synthetic-image-size", type=positive_int,
                            help="side of the rendered images (default: the world the checkpoint records, "
                                 "else the model's image size)")
-    run = common.add_run_arguments(parser)
+    run = a.add_run_arguments(parser)
     run.add_argument("--batch-size", type=positive_int, default=256)
-    run.add_argument("--seed", type=common.seed, default=0,
+    run.add_argument("--seed", type=a.seed, default=0,
                      help="seed of the synthetic world, the generator and random weights")
     run.add_argument("--out", type=Path, required=True, help=f"output folder ({OUTPUT_JSON}, {OUTPUT_MD})")
     return parser
@@ -113,7 +120,7 @@ def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         which = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
         if not which:
             parser.error("--benchmarks is empty")
-    common.check_model_arguments(args, parser)
+    a.check_model_arguments(args, parser)
     try:
         files = {name: getattr(args, option[2:].replace("-", "_")) or [] for name, option in FILE_OPTIONS.items()}
         sources = Sources(data_root=data_root, image_root=args.image_root, image_roots=roots, files=files,
@@ -123,7 +130,7 @@ def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(str(error))
     if not plan.runnable:
         parser.error("no benchmark can run: " + "; ".join(f"{k}: {v}" for k, v in plan.not_run.items()))
-    common.check_output_folder(args.out, "--out", parser)
+    a.check_output_folder(args.out, "--out", parser)
     return sources, which, plan
 
 
@@ -131,19 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.sources, args.which, args.benchmark_plan = sources_from_args(args, parser)
-    return common.run(PROG, evaluate, args)
+    return run(PROG, lambda: evaluate(args))
 
 
 def evaluate(args: argparse.Namespace) -> int:
     from analysis.evaluation.evaluate import cut_notes, evaluate_all, markdown_table, published_comparison
     from probing.io import atomic_write_json, atomic_write_text, sweep_temporaries
+    from probing.models.factory import create_model
     from probing.synthetic.record import default_world
 
-    common.apply_threads(args)
+    apply_threads(args.threads)
     plan, sources = args.benchmark_plan, args.sources
     for name, why in plan.not_run.items():
         print(f"not run: {name}: {why}", file=sys.stderr)
-    bundle = common.load_model(args, seed=args.seed)
+    bundle = create_model(args.model, args.pretrained, device=args.device, seed=args.seed)
     world = bundle.world  # the world the checkpoint records, else the default world at the model's image size
     if args.synthetic_image_size is not None:
         world = default_world(args.synthetic_image_size, seed=world.seed if world is not None else args.seed)
@@ -151,7 +159,7 @@ def evaluate(args: argparse.Namespace) -> int:
     not_run = dict(plan.not_run)
     if world is None and "synthetic" in which:
         if args.which is not None:
-            raise common.UsageError(f"benchmark 'synthetic' cannot run: {bundle.world_note}")
+            raise UsageError(f"benchmark 'synthetic' cannot run: {bundle.world_note}")
         which = [name for name in which if name != "synthetic"]
         not_run["synthetic"] = bundle.world_note
     result = evaluate_all(
@@ -172,8 +180,8 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"{PROG}: note: {line}", file=sys.stderr)
     print(f"wrote {json_path} and {md_path}", flush=True)
     for name, why in result["failed"].items():
-        print(f"{PROG}: error: {common.one_line(f'{name} failed: {why}')}", file=sys.stderr)
-    return common.EXIT_USAGE if result["failed"] else 0
+        print(f"{PROG}: error: {one_line(f'{name} failed: {why}')}", file=sys.stderr)
+    return EXIT_USAGE if result["failed"] else 0
 
 
 if __name__ == "__main__":

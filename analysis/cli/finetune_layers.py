@@ -28,7 +28,7 @@ its own examples: Omni-NegCLIP's absence loss on COCO beside its presence loss o
 MCQ loss on MCQ items beside its contrastive loss.
 
 torch and open_clip are imported inside `main`, after parsing, so that `--help` is instant. Exit
-status as every command's (analysis.cli.common): 2 for a wrong argument, data file, model, layer plan,
+status as every command's (analysis.cli.execution): 2 for a wrong argument, data file, model, layer plan,
 recipe or resume; 1 when training stops because the loss or the weights stopped being finite.
 """
 from __future__ import annotations
@@ -38,10 +38,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from analysis.cli import common
-from analysis.cli.common import (
+from analysis.cli import arguments as a
+from analysis.cli.arguments import (
     device_name,
-    finite_float,
     learning_rate,
     non_negative_float,
     non_negative_int,
@@ -49,7 +48,13 @@ from analysis.cli.common import (
     positive_int,
     seed,
 )
-from finetune.vocabulary import EXTRAS, LOSS_NAMES, LOSS_OPTIONS, MCQ_LOSSES, MIX_PARTS
+from analysis.cli.execution import (
+    Unsupported,
+    UsageError,
+    apply_threads,
+    run,
+)
+from finetune.vocabulary import EXTRAS, LOSS_NAMES, MCQ_LOSSES
 from probing.vocabulary import DATA_KINDS
 
 PROG = "finetune-layers"
@@ -60,11 +65,11 @@ SPLITS = ("train", "eval", "all")  # probing.data.ccneg.SPLITS
 def build_parser() -> argparse.ArgumentParser:
     from finetune.recipe import recipes_help
 
-    parser = common.CommandParser(PROG, __doc__)
+    parser = a.CommandParser(PROG, __doc__)
     parser.epilog = (parser.epilog or "") + "\n\nRecipes (--recipe NAME):\n" + recipes_help()
     parser.add_argument("--recipe", help="a shipped recipe (listed below) or a recipe JSON file: its settings become "
                                          "the defaults; flags given here override them")
-    common.add_model_arguments(parser, device=False)
+    a.add_model_arguments(parser, device=False)
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic",
                       help="'synthetic', or a data file the loaders read (CC-Neg .pt/.csv/.jsonl, COCO captions, "
@@ -102,15 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--loss-weight", type=positive_float, default=1.0, help="weight of --loss in the step's total")
     loss.add_argument("--second-loss", choices=LOSS_NAMES, help="the loss of the second data source")
     loss.add_argument("--second-weight", type=positive_float, default=1.0, help="weight of --second-loss")
-    loss.add_argument("--terms", help="CoN-CLIP terms to use, e.g. '1' or '1,2,3' (default: all available)")
-    loss.add_argument("--weights", help="with --loss mix: weights such as 'scope_pair=1,clip=1'; parts not listed "
-                                        f"get 0 (keys: {', '.join(MIX_PARTS)})")
-    loss.add_argument("--lam", type=non_negative_float, help="Omni-NegCLIP weight of the absence loss (default 1)")
-    loss.add_argument("--lambda-o", type=non_negative_float,
-                      help="Omni-NegCLIP weight of the original-caption term (default 1)")
-    loss.add_argument("--lambda-t", type=non_negative_float, help="Omni-NegCLIP weight of the hinge (default 1)")
-    loss.add_argument("--margin", type=finite_float,
-                      help="Omni-NegCLIP hinge margin m, in [-2, 2] (default 0.9, the authors' runs)")
+    a.add_loss_options(loss)
     layers = parser.add_argument_group("what trains (the image tower is always frozen)")
     layers.add_argument("--plan", help="layer plan JSON (as written by the layer selector)")
     layers.add_argument("--layers", help="text blocks to train, e.g. '0-5', '0,1,2' or 'all' (one of --plan, --layers)")
@@ -136,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--grad-accum", type=positive_int, default=1)
     optim.add_argument("--clip-grad-norm", type=non_negative_float, default=1.0, help="0 turns clipping off")
     optim.add_argument("--seed", type=seed, default=0)
-    run = common.add_run_arguments(parser)
+    run = a.add_run_arguments(parser)
     run.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--precision", choices=PRECISIONS, default="bf16",
                      help="on CUDA: bf16 autocast, fp16 autocast with a gradient scaler, or fp32 (CPU: always fp32)")
@@ -200,9 +197,9 @@ def recipe_defaults(settings: dict, recipe: str, parser: argparse.ArgumentParser
             continue
         if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
             if not isinstance(value, bool):
-                parser.error(f"{where} must be true or false, got {common.shown(value)}")
+                parser.error(f"{where} must be true or false, got {a.shown(value)}")
         elif isinstance(value, (dict, list, bool)):
-            parser.error(f"{where} must be a number or a string, got {common.shown(value)}")
+            parser.error(f"{where} must be a number or a string, got {a.shown(value)}")
         else:
             if action.type is not None:
                 try:
@@ -210,66 +207,9 @@ def recipe_defaults(settings: dict, recipe: str, parser: argparse.ArgumentParser
                 except (argparse.ArgumentTypeError, ValueError) as error:
                     parser.error(f"{where} {error}")
             if action.choices is not None and value not in action.choices:
-                parser.error(f"{where}: {common.shown(value)} is not one of {', '.join(map(str, action.choices))}")
+                parser.error(f"{where}: {a.shown(value)} is not one of {', '.join(map(str, action.choices))}")
         checked[name] = value
     return checked
-
-
-def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[dict, dict]:
-    """The options of the loss and of the second loss, refusing those that neither takes."""
-    given = {name: getattr(args, name) for name in ("terms", "lam", "lambda_o", "lambda_t", "margin", "weights")
-             if getattr(args, name) is not None}
-    losses = [args.loss] + ([args.second_loss] if args.second_loss else [])
-    foreign = sorted(name for name in given if not any(name in LOSS_OPTIONS.get(loss, ()) for loss in losses))
-    if foreign:
-        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
-        parser.error(f"{flags} do(es) not apply to --loss {' / --second-loss '.join(losses)}")
-    if "terms" in given:
-        try:
-            given["terms"] = [int(t) for t in str(given["terms"]).split(",")]
-        except ValueError:
-            parser.error(f"--terms must list term numbers such as '1,2,3', got {args.terms!r}")
-        if not given["terms"] or not set(given["terms"]) <= {1, 2, 3}:
-            parser.error(f"--terms must be among 1, 2, 3, got {args.terms!r}")
-    if "weights" in given:
-        given["weights"] = _mix_weights(given["weights"], parser)
-
-    def options_of(loss: str) -> dict:
-        options = {}
-        for name in LOSS_OPTIONS.get(loss, ()):
-            if name not in given:
-                continue
-            if name == "weights":
-                options.update(given[name])
-            else:  # the mix takes Omni-NegCLIP's options for its omni part
-                options["omni_" + name if loss == "mix" and name != "terms" else name] = given[name]
-        return options
-
-    first, second = options_of(args.loss), options_of(args.second_loss) if args.second_loss else {}
-    from finetune.options import LossOptionError, check_loss_options
-
-    for loss, options in ((args.loss, first), (args.second_loss, second)):
-        try:
-            if loss:
-                check_loss_options(loss, options)
-        except LossOptionError as error:
-            parser.error(str(error))
-    return first, second
-
-
-def _mix_weights(text: str, parser: argparse.ArgumentParser) -> dict[str, float]:
-    """The mix's weights; a part not listed gets 0, so the command line says the whole mix."""
-    known = MIX_PARTS
-    weights = dict.fromkeys(known, 0.0)
-    for item in str(text).split(","):
-        name, _, value = item.partition("=")
-        if name.strip() not in known:
-            parser.error(f"--weights: unknown loss {common.shown(name.strip())}; known: {', '.join(known)}")
-        try:
-            weights[name.strip()] = non_negative_float(value)
-        except argparse.ArgumentTypeError as error:
-            parser.error(f"--weights {name.strip()}: {error} (items look like 'conclip=1')")
-    return weights
 
 
 def _betas(text: str, parser: argparse.ArgumentParser) -> tuple[float, float]:
@@ -278,7 +218,7 @@ def _betas(text: str, parser: argparse.ArgumentParser) -> tuple[float, float]:
     except ValueError:
         betas = ()
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        parser.error(f"--betas takes two numbers in [0, 1) such as '0.9,0.98', got {common.shown(text)}")
+        parser.error(f"--betas takes two numbers in [0, 1) such as '0.9,0.98', got {a.shown(text)}")
     return betas
 
 
@@ -311,11 +251,11 @@ def load_examples(args: argparse.Namespace, world, *, second: bool = False) -> l
     batch_size = (args.second_batch_size or args.batch_size) if second else args.batch_size
     if source == "synthetic":
         if loss in MCQ_LOSSES:
-            raise common.UsageError(f"{flag}loss {loss} reads MCQ items: give {flag}data a NegBench MCQ file "
+            raise UsageError(f"{flag}loss {loss} reads MCQ items: give {flag}data a NegBench MCQ file "
                                     "(the synthetic world has none)")
         n = args.second_n_examples or args.n_examples if second else args.n_examples
         if n < batch_size:
-            raise common.UsageError(f"{flag}data synthetic: {n} examples ({flag}n-examples) are fewer than one batch "
+            raise UsageError(f"{flag}data synthetic: {n} examples ({flag}n-examples) are fewer than one batch "
                                     f"of {batch_size}")
         if not second:
             return world.examples(n, "train", seed=args.data_seed)
@@ -399,17 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv, parser)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     args.prog = PROG  # provenance.json names the command, however it was started
-    common.check_model_arguments(args, parser)
+    a.check_model_arguments(args, parser)
     if args.second_loss and not args.second_data:
         what = " (a NegBench MCQ file)" if args.second_loss in MCQ_LOSSES else " ('synthetic' or a data file)"
         parser.error(f"--second-loss {args.second_loss} needs --second-data{what}")
     if args.second_data and not args.second_loss:
         parser.error("--second-data needs --second-loss (the loss of the second source)")
-    args.loss_kwargs, args.second_loss_kwargs = loss_kwargs(args, parser)
+    args.loss_kwargs, args.second_loss_kwargs = a.loss_options(args, parser, [args.loss, args.second_loss])
     args.betas = _betas(args.betas, parser)
     args.layer_plan = layer_plan(args, parser)
-    common.check_output_folder(args.out, "--out", parser)
-    return common.run(PROG, finetune, args)
+    a.check_output_folder(args.out, "--out", parser)
+    return run(PROG, lambda: finetune(args))
 
 
 def check_files(args: argparse.Namespace) -> None:
@@ -425,19 +365,21 @@ def check_files(args: argparse.Namespace) -> None:
             raise DataError(value, None, f"image root is not a folder (given as {option})")
     checkpoint = latest_checkpoint(args.out)  # a damaged checkpoint pointer is a ResumeError naming it
     if checkpoint is not None and not args.resume:
-        raise common.UsageError(f"{args.out} already holds a checkpoint (step {checkpoint.step}); pass --resume to "
+        raise UsageError(f"{args.out} already holds a checkpoint (step {checkpoint.step}); pass --resume to "
                                 "continue it, or choose another output folder")
     if checkpoint is None and not args.resume and (Path(args.out) / "model.safetensors").is_file():
-        raise common.UsageError(f"{args.out} already holds the weights of a finished run (model.safetensors); choose "
+        raise UsageError(f"{args.out} already holds the weights of a finished run (model.safetensors); choose "
                                 "another output folder")
 
 
 def finetune(args: argparse.Namespace) -> int:
     """Load the data and the model, train, and say where the weights went."""
+    from analysis.provenance import model_base, provenance_record
     from finetune.checkpoint import latest_checkpoint
     from finetune.plan import LayerPlan
     from finetune.train import NonFiniteLossError, TrainConfig, train
     from probing.clip.text_tower import TextTower
+    from probing.models.factory import create_model
     from probing.synthetic.record import default_world, world_metadata
 
     check_files(args)
@@ -445,13 +387,14 @@ def finetune(args: argparse.Namespace) -> int:
     if args.resume and latest_checkpoint(args.out) is None and final.is_file():  # a finished run without checkpoints
         print(f"done: nothing left to train; weights: {final}", flush=True)
         return 0
-    common.apply_threads(args)
+    apply_threads(args.threads)
     if args.recipe_loaded is not None:
         print(f"recipe {args.recipe_loaded.name}: {args.recipe_loaded.source}", flush=True)
     # real data first: a file that cannot feed the loss fails before the model loads
     real = {key: load_examples(args, None, second=key == "second") for key, source in
             (("first", args.data), ("second", args.second_data)) if source not in (None, "synthetic")}
-    bundle = common.load_model(args, seed=args.seed)  # a model without pretrained weights starts from a seeded init
+    # a model without pretrained weights starts from a seeded init
+    bundle = create_model(args.model, args.pretrained, device=args.device, seed=args.seed)
     plan = args.layer_plan
     if plan is None:  # --layers all
         extras = {f"train_{extra}": getattr(args, f"train_{extra}") for extra in EXTRAS}
@@ -466,14 +409,14 @@ def finetune(args: argparse.Namespace) -> int:
             second_loss=args.second_loss, second_loss_kwargs=args.second_loss_kwargs, second_weight=args.second_weight,
             second_batch_size=args.second_batch_size, log_every=args.log_every, ckpt_every=args.ckpt_every,
             out_dir=args.out, resume=args.resume, resumable=args.resumable or args.resume,
-            image_workers=common.image_workers(args), feature_cache=not args.no_feature_cache,
-            base=common.model_base(bundle), model_name=bundle.name, tensorboard=not args.no_tensorboard,
+            image_workers=a.image_workers(args.workers, args.threads), feature_cache=not args.no_feature_cache,
+            base=model_base(bundle), model_name=bundle.name, tensorboard=not args.no_tensorboard,
             progress=not args.no_progress)
         # the synthetic world the model was trained on (its checkpoint records it), else the default one
         world = bundle.world
         synthetic = "synthetic" in (args.data, args.second_data)
         if world is None and synthetic:
-            raise common.UsageError(f"--data synthetic: {bundle.world_note}")
+            raise UsageError(f"--data synthetic: {bundle.world_note}")
         if world is not None and not bundle.world_recorded:  # the default world, drawn with --data-seed
             world = default_world(world.config.image_size, seed=args.data_seed)
         examples = real.get("first") or load_examples(args, world)
@@ -481,18 +424,18 @@ def finetune(args: argparse.Namespace) -> int:
         if world is not None and (synthetic or bundle.world_recorded):
             config = replace(config, checkpoint_metadata=world_metadata(world))  # the output keeps the record
         # written by the trainer with its first output, after every check that could refuse the run
-        provenance = common.provenance_record(args, model=bundle,
+        provenance = provenance_record([PROG, *args.argv], model=bundle,
                                               data={"--data": args.data, "--second-data": args.second_data},
                                               image_roots={"--image-root": args.image_root,
                                                            "--second-image-root": args.second_image_root})
         result = train(bundle.model, bundle.tokenizer, bundle.preprocess, examples, plan, config, second,
                        provenance=provenance)
     except NonFiniteLossError as error:
-        raise common.Unsupported(str(error)) from None
+        raise Unsupported(str(error)) from None
     except ValueError as error:  # settings the trainer refuses (e.g. fewer examples than one batch)
         if type(error).__name__ in ("DataError", "PlanError"):
             raise
-        raise common.UsageError(str(error)) from None
+        raise UsageError(str(error)) from None
     last = "nothing left to train" if result.loss is None else f"last loss {result.loss:.4f}"
     print(f"done: {result.step} steps, {last}; weights: {result.model_path}; "
           f"metrics: {Path(args.out) / 'metrics.csv'}", flush=True)

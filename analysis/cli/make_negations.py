@@ -19,7 +19,7 @@ both splits: the last fifth of the images (at most CC-Neg's 40,000 evaluation ro
 evaluation split (--eval-images sets the count).
 
 Nothing here imports torch unless --threads is given. Exit status as every command's
-(analysis.cli.common): 2 for a wrong argument or a data file that gives no negation examples.
+(analysis.cli.execution): 2 for a wrong argument or a data file that gives no negation examples.
 """
 from __future__ import annotations
 
@@ -27,16 +27,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.cli import common
-from analysis.cli.common import non_negative_int, positive_int, seed
+from analysis.cli import arguments as a
+from analysis.cli.arguments import non_negative_int, positive_int, seed
+from analysis.cli.execution import (
+    apply_threads,
+    run,
+)
 from probing.data.negations import NEGATION_KINDS  # no torch behind this import
 
 PROG = "make-negations"
 SUFFIXES = (".csv", ".jsonl")  # probing.data.ccneg.write_ccneg
 
 
-def build_parser() -> common.CommandParser:
-    parser = common.CommandParser(PROG, __doc__)
+def build_parser() -> a.CommandParser:
+    parser = a.CommandParser(PROG, __doc__)
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, help="COCO captions / instances JSON, NegBench retrieval CSV or CC-Neg")
     data.add_argument("--data-kind", choices=NEGATION_KINDS, help="loader kind when it cannot be guessed from the file")
@@ -63,7 +67,7 @@ def build_parser() -> common.CommandParser:
     output.add_argument("--limit", type=positive_int, help="write at most N examples (the first ones)")
     output.add_argument("--eval-images", type=non_negative_int,
                         help="images in the evaluation split (default: a fifth of the images, at most 40,000)")
-    common.add_run_arguments(parser, images=False)
+    a.add_run_arguments(parser, images=False)
     return parser
 
 
@@ -73,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)
     out = Path(args.out)
     if out.suffix.lower() not in SUFFIXES:
-        parser.error(f"--out must end in .csv or .jsonl (a CC-Neg-layout file), got {common.shown(args.out)}")
+        parser.error(f"--out must end in .csv or .jsonl (a CC-Neg-layout file), got {a.shown(args.out)}")
     if out.is_dir():
         parser.error(f"--out {out} is a folder; give a file name ending in .csv or .jsonl")
-    common.check_output_folder(out.parent, "--out's folder", parser)
-    return common.run(PROG, make_negations, args)
+    a.check_output_folder(out.parent, "--out's folder", parser)
+    return run(PROG, lambda: make_negations(args))
 
 
 def split_by_image(examples, eval_images: int | None = None) -> dict[int, str]:
@@ -103,7 +107,7 @@ def make_negations(args: argparse.Namespace) -> int:
     from probing.data.negations import describe_examples, describe_sentence, load_negation_examples
     from probing.data.records import DataError
 
-    common.apply_threads(args)
+    apply_threads(args.threads)
     if not Path(args.data).exists():
         raise DataError(args.data, None, "file not found (given as --data)")
     if args.image_root is not None and not Path(args.image_root).is_dir():

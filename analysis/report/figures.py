@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.selection import describe_blocks
-from probing.measure.layers import TRAINED
+from analysis.planning.selection import describe_blocks
+from probing.measure.keys import TRAINED, is_null
 from probing.measure.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION
 
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
@@ -138,7 +138,7 @@ def plot_probe_accuracy(measurements, blocks: Sequence[int] = (), out_dir: str |
                    "held-out splits", "#1f4e79")
         _plot_band(ax, _curve(mine[(mine.model == TRAINED) & (mine.labels == "task") & (mine.split == IN_DISTRIBUTION)],
                               n_layers + 1), "in-distribution", "#5dade2", "--")
-        _null_band(ax, mine[mine.model.str.startswith("null:") & (mine.labels == "task") & held], n_layers + 1,
+        _null_band(ax, mine[mine.model.map(is_null) & (mine.labels == "task") & held], n_layers + 1,
                    "null models, held-out")
         _plot_band(ax, _curve(mine[(mine.model == TRAINED) & (mine.labels == "control")], n_layers + 1),
                    "control labels", "#a569bd", "-.")
@@ -199,7 +199,7 @@ def plot_sensitivity(measurements, blocks: Sequence[int] = (), out_dir: str | Pa
         chosen = rows[(rows.edit == edit) & (rows.model == TRAINED)]
         _plot_band(ax, _curve(chosen, n_layers + 1, "sensitivity"), f"{edit} edit",
                    EDIT_COLOURS[edit], "-" if edit != "control" else "--")
-    _null_band(ax, rows[(rows.edit == "presence") & rows.model.str.startswith("null:")], n_layers + 1,
+    _null_band(ax, rows[(rows.edit == "presence") & rows.model.map(is_null)], n_layers + 1,
                "null models, presence edit", "sensitivity")
     ax.set_ylabel("sensitivity\n(edit distance / caption distance)")
     ax.set_title("how far an edit moves the caption (95% CI)")

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from analysis.selection import Selection, describe_blocks
+from analysis.planning.selection import Selection, describe_blocks
 
 COMPONENT_WORDS = {"probe": "held-out probes", "sensitivity": "edit sensitivity", "gradnorm": "gradient norms",
                    "patching": "activation patching"}

@@ -150,3 +150,33 @@ def _finish(array: np.memmap, out_dir, name: str) -> np.ndarray:
     final = Path(out_dir) / f"{name}.npy"
     os.replace(_partial_path(out_dir, name), final)
     return np.load(final, mmap_mode="r")
+
+
+def hook_names(n_layers: int) -> list[str]:
+    """The TransformerLens hook point of each pooled layer index: 0 is the embedding output (the residual stream
+    entering block 0), l + 1 the output of block l."""
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+
+
+def save_activations(model, tokenizer: Callable[[Sequence[str]], torch.Tensor], caption_sets: dict[str, Sequence[str]],
+                     folder: str | os.PathLike, *, batch_size: int | None = None, progress: bool = False) -> Path:
+    """The EOT-pooled residual stream of every caption set at every layer, as `<folder>/<set>.safetensors` keyed by
+    hook name ([n captions, d_model] each), and `<folder>/manifest.json` naming the files, hooks, pooling and the
+    captions in row order. Returns the manifest's path. Written atomically."""
+    from safetensors.numpy import save_file
+
+    from probing.io import atomic_path, atomic_write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hooked = _as_hooked(model)
+    names = hook_names(hooked.cfg.n_layers)
+    manifest = {"pooling": "eot", "hooks": names, "d_model": hooked.cfg.d_model, "sets": {}}
+    for name, captions in caption_sets.items():
+        pooled = capture_pooled(hooked, tokenizer, list(captions), batch_size=batch_size, progress=progress,
+                                desc=f"activations: {name}")
+        path = folder / f"{name}.safetensors"
+        with atomic_path(path) as tmp:
+            save_file({hook: np.ascontiguousarray(pooled[layer]) for layer, hook in enumerate(names)}, str(tmp))
+        manifest["sets"][name] = {"file": path.name, "n": len(captions), "captions": list(captions)}
+    return atomic_write_json(folder / "manifest.json", manifest)

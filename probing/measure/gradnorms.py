@@ -51,7 +51,7 @@ def relative_gradient_norms(
     that batch (built by the caller from `finetune.losses`). Returns rows
     {loss, layer, component, relative_norm, grad_norm, weight_norm, n_batches}. `per_batch`, if
     given, is filled with (block, component) -> each batch's relative norm (for tests that
-    resample batches, analysis.evidence). desc: the progress bar's label (default "grad norms (<loss>)").
+    resample batches, analysis.planning.evidence). desc: the progress bar's label (default "grad norms (<loss>)").
     """
     tower = TextTower.from_model(model)
     groups = block_parameter_groups(tower)

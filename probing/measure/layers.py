@@ -4,7 +4,7 @@ sensitivity, gradient norms, and a causal check.
 `measure_layers` runs everything on one model ("trained") and on its null models ("null:<seed>",
 the same model with its text tower randomly initialised again: probing.measure.null), and returns
 a `LayerMeasurements`: typed tables (pandas DataFrames, columns documented in TABLES) and the
-per-item values behind them (`items`), which the null-calibrated tests of analysis.evidence
+per-item values behind them (`items`), which the null-calibrated tests of analysis.planning.evidence
 resample. Layer index 0 is the embedding output, index l + 1 is block l's output; gradient-norm
 rows are indexed by block. Gradient norms need the fine-tuning losses; they come in as `loss_fns`
 (name -> function of a feature dict and the logit scale), so this module does not depend on `finetune`.
@@ -32,6 +32,7 @@ from probing.io import atomic_path, atomic_write_json
 from probing.measure.capture import capture_pooled, layer_labels
 from probing.measure.causal import projection_ablation
 from probing.measure.gradnorms import fisher_information, relative_gradient_norms
+from probing.measure.keys import TRAINED, ItemKey
 from probing.measure.probes import probe_layers
 from probing.measure.sensitivity import edit_sensitivity
 from probing.measure.sources import REAL_CAUSAL_METRICS, RealData, RealSuite, SyntheticData, swap_first_colour
@@ -41,7 +42,6 @@ from probing.vocabulary import LAYER_MEASUREMENTS  # named there, so that --help
 __all__ = ["measure_layers", "MeasureConfig", "LayerMeasurements", "swap_first_colour", "TABLES"]
 CAUSAL_METRICS = ("ccneg_accuracy", "scope_accuracy", "image_to_text_R@1_among_100", "zero_shot_affirmative")
 IMAGE_MEASUREMENTS = ("gradnorms", "causal")  # read images (sensitivity reads captions only)
-TRAINED = "trained"
 LossFn = Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
 # table -> its columns (every table has exactly these, in this order)
@@ -76,14 +76,14 @@ class MeasureConfig:
     null_grad_batches: int = 2
     measurements: tuple[str, ...] = LAYER_MEASUREMENTS
     # patching as evidence: each block's exact denoising effect on the model AND its null models
-    # (probing.measure.patching.block_effects, in similarity units), for analysis.evidence
+    # (probing.measure.patching.block_effects, in similarity units), for analysis.planning.evidence
     patching_evidence: bool = False
     n_patching_pairs: int = 32
     n_sensitivity: int = 400
     n_causal: int = 400
     grad_batches: int = 4
     grad_batch_size: int = 64
-    # the Fisher information of each block (the FIM-score baseline selector, analysis.selectors), on the model
+    # the Fisher information of each block (the FIM-score baseline selector, analysis.planning.selectors), on the model
     # only: the gradient batches cut into micro-batches of this many examples (0: not measured)
     fisher_micro_batch: int = 8
     batch_size: int = 256
@@ -145,8 +145,22 @@ class LayerMeasurements:
 
     @property
     def null_models(self) -> list[str]:
-        """The null models' names ("null:<seed>"), in the order they were measured."""
+        """The null models' names (probing.measure.keys.null_name), in the order they were measured."""
         return list(self.meta.get("null_models", []))
+
+    def item(self, key: ItemKey) -> np.ndarray:
+        """The per-item array filed under `key` (a KeyError naming it when it was not measured)."""
+        try:
+            return self.items[key.text]
+        except KeyError:
+            raise KeyError(f"no {key.text} in the measurements") from None
+
+    def has(self, key: ItemKey) -> bool:
+        return key.text in self.items
+
+    def item_keys(self, kind: str) -> list[ItemKey]:
+        """Every key of one kind ("gradnorms", ...) the measurements hold."""
+        return [key for key in map(ItemKey.parse, self.items) if key.kind == kind]
 
     # --- files ---------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -252,7 +266,8 @@ def measure_layers(
                 _fisher(result, subject, batches, loss_fns, config.fisher_micro_batch, progress)
                 done(f"fisher/{name}")
         if config.patching_evidence and world is not None:
-            result.items[f"patching/{name}"] = patching_profile(subject, preprocess, tokenizer, world, config, progress)
+            result.items[ItemKey.patching(name).text] = patching_profile(subject, preprocess, tokenizer, world,
+                                                                         config, progress)
             done(f"patching/{name}")
     if "causal" in wanted and "negation" in directions:
         result.add("causal", causal_rows(model, preprocess, tokenizer, data, directions["negation"], config, progress))
@@ -312,8 +327,8 @@ def _probes(result: LayerMeasurements, name: str, subject, tokenizer, tasks, con
                              probes=("logistic", "diffmeans") if trained else ("logistic",))
         result.add("probes", sweep.summary, task=task.name, model=name, labels="task")
         for split, labels in sweep.labels.items():
-            result.items[f"probes/{task.name}/{split}/labels"] = labels
-            result.items[f"probes/{task.name}/{split}/{name}"] = sweep.items[(split, "logistic")]
+            result.items[ItemKey.probe_labels(task.name, split).text] = labels
+            result.items[ItemKey.probe(task.name, split, name).text] = sweep.items[(split, "logistic")]
         if trained:
             directions[task.name] = sweep.directions["logistic"]
             control = probe_layers(features, task.control_labels, task.train, task.control_tests(), seeds=seeds)
@@ -356,7 +371,7 @@ def _sensitivity(result, name, subject, tokenizer, edits, config: MeasureConfig,
     rows = edit_sensitivity(base, {edit: capture(captions, edit) for edit, captions in edits.items() if edit != "base"},
                             seed=config.seed, distances=distances)
     result.add("sensitivity", rows, model=name)
-    result.items.update({f"sensitivity/{edit}/{name}": values for edit, values in distances.items()})
+    result.items.update({ItemKey.sensitivity(edit, name).text: values for edit, values in distances.items()})
 
 
 # --- gradient norms -------------------------------------------------------------------------------
@@ -424,7 +439,7 @@ def _gradnorms(result, name, subject, batches, loss_fns: Mapping[str, LossFn], p
                                        desc=f"gradient norms: {loss_name} ({name})")
         result.add("gradnorms", rows, model=name)
         blocks = sorted(block for block, component in per_batch if component == "all")
-        result.items[f"gradnorms/{loss_name}/{name}"] = np.array(
+        result.items[ItemKey.gradnorms(loss_name, name).text] = np.array(
             [per_batch[(block, "all")] for block in blocks], dtype=np.float32).T
 
 

@@ -11,11 +11,14 @@ sublayer switched off by construction, see probing.models.build) and stay zero i
 from __future__ import annotations
 
 import copy
+import functools
+from typing import Callable
 
 import torch
 from torch import nn
 
 from probing.clip.text_tower import TextTower
+from probing.measure.keys import null_name
 
 
 def null_tower(model: nn.Module, architecture: str, seed: int) -> nn.Module:
@@ -43,6 +46,7 @@ def null_tower(model: nn.Module, architecture: str, seed: int) -> nn.Module:
     return null.eval()
 
 
-def null_towers(model: nn.Module, architecture: str, seeds) -> dict[str, nn.Module]:
-    """{"null:<seed>": null model} for each seed."""
-    return {f"null:{seed}": null_tower(model, architecture, seed) for seed in seeds}
+def null_builders(model: nn.Module, architecture: str, seeds) -> dict[str, Callable[[], nn.Module]]:
+    """{null_name(seed): a function that builds that null model} for each seed: measure_layers builds them one at a
+    time, so that several copies of a large model never sit in memory together."""
+    return {null_name(seed): functools.partial(null_tower, model, architecture, seed) for seed in seeds}

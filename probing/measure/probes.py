@@ -154,7 +154,7 @@ class ProbeSweep:
     summary: list[dict]
     directions: dict[str, np.ndarray]
     # (split, probe name) -> [n_layers + 1, n_test] per-item correctness averaged over seeds, for tests
-    # that resample test items (analysis.evidence); labels[split] -> the test items' labels
+    # that resample test items (analysis.planning.evidence); labels[split] -> the test items' labels
     items: dict[tuple[str, str], np.ndarray]
     labels: dict[str, np.ndarray]
 

@@ -5,7 +5,7 @@ To compare layers, each layer's distances are divided by that layer's typical di
 two DIFFERENT captions (random pairs from the same set): 1.0 means "the edit moves the state as
 far as swapping in an unrelated caption", 0.0 means "no change". Each row also keeps the raw mean
 cosine distance (1 - the cosine Omni-NegCLIP reads per layer) and the relative change of the state's
-norm (`norm_change`), which the baseline selectors of analysis.selectors read.
+norm (`norm_change`), which the baseline selectors of analysis.planning.selectors read.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def norm_change(a: np.ndarray, b: np.ndarray) -> float:
     """Mean |‖b_i‖ - ‖a_i‖| over rows, relative to the mean ‖a_i‖: how much an edit changes the size of a
-    caption's state at one layer ([n, d] each; the activation-norm score of analysis.selectors)."""
+    caption's state at one layer ([n, d] each; the activation-norm score of analysis.planning.selectors)."""
     norm_a, norm_b = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
     return float(np.abs(norm_b - norm_a).mean() / norm_a.mean())
 
@@ -51,7 +51,7 @@ def edit_sensitivity(
     base: [n_layers + 1, n, d] pooled states of the original captions; edits: name ->
     pooled states of the edited captions, aligned row by row with `base` (e.g. "presence",
     "absence", "control"). `distances`, if given, is filled with edit -> [n_layers + 1, n] the
-    per-caption standardised distances (for tests that resample captions, analysis.evidence).
+    per-caption standardised distances (for tests that resample captions, analysis.planning.evidence).
     """
     rng = np.random.default_rng(seed)
     rows = []

@@ -35,7 +35,7 @@ alpha. With few null towers the quantile is large (K = 5: 5.6 at alpha 0.05 over
 4.1), which is the honest price of estimating the null's spread from K towers. The 95% interval
 reported for E[b] is a bootstrap percentile interval: test items (within each class), captions,
 gradient batches and null towers resampled. The same replicates, with the same test, give the
-selection's stability (analysis.selection).
+selection's stability (analysis.planning.selection).
 
 Combined score: each component's significant positive excess, normalised to sum 1 over blocks
 (a component without any is left out, with a note), weighted and summed (weights sum to 1 over the
@@ -49,7 +49,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from probing.measure.layers import TRAINED, LayerMeasurements
+from probing.measure.keys import TRAINED, ItemKey
+from probing.measure.layers import LayerMeasurements
 from probing.measure.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION
 
 COMPONENTS = ("probe", "sensitivity", "gradnorm", "patching")
@@ -151,15 +152,18 @@ class _Statistic:
 
 
 class _ProbeStatistic(_Statistic):
-    def __init__(self, items: dict[str, np.ndarray], tasks: Sequence[str], models: list[str]):
+    def __init__(self, measurements: LayerMeasurements, tasks: Sequence[str], models: list[str]):
         self._models = models
         self.parts = []  # (per-class item arrays [n_models, n_layers+1, n_c] per class)
         used = []
         for task in tasks:
-            splits = [s for s in HELDOUT_SPLITS if f"probes/{task}/{s}/labels" in items]
-            for split in splits or ([IN_DISTRIBUTION] if f"probes/{task}/{IN_DISTRIBUTION}/labels" in items else []):
-                labels = items[f"probes/{task}/{split}/labels"]
-                stacked = np.stack([items[f"probes/{task}/{split}/{m}"] for m in models]).astype(np.float64)
+            splits = [s for s in HELDOUT_SPLITS if measurements.has(ItemKey.probe_labels(task, s))]
+            if not splits and measurements.has(ItemKey.probe_labels(task, IN_DISTRIBUTION)):
+                splits = [IN_DISTRIBUTION]
+            for split in splits:
+                labels = measurements.item(ItemKey.probe_labels(task, split))
+                stacked = np.stack([measurements.item(ItemKey.probe(task, split, m))
+                                    for m in models]).astype(np.float64)
                 self.parts.append([stacked[:, :, labels == c] for c in np.unique(labels)])
                 used.append(f"{task}/{split}")
         if not self.parts:
@@ -184,9 +188,10 @@ class _ProbeStatistic(_Statistic):
 
 
 class _SensitivityStatistic(_Statistic):
-    def __init__(self, items: dict[str, np.ndarray], edit: str, models: list[str]):
+    def __init__(self, measurements: LayerMeasurements, edit: str, models: list[str]):
         self._models = models
-        self.diff = np.stack([items[f"sensitivity/{edit}/{m}"].astype(np.float64) - items[f"sensitivity/control/{m}"]
+        self.diff = np.stack([measurements.item(ItemKey.sensitivity(edit, m)).astype(np.float64)
+                              - measurements.item(ItemKey.sensitivity("control", m))
                               for m in models])  # [n_models, n_layers+1, n]
         self.basis = f"{edit} negation minus a same-size control edit, standardised distances"
 
@@ -202,10 +207,11 @@ class _SensitivityStatistic(_Statistic):
 
 
 class _GradnormStatistic(_Statistic):
-    def __init__(self, items: dict[str, np.ndarray], losses: Sequence[str], models: list[str]):
+    def __init__(self, measurements: LayerMeasurements, losses: Sequence[str], models: list[str]):
         self._models = models
         # per model [n_losses, n_batches, n_blocks]; null models may have fewer batches than the model
-        self.values = [np.stack([items[f"gradnorms/{loss}/{m}"] for loss in losses]).astype(np.float64) for m in models]
+        self.values = [np.stack([measurements.item(ItemKey.gradnorms(loss, m)) for loss in losses]).astype(np.float64)
+                       for m in models]
         self.basis = "relative gradient norms normalised over blocks (" + ", ".join(losses) + ")"
 
     def models(self) -> list[str]:
@@ -226,9 +232,9 @@ class _GradnormStatistic(_Statistic):
 class _PatchingStatistic(_Statistic):
     """Block effects per model; resampled over models only (the pairs are few and shared)."""
 
-    def __init__(self, items: dict[str, np.ndarray], models: list[str]):
+    def __init__(self, measurements: LayerMeasurements, models: list[str]):
         self._models = models
-        self.values = np.stack([items[f"patching/{m}"] for m in models]).astype(np.float64)
+        self.values = np.stack([measurements.item(ItemKey.patching(m)) for m in models]).astype(np.float64)
         self.basis = "exact activation patching, each block's largest attention or MLP effect (similarity units)"
 
     def models(self) -> list[str]:
@@ -272,7 +278,6 @@ def calibrate(statistic: _Statistic, name: str, critical: float, n_boot: int, rn
 def block_evidence(measurements: LayerMeasurements, config: EvidenceConfig = EvidenceConfig()) -> BlockEvidence:
     """Every component's null-calibrated evidence and the combined score (formulas: module docstring)."""
     models = [TRAINED] + measurements.null_models
-    items = measurements.items
     rng = np.random.default_rng(config.seed)
     notes: list[str] = []
     statistics: dict[str, _Statistic] = {}
@@ -281,23 +286,23 @@ def block_evidence(measurements: LayerMeasurements, config: EvidenceConfig = Evi
                      "(measure at least 2, better 5 or more)")
     else:
         try:
-            statistics["probe"] = _ProbeStatistic(items, config.tasks, models)
+            statistics["probe"] = _ProbeStatistic(measurements, config.tasks, models)
         except (KeyError, LookupError):
             notes.append("probe: not measured on the model and its null models, left out")
         try:
-            statistics["sensitivity"] = _SensitivityStatistic(items, config.sensitivity_edit, models)
+            statistics["sensitivity"] = _SensitivityStatistic(measurements, config.sensitivity_edit, models)
         except KeyError:
             notes.append("sensitivity: not measured on the model and its null models, left out")
-        losses = config.grad_losses or sorted({key.split("/")[1] for key in items if key.startswith("gradnorms/")})
+        losses = config.grad_losses or sorted({key.detail[0] for key in measurements.item_keys("gradnorms")})
         try:
-            statistics["gradnorm"] = _GradnormStatistic(items, losses, models) if losses else None
+            statistics["gradnorm"] = _GradnormStatistic(measurements, losses, models) if losses else None
         except KeyError:
             statistics["gradnorm"] = None
         if statistics["gradnorm"] is None:
             del statistics["gradnorm"]
             notes.append("gradnorm: not measured on the model and its null models, left out")
-        if all(f"patching/{m}" in items for m in models):
-            statistics["patching"] = _PatchingStatistic(items, models)
+        if all(measurements.has(ItemKey.patching(m)) for m in models):
+            statistics["patching"] = _PatchingStatistic(measurements, models)
     components, replicates = {}, {}
     n_tests = max(1, len(statistics)) * measurements.n_layers
     critical = float(stats.t.ppf(1 - config.alpha / n_tests, len(models) - 2)) if len(models) >= 3 else float("inf")

@@ -1,6 +1,6 @@
-"""Automatic layer selection: null-calibrated per-block evidence (analysis.evidence) -> a LayerPlan.
+"""Automatic layer selection: null-calibrated per-block evidence (analysis.planning.evidence) -> a LayerPlan.
 
-The evidence is the combined score c[b] of analysis.evidence: zero wherever no component's excess
+The evidence is the combined score c[b] of analysis.planning.evidence: zero wherever no component's excess
 over the null models is significant, summing to 1 over blocks otherwise. When it is zero everywhere
 the measurements carry no negation evidence beyond what randomly initialised towers show, and the
 plan selects nothing: its `blocks` are empty and its evidence says why. Otherwise, rules:
@@ -32,7 +32,7 @@ import numpy as np
 from finetune.plan import LayerPlan
 
 if TYPE_CHECKING:  # the evidence needs torch-backed measurement types; --help must not
-    from analysis.evidence import BlockEvidence
+    from analysis.planning.evidence import BlockEvidence
 
 RULES = ("window", "prefix", "topk", "auto_rgn")
 _TOLERANCE = 1e-9  # cumulative shares are sums of floats; 0.8 must reach 0.8

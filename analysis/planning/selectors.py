@@ -2,7 +2,7 @@
 baselines"): each reads measurements `probe-layers` already takes and picks k blocks, k the size of the
 toolkit's plan, so that the ablation can compare them at equal size.
 
-    toolkit          the plan of analysis.selection: null-calibrated evidence, a window rule, no plan when
+    toolkit          the plan of analysis.planning.selection: null-calibrated evidence, a window rule, no plan when
                      nothing beats the null models (read from layer_plan.json)
     auto_rgn         raw Auto-RGN (Lee et al. 2023): the relative gradient norm ||g|| / ||w|| of each block under
                      the fine-tuning losses, without null models
@@ -24,7 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from probing.measure.layers import TRAINED, LayerMeasurements
+from probing.measure.keys import TRAINED
+from probing.measure.layers import LayerMeasurements
 
 RANDOM_WINDOW = "random_window"
 
@@ -113,7 +114,7 @@ def selector_plans(measurements: LayerMeasurements, toolkit_blocks, *, names=SEL
     plans: dict[str, SelectorPlan] = {}
     for name in names:
         if name == "toolkit":
-            plans[name] = SelectorPlan(name, toolkit, None, "null-calibrated evidence (analysis.selection)")
+            plans[name] = SelectorPlan(name, toolkit, None, "null-calibrated evidence (analysis.planning.selection)")
         elif name == "front":
             plans[name] = SelectorPlan(name, tuple(range(k)), None, f"blocks 0-{k - 1} (Omni-NegCLIP's 'front')")
         elif name == "last":
