@@ -1,0 +1,136 @@
+"""The validation study: is the layer plan evidence, and is it the best advice? (docs/VALIDATION.md)
+
+For each model of `MODELS`: `probe-layers` (analysis.pipeline: evidence against 10 null models, the plan), then,
+for the models that are ablated, `ablate-layers` with the plan at one budget (analysis.ablation.runner): frozen,
+the selected plan (with the study's extras and as finetune-layers trains it), windows of sizes around the plan's
+(every size on the default model), the single-block sweep, every baseline selector's plan (analysis.planning.
+selectors) and, on the default model, the anchors' choices; then predictive validity on every target, the
+frontier, and the selector table.
+
+Pre-registration. The selection rule and its settings (analysis.planning.selection's defaults: the window rule,
+share 0.8, alpha 0.05, 10 null models) are those of every earlier study; they may change only on the development
+models (`role="development"`: default and late), frozen in a commit, and are then judged on the held-out models
+(seed2, depth6, middle, frontfrozen). Each model's reason for being in the study is written below, before its
+ablation ran. Randomly initialised towers are probed only: the rule must select nothing on them.
+
+Every step writes its own folder and is skipped when done (the ablation is resumable run by run, and can be split
+over processes with `shard`), so an interrupted study continues where it stopped. Results are collected by
+scripts/make_results.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from analysis.ablation.config import AblationConfig
+from analysis.ablation.runner import AblationStudy
+from analysis.ablation.runs import Shard
+from analysis.pipeline import ModelSpec, ProbeConfig, run
+from analysis.planning.selection import SelectionError
+from probing.measure.layers import MeasureConfig
+from probing.measure.localise import LocaliseConfig
+
+# The budget every ablation run gets: the scope recipe's loss mix, 50 steps of batch 64 at lr 3e-3 on the same
+# 2,000 synthetic training examples; 200 items per held-out suite (and 200 four-way multiple-choice items).
+ABLATION = dict(loss="mix", loss_kwargs={"scope_pair": 1, "clip": 1, "conclip": 0.5, "negationclip": 0, "terms": [1]},
+                steps=50, batch_size=64, lr=3e-3, warmup_steps=5, n_train=2000, eval_n=200,
+                eval_n_classification=144, eval_mcq=200)
+EVERY_SIZE = "frozen,selected,selected_planned,sweep,windows-2,windows-3,windows-4,windows-6,windows-12,anchors"
+NEAR_SIZE = "frozen,selected,selected_planned,sweep,windows-near"
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    """One model of the study, and why it is there."""
+
+    name: str  # its folder: <out>/<name>/{probe,ablation}
+    model: ModelSpec
+    reason: str
+    role: str = "held-out"  # "development" (the rule may be tuned on it), "held-out" (judges it), "null" (no plan)
+    seed: int = 0  # the probe run's seed (random weights: their init)
+    ablate: bool = True
+    seeds: tuple[int, ...] = (0, 1, 2)  # the ablation's training seeds
+    variants: str = NEAR_SIZE
+    probe: dict = field(default_factory=dict)  # ProbeConfig / MeasureConfig overrides (random ViT-B-32: smaller)
+
+
+MODELS: tuple[StudyModel, ...] = (
+    StudyModel("default", ModelSpec("embedded:default"), role="development", variants=EVERY_SIZE,
+               reason="the shipped model: every window size (1, 2, 3, 4, 6, 12) and the anchors with and without "
+                      "their extras, so that the best plan of any size is known"),
+    StudyModel("late", ModelSpec("embedded:late"), role="development", seeds=(0, 1, 2, 3, 4, 5),
+               reason="control: attention dead in blocks 0-5, scope computable only in 6-11 (6 seeds, as in the "
+                      "earlier study, whose 3-seed result was within the noise of its target)"),
+    StudyModel("seed2", ModelSpec("embedded:seed2"), reason="the default recipe with another pretraining seed"),
+    StudyModel("depth6", ModelSpec("embedded:depth6"), reason="the default recipe with a 6-block text tower"),
+    StudyModel("middle", ModelSpec("embedded:middle"),
+               reason="attention only in blocks 4-7: scope is computable only in the middle, and on `late` the first "
+                      "live-attention block gained most alone, so the best plan should start at block 4, not 0-1, "
+                      "while raw gradient norms (front-loaded on any tower) and a fixed front still point at 0-1"),
+    StudyModel("frontfrozen", ModelSpec("embedded:frontfrozen"),
+               reason="blocks 0-5 left at their random init through pretraining: what the model learnt sits in "
+                      "6-11 and its front blocks look like a null tower's, so the evidence should sit in the back; "
+                      "whether training the random front helps is what the ablation answers"),
+    *(StudyModel(f"random-tiny/seed{seed}", ModelSpec("negclip-tiny"), role="null", seed=seed, ablate=False,
+                 reason="a randomly initialised tower: the rule must select nothing") for seed in (1, 2, 3)),
+    *(StudyModel(f"random-b32/seed{seed}", ModelSpec("ViT-B-32"), role="null", seed=seed, ablate=False,
+                 probe={"n_train": 1000, "n_test": 300, "measurements": ("probes", "sensitivity", "gradnorms")},
+                 reason="a randomly initialised ViT-B-32 (CLIP's real width): the rule must select nothing")
+      for seed in (1, 2)),
+)
+
+
+def probe_config(model: StudyModel) -> ProbeConfig:
+    """The probe-layers settings of the study: the defaults, 10 null models, one thread, no progress bars."""
+    overrides = dict(model.probe)
+    data = {key: overrides.pop(key) for key in ("n_train", "n_test") if key in overrides}
+    measure = MeasureConfig(seed=model.seed, **overrides)
+    config = ProbeConfig(model=model.model, seed=model.seed, null_models=10, measure=measure, threads=1,
+                         localise=LocaliseConfig(seed=model.seed) if model.ablate else None)
+    if data:
+        config.data = dataclasses.replace(config.data, **data)
+    config.evidence = dataclasses.replace(config.evidence, seed=model.seed)
+    return config
+
+
+def ablation_config(model: StudyModel, plan: Path) -> AblationConfig:
+    blocks = json.loads(plan.read_text())["blocks"]
+    variants = model.variants if blocks else "frozen,sweep"
+    return AblationConfig(model=model.model.name, pretrained=model.model.pretrained, seeds=model.seeds,
+                          variants=tuple(variants.split(",")), plan_path=str(plan) if blocks else None,
+                          selectors=("all",) if blocks else None, device="cpu", **ABLATION)
+
+
+def run_model(model: StudyModel, out: Path, *, shard: Shard | None = None, log: Callable[[str], None] = print) -> None:
+    """Probe (unless done), then ablate (resumably; a shard's share only) one model of the study."""
+    from analysis.cli.execution import apply_threads
+
+    apply_threads(1)
+    probe_dir = out / model.name / "probe"
+    if not (probe_dir / "report.json").is_file():
+        log(f"{model.name}: probe-layers -> {probe_dir}")
+        try:
+            run(probe_config(model), probe_dir)
+        except SelectionError as error:
+            log(f"{model.name}: no plan ({error})")
+    if not model.ablate:
+        return
+    plan = probe_dir / "layer_plan.json"
+    config = ablation_config(model, plan)
+    ablation_dir = out / model.name / "ablation"
+    log(f"{model.name}: ablate-layers -> {ablation_dir}" + ("" if shard is None else f" (shard {shard.index}/"
+                                                                                     f"{shard.count})"))
+    study = AblationStudy(config, ablation_dir, progress=False, log=log)
+    study.run(shard=shard)
+
+
+def run_study(out: str | Path, *, only: set[str] | None = None, shard: Shard | None = None,
+              log: Callable[[str], None] = print) -> None:
+    """Every model of the study (or those named in `only`), in the order of MODELS."""
+    out = Path(out)
+    for model in MODELS:
+        if only is None or model.name in only or model.name.split("/")[0] in only:
+            run_model(model, out, shard=shard, log=log)
