@@ -22,7 +22,8 @@ captions, and each repeated caption is a pair of items that align perfectly in b
 resamples' CKA sits above the sample's wherever CKA is well below 1 (e.g. 0.05 above for unrelated
 representations of 200 captions in 64 dimensions). Uncorrected, the interval then misses the estimate itself;
 corrected, it covered the expected CKA of 200 captions in 39-40 of 40 simulated draws at CKA 0.07 and 0.15,
-and in 34 of 40 at 0.97 (the percentile interval: 0, 9 and 35 of 40). CKA itself is the usual (biased) linear
+and in 34 of 40 at 0.97 (the percentile interval: 0, 9 and 35 of 40;
+scripts/cka_interval_coverage.py). CKA itself is the usual (biased) linear
 CKA, so that it is 1 for a model with itself and comparable with published values.
 Affirmative and negated captions are compared separately, as groups. `identical` says whether the two models'
 states of a layer are bitwise equal: both models run the same batches through the same code, so the layers
