@@ -293,6 +293,8 @@ def compare_checkpoints(base_bundle, tuned_bundles: Mapping[str, Any] | Sequence
                                                              desc=f"{task.name}: {name}")
                 result = sweep(features[(name, task.name)], task, seeds=config.seeds, probes=config.probes)
                 sweeps[(name, task.name)] = result
+                if captions is not None or task.name != "negation":  # only the negation task's feed the states
+                    del features[(name, task.name)]
                 probe_rows += [{"model": name, "task": task.name, **row} for row in result.summary]
             for name, _ in all_models[1:]:
                 if models[name]["n_layers"] == n_layers:

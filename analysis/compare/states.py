@@ -19,8 +19,8 @@ Intervals: bootstrap over captions (the captions are the sampled thing; the mode
 mean cosine, the percentile interval. For CKA, the percentile interval shifted by the bootstrap's estimate of
 bias (mean of the resamples minus the estimate; Efron & Tibshirani 1993, ch. 10): a resample repeats some
 captions, and each repeated caption is a pair of items that align perfectly in both models, so the
-resamples' CKA sits above the sample's wherever CKA is well below 1 (e.g. 0.05 above for unrelated
-representations of 200 captions in 64 dimensions). Uncorrected, the interval then misses the estimate itself;
+resamples' CKA sits above the sample's wherever CKA is well below 1 (0.05 above a CKA of 0.07 for
+200 captions in 64 dimensions). Uncorrected, the interval then misses the estimate itself;
 corrected, it covered the expected CKA of 200 captions in 39-40 of 40 simulated draws at CKA 0.07 and 0.15,
 and in 34 of 40 at 0.97 (the percentile interval: 0, 9 and 35 of 40;
 scripts/cka_interval_coverage.py). CKA itself is the usual (biased) linear
