@@ -42,6 +42,8 @@ def _number(value) -> str:
 def _near_one(value: float, low: float, high: float) -> str:
     """"0.912 [0.900, 0.925]", with as many decimals as it takes to show how far from 1 the interval is."""
     gap = 1 - min(value, low) if all(map(math.isfinite, (value, low, high))) else 1
+    if gap < 1e-12:
+        return "1 [1, 1]"
     decimals = 3 if gap >= 0.01 else min(8, 2 + int(math.ceil(-math.log10(max(gap, 1e-8)))))
     return f"{value:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
 
@@ -202,9 +204,18 @@ def markdown_table(frame: pd.DataFrame, *, index: bool = True, digits: int = 3) 
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def _interval_table(frame: pd.DataFrame, value: str, low: str, high: str, rows: str, columns: Sequence[str]):
-    text = frame.assign(cell=[f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) else "n/a"
-                              for v, lo, hi in zip(frame[value], frame[low], frame[high])])
+def _interval_table(frame: pd.DataFrame, value: str, low: str, high: str, rows: str, columns: Sequence[str],
+                    near_one: bool = False):
+    """Cells "value [low, high]"; near_one: with the decimals it takes to see how far below 1 they are."""
+    cells = []
+    for v, lo, hi in zip(frame[value], frame[low], frame[high]):
+        if pd.isna(v):
+            cells.append("n/a")
+        elif near_one:
+            cells.append(_near_one(v, lo if pd.notna(lo) else v, hi if pd.notna(hi) else v))
+        else:
+            cells.append(f"{v:.3f} [{lo:.3f}, {hi:.3f}]")
+    text = frame.assign(cell=cells)
     table = text.pivot_table(index=rows, columns=list(columns), values="cell", aggfunc="first", sort=False)
     table.columns = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in table.columns]
     return table
@@ -238,13 +249,15 @@ def markdown(comparison: "Comparison", figures: Mapping[str, Sequence[Path]] | N
             table.columns = [f"{m} / {COMPONENT_NAMES.get(c, c)}" for m, c in table.columns]
             lines += ["### Per sub-module of each block", "", markdown_table(table), ""]
     if len(comparison.states):
+        states = comparison.states.assign(state=[layer_phrase(label).removeprefix("the ")
+                                                 for label in comparison.states["label"]])
         lines += [f"## EOT states: linear CKA with the base, per layer ({_percent(comparison.config.confidence)} "
                   "bootstrap interval over captions)", "",
-                  markdown_table(_interval_table(comparison.states, "cka", "cka_low", "cka_high", "label",
-                                                 ("model", "group"))), "",
+                  markdown_table(_interval_table(states, "cka", "cka_low", "cka_high", "state",
+                                                 ("model", "group"), near_one=True)), "",
                   "## EOT states: mean cosine with the base's state of the same caption", "",
-                  markdown_table(_interval_table(comparison.states, "cosine", "cosine_low", "cosine_high", "label",
-                                                 ("model", "group"))), ""]
+                  markdown_table(_interval_table(states, "cosine", "cosine_low", "cosine_high", "state",
+                                                 ("model", "group"), near_one=True)), ""]
     if len(comparison.probes):
         probe = comparison.config.probes[0]
         for task in dict.fromkeys(comparison.probes["task"]):
