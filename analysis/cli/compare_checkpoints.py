@@ -1,0 +1,330 @@
+"""`compare-checkpoints`: where did a fine-tune change CLIP's text tower? Base against tuned, block by block.
+
+    compare-checkpoints embedded:default run/model.safetensors            (a finetune-layers output)
+    compare-checkpoints openai.pt conclip.pt negationclip.pt --model ViT-B-32-quickgelu \
+        --names CoN-CLIP,NegationCLIP --out runs/compare-b32
+    compare-checkpoints clip-vit-base-patch32/ negclip-hf/ --data negbench_retrieval.csv --out runs/hf
+
+BASE and each TUNED are model specs: 'embedded' or 'embedded:<name>'; a Hugging Face CLIPModel folder; a
+checkpoint file (.pt/.pth/.bin/.safetensors, OpenAI, open_clip or this toolkit's format, delta checkpoints
+included) loaded with the architecture --model names (default: the one the file records, else BASE's); or
+an open_clip pretrained tag of --model (needs internet).
+
+Reported, per text block and sub-module (attention, MLP, LayerNorms) and outside the blocks (token and
+positional embeddings, final LayerNorm, text projection, logit scale; the image tower as one part): the
+relative weight change ||W_tuned - W_base|| / ||W_base||; the change in what the tower computes on captions
+(linear CKA between base and tuned EOT states per layer, and their mean cosine, for affirmative and negated
+captions separately, with bootstrap intervals over captions); and per-layer probe accuracies of every model
+on the same held-out splits (the synthetic world's negation and scope tasks, or --data FILE's captions as in
+probe-layers), with the paired difference tuned - base and its bootstrap interval over test items.
+
+Writes into --out: comparison.json (every number; its "block_change" feeds
+analysis.compare.plan_from_comparison), blocks.csv/.md, weights.csv, tensors.csv, states.csv, probes.csv,
+probe_differences.csv, figures/ (comparison and probes, PNG + PDF), report.md, provenance.json. A tuned
+model whose text tower is bitwise the base's is reported as "no weight differs"; one whose text tower has
+other shapes gets a statement naming the tensor (exit 2 when no tuned model can be compared).
+docs/COMPARE.md explains how to read the outputs.
+
+Exit status as every command's (analysis.cli.common): 2 with one line for a missing or unreadable file, a
+checkpoint that does not fit the architecture, a state dict that is not CLIP's, or bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from analysis.cli import common
+from analysis.cli.common import at_least, fraction, non_negative_int, positive_int
+
+PROG = "compare-checkpoints"
+PARTS = ("weights", "states", "probes")  # analysis.compare.core.PARTS (not imported: it needs pandas)
+PROBE_NAMES = ("logistic", "diffmeans")  # probing.measure.probes.PROBES
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = common.CommandParser(PROG, __doc__)
+    parser.add_argument("base", metavar="BASE", help="the base model spec (see above)")
+    parser.add_argument("tuned", metavar="TUNED", nargs="+", help="one or more fine-tuned model specs")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="architecture of checkpoint files given as BASE / TUNED: an open_clip model "
+                                       "name (e.g. ViT-B-32-quickgelu for OpenAI-format weights) or config JSON "
+                                       "(default: the architecture a file records, else BASE's)")
+    model.add_argument("--names", help="comma list of names for the tuned models in tables and figures "
+                                       "(default: their labels)")
+    model.add_argument("--device", type=common.device_name, default="auto", help="auto, cpu, cuda or cuda:N")
+    data = parser.add_argument_group("data (states and probes)")
+    data.add_argument("--data", default="synthetic",
+                      help="'synthetic' (the base's synthetic world: negation and scope tasks), or a real data file "
+                           "that gives negation examples (CC-Neg, NegBench retrieval CSV, COCO captions or instances)")
+    data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file")
+    data.add_argument("--split", choices=("train", "eval", "all"), default="eval", help="split of a CC-Neg file")
+    data.add_argument("--max-examples", type=at_least(10), default=4000,
+                      help="real data: negation examples used at most (a seeded draw)")
+    data.add_argument("--train-cues", default="no,not",
+                      help="real data: negation cues the probes train on; the other cues are the held-out split")
+    data.add_argument("--per-image", type=positive_int, default=3,
+                      help="real COCO / NegBench retrieval data: generated negation examples per image")
+    data.add_argument("--n-train", type=at_least(20), default=2000, help="synthetic probe training captions")
+    data.add_argument("--n-test", type=at_least(10), default=600, help="synthetic captions per test split")
+    data.add_argument("--seed", type=common.seed, default=0, help="seed of data draws and bootstraps")
+    measure = parser.add_argument_group("what to compare")
+    measure.add_argument("--parts", default=",".join(PARTS),
+                         help="comma list among " + ", ".join(PARTS) + " (weights alone needs no captions)")
+    measure.add_argument("--n-states", type=at_least(3), default=500,
+                         help="captions per group (affirmative, negated) for CKA and cosine (a seeded draw)")
+    measure.add_argument("--n-boot", type=non_negative_int, default=200,
+                         help="bootstrap resamples of captions for CKA and cosine intervals (0: no intervals)")
+    measure.add_argument("--probe-boot", type=positive_int, default=1000,
+                         help="bootstrap resamples of test items for the paired probe differences")
+    measure.add_argument("--seeds", default="0,1,2", help="probe seeds (comma list)")
+    measure.add_argument("--probes", default="logistic", help="comma list among " + ", ".join(PROBE_NAMES)
+                                                              + " (the first is the one the sentences speak of)")
+    measure.add_argument("--share", type=fraction, default=0.8,
+                         help="the report names the smallest set of blocks holding this share of the summed "
+                              "relative weight change")
+    measure.add_argument("--decodable", type=fraction, default=0.9,
+                         help="the report names the first layer whose probe accuracy reaches this")
+    measure.add_argument("--confidence", type=fraction, default=0.95, help="level of every interval (< 1)")
+    measure.add_argument("--batch-size", type=positive_int, default=256, help="captions per forward pass")
+    run = common.add_run_arguments(parser, images=False)
+    run.add_argument("--no-figures", action="store_true", help="tables and report only")
+    run.add_argument("--out", type=Path, help="output folder (default: runs/compare-<time>)")
+    return parser
+
+
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Check and normalise the arguments before anything heavy is imported (errors exit 2)."""
+    from probing.models.embedded import embedded_model, is_embedded
+
+    for spec in (args.base, *args.tuned):
+        if is_embedded(spec):
+            try:
+                embedded_model(spec)
+            except ValueError as error:
+                parser.error(str(error))
+        elif _looks_like_path(spec) and not Path(spec).exists():
+            parser.error(f"{spec}: no such file or folder")
+    if args.model is not None and is_embedded(args.model):
+        parser.error("--model names an architecture for checkpoint files; give an embedded model as BASE or TUNED")
+    args.part_list = common.names(args.parts, PARTS, "--parts", parser)
+    args.probe_list = common.names(args.probes, PROBE_NAMES, "--probes", parser)
+    args.seed_list = common.int_list(args.seeds, "--seeds", parser)
+    if args.confidence >= 1:
+        parser.error(f"--confidence must be < 1, got {args.confidence}")
+    args.name_list = None
+    if args.names is not None:
+        args.name_list = [n.strip() for n in args.names.split(",")]
+        if len(args.name_list) != len(args.tuned) or not all(args.name_list):
+            parser.error(f"--names gives {len(args.name_list)} names for {len(args.tuned)} tuned models "
+                         "(one non-empty name each, comma-separated)")
+        if len(set(args.name_list)) != len(args.name_list):
+            parser.error("--names repeats a name")
+    args.train_cue_list = tuple(c.strip() for c in args.train_cues.split(",") if c.strip())
+    if args.data != "synthetic":
+        if not Path(args.data).exists():
+            parser.error(f"--data {args.data}: no such file (or pass 'synthetic')")
+        if not args.train_cue_list:
+            parser.error("--train-cues is empty")
+    if args.out is None:
+        args.out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    common.check_output_folder(args.out, "--out", parser)
+    return args
+
+
+def _looks_like_path(spec: str) -> bool:
+    return "/" in spec or "\\" in spec or Path(spec).suffix.lower() in (*CHECKPOINT_SUFFIXES, ".json")
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def recorded_architecture(path: Path) -> str | None:
+    """The open_clip architecture a .safetensors checkpoint of this toolkit records, or None."""
+    from probing.clip.loading import checkpoint_metadata
+
+    if path.suffix != ".safetensors":
+        return None
+    return checkpoint_metadata(path).get("open_clip_model") or None
+
+
+def load_spec(spec: str, args: argparse.Namespace, fallback: str | None, role: str):
+    """The ModelBundle of one model spec (module docstring). fallback: the architecture of a checkpoint file
+    when neither --model nor the file names one (BASE's, for a TUNED file)."""
+    from probing.clip import huggingface
+    from probing.clip.loading import ModelLoadError
+    from probing.models.embedded import is_embedded
+    from probing.models.factory import create_model
+
+    device = args.device
+    if is_embedded(spec):
+        return create_model(spec, device=device, seed=args.seed)
+    path = Path(spec)
+    if path.is_dir() or huggingface.config_of_name(spec) is not None:
+        return create_model(spec, device=device, seed=args.seed)
+    if path.is_file():
+        architecture = args.model or recorded_architecture(path) or fallback
+        if architecture is None:
+            raise common.UsageError(f"{role} {spec}: a checkpoint file needs --model for its architecture (e.g. "
+                                    "--model ViT-B-32-quickgelu for OpenAI-format ViT-B/32 weights)")
+        try:
+            return create_model(architecture, path, device=device, seed=args.seed)
+        except ModelLoadError:
+            problem = not_clip_problem(path)
+            if problem:
+                raise ModelLoadError(problem) from None
+            raise
+    if _looks_like_path(spec):
+        raise common.UsageError(f"{role} {spec}: no such file or folder")
+    architecture = args.model or fallback
+    if architecture is None:
+        raise common.UsageError(f"{role} {spec!r} is neither an embedded model, a folder nor a file; as an open_clip "
+                                "pretrained tag it needs --model")
+    return create_model(architecture, spec, device=device, seed=args.seed)
+
+
+CLIP_PREFIXES = ("transformer.", "visual.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection",
+                 "logit_scale", "text.", "text_model.", "vision_model.", "module.")
+
+
+def not_clip_problem(path: Path) -> str | None:
+    """For a file that failed to load: "does not hold a CLIP state dict" when it reads as a state dict of which
+    no tensor has a CLIP name (open_clip's, OpenAI's or transformers'), else None (the loader's error stands)."""
+    from probing.clip.loading import ModelLoadError, read_checkpoint
+
+    try:
+        names = list(read_checkpoint(path).state_dict)
+    except ModelLoadError:
+        return None
+    if not names or any(name.startswith(CLIP_PREFIXES) for name in names):
+        return None
+    return (f"checkpoint file {path} does not hold a CLIP state dict: none of its {len(names)} tensors "
+            f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) is a CLIP text or image tower tensor")
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = check_args(parser.parse_args(argv), parser)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.prog = PROG
+    return common.run(PROG, compare_and_report, args)
+
+
+def compare_and_report(args: argparse.Namespace) -> int:
+    common.apply_threads(args)
+    started = time.perf_counter()
+    tasks = None
+    wants_data = bool({"states", "probes"} & set(args.part_list))
+    if args.data != "synthetic" and wants_data:  # a broken data file fails before any model loads
+        common.say(args, f"reading {args.data}")
+        tasks = [real_task(args)]
+    common.say(args, f"loading {args.base}")
+    base = load_spec(args.base, args, None, "BASE")
+    tuned = {}
+    for k, spec in enumerate(args.tuned):
+        common.say(args, f"loading {spec}")
+        bundle = load_spec(spec, args, base.name, "TUNED")
+        name = args.name_list[k] if args.name_list else _default_name(spec, bundle, tuned, base)
+        tuned[name] = bundle
+    check_comparable(base, tuned, args)
+    if tasks is None and wants_data and base.world is None:
+        raise common.UsageError(f"BASE {args.base}: {base.world_note}; pass --data with a real data file, or "
+                                "--parts weights")
+    from analysis.compare.core import CompareConfig, compare_checkpoints
+    from analysis.compare.report import write_outputs
+
+    config = CompareConfig(parts=args.part_list, share=args.share, n_states=args.n_states, n_boot=args.n_boot,
+                           probe_boot=args.probe_boot, confidence=args.confidence, seeds=args.seed_list,
+                           probes=args.probe_list, n_train=args.n_train, n_test=args.n_test,
+                           decodable=args.decodable, batch_size=args.batch_size, seed=args.seed)
+    comparison = compare_checkpoints(base, tuned, tasks, config=config, progress=not args.no_progress,
+                                     say=lambda message: common.say(args, message))
+    common.write_provenance(args.out, args, model=base, data={"--data": args.data},
+                            extra={"tuned_models": {name: _provenance(bundle) for name, bundle in tuned.items()}})
+    paths = write_outputs(comparison, args.out, figures=not args.no_figures,
+                          extra={"run": {"seconds": time.perf_counter() - started,
+                                         "specs": {"base": args.base, "tuned": dict(zip(tuned, args.tuned))}}})
+    for sentence in comparison.sentences:
+        print(f"- {sentence}")
+    for note in comparison.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    print(f"wrote {args.out}/: {', '.join(sorted(p.name for k, p in paths.items() if not k.startswith('figure:')))}"
+          f"{', figures/' if any(k.startswith('figure:') for k in paths) else ''}, provenance.json")
+    return 0
+
+
+def check_comparable(base, tuned: dict, args: argparse.Namespace) -> None:
+    """Before any measurement: a UsageError naming the first tuned model when no tuned model's text tower has
+    the base's shapes (a tower that cannot be read counts as another shape); with some comparable, the others
+    get their statement in the report."""
+    from analysis.compare.weights import shape_problem
+    from probing.clip.text_tower import TextTower, UnsupportedTextTower
+
+    try:
+        TextTower.from_model(base.model)
+    except UnsupportedTextTower as error:
+        raise common.UsageError(f"BASE {args.base}: its text tower cannot be compared: {error}") from None
+    problems = {}
+    for name, bundle in tuned.items():
+        try:
+            problems[name] = shape_problem(base.model, bundle.model)
+        except UnsupportedTextTower as error:
+            problems[name] = f"its text tower cannot be read: {error}"
+    if all(problems.values()):
+        name = next(iter(problems))
+        raise common.UsageError(f"TUNED {_spec_of(name, tuned, args)}: {problems[name]}; nothing to compare with BASE")
+
+
+def _default_name(spec: str, bundle, taken: dict, base) -> str:
+    """A tuned model's name: its label, or the file's name when that is shorter and unique."""
+    path = Path(spec)
+    name = path.stem if path.is_file() else (path.name if path.is_dir() else str(bundle.label))
+    if name in taken or name == base.label:
+        name = str(bundle.label) if str(bundle.label) not in taken and bundle.label != base.label else spec
+    return name
+
+
+def _spec_of(name: str, tuned: dict, args) -> str:
+    return dict(zip(tuned, args.tuned)).get(name, name)
+
+
+def _provenance(bundle) -> dict:
+    info = dict(bundle.info)
+    if bundle.checkpoint is not None and Path(bundle.checkpoint).is_file():
+        info["checkpoint_file_sha256"] = common.file_sha256(bundle.checkpoint)
+    return info
+
+
+def real_task(args: argparse.Namespace):
+    """The negation probing task of a real data file (probing.measure.tasks.real_negation_task), as probe-layers
+    builds it: affirmative captions are label 0, negated ones label 1; held-out cues are a test split."""
+    from probing.data import DataError, load_negation_examples
+    from probing.measure.tasks import real_negation_task
+
+    try:
+        records = load_negation_examples(args.data, kind=args.data_kind, strict=False, seed=args.seed,
+                                         per_image=args.per_image, split=args.split)
+    except DataError:
+        raise
+    except ValueError as error:  # e.g. an unknown --data-kind
+        raise common.UsageError(f"--data {args.data}: {error}") from None
+    if not records:
+        raise common.UsageError(f"--data {args.data}: no negation examples ({records.report.summary()})")
+    records = list(records)
+    if len(records) > args.max_examples:
+        import numpy as np
+
+        keep = np.sort(np.random.default_rng([args.seed, 0xDA7A]).choice(len(records), args.max_examples,
+                                                                          replace=False))
+        records = [records[i] for i in keep]
+    try:
+        return real_negation_task(records, train_cues=args.train_cue_list, seed=args.seed)
+    except ValueError as error:
+        raise common.UsageError(f"--data {args.data}: {error}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
