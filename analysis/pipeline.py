@@ -176,13 +176,13 @@ def load(config: ProbeConfig, *, log: Callable[[str], None] = lambda message: No
     return Subject(bundle, nulls, tasks, data, losses, notes)
 
 
-def _real_data(config: ProbeConfig, notes: list[str]) -> tuple[ProbeTask, RealData, tuple[str, ...]]:
-    """The probing task, the measurements' data and the losses it can feed, from a real data file, checked against
-    the configuration before any model loads."""
-    spec, file = config.data, config.data.file
+def read_examples(spec: DataSpec, seed: int, notes: list[str]) -> list:
+    """The negation examples of a real data file (probing.data.negations), at most `spec.limit` of them (a seeded
+    draw); what was skipped or left out goes to `notes`. A ConfigError names the file when nothing usable is left."""
+    file = spec.file
     try:
-        records = load_negation_examples(file, kind=spec.kind, image_root=spec.image_root, strict=False,
-                                         seed=config.seed, per_image=spec.per_image, split=spec.split)
+        records = load_negation_examples(file, kind=spec.kind, image_root=spec.image_root, strict=False, seed=seed,
+                                         per_image=spec.per_image, split=spec.split)
     except DataError:  # names its file and row already
         raise
     except ValueError as error:  # e.g. an unknown kind
@@ -196,17 +196,35 @@ def _real_data(config: ProbeConfig, notes: list[str]) -> tuple[ProbeTask, RealDa
         raise ConfigError(f"--data {file}: no negated captions to probe (captions only?)")
     records = list(records)
     if len(records) > spec.limit:
-        keep = np.sort(np.random.default_rng([config.seed, 0xDA7A]).choice(len(records), spec.limit, replace=False))
+        keep = np.sort(np.random.default_rng([seed, 0xDA7A]).choice(len(records), spec.limit, replace=False))
         notes.append(f"{file}: {spec.limit} of {len(records)} negation examples used (--limit)")
         records = [records[i] for i in keep]
+    return records
+
+
+def probe_task(records, spec: DataSpec, seed: int, notes: list[str]) -> ProbeTask:
+    """The negation probing task of a file's examples: affirmative captions label 0, negated ones 1, the cues not
+    among `spec.train_cues` a held-out split (probing.measure.tasks.real_negation_task)."""
     try:
-        task = real_negation_task(records, train_cues=spec.train_cues, seed=config.seed)
+        task = real_negation_task(records, train_cues=spec.train_cues, seed=seed)
+    except ValueError as error:
+        raise ConfigError(f"--data {spec.file}: {error}") from None
+    if len(task.tests) == 1:
+        notes.append(f"{spec.file}: every caption uses the training cues {list(spec.train_cues)}, so there is no "
+                     "held-out cue split")
+    return task
+
+
+def _real_data(config: ProbeConfig, notes: list[str]) -> tuple[ProbeTask, RealData, tuple[str, ...]]:
+    """The probing task, the measurements' data and the losses it can feed, from a real data file, checked against
+    the configuration before any model loads."""
+    spec, file = config.data, config.data.file
+    records = read_examples(spec, config.seed, notes)
+    task = probe_task(records, spec, config.seed, notes)
+    try:
         data = RealData(records, source=str(file), with_images=spec.image_root is not None)
     except ValueError as error:
         raise ConfigError(f"--data {file}: {error}") from None
-    if len(task.tests) == 1:
-        notes.append(f"{file}: every caption uses the training cues {list(spec.train_cues)}, so there is no "
-                     "held-out cue split")
     notes.append("data: " + describe_sentence(describe_examples(records, file)))
     return task, data, _check_real_data(config, data, notes)
 

@@ -30,6 +30,7 @@ from analysis.ablation.runner import AblationStudy
 from analysis.ablation.runs import Shard
 from analysis.pipeline import ModelSpec, ProbeConfig, run
 from analysis.planning.selection import SelectionError
+from analysis.runtime import apply_threads
 from probing.measure.layers import MeasureConfig
 from probing.measure.localise import LocaliseConfig
 
@@ -106,8 +107,6 @@ def ablation_config(model: StudyModel, plan: Path) -> AblationConfig:
 
 def run_model(model: StudyModel, out: Path, *, shard: Shard | None = None, log: Callable[[str], None] = print) -> None:
     """Probe (unless done), then ablate (resumably; a shard's share only) one model of the study."""
-    from analysis.cli.execution import apply_threads
-
     apply_threads(1)
     probe_dir = out / model.name / "probe"
     if not (probe_dir / "report.json").is_file():

@@ -66,7 +66,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     Exits with a message (status 0) when CUDA was asked for and there is none: the GPU figures are
     then simply not measured, and nothing is written.
     """
-    from analysis.cli.execution import apply_threads
+    from analysis.runtime import apply_threads
 
     apply_threads(args.threads)
     torch.manual_seed(args.seed)

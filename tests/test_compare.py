@@ -311,7 +311,7 @@ def test_paired_differences_equal_a_direct_balanced_accuracy():
 
 # --- the command -------------------------------------------------------------------------------
 
-QUICK = ["--n-train", "100", "--n-test", "30", "--seeds", "0", "--n-states", "40", "--n-boot", "20",
+QUICK = ["--probe-train", "100", "--probe-test", "30", "--probe-seeds", "0", "--n-states", "40", "--n-boot", "20",
          "--probe-boot", "100", "--threads", "1", "--no-progress"]
 
 

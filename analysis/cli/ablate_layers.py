@@ -33,7 +33,8 @@ import sys
 from pathlib import Path
 
 from analysis.cli import arguments as a
-from analysis.cli.execution import Unsupported, apply_threads, run
+from analysis.cli.execution import Unsupported, run
+from analysis.runtime import apply_threads
 from finetune.vocabulary import EXTRAS, LOSS_NAMES
 
 PROG = "ablate-layers"

@@ -25,7 +25,7 @@ model whose text tower is bitwise the base's is reported as "no weight differs";
 other shapes gets a statement naming the tensor (exit 2 when no tuned model can be compared).
 docs/COMPARE.md explains how to read the outputs.
 
-Exit status as every command's (analysis.cli.common): 2 with one line for a missing or unreadable file, a
+Exit status as every command's (analysis.cli.execution): 2 with one line for a missing or unreadable file, a
 checkpoint that does not fit the architecture, a state dict that is not CLIP's, or bad arguments.
 """
 from __future__ import annotations
@@ -35,8 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.cli import common
-from analysis.cli.common import at_least, fraction, non_negative_int, positive_int
+from analysis.cli import arguments as a
+from analysis.cli.arguments import at_least, fraction, non_negative_int, positive_int
+from analysis.cli.execution import UsageError, run, say
+from analysis.runtime import apply_threads
 
 PROG = "compare-checkpoints"
 PARTS = ("weights", "states", "probes")  # analysis.compare.core.PARTS (not imported: it needs pandas)
@@ -45,7 +47,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = common.CommandParser(PROG, __doc__)
+    parser = a.CommandParser(PROG, __doc__)
     parser.add_argument("base", metavar="BASE", help="the base model spec (see above)")
     parser.add_argument("tuned", metavar="TUNED", nargs="+", help="one or more fine-tuned model specs")
     model = parser.add_argument_group("model")
@@ -54,22 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: the architecture a file records, else BASE's)")
     model.add_argument("--names", help="comma list of names for the tuned models in tables and figures "
                                        "(default: their labels)")
-    model.add_argument("--device", type=common.device_name, default="auto", help="auto, cpu, cuda or cuda:N")
+    model.add_argument("--device", type=a.device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     data = parser.add_argument_group("data (states and probes)")
-    data.add_argument("--data", default="synthetic",
-                      help="'synthetic' (the base's synthetic world: negation and scope tasks), or a real data file "
-                           "that gives negation examples (CC-Neg, NegBench retrieval CSV, COCO captions or instances)")
+    data.add_argument("--data", help="a real data file that gives negation examples (CC-Neg, NegBench retrieval CSV, "
+                                     "COCO captions or instances; default: the base's synthetic world, its negation "
+                                     "and scope tasks)")
     data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file")
     data.add_argument("--split", choices=("train", "eval", "all"), default="eval", help="split of a CC-Neg file")
-    data.add_argument("--max-examples", type=at_least(10), default=4000,
+    limit = data.add_argument("--limit", type=at_least(10), default=4000,
                       help="real data: negation examples used at most (a seeded draw)")
     data.add_argument("--train-cues", default="no,not",
                       help="real data: negation cues the probes train on; the other cues are the held-out split")
     data.add_argument("--per-image", type=positive_int, default=3,
                       help="real COCO / NegBench retrieval data: generated negation examples per image")
-    data.add_argument("--n-train", type=at_least(20), default=2000, help="synthetic probe training captions")
-    data.add_argument("--n-test", type=at_least(10), default=600, help="synthetic captions per test split")
-    data.add_argument("--seed", type=common.seed, default=0, help="seed of data draws and bootstraps")
+    probe_train = data.add_argument("--probe-train", type=at_least(20), default=2000,
+                                    help="synthetic probe training captions")
+    probe_test = data.add_argument("--probe-test", type=at_least(10), default=600,
+                                   help="synthetic probe captions per test split")
+    data.add_argument("--seed", type=a.seed, default=0, help="seed of data draws and bootstraps")
     measure = parser.add_argument_group("what to compare")
     measure.add_argument("--parts", default=",".join(PARTS),
                          help="comma list among " + ", ".join(PARTS) + " (weights alone needs no captions)")
@@ -79,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="bootstrap resamples of captions for CKA and cosine intervals (0: no intervals)")
     measure.add_argument("--probe-boot", type=positive_int, default=1000,
                          help="bootstrap resamples of test items for the paired probe differences")
-    measure.add_argument("--seeds", default="0,1,2", help="probe seeds (comma list)")
+    seeds = measure.add_argument("--probe-seeds", default="0,1,2", help="probe seeds (comma list)")
     measure.add_argument("--probes", default="logistic", help="comma list among " + ", ".join(PROBE_NAMES)
                                                               + " (the first is the one the sentences speak of)")
     measure.add_argument("--share", type=fraction, default=0.8,
@@ -89,9 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the report names the first layer whose probe accuracy reaches this")
     measure.add_argument("--confidence", type=fraction, default=0.95, help="level of every interval (< 1)")
     measure.add_argument("--batch-size", type=positive_int, default=256, help="captions per forward pass")
-    run = common.add_run_arguments(parser, images=False)
+    run = a.add_run_arguments(parser, images=False)
     run.add_argument("--no-figures", action="store_true", help="tables and report only")
     run.add_argument("--out", type=Path, help="output folder (default: runs/compare-<time>)")
+    for old, new in (("--max-examples", limit), ("--n-train", probe_train), ("--n-test", probe_test),
+                     ("--seeds", seeds)):
+        a.renamed(parser, old, new)
     return parser
 
 
@@ -109,9 +116,9 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
             parser.error(f"{spec}: no such file or folder")
     if args.model is not None and is_embedded(args.model):
         parser.error("--model names an architecture for checkpoint files; give an embedded model as BASE or TUNED")
-    args.part_list = common.names(args.parts, PARTS, "--parts", parser)
-    args.probe_list = common.names(args.probes, PROBE_NAMES, "--probes", parser)
-    args.seed_list = common.int_list(args.seeds, "--seeds", parser)
+    args.part_list = a.names(args.parts, PARTS, "--parts", parser)
+    args.probe_list = a.names(args.probes, PROBE_NAMES, "--probes", parser)
+    args.seed_list = a.int_list(args.probe_seeds, "--probe-seeds", parser)
     if args.confidence >= 1:
         parser.error(f"--confidence must be < 1, got {args.confidence}")
     args.name_list = None
@@ -123,14 +130,14 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
         if len(set(args.name_list)) != len(args.name_list):
             parser.error("--names repeats a name")
     args.train_cue_list = tuple(c.strip() for c in args.train_cues.split(",") if c.strip())
-    if args.data != "synthetic":
+    if args.data is not None:
         if not Path(args.data).exists():
-            parser.error(f"--data {args.data}: no such file (or pass 'synthetic')")
+            parser.error(f"--data {args.data}: no such file")
         if not args.train_cue_list:
             parser.error("--train-cues is empty")
     if args.out is None:
         args.out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    common.check_output_folder(args.out, "--out", parser)
+    a.check_output_folder(args.out, "--out", parser)
     return args
 
 
@@ -166,7 +173,7 @@ def load_spec(spec: str, args: argparse.Namespace, fallback: str | None, role: s
     if path.is_file():
         architecture = args.model or recorded_architecture(path) or fallback
         if architecture is None:
-            raise common.UsageError(f"{role} {spec}: a checkpoint file needs --model for its architecture (e.g. "
+            raise UsageError(f"{role} {spec}: a checkpoint file needs --model for its architecture (e.g. "
                                     "--model ViT-B-32-quickgelu for OpenAI-format ViT-B/32 weights)")
         try:
             return create_model(architecture, path, device=device, seed=args.seed)
@@ -176,10 +183,10 @@ def load_spec(spec: str, args: argparse.Namespace, fallback: str | None, role: s
                 raise ModelLoadError(problem) from None
             raise
     if _looks_like_path(spec):
-        raise common.UsageError(f"{role} {spec}: no such file or folder")
+        raise UsageError(f"{role} {spec}: no such file or folder")
     architecture = args.model or fallback
     if architecture is None:
-        raise common.UsageError(f"{role} {spec!r} is neither an embedded model, a folder nor a file; as an open_clip "
+        raise UsageError(f"{role} {spec!r} is neither an embedded model, a folder nor a file; as an open_clip "
                                 "pretrained tag it needs --model")
     return create_model(architecture, spec, device=device, seed=args.seed)
 
@@ -208,42 +215,43 @@ def not_clip_problem(path: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = check_args(parser.parse_args(argv), parser)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
-    args.prog = PROG
-    return common.run(PROG, compare_and_report, args)
+    command = [PROG, *(sys.argv[1:] if argv is None else argv)]
+    return run(PROG, lambda: compare_and_report(args, command))
 
 
-def compare_and_report(args: argparse.Namespace) -> int:
-    common.apply_threads(args)
+def compare_and_report(args: argparse.Namespace, command: list[str]) -> int:
+    from analysis.provenance import file_sha256, write_provenance
+
+    apply_threads(args.threads)
     started = time.perf_counter()
     tasks = None
     wants_data = bool({"states", "probes"} & set(args.part_list))
-    if args.data != "synthetic" and wants_data:  # a broken data file fails before any model loads
-        common.say(args, f"reading {args.data}")
+    if args.data is not None and wants_data:  # a broken data file fails before any model loads
+        say(quiet=args.no_progress, message=f"reading {args.data}")
         tasks = [real_task(args)]
-    common.say(args, f"loading {args.base}")
+    say(quiet=args.no_progress, message=f"loading {args.base}")
     base = load_spec(args.base, args, None, "BASE")
     tuned = {}
     for k, spec in enumerate(args.tuned):
-        common.say(args, f"loading {spec}")
+        say(quiet=args.no_progress, message=f"loading {spec}")
         bundle = load_spec(spec, args, base.name, "TUNED")
         name = args.name_list[k] if args.name_list else _default_name(spec, bundle, tuned, base)
         tuned[name] = bundle
     check_comparable(base, tuned, args)
     if tasks is None and wants_data and base.world is None:
-        raise common.UsageError(f"BASE {args.base}: {base.world_note}; pass --data with a real data file, or "
+        raise UsageError(f"BASE {args.base}: {base.world_note}; pass --data with a real data file, or "
                                 "--parts weights")
     from analysis.compare.core import CompareConfig, compare_checkpoints
     from analysis.compare.report import write_outputs
 
     config = CompareConfig(parts=args.part_list, share=args.share, n_states=args.n_states, n_boot=args.n_boot,
                            probe_boot=args.probe_boot, confidence=args.confidence, seeds=args.seed_list,
-                           probes=args.probe_list, n_train=args.n_train, n_test=args.n_test,
+                           probes=args.probe_list, n_train=args.probe_train, n_test=args.probe_test,
                            decodable=args.decodable, batch_size=args.batch_size, seed=args.seed)
     comparison = compare_checkpoints(base, tuned, tasks, config=config, progress=not args.no_progress,
-                                     say=lambda message: common.say(args, message))
-    common.write_provenance(args.out, args, model=base, data={"--data": args.data},
-                            extra={"tuned_models": {name: _provenance(bundle) for name, bundle in tuned.items()}})
+                                     say=lambda message: say(message, quiet=args.no_progress))
+    write_provenance(args.out, command, model=base, data={"--data": args.data},
+                     extra={"tuned_models": {name: _provenance(bundle, file_sha256) for name, bundle in tuned.items()}})
     paths = write_outputs(comparison, args.out, figures=not args.no_figures,
                           extra={"run": {"seconds": time.perf_counter() - started,
                                          "specs": {"base": args.base, "tuned": dict(zip(tuned, args.tuned))}}})
@@ -266,7 +274,7 @@ def check_comparable(base, tuned: dict, args: argparse.Namespace) -> None:
     try:
         TextTower.from_model(base.model)
     except UnsupportedTextTower as error:
-        raise common.UsageError(f"BASE {args.base}: its text tower cannot be compared: {error}") from None
+        raise UsageError(f"BASE {args.base}: its text tower cannot be compared: {error}") from None
     problems = {}
     for name, bundle in tuned.items():
         try:
@@ -275,7 +283,7 @@ def check_comparable(base, tuned: dict, args: argparse.Namespace) -> None:
             problems[name] = f"its text tower cannot be read: {error}"
     if all(problems.values()):
         name = next(iter(problems))
-        raise common.UsageError(f"TUNED {_spec_of(name, tuned, args)}: {problems[name]}; nothing to compare with BASE")
+        raise UsageError(f"TUNED {_spec_of(name, tuned, args)}: {problems[name]}; nothing to compare with BASE")
 
 
 def _default_name(spec: str, bundle, taken: dict, base) -> str:
@@ -291,39 +299,24 @@ def _spec_of(name: str, tuned: dict, args) -> str:
     return dict(zip(tuned, args.tuned)).get(name, name)
 
 
-def _provenance(bundle) -> dict:
+def _provenance(bundle, file_sha256) -> dict:
     info = dict(bundle.info)
     if bundle.checkpoint is not None and Path(bundle.checkpoint).is_file():
-        info["checkpoint_file_sha256"] = common.file_sha256(bundle.checkpoint)
+        info["checkpoint_file_sha256"] = file_sha256(bundle.checkpoint)
     return info
 
 
 def real_task(args: argparse.Namespace):
-    """The negation probing task of a real data file (probing.measure.tasks.real_negation_task), as probe-layers
-    builds it: affirmative captions are label 0, negated ones label 1; held-out cues are a test split."""
-    from probing.data import DataError, load_negation_examples
-    from probing.measure.tasks import real_negation_task
+    """The negation probing task of a real data file, built as probe-layers builds it (analysis.pipeline)."""
+    from analysis.pipeline import DataSpec, probe_task, read_examples
 
-    try:
-        records = load_negation_examples(args.data, kind=args.data_kind, strict=False, seed=args.seed,
-                                         per_image=args.per_image, split=args.split)
-    except DataError:
-        raise
-    except ValueError as error:  # e.g. an unknown --data-kind
-        raise common.UsageError(f"--data {args.data}: {error}") from None
-    if not records:
-        raise common.UsageError(f"--data {args.data}: no negation examples ({records.report.summary()})")
-    records = list(records)
-    if len(records) > args.max_examples:
-        import numpy as np
-
-        keep = np.sort(np.random.default_rng([args.seed, 0xDA7A]).choice(len(records), args.max_examples,
-                                                                          replace=False))
-        records = [records[i] for i in keep]
-    try:
-        return real_negation_task(records, train_cues=args.train_cue_list, seed=args.seed)
-    except ValueError as error:
-        raise common.UsageError(f"--data {args.data}: {error}") from None
+    spec = DataSpec(file=args.data, kind=args.data_kind, split=args.split, limit=args.limit,
+                    train_cues=args.train_cue_list, per_image=args.per_image)
+    notes: list[str] = []
+    task = probe_task(read_examples(spec, args.seed, notes), spec, args.seed, notes)
+    for note in notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    return task
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ from analysis.cli.arguments import positive_int
 from analysis.cli.execution import (
     EXIT_USAGE,
     UsageError,
-    apply_threads,
     one_line,
     run,
 )
+from analysis.runtime import apply_threads
 
 PROG = "evaluate-negation"
 OUTPUT_JSON = "evaluation.json"

@@ -51,9 +51,9 @@ from analysis.cli.arguments import (
 from analysis.cli.execution import (
     Unsupported,
     UsageError,
-    apply_threads,
     run,
 )
+from analysis.runtime import apply_threads
 from finetune.vocabulary import EXTRAS, LOSS_NAMES, MCQ_LOSSES
 from probing.vocabulary import DATA_KINDS
 

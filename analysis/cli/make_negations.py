@@ -30,9 +30,9 @@ from pathlib import Path
 from analysis.cli import arguments as a
 from analysis.cli.arguments import non_negative_int, positive_int, seed
 from analysis.cli.execution import (
-    apply_threads,
     run,
 )
+from analysis.runtime import apply_threads
 from probing.data.negations import NEGATION_KINDS  # no torch behind this import
 
 PROG = "make-negations"

@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 
 from analysis.cli import arguments as a
-from analysis.cli.execution import EXIT_UNSUPPORTED, apply_threads, run, say
+from analysis.cli.execution import EXIT_UNSUPPORTED, run, say
 from analysis.planning.selection import RULES
+from analysis.runtime import apply_threads
 from finetune.vocabulary import GRADNORM_LOSSES
 from probing.vocabulary import LAYER_MEASUREMENTS, LOCALISATION_MEASUREMENTS, MEASUREMENTS
 

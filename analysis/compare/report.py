@@ -23,7 +23,7 @@ import pandas as pd
 
 from analysis.compare.decoding import headline_split
 from analysis.compare.weights import IMAGE_TOWER, OUTSIDE_BLOCKS
-from analysis.selection import describe_blocks
+from analysis.planning.selection import describe_blocks
 from probing.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
