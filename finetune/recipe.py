@@ -6,7 +6,7 @@ A recipe file holds
     name, summary   what it is (listed by `finetune-layers --help`)
     source          the paper and the files of the authors' code its settings come from
     settings        finetune-layers options by their argument names (loss, weights, layers,
-                    train_embeddings, lr, betas, eps, weight_decay, decay, warmup_steps, schedule,
+                    extras, lr, betas, eps, weight_decay, decay, warmup_steps, schedule,
                     batch_size, epochs or steps, precision, clip_grad_norm, second_loss, ...)
     notes           for each setting, where in the source it comes from
 JSON, so that the standard library reads it on every supported Python (tomllib needs 3.11); the

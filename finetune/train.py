@@ -79,7 +79,7 @@ from finetune.vocabulary import MAX_LEARNING_RATE, MAX_SEED
 from probing.clip.loading import base_record, resolve_device, save_clip_checkpoint
 from probing.clip.text_tower import TextTower
 from probing.contrastive import MAX_LOGIT_SCALE, lr_factor
-from probing.features.batching import token_batches
+from probing.features.encode import encode_tokens
 from probing.io import atomic_write_json
 
 # A trained weight larger than this has exploded: no CLIP weight comes near it (the largest are LayerNorm
@@ -301,17 +301,6 @@ def trained_weights_problem(params: Sequence[torch.Tensor], names: Sequence[str]
 
 
 # --- the loss of one batch -----------------------------------------------------------------------
-
-def encode_tokens(tower: TextTower, tokens: torch.Tensor, token_budget: int | None = None) -> torch.Tensor:
-    """Text features of `tokens` [n, context] in their order, gradients included: one pass trimmed to
-    the longest caption, or length-sorted chunks of at most `token_budget` tokens, each trimmed."""
-    if token_budget is None:
-        return tower.encode(tokens, trim=True)
-    chunks = [torch.from_numpy(chunk).to(tokens.device)
-              for chunk in token_batches(tower.eot_positions(tokens).cpu() + 1, token_budget)]
-    features = torch.cat([tower.encode(tokens[chunk], trim=True) for chunk in chunks])
-    return features[torch.argsort(torch.cat(chunks))]
-
 
 def batch_loss(model: nn.Module, data: TrainingData, spec: LossSpec, indices: torch.Tensor, *,
                device: torch.device, dist: DistContext | None = None, autocast: torch.dtype | None = None,

@@ -296,6 +296,27 @@ def score_pairs(name: str, image: torch.Tensor, positive: torch.Tensor, negative
     return breakdown(name, hits, groups or {}, ties)
 
 
+def score_negation(image: torch.Tensor, caption: torch.Tensor, presence: torch.Tensor,
+                   groups: dict[str, Sequence] | None = None, *, absence: torch.Tensor | None = None,
+                   absence_rows: Sequence[int] | None = None) -> Metrics:
+    """The two pair metrics of negation examples (REFERENCE.md), with breakdowns by `groups` (cue, K):
+
+        ccneg_accuracy    s(I, caption) > s(I, presence-negated caption), every row
+        absence_accuracy  s(I, absence-negated caption) > s(I, presence-negated caption), on `absence_rows`
+                          (default: every row) whose absence-negated captions' features are `absence`
+
+    The one scorer of CC-Neg-style accuracy: the synthetic suite, the causal check on real data and the
+    evaluation of negation files all call it."""
+    metrics = score_pairs("ccneg_accuracy", image, caption, presence, groups)
+    if absence is not None:
+        rows = (torch.arange(len(image)) if absence_rows is None
+                else torch.tensor(list(absence_rows), dtype=torch.long))
+        if len(rows):
+            chosen = {key: [values[i] for i in rows.tolist()] for key, values in (groups or {}).items()}
+            metrics.update(score_pairs("absence_accuracy", image[rows], absence, presence[rows], chosen))
+    return metrics
+
+
 def score_choices(name: str, scores: torch.Tensor, correct: Sequence[int] | torch.Tensor,
                   groups: dict[str, Sequence] | None = None) -> Metrics:
     """Multiple choice on precomputed scores [n, k] (-inf pads rows with fewer options): an item is

@@ -33,7 +33,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     # conclip with distractor images: captions and negated captions go through the gather,
     # images and distractor images through the sharded cache
-    args = ["--model", str(config), "--data", "synthetic", "--n-examples", "16", "--loss", "conclip",
+    args = ["--model", str(config), "--data", "synthetic", "--train-examples", "16", "--loss", "conclip",
             "--plan", str(plan), "--lr", "1e-3", "--warmup-steps", "1", "--steps", "3", "--batch-size", "8",
             "--grad-accum", "2", "--log-every", "1", "--device", "cpu", "--no-tensorboard", "--no-progress"]
     run([sys.executable, "-m", "analysis.cli.finetune_layers", *args, "--out", str(single)], env)

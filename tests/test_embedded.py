@@ -172,15 +172,15 @@ def test_build_command_prints_the_shipped_numbers_and_compares_a_build(short_bui
     from analysis.cli.build_embedded import main
 
     shipped = create_model("embedded:small")
-    assert main(["--spec", "small", "--no-progress"]) == 0
+    assert main(["--model", "embedded:small", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert str(shipped.checkpoint) in printed and f"{shipped.metrics['scope_accuracy']:.3f}" in printed
-    assert main(["--spec", "small", "--steps", "6", "--no-progress"]) == 0  # another build: into the cache
+    assert main(["--model", "embedded:small", "--steps", "6", "--no-progress"]) == 0  # another build: into the cache
     printed = capsys.readouterr().out
     assert "pretraining negclip-micro from scratch: 0 image-tower warm-up and 6 contrastive steps" in printed
     assert "shipped" in printed and "diff" in printed
     with pytest.raises(SystemExit):
-        main(["--spec", "small", "--threads", "0"])
+        main(["--model", "embedded:small", "--threads", "0"])
     assert "--threads: must be >= 1" in capsys.readouterr().err
 
 

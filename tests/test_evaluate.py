@@ -495,8 +495,8 @@ def test_cli_writes_json_and_markdown(tiny, test_data, tmp_path, monkeypatch, ca
     )
     code = main(["--model", str(config), "--benchmarks", "synthetic,negbench_mcq,image_folder", "--limit", "6",
                  "--data-root", str(test_data), "--negbench-mcq", str(test_data / MCQ),
-                 "--negbench-mcq", str(voc), "--image-folder", str(folder), "--synthetic-n", "12",
-                 "--synthetic-classification", "36", "--synthetic-image-size", "32", "--batch-size", "5",
+                 "--negbench-mcq", str(voc), "--image-folder", str(folder), "--synthetic-items", "12",
+                 "--synthetic-zero-shot", "36", "--synthetic-image-size", "32", "--batch-size", "5",
                  "--out", str(out), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -561,8 +561,8 @@ def test_cli_embedded_model_comes_with_its_synthetic_world(small_embedded, tmp_p
 
     _, spec = small_embedded
     out = tmp_path / "out"
-    assert main(["--model", "embedded:small", "--benchmarks", "synthetic", "--synthetic-n", "8",
-                 "--synthetic-classification", "36", "--out", str(out), "--no-progress"]) == 0
+    assert main(["--model", "embedded:small", "--benchmarks", "synthetic", "--synthetic-items", "8",
+                 "--synthetic-zero-shot", "36", "--out", str(out), "--no-progress"]) == 0
     result = json.loads((out / "evaluation.json").read_text())
     assert result["model"]["model"] == "embedded:small"
     world = world_for(spec)  # the world the build pretrained on, which the shipped file records

@@ -30,8 +30,8 @@ TIMING = ("samples_per_s", "elapsed_s")
 
 
 def arguments(config: Path) -> list[str]:
-    return ["--model", str(config), "--data", "synthetic", "--n-examples", "24", "--batch-size", "4",
-            "--steps", str(STEPS), "--layers", "0-1", "--train-ln-final", "--resumable", "--ckpt-every", "1",
+    return ["--model", str(config), "--data", "synthetic", "--train-examples", "24", "--batch-size", "4",
+            "--steps", str(STEPS), "--layers", "0-1", "--extras", "ln_final", "--resumable", "--ckpt-every", "1",
             "--log-every", "1",
             "--warmup-steps", "2", "--lr", "1e-3", "--seed", "3", "--no-progress", "--no-tensorboard",
             "--threads", "1", "--device", "cpu"]

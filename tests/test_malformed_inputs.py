@@ -70,7 +70,7 @@ def _with_metadata(source: Path, target: Path, **changes: str) -> Path:
 def _finetune_base(root: Path, config: Path) -> tuple[Path, list[str]]:
     """A finished two-step fine-tuning run (checkpoint at step 2) and the arguments that made it."""
     out = root / "ft-base"
-    args = ["--model", str(config), "--data", "synthetic", "--n-examples", "8", "--batch-size", "4", "--steps", "2",
+    args = ["--model", str(config), "--data", "synthetic", "--train-examples", "8", "--batch-size", "4", "--steps", "2",
             "--layers", "0", "--resumable", "--ckpt-every", "1", "--warmup-steps", "1", "--lr", "1e-4", "--no-progress",
             "--no-tensorboard", "--threads", "1", "--device", "cpu"]
     with contextlib.redirect_stdout(_io.StringIO()):
@@ -245,10 +245,11 @@ def case(prog: str, argv: str | list[str], message: str, **env: str) -> Case:
 
 # quick settings that reach the data, model and study checks without real work
 PL = "--model embedded:small --probe-seeds 0 --null-models 2 --null-probe-seeds 0 --measurements probes --no-progress"
-FT = "--model {tiny} --data synthetic --n-examples 8 --batch-size 4 --steps 2 --layers 0 --no-progress --no-tensorboard"
+FT = ("--model {tiny} --data synthetic --train-examples 8 --batch-size 4 --steps 2 --layers 0 --no-progress "
+      "--no-tensorboard")
 EV = "--model {tiny} --image-root " + str(IMAGES) + " --no-progress --out {out}/ev"
-AB = ("--model embedded:small --steps 1 --batch-size 16 --n-train 32 --warmup-steps 1 --eval-n 100 "
-      "--eval-classification 36 --no-progress --threads 1 --seeds 0 --variants front")
+AB = ("--model embedded:small --steps 1 --batch-size 16 --train-examples 32 --warmup-steps 1 --eval-items 100 "
+      "--eval-zero-shot 36 --no-progress --threads 1 --seeds 0 --variants front")
 
 PROBE_LAYERS = [
     case("probe-layers", f"{PL} --seed -1", "--seed: must be >= 0"),
@@ -337,7 +338,7 @@ FINETUNE_LAYERS = [
     case("finetune-layers", f"{FT} --warmup-steps -1 --out {{out}}/ft", "--warmup-steps: must be >= 0"),
     case("finetune-layers", f"{FT} --log-every 0 --out {{out}}/ft", "--log-every: must be >= 1"),
     case("finetune-layers", f"{FT} --ckpt-every 0 --out {{out}}/ft", "--ckpt-every: must be >= 1"),
-    case("finetune-layers", f"{FT} --n-examples 0 --out {{out}}/ft", "--n-examples: must be >= 1"),
+    case("finetune-layers", f"{FT} --train-examples 0 --out {{out}}/ft", "--train-examples: must be >= 1"),
     case("finetune-layers", f"{FT} --device bogus --out {{out}}/ft", "unknown device 'bogus'"),
     case("finetune-layers", f"{FT} --device cuda:x --out {{out}}/ft", "unknown device 'cuda:x'"),
     case("finetune-layers", f"{FT} --threads 0 --out {{out}}/ft", "--threads: must be >= 1"),
@@ -398,19 +399,19 @@ FINETUNE_LAYERS = [
     case("finetune-layers", f"{FT} --data {{ccneg_pt_garbage}} --out {{out}}/ft", "torch.load cannot read it"),
     case("finetune-layers", f"{FT} --data {{sugarcrepe_list}} --data-kind sugarcrepe --out {{out}}/ft",
          "expected a JSON object of id -> item"),
-    case("finetune-layers", "--model {tiny} --data synthetic --n-examples 3 --batch-size 4 --steps 1 --layers 0 "
-                            "--out {out}/ft", "3 examples (--n-examples) are fewer than one batch of 4"),
+    case("finetune-layers", "--model {tiny} --data synthetic --train-examples 3 --batch-size 4 --steps 1 --layers 0 "
+                            "--out {out}/ft", "3 examples (--train-examples) are fewer than one batch of 4"),
     case("finetune-layers", f"{FT} --loss negbench_mcq --out {{out}}/ft", "reads MCQ items"),
-    case("finetune-layers", "--model {tiny} --layers 0-7 --steps 1 --batch-size 4 --n-examples 8 --out {out}/ft",
+    case("finetune-layers", "--model {tiny} --layers 0-7 --steps 1 --batch-size 4 --train-examples 8 --out {out}/ft",
          "the text tower has 2 blocks"),
     case("finetune-layers", "--model {tiny} --pretrained {damaged_world} --layers 0 --steps 1 --batch-size 4 "
-                            "--n-examples 8 --out {out}/ft", "damaged_world.safetensors has damaged metadata"),
+                            "--train-examples 8 --out {out}/ft", "damaged_world.safetensors has damaged metadata"),
     case("finetune-layers", "--model {tiny} --pretrained {damaged_world_shape} --layers 0 --steps 1 --batch-size 4 "
-                            "--n-examples 8 --out {out}/ft", "world_shape.safetensors has damaged metadata"),
+                            "--train-examples 8 --out {out}/ft", "world_shape.safetensors has damaged metadata"),
     case("finetune-layers", "--model {tiny} --pretrained {damaged_metrics} --layers 0 --steps 1 --batch-size 4 "
-                            "--n-examples 8 --out {out}/ft", "damaged_metrics.safetensors has damaged metadata"),
+                            "--train-examples 8 --out {out}/ft", "damaged_metrics.safetensors has damaged metadata"),
     case("finetune-layers", "--model {tiny} --pretrained {damaged_digest} --layers 0 --steps 1 --batch-size 4 "
-                            "--n-examples 8 --out {out}/ft", "damaged_digest.safetensors is damaged"),
+                            "--train-examples 8 --out {out}/ft", "damaged_digest.safetensors is damaged"),
     case("finetune-layers", "--model {tiny} --pretrained {ccneg_pt_garbage} --layers 0 --out {out}/ft",
          "garbage.pt is corrupt"),
 ]
@@ -437,7 +438,7 @@ EVALUATE_NEGATION = [
     case("evaluate-negation", f"{EV} --benchmarks synthetic --batch-size 0", "--batch-size: must be >= 1"),
     case("evaluate-negation", f"{EV} --benchmarks synthetic --limit -1", "--limit: must be >= 1"),
     case("evaluate-negation", f"{EV} --benchmarks synthetic --seed -1", "--seed: must be >= 0"),
-    case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-n x", "must be an integer, got 'x'"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-items x", "must be an integer, got 'x'"),
     case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-image-size 0", "must be >= 1"),
     case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-split magic", "invalid choice: 'magic'"),
     case("evaluate-negation", f"{EV} --benchmarks synthetic --device bogus", "unknown device 'bogus'"),
@@ -504,34 +505,21 @@ ABLATE_LAYERS = [
     case("ablate-layers", f"{AB} --weight-decay nan --out {{out}}/ab", "--weight-decay: must be a finite"),
     case("ablate-layers", f"{AB} --seeds 0,-1 --out {{out}}/ab", "--seeds: each value must be >= 0"),
     case("ablate-layers", f"{AB} --seeds x --out {{out}}/ab", "--seeds must be a comma list"),
-    case("ablate-layers", f"{AB} --world-seed -1 --out {{out}}/ab", "--world-seed: must be >= 0"),
+    case("ablate-layers", f"{AB} --seed -1 --out {{out}}/ab", "--seed: must be >= 0"),
     case("ablate-layers", f"{AB} --eval-seed 1099511627776 --out {{out}}/ab", "--eval-seed: must be <= 4294967295"),
     case("ablate-layers", f"{AB} --data-seed 1.5 --out {{out}}/ab", "--data-seed: must be an integer"),
-    case("ablate-layers", [*AB.split(), "--loss-kwargs", "{bad", "--out", "{out}/ab"], "--loss-kwargs is not JSON"),
-    case("ablate-layers", [*AB.split(), "--loss-kwargs", "[1]", "--out", "{out}/ab"], "must be a JSON object"),
-    case("ablate-layers", [*AB.split(), "--loss-kwargs", "[" * 100000, "--out", "{out}/ab"],
-         "--loss-kwargs is not JSON"),
-    case("ablate-layers", [*AB.split(), "--loss", "omni", "--loss-kwargs", '{"lam": NaN}', "--out", "{out}/ab"],
-         "loss option lam must be a finite number"),
-    case("ablate-layers", [*AB.split(), "--loss", "omni", "--loss-kwargs", '{"lam": -1}', "--out", "{out}/ab"],
-         "loss option lam must be >= 0"),
-    case("ablate-layers", [*AB.split(), "--loss", "omni", "--loss-kwargs", '{"lam": "x"}', "--out", "{out}/ab"],
-         "loss option lam must be a finite number"),
-    case("ablate-layers", [*AB.split(), "--loss", "omni", "--loss-kwargs", '{"margin": 9}', "--out", "{out}/ab"],
-         "loss option margin must lie in [-2, 2]"),
-    case("ablate-layers", [*AB.split(), "--loss-kwargs", '{"terms": [7]}', "--out", "{out}/ab"],
-         "loss option terms must be a non-empty list among 1, 2, 3"),
-    case("ablate-layers", [*AB.split(), "--loss-kwargs", '{"terms": "1"}', "--out", "{out}/ab"],
-         "loss option terms must be a non-empty list"),
-    case("ablate-layers", [*AB.split(), "--loss-kwargs", '{"lam": 1}', "--out", "{out}/ab"],
-         "loss 'conclip' takes no option(s) lam"),
-    case("ablate-layers", [*AB.split(), "--loss", "mix", "--loss-kwargs",
-                           json.dumps({"conclip": 0, "negationclip": 0, "clip": 0, "tripletclip": 0, "omni": 0,
-                                       "absence_vs_presence": 0, "scope_pair": 0}), "--out", "{out}/ab"],
-         "every weight of the mix is 0"),
+    case("ablate-layers", f"{AB} --loss omni --lam nan --out {{out}}/ab", "--lam: must be a finite number"),
+    case("ablate-layers", f"{AB} --loss omni --lam -1 --out {{out}}/ab", "--lam: must be >= 0"),
+    case("ablate-layers", f"{AB} --loss omni --lam x --out {{out}}/ab", "--lam: must be a number"),
+    case("ablate-layers", f"{AB} --loss omni --margin 9 --out {{out}}/ab", "loss option margin must lie in [-2, 2]"),
+    case("ablate-layers", f"{AB} --terms 7 --out {{out}}/ab", "--terms must be among 1, 2, 3"),
+    case("ablate-layers", f"{AB} --terms x --out {{out}}/ab", "--terms must list term numbers"),
+    case("ablate-layers", f"{AB} --lam 1 --out {{out}}/ab", "--lam do(es) not apply to --loss conclip"),
+    case("ablate-layers", f"{AB} --loss mix --weights conclip=0 --out {{out}}/ab", "every weight of the mix is 0"),
+    case("ablate-layers", f"{AB} --loss mix --weights conclip=1,conclip=2 --out {{out}}/ab", "conclip given twice"),
     case("ablate-layers", f"{AB} --steps 0 --out {{out}}/ab", "--steps: must be >= 1"),
-    case("ablate-layers", f"{AB} --eval-n 50 --out {{out}}/ab", "eval_n must be at least 100"),
-    case("ablate-layers", f"{AB} --n-train 8 --out {{out}}/ab", "n_train 8 is fewer than one batch of 16"),
+    case("ablate-layers", f"{AB} --eval-items 50 --out {{out}}/ab", "eval_n must be at least 100"),
+    case("ablate-layers", f"{AB} --train-examples 8 --out {{out}}/ab", "n_train 8 is fewer than one batch of 16"),
     case("ablate-layers", f"{AB} --extras magic --out {{out}}/ab", "unknown extra(s) magic"),
     case("ablate-layers", f"{AB} --device bogus --out {{out}}/ab", "unknown device 'bogus'"),
     case("ablate-layers", f"{AB} --pretrained x.pt --out {{out}}/ab", "--pretrained does not go with the embedded"),
@@ -561,10 +549,11 @@ BUILD_EMBEDDED = [
     case("build-embedded", "--steps 1e9", "--steps: must be an integer"),
     case("build-embedded", "--threads 0", "--threads: must be >= 1"),
     case("build-embedded", "--threads 5000", "--threads: must be <= 1024"),
-    case("build-embedded", "--spec magic", "invalid choice: 'magic'"),
-    case("build-embedded", "--spec small --steps 3 --no-progress", "model cache folder {file}/embedded cannot be used",
+    case("build-embedded", "--model magic", "unknown embedded model 'magic'"),
+    case("build-embedded", "--model embedded:small --steps 3 --no-progress",
+         "model cache folder {file}/embedded cannot be used",
          CLIP_NEGATION_CACHE="{file}"),
-    case("build-embedded", "--spec small --steps 3 --no-progress", "cannot be used",
+    case("build-embedded", "--model embedded:small --steps 3 --no-progress", "cannot be used",
          CLIP_NEGATION_CACHE="{under_file}"),
 ]
 
@@ -668,7 +657,7 @@ def test_damaged_shipped_metadata_is_named(fx, capsys, monkeypatch):
     import probing.models.factory as factory
 
     monkeypatch.setattr(factory, "embedded_checkpoint", lambda variant="default": Path(fx["damaged_metrics"]))
-    status, _, err = run_command("build-embedded", ["--spec", "small", "--no-progress"], capsys)
+    status, _, err = run_command("build-embedded", ["--model", "embedded:small", "--no-progress"], capsys)
     check_error("build-embedded", status, err, "damaged_metrics.safetensors has damaged metadata")
 
 

@@ -103,8 +103,8 @@ def test_measure_layers_end_to_end_with_null_models(world, write_config, tmp_pat
     again = LayerMeasurements.load(path)
     pd.testing.assert_frame_equal(again.probes, result.probes, check_dtype=False)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "causal.csv", "gradnorms.csv", "items.npz", "measurements.json", "probes.csv", "selectivity.csv",
-        "sensitivity.csv"]
+        "causal.csv", "fisher.csv", "gradnorms.csv", "items.npz", "measurements.json", "probes.csv",
+        "selectivity.csv", "sensitivity.csv"]
 
 
 def test_null_tower_reinitialises_only_the_text_tower(write_config):

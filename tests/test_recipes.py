@@ -176,8 +176,8 @@ def test_every_recipe_is_a_file_with_its_sources_and_known_settings():
             assert key in recipe.settings, (name, key)
         assert "epochs" in recipe.settings or "steps" in recipe.settings
     assert load_recipe("omni_negclip").settings["margin"] == 0.9
-    assert load_recipe("conclip").settings["train_logit_scale"] is True
-    assert load_recipe("negationclip").settings["train_ln_final"] is False
+    assert "logit_scale" in load_recipe("conclip").settings["extras"].split(",")
+    assert "ln_final" not in load_recipe("negationclip").settings["extras"].split(",")
     with pytest.raises(RecipeError, match="unknown recipe"):
         load_recipe("nonesuch")
 
@@ -204,7 +204,7 @@ def run_cli(argv):
 def test_each_recipe_trains_a_few_steps_on_the_small_model(name, small_embedded, test_data, tmp_path, capsys):
     out = tmp_path / name
     argv = ["--recipe", name, "--model", "embedded:small", "--steps", "2", "--batch-size", "8",
-            "--second-batch-size", "8", "--n-examples", "24", "--warmup-steps", "1", "--log-every", "1",
+            "--second-batch-size", "8", "--train-examples", "24", "--warmup-steps", "1", "--log-every", "1",
             "--no-progress", "--no-tensorboard", "--device", "cpu", "--out", str(out)]
     if name == "negbench":  # its second source is MCQ items: the real NegBench file, rows with an image
         argv += ["--second-data", str(test_data / MCQ_FILE), "--second-image-root",
@@ -239,7 +239,7 @@ def test_command_line_overrides_the_recipe(small_embedded, tmp_path, capsys):
     LayerPlan([0, 1]).save(plan)
     argv = ["--recipe", "scope", "--model", "embedded:small", "--plan", str(plan), "--epochs", "0.5", "--lr", "1e-3",
             "--loss", "mix", "--weights", "omni=1,clip=1", "--margin", "0.5", "--lambda-t", "2", "--batch-size", "8",
-            "--n-examples", "32", "--no-progress", "--no-tensorboard", "--device", "cpu", "--out", str(out)]
+            "--train-examples", "32", "--no-progress", "--no-tensorboard", "--device", "cpu", "--out", str(out)]
     assert run_cli(argv) == 0
     run = json.loads((out / "run.json").read_text())
     # --epochs replaces the recipe's 300 steps; --plan replaces its layers and extras; the mix's omni part

@@ -301,8 +301,8 @@ def test_cli_trains_on_the_synthetic_world(tiny, tmp_path, capsys):
     from analysis.cli.finetune_layers import main
 
     out = tmp_path / "cli"
-    args = ["--model", str(tiny), "--data", "synthetic", "--n-examples", "24", "--loss", "omni", "--lam", "0.5",
-            "--layers", "0-1", "--train-ln-final", "--steps", "3", "--batch-size", "8", "--warmup-steps", "1",
+    args = ["--model", str(tiny), "--data", "synthetic", "--train-examples", "24", "--loss", "omni", "--lam", "0.5",
+            "--layers", "0-1", "--extras", "ln_final", "--steps", "3", "--batch-size", "8", "--warmup-steps", "1",
             "--lr", "1e-4", "--log-every", "1", "--no-progress", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -352,7 +352,7 @@ def test_cli_default_model_is_the_shipped_embedded_model(small_embedded, tmp_pat
         "1",
         "--batch-size",
         "4",
-        "--n-examples",
+        "--train-examples",
         "8",
         "--no-progress",
         "--no-tensorboard",
@@ -369,7 +369,7 @@ def test_cli_runtime_errors_are_one_line(tiny, tmp_path, capsys):
     from analysis.cli.finetune_layers import main
 
     common = ["--model", str(tiny), "--steps", "1", "--batch-size", "4", "--no-progress", "--no-tensorboard"]
-    assert main(common + ["--layers", "0-7", "--n-examples", "8", "--out", str(tmp_path / "a")]) == 2
+    assert main(common + ["--layers", "0-7", "--train-examples", "8", "--out", str(tmp_path / "a")]) == 2
     assert "the text tower has 3 blocks" in capsys.readouterr().err
     assert main(common + ["--layers", "0", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
@@ -411,7 +411,7 @@ def test_cli_fine_tunes_on_the_world_the_checkpoint_records_and_passes_the_recor
     size = size[0] if isinstance(size, (tuple, list)) else size
     own = SyntheticWorld(WorldConfig(image_size=size, sizes=(0.3, 0.4, 0.5), noise=0.02), seed=7)
     source = save_clip_checkpoint(model, tmp_path / "source.safetensors", model_name=tiny.stem, **world_metadata(own))
-    common = ["--model", str(tiny), "--layers", "0", "--steps", "2", "--batch-size", "4", "--n-examples", "8",
+    common = ["--model", str(tiny), "--layers", "0", "--steps", "2", "--batch-size", "4", "--train-examples", "8",
               "--resumable", "--ckpt-every", "1", "--no-progress", "--no-tensorboard"]
     assert main(common + ["--pretrained", str(source), "--out", str(tmp_path / "own")]) == 0
     for written in [tmp_path / "own" / "model.safetensors", latest_checkpoint(tmp_path / "own").model_path]:
@@ -535,8 +535,9 @@ def test_text_token_budget_chunks_give_the_one_pass_loss_and_gradients(tiny, tmp
     """Encoding a contrastive batch in token-budget chunks: the same loss and gradients up to float rounding."""
     from finetune.data import prepare_data
     from finetune.distributed import DistContext
-    from finetune.train import batch_loss, encode_tokens
+    from finetune.train import batch_loss
     from probing.clip.text_tower import TextTower
+    from probing.features.encode import encode_tokens
 
     model, preprocess, tokenizer = fresh(tiny)
     examples = make_examples(12)

@@ -24,23 +24,32 @@ from analysis.cli.execution import (
     UsageError,
     run,
 )
-from probing.models.embedded import EMBEDDED, NAMES, REGISTRY
+from probing.models.embedded import EMBEDDED, NAMES, REGISTRY, embedded_model
 
 PROG = "build-embedded"
 
 
+def _embedded_name(text: str) -> str:
+    """An embedded model's name ('embedded:late', or just 'late'); argparse says which are known."""
+    try:
+        return embedded_model(text).reference
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = a.CommandParser(PROG, __doc__)
-    parser.add_argument("--spec", choices=NAMES, default="default",
-                        help="'small' is the seconds-long smoke-test build; "
-                             + ", ".join(n for n in NAMES if REGISTRY[n].shipped is None)
-                             + " are built only (not shipped), compared with the shipped default")
+    model = parser.add_argument("--model", type=_embedded_name, default=f"{EMBEDDED}:default",
+                                help="the embedded model: 'embedded:small' is the seconds-long smoke-test build; "
+                                     + ", ".join(f"{EMBEDDED}:{n}" for n in NAMES if REGISTRY[n].shipped is None)
+                                     + " are built only (not shipped), compared with the shipped default")
     parser.add_argument("--seed", type=seed, help="pretraining seed (default: the spec's)")
     parser.add_argument("--steps", type=positive_int, help="pretraining steps (default: the spec's)")
     parser.add_argument("--threads", type=threads,
                         help="torch CPU threads of the build (default: the spec's); another count gives other weights")
     parser.add_argument("--rebuild", action="store_true", help="pretrain again even if the cache has this build")
     parser.add_argument("--no-progress", action="store_true")
+    a.renamed(parser, "--spec", model)
     return parser
 
 
@@ -71,8 +80,8 @@ def build(args: argparse.Namespace) -> int:
         with_overrides,
     )
 
-    entry = REGISTRY[args.spec]
-    shipped_name = args.spec if entry.shipped else "default"
+    entry = embedded_model(args.model)
+    shipped_name = entry.name if entry.shipped else "default"
     shipped_path = SHIPPED / REGISTRY[shipped_name].shipped
     shipped = recorded_metrics(shipped_path) if shipped_path.is_file() else None
     minutes = shipped.get("pretraining_minutes", math.nan) if shipped else math.nan

@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(at most N of its examples, scope pairs and images) (quick runs)",
     )
     synthetic = parser.add_argument_group("synthetic world")
-    synthetic.add_argument("--synthetic-n", type=positive_int, default=1000, help="negation examples and scope pairs")
-    synthetic.add_argument("--synthetic-classification", type=positive_int, default=360,
+    items = synthetic.add_argument("--synthetic-items", type=positive_int, default=1000,
+                                   help="negation examples and scope pairs")
+    zero_shot = synthetic.add_argument("--synthetic-zero-shot", type=positive_int, default=360,
                            help="images for the prompt gap over its classes")
     synthetic.add_argument("--synthetic-split", choices=("test", "train"), default="test")
     synthetic.add_argument("--synthetic-heldout", choices=("all", "cue", "object", "template"), default="all",
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=a.seed, default=0,
                      help="seed of the synthetic world, the generator and random weights")
     run.add_argument("--out", type=Path, required=True, help=f"output folder ({OUTPUT_JSON}, {OUTPUT_MD})")
+    for old, new in (("--synthetic-n", items), ("--synthetic-classification", zero_shot)):
+        a.renamed(parser, old, new)
     return parser
 
 
@@ -166,9 +169,10 @@ def evaluate(args: argparse.Namespace) -> int:
         bundle.model, bundle.preprocess, bundle.tokenizer, data_root=sources.data_root, image_root=sources.image_root,
         image_roots=sources.image_roots, files=sources.files, image_folder=sources.image_folder,
         which=which, batch_size=args.batch_size, limit=args.limit, ccneg_strip_commas=not args.ccneg_keep_commas,
-        synthetic_n=args.synthetic_n, synthetic_classification=args.synthetic_classification,
+        synthetic_n=args.synthetic_items, synthetic_classification=args.synthetic_zero_shot,
         synthetic_split=args.synthetic_split, synthetic_heldout=args.synthetic_heldout, synthetic_world=world,
-        seed=args.seed, progress=not args.no_progress)
+        seed=args.seed, progress=not args.no_progress, feature_cache=not args.no_feature_cache,
+        num_workers=a.image_workers(args.workers, args.threads))
     result["not_run"] = {**not_run, **result["not_run"]}
     output = {"model": bundle.info, **result}
     sweep_temporaries(args.out)  # what a killed earlier run was writing

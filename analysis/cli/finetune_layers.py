@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-kind", choices=DATA_KINDS, help="loader kind when it cannot be guessed from the file")
     data.add_argument("--image-root", help="folder that relative image paths in the data file start from")
     data.add_argument("--split", choices=SPLITS, default="train", help="split of a CC-Neg file")
-    data.add_argument("--n-examples", type=positive_int, default=10_000, help="synthetic examples to generate")
+    train_examples = data.add_argument("--train-examples", type=positive_int, default=10_000,
+                                       help="synthetic training examples to generate")
     data.add_argument("--data-seed", type=seed, default=0, help="seed of the synthetic world")
     data.add_argument("--skip-missing", "--skip-bad-rows", dest="skip_bad_rows", action="store_true",
                       help="skip rows of a data file whose image is missing or that are malformed, and report them "
@@ -96,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     second.add_argument("--second-image-root", help="image root of --second-data (default: --image-root)")
     second.add_argument("--second-split", choices=SPLITS, default="train",
                         help="split of a CC-Neg file as --second-data")
-    second.add_argument("--second-n-examples", type=positive_int,
-                        help="synthetic second examples (default: --n-examples)")
+    second_examples = second.add_argument("--second-train-examples", type=positive_int,
+                                          help="synthetic second examples (default: --train-examples)")
     second.add_argument("--second-data-seed", type=seed,
                         help="seed of the synthetic second examples (default: --data-seed + 1)")
     loss = parser.add_argument_group("loss")
@@ -111,9 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     layers = parser.add_argument_group("what trains (the image tower is always frozen)")
     layers.add_argument("--plan", help="layer plan JSON (as written by the layer selector)")
     layers.add_argument("--layers", help="text blocks to train, e.g. '0-5', '0,1,2' or 'all' (one of --plan, --layers)")
-    for extra in EXTRAS:
-        layers.add_argument(f"--train-{extra.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=False,
-                            help=f"with --layers: also train {extra}")
+    layers.add_argument("--extras", help="with --layers: what else trains besides the blocks: none, or a comma list "
+                                         "among " + ", ".join(EXTRAS) + " (default: none)")
+    for extra in EXTRAS:  # the old spellings, kept one release: --train-embeddings / --no-train-embeddings ...
+        layers.add_argument(f"--train-{extra.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
+                            help=argparse.SUPPRESS)
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr", type=learning_rate, default=1e-5, help="peak learning rate, at most 1")
     optim.add_argument("--betas", default="0.9,0.98", help="AdamW betas 'b1,b2'")
@@ -148,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-every", type=positive_int, default=10)
     run.add_argument("--ckpt-every", type=positive_int, default=500, help="with --resumable: steps between checkpoints")
     run.add_argument("--no-tensorboard", action="store_true")
+    for old, new in (("--n-examples", train_examples), ("--second-n-examples", second_examples)):
+        a.renamed(parser, old, new)
     return parser
 
 
@@ -177,11 +182,25 @@ def parse(argv: list[str] | None, parser: argparse.ArgumentParser) -> argparse.N
         args.epochs = None
     if "--plan" in given and "--layers" not in given:  # a plan file says what trains: the recipe's layers give way
         args.layers = None
-        for extra in EXTRAS:
-            flag = extra.replace("_", "-")
-            if f"--train-{flag}" not in given and f"--no-train-{flag}" not in given:
-                setattr(args, f"train_{extra}", False)
+        if "--extras" not in given:
+            args.extras = None
+    resolve_extras(args, parser)
     return args
+
+
+def resolve_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """args.train_<extra> for every extra: from --extras (or a recipe's "extras"), the old --train-<extra> switches
+    overriding it with a note."""
+    names = set()
+    if args.extras not in (None, "", "none"):
+        chosen = a.names(args.extras, EXTRAS, "--extras", parser)
+        names = set(chosen)
+    for extra in EXTRAS:
+        old = getattr(args, f"train_{extra}")
+        if old is not None:
+            print(f"{PROG}: note: --train-{extra.replace('_', '-')} is now --extras (the old spelling goes in the "
+                  "next release)", file=sys.stderr)
+        setattr(args, f"train_{extra}", bool(old) if old is not None else extra in names)
 
 
 def recipe_defaults(settings: dict, recipe: str, parser: argparse.ArgumentParser) -> dict:
@@ -232,7 +251,7 @@ def layer_plan(args: argparse.Namespace, parser: argparse.ArgumentParser):
     try:
         if args.plan:
             if any(extras.values()):
-                parser.error("--train-* flags go with --layers; a --plan file says itself what trains")
+                parser.error("--extras goes with --layers; a --plan file says itself what trains")
             return LayerPlan.load(args.plan)
         if str(args.layers).strip() == "all":
             return None
@@ -253,9 +272,9 @@ def load_examples(args: argparse.Namespace, world, *, second: bool = False) -> l
         if loss in MCQ_LOSSES:
             raise UsageError(f"{flag}loss {loss} reads MCQ items: give {flag}data a NegBench MCQ file "
                                     "(the synthetic world has none)")
-        n = args.second_n_examples or args.n_examples if second else args.n_examples
+        n = args.second_train_examples or args.train_examples if second else args.train_examples
         if n < batch_size:
-            raise UsageError(f"{flag}data synthetic: {n} examples ({flag}n-examples) are fewer than one batch "
+            raise UsageError(f"{flag}data synthetic: {n} examples ({flag}train-examples) are fewer than one batch "
                                     f"of {batch_size}")
         if not second:
             return world.examples(n, "train", seed=args.data_seed)

@@ -155,6 +155,8 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
         a.int_list(args.probe_seeds, "--probe-seeds", parser)
         a.int_list(args.null_probe_seeds, "--null-probe-seeds", parser)
         _score_weights(args.score_weights, parser)
+        if args.data == "synthetic":  # the default, named
+            args.data = None
         if args.data is not None:
             if not Path(args.data).exists():
                 parser.error(f"--data {args.data}: no such file")

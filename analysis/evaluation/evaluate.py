@@ -50,7 +50,7 @@ from analysis.evaluation.benchmarks import (
     report_of,
 )
 from analysis.evaluation.published import published_for, published_of
-from probing.data.reading import TokenLimit, load_image
+from probing.data.reading import TokenLimit
 from probing.data.records import (
     DataError,
     FoilPair,
@@ -61,11 +61,13 @@ from probing.data.records import (
     RegionItem,
     RetrievalItem,
 )
+from probing.features.cache import FeatureCache
 from probing.features.encode import encode_captions, encode_images
 from probing.metrics import (
     Metrics,
     metric,
     score_mcq,
+    score_negation,
     score_pairs,
     score_prompt_gap,
     score_regions,
@@ -91,44 +93,23 @@ def _image_key(image: Any) -> str | None:
     return str(image) if isinstance(image, (str, Path)) else None
 
 
-def image_features(model, preprocess, images: Sequence, *, batch_size: int = 256,
-                   cache: dict[str, torch.Tensor] | None = None, failed: dict[str, str] | None = None,
-                   progress: bool = False) -> torch.Tensor:
-    """Normalised image features [len(images), d], one row per entry, in order.
-
-    A path is encoded once however often it appears (NegBench's MCQ has several rows per image);
-    `cache` (path -> feature) carries features between benchmarks that share images. An image file
-    that cannot be decoded (a truncated JPEG, a file that is no image) gets a row of NaN, and its
-    path -> the reason goes to `failed` (kept across benchmarks like `cache`): one bad file costs its
+def image_features(model, preprocess, images: Sequence, *, batch_size: int = 256, cache=True,
+                   failed: dict[str, str] | None = None, progress: bool = False, num_workers: int = 0) -> torch.Tensor:
+    """Normalised image features [len(images), d], one row per entry, in order, through the toolkit's one
+    image-feature path (probing.features.encode.encode_images): a path is encoded once however often it appears
+    (NegBench's MCQ has several rows per image); `cache` (a probing.features.cache.FeatureCache shared by the
+    benchmarks, True for the user's disk cache, False for none) carries features between benchmarks and runs that
+    share images. An image file that cannot be decoded (a truncated JPEG, a file that is no image) gets a row of
+    NaN, and its path -> the reason goes to `failed` (kept across benchmarks like `cache`): one bad file costs its
     rows, not the benchmark.
     """
-    from tqdm.auto import tqdm
-
-    cache = {} if cache is None else cache
-    failed = {} if failed is None else failed
     if not images:
         raise ValueError("no images to encode")
-    keys = [_image_key(image) for image in images]
-    pending = list(dict.fromkeys(key for key in keys if key is not None and key not in cache and key not in failed))
-    for start in tqdm(range(0, len(pending), batch_size), desc="images", disable=not progress):
-        readable, arrays = [], []
-        for key in pending[start:start + batch_size]:
-            try:
-                arrays.append(load_image(key))  # decoded here, so that one bad file fails alone
-                readable.append(key)
-            except DataError as error:
-                failed[key] = error.problem
-        if arrays:
-            encoded = encode_images(model, preprocess, arrays, batch_size=len(arrays))
-            _check_rows(encoded, len(arrays), "image features")
-            cache.update(zip(readable, encoded))
-    others = [image for image, key in zip(images, keys) if key is None]  # arrays and PIL images: never cached
-    encoded_others = iter(encode_images(model, preprocess, others, batch_size=batch_size) if others else [])
-    rows = [next(encoded_others) if key is None else cache.get(key) for key in keys]  # None: failed
-    found = next((row for row in rows if row is not None), None)
-    if found is None:  # every image failed: nothing gives the feature size
-        return torch.full((len(images), 1), math.nan)
-    features = torch.stack([torch.full_like(found, math.nan) if row is None else row for row in rows])
+    problems: dict = {}
+    features = encode_images(model, preprocess, list(images), batch_size=batch_size, cache=cache, failed=problems,
+                             progress=progress, num_workers=num_workers)
+    if failed is not None:
+        failed.update({path: problem[2] for path, problem in problems.items()})
     _check_rows(features, len(images), "image features")
     return features
 
@@ -145,13 +126,13 @@ def _readable(items: Sequence, images: Sequence, failed: dict[str, str]) -> tupl
     return kept, skipped
 
 
-def _encode_item_images(model, preprocess, items: Sequence, *, batch_size: int, cache: dict | None,
-                        failed: dict | None, progress: bool):
+def _encode_item_images(model, preprocess, items: Sequence, *, batch_size: int, cache, failed: dict | None,
+                        progress: bool, num_workers: int = 0):
     """(the items whose image decoded, their image features, (row, reason) of the others)."""
     failed = {} if failed is None else failed
     images = [item.image for item in items]
     features = image_features(model, preprocess, images, batch_size=batch_size, cache=cache, failed=failed,
-                              progress=progress)
+                              progress=progress, num_workers=num_workers)
     kept, skipped = _readable(items, images, failed)
     return [items[i] for i in kept], features[torch.tensor(kept, dtype=torch.long)], skipped
 
@@ -239,8 +220,9 @@ def _distinct(items: Sequence, pairs: Callable, cut: CaptionCut, what: str) -> t
 
 
 def evaluate_negation_examples(model, preprocess, tokenizer, examples: Sequence[NegationExample], *,
-                               batch_size: int = 256, image_cache: dict | None = None,
-                               image_failures: dict | None = None, progress: bool = False) -> dict:
+                               batch_size: int = 256, image_cache=True,
+                               image_failures: dict | None = None, progress: bool = False,
+                               num_workers: int = 0) -> dict:
     """CC-Neg-style and absence accuracy over NegationExamples, broken down by cue word and K.
 
     ccneg_accuracy    s(I, caption) > s(I, presence_negated)          (CC-Neg; REFERENCE.md)
@@ -269,24 +251,20 @@ def evaluate_negation_examples(model, preprocess, tokenizer, examples: Sequence[
     if not usable:
         return _result({}, examples, 0, skipped)
     usable, image, unreadable = _encode_item_images(model, preprocess, usable, batch_size=batch_size, cache=image_cache,
-                                                    failed=image_failures, progress=progress)
+                                                    failed=image_failures, progress=progress, num_workers=num_workers)
     skipped += unreadable
     if not usable:
         return _result({}, examples, 0, skipped)
     caption = text_features(model, tokenizer, [e.caption for e in usable], batch_size=batch_size, progress=progress)
     presence = text_features(model, tokenizer, [e.presence_negated for e in usable], batch_size=batch_size,
                              progress=progress)
-    groups = {"cue": [e.cue for e in usable], "k": [e.k for e in usable]}
-    metrics = score_pairs("ccneg_accuracy", image, caption, presence, groups)
     candidates = [i for i, e in enumerate(usable) if e.absence_negated]
     same = cut.same([usable[i].absence_negated for i in candidates], [usable[i].presence_negated for i in candidates])
     with_absence = [i for i, identical in zip(candidates, same) if not identical]
-    if with_absence:
-        chosen = torch.tensor(with_absence)
-        absence = text_features(model, tokenizer, [usable[i].absence_negated for i in with_absence],
-                                batch_size=batch_size, progress=progress)
-        metrics.update(score_pairs("absence_accuracy", image[chosen], absence, presence[chosen],
-                                   {key: [values[i] for i in with_absence] for key, values in groups.items()}))
+    absence = text_features(model, tokenizer, [usable[i].absence_negated for i in with_absence],
+                            batch_size=batch_size, progress=progress) if with_absence else None
+    metrics = score_negation(image, caption, presence, {"cue": [e.cue for e in usable], "k": [e.k for e in usable]},
+                             absence=absence, absence_rows=with_absence)
     cut_counts = cut.counts([[e.caption, e.presence_negated] + ([e.absence_negated] if e.absence_negated else [])
                              for e in usable])
     cut_counts["absence_pairs_identical"] = len(candidates) - len(with_absence)
@@ -294,7 +272,8 @@ def evaluate_negation_examples(model, preprocess, tokenizer, examples: Sequence[
 
 
 def evaluate_mcq(model, preprocess, tokenizer, items: Sequence[MCQItem], *, batch_size: int = 256,
-                 image_cache: dict | None = None, image_failures: dict | None = None, progress: bool = False) -> dict:
+                 image_cache=True, image_failures: dict | None = None, progress: bool = False,
+                 num_workers: int = 0) -> dict:
     """NegBench MCQ (REFERENCE.md): pick the correct caption among the options; overall and by the
     template type of the correct answer (positive / negative / hybrid). Ties count as wrong. An item
     whose correct option is the same tokens as another option (after the cut) can only tie: it is
@@ -312,7 +291,7 @@ def evaluate_mcq(model, preprocess, tokenizer, items: Sequence[MCQItem], *, batc
     if not usable:
         return _result({}, items, 0, skipped)
     usable, image, unreadable = _encode_item_images(model, preprocess, usable, batch_size=batch_size, cache=image_cache,
-                                                    failed=image_failures, progress=progress)
+                                                    failed=image_failures, progress=progress, num_workers=num_workers)
     skipped += unreadable
     if not usable:
         return _result({}, items, 0, skipped)
@@ -324,8 +303,8 @@ def evaluate_mcq(model, preprocess, tokenizer, items: Sequence[MCQItem], *, batc
 
 
 def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalItem], *, batch_size: int = 256,
-                       ks: Sequence[int] = (1, 5, 10), image_cache: dict | None = None,
-                       image_failures: dict | None = None, progress: bool = False) -> dict:
+                       ks: Sequence[int] = (1, 5, 10), image_cache=True,
+                       image_failures: dict | None = None, progress: bool = False, num_workers: int = 0) -> dict:
     """Zero-shot retrieval R@k both ways over the items' images and all their captions.
 
     With NegBench's negated file the captions are negated queries ("... but no chair"): its
@@ -336,7 +315,7 @@ def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalIt
     """
     if not items:
         return _result({}, items, 0)
-    cache = {} if image_cache is None else image_cache
+    cache = image_cache
     usable, _, skipped = _encode_item_images(model, preprocess, list(items), batch_size=batch_size, cache=cache,
                                              failed=image_failures, progress=progress)
     if not usable:
@@ -350,7 +329,8 @@ def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalIt
             images.append(item.image)
         owners += [gallery[key]] * len(item.captions)
         captions += list(item.captions)
-    image = image_features(model, preprocess, images, batch_size=batch_size, cache=cache, progress=progress)
+    image = image_features(model, preprocess, images, batch_size=batch_size, cache=cache, progress=progress,
+                           num_workers=num_workers)
     text = text_features(model, tokenizer, captions, batch_size=batch_size, progress=progress)
     metrics = score_retrieval(image, text, owners, ks, texts=captions)
     cut = CaptionCut(tokenizer)
@@ -359,8 +339,8 @@ def evaluate_retrieval(model, preprocess, tokenizer, items: Sequence[RetrievalIt
 
 
 def evaluate_foils(model, preprocess, tokenizer, pairs: Sequence[FoilPair], *, batch_size: int = 256,
-                   image_cache: dict | None = None, image_failures: dict | None = None,
-                   progress: bool = False) -> dict:
+                   image_cache=True, image_failures: dict | None = None,
+                   progress: bool = False, num_workers: int = 0) -> dict:
     """Caption vs foil (SugarCREPE, VALSE existence; REFERENCE.md): s(I, caption) > s(I, foil),
     overall, per fold, and (with several folds) the mean over folds, SugarCREPE's headline number.
     A pair whose caption and foil are the same tokens (after the cut) can only tie: it is left out and
@@ -372,7 +352,7 @@ def evaluate_foils(model, preprocess, tokenizer, pairs: Sequence[FoilPair], *, b
     if not usable:
         return _result({}, pairs, 0, skipped)
     usable, image, unreadable = _encode_item_images(model, preprocess, usable, batch_size=batch_size, cache=image_cache,
-                                                    failed=image_failures, progress=progress)
+                                                    failed=image_failures, progress=progress, num_workers=num_workers)
     skipped += unreadable
     if not usable:
         return _result({}, pairs, 0, skipped)
@@ -438,7 +418,7 @@ def evaluate_prompt_gap(
     batch_size: int = 256,
     affirmative: str = AFFIRMATIVE_PROMPT,
     negated: str = NEGATED_PROMPT,
-    image_cache: dict | None = None,
+    image_cache=True,
     report: LoadReport | None = None,
     progress: bool = False,
 ) -> dict:
@@ -516,12 +496,12 @@ def _limited(items, limit: int | None, key: Callable | None = None):
 
 
 def _run_job(name: str, job: Job, model, preprocess, tokenizer, *, options: dict, limit: int | None,
-             settings: dict, cache: dict, unreadable: dict | None = None,
+             settings: dict, cache, unreadable: dict | None = None, workers: int = 0,
              ccneg_strip_commas: bool = True) -> dict[str, dict]:
     """Load one file of a benchmark leniently and evaluate it; returns its output sections."""
     from probing import data
 
-    run = dict(options, image_cache=cache, image_failures=unreadable)
+    run = dict(options, image_cache=cache, image_failures=unreadable, num_workers=workers)
     root = job.image_root
     if name == "synthetic":
         return evaluate_synthetic(model, preprocess, tokenizer, **settings, **options)
@@ -567,7 +547,8 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
                  image_roots: dict[str, str | Path] | None = None, files: dict[str, Sequence[str | Path]] | None = None,
                  image_folder: str | Path | None = None, limit: int | None = None, ccneg_strip_commas: bool = True,
                  synthetic_n: int = 1000, synthetic_classification: int = 360, synthetic_split: str = "test",
-                 synthetic_heldout: str = "all", synthetic_world=None, seed: int = 0, progress: bool = False) -> dict:
+                 synthetic_heldout: str = "all", synthetic_world=None, seed: int = 0, progress: bool = False,
+                 feature_cache: bool = True, num_workers: int = 0) -> dict:
     """Run the benchmarks in `which` (default: every one whose files exist) and collect their output.
 
     Returns {"sections": {section: {"metrics", "counts"}}, "not_run": {benchmark: why},
@@ -578,6 +559,8 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     that many examples, scope pairs and prompt-gap images), for quick runs; the counts record it. A data
     error in one file is recorded in "failed" and the others still run.
     ccneg_strip_commas: remove the commas of CC-Neg's negated captions, as the authors do.
+    feature_cache: image features through the user's disk cache (probing.features.cache); num_workers: DataLoader
+    processes that decode image files.
     synthetic_world: the SyntheticWorld to evaluate on (default: `WorldConfig()` seeded with `seed`;
     pass the world a model was pretrained on, e.g. `probing.models.build.world_for(spec)`).
     """
@@ -596,7 +579,8 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
                 "heldout": synthetic_heldout, "seed": seed, "world": synthetic_world}
     sections: dict[str, dict] = {}
     failed: dict[str, str] = {}
-    cache: dict[str, torch.Tensor] = {}  # COCO images are shared by NegBench, SugarCREPE and the generator
+    # one store for every benchmark: COCO images are shared by NegBench, SugarCREPE and the generator
+    cache = FeatureCache.for_model(model, preprocess) if feature_cache else False
     unreadable: dict[str, str] = {}  # image files that do not decode, and why (shared the same way)
     jobs = [(name, job) for name, planned in plan.runnable.items() for job in planned]
     bar = tqdm(jobs, desc="benchmarks", disable=not progress)
@@ -605,6 +589,7 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
         try:
             produced = _run_job(name, job, model, preprocess, tokenizer,
                                 options={"batch_size": batch_size, "progress": False},
+                                workers=num_workers,
                                 limit=limit, settings=settings, cache=cache,
                                 unreadable=unreadable, ccneg_strip_commas=ccneg_strip_commas)
         except DataError as error:

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from probing.cache import cache_dir
 from probing.data.reading import load_image
 from probing.data.records import DataError
-from probing.features.encode import _input_size, _normalisation, as_pil, eval_mode
+from probing.features.pixels import _input_size, _normalisation, as_pil, eval_mode
 
 FEATURES_DIR = "image-features"
 FLUSH_EVERY = 4096

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probing.features.batching import DEFAULT_TOKEN_BUDGET, token_batches
-from probing.features.encode import eval_mode
+from probing.features.pixels import eval_mode
 
 POOLS = ("eot", "mean")
 

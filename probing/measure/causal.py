@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from probing.features.batching import DEFAULT_TOKEN_BUDGET, token_batches
-from probing.features.encode import eval_mode
+from probing.features.pixels import eval_mode
 from probing.measure.capture import resid_hook_names
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probing.features.encode import eval_mode
+from probing.features.pixels import eval_mode
 from probing.measure.probes import mean_ci
 from probing.measure.roles import AlignedPair
 from probing.measure.scoring import HeldOutSet, change_rows

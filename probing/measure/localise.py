@@ -38,7 +38,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from probing.features.encode import encode_images, eval_mode
+from probing.features.encode import encode_images
+from probing.features.pixels import eval_mode
 from probing.io import atomic_path, atomic_write_json
 from probing.measure.heads import (
     ABLATION_COLUMNS,

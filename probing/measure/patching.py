@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from probing.features.encode import eval_mode
+from probing.features.pixels import eval_mode
 from probing.measure.roles import ALL, ROLES, AlignedPair
 
 COMPONENTS = {"resid": "resid_pre", "attn": "attn_out", "mlp": "mlp_out", "head": "z"}

@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from probing.features.encode import encode_images, eval_mode
+from probing.features.encode import encode_images
+from probing.features.pixels import eval_mode
 from probing.measure.probes import mean_ci
 from probing.metrics import among_outcomes, check_normalized, pair_wins
 

@@ -39,7 +39,7 @@ from probing.data.ccneg import find_negation_cue
 from probing.data.records import NegationExample
 from probing.features.cache import encode_image_features
 from probing.features.encode import encode_captions
-from probing.metrics import flatten, score_pairs, score_recall_among
+from probing.metrics import flatten, score_negation, score_recall_among
 
 # words that are never swapped by the control edit of real captions (function words and negation cues)
 STOP_WORDS = frozenset("""
@@ -239,12 +239,10 @@ class RealSuite:
         images = (image_features or self.image_features(model, preprocess))["images"]
         examples = self.examples
         caption, presence = encode([e.caption for e in examples]), encode([e.presence_negated for e in examples])
-        metrics = score_pairs("ccneg_accuracy", images, caption, presence)
         with_absence = [i for i, e in enumerate(examples) if e.absence_negated]
-        if with_absence:
-            chosen = torch.tensor(with_absence)
-            metrics.update(score_pairs("absence_accuracy", images[chosen],
-                                       encode([examples[i].absence_negated for i in with_absence]), presence[chosen]))
+        metrics = score_negation(images, caption, presence, absence_rows=with_absence,
+                                 absence=encode([examples[i].absence_negated for i in with_absence])
+                                 if with_absence else None)
         first = list({str(e.image): i for i, e in reversed(list(enumerate(examples)))}.values())
         first.sort()
         if len(first) >= 100:

@@ -32,7 +32,7 @@ from probing.clip.compact import init_record, rebuild_init
 from probing.clip.loading import load_clip, save_clip_checkpoint
 from probing.clip.text_tower import TextTower
 from probing.contrastive import MAX_LOGIT_SCALE, clip_loss, lr_factor
-from probing.features.encode import images_to_tensor
+from probing.features.pixels import images_to_tensor
 from probing.io import atomic_write_json, sweep_temporaries
 from probing.models.embedded import DEFAULT_SPEC, EmbeddedSpec
 from probing.synthetic.record import world_metadata

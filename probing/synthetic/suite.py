@@ -42,6 +42,7 @@ from probing.metrics import (
     flatten,
     pair_outcomes,
     score_mcq,
+    score_negation,
     score_pairs,
     score_prompt_gap,
     score_recall_among,
@@ -141,8 +142,7 @@ class SyntheticSuite:
         captions = encode(self.captions)
         presence, absence = encode(self.presence_negated), encode(self.absence_negated)
         groups = {"cue": self.example_cues, "k": self.example_ks}
-        negation = score_pairs("ccneg_accuracy", images["scenes"], captions, presence, groups)
-        negation.update(score_pairs("absence_accuracy", images["scenes"], absence, presence, groups))
+        negation = score_negation(images["scenes"], captions, presence, groups, absence=absence)
         correct, wrong = encode(self.scope_correct), encode(self.scope_wrong)
         scope = score_pairs(
             "scope_accuracy", images["scope"], correct, wrong, {"cue": self.scope_cues, "k": self.scope_ks}
