@@ -34,45 +34,45 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
+from analysis.pipeline import DataSpec, ModelSpec, ProbeConfig
 from analysis.report.notebook import show, start
+from probing.measure.layers import MeasureConfig
+from probing.measure.localise import LocaliseConfig
 
 run = start("02_layer_evidence")  # threads, logging, the output folder: analysis/report/notebook.py
 SMALL, MODEL, BUILD, OUT, STARTED = run.small, run.model, run.build, run.out, run.started
 # the probe-layers command's defaults (notebook 3 measures with the same sizes when this notebook has not run)
 if SMALL:
-    SIZES = dict(n_train=200, n_test=60, seeds=(0,), null_seeds=(0,), null_models=3, n_sensitivity=60, n_causal=100,
-                 grad_batches=1, grad_batch_size=16)
-    LOCALISE = dict(n_pairs=16, n_eval=100, n_steer=100, n_train=50, n_train_probe=200, probes=("logistic",),
-                    alphas=(0.13, 1.0), n_boot=200)
+    config = ProbeConfig(model=ModelSpec(MODEL), data=DataSpec(n_train=200, n_test=60), null_models=3,
+                         measure=MeasureConfig(seeds=(0,), null_seeds=(0,), n_sensitivity=60, n_causal=100,
+                                               grad_batches=1, grad_batch_size=16),
+                         localise=LocaliseConfig(n_pairs=16, n_eval=100, n_steer=100, n_train=50, n_train_probe=200,
+                                                 probes=("logistic",), alphas=(0.13, 1.0), n_boot=200,
+                                                 components=("resid", "attn", "mlp", "head")))
 else:
-    SIZES = dict(n_train=2000, n_test=600, seeds=(0, 1, 2, 3, 4), null_seeds=(0,), null_models=10,
-                 n_sensitivity=400, n_causal=400, grad_batches=4, grad_batch_size=64)
-    LOCALISE = dict(n_pairs=64)
-
+    config = ProbeConfig(model=ModelSpec(MODEL), localise=LocaliseConfig(components=("resid", "attn", "mlp", "head")))
+config.save(OUT)  # probe-layers --config OUT/config.json runs the same thing from the command line
 print(f"model {MODEL}; outputs in {OUT}")
 
 # %% [markdown]
 # ## The model and its null towers
 #
-# `null_tower(model, architecture, seed)` copies the model and initialises its text tower again (embeddings,
+# `analysis.pipeline.load` resolves the model (`create_model`) and the null towers: `null_tower(model, architecture,
+# seed)` copies the model and initialises its text tower again (embeddings,
 # every block, final LayerNorm, projection) as the architecture initialises it, under `seed`; the image tower and
 # the logit scale stay the trained ones, so image-grounded measurements see the same images. `measure_layers`
 # takes them as builders (name -> function), so only one copy sits in memory at a time. Seeds 1, 2, ... as
 # `probe-layers` uses them (never the model's own init seed 0).
 
 # %%
-from probing.measure.null import null_tower
+from analysis.pipeline import load
 from probing.models.build import format_metrics
-from probing.models.factory import create_model
 
-bundle = create_model(MODEL)  # the embedded models ship with the package
-model, preprocess, tokenizer, world = bundle.model, bundle.preprocess, bundle.tokenizer, bundle.world
+subject = load(config)  # the model (create_model), its null-tower builders, the probing tasks, the data
+bundle = subject.bundle
 print(f"{bundle.label} ({bundle.name}); held-out metrics recorded when it was built:")
 print(format_metrics(bundle.metrics))
-
-null_models = {f"null:{seed}": (lambda seed=seed: null_tower(model, bundle.name, seed))
-               for seed in range(1, SIZES["null_models"] + 1)}
-print(f"\n{len(null_models)} null towers: {', '.join(null_models)}")
+print(f"\n{len(subject.null_models)} null towers: {', '.join(subject.null_models)}")
 
 # %% [markdown]
 # ## The probing tasks
@@ -83,11 +83,7 @@ print(f"\n{len(null_models)} null towers: {', '.join(null_models)}")
 # splits, and a control labelling (a random label per caption type) for selectivity.
 
 # %%
-from probing.measure.tasks import synthetic_negation_task, synthetic_scope_task
-
-tasks = [synthetic_negation_task(world, n_train=SIZES["n_train"], n_test=SIZES["n_test"], seed=0),
-         synthetic_scope_task(world, n_train=SIZES["n_train"], n_test=SIZES["n_test"], seed=0)]
-for task in tasks:
+for task in subject.tasks:  # built by load: synthetic_negation_task and synthetic_scope_task of the model's world
     print(f"{task.name}: {len(task.train)} training captions; tests " +
           ", ".join(f"{split} {len(index)}" for split, index in task.tests.items()))
     for i in task.tests["heldout_cue"][:2]:
@@ -96,22 +92,16 @@ for task in tasks:
 # %% [markdown]
 # ## Measure the model and its null towers
 #
-# `measure_layers` runs the probes, sensitivity and gradient norms on the model ("trained") and on every null
-# tower, and the causal check on the model. The gradient norms use the real fine-tuning losses
-# (`finetune.losses.gradnorm_loss_fns`: CLIP, CoN-CLIP and the two halves of Omni-NegCLIP). The result holds
-# typed tables and the per-item values the evidence test resamples.
+# `analysis.pipeline.measure` (`measure_layers`) runs the probes, sensitivity and gradient norms on the model
+# ("trained") and on every null tower, and the causal check and the Fisher information on the model. The
+# gradient norms use the real fine-tuning losses (`finetune.losses.gradnorm_loss_fns`: CLIP, CoN-CLIP and the two
+# halves of Omni-NegCLIP). The result holds typed tables and the per-item values the evidence test resamples.
 
 # %%
-from finetune.losses import gradnorm_loss_fns
-from probing.measure.layers import MeasureConfig, measure_layers
+from analysis.pipeline import measure
 
-config = MeasureConfig(seeds=SIZES["seeds"], null_seeds=SIZES["null_seeds"], n_sensitivity=SIZES["n_sensitivity"],
-                       n_causal=SIZES["n_causal"], grad_batches=SIZES["grad_batches"],
-                       grad_batch_size=SIZES["grad_batch_size"])
 started = time.perf_counter()
-measurements = measure_layers(model, preprocess, tokenizer, tasks, world=world, null_models=null_models,
-                              loss_fns=gradnorm_loss_fns(), config=config, progress=False)
-measurements.meta["model"] = bundle.info
+measurements = measure(subject, config, progress=False)  # probing.measure.layers.measure_layers underneath
 measurements.save(OUT)
 print(f"measured in {(time.perf_counter() - started) / 60:.1f} min; tables: " +
       ", ".join(f"{name} {len(table)} rows" for name, table in measurements.tables.items()))
@@ -145,9 +135,9 @@ calibration.unstack("task").swaplevel(axis=1).sort_index(axis=1, level=0, sort_r
 # `analysis/planning/evidence.py`.
 
 # %%
-from analysis.planning.evidence import block_evidence
+from analysis.pipeline import assess_evidence
 
-evidence = block_evidence(measurements)
+evidence = assess_evidence(measurements, config)  # analysis.planning.evidence.block_evidence
 for name, component in evidence.components.items():
     significant = [b for b, s in enumerate(component.significant) if s]
     print(f"{name}: {component.basis}; threshold t > {component.critical:.1f} ({component.n_null} null towers); "
@@ -166,9 +156,10 @@ per_block[[c for c in per_block.columns if c == "combined" or c.endswith(("_exce
 # measurements then give no reason to prefer any layers over others. Other rules are one argument away.
 
 # %%
+from analysis.pipeline import select
 from analysis.planning.selection import SelectionConfig, describe_blocks, select_layers
 
-selection = select_layers(evidence)
+selection = select(evidence, config)  # analysis.planning.selection.select_layers with the config's rule
 plan = selection.plan
 plan.validate(measurements.n_layers)
 plan_path = plan.save(OUT / "layer_plan.json")
@@ -206,12 +197,11 @@ for name, paths in figures.items():
 # computed from the tables, including the comparison with published findings on real CLIP.
 
 # %%
+from analysis.pipeline import localise
 from analysis.report.localisation import localisation_sentences, plot_localisation
-from probing.measure.localise import LocaliseConfig, measure_localisation
 
 started = time.perf_counter()
-localisation = measure_localisation(model, preprocess, tokenizer, world=world, progress=False,
-                                    config=LocaliseConfig(components=("resid", "attn", "mlp", "head"), **LOCALISE))
+localisation = localise(subject, config, progress=False)  # probing.measure.localise.measure_localisation
 localisation.save(OUT / "localisation")
 print(f"localised in {(time.perf_counter() - started) / 60:.1f} min")
 localisation_figures = plot_localisation(localisation, OUT / "figures")
@@ -223,16 +213,17 @@ display(Markdown("\n".join(f"* {sentence}" for sentence in localisation_sentence
 # %% [markdown]
 # ## Report
 #
-# `write_report` writes `report.md` and `report.json`; its summary sentences are computed from the selection and
-# the measurements, the localisation sentences added after them.
+# `analysis.pipeline.write` writes what `probe-layers` writes: `report.md` and `report.json` (summary sentences
+# computed from the selection and the measurements, the localisation sentences after them), the plan, the tables,
+# `measurements_long.csv` (every per-layer number, one row each), the figures and `config.json`.
 
 # %%
-from analysis.report.report import summary_sentences, write_report
+from analysis.pipeline import write
+from analysis.report.report import summary_sentences
 
-report = write_report(OUT, measurements, selection, figures={**figures, **localisation_figures},
-                      model_info=bundle.info, embedded_metrics=bundle.metrics,
-                      extra_sentences=localisation_sentences(localisation))
-print("wrote", ", ".join(str(p) for p in report.values()), "and", plan_path)
+paths = write(OUT, config, subject, measurements, selection, localisation)
+print("wrote", ", ".join(sorted(p.name for p in paths.values())))
+print(pd.read_csv(OUT / "measurements_long.csv").head())
 display(Markdown("\n".join(f"* {sentence}" for sentence in summary_sentences(measurements, selection))))
 
 # %% [markdown]

@@ -1,11 +1,12 @@
-"""Write the README's results from the runs' JSON: no number in the README is typed by hand.
+"""Write the README's and docs/'s results from the runs' JSON: no number in them is typed by hand.
 
     python scripts/make_results.py --collect runs/validation runs/scope   copy the runs' JSON and figures
                                                                            into docs/results and docs/figures
     python scripts/make_results.py                                        rewrite every generated block
     python scripts/make_results.py --check                                exit 1 if a block is out of date
 
-The README holds generated blocks between `<!-- results:NAME -->` and `<!-- /results:NAME -->`; each
+The README and the pages of docs/ (DOCUMENTS) hold generated blocks between `<!-- results:NAME -->` and
+`<!-- /results:NAME -->` (each name once across them); each
 is rendered below by a function of the JSON in docs/results (which the repository keeps: small
 files, the figures beside them), or of the shipped models' own metadata. The prose around the blocks
 states no number of its own.
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 FIGURES = REPO / "docs" / "figures"
 README = REPO / "README.md"
+DOCUMENTS = (README, REPO / "docs" / "VALIDATION.md", REPO / "docs" / "PERFORMANCE.md", REPO / "docs" / "GUIDE.md")
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 # what --collect keeps of a run folder (small JSON and Markdown; the figures are copied to docs/figures)
 KEEP = ("report.json", "layer_plan.json", "ablation_summary.json", "validity.json", "evaluation.json",
@@ -71,6 +73,14 @@ def embedded_models() -> str:
 def _report(model: str) -> dict | None:
     path = RESULTS / "validation" / model / "probe" / "report.json"
     return _json(path) if path.is_file() else None
+
+
+def headline_plan() -> str:
+    """The default model's plan in two sentences: what it trains and why, and how stable it is."""
+    report = _report("default")
+    if report is None:
+        return "(not run yet: `python scripts/validation_study.py --only default`)"
+    return "> " + "\n> ".join(report["summary"][:2])
 
 
 def evidence_default() -> str:
@@ -274,6 +284,7 @@ def localisation_default() -> str:
 
 BLOCKS = {
     "embedded-models": embedded_models,
+    "headline-plan": headline_plan,
     "evidence-default": evidence_default,
     "evidence-table": evidence_table,
     "validity-table": validity_table,
@@ -290,12 +301,16 @@ BLOCKS = {
 
 # --- the README --------------------------------------------------------------------------------------
 
-def render(text: str) -> str:
+def render(text: str, document: Path = README) -> str:
+    """The document with every generated block rendered again (figure paths relative to the document)."""
     def fill(match: re.Match) -> str:
         name = match["name"]
         if name not in BLOCKS:
-            raise SystemExit(f"README block {name!r} has no renderer in scripts/make_results.py")
-        return f"{match.group(1)}{BLOCKS[name]().rstrip()}\n{match.group(4)}"
+            raise SystemExit(f"{document.name} block {name!r} has no renderer in scripts/make_results.py")
+        body = BLOCKS[name]().rstrip()
+        if document.parent != REPO:
+            body = body.replace("](docs/figures/", "](figures/")
+        return f"{match.group(1)}{body}\n{match.group(4)}"
 
     return BLOCK.sub(fill, text)
 
@@ -318,18 +333,22 @@ def collect(folders: list[Path]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--collect", nargs="+", type=Path, help="run folders to copy results from")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the README's generated blocks are stale")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a generated block is stale")
     args = parser.parse_args()
     if args.collect:
         collect(args.collect)
-    text = README.read_text(encoding="utf-8")
-    rendered = render(text)
-    if args.check:
+    stale = []
+    for document in DOCUMENTS:
+        text = document.read_text(encoding="utf-8")
+        rendered = render(text, document)
         if rendered != text:
-            print("README.md: generated results are out of date; run python scripts/make_results.py", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(rendered, encoding="utf-8")
+            stale.append(document)
+            if not args.check:
+                document.write_text(rendered, encoding="utf-8")
+    if args.check and stale:
+        print(f"{', '.join(d.name for d in stale)}: generated results are out of date; run python "
+              "scripts/make_results.py", file=sys.stderr)
+        return 1
     return 0
 
 
