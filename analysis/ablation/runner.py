@@ -183,6 +183,11 @@ class AblationStudy:
         """Every (variant, seed) of the study; seed-major, so that a partial study covers every variant early."""
         return [(variant, seed) for seed in self.config.seeds for variant in self.variants]
 
+    def own_runs(self, runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The finished runs this study plans (a folder may hold runs of variants or seeds no longer asked for)."""
+        wanted = set(self.planned())
+        return [run for run in runs if (run["variant"], int(run["seed"])) in wanted]
+
     def pending(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
         done = {(run["variant"], int(run["seed"])) for run in runs}
         return [key for key in self.planned() if key not in done]
@@ -299,7 +304,7 @@ class AblationStudy:
         runs = load_study_runs(self.out_dir)  # other shards may have finished runs meanwhile
         complete = not self.pending(runs)
         summary = self.summarize(runs, complete=complete)
-        outputs = write_outputs(self.out_dir, summary)
+        outputs = write_outputs(self.out_dir, summary, self.own_runs(runs))
         outputs.update(self.write_validity(runs))
         return AblationResult(self.out_dir, executed, complete, summary, outputs)
 
@@ -310,8 +315,7 @@ class AblationStudy:
 
         if self.selected is None or not self.selected.evidence.get("components"):
             return {}
-        wanted = set(self.planned())
-        chosen = [run for run in runs if (run["variant"], int(run["seed"])) in wanted]
+        chosen = self.own_runs(runs)
         try:
             results = assess(chosen, self.selected.evidence, self.selected.blocks, n_layers=self.n_layers,
                              groups=self.block_plans(), trainable=trainable_parameters(chosen))
@@ -347,12 +351,12 @@ class AblationStudy:
                 and all(getattr(plan, f"train_{extra}") == self.extras[f"train_{extra}"] for extra in EXTRAS)}
 
     def summarize(self, runs: Sequence[dict[str, Any]], *, complete: bool) -> dict[str, Any]:
-        wanted = set(self.planned())
-        chosen = [run for run in runs if (run["variant"], int(run["seed"])) in wanted]
+        chosen = self.own_runs(runs)
         done = len(chosen)
         notes = list(self.notes)
         if not complete:
-            notes.append(f"incomplete: {done} of {len(wanted)} runs done; run the same command again to continue")
+            notes.append(f"incomplete: {done} of {len(self.planned())} runs done; run the same command again to "
+                         "continue")
         return summarize_runs(chosen, variants=self.variants, plans=self.plans, n_layers=self.n_layers,
                               header=self.header(), notes=notes, complete=complete)
 

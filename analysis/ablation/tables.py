@@ -12,10 +12,13 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import pandas as pd
+
 from analysis.ablation.aggregate import summary_rows
 from analysis.ablation.figures import ablation_figure
 from analysis.ablation.validity import format_ratio, headline
 from probing.io import atomic_path, atomic_write_json, atomic_write_text
+from probing.measure.tidy import LONG_COLUMNS, write_long_table
 
 TABLE_FILE = "ablation_table.md"
 SUMMARY_JSON = "ablation_summary.json"
@@ -140,9 +143,24 @@ def validity_markdown(results: dict, sentences: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(out_dir: str | Path, summary: dict[str, Any]) -> dict[str, Path]:
-    """ablation_table.md, ablation_summary.json / .csv and the figure (PNG + PDF)."""
+def long_rows(summary: dict[str, Any], runs: Sequence[dict[str, Any]] = ()) -> pd.DataFrame:
+    """The study in probing.measure.tidy's long format: every metric of every run (tower = the variant, component =
+    the blocks it trained, seed = the run's seed), and each variant's mean over seeds with its 95 % t-interval
+    (seed empty)."""
+    blocks = {entry["variant"]: " ".join(map(str, entry["blocks"])) or "none" for entry in summary["variants"]}
+    rows = [{"tower": run["variant"], "component": " ".join(map(str, run.get("blocks", []))) or "none",
+             "position": "synthetic", "metric": metric, "value": value, "seed": int(run["seed"]), "n": None}
+            for run in runs for metric, value in sorted(run["metrics"].items())]
+    rows += [{"tower": entry["variant"], "component": blocks[entry["variant"]], "position": "synthetic",
+              "metric": metric, "value": value["mean"], "ci_low": value["low"], "ci_high": value["high"],
+              "n": value["n"]} for entry in summary["variants"] for metric, value in sorted(entry["metrics"].items())]
+    return pd.DataFrame(rows, columns=list(LONG_COLUMNS))
 
+
+def write_outputs(out_dir: str | Path, summary: dict[str, Any], runs: Sequence[dict[str, Any]] = ()
+                  ) -> dict[str, Path]:
+    """ablation_table.md, ablation_summary.json / .csv, ablation_long.csv (every number, probing.measure.tidy's
+    long format) and the figure (PNG + PDF)."""
     out_dir = Path(out_dir)
     outputs = {"table": atomic_write_text(out_dir / TABLE_FILE, markdown_table(summary)),
                "summary_json": atomic_write_json(out_dir / SUMMARY_JSON, summary)}
@@ -154,6 +172,7 @@ def write_outputs(out_dir: str | Path, summary: dict[str, Any]) -> dict[str, Pat
     writer.writeheader()
     writer.writerows(rows)
     outputs["summary_csv"] = atomic_write_text(out_dir / SUMMARY_CSV, buffer.getvalue())
+    outputs.update(write_long_table(out_dir / "ablation_long", long_rows(summary, runs)))
     if summary["variants"]:
         figure = ablation_figure(summary)
         for suffix in ("png", "pdf"):
