@@ -19,7 +19,6 @@ items and the localisation's pairs; the report says which measurement ran on whi
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,105 +26,25 @@ from typing import Callable
 
 import numpy as np
 
-from analysis.planning.evidence import BlockEvidence, EvidenceConfig, block_evidence
-from analysis.planning.selection import Selection, SelectionConfig, select_layers
+from analysis.planning.evidence import BlockEvidence, block_evidence
+from analysis.planning.selection import Selection, select_layers
+from analysis.probe_config import ConfigError, DataSpec, ProbeConfig
 from analysis.report.figures import plot_all
 from analysis.report.localisation import localisation_sentences, plot_localisation
 from analysis.report.report import write_report
 from finetune.losses import gradnorm_loss_fns, loss_spec
-from finetune.vocabulary import GRADNORM_LOSSES
 from probing.clip.text_tower import TextTower
 from probing.data import load_negation_examples
 from probing.data.negations import describe_examples, describe_sentence
 from probing.data.records import DataError
-from probing.io import atomic_write_json, dataclass_from_dict
-from probing.measure.layers import LayerMeasurements, MeasureConfig, measure_layers
-from probing.measure.localise import Localisation, LocaliseConfig, measure_localisation
+from probing.measure.layers import LayerMeasurements, measure_layers
+from probing.measure.localise import Localisation, measure_localisation
 from probing.measure.null import null_builders
 from probing.measure.sources import RealData
 from probing.measure.tasks import ProbeTask, real_negation_task, synthetic_negation_task, synthetic_scope_task
 from probing.measure.tidy import long_table, write_long_table
-from probing.models.embedded import EMBEDDED
 from probing.models.factory import ModelBundle, create_model
 from probing.vocabulary import NEEDS_IMAGES
-
-CONFIG_FILE = "config.json"
-
-
-class ConfigError(ValueError):
-    """What was asked cannot run on this model or data (one line: which setting, which file, why)."""
-
-
-# --- the configuration ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model: any name probing.models.factory.create_model takes."""
-
-    name: str = EMBEDDED
-    pretrained: str | None = None
-    device: str = "auto"
-
-    @property
-    def label(self) -> str:
-        return Path(self.name).stem if self.name.endswith(".json") else self.name
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What the measurements run on: the synthetic world (file None) or a real data file's negation examples."""
-
-    file: str | None = None
-    kind: str | None = None  # the loader's kind when it cannot be guessed from the file
-    image_root: str | None = None  # without it, image-grounded measurements are skipped on real data
-    split: str = "eval"  # a CC-Neg file's split
-    limit: int = 4000  # real data: negation examples used at most (a seeded draw)
-    train_cues: tuple[str, ...] = ("no", "not")  # real data: the probes' training cues; the others are held out
-    per_image: int = 3  # COCO / NegBench retrieval: generated negation examples per image
-    n_train: int = 2000  # synthetic probe training captions
-    n_test: int = 600  # synthetic captions per test split
-
-
-@dataclass
-class ProbeConfig:
-    """Everything a probe-layers run depends on (saved as config.json in its folder)."""
-
-    model: ModelSpec = field(default_factory=ModelSpec)
-    data: DataSpec = field(default_factory=DataSpec)
-    seed: int = 0  # data draws, the synthetic world of a model that records none, random weights
-    null_models: int = 10
-    losses: tuple[str, ...] = GRADNORM_LOSSES  # the losses of the gradient norms
-    losses_given: bool = False  # the user named the losses: one the data cannot feed is an error, not a note
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
-    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
-    localise: LocaliseConfig | None = field(default_factory=LocaliseConfig)  # None: no localisation
-    threads: int | None = None
-    save_activations: bool = False  # write the captured states (activations.safetensors + manifest)
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def save(self, folder: str | Path) -> Path:
-        return atomic_write_json(Path(folder) / CONFIG_FILE, {"command": "probe-layers", "config": self.to_dict()})
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ProbeConfig":
-        return dataclass_from_dict(cls, data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ProbeConfig":
-        """The config of a run folder's config.json (a ConfigError naming the file when it is not one)."""
-        path = Path(path)
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if record.get("command") != "probe-layers":
-                raise ValueError(f"it was written by {record.get('command')!r}, not probe-layers")
-            return cls.from_dict(record["config"])
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
-                AttributeError) as error:
-            raise ConfigError(f"{path} is not a probe-layers config.json: {error}") from None
-
 
 # --- load ----------------------------------------------------------------------------------------------------
 

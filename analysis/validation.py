@@ -28,11 +28,11 @@ from typing import Callable
 from analysis.ablation.config import AblationConfig
 from analysis.ablation.runner import AblationStudy
 from analysis.ablation.runs import Shard
-from analysis.pipeline import ModelSpec, ProbeConfig, run
+from analysis.pipeline import run
 from analysis.planning.selection import SelectionError
+from analysis.probe_config import ModelSpec, ProbeConfig
 from analysis.runtime import apply_threads
-from probing.measure.layers import MeasureConfig
-from probing.measure.localise import LocaliseConfig
+from probing.measure.settings import LocaliseConfig, MeasureConfig
 
 # The budget every ablation run gets: the scope recipe's loss mix, 50 steps of batch 64 at lr 3e-3 on the same
 # 2,000 synthetic training examples; 200 items per held-out suite (and 200 four-way multiple-choice items).

@@ -80,7 +80,7 @@ def pipeline_sizes(n_layers: int) -> dict:
     from analysis.cli.probe_layers import build_parser
     from finetune.losses import loss_spec
     from finetune.recipe import load_recipe
-    from probing.measure.layers import MeasureConfig
+    from probing.measure.settings import MeasureConfig
 
     recipe = load_recipe("conclip").settings
     probe = build_parser().parse_args([])

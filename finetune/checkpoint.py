@@ -24,7 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from probing.clip.loading import save_clip_checkpoint
+from probing.clip.loading import (
+    DELTA_KEY,
+    ModelLoadError,
+    apply_delta,
+    load_state_dict_checked,
+    read_checkpoint,
+    save_clip_checkpoint,
+)
 from probing.io import atomic_torch_save, atomic_write_json, sweep_temporaries
 
 LATEST = "latest.json"
@@ -105,7 +112,6 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, *, device: torch.d
 
     Weights that are not finite (a checkpoint written before training checked them) and a training state
     that torch cannot read or that lacks a part are ResumeErrors naming the file."""
-    from probing.clip.loading import DELTA_KEY, ModelLoadError, apply_delta, load_state_dict_checked, read_checkpoint
 
     weights = read_checkpoint(checkpoint.model_path)
     bad = non_finite_tensors(weights.state_dict)

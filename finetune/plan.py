@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from probing.io import atomic_write_json
+
 BLOCK_PARTS = ("all", "layernorm")
 MAX_BLOCK = 9_999  # the largest block index a layer list may name (ViT-bigG's text tower has 32 blocks)
 
@@ -117,7 +119,6 @@ class LayerPlan:
         return data
 
     def save(self, path: str | Path) -> Path:
-        from probing.io import atomic_write_json
 
         return atomic_write_json(path, self.to_dict())
 

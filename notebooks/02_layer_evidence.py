@@ -34,10 +34,9 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from analysis.pipeline import DataSpec, ModelSpec, ProbeConfig
+from analysis.probe_config import DataSpec, ModelSpec, ProbeConfig
 from analysis.report.notebook import show, start
-from probing.measure.layers import MeasureConfig
-from probing.measure.localise import LocaliseConfig
+from probing.measure.settings import LocaliseConfig, MeasureConfig
 
 run = start("02_layer_evidence")  # threads, logging, the output folder: analysis/report/notebook.py
 SMALL, MODEL, BUILD, OUT, STARTED = run.small, run.model, run.build, run.out, run.started

@@ -8,10 +8,12 @@ the ones whose writer is gone without touching those of a writer still at work.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -90,7 +92,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> 
 
 def _json_default(obj: Any) -> Any:
     # numpy scalars and arrays, dataclasses and paths show up in measurement results
-    import dataclasses
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
@@ -113,8 +114,6 @@ def dataclass_from_dict(cls, data: Any):
     """A (nested) dataclass from its `dataclasses.asdict` form as read back from JSON: nested dataclasses rebuilt,
     lists back to tuples where the field holds a tuple. A TypeError or ValueError says what does not fit (a field
     the class does not have, an object where a value is due)."""
-    import dataclasses
-    import typing
 
     if data is None:
         return None

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.planning.evidence import EvidenceConfig, block_evidence
+from analysis.planning.evidence import block_evidence
 from analysis.planning.selection import SelectionConfig, select_layers
+from analysis.planning.settings import EvidenceConfig
 from probing.measure.layers import LayerMeasurements
 
 N_LAYERS = 6

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis.planning.evidence import EvidenceConfig, block_evidence
+from analysis.planning.evidence import block_evidence
 from analysis.planning.selection import SelectionConfig, select_layers
+from analysis.planning.settings import EvidenceConfig
 from analysis.report.figures import (
     COLUMN_WIDTH,
     plot_all,

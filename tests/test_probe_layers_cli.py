@@ -42,8 +42,7 @@ QUICK = [
 
 def test_named_choices_are_the_librarys_own():
     from finetune.losses import gradnorm_loss_fns
-    from probing.measure.layers import MeasureConfig
-    from probing.measure.localise import LocaliseConfig
+    from probing.measure.settings import LocaliseConfig, MeasureConfig
     from probing.vocabulary import LAYER_MEASUREMENTS, LOCALISATION_MEASUREMENTS
 
     assert cli.MEASUREMENTS == MeasureConfig().measurements + LocaliseConfig().measurements

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis.planning.evidence import EvidenceConfig, block_evidence
+from analysis.planning.evidence import block_evidence
 from analysis.planning.selection import (
     SelectionConfig,
     SelectionError,
@@ -17,6 +17,7 @@ from analysis.planning.selection import (
     shortest_window,
     top_k,
 )
+from analysis.planning.settings import EvidenceConfig
 from finetune.plan import LayerPlan
 from tests.test_evidence import synthetic_measurements
 

@@ -44,8 +44,8 @@ def run(prog: str, body: Callable[[], int]) -> int:
     (probing.io.sweep_temporaries)."""
     # the library's error types: importing them loads torch, which --help must not wait for
     from analysis.ablation.config import AblationError
-    from analysis.pipeline import ConfigError
     from analysis.planning.selection import SelectionError
+    from analysis.probe_config import ConfigError
     from finetune.checkpoint import ResumeError
     from finetune.plan import PlanError
     from probing.clip.loading import ModelLoadError

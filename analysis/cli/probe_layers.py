@@ -25,6 +25,7 @@ load (one line); 1 when the measurements cannot support the rule (they are saved
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import time
@@ -32,9 +33,12 @@ from pathlib import Path
 
 from analysis.cli import arguments as a
 from analysis.cli.execution import EXIT_UNSUPPORTED, run, say
-from analysis.planning.selection import RULES
+from analysis.planning.selection import RULES, SelectionConfig
+from analysis.planning.settings import EvidenceConfig
+from analysis.probe_config import ConfigError, DataSpec, ModelSpec, ProbeConfig
 from analysis.runtime import apply_threads
 from finetune.vocabulary import GRADNORM_LOSSES
+from probing.measure.settings import LocaliseConfig, MeasureConfig
 from probing.vocabulary import LAYER_MEASUREMENTS, LOCALISATION_MEASUREMENTS, MEASUREMENTS
 
 PROG = "probe-layers"
@@ -128,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Check the arguments before anything heavy is imported (errors exit 2)."""
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The run's typed configuration (analysis.probe_config.ProbeConfig), from the flags or from --config, every
+    flag checked once, before anything heavy is imported (errors exit 2)."""
     if args.config is not None:
         given = [name for name, value in vars(args).items()
                  if name not in RUN_LEVEL and value != parser.get_default(name)]
@@ -138,37 +143,21 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
                          "--threads, --workers and --no-progress go with it)")
         if not args.config.is_file():
             parser.error(f"--config {args.config}: no such file")
+        try:
+            config = ProbeConfig.load(args.config)
+        except ConfigError as error:
+            parser.error(str(error))
+        config.threads = args.threads or config.threads
+        config.measure = dataclasses.replace(config.measure, feature_cache=not args.no_feature_cache,
+                                             num_workers=a.image_workers(args.workers, config.threads))
+        label = "config"
     else:
-        a.check_model_arguments(args, parser)
-        measurements = a.names(args.measurements, MEASUREMENTS, "--measurements", parser)
-        if "causal" in measurements and "probes" not in measurements:
-            parser.error("causal projects out the probe direction: it needs probes in --measurements")
-        if "heads" in measurements and "patching" not in measurements:
-            parser.error("heads ranks heads by their patching effect: it needs patching in --measurements")
-        if not set(measurements) & {"probes", "sensitivity", "gradnorms"}:
-            parser.error("layer selection needs at least one of probes, sensitivity, gradnorms in --measurements")
-        if args.rule == "auto_rgn" and "gradnorms" not in measurements:
-            parser.error("--rule auto_rgn needs gradnorms in --measurements")
-        losses = a.names(args.losses, GRADNORM_LOSSES, "--losses", parser)
-        if args.grad_loss is not None and args.grad_loss not in losses:
-            parser.error(f"--grad-loss {args.grad_loss!r} is not among --losses ({', '.join(losses)})")
-        a.int_list(args.probe_seeds, "--probe-seeds", parser)
-        a.int_list(args.null_probe_seeds, "--null-probe-seeds", parser)
-        _score_weights(args.score_weights, parser)
-        if args.data == "synthetic":  # the default, named
-            args.data = None
-        if args.data is not None:
-            if not Path(args.data).exists():
-                parser.error(f"--data {args.data}: no such file")
-            if not _cues(args.train_cues):
-                parser.error("--train-cues is empty")
-        if args.image_root is not None and not args.image_root.is_dir():
-            parser.error(f"--image-root {args.image_root} is not a folder")
+        config, label = make_config(args, parser), args.model
     if args.out is None:
-        label = "config" if args.config else (Path(args.model).stem if args.model.endswith(".json") else args.model)
+        label = Path(label).stem if label.endswith(".json") else label
         args.out = Path("runs") / f"probe-layers-{_slug(label)}-{time.strftime('%Y%m%d-%H%M%S')}"
     a.check_output_folder(args.out, "--out", parser)
-    return args
+    return config
 
 
 def _score_weights(text: str, parser) -> dict[str, float]:
@@ -191,27 +180,40 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
-def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=()):
-    """The analysis.pipeline.ProbeConfig of the arguments (or of --config)."""
-    from analysis.pipeline import DataSpec, ModelSpec, ProbeConfig
-    from analysis.planning.evidence import EvidenceConfig
-    from analysis.planning.selection import SelectionConfig
-    from probing.measure.layers import MeasureConfig
-    from probing.measure.localise import LocaliseConfig
-
-    if args.config is not None:
-        return ProbeConfig.load(args.config)
+def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ProbeConfig:
+    """The ProbeConfig of the flags; any inconsistency is an argument error."""
+    a.check_model_arguments(args, parser)
     measurements = a.names(args.measurements, MEASUREMENTS, "--measurements", parser)
+    if "causal" in measurements and "probes" not in measurements:
+        parser.error("causal projects out the probe direction: it needs probes in --measurements")
+    if "heads" in measurements and "patching" not in measurements:
+        parser.error("heads ranks heads by their patching effect: it needs patching in --measurements")
+    if not set(measurements) & {"probes", "sensitivity", "gradnorms"}:
+        parser.error("layer selection needs at least one of probes, sensitivity, gradnorms in --measurements")
+    if args.rule == "auto_rgn" and "gradnorms" not in measurements:
+        parser.error("--rule auto_rgn needs gradnorms in --measurements")
     losses = a.names(args.losses, GRADNORM_LOSSES, "--losses", parser)
+    if args.grad_loss is not None and args.grad_loss not in losses:
+        parser.error(f"--grad-loss {args.grad_loss!r} is not among --losses ({', '.join(losses)})")
+    if args.data == "synthetic":  # the default, named
+        args.data = None
+    train_cues = tuple(c.strip() for c in args.train_cues.split(",") if c.strip())
+    if args.data is not None:
+        if not Path(args.data).exists():
+            parser.error(f"--data {args.data}: no such file")
+        if not train_cues:
+            parser.error("--train-cues is empty")
+    if args.image_root is not None and not args.image_root.is_dir():
+        parser.error(f"--image-root {args.image_root} is not a folder")
     localise = tuple(m for m in measurements if m in LOCALISATION_MEASUREMENTS)
     return ProbeConfig(
         model=ModelSpec(args.model, args.pretrained, args.device),
         data=DataSpec(file=args.data, kind=args.data_kind,
                       image_root=None if args.image_root is None else str(args.image_root), split=args.split,
-                      limit=args.limit, train_cues=_cues(args.train_cues), per_image=args.per_image,
+                      limit=args.limit, train_cues=train_cues, per_image=args.per_image,
                       n_train=args.probe_train, n_test=args.probe_test),
-        seed=args.seed, null_models=args.null_models, losses=losses,
-        losses_given=any(flag == "--losses" or flag.startswith("--losses=") for flag in argv),
+        seed=args.seed, null_models=args.null_models, losses=losses, losses_given=args.losses != parser.get_default(
+            "losses"),
         measure=MeasureConfig(
             seeds=a.int_list(args.probe_seeds, "--probe-seeds", parser),
             null_seeds=a.int_list(args.null_probe_seeds, "--null-probe-seeds", parser),
@@ -235,24 +237,20 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = check_args(parser.parse_args(argv), parser)
+    args = parser.parse_args(argv)
+    config = check_args(args, parser)
     command = [PROG, *(sys.argv[1:] if argv is None else argv)]  # provenance.json names the command
-    return run(PROG, lambda: probe(args, parser, command))
+    return run(PROG, lambda: probe(config, args.out, command, quiet=args.no_progress))
 
 
-def probe(args: argparse.Namespace, parser: argparse.ArgumentParser, command: list[str]) -> int:
+def probe(config: ProbeConfig, out: Path, command: list[str], *, quiet: bool = False) -> int:
     """Measure, select, localise and report (analysis.pipeline.run); print where everything went."""
+    # the pipeline loads torch and the measurement code: imported only now, so that --help and argument errors
+    # stay instant
     from analysis.pipeline import run as run_pipeline
     from analysis.planning.selection import SelectionError, describe_blocks
     from analysis.provenance import write_provenance
 
-    config = make_config(args, parser, command[1:])
-    if args.config is not None and (args.threads or args.no_feature_cache or args.workers is not None):
-        import dataclasses
-
-        config.threads = args.threads or config.threads
-        config.measure = dataclasses.replace(config.measure, feature_cache=not args.no_feature_cache,
-                                             num_workers=a.image_workers(args.workers, config.threads))
     apply_threads(config.threads)
 
     def announce(subject) -> None:
@@ -265,17 +263,17 @@ def probe(args: argparse.Namespace, parser: argparse.ArgumentParser, command: li
                   flush=True)
         for note in subject.notes:
             print(f"{PROG}: note: {note}", file=sys.stderr)
-        write_provenance(args.out, command, model=subject.bundle, data={"--data": config.data.file},
+        write_provenance(out, command, model=subject.bundle, data={"--data": config.data.file},
                          image_roots={"--image-root": config.data.image_root})
 
     try:
-        result = run_pipeline(config, args.out, log=lambda message: say(message, quiet=args.no_progress),
-                              progress=not args.no_progress, before_measuring=announce)
+        result = run_pipeline(config, out, log=lambda message: say(message, quiet=quiet), progress=not quiet,
+                              before_measuring=announce)
     except SelectionError as error:
-        raise SelectionError(f"no layer plan: {error} (measurements saved in {args.out})") from None
+        raise SelectionError(f"no layer plan: {error} (measurements saved in {out})") from None
     plan = result.selection.plan
-    figures = sorted(p for p in (args.out / "figures").glob("*") if p.is_file())
-    print(f"wrote {args.out}/: report.md, report.json, layer_plan.json, config.json, measurements.json (+ CSV tables, "
+    figures = sorted(p for p in (out / "figures").glob("*") if p.is_file())
+    print(f"wrote {out}/: report.md, report.json, layer_plan.json, config.json, measurements.json (+ CSV tables, "
           f"measurements_long.csv, items.npz), figures/ ({len(figures)} files)")
     if not plan.blocks:
         print(f"selected blocks: none: {result.selection.decision.reason}")

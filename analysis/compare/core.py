@@ -32,6 +32,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.compare.decoding import capture_states
+from analysis.compare.report import sentences
+from analysis.compare.states import StateSettings, compare_states
 from analysis.compare.weights import (
     IMAGE_TOWER,
     OUTSIDE_BLOCKS,
@@ -40,7 +43,11 @@ from analysis.compare.weights import (
     shape_problem,
     smallest_share,
 )
-from probing.measure.tasks import ProbeTask
+from probing.clip.loading import uses_quick_gelu
+from probing.clip.text_tower import TextTower, UnsupportedTextTower
+from probing.features.encode import encode_captions
+from probing.measure.capture import layer_labels as resid_labels
+from probing.measure.tasks import ProbeTask, synthetic_negation_task, synthetic_scope_task
 
 PARTS = ("weights", "states", "probes")
 FORMAT = "compare-checkpoints/1"  # the JSON layout plan_from_comparison reads
@@ -192,7 +199,6 @@ def state_groups(task: ProbeTask, n_per_group: int, seed: int) -> dict[str, np.n
 
 def default_tasks(world, config: CompareConfig) -> list[ProbeTask]:
     """The synthetic world's negation and scope tasks at the config's sizes."""
-    from probing.measure.tasks import synthetic_negation_task, synthetic_scope_task
 
     return [synthetic_negation_task(world, n_train=config.n_train, n_test=config.n_test, seed=config.seed),
             synthetic_scope_task(world, n_train=config.n_train, n_test=config.n_test, seed=config.seed)]
@@ -216,12 +222,9 @@ def compare_checkpoints(base_bundle, tuned_bundles: Mapping[str, Any] | Sequence
     base_name, tuned = _unique_names(getattr(base_bundle, "label", None) or "base", tuned_bundles)
     if not tuned:
         raise ValueError("no tuned model to compare with the base")
-    from probing.clip.loading import uses_quick_gelu
-    from probing.clip.text_tower import TextTower, UnsupportedTextTower
 
     tower = TextTower.from_model(base_bundle.model)
     n_layers = tower.n_layers
-    from probing.measure.capture import layer_labels as resid_labels
 
     labels = resid_labels(n_layers)
     models = {base_name: _model_info(base_bundle, "base")}
@@ -314,7 +317,6 @@ def compare_checkpoints(base_bundle, tuned_bundles: Mapping[str, Any] | Sequence
         n_layers=n_layers, layer_labels=labels + [OUTPUT_LAYER],
         meta={"tasks": [{"name": t.name, "n_captions": len(t.captions), "n_train": len(t.train),
                          "tests": {s: len(i) for s, i in t.tests.items()}, **t.meta} for t in tasks]})
-    from analysis.compare.report import sentences
 
     comparison.sentences = sentences(comparison)
     return comparison
@@ -334,9 +336,6 @@ def _frame(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def _compare_states(base_name, base_bundle, comparable, tasks, captions, features, labels, config, notes, progress,
                     say) -> list[dict]:
-    from analysis.compare.decoding import capture_states
-    from analysis.compare.states import StateSettings, compare_states
-    from probing.features.encode import encode_captions
 
     if captions is not None:
         texts = [c for group in captions.values() for c in group]

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from probing.clip.hooked import HookedCLIPText
 from probing.measure.capture import capture_pooled
 from probing.measure.probes import ProbeSweep, probe_layers
 from probing.measure.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION, ProbeTask
@@ -22,7 +23,6 @@ from probing.measure.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION, ProbeTask
 def capture_states(model, tokenizer: Callable, captions: Sequence[str], *, batch_size: int = 256,
                    progress: bool = False, desc: str = "capture") -> np.ndarray:
     """EOT states [n_layers + 1, n, d] of every caption (layer 0 = embedding output), through HookedCLIPText."""
-    from probing.clip.hooked import HookedCLIPText
 
     return capture_pooled(HookedCLIPText(model), tokenizer, list(captions), pools="eot", token_budget=None,
                           batch_size=batch_size, progress=progress, desc=desc)

@@ -14,11 +14,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from analysis.compare.core import FORMAT, Comparison
 from finetune.plan import LayerPlan, PlanError
 
 
 def _load(comparison: Any) -> tuple[dict, str]:
-    from analysis.compare.core import FORMAT, Comparison
 
     if isinstance(comparison, Comparison):
         return comparison.to_dict(), "<comparison>"

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from probing.data.reading import image_problem
 from probing.data.records import DataError, Loaded, LoadReport
 
 BENCHMARKS: tuple[str, ...] = ("synthetic", "coco_generated", "ccneg", "negbench_mcq", "negbench_retrieval",
@@ -262,7 +263,6 @@ def load_image_folder(root: str | os.PathLike, *, strict: bool = False,
     distractor prompt) and counted in `report.filtered`; so are files lying outside class folders.
     Fewer than two classes is an error: zero-shot top-1 over one class is always 1.
     """
-    from probing.data.reading import image_problem
 
     root = Path(root)
     if not root.is_dir():

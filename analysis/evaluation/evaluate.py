@@ -50,6 +50,10 @@ from analysis.evaluation.benchmarks import (
     report_of,
 )
 from analysis.evaluation.published import published_for, published_of
+from probing import data
+from probing.captions import with_article
+from probing.data.ccneg import find_negation_cue
+from probing.data.negrefcocog import crop_regions
 from probing.data.reading import TokenLimit
 from probing.data.records import (
     DataError,
@@ -73,6 +77,8 @@ from probing.metrics import (
     score_regions,
     score_retrieval,
 )
+from probing.synthetic.suite import SyntheticSuite
+from probing.synthetic.world import SyntheticWorld, WorldConfig
 
 AFFIRMATIVE_PROMPT = "a photo of {a_c}"
 NEGATED_PROMPT = "not a photo of {a_c}"
@@ -373,8 +379,6 @@ def evaluate_regions(model, preprocess, tokenizer, items: Sequence[RegionItem], 
     it (`image.crop((x, y, x + w, y + h))`, then the model's preprocessing); right when the referred
     box's crop strictly beats every other crop, by the cue word of the phrase. An item whose image does
     not decode is left out and counted."""
-    from probing.data.ccneg import find_negation_cue
-    from probing.data.negrefcocog import crop_regions
 
     if not items:
         return _result({}, items, 0)
@@ -402,7 +406,6 @@ def evaluate_regions(model, preprocess, tokenizer, items: Sequence[RegionItem], 
 
 def class_prompts(classes: Sequence[str], template: str) -> list[str]:
     """One prompt per class: `{c}` is the class name, `{a_c}` the name with "a" / "an"."""
-    from probing.captions import with_article
 
     return [template.format(c=name, a_c=with_article(name)) for name in classes]
 
@@ -464,8 +467,6 @@ def evaluate_synthetic(model, preprocess, tokenizer, *, world=None, n: int = 100
     classes, shapes and colours). The test split with heldout="all" uses held-out cues, templates and
     negated objects.
     """
-    from probing.synthetic.suite import SyntheticSuite
-    from probing.synthetic.world import SyntheticWorld, WorldConfig
 
     world = world or SyntheticWorld(WorldConfig(), seed=seed)
     suite = SyntheticSuite.build(world, n=n, n_classification=n_classification, split=split, heldout=heldout,
@@ -499,7 +500,6 @@ def _run_job(name: str, job: Job, model, preprocess, tokenizer, *, options: dict
              settings: dict, cache, unreadable: dict | None = None, workers: int = 0,
              ccneg_strip_commas: bool = True) -> dict[str, dict]:
     """Load one file of a benchmark leniently and evaluate it; returns its output sections."""
-    from probing import data
 
     run = dict(options, image_cache=cache, image_failures=unreadable, num_workers=workers)
     root = job.image_root

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.planning.selection import describe_blocks
+from probing.io import atomic_path
 from probing.measure.keys import TRAINED, is_null
 from probing.measure.tasks import HELDOUT_SPLITS, IN_DISTRIBUTION
 
@@ -46,7 +47,6 @@ def _pyplot():
 
 
 def _save(fig, out_dir: str | Path, name: str) -> list[Path]:
-    from probing.io import atomic_path
 
     out_dir = Path(out_dir)
     paths = []

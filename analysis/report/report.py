@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from analysis.planning.selection import Selection, describe_blocks
+from probing.io import atomic_write_json, atomic_write_text
 
 COMPONENT_WORDS = {"probe": "held-out probes", "sensitivity": "edit sensitivity", "gradnorm": "gradient norms",
                    "patching": "activation patching"}
@@ -195,7 +196,6 @@ def write_report(out_dir: str | Path, measurements, selection: Selection, *,
                  embedded_metrics: Mapping[str, Any] | None = None, run_info: Mapping[str, Any] | None = None,
                  extra_sentences: list[str] | None = None) -> dict[str, Path]:
     """Write report.md and report.json into `out_dir` (atomically); return both paths."""
-    from probing.io import atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)
     sentences = summary_sentences(measurements, selection) + list(extra_sentences or [])

@@ -74,7 +74,9 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from probing.cache import cache_dir
 from probing.clip.errors import ModelLoadError
+from probing.io import atomic_path
 
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -302,8 +304,6 @@ def register(config: Path) -> str:
     ordinary open_clip model config) and return its name."""
     import open_clip
 
-    from probing.cache import cache_dir
-    from probing.io import atomic_path
 
     cfg = open_clip_config(read_config(config), config)
     name = architecture_name(cfg)

@@ -28,6 +28,9 @@ too; `strip_commas=False` keeps the file's text (the true caption is never chang
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import re
 from pathlib import Path
@@ -47,6 +50,7 @@ from probing.data.reading import (
     text_cell,
 )
 from probing.data.records import DataError, Loaded, NegationExample
+from probing.io import atomic_write_text
 
 CCNEG_EVAL_SIZE = 40_000
 EVAL_SHARE = 5  # a file with fewer rows than 5 x 40,000 keeps ceil(n / 5) rows for evaluation
@@ -240,11 +244,7 @@ def write_ccneg(examples, path: str | os.PathLike, *, image_root: str | os.PathL
     module docstring. Image paths are written relative to `image_root` when under it. `splits`: example
     index -> "train" / "eval" (a `split` column). Examples need an image path, a caption and a
     presence-negated caption (a ValueError names the first that lacks one). Written atomically."""
-    import csv
-    import io
-    import json
 
-    from probing.io import atomic_write_text
 
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".jsonl"):

@@ -23,6 +23,7 @@ so JSON of the wrong shape is a DataError naming the file and row, never a TypeE
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import csv
 import io
@@ -289,7 +290,6 @@ def int_cell(record: dict, key: str) -> int:
 
 def literal_list(record: dict, key: str, clean_file: bool = True) -> list[str]:
     """A cell holding a Python-literal list of strings, as NegBench writes them: "['a', 'b']"."""
-    import ast
 
     raw = text_cell(record, key, clean_file)
     try:

@@ -41,9 +41,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from probing.cache import cache_dir
+from probing.clip.compact import state_digest
 from probing.data.reading import load_image
 from probing.data.records import DataError
 from probing.features.pixels import _input_size, _normalisation, as_pil, eval_mode
+from probing.io import atomic_path
 
 FEATURES_DIR = "image-features"
 FLUSH_EVERY = 4096
@@ -76,7 +78,6 @@ def tower_key(model: torch.nn.Module, preprocess: Callable, *, autocast: bool = 
               device: torch.device | str | None = None) -> str:
     """Hex key of what determines an image's features: the image tower (structure and weights), the
     preprocessing, the precision and the device type (module docstring)."""
-    from probing.clip.compact import state_digest
 
     visual = model.visual
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -133,7 +134,6 @@ class FeatureCache:
         """Write one chunk (atomically, under a name of its own) and remember its rows."""
         from safetensors.torch import save_file
 
-        from probing.io import atomic_path
 
         if not keys:
             return None

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from probing.clip.hooked import HookedCLIPText
 from probing.features.batching import DEFAULT_TOKEN_BUDGET, token_batches
 from probing.features.pixels import eval_mode
+from probing.io import atomic_path, atomic_write_json
 
 POOLS = ("eot", "mean")
 
@@ -127,7 +129,6 @@ def _pooled_batch(hooked, tokens: torch.Tensor, names: list[str], pools: tuple[s
 
 
 def _as_hooked(model):
-    from probing.clip.hooked import HookedCLIPText
 
     return model if isinstance(model, HookedCLIPText) else HookedCLIPText(model)
 
@@ -165,7 +166,6 @@ def save_activations(model, tokenizer: Callable[[Sequence[str]], torch.Tensor], 
     captions in row order. Returns the manifest's path. Written atomically."""
     from safetensors.numpy import save_file
 
-    from probing.io import atomic_path, atomic_write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

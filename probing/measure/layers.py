@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from probing.clip.hooked import HookedCLIPText
 from probing.clip.text_tower import TextTower
 from probing.features.cache import encode_image_features
 from probing.io import atomic_path, atomic_write_json
@@ -33,11 +34,13 @@ from probing.measure.capture import capture_pooled, layer_labels
 from probing.measure.causal import projection_ablation
 from probing.measure.gradnorms import fisher_information, relative_gradient_norms
 from probing.measure.keys import TRAINED, ItemKey
+from probing.measure.localise import LocaliseConfig, measure_localisation
+from probing.measure.patching import block_effects
 from probing.measure.probes import probe_layers
 from probing.measure.sensitivity import edit_sensitivity
+from probing.measure.settings import MeasureConfig
 from probing.measure.sources import REAL_CAUSAL_METRICS, RealData, RealSuite, SyntheticData, swap_first_colour
 from probing.measure.tasks import ProbeTask
-from probing.vocabulary import LAYER_MEASUREMENTS  # named there, so that --help needs no torch
 
 __all__ = ["measure_layers", "MeasureConfig", "LayerMeasurements", "swap_first_colour", "TABLES"]
 CAUSAL_METRICS = ("ccneg_accuracy", "scope_accuracy", "image_to_text_R@1_among_100", "zero_shot_affirmative")
@@ -64,46 +67,6 @@ TABLES: dict[str, tuple[str, ...]] = {
     # of the summed squared gradient of the block's parameters (probing.measure.gradnorms.fisher_information)
     "fisher": ("model", "loss", "layer", "fisher", "n_micro_batches", "micro_batch_size"),
 }
-
-
-@dataclass
-class MeasureConfig:
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # probe seeds on the model
-    # On each null model: one probe seed, the logistic probe only, and the first `null_grad_batches` gradient
-    # batches. Their spread across null models is what the test needs; a noisier null is a more lenient
-    # comparison for nobody: it widens the null's spread, so the test only gets stricter.
-    null_seeds: tuple[int, ...] = (0,)
-    null_grad_batches: int = 2
-    measurements: tuple[str, ...] = LAYER_MEASUREMENTS
-    # patching as evidence: each block's exact denoising effect on the model AND its null models
-    # (probing.measure.patching.block_effects, in similarity units), for analysis.planning.evidence
-    patching_evidence: bool = False
-    n_patching_pairs: int = 32
-    n_sensitivity: int = 400
-    n_causal: int = 400
-    grad_batches: int = 4
-    grad_batch_size: int = 64
-    # the Fisher information of each block (the FIM-score baseline selector, analysis.planning.selectors), on the model
-    # only: the gradient batches cut into micro-batches of this many examples (0: not measured)
-    fisher_micro_batch: int = 8
-    batch_size: int = 256
-    seed: int = 0  # data draws for sensitivity, gradient batches and the causal suite
-    # bytes captured features may take in memory; larger captures stream to memory-mapped files in
-    # the temporary folder ($TMPDIR), deleted as soon as they are mapped (probing.measure.capture)
-    memory_budget: int | None = 2 * 2**30
-    # None: captures run in length-sorted batches of batch_size, as every recorded measurement did. A
-    # token budget saves padding on captions of varied lengths, but its other batches change features
-    # at float rounding, and probe fits with them (a test item here and there)
-    token_budget: int | None = None
-    feature_cache: bool = True  # image features through the disk cache (probing.features.cache)
-    num_workers: int = 0  # processes that decode real images
-
-    def __post_init__(self):
-        unknown = set(self.measurements) - set(LAYER_MEASUREMENTS)
-        if unknown:
-            raise ValueError(f"unknown measurements {sorted(unknown)}; choose from {', '.join(LAYER_MEASUREMENTS)}")
-        if len(self.seeds) < 1 or len(self.null_seeds) < 1:
-            raise ValueError("at least one probe seed is needed")
 
 
 @dataclass
@@ -463,8 +426,6 @@ def patching_profile(model, preprocess, tokenizer, world, config: MeasureConfig,
     """Per block: the largest exact denoising effect of its attention or MLP output over token roles,
     averaged over negation and scope pairs, in similarity units (the normalised effect times the pairs'
     mean clean-corrupted gap: random towers, whose gap is about 0, are not divided by it)."""
-    from probing.measure.localise import LocaliseConfig, measure_localisation
-    from probing.measure.patching import block_effects
 
     localisation = measure_localisation(
         model, preprocess, tokenizer, world=world, progress=progress,
@@ -485,7 +446,6 @@ def causal_rows(model, preprocess, tokenizer, data: SyntheticData | RealData, di
     run's data (synthetic: CAUSAL_METRICS; real: sources.REAL_CAUSAL_METRICS, those the data has)."""
     from tqdm.auto import tqdm
 
-    from probing.clip.hooked import HookedCLIPText
 
     suite = data.causal_suite(config.n_causal, config.seed)
     if isinstance(suite, RealSuite):

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from probing.measure.capture import capture_pooled
 from probing.measure.scoring import HeldOutSet, value_rows
+from probing.measure.settings import LENSES
 
-LENSES = ("plain", "tuned")
 LENS_COLUMNS = ("lens", "layer", "metric", "value", "ci_low", "ci_high", "n")
 
 

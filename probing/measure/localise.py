@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from probing.clip.hooked import HookedCLIPText
 from probing.features.encode import encode_images
 from probing.features.pixels import eval_mode
 from probing.io import atomic_path, atomic_write_json
@@ -48,9 +49,8 @@ from probing.measure.heads import (
     attention_to_cue,
     mean_head_outputs,
 )
-from probing.measure.lens import LENS_COLUMNS, LENSES, lens_rows
+from probing.measure.lens import LENS_COLUMNS, lens_rows
 from probing.measure.patching import (
-    COMPONENTS,
     METHODS,
     PATCHING_COLUMNS,
     PairBatch,
@@ -62,10 +62,10 @@ from probing.measure.patching import (
     summarise,
     top_heads,
 )
-from probing.measure.roles import ALL, ROLES, RoleFinder, example_pairs, synthetic_negation_pairs, synthetic_scope_pairs
+from probing.measure.roles import RoleFinder, example_pairs, synthetic_negation_pairs, synthetic_scope_pairs
 from probing.measure.scoring import HeldOutSet, training_captions
+from probing.measure.settings import LocaliseConfig
 from probing.measure.steering import STEERING_COLUMNS, negation_directions, steering_rows
-from probing.vocabulary import LOCALISATION_MEASUREMENTS  # named there, so that --help needs no torch
 
 TABLES = {
     "pairs": ("kind", "n_pairs", "n_skipped", "accuracy", "mean_gap", "mean_clean", "mean_corrupted"),
@@ -77,43 +77,6 @@ TABLES = {
     "steering": STEERING_COLUMNS,
 }
 _NULLABLE_INT = {"patching": ("head",), "steering": ("layer",)}
-
-
-@dataclass(frozen=True)
-class LocaliseConfig:
-    """Sizes and seeds; the defaults fit about two minutes on one thread for a 12 x 128 tower."""
-
-    measurements: tuple[str, ...] = LOCALISATION_MEASUREMENTS
-    n_pairs: int = 64  # per kind of pair
-    methods: tuple[str, ...] = METHODS
-    components: tuple[str, ...] = tuple(COMPONENTS)
-    roles: tuple[str, ...] = ROLES
-    head_roles: tuple[str, ...] = (ALL,)
-    patch_layers: tuple[int, ...] | None = None  # blocks to patch; None: all (a full-size model may take a few)
-    n_eval: int = 200  # held-out scenes and scope pairs (retrieval among 100 needs at least 100)
-    n_steer: int = 100  # the first n_steer of them score each steering setting (there are many settings)
-    retrieval_group: int = 100  # R@1 among this many scenes
-    steer_layers: tuple[int, ...] | None = None  # None: every layer, one at a time (and all at once)
-    n_train: int = 400  # training scenes / scope pairs for the tuned lens and mean-ablation (x5 captions)
-    n_train_probe: int = 1000  # training captions of the negation task for the steering directions
-    probes: tuple[str, ...] = ("logistic", "diffmeans")
-    alphas: tuple[float, ...] = (0.13, 0.5, 1.0)
-    lenses: tuple[str, ...] = LENSES
-    n_top_heads: int = 3
-    n_boot: int = 1000
-    batch_size: int = 64
-    split: str = "test"
-    heldout: str = "all"
-    seed: int = 0
-
-    def __post_init__(self):
-        unknown = set(self.measurements) - set(LOCALISATION_MEASUREMENTS)
-        if unknown:
-            raise ValueError(f"unknown measurements {sorted(unknown)}; "
-                             f"choose from {', '.join(LOCALISATION_MEASUREMENTS)}")
-        if "heads" in self.measurements and not ("patching" in self.measurements and "head" in self.components):
-            raise ValueError("heads ranks heads by their patching effect: "
-                             "it needs 'patching' with the 'head' component")
 
 
 @dataclass
@@ -157,7 +120,6 @@ def measure_localisation(model: torch.nn.Module, preprocess: Callable, tokenizer
                          examples: Sequence | None = None, config: LocaliseConfig = LocaliseConfig(),
                          progress: bool = True) -> Localisation:
     """Run the configured measurements on `model` (any open_clip text tower HookedCLIPText wraps)."""
-    from probing.clip.hooked import HookedCLIPText
 
     if world is None and not examples:
         raise ValueError("localisation needs pairs: pass the synthetic world, real examples, or both")

@@ -17,13 +17,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from probing.clip.loading import load_clip
 from probing.clip.text_tower import TextTower
 from probing.measure.keys import null_name
 
 
 def null_tower(model: nn.Module, architecture: str, seed: int) -> nn.Module:
     """A copy of `model` whose text tower is re-initialised as `architecture` initialises it, seeded."""
-    from probing.clip.loading import load_clip
 
     torch.manual_seed(seed)
     fresh, _, _ = load_clip(architecture, None)

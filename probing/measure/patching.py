@@ -37,10 +37,11 @@ import torch.nn.functional as F
 
 from probing.features.pixels import eval_mode
 from probing.measure.roles import ALL, ROLES, AlignedPair
+from probing.measure.settings import PATCH_COMPONENTS, PATCH_METHODS
 
-COMPONENTS = {"resid": "resid_pre", "attn": "attn_out", "mlp": "mlp_out", "head": "z"}
+COMPONENTS = PATCH_COMPONENTS
 DIRECTIONS = ("denoise", "noise")
-METHODS = ("exact", "attribution")
+METHODS = PATCH_METHODS
 PATCHING_COLUMNS = ("kind", "method", "direction", "component", "layer", "role", "head", "effect", "ci_low",
                     "ci_high", "score", "n_pairs")
 

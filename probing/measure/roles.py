@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from probing.captions import CUES, NEGATION_FRAMES, framed_caption, framed_text
+from probing.data.ccneg import find_negation_cue
+from probing.data.generator import article
 from probing.data.records import ImageRef, NegationExample
+from probing.measure.settings import ALL, ROLES
 
-ROLES = ("cue", "negated", "subject", "other", "eot")
-ALL = "all"  # every aligned position at once (head patching)
 PAIR_KINDS = ("negation", "scope")
 _PIECE = re.compile(r"[\w']+|[^\w\s]+")  # what CLIP's pre-tokeniser keeps apart (words, punctuation runs)
 
@@ -99,8 +100,6 @@ def example_pairs(examples: Sequence[NegationExample]) -> list[PatchPair]:
     twin as the true caption; others (CC-Neg) keep their own caption. Records without a negated
     caption are left out.
     """
-    from probing.data.ccneg import find_negation_cue
-    from probing.data.generator import article
 
     pairs = []
     for example in examples:

@@ -36,10 +36,12 @@ import numpy as np
 import torch
 
 from probing.data.ccneg import find_negation_cue
+from probing.data.negations import describe_examples, describe_sentence
 from probing.data.records import NegationExample
 from probing.features.cache import encode_image_features
 from probing.features.encode import encode_captions
 from probing.metrics import flatten, score_negation, score_recall_among
+from probing.synthetic.suite import SyntheticSuite
 
 # words that are never swapped by the control edit of real captions (function words and negation cues)
 STOP_WORDS = frozenset("""
@@ -93,7 +95,6 @@ class SyntheticData:
         return [self.world.examples(batch_size, "train", seed + 1000 + b) for b in range(n_batches)]
 
     def causal_suite(self, n: int, seed: int):
-        from probing.synthetic.suite import SyntheticSuite
 
         return SyntheticSuite.build(self.world, n=n, n_classification=min(360, n), split="test", heldout="all",
                                     seed=seed + 202)
@@ -154,7 +155,6 @@ class RealData:
     control: ControlEdit = field(init=False)
 
     def __post_init__(self):
-        from probing.data.negations import describe_examples
 
         self.examples = [e for e in self.examples if e.caption and e.presence_negated]
         if not self.examples:
@@ -164,7 +164,6 @@ class RealData:
 
     @property
     def description(self) -> dict:
-        from probing.data.negations import describe_sentence
 
         control = ("one object name swapped for another object name of the file" if self.control.objects else
                    "one content word swapped for another word of the file's captions")

@@ -28,6 +28,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from probing.clip.hooked import HookedCLIPText
+from probing.clip.text_tower import TextTower
 from probing.measure.capture import capture_pooled, resid_hook_names
 from probing.measure.probes import PROBES
 from probing.measure.scoring import HeldOutSet, change_rows
@@ -92,7 +94,6 @@ def steering_vectors(model, tokenizer, world, *, alpha: float = PUBLISHED_ALPHA,
                      n_train: int = 1000, seed: int = 0) -> np.ndarray:
     """[L + 1, d] vectors alpha s_l u_l for steering every layer at once (layer 0 = embeddings), fitted on the
     negation task's training captions of `world` (seed picks them) through the hooked view of `model`."""
-    from probing.clip.hooked import HookedCLIPText
 
     hooked = HookedCLIPText(model, tokenizer)  # the capture runs without autograd
     directions, scales = negation_directions(hooked, tokenizer, world, n_train=n_train, probes=(probe,), seed=seed)
@@ -105,7 +106,6 @@ def steered(model, vectors: np.ndarray | torch.Tensor) -> Iterator[None]:
     (l = 0 .. L - 1) and vectors[L] to the last block's output, at every position: the additions
     `steering_rows` makes at the hook points of `resid_hook_names` (blocks.l.hook_resid_pre is
     blocks.(l-1).hook_resid_post). The hooks are removed on exit, also after an error."""
-    from probing.clip.text_tower import TextTower
 
     blocks = TextTower.from_model(model).blocks
     vectors = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)

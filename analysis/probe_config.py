@@ -1,0 +1,96 @@
+"""What a probe-layers run depends on, as typed settings (`ProbeConfig`: `ModelSpec`, `DataSpec`, and the settings of
+the measurements, the evidence, the selection and the localisation), saved as the run folder's config.json and
+read back from it. Nothing here imports torch: the command builds the configuration from its flags, checked,
+before anything heavy loads; analysis.pipeline runs it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from analysis.planning.selection import SelectionConfig
+from analysis.planning.settings import EvidenceConfig
+from finetune.vocabulary import GRADNORM_LOSSES
+from probing.io import atomic_write_json, dataclass_from_dict
+from probing.measure.settings import LocaliseConfig, MeasureConfig
+from probing.models.embedded import EMBEDDED
+
+CONFIG_FILE = "config.json"
+
+
+class ConfigError(ValueError):
+    """What was asked cannot run on this model or data (one line: which setting, which file, why)."""
+
+
+# --- the configuration ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model: any name probing.models.factory.create_model takes."""
+
+    name: str = EMBEDDED
+    pretrained: str | None = None
+    device: str = "auto"
+
+    @property
+    def label(self) -> str:
+        return Path(self.name).stem if self.name.endswith(".json") else self.name
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the measurements run on: the synthetic world (file None) or a real data file's negation examples."""
+
+    file: str | None = None
+    kind: str | None = None  # the loader's kind when it cannot be guessed from the file
+    image_root: str | None = None  # without it, image-grounded measurements are skipped on real data
+    split: str = "eval"  # a CC-Neg file's split
+    limit: int = 4000  # real data: negation examples used at most (a seeded draw)
+    train_cues: tuple[str, ...] = ("no", "not")  # real data: the probes' training cues; the others are held out
+    per_image: int = 3  # COCO / NegBench retrieval: generated negation examples per image
+    n_train: int = 2000  # synthetic probe training captions
+    n_test: int = 600  # synthetic captions per test split
+
+
+@dataclass
+class ProbeConfig:
+    """Everything a probe-layers run depends on (saved as config.json in its folder)."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    seed: int = 0  # data draws, the synthetic world of a model that records none, random weights
+    null_models: int = 10
+    losses: tuple[str, ...] = GRADNORM_LOSSES  # the losses of the gradient norms
+    losses_given: bool = False  # the user named the losses: one the data cannot feed is an error, not a note
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    localise: LocaliseConfig | None = field(default_factory=LocaliseConfig)  # None: no localisation
+    threads: int | None = None
+    save_activations: bool = False  # write the captured states (activations.safetensors + manifest)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    def save(self, folder: str | Path) -> Path:
+        return atomic_write_json(Path(folder) / CONFIG_FILE, {"command": "probe-layers", "config": self.to_dict()})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProbeConfig":
+        return dataclass_from_dict(cls, data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ProbeConfig":
+        """The config of a run folder's config.json (a ConfigError naming the file when it is not one)."""
+        path = Path(path)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("command") != "probe-layers":
+                raise ValueError(f"it was written by {record.get('command')!r}, not probe-layers")
+            return cls.from_dict(record["config"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+                AttributeError) as error:
+            raise ConfigError(f"{path} is not a probe-layers config.json: {error}") from None
+
+
