@@ -93,7 +93,7 @@ class LayerPlan:
             raise PlanError(f"layer plan file {path} does not exist")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise PlanError(f"layer plan file {path} is not valid JSON: {error}") from None
         return cls.from_dict(data, source=str(path))
 

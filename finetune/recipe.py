@@ -54,7 +54,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise RecipeError(f"recipe file {path} does not exist")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise RecipeError(f"recipe file {path} is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe file {path}: expected a JSON object, found {type(data).__name__}")

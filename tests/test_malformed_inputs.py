@@ -57,6 +57,39 @@ MCQ_HEADER = ["image_path", "correct_answer", "caption_0", "caption_1", "caption
 RETRIEVAL_HEADER = ["positive_objects", "negative_objects", "filepath", "image_id", "captions"]
 
 
+# model configs: the tiny config with one thing wrong (fixture "model_<name>")
+MODEL_CONFIG_EDITS: dict[str, Callable[[dict], None]] = {
+    "zero_width": lambda c: c["text_cfg"].update(width=0),
+    "negative_layers": lambda c: c["text_cfg"].update(layers=-3),
+    "heads": lambda c: c["text_cfg"].update(heads=3),
+    "zero_heads": lambda c: c["text_cfg"].update(heads=0),
+    "vision_heads": lambda c: c["vision_cfg"].update(head_width=24),
+    "text_size_string": lambda c: c["text_cfg"].update(layers="2"),
+    "fractional": lambda c: c["vision_cfg"].update(width=32.5),
+    "embed_bool": lambda c: c.update(embed_dim=True),
+    "absurd_width": lambda c: c["text_cfg"].update(width=10**12),
+    "absurd_total": lambda c: c["text_cfg"].update(width=60000, heads=1, layers=1000),
+    "unknown_key": lambda c: c["text_cfg"].update(widht=64),
+    "unknown_top": lambda c: c.update(output_dict=True),
+    "text_list": lambda c: c.update(text_cfg=[64]),
+    "vocab": lambda c: c["text_cfg"].update(vocab_size=1000),
+    "context": lambda c: c["text_cfg"].update(context_length=2),
+    "patch": lambda c: c["vision_cfg"].update(patch_size=64),
+    "resnet_stages": lambda c: c["vision_cfg"].update(layers=[1, 1, 1]),
+    "resnet_small": lambda c: c["vision_cfg"].update(layers=[1, 1, 1, 1], image_size=16),
+    "mlp_ratio": lambda c: c["text_cfg"].update(mlp_ratio=float("nan")),
+    "flag": lambda c: c.update(quick_gelu="yes"),
+}
+# Hugging Face config.json files (given as the model: the architecture, random weights) with one thing wrong
+HF_CONFIG_EDITS: dict[str, Callable[[dict], None]] = {
+    "zero_heads": lambda c: c["text_config"].update(num_attention_heads=0),
+    "negative_layers": lambda c: c["vision_config"].update(num_hidden_layers=-1),
+    "text_number": lambda c: c.update(text_config=5),
+    "projection": lambda c: c.update(projection_dim=0),
+    "heads_divide": lambda c: c["vision_config"].update(num_attention_heads=3),
+}
+
+
 def _with_metadata(source: Path, target: Path, **changes: str) -> Path:
     """A copy of a .safetensors checkpoint whose metadata entries are replaced (the tensors untouched)."""
     from safetensors.torch import load_file, save_file
@@ -64,6 +97,21 @@ def _with_metadata(source: Path, target: Path, **changes: str) -> Path:
     from probing.clip.loading import checkpoint_metadata
 
     save_file(load_file(str(source)), str(target), metadata={**checkpoint_metadata(source), **changes})
+    return target
+
+
+def _with_tensors(source: Path, target: Path, name: str, change: Callable[[torch.Tensor], torch.Tensor]) -> Path:
+    """A copy of a whole .safetensors checkpoint with tensor `name` changed and no recorded SHA-256 (as a
+    checkpoint written by another tool would have)."""
+    from safetensors.torch import load_file, save_file
+
+    from probing.clip.loading import checkpoint_metadata
+
+    tensors = load_file(str(source))
+    tensors[name] = change(tensors[name])
+    metadata = checkpoint_metadata(source)
+    metadata.pop("state_sha256", None)
+    save_file(tensors, str(target), metadata=metadata)
     return target
 
 
@@ -99,6 +147,29 @@ def fx(tmp_path_factory) -> dict[str, str]:
     add("bad_json", root / "bad.json").write_text('{"a": [1, 2,,]}')
     add("list_json", _json(root / "list.json", [1, 2, 3]))
     add("text_file", root / "notes.txt").write_text("hello\n")
+    # open_clip model configs written wrong (issue 28): each must be refused before anything is built
+    tiny = tiny_config(layers=2)
+    add("model_number", root / "five.json").write_text("5")
+    add("model_deep", root / "deep.json").write_text("[" * 100000)  # too deep for Python's JSON reader
+    add("plan_deep", root / "plan_deep.json").write_text("[" * 100000)
+    add("recipe_deep", root / "recipe_deep.json").write_text("[" * 100000)
+    add("data_deep", root / "data_deep.json").write_text("[" * 100000)
+    add("jsonl_deep", root / "deep.jsonl").write_text("[" * 100000 + "\n")
+    add("model_negative", _json(root / "negative.json", {"embed_dim": -1, "vision_cfg": {"layers": -2},
+                                                        "text_cfg": {"width": 0}}))
+    for name, edit in MODEL_CONFIG_EDITS.items():
+        config = json.loads(json.dumps(tiny))
+        edit(config)
+        add(f"model_{name}", _json(root / f"model_{name}.json", config))
+    hf = {"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": 16,
+          "text_config": {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2,
+                          "intermediate_size": 64, "max_position_embeddings": 32},
+          "vision_config": {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
+                            "intermediate_size": 64, "image_size": 32, "patch_size": 8}}
+    for name, edit in HF_CONFIG_EDITS.items():
+        config = json.loads(json.dumps(hf))
+        edit(config)
+        add(f"hf_{name}", _json(root / f"hf_{name}" / "config.json", config))
     # CC-Neg in its CSV layout
     add("ccneg_no_negation_column", _csv(root / "ccneg_cols.csv", ["image_path", "caption"], [[IMAGE, "a cat"]]))
     add("ccneg_without_only", _csv(root / "ccneg_without.csv", ["image_path", "caption", "negative_prompt"],
@@ -203,6 +274,10 @@ def fx(tmp_path_factory) -> dict[str, str]:
     add("damaged_metrics_shape", _with_metadata(model_file, root / "metrics_shape.safetensors",
                                                 metrics=json.dumps(["not", "a", "table"])))
     add("damaged_digest", _with_metadata(model_file, root / "damaged_digest.safetensors", state_sha256="0" * 64))
+    add("nan_model", _with_tensors(model_file, root / "nan_model.safetensors", "positional_embedding",
+                                   lambda t: torch.full_like(t, float("nan"))))
+    add("int_model", _with_tensors(model_file, root / "int_model.safetensors", "ln_final.weight",
+                                   lambda t: torch.ones_like(t, dtype=torch.int64)))
 
     # ablation study folders, damaged
     add("ab_config_garbage", root / "ab_config_garbage").mkdir()
@@ -612,7 +687,63 @@ MAKE_NEGATIONS = [
     case("make-negations", f"{MN} --data {{ccneg_one_example}}", "the following arguments are required: --out"),
 ]
 
-CASES = PROBE_LAYERS + FINETUNE_LAYERS + EVALUATE_NEGATION + ABLATE_LAYERS + BUILD_EMBEDDED + MAKE_NEGATIONS
+# model configs and checkpoints (issue 28): one line naming the file and the field, before anything is built
+EVQ = "--benchmarks synthetic --no-progress --out {out}/ev"
+MODELS = [
+    case("probe-layers", "--model {model_number} --out {out}/pl",
+         "model config file {model_number}: holds a number (5), not a JSON object"),
+    case("probe-layers", "--model {model_negative} --out {out}/pl",
+         "model config file {model_negative}: embed_dim must be >= 1, got -1"),
+    case("evaluate-negation", f"--model {{model_deep}} {EVQ}", "deep.json is not valid JSON"),
+    case("finetune-layers", "--model {tiny} --plan {plan_deep} --out {out}/ft", "plan_deep.json is not valid JSON"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_deep} --out {out}/ft", "recipe_deep.json is not valid"),
+    case("finetune-layers", f"{FT} --data {{data_deep}} --out {{out}}/ft", "data_deep.json: invalid JSON: nested too"),
+    case("finetune-layers", f"{FT} --data {{jsonl_deep}} --out {{out}}/ft", "deep.jsonl, row 0: invalid JSON line"),
+    case("evaluate-negation", f"--model {{model_zero_width}} {EVQ}",
+         "model_zero_width.json: text_cfg.width must be >= 1"),
+    case("evaluate-negation", f"--model {{model_negative_layers}} {EVQ}", "text_cfg.layers must be >= 1, got -3"),
+    case("evaluate-negation", f"--model {{model_heads}} {EVQ}", "text_cfg.heads 3 do not divide text_cfg.width 64"),
+    case("evaluate-negation", f"--model {{model_zero_heads}} {EVQ}", "text_cfg.heads must be >= 1, got 0"),
+    case("evaluate-negation", f"--model {{model_vision_heads}} {EVQ}",
+         "vision_cfg.head_width 24 does not divide vision_cfg.width 32"),
+    case("evaluate-negation", f"--model {{model_text_size_string}} {EVQ}",
+         "text_cfg.layers must be an integer, got '2'"),
+    case("evaluate-negation", f"--model {{model_fractional}} {EVQ}", "vision_cfg.width must be an integer, got 32.5"),
+    case("evaluate-negation", f"--model {{model_embed_bool}} {EVQ}", "embed_dim must be an integer, got True"),
+    case("evaluate-negation", f"--model {{model_absurd_width}} {EVQ}", "text_cfg.width must be <= 65536"),
+    case("evaluate-negation", f"--model {{model_absurd_total}} {EVQ}", "more than 2e+10"),
+    case("evaluate-negation", f"--model {{model_unknown_key}} {EVQ}",
+         "unknown key(s) text_cfg.widht (did you mean width?)"),
+    case("evaluate-negation", f"--model {{model_unknown_top}} {EVQ}", "unknown key(s) output_dict"),
+    case("evaluate-negation", f"--model {{model_text_list}} {EVQ}", "text_cfg must be a JSON object, got a list"),
+    case("evaluate-negation", f"--model {{model_vocab}} {EVQ}", "text_cfg.vocab_size 1000 is smaller than"),
+    case("evaluate-negation", f"--model {{model_context}} {EVQ}", "text_cfg.context_length must be >= 3, got 2"),
+    case("evaluate-negation", f"--model {{model_patch}} {EVQ}", "vision_cfg.patch_size 64 is larger than the image"),
+    case("evaluate-negation", f"--model {{model_resnet_stages}} {EVQ}", "vision_cfg.layers must be one integer"),
+    case("evaluate-negation", f"--model {{model_resnet_small}} {EVQ}", "vision_cfg.image_size 16 is smaller than 32"),
+    case("evaluate-negation", f"--model {{model_mlp_ratio}} {EVQ}", "text_cfg.mlp_ratio must be a finite number"),
+    case("evaluate-negation", f"--model {{model_flag}} {EVQ}", "quick_gelu must be true or false, got 'yes'"),
+    case("finetune-layers", "--model {model_heads} --layers 0 --out {out}/ft", "model_heads.json: text_cfg.heads 3"),
+    case("ablate-layers", "--model {model_negative} --steps 1 --seeds 0 --variants front --out {out}/ab",
+         "model config file {model_negative}: embed_dim must be >= 1"),
+    case("evaluate-negation", f"--model {{hf_zero_heads}} {EVQ}",
+         "config.json: text_config.num_attention_heads must be an integer in 1..65536, got 0"),
+    case("evaluate-negation", f"--model {{hf_negative_layers}} {EVQ}",
+         "vision_config.num_hidden_layers must be an integer in 1..1024, got -1"),
+    case("evaluate-negation", f"--model {{hf_text_number}} {EVQ}", "text_config must be a JSON object"),
+    case("evaluate-negation", f"--model {{hf_projection}} {EVQ}", "projection_dim must be an integer"),
+    case("evaluate-negation", f"--model {{hf_heads_divide}} {EVQ}",
+         "is not a multiple of"),  # transformers 5 refuses it itself, older ones reach our own check
+    case("evaluate-negation", f"--model {{tiny}} --pretrained {{nan_model}} {EVQ}",
+         "nan_model.safetensors is damaged: 1 tensor(s) hold NaN or infinite values (positional_embedding)"),
+    case("probe-layers", "--model {tiny} --pretrained {nan_model} --out {out}/pl", "hold NaN or infinite values"),
+    case("finetune-layers", "--model {tiny} --pretrained {int_model} --layers 0 --out {out}/ft",
+         "int_model.safetensors holds 1 tensor(s) that are not floating-point where the model's are: "
+         "ln_final.weight (torch.int64)"),
+]
+
+CASES = (PROBE_LAYERS + FINETUNE_LAYERS + EVALUATE_NEGATION + ABLATE_LAYERS + BUILD_EMBEDDED + MAKE_NEGATIONS
+         + MODELS)
 
 
 def _id(item: Case) -> str:

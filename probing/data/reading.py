@@ -146,6 +146,8 @@ def read_json(path: str | os.PathLike) -> tuple[Any, bool]:
         encoding = "" if clean else " (the file is not valid UTF-8 either)"
         raise DataError(path, None,
                         f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}{encoding}") from None
+    except RecursionError:
+        raise DataError(path, None, "invalid JSON: nested too deeply for the JSON reader") from None
 
 
 def iter_jsonl(path: str | os.PathLike, collector: Collector) -> Iterator[tuple[int, dict, bool]]:
@@ -161,6 +163,8 @@ def iter_jsonl(path: str | os.PathLike, collector: Collector) -> Iterator[tuple[
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise RowProblem(f"invalid JSON line: {err.msg} at column {err.colno}") from None
+            except RecursionError:
+                raise RowProblem("invalid JSON line: nested too deeply for the JSON reader") from None
             if not isinstance(obj, dict):
                 raise RowProblem(f"expected a JSON object, found {type(obj).__name__}")
             yield row, obj, clean

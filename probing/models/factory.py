@@ -122,7 +122,7 @@ def recorded_metrics(checkpoint: str | Path, metadata: dict[str, str] | None = N
         return None
     try:
         metrics = json.loads(metadata["metrics"])
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:
         raise ModelLoadError(f"checkpoint file {checkpoint} has damaged metadata: 'metrics' is not JSON "
                              f"({error})") from None
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
@@ -139,7 +139,7 @@ def checkpoint_world(pretrained: str | Path | None) -> SyntheticWorld | None:
         return None
     try:
         return world_from_metadata(checkpoint_metadata(pretrained))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelLoadError(f"checkpoint file {pretrained} has damaged metadata: its {WORLD_KEY!r} record cannot be "
                              f"read ({type(error).__name__}: {str(error)[:120]})") from None
 
