@@ -214,6 +214,7 @@ def fx(tmp_path_factory) -> dict[str, str]:
     add("plan_inf_weight", root / "plan_inf.json").write_text('{"blocks": [0], "lr_weights": {"0": Infinity}}')
     add("plan_text_blocks", _json(root / "plan_text.json", {"blocks": ["0", "1"]}))
     add("plan_empty", _json(root / "plan_empty.json", {"blocks": []}))
+    add("plan_block_99", _json(root / "plan_99.json", {"blocks": [0, 99]}))
     recipe = {"name": "r", "summary": "s", "source": "t"}
     add("recipe_bad_json", root / "recipe_bad.json").write_text('{"name": ')
     add("recipe_negative_lr", _json(root / "recipe_lr.json", {**recipe, "settings": {"lr": -1, "layers": "0"}}))
@@ -742,8 +743,42 @@ MODELS = [
          "ln_final.weight (torch.int64)"),
 ]
 
+# repeated list items are errors, not silently dropped (issue 28), and plan errors name the plan file
+SECOND_IMAGES = f"--image-root-for sugarcrepe={IMAGES} --image-root-for sugarcrepe={IMAGES}"
+REPEATS = [
+    case("probe-layers", "--seeds 0,0", "--seeds: 0 given twice"),
+    case("probe-layers", "--null-seeds 1,2,1", "--null-seeds: 1 given twice"),
+    case("probe-layers", "--measurements probes,sensitivity,probes", "--measurements: probes given twice"),
+    case("probe-layers", f"{PL} --data {{ccneg_without_only}} --train-cues no,not,no --out {{out}}/pl",
+         "training cue 'no' is given twice"),
+    case("ablate-layers", f"{AB} --seeds 0,0 --out {{out}}/ab", "--seeds: 0 given twice"),
+    case("ablate-layers", f"{AB} --variants front,back,front --out {{out}}/ab", "front given more than once"),
+    case("ablate-layers", f"{AB} --extras ln_final,ln_final --out {{out}}/ab", "--extras: ln_final given twice"),
+    case("ablate-layers", [*AB.split(), "--loss-kwargs", '{"terms": [1, 1]}', "--out", "{out}/ab"],
+         "loss option terms lists term 1 twice"),
+    case("finetune-layers", f"{FT} --terms 1,1 --out {{out}}/ft", "--terms: 1 given twice"),
+    case("finetune-layers", f"{FT} --loss mix --weights clip=1,conclip=1,clip=2 --out {{out}}/ft",
+         "--weights: clip given twice"),
+    case("finetune-layers", "--model {tiny} --layers 0,1,0 --out {out}/ft", "blocks lists an index twice"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic,synthetic", "--benchmarks: synthetic given twice"),
+    case("evaluate-negation", f"{EV} --benchmarks sugarcrepe {SECOND_IMAGES}",
+         "--image-root-for sugarcrepe given twice"),
+    case("evaluate-negation", f"{EV} --benchmarks sugarcrepe --sugarcrepe {{sugarcrepe_same}} "
+                              f"--sugarcrepe {{sugarcrepe_same}}", "--sugarcrepe: {sugarcrepe_same} given twice"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-image-size 4",
+         "--synthetic-image-size: image_size must be an integer in 12..4096, got 4"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-image-size 100000", "got 100000"),
+    case("finetune-layers", "--model {tiny} --plan {plan_block_99} --steps 1 --batch-size 4 --n-examples 8 "
+                            "--out {out}/ft",
+         "layer plan {plan_block_99} ('manual') lists block(s) [99], but the text tower has 2 blocks"),
+    case("finetune-layers", "--model {tiny} --plan {plan_empty} --out {out}/ft",
+         "layer plan file {plan_empty} trains no text block and no extra"),
+    case("ablate-layers", f"{AB} --plan {{plan_block_99}} --variants selected --out {{out}}/ab",
+         "layer plan {plan_block_99} ('manual') lists block(s) [99], but the text tower has 12 blocks"),
+]
+
 CASES = (PROBE_LAYERS + FINETUNE_LAYERS + EVALUATE_NEGATION + ABLATE_LAYERS + BUILD_EMBEDDED + MAKE_NEGATIONS
-         + MODELS)
+         + MODELS + REPEATS)
 
 
 def _id(item: Case) -> str:

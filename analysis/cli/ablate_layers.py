@@ -109,6 +109,10 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
     common.check_model_arguments(args, parser)
     variants = None if args.variants is None else tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    extras = [name.strip() for name in str(args.extras).split(",") if name.strip()]
+    twice = next((name for i, name in enumerate(extras) if name in extras[:i]), None)
+    if twice is not None:
+        parser.error(f"--extras: {twice} given twice")
     try:
         return AblationConfig(
             model=args.model, pretrained=args.pretrained, world_seed=args.world_seed, loss=args.loss,

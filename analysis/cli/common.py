@@ -176,20 +176,24 @@ def retype(value, kind: Callable[[str], object], option: str, parser: argparse.A
 
 
 def names(text: str, known: tuple[str, ...], option: str, parser: argparse.ArgumentParser) -> tuple[str, ...]:
-    """A comma list of names among `known` (repeats dropped, order kept)."""
-    chosen = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in chosen if n not in known]
+    """A comma list of names among `known`, in order; a name given twice is an error (it would run once, or
+    count twice, where the user meant something else)."""
+    chosen = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = list(dict.fromkeys(n for n in chosen if n not in known))
     if unknown:
         parser.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     if not chosen:
         parser.error(f"{option} is empty")
+    twice = next((n for i, n in enumerate(chosen) if n in chosen[:i]), None)
+    if twice is not None:
+        parser.error(f"{option}: {twice} given twice")
     return chosen
 
 
 def int_list(text: str, option: str, parser: argparse.ArgumentParser, *,
              kind: Callable[[str], int] = seed) -> tuple[int, ...]:
-    """A comma list of integers such as '0,1,2' (repeats dropped, order kept), each checked by `kind`
-    (default: a seed, 0 .. 2**32 - 1)."""
+    """A comma list of integers such as '0,1,2', in order, each checked by `kind` (default: a seed, 0 .. 2**32 - 1);
+    a value given twice is an error ('--seeds 0,0' would run seed 0 twice and report intervals over the copies)."""
     values = []
     for part in text.split(","):
         if not part.strip():
@@ -202,7 +206,10 @@ def int_list(text: str, option: str, parser: argparse.ArgumentParser, *,
             parser.error(f"{option}: each value {error}")
     if not values:
         parser.error(f"{option} is empty")
-    return tuple(dict.fromkeys(values))
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        parser.error(f"{option}: {twice} given twice")
+    return tuple(values)
 
 
 def writable_folder_problem(folder: str | os.PathLike, what: str) -> str | None:

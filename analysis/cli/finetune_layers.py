@@ -231,6 +231,9 @@ def loss_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             parser.error(f"--terms must list term numbers such as '1,2,3', got {args.terms!r}")
         if not given["terms"] or not set(given["terms"]) <= {1, 2, 3}:
             parser.error(f"--terms must be among 1, 2, 3, got {args.terms!r}")
+        twice = sorted({t for t in given["terms"] if given["terms"].count(t) > 1})
+        if twice:
+            parser.error(f"--terms: {twice[0]} given twice")
     if "weights" in given:
         given["weights"] = _mix_weights(given["weights"], parser)
 
@@ -261,10 +264,14 @@ def _mix_weights(text: str, parser: argparse.ArgumentParser) -> dict[str, float]
     """The mix's weights; a part not listed gets 0, so the command line says the whole mix."""
     known = MIX_PARTS
     weights = dict.fromkeys(known, 0.0)
+    seen = set()
     for item in str(text).split(","):
         name, _, value = item.partition("=")
         if name.strip() not in known:
             parser.error(f"--weights: unknown loss {common.shown(name.strip())}; known: {', '.join(known)}")
+        if name.strip() in seen:
+            parser.error(f"--weights: {name.strip()} given twice")
+        seen.add(name.strip())
         try:
             weights[name.strip()] = non_negative_float(value)
         except argparse.ArgumentTypeError as error:

@@ -154,9 +154,9 @@ def world_for_model(model, pretrained: str | Path | None = None, seed: int = 0
     size = image_size(model)
     if size is None:
         return None, "the model's image size is unknown, so the synthetic world cannot be rendered for it"
-    world = default_world(size, seed)
     try:
-        world.examples(2, "test", seed)  # renders: fails here if the size is too small for the scenes
+        world = default_world(size, seed)  # WorldConfig refuses a size too small for the scenes
+        world.examples(2, "test", seed)  # renders
     except ValueError as error:
         return None, f"the synthetic world cannot be rendered at {size}x{size} ({error})"
     return world, None
