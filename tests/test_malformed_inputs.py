@@ -174,6 +174,11 @@ def fx(tmp_path_factory) -> dict[str, str]:
     add("ccneg_no_negation_column", _csv(root / "ccneg_cols.csv", ["image_path", "caption"], [[IMAGE, "a cat"]]))
     add("ccneg_without_only", _csv(root / "ccneg_without.csv", ["image_path", "caption", "negative_prompt"],
                                    [[IMAGE, f"a dog and a cat {i}", f"a dog without a cat {i}"] for i in range(6)]))
+    add("ccneg_header_only", _csv(root / "ccneg_header.csv", ["image_path", "caption", "negative_prompt"], []))
+    add("ccneg_num_ops", _csv(root / "ccneg_k.csv", ["image_path", "caption", "negative_prompt", "num_ops"],
+                              [[IMAGE, f"a dog and a cat {i}", f"a dog and no cat {i}", "-3" if i == 1 else "2"]
+                               for i in range(8)]))
+    add("sugarcrepe_empty", _json(root / "sc_empty" / "add_obj.json", {}))
     add("ccneg_one_example", _csv(root / "ccneg_one.csv", ["image_path", "caption", "negative_prompt"],
                                   [[IMAGE, "a dog and a cat", "a dog and no cat"]]))
     add("jsonl_all_broken", root / "broken.jsonl").write_text("{broken\n[1, 2]\n\"text\"\n")
@@ -777,8 +782,24 @@ REPEATS = [
          "layer plan {plan_block_99} ('manual') lists block(s) [99], but the text tower has 12 blocks"),
 ]
 
+# data files that hold nothing, or numbers outside their documented range, through the commands (issue 28)
+DATA = [
+    case("make-negations", f"{MN} --data {{ccneg_header_only}} --out {{out}}/n.csv",
+         "ccneg_header.csv: the file holds no rows: it has a header and nothing below it"),
+    case("finetune-layers", f"{FT} --data {{ccneg_header_only}} --out {{out}}/ft",
+         "ccneg_header.csv: the file holds no rows"),
+    case("finetune-layers", f"{FT} --data {{ccneg_header_only}} --skip-bad-rows --out {{out}}/ft",
+         "ccneg_header.csv: the file holds no rows"),
+    case("make-negations", f"{MN} --data {{ccneg_num_ops}} --out {{out}}/n.csv",
+         "ccneg_k.csv, row 1: field 'num_ops' should be in 1..75, found -3"),
+    case("finetune-layers", f"{FT} --data {{ccneg_num_ops}} --split all --out {{out}}/ft",
+         "ccneg_k.csv, row 1: field 'num_ops' should be in 1..75, found -3"),
+    case("evaluate-negation", f"{EV} --benchmarks sugarcrepe --sugarcrepe {{sugarcrepe_empty}}",
+         "add_obj.json: the file holds no items"),
+]
+
 CASES = (PROBE_LAYERS + FINETUNE_LAYERS + EVALUATE_NEGATION + ABLATE_LAYERS + BUILD_EMBEDDED + MAKE_NEGATIONS
-         + MODELS + REPEATS)
+         + MODELS + REPEATS + DATA)
 
 
 def _id(item: Case) -> str:
@@ -918,3 +939,118 @@ def test_every_command_takes_threads(prog):
     assert parser.parse_args(required + ["--threads", "3"]).threads == 3
     with pytest.raises(SystemExit):
         parser.parse_args(required + ["--threads", "0"])
+
+
+# --- loaders: files with no rows, numbers outside their documented range (issue 28) ---------------------------
+
+def _ccneg_pt(path: Path, rows: int, num_ops: dict) -> Path:
+    annotations = [{"json": {"caption": f"a dog and a cat {i}"}, "sop_data": {"negative-prompt": f"a dog, no cat {i}"}}
+                   for i in range(rows)]
+    torch.save({"image_paths": [IMAGE] * rows, "annotations": annotations, "num_ops": num_ops}, path)
+    return path
+
+
+CCNEG_ROWS = [[IMAGE, f"a dog and a cat {i}", f"a dog and no cat {i}"] for i in range(4)]
+# (name, kind, writer(tmp) -> path, row named by the error, what the error says); each file has one bad row
+# (or entry) among good ones, so that the lenient load keeps the others and counts that one
+OUT_OF_RANGE = [
+    ("ccneg_num_ops_negative", "ccneg",
+     lambda d: _csv(d / "k.csv", ["image_path", "caption", "negative_prompt", "num_ops"],
+                    [CCNEG_ROWS[0] + ["-3"]] + [row + ["2"] for row in CCNEG_ROWS[1:]]),
+     0, "field 'num_ops' should be in 1..75, found -3"),
+    ("ccneg_num_ops_huge", "ccneg",
+     lambda d: _csv(d / "k.csv", ["image_path", "caption", "negative_prompt", "num_ops"],
+                    [row + ["1"] for row in CCNEG_ROWS[:3]] + [CCNEG_ROWS[3] + [str(10**30)]]),
+     3, "field 'num_ops' should be in 1..75, found 1000000000000000000000000000000"),
+    ("ccneg_pt_k_negative", "ccneg", lambda d: _ccneg_pt(d / "k.pt", 4, {-3: [0], 1: [1, 2, 3]}),
+     0, "num_ops: K -3 (the predicate-object pairs of the caption) should be in 1..75"),
+    ("ccneg_pt_k_huge", "ccneg", lambda d: _ccneg_pt(d / "k.pt", 4, {1: [0, 1, 3], 10**30: [2]}), 2,
+     "should be in 1..75"),
+    ("ccneg_pt_k_twice", "ccneg", lambda d: _ccneg_pt(d / "k.pt", 4, {1: [0, 1, 2], 2: [3, 1]}), 1,
+     "num_ops lists this row under two K (1 and 2)"),
+    ("ccneg_pt_index_outside", "ccneg", lambda d: _ccneg_pt(d / "k.pt", 4, {1: [0, 1, 2, 3], 2: [500]}), "num_ops[2]",
+     "1 row index(es) that are no row of the file's 4 (0..3): 500"),
+    ("valse_votes", "valse_existence",
+     lambda d: _json(d / "existence.json", {str(i): {"caption": f"a cat {i}", "foil": f"no cat {i}",
+                                                     "image_file": IMAGE,
+                                                     "mturk": {"caption": 5 if i == 1 else 3, "foil": 0, "other": 0}}
+                                            for i in range(3)}),
+     "1", "field 'mturk.caption' counts the 3 annotators who judged the caption valid: it should be one of 0..3"),
+    ("retrieval_image_id", "negbench_retrieval",
+     lambda d: _csv(d / "ret.csv", RETRIEVAL_HEADER, [["['cat']", "['dog']", IMAGE, str(i - 1), f"['a cat {i}']"]
+                                                       for i in range(3)]),
+     0, "field 'image_id' should be in >= 0, found -1"),
+    ("coco_negative_box", "coco_instances",
+     lambda d: _json(d / "instances_x.json", {"images": [{"id": 1, "file_name": IMAGE}],
+                                              "categories": [{"id": 1, "name": "cat"}],
+                                              "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]},
+                                                              {"image_id": 1, "category_id": 1,
+                                                               "bbox": [0, 0, -5, 5]}]}),
+     1, "bbox [x, y, width, height] should hold no negative value"),
+    ("negrefcocog_negative_corner", "negrefcocog",
+     lambda d: _json(d / "NegRefCOCOg.json", [{"image": IMAGE, "phrase": f"the cat {i} that is not black",
+                                               "ref_bbox": [-4 if i else 0, 0, 5, 5],
+                                               "bbox_list": [[-4 if i else 0, 0, 5, 5], [1, 1, 3, 3]]}
+                                              for i in range(2)]),
+     1, "bbox_list[0] starts outside the image (a negative corner)"),
+]
+
+
+@pytest.mark.parametrize("name, kind, write, row, message", OUT_OF_RANGE, ids=[item[0] for item in OUT_OF_RANGE])
+def test_numbers_outside_their_documented_range_are_row_problems(name, kind, write, row, message, tmp_path):
+    """Strict: a DataError naming the file, the row (or the num_ops entry) and the field. Lenient: that row is
+    skipped and counted with the same reason, the others load."""
+    from probing.data import load_dataset
+    from probing.data.records import DataError
+
+    path = write(tmp_path)
+    options = {"split": "all"} if kind == "ccneg" else {}
+    with pytest.raises(DataError) as error:
+        load_dataset(path, kind=kind, image_root=IMAGES, strict=True, **options)
+    assert error.value.path == str(path) and str(error.value.row) == str(row) and message in error.value.problem
+    loaded = load_dataset(path, kind=kind, image_root=IMAGES, strict=False, **options)
+    assert [(str(where), message in why) for where, why in loaded.report.skipped] == [(str(row), True)]
+    assert len(loaded) >= 1 and loaded.report.loaded == len(loaded)
+    if kind == "ccneg":  # the rows kept have the K the file gives them
+        assert all(example.k in (1, 2) for example in loaded)
+
+
+NO_ROWS = [
+    ("ccneg_header_only", "ccneg", lambda d: _csv(d / "c.csv", ["image_path", "caption", "negative_prompt"], []),
+     "the file holds no rows: it has a header and nothing below it"),
+    ("ccneg_header_and_blank_lines", "ccneg",
+     lambda d: (d / "c.csv").write_text("image_path,caption,negative_prompt\n\n \n") and d / "c.csv", "holds no rows"),
+    ("ccneg_pt_empty", "ccneg", lambda d: _ccneg_pt(d / "c.pt", 0, {}), "holds no rows: image_paths and annotations"),
+    ("mcq_header_only", "negbench_mcq", lambda d: _csv(d / "m.csv", MCQ_HEADER, []), "holds no rows"),
+    ("retrieval_header_only", "negbench_retrieval", lambda d: _csv(d / "r.csv", RETRIEVAL_HEADER, []), "holds no rows"),
+    ("sugarcrepe_empty", "sugarcrepe", lambda d: _json(d / "add_obj.json", {}), "holds no items"),
+    ("valse_empty", "valse_existence", lambda d: _json(d / "existence.json", {}), "holds no items"),
+    ("negrefcocog_empty", "negrefcocog", lambda d: _json(d / "NegRefCOCOg.json", []), "holds no entries"),
+    ("coco_captions_empty", "coco_captions",
+     lambda d: _json(d / "captions_x.json", {"images": [{"id": 1, "file_name": IMAGE}], "annotations": []}),
+     "holds no rows: its list 'annotations' is empty"),
+    ("coco_instances_empty", "coco_instances",
+     lambda d: _json(d / "instances_x.json", {"images": [{"id": 1, "file_name": IMAGE}], "annotations": [],
+                                              "categories": [{"id": 1, "name": "cat"}]}),
+     "holds no rows: its list 'annotations' is empty"),
+    ("coco_image_width", "coco_instances",
+     lambda d: _json(d / "instances_x.json", {"images": [{"id": 1, "file_name": IMAGE, "width": 0, "height": 5}],
+                                              "categories": [{"id": 1, "name": "cat"}],
+                                              "annotations": [{"image_id": 1, "category_id": 1,
+                                                               "bbox": [0, 0, 1, 1]}]}),
+     "image 'width' should be > 0, found 0"),
+]
+
+
+@pytest.mark.parametrize("name, kind, write, message", NO_ROWS, ids=[item[0] for item in NO_ROWS])
+def test_files_that_hold_nothing_to_load_are_file_errors(name, kind, write, message, tmp_path):
+    """A header (or an empty container) with no rows is a file-level DataError in both modes, like an empty
+    file: loading it as zero records would pass for a successful load."""
+    from probing.data import load_dataset
+    from probing.data.records import DataError
+
+    path = write(tmp_path)
+    for strict in (True, False):
+        with pytest.raises(DataError) as error:
+            load_dataset(path, kind=kind, image_root=IMAGES, strict=strict)
+        assert error.value.path == str(path) and message in error.value.problem

@@ -3,7 +3,8 @@
 Every problem becomes a `DataError` naming the file, the row and what is wrong; no traceback from
 inside csv, json, pandas or PIL reaches the user. Problems are of two kinds:
 
-- file-level (missing, empty, unparseable as a whole, a required column absent): always raise;
+- file-level (missing, empty, unparseable as a whole, a required column absent, a header or a container
+  with no rows in it: `no_rows`): always raise;
 - row-level (a malformed row, a missing value, a missing or unreadable image, an overlong caption,
   bytes that are not UTF-8): raise in strict mode, or in lenient mode skip the row and count it in
   the LoadReport with its reason.
@@ -17,9 +18,11 @@ files hold none) it is left out and counted in the report's `skipped` ("duplicat
 in strict mode too; so is a repeated COCO box, which would count its area twice. Where rows are taken
 by position (CC-Neg's split rule) or repeat legitimately (COCO captions), it is kept and flagged.
 
-The validators below (`cell`, `text_cell`, `int_cell`, `identifier`, `as_dict`, `as_list`, ...) are the
-one place where a value's shape is checked: a loader never indexes or iterates a value it did not check,
-so JSON of the wrong shape is a DataError naming the file and row, never a TypeError.
+The validators below (`cell`, `text_cell`, `int_cell`, `int_in_range`, `identifier`, `as_dict`, `as_list`,
+...) are the one place where a value's shape is checked: a loader never indexes or iterates a value it did
+not check, so JSON of the wrong shape is a DataError naming the file and row, never a TypeError. Numbers
+with a documented range (CC-Neg's K, VALSE's vote counts, COCO boxes and ids) are checked against it
+(`int_in_range`): a value outside it is a row problem naming the field, like a value of the wrong type.
 """
 from __future__ import annotations
 
@@ -174,8 +177,9 @@ def iter_csv(path: str | os.PathLike, required: Sequence[str | tuple[str, ...]],
              collector: Collector) -> Iterator[tuple[int, dict[str, str], bool]]:
     """Yield (row, {column: cell}, clean) for each data row of a CSV file with a header.
 
-    Raises a DataError if a required column is absent. A row with the wrong number of fields goes
-    to the collector (strict: error, lenient: counted skip).
+    Raises a DataError if a required column is absent, or if nothing but blank lines follows the header
+    (`no_rows`). A row with the wrong number of fields goes to the collector (strict: error, lenient:
+    counted skip).
     """
     text, clean = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -198,6 +202,8 @@ def iter_csv(path: str | os.PathLike, required: Sequence[str | tuple[str, ...]],
         try:
             cells = next(reader)
         except StopIteration:
+            if row == -1:
+                raise no_rows(path, "rows: it has a header and nothing below it") from None
             return
         except csv.Error as err:
             # the reader resumes at the next line; a quote left open runs to the end of the file
@@ -212,6 +218,11 @@ def iter_csv(path: str | os.PathLike, required: Sequence[str | tuple[str, ...]],
             if len(cells) != len(header):
                 raise RowProblem(f"malformed row (line {line}): expected {len(header)} fields, found {len(cells)}")
             yield row, dict(zip(header, cells)), clean
+
+
+def no_rows(path: str | os.PathLike, what: str = "rows") -> DataError:
+    """The file-level error of a file that parses but holds nothing to load (a CSV header alone, `{}`, `[]`)."""
+    return DataError(path, None, f"the file holds no {what}")
 
 
 def cell(record: dict, key: str, what: str | None = None) -> Any:
@@ -271,6 +282,16 @@ def text_cell(record: dict, key: str, clean_file: bool = True) -> str:
     if not isinstance(value, str):
         raise RowProblem(f"field '{key}' should be text, found {type(value).__name__}")
     check_text(value, clean_file, f"field '{key}'")
+    return value
+
+
+def int_in_range(record: dict, key: str, low: int, high: int | None = None) -> int:
+    """An integer field (`int_cell`) in low .. high (None: no upper bound); a RowProblem naming the field and
+    the range otherwise."""
+    value = int_cell(record, key)
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise RowProblem(f"field '{key}' should be in {bound}, found {str(value)[:40]}")
     return value
 
 
