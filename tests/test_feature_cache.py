@@ -234,9 +234,9 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from probing.clip.loading import load_clip, save_clip_checkpoint
-from probing.features.cache import FeatureCache, encode_image_features
+from probing.features.cache import FeatureCache, encode_image_features, image_key
 
-config, weights, root, start, kill_at, *images = sys.argv[1:]
+config, weights, root, start, kill_at, mode, *images = sys.argv[1:]
 model, preprocess, _ = load_clip(config, pretrained=weights)
 if int(kill_at):  # SIGKILL this process in the middle of writing its chunk number kill_at
     import safetensors.torch as st
@@ -249,10 +249,18 @@ if int(kill_at):  # SIGKILL this process in the middle of writing its chunk numb
             Path(filename).write_bytes(data[:len(data) // 2])  # half written, not yet renamed
             os.kill(os.getpid(), signal.SIGKILL)
     st.save_file = torn
-while not Path(start).exists():  # every writer starts at once
-    time.sleep(0.01)
 cache = FeatureCache.for_model(model, preprocess, root=root)
-encode_image_features(model, preprocess, images, batch_size=2, flush_every=2, cache=cache)
+if mode == "add":  # the features first, so that every writer then writes the same entries at the same moment
+    features = encode_image_features(model, preprocess, images, batch_size=2, cache=False)
+    keys = [image_key(image) for image in images]
+Path(start + f".ready-{os.getpid()}").touch()  # waiting at the gate
+while not Path(start).exists():  # every writer starts at once
+    time.sleep(0.001)
+if mode == "add":
+    for first in range(0, len(images), 2):
+        cache.add(keys[first:first + 2], features[first:first + 2])
+else:
+    encode_image_features(model, preprocess, images, batch_size=2, flush_every=2, cache=cache)
 print("done", flush=True)
 '''
 
@@ -275,9 +283,9 @@ def writer(tiny, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     started = []
 
-    def start(kill_at: int, paths) -> subprocess.Popen:
+    def start(kill_at: int, paths, mode: str = "encode") -> subprocess.Popen:
         process = subprocess.Popen([sys.executable, str(script), str(config), str(weights), str(root), str(gate),
-                                    str(kill_at), *map(str, paths)], env=env, stdout=subprocess.PIPE,
+                                    str(kill_at), mode, *map(str, paths)], env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         started.append(process)
         return process
@@ -290,15 +298,21 @@ def writer(tiny, tmp_path):
 
 
 def test_two_writer_processes_on_one_cache(tiny, images, writer):
-    """Two processes encode the same images into one cache at the same moment: every chunk either writes is
-    whole and verifies, and a reader gets each image's features (equal to encoding it here) from the cache."""
+    """Two processes write the same entries (the features of the same images) into one cache at the same moment,
+    after both found the cache empty: every chunk either writes is whole and verifies, and a reader gets each
+    image's features (equal to encoding it here) from the cache, each once."""
+    import time
     import warnings
 
     from probing.features.cache import read_chunk
 
     model, preprocess, _ = tiny
     start, release, root = writer
-    processes = [start(0, images[:8]), start(0, images[:8])]
+    processes = [start(0, images[:8], "add"), start(0, images[:8], "add")]
+    deadline = time.monotonic() + 300
+    while (len(list(root.parent.glob("go.ready-*"))) < 2 and all(p.poll() is None for p in processes)
+           and time.monotonic() < deadline):
+        time.sleep(0.05)  # both have their features and wait at the gate
     release()
     for process in processes:
         out, err = process.communicate(timeout=300)
