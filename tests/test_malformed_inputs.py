@@ -178,6 +178,9 @@ def fx(tmp_path_factory) -> dict[str, str]:
     add("ccneg_num_ops", _csv(root / "ccneg_k.csv", ["image_path", "caption", "negative_prompt", "num_ops"],
                               [[IMAGE, f"a dog and a cat {i}", f"a dog and no cat {i}", "-3" if i == 1 else "2"]
                                for i in range(8)]))
+    long = " ".join(["a big red bus"] * 12)
+    add("ccneg_long_same", _csv(root / "ccneg_long.csv", ["image_path", "caption", "negative_prompt"],
+                                [[IMAGE, f"{long} {i} and a cat", f"{long} {i} and no cat"] for i in range(8)]))
     add("sugarcrepe_empty", _json(root / "sc_empty" / "add_obj.json", {}))
     add("ccneg_one_example", _csv(root / "ccneg_one.csv", ["image_path", "caption", "negative_prompt"],
                                   [[IMAGE, "a dog and a cat", "a dog and no cat"]]))
@@ -794,6 +797,12 @@ DATA = [
          "ccneg_k.csv, row 1: field 'num_ops' should be in 1..75, found -3"),
     case("finetune-layers", f"{FT} --data {{ccneg_num_ops}} --split all --out {{out}}/ft",
          "ccneg_k.csv, row 1: field 'num_ops' should be in 1..75, found -3"),
+    case("finetune-layers", f"{FT} --data {{ccneg_long_same}} --split all --out {{out}}/ft",
+         "ccneg_long.csv, row 0: captions identical after the cut: caption and presence-negated caption become the "
+         "same 32 tokens"),
+    case("finetune-layers", f"{FT} --data {{ccneg_long_same}} --split all --skip-bad-rows --out {{out}}/ft",
+         "0 examples are fewer than one batch of 4 (8 examples whose compared captions are the same tokens after "
+         "the cut were skipped)"),
     case("evaluate-negation", f"{EV} --benchmarks sugarcrepe --sugarcrepe {{sugarcrepe_empty}}",
          "add_obj.json: the file holds no items"),
 ]

@@ -477,6 +477,71 @@ def make_token_limit(context_length: int | None, tokenizer: Any = None) -> Token
     return None if context_length is None else TokenLimit(context_length, tokenizer)
 
 
+class CaptionCut:
+    """What the text tower sees of each caption: its tokens, cut to the context, and which captions the
+    cut shortened (counted with open_clip's tokenizer, whose `encode` gives the uncut token ids).
+
+    `same(a, b)`: which caption pairs become the same tokens (after the cut, or already in the file).
+    An evaluated item whose compared captions are the same tokens can only tie, which the tie rule scores
+    as wrong; a training pair of them trains on identical captions. The evaluators
+    (analysis.evaluation.evaluate) and training (finetune.data.screen_captions) both leave such items out
+    and count them (`distinct_pairs`), and count the captions the cut shortened (`counts`).
+
+    tokenizer: open_clip's (a callable that gives [n, context] token ids, with `context_length` and
+    `encode`); without `encode` the cut cannot be counted (`counts()["counted"]` is False) but identical
+    tokens are still found."""
+
+    def __init__(self, tokenizer: Callable):
+        self.tokenizer = tokenizer
+        self.context = int(getattr(tokenizer, "context_length", 0) or tokenizer(["a"]).shape[-1])
+        encode = getattr(tokenizer, "encode", None)
+        self.limit = TokenLimit(self.context, tokenizer) if callable(encode) and self.context >= 3 else None
+        self._cut: dict[str, bool] = {}
+
+    def is_cut(self, text: str) -> bool:
+        if text not in self._cut:
+            self._cut[text] = self.limit is not None and self.limit.count(text) > self.context
+        return self._cut[text]
+
+    def same(self, first: Sequence[str], second: Sequence[str]) -> list[bool]:
+        if not first:
+            return []
+        return (self.tokenizer(list(first)) == self.tokenizer(list(second))).all(dim=-1).tolist()
+
+    def reason(self, what: str, texts: Sequence[str]) -> str:
+        cut = any(self.is_cut(text) for text in texts)
+        return (f"captions identical after the cut: {what} become the same {self.context} tokens" if cut
+                else f"captions identical: {what} are the same text")
+
+    def counts(self, captions_per_item: Sequence[Sequence[str]]) -> dict:
+        """How many captions (and items) of the given items the cut shortened."""
+        flags = [[self.is_cut(text) for text in captions] for captions in captions_per_item]
+        return {"context_length": self.context, "captions_cut": sum(map(sum, flags)),
+                "items_with_a_cut_caption": sum(1 for item in flags if any(item)),
+                "counted": self.limit is not None}
+
+
+def distinct_pairs(items: Sequence, pairs: Callable[[Any], Sequence[tuple]], cut: CaptionCut,
+                   what: str) -> tuple[list, list[tuple]]:
+    """(the items whose compared captions differ as tokens, (row, reason) of the others, in item order).
+
+    pairs(item) -> the caption pairs the item is compared on: (first, second), or (first, second, label) to
+    name the pair in the reason instead of `what` ("caption and presence-negated caption")."""
+    firsts, seconds, owners, labels = [], [], [], []
+    for index, item in enumerate(items):
+        for pair in pairs(item):
+            firsts.append(pair[0])
+            seconds.append(pair[1])
+            labels.append(pair[2] if len(pair) > 2 else what)
+            owners.append(index)
+    identical = {}
+    for owner, first, second, label, same in zip(owners, firsts, seconds, labels, cut.same(firsts, seconds)):
+        if same and owner not in identical:
+            identical[owner] = cut.reason(label, (first, second))
+    return ([item for index, item in enumerate(items) if index not in identical],
+            [(getattr(items[index], "row", index), reason) for index, reason in identical.items()])
+
+
 # Leftover text from the LLM that wrote NegBench's captions: "??  (To be rephrased)", notes in
 # parentheses, "# Changed to ...", alternatives joined by `" or "`, "-> ...". The list is built from
 # the real files; every rule fires on at least one of their rows.
