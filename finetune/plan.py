@@ -96,10 +96,14 @@ class LayerPlan:
         path = Path(path)
         if not path.is_file():
             raise PlanError(f"layer plan file {path} does not exist")
+        from probing.io import DuplicateKeyError, strict_json_loads
+
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = strict_json_loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise PlanError(f"layer plan file {path} is not valid JSON: {error}") from None
+        except DuplicateKeyError as error:
+            raise PlanError(f"layer plan file {path}: {error}") from None
         plan = cls.from_dict(data, source=str(path))
         if not plan.trains_anything():
             raise PlanError(f"layer plan file {path} trains no text block and no extra (embeddings, ln_final, "

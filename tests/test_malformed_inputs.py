@@ -152,6 +152,15 @@ def fx(tmp_path_factory) -> dict[str, str]:
     add("model_number", root / "five.json").write_text("5")
     add("model_deep", root / "deep.json").write_text("[" * 100000)  # too deep for Python's JSON reader
     add("plan_deep", root / "plan_deep.json").write_text("[" * 100000)
+    # a key written twice: json.loads would keep the last value without a word
+    twice = json.dumps(tiny).replace('"width": 64', '"width": 64, "width": 0')
+    assert twice.count('"width"') == 3
+    add("model_key_twice", root / "model_twice.json").write_text(twice)
+    add("plan_key_twice", root / "plan_twice.json").write_text('{"blocks": [0], "blocks": [0, 1]}')
+    add("recipe_key_twice", root / "recipe_twice.json").write_text(
+        '{"name": "r", "summary": "s", "source": "t", "settings": {"lr": 1e-5, "lr": 1e-3, "layers": "0"}}')
+    add("hf_key_twice", root / "hf_twice" / "config.json").parent.mkdir()
+    paths["hf_key_twice"].write_text('{"model_type": "clip", "projection_dim": 16, "projection_dim": 32}')
     add("recipe_deep", root / "recipe_deep.json").write_text("[" * 100000)
     add("data_deep", root / "data_deep.json").write_text("[" * 100000)
     add("jsonl_deep", root / "deep.jsonl").write_text("[" * 100000 + "\n")
@@ -704,6 +713,15 @@ MODELS = [
     case("probe-layers", "--model {model_negative} --out {out}/pl",
          "model config file {model_negative}: embed_dim must be >= 1, got -1"),
     case("evaluate-negation", f"--model {{model_deep}} {EVQ}", "deep.json is not valid JSON"),
+    case("evaluate-negation", f"--model {{model_key_twice}} {EVQ}",
+         "model config file {model_key_twice}: key 'width' appears twice in one object"),
+    case("evaluate-negation", f"--model {{hf_key_twice}} {EVQ}", "key 'projection_dim' appears twice"),
+    case("finetune-layers", "--model {tiny} --plan {plan_key_twice} --out {out}/ft",
+         "layer plan file {plan_key_twice}: key 'blocks' appears twice"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_key_twice} --out {out}/ft",
+         "recipe file {recipe_key_twice}: key 'lr' appears twice"),
+    case("ablate-layers", [*AB.split(), "--loss", "omni", "--loss-kwargs", '{"lam": 1, "lam": 2}', "--out",
+                           "{out}/ab"], "--loss-kwargs: key 'lam' appears twice"),
     case("finetune-layers", "--model {tiny} --plan {plan_deep} --out {out}/ft", "plan_deep.json is not valid JSON"),
     case("finetune-layers", "--model {tiny} --recipe {recipe_deep} --out {out}/ft", "recipe_deep.json is not valid"),
     case("finetune-layers", f"{FT} --data {{data_deep}} --out {{out}}/ft", "data_deep.json: invalid JSON: nested too"),
@@ -859,13 +877,16 @@ def test_malformed_input_is_one_clear_error(item: Case, fx, capsys, monkeypatch)
     shutil.rmtree(values["out"], ignore_errors=True)
 
 
-def test_damaged_shipped_metadata_is_named(fx, capsys, monkeypatch):
+def test_damaged_shipped_metadata_is_named(fx, capsys, monkeypatch, tmp_path):
     """build-embedded on a shipped file whose recorded metrics are damaged (e.g. a bad download)."""
-    import probing.models.factory as factory
+    import probing.models
+    from probing.models.embedded import REGISTRY
 
-    monkeypatch.setattr(factory, "embedded_checkpoint", lambda variant="default": Path(fx["damaged_metrics"]))
+    shipped = tmp_path / REGISTRY["small"].shipped  # build-embedded reads the shipped folder itself
+    shutil.copy(fx["damaged_metrics"], shipped)
+    monkeypatch.setattr(probing.models, "SHIPPED", tmp_path)
     status, _, err = run_command("build-embedded", ["--spec", "small", "--no-progress"], capsys)
-    check_error("build-embedded", status, err, "damaged_metrics.safetensors has damaged metadata")
+    check_error("build-embedded", status, err, f"{shipped} has damaged metadata: 'metrics' is not JSON")
 
 
 @pytest.mark.parametrize("prog, argv, message", [

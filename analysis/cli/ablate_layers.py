@@ -89,11 +89,14 @@ def build_parser() -> common.CommandParser:
 def parse_loss_kwargs(text: str, loss: str, parser: argparse.ArgumentParser) -> dict:
     """The JSON object of --loss-kwargs, each option one that `loss` takes with a value it can use."""
     from finetune.options import LossOptionError, check_loss_options
+    from probing.io import DuplicateKeyError, strict_json_loads
 
     try:
-        value = json.loads(text)
+        value = strict_json_loads(text)
     except (json.JSONDecodeError, RecursionError) as error:
         parser.error(f"--loss-kwargs is not JSON ({getattr(error, 'msg', error)}): {common.shown(text)}")
+    except DuplicateKeyError as error:
+        parser.error(f"--loss-kwargs: {error}")
     if not isinstance(value, dict):
         parser.error(f"--loss-kwargs must be a JSON object such as '{{\"lam\": 0.5}}', got {common.shown(text)}")
     try:

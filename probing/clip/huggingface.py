@@ -536,10 +536,14 @@ def _model_type(raw: Mapping) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
+    from probing.io import DuplicateKeyError, strict_json_loads
+
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = strict_json_loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ModelLoadError(f"{path} is not valid JSON ({_one_line(error)})") from None
+    except DuplicateKeyError as error:
+        raise ModelLoadError(f"{path}: {error}") from None
     except OSError as error:
         raise ModelLoadError(f"{path} cannot be read ({error.strerror or type(error).__name__})") from None
     if not isinstance(raw, dict):

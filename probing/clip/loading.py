@@ -44,7 +44,7 @@ from probing.clip import CONFIGS, huggingface
 from probing.clip.compact import DIGEST_KEY, compact, expand, state_digest
 from probing.clip.errors import ModelLoadError  # a leaf module: loading and huggingface both raise it
 from probing.clip.model_config import check_model_config
-from probing.io import atomic_path
+from probing.io import DuplicateKeyError, atomic_path, strict_json_loads
 
 # checkpoint metadata of a delta (save_clip_checkpoint with a base): the trained tensors only
 DELTA_KEY, BASE_PATH_KEY, BASE_DIGEST_KEY, BASE_REFERENCE_KEY = "delta", "base_checkpoint", "base_sha256", "base_model"
@@ -156,9 +156,11 @@ def _check_config_file(path: Path) -> None:
     """A config file open_clip can build (probing.clip.model_config says what is checked), before it is
     registered: a ModelLoadError naming the file and the field otherwise."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = strict_json_loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ModelLoadError(f"model config file {path} is not valid JSON: {error}") from None
+    except DuplicateKeyError as error:
+        raise ModelLoadError(f"model config file {path}: {error}") from None
     except OSError as error:
         raise ModelLoadError(f"model config file {path} cannot be read ({error.strerror or error})") from None
     check_model_config(config, f"file {path}")
