@@ -292,6 +292,14 @@ def fx(tmp_path_factory) -> dict[str, str]:
     add("damaged_metrics_shape", _with_metadata(model_file, root / "metrics_shape.safetensors",
                                                 metrics=json.dumps(["not", "a", "table"])))
     add("damaged_digest", _with_metadata(model_file, root / "damaged_digest.safetensors", state_sha256="0" * 64))
+    from probing.clip.compact import COMPACT_KEY
+    from probing.clip.loading import checkpoint_metadata
+    from probing.models.factory import embedded_checkpoint
+
+    shipped = embedded_checkpoint("embedded:small")  # stored compact: its token embedding as changed rows
+    record = json.loads(checkpoint_metadata(shipped)[COMPACT_KEY])
+    add("compact_huge", _with_metadata(shipped, root / "compact_huge.safetensors",
+                                       **{COMPACT_KEY: json.dumps({**record, "shape": [10**12, record["shape"][1]]})}))
     add("nan_model", _with_tensors(model_file, root / "nan_model.safetensors", "positional_embedding",
                                    lambda t: torch.full_like(t, float("nan"))))
     add("int_model", _with_tensors(model_file, root / "int_model.safetensors", "ln_final.weight",
@@ -764,6 +772,9 @@ MODELS = [
     case("evaluate-negation", f"--model {{tiny}} --pretrained {{nan_model}} {EVQ}",
          "nan_model.safetensors is damaged: 1 tensor(s) hold NaN or infinite values (positional_embedding)"),
     case("probe-layers", "--model {tiny} --pretrained {nan_model} --out {out}/pl", "hold NaN or infinite values"),
+    case("evaluate-negation", f"--model negclip-micro --pretrained {{compact_huge}} {EVQ}",
+         "compact_huge.safetensors is damaged: its compact token embedding cannot be rebuilt (ValueError: the shape "
+         "[1000000000000, 64] is not positive integers"),
     case("finetune-layers", "--model {tiny} --pretrained {int_model} --layers 0 --out {out}/ft",
          "int_model.safetensors holds 1 tensor(s) that are not floating-point where the model's are: "
          "ln_final.weight (torch.int64)"),
