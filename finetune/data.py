@@ -210,7 +210,7 @@ def _captions(examples: Sequence[Any], attribute: str) -> list[str]:
 def _mcq_options(examples: Sequence[Any]) -> tuple[list[str], torch.Tensor]:
     """Every item's options in order (flat) and the index of its right one; every item needs K options."""
     options, correct = [], []
-    counts = set()
+    counts: dict[int, tuple[Any, Any]] = {}  # number of options -> where the first item with that many is
     for index, item in enumerate(examples):
         captions, right = getattr(item, "captions", None), getattr(item, "correct", None)
         if not isinstance(captions, (list, tuple)) or len(captions) < 2 or not isinstance(right, int):
@@ -221,11 +221,13 @@ def _mcq_options(examples: Sequence[Any]) -> tuple[list[str], torch.Tensor]:
             source, row = _where(item, index)
             raise DataError(source, row, "an MCQ item needs non-empty options and a right index among them, "
                                          f"got {right}")
-        counts.add(len(captions))
+        counts.setdefault(len(captions), _where(item, index))
         options += list(captions)
         correct.append(right)
     if len(counts) != 1:
-        raise DataError(None, None, f"MCQ items must all have the same number of options, found {sorted(counts)}")
+        (first, (source, _)), (other, (other_source, row)) = sorted(counts.items())[:2]
+        raise DataError(other_source, row, f"MCQ items must all have the same number of options: this one has "
+                                           f"{other}, others have {first} (e.g. in {source})")
     return options, torch.tensor(correct)
 
 
