@@ -79,6 +79,8 @@ MODEL_CONFIG_EDITS: dict[str, Callable[[dict], None]] = {
     "resnet_small": lambda c: c["vision_cfg"].update(layers=[1, 1, 1, 1], image_size=16),
     "mlp_ratio": lambda c: c["text_cfg"].update(mlp_ratio=float("nan")),
     "flag": lambda c: c.update(quick_gelu="yes"),
+    "missing_heads": lambda c: c["text_cfg"].pop("heads"),
+    "missing_patch": lambda c: c["vision_cfg"].pop("patch_size"),
 }
 # Hugging Face config.json files (given as the model: the architecture, random weights) with one thing wrong
 HF_CONFIG_EDITS: dict[str, Callable[[dict], None]] = {
@@ -758,6 +760,9 @@ MODELS = [
     case("evaluate-negation", f"--model {{model_resnet_small}} {EVQ}", "vision_cfg.image_size 16 is smaller than 32"),
     case("evaluate-negation", f"--model {{model_mlp_ratio}} {EVQ}", "text_cfg.mlp_ratio must be a finite number"),
     case("evaluate-negation", f"--model {{model_flag}} {EVQ}", "quick_gelu must be true or false, got 'yes'"),
+    case("evaluate-negation", f"--model {{model_missing_heads}} {EVQ}",
+         "model_missing_heads.json: lacks text_cfg.heads (open_clip would build 8)"),
+    case("evaluate-negation", f"--model {{model_missing_patch}} {EVQ}", "lacks vision_cfg.patch_size"),
     case("finetune-layers", "--model {model_heads} --layers 0 --out {out}/ft", "model_heads.json: text_cfg.heads 3"),
     case("ablate-layers", "--model {model_negative} --steps 1 --seeds 0 --variants front --out {out}/ab",
          "model config file {model_negative}: embed_dim must be >= 1"),

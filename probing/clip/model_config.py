@@ -11,7 +11,9 @@ and each problem is one ModelLoadError naming the file and the field ("text_cfg.
 What is checked
     the whole     a JSON object with embed_dim, vision_cfg and text_cfg, and no key that open_clip's
                   CLIP (or CoCa) does not take (a typo would otherwise be ignored)
-    sizes         integers (not booleans, not 1.5) in 1 .. their bound below; mlp_ratio a finite number
+    sizes         given (every config open_clip ships gives its towers' widths, heads, layers, context,
+                  vocabulary, image and patch sizes: one left out would silently be open_clip's default),
+                  integers (not booleans, not 1.5) in 1 .. their bound below; mlp_ratio a finite number
                   > 0 (<= MAX_MLP_RATIO); context_length >= 3 (start, one token, end)
     text tower    width divisible by heads (torch's MultiheadAttention needs it); vocab_size at least
                   the CLIP BPE vocabulary (49408) unless the config names its own Hugging Face
@@ -180,6 +182,10 @@ def _text_problem(text: Mapping) -> str | None:
     if problem:
         return problem
     defaults = CLIPTextCfg()
+    required = () if text.get("hf_model_name") else ("context_length", "vocab_size", "width", "heads", "layers")
+    problem = _missing(text, required, defaults, where)
+    if problem:
+        return problem
     checks = [("context_length", 3, MAX_CONTEXT), ("vocab_size", 1, MAX_VOCAB)]
     if not text.get("hf_model_name"):
         checks += [("width", 1, MAX_WIDTH), ("heads", 1, MAX_WIDTH), ("layers", 1, MAX_LAYERS)]
@@ -201,6 +207,16 @@ def _text_problem(text: Mapping) -> str | None:
         if problem:
             return problem
     return _mlp_ratio(text, where, width)
+
+
+def _missing(section: Mapping, required: tuple[str, ...], defaults: Any, where: str) -> str | None:
+    """The sizes a config must give (every config open_clip ships gives them): one it leaves out would be
+    built at open_clip's default without a word."""
+    missing = [key for key in required if key not in section]
+    if not missing:
+        return None
+    shown = ", ".join(f"{where}{key} (open_clip would build {getattr(defaults, key)!r})" for key in missing)
+    return f"lacks {shown}"
 
 
 def _image_side(vision: Mapping, where: str) -> tuple[int | None, str | None]:
@@ -227,10 +243,15 @@ def _vision_problem(vision: Mapping) -> str | None:
     side, problem = _image_side(vision, where)
     if problem:
         return problem
-    if vision.get("timm_model_name"):
-        return None
     defaults = CLIPVisionCfg()
+    if vision.get("timm_model_name"):
+        return _missing(vision, ("image_size",), defaults, where)
     layers = vision.get("layers", defaults.layers)
+    resnet = isinstance(layers, (list, tuple))
+    problem = _missing(vision, ("image_size", "layers", "width") + (() if resnet else ("patch_size",)), defaults,
+                       where)
+    if problem:
+        return problem
     for key in ("width", "head_width"):
         problem = _integer(vision, key, where, 1, MAX_WIDTH, getattr(defaults, key))
         if problem:
