@@ -104,11 +104,7 @@ class LayerPlan:
             raise PlanError(f"layer plan file {path} is not valid JSON: {error}") from None
         except DuplicateKeyError as error:
             raise PlanError(f"layer plan file {path}: {error}") from None
-        plan = cls.from_dict(data, source=str(path))
-        if not plan.trains_anything():
-            raise PlanError(f"layer plan file {path} trains no text block and no extra (embeddings, ln_final, "
-                            "projection, logit_scale): nothing would train")
-        return plan
+        return cls.from_dict(data, source=str(path))
 
     # --- use ----------------------------------------------------------------------------------
     def validate(self, n_layers: int) -> None:
@@ -124,9 +120,17 @@ class LayerPlan:
             )
 
     def trains_anything(self) -> bool:
-        """Whether the plan names a block or an extra to train."""
+        """Whether the plan names a block or an extra to train (an empty plan is a valid record: probe-layers
+        writes one when the evidence supports no selection; `check_trains` refuses it for training)."""
         return bool(self.blocks) or any((self.train_embeddings, self.train_ln_final, self.train_projection,
                                          self.train_logit_scale))
+
+    def check_trains(self) -> None:
+        """Raise PlanError (naming the plan file, when it came from one) if the plan trains nothing."""
+        if not self.trains_anything():
+            where = f"layer plan file {self.source}" if self.source else f"layer plan ({_shorten(self.rule)})"
+            raise PlanError(f"{where} trains no text block and no extra (embeddings, ln_final, projection, "
+                            "logit_scale): nothing would train")
 
     def lr_weight(self, block: int) -> float:
         return 1.0 if self.lr_weights is None else self.lr_weights.get(block, 1.0)

@@ -301,7 +301,9 @@ def layer_plan(args: argparse.Namespace, parser: argparse.ArgumentParser):
         if args.plan:
             if any(extras.values()):
                 parser.error("--train-* flags go with --layers; a --plan file says itself what trains")
-            return LayerPlan.load(args.plan)
+            plan = LayerPlan.load(args.plan)
+            plan.check_trains()  # before the model loads
+            return plan
         if str(args.layers).strip() == "all":
             return None
         return LayerPlan.from_layers(args.layers, **extras)
