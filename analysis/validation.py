@@ -39,6 +39,13 @@ from probing.measure.settings import LocaliseConfig, MeasureConfig
 ABLATION = dict(loss="mix", loss_kwargs={"scope_pair": 1, "clip": 1, "conclip": 0.5, "negationclip": 0, "terms": [1]},
                 steps=50, batch_size=64, lr=3e-3, warmup_steps=5, n_train=2000, eval_n=200,
                 eval_n_classification=144, eval_mcq=200)
+# Where did fine-tunes of the default model change it (docs/VALIDATION.md, "Where the fine-tunes changed the
+# model")? The selected plan as finetune-layers trains it and the anchors' front six blocks and whole tower (each
+# with its extras), at the ablation's budget, seed 0, kept on disk; scripts/validation_study.py --finetunes adds
+# the scope recipe and compares them all with the base. The whole-tower fine-tune's change is the default model's
+# finetune_change selector (analysis.compare.plan), judged in its ablation beside the other selectors.
+FINETUNES = ("selected_planned", "omni_front", "omni_whole")
+FINETUNE_SOURCE = "omni_whole"
 EVERY_SIZE = "frozen,selected,selected_planned,sweep,windows-2,windows-3,windows-4,windows-6,windows-12,anchors"
 NEAR_SIZE = "frozen,selected,selected_planned,sweep,windows-near"
 
@@ -96,12 +103,36 @@ def probe_config(model: StudyModel) -> ProbeConfig:
     return config
 
 
-def ablation_config(model: StudyModel, plan: Path) -> AblationConfig:
+def ablation_config(model: StudyModel, plan: Path, *, comparison: Path | None = None) -> AblationConfig:
+    """The model's ablation: with a plan, its variants and every selector (and finetune_change, when a comparison
+    of the model's fine-tunes exists); without one, the frozen model and the sweep only."""
     blocks = json.loads(plan.read_text())["blocks"]
     variants = model.variants if blocks else "frozen,sweep"
+    follow = comparison is not None and comparison.is_file() and bool(blocks)
     return AblationConfig(model=model.model.name, pretrained=model.model.pretrained, seeds=model.seeds,
                           variants=tuple(variants.split(",")), plan_path=str(plan) if blocks else None,
-                          selectors=("all",) if blocks else None, device="cpu", **ABLATION)
+                          selectors=("all",) if blocks else None, device="cpu",
+                          comparison=str(comparison) if follow else None,
+                          comparison_model=FINETUNE_SOURCE if follow else None, **ABLATION)
+
+
+def finetune_folder(out: Path) -> Path:
+    return Path(out) / "default" / "finetunes"
+
+
+def comparison_file(out: Path) -> Path:
+    return finetune_folder(out) / "compare" / "comparison.json"
+
+
+def run_finetunes(out: Path, *, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Train (unless done) the FINETUNES of the default model, kept on disk; {variant: its model file}."""
+    apply_threads(1)
+    model = MODELS[0]
+    config = dataclasses.replace(ablation_config(model, Path(out) / model.name / "probe" / "layer_plan.json"),
+                                 variants=FINETUNES, seeds=(0,), selectors=None, keep_models=True)
+    study = AblationStudy(config, finetune_folder(out) / "ablation", progress=False, log=log)
+    study.run()
+    return {variant: study.run_dir(variant, 0) / "model.safetensors" for variant in FINETUNES}
 
 
 def run_model(model: StudyModel, out: Path, *, shard: Shard | None = None, log: Callable[[str], None] = print) -> None:
@@ -117,7 +148,8 @@ def run_model(model: StudyModel, out: Path, *, shard: Shard | None = None, log: 
     if not model.ablate:
         return
     plan = probe_dir / "layer_plan.json"
-    config = ablation_config(model, plan)
+    # only the default model's fine-tunes are compared: the finetune_change selector joins its ablation alone
+    config = ablation_config(model, plan, comparison=comparison_file(out) if model is MODELS[0] else None)
     ablation_dir = out / model.name / "ablation"
     log(f"{model.name}: ablate-layers -> {ablation_dir}" + ("" if shard is None else f" (shard {shard.index}/"
                                                                                      f"{shard.count})"))

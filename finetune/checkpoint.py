@@ -71,7 +71,7 @@ def latest_checkpoint(out_dir: str | Path) -> Checkpoint | None:
            "or choose another output folder")
     try:
         record = json.loads(pointer.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ResumeError(f"{pointer} is damaged: not JSON ({error}); {fix}") from None
     if (not isinstance(record, dict) or not isinstance(record.get("step"), int) or isinstance(record["step"], bool)
             or record["step"] < 0 or not isinstance(record.get("folder"), str)

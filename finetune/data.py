@@ -3,7 +3,15 @@
 The image tower is frozen, so image (and distractor image) features are computed once, in eval
 mode without gradients, and kept on the device; they come from the disk cache of image features when
 an earlier run (a resume, another run of an ablation, an evaluation) computed them with the same
-image tower (probing.features.cache). Captions are tokenised once up front. Examples
+image tower (probing.features.cache). Captions are tokenised once up front.
+
+Captions longer than the text tower's context are cut to it (open_clip's tokenizer keeps the first
+context - 1 tokens and the end token). `screen_captions` (the Trainer runs it on every data source before
+anything else) counts them per data file, and refuses the examples whose compared captions become the
+same tokens after the cut (or already are the same text): a caption and its negation that differ only past
+the cut would train on identical pairs, a loss at chance that no one would notice. Refused examples are an
+error (strict) or skipped and counted (lenient); the counts go to the run's log, run.json and
+provenance.json. The rule is the evaluators' (probing.data.reading.CaptionCut, distinct_pairs). Examples
 are duck-typed: anything with `image`, `caption`, `presence_negated`, `absence_negated` and
 `distractor_image` attributes works (probing.data.records.NegationExample is the real one). A loss
 that reads MCQ items (LossSpec.record == "mcq", NegBench's) takes anything with `image`, `captions`
@@ -11,7 +19,8 @@ that reads MCQ items (LossSpec.record == "mcq", NegBench's) takes anything with 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,11 +28,104 @@ from torch import nn
 
 from finetune.distributed import DistContext
 from finetune.losses import LossSpec
+from probing.data.reading import CaptionCut, distinct_pairs
 from probing.data.records import DataError
 from probing.features.cache import encode_image_features
 
 # loss feature name -> example attribute holding that caption
 CAPTION_FIELDS = {"caption": "caption", "presence_negated": "presence_negated", "absence_negated": "absence_negated"}
+CAPTION_NAMES = {"caption": "caption", "presence_negated": "presence-negated caption",
+                 "absence_negated": "absence-negated caption"}
+SHOWN_SKIPS = 10  # skipped examples listed by row per data file in run.json (all are counted)
+
+
+@dataclass
+class CaptionScreen:
+    """What the text tower's context did to one data source's captions, per data file (`screen_captions`)."""
+
+    context_length: int
+    counted: bool  # whether cut captions could be counted (the tokenizer has `encode`, as open_clip's does)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> int:
+        return sum(file["identical_skipped"] for file in self.files.values())
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready: for run.json and provenance.json."""
+        return {"context_length": self.context_length, "counted": self.counted, "files": self.files}
+
+    def lines(self) -> list[str]:
+        """One line per data file whose captions the cut shortened or whose examples were skipped."""
+        lines = []
+        for source, file in self.files.items():
+            if not file["captions_cut"] and not file["identical_skipped"]:
+                continue
+            line = (f"{source}: {file['captions_cut']} of {file['captions']} captions are longer than the "
+                    f"{self.context_length}-token context and were cut ({file['examples_with_a_cut_caption']} of "
+                    f"{file['examples']} examples)")
+            if file["identical_skipped"]:
+                line += (f"; {file['identical_skipped']} examples skipped: their compared captions are the same "
+                         f"tokens ({file['identical_after_the_cut']} after the cut, {file['identical_in_the_file']} "
+                         "already in the file)")
+            lines.append(line)
+        return lines
+
+
+def screen_captions(examples: Sequence[Any], tokenizer: Callable, spec: LossSpec, *,
+                    strict: bool = True) -> tuple[list, CaptionScreen]:
+    """(the examples the loss can train on, what the context did to their captions, per data file).
+
+    An example whose compared captions are the same tokens after the cut to the context (or the same text):
+    any two of the captions the loss reads (spec.texts), or an MCQ item's right option and another option,
+    is refused: strict, a DataError naming its file and row; else it is left out and counted. Examples
+    without one of those captions are left to prepare_data, which names them."""
+    cut = CaptionCut(tokenizer)
+    if spec.record == "mcq":
+        def texts(item: Any) -> list[str]:
+            return [text for text in getattr(item, "captions", None) or () if isinstance(text, str)]
+
+        def pairs(item: Any) -> list[tuple]:
+            options, right = getattr(item, "captions", None), getattr(item, "correct", None)
+            if not isinstance(options, (list, tuple)) or not isinstance(right, int) or not 0 <= right < len(options) \
+                    or not all(isinstance(text, str) for text in options):
+                return []
+            return [(options[right], other, f"the right option ({right}) and option {index}")
+                    for index, other in enumerate(options) if index != right]
+    else:
+        names = [CAPTION_FIELDS[name] for name in spec.texts]
+
+        def texts(example: Any) -> list[str]:
+            return [text for text in (getattr(example, name, None) for name in names) if isinstance(text, str)]
+
+        def pairs(example: Any) -> list[tuple]:
+            return [(getattr(example, a), getattr(example, b), f"{CAPTION_NAMES[a]} and {CAPTION_NAMES[b]}")
+                    for a, b in combinations(names, 2)
+                    if isinstance(getattr(example, a, None), str) and isinstance(getattr(example, b, None), str)]
+
+    groups: dict[str, list] = {}
+    for example in examples:
+        groups.setdefault(str(getattr(example, "source", None) or "<examples>"), []).append(example)
+    screen = CaptionScreen(cut.context, cut.limit is not None)
+    refused: set[int] = set()
+    for source, group in groups.items():
+        kept, identical = distinct_pairs(group, pairs, cut, "captions")
+        kept_ids = {id(example) for example in kept}
+        refused |= {id(example) for example in group if id(example) not in kept_ids}
+        if identical and strict:
+            row, reason = identical[0]
+            raise DataError(source, row, f"{reason}, so training would compare identical captions "
+                                         f"({len(identical)} such examples in this file; lenient loading skips "
+                                         "and counts them: finetune-layers --skip-bad-rows)")
+        counts = cut.counts([texts(example) for example in group])
+        after_cut = sum(1 for _, reason in identical if "after the cut" in reason)
+        screen.files[source] = {"examples": len(group), "captions": sum(len(texts(example)) for example in group),
+                                "captions_cut": counts["captions_cut"],
+                                "examples_with_a_cut_caption": counts["items_with_a_cut_caption"],
+                                "identical_skipped": len(identical), "identical_after_the_cut": after_cut,
+                                "identical_in_the_file": len(identical) - after_cut,
+                                "skipped": [[row, reason] for row, reason in identical[:SHOWN_SKIPS]]}
+    return [example for example in examples if id(example) not in refused], screen
 
 
 @dataclass
@@ -108,7 +210,7 @@ def _captions(examples: Sequence[Any], attribute: str) -> list[str]:
 def _mcq_options(examples: Sequence[Any]) -> tuple[list[str], torch.Tensor]:
     """Every item's options in order (flat) and the index of its right one; every item needs K options."""
     options, correct = [], []
-    counts = set()
+    counts: dict[int, tuple[Any, Any]] = {}  # number of options -> where the first item with that many is
     for index, item in enumerate(examples):
         captions, right = getattr(item, "captions", None), getattr(item, "correct", None)
         if not isinstance(captions, (list, tuple)) or len(captions) < 2 or not isinstance(right, int):
@@ -119,11 +221,13 @@ def _mcq_options(examples: Sequence[Any]) -> tuple[list[str], torch.Tensor]:
             source, row = _where(item, index)
             raise DataError(source, row, "an MCQ item needs non-empty options and a right index among them, "
                                          f"got {right}")
-        counts.add(len(captions))
+        counts.setdefault(len(captions), _where(item, index))
         options += list(captions)
         correct.append(right)
     if len(counts) != 1:
-        raise DataError(None, None, f"MCQ items must all have the same number of options, found {sorted(counts)}")
+        (first, (source, _)), (other, (other_source, row)) = sorted(counts.items())[:2]
+        raise DataError(other_source, row, f"MCQ items must all have the same number of options: this one has "
+                                           f"{other}, others have {first} (e.g. in {source})")
     return options, torch.tensor(correct)
 
 

@@ -18,6 +18,7 @@ def planned_parts(model: nn.Module, plan: LayerPlan) -> dict[str, list[nn.Parame
     """Part name ("embeddings", "blocks.3", "ln_final", "projection", "logit_scale") -> its parameters."""
     tower = TextTower.from_model(model)
     plan.validate(tower.n_layers)
+    plan.check_trains()
     parts = tower.parameters_by_part()
     if plan.block_parts == "layernorm":
         chosen = {

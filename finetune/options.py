@@ -5,7 +5,8 @@ Torch-free, so that the commands check their arguments before importing torch. E
 finite: a NaN weight trains a NaN loss, an infinite one a NaN gradient. Weights (lam, lambda_o,
 lambda_t, the mix's part weights) must be >= 0, since a negative weight maximises its loss; a margin
 must lie in [-2, 2] (the hinge adds it to a cosine, which lies in [-1, 1]: beyond that the hinge is
-constant); CoN-CLIP's terms are a non-empty subset of 1, 2, 3.
+constant); weights at most MAX_WEIGHT (beyond it the other terms vanish in float32); CoN-CLIP's
+terms are a non-empty subset of 1, 2, 3, each named once.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from finetune.vocabulary import LOSS_KEYWORDS, MIX_PARTS
 TERMS = (1, 2, 3)
 MARGINS = ("margin", "omni_margin")
 MAX_MARGIN = 2.0
+# A loss weight past this makes its term outweigh a term of weight 1 by more than float32's ~7 significant
+# digits can add up: the other terms would vanish from the sum (and its gradient) without a word.
+MAX_WEIGHT = 1e6
 
 
 class LossOptionError(ValueError):
@@ -50,9 +54,15 @@ def _value_problem(name: str, value: Any) -> str | None:
         if (not isinstance(value, (list, tuple)) or not value
                 or not all(isinstance(t, int) and not isinstance(t, bool) and t in TERMS for t in value)):
             return "must be a non-empty list among 1, 2, 3"
+        twice = sorted({t for t in value if list(value).count(t) > 1})
+        if twice:  # a term listed twice would not weigh twice: the list names which terms run
+            return f"lists term {twice[0]} twice (each term once)"
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return "must be a finite number"
     if name in MARGINS:
         return None if abs(value) <= MAX_MARGIN else f"must lie in [-{MAX_MARGIN:g}, {MAX_MARGIN:g}]"
-    return None if value >= 0 else "must be >= 0 (a negative weight maximises its loss)"
+    if value < 0:
+        return "must be >= 0 (a negative weight maximises its loss)"
+    return None if value <= MAX_WEIGHT else (f"must be <= {MAX_WEIGHT:g} (beyond it the other terms of the loss "
+                                             "vanish in float32)")

@@ -40,6 +40,7 @@ class LayerPlan:
     evidence: dict[str, Any] = field(default_factory=dict)  # free-form, written by the selector
 
     def __post_init__(self) -> None:
+        self.source: str | None = None  # the file it was read from (named in errors); not part of the plan itself
         self.blocks, self.lr_weights = _clean_blocks(self.blocks, self.lr_weights)
         for name in ("train_embeddings", "train_ln_final", "train_projection", "train_logit_scale"):
             if not isinstance(getattr(self, name), bool):
@@ -74,7 +75,9 @@ class LayerPlan:
         return cls(parse_layers(spec), rule=f"layers {spec}", **extras)
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "<plan>") -> "LayerPlan":
+    def from_dict(cls, data: Any, *, source: str | None = None) -> "LayerPlan":
+        """The plan a JSON object describes; `source` (its file) is named in every error about it."""
+        plan_source, source = source, source or "<plan>"
         if not isinstance(data, dict):
             raise PlanError(f"{source}: a layer plan must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
@@ -84,30 +87,52 @@ class LayerPlan:
         if "blocks" not in data:
             raise PlanError(f"{source}: missing key 'blocks' (list of text block indices to train)")
         try:
-            return cls(**data)
+            plan = cls(**data)
         except PlanError as error:
             raise PlanError(f"{source}: {error}") from None
+        plan.source = plan_source
+        return plan
 
     @classmethod
     def load(cls, path: str | Path) -> "LayerPlan":
         path = Path(path)
         if not path.is_file():
             raise PlanError(f"layer plan file {path} does not exist")
+        from probing.io import DuplicateKeyError, strict_json_loads
+
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            data = strict_json_loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise PlanError(f"layer plan file {path} is not valid JSON: {error}") from None
+        except DuplicateKeyError as error:
+            raise PlanError(f"layer plan file {path}: {error}") from None
         return cls.from_dict(data, source=str(path))
 
     # --- use ----------------------------------------------------------------------------------
     def validate(self, n_layers: int) -> None:
-        """Raise PlanError if a block index does not exist in a text tower of `n_layers` blocks."""
+        """Raise PlanError if a block index does not exist in a text tower of `n_layers` blocks (naming the plan
+        file, when the plan was read from one)."""
         outside = [b for b in self.blocks if b >= n_layers]
         if outside:
+            where = f"layer plan {self.source} ({_shorten(self.rule)})" if self.source else \
+                f"layer plan ({_shorten(self.rule)})"
             raise PlanError(
-                f"layer plan ({_shorten(self.rule)}) lists block(s) {describe_indices(outside)}, but the text tower "
+                f"{where} lists block(s) {describe_indices(outside)}, but the text tower "
                 f"has {n_layers} blocks (0..{n_layers - 1})"
             )
+
+    def trains_anything(self) -> bool:
+        """Whether the plan names a block or an extra to train (an empty plan is a valid record: probe-layers
+        writes one when the evidence supports no selection; `check_trains` refuses it for training)."""
+        return bool(self.blocks) or any((self.train_embeddings, self.train_ln_final, self.train_projection,
+                                         self.train_logit_scale))
+
+    def check_trains(self) -> None:
+        """Raise PlanError (naming the plan file, when it came from one) if the plan trains nothing."""
+        if not self.trains_anything():
+            where = f"layer plan file {self.source}" if self.source else f"layer plan ({_shorten(self.rule)})"
+            raise PlanError(f"{where} trains no text block and no extra (embeddings, ln_final, projection, "
+                            "logit_scale): nothing would train")
 
     def lr_weight(self, block: int) -> float:
         return 1.0 if self.lr_weights is None else self.lr_weights.get(block, 1.0)

@@ -52,10 +52,14 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
                               "(or give a recipe file's path)")
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist")
+    from probing.io import DuplicateKeyError, strict_json_loads
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = strict_json_loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise RecipeError(f"recipe file {path} is not valid JSON: {error}") from None
+    except DuplicateKeyError as error:
+        raise RecipeError(f"recipe file {path}: {error}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe file {path}: expected a JSON object, found {type(data).__name__}")
     missing = [key for key in _REQUIRED if key not in data]

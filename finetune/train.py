@@ -40,7 +40,10 @@ the whole model from the base (probing.clip.loading, "Delta checkpoints"). A mod
 file (random weights) is saved whole.
 
 What keeps a bad run from passing for a good one: the settings are checked before anything runs
-(`check_config`: finite numbers, positive where they must be); the loss and gradient norm must be
+(`check_config`: finite numbers, positive where they must be); captions longer than the text tower's
+context are counted per data file, and examples whose compared captions the cut makes identical are
+refused (`strict_data`: an error; else skipped and counted), both reported in the log, run.json and
+provenance.json (finetune.data.screen_captions); the loss and gradient norm must be
 finite before a step, and after it every trained weight must be finite and at most `MAX_WEIGHT` in
 size: otherwise the run stops (NonFiniteLossError) before that step is saved, and the last
 checkpoint, whose weights passed the same check, stays the one to resume from.
@@ -68,7 +71,7 @@ from finetune.checkpoint import (
     save_checkpoint,
     sweep,
 )
-from finetune.data import TrainingData, prepare_data
+from finetune.data import TrainingData, prepare_data, screen_captions
 from finetune.distributed import DistContext, rank_device, setup_distributed
 from finetune.freezing import apply_plan, planned_parts
 from finetune.losses import LossSpec, loss_keywords, loss_spec
@@ -151,6 +154,9 @@ class TrainConfig:
     # most this many tokens (captions x trimmed length); features equal to float rounding (see above)
     text_token_budget: int | None = None
     image_workers: int = 0  # DataLoader processes that decode images for the image features
+    # examples whose compared captions are the same tokens after the cut to the context (finetune.data.
+    # screen_captions): True, a DataError naming the first; False, skipped and counted in run.json
+    strict_data: bool = True
     feature_cache: bool = True  # read and write the disk cache of image features (probing.features.cache)
     # the checkpoint the model was loaded from: {"path": file, "reference": "embedded:default" or ""}; model
     # files then hold only the trained tensors. None: the model has no base file and is saved whole
@@ -267,7 +273,9 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError(f"{what}: {error}") from None
 
 
-def _check_sizes(config: TrainConfig, n_examples: int, n_second: int | None, dist: DistContext) -> None:
+def _check_sizes(config: TrainConfig, n_examples: int, n_second: int | None, dist: DistContext,
+                 skipped: dict[str, int] | None = None) -> None:
+    skipped = skipped or {}
     sources = [("", n_examples, config.batch_size)]
     if (config.second_loss is None) != (n_second is None):
         raise ValueError("a second loss needs second examples and second examples need a second loss")
@@ -277,7 +285,10 @@ def _check_sizes(config: TrainConfig, n_examples: int, n_second: int | None, dis
         if batch_size < 2:
             raise ValueError(f"{what}batch_size must be at least 2: contrastive losses need negatives")
         if n < batch_size:
-            raise ValueError(f"{n} {what}examples are fewer than one batch of {batch_size}")
+            left_out = skipped.get("second" if what else "first", 0)
+            why = (f" ({left_out} examples whose compared captions are the same tokens after the cut were skipped)"
+                   if left_out else "")
+            raise ValueError(f"{n} {what}examples are fewer than one batch of {batch_size}{why}")
         if batch_size % dist.world_size:
             raise ValueError(f"{what}batch_size {batch_size} must divide by the number of processes {dist.world_size}")
 
@@ -369,7 +380,21 @@ class Trainer:
         self.dist = setup_distributed(self.device)
         self.spec: LossSpec = loss_spec(config.loss)
         check_config(config)
-        _check_sizes(config, len(examples), None if second_examples is None else len(second_examples), self.dist)
+        # captions cut to the context: counted per data file; pairs the cut made identical refused (finetune.data)
+        examples, screen = screen_captions(examples, tokenizer, self.spec, strict=config.strict_data)
+        self.caption_screens = {"first": screen}
+        if second_examples is not None and config.second_loss is not None:
+            second_examples, screen = screen_captions(second_examples, tokenizer, loss_spec(config.second_loss),
+                                                      strict=config.strict_data)
+            self.caption_screens["second"] = screen
+        if self.dist.is_main:
+            for screen in self.caption_screens.values():
+                for line in screen.lines():
+                    print(line, flush=True)
+        if provenance is not None:
+            self.provenance = {**provenance, "captions": self.caption_record()}
+        _check_sizes(config, len(examples), None if second_examples is None else len(second_examples), self.dist,
+                     skipped={key: screen.skipped for key, screen in self.caption_screens.items()})
         on_cuda = self.device.type == "cuda"
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision) if on_cuda else None
         # fp16 needs loss scaling (the authors' "amp"); a disabled scaler is a no-op
@@ -411,6 +436,10 @@ class Trainer:
                             feature_cache=self.config.feature_cache, num_workers=self.config.image_workers,
                             progress=self.config.progress)
         return Source(spec, data, DataOrder(len(data), batch_size, self.config.seed, stream), weight, dict(loss_kwargs))
+
+    def caption_record(self) -> dict[str, Any]:
+        """Per data source and file: captions cut to the context and examples skipped for it (run.json)."""
+        return {key: screen.record() for key, screen in self.caption_screens.items()}
 
     # -- state --
     def run_settings(self) -> dict[str, Any]:
@@ -534,7 +563,8 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_json(self.out_dir / "run.json", {"config": asdict(config), "plan": self.plan.to_dict(),
                                                          "total_steps": self.total_steps,
-                                                         "world_size": self.dist.world_size})
+                                                         "world_size": self.dist.world_size,
+                                                         "captions": self.caption_record()})
             if self.provenance is not None:
                 atomic_write_json(self.out_dir / "provenance.json", self.provenance)
         progress = _progress_bar(self.total_steps, self.step, enabled=config.progress and self.dist.is_main)

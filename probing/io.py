@@ -74,6 +74,26 @@ def _umask() -> int:
     return mask
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object that names a key twice: json.loads would keep the last value without a word."""
+
+
+def strict_json_loads(text: str) -> Any:
+    """json.loads, refusing an object that names a key twice (DuplicateKeyError): for the files a user writes
+    by hand (model configs, layer plans, recipes, loss options), where `{"width": 64, ..., "width": 0}` is a
+    mistake, not a choice."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise DuplicateKeyError(f"key {key!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -3,6 +3,11 @@
     python scripts/validation_study.py --out runs/validation            (everything; resumable)
     python scripts/validation_study.py --out runs/validation --only default,random-tiny
     python scripts/validation_study.py --out runs/validation --only default --shard 1/2   (two processes)
+    python scripts/validation_study.py --out runs/validation --finetunes   (the default model's fine-tunes, compared)
+
+--finetunes (after the default model's probe): the fine-tunes of analysis.validation.FINETUNES and the scope recipe
+(`finetune-layers --recipe scope`), each compared with the base by `compare-checkpoints`; run it before the default
+model's ablation finishes and that ablation judges the finetune_change selector too.
 
 The embedded models it needs are built into the cache on first use (probing.models.embedded).
 Results are collected by `python scripts/make_results.py --collect runs/validation`.
@@ -10,10 +15,28 @@ Results are collected by `python scripts/make_results.py --collect runs/validati
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 from analysis.ablation.runs import Shard
-from analysis.validation import MODELS, run_study
+from analysis.validation import MODELS, comparison_file, finetune_folder, run_finetunes, run_study
+
+# the commands a user would type: the scope recipe and the comparison run as those entry points
+COMMAND = [sys.executable, "-m"]
+
+
+def finetunes(out: Path) -> None:
+    tuned = run_finetunes(out, log=lambda line: print(line, flush=True))
+    scope = finetune_folder(out) / "scope"
+    if not (scope / "model.safetensors").is_file():
+        subprocess.run([*COMMAND, "analysis.cli.finetune_layers", "--recipe", "scope", "--model", "embedded:default",
+                        "--seed", "0", "--device", "cpu", "--threads", "1", "--no-progress", "--no-tensorboard",
+                        "--out", str(scope)], check=True)
+    tuned = {"scope recipe": scope / "model.safetensors", **tuned}
+    subprocess.run([*COMMAND, "analysis.cli.compare_checkpoints", "embedded:default", *map(str, tuned.values()),
+                    "--names", ",".join(tuned), "--threads", "1", "--no-progress",
+                    "--out", str(comparison_file(out).parent)], check=True)
 
 
 def main() -> None:
@@ -21,7 +44,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/validation"))
     parser.add_argument("--only", help="comma list of models (default: all): " + ", ".join(m.name for m in MODELS))
     parser.add_argument("--shard", type=Shard.parse, help="K/N: this process's share of every ablation")
+    parser.add_argument("--finetunes", action="store_true", help="only the default model's fine-tunes, compared")
     args = parser.parse_args()
+    if args.finetunes:
+        finetunes(args.out)
+        return
     run_study(args.out, only=set(args.only.split(",")) if args.only else None, shard=args.shard,
               log=lambda line: print(line, flush=True))
 

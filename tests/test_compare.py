@@ -22,6 +22,7 @@ import torch
 from analysis.cli import compare_checkpoints as cli
 from analysis.compare import CompareConfig, compare_checkpoints, linear_cka, plan_from_comparison
 from analysis.compare.decoding import paired_differences
+from analysis.compare.plan import finetune_change_selector
 from analysis.compare.report import write_outputs
 from analysis.compare.states import _cka_from_grams, cka_interval
 from analysis.compare.weights import NO_WEIGHT_DIFFERS, compare_weights, smallest_share
@@ -251,6 +252,24 @@ def test_plan_from_comparison_takes_the_blocks_that_changed_most(tiny, tmp_path)
         plan_from_comparison(two.to_dict(), 1)
     with pytest.raises(PlanError, match="no weight"):  # "b" is the base itself: it points at no block
         plan_from_comparison(two.to_dict(), 1, model="b")
+
+    # the selector study's finetune_change: the same blocks, scored by every block's change (0 where none)
+    selector = finetune_change_selector(path, 2)
+    assert selector.selector == "finetune_change" and selector.blocks == (1, 4)
+    n_blocks = len(base.model.transformer.resblocks)
+    assert len(selector.scores) == n_blocks
+    assert [b for b in range(n_blocks) if selector.scores[b] > 0] == [1, 3, 4]
+    assert np.allclose([selector.scores[b] for b in (1, 3, 4)],
+                       [blocks[f"block {b}"] for b in (1, 3, 4)], rtol=1e-6)
+
+
+def test_ablation_config_takes_a_comparison_only_with_a_plan(tmp_path):
+    from analysis.ablation.config import AblationConfig, AblationError
+
+    with pytest.raises(AblationError, match="pass the plan"):
+        AblationConfig(model="embedded", comparison=str(tmp_path / "comparison.json"))
+    with pytest.raises(AblationError, match="give the comparison too"):
+        AblationConfig(model="embedded", comparison_model="tuned")
 
 
 # --- probes on the smoke-test build -----------------------------------------------------------

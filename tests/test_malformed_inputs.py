@@ -57,6 +57,41 @@ MCQ_HEADER = ["image_path", "correct_answer", "caption_0", "caption_1", "caption
 RETRIEVAL_HEADER = ["positive_objects", "negative_objects", "filepath", "image_id", "captions"]
 
 
+# model configs: the tiny config with one thing wrong (fixture "model_<name>")
+MODEL_CONFIG_EDITS: dict[str, Callable[[dict], None]] = {
+    "zero_width": lambda c: c["text_cfg"].update(width=0),
+    "negative_layers": lambda c: c["text_cfg"].update(layers=-3),
+    "heads": lambda c: c["text_cfg"].update(heads=3),
+    "zero_heads": lambda c: c["text_cfg"].update(heads=0),
+    "vision_heads": lambda c: c["vision_cfg"].update(head_width=24),
+    "text_size_string": lambda c: c["text_cfg"].update(layers="2"),
+    "fractional": lambda c: c["vision_cfg"].update(width=32.5),
+    "embed_bool": lambda c: c.update(embed_dim=True),
+    "absurd_width": lambda c: c["text_cfg"].update(width=10**12),
+    "absurd_total": lambda c: c["text_cfg"].update(width=60000, heads=1, layers=1000),
+    "unknown_key": lambda c: c["text_cfg"].update(widht=64),
+    "unknown_top": lambda c: c.update(output_dict=True),
+    "text_list": lambda c: c.update(text_cfg=[64]),
+    "vocab": lambda c: c["text_cfg"].update(vocab_size=1000),
+    "context": lambda c: c["text_cfg"].update(context_length=2),
+    "patch": lambda c: c["vision_cfg"].update(patch_size=64),
+    "resnet_stages": lambda c: c["vision_cfg"].update(layers=[1, 1, 1]),
+    "resnet_small": lambda c: c["vision_cfg"].update(layers=[1, 1, 1, 1], image_size=16),
+    "mlp_ratio": lambda c: c["text_cfg"].update(mlp_ratio=float("nan")),
+    "flag": lambda c: c.update(quick_gelu="yes"),
+    "missing_heads": lambda c: c["text_cfg"].pop("heads"),
+    "missing_patch": lambda c: c["vision_cfg"].pop("patch_size"),
+}
+# Hugging Face config.json files (given as the model: the architecture, random weights) with one thing wrong
+HF_CONFIG_EDITS: dict[str, Callable[[dict], None]] = {
+    "zero_heads": lambda c: c["text_config"].update(num_attention_heads=0),
+    "negative_layers": lambda c: c["vision_config"].update(num_hidden_layers=-1),
+    "text_number": lambda c: c.update(text_config=5),
+    "projection": lambda c: c.update(projection_dim=0),
+    "heads_divide": lambda c: c["vision_config"].update(num_attention_heads=3),
+}
+
+
 def _with_metadata(source: Path, target: Path, **changes: str) -> Path:
     """A copy of a .safetensors checkpoint whose metadata entries are replaced (the tensors untouched)."""
     from safetensors.torch import load_file, save_file
@@ -64,6 +99,21 @@ def _with_metadata(source: Path, target: Path, **changes: str) -> Path:
     from probing.clip.loading import checkpoint_metadata
 
     save_file(load_file(str(source)), str(target), metadata={**checkpoint_metadata(source), **changes})
+    return target
+
+
+def _with_tensors(source: Path, target: Path, name: str, change: Callable[[torch.Tensor], torch.Tensor]) -> Path:
+    """A copy of a whole .safetensors checkpoint with tensor `name` changed and no recorded SHA-256 (as a
+    checkpoint written by another tool would have)."""
+    from safetensors.torch import load_file, save_file
+
+    from probing.clip.loading import checkpoint_metadata
+
+    tensors = load_file(str(source))
+    tensors[name] = change(tensors[name])
+    metadata = checkpoint_metadata(source)
+    metadata.pop("state_sha256", None)
+    save_file(tensors, str(target), metadata=metadata)
     return target
 
 
@@ -99,10 +149,50 @@ def fx(tmp_path_factory) -> dict[str, str]:
     add("bad_json", root / "bad.json").write_text('{"a": [1, 2,,]}')
     add("list_json", _json(root / "list.json", [1, 2, 3]))
     add("text_file", root / "notes.txt").write_text("hello\n")
+    # open_clip model configs written wrong (issue 28): each must be refused before anything is built
+    tiny = tiny_config(layers=2)
+    add("model_number", root / "five.json").write_text("5")
+    add("model_deep", root / "deep.json").write_text("[" * 100000)  # too deep for Python's JSON reader
+    add("plan_deep", root / "plan_deep.json").write_text("[" * 100000)
+    # a key written twice: json.loads would keep the last value without a word
+    twice = json.dumps(tiny).replace('"width": 64', '"width": 64, "width": 0')
+    assert twice.count('"width"') == 3
+    add("model_key_twice", root / "model_twice.json").write_text(twice)
+    add("plan_key_twice", root / "plan_twice.json").write_text('{"blocks": [0], "blocks": [0, 1]}')
+    add("recipe_key_twice", root / "recipe_twice.json").write_text(
+        '{"name": "r", "summary": "s", "source": "t", "settings": {"lr": 1e-5, "lr": 1e-3, "layers": "0"}}')
+    add("hf_key_twice", root / "hf_twice" / "config.json").parent.mkdir()
+    paths["hf_key_twice"].write_text('{"model_type": "clip", "projection_dim": 16, "projection_dim": 32}')
+    add("recipe_deep", root / "recipe_deep.json").write_text("[" * 100000)
+    add("data_deep", root / "data_deep.json").write_text("[" * 100000)
+    add("jsonl_deep", root / "deep.jsonl").write_text("[" * 100000 + "\n")
+    add("model_negative", _json(root / "negative.json", {"embed_dim": -1, "vision_cfg": {"layers": -2},
+                                                        "text_cfg": {"width": 0}}))
+    for name, edit in MODEL_CONFIG_EDITS.items():
+        config = json.loads(json.dumps(tiny))
+        edit(config)
+        add(f"model_{name}", _json(root / f"model_{name}.json", config))
+    hf = {"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": 16,
+          "text_config": {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2,
+                          "intermediate_size": 64, "max_position_embeddings": 32},
+          "vision_config": {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
+                            "intermediate_size": 64, "image_size": 32, "patch_size": 8}}
+    for name, edit in HF_CONFIG_EDITS.items():
+        config = json.loads(json.dumps(hf))
+        edit(config)
+        add(f"hf_{name}", _json(root / f"hf_{name}" / "config.json", config))
     # CC-Neg in its CSV layout
     add("ccneg_no_negation_column", _csv(root / "ccneg_cols.csv", ["image_path", "caption"], [[IMAGE, "a cat"]]))
     add("ccneg_without_only", _csv(root / "ccneg_without.csv", ["image_path", "caption", "negative_prompt"],
                                    [[IMAGE, f"a dog and a cat {i}", f"a dog without a cat {i}"] for i in range(6)]))
+    add("ccneg_header_only", _csv(root / "ccneg_header.csv", ["image_path", "caption", "negative_prompt"], []))
+    add("ccneg_num_ops", _csv(root / "ccneg_k.csv", ["image_path", "caption", "negative_prompt", "num_ops"],
+                              [[IMAGE, f"a dog and a cat {i}", f"a dog and no cat {i}", "-3" if i == 1 else "2"]
+                               for i in range(8)]))
+    long = " ".join(["a big red bus"] * 12)
+    add("ccneg_long_same", _csv(root / "ccneg_long.csv", ["image_path", "caption", "negative_prompt"],
+                                [[IMAGE, f"{long} {i} and a cat", f"{long} {i} and no cat"] for i in range(8)]))
+    add("sugarcrepe_empty", _json(root / "sc_empty" / "add_obj.json", {}))
     add("ccneg_one_example", _csv(root / "ccneg_one.csv", ["image_path", "caption", "negative_prompt"],
                                   [[IMAGE, "a dog and a cat", "a dog and no cat"]]))
     add("jsonl_all_broken", root / "broken.jsonl").write_text("{broken\n[1, 2]\n\"text\"\n")
@@ -143,6 +233,7 @@ def fx(tmp_path_factory) -> dict[str, str]:
     add("plan_inf_weight", root / "plan_inf.json").write_text('{"blocks": [0], "lr_weights": {"0": Infinity}}')
     add("plan_text_blocks", _json(root / "plan_text.json", {"blocks": ["0", "1"]}))
     add("plan_empty", _json(root / "plan_empty.json", {"blocks": []}))
+    add("plan_block_99", _json(root / "plan_99.json", {"blocks": [0, 99]}))
     recipe = {"name": "r", "summary": "s", "source": "t"}
     add("recipe_bad_json", root / "recipe_bad.json").write_text('{"name": ')
     add("recipe_negative_lr", _json(root / "recipe_lr.json", {**recipe, "settings": {"lr": -1, "layers": "0"}}))
@@ -203,6 +294,18 @@ def fx(tmp_path_factory) -> dict[str, str]:
     add("damaged_metrics_shape", _with_metadata(model_file, root / "metrics_shape.safetensors",
                                                 metrics=json.dumps(["not", "a", "table"])))
     add("damaged_digest", _with_metadata(model_file, root / "damaged_digest.safetensors", state_sha256="0" * 64))
+    from probing.clip.compact import COMPACT_KEY
+    from probing.clip.loading import checkpoint_metadata
+    from probing.models.factory import embedded_checkpoint
+
+    shipped = embedded_checkpoint("embedded:small")  # stored compact: its token embedding as changed rows
+    record = json.loads(checkpoint_metadata(shipped)[COMPACT_KEY])
+    add("compact_huge", _with_metadata(shipped, root / "compact_huge.safetensors",
+                                       **{COMPACT_KEY: json.dumps({**record, "shape": [10**12, record["shape"][1]]})}))
+    add("nan_model", _with_tensors(model_file, root / "nan_model.safetensors", "positional_embedding",
+                                   lambda t: torch.full_like(t, float("nan"))))
+    add("int_model", _with_tensors(model_file, root / "int_model.safetensors", "ln_final.weight",
+                                   lambda t: torch.ones_like(t, dtype=torch.int64)))
 
     # ablation study folders, damaged
     add("ab_config_garbage", root / "ab_config_garbage").mkdir()
@@ -254,7 +357,7 @@ AB = ("--model embedded:small --steps 1 --batch-size 16 --train-examples 32 --wa
 PROBE_LAYERS = [
     case("probe-layers", f"{PL} --seed -1", "--seed: must be >= 0"),
     case("probe-layers", f"{PL} --seed 99999999999", "must be <= 4294967295"),
-    case("probe-layers", f"{PL} --seed 1.5", "invalid int value: '1.5'"),
+    case("probe-layers", f"{PL} --seed 1.5", "--seed: must be an integer, got '1.5'"),
     case("probe-layers", "--probe-seeds 0,-1", "--probe-seeds: each value must be >= 0"),
     case("probe-layers", ["--probe-seeds", ""], "--probe-seeds is empty"),
     case("probe-layers", "--null-probe-seeds x,y", "--null-probe-seeds must be a comma list"),
@@ -601,7 +704,137 @@ MAKE_NEGATIONS = [
     case("make-negations", f"{MN} --data {{ccneg_one_example}}", "the following arguments are required: --out"),
 ]
 
-CASES = PROBE_LAYERS + FINETUNE_LAYERS + EVALUATE_NEGATION + ABLATE_LAYERS + BUILD_EMBEDDED + MAKE_NEGATIONS
+# model configs and checkpoints (issue 28): one line naming the file and the field, before anything is built
+EVQ = "--benchmarks synthetic --no-progress --out {out}/ev"
+MODELS = [
+    case("probe-layers", "--model {model_number} --out {out}/pl",
+         "model config file {model_number}: holds a number (5), not a JSON object"),
+    case("probe-layers", "--model {model_negative} --out {out}/pl",
+         "model config file {model_negative}: embed_dim must be >= 1, got -1"),
+    case("evaluate-negation", f"--model {{model_deep}} {EVQ}", "deep.json is not valid JSON"),
+    case("evaluate-negation", f"--model {{model_key_twice}} {EVQ}",
+         "model config file {model_key_twice}: key 'width' appears twice in one object"),
+    case("evaluate-negation", f"--model {{hf_key_twice}} {EVQ}", "key 'projection_dim' appears twice"),
+    case("finetune-layers", "--model {tiny} --plan {plan_key_twice} --out {out}/ft",
+         "layer plan file {plan_key_twice}: key 'blocks' appears twice"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_key_twice} --out {out}/ft",
+         "recipe file {recipe_key_twice}: key 'lr' appears twice"),
+    case("ablate-layers", [*AB.split(), "--loss", "omni", "--loss-kwargs", '{"lam": 1, "lam": 2}', "--out",
+                           "{out}/ab"], "--loss-kwargs: key 'lam' appears twice"),
+    case("finetune-layers", "--model {tiny} --plan {plan_deep} --out {out}/ft", "plan_deep.json is not valid JSON"),
+    case("finetune-layers", "--model {tiny} --recipe {recipe_deep} --out {out}/ft", "recipe_deep.json is not valid"),
+    case("finetune-layers", f"{FT} --data {{data_deep}} --out {{out}}/ft", "data_deep.json: invalid JSON: nested too"),
+    case("finetune-layers", f"{FT} --data {{jsonl_deep}} --out {{out}}/ft", "deep.jsonl, row 0: invalid JSON line"),
+    case("evaluate-negation", f"--model {{model_zero_width}} {EVQ}",
+         "model_zero_width.json: text_cfg.width must be >= 1"),
+    case("evaluate-negation", f"--model {{model_negative_layers}} {EVQ}", "text_cfg.layers must be >= 1, got -3"),
+    case("evaluate-negation", f"--model {{model_heads}} {EVQ}", "text_cfg.heads 3 do not divide text_cfg.width 64"),
+    case("evaluate-negation", f"--model {{model_zero_heads}} {EVQ}", "text_cfg.heads must be >= 1, got 0"),
+    case("evaluate-negation", f"--model {{model_vision_heads}} {EVQ}",
+         "vision_cfg.head_width 24 does not divide vision_cfg.width 32"),
+    case("evaluate-negation", f"--model {{model_text_size_string}} {EVQ}",
+         "text_cfg.layers must be an integer, got '2'"),
+    case("evaluate-negation", f"--model {{model_fractional}} {EVQ}", "vision_cfg.width must be an integer, got 32.5"),
+    case("evaluate-negation", f"--model {{model_embed_bool}} {EVQ}", "embed_dim must be an integer, got True"),
+    case("evaluate-negation", f"--model {{model_absurd_width}} {EVQ}", "text_cfg.width must be <= 65536"),
+    case("evaluate-negation", f"--model {{model_absurd_total}} {EVQ}", "more than 2e+10"),
+    case("evaluate-negation", f"--model {{model_unknown_key}} {EVQ}",
+         "unknown key(s) text_cfg.widht (did you mean width?)"),
+    case("evaluate-negation", f"--model {{model_unknown_top}} {EVQ}", "unknown key(s) output_dict"),
+    case("evaluate-negation", f"--model {{model_text_list}} {EVQ}", "text_cfg must be a JSON object, got a list"),
+    case("evaluate-negation", f"--model {{model_vocab}} {EVQ}", "text_cfg.vocab_size 1000 is smaller than"),
+    case("evaluate-negation", f"--model {{model_context}} {EVQ}", "text_cfg.context_length must be >= 3, got 2"),
+    case("evaluate-negation", f"--model {{model_patch}} {EVQ}", "vision_cfg.patch_size 64 is larger than the image"),
+    case("evaluate-negation", f"--model {{model_resnet_stages}} {EVQ}", "vision_cfg.layers must be one integer"),
+    case("evaluate-negation", f"--model {{model_resnet_small}} {EVQ}", "vision_cfg.image_size 16 is smaller than 32"),
+    case("evaluate-negation", f"--model {{model_mlp_ratio}} {EVQ}", "text_cfg.mlp_ratio must be a finite number"),
+    case("evaluate-negation", f"--model {{model_flag}} {EVQ}", "quick_gelu must be true or false, got 'yes'"),
+    case("evaluate-negation", f"--model {{model_missing_heads}} {EVQ}",
+         "model_missing_heads.json: lacks text_cfg.heads (open_clip would build 8)"),
+    case("evaluate-negation", f"--model {{model_missing_patch}} {EVQ}", "lacks vision_cfg.patch_size"),
+    case("finetune-layers", "--model {model_heads} --layers 0 --out {out}/ft", "model_heads.json: text_cfg.heads 3"),
+    case("ablate-layers", "--model {model_negative} --steps 1 --seeds 0 --variants front --out {out}/ab",
+         "model config file {model_negative}: embed_dim must be >= 1"),
+    case("evaluate-negation", f"--model {{hf_zero_heads}} {EVQ}",
+         "config.json: text_config.num_attention_heads must be an integer in 1..65536, got 0"),
+    case("evaluate-negation", f"--model {{hf_negative_layers}} {EVQ}",
+         "vision_config.num_hidden_layers must be an integer in 1..1024, got -1"),
+    case("evaluate-negation", f"--model {{hf_text_number}} {EVQ}", "text_config must be a JSON object"),
+    case("evaluate-negation", f"--model {{hf_projection}} {EVQ}", "projection_dim must be an integer"),
+    case("evaluate-negation", f"--model {{hf_heads_divide}} {EVQ}",
+         "is not a multiple of"),  # transformers 5 refuses it itself, older ones reach our own check
+    case("evaluate-negation", f"--model {{tiny}} --pretrained {{nan_model}} {EVQ}",
+         "nan_model.safetensors is damaged: 1 tensor(s) hold NaN or infinite values (positional_embedding)"),
+    case("probe-layers", "--model {tiny} --pretrained {nan_model} --out {out}/pl", "hold NaN or infinite values"),
+    case("evaluate-negation", f"--model negclip-micro --pretrained {{compact_huge}} {EVQ}",
+         "compact_huge.safetensors is damaged: its compact token embedding cannot be rebuilt (ValueError: the shape "
+         "[1000000000000, 64] is not positive integers"),
+    case("finetune-layers", "--model {tiny} --pretrained {int_model} --layers 0 --out {out}/ft",
+         "int_model.safetensors holds 1 tensor(s) that are not floating-point where the model's are: "
+         "ln_final.weight (torch.int64)"),
+]
+
+# repeated list items are errors, not silently dropped (issue 28), and plan errors name the plan file
+SECOND_IMAGES = f"--image-root-for sugarcrepe={IMAGES} --image-root-for sugarcrepe={IMAGES}"
+REPEATS = [
+    case("probe-layers", "--seeds 0,0", "--probe-seeds: 0 given twice"),
+    case("probe-layers", "--null-seeds 1,2,1", "--null-probe-seeds: 1 given twice"),
+    case("probe-layers", "--measurements probes,sensitivity,probes", "--measurements: probes given twice"),
+    case("probe-layers", f"{PL} --data {{ccneg_without_only}} --train-cues no,not,no --out {{out}}/pl",
+         "training cue 'no' is given twice"),
+    case("ablate-layers", f"{AB} --seeds 0,0 --out {{out}}/ab", "--seeds: 0 given twice"),
+    case("ablate-layers", f"{AB} --variants front,back,front --out {{out}}/ab", "front given twice"),
+    case("ablate-layers", f"{AB} --extras ln_final,ln_final --out {{out}}/ab", "extras: ln_final given twice"),
+    case("ablate-layers", [*AB.split(), "--loss-kwargs", '{"terms": [1, 1]}', "--out", "{out}/ab"],
+         "loss option terms lists term 1 twice"),
+    case("finetune-layers", f"{FT} --terms 1,1 --out {{out}}/ft", "--terms: 1 given twice"),
+    case("finetune-layers", f"{FT} --loss omni --lam 1e30 --out {{out}}/ft", "loss option lam must be <= 1e+06"),
+    case("ablate-layers", [*AB.split(), "--loss", "mix", "--loss-kwargs", '{"clip": 1e300}', "--out", "{out}/ab"],
+         "loss option clip must be <= 1e+06"),
+    case("finetune-layers", f"{FT} --loss mix --weights clip=1,conclip=1,clip=2 --out {{out}}/ft",
+         "--weights: clip given twice"),
+    case("finetune-layers", "--model {tiny} --layers 0,1,0 --out {out}/ft", "blocks lists an index twice"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic,synthetic", "--benchmarks: synthetic given twice"),
+    case("evaluate-negation", f"{EV} --benchmarks sugarcrepe {SECOND_IMAGES}",
+         "--image-root-for sugarcrepe given twice"),
+    case("evaluate-negation", f"{EV} --benchmarks sugarcrepe --sugarcrepe {{sugarcrepe_same}} "
+                              f"--sugarcrepe {{sugarcrepe_same}}", "--sugarcrepe: {sugarcrepe_same} given twice"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-image-size 4",
+         "--synthetic-image-size: image_size must be an integer in 12..4096, got 4"),
+    case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-image-size 100000", "got 100000"),
+    case("finetune-layers", "--model {tiny} --plan {plan_block_99} --steps 1 --batch-size 4 --n-examples 8 "
+                            "--out {out}/ft",
+         "layer plan {plan_block_99} ('manual') lists block(s) [99], but the text tower has 2 blocks"),
+    case("finetune-layers", "--model {tiny} --plan {plan_empty} --out {out}/ft",
+         "layer plan file {plan_empty} trains no text block and no extra"),
+    case("ablate-layers", f"{AB} --plan {{plan_block_99}} --variants selected --out {{out}}/ab",
+         "layer plan {plan_block_99} ('manual') lists block(s) [99], but the text tower has 12 blocks"),
+]
+
+# data files that hold nothing, or numbers outside their documented range, through the commands (issue 28)
+DATA = [
+    case("make-negations", f"{MN} --data {{ccneg_header_only}} --out {{out}}/n.csv",
+         "ccneg_header.csv: the file holds no rows: it has a header and nothing below it"),
+    case("finetune-layers", f"{FT} --data {{ccneg_header_only}} --out {{out}}/ft",
+         "ccneg_header.csv: the file holds no rows"),
+    case("finetune-layers", f"{FT} --data {{ccneg_header_only}} --skip-bad-rows --out {{out}}/ft",
+         "ccneg_header.csv: the file holds no rows"),
+    case("make-negations", f"{MN} --data {{ccneg_num_ops}} --out {{out}}/n.csv",
+         "ccneg_k.csv, row 1: field 'num_ops' should be in 1..75, found -3"),
+    case("finetune-layers", f"{FT} --data {{ccneg_num_ops}} --split all --out {{out}}/ft",
+         "ccneg_k.csv, row 1: field 'num_ops' should be in 1..75, found -3"),
+    case("finetune-layers", f"{FT} --data {{ccneg_long_same}} --split all --out {{out}}/ft",
+         "ccneg_long.csv, row 0: captions identical after the cut: caption and presence-negated caption become the "
+         "same 32 tokens"),
+    case("finetune-layers", f"{FT} --data {{ccneg_long_same}} --split all --skip-bad-rows --out {{out}}/ft",
+         "0 examples are fewer than one batch of 4 (8 examples whose compared captions are the same tokens after "
+         "the cut were skipped)"),
+    case("evaluate-negation", f"{EV} --benchmarks sugarcrepe --sugarcrepe {{sugarcrepe_empty}}",
+         "add_obj.json: the file holds no items"),
+]
+
+CASES = (PROBE_LAYERS + FINETUNE_LAYERS + EVALUATE_NEGATION + ABLATE_LAYERS + BUILD_EMBEDDED + MAKE_NEGATIONS
+         + MODELS + REPEATS + DATA)
 
 
 def _id(item: Case) -> str:
@@ -652,13 +885,16 @@ def test_malformed_input_is_one_clear_error(item: Case, fx, capsys, monkeypatch)
     shutil.rmtree(values["out"], ignore_errors=True)
 
 
-def test_damaged_shipped_metadata_is_named(fx, capsys, monkeypatch):
+def test_damaged_shipped_metadata_is_named(fx, capsys, monkeypatch, tmp_path):
     """build-embedded on a shipped file whose recorded metrics are damaged (e.g. a bad download)."""
-    import probing.models.factory as factory
+    import probing.models
+    from probing.models.embedded import REGISTRY
 
-    monkeypatch.setattr(factory, "embedded_checkpoint", lambda variant="default": Path(fx["damaged_metrics"]))
+    shipped = tmp_path / REGISTRY["small"].shipped  # build-embedded reads the shipped folder itself
+    shutil.copy(fx["damaged_metrics"], shipped)
+    monkeypatch.setattr(probing.models, "SHIPPED", tmp_path)
     status, _, err = run_command("build-embedded", ["--model", "embedded:small", "--no-progress"], capsys)
-    check_error("build-embedded", status, err, "damaged_metrics.safetensors has damaged metadata")
+    check_error("build-embedded", status, err, f"{shipped} has damaged metadata: 'metrics' is not JSON")
 
 
 @pytest.mark.parametrize("prog, argv, message", [
@@ -741,3 +977,118 @@ def test_every_command_takes_threads(prog):
     assert parser.parse_args(required + ["--threads", "3"]).threads == 3
     with pytest.raises(SystemExit):
         parser.parse_args(required + ["--threads", "0"])
+
+
+# --- loaders: files with no rows, numbers outside their documented range (issue 28) ---------------------------
+
+def _ccneg_pt(path: Path, rows: int, num_ops: dict) -> Path:
+    annotations = [{"json": {"caption": f"a dog and a cat {i}"}, "sop_data": {"negative-prompt": f"a dog, no cat {i}"}}
+                   for i in range(rows)]
+    torch.save({"image_paths": [IMAGE] * rows, "annotations": annotations, "num_ops": num_ops}, path)
+    return path
+
+
+CCNEG_ROWS = [[IMAGE, f"a dog and a cat {i}", f"a dog and no cat {i}"] for i in range(4)]
+# (name, kind, writer(tmp) -> path, row named by the error, what the error says); each file has one bad row
+# (or entry) among good ones, so that the lenient load keeps the others and counts that one
+OUT_OF_RANGE = [
+    ("ccneg_num_ops_negative", "ccneg",
+     lambda d: _csv(d / "k.csv", ["image_path", "caption", "negative_prompt", "num_ops"],
+                    [CCNEG_ROWS[0] + ["-3"]] + [row + ["2"] for row in CCNEG_ROWS[1:]]),
+     0, "field 'num_ops' should be in 1..75, found -3"),
+    ("ccneg_num_ops_huge", "ccneg",
+     lambda d: _csv(d / "k.csv", ["image_path", "caption", "negative_prompt", "num_ops"],
+                    [row + ["1"] for row in CCNEG_ROWS[:3]] + [CCNEG_ROWS[3] + [str(10**30)]]),
+     3, "field 'num_ops' should be in 1..75, found 1000000000000000000000000000000"),
+    ("ccneg_pt_k_negative", "ccneg", lambda d: _ccneg_pt(d / "k.pt", 4, {-3: [0], 1: [1, 2, 3]}),
+     0, "num_ops: K -3 (the predicate-object pairs of the caption) should be in 1..75"),
+    ("ccneg_pt_k_huge", "ccneg", lambda d: _ccneg_pt(d / "k.pt", 4, {1: [0, 1, 3], 10**30: [2]}), 2,
+     "should be in 1..75"),
+    ("ccneg_pt_k_twice", "ccneg", lambda d: _ccneg_pt(d / "k.pt", 4, {1: [0, 1, 2], 2: [3, 1]}), 1,
+     "num_ops lists this row under two K (1 and 2)"),
+    ("ccneg_pt_index_outside", "ccneg", lambda d: _ccneg_pt(d / "k.pt", 4, {1: [0, 1, 2, 3], 2: [500]}), "num_ops[2]",
+     "1 row index(es) that are no row of the file's 4 (0..3): 500"),
+    ("valse_votes", "valse_existence",
+     lambda d: _json(d / "existence.json", {str(i): {"caption": f"a cat {i}", "foil": f"no cat {i}",
+                                                     "image_file": IMAGE,
+                                                     "mturk": {"caption": 5 if i == 1 else 3, "foil": 0, "other": 0}}
+                                            for i in range(3)}),
+     "1", "field 'mturk.caption' counts the 3 annotators who judged the caption valid: it should be one of 0..3"),
+    ("retrieval_image_id", "negbench_retrieval",
+     lambda d: _csv(d / "ret.csv", RETRIEVAL_HEADER, [["['cat']", "['dog']", IMAGE, str(i - 1), f"['a cat {i}']"]
+                                                       for i in range(3)]),
+     0, "field 'image_id' should be in >= 0, found -1"),
+    ("coco_negative_box", "coco_instances",
+     lambda d: _json(d / "instances_x.json", {"images": [{"id": 1, "file_name": IMAGE}],
+                                              "categories": [{"id": 1, "name": "cat"}],
+                                              "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]},
+                                                              {"image_id": 1, "category_id": 1,
+                                                               "bbox": [0, 0, -5, 5]}]}),
+     1, "bbox [x, y, width, height] should hold no negative value"),
+    ("negrefcocog_negative_corner", "negrefcocog",
+     lambda d: _json(d / "NegRefCOCOg.json", [{"image": IMAGE, "phrase": f"the cat {i} that is not black",
+                                               "ref_bbox": [-4 if i else 0, 0, 5, 5],
+                                               "bbox_list": [[-4 if i else 0, 0, 5, 5], [1, 1, 3, 3]]}
+                                              for i in range(2)]),
+     1, "bbox_list[0] starts outside the image (a negative corner)"),
+]
+
+
+@pytest.mark.parametrize("name, kind, write, row, message", OUT_OF_RANGE, ids=[item[0] for item in OUT_OF_RANGE])
+def test_numbers_outside_their_documented_range_are_row_problems(name, kind, write, row, message, tmp_path):
+    """Strict: a DataError naming the file, the row (or the num_ops entry) and the field. Lenient: that row is
+    skipped and counted with the same reason, the others load."""
+    from probing.data import load_dataset
+    from probing.data.records import DataError
+
+    path = write(tmp_path)
+    options = {"split": "all"} if kind == "ccneg" else {}
+    with pytest.raises(DataError) as error:
+        load_dataset(path, kind=kind, image_root=IMAGES, strict=True, **options)
+    assert error.value.path == str(path) and str(error.value.row) == str(row) and message in error.value.problem
+    loaded = load_dataset(path, kind=kind, image_root=IMAGES, strict=False, **options)
+    assert [(str(where), message in why) for where, why in loaded.report.skipped] == [(str(row), True)]
+    assert len(loaded) >= 1 and loaded.report.loaded == len(loaded)
+    if kind == "ccneg":  # the rows kept have the K the file gives them
+        assert all(example.k in (1, 2) for example in loaded)
+
+
+NO_ROWS = [
+    ("ccneg_header_only", "ccneg", lambda d: _csv(d / "c.csv", ["image_path", "caption", "negative_prompt"], []),
+     "the file holds no rows: it has a header and nothing below it"),
+    ("ccneg_header_and_blank_lines", "ccneg",
+     lambda d: (d / "c.csv").write_text("image_path,caption,negative_prompt\n\n \n") and d / "c.csv", "holds no rows"),
+    ("ccneg_pt_empty", "ccneg", lambda d: _ccneg_pt(d / "c.pt", 0, {}), "holds no rows: image_paths and annotations"),
+    ("mcq_header_only", "negbench_mcq", lambda d: _csv(d / "m.csv", MCQ_HEADER, []), "holds no rows"),
+    ("retrieval_header_only", "negbench_retrieval", lambda d: _csv(d / "r.csv", RETRIEVAL_HEADER, []), "holds no rows"),
+    ("sugarcrepe_empty", "sugarcrepe", lambda d: _json(d / "add_obj.json", {}), "holds no items"),
+    ("valse_empty", "valse_existence", lambda d: _json(d / "existence.json", {}), "holds no items"),
+    ("negrefcocog_empty", "negrefcocog", lambda d: _json(d / "NegRefCOCOg.json", []), "holds no entries"),
+    ("coco_captions_empty", "coco_captions",
+     lambda d: _json(d / "captions_x.json", {"images": [{"id": 1, "file_name": IMAGE}], "annotations": []}),
+     "holds no rows: its list 'annotations' is empty"),
+    ("coco_instances_empty", "coco_instances",
+     lambda d: _json(d / "instances_x.json", {"images": [{"id": 1, "file_name": IMAGE}], "annotations": [],
+                                              "categories": [{"id": 1, "name": "cat"}]}),
+     "holds no rows: its list 'annotations' is empty"),
+    ("coco_image_width", "coco_instances",
+     lambda d: _json(d / "instances_x.json", {"images": [{"id": 1, "file_name": IMAGE, "width": 0, "height": 5}],
+                                              "categories": [{"id": 1, "name": "cat"}],
+                                              "annotations": [{"image_id": 1, "category_id": 1,
+                                                               "bbox": [0, 0, 1, 1]}]}),
+     "image 'width' should be > 0, found 0"),
+]
+
+
+@pytest.mark.parametrize("name, kind, write, message", NO_ROWS, ids=[item[0] for item in NO_ROWS])
+def test_files_that_hold_nothing_to_load_are_file_errors(name, kind, write, message, tmp_path):
+    """A header (or an empty container) with no rows is a file-level DataError in both modes, like an empty
+    file: loading it as zero records would pass for a successful load."""
+    from probing.data import load_dataset
+    from probing.data.records import DataError
+
+    path = write(tmp_path)
+    for strict in (True, False):
+        with pytest.raises(DataError) as error:
+            load_dataset(path, kind=kind, image_root=IMAGES, strict=strict)
+        assert error.value.path == str(path) and message in error.value.problem

@@ -157,3 +157,48 @@ def test_bad_config_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ModelLoadError, match="not valid JSON"):
         load_clip(path)
+
+
+def test_every_open_clip_config_passes_the_config_check():
+    """The check refuses only what open_clip cannot build as written: every config open_clip ships and this
+    package's own pass it (tests/test_malformed_inputs.py holds the configs it refuses)."""
+    import json
+
+    import open_clip
+
+    from probing.clip import CONFIGS
+    from probing.clip.model_config import check_model_config
+
+    configs = {name: open_clip.get_model_config(name) for name in open_clip.list_models()}
+    configs.update({path.name: json.loads(path.read_text()) for path in CONFIGS.glob("*.json")})
+    assert len(configs) > 100
+    for name, config in configs.items():
+        check_model_config(config, name)
+
+
+@pytest.mark.parametrize("name", ["negclip-tiny", "negclip-micro"])
+def test_parameter_estimate_is_close_to_the_built_model(name):
+    """estimated_parameters (which refuses configs past MAX_PARAMETERS) counted a second way: the built model."""
+    import json
+
+    from probing.clip import CONFIGS
+    from probing.clip.model_config import estimated_parameters
+
+    model, _, _ = load_clip(name)
+    built = sum(p.numel() for p in model.parameters())
+    estimate = estimated_parameters(json.loads((CONFIGS / f"{name}.json").read_text()))
+    assert abs(estimate - built) / built < 0.1, (estimate, built)
+
+
+def test_checkpoint_with_non_finite_weights_is_refused(write_config, tmp_path):
+    config = write_config("tiny")
+    model, _, _ = load_clip(config)
+    with torch.no_grad():
+        model.text_projection[0, 0] = float("inf")
+    path = save_clip_checkpoint(model, tmp_path / "inf.safetensors", model_name="tiny")
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(path)), str(path), metadata={"open_clip_model": "tiny"})  # no digest to trip over first
+    with pytest.raises(ModelLoadError, match=r"inf.safetensors is damaged: 1 tensor\(s\) hold NaN or infinite values "
+                                             r"\(text_projection\)"):
+        load_clip(config, pretrained=path)

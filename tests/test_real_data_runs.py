@@ -308,3 +308,91 @@ def test_delta_checkpoint_holds_the_trained_tensors_and_needs_its_base(tiny, tmp
     base.unlink()
     with pytest.raises(ModelLoadError, match=f"base checkpoint {base.resolve()} .* is missing"):
         load_clip(str(tiny), str(delta))
+
+
+# --- captions longer than the context ------------------------------------------------------------------
+
+def test_finetune_counts_captions_cut_and_refuses_pairs_the_cut_makes_identical(coco, tiny, tmp_path, capsys):
+    """A CC-Neg file whose captions run past the tiny model's 32-token context: 8 rows whose caption and negated
+    caption differ only past the cut (the same tokens after it), 4 cut but different within it, 12 short. Strict:
+    exit 2 naming the file and the first such row. --skip-bad-rows: the 8 are skipped and counted, and the counts
+    in the log, run.json and provenance.json equal those recomputed here with open_clip's BPE."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    _, root = coco
+    captions = json.loads((root.parent / "annotations/captions_val2017.json").read_text())["annotations"]
+    text = [" ".join(c["caption"].replace(",", "").split()).rstrip(".") for c in captions[:40]]
+    image = sorted(p.name for p in root.glob("*.jpg"))[0]
+    rows = []
+    for i in range(24):
+        long = " and ".join(text[i:i + 3])  # three real captions: well past 30 tokens
+        if i < 8:
+            rows.append([image, f"{long} and a dog", f"{long} and no dog"])  # differ only past the cut
+        elif i < 12:
+            rows.append([image, f"a dog and {long}", f"no dog and {long}"])  # cut, different within the context
+        else:
+            rows.append([image, text[i], f"{text[i]} but no dog"])
+    data = tmp_path / "ccneg_long.csv"
+    with data.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_path", "caption", "negative_prompt"])
+        writer.writerows(rows)
+    bpe = SimpleTokenizer()
+    seen = 32 - 2  # what the text tower sees of a caption: start, 30 BPE tokens, end
+    cut = sum(len(bpe.encode(t)) > seen for row in rows for t in row[1:])
+    same = [i for i, row in enumerate(rows) if bpe.encode(row[1])[:seen] == bpe.encode(row[2])[:seen]]
+    with_cut = sum(any(len(bpe.encode(t)) > seen for t in row[1:]) for row in rows)
+    assert (cut, same, with_cut) == (24, list(range(8)), 12)
+
+    args = ["--data", str(data), "--image-root", str(root), "--split", "all"]
+    assert finetune_layers.main(train_args(tiny, tmp_path / "strict", *args)) == 2
+    err = capsys.readouterr().err
+    assert f"{data}, row 0: captions identical after the cut: caption and presence-negated caption become the same " \
+           "32 tokens" in err and "8 such examples" in err and "Traceback" not in err
+    run = tmp_path / "lenient"
+    assert finetune_layers.main(train_args(tiny, run, *args, "--skip-bad-rows")) == 0
+    out = capsys.readouterr().out
+    assert (f"{data}: {cut} of 48 captions are longer than the 32-token context and were cut ({with_cut} of 24 "
+            f"examples); {len(same)} examples skipped") in out
+    expected = {"examples": 24, "captions": 48, "captions_cut": cut, "examples_with_a_cut_caption": with_cut,
+                "identical_skipped": len(same), "identical_after_the_cut": len(same), "identical_in_the_file": 0}
+    for record in (json.loads((run / "run.json").read_text()), json.loads((run / "provenance.json").read_text())):
+        captions = record["captions"]["first"]
+        assert captions["context_length"] == 32 and captions["counted"]
+        counts = captions["files"][str(data)]
+        assert {key: counts[key] for key in expected} == expected
+        assert [row for row, _ in counts["skipped"]] == same
+    assert metric_steps(run) == [1, 2]
+
+
+def test_screen_captions_reads_the_pairs_each_loss_compares(test_data):
+    """MCQ items: the right option against each other option; Omni-NegCLIP's loss: every two of its three
+    captions (the absence- against the presence-negated one among them). Real NegBench MCQ rows, one item
+    changed so that its right option and option 2 differ only past the 32-token cut."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from finetune.data import screen_captions
+    from finetune.losses import loss_spec
+    from probing.data import load_negbench_mcq
+    from probing.data.records import DataError, NegationExample
+
+    tokenizer = SimpleTokenizer(context_length=32)
+    items = load_negbench_mcq(test_data / "negbench/COCO_val_mcq_llama3.1_rephrased.csv")[:3]
+    padding = " ".join(["with a big red bus"] * 8)
+    items[1].captions[items[1].correct] = f"a cat {padding} and a dog"
+    items[1].captions[2] = f"a cat {padding} and no dog"
+    with pytest.raises(DataError, match=r"captions identical after the cut: the right option \(0\) and option 2 "
+                                        r"become the same 32 tokens"):
+        screen_captions(items, tokenizer, loss_spec("negbench_mcq"))
+    kept, screen = screen_captions(items, tokenizer, loss_spec("negbench_mcq"), strict=False)
+    assert kept == [items[0], items[2]]
+    (counts,) = screen.files.values()
+    assert counts["identical_skipped"] == 1 and counts["captions_cut"] == 2 and counts["captions"] == 12
+    examples = [NegationExample(None, "a cat", presence_negated="a cat and no dog", absence_negated="a cat and no dog",
+                                source="made.csv", row=0),
+                NegationExample(None, "a cat", presence_negated="a cat and no dog", absence_negated="a cat and no bus",
+                                source="made.csv", row=1)]
+    kept, screen = screen_captions(examples, tokenizer, loss_spec("omni"), strict=False)
+    assert kept == [examples[1]]
+    assert screen.files["made.csv"]["skipped"] == [[0, "captions identical: presence-negated caption and "
+                                                       "absence-negated caption are the same text"]]

@@ -53,6 +53,10 @@ class AblationConfig:
     # baseline selectors (analysis.planning.selectors) whose plans join the study, judged by
     # analysis.ablation.selector_table; they read the measurements probe-layers saved beside the plan file
     selectors: tuple[str, ...] | None = None
+    # a compare-checkpoints comparison.json: adds the "finetune_change" selector (analysis.compare.plan), the
+    # blocks that `comparison_model`'s fine-tune changed most (it may be left out when the file holds one model)
+    comparison: str | None = None
+    comparison_model: str | None = None
     extras: str = "none"  # "none", "plan" or a comma list among EXTRAS; the same for every trained variant
     device: str = "auto"
     ckpt_every: int = 100  # trainer checkpoints, so that a run interrupted mid-training continues
@@ -123,6 +127,11 @@ def _check_config(config: AblationConfig) -> None:
         if config.plan_path is None:
             raise AblationError("selectors are compared at the size of the toolkit's plan: pass the plan probe-layers "
                                 "wrote (its measurements are read from the same folder)")
+    if config.comparison_model is not None and config.comparison is None:
+        raise AblationError("comparison_model names a model of a comparison file: give the comparison too")
+    if config.comparison is not None and config.plan_path is None:
+        raise AblationError("the finetune_change selector is compared at the size of the toolkit's plan: pass the "
+                            "plan probe-layers wrote")
 
 
 def parse_extras(extras: str) -> tuple[str, ...] | None:
@@ -136,4 +145,7 @@ def parse_extras(extras: str) -> tuple[str, ...] | None:
     unknown = [name for name in names if name not in EXTRAS]
     if unknown:
         raise AblationError(f"unknown extra(s) {', '.join(unknown)}; choose among none, plan, {', '.join(EXTRAS)}")
+    twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if twice is not None:
+        raise AblationError(f"extras: {twice} given twice")
     return names

@@ -45,9 +45,11 @@ from analysis.ablation.variants import (
     resolve_variants,
     variant_plans,
 )
+from analysis.compare.plan import FINETUNE_CHANGE, finetune_change_selector
 from analysis.planning.selectors import RANDOM_WINDOW, SelectorPlan, missing_selectors, selector_plans
 from finetune.checkpoint import latest_checkpoint
 from finetune.freezing import planned_parts
+from finetune.plan import PlanError
 from finetune.train import TrainConfig, train
 from finetune.vocabulary import EXTRAS
 from probing.clip.loading import resolve_device
@@ -165,17 +167,24 @@ class AblationStudy:
         self._evaluation: Evaluation | None = None
 
     def _selector_plans(self) -> dict[str, SelectorPlan]:
-        """The asked-for selectors' plans, from the measurements probe-layers saved beside the plan file."""
-        if not self.config.selectors:
-            return {}
-        path = Path(self.config.plan_path).parent / "measurements.json"
-        if not path.is_file():
-            raise AblationError(f"the selectors read the measurements probe-layers saved beside the plan: {path} is "
-                                "missing")
-        measurements = LayerMeasurements.load(path)
-        plans = selector_plans(measurements, self.selected.blocks, names=self.config.selectors)
-        for name, why in missing_selectors(measurements, self.config.selectors).items():
-            self.log(f"note: selector {name} left out: {why} ({path})")
+        """The asked-for selectors' plans, from the measurements probe-layers saved beside the plan file, and the
+        finetune_change selector's when the study names a comparison file."""
+        plans: dict[str, SelectorPlan] = {}
+        if self.config.selectors:
+            path = Path(self.config.plan_path).parent / "measurements.json"
+            if not path.is_file():
+                raise AblationError(f"the selectors read the measurements probe-layers saved beside the plan: {path} "
+                                    "is missing")
+            measurements = LayerMeasurements.load(path)
+            plans = selector_plans(measurements, self.selected.blocks, names=self.config.selectors)
+            for name, why in missing_selectors(measurements, self.config.selectors).items():
+                self.log(f"note: selector {name} left out: {why} ({path})")
+        if self.config.comparison is not None:
+            try:
+                plans[FINETUNE_CHANGE] = finetune_change_selector(self.config.comparison, len(self.selected.blocks),
+                                                                  model=self.config.comparison_model)
+            except PlanError as error:
+                raise AblationError(str(error)) from None
         return plans
 
     # -- bookkeeping --

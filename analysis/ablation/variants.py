@@ -164,7 +164,7 @@ def resolve_variants(names: Sequence[str] | None, n_layers: int, *, has_plan: bo
         raise AblationError("no variants given")
     repeated = sorted({name for name in asked if asked.count(name) > 1})
     if repeated:
-        raise AblationError(f"variant(s) {', '.join(repeated)} given more than once")
+        raise AblationError(f"variant(s) {', '.join(repeated)} given twice")
     chosen: set[str] = set()
 
     def plan_size(name: str) -> int:

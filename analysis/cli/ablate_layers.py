@@ -36,6 +36,7 @@ from analysis.cli import arguments as a
 from analysis.cli.execution import Unsupported, run
 from analysis.runtime import apply_threads
 from finetune.vocabulary import EXTRAS, LOSS_NAMES
+from probing.io import DuplicateKeyError, strict_json_loads
 
 PROG = "ablate-layers"
 CONFIG_FILE = "config.json"
@@ -70,6 +71,11 @@ def build_parser() -> a.CommandParser:
     study.add_argument("--plan", help="layer plan JSON for the 'selected' variants (as probe-layers writes it)")
     study.add_argument("--selectors", help="comma list of baseline selectors whose plans join the study, or 'all' "
                                            "(analysis.planning.selectors; needs --plan)")
+    study.add_argument("--comparison", metavar="FILE",
+                       help="a compare-checkpoints comparison.json: adds the finetune_change selector, the blocks its "
+                            "fine-tune changed most (needs --plan)")
+    study.add_argument("--comparison-model", metavar="NAME",
+                       help="which tuned model of --comparison to follow (when it holds more than one)")
     study.add_argument("--extras", default="none",
                        help="extras every trained variant also trains: none, plan (the --plan's), or a comma list "
                             "among " + ", ".join(EXTRAS))
@@ -104,9 +110,11 @@ def _old_loss_kwargs(text: str, parser: argparse.ArgumentParser) -> dict:
     print(f"{PROG}: note: --loss-kwargs is now --terms / --weights / --lam / --lambda-o / --lambda-t / --margin (the "
           "old spelling goes in the next release)", file=sys.stderr)
     try:
-        value = json.loads(text)
+        value = strict_json_loads(text)
     except (json.JSONDecodeError, RecursionError) as error:
         parser.error(f"--loss-kwargs is not JSON ({getattr(error, 'msg', error)}): {a.shown(text)}")
+    except DuplicateKeyError as error:
+        parser.error(f"--loss-kwargs: {error}")
     if not isinstance(value, dict):
         parser.error(f"--loss-kwargs must be a JSON object such as '{{\"lam\": 0.5}}', got {a.shown(text)}")
     return value
@@ -119,7 +127,7 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
     if args.config is not None:
         try:
-            record = json.loads(Path(args.config).read_text(encoding="utf-8"))
+            record = strict_json_loads(Path(args.config).read_text(encoding="utf-8"))
             if record.get("command") != PROG:
                 raise ValueError(f"it was written by {record.get('command')!r}, not {PROG}")
             config = dataclass_from_dict(AblationConfig, record["config"])
@@ -140,7 +148,8 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
             weight_decay=args.weight_decay, n_train=args.train_examples, data_seed=args.data_seed,
             seeds=a.int_list(args.seeds, "--seeds", parser), eval_n=args.eval_items,
             eval_n_classification=args.eval_zero_shot, eval_seed=args.eval_seed, eval_mcq=args.eval_mcq,
-            variants=variants, plan_path=args.plan, selectors=selectors, extras=args.extras, device=args.device,
+            variants=variants, plan_path=args.plan, selectors=selectors, comparison=args.comparison,
+            comparison_model=args.comparison_model, extras=args.extras, device=args.device,
             ckpt_every=args.ckpt_every, keep_models=args.keep_models, num_workers=a.image_workers(args.workers,
                                                                                                    args.threads),
             feature_cache=not args.no_feature_cache)
@@ -170,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--shard: {error}")
     if config.plan_path is not None and not Path(config.plan_path).is_file():
         parser.error(f"--plan: layer plan file {config.plan_path} does not exist")
+    if config.comparison is not None:  # a bad comparison file is one line before the model loads
+        from analysis.compare.plan import finetune_change_selector
+        from finetune.plan import PlanError
+
+        try:
+            finetune_change_selector(config.comparison, 1, model=config.comparison_model)
+        except PlanError as error:
+            parser.error(f"--comparison: {error}")
     a.check_output_folder(args.out, "--out", parser)
     return run(PROG, lambda: ablate(config, args, shard))
 

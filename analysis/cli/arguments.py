@@ -189,7 +189,7 @@ def int_list(text: str, option: str, parser: argparse.ArgumentParser, *,
 def _no_repeats(values, option: str, parser: argparse.ArgumentParser) -> None:
     repeated = [str(v) for v in dict.fromkeys(values) if values.count(v) > 1]
     if repeated:
-        parser.error(f"{option}: {', '.join(repeated)} given more than once")
+        parser.error(f"{option}: {', '.join(repeated)} given twice")
 
 
 def writable_folder_problem(folder: str | os.PathLike, what: str) -> str | None:
@@ -334,8 +334,9 @@ def loss_options(args: argparse.Namespace, parser: argparse.ArgumentParser, loss
             parser.error(f"--terms must list term numbers such as '1,2,3', got {args.terms!r}")
         if not given["terms"] or not set(given["terms"]) <= {1, 2, 3}:
             parser.error(f"--terms must be among 1, 2, 3, got {args.terms!r}")
-        if len(set(given["terms"])) != len(given["terms"]):
-            parser.error(f"--terms lists a term twice: {args.terms!r}")
+        twice = next((t for i, t in enumerate(given["terms"]) if t in given["terms"][:i]), None)
+        if twice is not None:
+            parser.error(f"--terms: {twice} given twice")
     if "weights" in given:
         given["weights"] = _mix_weights(given["weights"], parser)
 

@@ -117,15 +117,25 @@ def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
             parser.error(f"--image-root-for takes BENCHMARK=DIR, got {entry!r}")
         if not Path(folder).is_dir():
             parser.error(f"--image-root-for {name}: {folder} is not a folder")
+        if name.strip() in roots:
+            parser.error(f"--image-root-for {name.strip()} given twice")
         roots[name.strip()] = Path(folder)
     which = None
     if args.benchmarks is not None:
         which = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
         if not which:
             parser.error("--benchmarks is empty")
+        twice = next((name for i, name in enumerate(which) if name in which[:i]), None)
+        if twice is not None:
+            parser.error(f"--benchmarks: {twice} given twice")
     a.check_model_arguments(args, parser)
     try:
         files = {name: getattr(args, option[2:].replace("-", "_")) or [] for name, option in FILE_OPTIONS.items()}
+        for name, paths in files.items():  # one file twice would be evaluated, and reported, twice
+            resolved = [Path(path).resolve() for path in paths]
+            twice = next((paths[i] for i, path in enumerate(resolved) if path in resolved[:i]), None)
+            if twice is not None:
+                parser.error(f"{FILE_OPTIONS[name]}: {twice} given twice")
         sources = Sources(data_root=data_root, image_root=args.image_root, image_roots=roots, files=files,
                           image_folder=args.image_folder)
         plan = plan_benchmarks(sources, which)
@@ -140,6 +150,13 @@ def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.synthetic_image_size is not None:  # the world's own check, before the model loads
+        from probing.synthetic.world import WorldConfig
+
+        try:
+            WorldConfig(image_size=args.synthetic_image_size)
+        except ValueError as error:
+            parser.error(f"--synthetic-image-size: {error}")
     args.sources, args.which, args.benchmark_plan = sources_from_args(args, parser)
     return run(PROG, lambda: evaluate(args))
 

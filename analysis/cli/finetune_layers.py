@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        help="synthetic training examples to generate")
     data.add_argument("--data-seed", type=seed, default=0, help="seed of the synthetic world")
     data.add_argument("--skip-missing", "--skip-bad-rows", dest="skip_bad_rows", action="store_true",
-                      help="skip rows of a data file whose image is missing or that are malformed, and report them "
-                           "(default: stop at the first)")
+                      help="skip rows of a data file whose image is missing or that are malformed, and examples whose "
+                           "compared captions become the same tokens when cut to the text tower's context, and report "
+                           "them (default: stop at the first)")
     data.add_argument("--per-image", type=positive_int, default=1,
                       help="COCO / NegBench retrieval files: negation examples the generator writes per image")
     data.add_argument("--distractors", choices=("auto", "only", "none"), default="auto",
@@ -252,7 +253,9 @@ def layer_plan(args: argparse.Namespace, parser: argparse.ArgumentParser):
         if args.plan:
             if any(extras.values()):
                 parser.error("--extras goes with --layers; a --plan file says itself what trains")
-            return LayerPlan.load(args.plan)
+            plan = LayerPlan.load(args.plan)
+            plan.check_trains()  # before the model loads
+            return plan
         if str(args.layers).strip() == "all":
             return None
         return LayerPlan.from_layers(args.layers, **extras)
@@ -429,6 +432,7 @@ def finetune(args: argparse.Namespace) -> int:
             second_batch_size=args.second_batch_size, log_every=args.log_every, ckpt_every=args.ckpt_every,
             out_dir=args.out, resume=args.resume, resumable=args.resumable or args.resume,
             image_workers=a.image_workers(args.workers, args.threads), feature_cache=not args.no_feature_cache,
+            strict_data=not args.skip_bad_rows,
             base=model_base(bundle), model_name=bundle.name, tensorboard=not args.no_tensorboard,
             progress=not args.no_progress)
         # the synthetic world the model was trained on (its checkpoint records it), else the default one

@@ -2,7 +2,9 @@
 
 `plan_from_comparison(comparison, k)` reads the per-block relative weight change that compare-checkpoints
 wrote (comparison.json: "block_change": {model: {block: change}}) and returns the LayerPlan of the k blocks
-that changed most (ties: the lower block), for finetune-layers --plan or a selector study. Only blocks that
+that changed most (ties: the lower block), for finetune-layers --plan; `finetune_change_selector` gives the same
+choice as the selector study's "finetune_change" (train where a fine-tune of the same family that worked changed
+most; analysis.ablation judges it beside the selectors of analysis.planning.selectors). Only blocks that
 changed at all are chosen: a plan never fills up with unchanged blocks, so it may name fewer than k (its
 evidence says so). Every problem (no such file, not a comparison, a model it does not hold, a fine-tune that
 changed no block) is a PlanError naming the file.
@@ -15,7 +17,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from analysis.compare.core import FORMAT, Comparison
+from analysis.planning.selectors import SelectorPlan
 from finetune.plan import LayerPlan, PlanError
+
+FINETUNE_CHANGE = "finetune_change"
 
 
 def _load(comparison: Any) -> tuple[dict, str]:
@@ -73,3 +78,15 @@ def plan_from_comparison(comparison: Any, k: int, *, model: str | None = None) -
     if len(blocks) < k:
         evidence["note"] = f"only {len(blocks)} blocks changed at all; the plan names those, not {k}"
     return LayerPlan(blocks=blocks, rule=f"compare-top{k}", evidence=evidence)
+
+
+def finetune_change_selector(comparison: Any, k: int, *, model: str | None = None) -> SelectorPlan:
+    """The "finetune_change" selector: the k blocks whose weights `model`'s fine-tune changed most (relative
+    change ||W_tuned - W_base|| / ||W_base|| summed over a block's parts), scored by that change."""
+    plan = plan_from_comparison(comparison, k, model=model)
+    change = plan.evidence["relative_change"]
+    n_layers = max(map(int, change)) + 1
+    scores = tuple(float(change.get(str(b), 0.0)) for b in range(n_layers))
+    return SelectorPlan(FINETUNE_CHANGE, tuple(plan.blocks), scores,
+                        f"relative weight change of the fine-tune {plan.evidence['model']} "
+                        f"({plan.evidence['source']})")

@@ -54,7 +54,7 @@ from probing import data
 from probing.captions import with_article
 from probing.data.ccneg import find_negation_cue
 from probing.data.negrefcocog import crop_regions
-from probing.data.reading import TokenLimit
+from probing.data.reading import CaptionCut, distinct_pairs
 from probing.data.records import (
     DataError,
     FoilPair,
@@ -143,43 +143,6 @@ def _encode_item_images(model, preprocess, items: Sequence, *, batch_size: int, 
     return [items[i] for i in kept], features[torch.tensor(kept, dtype=torch.long)], skipped
 
 
-class CaptionCut:
-    """What the text tower sees of each caption: its tokens, cut to the context, and which captions the
-    cut shortened (counted with open_clip's tokenizer, whose `encode` gives the uncut token ids).
-
-    `same(a, b)`: which caption pairs become the same tokens (after the cut, or already in the file):
-    such an item can only tie, which the tie rule scores as wrong, so the evaluators leave it out."""
-
-    def __init__(self, tokenizer: Callable):
-        self.tokenizer = tokenizer
-        self.context = int(getattr(tokenizer, "context_length", 0) or tokenizer(["a"]).shape[-1])
-        encode = getattr(tokenizer, "encode", None)
-        self.limit = TokenLimit(self.context, tokenizer) if callable(encode) and self.context >= 3 else None
-        self._cut: dict[str, bool] = {}
-
-    def is_cut(self, text: str) -> bool:
-        if text not in self._cut:
-            self._cut[text] = self.limit is not None and self.limit.count(text) > self.context
-        return self._cut[text]
-
-    def same(self, first: Sequence[str], second: Sequence[str]) -> list[bool]:
-        if not first:
-            return []
-        return (self.tokenizer(list(first)) == self.tokenizer(list(second))).all(dim=-1).tolist()
-
-    def reason(self, what: str, texts: Sequence[str]) -> str:
-        cut = any(self.is_cut(text) for text in texts)
-        return (f"captions identical after the cut: {what} become the same {self.context} tokens" if cut
-                else f"captions identical: {what} are the same text")
-
-    def counts(self, captions_per_item: Sequence[Sequence[str]]) -> dict:
-        """How many captions (and items) of the evaluated items the cut shortened."""
-        flags = [[self.is_cut(text) for text in captions] for captions in captions_per_item]
-        return {"context_length": self.context, "captions_cut": sum(map(sum, flags)),
-                "items_with_a_cut_caption": sum(1 for item in flags if any(item)),
-                "counted": self.limit is not None}
-
-
 def text_features(model, tokenizer, texts: Sequence[str], *, batch_size: int = 256,
                   progress: bool = False) -> torch.Tensor:
     """Normalised text features [len(texts), d]; each distinct text is encoded once (exact trimming)."""
@@ -209,20 +172,9 @@ def _result(metrics: Metrics, items, n_evaluated: int, extra_skipped: Sequence[t
 
 
 def _distinct(items: Sequence, pairs: Callable, cut: CaptionCut, what: str) -> tuple[list, list[tuple]]:
-    """(the items whose compared captions differ as tokens, (row, reason) of the others).
-    pairs(item) -> the (first, second) caption pairs the item is scored on."""
-    firsts, seconds, owners = [], [], []
-    for index, item in enumerate(items):
-        for first, second in pairs(item):
-            firsts.append(first)
-            seconds.append(second)
-            owners.append(index)
-    identical = {}
-    for owner, first, second, same in zip(owners, firsts, seconds, cut.same(firsts, seconds)):
-        if same and owner not in identical:
-            identical[owner] = cut.reason(what, (first, second))
-    return ([item for index, item in enumerate(items) if index not in identical],
-            [(items[index].row, reason) for index, reason in identical.items()])
+    """(the items whose compared captions differ as tokens, (row, reason) of the others): probing.data.reading.
+    distinct_pairs, the rule training applies too."""
+    return distinct_pairs(items, pairs, cut, what)
 
 
 def evaluate_negation_examples(model, preprocess, tokenizer, examples: Sequence[NegationExample], *,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Mapping
 
 import numpy as np
@@ -82,13 +83,44 @@ def compact(state_dict: Mapping[str, torch.Tensor], record: Mapping) -> tuple[di
     return tensors, {COMPACT_KEY: json.dumps(dict(record))}
 
 
+MAX_COMPACT_ELEMENTS = 2**31  # a token embedding of CLIP's 49,408 rows x 1,280 is 6.3e7 elements
+
+
+def _check_record(record: Mapping, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """A ValueError unless the record describes a tensor the stored rows fit: the scheme written here, an
+    integer seed, a finite std, a shape of positive integers of at most MAX_COMPACT_ELEMENTS elements whose
+    rows the stored values match, and row indices inside it (a damaged record would otherwise allocate any
+    size, or index past the tensor)."""
+    shape = record.get("shape")
+    if record.get("scheme") != INIT_SCHEME:
+        raise ValueError(f"unknown init scheme {str(record.get('scheme'))[:40]!r}")
+    if not isinstance(record.get("seed"), int) or isinstance(record.get("seed"), bool) or record["seed"] < 0:
+        raise ValueError(f"the seed {str(record.get('seed'))[:40]!r} is not an integer >= 0")
+    std = record.get("std")
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < float("inf"):
+        raise ValueError(f"the std {str(std)[:40]!r} is not a positive finite number")
+    if (not isinstance(shape, list) or not shape
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+            or math.prod(shape) > MAX_COMPACT_ELEMENTS):
+        raise ValueError(f"the shape {str(shape)[:60]} is not positive integers of at most {MAX_COMPACT_ELEMENTS} "
+                         "elements")
+    if rows.ndim != 1 or rows.dtype != torch.int64 or tuple(values.shape) != (rows.shape[0], *shape[1:]):
+        raise ValueError(f"{tuple(rows.shape)} row indices and values {tuple(values.shape)} do not fit the shape "
+                         f"{shape}")
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= shape[0]):
+        raise ValueError(f"row indices outside 0..{shape[0] - 1}")
+
+
 def expand(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, torch.Tensor]:
     """The dense state dict of a compact checkpoint (unchanged if it is not compact)."""
     if COMPACT_KEY not in metadata:
         return dict(tensors)
     record = json.loads(metadata[COMPACT_KEY])
-    key = record["key"]
+    key = record["key"] if isinstance(record, dict) else None
+    if not isinstance(key, str):
+        raise ValueError(f"the compact record names no tensor: {str(record)[:80]}")
     rows, values = tensors[key + ROWS_SUFFIX], tensors[key + VALUES_SUFFIX]
+    _check_record(record, rows, values)  # before rebuild_init allocates the shape it names
     full = rebuild_init(record)
     full[rows] = values
     out = {name: value for name, value in tensors.items() if name not in (key + ROWS_SUFFIX, key + VALUES_SUFFIX)}

@@ -76,6 +76,7 @@ import torch
 
 from probing.cache import cache_dir
 from probing.clip.errors import ModelLoadError
+from probing.clip.model_config import MAX_MLP_RATIO, check_model_config
 from probing.io import atomic_path
 
 CONFIG_FILE = "config.json"
@@ -234,6 +235,12 @@ def read_config(path: Path) -> Any:
     except ImportError:
         raise ModelLoadError(f"{path} belongs to a Hugging Face CLIP checkpoint, which needs the optional "
                              f"dependency transformers: {INSTALL_HINT}") from None
+    for tower in HF_SIZES:  # the sizes the file gives, before transformers computes with them (a zero head count
+        if tower in raw and not isinstance(raw[tower], dict):  # divides by zero inside CLIPConfig)
+            raise ModelLoadError(f"{path}: {tower} must be a JSON object, got {str(raw[tower])[:40]!r}")
+    written = _size_problems(raw, present_only=True)
+    if written:
+        raise ModelLoadError(f"{path}: " + "; ".join(written))
     try:
         return CLIPConfig.from_dict(raw)
     except Exception as error:  # transformers validates in many ways; one line says what it found
@@ -245,6 +252,9 @@ def open_clip_config(config: Any, path: Path) -> dict:
     """The open_clip model config of a transformers CLIPConfig (see the module docstring); a
     ModelLoadError naming `path` for a config open_clip cannot build exactly."""
     text, vision = config.text_config, config.vision_config
+    sizes = _size_problems(config)
+    if sizes:  # before any arithmetic on them (a zero head count would divide by zero)
+        raise ModelLoadError(f"{path}: " + "; ".join(sizes))
     problems = []
     if text.vocab_size != CLIP_VOCAB_SIZE:
         problems.append(f"vocab_size {text.vocab_size} is not CLIP's BPE vocabulary ({CLIP_VOCAB_SIZE}): the "
@@ -276,8 +286,50 @@ def open_clip_config(config: Any, path: Path) -> dict:
     for cfg, tower in ((text_cfg, text), (vision_cfg, vision)):
         if tower.layer_norm_eps != OPEN_CLIP_LAYER_NORM_EPS:
             cfg["norm_kwargs"] = {"eps": tower.layer_norm_eps}
-    return {"embed_dim": config.projection_dim, "quick_gelu": activations == {"quick_gelu"},
-            "text_cfg": text_cfg, "vision_cfg": vision_cfg}
+    converted = {"embed_dim": config.projection_dim, "quick_gelu": activations == {"quick_gelu"},
+                 "text_cfg": text_cfg, "vision_cfg": vision_cfg}
+    # the same checks as every open_clip config file (sizes in range, the total a model that can be built)
+    return check_model_config(converted, f"{path} (converted from this Hugging Face config)")
+
+
+# transformers' size fields of each tower (and the projection), checked before anything is derived from them
+HF_SIZES = {"text_config": ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+                            "num_hidden_layers", "max_position_embeddings"),
+            "vision_config": ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+                              "patch_size")}
+
+
+def _size_problems(config: Any, *, present_only: bool = False) -> list[str]:
+    """'field must be ...' for each size of a CLIPConfig (or of config.json's dict, with `present_only`: the
+    fields it gives) that is not a positive integer in range, and each layer_norm_eps that is not a number in
+    (0, 1); fields are named as in config.json."""
+    from probing.clip.model_config import MAX_CONTEXT, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
+
+    def get(holder: Any, name: str) -> Any:
+        return holder.get(name, _ABSENT) if isinstance(holder, dict) else getattr(holder, name, None)
+
+    bounds = {"vocab_size": MAX_VOCAB, "max_position_embeddings": MAX_CONTEXT, "num_hidden_layers": MAX_LAYERS,
+              "intermediate_size": MAX_WIDTH * int(MAX_MLP_RATIO)}
+    towers = {tower: get(config, tower) for tower in HF_SIZES}
+    fields = [(f"{tower}.{name}", get(towers[tower], name), bounds.get(name, MAX_WIDTH))
+              for tower, names in HF_SIZES.items() if towers[tower] is not _ABSENT for name in names]
+    fields.append(("projection_dim", get(config, "projection_dim"), MAX_WIDTH))
+    problems = []
+    for name, value, high in fields:
+        if value is _ABSENT:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            problems.append(f"{name} must be an integer in 1..{high}, got {repr(value)[:40]}")
+    for tower, holder in towers.items():
+        eps = _ABSENT if holder is _ABSENT else get(holder, "layer_norm_eps")
+        if eps is _ABSENT or (eps is None and present_only):
+            continue
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            problems.append(f"{tower}.layer_norm_eps must be a number in (0, 1), got {repr(eps)[:40]}")
+    return problems
+
+
+_ABSENT = object()  # a field config.json does not give (transformers' default applies)
 
 
 def _mlp_ratio(tower: Any) -> float:
@@ -472,7 +524,7 @@ def _is_hf_config(path: Path) -> bool:
     """A config.json written by transformers (not an open_clip model config)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, OSError):
         return False  # the open_clip config reader says what is wrong with it
     return isinstance(raw, dict) and ("model_type" in raw or "architectures" in raw) and "embed_dim" not in raw
 
@@ -484,10 +536,14 @@ def _model_type(raw: Mapping) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
+    from probing.io import DuplicateKeyError, strict_json_loads
+
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raw = strict_json_loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ModelLoadError(f"{path} is not valid JSON ({_one_line(error)})") from None
+    except DuplicateKeyError as error:
+        raise ModelLoadError(f"{path}: {error}") from None
     except OSError as error:
         raise ModelLoadError(f"{path} cannot be read ({error.strerror or type(error).__name__})") from None
     if not isinstance(raw, dict):

@@ -43,7 +43,8 @@ from torch import nn
 from probing.clip import CONFIGS, huggingface
 from probing.clip.compact import DIGEST_KEY, compact, expand, state_digest
 from probing.clip.errors import ModelLoadError  # a leaf module: loading and huggingface both raise it
-from probing.io import atomic_path
+from probing.clip.model_config import check_model_config
+from probing.io import DuplicateKeyError, atomic_path, strict_json_loads
 
 # checkpoint metadata of a delta (save_clip_checkpoint with a base): the trained tensors only
 DELTA_KEY, BASE_PATH_KEY, BASE_DIGEST_KEY, BASE_REFERENCE_KEY = "delta", "base_checkpoint", "base_sha256", "base_model"
@@ -152,13 +153,17 @@ def _register_package_configs() -> None:
 
 
 def _check_config_file(path: Path) -> None:
+    """A config file open_clip can build (probing.clip.model_config says what is checked), before it is
+    registered: a ModelLoadError naming the file and the field otherwise."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        config = strict_json_loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ModelLoadError(f"model config file {path} is not valid JSON: {error}") from None
-    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
-    if missing:
-        raise ModelLoadError(f"model config file {path} lacks {', '.join(missing)} (not an open_clip model config)")
+    except DuplicateKeyError as error:
+        raise ModelLoadError(f"model config file {path}: {error}") from None
+    except OSError as error:
+        raise ModelLoadError(f"model config file {path} cannot be read ({error.strerror or error})") from None
+    check_model_config(config, f"file {path}")
 
 
 def _is_file_like(pretrained: str | Path) -> bool:
@@ -340,7 +345,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
         raise ModelLoadError(f"checkpoint file {path} is corrupt or not a safetensors file ({error})") from None
     try:
         state_dict = expand(state_dict, metadata)  # rebuild rows stored as "unchanged since the init"
-    except (KeyError, ValueError, IndexError, RuntimeError, json.JSONDecodeError) as error:
+    except (KeyError, ValueError, IndexError, RuntimeError, TypeError, json.JSONDecodeError, RecursionError) as error:
         raise ModelLoadError(f"checkpoint file {path} is damaged: its compact token embedding cannot be "
                              f"rebuilt ({type(error).__name__}: {error})") from None
     if (
@@ -404,7 +409,27 @@ def load_state_dict_checked(
         raise ModelLoadError(
             f"checkpoint {source} does not fit architecture {model_name}: " + "; ".join(problems)
         )
+    check_tensor_values(state_dict, expected, source)
     model.load_state_dict(state_dict, strict=True)
+
+
+def check_tensor_values(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                        source: str | Path) -> None:
+    """A ModelLoadError naming `source` and the tensors when a checkpoint's tensors (already of the right
+    shapes) hold NaN or infinite values, or integers where the model holds floating-point numbers:
+    load_state_dict would take both without a word (casting the integers), and every feature computed from
+    such weights would be NaN or wrong. A tensor the model itself holds non-finite (an attention mask) may be."""
+    wrong_type = [f"{key} ({value.dtype})" for key, value in state_dict.items()
+                  if key in expected and expected[key].is_floating_point() and not value.is_floating_point()]
+    if wrong_type:
+        raise ModelLoadError(f"checkpoint {source} holds {len(wrong_type)} tensor(s) that are not floating-point "
+                             f"where the model's are: {', '.join(wrong_type[:3])}")
+    non_finite = [key for key, value in state_dict.items()
+                  if value.is_floating_point() and not bool(torch.isfinite(value).all())
+                  and (key not in expected or bool(torch.isfinite(expected[key]).all()))]
+    if non_finite:
+        raise ModelLoadError(f"checkpoint {source} is damaged: {len(non_finite)} tensor(s) hold NaN or infinite "
+                             f"values ({', '.join(non_finite[:3])})")
 
 
 def save_clip_checkpoint(model: nn.Module, path: str | Path, *, model_name: str, compact_init: dict | None = None,
@@ -491,6 +516,7 @@ def apply_delta(model: nn.Module, checkpoint: Checkpoint, *, source: str | Path,
         raise ModelLoadError(f"checkpoint {source} does not fit architecture {model_name}: "
                              + "; ".join(([f"{len(unknown)} tensors are not in the model ({', '.join(unknown[:3])})"]
                                           if unknown else []) + wrong[:3]))
+    check_tensor_values(checkpoint.state_dict, expected, source)
     model.load_state_dict(checkpoint.state_dict, strict=False)
     if DIGEST_KEY in metadata and state_digest(model.state_dict()) != metadata[DIGEST_KEY]:
         raise ModelLoadError(f"checkpoint file {source} is damaged: base + stored tensors do not match the SHA-256 "

@@ -28,7 +28,7 @@ from probing.data.loaders import READERS, guess_kind, load_dataset
 from probing.data.negations import NEGATION_KINDS, describe_examples, load_negation_examples
 from probing.data.negbench import load_negbench_mcq, load_negbench_retrieval
 from probing.data.negrefcocog import load_negrefcocog
-from probing.data.reading import TokenLimit, generation_artifact, load_image
+from probing.data.reading import CaptionCut, TokenLimit, distinct_pairs, generation_artifact, load_image
 from probing.data.records import (
                                   CocoImage,
                                   DataError,
@@ -49,7 +49,8 @@ __all__ = [
     "load_dataset", "guess_kind", "READERS", "load_ccneg", "split_rows", "CCNEG_EVAL_SIZE", "default_eval_size",
     "write_ccneg", "find_negation_cue",
     "load_negbench_mcq", "load_negbench_retrieval", "load_sugarcrepe", "load_valse_existence", "SUGARCREPE_FOLDS",
-    "load_coco_captions", "load_coco_instances", "load_negrefcocog", "load_image", "TokenLimit", "generation_artifact",
+    "load_coco_captions", "load_coco_instances", "load_negrefcocog", "load_image", "TokenLimit", "CaptionCut",
+    "distinct_pairs", "generation_artifact",
     # rule-based generator, and negation examples from any file
     "generate_negations", "load_negation_examples", "describe_examples", "NEGATION_KINDS",
 ]

@@ -5,6 +5,7 @@ The released file is a torch `.pt` dictionary:
     annotations   list of N dicts; annotations[i]["json"]["caption"] is the true caption and
                   annotations[i]["sop_data"]["negative-prompt"] the negated (false) caption
     num_ops       dict K -> list of row indices whose caption has K predicate-object pairs
+                  (K in 1..MAX_NUM_OPS: the released file has 1..5; each row under one K at most)
 
 Split rule (the authors'): the LAST `eval_size` = 40,000 rows are the evaluation split, the rows
 before them the training split. A smaller file keeps a fifth of its rows, rounded up, as its
@@ -12,7 +13,7 @@ evaluation split (`default_eval_size`: min(40,000, ceil(n / 5)), which is the au
 released 228,246 rows), so that a small file still has rows to train on.
 
 CSV / JSONL carry one row per example with fields `image_path`, `caption`, `negative_prompt`
-(`negative-prompt` also accepted) and optionally `num_ops` (K of that row); the same split rule
+(`negative-prompt` also accepted) and optionally `num_ops` (K of that row, 1..MAX_NUM_OPS); the same split rule
 applies to row order. The CC-Neg layout this toolkit writes (`write_ccneg`, the `make-negations`
 command) adds optional fields the reader keeps: `absence_negated` (a true negated caption),
 `distractor_image` (an image for which the negated caption is true, resolved like image_path), `cue`,
@@ -44,15 +45,20 @@ from probing.data.reading import (
     cell,
     file_level,
     int_cell,
+    int_in_range,
     iter_csv,
     iter_jsonl,
     make_token_limit,
+    no_rows,
     text_cell,
 )
 from probing.data.records import DataError, Loaded, NegationExample
 from probing.io import atomic_write_text
 
 CCNEG_EVAL_SIZE = 40_000
+# K counts the predicate-object pairs a caption names: at least one, and each takes at least a token of the
+# 75 that CLIP's 77-token context holds besides its start and end (the released file has K = 1..5)
+MAX_NUM_OPS = 75
 EVAL_SHARE = 5  # a file with fewer rows than 5 x 40,000 keeps ceil(n / 5) rows for evaluation
 SPLITS = ("train", "eval", "all")
 # optional fields of the CC-Neg layout (module docstring) -> NegationExample attribute
@@ -103,9 +109,10 @@ def load_ccneg(path: str | os.PathLike, image_root: str | os.PathLike | None = N
     path = Path(path)
     suffix = path.suffix.lower()
     split_of_row: dict[int, str] = {}
+    k_problems: dict[int, str] = {}  # row -> why its num_ops entry cannot be used (a row problem of that row)
     if suffix in (".pt", ".pth"):
-        rows, n_rows, k_of_row = _rows_from_torch(path, weights_only)
         collector = Collector(path, strict)
+        rows, n_rows, k_of_row, k_problems = _rows_from_torch(path, weights_only, collector)
     elif suffix in (".csv", ".jsonl"):
         collector = Collector(path, strict)
         rows, n_rows, k_of_row, split_of_row = _rows_from_table(path, collector)
@@ -123,6 +130,8 @@ def load_ccneg(path: str | os.PathLike, image_root: str | os.PathLike | None = N
         if row not in wanted:
             continue
         with collector.row(row):
+            if row in k_problems:
+                raise RowProblem(k_problems[row])
             caption, negated = _captions(annotation, clean)
             extra = dict(annotation.get("extra", {})) if isinstance(annotation, dict) else {}
             if strip_commas:
@@ -158,7 +167,7 @@ def _captions(annotation: Any, clean: bool) -> tuple[str, str]:
     return text_cell(caption_holder, "caption", clean), text_cell(sop, "negative-prompt", clean)
 
 
-def _rows_from_torch(path: Path, weights_only: bool):
+def _rows_from_torch(path: Path, weights_only: bool, collector: Collector):
     import torch
 
     if not path.is_file():
@@ -181,26 +190,56 @@ def _rows_from_torch(path: Path, weights_only: bool):
     image_paths, annotations = list(data["image_paths"]), list(data["annotations"])
     if len(image_paths) != len(annotations):
         raise DataError(path, None, f"{len(image_paths)} image_paths but {len(annotations)} annotations")
-    k_of_row = _k_of_row(path, data.get("num_ops"))
+    if not image_paths:
+        raise no_rows(path, "rows: image_paths and annotations are empty")
+    k_of_row, k_problems = _k_of_row(path, data.get("num_ops"), len(image_paths), collector)
     rows = ((row, image_path, annotation, True)
             for row, (image_path, annotation) in enumerate(zip(image_paths, annotations)))
-    return rows, len(image_paths), k_of_row
+    return rows, len(image_paths), k_of_row, k_problems
 
 
-def _k_of_row(path: Path, num_ops: Any) -> dict[int, int]:
-    """Invert num_ops (K -> row indices) into row -> K."""
+def _k_of_row(path: Path, num_ops: Any, n_rows: int, collector: Collector) -> tuple[dict[int, int], dict[int, str]]:
+    """Invert num_ops (K -> row indices) into row -> K, and row -> problem for the rows whose K is not in
+    1..MAX_NUM_OPS or that are listed under two K (row problems of those rows: strict, an error; else the
+    row is skipped and counted). An index that is no row of the file, or that is not an integer, is a problem
+    of the entry num_ops[K] itself: an error (strict), else counted in the report's skipped under that name."""
     if num_ops is None:
-        return {}
+        return {}, {}
     if not isinstance(num_ops, dict):
         raise DataError(path, None, f"num_ops should map K -> row indices, found {type(num_ops).__name__}")
-    k_of_row = {}
+    k_of_row: dict[int, int] = {}
+    problems: dict[int, str] = {}
     for k, indices in num_ops.items():
-        with file_level(path, f"num_ops[{str(k)[:20]}]"):
+        entry = f"num_ops[{str(k)[:20]}]"
+        with file_level(path, entry):
             if not isinstance(indices, (list, tuple)):
                 raise RowProblem(f"should be a list of row indices, found {type(indices).__name__}")
+        with collector.row(entry):
+            value = int_cell({"K": k}, "K")
+            k_problem = (None if 1 <= value <= MAX_NUM_OPS else
+                         f"num_ops: K {str(value)[:40]} (the predicate-object pairs of the caption) should be in "
+                         f"1..{MAX_NUM_OPS}")
+            outside = []
             for index in indices:
-                k_of_row[int_cell({"row index": index}, "row index")] = int_cell({"K": k}, "K")
-    return k_of_row
+                try:
+                    row = int_cell({"row index": index}, "row index")
+                except RowProblem:
+                    outside.append(str(index)[:20])
+                    continue
+                if not 0 <= row < n_rows:
+                    outside.append(str(row)[:20])
+                    continue
+                if row in k_of_row or row in problems:
+                    problems[row] = f"num_ops lists this row under two K ({k_of_row.get(row, '?')} and {value})"
+                    k_of_row.pop(row, None)
+                elif k_problem:
+                    problems[row] = k_problem
+                else:
+                    k_of_row[row] = value
+            if outside:
+                raise RowProblem(f"{len(outside)} row index(es) that are no row of the file's {n_rows} "
+                                 f"(0..{n_rows - 1}): {', '.join(outside[:3])}")
+    return k_of_row, problems
 
 
 def _rows_from_table(path: Path, collector: Collector):
@@ -220,7 +259,7 @@ def _rows_from_table(path: Path, collector: Collector):
                                     for name in (*EXTRA_TEXT_FIELDS, "distractor_image", "generated")
                                     if record.get(name) not in (None, "")}}
             if record.get("num_ops") not in (None, ""):
-                k_of_row[row] = int_cell(record, "num_ops")
+                k_of_row[row] = int_in_range(record, "num_ops", 1, MAX_NUM_OPS)
             if record.get("split") not in (None, ""):
                 value = text_cell(record, "split", clean).strip()
                 if value not in ("train", "eval"):

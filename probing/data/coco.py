@@ -4,6 +4,9 @@ captions_*.json:  {images: [{id, file_name, ...}], annotations: [{image_id, capt
 instances_*.json: {images: [...], annotations: [{image_id, category_id, bbox, area, iscrowd}], categories: [{id, name}]}
 
 Rows of `annotations` are named by their index in that list; an image entry by "images[i]".
+Numbers are checked against COCO's conventions: a bbox [x, y, width, height] in pixels holds no negative
+value, and an image's width and height, when given, are > 0 (the box areas are fractions of them). A file
+whose 'annotations' list is empty holds nothing to load: an error, like an empty file.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from probing.data.reading import (
     file_level,
     identifier,
     make_token_limit,
+    no_rows,
     number,
     read_json,
     text_cell,
@@ -36,7 +40,7 @@ def load_coco_captions(path: str | os.PathLike, image_root: str | os.PathLike | 
     """
     data, clean = read_json(path)
     images = _images_by_id(path, data)
-    annotations = _list_field(path, data, "annotations")
+    annotations = _list_field(path, data, "annotations", nonempty=True)
     collector = Collector(path, strict)
     resolve = ImageResolver(image_root)
     token_limit = make_token_limit(context_length, tokenizer)
@@ -66,8 +70,9 @@ def load_coco_instances(path: str | os.PathLike, image_root: str | os.PathLike |
     """
     data, clean = read_json(path)
     images = _images_by_id(path, data)
-    annotations = _list_field(path, data, "annotations")
+    _list_field(path, data, "annotations")  # the file's structure first, then whether it holds anything
     categories = _category_names(path, data)
+    annotations = _list_field(path, data, "annotations", nonempty=True)
     sizes = {image["id"]: _image_area(image) for image in data["images"]}  # every entry checked by _images_by_id
     collector = Collector(path, strict)
     area_by_image: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -81,6 +86,8 @@ def load_coco_instances(path: str | os.PathLike, image_root: str | os.PathLike |
             if not (isinstance(bbox, list) and len(bbox) == 4):
                 raise RowProblem(f"bbox should be [x, y, width, height], found {str(bbox)[:60]!r}")
             bbox = [number(v, "a bbox value") for v in bbox]
+            if min(bbox) < 0:  # COCO's boxes lie in the image: corner and size are never negative
+                raise RowProblem(f"bbox [x, y, width, height] should hold no negative value, found {bbox}")
             if collector.duplicate((image_id, category_id, tuple(bbox))):
                 continue
             area_by_image[image_id][categories[category_id]] += bbox[2] * bbox[3] / sizes[image_id]
@@ -101,9 +108,11 @@ def load_coco_instances(path: str | os.PathLike, image_root: str | os.PathLike |
     return result
 
 
-def _list_field(path, data: Any, key: str) -> list:
+def _list_field(path, data: Any, key: str, *, nonempty: bool = False) -> list:
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise DataError(path, None, f"not a COCO annotation file: no list '{key}' at the top level")
+    if nonempty and not data[key]:
+        raise no_rows(path, f"rows: its list '{key}' is empty")
     return data[key]
 
 
@@ -115,6 +124,9 @@ def _images_by_id(path, data: Any) -> dict[int, str]:
             raise DataError(path, f"images[{index}]", "image entry needs 'id' and 'file_name'")
         with file_level(path, f"images[{index}]"):
             images[identifier(image["id"], "image 'id'")] = image["file_name"]
+            for side in ("width", "height"):  # optional; when given, box areas are fractions of it
+                if image.get(side) is not None and number(image[side], f"image '{side}'") <= 0:
+                    raise RowProblem(f"image '{side}' should be > 0, found {image[side]}")
     return images
 
 

@@ -8,9 +8,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from probing.data.reading import Collector, ImageResolver, RowProblem, cell, make_token_limit, read_json, text_cell
+from probing.data.reading import (
+    Collector,
+    ImageResolver,
+    RowProblem,
+    cell,
+    make_token_limit,
+    no_rows,
+    read_json,
+    text_cell,
+)
 from probing.data.records import DataError, FoilPair, Loaded, LoadReport
 
+VALSE_ANNOTATORS = 3  # each VALSE item was judged by three crowd workers: mturk.caption counts 0..3
 SUGARCREPE_FOLDS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
 
@@ -51,6 +61,8 @@ def _read_id_items(path: Path):
     data, clean = read_json(path)
     if not isinstance(data, dict):
         raise DataError(path, None, f"expected a JSON object of id -> item, found {type(data).__name__}")
+    if not data:
+        raise no_rows(path, "items: it is an empty JSON object")
     return data, clean
 
 
@@ -82,7 +94,7 @@ def load_valse_existence(path: str | os.PathLike, image_root: str | os.PathLike 
 
     VALSE's protocol keeps items whose caption at least `min_caption_votes` of 3 annotators judged
     valid (`mturk.caption >= 2`: 505 of 534); the others are counted in `report.filtered`, not
-    treated as problems. `meta` keeps the dataset name and votes.
+    treated as problems. A vote count outside 0..3 is a row problem. `meta` keeps the dataset name and votes.
     """
     collector = Collector(path, strict)
     resolve = ImageResolver(image_root)
@@ -97,6 +109,9 @@ def load_valse_existence(path: str | os.PathLike, image_root: str | os.PathLike 
             if (not isinstance(votes, dict) or isinstance(votes.get("caption"), bool)
                     or not isinstance(votes.get("caption"), (int, float)) or votes["caption"] != votes["caption"]):
                 raise RowProblem(f"field 'mturk' should hold a numeric 'caption' vote count, found {str(votes)[:60]!r}")
+            if votes["caption"] not in range(VALSE_ANNOTATORS + 1):
+                raise RowProblem(f"field 'mturk.caption' counts the {VALSE_ANNOTATORS} annotators who judged the "
+                                 f"caption valid: it should be one of 0..{VALSE_ANNOTATORS}, found {votes['caption']}")
             if votes["caption"] < min_caption_votes:
                 low_agreement += 1
                 continue

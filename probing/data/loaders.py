@@ -102,6 +102,8 @@ def _kind_from_json(path: Path) -> str:
         data = json.loads(read_bytes(path).decode("utf-8-sig", errors="replace"))
     except json.JSONDecodeError as err:
         raise DataError(path, None, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except RecursionError:
+        raise DataError(path, None, "invalid JSON: nested too deeply for the JSON reader") from None
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         first = data["annotations"][0] if data["annotations"] and isinstance(data["annotations"][0], dict) else {}
         if "categories" in data or "category_id" in first:

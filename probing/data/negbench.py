@@ -7,7 +7,7 @@ MCQ:       image_path, correct_answer, caption_0..caption_3, correct_answer_temp
            synthetic_mcq_llama3.1_rephrased.csv, msr_vtt_mcq_rephrased_llama.csv (videos: see below);
            the correct answer is option 0 in the COCO file, not in every file
 Retrieval: filepath (or image_path), captions, and where the file has them positive_objects,
-           negative_objects, image_id: COCO_val_retrieval.csv,
+           negative_objects, image_id (a COCO image id: an integer >= 0): COCO_val_retrieval.csv,
            COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv, synthetic_retrieval_v1/v2.csv,
            msr_vtt_retrieval.csv, msr_vtt_retrieval_rephrased_llama.csv
            (list cells are Python literals such as "['person', 'cup']", not JSON; a captions cell
@@ -31,6 +31,7 @@ from probing.data.reading import (
     ImageResolver,
     RowProblem,
     int_cell,
+    int_in_range,
     iter_csv,
     keep_after_artifact_check,
     literal_list,
@@ -101,7 +102,7 @@ def load_negbench_retrieval(path: str | os.PathLike, image_root: str | os.PathLi
                 raise RowProblem("field 'captions' is an empty list")
             positives, negatives = (literal_list(record, column, clean) if record.get(column, "").strip() else []
                                     for column in ("positive_objects", "negative_objects"))
-            image_id = int_cell(record, "image_id") if record.get("image_id", "").strip() else None
+            image_id = int_in_range(record, "image_id", 0) if record.get("image_id", "").strip() else None
             if token_limit:
                 for i, caption in enumerate(captions):
                     token_limit.check(caption, f"caption {i}")

@@ -27,6 +27,7 @@ from probing.data.reading import (
     cell,
     check_text,
     load_image,
+    no_rows,
     read_json,
 )
 from probing.data.records import DataError, Loaded, RegionItem
@@ -38,11 +39,14 @@ def load_negrefcocog(path: str | os.PathLike, image_root: str | os.PathLike | No
 
     image_root: folder of the COCO images the entries name (train2014 in the released file). An
     entry whose ref_bbox is not among its bbox_list, with fewer than two boxes, or with a box that is
-    not four finite numbers of positive size, is a row problem (strict: an error; else skipped, counted).
+    not four finite numbers of positive size with a corner inside the image (x, y >= 0), is a row problem
+    (strict: an error; else skipped, counted).
     """
     data, clean = read_json(path)
     if not isinstance(data, list):
         raise DataError(path, None, f"NegRefCOCOg is a JSON list of entries, found {type(data).__name__}")
+    if not data:
+        raise no_rows(path, "entries: it is an empty JSON list")
     collector = Collector(path, strict)
     resolve = ImageResolver(image_root)
     for row, entry in enumerate(data):
@@ -75,6 +79,8 @@ def _box(value: Any, what: str) -> list[float]:
         raise RowProblem(f"{what} should be [x, y, width, height], found {value!r}")
     if value[2] <= 0 or value[3] <= 0:
         raise RowProblem(f"{what} has no area: {value!r}")
+    if value[0] < 0 or value[1] < 0:
+        raise RowProblem(f"{what} starts outside the image (a negative corner): {value!r}")
     return [float(v) for v in value]
 
 

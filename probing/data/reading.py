@@ -3,7 +3,8 @@
 Every problem becomes a `DataError` naming the file, the row and what is wrong; no traceback from
 inside csv, json, pandas or PIL reaches the user. Problems are of two kinds:
 
-- file-level (missing, empty, unparseable as a whole, a required column absent): always raise;
+- file-level (missing, empty, unparseable as a whole, a required column absent, a header or a container
+  with no rows in it: `no_rows`): always raise;
 - row-level (a malformed row, a missing value, a missing or unreadable image, an overlong caption,
   bytes that are not UTF-8): raise in strict mode, or in lenient mode skip the row and count it in
   the LoadReport with its reason.
@@ -17,9 +18,11 @@ files hold none) it is left out and counted in the report's `skipped` ("duplicat
 in strict mode too; so is a repeated COCO box, which would count its area twice. Where rows are taken
 by position (CC-Neg's split rule) or repeat legitimately (COCO captions), it is kept and flagged.
 
-The validators below (`cell`, `text_cell`, `int_cell`, `identifier`, `as_dict`, `as_list`, ...) are the
-one place where a value's shape is checked: a loader never indexes or iterates a value it did not check,
-so JSON of the wrong shape is a DataError naming the file and row, never a TypeError.
+The validators below (`cell`, `text_cell`, `int_cell`, `int_in_range`, `identifier`, `as_dict`, `as_list`,
+...) are the one place where a value's shape is checked: a loader never indexes or iterates a value it did
+not check, so JSON of the wrong shape is a DataError naming the file and row, never a TypeError. Numbers
+with a documented range (CC-Neg's K, VALSE's vote counts, COCO boxes and ids) are checked against it
+(`int_in_range`): a value outside it is a row problem naming the field, like a value of the wrong type.
 """
 from __future__ import annotations
 
@@ -147,6 +150,8 @@ def read_json(path: str | os.PathLike) -> tuple[Any, bool]:
         encoding = "" if clean else " (the file is not valid UTF-8 either)"
         raise DataError(path, None,
                         f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}{encoding}") from None
+    except RecursionError:
+        raise DataError(path, None, "invalid JSON: nested too deeply for the JSON reader") from None
 
 
 def iter_jsonl(path: str | os.PathLike, collector: Collector) -> Iterator[tuple[int, dict, bool]]:
@@ -162,6 +167,8 @@ def iter_jsonl(path: str | os.PathLike, collector: Collector) -> Iterator[tuple[
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise RowProblem(f"invalid JSON line: {err.msg} at column {err.colno}") from None
+            except RecursionError:
+                raise RowProblem("invalid JSON line: nested too deeply for the JSON reader") from None
             if not isinstance(obj, dict):
                 raise RowProblem(f"expected a JSON object, found {type(obj).__name__}")
             yield row, obj, clean
@@ -171,8 +178,9 @@ def iter_csv(path: str | os.PathLike, required: Sequence[str | tuple[str, ...]],
              collector: Collector) -> Iterator[tuple[int, dict[str, str], bool]]:
     """Yield (row, {column: cell}, clean) for each data row of a CSV file with a header.
 
-    Raises a DataError if a required column is absent. A row with the wrong number of fields goes
-    to the collector (strict: error, lenient: counted skip).
+    Raises a DataError if a required column is absent, or if nothing but blank lines follows the header
+    (`no_rows`). A row with the wrong number of fields goes to the collector (strict: error, lenient:
+    counted skip).
     """
     text, clean = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -195,6 +203,8 @@ def iter_csv(path: str | os.PathLike, required: Sequence[str | tuple[str, ...]],
         try:
             cells = next(reader)
         except StopIteration:
+            if row == -1:
+                raise no_rows(path, "rows: it has a header and nothing below it") from None
             return
         except csv.Error as err:
             # the reader resumes at the next line; a quote left open runs to the end of the file
@@ -209,6 +219,11 @@ def iter_csv(path: str | os.PathLike, required: Sequence[str | tuple[str, ...]],
             if len(cells) != len(header):
                 raise RowProblem(f"malformed row (line {line}): expected {len(header)} fields, found {len(cells)}")
             yield row, dict(zip(header, cells)), clean
+
+
+def no_rows(path: str | os.PathLike, what: str = "rows") -> DataError:
+    """The file-level error of a file that parses but holds nothing to load (a CSV header alone, `{}`, `[]`)."""
+    return DataError(path, None, f"the file holds no {what}")
 
 
 def cell(record: dict, key: str, what: str | None = None) -> Any:
@@ -268,6 +283,16 @@ def text_cell(record: dict, key: str, clean_file: bool = True) -> str:
     if not isinstance(value, str):
         raise RowProblem(f"field '{key}' should be text, found {type(value).__name__}")
     check_text(value, clean_file, f"field '{key}'")
+    return value
+
+
+def int_in_range(record: dict, key: str, low: int, high: int | None = None) -> int:
+    """An integer field (`int_cell`) in low .. high (None: no upper bound); a RowProblem naming the field and
+    the range otherwise."""
+    value = int_cell(record, key)
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise RowProblem(f"field '{key}' should be in {bound}, found {str(value)[:40]}")
     return value
 
 
@@ -450,6 +475,71 @@ class TokenLimit:
 
 def make_token_limit(context_length: int | None, tokenizer: Any = None) -> TokenLimit | None:
     return None if context_length is None else TokenLimit(context_length, tokenizer)
+
+
+class CaptionCut:
+    """What the text tower sees of each caption: its tokens, cut to the context, and which captions the
+    cut shortened (counted with open_clip's tokenizer, whose `encode` gives the uncut token ids).
+
+    `same(a, b)`: which caption pairs become the same tokens (after the cut, or already in the file).
+    An evaluated item whose compared captions are the same tokens can only tie, which the tie rule scores
+    as wrong; a training pair of them trains on identical captions. The evaluators
+    (analysis.evaluation.evaluate) and training (finetune.data.screen_captions) both leave such items out
+    and count them (`distinct_pairs`), and count the captions the cut shortened (`counts`).
+
+    tokenizer: open_clip's (a callable that gives [n, context] token ids, with `context_length` and
+    `encode`); without `encode` the cut cannot be counted (`counts()["counted"]` is False) but identical
+    tokens are still found."""
+
+    def __init__(self, tokenizer: Callable):
+        self.tokenizer = tokenizer
+        self.context = int(getattr(tokenizer, "context_length", 0) or tokenizer(["a"]).shape[-1])
+        encode = getattr(tokenizer, "encode", None)
+        self.limit = TokenLimit(self.context, tokenizer) if callable(encode) and self.context >= 3 else None
+        self._cut: dict[str, bool] = {}
+
+    def is_cut(self, text: str) -> bool:
+        if text not in self._cut:
+            self._cut[text] = self.limit is not None and self.limit.count(text) > self.context
+        return self._cut[text]
+
+    def same(self, first: Sequence[str], second: Sequence[str]) -> list[bool]:
+        if not first:
+            return []
+        return (self.tokenizer(list(first)) == self.tokenizer(list(second))).all(dim=-1).tolist()
+
+    def reason(self, what: str, texts: Sequence[str]) -> str:
+        cut = any(self.is_cut(text) for text in texts)
+        return (f"captions identical after the cut: {what} become the same {self.context} tokens" if cut
+                else f"captions identical: {what} are the same text")
+
+    def counts(self, captions_per_item: Sequence[Sequence[str]]) -> dict:
+        """How many captions (and items) of the given items the cut shortened."""
+        flags = [[self.is_cut(text) for text in captions] for captions in captions_per_item]
+        return {"context_length": self.context, "captions_cut": sum(map(sum, flags)),
+                "items_with_a_cut_caption": sum(1 for item in flags if any(item)),
+                "counted": self.limit is not None}
+
+
+def distinct_pairs(items: Sequence, pairs: Callable[[Any], Sequence[tuple]], cut: CaptionCut,
+                   what: str) -> tuple[list, list[tuple]]:
+    """(the items whose compared captions differ as tokens, (row, reason) of the others, in item order).
+
+    pairs(item) -> the caption pairs the item is compared on: (first, second), or (first, second, label) to
+    name the pair in the reason instead of `what` ("caption and presence-negated caption")."""
+    firsts, seconds, owners, labels = [], [], [], []
+    for index, item in enumerate(items):
+        for pair in pairs(item):
+            firsts.append(pair[0])
+            seconds.append(pair[1])
+            labels.append(pair[2] if len(pair) > 2 else what)
+            owners.append(index)
+    identical = {}
+    for owner, first, second, label, same in zip(owners, firsts, seconds, labels, cut.same(firsts, seconds)):
+        if same and owner not in identical:
+            identical[owner] = cut.reason(label, (first, second))
+    return ([item for index, item in enumerate(items) if index not in identical],
+            [(getattr(items[index], "row", index), reason) for index, reason in identical.items()])
 
 
 # Leftover text from the LLM that wrote NegBench's captions: "??  (To be rephrased)", notes in

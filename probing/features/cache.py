@@ -12,17 +12,32 @@ input size and normalisation), the precision (float32, or bfloat16 autocast on C
 type (CPU and GPU kernels round differently). The image tower's own weights rather than the whole
 checkpoint's: a fine-tuned model, whose text tower changed, shares its base model's features.
 
-Key of an image (`image_key`): a file by its resolved path, size and modification time (a file that
-changes is a new image); an array by its bytes, shape and dtype (the synthetic world's scenes); a
-PIL image is encoded each time (no key).
+Key of an image (`image_key`): a file by the SHA-256 of its bytes, so that a file rewritten in place
+is a new image even when its size and modification time are restored, and two copies of one image
+share their features; an array by its bytes, shape and dtype (the synthetic world's scenes); a PIL
+image is encoded each time (no key). A file's digest is computed once per process and remembered by
+its path, size, modification time, inode and change time (ctime, which the system sets on every write
+and on every change of the modification time, and which no program can set back). It is remembered only
+once the file has been left alone for `SETTLED_SECONDS`: file times tick in steps of a few milliseconds,
+so a file written again within the step of its last change would otherwise look unchanged (git's
+"racily clean" entries; such a file is hashed again on every use instead).
 
 Layout: <cache>/image-features/<tower key>/chunk-*.safetensors, each chunk holding `keys` (uint8
-[n, 32]) and `features` (float32 [n, d], L2-normalised). A writer only adds chunks, each written
-atomically (probing.io) under a name of its own: a reader never sees half a chunk, and concurrent
-writers (the ranks of a distributed run, two commands) never touch each other's files; an image two
-of them encoded is kept twice and read once. An encode writes a chunk every `flush_every` new
-images, so an interrupted encode keeps what it did. The cache folder is probing.cache.cache_dir()
-($CLIP_NEGATION_CACHE); `cache=False` turns the disk cache off.
+[n, 32]) and `features` (float32 [n, d], L2-normalised), with the SHA-256 of both in its metadata.
+A writer only adds chunks, each written atomically (probing.io: a temporary file, then a rename) under
+a name of its own. So
+- a reader never sees half a chunk: a writer killed while writing (SIGKILL included) leaves only its
+  temporary file, which readers never read and the next writer or reader removes
+  (probing.io.sweep_temporaries); the images it was writing are encoded again;
+- concurrent writers (the ranks of a distributed run, two commands encoding the same images at once)
+  never touch each other's files: an image two of them encoded is kept twice and read once;
+- a chunk damaged on disk afterwards (a truncated copy, a flipped bit, a file that is no safetensors)
+  fails its SHA-256 or cannot be read: it is reported once per process (a warning naming the file),
+  removed, never served, and its images are encoded again. A chunk without the SHA-256 (written before
+  it was recorded) cannot be verified and is not read.
+An encode writes a chunk every `flush_every` new images, so an interrupted encode keeps what it did.
+The cache folder is probing.cache.cache_dir() ($CLIP_NEGATION_CACHE); `cache=False` turns the disk
+cache off.
 """
 from __future__ import annotations
 
@@ -31,6 +46,7 @@ import os
 import re
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -45,27 +61,46 @@ from probing.clip.compact import state_digest
 from probing.data.reading import load_image
 from probing.data.records import DataError
 from probing.features.pixels import _input_size, _normalisation, as_pil, eval_mode
-from probing.io import atomic_path
+from probing.io import atomic_path, sweep_temporaries
 
 FEATURES_DIR = "image-features"
 FLUSH_EVERY = 4096
+CHECKSUM_KEY = "sha256"  # chunk metadata: SHA-256 of the keys' bytes, then the features' bytes
+SETTLED_SECONDS = 2.0  # a file unchanged for this long has a digest worth remembering (module docstring)
+_BLOCK = 1 << 20
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<function _convert_to_rgb at 0x7f...>" differs per process
 
 
 # --- keys ------------------------------------------------------------------------------------------
 
+_FILE_KEYS: dict[tuple, bytes] = {}  # (path, size, mtime, inode, device, ctime) -> key, for settled files
+
+
 def image_key(image: Any) -> bytes | None:
-    """32-byte key of an image: a file by resolved path, size and mtime; an array by its bytes. None: no
-    key (a PIL image, or a path that cannot be read: its encoding reports the problem)."""
+    """32-byte key of an image: a file by the SHA-256 of its bytes (remembered per file, module docstring);
+    an array by its bytes. None: no key (a PIL image, or a path that cannot be read: its encoding reports
+    the problem)."""
     digest = hashlib.sha256()
     if isinstance(image, (str, Path)):
         try:
             path = Path(image).resolve()
             stat = path.stat()
+        except (OSError, ValueError):
+            return None
+        known = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev, stat.st_ctime_ns)
+        if known in _FILE_KEYS:
+            return _FILE_KEYS[known]
+        digest.update(b"file-bytes|")
+        try:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(_BLOCK), b""):
+                    digest.update(block)
         except OSError:
             return None
-        digest.update(f"file|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        return digest.digest()
+        key = digest.digest()
+        if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > SETTLED_SECONDS * 1e9:
+            _FILE_KEYS[known] = key
+        return key
     if isinstance(image, np.ndarray):
         array = np.ascontiguousarray(image)
         digest.update(f"array|{array.dtype}|{array.shape}|".encode())
@@ -98,6 +133,7 @@ class FeatureCache:
         self.folder = Path(folder)
         self._rows: dict[bytes, torch.Tensor] = {}
         self._read: set[str] = set()
+        self._swept = False
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, preprocess: Callable, *, autocast: bool = False,
@@ -106,21 +142,21 @@ class FeatureCache:
         return cls(root / FEATURES_DIR / tower_key(model, preprocess, autocast=autocast, device=device))
 
     def _refresh(self) -> None:
-        """Read the chunks written since the last look (by this process or another)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
+        """Read the chunks written since the last look (by this process or another); a damaged one is
+        reported, removed and not read (module docstring)."""
         if not self.folder.is_dir():
             return
+        if not self._swept:
+            sweep_temporaries(self.folder)  # what a writer killed mid-chunk left: never a chunk
+            self._swept = True
         for path in sorted(self.folder.glob("chunk-*.safetensors")):
             if path.name in self._read:
                 continue
             self._read.add(path.name)
-            try:
-                tensors = load_file(str(path))
-                keys, features = tensors["keys"], tensors["features"]
-            except (SafetensorError, OSError, KeyError, ValueError):
-                continue  # a damaged chunk (a disk problem) costs a re-encode of its images, nothing more
+            chunk = read_chunk(path)
+            if chunk is None:
+                continue
+            keys, features = chunk
             for key, row in zip(keys.numpy(), features):
                 self._rows.setdefault(key.tobytes(), row)
 
@@ -134,7 +170,6 @@ class FeatureCache:
         """Write one chunk (atomically, under a name of its own) and remember its rows."""
         from safetensors.torch import save_file
 
-
         if not keys:
             return None
         features = features.detach().float().cpu().contiguous()
@@ -142,13 +177,66 @@ class FeatureCache:
         keys_tensor = torch.from_numpy(np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32).copy())
         try:
             with atomic_path(path) as tmp:
-                save_file({"keys": keys_tensor, "features": features}, str(tmp))
+                save_file({"keys": keys_tensor, "features": features}, str(tmp),
+                          metadata={CHECKSUM_KEY: chunk_digest(keys_tensor, features)})
         except OSError:  # a full or read-only cache folder: the features are still returned, only not kept
             return None
         self._read.add(path.name)
         for key, row in zip(keys, features):
             self._rows.setdefault(key, row)
         return path
+
+
+def chunk_digest(keys: torch.Tensor, features: torch.Tensor) -> str:
+    """SHA-256 of a chunk's keys and features (their bytes, in that order), as its metadata records it."""
+    digest = hashlib.sha256()
+    digest.update(keys.contiguous().numpy().tobytes())
+    digest.update(features.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+_REPORTED: set[str] = set()  # damaged chunks already reported by this process
+
+
+def read_chunk(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(keys uint8 [n, 32], features float32 [n, d]) of a chunk whose SHA-256 checks; None for a chunk that
+    cannot be read, does not hold what a chunk holds or fails its SHA-256 (reported once, then removed, so
+    that the images are encoded again), and for one that records no SHA-256 (written before it was)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get(CHECKSUM_KEY)
+        if recorded is None:
+            return None
+        tensors = load_file(str(path))
+        keys, features = tensors["keys"], tensors["features"]
+        problem = _chunk_problem(keys, features, recorded)
+    except FileNotFoundError:  # removed meanwhile (another process found it damaged)
+        return None
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as error:
+        problem = f"not a readable chunk ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
+    if problem is None:
+        return keys, features
+    if str(path) not in _REPORTED:
+        _REPORTED.add(str(path))
+        warnings.warn(f"image-feature cache: {path} is damaged ({problem}); it is removed and its images are "
+                      "encoded again", RuntimeWarning, stacklevel=4)
+    path.unlink(missing_ok=True)  # chunks are never rewritten in place: a damaged one stays damaged
+    return None
+
+
+def _chunk_problem(keys: torch.Tensor, features: torch.Tensor, recorded: str) -> str | None:
+    if keys.dtype != torch.uint8 or keys.ndim != 2 or keys.shape[1] != 32:
+        return f"keys should be uint8 [n, 32], found {keys.dtype} {tuple(keys.shape)}"
+    if features.dtype != torch.float32 or features.ndim != 2 or features.shape[0] != keys.shape[0]:
+        return f"features should be float32 [{keys.shape[0]}, d], found {features.dtype} {tuple(features.shape)}"
+    if chunk_digest(keys, features) != recorded:
+        return "its SHA-256 does not match the one recorded when it was written"
+    if not bool(torch.isfinite(features).all()):
+        return "it holds non-finite features"
+    return None
 
 
 # --- encoding --------------------------------------------------------------------------------------
@@ -199,7 +287,7 @@ class _Pixels(Dataset):
         if self.fast is not None and isinstance(image, np.ndarray) and image.dtype == np.uint8 \
                 and image.shape == (self.fast[0], self.fast[0], 3):
             _, mean, std = self.fast
-            pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+            pixels = torch.from_numpy(np.require(image, requirements=("C", "W"))).permute(2, 0, 1).float() / 255.0
             return (pixels - mean[:, None, None]) / std[:, None, None]
         return self.preprocess(as_pil(image))
 

@@ -119,6 +119,9 @@ def real_negation_task(examples, *, train_cues: Sequence[str] = ("no", "not"), s
                 rows.append((negated, 1, example.cue, kind))
     if not rows:
         raise ValueError("no captions in the given examples")
+    twice = next((cue for i, cue in enumerate(train_cues) if cue in train_cues[:i]), None)
+    if twice is not None:
+        raise ValueError(f"training cue {twice!r} is given twice")
     rng = np.random.default_rng(seed)
     in_training_cues = np.array([row[2] in train_cues for row in rows])
     held_in = rng.random(len(rows)) < n_in_distribution

@@ -122,7 +122,7 @@ def recorded_metrics(checkpoint: str | Path, metadata: dict[str, str] | None = N
         return None
     try:
         metrics = json.loads(metadata["metrics"])
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:
         raise ModelLoadError(f"checkpoint file {checkpoint} has damaged metadata: 'metrics' is not JSON "
                              f"({error})") from None
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
@@ -139,7 +139,7 @@ def checkpoint_world(pretrained: str | Path | None) -> SyntheticWorld | None:
         return None
     try:
         return world_from_metadata(checkpoint_metadata(pretrained))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelLoadError(f"checkpoint file {pretrained} has damaged metadata: its {WORLD_KEY!r} record cannot be "
                              f"read ({type(error).__name__}: {str(error)[:120]})") from None
 
@@ -154,9 +154,9 @@ def world_for_model(model, pretrained: str | Path | None = None, seed: int = 0
     size = image_size(model)
     if size is None:
         return None, "the model's image size is unknown, so the synthetic world cannot be rendered for it"
-    world = default_world(size, seed)
     try:
-        world.examples(2, "test", seed)  # renders: fails here if the size is too small for the scenes
+        world = default_world(size, seed)  # WorldConfig refuses a size too small for the scenes
+        world.examples(2, "test", seed)  # renders
     except ValueError as error:
         return None, f"the synthetic world cannot be rendered at {size}x{size} ({error})"
     return world, None

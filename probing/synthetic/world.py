@@ -40,7 +40,7 @@ from probing.captions import (
     with_article,
 )
 from probing.data.records import MCQItem, NegationExample
-from probing.synthetic.scenes import DRAWABLE_SHAPES, Scene, place_objects, render_scene
+from probing.synthetic.scenes import DRAWABLE_SHAPES, Scene, grid_side, place_objects, render_scene
 
 DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),
@@ -53,6 +53,16 @@ DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {
 SPLITS = ("train", "test")
 MCQ_TYPES = ("positive", "negative", "hybrid")  # NegBench's template types of the correct answer
 HELDOUT_AXES = ("cue", "object", "template")
+
+
+MIN_OBJECT_SIDE = 4  # pixels: the smallest object scenes.place_objects draws (a shape needs a few pixels)
+MAX_IMAGE_SIZE = 4096  # pixels per side; the scenes are drawn on the CPU, one array per image
+
+
+def min_image_size(max_objects: int) -> int:
+    """The smallest image side a world with `max_objects` renders: every grid cell (scenes.place_objects)
+    must hold an object of MIN_OBJECT_SIDE pixels with a 1-pixel margin on each side."""
+    return grid_side(max_objects) * (MIN_OBJECT_SIDE + 2)
 
 
 @dataclass(frozen=True)
@@ -87,8 +97,24 @@ class WorldConfig:
         unknown_shapes = [s for s in self.shapes if s not in DRAWABLE_SHAPES]
         if unknown_shapes:
             raise ValueError(f"cannot draw shapes {unknown_shapes}; drawable: {DRAWABLE_SHAPES}")
-        if not 1 <= self.max_objects <= 9:
-            raise ValueError(f"max_objects must be 1..9, got {self.max_objects}")
+        if (isinstance(self.max_objects, bool) or not isinstance(self.max_objects, int)
+                or not 1 <= self.max_objects <= 9):
+            raise ValueError(f"max_objects must be 1..9, got {self.max_objects!r}")
+        smallest = min_image_size(self.max_objects)
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) \
+                or not smallest <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be an integer in {smallest}..{MAX_IMAGE_SIZE}, got {self.image_size!r} "
+                             f"(each of the {grid_side(self.max_objects) ** 2} grid cells must hold an object of "
+                             f"{MIN_OBJECT_SIDE} pixels with a 1-pixel margin)")
+        if not self.sizes or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+                                     for v in self.sizes):
+            raise ValueError(f"sizes must be fractions of the image side in (0, 1), got {self.sizes!r}")
+        if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) or not 0 <= self.noise <= 1:
+            raise ValueError(f"noise must be a number in [0, 1] (a fraction of 255), got {self.noise!r}")
+        bad_colours = [name for name, rgb in self.colours.items()
+                       if len(tuple(rgb)) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in rgb)]
+        if bad_colours:
+            raise ValueError(f"colours must be RGB triples of integers in 0..255: {bad_colours[:3]}")
         objects = {f"{c} {s}" for c in self.colours for s in self.shapes}
         for name in self.heldout_objects:
             if name not in objects:
