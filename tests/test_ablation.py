@@ -420,7 +420,7 @@ def test_variant_grammar_names_windows_of_any_size_sets_and_the_plan_as_planned(
     # one name per plan: a contiguous set is its window, a one-block window its layer
     assert resolve_variants(["set_0_2", "set_1_2", "window_3_3"], 4, has_plan=False)[0] == [
         "set_0_2", "window_1_2", "layer_3"]
-    with pytest.raises(AblationError, match="more than once"):
+    with pytest.raises(AblationError, match="given twice"):
         resolve_variants(["front", "layer_1", "front"], 4, has_plan=False)
     with pytest.raises(AblationError, match="takes its size from the selected plan"):
         resolve_variants(["windows-near"], 4, has_plan=False)
