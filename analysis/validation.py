@@ -34,6 +34,10 @@ from analysis.probe_config import ModelSpec, ProbeConfig
 from analysis.runtime import apply_threads
 from probing.measure.settings import LocaliseConfig, MeasureConfig
 
+# The commit that last changed the selection rule or its evidence test (analysis.planning.{evidence,selection}:
+# the null models' probes and gradient batches); later commits only moved that code. The README names it.
+RULE_COMMIT = "a8651a7"
+
 # The budget every ablation run gets: the scope recipe's loss mix, 50 steps of batch 64 at lr 3e-3 on the same
 # 2,000 synthetic training examples; 200 items per held-out suite (and 200 four-way multiple-choice items).
 ABLATION = dict(loss="mix", loss_kwargs={"scope_pair": 1, "clip": 1, "conclip": 0.5, "negationclip": 0, "terms": [1]},

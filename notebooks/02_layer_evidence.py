@@ -171,6 +171,40 @@ for rule in ("prefix", "topk", "auto_rgn"):
 print(f"written to {plan_path}")
 
 # %% [markdown]
+# ## The simple selectors at the plan's size
+#
+# A plan is advice only if it beats what a researcher would pick without the toolkit. `selector_plans` gives, from
+# the same measurements, the plans of the baselines a reviewer names (`analysis.planning.selectors`): raw Auto-RGN
+# (relative gradient norms without null models), Omni-NegCLIP's cosine change of the EOT state under negation, the
+# diagonal Fisher information, the activation-norm change, the fixed front and last blocks, and a random window.
+# Which of them trains the blocks where fine-tuning works is for the ablation to say: the validation study's
+# selector table (read below from its JSON, `docs/results/validation/*/ablation/selectors.json`) compares every
+# selector's plan with the toolkit's on held-out scope, with paired bootstrap intervals.
+
+# %%
+import json
+from pathlib import Path
+
+import analysis
+from analysis.planning.selectors import selector_plans
+
+if plan.blocks:
+    baselines = selector_plans(measurements, plan.blocks)
+    display(pd.DataFrame([{"selector": name, "blocks": describe_blocks(p.blocks) if p.blocks else "(expectation)",
+                           "basis": p.basis} for name, p in baselines.items()]).set_index("selector"))
+study = Path(analysis.__file__).resolve().parents[1] / "docs" / "results" / "validation"  # in a source checkout
+tables = sorted(study.glob("*/ablation/selectors.json")) if study.is_dir() else []
+for path in tables:
+    rows = pd.DataFrame(json.loads(path.read_text())["rows"])
+    rows = rows[rows["target"] == "scope"].set_index("selector")
+    display(Markdown(f"**{path.parent.parent.name}** (validation study, held-out scope): the toolkit's plan minus "
+                     "each selector's, with the paired 95 % interval"))
+    display(rows[["blocks", "trainable", "gain", "toolkit_minus", "toolkit_minus_low", "toolkit_minus_high",
+                  "verdict"]].round(3))
+if not tables:
+    print("the validation study's selector tables are not here (python scripts/validation_study.py writes them)")
+
+# %% [markdown]
 # ## Figures
 #
 # `plot_all` writes each figure as PNG and PDF (paper column width) and returns the paths; the selected blocks

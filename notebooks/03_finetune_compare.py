@@ -47,27 +47,17 @@ else:
     TRAIN = dict(steps=40, batch_size=32, lr=3e-3, warmup_steps=4)
     N_TRAIN, EVAL_N, EVAL_N_CLASSIFICATION, SEEDS = 1024, 300, 180, (0, 1)
 # notebook 2's sizes, for the layer plan when notebook 2 has not run (the causal check does not enter the plan)
-PLAN_ARGS = ["--measurements", "probes,sensitivity,gradnorms"] + (
-    [
-        "--probe-train",
-        "200",
-        "--probe-test",
-        "60",
-        "--probe-seeds",
-        "0",
-        "--null-probe-seeds",
-        "0",
-        "--null-models",
-        "3",
-        "--sensitivity-captions",
-        "60",
-        "--grad-batches",
-        "1",
-        "--grad-batch-size",
-        "16",
-    ]
-    if SMALL
-    else []
+from analysis.probe_config import DataSpec, ModelSpec, ProbeConfig
+from probing.measure.settings import MeasureConfig
+
+SMALL_MEASURE = dict(seeds=(0,), null_seeds=(0,), n_sensitivity=60, grad_batches=1, grad_batch_size=16)
+PLAN_CONFIG = ProbeConfig(
+    model=ModelSpec(MODEL),
+    data=DataSpec(n_train=200, n_test=60) if SMALL else DataSpec(),
+    null_models=3 if SMALL else 10,
+    measure=MeasureConfig(measurements=("probes", "sensitivity", "gradnorms"), **(SMALL_MEASURE if SMALL else {})),
+    localise=None,
+    threads=1,
 )
 
 print(f"model {MODEL}; outputs in {OUT}")
@@ -84,25 +74,22 @@ print(format_metrics(bundle.metrics))
 # %% [markdown]
 # ## The layer plan
 #
-# The plan notebook 2 wrote, if it ran on this build; otherwise the same measurement through the `probe-layers`
-# command's entry point (a few minutes on the default build). The command exits with 1 when the evidence supports
-# no plan; its plan file then names no blocks and says why. In that case the comparison trains two named anchors
+# The plan notebook 2 wrote, if it ran on this build; otherwise the same measurement through `probe-layers`'
+# pipeline (`analysis.pipeline.run`, a few minutes on the default build). When the evidence supports no plan, the
+# plan file names no blocks and says why. In that case the comparison trains two named anchors
 # instead: Omni-NegCLIP's front half (`LayerPlan.front`) and CoN-CLIP's whole text tower
 # (`LayerPlan.whole_text_tower`), both with the embeddings, final LayerNorm, projection and logit scale.
 # Otherwise it trains the plan against every block with the plan's extras, so that only the blocks differ.
 
 # %%
-from analysis.cli.probe_layers import main as probe_layers
+from analysis.pipeline import run as probe_layers
 from finetune.plan import LayerPlan
 from probing import TextTower
 
 plan_path = OUT.parent.parent / "02_layer_evidence" / BUILD / "layer_plan.json"  # where notebook 2 writes it
 if not plan_path.exists():
     plan_path = OUT / "probe-layers" / "layer_plan.json"
-    status = probe_layers(
-        ["--model", MODEL, "--out", str(plan_path.parent), "--threads", "1", "--no-progress", *PLAN_ARGS]
-    )
-    assert status in (0, 1), f"probe-layers exited with {status}"  # 1: the evidence supports no plan
+    probe_layers(PLAN_CONFIG, plan_path.parent, progress=False)  # what probe-layers runs; no blocks: no plan
 plan = LayerPlan.load(plan_path)
 n_layers = TextTower.from_model(model).n_layers
 plan.validate(n_layers)
@@ -247,6 +234,35 @@ for label in right.get_xticklabels():
 right.legend(fontsize=7)
 fig.tight_layout()
 show(fig)
+
+# %% [markdown]
+# ## Where did each fine-tune change the text tower?
+#
+# `compare_checkpoints` (the `compare-checkpoints` command's library function) compares each fine-tuned model
+# with the base: the relative weight change of every block and part, and how much each layer's states on
+# affirmative and negated captions moved (linear CKA, cosine of the EOT state). A frozen block shows exactly 0;
+# where the change sits should match the plan that was trained. `plan_from_comparison` turns a fine-tune's change
+# into a plan (the blocks it changed most), the validation study's *finetune_change* selector.
+
+# %%
+import dataclasses
+
+from analysis.compare import CompareConfig, compare_checkpoints, plan_from_comparison
+from analysis.compare.figures import plot_comparison
+from analysis.planning.selection import describe_blocks
+
+compared = compare_checkpoints(
+    bundle,
+    {name: dataclasses.replace(bundle, model=m, label=name) for name, m in tuned.items()},
+    config=CompareConfig(parts=("weights", "states"), n_states=100 if SMALL else 300, n_boot=50 if SMALL else 200),
+)
+display(compared.block_table().round(4))
+display(Markdown("\n".join(f"* {sentence}" for sentence in compared.sentences)))
+for paths in plot_comparison(compared, OUT / "compare").values():
+    show(paths[0], width=640)
+for name in compared.tuned:
+    print(f"{name}: the {len(plans[name].blocks) or 1} block(s) it changed most:",
+          describe_blocks(plan_from_comparison(compared, max(1, len(plans[name].blocks)), model=name).blocks))
 
 # %% [markdown]
 # ## The layer ablation

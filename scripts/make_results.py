@@ -21,13 +21,17 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # scripts/ is not installed: its modules import as scripts.<name>
+from scripts import bench_tables, validation_blocks  # noqa: E402
+
 RESULTS = REPO / "docs" / "results"
 FIGURES = REPO / "docs" / "figures"
 README = REPO / "README.md"
 DOCUMENTS = (README, REPO / "docs" / "VALIDATION.md", REPO / "docs" / "PERFORMANCE.md", REPO / "docs" / "GUIDE.md")
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 # what --collect keeps of a run folder (small JSON and Markdown; the figures are copied to docs/figures)
-KEEP = ("report.json", "layer_plan.json", "ablation_summary.json", "validity.json", "evaluation.json",
+KEEP = ("report.json", "layer_plan.json", "ablation_summary.json", "validity.json", "selectors.json",
+        "comparison.json", "evaluation.json",
         "metrics.csv", "run.json", "provenance.json", "localisation.json", "pairs.csv", "patching.csv", "agreement.csv",
         "attention.csv", "ablation.csv", "lens.csv", "steering.csv")
 # figures --collect copies to docs/figures: (run folder below the collected root, file name) -> README name
@@ -41,7 +45,9 @@ FIGURES_KEPT = {("validation/default/probe/figures", "evidence.png"): "evidence-
                 ("validation/default/ablation", "validity.png"): "validity-default.png",
                 ("validation/late/ablation", "validity.png"): "validity-late.png",
                 ("validation/seed2/ablation", "validity.png"): "validity-seed2.png",
-                ("validation/depth6/ablation", "validity.png"): "validity-depth6.png"}
+                ("validation/depth6/ablation", "validity.png"): "validity-depth6.png",
+                ("validation/default/ablation", "frontier.png"): "frontier-default.png",
+                ("validation/default/finetunes/compare/figures", "comparison.png"): "finetune-change-default.png"}
 
 
 def _json(path: Path):
@@ -97,8 +103,6 @@ def evidence_default() -> str:
     return "> " + "\n> ".join(sentences) + timing + "\n\n![evidence](docs/figures/evidence-default.png)"
 
 
-# the models scripts/validation_study.py studies
-STUDY_MODELS = ("default", "seed2", "depth6", "late", "random-tiny", "random-b32")
 
 
 def evidence_table() -> str:
@@ -123,32 +127,12 @@ def evidence_table() -> str:
         usual = [b for b, share in enumerate(report["stability"]) if share >= 0.5]
         rows.append(f"| {name} | {blocks} | {report['agreement']:.0%} | {', '.join(map(str, usual)) or 'none'} | "
                     + " | ".join(cells) + f" | {_fmt(critical, 1)} |")
-    missing = [m for m in STUDY_MODELS if not any(f == m or f.startswith(m + "/") for f in folders)]
+    missing = [m.name for m in validation_blocks._models() if m.name not in folders]
     note = "\n\n\\* beyond the threshold (Bonferroni over every block and component)."
     if missing:
         note += (f" Not run yet: {', '.join(missing)} (`python scripts/validation_study.py --only "
                  f"{','.join(missing)}`).")
     return "\n".join(rows) + note
-
-
-def validity_table() -> str:
-    """Per trained model: did the evidence predict the single-block gains, and the plan's regret."""
-    from analysis.ablation.validity import format_ratio, from_json
-
-    lines = ["| model | seeds | selected | rho combined [95% CI] | rho probe | rho gradnorm | best equal-size plan "
-             "(objects / templates) | ratio objects [95% CI] | ratio templates [95% CI] |",
-             "|---|---:|---|---|---|---|---|---:|---:|"]
-    for path in sorted((RESULTS / "validation").glob("*/ablation/validity.json")):
-        model = path.parent.parent.name
-        results = from_json(_json(path))
-        mean, obj, tmpl = (results[a] for a in ("mean", "object", "template"))
-        rho = lambda name: (f"{mean.rho[name]:+.2f} [{mean.rho_low[name]:+.2f}, {mean.rho_high[name]:+.2f}]"  # noqa: E731
-                            if name in mean.rho and mean.rho[name] == mean.rho[name] else "–")
-        seeds = len(_json(path.parent / "ablation_summary.json")["header"]["seeds"])
-        lines.append(f"| {model} | {seeds} | {', '.join(map(str, obj.selected))} | {rho('combined')} | "
-                     f"{rho('probe')} | {rho('gradnorm')} | {obj.best_plan} / {tmpl.best_plan} | "
-                     f"{format_ratio(obj)} | {format_ratio(tmpl)} |")
-    return "\n".join(lines)
 
 
 def validity_sentences() -> str:
@@ -245,17 +229,11 @@ def benchmarks() -> str:
 
 def performance() -> str:
     """The benchmarks' tables, from benchmarks/results/*.json (scripts/bench_tables.py renders them)."""
-    sys.path.insert(0, str(REPO))
-    from scripts import bench_tables
-
     return bench_tables.render(bench_tables.load_records())
 
 
 def pipeline() -> str:
     """The CC-Neg pipeline's measured throughput and estimated wall time (benchmarks/bench_pipeline.py's record)."""
-    sys.path.insert(0, str(REPO))
-    from scripts import bench_tables
-
     return bench_tables.render_pipeline(bench_tables.load_records())
 
 
@@ -287,7 +265,6 @@ BLOCKS = {
     "headline-plan": headline_plan,
     "evidence-default": evidence_default,
     "evidence-table": evidence_table,
-    "validity-table": validity_table,
     "validity-sentences": validity_sentences,
     "ablation-default": ablation_default,
     "scope-recipe": scope_recipe,
@@ -296,6 +273,7 @@ BLOCKS = {
     "localisation-default": localisation_default,
     "performance": performance,
     "pipeline": pipeline,
+    **validation_blocks.BLOCKS,
 }
 
 

@@ -179,3 +179,35 @@ def test_every_target_with_recorded_outcomes_is_assessed():
     direct = np.mean([np.mean(r["items"]["object/mcq"]) for r in runs if r["variant"] == "layer_2"]) - np.mean(
         [np.mean(r["items"]["object/mcq"]) for r in runs if r["variant"] == "frozen"])
     assert results["mcq"].gains[2] == pytest.approx(direct)
+
+
+def test_selector_table_verdicts_follow_the_paired_differences():
+    """Planted outcomes: the toolkit's plan (blocks 0-1) beats one selector's plan by far (better), ties another
+    (as good), trails a third (worse); a selector that chose the same blocks says so, one whose plan was not run says
+    that. The gains and differences equal the per-item means computed here."""
+    from analysis.ablation.selector_table import markdown, selector_rows
+    from analysis.planning.selectors import SelectorPlan
+
+    rates = dict(RATES, selected=0.6, window_0_1=0.6, window_2_3=0.15, window_1_2=0.6, set_0_2=0.85)
+    runs = make_runs(rates, seeds=(0, 1, 2, 3))
+    params = {v: 20 for v in rates if v != "frozen"}
+    results = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=400, trainable=params)
+    plans = {"toolkit": SelectorPlan("toolkit", (0, 1), None, "toolkit"),
+             "last": SelectorPlan("last", (2, 3), None, "fixed"),
+             "fisher": SelectorPlan("fisher", (1, 2), (0.0, 1.0, 1.0, 0.0), "planted"),
+             "front": SelectorPlan("front", (0, 1), None, "fixed"),
+             "auto_rgn": SelectorPlan("auto_rgn", (0, 2), (1.0, 0.0, 0.9, 0.0), "planted"),
+             "omni_cosine": SelectorPlan("omni_cosine", (1, 3), (0.0, 1.0, 0.0, 0.9), "planted")}
+    rows = {(r.target, r.selector): r for r in selector_rows(results, plans)}
+    verdicts = {name: rows[("scope_object", name)].verdict for name in plans}
+    assert verdicts == {"toolkit": "", "last": "better", "fisher": "as good", "front": "same plan",
+                        "auto_rgn": "worse", "omni_cosine": "not run"}
+    mean = {v: np.mean([np.mean(r["items"]["object/scope"]) for r in runs if r["variant"] == v]) for v in rates}
+    last = rows[("scope_object", "last")]
+    assert last.variant == "window_2_3" and last.trainable == 20
+    assert last.gain == pytest.approx(mean["window_2_3"] - mean["frozen"])
+    assert last.toolkit_minus == pytest.approx(mean["selected"] - mean["window_2_3"])
+    assert last.toolkit_minus_low > 0 > rows[("scope_object", "auto_rgn")].toolkit_minus_high
+    text = markdown(list(rows.values()), ["scope_object"])
+    assert "strictly better than last" in text and "WORSE than auto_rgn" in text and "Not run in this study: " \
+        "omni_cosine" in text

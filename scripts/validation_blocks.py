@@ -1,0 +1,306 @@
+"""The validation study's generated blocks (scripts/make_results.py renders them into the README and docs/).
+
+Each function reads the study's JSON under docs/results/validation (copied there by `make_results.py --collect`)
+and returns Markdown; none states a number of its own. Models are listed in the order of analysis.validation.MODELS,
+with their role (development: the rule may be tuned on it; held-out: it judges the rule; null: no plan allowed).
+
+The study-level verdict (`selector_verdict`) applies the acceptance test of the selector study:
+  1. at equal size the toolkit's plan is at least as good as each baseline selector's, on every model and target
+     (no "worse": a paired bootstrap interval of the difference entirely below 0);
+  2. it is strictly better than raw Auto-RGN and than the fixed front on at least two models whose answer differs
+     (models whose best plan of the toolkit's size, by held-out scope, is not the front k blocks);
+  3. it lies on the gain / trainable-parameter frontier within the intervals (no plan with no more parameters
+     gains more in 97.5 % of bootstrap replicates), on every model and target;
+and says, per model, the next point on the frontier (what a larger budget buys).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "docs" / "results" / "validation"
+SCOPE = "scope"
+NAIVE = ("auto_rgn", "front")  # the selectors the toolkit must beat where the answer differs
+
+
+def _json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _models():
+    from analysis.validation import MODELS
+
+    return MODELS
+
+
+def _load(model: str, name: str, where: str = "ablation"):
+    path = STUDY / model / where / name
+    return _json(path) if path.is_file() else None
+
+
+def _validity(model: str):
+    """{target: Validity} of a model's ablation, or None before it is complete."""
+    from analysis.ablation.validity import from_json
+
+    record = _load(model, "validity.json")
+    return None if record is None else from_json(record)
+
+
+def _ci(value, low, high, digits: int = 3, sign: bool = True) -> str:
+    if value is None or value != value:
+        return "–"
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    inner = "" if low is None or low != low else f" [{f.format(low)}, {f.format(high)}]"
+    return f.format(value) + inner
+
+
+def _blocks(blocks) -> str:
+    from analysis.planning.selection import describe_blocks
+
+    return describe_blocks(list(blocks)) if blocks else "none"
+
+
+def _ablated() -> list[str]:
+    """The models whose ablation wrote its validity test, in the study's order."""
+    return [m.name for m in _models() if m.ablate and (STUDY / m.name / "ablation" / "validity.json").is_file()]
+
+
+def _rows(model: str) -> list[dict]:
+    record = _load(model, "selectors.json")
+    return [] if record is None else record["rows"]
+
+
+def _front_differs(model: str) -> bool | None:
+    """Whether the model's best plan of the toolkit's size (held-out scope) is not its front k blocks."""
+    results = _validity(model)
+    if results is None or SCOPE not in results:
+        return None
+    v = results[SCOPE]
+    return list(v.best_blocks) != list(range(len(v.selected)))
+
+
+def _status(model) -> str:
+    report = _load(model.name, "report.json", "probe")
+    if report is None:
+        return "not run yet"
+    plan = _blocks(report["plan"]["blocks"])
+    if not model.ablate:
+        return f"probed: plan {plan}"
+    summary = _load(model.name, "ablation_summary.json")
+    if summary is None:
+        return f"probed: plan {plan}; ablation not run yet"
+    runs = sum(len(v["seeds"]) for v in summary["variants"])
+    done = "complete" if summary["complete"] else "incomplete"
+    seeds = ", ".join(map(str, summary["header"]["seeds"]))
+    return f"probed: plan {plan}; ablation {done} ({runs} runs, seeds {seeds})"
+
+
+# --- blocks ----------------------------------------------------------------------------------------------------
+
+def study_models() -> str:
+    """Every model of the study: its role, the reason it is there (written before its ablation ran), its state."""
+    lines = ["| model | role | why it is in the study | state |", "|---|---|---|---|"]
+    for model in _models():
+        lines.append(f"| {model.name} | {model.role} | {model.reason} | {_status(model)} |")
+    return "\n".join(lines)
+
+
+def validity_table() -> str:
+    """Per ablated model, on held-out scope: did the evidence predict the single-block gains, how the plan compares
+    with the best plan of its size and of any size, and where it stands on the frontier."""
+    lines = ["| model | role | plan | rho combined [95% CI] | best plan of its size | ratio to it [95% CI] | "
+             "best plan of any size | ratio to it [95% CI] | on the frontier | next point on the frontier |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    roles = {m.name: m.role for m in _models()}
+    for model in _ablated():
+        v = _validity(model).get(SCOPE)
+        if v is None:
+            continue
+        lines.append(f"| {model} | {roles[model]} | {_blocks(v.selected)} | "
+                     f"{_ci(v.rho.get('combined'), v.rho_low.get('combined'), v.rho_high.get('combined'), 2)} | "
+                     f"{v.best_plan} ({v.best_gain:+.3f}) | {_ci(v.ratio, v.ratio_low, v.ratio_high, 2, False)} | "
+                     f"{v.best_any} ({v.best_any_gain:+.3f}) | "
+                     f"{_ci(v.ratio_any, v.ratio_any_low, v.ratio_any_high, 2, False)} | {_frontier_cell(v)} | "
+                     f"{_next_cell(v)} |")
+    if len(lines) == 2:
+        return "(no ablation has finished yet: `python scripts/validation_study.py`)"
+    return "\n".join(lines)
+
+
+def _frontier_cell(v) -> str:
+    if "selected" in v.frontier:
+        return "yes"
+    if v.dominated_by:
+        return "no: " + ", ".join(v.dominated_by[:3]) + " gain more with no more parameters"
+    return "within the noise"
+
+
+def _next_cell(v) -> str:
+    if not v.next_larger:
+        return "none (no larger plan gains more)"
+    nxt = v.plans[v.next_larger]
+    return f"{v.next_larger}: {nxt['trainable']:,} parameters, {_ci(nxt['gain'], nxt['low'], nxt['high'])}"
+
+
+def validity_targets() -> str:
+    """Per ablated model and target: rho of the combined score, the ratios, the frontier."""
+    from analysis.ablation.validity import TARGETS
+
+    lines = ["| model | target | plan's gain [95% CI] | rho combined | ratio, same size | ratio, any size | "
+             "on the frontier |", "|---|---|---|---|---|---|---|"]
+    for model in _ablated():
+        for name, v in _validity(model).items():
+            if name not in TARGETS:
+                continue
+            plan = v.plans.get("selected", {})
+            gain = _ci(plan.get("gain"), plan.get("low"), plan.get("high"))
+            lines.append(f"| {model} | {TARGETS[name].label} | {gain}"
+                         f" | {_ci(v.rho.get('combined'), v.rho_low.get('combined'), v.rho_high.get('combined'), 2)} "
+                         f"| {_ci(v.ratio, v.ratio_low, v.ratio_high, 2, False)} | "
+                         f"{_ci(v.ratio_any, v.ratio_any_low, v.ratio_any_high, 2, False)} | {_frontier_cell(v)} |")
+    if len(lines) == 2:
+        return "(no ablation has finished yet)"
+    return "\n".join(lines)
+
+
+def selector_summary() -> str:
+    """Per ablated model, on held-out scope: the toolkit plan's verdict against each selector (paired intervals)."""
+    models = [m for m in _ablated() if _rows(m)]
+    if not models:
+        return "(no selector table yet: the ablations with `--selectors all` have not finished)"
+    selectors = list(dict.fromkeys(r["selector"] for m in models for r in _rows(m) if r["selector"] != "toolkit"))
+    lines = ["| model | toolkit plan | best plan of its size | " + " | ".join(selectors) + " |",
+             "|---|---|---|" + "---|" * len(selectors)]
+    for model in models:
+        rows = {r["selector"]: r for r in _rows(model) if r["target"] == SCOPE}
+        v = _validity(model)[SCOPE]
+        cells = []
+        for name in selectors:
+            row = rows.get(name)
+            if row is None:
+                cells.append("–")
+            elif row["verdict"] in ("not run", "same plan"):
+                cells.append(f"{row['verdict']} ({row['blocks']})" if row["verdict"] == "same plan" else "not run")
+            else:
+                cells.append(f"{row['verdict']} ({row['blocks']}; {row['toolkit_minus']:+.3f})")
+        lines.append(f"| {model} | {rows['toolkit']['blocks']} ({rows['toolkit']['gain']:+.3f}) | "
+                     f"{_blocks(v.best_blocks)} ({v.best_gain:+.3f}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n\nEach cell: the toolkit plan against that selector's plan of the same size on "
+                               "held-out scope (better / as good / worse by the paired 95 % bootstrap interval of the "
+                               "difference over seeds and items), the selector's blocks and the toolkit plan's gain "
+                               "minus the selector's.")
+
+
+def selector_tables() -> str:
+    """The full selector table of every ablated model on held-out scope (selectors.json), and per target the count
+    of each verdict."""
+    from analysis.ablation.selector_table import SelectorRow, markdown
+
+    out = []
+    for model in _ablated():
+        rows = [SelectorRow(**r) for r in _rows(model)]
+        if not rows:
+            continue
+        table = markdown([r for r in rows if r.target == SCOPE], [SCOPE]).split("\n", 4)[4]
+        counts = []
+        for target in dict.fromkeys(r.target for r in rows):
+            verdicts = [r.verdict for r in rows if r.target == target and r.selector != "toolkit"]
+            counts.append(f"{target}: " + ", ".join(f"{verdicts.count(x)} {x}" for x in
+                                                   ("better", "as good", "same plan", "worse", "not run")
+                                                   if verdicts.count(x)))
+        out.append(f"#### {model}\n\n{table.strip()}\n\nVerdicts per target: " + "; ".join(counts) + ".")
+    return "\n\n".join(out) or "(no selector table yet)"
+
+
+def selector_verdict() -> str:
+    """The acceptance test of the module docstring, computed from every ablated model's selector table."""
+    models = [m for m in _ablated() if _rows(m)]
+    if not models:
+        return "(not decided yet: no ablation with the selectors has finished)"
+    worse = [(m, r["target"], r["selector"]) for m in models for r in _rows(m) if r["verdict"] == "worse"]
+    differs = [m for m in models if _front_differs(m)]
+    beats = [m for m in differs
+             if all(any(r["selector"] == s and r["target"] == SCOPE and r["verdict"] == "better" for r in _rows(m))
+                    for s in NAIVE)]
+    off = [(m, name) for m in models for name, v in _validity(m).items()
+           if "selected" not in v.frontier and v.dominated_by]
+    pending = [m.name for m in _models() if m.ablate and m.name not in models]
+    lines = [f"Judged on {len(models)} ablated model(s): {', '.join(models)}"
+             + (f"; still to run: {', '.join(pending)}." if pending else ".")]
+    lines.append(("1. At equal size the toolkit's plan is at least as good as every baseline selector on every model "
+                  "and target: **yes**." if not worse else
+                  f"1. At equal size the toolkit's plan is **worse** than a baseline beyond the noise in "
+                  f"{len(worse)} case(s): " + "; ".join(f"{m} / {t} / {s}" for m, t, s in worse) + "."))
+    lines.append(f"2. Models whose best plan of the toolkit's size is not the front: {', '.join(differs) or 'none'}; "
+                 f"on {len(beats)} of them ({', '.join(beats) or 'none'}) the toolkit's plan is strictly better than "
+                 f"both raw Auto-RGN and the fixed front on held-out scope: "
+                 + ("**yes** (at least two)." if len(beats) >= 2 else "**no** (at least two are required)."))
+    lines.append("3. The toolkit's plan lies on the gain / trainable-parameter frontier within the intervals on every "
+                 "model and target: " + ("**yes**." if not off else
+                                         "**no**: " + "; ".join(f"{m} / {t}" for m, t in off) + "."))
+    passed = not worse and len(beats) >= 2 and not off and not pending
+    lines.append("Verdict: " + ("the rule passes the selector study." if passed else
+                                "the rule does **not** (yet) pass the selector study" +
+                                (" (models still to run)" if pending and not worse and not off else "") + "."))
+    return "\n".join(lines)
+
+
+def frontier_default() -> str:
+    """The default model's frontier on every target (the figure) and the next point on it."""
+    results = _validity("default")
+    if results is None or SCOPE not in results:
+        return "(not run yet)"
+    from analysis.ablation.validity import frontier_sentence
+
+    text = " ".join(f"On {v.target.label}, the plan {frontier_sentence(v)}." for name, v in results.items()
+                    if name in (SCOPE, "absence", "mcq"))
+    return text + "\n\n![frontier](docs/figures/frontier-default.png)"
+
+
+def finetune_comparison() -> str:
+    """Where the default model's fine-tunes changed its text tower (compare-checkpoints' comparison.json), against
+    where probe-layers put the evidence."""
+    path = STUDY / "default" / "finetunes" / "compare" / "comparison.json"
+    report = _load("default", "report.json", "probe")
+    if not path.is_file() or report is None:
+        return "(not run yet: `python scripts/validation_study.py --finetunes`)"
+    comparison = _json(path)
+    plan = report["plan"]["blocks"]
+    lines = ["| fine-tune | blocks holding 80 % of the change | largest change (block: relative change) | "
+             "overlap with the plan |", "|---|---|---|---|"]
+    for name, changes in comparison["block_change"].items():
+        top = max(changes, key=lambda b: (changes[b], -int(b)))
+        held = comparison["concentrated_blocks"][name]
+        overlap = sorted(set(held) & set(plan))
+        lines.append(f"| {name} | {_blocks(held)} | {top}: {changes[top]:.3f} | {_blocks(overlap)} of the plan's "
+                     f"{_blocks(plan)} |")
+    sentences = [s for s in comparison["sentences"] if not s.startswith("Probes")][:len(comparison["block_change"])]
+    return ("\n".join(lines) + "\n\n" + "\n\n".join(f"> {s}" for s in sentences)
+            + "\n\n![where the fine-tunes changed the text tower](docs/figures/finetune-change-default.png)")
+
+
+def preregistration() -> str:
+    """The rule's frozen commit and which models judge it (analysis.validation.RULE_COMMIT)."""
+    from analysis.validation import RULE_COMMIT
+
+    development = [m.name for m in _models() if m.role == "development"]
+    held_out = [m.name for m in _models() if m.role == "held-out"]
+    null = [m.name for m in _models() if m.role == "null"]
+    return (f"The selection rule and its settings are those of commit `{RULE_COMMIT}`, unchanged since; they could "
+            f"have been tuned only on the development models ({', '.join(development)}). They are judged on the "
+            f"held-out models ({', '.join(held_out)}) and must select nothing on the null towers "
+            f"({', '.join(null)}).")
+
+
+BLOCKS = {
+    "study-models": study_models,
+    "validity-table": validity_table,
+    "validity-targets": validity_targets,
+    "selector-summary": selector_summary,
+    "selector-tables": selector_tables,
+    "selector-verdict": selector_verdict,
+    "frontier-default": frontier_default,
+    "finetune-comparison": finetune_comparison,
+    "preregistration": preregistration,
+}
