@@ -29,8 +29,8 @@ import numpy as np
 from analysis.planning.evidence import BlockEvidence, block_evidence
 from analysis.planning.selection import Selection, select_layers
 from analysis.probe_config import ConfigError, DataSpec, ProbeConfig
-from analysis.report.figures import plot_all
-from analysis.report.localisation import localisation_sentences, plot_localisation
+from analysis.report.figures import draw_all, save_figures
+from analysis.report.localisation import draw_localisation, localisation_sentences
 from analysis.report.report import write_report
 from finetune.losses import gradnorm_loss_fns, loss_spec
 from probing.clip.text_tower import TextTower
@@ -241,12 +241,13 @@ def write(out: str | Path, config: ProbeConfig, subject: Subject, measurements: 
     paths = {"measurements": out / "measurements.json", "config": config.save(out)}
     paths.update(write_long_table(out / "measurements_long", long_table(measurements, localisation)))
     paths["plan"] = selection.plan.save(out / "layer_plan.json")
-    figures = plot_all(measurements, selection, out / "figures")
+    drawn = draw_all(measurements, selection)
     extra = []
     if localisation is not None:
         localisation.save(out / "localisation")
-        figures.update(plot_localisation(localisation, out / "figures"))
+        drawn.update(draw_localisation(localisation))
         extra = localisation_sentences(localisation)
+    figures = save_figures(drawn, out / "figures")
     run_info = {"config": config.to_dict(), "threads": config.threads, "seconds": seconds, "notes": subject.notes}
     paths.update(write_report(out, measurements, selection, figures=figures, model_info=subject.bundle.info,
                               embedded_metrics=subject.bundle.metrics, run_info=run_info, extra_sentences=extra))

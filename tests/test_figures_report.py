@@ -14,12 +14,13 @@ from analysis.planning.selection import SelectionConfig, select_layers
 from analysis.planning.settings import EvidenceConfig
 from analysis.report.figures import (
     COLUMN_WIDTH,
+    draw_evidence,
+    draw_gradnorm_heatmap,
+    draw_probe_accuracy,
+    draw_selectivity,
+    draw_sensitivity,
     plot_all,
-    plot_evidence,
-    plot_gradnorm_heatmap,
-    plot_probe_accuracy,
-    plot_selectivity,
-    plot_sensitivity,
+    save_figures,
 )
 from analysis.report.report import summary_sentences, write_report
 from probing.measure.layers import LayerMeasurements
@@ -59,14 +60,14 @@ def measured(tmp_path_factory):
 
 
 @pytest.mark.parametrize("draw, name", [
-    (lambda m, s, out: plot_probe_accuracy(m, [1], out), "probe_accuracy"),
-    (lambda m, s, out: plot_selectivity(m, [1], out), "selectivity"),
-    (lambda m, s, out: plot_sensitivity(m, [1], out), "sensitivity"),
-    (lambda m, s, out: plot_gradnorm_heatmap(m, [1], out), "gradnorms"),
-    (lambda m, s, out: plot_evidence(s, out), "evidence")])
+    (lambda m, s: draw_probe_accuracy(m, [1]), "probe_accuracy"),
+    (lambda m, s: draw_selectivity(m, [1]), "selectivity"),
+    (lambda m, s: draw_sensitivity(m, [1]), "sensitivity"),
+    (lambda m, s: draw_gradnorm_heatmap(m, [1]), "gradnorms"),
+    (lambda m, s: draw_evidence(s), "evidence")])
 def test_each_figure_is_written_as_png_and_pdf_at_column_width(measured, draw, name):
     m, selection, out = measured
-    png, pdf = draw(m, selection, out)
+    png, pdf = save_figures({name: draw(m, selection)}, out)[name]
     assert (png.name, pdf.name) == (f"{name}.png", f"{name}.pdf")
     assert pdf.read_bytes().startswith(b"%PDF")
     with Image.open(png) as image:
@@ -77,9 +78,9 @@ def test_each_figure_is_written_as_png_and_pdf_at_column_width(measured, draw, n
 
 def test_figures_refuse_missing_data(tmp_path):
     empty = LayerMeasurements(3, ["0", "1", "2", "3"])
-    for draw in (plot_probe_accuracy, plot_selectivity, plot_sensitivity, plot_gradnorm_heatmap):
+    for draw in (draw_probe_accuracy, draw_selectivity, draw_sensitivity, draw_gradnorm_heatmap):
         with pytest.raises(ValueError, match="no .* rows"):
-            draw(empty, [], tmp_path)
+            draw(empty, [])
     assert plot_all(empty, None, tmp_path) == {}
 
 

@@ -5,15 +5,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis.report.figures import COLUMN_WIDTH
+from analysis.report.figures import COLUMN_WIDTH, save_figures
 from analysis.report.localisation import (
+    draw_heads,
+    draw_lens,
+    draw_patching,
+    draw_steering,
     eot_shift_layer,
     lens_reach,
     localisation_sentences,
-    plot_heads,
-    plot_lens,
-    plot_patching,
-    plot_steering,
     residual_profile,
     selective_heads,
 )
@@ -115,10 +115,10 @@ def test_the_helpers_read_the_numbers(known):
 
 
 @pytest.mark.parametrize("draw, name", [
-    (lambda loc, out: plot_patching(loc, "negation", out), "patching_negation"),
-    (plot_heads, "heads"), (plot_lens, "lens"), (plot_steering, "steering")])
+    (lambda loc: draw_patching(loc, "negation"), "patching_negation"),
+    (draw_heads, "heads"), (draw_lens, "lens"), (draw_steering, "steering")])
 def test_each_figure_is_written_as_png_and_pdf_at_column_width(known, tmp_path, draw, name):
-    png, pdf = draw(known, tmp_path)
+    png, pdf = save_figures({name: draw(known)}, tmp_path)[name]
     assert (png.name, pdf.name) == (f"{name}.png", f"{name}.pdf")
     assert pdf.read_bytes().startswith(b"%PDF")
     with Image.open(png) as image:
@@ -127,6 +127,6 @@ def test_each_figure_is_written_as_png_and_pdf_at_column_width(known, tmp_path, 
 
 def test_figures_refuse_missing_data(tmp_path):
     empty = Localisation(N_LAYERS, N_HEADS)
-    for draw in (plot_heads, plot_lens, plot_steering, lambda loc, out: plot_patching(loc, "negation", out)):
+    for draw in (draw_heads, draw_lens, draw_steering, lambda loc: draw_patching(loc, "negation")):
         with pytest.raises(ValueError, match="no .*rows"):
-            draw(empty, tmp_path)
+            draw(empty)

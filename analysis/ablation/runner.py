@@ -47,6 +47,7 @@ from analysis.ablation.variants import (
 )
 from analysis.compare.plan import FINETUNE_CHANGE, finetune_change_selector
 from analysis.planning.selectors import RANDOM_WINDOW, SelectorPlan, missing_selectors, selector_plans
+from analysis.report.figures import save_figures
 from finetune.checkpoint import latest_checkpoint
 from finetune.freezing import planned_parts
 from finetune.plan import PlanError
@@ -54,7 +55,7 @@ from finetune.train import TrainConfig, train
 from finetune.vocabulary import EXTRAS
 from probing.clip.loading import resolve_device
 from probing.clip.text_tower import TextTower
-from probing.io import atomic_path, atomic_write_json, atomic_write_text, sweep_temporaries
+from probing.io import atomic_write_json, atomic_write_text, sweep_temporaries
 from probing.measure.layers import LayerMeasurements
 from probing.measure.steering import PUBLISHED_ALPHA, steered, steering_vectors
 from probing.metrics import flatten
@@ -342,12 +343,8 @@ class AblationStudy:
         figures = {"validity": validity_figure(results, self.selected.evidence),
                    "frontier": frontier_figure(results, {name: plan_variant(plan, k)
                                                          for name, plan in self.selector_plans.items()})}
-        for stem, figure in figures.items():
-            for suffix in ("png", "pdf"):
-                path = self.out_dir / f"{stem}.{suffix}"
-                with atomic_path(path) as tmp:
-                    figure.savefig(tmp, format=suffix, dpi=300, bbox_inches="tight")
-                outputs[f"{stem}_{suffix}"] = path
+        for stem, (png, pdf) in save_figures(figures, self.out_dir, dpi=300).items():
+            outputs.update({f"{stem}_png": png, f"{stem}_pdf": pdf})
         if self.selector_plans:
             outputs.update(write_selector_table(self.out_dir, results, self.selector_plans))
         return outputs

@@ -17,7 +17,8 @@ import pandas as pd
 from analysis.ablation.aggregate import summary_rows
 from analysis.ablation.figures import ablation_figure
 from analysis.ablation.validity import format_ratio, headline
-from probing.io import atomic_path, atomic_write_json, atomic_write_text
+from analysis.report.figures import save_figures
+from probing.io import atomic_write_json, atomic_write_text
 from probing.measure.tidy import LONG_COLUMNS, write_long_table
 
 TABLE_FILE = "ablation_table.md"
@@ -174,10 +175,6 @@ def write_outputs(out_dir: str | Path, summary: dict[str, Any], runs: Sequence[d
     outputs["summary_csv"] = atomic_write_text(out_dir / SUMMARY_CSV, buffer.getvalue())
     outputs.update(write_long_table(out_dir / "ablation_long", long_rows(summary, runs)))
     if summary["variants"]:
-        figure = ablation_figure(summary)
-        for suffix in ("png", "pdf"):
-            path = out_dir / f"{FIGURE_STEM}.{suffix}"
-            with atomic_path(path) as tmp:
-                figure.savefig(tmp, format=suffix, dpi=300, bbox_inches="tight")
-            outputs[f"figure_{suffix}"] = path
+        png, pdf = save_figures({FIGURE_STEM: ablation_figure(summary)}, out_dir, dpi=300)[FIGURE_STEM]
+        outputs.update(figure_png=png, figure_pdf=pdf)
     return outputs

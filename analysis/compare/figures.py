@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.compare.decoding import headline_split
-from analysis.report.figures import COLUMN_WIDTH, _pyplot, _save
+from analysis.report.figures import COLUMN_WIDTH, _pyplot, save_figures
 
 if TYPE_CHECKING:
     from analysis.compare.core import Comparison
@@ -23,16 +23,22 @@ if TYPE_CHECKING:
 GROUP_STYLES = {"affirmative": "-", "negated": "--"}
 
 
-def plot_comparison(comparison: "Comparison", out_dir: str | Path) -> dict[str, list[Path]]:
+def draw_comparison(comparison: "Comparison") -> dict:
+    """The comparison's figures: name -> matplotlib Figure."""
     figures = {}
     if len(comparison.block_table()) or len(comparison.states):
-        figures["comparison"] = plot_weights_and_states(comparison, out_dir)
+        figures["comparison"] = draw_weights_and_states(comparison)
     if len(comparison.probes):
-        figures["probes"] = plot_probes(comparison, out_dir)
+        figures["probes"] = draw_probes(comparison)
     return figures
 
 
-def plot_weights_and_states(comparison: "Comparison", out_dir: str | Path) -> list[Path]:
+def plot_comparison(comparison: "Comparison", out_dir: str | Path) -> dict[str, list[Path]]:
+    """The comparison's figures written to out_dir; name -> [png, pdf]."""
+    return save_figures(draw_comparison(comparison), out_dir)
+
+
+def draw_weights_and_states(comparison: "Comparison"):
     plt = _pyplot()
     blocks = comparison.block_table()
     panels = int(bool(len(blocks))) + int(bool(len(comparison.states)))
@@ -74,10 +80,10 @@ def plot_weights_and_states(comparison: "Comparison", out_dir: str | Path) -> li
         ax.set_ylabel("linear CKA with the base")
         ax.set_title("EOT states: tuned vs base")
         ax.legend(loc="lower left")
-    return _save(fig, out_dir, "comparison")
+    return fig
 
 
-def plot_probes(comparison: "Comparison", out_dir: str | Path) -> list[Path]:
+def draw_probes(comparison: "Comparison"):
     plt = _pyplot()
     probe = comparison.config.probes[0]
     probes = comparison.probes[comparison.probes["probe"] == probe]
@@ -100,4 +106,4 @@ def plot_probes(comparison: "Comparison", out_dir: str | Path) -> list[Path]:
         ax.set_ylabel("balanced accuracy")
         ax.set_title(f"{task}: {split.replace('_', ' ')} ({probe} probe)")
         ax.legend(loc="lower right")
-    return _save(fig, out_dir, "probes")
+    return fig

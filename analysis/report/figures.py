@@ -1,8 +1,9 @@
 """Figures of the per-layer measurements and of the null-calibrated evidence, sized for a paper
 column (3.5 in), written as PNG and PDF.
 
-One function per figure; each takes the measurements (a `LayerMeasurements`, whose tables are
-DataFrames) or the selection, writes `<out_dir>/<name>.png` and `.pdf`, and returns both paths.
+One function per figure (`draw_<name>`); each takes the measurements (a `LayerMeasurements`, whose tables are
+DataFrames) or the selection and returns a matplotlib Figure. `save_figures` writes figures as
+`<out_dir>/<name>.png` and `.pdf`; `draw_all` draws every figure whose data was measured and `plot_all` writes them.
 Curves over residual-stream layers (0 = embeddings, l = after block l - 1) shade the selected
 blocks: block b spans layers b to b + 1, the step it adds. Bands are the confidence intervals stored
 with the measurements; the null models (randomly initialised towers) appear as their mean and the
@@ -46,19 +47,22 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out_dir: str | Path, name: str) -> list[Path]:
-
-    out_dir = Path(out_dir)
-    paths = []
-    for suffix in (".png", ".pdf"):
-        path = out_dir / f"{name}{suffix}"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=suffix[1:], bbox_inches="tight")
-        paths.append(path)
+def save_figures(figures: dict, out_dir: str | Path, *, dpi: int | None = None) -> dict[str, list[Path]]:
+    """Write each figure as <name>.png and <name>.pdf (atomically), close it; name -> [png, pdf]. The draw_*
+    functions return figures, so a caller draws what it needs and writes them all here in one place."""
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
-    return paths
+    out_dir = Path(out_dir)
+    written = {}
+    for name, fig in figures.items():
+        written[name] = []
+        for suffix in (".png", ".pdf"):
+            path = out_dir / f"{name}{suffix}"
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=suffix[1:], bbox_inches="tight", **({} if dpi is None else {"dpi": dpi}))
+            written[name].append(path)
+        plt.close(fig)
+    return written
 
 
 def shade_blocks(ax, blocks: Sequence[int], *, label: bool = True) -> None:
@@ -119,8 +123,8 @@ def _plot_band(ax, curve, label: str, colour: str, style: str = "-") -> None:
     ax.fill_between(x, low, high, color=colour, alpha=0.18, lw=0)
 
 
-def plot_probe_accuracy(measurements, blocks: Sequence[int] = (), out_dir: str | Path = ".", *,
-                        probe: str = "logistic") -> list[Path]:
+def draw_probe_accuracy(measurements, blocks: Sequence[int] = (), *,
+                        probe: str = "logistic"):
     """Held-out probe accuracy per layer against the null models, the in-distribution split and control labels."""
     table = measurements.probes
     rows = table[table.probe == probe]
@@ -150,10 +154,10 @@ def plot_probe_accuracy(measurements, blocks: Sequence[int] = (), out_dir: str |
     for ax in axes[:-1, 0]:
         ax.set_xlabel("")
     _legend_below(fig, axes[0, 0])
-    return _save(fig, out_dir, "probe_accuracy")
+    return fig
 
 
-def plot_selectivity(measurements, blocks: Sequence[int] = (), out_dir: str | Path = ".") -> list[Path]:
+def draw_selectivity(measurements, blocks: Sequence[int] = ()):
     """Selectivity (task minus control accuracy, in-distribution) per layer; band from the two CIs."""
     rows = measurements.selectivity
     if rows.empty:
@@ -183,10 +187,10 @@ def plot_selectivity(measurements, blocks: Sequence[int] = (), out_dir: str | Pa
     ax.set_title("probe selectivity (in-distribution)")
     _layer_axis(ax, measurements.n_layers)
     _legend_below(fig, ax)
-    return _save(fig, out_dir, "selectivity")
+    return fig
 
 
-def plot_sensitivity(measurements, blocks: Sequence[int] = (), out_dir: str | Path = ".") -> list[Path]:
+def draw_sensitivity(measurements, blocks: Sequence[int] = ()):
     """Standardised sensitivity per layer for presence, absence and control edits, the null models' beside."""
     rows = measurements.sensitivity
     if rows.empty:
@@ -206,10 +210,10 @@ def plot_sensitivity(measurements, blocks: Sequence[int] = (), out_dir: str | Pa
     ax.set_ylim(bottom=0)
     _layer_axis(ax, n_layers)
     _legend_below(fig, ax)
-    return _save(fig, out_dir, "sensitivity")
+    return fig
 
 
-def plot_gradnorm_heatmap(measurements, blocks: Sequence[int] = (), out_dir: str | Path = ".") -> list[Path]:
+def draw_gradnorm_heatmap(measurements, blocks: Sequence[int] = ()):
     """The model's relative gradient norm ||g||/||w|| per block (rows) and component (columns), one panel per loss."""
     table = measurements.gradnorms
     rows = table[table.model == TRAINED]
@@ -252,10 +256,10 @@ def plot_gradnorm_heatmap(measurements, blocks: Sequence[int] = (), out_dir: str
         bar.set_label("relative grad norm ||g||/||w|| (log)", fontsize=6.5)
         bar.ax.tick_params(labelsize=6)
     fig.suptitle("gradient norms per block (* = selected)", fontsize=8)
-    return _save(fig, out_dir, "gradnorms")
+    return fig
 
 
-def plot_evidence(selection, out_dir: str | Path = ".") -> list[Path]:
+def draw_evidence(selection):
     """Per component: each block's excess over the null models with its interval and the family-wise
     threshold (filled = significant); below, the combined score and how often each block is selected."""
     evidence = selection.evidence
@@ -295,21 +299,26 @@ def plot_evidence(selection, out_dir: str | Path = ".") -> list[Path]:
         labels += l
     fig.tight_layout()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
-    return _save(fig, out_dir, "evidence")
+    return fig
 
 
-def plot_all(measurements, selection=None, out_dir: str | Path = ".") -> dict[str, list[Path]]:
-    """Every figure whose data was measured; name -> [png, pdf]."""
+def draw_all(measurements, selection=None) -> dict:
+    """Every figure whose data was measured: name -> matplotlib Figure (save_figures writes them)."""
     blocks = [] if selection is None else list(selection.plan.blocks)
     figures = {}
     if not measurements.probes.empty:
-        figures["probe_accuracy"] = plot_probe_accuracy(measurements, blocks, out_dir)
+        figures["probe_accuracy"] = draw_probe_accuracy(measurements, blocks)
     if not measurements.selectivity.empty:
-        figures["selectivity"] = plot_selectivity(measurements, blocks, out_dir)
+        figures["selectivity"] = draw_selectivity(measurements, blocks)
     if not measurements.sensitivity.empty:
-        figures["sensitivity"] = plot_sensitivity(measurements, blocks, out_dir)
+        figures["sensitivity"] = draw_sensitivity(measurements, blocks)
     if not measurements.gradnorms.empty:
-        figures["gradnorms"] = plot_gradnorm_heatmap(measurements, blocks, out_dir)
+        figures["gradnorms"] = draw_gradnorm_heatmap(measurements, blocks)
     if selection is not None and selection.evidence.components:
-        figures["evidence"] = plot_evidence(selection, out_dir)
+        figures["evidence"] = draw_evidence(selection)
     return figures
+
+
+def plot_all(measurements, selection=None, out_dir: str | Path = ".") -> dict[str, list[Path]]:
+    """Every figure whose data was measured, written to out_dir; name -> [png, pdf]."""
+    return save_figures(draw_all(measurements, selection), out_dir)

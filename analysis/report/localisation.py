@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.report.figures import COLUMN_WIDTH, LAYER_AXIS, _layer_axis, _legend_below, _plot_band, _pyplot, _save
+from analysis.report.figures import (
+    COLUMN_WIDTH,
+    LAYER_AXIS,
+    _layer_axis,
+    _legend_below,
+    _plot_band,
+    _pyplot,
+    save_figures,
+)
 from probing.measure.patching import preferred_method, top_heads
 from probing.measure.roles import ROLES
 from probing.measure.scoring import RETRIEVAL
@@ -56,7 +64,7 @@ def _retrieval(table: pd.DataFrame) -> str | None:
 # ---- figures ---------------------------------------------------------------------------------------
 
 
-def plot_patching(localisation, kind: str, out_dir: str | Path = ".", *, method: str | None = None) -> list[Path]:
+def draw_patching(localisation, kind: str, *, method: str | None = None):
     """Layer x role heatmaps of the effect for one kind of pair: rows = components, columns = directions."""
     table = localisation.patching
     method = method or preferred_method(table)
@@ -90,10 +98,10 @@ def plot_patching(localisation, kind: str, out_dir: str | Path = ".", *, method:
     bar.set_label("effect (share of the clean-corrupted gap)", fontsize=6)
     bar.ax.tick_params(labelsize=5.5)
     fig.suptitle(f"{kind} pairs: {method} patching", fontsize=8)
-    return _save(fig, out_dir, f"patching_{kind}")
+    return fig
 
 
-def plot_heads(localisation, out_dir: str | Path = ".", *, n_top: int = 3) -> list[Path]:
+def draw_heads(localisation, *, n_top: int = 3):
     """Per-head denoising effect (mean over pair kinds) and EOT->cue attention above uniform; top heads boxed."""
     from matplotlib.patches import Rectangle
 
@@ -131,10 +139,10 @@ def plot_heads(localisation, out_dir: str | Path = ".", *, n_top: int = 3) -> li
     axes[0, 0].set_ylabel("block")
     fig.suptitle(f"heads (boxed: top {len(top)} by patching effect)", fontsize=8)
     fig.tight_layout()
-    return _save(fig, out_dir, "heads")
+    return fig
 
 
-def plot_lens(localisation, out_dir: str | Path = ".") -> list[Path]:
+def draw_lens(localisation):
     """Held-out metrics per layer: plain lens (solid), tuned lens (dashed), with 95% intervals."""
     table = localisation.lens
     if table.empty:
@@ -156,10 +164,10 @@ def plot_lens(localisation, out_dir: str | Path = ".") -> list[Path]:
     axes[-1, 0].set_xlabel(LAYER_AXIS)
     axes[0, 0].set_title("joint-space lens: the tower stopped at each layer")
     _legend_below(fig, axes[0, 0])
-    return _save(fig, out_dir, "lens")
+    return fig
 
 
-def plot_steering(localisation, out_dir: str | Path = ".") -> list[Path]:
+def draw_steering(localisation):
     """Change of each held-out metric against the unsteered model, per steering layer (right: every layer)."""
     table = localisation.steering
     if table.empty:
@@ -197,22 +205,27 @@ def plot_steering(localisation, out_dir: str | Path = ".") -> list[Path]:
     axes[-1, 0].set_xlabel("steered layer (0 = embeddings; all = every layer)")
     axes[0, 0].set_title("steering along the negation direction (95% CI)")
     _legend_below(fig, axes[0, 0], ncol=2)
-    return _save(fig, out_dir, "steering")
+    return fig
 
 
-def plot_localisation(localisation, out_dir: str | Path = ".") -> dict[str, list[Path]]:
-    """Every figure whose data was measured; name -> [png, pdf]."""
+def draw_localisation(localisation) -> dict:
+    """Every figure whose data was measured: name -> matplotlib Figure (figures.save_figures writes them)."""
     figures = {}
     if not localisation.patching.empty:
         for kind in localisation.patching["kind"].unique():
-            figures[f"patching_{kind}"] = plot_patching(localisation, kind, out_dir)
+            figures[f"patching_{kind}"] = draw_patching(localisation, kind)
         if (localisation.patching["component"] == "head").any():
-            figures["heads"] = plot_heads(localisation, out_dir)
+            figures["heads"] = draw_heads(localisation)
     if not localisation.lens.empty:
-        figures["lens"] = plot_lens(localisation, out_dir)
+        figures["lens"] = draw_lens(localisation)
     if not localisation.steering.empty:
-        figures["steering"] = plot_steering(localisation, out_dir)
+        figures["steering"] = draw_steering(localisation)
     return figures
+
+
+def plot_localisation(localisation, out_dir: str | Path = ".") -> dict[str, list[Path]]:
+    """Every figure whose data was measured, written to out_dir; name -> [png, pdf]."""
+    return save_figures(draw_localisation(localisation), out_dir)
 
 
 # ---- sentences -------------------------------------------------------------------------------------
