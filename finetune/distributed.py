@@ -51,7 +51,7 @@ class DistContext:
         """Concatenate every rank's [b, d] slice into the global [W*b, d], keeping gradients."""
         if not self.enabled:
             return local
-        from torch.distributed.nn.functional import all_gather
+        from torch.distributed.nn.functional import all_gather  # only under torchrun
 
         return torch.cat(all_gather(local.contiguous()), dim=0)
 

@@ -24,7 +24,7 @@ class MetricsLog:
         self._csv = csv.writer(self._file, lineterminator="\n")
         self._writer = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional and slow: only when TensorBoard logs are asked
 
             # purge_step hides the interrupted attempt's events past the resume point
             self._writer = SummaryWriter(

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from probing.io import atomic_write_json
+from probing.io import DuplicateKeyError, atomic_write_json, strict_json_loads
 
 BLOCK_PARTS = ("all", "layernorm")
 MAX_BLOCK = 9_999  # the largest block index a layer list may name (ViT-bigG's text tower has 32 blocks)
@@ -98,7 +98,6 @@ class LayerPlan:
         path = Path(path)
         if not path.is_file():
             raise PlanError(f"layer plan file {path} does not exist")
-        from probing.io import DuplicateKeyError, strict_json_loads
 
         try:
             data = strict_json_loads(path.read_text(encoding="utf-8"))

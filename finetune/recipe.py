@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probing.io import DuplicateKeyError, strict_json_loads
+
 RECIPES_DIR = Path(__file__).with_name("recipes")
 _REQUIRED = ("name", "summary", "source", "settings")
 
@@ -52,7 +54,6 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
                               "(or give a recipe file's path)")
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist")
-    from probing.io import DuplicateKeyError, strict_json_loads
 
     try:
         data = strict_json_loads(path.read_text(encoding="utf-8"))

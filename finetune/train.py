@@ -61,6 +61,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from finetune.checkpoint import (
     Checkpoint,
@@ -614,7 +615,6 @@ class Trainer:
 
 
 def _progress_bar(total: int, initial: int, *, enabled: bool):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc="fine-tuning", unit="step", dynamic_ncols=True)
 

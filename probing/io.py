@@ -123,7 +123,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
-    import torch
+    import torch  # this module is on every command's --help path; torch is not
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

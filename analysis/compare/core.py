@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.compare.decoding import capture_states
+from analysis.compare.decoding import capture_states, paired_differences, sweep
 from analysis.compare.report import sentences
 from analysis.compare.states import StateSettings, compare_states
 from analysis.compare.weights import (
@@ -286,8 +286,6 @@ def compare_checkpoints(base_bundle, tuned_bundles: Mapping[str, Any] | Sequence
     all_models = [(base_name, base_bundle)] + [(name, bundle) for name, bundle in tuned if name not in identical]
     probe_rows, difference_rows, sweeps = [], [], {}
     if "probes" in config.parts and tasks:
-        from analysis.compare.decoding import capture_states, paired_differences, sweep
-
         for task in tasks:
             for name, bundle in all_models:
                 say(f"probes: {task.name} on {name}")

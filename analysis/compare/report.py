@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import pandas as pd
 
 from analysis.compare.decoding import headline_split
+from analysis.compare.figures import plot_comparison
 from analysis.compare.weights import IMAGE_TOWER, OUTSIDE_BLOCKS
 from analysis.planning.selection import describe_blocks
 from probing.io import atomic_write_json, atomic_write_text
@@ -293,8 +294,6 @@ def write_outputs(comparison: "Comparison", out: str | Path, *, figures: bool = 
         paths["blocks_md"] = atomic_write_text(out / "blocks.md", markdown_table(blocks.rename_axis("part")))
     drawn: dict[str, list[Path]] = {}
     if figures:
-        from analysis.compare.figures import plot_comparison
-
         drawn = plot_comparison(comparison, out / "figures")
     paths["markdown"] = atomic_write_text(out / "report.md", markdown(comparison, drawn))
     for name, files in drawn.items():

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from analysis.evaluation.benchmarks import (
     BENCHMARKS,
@@ -516,7 +517,6 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     synthetic_world: the SyntheticWorld to evaluate on (default: `WorldConfig()` seeded with `seed`;
     pass the world a model was pretrained on, e.g. `probing.models.build.world_for(spec)`).
     """
-    from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")

@@ -16,8 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib.colors as mcolors  # matplotlib itself, not pyplot: no backend is chosen here
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Rectangle
 
 from analysis.planning.selection import describe_blocks
 from probing.io import atomic_path
@@ -35,7 +37,7 @@ LAYER_AXIS = "layer (0 = embeddings, L = output of block L-1)"
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # on first use: the backend is chosen before pyplot loads (and --help stays fast)
 
     if "inline" not in matplotlib.get_backend() and "ipykernel" not in matplotlib.get_backend():
         matplotlib.use("Agg")  # files only; but never take a notebook's inline backend away
@@ -50,8 +52,7 @@ def _pyplot():
 def save_figures(figures: dict, out_dir: str | Path, *, dpi: int | None = None) -> dict[str, list[Path]]:
     """Write each figure as <name>.png and <name>.pdf (atomically), close it; name -> [png, pdf]. The draw_*
     functions return figures, so a caller draws what it needs and writes them all here in one place."""
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out_dir = Path(out_dir)
     written = {}
     for name, fig in figures.items():
@@ -220,9 +221,6 @@ def draw_gradnorm_heatmap(measurements, blocks: Sequence[int] = ()):
     if rows.empty:
         raise ValueError("no gradient-norm rows to plot")
     plt = _pyplot()
-    import matplotlib.colors as mcolors
-    from matplotlib.patches import Rectangle
-
     losses = list(dict.fromkeys(rows.loss))
     components = [c for c in ("all", "attention", "mlp", "layernorms", "layerscale") if (rows.component == c).any()]
     n_layers = measurements.n_layers

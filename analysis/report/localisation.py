@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Rectangle
 
 from analysis.report.figures import (
     COLUMN_WIDTH,
@@ -103,8 +104,6 @@ def draw_patching(localisation, kind: str, *, method: str | None = None):
 
 def draw_heads(localisation, *, n_top: int = 3):
     """Per-head denoising effect (mean over pair kinds) and EOT->cue attention above uniform; top heads boxed."""
-    from matplotlib.patches import Rectangle
-
     table = localisation.patching
     heads = table[(table["component"] == "head") & (table["direction"] == "denoise")
                   & (table["method"] == preferred_method(table))]

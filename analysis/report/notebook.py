@@ -20,6 +20,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+import torch
+from IPython.display import display
+from PIL import Image
+
 
 @dataclass(frozen=True)
 class NotebookRun:
@@ -32,8 +37,6 @@ class NotebookRun:
 
 def start(name: str, *, threads: int = 1) -> NotebookRun:
     """Settings every notebook uses, and an empty output folder for notebook `name`."""
-    import pandas as pd
-    import torch
 
     torch.set_num_threads(threads)  # the machine is shared; these small models are also fastest on one thread
     logging.getLogger().setLevel(logging.ERROR)  # open_clip logs that it built an architecture before loading weights
@@ -51,9 +54,7 @@ def start(name: str, *, threads: int = 1) -> NotebookRun:
 def show(figure, width: int = 720) -> None:
     """Display a matplotlib figure or a saved image at screen size, as a 64-colour palette PNG (a fraction
     of the bytes of a full-colour one in the notebook file; plots need no more colours)."""
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-    from PIL import Image
+    import matplotlib.pyplot as plt  # after the notebook's inline backend is set up, never before
 
     if isinstance(figure, (str, Path)):
         image = Image.open(figure)

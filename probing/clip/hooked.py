@@ -30,8 +30,9 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
-from transformer_lens import HookedRootModule
+from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.config import TransformerLensConfig
 from transformer_lens.hook_points import HookPoint
 
@@ -265,7 +266,6 @@ class HookedCLIPText(HookedRootModule):
 
     def run_with_cache(self, *model_args, return_cache_object: bool = True, **kwargs):
         """As HookedRootModule.run_with_cache, but the cache is a real `ActivationCache`."""
-        from transformer_lens import ActivationCache
 
         output, cache_dict = super().run_with_cache(*model_args, **kwargs)
         if not return_cache_object:
@@ -282,8 +282,6 @@ class HookedCLIPText(HookedRootModule):
     def to_tokens(self, captions: str | Sequence[str], *, move_to_device: bool = True) -> torch.Tensor:
         """Tokens [b, p] trimmed to the batch's longest caption (EOT included), as the activations are."""
         if self.tokenizer is None:
-            from open_clip.tokenizer import SimpleTokenizer
-
             self.tokenizer = SimpleTokenizer(context_length=self.cfg.n_ctx)
         tokens = self.tokenizer([captions] if isinstance(captions, str) else list(captions))
         tokens = tokens[:, :self.tower.trimmed_length(tokens)]

@@ -72,12 +72,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import open_clip
 import torch
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from safetensors import SafetensorError, safe_open
 
 from probing.cache import cache_dir
 from probing.clip.errors import ModelLoadError
-from probing.clip.model_config import MAX_MLP_RATIO, check_model_config
-from probing.io import atomic_path
+from probing.clip.model_config import MAX_CONTEXT, MAX_LAYERS, MAX_MLP_RATIO, MAX_VOCAB, MAX_WIDTH, check_model_config
+from probing.io import DuplicateKeyError, atomic_path, strict_json_loads
 
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -303,7 +306,6 @@ def _size_problems(config: Any, *, present_only: bool = False) -> list[str]:
     """'field must be ...' for each size of a CLIPConfig (or of config.json's dict, with `present_only`: the
     fields it gives) that is not a positive integer in range, and each layer_norm_eps that is not a number in
     (0, 1); fields are named as in config.json."""
-    from probing.clip.model_config import MAX_CONTEXT, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
 
     def get(holder: Any, name: str) -> Any:
         return holder.get(name, _ABSENT) if isinstance(holder, dict) else getattr(holder, name, None)
@@ -354,7 +356,6 @@ _REGISTERED: dict[str, Path] = {}  # architecture name -> the config.json it was
 def register(config: Path) -> str:
     """Make the architecture of a config.json known to open_clip (as <cache>/huggingface/<name>.json, an
     ordinary open_clip model config) and return its name."""
-    import open_clip
 
 
     cfg = open_clip_config(read_config(config), config)
@@ -394,7 +395,6 @@ def architecture_differences(requested: Mapping, built: Mapping) -> list[str]:
 
 
 def _normalised(cfg: Mapping) -> dict[str, Any]:
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     flat = {key: value for key, value in cfg.items() if key not in ("text_cfg", "vision_cfg")}
     flat["quick_gelu"] = bool(flat.get("quick_gelu", False))
@@ -504,7 +504,6 @@ def _tensor_names(path: Path) -> list[str]:
     """The tensor names of a weights file, without reading the tensors; [] when it cannot tell (the
     checkpoint reader reports damaged files)."""
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -536,7 +535,6 @@ def _model_type(raw: Mapping) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    from probing.io import DuplicateKeyError, strict_json_loads
 
     try:
         raw = strict_json_loads(path.read_text(encoding="utf-8"))

@@ -33,9 +33,13 @@ settings pass without a change here.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import math
 from typing import Any, Mapping
+
+from open_clip.coca_model import CoCa
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from probing.clip.errors import ModelLoadError
 
@@ -67,8 +71,6 @@ def check_model_config(config: Any, where: str) -> dict:
 
 def known_keys() -> dict[str, set[str]]:
     """The keys open_clip takes: at the top level, in text_cfg and in vision_cfg."""
-    from open_clip.coca_model import CoCa
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     top = set(_FACTORY_KEYS) | {"embed_dim", "vision_cfg", "text_cfg"}
     for cls in (CLIP, CoCa):
@@ -142,7 +144,6 @@ def _unknown(section: Mapping, known: set[str], where: str) -> str | None:
     unknown = sorted(str(key) for key in section if key not in known)
     if not unknown:
         return None
-    import difflib
 
     hints = [f"{key} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(key, sorted(known), n=1))
              else key for key in unknown[:3]]
@@ -151,7 +152,6 @@ def _unknown(section: Mapping, known: set[str], where: str) -> str | None:
 
 
 def _flags(section: Mapping, where: str) -> str | None:
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     cls = CLIPTextCfg if where == "text_cfg." else CLIPVisionCfg
     for field in dataclasses.fields(cls):
@@ -175,7 +175,6 @@ def _mlp_ratio(section: Mapping, where: str, width: int) -> str | None:
 
 
 def _text_problem(text: Mapping) -> str | None:
-    from open_clip.model import CLIPTextCfg
 
     where = "text_cfg."
     problem = _flags(text, where)
@@ -234,7 +233,6 @@ def _image_side(vision: Mapping, where: str) -> tuple[int | None, str | None]:
 
 
 def _vision_problem(vision: Mapping) -> str | None:
-    from open_clip.model import CLIPVisionCfg
 
     where = "vision_cfg."
     problem = _flags(vision, where)
@@ -292,7 +290,6 @@ def _vision_problem(vision: Mapping) -> str | None:
 def estimated_parameters(config: Mapping) -> float:
     """About how many parameters the sizes of a checked config describe (the transformer blocks, the
     embeddings and projections; exact enough to refuse a model that could never be built)."""
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     text, vision = config["text_cfg"], config["vision_cfg"]
     total = 0.0

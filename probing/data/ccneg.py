@@ -168,7 +168,7 @@ def _captions(annotation: Any, clean: bool) -> tuple[str, str]:
 
 
 def _rows_from_torch(path: Path, weights_only: bool, collector: Collector):
-    import torch
+    import torch  # only the .pt layout needs torch; the CSV reader (and make-negations --help) do not
 
     if not path.is_file():
         raise DataError(path, None, "file not found")

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from probing.data.reading import (
     Collector,
@@ -87,7 +88,6 @@ def _box(value: Any, what: str) -> list[float]:
 def crop_regions(item: RegionItem) -> list[np.ndarray]:
     """The crop of each candidate box as an RGB uint8 array, cut as the authors cut it
     (PIL `crop((x, y, x + w, y + h))`, which rounds the corners to whole pixels)."""
-    from PIL import Image
 
     image = Image.fromarray(load_image(item.image, source=item.source, row=item.row))
     return [np.asarray(image.crop((x, y, x + w, y + h))) for x, y, w, h in item.boxes]

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from probing.data.records import DataError, Loaded, LoadReport
 
@@ -393,7 +394,6 @@ def _is_file(path: Path) -> bool:
 
 def image_problem(path: str | os.PathLike) -> str | None:
     """None if PIL can open the file and read its size, else a short reason."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
@@ -414,7 +414,6 @@ def load_image(image: str | os.PathLike | np.ndarray, *, source: str | None = No
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(source, row, f"image array should be uint8 [H, W, 3], got {image.dtype} {image.shape}")
         return image
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(image) as opened:
@@ -466,7 +465,7 @@ class TokenLimit:
     def _make_encode(self) -> Callable[[str], Sequence[int]]:
         tokenizer = self._tokenizer
         if tokenizer is None:
-            from open_clip.tokenizer import SimpleTokenizer
+            from open_clip.tokenizer import SimpleTokenizer  # open_clip loads torch: only when no tokenizer is given
 
             tokenizer = SimpleTokenizer()
         encode = getattr(tokenizer, "encode", None)

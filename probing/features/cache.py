@@ -54,7 +54,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from probing.cache import cache_dir
 from probing.clip.compact import state_digest
@@ -168,7 +171,6 @@ class FeatureCache:
 
     def add(self, keys: Sequence[bytes], features: torch.Tensor) -> Path | None:
         """Write one chunk (atomically, under a name of its own) and remember its rows."""
-        from safetensors.torch import save_file
 
         if not keys:
             return None
@@ -202,8 +204,6 @@ def read_chunk(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(keys uint8 [n, 32], features float32 [n, d]) of a chunk whose SHA-256 checks; None for a chunk that
     cannot be read, does not hold what a chunk holds or fails its SHA-256 (reported once, then removed, so
     that the images are encoded again), and for one that records no SHA-256 (written before it was)."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -334,7 +334,6 @@ def encode_image_features(
     path -> reason goes to `failed`. `stats`, if given, is filled with what the call did.
     autocast: run the tower in bfloat16 on CUDA.
     """
-    from tqdm.auto import tqdm
 
     if not images:
         raise ValueError("no images to encode")

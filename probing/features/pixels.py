@@ -7,6 +7,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
 
@@ -50,7 +51,6 @@ def _input_size(model: torch.nn.Module) -> int | None:
 
 
 def _normalisation(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     config = getattr(model.visual, "preprocess_cfg", {}) or {}
     return (torch.tensor(config.get("mean", OPENAI_DATASET_MEAN)), torch.tensor(config.get("std", OPENAI_DATASET_STD)))

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from probing.clip.hooked import HookedCLIPText
@@ -164,7 +165,6 @@ def save_activations(model, tokenizer: Callable[[Sequence[str]], torch.Tensor], 
     """The EOT-pooled residual stream of every caption set at every layer, as `<folder>/<set>.safetensors` keyed by
     hook name ([n captions, d_model] each), and `<folder>/manifest.json` naming the files, hooks, pooling and the
     captions in row order. Returns the manifest's path. Written atomically."""
-    from safetensors.numpy import save_file
 
 
     folder = Path(folder)

@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from probing.clip.hooked import HookedCLIPText
 from probing.clip.text_tower import TextTower
@@ -444,7 +445,6 @@ def causal_rows(model, preprocess, tokenizer, data: SyntheticData | RealData, di
                 config: MeasureConfig, progress: bool = False) -> list[dict]:
     """Project the negation probe direction out at each layer; report the negation and retrieval metrics of the
     run's data (synthetic: CAUSAL_METRICS; real: sources.REAL_CAUSAL_METRICS, those the data has)."""
-    from tqdm.auto import tqdm
 
 
     suite = data.causal_suite(config.n_causal, config.seed)

@@ -34,6 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
+from transformer_lens import ActivationCache
+from transformer_lens.tools.analysis.attribution_patching import cache_activation_and_gradient
+from transformer_lens.utilities import get_act_name
 
 from probing.features.pixels import eval_mode
 from probing.measure.roles import ALL, ROLES, AlignedPair
@@ -157,14 +161,12 @@ def patch_batch(hooked, batch: PairBatch, cells: pd.DataFrame, methods: Sequence
 
 
 def _hook_name(component: str, layer: int) -> str:
-    from transformer_lens.utilities import get_act_name
 
     return get_act_name(COMPONENTS[component], layer)
 
 
 def _cache_run(hooked, batch: PairBatch, tokens: torch.Tensor, names: list[str], gradients: bool):
     """(activations, gradients or None, m per pair) of one run, cached only at `names`."""
-    from transformer_lens import ActivationCache
 
     values = []
 
@@ -173,8 +175,6 @@ def _cache_run(hooked, batch: PairBatch, tokens: torch.Tensor, names: list[str],
         return values[-1].sum()  # pairs are independent: d(sum)/d(a_i) = dm_i/da_i
 
     if gradients:
-        from transformer_lens.tools.analysis.attribution_patching import cache_activation_and_gradient
-
         # frozen weights would leave no graph to differentiate: make the embeddings a leaf that needs grad
         track = ("hook_embed", lambda x, hook: x.detach().requires_grad_(True))
         with torch.enable_grad(), hooked.hooks(fwd_hooks=[track]):
@@ -281,7 +281,6 @@ def ratio_of_sums(numerators: np.ndarray, denominators: np.ndarray, mask: np.nda
 def agreement(patching: pd.DataFrame) -> pd.DataFrame:
     """Spearman rank correlation of attribution against exact effects over cells, per kind and direction,
     over all cells and per component."""
-    from scipy.stats import spearmanr
 
     keys = ["kind", "direction", "component", "layer", "role", "head"]
     exact = patching[patching["method"] == "exact"]

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from probing.cache import cache_dir
@@ -62,7 +63,6 @@ def ensure_embedded_model(spec: EmbeddedSpec = DEFAULT_SPEC, *, rebuild: bool = 
     Under the build's lock: a process that waited for another one's build of the same spec uses that build
     (with `rebuild` too, when it finished after this call began) instead of pretraining again.
     lock_timeout: seconds to wait for the lock (-1: as long as it takes); then filelock.Timeout."""
-    from filelock import FileLock
 
     path = checkpoint_path(spec)
     if path.exists() and not rebuild:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from probing.clip import huggingface
 from probing.clip.loading import ModelLoadError, checkpoint_metadata, image_size, load_clip, resolve_device
 from probing.models import SHIPPED
@@ -76,7 +78,6 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
 
     seed: the random init of a model without pretrained weights, and the default synthetic world's seed.
     """
-    import torch
 
     device = resolve_device(device)
     hugging_face = None if is_embedded(name) else huggingface.resolve(name, pretrained)

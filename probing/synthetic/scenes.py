@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,6 @@ def render_scene(scene: Scene, image_size: int, colours: Mapping[str, tuple[int,
     gets Gaussian noise of standard deviation `noise` * 255. The noise is a shifted field from a
     fixed bank (drawing fresh Gaussian noise would triple the cost of a render).
     """
-    from PIL import Image, ImageDraw
 
     seed = scene.noise_seed
     grey = 90 + (seed >> 24) % 76
