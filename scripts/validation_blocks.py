@@ -117,15 +117,20 @@ def validity_table() -> str:
         v = _validity(model).get(SCOPE)
         if v is None:
             continue
-        lines.append(f"| {model} | {roles[model]} | {_blocks(v.selected)} | "
-                     f"{_ci(v.rho.get('combined'), v.rho_low.get('combined'), v.rho_high.get('combined'), 2)} | "
-                     f"{v.best_plan} ({v.best_gain:+.3f}) | {_ci(v.ratio, v.ratio_low, v.ratio_high, 2, False)} | "
-                     f"{v.best_any} ({v.best_any_gain:+.3f}) | "
-                     f"{_ci(v.ratio_any, v.ratio_any_low, v.ratio_any_high, 2, False)} | {_frontier_cell(v)} | "
+        rho, ratio, ratio_any = _validity_cells(v)
+        lines.append(f"| {model} | {roles[model]} | {_blocks(v.selected)} | {rho} | {v.best_plan} ({v.best_gain:+.3f}) "
+                     f"| {ratio} | {v.best_any} ({v.best_any_gain:+.3f}) | {ratio_any} | {_frontier_cell(v)} | "
                      f"{_next_cell(v)} |")
     if len(lines) == 2:
         return "(no ablation has finished yet: `python scripts/validation_study.py`)"
     return "\n".join(lines)
+
+
+def _validity_cells(v) -> tuple[str, str, str]:
+    """rho of the combined score, the ratio to the best plan of the same size and of any size, with intervals."""
+    return (_ci(v.rho.get("combined"), v.rho_low.get("combined"), v.rho_high.get("combined"), 2),
+            _ci(v.ratio, v.ratio_low, v.ratio_high, 2, False),
+            _ci(v.ratio_any, v.ratio_any_low, v.ratio_any_high, 2, False))
 
 
 def _frontier_cell(v) -> str:
@@ -155,10 +160,9 @@ def validity_targets() -> str:
                 continue
             plan = v.plans.get("selected", {})
             gain = _ci(plan.get("gain"), plan.get("low"), plan.get("high"))
-            lines.append(f"| {model} | {TARGETS[name].label} | {gain}"
-                         f" | {_ci(v.rho.get('combined'), v.rho_low.get('combined'), v.rho_high.get('combined'), 2)} "
-                         f"| {_ci(v.ratio, v.ratio_low, v.ratio_high, 2, False)} | "
-                         f"{_ci(v.ratio_any, v.ratio_any_low, v.ratio_any_high, 2, False)} | {_frontier_cell(v)} |")
+            rho, ratio, ratio_any = _validity_cells(v)
+            lines.append(f"| {model} | {TARGETS[name].label} | {gain} | {rho} | {ratio} | {ratio_any} | "
+                         f"{_frontier_cell(v)} |")
     if len(lines) == 2:
         return "(no ablation has finished yet)"
     return "\n".join(lines)

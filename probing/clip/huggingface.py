@@ -78,7 +78,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from safetensors import SafetensorError, safe_open
 
 from probing.cache import cache_dir
-from probing.clip.errors import ModelLoadError
+from probing.clip.errors import ModelLoadError, fit_problems
 from probing.clip.model_config import MAX_CONTEXT, MAX_LAYERS, MAX_MLP_RATIO, MAX_VOCAB, MAX_WIDTH, check_model_config
 from probing.io import DuplicateKeyError, atomic_path, strict_json_loads
 
@@ -205,13 +205,7 @@ def convert(state: Mapping[str, torch.Tensor], source: "Source",
         shape = _checkpoint_shape(rule, tuple(expected[rule.target]))
         wrong += [f"{name}: checkpoint {tuple(state[name].shape)} vs config {shape}"
                   for name in rule.sources if name in state and tuple(state[name].shape) != shape]
-    problems = []
-    if wrong:
-        problems.append(f"{len(wrong)} tensors have the wrong shape ({'; '.join(wrong[:3])})")
-    if missing:
-        problems.append(f"{len(missing)} tensors are missing ({', '.join(missing[:3])})")
-    if unknown:
-        problems.append(f"{len(unknown)} tensors are not part of a CLIPModel ({', '.join(unknown[:3])})")
+    problems = fit_problems(wrong, missing, unknown, "not part of a CLIPModel")
     if problems:
         raise ModelLoadError(f"Hugging Face checkpoint {source.checkpoint} does not fit its config "
                              f"{source.config}: " + "; ".join(problems))

@@ -42,7 +42,7 @@ from torch import nn
 
 from probing.clip import CONFIGS, huggingface
 from probing.clip.compact import DIGEST_KEY, compact, expand, state_digest
-from probing.clip.errors import ModelLoadError  # a leaf module: loading and huggingface both raise it
+from probing.clip.errors import ModelLoadError, fit_problems  # a leaf module: loading and huggingface both raise it
 from probing.clip.model_config import check_model_config
 from probing.io import DuplicateKeyError, atomic_path, strict_json_loads
 
@@ -398,13 +398,7 @@ def load_state_dict_checked(
     ]
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} tensors have the wrong shape ({'; '.join(mismatched[:3])})")
-    if missing:
-        problems.append(f"{len(missing)} tensors are missing ({', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} tensors are not in the model ({', '.join(unexpected[:3])})")
+    problems = fit_problems(mismatched, missing, unexpected, "not in the model")
     if problems:
         raise ModelLoadError(
             f"checkpoint {source} does not fit architecture {model_name}: " + "; ".join(problems)
