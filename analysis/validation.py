@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -48,6 +49,7 @@ ABLATION = dict(loss="mix", loss_kwargs={"scope_pair": 1, "clip": 1, "conclip": 
 # with its extras), at the ablation's budget, seed 0, kept on disk; scripts/validation_study.py --finetunes adds
 # the scope recipe and compares them all with the base. The whole-tower fine-tune's change is the default model's
 # finetune_change selector (analysis.compare.plan), judged in its ablation beside the other selectors.
+WAIT_SECONDS = 30  # how often a shard other than the first looks for the first shard's probe-layers report
 FINETUNES = ("selected_planned", "omni_front", "omni_whole")
 FINETUNE_SOURCE = "omni_whole"
 EVERY_SIZE = "frozen,selected,selected_planned,sweep,windows-2,windows-3,windows-4,windows-6,windows-12,anchors"
@@ -143,6 +145,13 @@ def run_model(model: StudyModel, out: Path, *, shard: Shard | None = None, log: 
     """Probe (unless done), then ablate (resumably; a shard's share only) one model of the study."""
     apply_threads(1)
     probe_dir = out / model.name / "probe"
+    if shard is not None and shard.index > 1:  # the first shard probes; the others wait for its plan
+        if not model.ablate:
+            return
+        if not (probe_dir / "report.json").is_file():
+            log(f"{model.name}: waiting for shard 1's probe-layers run ({probe_dir})")
+        while not (probe_dir / "report.json").is_file():
+            time.sleep(WAIT_SECONDS)
     if not (probe_dir / "report.json").is_file():
         log(f"{model.name}: probe-layers -> {probe_dir}")
         try:

@@ -2,7 +2,8 @@
 
     python scripts/validation_study.py --out runs/validation            (everything; resumable)
     python scripts/validation_study.py --out runs/validation --only default,random-tiny
-    python scripts/validation_study.py --out runs/validation --only default --shard 1/2   (two processes)
+    python scripts/validation_study.py --out runs/validation --shard 1/2   (and --shard 2/2 beside it: shard 1 probes,
+                                                                          the other waits for its plan)
     python scripts/validation_study.py --out runs/validation --finetunes   (the default model's fine-tunes, compared)
 
 --finetunes (after the default model's probe): the fine-tunes of analysis.validation.FINETUNES and the scope recipe
