@@ -475,3 +475,56 @@ def test_a_study_run_as_two_shards_merges_to_the_unsharded_study(uninterrupted, 
     assert _metric_tables(second.summary) == _metric_tables(uninterrupted.summary)
     with pytest.raises(AblationError, match="1 <= K <= N"):
         Shard.parse("3/2")
+
+
+def test_a_study_with_a_plan_prints_its_verdict_frontier_and_selectors(small_embedded, tmp_path, capsys):
+    """Planted run records (no training): block 0 is where fine-tuning works, the plan trains blocks 0-1, and the
+    finetune_change selector (a comparison whose fine-tune changed blocks 4-5 most) picks a window that gains
+    little. ablate-layers then writes validity, the frontier and the selector table, and prints the verdict."""
+    from analysis.ablation.runs import save_runs
+    from analysis.ablation.validity import TARGETS
+    from analysis.compare.core import FORMAT
+
+    n_layers = 12
+    plan_path = LayerPlan([0, 1], rule="planted", evidence={
+        "components": {"probe": {"excess": [1.0, 0.5] + [0.0] * (n_layers - 2)}},
+        "combined": [1.0, 0.5] + [0.0] * (n_layers - 2)}).save(tmp_path / "probe" / "layer_plan.json")
+    change = [0.01] * n_layers
+    change[4], change[5] = 0.5, 0.4
+    comparison = tmp_path / "comparison.json"
+    comparison.write_text(json.dumps({"format": FORMAT, "block_change": {"whole": dict(enumerate(change))}}))
+    variants = ("frozen", "selected", "sweep", "windows")
+    study = AblationStudy(AblationConfig(model="embedded:small", seeds=(0, 1, 2), variants=variants,
+                                         plan_path=str(plan_path), comparison=str(comparison)),
+                          tmp_path / "unused", progress=False, log=lambda line: None)
+    assert study.selector_plans["finetune_change"].blocks == (4, 5)
+    keys = sorted({key for target in TARGETS.values() for key in target.items})
+    runs = []
+    for variant, seed in study.planned():
+        plan = study.plans[variant]
+        blocks = [] if plan is None else list(plan.blocks)
+        rate = 0.1 + 0.6 * (0 in blocks) + 0.05 * len(blocks)  # block 0 is what works
+        rng = np.random.default_rng([seed, *blocks])  # the same blocks and seed train the same model
+        items = {key: (rng.random(200) < rate).astype(int).tolist() for key in keys}
+        runs.append({"variant": variant, "seed": seed, "plan": None if plan is None else plan.to_dict(),
+                     "blocks": blocks, "trained_parameters": 1000 * len(blocks), "train_seconds": 0.0,
+                     "final_loss": None, "steps": 2, "items": items,
+                     "metrics": {f"{key.split('/')[0]}/scope_accuracy": float(np.mean(values))
+                                 for key, values in items.items() if key.endswith("/scope")}})
+    out = tmp_path / "ablation"
+    out.mkdir()
+    save_runs(out / RUNS_FILE, runs)
+    argv = QUICK_ARGS + ["--seeds", "0,1,2", "--variants", ",".join(variants), "--plan", str(plan_path),
+                         "--comparison", str(comparison), "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "0 runs done now; study complete" in printed
+    assert "lies on the gain / trainable-parameter frontier" in printed
+    assert "strictly better than finetune_change" in printed
+    rows = {(row["target"], row["selector"]): row for row in json.loads((out / "selectors.json").read_text())["rows"]}
+    mean = {v: np.mean([np.mean(r["items"]["object/scope"]) for r in runs if r["variant"] == v])
+            for v in ("frozen", "selected", "window_4_5")}
+    row = rows[("scope_object", "finetune_change")]
+    assert row["variant"] == "window_4_5" and row["verdict"] == "better"
+    assert row["toolkit_minus"] == pytest.approx(mean["selected"] - mean["window_4_5"])
+    assert (out / "frontier.png").is_file() and (out / "validity.json").is_file()

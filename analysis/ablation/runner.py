@@ -15,7 +15,7 @@ import contextlib
 import copy
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,9 +34,9 @@ from analysis.ablation.runs import (
     runs_path,
     save_runs,
 )
-from analysis.ablation.selector_table import plan_variant, write_selector_table
+from analysis.ablation.selector_table import plan_variant, selector_rows, selector_sentences, write_selector_table
 from analysis.ablation.tables import validity_markdown, write_outputs
-from analysis.ablation.validity import assess, verdict
+from analysis.ablation.validity import HEADLINE_TARGET, assess, verdict
 from analysis.ablation.variants import (
     SELECTED_PLANNED,
     STEERING,
@@ -46,7 +46,7 @@ from analysis.ablation.variants import (
     variant_plans,
 )
 from analysis.compare.plan import FINETUNE_CHANGE, finetune_change_selector
-from analysis.planning.selectors import RANDOM_WINDOW, SelectorPlan, missing_selectors, selector_plans
+from analysis.planning.selectors import RANDOM_WINDOW, SelectorPlan, missing_selectors, selector_plans, toolkit_plan
 from analysis.report.figures import save_figures
 from finetune.checkpoint import latest_checkpoint
 from finetune.freezing import planned_parts
@@ -141,6 +141,9 @@ class AblationResult:
     complete: bool
     summary: dict[str, Any]
     outputs: dict[str, Path]
+    # what the study found, in words: the validity verdict (with the frontier and the next point on it) and the
+    # selector table's sentences on held-out scope; empty until the study holds what the validity test needs
+    sentences: list[str] = field(default_factory=list)
 
 
 class AblationStudy:
@@ -181,6 +184,7 @@ class AblationStudy:
             for name, why in missing_selectors(measurements, self.config.selectors).items():
                 self.log(f"note: selector {name} left out: {why} ({path})")
         if self.config.comparison is not None:
+            plans.setdefault("toolkit", toolkit_plan(self.selected.blocks))  # what the selector is judged against
             try:
                 plans[FINETUNE_CHANGE] = finetune_change_selector(self.config.comparison, len(self.selected.blocks),
                                                                   model=self.config.comparison_model)
@@ -315,23 +319,24 @@ class AblationStudy:
         complete = not self.pending(runs)
         summary = self.summarize(runs, complete=complete)
         outputs = write_outputs(self.out_dir, summary, self.own_runs(runs))
-        outputs.update(self.write_validity(runs))
-        return AblationResult(self.out_dir, executed, complete, summary, outputs)
+        validity, sentences = self.write_validity(runs)
+        outputs.update(validity)
+        return AblationResult(self.out_dir, executed, complete, summary, outputs, sentences)
 
-    def write_validity(self, runs: Sequence[dict[str, Any]]) -> dict[str, Path]:
+    def write_validity(self, runs: Sequence[dict[str, Any]]) -> tuple[dict[str, Path], list[str]]:
         """validity.json / .md / figure when the study holds what the validity test needs: the frozen
         model, the whole sweep, the selected plan (with the evidence it was chosen from) and the
         windows of its size (analysis.ablation.validity); nothing otherwise, with a note in the log."""
 
         if self.selected is None or not self.selected.evidence.get("components"):
-            return {}
+            return {}, []
         chosen = self.own_runs(runs)
         try:
             results = assess(chosen, self.selected.evidence, self.selected.blocks, n_layers=self.n_layers,
                              groups=self.block_plans(), trainable=trainable_parameters(chosen))
         except (ValueError, KeyError) as error:
             self.log(f"note: no predictive-validity test: {error}")
-            return {}
+            return {}, []
         sentences = verdict(results)
         payload = {"sentences": sentences, "selected": self.selected.blocks,
                    "targets": {name: result.to_dict() for name, result in results.items()}}
@@ -347,7 +352,10 @@ class AblationStudy:
             outputs.update({f"{stem}_png": png, f"{stem}_pdf": pdf})
         if self.selector_plans:
             outputs.update(write_selector_table(self.out_dir, results, self.selector_plans))
-        return outputs
+            if HEADLINE_TARGET in results:
+                sentences = sentences + selector_sentences(selector_rows(results, self.selector_plans),
+                                                           HEADLINE_TARGET)
+        return outputs, sentences
 
     def block_plans(self) -> dict[str, list[int]]:
         """The variants that train whole blocks with the study's extras (the selected plan's blocks, windows, sets,

@@ -210,6 +210,8 @@ def ablate(config, args: argparse.Namespace, shard) -> int:
     print(f"{len(result.executed)} runs done now; study {state}", flush=True)
     for name, path in result.outputs.items():
         print(f"  {name:<14} {path}", flush=True)
+    for sentence in result.sentences:  # the verdict: validity, the frontier and its next point, the selectors
+        print(sentence, flush=True)
     return 0
 
 

@@ -104,6 +104,12 @@ SCORED: dict[str, tuple[Callable[[LayerMeasurements], np.ndarray], str]] = {
 SELECTORS: tuple[str, ...] = ("toolkit", *SCORED, "front", "last", RANDOM_WINDOW)
 
 
+def toolkit_plan(blocks) -> SelectorPlan:
+    """The toolkit's own plan as a selector's, for the tables that set the baselines beside it."""
+    return SelectorPlan("toolkit", tuple(sorted(blocks)), None,
+                        "null-calibrated evidence (analysis.planning.selection)")
+
+
 def selector_plans(measurements: LayerMeasurements, toolkit_blocks, *, names=SELECTORS) -> dict[str, SelectorPlan]:
     """Each selector's plan at the size of the toolkit's plan (which must select blocks). A selector whose
     measurement is missing is left out (LookupError messages say which; see `missing_selectors`)."""
@@ -114,7 +120,7 @@ def selector_plans(measurements: LayerMeasurements, toolkit_blocks, *, names=SEL
     plans: dict[str, SelectorPlan] = {}
     for name in names:
         if name == "toolkit":
-            plans[name] = SelectorPlan(name, toolkit, None, "null-calibrated evidence (analysis.planning.selection)")
+            plans[name] = toolkit_plan(toolkit)
         elif name == "front":
             plans[name] = SelectorPlan(name, tuple(range(k)), None, f"blocks 0-{k - 1} (Omni-NegCLIP's 'front')")
         elif name == "last":
