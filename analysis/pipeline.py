@@ -283,8 +283,6 @@ def _real_data(config: ProbeConfig, notes: list[str], log: Callable[[str], None]
         notes.extend(benchmark.notes)
         if not benchmark.usable:
             notes.append(f"{benchmark.name}: not used: {next(iter(benchmark.refused.values()), 'nothing usable')}")
-        elif spec.limit < (report.loaded if report is not None else 0):
-            notes.append(f"{path}: {benchmark.rows} of {report.loaded} rows used (--limit)")
         with_images = resolve_images(benchmark, spec.image_root, strict=not spec.skip_missing) if needs_images \
             else None
         if with_images is not None and with_images.images_skipped:

@@ -274,26 +274,27 @@ def read_benchmark(path: str | os.PathLike, *, kind: str | None = None, seed: in
                          report=records.report)
     if kind in NEGATION_KINDS:
         records = load_negation_examples(path, kind=kind, strict=False, seed=seed, per_image=per_image, split=split)
-        report = records.report
-        examples = _draw(list(records), limit, seed)
-        benchmark = Benchmark(source, kind, len({e.row for e in examples}), examples=examples, report=report)
+        examples, drawn = _draw(list(records), limit, seed, "negation examples")
+        benchmark = Benchmark(source, kind, len({e.row for e in examples}), examples=examples, report=records.report)
         benchmark.captions = example_captions(examples)
         benchmark.refused["probes/scope"] = "the file's captions give no scope pairs"
-        return benchmark
-    if kind == "negbench_mcq":
+    elif kind in ("negbench_mcq", "valse_existence"):
         items = load_dataset(path, kind=kind, strict=False)
-        return mcq_benchmark(_draw(list(items), limit, seed), source, items.report)
-    if kind == "valse_existence":
-        items = load_dataset(path, kind=kind, strict=False)
-        return valse_benchmark(_draw(list(items), limit, seed), source, items.report)
-    raise ValueError(f"unknown dataset kind {kind!r}")
+        chosen, drawn = _draw(list(items), limit, seed, "rows")
+        benchmark = (mcq_benchmark if kind == "negbench_mcq" else valse_benchmark)(chosen, source, items.report)
+    else:
+        raise ValueError(f"unknown dataset kind {kind!r}")
+    if drawn:
+        benchmark.notes.insert(0, f"{benchmark.name}: {drawn} used (--limit: a seeded draw)")
+    return benchmark
 
 
-def _draw(records: list, limit: int | None, seed: int) -> list:
+def _draw(records: list, limit: int | None, seed: int, what: str) -> tuple[list, str | None]:
+    """At most `limit` of the records (a seeded draw, in file order), and what was drawn ("300 of 5,914 rows")."""
     if limit is None or len(records) <= limit:
-        return records
+        return records, None
     keep = np.sort(np.random.default_rng([seed, 0xDA7A]).choice(len(records), limit, replace=False))
-    return [records[i] for i in keep]
+    return [records[i] for i in keep], f"{limit:,} of {len(records):,} {what}"
 
 
 # --- NegationExample files ----------------------------------------------------------------------------------
