@@ -179,11 +179,8 @@ def load(config: ProbeConfig, *, log: Callable[[str], None] = lambda message: No
         real_tasks, data, losses = real.tasks, real.data, real.losses
     log(f"loading {config.model.label} on {config.model.device}")
     bundle = create_model(config.model.name, config.model.pretrained, device=config.model.device, seed=config.seed)
-    if bundle.world is None:
-        if real is None:
-            notes.append(bundle.world_note)
-        if data is None and real is None:
-            raise ConfigError(f"{bundle.world_note}; pass a real data file (--data)")
+    if bundle.world is None and real is None:
+        raise ConfigError(f"{bundle.world_note}; pass a real data file (--data)")
     if config.model.pretrained is None and not bundle.checkpoint:
         notes.append("the model has random weights (no pretrained weights given)")
     bundle.info["n_layers"] = TextTower.from_model(bundle.model).n_layers
@@ -206,7 +203,8 @@ def load(config: ProbeConfig, *, log: Callable[[str], None] = lambda message: No
 
 def read_examples(spec: DataSpec, seed: int, notes: list[str]) -> list:
     """The negation examples of a real data file (probing.data.negations), at most `spec.limit` of them (a seeded
-    draw); what was skipped or left out goes to `notes`. A ConfigError names the file when nothing usable is left."""
+    draw); what was skipped or left out goes to `notes`. A ConfigError names the file when nothing usable is left.
+    (compare-checkpoints' real-data task; probe-layers reads its files through `_real_data`, every benchmark kind.)"""
     file = spec.file
     try:
         records = load_negation_examples(file, kind=spec.kind, image_root=spec.image_root, strict=False, seed=seed,

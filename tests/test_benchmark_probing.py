@@ -281,3 +281,25 @@ def test_a_checkpoint_file_without_a_world_probes_an_mcq_file(write_config, test
     meta = json.loads((out / "measurements.json").read_text())["meta"]
     assert set(meta["tasks"]) == {"negation", "scope"} and meta["data"]["sensitivity"]["kind"] == "real"
     assert "synthetic" not in json.dumps(meta["data"])
+
+
+def test_resolving_images_keeps_every_row_whose_image_is_there(test_data):
+    from probing.data.benchmarks import resolve_images
+
+    root = test_data / ROOT
+    images = set(os.listdir(root))
+    retrieval = read_benchmark(test_data / "negbench/COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv")
+    with pytest.raises(Exception, match="image not found.*--skip-missing"):
+        resolve_images(retrieval, root, strict=True)
+    resolved = resolve_images(retrieval, root, strict=False)
+    there = [e for e in retrieval.examples if Path(e.image).name in images]
+    assert len(resolved.examples) == len(there) > 0 and resolved.captions == retrieval.captions  # probes keep all
+    assert resolved.images_skipped == len({e.row for e in retrieval.examples} - {e.row for e in there})
+    for before, after in zip(there, resolved.examples):
+        assert Path(after.image) == root / Path(before.image).name
+        # a distractor image not under the root is dropped from the example, which stays
+        expected = None if before.distractor_image is None or Path(before.distractor_image).name not in images \
+            else root / Path(before.distractor_image).name
+        assert (None if after.distractor_image is None else Path(after.distractor_image)) == expected
+    kept = sum(e.distractor_image is not None for e in resolved.examples)
+    assert 0 < kept < sum(e.distractor_image is not None for e in there)  # both cases happen on these rows

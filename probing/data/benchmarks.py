@@ -467,9 +467,9 @@ def valse_benchmark(items: Sequence[FoilPair], source: str, report: LoadReport |
 
 def resolve_images(benchmark: Benchmark, image_root: str | os.PathLike, *, strict: bool) -> Benchmark:
     """The benchmark's image-grounded records (examples, MCQ items, foils, scope pairs) with their images resolved
-    under `image_root`; a row whose image (or distractor image) is missing is a DataError naming the file and row
-    (strict), or is left out of them and counted in `images_skipped` (the probe captions keep every row: they
-    read text only)."""
+    under `image_root`; a row whose image is missing is a DataError naming the file and row (strict), or is left out
+    of them and counted in `images_skipped` (the probe captions keep every row: they read text only). An example's
+    distractor image that is missing is dropped from it (the example stays)."""
     resolver = ImageResolver(image_root)
     missing: set = set()
 
@@ -487,9 +487,9 @@ def resolve_images(benchmark: Benchmark, image_root: str | os.PathLike, *, stric
 
     examples = []
     for e in benchmark.examples:
-        image, distractor = resolve(e.image, e.row), resolve(e.distractor_image, e.row)
-        if image is not None and (e.distractor_image is None or distractor is not None):
-            examples.append(replace(e, image=image, distractor_image=distractor))
+        image = resolve(e.image, e.row)
+        if image is not None:  # a distractor (another row's image, mined by the generator) that is missing is dropped
+            examples.append(replace(e, image=image, distractor_image=_distractor(resolver, e.distractor_image)))
     mcq = [replace(i, image=image) for i in benchmark.mcq for image in [resolve(i.image, i.row)] if image is not None]
     foils = [replace(i, image=image) for i in benchmark.foils for image in [resolve(i.image, i.row)]
              if image is not None]
@@ -497,3 +497,12 @@ def resolve_images(benchmark: Benchmark, image_root: str | os.PathLike, *, stric
              if image is not None]
     return replace(benchmark, examples=examples, mcq=mcq, foils=foils, scope_pairs=pairs,
                    images_skipped=len(missing))
+
+
+def _distractor(resolver: ImageResolver, image):
+    if image is None or not isinstance(image, (str, os.PathLike)):
+        return image
+    try:
+        return resolver(str(image))
+    except RowProblem:
+        return None
