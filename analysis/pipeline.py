@@ -319,12 +319,22 @@ def _real_data(config: ProbeConfig, notes: list[str], log: Callable[[str], None]
     if needs_images and data is not None:
         pairs = {"negation": example_pairs(data.image_examples),
                  "scope": benchmark_scope_pairs([p for b in imaged if b is not None for p in b.scope_pairs])}
-        pairs = {kind: found for kind, found in pairs.items() if found}
+        pairs = {kind: _interleave(found) for kind, found in pairs.items() if found}
     files = {b.source: {"kind": b.kind, "rows": b.rows, "refused": dict(b.refused),
                         "images_skipped": None if i is None else i.images_skipped}
              for b, i in zip(benchmarks, imaged)}
     losses = _check_real_data(config, data, notes) if data is not None else ()
     return RealInputs(tasks, data, losses, pairs, files)
+
+
+def _interleave(pairs: list) -> list:
+    """Patching pairs taken from the files in turn (the first of each file, then the second, ...), so that the
+    first n of a mix, which localisation patches, come from every file that has pairs."""
+    by_file: dict[str, list] = {}
+    for pair in pairs:
+        by_file.setdefault(str(pair.meta.get("source")), []).append(pair)
+    queues = list(by_file.values())
+    return [queue[i] for i in range(max(map(len, queues))) for queue in queues if i < len(queue)]
 
 
 def _real_tasks(config: ProbeConfig, benchmarks: list[Benchmark], notes: list[str]) -> list[ProbeTask]:

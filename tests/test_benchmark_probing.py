@@ -303,3 +303,17 @@ def test_resolving_images_keeps_every_row_whose_image_is_there(test_data):
         assert (None if after.distractor_image is None else Path(after.distractor_image)) == expected
     kept = sum(e.distractor_image is not None for e in resolved.examples)
     assert 0 < kept < sum(e.distractor_image is not None for e in there)  # both cases happen on these rows
+
+
+def test_patching_pairs_of_a_mix_take_every_file_in_turn(test_data):
+    from analysis.pipeline import _interleave
+    from probing.measure.roles import example_pairs
+
+    mcq = read_benchmark(test_data / MCQ)
+    retrieval = read_benchmark(test_data / "negbench/COCO_val_retrieval.csv")
+    pairs = _interleave(example_pairs(mcq.examples + retrieval.examples))
+    sources = [Path(p.meta["source"]).name for p in pairs]
+    n_mcq = sum(1 for e in mcq.examples if e.caption and e.presence_negated)
+    assert len(pairs) == n_mcq + len(retrieval.examples) and n_mcq < len(retrieval.examples)
+    assert sources[:2 * n_mcq:2] == [Path(MCQ).name] * n_mcq  # alternating while both files have pairs
+    assert sources[1:2 * n_mcq:2] == ["COCO_val_retrieval.csv"] * n_mcq
