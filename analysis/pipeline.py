@@ -12,9 +12,14 @@
 shell that turns its flags into a `ProbeConfig` and calls `run`, and a notebook calls the stages in the same
 order. Every run folder holds `config.json`, from which `probe-layers --config` re-runs it exactly.
 
-Data: the synthetic world that goes with the model, or a real file (`DataSpec.file`): its negation examples
-(probing.data.negations) become the probe task, the sensitivity edits, the gradient batches, the causal check's
-items and the localisation's pairs; the report says which measurement ran on which data.
+Data: the synthetic world that goes with the model, or real files (`DataSpec.file`, or several: `DataSpec.files`,
+a benchmark mix): each file becomes what its kind can honestly give (probing.data.benchmarks: the negation and
+scope probe tasks, the sensitivity edits, the gradient batches, the causal check's items and the localisation's
+pairs; NegBench MCQ, VALSE existence, CC-Neg, NegBench retrieval and COCO files give some of each, SugarCREPE and
+NegRefCOCOg none, and say why). Probe tasks hold out images (and objects, templates and cues) from training; the
+image-grounded measurements (gradient norms, causal check, patching) read only rows whose image resolves under
+the image root (a missing one is an error, or with `skip_missing` skipped and counted). The report says which
+measurement ran on which file and how many of its rows each used.
 """
 from __future__ import annotations
 
@@ -35,13 +40,21 @@ from analysis.report.report import write_report
 from finetune.losses import gradnorm_loss_fns, loss_spec
 from probing.clip.text_tower import TextTower
 from probing.data import load_negation_examples
+from probing.data.benchmarks import Benchmark, read_benchmark, resolve_images
 from probing.data.negations import describe_examples, describe_sentence
 from probing.data.records import DataError
 from probing.measure.layers import LayerMeasurements, measure_layers
 from probing.measure.localise import Localisation, measure_localisation
 from probing.measure.null import null_builders
+from probing.measure.roles import benchmark_scope_pairs, example_pairs
 from probing.measure.sources import RealData
-from probing.measure.tasks import ProbeTask, real_negation_task, synthetic_negation_task, synthetic_scope_task
+from probing.measure.tasks import (
+    ProbeTask,
+    heldout_task,
+    real_negation_task,
+    synthetic_negation_task,
+    synthetic_scope_task,
+)
 from probing.measure.tidy import long_table, write_long_table
 from probing.models.factory import ModelBundle, create_model
 from probing.vocabulary import NEEDS_IMAGES
@@ -58,33 +71,35 @@ class Subject:
     data: RealData | None  # a real file's negation examples; None: the synthetic world of the bundle
     losses: tuple[str, ...]  # the gradient-norm losses the data can feed
     notes: list[str] = field(default_factory=list)
+    pairs: dict[str, list] = field(default_factory=dict)  # real data: the files' patching pairs per kind (imaged)
+    files: dict[str, dict] = field(default_factory=dict)  # real data: per file, its kind, rows and what it gave
 
     @property
     def world(self):
-        """The synthetic world the measurements use (None with real data: the file replaces it)."""
-        return self.bundle.world if self.data is None else None
+        """The synthetic world the measurements use (None with real data: the files replace it, even where they give
+        a measurement nothing)."""
+        return self.bundle.world if self.data is None and not self.files else None
 
 
 def load(config: ProbeConfig, *, log: Callable[[str], None] = lambda message: None) -> Subject:
     """The data first (a broken file fails before any model loads), then the model and its null models."""
     notes: list[str] = []
-    data, task, losses = None, None, tuple(config.losses)
-    if config.data.file is not None:
-        log(f"reading {config.data.file}")
-        task, data, losses = _real_data(config, notes)
+    data, real_tasks, losses, real = None, None, tuple(config.losses), None
+    if config.data.paths:
+        log(f"reading {', '.join(config.data.paths)}")
+        real = _real_data(config, notes, log)
+        real_tasks, data, losses = real.tasks, real.data, real.losses
     log(f"loading {config.model.label} on {config.model.device}")
     bundle = create_model(config.model.name, config.model.pretrained, device=config.model.device, seed=config.seed)
-    if bundle.world is None:
-        notes.append(bundle.world_note)
-        if data is None:
-            raise ConfigError(f"{bundle.world_note}; pass a real data file (--data)")
+    if bundle.world is None and real is None:
+        raise ConfigError(f"{bundle.world_note}; pass a real data file (--data)")
     if config.model.pretrained is None and not bundle.checkpoint:
         notes.append("the model has random weights (no pretrained weights given)")
     bundle.info["n_layers"] = TextTower.from_model(bundle.model).n_layers
     seeds = [config.seed * 1000 + 1 + k for k in range(config.null_models)]  # never the model's own init seed
     nulls = null_builders(bundle.model, bundle.name, seeds)
-    if task is not None:
-        tasks = [task]
+    if real_tasks is not None:
+        tasks = real_tasks
     elif "probes" in config.measure.measurements:
         tasks = [synthetic_negation_task(bundle.world, n_train=config.data.n_train, n_test=config.data.n_test,
                                          seed=config.seed),
@@ -92,12 +107,16 @@ def load(config: ProbeConfig, *, log: Callable[[str], None] = lambda message: No
                                       seed=config.seed)]
     else:
         tasks = []
-    return Subject(bundle, nulls, tasks, data, losses, notes)
+    subject = Subject(bundle, nulls, tasks, data, losses, notes)
+    if real is not None:
+        subject.pairs, subject.files = real.pairs, real.files
+    return subject
 
 
 def read_examples(spec: DataSpec, seed: int, notes: list[str]) -> list:
     """The negation examples of a real data file (probing.data.negations), at most `spec.limit` of them (a seeded
-    draw); what was skipped or left out goes to `notes`. A ConfigError names the file when nothing usable is left."""
+    draw); what was skipped or left out goes to `notes`. A ConfigError names the file when nothing usable is left.
+    (compare-checkpoints' real-data task; probe-layers reads its files through `_real_data`, every benchmark kind.)"""
     file = spec.file
     try:
         records = load_negation_examples(file, kind=spec.kind, image_root=spec.image_root, strict=False, seed=seed,
@@ -134,23 +153,143 @@ def probe_task(records, spec: DataSpec, seed: int, notes: list[str]) -> ProbeTas
     return task
 
 
-def _real_data(config: ProbeConfig, notes: list[str]) -> tuple[ProbeTask, RealData, tuple[str, ...]]:
-    """The probing task, the measurements' data and the losses it can feed, from a real data file, checked against
-    the configuration before any model loads."""
-    spec, file = config.data, config.data.file
-    records = read_examples(spec, config.seed, notes)
-    task = probe_task(records, spec, config.seed, notes)
+IMAGE_MEASUREMENTS = ("gradnorms", "causal", "patching", "heads")  # read the files' images
+
+
+@dataclass
+class RealInputs:
+    """What real data files give a run (`_real_data`)."""
+
+    tasks: list[ProbeTask]
+    data: RealData | None
+    losses: tuple[str, ...]
+    pairs: dict[str, list]
+    files: dict[str, dict]
+
+
+def _real_data(config: ProbeConfig, notes: list[str], log: Callable[[str], None] = lambda message: None
+               ) -> RealInputs:
+    """The probe tasks, the measurements' data, the losses it can feed and the patching pairs, from real data files
+    (probing.data.benchmarks), checked against the configuration before any model loads. A file whose kind gives
+    nothing is noted (and, when no file gives anything the asked measurements can use, a ConfigError)."""
+    spec = config.data
+    wanted = tuple(config.measure.measurements) + (tuple(config.localise.measurements) if config.localise else ())
+    needs_images = spec.image_root is not None and any(m in IMAGE_MEASUREMENTS for m in wanted)
+    if spec.image_root is not None and not needs_images:
+        notes.append(f"images not read: {', '.join(wanted)} read captions only")
+    benchmarks, imaged = [], []
+    for path in spec.paths:
+        try:
+            benchmark = read_benchmark(path, kind=spec.kind, seed=config.seed, per_image=spec.per_image,
+                                       split=spec.split, limit=spec.limit)
+        except DataError:  # names its file and row already
+            raise
+        except ValueError as error:  # e.g. an unknown kind
+            raise ConfigError(f"--data {path}: {error}") from None
+        report = benchmark.report
+        if report is not None and report.n_skipped:
+            notes.append(f"{path}: skipped {report.n_skipped} unreadable rows "
+                         f"({', '.join(f'{k} x{n}' for k, n in report.skip_reasons().most_common(3))})")
+        notes.extend(benchmark.notes)
+        if not benchmark.usable:
+            notes.append(f"{benchmark.name}: not used: {next(iter(benchmark.refused.values()), 'nothing usable')}")
+        with_images = resolve_images(benchmark, spec.image_root, strict=not spec.skip_missing) if needs_images \
+            else None
+        if with_images is not None and with_images.images_skipped:
+            notes.append(f"{benchmark.name}: {with_images.images_skipped} rows skipped by the image measurements: "
+                         f"image not found under {spec.image_root} (--skip-missing)")
+        benchmarks.append(benchmark)
+        imaged.append(with_images)
+    usable = [b for b in benchmarks if b.usable]
+    if not usable:
+        raise ConfigError("--data: nothing usable: " + "; ".join(
+            f"{b.name} ({b.kind}): {next(iter(b.refused.values()), 'no rows')}" for b in benchmarks))
+    tasks = _real_tasks(config, usable, notes)
+    examples = [e for b in usable for e in b.examples]
+    image_examples = [e for b in imaged if b is not None for e in b.examples]
+    mcq = [i for b in imaged if b is not None for i in b.mcq]
+    foils = [i for b in imaged if b is not None for i in b.foils]
+    source = str(spec.paths[0]) if len(spec.paths) == 1 else ", ".join(Path(p).name for p in spec.paths)
     try:
-        data = RealData(records, source=str(file), with_images=spec.image_root is not None)
-    except ValueError as error:
-        raise ConfigError(f"--data {file}: {error}") from None
-    notes.append("data: " + describe_sentence(describe_examples(records, file)))
-    return task, data, _check_real_data(config, data, notes)
+        data = RealData(examples, source=source, with_images=bool(image_examples or mcq or foils),
+                        image_examples=image_examples, mcq=mcq, foils=foils)
+    except ValueError:
+        data = None
+    if data is None:
+        skipped = [m for m in ("sensitivity", "gradnorms", "causal") if m in config.measure.measurements]
+        if skipped:
+            notes.append(f"skipped {', '.join(skipped)}: no file gives an example with a true affirmative and a "
+                         "false negated caption, or an item with its image")
+    if needs_images and data is not None and not data.with_images:
+        notes.append("no row of the data has its image under the image root: the image measurements are skipped")
+    for benchmark in usable:
+        if benchmark.examples:
+            notes.append("data: " + describe_sentence(describe_examples(
+                [e for e in benchmark.examples if e.caption and e.presence_negated], benchmark.source)))
+    _check_usable(config, tasks, data, [b.name for b in benchmarks])
+    pairs = {}
+    if needs_images and data is not None:
+        pairs = {"negation": example_pairs(data.image_examples),
+                 "scope": benchmark_scope_pairs([p for b in imaged if b is not None for p in b.scope_pairs])}
+        pairs = {kind: _interleave(found) for kind, found in pairs.items() if found}
+    files = {b.source: {"kind": b.kind, "rows": b.rows, "refused": dict(b.refused),
+                        "images_skipped": None if i is None else i.images_skipped}
+             for b, i in zip(benchmarks, imaged)}
+    losses = _check_real_data(config, data, notes) if data is not None else ()
+    return RealInputs(tasks, data, losses, pairs, files)
+
+
+def _interleave(pairs: list) -> list:
+    """Patching pairs taken from the files in turn (the first of each file, then the second, ...), so that the
+    first n of a mix, which localisation patches, come from every file that has pairs."""
+    by_file: dict[str, list] = {}
+    for pair in pairs:
+        by_file.setdefault(str(pair.meta.get("source")), []).append(pair)
+    queues = list(by_file.values())
+    return [queue[i] for i in range(max(map(len, queues))) for queue in queues if i < len(queue)]
+
+
+def _real_tasks(config: ProbeConfig, benchmarks: list[Benchmark], notes: list[str]) -> list[ProbeTask]:
+    """The negation probe task of every file's captions, and the scope task where files give scope captions."""
+    if "probes" not in config.measure.measurements:
+        return []
+    spec, tasks = config.data, []
+    captions = [c for b in benchmarks for c in b.captions]
+    if captions:
+        try:
+            tasks.append(heldout_task("negation", captions, train_cues=spec.train_cues, seed=config.seed))
+        except ValueError as error:
+            raise ConfigError(f"--data {', '.join(b.name for b in benchmarks)}: negation task: {error}") from None
+    scope = [c for b in benchmarks for c in b.scope]
+    if scope:
+        try:
+            tasks.append(heldout_task("scope", scope, train_cues=spec.train_cues, seed=config.seed))
+        except ValueError as error:
+            notes.append(f"no scope probe task: {error}")
+    for task in tasks:
+        for split, why in task.meta["dropped_splits"].items():
+            notes.append(f"{task.name} task: no {split} split ({why})")
+    return tasks
+
+
+def _check_usable(config: ProbeConfig, tasks: list[ProbeTask], data: RealData | None, names: list[str]) -> None:
+    """A ConfigError when none of the asked layer measurements can run on the files."""
+    wanted = config.measure.measurements
+    can = {"probes": bool(tasks), "sensitivity": data is not None and len(data.examples) >= 2,
+           "gradnorms": data is not None and bool(data.image_examples)}
+    if not any(can.get(m) for m in wanted if m in can):
+        asked = [m for m in wanted if m in can]
+        raise ConfigError(f"--data {', '.join(names)}: nothing usable for {', '.join(asked)}: "
+                          + ("no negation probe task, " if "probes" in asked else "")
+                          + ("no examples with an affirmative and a negated caption, " if "sensitivity" in asked
+                             else "")
+                          + ("no example whose image resolves under the image root" if "gradnorms" in asked
+                             else "").rstrip(", "))
 
 
 def _check_real_data(config: ProbeConfig, data: RealData, notes: list[str]) -> tuple[str, ...]:
-    """What the measurements will ask of the file; returns the losses it can feed."""
-    wanted, file, losses = config.measure.measurements, config.data.file, tuple(config.losses)
+    """What the measurements will ask of the files; returns the losses they can feed."""
+    wanted, file, losses = config.measure.measurements, ", ".join(config.data.paths), tuple(config.losses)
     if config.data.image_root is None:
         skipped = [m for m in ("gradnorms", "causal") if m in wanted]
         if skipped:
@@ -158,12 +297,13 @@ def _check_real_data(config: ProbeConfig, data: RealData, notes: list[str]) -> t
     if "sensitivity" in wanted and config.evidence.sensitivity_edit == "absence" and not data.has_absence:
         raise ConfigError(f"--sensitivity-edit absence: {file} has no absence-negated captions for most examples; "
                           "use --sensitivity-edit presence")
-    if "gradnorms" in wanted and config.data.image_root is not None:
-        if config.measure.grad_batch_size > len(data.examples):
+    if "gradnorms" in wanted and data.with_images:
+        pool = data.image_examples
+        if config.measure.grad_batch_size > len(pool):
             raise ConfigError(f"--grad-batch-size {config.measure.grad_batch_size} is more than the "
-                              f"{len(data.examples)} examples of {file}")
+                              f"{len(pool)} examples with images of {file}")
         lacking = [name for name in losses if "absence_negated" in loss_spec(name).texts
-                   and not all(e.absence_negated for e in data.examples)]
+                   and not all(e.absence_negated for e in pool)]
         if lacking and config.losses_given:
             raise ConfigError(f"--losses {', '.join(lacking)}: {file} has no absence-negated caption for every "
                               "example (released CC-Neg has none)")
@@ -185,9 +325,9 @@ def measure(subject: Subject, config: ProbeConfig, *,
     wanted = tuple(config.measure.measurements)
     if subject.data is None and subject.world is None:
         skipped = [m for m in wanted if m in NEEDS_IMAGES]
-        if skipped:
+        if skipped and not subject.files:
             subject.notes.append(f"skipped {', '.join(skipped)}: they need the synthetic world's images")
-            wanted = tuple(m for m in wanted if m not in skipped)
+        wanted = tuple(m for m in wanted if m not in skipped)
     patching = config.measure.patching_evidence and subject.world is not None
     if subject.data is not None and config.measure.patching_evidence:
         subject.notes.append("no patching evidence: it patches synthetic scope pairs, and --data replaces the "
@@ -199,6 +339,8 @@ def measure(subject: Subject, config: ProbeConfig, *,
         loss_fns=gradnorm_loss_fns(subject.losses) if subject.losses else None, config=settings, progress=progress,
         on_phase=on_phase)
     measurements.meta["model"] = subject.bundle.info
+    if subject.files:
+        measurements.meta["data_files"] = subject.files
     return measurements
 
 
@@ -214,21 +356,43 @@ def select(evidence: BlockEvidence, config: ProbeConfig) -> Selection:
 
 def localise(subject: Subject, config: ProbeConfig, *, progress: bool = True) -> Localisation | None:
     """Patching, heads, lens and steering on the model (probing.measure.localise), on the synthetic world or the
-    file's own caption pairs; None when nothing of it was asked for or can run."""
+    files' own caption pairs (those whose image resolved); None when nothing of it was asked for or can run."""
     if config.localise is None or not config.localise.measurements:
         return None
     wanted = list(config.localise.measurements)
-    examples = list(subject.data.examples) if subject.data is not None else None
+    real = subject.data is not None
     if subject.world is None:
         skipped = [m for m in wanted if m in NEEDS_IMAGES]
         wanted = [m for m in wanted if m not in skipped]
         if skipped:
             subject.notes.append(f"skipped {', '.join(skipped)}: they score held-out synthetic scenes")
-    if not wanted or (subject.world is None and not examples):
+    if real and wanted and not subject.pairs:
+        subject.notes.append(f"skipped {', '.join(wanted)}: no caption pair of the data has its image under the "
+                             "image root" if config.data.image_root else
+                             f"skipped {', '.join(wanted)}: no image root given, and patching scores image-grounded "
+                             "pairs")
+        return None
+    if not wanted or subject.world is None and not subject.pairs:
         return None
     settings = dataclasses.replace(config.localise, measurements=tuple(wanted))
-    return measure_localisation(subject.bundle.model, subject.bundle.preprocess, subject.bundle.tokenizer,
-                                world=subject.world, examples=examples, config=settings, progress=progress)
+    localisation = measure_localisation(subject.bundle.model, subject.bundle.preprocess, subject.bundle.tokenizer,
+                                        world=subject.world, pairs=subject.pairs or None, config=settings,
+                                        progress=progress)
+    if subject.pairs:
+        used = {kind: pair_files(pairs[:settings.n_pairs]) for kind, pairs in subject.pairs.items()}
+        localisation.meta["files"] = used
+        for kind, counts in used.items():
+            for source, n in counts.items():
+                subject.files.setdefault(source, {}).setdefault("patching", {})[kind] = n
+    return localisation
+
+
+def pair_files(pairs) -> dict[str, int]:
+    """Distinct rows behind patching pairs, per file."""
+    rows: dict[str, set] = {}
+    for pair in pairs:
+        rows.setdefault(str(pair.meta.get("source")), set()).add(pair.meta.get("row"))
+    return {source: len(found) for source, found in rows.items()}
 
 
 def write(out: str | Path, config: ProbeConfig, subject: Subject, measurements: LayerMeasurements,

@@ -40,17 +40,24 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What the measurements run on: the synthetic world (file None) or a real data file's negation examples."""
+    """What the measurements run on: the synthetic world (no file) or real data files (probing.data.benchmarks)."""
 
     file: str | None = None
-    kind: str | None = None  # the loader's kind when it cannot be guessed from the file
+    kind: str | None = None  # the loader's kind when it cannot be guessed from the file (every file of a mix)
     image_root: str | None = None  # without it, image-grounded measurements are skipped on real data
     split: str = "eval"  # a CC-Neg file's split
-    limit: int = 4000  # real data: negation examples used at most (a seeded draw)
+    limit: int = 4000  # real data: rows (examples, items) used at most per file (a seeded draw)
+    files: tuple[str, ...] = ()  # a benchmark mix: several files (`file` then stays None)
+    skip_missing: bool = False  # skip (and count) rows whose image is missing, instead of stopping at the first
     train_cues: tuple[str, ...] = ("no", "not")  # real data: the probes' training cues; the others are held out
     per_image: int = 3  # COCO / NegBench retrieval: generated negation examples per image
     n_train: int = 2000  # synthetic probe training captions
     n_test: int = 600  # synthetic captions per test split
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The real data files (none: the synthetic world)."""
+        return tuple(self.files) or ((self.file,) if self.file is not None else ())
 
 
 @dataclass

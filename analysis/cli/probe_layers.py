@@ -11,11 +11,17 @@ saved after every phase of every model, so that a late failure keeps what was me
 (every per-layer number, one row each), layer_plan.json (for `finetune-layers --plan`), figures/ (PNG + PDF),
 report.md, report.json and provenance.json.
 
-With --data, every measurement runs on the file: probes on its captions, edit sensitivity on its captions
-and their negated versions, gradient norms and the causal check on its images (--image-root) and
-captions, patching and heads on its caption pairs. Negated captions are the file's own where it has
-them (CC-Neg, NegBench) and the rule-based generator's where it has none (COCO, NegBench's affirmative
-files); the report says which data each number came from.
+With --data, every measurement runs on the file (or files: --data may be given more than once, a benchmark mix):
+each kind gives what it honestly can (probing.data.benchmarks, docs/DATA.md). NegBench MCQ: probes on every option
+(negated or not; hybrid options also give a scope task), sensitivity and gradient norms on the rows whose correct
+answer is affirmative, the causal check on MCQ accuracy by template. VALSE existence: probes on caption / foil,
+the causal check on caption-vs-foil accuracy. CC-Neg, NegBench retrieval, COCO: their negation examples (the
+rule-based generator's where the file has no negated captions). SugarCREPE and NegRefCOCOg are not negation
+probing data: alone they stop with the reason, in a mix the report says they gave nothing. Probe test splits
+hold out images (no image is on both sides), and objects, templates and cues where the file names them.
+Gradient norms, the causal check and patching read images (--image-root): a row whose image is missing stops
+the run, or with --skip-missing is skipped and counted; the report says which measurement used how many rows
+of each file.
 
 This module only turns flags into an analysis.pipeline.ProbeConfig and calls analysis.pipeline.run; torch and
 the measurement code are imported after the arguments are checked, so `--help` is instant. Exit status as
@@ -55,16 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="null models: the model with its text tower randomly initialised again, one per seed; "
                             "every piece of evidence is its excess over them (fewer than 2: no evidence, no plan)")
     data = parser.add_argument_group("data")
-    data.add_argument("--data", help="a real data file that gives negation examples (CC-Neg .pt/.csv/.jsonl, NegBench "
-                                     "retrieval CSV, COCO captions or instances JSON): every measurement runs on it "
-                                     "(default: the model's synthetic world)")
-    data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file")
+    data.add_argument("--data", action="append",
+                      help="a real data file (NegBench MCQ or retrieval CSV, VALSE existence.json, CC-Neg "
+                           ".pt/.csv/.jsonl, COCO captions or instances JSON; SugarCREPE / NegRefCOCOg are refused as "
+                           "probing data): every measurement runs on what it gives; give it more than once for a mix "
+                           "(default: the model's synthetic world)")
+    data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file (every --data)")
     data.add_argument("--image-root", type=Path, help="folder the data file's image paths resolve against (without "
-                                                      "it, gradient norms and the causal check are skipped)")
+                                                      "it, gradient norms, the causal check and patching are skipped)")
+    data.add_argument("--skip-missing", action="store_true",
+                      help="skip rows whose image is missing under --image-root in the image measurements, and count "
+                           "them (default: stop at the first)")
     data.add_argument("--split", choices=("train", "eval", "all"), default="eval",
                       help="split of a CC-Neg file to probe (probing.data.ccneg)")
     limit = data.add_argument("--limit", type=a.at_least(10), default=4000,
-                              help="real data: negation examples used at most (a seeded draw)")
+                              help="real data: rows (examples, items) used at most per file (a seeded draw)")
     data.add_argument("--train-cues", default="no,not", help="real data: negation cues the probes train on; "
                                                              "the other cues are the held-out split")
     data.add_argument("--per-image", type=a.positive_int, default=3,
@@ -195,23 +206,28 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pr
     losses = a.names(args.losses, GRADNORM_LOSSES, "--losses", parser)
     if args.grad_loss is not None and args.grad_loss not in losses:
         parser.error(f"--grad-loss {args.grad_loss!r} is not among --losses ({', '.join(losses)})")
-    if args.data == "synthetic":  # the default, named
-        args.data = None
+    files = [] if args.data in (None, ["synthetic"]) else list(args.data)  # "synthetic": the default, named
     train_cues = tuple(c.strip() for c in args.train_cues.split(",") if c.strip())
-    if args.data is not None:
-        if not Path(args.data).exists():
-            parser.error(f"--data {args.data}: no such file")
-        if not train_cues:
-            parser.error("--train-cues is empty")
+    for path in files:
+        if path == "synthetic":
+            parser.error("--data synthetic does not mix with files: give the files only")
+        if not Path(path).exists():
+            parser.error(f"--data {path}: no such file")
+    if len(set(files)) < len(files):
+        parser.error("--data: a file is given twice")
+    if files and not train_cues:
+        parser.error("--train-cues is empty")
+    if args.skip_missing and args.image_root is None:
+        parser.error("--skip-missing skips rows whose image is missing under --image-root: give --image-root")
     if args.image_root is not None and not args.image_root.is_dir():
         parser.error(f"--image-root {args.image_root} is not a folder")
     localise = tuple(m for m in measurements if m in LOCALISATION_MEASUREMENTS)
     return ProbeConfig(
         model=ModelSpec(args.model, args.pretrained, args.device),
-        data=DataSpec(file=args.data, kind=args.data_kind,
-                      image_root=None if args.image_root is None else str(args.image_root), split=args.split,
-                      limit=args.limit, train_cues=train_cues, per_image=args.per_image,
-                      n_train=args.probe_train, n_test=args.probe_test),
+        data=DataSpec(file=files[0] if len(files) == 1 else None, files=tuple(files) if len(files) > 1 else (),
+                      kind=args.data_kind, image_root=None if args.image_root is None else str(args.image_root),
+                      split=args.split, limit=args.limit, train_cues=train_cues, per_image=args.per_image,
+                      n_train=args.probe_train, n_test=args.probe_test, skip_missing=args.skip_missing),
         seed=args.seed, null_models=args.null_models, losses=losses, losses_given=args.losses != parser.get_default(
             "losses"),
         measure=MeasureConfig(
@@ -263,7 +279,10 @@ def probe(config: ProbeConfig, out: Path, command: list[str], *, quiet: bool = F
                   flush=True)
         for note in subject.notes:
             print(f"{PROG}: note: {note}", file=sys.stderr)
-        write_provenance(out, command, model=subject.bundle, data={"--data": config.data.file},
+        paths = config.data.paths
+        files = {"--data": paths[0] if paths else None}
+        files.update({f"--data#{i + 1}": path for i, path in enumerate(paths) if i})
+        write_provenance(out, command, model=subject.bundle, data=files,
                          image_roots={"--image-root": config.data.image_root})
 
     try:

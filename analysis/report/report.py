@@ -86,7 +86,45 @@ def data_sentences(measurements) -> list[str]:
     control = (record.get("sensitivity") or {}).get("control_edit")
     if control:
         sentences.append(f"The control edit of sensitivity: {control}.")
+    for row in file_usage(measurements):
+        used = [f"{FILE_WORDS[m]} {row[m]}" for m in FILE_MEASUREMENTS if row.get(m)]
+        text = (f"File {row['name']} ({row['kind']}, {row['rows']:,} rows read): "
+                + ("; ".join(used) if used else "used by no measurement"))
+        if row["not_used"]:
+            text += "; not used: " + "; ".join(row["not_used"])
+        sentences.append(text + ".")
     return sentences
+
+
+FILE_MEASUREMENTS = ("probes", "sensitivity", "gradnorms", "causal", "patching")
+FILE_WORDS = {**MEASUREMENT_WORDS, "patching": "patching"}
+
+
+def file_usage(measurements) -> list[dict]:
+    """Per real data file (measurements.meta["data_files"], analysis.pipeline): its kind, the rows read and, per
+    measurement, how many of its rows it used (text for a sentence or a table cell), and what it gave nothing to."""
+    files = measurements.meta.get("data_files") or {}
+    record = measurements.meta.get("data") or {}
+    rows = []
+    for source, info in files.items():
+        row = {"source": source, "name": Path(source).name, "kind": info.get("kind", "?"), "rows": info.get("rows", 0),
+               "not_used": []}
+        probes = (record.get("probes") or {}).get("files") or {}
+        parts = [f"{task} {entry[source]['rows']:,} rows ({entry[source]['captions']:,} captions)"
+                 for task, entry in probes.items() if source in entry]
+        row["probes"] = ", ".join(parts)
+        for measurement in ("sensitivity", "gradnorms", "causal"):
+            n = ((record.get(measurement) or {}).get("files") or {}).get(source)
+            row[measurement] = f"{n:,} rows" if n else ""
+        patching = info.get("patching") or {}
+        row["patching"] = ", ".join(f"{kind} pairs of {n:,} rows" for kind, n in patching.items())
+        refused = info.get("refused") or {}
+        reasons = list(dict.fromkeys(refused.values()))
+        row["not_used"] += [f"{', '.join(m for m, r in refused.items() if r == why)}: {why}" for why in reasons]
+        if info.get("images_skipped"):
+            row["not_used"].append(f"{info['images_skipped']:,} rows in the image measurements (image not found)")
+        rows.append(row)
+    return rows
 
 
 def _plan_sentence(selection: Selection, n_layers: int) -> str:
@@ -179,7 +217,10 @@ def _causal_sentences(measurements) -> list[str]:
     rows = measurements.causal
     parts = []
     for metric, label in (("ccneg_accuracy", "CC-Neg-style accuracy"), ("scope_accuracy", "scope accuracy"),
-                          ("absence_accuracy", "absence accuracy (true against false negated caption)")):
+                          ("absence_accuracy", "absence accuracy (true against false negated caption)"),
+                          ("mcq_accuracy/template=negative", "MCQ accuracy on negated answers"),
+                          ("mcq_absence_accuracy", "MCQ true against false negated option"),
+                          ("valse_accuracy", "VALSE existence accuracy")):
         chosen = rows[rows.metric == metric]
         if not chosen.empty:
             worst = chosen.loc[chosen.change.abs().idxmax()]
@@ -243,6 +284,15 @@ def markdown(sentences: list[str], selection: Selection, figures: Mapping[str, l
         lines += [f"| {MEASUREMENT_WORDS.get(name, name)} | {_cell(data.get('sentence') or data.get('source'))} | "
                   f"{_cell(data.get('control_edit', '')) if name == 'sensitivity' else ''} |"
                   for name, data in record.items()]
+        lines.append("")
+    usage = file_usage(measurements)
+    if usage:
+        lines += ["Rows of each file each measurement used:", "",
+                  "| file | kind | rows read | " + " | ".join(FILE_WORDS[m] for m in FILE_MEASUREMENTS)
+                  + " | not used |", "|---" * (4 + len(FILE_MEASUREMENTS)) + "|"]
+        lines += [f"| {_cell(row['name'])} | {row['kind']} | {row['rows']:,} | "
+                  + " | ".join(_cell(row[m]) or "-" for m in FILE_MEASUREMENTS)
+                  + f" | {_cell('; '.join(row['not_used']))} |" for row in usage]
         lines.append("")
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

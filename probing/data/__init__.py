@@ -9,6 +9,8 @@
                 load_negrefcocog
     generator   generate_negations (from COCO instances or NegBench object lists, with their captions)
     negations   load_negation_examples (any file that gives NegationExamples), describe_examples
+    benchmarks  read_benchmark: every file the evaluator reads as probe captions, examples and benchmark items
+                (what each kind can honestly give the layer measurements; imported from its module)
 
 Importing this package is cheap: torch and open_clip are imported only by the functions that need
 them (the CC-Neg `.pt` reader, the default tokenizer of the context-length check).

@@ -40,7 +40,12 @@ from probing.measure.patching import block_effects
 from probing.measure.probes import probe_layers
 from probing.measure.sensitivity import edit_sensitivity
 from probing.measure.settings import MeasureConfig
-from probing.measure.sources import REAL_CAUSAL_METRICS, RealData, RealSuite, SyntheticData, swap_first_colour
+from probing.measure.sources import (
+    RealData,
+    SyntheticData,
+    rows_by_file,
+    swap_first_colour,
+)
 from probing.measure.tasks import ProbeTask
 
 __all__ = ["measure_layers", "MeasureConfig", "LayerMeasurements", "swap_first_colour", "TABLES"]
@@ -251,15 +256,35 @@ def _data_record(tasks, data, world, wanted: Sequence[str], config: MeasureConfi
         else:
             record["probes"] = {**SyntheticData(world).description, "tasks": [task.name for task in tasks]} \
                 if world is not None else {"kind": "synthetic", "tasks": [task.name for task in tasks]}
+    if "probes" in record and any(task.meta.get("files") for task in tasks):
+        record["probes"]["files"] = {task.name: task.meta["files"] for task in tasks if task.meta.get("files")}
+        record["probes"]["sentence"] = "the captions of " + "; ".join(  # what the tasks read, not the examples
+            f"{task.name}: " + ", ".join(f"{Path(source).name} ({n['captions']:,} captions of {n['rows']:,} rows)"
+                                         for source, n in task.meta["files"].items())
+            for task in tasks if task.meta.get("files"))
     for measurement in ("sensitivity", "gradnorms", "causal"):
         if measurement in wanted and data is not None:
             record[measurement] = dict(data.description)
     if "sensitivity" in record and edits is not None:
         record["sensitivity"].update(n_captions=len(edits["base"]), edits=[e for e in edits if e != "base"])
+        if isinstance(data, RealData):
+            record["sensitivity"]["files"] = rows_by_file(data.sensitivity_examples(config.n_sensitivity,
+                                                                                    config.seed)[0])
     if "gradnorms" in record:
         record["gradnorms"].update(n_batches=config.grad_batches, batch_size=config.grad_batch_size)
+        if isinstance(data, RealData):
+            record["gradnorms"]["files"] = rows_by_file({id(e): e for batch in data.gradnorm_examples(
+                config.grad_batches, config.grad_batch_size, config.seed) for e in batch}.values())
     if "causal" in record:
         record["causal"].update(n_items=config.n_causal)
+        if isinstance(data, RealData):
+            suite = data.causal_suite(config.n_causal, config.seed)
+            record["causal"]["files"] = suite.rows_by_file()
+            record["causal"]["metrics"] = list(suite.metric_names)
+            if data.mcq or data.foils:
+                record["causal"]["sentence"] += "; " + ", ".join(
+                    f"{len(items):,} {what} items with images" for what, items in (("NegBench MCQ", data.mcq),
+                                                                                   ("VALSE", data.foils)) if items)
     if config.patching_evidence and world is not None:
         record["patching"] = SyntheticData(world).description
     return record
@@ -295,6 +320,8 @@ def _probes(result: LayerMeasurements, name: str, subject, tokenizer, tasks, con
             result.items[ItemKey.probe(task.name, split, name).text] = sweep.items[(split, "logistic")]
         if trained:
             directions[task.name] = sweep.directions["logistic"]
+            if not task.control_tests():  # the control labels of the splits hold one class: nothing to fit
+                continue
             control = probe_layers(features, task.control_labels, task.train, task.control_tests(), seeds=seeds)
             result.add("probes", control.summary, task=task.name, model=name, labels="control")
             result.add("selectivity", _selectivity(task.name, sweep.summary, control.summary))
@@ -444,14 +471,15 @@ def patching_profile(model, preprocess, tokenizer, world, config: MeasureConfig,
 def causal_rows(model, preprocess, tokenizer, data: SyntheticData | RealData, directions: np.ndarray,
                 config: MeasureConfig, progress: bool = False) -> list[dict]:
     """Project the negation probe direction out at each layer; report the negation and retrieval metrics of the
-    run's data (synthetic: CAUSAL_METRICS; real: sources.REAL_CAUSAL_METRICS, those the data has)."""
+    run's data (synthetic: CAUSAL_METRICS; real: the suite's `metric_names`, those the data has: CC-Neg-style,
+    absence, R@1, and the MCQ and caption-vs-foil accuracies of benchmark files)."""
 
 
     suite = data.causal_suite(config.n_causal, config.seed)
-    if isinstance(suite, RealSuite):
+    if hasattr(suite, "metric_names"):  # real data (probing.measure.sources: RealSuite, MCQSuite, ...)
         image_features = suite.image_features(model, preprocess, progress=progress, num_workers=config.num_workers,
                                               cache=config.feature_cache)
-        names = REAL_CAUSAL_METRICS
+        names = suite.metric_names
     else:
         image_features = suite.image_features(model, preprocess)
         names = CAUSAL_METRICS

@@ -19,7 +19,9 @@ saved as one CSV per table plus localisation.json (atomic writes).
                value, baseline, change, ci_low, ci_high, n                             (steering.py)
 
 Pairs come from the synthetic `world` (negation and scope pairs of the test split) and/or real
-`examples` (NegationExamples: kind "negation", or "real" beside a world). The lens, steering and
+`examples` (NegationExamples: kind "negation", or "real" beside a world) and/or real `pairs` (kind -> PatchPairs
+a file gives itself, e.g. NegBench MCQ's scope pairs: probing.measure.roles.benchmark_scope_pairs; "real_<kind>"
+beside a world). The lens, steering and
 head ablation score a held-out synthetic set, so they need the world; without it they are
 skipped and meta["skipped"] says why. Everything runs batched, in eval mode (restored after), and
 keeps only what a batch needs.
@@ -117,19 +119,19 @@ class Localisation:
 
 
 def measure_localisation(model: torch.nn.Module, preprocess: Callable, tokenizer: Callable, *, world=None,
-                         examples: Sequence | None = None, config: LocaliseConfig = LocaliseConfig(),
-                         progress: bool = True) -> Localisation:
+                         examples: Sequence | None = None, pairs: dict[str, Sequence] | None = None,
+                         config: LocaliseConfig = LocaliseConfig(), progress: bool = True) -> Localisation:
     """Run the configured measurements on `model` (any open_clip text tower HookedCLIPText wraps)."""
 
-    if world is None and not examples:
-        raise ValueError("localisation needs pairs: pass the synthetic world, real examples, or both")
+    if world is None and not examples and not any((pairs or {}).values()):
+        raise ValueError("localisation needs pairs: pass the synthetic world, real examples or pairs")
     hooked = HookedCLIPText(model, tokenizer)
     result = Localisation(hooked.cfg.n_layers, hooked.cfg.n_heads,
                           meta={"config": asdict(config), "seconds": {}, "skipped": {}})
     timer = lambda name: _timed(result.meta["seconds"], name)
     with eval_mode(model), eval_mode(hooked):
         with timer("pairs"):
-            aligned = _aligned_pairs(hooked, tokenizer, world, examples, config, result.meta)
+            aligned = _aligned_pairs(hooked, tokenizer, world, examples, config, result.meta, pairs)
         if "patching" in config.measurements:
             with timer("patching"):
                 _patching(hooked, model, preprocess, aligned, config, result, progress)
@@ -170,7 +172,8 @@ def measure_localisation(model: torch.nn.Module, preprocess: Callable, tokenizer
     return result
 
 
-def _aligned_pairs(hooked, tokenizer, world, examples, config: LocaliseConfig, meta: dict) -> dict[str, list]:
+def _aligned_pairs(hooked, tokenizer, world, examples, config: LocaliseConfig, meta: dict,
+                   pairs: dict[str, Sequence] | None = None) -> dict[str, list]:
     """Aligned pairs per kind; what alignment left out is counted in meta["pairs_skipped"]."""
     sources = {}
     if world is not None:
@@ -178,6 +181,9 @@ def _aligned_pairs(hooked, tokenizer, world, examples, config: LocaliseConfig, m
         sources["scope"] = synthetic_scope_pairs(world, config.n_pairs, config.split, config.seed, config.heldout)
     if examples:
         sources["real" if world is not None else "negation"] = example_pairs(examples)[:config.n_pairs]
+    for kind, given in (pairs or {}).items():
+        if given:
+            sources[kind if world is None else f"real_{kind}"] = list(given)[:config.n_pairs]
     finder = RoleFinder(tokenizer, hooked.eot_positions)
     aligned, meta["pairs_skipped"] = {}, {}
     for kind, pairs in sources.items():

@@ -116,6 +116,14 @@ def example_pairs(examples: Sequence[NegationExample]) -> list[PatchPair]:
     return pairs
 
 
+def benchmark_scope_pairs(pairs: Sequence[dict]) -> list[PatchPair]:
+    """Scope pairs a benchmark file gives itself (probing.data.benchmarks: NegBench MCQ's correct hybrid answer and
+    its wrong hybrid option with the two objects swapped): the true caption is the anchor, as for synthetic scope
+    pairs. Each dict: true, false, image, cue, negated, subjects, source, row."""
+    return [PatchPair("scope", p["true"], p["false"], p["image"], p["cue"], p["negated"], tuple(p["subjects"]),
+                      anchor="true", meta={"source": p.get("source"), "row": p.get("row")}) for p in pairs]
+
+
 @dataclass
 class AlignedPair:
     """A pair's tokens (SOT..EOT) and, per patchable role, its positions in the true and the false caption."""

@@ -35,12 +35,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from probing.data.benchmarks import negation_marker, wording
 from probing.data.ccneg import find_negation_cue
 from probing.data.negations import describe_examples, describe_sentence
-from probing.data.records import NegationExample
+from probing.data.records import FoilPair, MCQItem, NegationExample
 from probing.features.cache import encode_image_features
 from probing.features.encode import encode_captions
-from probing.metrics import flatten, score_negation, score_recall_among
+from probing.metrics import flatten, score_mcq, score_negation, score_pairs, score_recall_among
 from probing.synthetic.suite import SyntheticSuite
 
 # words that are never swapped by the control edit of real captions (function words and negation cues)
@@ -54,6 +55,17 @@ should will shall may might must
 """.split())
 REAL_CAUSAL_METRICS = ("ccneg_accuracy", "absence_accuracy", "image_to_text_R@1_among_100",
                        "text_to_image_R@1_among_100")
+MCQ_CAUSAL_METRICS = ("mcq_accuracy", "mcq_accuracy/template=positive", "mcq_accuracy/template=negative",
+                      "mcq_accuracy/template=hybrid", "mcq_absence_accuracy")
+FOIL_CAUSAL_METRICS = ("valse_accuracy", "valse_accuracy/negated=caption", "valse_accuracy/negated=foil")
+
+
+def rows_by_file(records) -> dict[str, int]:
+    """Distinct (source, row) of records, counted per source file: what a measurement used of each file."""
+    rows: dict[str, set] = {}
+    for record in records:
+        rows.setdefault(str(record.source), set()).add(record.row)
+    return {source: len(found) for source, found in rows.items()}
 
 
 def swap_first_colour(caption: str, colours: Sequence[str]) -> str:
@@ -147,17 +159,31 @@ class ControlEdit:
 
 @dataclass
 class RealData:
-    """The measurements' data taken from a file's NegationExamples (module docstring)."""
+    """The measurements' data taken from files' NegationExamples and benchmark items (module docstring).
+
+    examples: the NegationExamples of every file (sensitivity reads their captions only); image_examples: those
+    whose images resolved (gradient batches and the causal check; None: `examples`, when `with_images`); mcq,
+    foils: NegBench MCQ items and VALSE caption / foil items with resolved images, which add their benchmark
+    metric to the causal check (MCQ accuracy by template, caption-vs-foil accuracy)."""
 
     examples: Sequence[NegationExample]
     source: str | None = None
     with_images: bool = True  # the examples' image paths resolve (an image root was given)
+    image_examples: Sequence[NegationExample] | None = None
+    mcq: Sequence[MCQItem] = ()
+    foils: Sequence[FoilPair] = ()
     control: ControlEdit = field(init=False)
 
     def __post_init__(self):
 
-        self.examples = [e for e in self.examples if e.caption and e.presence_negated]
-        if not self.examples:
+        def usable(pool):
+            return [e for e in pool if e.caption and e.presence_negated]
+
+        self.examples = usable(self.examples)
+        self.image_examples = (list(self.examples) if self.with_images else []) if self.image_examples is None \
+            else usable(self.image_examples)
+        self.mcq, self.foils = list(self.mcq), list(self.foils)
+        if not self.examples and not (self.mcq or self.foils):
             raise ValueError("no example has both an affirmative and a presence-negated caption")
         self.control = ControlEdit.of(self.examples)
         self.summary = describe_examples(self.examples, self.source)
@@ -172,15 +198,14 @@ class RealData:
 
     @property
     def has_absence(self) -> bool:
-        return sum(bool(e.absence_negated) for e in self.examples) * 2 >= len(self.examples)
+        return bool(self.examples) and sum(bool(e.absence_negated) for e in self.examples) * 2 >= len(self.examples)
 
-    def _order(self, seed: int, pool: Sequence[NegationExample]) -> list[NegationExample]:
+    def _order(self, seed: int, pool: Sequence) -> list:
         rng = np.random.default_rng([seed, 0x5E5])
         return [pool[i] for i in rng.permutation(len(pool))]
 
-    def sensitivity_edits(self, n: int, seed: int) -> dict[str, list[str]]:
-        """Up to n examples whose caption the control edit can change (with an absence-negated caption when
-        most examples have one, so that all four lists align)."""
+    def sensitivity_examples(self, n: int, seed: int) -> tuple[list[NegationExample], list[str]]:
+        """Up to n examples whose caption the control edit can change, and the edited captions."""
         pool = [e for e in self.examples if e.absence_negated] if self.has_absence else list(self.examples)
         rng = np.random.default_rng([seed, 0xED17])
         chosen, controls = [], []
@@ -191,6 +216,12 @@ class RealData:
                 controls.append(edited)
             if len(chosen) == n:
                 break
+        return chosen, controls
+
+    def sensitivity_edits(self, n: int, seed: int) -> dict[str, list[str]]:
+        """Up to n examples whose caption the control edit can change (with an absence-negated caption when
+        most examples have one, so that all four lists align)."""
+        chosen, controls = self.sensitivity_examples(n, seed)
         if len(chosen) < 2:
             raise ValueError("fewer than two captions name a word of the file's vocabulary that the control edit "
                              "can swap: sensitivity needs more data")
@@ -201,23 +232,35 @@ class RealData:
         return edits
 
     def gradnorm_examples(self, n_batches: int, batch_size: int, seed: int) -> list[list[NegationExample]]:
-        """`n_batches` batches of distinct examples, each a seeded draw (batches may share examples when the
-        file has fewer than n_batches x batch_size)."""
-        if batch_size > len(self.examples):
-            raise ValueError(f"a gradient batch of {batch_size} needs as many examples; the data has "
-                             f"{len(self.examples)}")
-        order = self._order(seed + 1000, self.examples)
+        """`n_batches` batches of distinct examples with images, each a seeded draw (batches may share examples when
+        the data has fewer than n_batches x batch_size)."""
+        pool = self.image_examples
+        if batch_size > len(pool):
+            raise ValueError(f"a gradient batch of {batch_size} needs as many examples with images; the data has "
+                             f"{len(pool)}")
+        order = self._order(seed + 1000, pool)
         batches = []
         for b in range(n_batches):
             start = (b * batch_size) % len(order)
             if start + batch_size > len(order):
-                order = self._order(seed + 1000 + b, self.examples)
+                order = self._order(seed + 1000 + b, pool)
                 start = 0
             batches.append(order[start:start + batch_size])
         return batches
 
-    def causal_suite(self, n: int, seed: int) -> "RealSuite":
-        return RealSuite(self._order(seed + 202, self.examples)[:n])
+    def causal_suite(self, n: int, seed: int):
+        """Held-out items with images: a RealSuite of the examples, and beside it (CombinedSuite) the MCQ and
+        caption-vs-foil items' own metrics where the data has them; each part at most n items."""
+        parts = []
+        if len(self.image_examples) >= 2:
+            parts.append(RealSuite(self._order(seed + 202, self.image_examples)[:n]))
+        if self.mcq:
+            parts.append(MCQSuite(self._order(seed + 203, self.mcq)[:n]))
+        if self.foils:
+            parts.append(FoilSuite(self._order(seed + 204, self.foils)[:n]))
+        if not parts:
+            raise ValueError("the causal check needs items with images")
+        return parts[0] if len(parts) == 1 else CombinedSuite(parts)
 
 
 @dataclass
@@ -225,6 +268,10 @@ class RealSuite:
     """Held-out real examples scored with any text encoder (the causal check's evaluation on real data)."""
 
     examples: list[NegationExample]
+    metric_names = REAL_CAUSAL_METRICS
+
+    def rows_by_file(self) -> dict[str, int]:
+        return rows_by_file(self.examples)
 
     def image_features(self, model, preprocess, *, progress: bool = False, num_workers: int = 0,
                        cache: bool = True) -> dict[str, torch.Tensor]:
@@ -249,3 +296,111 @@ class RealSuite:
             metrics.update(score_recall_among(images[chosen], caption[chosen], group=100,
                                               texts=[examples[i].caption for i in first]))
         return flatten({"real": metrics})
+
+
+def _encode_images(records, model, preprocess, what: str, *, progress: bool, num_workers: int, cache: bool):
+    return encode_image_features(model, preprocess, [r.image for r in records], progress=progress, desc=what,
+                                 num_workers=num_workers, cache=cache, origins=[(r.source, r.row) for r in records])
+
+
+@dataclass
+class MCQSuite:
+    """NegBench MCQ items scored with any text encoder: MCQ accuracy (the correct option strictly above every other)
+    overall and by the correct answer's template, and `mcq_absence_accuracy`, the true negated answer of a
+    negative row against its wrong negated option (negating an object that is there): the same template type,
+    the negated object absent vs present."""
+
+    items: list[MCQItem]
+    metric_names = MCQ_CAUSAL_METRICS
+
+    def __post_init__(self):
+
+        self.negated_pairs = []  # (row index, true negated option, false negated option)
+        for index, item in enumerate(self.items):
+            if item.template != "negative":
+                continue
+            wrong = next((i for i, text in enumerate(item.captions)
+                          if i != item.correct and wording(text).type == "negative"), None)
+            if wrong is not None:
+                self.negated_pairs.append((index, item.correct, wrong))
+
+    def rows_by_file(self) -> dict[str, int]:
+        return rows_by_file(self.items)
+
+    def image_features(self, model, preprocess, *, progress: bool = False, num_workers: int = 0,
+                       cache: bool = True) -> dict[str, torch.Tensor]:
+        return {"images": _encode_images(self.items, model, preprocess, "causal check: MCQ image features",
+                                         progress=progress, num_workers=num_workers, cache=cache)}
+
+    def scores(self, model, preprocess, tokenizer, *, encode_text: Callable | None = None,
+               image_features: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        encode = encode_text or (lambda captions: encode_captions(model, tokenizer, captions))
+        images = (image_features or self.image_features(model, preprocess))["images"]
+        width = max(len(item.captions) for item in self.items)
+        if any(len(item.captions) != width for item in self.items):
+            raise ValueError("MCQ items with different numbers of options")
+        options = encode([text for item in self.items for text in item.captions]).view(len(self.items), width, -1)
+        metrics = score_mcq(images, options, [item.correct for item in self.items],
+                            [item.template for item in self.items])
+        if self.negated_pairs:
+            rows, true, false = (torch.tensor(column) for column in zip(*self.negated_pairs))
+            metrics.update(score_pairs("mcq_absence_accuracy", images[rows], options[rows, true],
+                                       options[rows, false]))
+        return flatten({"mcq": metrics})
+
+
+@dataclass
+class FoilSuite:
+    """VALSE existence items: s(I, caption) > s(I, foil), overall and by which of the two is the negated one."""
+
+    items: list[FoilPair]
+    metric_names = FOIL_CAUSAL_METRICS
+
+    def rows_by_file(self) -> dict[str, int]:
+        return rows_by_file(self.items)
+
+    def image_features(self, model, preprocess, *, progress: bool = False, num_workers: int = 0,
+                       cache: bool = True) -> dict[str, torch.Tensor]:
+        return {"images": _encode_images(self.items, model, preprocess, "causal check: VALSE image features",
+                                         progress=progress, num_workers=num_workers, cache=cache)}
+
+    def scores(self, model, preprocess, tokenizer, *, encode_text: Callable | None = None,
+               image_features: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+
+        encode = encode_text or (lambda captions: encode_captions(model, tokenizer, captions))
+        images = (image_features or self.image_features(model, preprocess))["images"]
+        negated = ["caption" if negation_marker(item.caption) else "foil" for item in self.items]
+        metrics = score_pairs("valse_accuracy", images, encode([item.caption for item in self.items]),
+                              encode([item.foil for item in self.items]), {"negated": negated})
+        return flatten({"valse": metrics})
+
+
+@dataclass
+class CombinedSuite:
+    """Several suites scored together (their metric names are distinct)."""
+
+    parts: list
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(name for part in self.parts for name in part.metric_names)
+
+    def rows_by_file(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for part in self.parts:
+            for source, n in part.rows_by_file().items():
+                counts[source] = max(counts.get(source, 0), n)
+        return counts
+
+    def image_features(self, model, preprocess, **options) -> dict[str, torch.Tensor]:
+        return {f"{j}/{key}": value for j, part in enumerate(self.parts)
+                for key, value in part.image_features(model, preprocess, **options).items()}
+
+    def scores(self, model, preprocess, tokenizer, *, encode_text: Callable | None = None,
+               image_features: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        features = image_features or self.image_features(model, preprocess)
+        metrics: dict[str, float] = {}
+        for j, part in enumerate(self.parts):
+            own = {key.split("/", 1)[1]: value for key, value in features.items() if key.startswith(f"{j}/")}
+            metrics.update(part.scores(model, preprocess, tokenizer, encode_text=encode_text, image_features=own))
+        return metrics

@@ -36,10 +36,18 @@ class ProbeTask:
     train: np.ndarray
     tests: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
+    # per caption, what the splits were made by (real data: "image", "source", "row"), for checks and counts
+    groups: dict[str, list] = field(default_factory=dict)
 
     def control_tests(self) -> dict[str, np.ndarray]:
-        """Control labels are type-based, so they are only learnable on seen types: in-distribution."""
-        return {IN_DISTRIBUTION: self.tests[IN_DISTRIBUTION]} if IN_DISTRIBUTION in self.tests else {}
+        """Control labels are type-based, so they are only learnable on seen types: in-distribution (when it and the
+        training split hold both control classes)."""
+        if IN_DISTRIBUTION not in self.tests:
+            return {}
+        test = self.tests[IN_DISTRIBUTION]
+        if any(len(np.unique(self.control_labels[index])) < 2 for index in (self.train, test)):
+            return {}
+        return {IN_DISTRIBUTION: test}
 
 
 def control_labelling(types: Sequence[Hashable], seed: int) -> np.ndarray:
@@ -139,3 +147,127 @@ def real_negation_task(examples, *, train_cues: Sequence[str] = ("no", "not"), s
             raise ValueError(f"the training split ({len(task.train)} captions with the cues {list(train_cues)}) holds "
                              f"one class of {what} only: it needs affirmative and negated captions of several examples")
     return task
+
+
+# --- real benchmark files: splits held out by image, cue, object and template --------------------------------
+
+MIN_SPLIT = 4  # captions a test split needs (with both classes) to be kept
+
+
+def heldout_task(name: str, captions: Sequence, *, train_cues: Sequence[str] = ("no", "not"), seed: int = 0,
+                 test_share: float = 0.25, heldout_share: float = 0.2, meta: dict | None = None) -> ProbeTask:
+    """A probe task from real ProbeCaptions (probing.data.benchmarks) whose test splits a probe cannot pass by
+    memorising an image, an object, a template or a cue word.
+
+    Images (ProbeCaption.image) are split first: a seeded `test_share` of them hold every test split, the rest
+    the training split, so no image is on both sides. Then a seeded set of objects and of templates is held out
+    (drawn in a seeded order while the captions naming them stay within `heldout_share` of all captions; never
+    the object or template that alone covers more), and every cue outside `train_cues`:
+
+        train             training images; no held-out object or template; negated captions with a training cue,
+                          affirmative captions of units with one (or with no negated caption)
+        in_distribution   test images; no held-out object, template or cue
+        heldout_cue       test images; a negation cue outside `train_cues` (and its unit's affirmative captions)
+        heldout_object    test images; a caption naming a held-out object (training cues)
+        heldout_template  test images; a held-out template (training cues, no held-out object)
+
+    An affirmative caption (cue None) follows its unit: it joins the cue split of its unit's negated captions (in
+    both when the unit has both kinds). A test split without both classes (or fewer than MIN_SPLIT captions) is
+    left out and meta["dropped_splits"] says why. groups["image"], groups["source"] and groups["row"] name each
+    caption's image and where it came from. A ValueError when the training split lacks a class.
+    """
+    captions = list(captions)
+    if not captions:
+        raise ValueError("no captions")
+    rng = np.random.default_rng([seed, 0x5B17])
+    images = sorted({c.image for c in captions})
+    if len(images) < 2:
+        raise ValueError(f"the captions show {len(images)} image(s): a split by image needs at least two")
+    order = rng.permutation(len(images))
+    n_test = min(len(images) - 1, max(1, int(round(test_share * len(images)))))
+    test_images = {images[i] for i in order[:n_test]}
+    held_objects = _held_out([c.objects for c in captions], heldout_share, rng)
+    held_templates = _held_out([(c.template,) if c.template else () for c in captions], heldout_share, rng)
+    train_cues = set(train_cues)
+    unit_cues: dict = {}
+    for c in captions:
+        if c.cue is not None:
+            unit_cues.setdefault(c.unit, set()).add(c.cue in train_cues)
+    blocks: dict[str, list[int]] = {split: [] for split in ("train", IN_DISTRIBUTION, *HELDOUT_SPLITS)}
+    for i, c in enumerate(captions):
+        new_object = any(o in held_objects for o in c.objects)
+        new_template = c.template in held_templates
+        if c.cue is None:  # affirmative: the cue kinds of its unit (a unit without negated captions: a training one)
+            seen_cue, new_cue = (True in unit_cues.get(c.unit, {True})), (False in unit_cues.get(c.unit, set()))
+        else:
+            seen_cue, new_cue = c.cue in train_cues, c.cue not in train_cues
+        if c.image not in test_images:
+            if seen_cue and not new_object and not new_template:
+                blocks["train"].append(i)
+            continue
+        if seen_cue and not new_object and not new_template:
+            blocks[IN_DISTRIBUTION].append(i)
+        if new_cue and not new_object and not new_template:
+            blocks["heldout_cue"].append(i)
+        if new_object and seen_cue and not new_template:
+            blocks["heldout_object"].append(i)
+        if new_template and seen_cue and not new_object:
+            blocks["heldout_template"].append(i)
+    labels = np.array([int(c.label) for c in captions])
+    if len(np.unique(labels[blocks["train"]])) < 2:
+        raise ValueError(f"the training split ({len(blocks['train'])} captions of {len(images) - n_test} images with "
+                         f"the cues {sorted(train_cues)}) holds {'no' if not blocks['train'] else 'one class of'} "
+                         "captions: it needs affirmative and negated captions (or both labels) of several images")
+    dropped = {}
+    tests = {}
+    for split in (IN_DISTRIBUTION, *HELDOUT_SPLITS):
+        index = np.array(blocks[split], dtype=int)
+        classes = len(np.unique(labels[index])) if len(index) else 0
+        if classes < 2 or len(index) < MIN_SPLIT:
+            dropped[split] = (f"{len(index)} captions with {classes} class(es)" if len(index) else
+                              "no captions" + {"heldout_cue": f" with a cue outside {sorted(train_cues)}",
+                                               "heldout_object": " name a held-out object",
+                                               "heldout_template": " use a held-out template"}.get(split, ""))
+        else:
+            tests[split] = index
+    types = [c.type if c.type is not None else c.unit for c in captions]
+    files: dict[str, dict[str, int]] = {}
+    for i in sorted(set(blocks["train"]) | {i for index in tests.values() for i in index}):
+        entry = files.setdefault(str(captions[i].source), {"captions": 0, "rows": set()})
+        entry["captions"] += 1
+        entry["rows"].add(captions[i].row)
+    info = {"source": "real", "train_cues": sorted(train_cues), "split_by": "image",
+            "images": {"train": len(images) - n_test, "test": n_test},
+            "heldout_objects": sorted(held_objects), "heldout_templates": len(held_templates),
+            "dropped_splits": dropped,
+            "files": {f: {"captions": e["captions"], "rows": len(e["rows"])} for f, e in files.items()},
+            **(meta or {})}
+    return ProbeTask(name, [c.text for c in captions], labels, control_labelling(types, seed),
+                     np.array(blocks["train"], dtype=int), tests, info,
+                     groups={"image": [c.image for c in captions], "source": [c.source for c in captions],
+                             "row": [c.row for c in captions]})
+
+
+def _held_out(keys: Sequence[tuple], share: float, rng: np.random.Generator) -> set:
+    """Values to hold out: drawn in a seeded order, each kept while the captions naming any held-out value stay
+    within `share` of all captions (a value more frequent than that is never held out). Only values of two captions
+    or more are candidates: a caption of its own (a free-text caption's template) is unseen on a test image anyway,
+    and holding it out would only take it from training."""
+    rows: dict = {}
+    for i, values in enumerate(keys):
+        for value in set(values):
+            rows.setdefault(value, []).append(i)
+    rows = {value: found for value, found in rows.items() if len(found) >= 2}
+    if len(rows) < 2:
+        return set()
+    names = sorted(rows, key=str)
+    held: set = set()
+    covered = np.zeros(len(keys), dtype=bool)
+    budget = share * len(keys)
+    for j in rng.permutation(len(names)):
+        would = covered.copy()
+        would[rows[names[j]]] = True
+        if would.sum() <= budget:
+            held.add(names[j])
+            covered = would
+    return held
