@@ -76,28 +76,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def pipeline_sizes(n_layers: int) -> dict:
     """The full pipeline's sizes: CC-Neg's splits, the conclip recipe's batch and epochs, probe-layers'
-    argument defaults (and MeasureConfig's null gradient batches), for a text tower of `n_layers` blocks."""
-    from analysis.cli.probe_layers import build_parser
+    defaults (its ProbeConfig, the null gradient batches included), for a text tower of `n_layers` blocks."""
+    from analysis.probe_config import ProbeConfig
     from finetune.losses import loss_spec
     from finetune.recipe import load_recipe
-    from probing.measure.settings import MeasureConfig
 
     recipe = load_recipe("conclip").settings
-    probe = build_parser().parse_args([])
+    probe = ProbeConfig()
+    measure = probe.measure
     # gradient norms leave out a loss the data cannot feed (probing.measure.layers._feedable): CC-Neg has no
     # absence-negated caption and no distractor image
-    fed = [name for name in probe.losses.split(",") if set(loss_spec(name).texts) <= set(CCNEG_FIELDS)
+    fed = [name for name in probe.losses if set(loss_spec(name).texts) <= set(CCNEG_FIELDS)
            and loss_spec(name).distractor != "required"]
     return {"train_rows": len(split_rows(CCNEG_ROWS, "train")), "eval_rows": len(split_rows(CCNEG_ROWS, "eval")),
             "captions_per_row": len(CCNEG_FIELDS),
             "recipe": "conclip", "epochs": recipe["epochs"], "batch_size": recipe["batch_size"],
             "recipe_layers": recipe["layers"], "n_layers": n_layers,
-            "probe": {"max_examples": probe.max_examples, "null_models": probe.null_models,
-                      "seeds": len(probe.seeds.split(",")), "null_seeds": len(probe.null_seeds.split(",")),
-                      "n_sensitivity": probe.n_sensitivity, "n_causal": probe.n_causal,
-                      "grad_batches": probe.grad_batches, "null_grad_batches": MeasureConfig().null_grad_batches,
-                      "grad_batch_size": probe.grad_batch_size, "losses": len(fed), "losses_fed": fed,
-                      "batch_size": probe.batch_size}}
+            "probe": {"max_examples": probe.data.limit, "null_models": probe.null_models,
+                      "seeds": len(measure.seeds), "null_seeds": len(measure.null_seeds),
+                      "n_sensitivity": measure.n_sensitivity, "n_causal": measure.n_causal,
+                      "grad_batches": measure.grad_batches, "null_grad_batches": measure.null_grad_batches,
+                      "grad_batch_size": measure.grad_batch_size, "losses": len(fed), "losses_fed": fed,
+                      "batch_size": measure.batch_size}}
 
 
 def pipeline_items(sizes: dict) -> list[tuple[str, str, str, int]]:

@@ -241,7 +241,7 @@ from probing.features.cache import FeatureCache, encode_image_features, image_ke
 config, weights, root, start, kill_at, mode, *images = sys.argv[1:]
 model, preprocess, _ = load_clip(config, pretrained=weights)
 if int(kill_at):  # SIGKILL this process in the middle of writing its chunk number kill_at
-    import safetensors.torch as st
+    import probing.features.cache as st  # the name the cache writes its chunks with
     real, calls = st.save_file, []
     def torn(tensors, filename, metadata=None):
         calls.append(filename)

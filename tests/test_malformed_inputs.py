@@ -184,7 +184,8 @@ def fx(tmp_path_factory) -> dict[str, str]:
     # CC-Neg in its CSV layout
     add("ccneg_no_negation_column", _csv(root / "ccneg_cols.csv", ["image_path", "caption"], [[IMAGE, "a cat"]]))
     add("ccneg_without_only", _csv(root / "ccneg_without.csv", ["image_path", "caption", "negative_prompt"],
-                                   [[IMAGE, f"a dog and a cat {i}", f"a dog without a cat {i}"] for i in range(6)]))
+                                   [[f"img{i}.jpg", f"a dog and a cat {i}", f"a dog without a cat {i}"]
+                                    for i in range(6)]))
     add("ccneg_header_only", _csv(root / "ccneg_header.csv", ["image_path", "caption", "negative_prompt"], []))
     add("ccneg_num_ops", _csv(root / "ccneg_k.csv", ["image_path", "caption", "negative_prompt", "num_ops"],
                               [[IMAGE, f"a dog and a cat {i}", f"a dog and no cat {i}", "-3" if i == 1 else "2"]
@@ -398,8 +399,10 @@ PROBE_LAYERS = [
          "unknown dataset kind 'magic'"),
     case("probe-layers", f"{PL} --data {{ccneg_no_negation_column}} --data-kind ccneg --out {{out}}/pl",
          "ccneg_cols.csv: missing column(s)"),
-    case("probe-layers", f"{PL} --data {{ccneg_without_only}} --out {{out}}/pl", "no examples use the training cues"),
-    case("probe-layers", f"{PL} --data {{ccneg_one_example}} --out {{out}}/pl", "holds one class of"),
+    case("probe-layers", f"{PL} --data {{ccneg_without_only}} --out {{out}}/pl",
+         "with the cues ['no', 'not']) holds no captions"),
+    case("probe-layers", f"{PL} --data {{ccneg_one_example}} --out {{out}}/pl",
+         "the captions show 1 image(s): a split by image needs at least two"),
     case("probe-layers", f"{PL} --data {{ccneg_pt_garbage}} --out {{out}}/pl", "garbage.pt: torch.load cannot read it"),
     case("probe-layers", f"{PL} --data {{ccneg_pt_wrong}} --out {{out}}/pl", "image_paths should be a list"),
     case("probe-layers", f"{PL} --data {{jsonl_all_broken}} --out {{out}}/pl", "broken.jsonl"),
@@ -781,7 +784,7 @@ REPEATS = [
     case("probe-layers", "--null-seeds 1,2,1", "--null-probe-seeds: 1 given twice"),
     case("probe-layers", "--measurements probes,sensitivity,probes", "--measurements: probes given twice"),
     case("probe-layers", f"{PL} --data {{ccneg_without_only}} --train-cues no,not,no --out {{out}}/pl",
-         "training cue 'no' is given twice"),
+         "--train-cues: no given twice"),
     case("ablate-layers", f"{AB} --seeds 0,0 --out {{out}}/ab", "--seeds: 0 given twice"),
     case("ablate-layers", f"{AB} --variants front,back,front --out {{out}}/ab", "front given twice"),
     case("ablate-layers", f"{AB} --extras ln_final,ln_final --out {{out}}/ab", "extras: ln_final given twice"),

@@ -220,7 +220,9 @@ def test_each_recipe_trains_a_few_steps_on_the_small_model(name, small_embedded,
     assert config["betas"] == [float(b) for b in recipe["betas"].split(",")] and config["eps"] == recipe["eps"]
     assert config["steps"] == 2 and config["epochs"] is None and config["batch_size"] == 8
     assert config["clip_grad_norm"] == (recipe["clip_grad_norm"] or None)
-    assert run["plan"]["train_logit_scale"] == recipe["train_logit_scale"]
+    extras = recipe["extras"].split(",")
+    assert {part: run["plan"][f"train_{part}"] for part in ("embeddings", "ln_final", "projection", "logit_scale")} \
+        == {part: part in extras for part in ("embeddings", "ln_final", "projection", "logit_scale")}
     assert run["plan"]["blocks"] == (list(range(12)) if recipe["layers"] == "all" else [0, 1, 2, 3, 4, 5])
     assert config["second_loss"] == recipe.get("second_loss")
     rows = (out / "metrics.csv").read_text().splitlines()

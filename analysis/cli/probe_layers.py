@@ -207,7 +207,7 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pr
     if args.grad_loss is not None and args.grad_loss not in losses:
         parser.error(f"--grad-loss {args.grad_loss!r} is not among --losses ({', '.join(losses)})")
     files = [] if args.data in (None, ["synthetic"]) else list(args.data)  # "synthetic": the default, named
-    train_cues = tuple(c.strip() for c in args.train_cues.split(",") if c.strip())
+    train_cues = a.names(args.train_cues, None, "--train-cues", parser)
     for path in files:
         if path == "synthetic":
             parser.error("--data synthetic does not mix with files: give the files only")
@@ -215,8 +215,6 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pr
             parser.error(f"--data {path}: no such file")
     if len(set(files)) < len(files):
         parser.error("--data: a file is given twice")
-    if files and not train_cues:
-        parser.error("--train-cues is empty")
     if args.skip_missing and args.image_root is None:
         parser.error("--skip-missing skips rows whose image is missing under --image-root: give --image-root")
     if args.image_root is not None and not args.image_root.is_dir():
