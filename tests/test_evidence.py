@@ -121,3 +121,21 @@ def test_measurements_round_trip_with_their_items(tmp_path):
     assert all(np.array_equal(again.items[k], measurements.items[k]) for k in measurements.items)
     pd.testing.assert_frame_equal(again.causal, measurements.causal, check_dtype=False)
     assert list(again.probes.columns)[:3] == ["task", "model", "labels"] and again.probes.empty
+
+
+def test_two_null_models_give_finite_replicates():
+    """With K = 2 null towers a bootstrap draw picks the same tower twice half of the time; such a draw has no
+    spread, and its t would be infinite (a replicate that always counts as evidence). Each replicate draws at
+    least two distinct towers: with K = 2 that is both of them."""
+    import warnings
+
+    from analysis.planning.evidence import _ProbeStatistic, calibrate
+
+    measurements = synthetic_measurements(np.random.default_rng(5), n_null=2, planted_probe=2)
+    models = ["trained"] + measurements.null_models
+    statistic = _ProbeStatistic(measurements, ("negation", "scope"), models)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow in the division is an error here
+        component, replicate_t = calibrate(statistic, "probe", 10.0, 40, np.random.default_rng(0))
+    # a draw without spread divides by the float floor (t near 1e306, inf once summed); two towers' t stays modest
+    assert np.abs(replicate_t).max() < 1e6 and np.isfinite(component.z).all()

@@ -239,7 +239,10 @@ def calibrate(statistic: _Statistic, name: str, critical: float, n_boot: int, rn
     replicate_excess, replicate_t = [], []
     for _ in range(n_boot):
         values = statistic.replicate(rng)
-        null = values[1:][rng.integers(0, k, k)]
+        drawn = rng.integers(0, k, k)
+        while len(np.unique(drawn)) < 2:  # one tower drawn k times has no spread (t would be infinite): draw again
+            drawn = rng.integers(0, k, k)
+        null = values[1:][drawn]
         replicate_excess.append(values[0] - null.mean(axis=0))
         replicate_t.append(
             replicate_excess[-1] / (np.maximum(null.std(axis=0, ddof=1), np.finfo(float).tiny) * inflation)
