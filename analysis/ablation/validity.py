@@ -227,16 +227,22 @@ def _validity(name: str, point: dict[str, float], replicates: list[dict[str, flo
         name, vector.tolist(), np.quantile(boot_sweep, 0.025, axis=0).tolist(),
         np.quantile(boot_sweep, 0.975, axis=0).tolist(),
         {c: _spearman(score, vector) for c, score in scores.items()},
-        {c: float(np.nanquantile(values, 0.025)) for c, values in boot_rho.items()},
-        {c: float(np.nanquantile(values, 0.975)) for c, values in boot_rho.items()},
+        {c: _nanquantile(values, 0.025) for c, values in boot_rho.items()},
+        {c: _nanquantile(values, 0.975) for c, values in boot_rho.items()},
         selected, g["selected"], best, list(candidates[best]), equal[best], equal[best] - g["selected"],
-        _ratio(g["selected"], equal.values()), dict(equal), float(np.nanquantile(boot_ratio, 0.025)),
-        float(np.nanquantile(boot_ratio, 0.975)), float(np.mean(boot_ratio >= TARGET_RATIO - 1e-12)),
+        _ratio(g["selected"], equal.values()), dict(equal), _nanquantile(boot_ratio, 0.025),
+        _nanquantile(boot_ratio, 0.975), float(np.mean(boot_ratio >= TARGET_RATIO - 1e-12)),
         plans=records,
         best_any=best_any, best_any_gain=plans[best_any], ratio_any=_ratio(g["selected"], plans.values()),
-        ratio_any_low=float(np.nanquantile(boot_ratio_any, 0.025)),
-        ratio_any_high=float(np.nanquantile(boot_ratio_any, 0.975)),
+        ratio_any_low=_nanquantile(boot_ratio_any, 0.025),
+        ratio_any_high=_nanquantile(boot_ratio_any, 0.975),
         frontier=frontier, dominated_by=dominated, next_larger=larger[0] if larger else None)
+
+
+def _nanquantile(values, q: float) -> float:
+    """np.nanquantile, NaN without a warning when every value is NaN (a ratio to a best gain that is not positive)."""
+    values = np.asarray(values, dtype=float)
+    return float("nan") if np.isnan(values).all() else float(np.nanquantile(values, q))
 
 
 def _plan_record(v: str, g: dict[str, float], boot: list[dict[str, float]], block_plans: dict[str, list[int]],
@@ -248,7 +254,7 @@ def _plan_record(v: str, g: dict[str, float], boot: list[dict[str, float]], bloc
     same = [w for w, blocks in block_plans.items() if size is not None and len(blocks) == size and w in g]
 
     def quantiles(values) -> tuple[float, float]:
-        return float(np.nanquantile(values, 0.025)), float(np.nanquantile(values, 0.975))
+        return _nanquantile(values, 0.025), _nanquantile(values, 0.975)
 
     record = {"blocks": block_plans.get(v, []) if not expected else [], "trainable": trainable.get(v, 0),
               "gain": g[v], "expected": expected}
