@@ -141,7 +141,10 @@ def validity_sentences() -> str:
 
     out = []
     for path in sorted((RESULTS / "validation").glob("*/ablation/validity.json")):
-        out.append(f"**{path.parent.parent.name}.** " + " ".join(verdict(from_json(_json(path)))))
+        model = path.parent.parent.name
+        label = (f"**{model}** (the earlier study: held-out objects and templates only, no selectors)."
+                 if validation_blocks.earlier_study(model) else f"**{model}.**")
+        out.append(f"{label} " + " ".join(verdict(from_json(_json(path)))))
     return "\n\n".join(out) or "(not run yet)"
 
 

@@ -80,6 +80,12 @@ def _front_differs(model: str) -> bool | None:
     return list(v.best_blocks) != list(range(len(v.selected)))
 
 
+def earlier_study(model: str) -> bool:
+    """Whether the model's ablation in docs/results is the earlier study's: held-out objects and templates only,
+    no baseline selectors (it wrote no selectors.json); the current study on it is still to run."""
+    return (_load(model, "ablation_summary.json") is not None and _load(model, "selectors.json") is None)
+
+
 def _status(model) -> str:
     report = _load(model.name, "report.json", "probe")
     if report is None:
@@ -93,6 +99,9 @@ def _status(model) -> str:
     runs = sum(len(v["seeds"]) for v in summary["variants"])
     done = "complete" if summary["complete"] else "incomplete"
     seeds = ", ".join(map(str, summary["header"]["seeds"]))
+    if earlier_study(model.name):
+        return (f"probed: plan {plan}; the earlier study's ablation ({runs} runs, seeds {seeds}; held-out objects "
+                "and templates only, no selectors); this study's ablation not run yet")
     return f"probed: plan {plan}; ablation {done} ({runs} runs, seeds {seeds})"
 
 
@@ -257,8 +266,7 @@ def frontier_default() -> str:
         return "(not run yet)"
     from analysis.ablation.validity import frontier_sentence
 
-    text = " ".join(f"On {v.target.label}, the plan {frontier_sentence(v)}." for name, v in results.items()
-                    if name in (SCOPE, "absence", "mcq"))
+    text = " ".join(frontier_sentence(v) for name, v in results.items() if name in (SCOPE, "absence", "mcq"))
     return text + "\n\n![frontier](docs/figures/frontier-default.png)"
 
 

@@ -161,7 +161,7 @@ def validity_figure(results: dict, evidence: dict) -> Figure:
             for block, (x, y) in enumerate(zip(score, gains)):
                 ax.annotate(str(block), (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
             rho = validity.rho[name]
-            ax.set_title(f"{name}: rho {rho:+.2f} [{validity.rho_low[name]:+.2f}, {validity.rho_high[name]:+.2f}]"
+            ax.set_title(f"{name}\nrho {rho:+.2f} [{validity.rho_low[name]:+.2f}, {validity.rho_high[name]:+.2f}]"
                          if np.isfinite(rho) else f"{name}: rho undefined")
             ax.set_xlabel("excess over null" if name != "combined" else "combined score")
             ax.set_ylabel("scope gain")
@@ -202,10 +202,14 @@ def frontier_figure(results: dict, selectors: dict[str, str] | None = None,
                                   [plans["selected"]["high"] - plans["selected"]["gain"]]],
                             fmt="o", ms=4, color="#d1495b", ecolor="#d1495b", elinewidth=0.9, zorder=3,
                             label="selected plan")
-            for variant, names in labels.items():
-                if variant in plans:
-                    ax.annotate("/".join(names), (plans[variant]["trainable"], plans[variant]["gain"]), fontsize=5,
-                                xytext=(3, -6), textcoords="offset points", color="#333333")
+            span, below = float(np.ptp(ys)) or 1.0, {}
+            for (x, y), names in sorted(_merged_labels(labels, plans, span), key=lambda spot: -spot[0][1]):
+                # a label close below another of the same size goes one line further down
+                previous = below.get(x)
+                shift = previous[1] + 8 if previous is not None and previous[0] - y < 0.25 * span else 0
+                below[x] = (y, shift)
+                ax.annotate("/".join(names), (x, y), fontsize=5, xytext=(3, -6 - shift), textcoords="offset points",
+                            color="#333333")
             ax.set_xscale("log")
             ax.axhline(0, color="0.6", lw=0.6, ls=":")
             ax.set_xlabel("trainable parameters")
@@ -214,3 +218,21 @@ def frontier_figure(results: dict, selectors: dict[str, str] | None = None,
             ax.legend(loc="best", frameon=False)
         figure.tight_layout()
     return figure
+
+
+def _merged_labels(labels: dict[str, list[str]], plans: dict[str, dict], span: float
+                   ) -> list[tuple[tuple[float, float], list[str]]]:
+    """The selectors' labels, one per spot: plans of the same size whose gains lie within 3 % of the panel's range
+    of each other share one label (the toolkit's plan and a selector that picked the same blocks, or two selectors
+    a hair apart), which would otherwise be printed over each other."""
+    spots: list[tuple[tuple[float, float], list[str]]] = []
+    for variant, names in sorted(labels.items(), key=lambda item: (item[0] != "selected", item[0])):
+        if variant not in plans:
+            continue
+        x, y = plans[variant]["trainable"], plans[variant]["gain"]
+        near = next((spot for spot in spots if spot[0][0] == x and abs(spot[0][1] - y) < 0.03 * span), None)
+        if near is None:
+            spots.append(((x, y), list(names)))
+        else:
+            near[1].extend(n for n in names if n not in near[1])
+    return spots
