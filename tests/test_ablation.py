@@ -483,7 +483,7 @@ def test_a_study_with_a_plan_prints_its_verdict_frontier_and_selectors(small_emb
     little. ablate-layers then writes validity, the frontier and the selector table, and prints the verdict."""
     from analysis.ablation.runs import save_runs
     from analysis.ablation.validity import TARGETS
-    from analysis.compare.core import FORMAT
+    from analysis.compare.result import FORMAT
 
     n_layers = 12
     plan_path = LayerPlan([0, 1], rule="planted", evidence={

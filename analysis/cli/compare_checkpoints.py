@@ -41,7 +41,7 @@ from analysis.cli.execution import UsageError, run, say
 from analysis.runtime import apply_threads
 
 PROG = "compare-checkpoints"
-PARTS = ("weights", "states", "probes")  # analysis.compare.core.PARTS (not imported: it needs pandas)
+PARTS = ("weights", "states", "probes")  # analysis.compare.result.PARTS (not imported: it needs pandas)
 PROBE_NAMES = ("logistic", "diffmeans")  # probing.measure.probes.PROBES
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
@@ -241,8 +241,9 @@ def compare_and_report(args: argparse.Namespace, command: list[str]) -> int:
     if tasks is None and wants_data and base.world is None:
         raise UsageError(f"BASE {args.base}: {base.world_note}; pass --data with a real data file, or "
                                 "--parts weights")
-    from analysis.compare.core import CompareConfig, compare_checkpoints
+    from analysis.compare.core import compare_checkpoints
     from analysis.compare.report import write_outputs
+    from analysis.compare.result import CompareConfig
 
     config = CompareConfig(parts=args.part_list, share=args.share, n_states=args.n_states, n_boot=args.n_boot,
                            probe_boot=args.probe_boot, confidence=args.confidence, seeds=args.seed_list,

@@ -1,7 +1,7 @@
 """Where did a fine-tune change CLIP's text tower? Base against tuned checkpoints: weights, states, probes.
 
     compare_checkpoints(base_bundle, tuned_bundles, tasks=None, *, captions=None, config=CompareConfig())
-        -> Comparison (typed; its tables are pandas DataFrames)          core.py
+        -> Comparison (typed; its tables are pandas DataFrames)          core.py (the types: result.py)
     plan_from_comparison(comparison_json, k, *, model=None) -> LayerPlan  plan.py
     write_outputs(comparison, out)                                        report.py (what compare-checkpoints writes)
 
@@ -19,8 +19,8 @@ from probing.lazy import lazy_exports
 
 _EXPORTS = {
     "compare_checkpoints": "analysis.compare.core",
-    "Comparison": "analysis.compare.core",
-    "CompareConfig": "analysis.compare.core",
+    "Comparison": "analysis.compare.result",
+    "CompareConfig": "analysis.compare.result",
     "plan_from_comparison": "analysis.compare.plan",
     "write_outputs": "analysis.compare.report",
     "linear_cka": "analysis.compare.states",

@@ -18,7 +18,7 @@ from analysis.compare.decoding import headline_split
 from analysis.report.figures import COLUMN_WIDTH, _pyplot, save_figures
 
 if TYPE_CHECKING:
-    from analysis.compare.core import Comparison
+    from analysis.compare.result import Comparison
 
 GROUP_STYLES = {"affirmative": "-", "negated": "--"}
 

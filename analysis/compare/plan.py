@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from analysis.compare.core import FORMAT, Comparison
+from analysis.compare.result import FORMAT, Comparison
 from analysis.planning.selectors import SelectorPlan
 from finetune.plan import LayerPlan, PlanError
 

@@ -28,7 +28,7 @@ from analysis.planning.selection import describe_blocks
 from probing.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from analysis.compare.core import Comparison
+    from analysis.compare.result import Comparison
 
 COMPONENT_NAMES = {"attention": "attention", "mlp": "MLP", "layernorms": "LayerNorms", "layerscale": "LayerScale",
                    "other": "other"}
