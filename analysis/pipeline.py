@@ -47,7 +47,7 @@ from probing.measure.layers import LayerMeasurements, measure_layers
 from probing.measure.localise import Localisation, measure_localisation
 from probing.measure.null import null_builders
 from probing.measure.roles import benchmark_scope_pairs, example_pairs
-from probing.measure.sources import RealData
+from probing.measure.sources import RealData, rows_by_file
 from probing.measure.tasks import (
     ProbeTask,
     heldout_task,
@@ -379,20 +379,13 @@ def localise(subject: Subject, config: ProbeConfig, *, progress: bool = True) ->
                                         world=subject.world, pairs=subject.pairs or None, config=settings,
                                         progress=progress)
     if subject.pairs:
-        used = {kind: pair_files(pairs[:settings.n_pairs]) for kind, pairs in subject.pairs.items()}
+        used = {kind: rows_by_file(pairs[:settings.n_pairs], origin=lambda p: (p.meta.get("source"), p.meta.get("row")))
+                for kind, pairs in subject.pairs.items()}
         localisation.meta["files"] = used
         for kind, counts in used.items():
             for source, n in counts.items():
                 subject.files.setdefault(source, {}).setdefault("patching", {})[kind] = n
     return localisation
-
-
-def pair_files(pairs) -> dict[str, int]:
-    """Distinct rows behind patching pairs, per file."""
-    rows: dict[str, set] = {}
-    for pair in pairs:
-        rows.setdefault(str(pair.meta.get("source")), set()).add(pair.meta.get("row"))
-    return {source: len(found) for source, found in rows.items()}
 
 
 def write(out: str | Path, config: ProbeConfig, subject: Subject, measurements: LayerMeasurements,

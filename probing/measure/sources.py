@@ -60,11 +60,12 @@ MCQ_CAUSAL_METRICS = ("mcq_accuracy", "mcq_accuracy/template=positive", "mcq_acc
 FOIL_CAUSAL_METRICS = ("valse_accuracy", "valse_accuracy/negated=caption", "valse_accuracy/negated=foil")
 
 
-def rows_by_file(records) -> dict[str, int]:
-    """Distinct (source, row) of records, counted per source file: what a measurement used of each file."""
+def rows_by_file(records, origin: Callable[[Any], tuple] = lambda r: (r.source, r.row)) -> dict[str, int]:
+    """Distinct (source, row) of records, counted per source file: what a measurement used of each file.
+    `origin` reads a record's (source, row) (default: its attributes; patching pairs keep them in `meta`)."""
     rows: dict[str, set] = {}
-    for record in records:
-        rows.setdefault(str(record.source), set()).add(record.row)
+    for source, row in map(origin, records):
+        rows.setdefault(str(source), set()).add(row)
     return {source: len(found) for source, found in rows.items()}
 
 
@@ -263,21 +264,37 @@ class RealData:
         return parts[0] if len(parts) == 1 else CombinedSuite(parts)
 
 
+class _ImageRecords:
+    """What the causal check's real suites share: their records carry an image, a source file and a row."""
+
+    features_label: str  # the progress bar's name while their images are encoded
+
+    @property
+    def records(self) -> list:
+        return self.items
+
+    def rows_by_file(self) -> dict[str, int]:
+        return rows_by_file(self.records)
+
+    def image_features(self, model, preprocess, *, progress: bool = False, num_workers: int = 0,
+                       cache: bool = True) -> dict[str, torch.Tensor]:
+        records = self.records
+        return {"images": encode_image_features(model, preprocess, [r.image for r in records], progress=progress,
+                                                desc=self.features_label, num_workers=num_workers, cache=cache,
+                                                origins=[(r.source, r.row) for r in records])}
+
+
 @dataclass
-class RealSuite:
+class RealSuite(_ImageRecords):
     """Held-out real examples scored with any text encoder (the causal check's evaluation on real data)."""
 
     examples: list[NegationExample]
     metric_names = REAL_CAUSAL_METRICS
+    features_label = "causal check: image features"
 
-    def rows_by_file(self) -> dict[str, int]:
-        return rows_by_file(self.examples)
-
-    def image_features(self, model, preprocess, *, progress: bool = False, num_workers: int = 0,
-                       cache: bool = True) -> dict[str, torch.Tensor]:
-        return {"images": encode_image_features(model, preprocess, [e.image for e in self.examples], progress=progress,
-                                                desc="causal check: image features", num_workers=num_workers,
-                                                cache=cache, origins=[(e.source, e.row) for e in self.examples])}
+    @property
+    def records(self) -> list[NegationExample]:
+        return self.examples
 
     def scores(self, model, preprocess, tokenizer, *, encode_text: Callable | None = None,
                image_features: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
@@ -298,13 +315,8 @@ class RealSuite:
         return flatten({"real": metrics})
 
 
-def _encode_images(records, model, preprocess, what: str, *, progress: bool, num_workers: int, cache: bool):
-    return encode_image_features(model, preprocess, [r.image for r in records], progress=progress, desc=what,
-                                 num_workers=num_workers, cache=cache, origins=[(r.source, r.row) for r in records])
-
-
 @dataclass
-class MCQSuite:
+class MCQSuite(_ImageRecords):
     """NegBench MCQ items scored with any text encoder: MCQ accuracy (the correct option strictly above every other)
     overall and by the correct answer's template, and `mcq_absence_accuracy`, the true negated answer of a
     negative row against its wrong negated option (negating an object that is there): the same template type,
@@ -312,9 +324,9 @@ class MCQSuite:
 
     items: list[MCQItem]
     metric_names = MCQ_CAUSAL_METRICS
+    features_label = "causal check: MCQ image features"
 
     def __post_init__(self):
-
         self.negated_pairs = []  # (row index, true negated option, false negated option)
         for index, item in enumerate(self.items):
             if item.template != "negative":
@@ -323,14 +335,6 @@ class MCQSuite:
                           if i != item.correct and wording(text).type == "negative"), None)
             if wrong is not None:
                 self.negated_pairs.append((index, item.correct, wrong))
-
-    def rows_by_file(self) -> dict[str, int]:
-        return rows_by_file(self.items)
-
-    def image_features(self, model, preprocess, *, progress: bool = False, num_workers: int = 0,
-                       cache: bool = True) -> dict[str, torch.Tensor]:
-        return {"images": _encode_images(self.items, model, preprocess, "causal check: MCQ image features",
-                                         progress=progress, num_workers=num_workers, cache=cache)}
 
     def scores(self, model, preprocess, tokenizer, *, encode_text: Callable | None = None,
                image_features: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
@@ -350,23 +354,15 @@ class MCQSuite:
 
 
 @dataclass
-class FoilSuite:
+class FoilSuite(_ImageRecords):
     """VALSE existence items: s(I, caption) > s(I, foil), overall and by which of the two is the negated one."""
 
     items: list[FoilPair]
     metric_names = FOIL_CAUSAL_METRICS
-
-    def rows_by_file(self) -> dict[str, int]:
-        return rows_by_file(self.items)
-
-    def image_features(self, model, preprocess, *, progress: bool = False, num_workers: int = 0,
-                       cache: bool = True) -> dict[str, torch.Tensor]:
-        return {"images": _encode_images(self.items, model, preprocess, "causal check: VALSE image features",
-                                         progress=progress, num_workers=num_workers, cache=cache)}
+    features_label = "causal check: VALSE image features"
 
     def scores(self, model, preprocess, tokenizer, *, encode_text: Callable | None = None,
                image_features: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-
         encode = encode_text or (lambda captions: encode_captions(model, tokenizer, captions))
         images = (image_features or self.image_features(model, preprocess))["images"]
         negated = ["caption" if negation_marker(item.caption) else "foil" for item in self.items]
