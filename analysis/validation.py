@@ -10,8 +10,10 @@ frontier, and the selector table.
 Pre-registration. The selection rule and its settings (analysis.planning.selection's defaults: the window rule,
 share 0.8, alpha 0.05, 10 null models) are those of every earlier study; they may change only on the development
 models (`role="development"`: default and late), frozen in a commit, and are then judged on the held-out models
-(seed2, depth6, middle, frontfrozen). Each model's reason for being in the study is written below, before its
-ablation ran. Randomly initialised towers are probed only: the rule must select nothing on them.
+(seed2, depth6, middle, frontfrozen). The share changes only by the procedure of analysis.ablation.rule_tuning
+(`share_tuning`): the development models' ablations run the plan of every share of its grid. Each model's reason
+for being in the study is written below, before its ablation ran. Randomly initialised towers are probed only: the
+rule must select nothing on them.
 
 Every step writes its own folder and is skipped when done (the ablation is resumable run by run, and can be split
 over processes with `shard`), so an interrupted study continues where it stopped. Results are collected by
@@ -27,8 +29,10 @@ from pathlib import Path
 from typing import Callable
 
 from analysis.ablation.config import AblationConfig
+from analysis.ablation.rule_tuning import DevelopmentModel, ShareTuning, candidate_variants, tune_share
 from analysis.ablation.runner import AblationStudy
 from analysis.ablation.runs import Shard
+from analysis.ablation.validity import from_json
 from analysis.pipeline import run
 from analysis.planning.selection import SelectionError
 from analysis.probe_config import ModelSpec, ProbeConfig
@@ -111,15 +115,36 @@ def probe_config(model: StudyModel) -> ProbeConfig:
 
 def ablation_config(model: StudyModel, plan: Path, *, comparison: Path | None = None) -> AblationConfig:
     """The model's ablation: with a plan, its variants and every selector (and finetune_change, when a comparison
-    of the model's fine-tunes exists); without one, the frozen model and the sweep only."""
-    blocks = json.loads(plan.read_text())["blocks"]
+    of the model's fine-tunes exists); on a development model also the plan of every share the rule's tuning may
+    choose (analysis.ablation.rule_tuning); without a plan, the frozen model and the sweep only."""
+    record = json.loads(plan.read_text())
+    blocks = record["blocks"]
     variants = model.variants if blocks else "frozen,sweep"
+    if blocks and model.role == "development":  # the plan of every share the rule's tuning may choose
+        variants = ",".join(dict.fromkeys([*variants.split(","), *candidate_variants(record["evidence"]["combined"])]))
     follow = comparison is not None and comparison.is_file() and bool(blocks)
     return AblationConfig(model=model.model.name, pretrained=model.model.pretrained, seeds=model.seeds,
                           variants=tuple(variants.split(",")), plan_path=str(plan) if blocks else None,
                           selectors=("all",) if blocks else None, device="cpu",
                           comparison=str(comparison) if follow else None,
                           comparison_model=FINETUNE_SOURCE if follow else None, **ABLATION)
+
+
+def share_tuning(out: str | Path) -> ShareTuning:
+    """The pre-registered tuning of the rule's share (analysis.ablation.rule_tuning) on the development models'
+    probe and ablation folders under `out` (a study's output or its copy in docs/results/validation)."""
+    models = []
+    for model in MODELS:
+        if model.role != "development":
+            continue
+        plan = Path(out) / model.name / "probe" / "layer_plan.json"
+        validity = Path(out) / model.name / "ablation" / "validity.json"
+        if not plan.is_file():
+            raise FileNotFoundError(f"{plan}: the development model {model.name} has not been probed")
+        combined = json.loads(plan.read_text(encoding="utf-8"))["evidence"]["combined"]
+        results = from_json(json.loads(validity.read_text(encoding="utf-8"))) if validity.is_file() else None
+        models.append(DevelopmentModel(model.name, combined, results))
+    return tune_share(models)
 
 
 def finetune_folder(out: Path) -> Path:

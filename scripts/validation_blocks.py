@@ -305,6 +305,26 @@ def preregistration() -> str:
             f"({', '.join(null)}).")
 
 
+def rule_tuning() -> str:
+    """The pre-registered tuning of the rule's share on the development models (analysis.ablation.rule_tuning):
+    each share's plan per model, its cost, its headline difference from the current plan, where it is worse."""
+    from analysis.validation import share_tuning
+
+    tuning = share_tuning(STUDY)
+    head = " | ".join(f"{m}: plan | {m}: trainable | {m}: minus the current plan" for m in tuning.models)
+    lines = [f"| share | {head} | worse beyond the noise on | verdict |",
+             "|---:|" + "---|---:|---|" * len(tuning.models) + "---|---|"]
+    for c in tuning.candidates:
+        cells = []
+        for m in tuning.models:
+            diff = c.diff[m]
+            cells += [c.describe(m), "not run" if c.trainable[m] is None else f"{c.trainable[m]:,}",
+                      "–" if diff is None else _ci(*diff)]
+        worse = "; ".join(f"{m}: {', '.join(targets)}" for m, targets in c.worse_on.items()) or "–"
+        lines.append(f"| {c.share:g} | {' | '.join(cells)} | {worse} | {c.verdict} |")
+    return "\n".join(lines) + "\n\n" + tuning.sentence
+
+
 BLOCKS = {
     "study-models": study_models,
     "validity-table": validity_table,
@@ -315,4 +335,5 @@ BLOCKS = {
     "frontier-default": frontier_default,
     "finetune-comparison": finetune_comparison,
     "preregistration": preregistration,
+    "rule-tuning": rule_tuning,
 }
