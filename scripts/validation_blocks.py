@@ -325,6 +325,13 @@ def rule_tuning() -> str:
     return "\n".join(lines) + "\n\n" + tuning.sentence
 
 
+def rule_tuning_sentence() -> str:
+    """The tuning's outcome in one sentence (the README's; the table is in docs/VALIDATION.md)."""
+    from analysis.validation import share_tuning
+
+    return share_tuning(STUDY).sentence
+
+
 BLOCKS = {
     "study-models": study_models,
     "validity-table": validity_table,
@@ -336,4 +343,5 @@ BLOCKS = {
     "finetune-comparison": finetune_comparison,
     "preregistration": preregistration,
     "rule-tuning": rule_tuning,
+    "rule-tuning-sentence": rule_tuning_sentence,
 }
