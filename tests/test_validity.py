@@ -211,3 +211,19 @@ def test_selector_table_verdicts_follow_the_paired_differences():
     text = markdown(list(rows.values()), ["scope_object"])
     assert "strictly better than last" in text and "WORSE than auto_rgn" in text and "Not run in this study: " \
         "omni_cosine" in text
+
+
+def test_running_more_variants_leaves_every_other_interval_unchanged():
+    """Each variant's seed draws and the shared item draws come from their own streams: a study that adds a plan
+    (here one more window) reports the same intervals for every plan it already had."""
+    runs = make_runs(RATES)
+    extra = [dict(run, variant="window_0_2") for run in make_runs({"window_0_2": 0.7}, rng=np.random.default_rng(5))]
+    params = {v: 10 * (len(window_blocks(v)) if window_blocks(v) else 2) for v in RATES if v != "frozen"}
+    before = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=300, trainable=params)["scope"]
+    after = assess(runs + extra, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=300,
+                   trainable=dict(params, window_0_2=30))["scope"]
+    for v in params:
+        for key in ("low", "high", "diff_low", "diff_high"):
+            assert after.plans[v][key] == before.plans[v][key], (v, key)
+    assert after.gain_low == before.gain_low and after.ratio_low == before.ratio_low
+    assert after.rho_low == before.rho_low

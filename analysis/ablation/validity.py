@@ -33,6 +33,7 @@ lost), so a larger value is better for every target. The verdict sentences are c
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -179,12 +180,15 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
         return {name: {v: float(np.mean([key_means[key, v] for key in t.items])) for v in variants}
                 for name, t in targets.items()}
 
-    rng = np.random.default_rng(seed)
+    # each variant's seeds and the (shared) items resampled, each from its own stream: a variant's draws, and so
+    # every interval, stay the same when the study runs more variants
+    item_rng = np.random.default_rng([seed, 0])
+    seed_rngs = {v: np.random.default_rng([seed, 1, zlib.crc32(v.encode())]) for v in variants}
     point = means(None, None)
     replicates = []
-    for _ in range(n_boot):  # each variant's seeds and the (shared) items resampled
-        seed_draws = {v: rng.integers(0, len(grouped[v]), len(grouped[v])) for v in variants}
-        item_draws = {key: rng.integers(0, per_key[key]["frozen"].shape[1], per_key[key]["frozen"].shape[1])
+    for _ in range(n_boot):
+        seed_draws = {v: seed_rngs[v].integers(0, len(grouped[v]), len(grouped[v])) for v in variants}
+        item_draws = {key: item_rng.integers(0, per_key[key]["frozen"].shape[1], per_key[key]["frozen"].shape[1])
                       for key in keys}
         replicates.append(means(seed_draws, item_draws))
     return {name: _validity(name, point[name], [r[name] for r in replicates], sweep, candidates, block_plans,
