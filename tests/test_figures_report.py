@@ -2,6 +2,7 @@
 on a real measurement of a tiny model with null models and on planted evidence."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -101,6 +102,17 @@ def test_report_names_the_evidence_and_where_it_sits():
     )
     assert "does NOT favour front layers; it sits in the back half" in text
     assert "favours front layers." not in text
+
+
+def test_report_warns_when_most_replicates_choose_other_blocks_than_the_plan():
+    m, selection = planted_selection(planted_probe=4)
+    assert selection.agreement > 0.5 and "unstable" not in " ".join(summary_sentences(m, selection))
+    # the middle model's case: the plan 0-5 picked by no replicate, every replicate choosing blocks 4-5
+    unstable = dataclasses.replace(selection, agreement=0.0, stability=[0.0, 0.0, 0.0, 0.0, 1.0, 1.0],
+                                   plan=dataclasses.replace(selection.plan, blocks=[0, 1, 2, 3, 4, 5]))
+    text = " ".join(summary_sentences(m, unstable))
+    assert "picks exactly this plan in 0% of them; blocks chosen in at least half: 4-5." in text
+    assert "The plan is unstable: most replicates choose other blocks than the plan" in text
 
 
 def test_report_says_plainly_when_there_is_no_evidence():

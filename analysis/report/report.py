@@ -158,10 +158,15 @@ def _stability_sentence(selection: Selection) -> str:
         return (f"On {len(selection.evidence.replicates)} bootstrap replicates (test items, captions, gradient "
                 f"batches and null towers resampled), the rule selects nothing in {_pct(selection.agreement)} of them"
                 + (f"; {_blocks_phrase(stable)} would be chosen in at least half." if stable else "."))
-    return (f"Over {len(selection.evidence.replicates)} bootstrap replicates (test items, captions, gradient batches "
+    text = (f"Over {len(selection.evidence.replicates)} bootstrap replicates (test items, captions, gradient batches "
             f"and null towers resampled) the rule picks exactly this plan in {_pct(selection.agreement)} of them; "
             + ("blocks chosen in at least half: " + describe_blocks(stable) if stable else
                "no block is chosen in half of them") + ".")
+    if selection.agreement < 0.5 and stable != list(selection.plan.blocks):
+        text += (" The plan is unstable: most replicates choose other blocks than the plan; weigh the blocks they "
+                 "choose against it before training (on the validation study's held-out `middle` model, windows "
+                 "around them beat such a plan: docs/VALIDATION.md).")
+    return text
 
 
 def _component_sentences(component, selection: Selection) -> list[str]:
