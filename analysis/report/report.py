@@ -164,8 +164,10 @@ def _stability_sentence(selection: Selection) -> str:
                "no block is chosen in half of them") + ".")
     if selection.agreement < 0.5 and stable != list(selection.plan.blocks):
         text += (" The plan is unstable: most replicates choose other blocks than the plan; weigh the blocks they "
-                 "choose against it before training (on the validation study's held-out `middle` model, windows "
-                 "around them beat such a plan: docs/VALIDATION.md).")
+                 "choose and the plan's single blocks against it before training (`ablate-layers --variants "
+                 "frozen,selected,sweep`): in the validation study, windows around the replicates' blocks beat such "
+                 "a plan on the held-out `middle` model but not on `frontfrozen`, where single blocks beat both "
+                 "(docs/VALIDATION.md).")
     return text
 
 
