@@ -215,7 +215,8 @@ def selector_tables() -> str:
         rows = [SelectorRow(**r) for r in _rows(model)]
         if not rows:
             continue
-        table = markdown([r for r in rows if r.target == SCOPE], [SCOPE]).split("\n", 4)[4]
+        table = markdown([r for r in rows if r.target == SCOPE], [SCOPE])
+        table = table[table.index("| selector |"):]  # the table and its sentence, under this model's heading
         counts = []
         for target in dict.fromkeys(r.target for r in rows):
             verdicts = [r.verdict for r in rows if r.target == target and r.selector != "toolkit"]
