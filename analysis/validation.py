@@ -91,6 +91,11 @@ MODELS: tuple[StudyModel, ...] = (
                reason="blocks 0-5 left at their random init through pretraining: what the model learnt sits in "
                       "6-11 and its front blocks look like a null tower's, so the evidence should sit in the back; "
                       "whether training the random front helps is what the ablation answers"),
+    StudyModel("islands", ModelSpec("embedded:islands"),
+               reason="attention only in blocks 2-3 and 8-9: scope can be computed in either pair and which one "
+                      "pretraining uses is not known before measuring; blocks 0-1, where raw gradient norms and a "
+                      "fixed front point, cannot relate the cue to its noun. Built after every other model's "
+                      "ablation was read, to judge the size rule on a model no rule was chosen or read on"),
     *(StudyModel(f"random-tiny/seed{seed}", ModelSpec("negclip-tiny"), role="null", seed=seed, ablate=False,
                  reason="a randomly initialised tower: the rule must select nothing") for seed in (1, 2, 3)),
     *(StudyModel(f"random-b32/seed{seed}", ModelSpec("ViT-B-32"), role="null", seed=seed, ablate=False,

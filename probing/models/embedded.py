@@ -132,6 +132,12 @@ _MODELS = (
     # read; training a front block changes that map under a back that was never trained to follow it.
     EmbeddedModel("frontfrozen", replace(DEFAULT_SPEC, frozen_blocks=(0, 1, 2, 3, 4, 5)), None,
                   "blocks 0-5 left at their random init through pretraining: what was learnt sits in 6-11"),
+    # islands: attention lives only in two separated pairs of blocks, 2-3 and 8-9, so scope can be computed
+    # in either pair, and which one pretraining uses is not known before measuring; blocks 0-1, where raw
+    # gradient norms and a fixed front point, cannot relate the cue to its noun. Added (unseen, its reason
+    # written before its build) to judge the size rule of the selector study on a model no rule was read on.
+    EmbeddedModel("islands", replace(DEFAULT_SPEC, dead_attention_blocks=(0, 1, 4, 5, 6, 7, 10, 11)), None,
+                  "control: attention only in blocks 2-3 and 8-9, so scope can only be computed in one of them"),
 )
 REGISTRY: dict[str, EmbeddedModel] = {model.name: model for model in _MODELS}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
