@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Callable
 
 from analysis.ablation.config import AblationConfig
-from analysis.ablation.rule_tuning import DevelopmentModel, ShareTuning, candidate_variants, tune_share
+from analysis.ablation.rule_tuning import (
+    DevelopmentModel,
+    Tuning,
+    candidate_variants,
+    size_variants,
+    tune_share,
+    tune_size,
+)
 from analysis.ablation.runner import AblationStudy
 from analysis.ablation.runs import Shard
 from analysis.ablation.validity import from_json
@@ -125,8 +132,10 @@ def ablation_config(model: StudyModel, plan: Path, *, comparison: Path | None = 
     record = json.loads(plan.read_text())
     blocks = record["blocks"]
     variants = model.variants if blocks else "frozen,sweep"
-    if blocks and model.role == "development":  # the plan of every share the rule's tuning may choose
-        variants = ",".join(dict.fromkeys([*variants.split(","), *candidate_variants(record["evidence"]["combined"])]))
+    if blocks and model.role == "development":  # the plan of every share and size rule the procedures may choose
+        evidence = record["evidence"]
+        variants = ",".join(dict.fromkeys([*variants.split(","), *candidate_variants(evidence["combined"]),
+                                           *size_variants(evidence["combined"], evidence.get("stability"))]))
     follow = comparison is not None and comparison.is_file() and bool(blocks)
     return AblationConfig(model=model.model.name, pretrained=model.model.pretrained, seeds=model.seeds,
                           variants=tuple(variants.split(",")), plan_path=str(plan) if blocks else None,
@@ -135,8 +144,8 @@ def ablation_config(model: StudyModel, plan: Path, *, comparison: Path | None = 
                           comparison_model=FINETUNE_SOURCE if follow else None, **ABLATION)
 
 
-def share_tuning(out: str | Path) -> ShareTuning:
-    """The pre-registered tuning of the rule's share (analysis.ablation.rule_tuning) on the development models'
+def development_models(out: str | Path) -> list[DevelopmentModel]:
+    """What the rule's pre-registered procedures (analysis.ablation.rule_tuning) read of the development models'
     probe and ablation folders under `out` (a study's output or its copy in docs/results/validation)."""
     models = []
     for model in MODELS:
@@ -146,10 +155,20 @@ def share_tuning(out: str | Path) -> ShareTuning:
         validity = Path(out) / model.name / "ablation" / "validity.json"
         if not plan.is_file():
             raise FileNotFoundError(f"{plan}: the development model {model.name} has not been probed")
-        combined = json.loads(plan.read_text(encoding="utf-8"))["evidence"]["combined"]
+        evidence = json.loads(plan.read_text(encoding="utf-8"))["evidence"]
         results = from_json(json.loads(validity.read_text(encoding="utf-8"))) if validity.is_file() else None
-        models.append(DevelopmentModel(model.name, combined, results))
-    return tune_share(models)
+        models.append(DevelopmentModel(model.name, evidence["combined"], results, evidence.get("stability")))
+    return models
+
+
+def share_tuning(out: str | Path) -> Tuning:
+    """Procedure 1 of analysis.ablation.rule_tuning: the window rule's share."""
+    return tune_share(development_models(out))
+
+
+def size_tuning(out: str | Path) -> Tuning:
+    """Procedure 2 of analysis.ablation.rule_tuning: the rule's size."""
+    return tune_size(development_models(out))
 
 
 def finetune_folder(out: Path) -> Path:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis.planning.evidence import block_evidence
+from analysis.planning.evidence import BlockEvidence, block_evidence
 from analysis.planning.selection import (
     SelectionConfig,
     SelectionError,
@@ -93,3 +93,54 @@ def test_an_empty_plan_says_why_and_round_trips(tmp_path):
     saved = json.loads(path.read_text())
     assert saved["blocks"] == [] and "beyond the null models" in saved["evidence"]["decision"]["reason"]
     assert LayerPlan.load(path).blocks == []
+
+
+# --- the lead rule: the first block of the consensus of the bootstrap replicates' windows ---------------------------
+
+def planted_evidence(point, replicates):
+    """Evidence whose combined score and bootstrap replicates are given (no components: the window and lead rules
+    read only those)."""
+    return BlockEvidence(len(point), {}, {}, list(point), [], EvidenceConfig(n_boot=len(replicates or [0])),
+                         None if replicates is None else np.asarray(replicates, dtype=float))
+
+
+# the `middle` case: the point estimate carries a little evidence at block 0, so its 80 % window is 0-5, but in
+# 9 of 10 replicates block 0 has none and the window is 4-5; block 4 leads the consensus, block 0 the point's window
+MIDDLE = [0.22, 0, 0, 0, 0.12, 0.66, 0, 0]
+WITHOUT_0 = [0, 0, 0, 0, 0.25, 0.75, 0, 0]
+
+
+def test_lead_is_the_first_block_most_replicates_hold():
+    evidence = planted_evidence(MIDDLE, [WITHOUT_0] * 9 + [MIDDLE])
+    assert select_layers(evidence, SelectionConfig(rule="window")).plan.blocks == [0, 1, 2, 3, 4, 5]
+    selection = select_layers(evidence, SelectionConfig(rule="lead"))
+    assert selection.plan.blocks == [4] and not selection.plan.train_embeddings
+    # stability is the window rule's on each replicate (brute force: 4-5 nine times, 0-5 once)
+    windows = [brute_force_window(r, 0.8) for r in [WITHOUT_0] * 9 + [MIDDLE]]
+    assert selection.stability == pytest.approx([np.mean([a <= b <= z for a, z in windows]) for b in range(8)])
+    assert selection.stability[0] == pytest.approx(0.1) and selection.agreement == pytest.approx(1.0)
+    assert "at least 50% of the bootstrap replicates" in selection.decision.reason
+    assert selection.plan.rule == "lead(share=0.8, consensus=0.5)"
+    # a stricter consensus than block 0's 10 % and a looser one than block 4's 100 % give the same lead
+    assert select_layers(evidence, SelectionConfig(rule="lead", consensus=0.05)).plan.blocks == [0]
+
+
+def test_lead_falls_back_to_the_windows_first_block():
+    no_replicates = planted_evidence(MIDDLE, None)
+    selection = select_layers(no_replicates, SelectionConfig(rule="lead"))
+    assert selection.plan.blocks == [0] and selection.plan.train_embeddings  # block 0 trains the embeddings
+    assert "no bootstrap replicates" in selection.decision.reason
+    # every replicate's window elsewhere, none in half of them: the point's window leads, and the reason says so
+    scattered = [[1.0 if b == k else 0.0 for b in range(8)] for k in range(8)]
+    split = select_layers(planted_evidence(WITHOUT_0, scattered), SelectionConfig(rule="lead"))
+    assert split.plan.blocks == [4] and "no block is held by the window of 50%" in split.decision.reason
+    assert split.agreement == pytest.approx(1 / 8)
+    nothing = select_layers(planted_evidence([0.0] * 8, [[0.0] * 8] * 5), SelectionConfig(rule="lead"))
+    assert nothing.plan.blocks == [] and nothing.agreement == 1.0
+
+
+def test_lead_on_one_score_vector_is_the_windows_first_block():
+    evidence = planted_evidence(MIDDLE, None)
+    assert choose(MIDDLE, evidence, SelectionConfig(rule="lead")).blocks == [0]
+    with pytest.raises(ValueError, match="consensus"):
+        SelectionConfig(rule="lead", consensus=0)

@@ -120,10 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "<task>.safetensors keyed by hook name, with a manifest.json")
     select = parser.add_argument_group("evidence and layer selection (analysis/planning/evidence.py, selection.py)")
     select.add_argument("--rule", choices=RULES, default="window",
-                        help="window: the shortest contiguous run holding --share of the evidence; prefix: the "
+                        help="lead: one block, the first that the window rule's run holds in at least --consensus "
+                             "of the bootstrap replicates (the selector study's size procedure, docs/VALIDATION.md); "
+                             "window: the shortest contiguous run holding --share of the evidence; prefix: the "
                              "shortest front prefix holding it; topk: the --k blocks with most evidence; auto_rgn: "
                              "blocks whose null-calibrated gradient-norm excess is >= --rgn-floor of the largest")
-    select.add_argument("--share", type=a.fraction, default=0.8, help="window/prefix: share of the combined evidence")
+    select.add_argument("--share", type=a.fraction, default=0.8,
+                        help="window/prefix/lead: share of the combined evidence the run must hold")
+    select.add_argument("--consensus", type=a.fraction, default=0.5,
+                        help="lead: share of the bootstrap replicates whose run must hold the block")
     select.add_argument("--k", type=a.positive_int, default=4, help="topk: number of blocks at most")
     select.add_argument("--rgn-floor", type=a.fraction, default=0.1,
                         help="auto_rgn: lowest lr weight that still trains")
@@ -240,7 +245,8 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pr
         evidence=EvidenceConfig(sensitivity_edit=args.sensitivity_edit, alpha=args.alpha, seed=args.seed,
                                 grad_losses=(args.grad_loss,) if args.grad_loss else None,
                                 weights=_score_weights(args.score_weights, parser)),
-        selection=SelectionConfig(rule=args.rule, share=args.share, k=args.k, rgn_floor=args.rgn_floor),
+        selection=SelectionConfig(rule=args.rule, share=args.share, consensus=args.consensus, k=args.k,
+                                  rgn_floor=args.rgn_floor),
         localise=LocaliseConfig(measurements=localise, n_pairs=args.patching_pairs, seed=args.seed,
                                 components=("resid", "attn", "mlp", "head") if "heads" in localise
                                 else ("resid", "attn", "mlp")),
@@ -295,7 +301,8 @@ def probe(config: ProbeConfig, out: Path, command: list[str], *, quiet: bool = F
     if not plan.blocks:
         print(f"selected blocks: none: {result.selection.decision.reason}")
         return EXIT_UNSUPPORTED
-    print(f"selected blocks: {describe_blocks(plan.blocks)} ({plan.describe()}); chosen in "
+    held = "held by the run of" if result.selection.decision.rule == "lead" else "chosen in"
+    print(f"selected blocks: {describe_blocks(plan.blocks)} ({plan.describe()}); {held} "
           f"{result.selection.agreement:.0%} of bootstrap replicates")
     return 0
 

@@ -6,8 +6,14 @@ the measurements carry no negation evidence beyond what randomly initialised tow
 plan selects nothing: its `blocks` are empty and its evidence says why. Otherwise, rules:
 
     window    the shortest contiguous run of blocks holding >= `share` of sum(c) (ties: the run
-              with more evidence, then the earlier one). The default: it goes where the evidence
-              is, front, middle or back, and trains a contiguous stretch as every anchor does.
+              with more evidence, then the earlier one): it goes where the evidence is, front,
+              middle or back, and trains a contiguous stretch as every anchor does.
+    lead      one block: the first of the consensus, the blocks the window rule picks in at least
+              `consensus` of the bootstrap replicates (the point estimate's window when there are no
+              replicates or no block reaches the consensus). The default since the selector study's
+              size procedure (analysis.ablation.rule_tuning): on its development models a single
+              block where the window starts gained as much as the window with a fraction of its
+              parameters; the consensus keeps a block that few resampled windows hold from leading.
     prefix    the shortest front prefix 0..k-1 holding >= `share` of sum(c) (the Omni-NegCLIP shape).
     topk      the k blocks with the largest c[b] > 0 (fewer if fewer carry evidence).
     auto_rgn  blocks whose significant gradient-norm excess is at least `rgn_floor` of the largest,
@@ -24,7 +30,7 @@ setting); an empty plan trains nothing.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -34,7 +40,7 @@ from finetune.plan import LayerPlan
 if TYPE_CHECKING:  # the evidence needs torch-backed measurement types; --help must not
     from analysis.planning.evidence import BlockEvidence
 
-RULES = ("window", "prefix", "topk", "auto_rgn")
+RULES = ("window", "lead", "prefix", "topk", "auto_rgn")
 _TOLERANCE = 1e-9  # cumulative shares are sums of floats; 0.8 must reach 0.8
 
 
@@ -45,7 +51,8 @@ class SelectionError(ValueError):
 @dataclass
 class SelectionConfig:
     rule: str = "window"
-    share: float = 0.8  # window / prefix: share of the combined evidence the chosen blocks must hold
+    share: float = 0.8  # window / prefix / lead: share of the combined evidence the window must hold
+    consensus: float = 0.5  # lead: share of the bootstrap replicates whose window must hold a block
     k: int = 4  # topk: how many blocks at most
     rgn_floor: float = 0.1  # auto_rgn: blocks whose weight is below this stay frozen
     min_lr_weight: float = 1e-3
@@ -59,6 +66,8 @@ class SelectionConfig:
             raise ValueError(f"unknown rule {self.rule!r}; choose from {', '.join(RULES)}")
         if not 0 < self.share <= 1:
             raise ValueError(f"share must be in (0, 1], got {self.share}")
+        if not 0 < self.consensus <= 1:
+            raise ValueError(f"consensus must be in (0, 1], got {self.consensus}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if not 0 < self.rgn_floor <= 1:
@@ -86,8 +95,8 @@ class Selection:
     plan: LayerPlan
     evidence: BlockEvidence
     decision: Decision
-    stability: list[float]  # per block: share of bootstrap replicates whose plan trains it
-    agreement: float  # share of replicates whose plan is exactly this plan's blocks
+    stability: list[float]  # per block: share of bootstrap replicates whose plan (lead: whose window) trains it
+    agreement: float  # share of replicates whose plan is exactly this plan's blocks (lead: whose window holds it)
 
 
 # --- pure rules on per-block scores ---------------------------------------------------------------
@@ -156,6 +165,8 @@ def choose(scores: Sequence[float], evidence: BlockEvidence, config: SelectionCo
         blocks = list(range(first, last + 1))
         return Decision("window", blocks, f"the shortest contiguous run holding at least {config.share:.0%} of the "
                         "null-calibrated evidence", held, shorter)
+    if config.rule == "lead":  # on one score vector there is no consensus: the window's first block
+        return lead(choose(values, evidence, replace(config, rule="window")), None, config.consensus)
     if config.rule == "prefix":
         k, cumulative = front_prefix(values, config.share)
         return Decision("prefix", list(range(k)), f"the shortest front prefix holding at least {config.share:.0%} "
@@ -177,19 +188,44 @@ def choose(scores: Sequence[float], evidence: BlockEvidence, config: SelectionCo
                     lr_weights={b: max(config.min_lr_weight, float(weights[b])) for b in blocks})
 
 
+def lead(window: Decision, stability: Sequence[float] | None, consensus: float) -> Decision:
+    """The lead rule's decision from the window rule's decision on the point estimate and its per-block stability
+    over the bootstrap replicates (None: no replicates): the first block the window rule picks in at least
+    `consensus` of them, else the first block of the point estimate's window."""
+    if not window.blocks:
+        return Decision("lead", [], window.reason, 0.0)
+    held = [b for b, share in enumerate(stability or []) if share >= consensus - _TOLERANCE]
+    if held:
+        return Decision("lead", held[:1], f"the first block that the shortest contiguous run holding the evidence "
+                        f"(the window rule) holds in at least {consensus:.0%} of the bootstrap replicates",
+                        window.share_of_chosen)
+    why = "no bootstrap replicates were drawn" if stability is None else \
+        f"no block is held by the window of {consensus:.0%} of the bootstrap replicates"
+    return Decision("lead", window.blocks[:1], f"the first block of the shortest contiguous run holding the evidence "
+                    f"({why})", window.share_of_chosen)
+
+
 def select_layers(evidence: BlockEvidence, config: SelectionConfig = SelectionConfig()) -> Selection:
     """The layer plan the rule picks from the evidence, with the decision and its stability."""
-    decision = choose(evidence.combined, evidence, config)
-    stability, agreement = [0.0] * evidence.n_layers, 1.0
+    per_score = replace(config, rule="window") if config.rule == "lead" else config  # lead reads the window's
+    decision = choose(evidence.combined, evidence, per_score)
+    stability, agreement, chosen = [0.0] * evidence.n_layers, 1.0, None
     if evidence.replicates is not None and len(evidence.replicates):
-        chosen = [choose(replicate, evidence, config).blocks for replicate in evidence.replicates]
+        chosen = [choose(replicate, evidence, per_score).blocks for replicate in evidence.replicates]
         stability = [float(np.mean([b in blocks for blocks in chosen])) for b in range(evidence.n_layers)]
         agreement = float(np.mean([blocks == decision.blocks for blocks in chosen]))
+    if config.rule == "lead":
+        decision = lead(decision, stability if chosen is not None else None, config.consensus)
+        if chosen is not None and decision.blocks:
+            agreement = stability[decision.blocks[0]]
+        elif chosen is not None:
+            agreement = float(np.mean([not blocks for blocks in chosen]))
     blocks = decision.blocks
     embeddings = (0 in blocks) if config.train_embeddings == "auto" else bool(config.train_embeddings)
     extras = {"train_ln_final": config.train_ln_final, "train_projection": config.train_projection,
               "train_logit_scale": config.train_logit_scale} if blocks else {}
     rule = config.rule + (f"(share={config.share:g})" if config.rule in ("window", "prefix") else
+                          f"(share={config.share:g}, consensus={config.consensus:g})" if config.rule == "lead" else
                           f"(k={config.k})" if config.rule == "topk" else f"(floor={config.rgn_floor:g})")
     record = {"decision": asdict(decision), "stability": stability, "agreement": agreement,
               "selection_config": asdict(config), **evidence.to_dict()}
