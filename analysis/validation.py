@@ -36,6 +36,8 @@ from analysis.ablation.rule_tuning import (
     size_variants,
     tune_share,
     tune_size,
+    tuning_from_dict,
+    tuning_to_dict,
 )
 from analysis.ablation.runner import AblationStudy
 from analysis.ablation.runs import Shard
@@ -44,6 +46,7 @@ from analysis.pipeline import run
 from analysis.planning.selection import SelectionError
 from analysis.probe_config import ModelSpec, ProbeConfig
 from analysis.runtime import apply_threads
+from probing.io import atomic_write_json
 from probing.measure.settings import LocaliseConfig, MeasureConfig
 
 # The commit that last changed the selection rule or its evidence test (analysis.planning.{evidence,selection}:
@@ -60,6 +63,7 @@ ABLATION = dict(loss="mix", loss_kwargs={"scope_pair": 1, "clip": 1, "conclip": 
 # with its extras), at the ablation's budget, seed 0, kept on disk; scripts/validation_study.py --finetunes adds
 # the scope recipe and compares them all with the base. The whole-tower fine-tune's change is the default model's
 # finetune_change selector (analysis.compare.plan), judged in its ablation beside the other selectors.
+TUNING_FILE = "rule_tuning.json"  # the procedures' outcomes, frozen when the rule changed (freeze_tuning)
 WAIT_SECONDS = 30  # how often a shard other than the first looks for the first shard's probe-layers report
 FINETUNES = ("selected_planned", "omni_front", "omni_whole")
 FINETUNE_SOURCE = "omni_whole"
@@ -80,6 +84,9 @@ class StudyModel:
     seeds: tuple[int, ...] = (0, 1, 2)  # the ablation's training seeds
     variants: str = NEAR_SIZE
     probe: dict = field(default_factory=dict)  # ProbeConfig / MeasureConfig overrides (random ViT-B-32: smaller)
+    # held-out: whether its ablation was first read after the current rule was frozen (a blind test of it); the
+    # models ablated under the earlier window rule were read before the size procedure was declared
+    blind: bool = False
 
 
 MODELS: tuple[StudyModel, ...] = (
@@ -98,7 +105,7 @@ MODELS: tuple[StudyModel, ...] = (
                reason="blocks 0-5 left at their random init through pretraining: what the model learnt sits in "
                       "6-11 and its front blocks look like a null tower's, so the evidence should sit in the back; "
                       "whether training the random front helps is what the ablation answers"),
-    StudyModel("islands", ModelSpec("embedded:islands"),
+    StudyModel("islands", ModelSpec("embedded:islands"), blind=True,
                reason="attention only in blocks 2-3 and 8-9: scope can be computed in either pair and which one "
                       "pretraining uses is not known before measuring; blocks 0-1, where raw gradient norms and a "
                       "fixed front point, cannot relate the cue to its noun. Built after every other model's "
@@ -169,6 +176,29 @@ def share_tuning(out: str | Path) -> Tuning:
 def size_tuning(out: str | Path) -> Tuning:
     """Procedure 2 of analysis.ablation.rule_tuning: the rule's size."""
     return tune_size(development_models(out))
+
+
+def freeze_tuning(out: str | Path) -> Path:
+    """Apply both procedures to the development models' results under `out` and write their outcomes to
+    `out`/TUNING_FILE, once: the record is what the rule's change rests on, frozen in the commit that makes it (the
+    development models' validity is later computed against the new rule's plan, so the procedures cannot be
+    re-applied to it)."""
+    path = Path(out) / TUNING_FILE
+    if path.exists():
+        raise FileExistsError(f"{path}: the procedures' outcomes are frozen; delete it only to redo the procedures "
+                              "on the development models, never after the held-out models were judged")
+    record = {"share": tuning_to_dict(share_tuning(out)), "size": tuning_to_dict(size_tuning(out))}
+    atomic_write_json(path, record)
+    return path
+
+
+def frozen_tuning(out: str | Path) -> dict[str, Tuning]:
+    """The frozen outcomes of the procedures ("share", "size"), as freeze_tuning wrote them."""
+    path = Path(out) / TUNING_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the procedures' outcomes were never frozen (scripts/validation_study.py "
+                                "--freeze-tuning)")
+    return {name: tuning_from_dict(record) for name, record in json.loads(path.read_text(encoding="utf-8")).items()}
 
 
 def finetune_folder(out: Path) -> Path:

@@ -294,27 +294,27 @@ def finetune_comparison() -> str:
 
 
 def preregistration() -> str:
-    """The rule's frozen commit and which models judge it (analysis.validation.RULE_COMMIT)."""
-    from analysis.validation import RULE_COMMIT
+    """The rule's frozen commit, the procedure that chose it and which models judge it (analysis.validation)."""
+    from analysis.validation import RULE_COMMIT, frozen_tuning
 
     development = [m.name for m in _models() if m.role == "development"]
-    held_out = [m.name for m in _models() if m.role == "held-out"]
+    seen = [m.name for m in _models() if m.role == "held-out" and not m.blind]
+    blind = [m.name for m in _models() if m.role == "held-out" and m.blind]
     null = [m.name for m in _models() if m.role == "null"]
-    return (f"The selection rule and its settings are those of commit `{RULE_COMMIT}`, unchanged since; they could "
-            f"have been tuned only on the development models ({', '.join(development)}). They are judged on the "
-            f"held-out models ({', '.join(held_out)}) and must select nothing on the null towers "
+    size = frozen_tuning(STUDY)["size"]
+    return (f"The selection rule is the `{size.chosen}` rule of commit `{RULE_COMMIT}`, unchanged since, chosen by "
+            f"the size procedure (`analysis/ablation/rule_tuning.py`, declared in its own commit before it was "
+            f"applied) on the development models only ({', '.join(development)}). It is judged on the held-out "
+            f"models: {', '.join(blind)} blind (built and ablated after the rule was frozen), and "
+            f"{', '.join(seen)}, whose ablations under the earlier window rule had been read before the procedure "
+            f"was declared (so they are not blind to it). It must select nothing on the null towers "
             f"({', '.join(null)}).")
 
 
-def rule_tuning() -> str:
-    """The pre-registered tuning of the rule's share on the development models (analysis.ablation.rule_tuning):
-    each share's plan per model, its cost, its headline difference from the current plan, where it is worse."""
-    from analysis.validation import share_tuning
-
-    tuning = share_tuning(STUDY)
-    head = " | ".join(f"{m}: plan | {m}: trainable | {m}: minus the current plan" for m in tuning.models)
-    lines = [f"| share | {head} | worse beyond the noise on | verdict |",
-             "|---:|" + "---|---:|---|" * len(tuning.models) + "---|---|"]
+def _tuning_table(tuning, head: str) -> str:
+    cells_head = " | ".join(f"{m}: plan | {m}: trainable | {m}: minus the current plan" for m in tuning.models)
+    lines = [f"| {head} | {cells_head} | worse beyond the noise on | verdict |",
+             "|---|" + "---|---:|---|" * len(tuning.models) + "---|---|"]
     for c in tuning.candidates:
         cells = []
         for m in tuning.models:
@@ -322,15 +322,31 @@ def rule_tuning() -> str:
             cells += [c.describe(m), "not run" if c.trainable[m] is None else f"{c.trainable[m]:,}",
                       "–" if diff is None else _ci(*diff)]
         worse = "; ".join(f"{m}: {', '.join(targets)}" for m, targets in c.worse_on.items()) or "–"
-        lines.append(f"| {c.share:g} | {' | '.join(cells)} | {worse} | {c.verdict} |")
+        lines.append(f"| {c.label} | {' | '.join(cells)} | {worse} | {c.verdict} |")
     return "\n".join(lines) + "\n\n" + tuning.sentence
 
 
-def rule_tuning_sentence() -> str:
-    """The tuning's outcome in one sentence (the README's; the table is in docs/VALIDATION.md)."""
-    from analysis.validation import share_tuning
+def rule_tuning() -> str:
+    """Procedure 1, the share (analysis.ablation.rule_tuning), as frozen: each share's plan per development model,
+    its cost, its headline difference from the then current plan, where it is worse."""
+    from analysis.validation import frozen_tuning
 
-    return share_tuning(STUDY).sentence
+    return _tuning_table(frozen_tuning(STUDY)["share"], "share")
+
+
+def size_tuning() -> str:
+    """Procedure 2, the size, as frozen: each size rule's plan per development model, and so on."""
+    from analysis.validation import frozen_tuning
+
+    return _tuning_table(frozen_tuning(STUDY)["size"], "size rule")
+
+
+def rule_tuning_sentence() -> str:
+    """Both procedures' outcomes (the README's; the tables are in docs/VALIDATION.md)."""
+    from analysis.validation import frozen_tuning
+
+    tunings = frozen_tuning(STUDY)
+    return tunings["share"].sentence + " " + tunings["size"].sentence
 
 
 BLOCKS = {
@@ -344,5 +360,6 @@ BLOCKS = {
     "finetune-comparison": finetune_comparison,
     "preregistration": preregistration,
     "rule-tuning": rule_tuning,
+    "size-tuning": size_tuning,
     "rule-tuning-sentence": rule_tuning_sentence,
 }

@@ -5,6 +5,7 @@
     python scripts/validation_study.py --out runs/validation --shard 1/2   (and --shard 2/2 beside it: shard 1 probes,
                                                                           the other waits for its plan)
     python scripts/validation_study.py --out runs/validation --finetunes   (the default model's fine-tunes, compared)
+    python scripts/validation_study.py --out docs/results/validation --freeze-tuning   (the rule's procedures, once)
 
 --finetunes (after the default model's probe): the fine-tunes of analysis.validation.FINETUNES and the scope recipe
 (`finetune-layers --recipe scope`), each compared with the base by `compare-checkpoints`; run it before the default
@@ -29,7 +30,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from analysis.ablation.runs import Shard
-from analysis.validation import MODELS, comparison_file, finetune_folder, run_finetunes, run_study
+from analysis.validation import MODELS, comparison_file, finetune_folder, freeze_tuning, run_finetunes, run_study
 
 # the commands a user would type: the scope recipe and the comparison run as those entry points
 COMMAND = [sys.executable, "-m"]
@@ -54,7 +55,13 @@ def main() -> None:
     parser.add_argument("--only", help="comma list of models (default: all): " + ", ".join(m.name for m in MODELS))
     parser.add_argument("--shard", type=Shard.parse, help="K/N: this process's share of every ablation")
     parser.add_argument("--finetunes", action="store_true", help="only the default model's fine-tunes, compared")
+    parser.add_argument("--freeze-tuning", action="store_true",
+                        help="only apply the rule's pre-registered procedures to the development models' results "
+                             "under --out and write their outcomes, once (analysis.validation.freeze_tuning)")
     args = parser.parse_args()
+    if args.freeze_tuning:
+        print(f"wrote {freeze_tuning(args.out)}")
+        return
     if args.finetunes:
         finetunes(args.out)
         return

@@ -32,7 +32,7 @@ change is then frozen in a commit and judged on the held-out models only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 from analysis.ablation.validity import HEADLINE_TARGET, Validity
@@ -85,6 +85,17 @@ class Tuning:
     decided: bool  # False: some candidate plan is still to run
     sentence: str
     models: list[str]
+
+
+def tuning_to_dict(tuning: Tuning) -> dict:
+    return asdict(tuning)
+
+
+def tuning_from_dict(record: dict) -> Tuning:
+    """A Tuning written by tuning_to_dict (the frozen record of analysis.validation.freeze_tuning)."""
+    candidates = [Candidate(**{**c, "diff": {m: None if d is None else tuple(d) for m, d in c["diff"].items()}})
+                  for c in record["candidates"]]
+    return Tuning(**{**record, "candidates": candidates})
 
 
 def plan_at(combined: Sequence[float], share: float) -> list[int]:

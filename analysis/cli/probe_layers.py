@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write the captured EOT states of every probe caption as <out>/activations/"
                               "<task>.safetensors keyed by hook name, with a manifest.json")
     select = parser.add_argument_group("evidence and layer selection (analysis/planning/evidence.py, selection.py)")
-    select.add_argument("--rule", choices=RULES, default="window",
+    select.add_argument("--rule", choices=RULES, default="lead",
                         help="lead: one block, the first that the window rule's run holds in at least --consensus "
                              "of the bootstrap replicates (the selector study's size procedure, docs/VALIDATION.md); "
                              "window: the shortest contiguous run holding --share of the evidence; prefix: the "

@@ -50,7 +50,7 @@ class SelectionError(ValueError):
 
 @dataclass
 class SelectionConfig:
-    rule: str = "window"
+    rule: str = "lead"  # chosen by the size procedure of analysis.ablation.rule_tuning (docs/VALIDATION.md)
     share: float = 0.8  # window / prefix / lead: share of the combined evidence the window must hold
     consensus: float = 0.5  # lead: share of the bootstrap replicates whose window must hold a block
     k: int = 4  # topk: how many blocks at most
