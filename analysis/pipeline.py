@@ -24,6 +24,7 @@ measurement ran on which file and how many of its rows each used.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from analysis.planning.evidence import BlockEvidence, block_evidence
-from analysis.planning.selection import Selection, select_layers
+from analysis.planning.selection import Selection, SelectionConfig, select_layers
 from analysis.probe_config import ConfigError, DataSpec, ProbeConfig
 from analysis.report.figures import draw_all, save_figures
 from analysis.report.localisation import draw_localisation, localisation_sentences
@@ -395,21 +396,50 @@ def write(out: str | Path, config: ProbeConfig, subject: Subject, measurements: 
     table), localisation/, config.json."""
     out = Path(out)
     measurements.save(out)
-    paths = {"measurements": out / "measurements.json", "config": config.save(out)}
+    paths = {"measurements": out / "measurements.json"}
     paths.update(write_long_table(out / "measurements_long", long_table(measurements, localisation)))
-    paths["plan"] = selection.plan.save(out / "layer_plan.json")
+    if localisation is not None:
+        localisation.save(out / "localisation")
+    run_info = {"config": config.to_dict(), "threads": config.threads, "seconds": seconds, "notes": subject.notes}
+    paths.update(_write_selection(out, config, measurements, selection, localisation, subject.bundle.info,
+                                  subject.bundle.metrics, run_info))
+    return paths
+
+
+def _write_selection(out: Path, config: ProbeConfig, measurements: LayerMeasurements, selection: Selection,
+                     localisation: Localisation | None, model_info, embedded_metrics, run_info) -> dict[str, Path]:
+    """What depends on the selection: layer_plan.json, figures/, report.md / .json, config.json."""
+    paths = {"config": config.save(out), "plan": selection.plan.save(out / "layer_plan.json")}
     drawn = draw_all(measurements, selection)
     extra = []
     if localisation is not None:
-        localisation.save(out / "localisation")
         drawn.update(draw_localisation(localisation))
         extra = localisation_sentences(localisation)
     figures = save_figures(drawn, out / "figures")
-    run_info = {"config": config.to_dict(), "threads": config.threads, "seconds": seconds, "notes": subject.notes}
-    paths.update(write_report(out, measurements, selection, figures=figures, model_info=subject.bundle.info,
-                              embedded_metrics=subject.bundle.metrics, run_info=run_info, extra_sentences=extra))
+    paths.update(write_report(out, measurements, selection, figures=figures, model_info=model_info,
+                              embedded_metrics=embedded_metrics, run_info=run_info, extra_sentences=extra))
     paths["figures"] = out / "figures"
     return paths
+
+
+def reselect(out: str | Path, selection: SelectionConfig) -> Selection:
+    """Select again in a finished probe-layers folder with another rule or its settings, from the measurements it
+    saved (no model is loaded and nothing is measured again): the evidence is tested again with the run's own
+    evidence settings (the same bootstrap seed, so the same evidence), and layer_plan.json, the report, its
+    figures and config.json are written anew; the measurements and localisation stay as they are."""
+    out = Path(out)
+    config = ProbeConfig.load(out / "config.json")
+    config.selection = selection
+    measurements = LayerMeasurements.load(out / "measurements.json")
+    chosen = select(assess_evidence(measurements, config), config)
+    chosen.plan.validate(measurements.n_layers)
+    localisation = Localisation.load(out / "localisation") if (out / "localisation" / "localisation.json").is_file() \
+        else None
+    before = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    run_info = {**before.get("run", {}), "config": config.to_dict()}
+    _write_selection(out, config, measurements, chosen, localisation, before.get("model"),
+                     before.get("embedded_metrics"), run_info)
+    return chosen
 
 
 @dataclass

@@ -40,9 +40,9 @@ from analysis.ablation.rule_tuning import (
     tuning_to_dict,
 )
 from analysis.ablation.runner import AblationStudy
-from analysis.ablation.runs import Shard
+from analysis.ablation.runs import SUPERSEDED_FILE, Shard, supersede_runs
 from analysis.ablation.validity import from_json
-from analysis.pipeline import run
+from analysis.pipeline import reselect, run
 from analysis.planning.selection import SelectionError
 from analysis.probe_config import ModelSpec, ProbeConfig
 from analysis.runtime import apply_threads
@@ -51,7 +51,7 @@ from probing.measure.settings import LocaliseConfig, MeasureConfig
 
 # The commit that last changed the selection rule or its evidence test (analysis.planning.{evidence,selection}:
 # the null models' probes and gradient batches); later commits only moved that code. The README names it.
-RULE_COMMIT = "a8651a7"
+RULE_COMMIT = "5821910"
 
 # The budget every ablation run gets: the scope recipe's loss mix, 50 steps of batch 64 at lr 3e-3 on the same
 # 2,000 synthetic training examples; 200 items per held-out suite (and 200 four-way multiple-choice items).
@@ -63,6 +63,7 @@ ABLATION = dict(loss="mix", loss_kwargs={"scope_pair": 1, "clip": 1, "conclip": 
 # with its extras), at the ablation's budget, seed 0, kept on disk; scripts/validation_study.py --finetunes adds
 # the scope recipe and compares them all with the base. The whole-tower fine-tune's change is the default model's
 # finetune_change selector (analysis.compare.plan), judged in its ablation beside the other selectors.
+PLAN_VARIANTS = ("selected", "selected_planned")  # the ablation variants that train the selected plan
 TUNING_FILE = "rule_tuning.json"  # the procedures' outcomes, frozen when the rule changed (freeze_tuning)
 WAIT_SECONDS = 30  # how often a shard other than the first looks for the first shard's probe-layers report
 FINETUNES = ("selected_planned", "omni_front", "omni_whole")
@@ -224,19 +225,29 @@ def run_model(model: StudyModel, out: Path, *, shard: Shard | None = None, log: 
     """Probe (unless done), then ablate (resumably; a shard's share only) one model of the study."""
     apply_threads(1)
     probe_dir = out / model.name / "probe"
+    config = probe_config(model)
     if shard is not None and shard.index > 1:  # the first shard probes; the others wait for its plan
         if not model.ablate:
             return
-        if not (probe_dir / "report.json").is_file():
+        if not current_plan(probe_dir, config):
             log(f"{model.name}: waiting for shard 1's probe-layers run ({probe_dir})")
-        while not (probe_dir / "report.json").is_file():
+        while not current_plan(probe_dir, config):
             time.sleep(WAIT_SECONDS)
     if not (probe_dir / "report.json").is_file():
         log(f"{model.name}: probe-layers -> {probe_dir}")
         try:
-            run(probe_config(model), probe_dir)
+            run(config, probe_dir)
         except SelectionError as error:
             log(f"{model.name}: no plan ({error})")
+    elif not current_plan(probe_dir, config):
+        # the rule changed since this probe ran: the same measurements and evidence, selected again; the ablation's
+        # runs of the old plan are set aside (variants whose plan is the selected one's)
+        log(f"{model.name}: the selection rule changed since {probe_dir} was probed: selecting again from its "
+            "measurements")
+        reselect(probe_dir, config.selection)
+        moved = supersede_runs(out / model.name / "ablation", PLAN_VARIANTS)
+        if moved:
+            log(f"{model.name}: {moved} ablation runs of the earlier plan set aside (ablation/{SUPERSEDED_FILE})")
     if not model.ablate:
         return
     plan = probe_dir / "layer_plan.json"
@@ -247,6 +258,15 @@ def run_model(model: StudyModel, out: Path, *, shard: Shard | None = None, log: 
                                                                                      f"{shard.count})"))
     study = AblationStudy(config, ablation_dir, progress=False, log=log)
     study.run(shard=shard)
+
+
+def current_plan(probe_dir: Path, config: ProbeConfig) -> bool:
+    """Whether probe_dir holds a finished probe-layers run whose plan the study's current selection rule chose."""
+    plan = probe_dir / "layer_plan.json"
+    if not (probe_dir / "report.json").is_file() or not plan.is_file():
+        return False
+    chosen_by = json.loads(plan.read_text(encoding="utf-8"))["evidence"].get("selection_config")
+    return chosen_by == dataclasses.asdict(config.selection)
 
 
 def run_study(out: str | Path, *, only: set[str] | None = None, shard: Shard | None = None,

@@ -528,3 +528,36 @@ def test_a_study_with_a_plan_prints_its_verdict_frontier_and_selectors(small_emb
     assert row["variant"] == "window_4_5" and row["verdict"] == "better"
     assert row["toolkit_minus"] == pytest.approx(mean["selected"] - mean["window_4_5"])
     assert (out / "frontier.png").is_file() and (out / "validity.json").is_file()
+
+
+def test_a_variant_that_trains_what_a_finished_run_trained_reuses_it(uninterrupted, small_embedded, tmp_path):
+    plan = LayerPlan([11], train_embeddings=False, train_ln_final=False, train_projection=False,
+                     train_logit_scale=False)
+    plan_path = plan.save(tmp_path / "layer_plan.json")
+    config = AblationConfig(**QUICK, seeds=(0,), variants=("selected", "layer_11"), plan_path=str(plan_path))
+    result = run_ablation(config, tmp_path / "study", progress=False, log=lambda line: None)
+    runs = {run["variant"]: run for run in load_runs(tmp_path / "study" / RUNS_FILE)}
+    trained, reused = (("selected", "layer_11") if "reused_from" in runs["layer_11"] else ("layer_11", "selected"))
+    assert runs[reused]["reused_from"] == trained and "reused_from" not in runs[trained]
+    assert runs[reused]["items"] == runs[trained]["items"] and len(result.executed) == 2
+    # the reused record is what training the same block with the same seed gives: the uninterrupted study's
+    # layer_11 seed 0, trained on its own in another folder
+    alone = next(run for run in load_runs(uninterrupted.out_dir / RUNS_FILE)
+                 if run["variant"] == "layer_11" and run["seed"] == 0)
+    assert runs[reused]["metrics"] == pytest.approx(alone["metrics"])
+    # frozen and steering train nothing: never each other's twin
+    from analysis.ablation.runs import twin_run
+    assert twin_run([{**alone, "variant": "frozen", "plan": None}], None, 0) is None
+    assert twin_run(list(runs.values()), plan, 1) is None  # another seed
+
+
+def test_runs_of_a_changed_plan_are_set_aside_from_every_runs_file(tmp_path):
+    from analysis.ablation.runs import SUPERSEDED_FILE, load_study_runs, supersede_runs
+
+    save_runs(tmp_path / RUNS_FILE, [_record("selected", 0, 0.5), _record("layer_0", 0, 0.4)])
+    save_runs(tmp_path / "runs.shard-2-of-2.jsonl", [_record("selected", 1, 0.6), _record("selected_planned", 1, 0.7)])
+    assert supersede_runs(tmp_path, ("selected", "selected_planned")) == 3
+    assert [(r["variant"], r["seed"]) for r in load_study_runs(tmp_path)] == [("layer_0", 0)]
+    assert sorted((r["variant"], r["seed"]) for r in load_runs(tmp_path / SUPERSEDED_FILE)) == \
+        [("selected", 0), ("selected", 1), ("selected_planned", 1)]
+    assert supersede_runs(tmp_path, ("selected",)) == 0  # nothing left to move

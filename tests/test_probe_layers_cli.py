@@ -388,3 +388,29 @@ def test_a_random_tower_gets_no_plan_against_ten_null_models(write_config, tmp_p
     t = recompute_t(measured, {}, "gradnorm")
     assert t == pytest.approx(components["gradnorm"]["z"], abs=1e-6)
     assert "no block carries negation evidence" in capsys.readouterr().out
+
+
+def test_a_finished_run_selects_again_from_its_measurements(small_embedded, tmp_path, capsys):
+    from analysis.pipeline import reselect
+    from analysis.planning.selection import SelectionConfig
+
+    out = tmp_path / "run"
+    assert cli.main(QUICK + ["--null-models", "3", "--out", str(out)]) == 1  # no plan at the run's own alpha
+    kept = {name: (out / name).read_bytes() for name in ("measurements.json", "items.npz", "probes.csv")}
+    # the run's own evidence settings, loosened in its config.json, so that evidence survives and a rule has blocks
+    record = json.loads((out / "config.json").read_text())
+    record["config"]["evidence"]["alpha"] = 0.999
+    (out / "config.json").write_text(json.dumps(record))
+    window = reselect(out, SelectionConfig(rule="window"))
+    assert window.plan.blocks, "a family-wise alpha of 0.999 lets some block's evidence through"
+    saved = json.loads((out / "layer_plan.json").read_text())
+    assert saved["blocks"] == window.plan.blocks and saved["rule"].startswith("window")
+    stability = saved["evidence"]["stability"]
+    lead = reselect(out, SelectionConfig(rule="lead"))
+    # the same evidence (the run's bootstrap seed), so the lead is the first block of the window's consensus
+    held = [b for b, share in enumerate(stability) if share >= 0.5] or window.plan.blocks
+    assert lead.plan.blocks == [held[0]] and lead.evidence.combined == window.evidence.combined
+    assert json.loads((out / "config.json").read_text())["config"]["selection"]["rule"] == "lead"
+    report = json.loads((out / "report.json").read_text())
+    assert report["plan"]["blocks"] == [held[0]] and f"block {held[0]} of 12" in report["summary"][0]
+    assert {name: (out / name).read_bytes() for name in kept} == kept  # nothing measured again

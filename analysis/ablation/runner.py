@@ -33,6 +33,7 @@ from analysis.ablation.runs import (
     load_study_runs,
     runs_path,
     save_runs,
+    twin_run,
 )
 from analysis.ablation.selector_table import plan_variant, selector_rows, selector_sentences, write_selector_table
 from analysis.ablation.tables import validity_markdown, write_outputs
@@ -309,7 +310,9 @@ class AblationStudy:
         bar = tqdm(batch, desc=desc, unit="run", disable=not self.progress, dynamic_ncols=True)
         for variant, seed in bar:
             bar.set_postfix_str(f"{variant} seed {seed}")
-            record = self.run_one(variant, seed)
+            twin = twin_run([*runs, *own], self.plans[variant], seed)
+            record = self.run_one(variant, seed) if twin is None else {**twin, "variant": variant,
+                                                                       "reused_from": twin["variant"]}
             own.append(record)
             save_runs(own_path, own)
             self._tidy(variant, seed)

@@ -151,16 +151,45 @@ def check_finished_runs(runs: Sequence[dict[str, Any]], plans: dict[str, Any]) -
     for run in runs:
         if run["variant"] not in plans:
             continue
-        now = _plan_parts(plans[run["variant"]])
-        if _plan_parts(run.get("plan")) != now:
+        now = plan_parts(plans[run["variant"]])
+        if plan_parts(run.get("plan")) != now:
             raise AblationError(
-                f"finished run {run['variant']} seed {run['seed']} trained {_plan_parts(run.get('plan'))}, "
+                f"finished run {run['variant']} seed {run['seed']} trained {plan_parts(run.get('plan'))}, "
                 f"but that variant now trains {now} (another plan file or extras?); "
                 "use the original ones, or another output folder"
             )
 
 
-def _plan_parts(plan) -> dict[str, Any] | None:
+SUPERSEDED_FILE = "superseded.jsonl"  # runs of a plan the study no longer trains (not read as the study's runs)
+
+
+def twin_run(runs: Sequence[dict[str, Any]], plan, seed: int) -> dict[str, Any] | None:
+    """A finished run of another variant that trained exactly what `plan` trains (blocks, extras, lr weights) with
+    this seed: the same training in the same study, so its record serves (e.g. a one-block plan and its layer_<b>
+    variant). None when there is none, or when `plan` trains nothing (frozen, steering)."""
+    parts = plan_parts(plan)
+    if parts is None:
+        return None
+    return next((run for run in runs if int(run["seed"]) == seed and plan_parts(run.get("plan")) == parts), None)
+
+
+def supersede_runs(out_dir: str | Path, variants: Sequence[str]) -> int:
+    """Move the finished runs of `variants` out of every runs file of the study into SUPERSEDED_FILE (kept for the
+    record, read by no table): for a variant whose plan changed, e.g. `selected` after the selection rule changed.
+    Returns how many runs moved."""
+    out_dir, moved = Path(out_dir), []
+    for path in sorted(out_dir.glob("runs*.jsonl")):
+        runs = load_runs(path)
+        keep = [run for run in runs if run["variant"] not in variants]
+        if len(keep) < len(runs):
+            moved += [run for run in runs if run["variant"] in variants]
+            save_runs(path, keep)
+    if moved:
+        save_runs(out_dir / SUPERSEDED_FILE, load_runs(out_dir / SUPERSEDED_FILE) + moved)
+    return len(moved)
+
+
+def plan_parts(plan) -> dict[str, Any] | None:
     """What a plan trains (blocks, extras, lr weights), without its free-form rule and evidence."""
     if plan is None:
         return None

@@ -166,7 +166,7 @@ def choose(scores: Sequence[float], evidence: BlockEvidence, config: SelectionCo
         return Decision("window", blocks, f"the shortest contiguous run holding at least {config.share:.0%} of the "
                         "null-calibrated evidence", held, shorter)
     if config.rule == "lead":  # on one score vector there is no consensus: the window's first block
-        return lead(choose(values, evidence, replace(config, rule="window")), None, config.consensus)
+        return lead(choose(values, evidence, replace(config, rule="window")), values, None, config.consensus)
     if config.rule == "prefix":
         k, cumulative = front_prefix(values, config.share)
         return Decision("prefix", list(range(k)), f"the shortest front prefix holding at least {config.share:.0%} "
@@ -188,21 +188,22 @@ def choose(scores: Sequence[float], evidence: BlockEvidence, config: SelectionCo
                     lr_weights={b: max(config.min_lr_weight, float(weights[b])) for b in blocks})
 
 
-def lead(window: Decision, stability: Sequence[float] | None, consensus: float) -> Decision:
-    """The lead rule's decision from the window rule's decision on the point estimate and its per-block stability
-    over the bootstrap replicates (None: no replicates): the first block the window rule picks in at least
-    `consensus` of them, else the first block of the point estimate's window."""
+def lead(window: Decision, scores: Sequence[float], stability: Sequence[float] | None, consensus: float) -> Decision:
+    """The lead rule's decision from the window rule's decision on the point estimate's `scores` and its per-block
+    stability over the bootstrap replicates (None: no replicates): the first block the window rule picks in at
+    least `consensus` of them, else the first block of the point estimate's window."""
     if not window.blocks:
         return Decision("lead", [], window.reason, 0.0)
+    own = np.asarray(scores, dtype=float) / float(np.sum(scores))  # the share of the evidence each block holds
     held = [b for b, share in enumerate(stability or []) if share >= consensus - _TOLERANCE]
     if held:
         return Decision("lead", held[:1], f"the first block that the shortest contiguous run holding the evidence "
                         f"(the window rule) holds in at least {consensus:.0%} of the bootstrap replicates",
-                        window.share_of_chosen)
+                        float(own[held[0]]))
     why = "no bootstrap replicates were drawn" if stability is None else \
         f"no block is held by the window of {consensus:.0%} of the bootstrap replicates"
     return Decision("lead", window.blocks[:1], f"the first block of the shortest contiguous run holding the evidence "
-                    f"({why})", window.share_of_chosen)
+                    f"({why})", float(own[window.blocks[0]]))
 
 
 def select_layers(evidence: BlockEvidence, config: SelectionConfig = SelectionConfig()) -> Selection:
@@ -215,7 +216,8 @@ def select_layers(evidence: BlockEvidence, config: SelectionConfig = SelectionCo
         stability = [float(np.mean([b in blocks for blocks in chosen])) for b in range(evidence.n_layers)]
         agreement = float(np.mean([blocks == decision.blocks for blocks in chosen]))
     if config.rule == "lead":
-        decision = lead(decision, stability if chosen is not None else None, config.consensus)
+        decision = lead(decision, np.asarray(evidence.combined, dtype=float), stability if chosen is not None else None,
+                        config.consensus)
         if chosen is not None and decision.blocks:
             agreement = stability[decision.blocks[0]]
         elif chosen is not None:

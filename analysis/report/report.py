@@ -138,10 +138,13 @@ def _plan_sentence(selection: Selection, n_layers: int) -> str:
                                     ("the text projection", plan.train_projection),
                                     ("the logit scale", plan.train_logit_scale)) if on]
     text = f"The layer plan trains text {_blocks_phrase(plan.blocks)} of {n_layers}: {decision.reason}"
-    text += f" ({_pct(decision.share_of_chosen, 1)} of it"
-    if decision.share_of_next_shorter is not None:
-        text += f"; the best run one block shorter holds {_pct(decision.share_of_next_shorter, 1)}"
-    text += ")"
+    if decision.rule == "lead":
+        text += f" (the block holds {_pct(decision.share_of_chosen, 1)} of the null-calibrated evidence)"
+    else:
+        text += f" ({_pct(decision.share_of_chosen, 1)} of it"
+        if decision.share_of_next_shorter is not None:
+            text += f"; the best run one block shorter holds {_pct(decision.share_of_next_shorter, 1)}"
+        text += ")"
     if extras:
         text += ", plus " + (", ".join(extras[:-1]) + " and " + extras[-1] if len(extras) > 1 else extras[0])
     if plan.lr_weights:
