@@ -561,3 +561,21 @@ def test_runs_of_a_changed_plan_are_set_aside_from_every_runs_file(tmp_path):
     assert sorted((r["variant"], r["seed"]) for r in load_runs(tmp_path / SUPERSEDED_FILE)) == \
         [("selected", 0), ("selected", 1), ("selected_planned", 1)]
     assert supersede_runs(tmp_path, ("selected",)) == 0  # nothing left to move
+
+
+def test_validity_reads_the_finished_windows_a_study_no_longer_plans(small_embedded, tmp_path):
+    first = AblationConfig(**QUICK, seeds=(0,), variants=("layer_11", "window_10_11"))
+    run_ablation(first, tmp_path, progress=False, log=lambda line: None)
+    narrower = AblationStudy(AblationConfig(**QUICK, seeds=(0,), variants=("layer_11",)), tmp_path, progress=False,
+                             log=lambda line: None)
+    runs = load_runs(tmp_path / RUNS_FILE)
+    assert [r["variant"] for r in narrower.own_runs(runs)] == ["layer_11"]
+    assert sorted(r["variant"] for r in narrower.validity_runs(runs)) == ["layer_11", "window_10_11"]
+    # a window trained with other extras is another plan: not read
+    other = [{**r, "plan": {**r["plan"], "train_projection": True}} if r["variant"] == "window_10_11" else r
+             for r in runs]
+    assert [r["variant"] for r in narrower.validity_runs(other)] == ["layer_11"]
+    # a study with more seeds than the window ran reads it only once every seed is there
+    more = AblationStudy(AblationConfig(**QUICK, seeds=(0, 1), variants=("layer_11",)), tmp_path, progress=False,
+                         log=lambda line: None)
+    assert [r["variant"] for r in more.validity_runs(runs)] == ["layer_11"]

@@ -31,6 +31,7 @@ from analysis.ablation.runs import (
     check_study_settings,
     load_runs,
     load_study_runs,
+    plan_parts,
     runs_path,
     save_runs,
     twin_run,
@@ -44,6 +45,7 @@ from analysis.ablation.variants import (
     extras_flags,
     load_selected_plan,
     resolve_variants,
+    variant_blocks,
     variant_plans,
 )
 from analysis.compare.plan import FINETUNE_CHANGE, finetune_change_selector
@@ -203,6 +205,23 @@ class AblationStudy:
         wanted = set(self.planned())
         return [run for run in runs if (run["variant"], int(run["seed"])) in wanted]
 
+    def validity_runs(self, runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The runs the validity test reads: this study's, and every finished run of a block-named variant (window,
+        layer, set) no longer planned that trained what its name trains now, at this study's budget (e.g. the
+        windows around an earlier plan's size): each is one more plan on the frontier and among the plans of any
+        size. Its seeds must be this study's."""
+        mine = self.own_runs(runs)
+        planned = {variant for variant, _ in self.planned()}
+        seeds = set(self.config.seeds)
+        extra = [run for run in runs if run["variant"] not in planned and int(run["seed"]) in seeds
+                 and variant_blocks(run["variant"]) is not None
+                 and max(variant_blocks(run["variant"])) < self.n_layers
+                 and plan_parts(run.get("plan")) == plan_parts(
+                     variant_plans([run["variant"]], self.n_layers, self.extras)[run["variant"]])]
+        complete = {v for v in {run["variant"] for run in extra}
+                    if {int(r["seed"]) for r in extra if r["variant"] == v} == seeds}
+        return mine + [run for run in extra if run["variant"] in complete]
+
     def pending(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
         done = {(run["variant"], int(run["seed"])) for run in runs}
         return [key for key in self.planned() if key not in done]
@@ -333,7 +352,7 @@ class AblationStudy:
 
         if self.selected is None or not self.selected.evidence.get("components"):
             return {}, []
-        chosen = self.own_runs(runs)
+        chosen = self.validity_runs(runs)
         try:
             results = assess(chosen, self.selected.evidence, self.selected.blocks, n_layers=self.n_layers,
                              groups=self.block_plans(), trainable=trainable_parameters(chosen))
