@@ -149,10 +149,12 @@ per_block[[c for c in per_block.columns if c == "combined" or c.endswith(("_exce
 # %% [markdown]
 # ## The layer plan
 #
-# `select_layers` applies a rule to the combined score (default: the shortest contiguous window holding 80 % of
-# it) and returns a `Selection`: the `LayerPlan`, the evidence, the decision and its stability over bootstrap
-# replicates of the evidence. When nothing is significant the plan trains no block and says why: the
-# measurements then give no reason to prefer any layers over others. Other rules are one argument away.
+# `select_layers` applies a rule to the combined score and returns a `Selection`: the `LayerPlan`, the evidence,
+# the decision and its stability over bootstrap replicates of the evidence. The default rule, `lead`, trains one
+# block: the first that the shortest contiguous window holding 80 % of the evidence (the `window` rule) holds in at
+# least half of the replicates; the selector study's size procedure chose it over the window itself
+# (docs/VALIDATION.md). When nothing is significant the plan trains no block and says why: the measurements then
+# give no reason to prefer any layers over others. Other rules are one argument away.
 
 # %%
 from analysis.pipeline import select
@@ -163,9 +165,9 @@ plan = selection.plan
 plan.validate(measurements.n_layers)
 plan_path = plan.save(OUT / "layer_plan.json")
 print(f"plan: {plan.describe()}\n  {selection.decision.reason}")
-print(f"  the rule gives the same blocks ({describe_blocks(plan.blocks)}) on {selection.agreement:.0%} of "
+print(f"  the window holds {describe_blocks(plan.blocks)} on {selection.agreement:.0%} of "
       f"{len(evidence.replicates)} bootstrap replicates of the evidence")
-for rule in ("prefix", "topk", "auto_rgn"):
+for rule in ("window", "prefix", "topk", "auto_rgn"):
     other = select_layers(evidence, SelectionConfig(rule=rule))
     print(f"{rule:>9} rule: blocks {describe_blocks(other.plan.blocks)}")
 print(f"written to {plan_path}")

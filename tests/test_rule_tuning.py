@@ -152,3 +152,10 @@ def test_a_single_block_that_loses_anywhere_keeps_the_window():
     verdicts = {c.label: c.verdict for c in tuning.candidates}
     assert verdicts["lead"] == verdicts["window_lead"] == "worse" and tuning.chosen == "window"
     assert "No size rule beats window" in tuning.sentence
+
+
+def test_a_procedure_is_not_applied_again_after_the_rule_changed():
+    a, b = size_models()
+    changed = DevelopmentModel("a", A, {"scope": validity(a.validity["scope"].plans, [0])}, A_STABILITY)
+    with pytest.raises(ValueError, match="applied once"):
+        tune_size([changed, b])

@@ -115,6 +115,11 @@ def _candidate(label: str, plans: Mapping[str, list[int]], current: Mapping[str,
     current plan is the variant `selected`; any other plan the variant that trains exactly its blocks)."""
     candidate = Candidate(label, {}, {}, {}, {}, {})
     for model in models:
+        ran = {tuple(v.selected) for v in (model.validity or {}).values()}
+        if ran and ran != {tuple(current[model.name])}:
+            raise ValueError(f"{model.name}: its ablation's selected plan ({', '.join(map(str, ran))}) is not the "
+                             f"plan the procedure compares against ({describe_blocks(current[model.name])}): a "
+                             "procedure is applied once, before the rule changes; read its frozen outcome since")
         blocks = list(plans[model.name])
         variant = "selected" if blocks == list(current[model.name]) else set_name(blocks)
         candidate.blocks[model.name], candidate.variant[model.name] = blocks, variant

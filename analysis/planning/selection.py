@@ -218,10 +218,8 @@ def select_layers(evidence: BlockEvidence, config: SelectionConfig = SelectionCo
     if config.rule == "lead":
         decision = lead(decision, np.asarray(evidence.combined, dtype=float), stability if chosen is not None else None,
                         config.consensus)
-        if chosen is not None and decision.blocks:
+        if chosen is not None and decision.blocks:  # (no plan: the share of replicates choosing none, as above)
             agreement = stability[decision.blocks[0]]
-        elif chosen is not None:
-            agreement = float(np.mean([not blocks for blocks in chosen]))
     blocks = decision.blocks
     embeddings = (0 in blocks) if config.train_embeddings == "auto" else bool(config.train_embeddings)
     extras = {"train_ln_final": config.train_ln_final, "train_projection": config.train_projection,
