@@ -312,7 +312,7 @@ def preregistration() -> str:
 
 
 def _tuning_table(tuning, head: str) -> str:
-    cells_head = " | ".join(f"{m}: plan | {m}: trainable | {m}: minus the current plan" for m in tuning.models)
+    cells_head = " | ".join(f"{m}: plan | {m}: trainable | {m}: minus the plan then current" for m in tuning.models)
     lines = [f"| {head} | {cells_head} | worse beyond the noise on | verdict |",
              "|---|" + "---|---:|---|" * len(tuning.models) + "---|---|"]
     for c in tuning.candidates:
