@@ -107,8 +107,8 @@ def evidence_default() -> str:
 
 def evidence_table() -> str:
     """Per model: what the selector chose, its stability, and each component's strongest block."""
-    rows = ["| model | selected blocks | replicates choosing exactly this | blocks chosen in half of them | "
-            "probe (max t, block) | sensitivity | gradnorm | threshold t |", "|---|---|---:|---|---|---|---|---:|"]
+    rows = ["| model | rule | selected blocks | replicates agreeing | blocks the window holds in half of them | "
+            "probe (max t, block) | sensitivity | gradnorm | threshold t |", "|---|---|---|---:|---|---|---|---|---:|"]
     folders = sorted(p.parent.parent.relative_to(RESULTS / "validation").as_posix()
                      for p in (RESULTS / "validation").glob("**/probe/report.json"))
     for name in folders:
@@ -125,10 +125,15 @@ def evidence_table() -> str:
             cells.append(f"{c['z'][best]:.1f} (block {best})" + (" *" if c["significant"][best] else ""))
         critical = next(iter(report["evidence"]["components"].values()), {}).get("critical")
         usual = [b for b, share in enumerate(report["stability"]) if share >= 0.5]
-        rows.append(f"| {name} | {blocks} | {report['agreement']:.0%} | {', '.join(map(str, usual)) or 'none'} | "
+        rows.append(f"| {name} | {report['decision']['rule']} | {blocks} | {report['agreement']:.0%} | "
+                    f"{', '.join(map(str, usual)) or 'none'} | "
                     + " | ".join(cells) + f" | {_fmt(critical, 1)} |")
     missing = [m.name for m in validation_blocks._models() if m.name not in folders]
-    note = "\n\n\\* beyond the threshold (Bonferroni over every block and component)."
+    note = ("\n\n\\* beyond the threshold (Bonferroni over every block and component). Replicates agreeing: of the "
+            "bootstrap replicates of the evidence, the share whose window holds the plan's block (`lead`), or whose "
+            "plan is exactly the plan (`window`), or that select nothing (no plan). A null tower selects nothing under "
+            "`lead` exactly when it does under `window` (both need a block whose evidence survives the null test), "
+            "so their probes, run under the window rule, were not run again.")
     if missing:
         note += (f" Not run yet: {', '.join(missing)} (`python scripts/validation_study.py --only "
                  f"{','.join(missing)}`).")

@@ -144,3 +144,20 @@ def test_lead_on_one_score_vector_is_the_windows_first_block():
     assert choose(MIDDLE, evidence, SelectionConfig(rule="lead")).blocks == [0]
     with pytest.raises(ValueError, match="consensus"):
         SelectionConfig(rule="lead", consensus=0)
+
+
+def test_lead_selects_nothing_exactly_when_the_window_does():
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        point = rng.random(6) * (rng.random(6) < 0.3) * (trial % 4 != 0)  # every fourth: no evidence at all
+        replicates = rng.random((20, 6)) * (rng.random((20, 6)) < 0.3)
+        evidence = planted_evidence(point.tolist(), replicates.tolist())
+        window = select_layers(evidence, SelectionConfig(rule="window"))
+        lead = select_layers(evidence, SelectionConfig(rule="lead"))
+        assert (lead.plan.blocks == []) == (window.plan.blocks == [])
+        if not window.plan.blocks:  # the same agreement: the share of replicates selecting nothing
+            assert lead.agreement == window.agreement
+        else:  # the first block that at least half of the replicates' windows hold (brute force), else the window's
+            spans = [brute_force_window(r, 0.8) if sum(r) > 0 else None for r in replicates.tolist()]
+            held = [b for b in range(6) if np.mean([s is not None and s[0] <= b <= s[1] for s in spans]) >= 0.5]
+            assert lead.plan.blocks == [held[0] if held else window.plan.blocks[0]]
