@@ -555,11 +555,15 @@ def test_runs_of_a_changed_plan_are_set_aside_from_every_runs_file(tmp_path):
     from analysis.ablation.runs import SUPERSEDED_FILE, load_study_runs, supersede_runs
 
     save_runs(tmp_path / RUNS_FILE, [_record("selected", 0, 0.5), _record("layer_0", 0, 0.4)])
+    (tmp_path / "runs" / "selected" / "seed0").mkdir(parents=True)
+    (tmp_path / "runs" / "selected" / "seed0" / "train.log").write_text("the earlier plan")
     save_runs(tmp_path / "runs.shard-2-of-2.jsonl", [_record("selected", 1, 0.6), _record("selected_planned", 1, 0.7)])
     assert supersede_runs(tmp_path, ("selected", "selected_planned")) == 3
     assert [(r["variant"], r["seed"]) for r in load_study_runs(tmp_path)] == [("layer_0", 0)]
     assert sorted((r["variant"], r["seed"]) for r in load_runs(tmp_path / SUPERSEDED_FILE)) == \
         [("selected", 0), ("selected", 1), ("selected_planned", 1)]
+    assert not (tmp_path / "runs" / "selected").exists()
+    assert (tmp_path / "superseded" / "selected" / "seed0" / "train.log").read_text() == "the earlier plan"
     assert supersede_runs(tmp_path, ("selected",)) == 0  # nothing left to move
 
 

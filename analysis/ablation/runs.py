@@ -15,6 +15,7 @@ so the tables, the validity test and the selector table of a sharded study are t
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -161,6 +162,7 @@ def check_finished_runs(runs: Sequence[dict[str, Any]], plans: dict[str, Any]) -
 
 
 SUPERSEDED_FILE = "superseded.jsonl"  # runs of a plan the study no longer trains (not read as the study's runs)
+SUPERSEDED_DIR = "superseded"  # and their run folders
 
 
 def twin_run(runs: Sequence[dict[str, Any]], plan, seed: int) -> dict[str, Any] | None:
@@ -174,9 +176,9 @@ def twin_run(runs: Sequence[dict[str, Any]], plan, seed: int) -> dict[str, Any] 
 
 
 def supersede_runs(out_dir: str | Path, variants: Sequence[str]) -> int:
-    """Move the finished runs of `variants` out of every runs file of the study into SUPERSEDED_FILE (kept for the
-    record, read by no table): for a variant whose plan changed, e.g. `selected` after the selection rule changed.
-    Returns how many runs moved."""
+    """Move the finished runs of `variants` out of every runs file of the study into SUPERSEDED_FILE, and their run
+    folders into SUPERSEDED_DIR (kept for the record, read by no table): for a variant whose plan changed, e.g.
+    `selected` after the selection rule changed. Returns how many runs moved."""
     out_dir, moved = Path(out_dir), []
     for path in sorted(out_dir.glob("runs*.jsonl")):
         runs = load_runs(path)
@@ -186,6 +188,13 @@ def supersede_runs(out_dir: str | Path, variants: Sequence[str]) -> int:
             save_runs(path, keep)
     if moved:
         save_runs(out_dir / SUPERSEDED_FILE, load_runs(out_dir / SUPERSEDED_FILE) + moved)
+    for variant in variants:  # their logs and per-run files go with them
+        folder = out_dir / "runs" / variant
+        if folder.is_dir():
+            target = out_dir / SUPERSEDED_DIR / variant
+            shutil.rmtree(target, ignore_errors=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folder.rename(target)
     return len(moved)
 
 
