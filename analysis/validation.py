@@ -7,13 +7,16 @@ the selected plan (with the study's extras and as finetune-layers trains it), wi
 selectors) and, on the default model, the anchors' choices; then predictive validity on every target, the
 frontier, and the selector table.
 
-Pre-registration. The selection rule and its settings (analysis.planning.selection's defaults: the window rule,
-share 0.8, alpha 0.05, 10 null models) are those of every earlier study; they may change only on the development
-models (`role="development"`: default and late), frozen in a commit, and are then judged on the held-out models
-(seed2, depth6, middle, frontfrozen). The share changes only by the procedure of analysis.ablation.rule_tuning
-(`share_tuning`): the development models' ablations run the plan of every share of its grid. Each model's reason
-for being in the study is written below, before its ablation ran. Randomly initialised towers are probed only: the
-rule must select nothing on them.
+Pre-registration. The selection rule and its settings (analysis.planning.selection's defaults: the lead rule,
+share 0.8, consensus 0.5, alpha 0.05, 10 null models) may change only by the procedures of
+analysis.ablation.rule_tuning, applied to the development models (`role="development"`: default and late) and
+frozen in a commit (`freeze_tuning`: the share procedure kept 0.8; the size procedure replaced the window rule by
+the lead rule, RULE_COMMIT), then judged on the held-out models (seed2, depth6, middle and frontfrozen, read before
+the size procedure was declared; islands, blind). The development models' ablations run the plan of every
+candidate. Each model's reason for being in the study is written below, before its ablation ran. Randomly
+initialised towers are probed only: the rule must select nothing on them. When the rule changes, a finished probe
+is selected again from its measurements (analysis.pipeline.reselect) and the ablation's runs of the earlier plan
+are set aside.
 
 Every step writes its own folder and is skipped when done (the ablation is resumable run by run, and can be split
 over processes with `shard`), so an interrupted study continues where it stopped. Results are collected by
