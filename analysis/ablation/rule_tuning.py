@@ -37,7 +37,7 @@ from typing import Mapping, Sequence
 
 from analysis.ablation.validity import HEADLINE_TARGET, Validity
 from analysis.ablation.variants import set_name, window_name
-from analysis.planning.selection import SelectionConfig, describe_blocks, shortest_window
+from analysis.planning.selection import SelectionConfig, consensus_blocks, describe_blocks, shortest_window, top_k
 
 SHARES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 CURRENT = SelectionConfig().share
@@ -115,11 +115,6 @@ def _candidate(label: str, plans: Mapping[str, list[int]], current: Mapping[str,
     current plan is the variant `selected`; any other plan the variant that trains exactly its blocks)."""
     candidate = Candidate(label, {}, {}, {}, {}, {})
     for model in models:
-        ran = {tuple(v.selected) for v in (model.validity or {}).values()}
-        if ran and ran != {tuple(current[model.name])}:
-            raise ValueError(f"{model.name}: its ablation's selected plan ({', '.join(map(str, ran))}) is not the "
-                             f"plan the procedure compares against ({describe_blocks(current[model.name])}): a "
-                             "procedure is applied once, before the rule changes; read its frozen outcome since")
         blocks = list(plans[model.name])
         variant = "selected" if blocks == list(current[model.name]) else set_name(blocks)
         candidate.blocks[model.name], candidate.variant[model.name] = blocks, variant
@@ -136,6 +131,17 @@ def _candidate(label: str, plans: Mapping[str, list[int]], current: Mapping[str,
         if worse:
             candidate.worse_on[model.name] = worse
     return candidate
+
+
+def _check_current(current: Mapping[str, list[int]], models: Sequence[DevelopmentModel]) -> None:
+    """Each development model's ablation must have run `current` as its `selected` plan: a procedure is applied
+    once, before the rule changes (afterwards `selected` is the new rule's plan)."""
+    for model in models:
+        ran = {tuple(v.selected) for v in (model.validity or {}).values()}
+        if ran and ran != {tuple(current[model.name])}:
+            raise ValueError(f"{model.name}: its ablation's selected plan ({', '.join(map(str, ran))}) is not the "
+                             f"plan the procedure compares against ({describe_blocks(current[model.name])}): a "
+                             "procedure is applied once, before the rule changes; read its frozen outcome since")
 
 
 def _judge(candidate: Candidate, current: Candidate) -> str:
@@ -188,6 +194,7 @@ def tune_share(models: Sequence[DevelopmentModel], shares: Sequence[float] = SHA
     if CURRENT not in shares:
         raise ValueError(f"the grid must hold the current share {CURRENT}")
     current_plans = {m.name: plan_at(m.combined, CURRENT) for m in models}
+    _check_current(current_plans, models)
     # the grid sorted by distance from the current share: the declared order of its tie-break
     order = [f"{s:g}" for s in sorted(shares, key=lambda s: abs(s - CURRENT))]
     candidates = []
@@ -205,12 +212,12 @@ def size_plans(combined: Sequence[float], stability: Sequence[float] | None, *, 
                consensus: float = CONSENSUS) -> dict[str, list[int]]:
     """Every size rule's plan (module docstring, procedure 2) from one model's recorded evidence."""
     window = plan_at(combined, share)
-    held = [b for b, s in enumerate(stability or []) if s >= consensus - 1e-9] or window
+    held = consensus_blocks(stability, consensus) or window
     spanned = list(range(held[0], held[-1] + 1))
     first = held[0]
     lead2 = [first, first + 1] if first + 1 < len(combined) else [first - 1, first]
     return {"window": window, "consensus": spanned, "lead": [first], "window_lead": window[:1], "lead2": lead2,
-            "peak": [int(max(range(len(combined)), key=lambda b: (combined[b], -b)))]}
+            "peak": top_k(combined, 1)}
 
 
 def size_variants(combined: Sequence[float], stability: Sequence[float] | None) -> list[str]:
@@ -222,6 +229,7 @@ def tune_size(models: Sequence[DevelopmentModel]) -> Tuning:
     """Procedure 2 (module docstring): the rule's size, among SIZE_RULES."""
     plans = {m.name: size_plans(m.combined, m.stability) for m in models}
     current_plans = {m.name: plans[m.name]["window"] for m in models}
+    _check_current(current_plans, models)
     candidates = [_candidate(rule, {m.name: plans[m.name][rule] for m in models}, current_plans, models)
                   for rule in SIZE_RULES]
     return _decide(candidates, candidates[0], models, "size rule", SIZE_RULES)

@@ -135,6 +135,12 @@ def top_k(scores: Sequence[float], k: int) -> list[int]:
     return sorted(order[:k])
 
 
+def consensus_blocks(stability: Sequence[float] | None, consensus: float) -> list[int]:
+    """The blocks the window holds in at least `consensus` of the bootstrap replicates (`stability`: per block, the
+    share of replicates whose window holds it; None: no replicates, no consensus)."""
+    return [b for b, share in enumerate(stability or []) if share >= consensus - _TOLERANCE]
+
+
 def describe_blocks(blocks: Sequence[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5' (runs of consecutive blocks as ranges)."""
     parts, run = [], []
@@ -195,7 +201,7 @@ def lead(window: Decision, scores: Sequence[float], stability: Sequence[float] |
     if not window.blocks:
         return Decision("lead", [], window.reason, 0.0)
     own = np.asarray(scores, dtype=float) / float(np.sum(scores))  # the share of the evidence each block holds
-    held = [b for b, share in enumerate(stability or []) if share >= consensus - _TOLERANCE]
+    held = consensus_blocks(stability, consensus)
     if held:
         return Decision("lead", held[:1], f"the first block that the shortest contiguous run holding the evidence "
                         f"(the window rule) holds in at least {consensus:.0%} of the bootstrap replicates",

@@ -157,18 +157,17 @@ def _stability_sentence(selection: Selection) -> str:
     if selection.evidence.replicates is None:
         return ""
     stable = [b for b, f in enumerate(selection.stability) if f >= 0.5]
+    over = (f"{len(selection.evidence.replicates)} bootstrap replicates (test items, captions, gradient batches and "
+            "null towers resampled)")
     if not selection.plan.blocks:
-        return (f"On {len(selection.evidence.replicates)} bootstrap replicates (test items, captions, gradient "
-                f"batches and null towers resampled), the rule selects nothing in {_pct(selection.agreement)} of them"
+        return (f"On {over}, the rule selects nothing in {_pct(selection.agreement)} of them"
                 + (f"; {_blocks_phrase(stable)} would be chosen in at least half." if stable else "."))
     if selection.decision.rule == "lead":
-        return (f"Over {len(selection.evidence.replicates)} bootstrap replicates (test items, captions, gradient "
-                f"batches and null towers resampled) the shortest run holding the evidence holds block "
-                f"{selection.plan.blocks[0]} in {_pct(selection.agreement)} of them; "
+        return (f"Over {over} the shortest run holding the evidence holds block {selection.plan.blocks[0]} in "
+                f"{_pct(selection.agreement)} of them; "
                 + ("blocks it holds in at least half: " + describe_blocks(stable) if stable else
                    "it holds no block in half of them") + ".")
-    text = (f"Over {len(selection.evidence.replicates)} bootstrap replicates (test items, captions, gradient batches "
-            f"and null towers resampled) the rule picks exactly this plan in {_pct(selection.agreement)} of them; "
+    text = (f"Over {over} the rule picks exactly this plan in {_pct(selection.agreement)} of them; "
             + ("blocks chosen in at least half: " + describe_blocks(stable) if stable else
                "no block is chosen in half of them") + ".")
     if selection.agreement < 0.5 and stable != list(selection.plan.blocks):
