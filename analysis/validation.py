@@ -43,7 +43,7 @@ from analysis.ablation.rule_tuning import (
     tuning_to_dict,
 )
 from analysis.ablation.runner import AblationStudy
-from analysis.ablation.runs import SUPERSEDED_FILE, Shard, supersede_runs
+from analysis.ablation.runs import SUPERSEDED_FILE, Shard, load_study_runs, stale_variants, supersede_runs
 from analysis.ablation.validity import from_json
 from analysis.pipeline import reselect, run
 from analysis.planning.selection import SelectionError
@@ -220,6 +220,10 @@ def run_finetunes(out: Path, *, log: Callable[[str], None] = print) -> dict[str,
     config = dataclasses.replace(ablation_config(model, Path(out) / model.name / "probe" / "layer_plan.json"),
                                  variants=FINETUNES, seeds=(0,), selectors=None, keep_models=True)
     study = AblationStudy(config, finetune_folder(out) / "ablation", progress=False, log=log)
+    stale = stale_variants(load_study_runs(study.out_dir), study.plans)
+    if stale:  # e.g. the plan as finetune-layers trains it, after the selection rule changed: trained again
+        moved = supersede_runs(study.out_dir, stale)
+        log(f"fine-tunes: {moved} run(s) of an earlier plan set aside ({', '.join(stale)}; {SUPERSEDED_FILE})")
     study.run()
     return {variant: study.run_dir(variant, 0) / "model.safetensors" for variant in FINETUNES}
 

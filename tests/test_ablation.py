@@ -583,3 +583,22 @@ def test_validity_reads_the_finished_windows_a_study_no_longer_plans(small_embed
     more = AblationStudy(AblationConfig(**QUICK, seeds=(0, 1), variants=("layer_11",)), tmp_path, progress=False,
                          log=lambda line: None)
     assert [r["variant"] for r in more.validity_runs(runs)] == ["layer_11"]
+
+
+def test_a_variant_whose_finished_runs_trained_another_plan_is_stale_until_set_aside(tmp_path):
+    from analysis.ablation.runs import check_finished_runs, load_study_runs, stale_variants, supersede_runs
+
+    old, new = LayerPlan([0, 1]), LayerPlan([0])  # the plan with its extras, before and after a rule change
+    runs = [{**_record("selected_planned", 0, 0.5), "plan": old.to_dict()},
+            {**_record("layer_0", 0, 0.4), "plan": LayerPlan([0]).to_dict()},
+            {**_record("omni_front", 0, 0.6), "plan": LayerPlan(list(range(6))).to_dict()}]
+    plans = {"selected_planned": new, "layer_0": LayerPlan([0]), "omni_front": LayerPlan(list(range(6)))}
+    assert stale_variants(runs, plans) == ["selected_planned"]
+    assert stale_variants(runs, {**plans, "selected_planned": old}) == []
+    assert stale_variants(runs, {"layer_0": LayerPlan([0])}) == []  # a variant no longer planned is not stale
+    save_runs(tmp_path / RUNS_FILE, runs)
+    with pytest.raises(AblationError, match="selected_planned"):
+        check_finished_runs(load_study_runs(tmp_path), plans)
+    assert supersede_runs(tmp_path, stale_variants(load_study_runs(tmp_path), plans)) == 1
+    check_finished_runs(load_study_runs(tmp_path), plans)  # what is left trained what its variant trains now
+    assert stale_variants(load_study_runs(tmp_path), plans) == []

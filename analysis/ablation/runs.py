@@ -147,6 +147,14 @@ def _saved_settings(path: Path) -> dict[str, Any]:
     return record["settings"]
 
 
+def stale_variants(runs: Sequence[dict[str, Any]], plans: dict[str, Any]) -> list[str]:
+    """The variants with a finished run that trained something other than what the variant trains now (e.g. the
+    plan with its extras, after the selection rule changed): the runs to set aside (supersede_runs) before the study
+    trains them again."""
+    return sorted({run["variant"] for run in runs if run["variant"] in plans
+                   and plan_parts(run.get("plan")) != plan_parts(plans[run["variant"]])})
+
+
 def check_finished_runs(runs: Sequence[dict[str, Any]], plans: dict[str, Any]) -> None:
     """A finished run must have trained what its variant trains now (e.g. the same selected plan)."""
     for run in runs:
