@@ -286,8 +286,9 @@ def finetune_comparison() -> str:
         top = max(changes, key=lambda b: (changes[b], -int(b)))
         held = comparison["concentrated_blocks"][name]
         overlap = sorted(set(held) & set(plan))
-        lines.append(f"| {name} | {_blocks(held)} | {top}: {changes[top]:.3f} | {_blocks(overlap)} of the plan's "
-                     f"{_blocks(plan)} |")
+        share = "all" if len(overlap) == len(plan) else f"{len(overlap)} of {len(plan)}" if overlap else "none"
+        lines.append(f"| {name} | {_blocks(held)} | {top}: {changes[top]:.3f} | {share} of the plan's blocks "
+                     f"({_blocks(plan)}) |")
     sentences = [s for s in comparison["sentences"] if not s.startswith("Probes")][:len(comparison["block_change"])]
     return ("\n".join(lines) + "\n\n" + "\n\n".join(f"> {s}" for s in sentences)
             + "\n\n![where the fine-tunes changed the text tower](docs/figures/finetune-change-default.png)")

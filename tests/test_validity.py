@@ -227,3 +227,39 @@ def test_running_more_variants_leaves_every_other_interval_unchanged():
             assert after.plans[v][key] == before.plans[v][key], (v, key)
     assert after.gain_low == before.gain_low and after.ratio_low == before.ratio_low
     assert after.rho_low == before.rho_low
+
+
+def test_the_plans_on_every_targets_frontier_within_the_noise_and_the_target_that_pulls_them_apart():
+    """Two targets that disagree: on scope the front blocks gain, on the multiple choice they lose and block 3 gains.
+    The frontier within the noise of each target is known by construction (every gap is 0.3 or more, or 0.05 or
+    less on 60 items x 3 seeds); only the whole tower is on both, and without it no plan is, because of the MCQ."""
+    from analysis.ablation.validity import reachability_sentence, within_noise_everywhere
+
+    scope = dict(RATES, selected=0.65, all=0.7)
+    mcq = {"frozen": 0.5, "layer_0": 0.1, "layer_1": 0.5, "layer_2": 0.5, "layer_3": 0.9, "selected": 0.1,
+           "window_0_1": 0.1, "window_1_2": 0.5, "window_2_3": 0.9, "all": 0.9}
+    rng = np.random.default_rng(3)
+    runs = make_runs(scope, rng=rng)
+    for run in runs:
+        run["items"]["object/mcq"] = (rng.random(N_ITEMS) < mcq[run["variant"]]).astype(int).tolist()
+    params = {**{f"layer_{b}": 10 for b in range(N_LAYERS)}, "selected": 20, "window_0_1": 20, "window_1_2": 20,
+              "window_2_3": 20, "all": 40}
+    results = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=300, trainable=params,
+                     groups={"all": [0, 1, 2, 3]})
+    # MCQ: block 3 is the best single block, window_2_3 holds it, the whole tower matches it; the rest lose to them
+    assert sorted(results["mcq"].undominated) == ["all", "layer_3", "window_2_3"]
+    # scope: block 0 beats every other block; the plan, window_0_1 (the same blocks) and the whole tower are within
+    # 0.05 of each other and of block 0; window_1_2 and window_2_3 trail window_0_1 by 0.3 and more
+    for target in ("scope", "scope_object", "scope_template"):
+        assert sorted(results[target].undominated) == ["all", "layer_0", "selected", "window_0_1"]
+    assert within_noise_everywhere(results) == (["all"], [])
+    text = reachability_sentence(results)
+    assert "1 plan(s)" in text and "all (40 parameters)" in text and "is not among them (20 parameters)" in text
+    # without the whole tower no plan is on every frontier; leaving out the multiple choice, some would
+    narrower = assess([r for r in runs if r["variant"] != "all"], EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=300,
+                      trainable=params)
+    assert within_noise_everywhere(narrower) == ([], ["mcq"])
+    text = " ".join(verdict(narrower))
+    assert "no rule that picks one plan could meet that criterion" in text and "leaving out four-way" in text
+    # the selected plan's own dominators are the same computation
+    assert narrower["mcq"].dominated_by == ["layer_1", "layer_2", "layer_3", "window_1_2", "window_2_3"]

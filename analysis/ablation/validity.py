@@ -21,7 +21,10 @@ headline), absence vs presence negation, the four-way multiple choice, and reten
     frontier    gain against trainable parameters: the plans no other plan beats with no more parameters
                 (point estimates); the selected plan is off it "beyond the noise" only when some plan with no
                 more parameters gains more in 97.5 % of bootstrap replicates (`dominated_by`); `next_larger`
-                is the next frontier point with more parameters (what a larger budget buys)
+                is the next frontier point with more parameters (what a larger budget buys); `undominated`: every
+                plan beaten so by none, the frontier within the noise. A plan in it on every target at once
+                (`within_noise_everywhere`) is one a rule could pick and meet the frontier criterion on every
+                target; when there is none, no rule that picks one plan can, whatever its evidence
 
 Intervals: a bootstrap that resamples each variant's seeds and the evaluation items (paired: every run is
 scored on the same items), so rho's interval holds the optimisation noise and the finite test set. The
@@ -105,6 +108,9 @@ class Validity:
     frontier: list[str] = field(default_factory=list)  # plans on the gain / trainable-parameter frontier
     dominated_by: list[str] = field(default_factory=list)  # plans with no more parameters that gain more, beyond noise
     next_larger: str | None = None  # the next frontier plan with more trainable parameters
+    # every plan that no plan with no more parameters beats beyond the noise: the frontier within the intervals
+    # (empty in records written before it was computed)
+    undominated: list[str] = field(default_factory=list)
 
     @property
     def target(self) -> Target:
@@ -224,8 +230,8 @@ def _validity(name: str, point: dict[str, float], replicates: list[dict[str, flo
                                          {**trainable, expected: trainable.get(windows[0], 0)}, expected=True)
     frontier = _frontier(plans, trainable) if trainable.get("selected") else []
     cost = trainable.get("selected", 0)
-    dominated = [v for v in plans if v != "selected" and cost and trainable[v] <= cost
-                 and np.quantile([r[v] - r["selected"] for r in boot], 0.025) > 0]
+    beaten = _beaten_by(plans, boot, trainable) if cost else {}
+    dominated = beaten.get("selected", [])
     larger = [v for v in frontier if trainable[v] > cost and plans[v] > plans["selected"]] if cost else []
     return Validity(
         name, vector.tolist(), np.quantile(boot_sweep, 0.025, axis=0).tolist(),
@@ -240,7 +246,8 @@ def _validity(name: str, point: dict[str, float], replicates: list[dict[str, flo
         best_any=best_any, best_any_gain=plans[best_any], ratio_any=_ratio(g["selected"], plans.values()),
         ratio_any_low=_nanquantile(boot_ratio_any, 0.025),
         ratio_any_high=_nanquantile(boot_ratio_any, 0.975),
-        frontier=frontier, dominated_by=dominated, next_larger=larger[0] if larger else None)
+        frontier=frontier, dominated_by=dominated, next_larger=larger[0] if larger else None,
+        undominated=[v for v in plans if not beaten[v]] if cost else [])
 
 
 def _nanquantile(values, q: float) -> float:
@@ -271,6 +278,22 @@ def _plan_record(v: str, g: dict[str, float], boot: list[dict[str, float]], bloc
     record["ratio_any"] = _ratio(g[v], plans.values())
     record["ratio_any_low"], record["ratio_any_high"] = quantiles([_ratio(r[v], [r[w] for w in plans]) for r in boot])
     return record
+
+
+def _beaten_by(plans: dict[str, float], boot: list[dict[str, float]], trainable: dict[str, int]
+               ) -> dict[str, list[str]]:
+    """For every plan, the plans with no more trainable parameters that gain more beyond the noise (their paired
+    difference is above 0 in 97.5 % of bootstrap replicates); a plan beaten by none lies on the frontier within the
+    intervals."""
+    names = list(plans)
+    draws = np.array([[r[v] for v in names] for r in boot])
+    cost = np.array([trainable[v] for v in names])
+    out = {}
+    for i, v in enumerate(names):
+        rivals = [j for j in range(len(names)) if j != i and cost[j] <= cost[i]]
+        low = np.quantile(draws[:, rivals] - draws[:, [i]], 0.025, axis=0) if rivals else np.array([])
+        out[v] = [names[j] for j, q in zip(rivals, low) if q > 0]
+    return out
 
 
 def _frontier(gains: dict[str, float], trainable: dict[str, int]) -> list[str]:
@@ -348,7 +371,53 @@ def verdict(results: dict[str, Validity]) -> list[str]:
                          f"{TARGET_RATIO:.0%} target).")
     if mean.plans:
         sentences.append(frontier_sentence(mean))
+    reachable = reachability_sentence(results)
+    if reachable:
+        sentences.append(reachable)
     return sentences
+
+
+def within_noise_everywhere(results: dict[str, Validity]) -> tuple[list[str], list[str]]:
+    """The plans that lie on the frontier within the noise on every target at once (on none is a plan with no more
+    parameters better beyond the noise), by increasing parameters: the plans a rule that picks one plan could pick
+    and meet the study's frontier criterion. When there are none, also the targets without which some plan would:
+    the targets that pull the plans apart. Targets of older records (no `undominated`) are left out."""
+    judged = {name: v for name, v in results.items() if v.undominated}
+    if not judged:
+        return [], []
+
+    def common(names) -> list[str]:
+        sets = [set(judged[name].undominated) for name in names]
+        plans = next(iter(judged.values())).plans
+        return sorted(set.intersection(*sets), key=lambda p: (plans[p]["trainable"], p)) if sets else []
+
+    everywhere = common(judged)
+    if everywhere or len(judged) < 2:
+        return everywhere, []
+    return [], [name for name in judged if common([other for other in judged if other != name])]
+
+
+def reachability_sentence(results: dict[str, Validity]) -> str | None:
+    """Whether any plan the study ran could have met the frontier criterion on every target, in words."""
+    everywhere, blocking = within_noise_everywhere(results)
+    if not everywhere and not blocking and not any(v.undominated for v in results.values()):
+        return None
+    if everywhere:
+        plans = next(v for v in results.values() if v.undominated).plans
+        where = ("is among them" if "selected" in everywhere else
+                 f"is not among them ({plans['selected']['trainable']:,} parameters)")
+        shown = ", ".join(f"{p} ({plans[p]['trainable']:,} parameters)" for p in everywhere[:4])
+        more = f" and {len(everywhere) - 4} more" if len(everywhere) > 4 else ""
+        return (f"On every target at once, {len(everywhere)} plan(s) the study ran lie on the gain / trainable-"
+                f"parameter frontier within the noise (no plan with as many parameters or fewer beats them beyond "
+                f"it on any target), smallest first: {shown}{more}; the selected plan {where}.")
+    text = ("No plan the study ran lies on the frontier within the noise on every target at once (each is beaten "
+            "beyond the noise, on some target, by a plan with as many parameters or fewer), so no rule that picks "
+            "one plan could meet that criterion on this model")
+    if blocking:
+        labels = [results[name].target.label for name in blocking]
+        text += f"; leaving out {' or '.join(labels)}, some plan would"
+    return text + "."
 
 
 def frontier_sentence(v: Validity) -> str:
