@@ -253,11 +253,43 @@ def selector_verdict() -> str:
     lines.append("3. The toolkit's plan lies on the gain / trainable-parameter frontier within the intervals on every "
                  "model and target: " + ("**yes**." if not off else
                                          "**no**: " + "; ".join(f"{m} / {t}" for m, t in off) + "."))
+    lines.append(reachable_line(models))
     passed = not worse and len(beats) >= 2 and not off and not pending
     lines.append("Verdict: " + ("the rule passes the selector study." if passed else
                                 "the rule does **not** (yet) pass the selector study" +
                                 (" (models still to run)" if pending and not worse and not off else "") + "."))
     return "\n".join(lines)
+
+
+def reachable_line(models: list[str]) -> str:
+    """Whether any plan a model's study ran could have met criterion 3 (and so criterion 1: a plan that a baseline of
+    its size beats beyond the noise is off the frontier within the noise), read off each target's frontier within
+    the noise (analysis.ablation.validity.within_noise_everywhere)."""
+    from analysis.ablation.validity import TARGETS, within_noise_everywhere
+
+    some, none = [], []
+    for model in models:
+        results = _validity(model)
+        everywhere, blocking = within_noise_everywhere(results)
+        plans = results[SCOPE].plans
+        if "selected" in everywhere:
+            some.append(f"{model} (the plan itself)")
+        elif everywhere:
+            smallest = plans[everywhere[0]]["trainable"]
+            size = ("the plan's size" if smallest <= plans["selected"]["trainable"] else
+                    f"{smallest:,} parameters against the plan's {plans['selected']['trainable']:,}")
+            some.append(f"{model} (not the plan; smallest: {everywhere[0]}, {size})")
+        elif any(v.undominated for v in results.values()):
+            none.append(f"{model}" + (f" (leaving out {' or '.join(TARGETS[t].name for t in blocking)}, some would)"
+                                      if blocking else ""))
+    if not some and not none:
+        return "Reachable: not computed (validity records written before the frontier within the noise was kept)."
+    text = ("Could any plan have met criterion 3? A plan the study ran lies on the frontier within the noise on every "
+            "target at once on " + (", ".join(some) or "no model"))
+    if none:
+        return text + "; on " + ", ".join(none) + " none does, so there no rule that picks one plan could meet it."
+    return text + ": on every model some plan meets it, so where the toolkit's plan misses it the shortfall is the " \
+                  "rule's, not an unreachable criterion's."
 
 
 def frontier_default() -> str:

@@ -20,3 +20,32 @@ def test_every_generated_block_has_a_renderer_and_no_number_is_typed_beside_the_
 
     names = [match["name"] for document in DOCUMENTS for match in BLOCK.finditer(document.read_text())]
     assert names and set(names) <= set(BLOCKS)
+
+
+def test_the_verdicts_reachable_line_names_the_plan_the_smallest_plan_or_the_blocking_target(monkeypatch):
+    """scripts/validation_blocks.reachable_line on planted validity results: a model whose plan is on every target's
+    frontier within the noise, one where only a larger plan is, and one where none is because of one target."""
+    sys.path.insert(0, str(REPO))
+    from analysis.ablation.validity import Validity
+    from scripts import validation_blocks
+
+    def validity(target: str, undominated: list[str]) -> Validity:
+        plans = {"selected": {"blocks": [0], "trainable": 10}, "layer_0": {"blocks": [0], "trainable": 10},
+                 "layer_1": {"blocks": [1], "trainable": 10}, "window_0_1": {"blocks": [0, 1], "trainable": 20}}
+        return Validity(target, [], [], [], {}, {}, {}, [0], 0.0, "selected", [0], 0.0, 0.0, 1.0, plans=plans,
+                        undominated=undominated)
+
+    planted = {
+        "plan": {"scope": validity("scope", ["selected", "layer_0", "window_0_1"]),
+                 "mcq": validity("mcq", ["selected", "layer_0", "layer_1"])},
+        "larger": {"scope": validity("scope", ["layer_1", "window_0_1"]),
+                   "mcq": validity("mcq", ["selected", "window_0_1"])},
+        "split": {"scope": validity("scope", ["selected"]), "absence": validity("absence", ["selected"]),
+                  "mcq": validity("mcq", ["layer_1"])},
+    }
+    monkeypatch.setattr(validation_blocks, "_validity", planted.get)
+    line = validation_blocks.reachable_line(["plan", "larger"])
+    assert "plan (the plan itself)" in line and "larger (not the plan; smallest: window_0_1, 20 parameters" in line
+    assert "on every model some plan meets it" in line
+    line = validation_blocks.reachable_line(["plan", "split"])
+    assert "on split (leaving out mcq, some would) none does" in line

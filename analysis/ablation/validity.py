@@ -381,15 +381,21 @@ def within_noise_everywhere(results: dict[str, Validity]) -> tuple[list[str], li
     """The plans that lie on the frontier within the noise on every target at once (on none is a plan with no more
     parameters better beyond the noise), by increasing parameters: the plans a rule that picks one plan could pick
     and meet the study's frontier criterion. When there are none, also the targets without which some plan would:
-    the targets that pull the plans apart. Targets of older records (no `undominated`) are left out."""
+    the targets that pull the plans apart. A variant that trains the selected plan's blocks at its cost counts once,
+    as "selected". Targets of older records (no `undominated`) are left out."""
     judged = {name: v for name, v in results.items() if v.undominated}
     if not judged:
         return [], []
 
+    plans = next(iter(judged.values())).plans
+    mine = (plans["selected"]["blocks"], plans["selected"]["trainable"])
+
     def common(names) -> list[str]:
         sets = [set(judged[name].undominated) for name in names]
-        plans = next(iter(judged.values())).plans
-        return sorted(set.intersection(*sets), key=lambda p: (plans[p]["trainable"], p)) if sets else []
+        # a variant that trains the selected plan's blocks at its cost (its layer_<b> twin) is not another plan
+        return sorted((p for p in set.intersection(*sets)
+                       if p == "selected" or (plans[p]["blocks"], plans[p]["trainable"]) != mine),
+                      key=lambda p: (plans[p]["trainable"], p != "selected", p)) if sets else []
 
     everywhere = common(judged)
     if everywhere or len(judged) < 2:
