@@ -342,11 +342,14 @@ def batch_loss(model: nn.Module, data: TrainingData, spec: LossSpec, indices: to
 
 def batch_losses(model: nn.Module, tokenizer: Callable, preprocess: Callable, examples: Sequence[Any], loss: str, *,
                  n_batches: int, batch_size: int, seed: int = 0, loss_kwargs: dict[str, Any] | None = None,
-                 device: str | torch.device = "cpu") -> list[Callable[[nn.Module], torch.Tensor]]:
+                 device: str | torch.device = "cpu", strict: bool = True) -> list[Callable[[nn.Module], torch.Tensor]]:
     """One callable per batch, `fn(model) -> loss`, computing `loss` exactly as training does
-    (cached image features, trimmed captions): what probing.measure.gradnorms measures gradients with."""
+    (cached image features, trimmed captions, the examples whose compared captions are the same tokens after the
+    cut refused as training refuses them: strict, a DataError naming file and row; else left out): what
+    probing.measure.gradnorms measures gradients with."""
     device = resolve_device(device)
     spec = loss_spec(loss)
+    examples, _ = screen_captions(examples, tokenizer, spec, strict=strict)
     data = prepare_data(model, tokenizer, preprocess, examples, spec, device=device, dist=DistContext())
     order = DataOrder(len(data), batch_size, seed)
     if order.batches_per_epoch < 1:

@@ -1,6 +1,7 @@
 """The training loop on a tiny model: resume equality, schedule, clamp, caching, trimming, accumulation, NaN stop."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -585,3 +586,25 @@ def test_text_token_budget_chunks_give_the_one_pass_loss_and_gradients(tiny, tmp
     assert moved > 0.5 * scale, moved
     for (name, a), (_, b) in zip(chunked.named_parameters(), plain.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=0.01 * scale, msg=name)
+
+
+def test_batch_losses_refuse_the_examples_training_refuses(tiny):
+    """Two captions the loss compares that become the same tokens after the cut to the context: training refuses
+    the example (finetune.data.screen_captions), so the losses that stand for training's do too; leniently, they
+    are the losses of the other examples, computed as training computes them."""
+    from finetune.train import batch_losses
+    from probing.data.records import DataError
+
+    model, preprocess, tokenizer = fresh(tiny)
+    examples = make_examples(13)
+    cut = copy.copy(examples[0])
+    padding = " ".join(["with a big red bus"] * 20)  # past the 77-token context
+    cut.caption, cut.presence_negated = f"a cat {padding} and a dog", f"a cat {padding} and no dog"
+    cut.source, cut.row = "long.csv", 4
+    with pytest.raises(DataError, match=r"long.csv.*row 4.*captions identical after the cut"):
+        batch_losses(model, tokenizer, preprocess, [cut, *examples[1:]], "omni", n_batches=1, batch_size=6)
+    lenient = batch_losses(model, tokenizer, preprocess, [cut, *examples[1:]], "omni", n_batches=2, batch_size=6,
+                           seed=1, strict=False)
+    without = batch_losses(model, tokenizer, preprocess, examples[1:], "omni", n_batches=2, batch_size=6, seed=1)
+    for a, b in zip(lenient, without):
+        torch.testing.assert_close(a(model).detach(), b(model).detach())
