@@ -114,6 +114,14 @@ MODELS: tuple[StudyModel, ...] = (
                       "pretraining uses is not known before measuring; blocks 0-1, where raw gradient norms and a "
                       "fixed front point, cannot relate the cue to its noun. Built after every other model's "
                       "ablation was read, to judge the size rule on a model no rule was chosen or read on"),
+    StudyModel("early", ModelSpec("embedded:early"), blind=True,
+               reason="attention only in blocks 2-5, one contiguous span: on islands, the one blind model before it, "
+                      "the plan (its first live block, 2) did no better than the front block, and whether that "
+                      "comes from its two separated pairs or from live attention starting two blocks from the front "
+                      "is not known; here the span starts where islands' first pair does, with no second span. "
+                      "Blocks 0-1, where raw gradient norms and a fixed front point, cannot relate the cue to its "
+                      "noun. Built after islands was read and the lead rule frozen (unchanged since), a second blind "
+                      "test of it"),
     *(StudyModel(f"random-tiny/seed{seed}", ModelSpec("negclip-tiny"), role="null", seed=seed, ablate=False,
                  reason="a randomly initialised tower: the rule must select nothing") for seed in (1, 2, 3)),
     *(StudyModel(f"random-b32/seed{seed}", ModelSpec("ViT-B-32"), role="null", seed=seed, ablate=False,

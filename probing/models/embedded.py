@@ -138,6 +138,13 @@ _MODELS = (
     # written before its build) to judge the size rule of the selector study on a model no rule was read on.
     EmbeddedModel("islands", replace(DEFAULT_SPEC, dead_attention_blocks=(0, 1, 4, 5, 6, 7, 10, 11)), None,
                   "control: attention only in blocks 2-3 and 8-9, so scope can only be computed in one of them"),
+    # early: attention lives only in one contiguous span, blocks 2-5. On `islands` (live 2-3 and 8-9), the one
+    # blind model so far, the plan (its first live block) did no better than the front block; whether that comes
+    # from the two separated pairs or from live attention starting two blocks from the front is not known. Here
+    # it starts where islands' first pair does, with no second span. Added (unseen, its reason written before
+    # its build) as a second blind test of the lead rule of the selector study.
+    EmbeddedModel("early", replace(DEFAULT_SPEC, dead_attention_blocks=(0, 1, 6, 7, 8, 9, 10, 11)), None,
+                  "control: attention only in blocks 2-5, so scope can only be computed in that span"),
 )
 REGISTRY: dict[str, EmbeddedModel] = {model.name: model for model in _MODELS}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
