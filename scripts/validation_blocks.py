@@ -262,9 +262,10 @@ def selector_verdict() -> str:
 
 
 def reachable_line(models: list[str]) -> str:
-    """Whether any plan a model's study ran could have met criterion 3 (and so criterion 1: a plan that a baseline of
-    its size beats beyond the noise is off the frontier within the noise), read off each target's frontier within
-    the noise (analysis.ablation.validity.within_noise_everywhere)."""
+    """Whether any plan a model's study ran could have met criterion 3, read off each target's frontier within the
+    noise (analysis.ablation.validity.within_noise_everywhere). It is necessary for criterion 1 too, against the
+    baselines whose plans were trained: a plan that one of them beats beyond the noise at its size is off the
+    frontier within the noise."""
     from analysis.ablation.validity import TARGETS, within_noise_everywhere
 
     some, none = [], []
@@ -283,7 +284,8 @@ def reachable_line(models: list[str]) -> str:
             none.append(f"{model}" + (f" (leaving out {' or '.join(TARGETS[t].name for t in blocking)}, some would)"
                                       if blocking else ""))
     if not some and not none:
-        return "Reachable: not computed (validity records written before the frontier within the noise was kept)."
+        return ("Could any plan have met criterion 3? Not computed (validity records written before the frontier "
+                "within the noise was kept).")
     text = ("Could any plan have met criterion 3? A plan the study ran lies on the frontier within the noise on every "
             "target at once on " + (", ".join(some) or "no model"))
     if none:
