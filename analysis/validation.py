@@ -12,7 +12,7 @@ share 0.8, consensus 0.5, alpha 0.05, 10 null models) may change only by the pro
 analysis.ablation.rule_tuning, applied to the development models (`role="development"`: default and late) and
 frozen in a commit (`freeze_tuning`: the share procedure kept 0.8; the size procedure replaced the window rule by
 the lead rule, RULE_COMMIT), then judged on the held-out models (seed2, depth6, middle and frontfrozen, read before
-the size procedure was declared; islands, blind). The development models' ablations run the plan of every
+the size procedure was declared; islands and early, blind). The development models' ablations run the plan of every
 candidate. Each model's reason for being in the study is written below, before its ablation ran. Randomly
 initialised towers are probed only: the rule must select nothing on them. When the rule changes, a finished probe
 is selected again from its measurements (analysis.pipeline.reselect) and the ablation's runs of the earlier plan
