@@ -147,26 +147,29 @@ def _saved_settings(path: Path) -> dict[str, Any]:
     return record["settings"]
 
 
+def _stale_runs(runs: Sequence[dict[str, Any]], plans: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finished runs of a planned variant that trained something other than what the variant trains now."""
+    return [run for run in runs if run["variant"] in plans
+            and plan_parts(run.get("plan")) != plan_parts(plans[run["variant"]])]
+
+
 def stale_variants(runs: Sequence[dict[str, Any]], plans: dict[str, Any]) -> list[str]:
     """The variants with a finished run that trained something other than what the variant trains now (e.g. the
     plan with its extras, after the selection rule changed): the runs to set aside (supersede_runs) before the study
     trains them again."""
-    return sorted({run["variant"] for run in runs if run["variant"] in plans
-                   and plan_parts(run.get("plan")) != plan_parts(plans[run["variant"]])})
+    return sorted({run["variant"] for run in _stale_runs(runs, plans)})
 
 
 def check_finished_runs(runs: Sequence[dict[str, Any]], plans: dict[str, Any]) -> None:
     """A finished run must have trained what its variant trains now (e.g. the same selected plan)."""
-    for run in runs:
-        if run["variant"] not in plans:
-            continue
-        now = plan_parts(plans[run["variant"]])
-        if plan_parts(run.get("plan")) != now:
-            raise AblationError(
-                f"finished run {run['variant']} seed {run['seed']} trained {plan_parts(run.get('plan'))}, "
-                f"but that variant now trains {now} (another plan file or extras?); "
-                "use the original ones, or another output folder"
-            )
+    stale = _stale_runs(runs, plans)
+    if stale:
+        run = stale[0]
+        raise AblationError(
+            f"finished run {run['variant']} seed {run['seed']} trained {plan_parts(run.get('plan'))}, "
+            f"but that variant now trains {plan_parts(plans[run['variant']])} (another plan file or extras?); "
+            "use the original ones, or another output folder"
+        )
 
 
 SUPERSEDED_FILE = "superseded.jsonl"  # runs of a plan the study no longer trains (not read as the study's runs)

@@ -405,11 +405,12 @@ def within_noise_everywhere(results: dict[str, Validity]) -> tuple[list[str], li
 
 def reachability_sentence(results: dict[str, Validity]) -> str | None:
     """Whether any plan the study ran could have met the frontier criterion on every target, in words."""
-    everywhere, blocking = within_noise_everywhere(results)
-    if not everywhere and not blocking and not any(v.undominated for v in results.values()):
+    judged = [v for v in results.values() if v.undominated]
+    if not judged:  # records written before the frontier within the noise was kept
         return None
+    everywhere, blocking = within_noise_everywhere(results)
     if everywhere:
-        plans = next(v for v in results.values() if v.undominated).plans
+        plans = judged[0].plans
         where = ("is among them" if "selected" in everywhere else
                  f"is not among them ({plans['selected']['trainable']:,} parameters)")
         shown = ", ".join(f"{p} ({plans[p]['trainable']:,} parameters)" for p in everywhere[:4])
