@@ -67,6 +67,17 @@ ABLATION = dict(loss="mix", loss_kwargs={"scope_pair": 1, "clip": 1, "conclip": 
 # the scope recipe and compares them all with the base. The whole-tower fine-tune's change is the default model's
 # finetune_change selector (analysis.compare.plan), judged in its ablation beside the other selectors.
 PLAN_VARIANTS = ("selected", "selected_planned")  # the ablation variants that train the selected plan
+# Trained for the multiple choice: an arm added after the selector study's verdict was read, to explain it, not to
+# judge the rule. On the scope recipe's runs the blocks that learn scope best cost most on the four-way multiple
+# choice's hybrid answers (docs/VALIDATION.md, "The multiple choice by answer type"), and that recipe never trains
+# the multiple choice, which NegBench's recipe does beside its contrastive loss. The arm trains the frozen model's
+# every single block (the plan and every baseline's plan among them) with the same recipe plus NegBench's MCQ loss
+# at weight 1 on the world's training items, on `late` (development: the plan's cost there was largest) and `early`
+# (blind: the second model where it was), asking whether the cost is the recipe's or the block's. Written, with
+# its models and weight, before any of its runs.
+MCQ_ARM = ("late", "early")
+MCQ_ARM_FOLDER = "ablation_mcq"
+MCQ_TRAINING = dict(second_loss="negbench_mcq", second_weight=1.0, n_second=2000)
 TUNING_FILE = "rule_tuning.json"  # the procedures' outcomes, frozen when the rule changed (freeze_tuning)
 WAIT_SECONDS = 30  # how often a shard other than the first looks for the first shard's probe-layers report
 FINETUNES = ("selected_planned", "omni_front", "omni_whole")
@@ -273,6 +284,22 @@ def run_model(model: StudyModel, out: Path, *, shard: Shard | None = None, log: 
                                                                                      f"{shard.count})"))
     study = AblationStudy(config, ablation_dir, progress=False, log=log)
     study.run(shard=shard)
+
+
+def run_mcq_arm(out: Path, *, shard: Shard | None = None, log: Callable[[str], None] = print) -> None:
+    """The MCQ_ARM models' single blocks trained with the multiple choice as a second source (resumable; a shard's
+    share only), after their probe and ablation: in <out>/<model>/MCQ_ARM_FOLDER."""
+    apply_threads(1)
+    for model in (m for m in MODELS if m.name in MCQ_ARM):
+        plan = Path(out) / model.name / "probe" / "layer_plan.json"
+        if not current_plan(plan.parent, probe_config(model)):
+            raise FileNotFoundError(f"{model.name}: the multiple-choice arm needs the study's probe of it ({plan})")
+        config = dataclasses.replace(ablation_config(model, plan), variants=("frozen", "selected", "sweep"),
+                                     **MCQ_TRAINING)
+        folder = Path(out) / model.name / MCQ_ARM_FOLDER
+        log(f"{model.name}: ablate-layers with the multiple choice trained -> {folder}"
+            + ("" if shard is None else f" (shard {shard.index}/{shard.count})"))
+        AblationStudy(config, folder, progress=False, log=log).run(shard=shard)
 
 
 def current_plan(probe_dir: Path, config: ProbeConfig) -> bool:

@@ -162,7 +162,7 @@ def validity_targets() -> str:
     from analysis.ablation.validity import TARGETS
 
     lines = ["| model | target | plan's gain [95% CI] | rho combined | ratio, same size | ratio, any size | "
-             "on the frontier |", "|---|---|---|---|---|---|---|"]
+             "on the frontier | rho with scope's gains |", "|---|---|---|---|---|---|---|---|"]
     for model in _ablated():
         for name, v in _validity(model).items():
             if name not in TARGETS:
@@ -171,10 +171,47 @@ def validity_targets() -> str:
             gain = _ci(plan.get("gain"), plan.get("low"), plan.get("high"))
             rho, ratio, ratio_any = _validity_cells(v)
             lines.append(f"| {model} | {TARGETS[name].label} | {gain} | {rho} | {ratio} | {ratio_any} | "
-                         f"{_frontier_cell(v)} |")
+                         f"{_frontier_cell(v)} | {_ci(v.rho_headline, v.rho_headline_low, v.rho_headline_high, 2)} |")
     if len(lines) == 2:
         return "(no ablation has finished yet)"
-    return "\n".join(lines)
+    return "\n".join(lines) + ("\n\nRho with scope's gains: the Spearman correlation, across the single blocks, of the "
+                               "target's gains with held-out scope's (below 0: the blocks that learn scope best "
+                               "cost most on the target).")
+
+
+def mcq_breakdown() -> str:
+    """The multiple choice by its correct answer's type, per ablated model: the plan's gain on each type, and how
+    each type's single-block gains go with scope's (validity.json's breakdown)."""
+    from analysis.ablation.validity import BREAKDOWN, from_json
+
+    kinds = list(BREAKDOWN)
+    lines = ["| model | plan | " + " | ".join(f"{BREAKDOWN[k].label.split(', ')[1].split(' correct')[0]} answers: "
+                                               "plan's gain | rho with scope's gains" for k in kinds) + " |",
+             "|---|---|" + "---|---|" * len(kinds)]
+    against, along, models = [], [], []
+    for model in _ablated():
+        parts = from_json(_load(model, "validity.json"), breakdown=True)
+        if set(parts) != set(kinds):
+            continue
+        models.append(model)
+        cells = []
+        for kind in kinds:
+            v, plan = parts[kind], parts[kind].plans["selected"]
+            cells += [_ci(plan["gain"], plan["low"], plan["high"]),
+                      _ci(v.rho_headline, v.rho_headline_low, v.rho_headline_high, 2)]
+        lines.append(f"| {model} | {_blocks(parts[kinds[0]].selected)} | " + " | ".join(cells) + " |")
+        if parts["mcq_hybrid"].rho_headline_high < 0:
+            against.append(model)
+        if parts["mcq_negative"].rho_headline_low > 0:
+            along.append(model)
+    if not models:
+        return "(no ablation has recorded the multiple choice by answer type yet)"
+    return "\n".join(lines) + (
+        f"\n\nGain: the plan's change of the share of items answered right, with its 95 % bootstrap interval over "
+        f"seeds and items. Rho: across the single blocks, the Spearman correlation of the answer type's gains with "
+        f"held-out scope's. On {len(against)} of {len(models)} models ({', '.join(against) or 'none'}) the hybrid "
+        f"answers' gains run opposite to scope's beyond the noise (rho's interval below 0); on {len(along)} "
+        f"({', '.join(along) or 'none'}) the negated answers' run with them.")
 
 
 def selector_summary() -> str:
@@ -388,6 +425,7 @@ BLOCKS = {
     "study-models": study_models,
     "validity-table": validity_table,
     "validity-targets": validity_targets,
+    "mcq-breakdown": mcq_breakdown,
     "selector-summary": selector_summary,
     "selector-tables": selector_tables,
     "selector-verdict": selector_verdict,

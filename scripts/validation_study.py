@@ -5,6 +5,8 @@
     python scripts/validation_study.py --out runs/validation --shard 1/2   (and --shard 2/2 beside it: shard 1 probes,
                                                                           the other waits for its plan)
     python scripts/validation_study.py --out runs/validation --finetunes   (the default model's fine-tunes, compared)
+    python scripts/validation_study.py --out runs/validation --mcq-arm     (late and early trained for the multiple
+                                                                          choice too; --shard K/N splits it)
     python scripts/validation_study.py --out docs/results/validation --freeze-tuning   (the rule's procedures, once)
 
 --finetunes (after the default model's probe): the fine-tunes of analysis.validation.FINETUNES and the scope recipe
@@ -30,7 +32,16 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from analysis.ablation.runs import Shard
-from analysis.validation import MODELS, comparison_file, finetune_folder, freeze_tuning, run_finetunes, run_study
+from analysis.validation import (
+    MCQ_ARM,
+    MODELS,
+    comparison_file,
+    finetune_folder,
+    freeze_tuning,
+    run_finetunes,
+    run_mcq_arm,
+    run_study,
+)
 
 # the commands a user would type: the scope recipe and the comparison run as those entry points
 COMMAND = [sys.executable, "-m"]
@@ -55,6 +66,9 @@ def main() -> None:
     parser.add_argument("--only", help="comma list of models (default: all): " + ", ".join(m.name for m in MODELS))
     parser.add_argument("--shard", type=Shard.parse, help="K/N: this process's share of every ablation")
     parser.add_argument("--finetunes", action="store_true", help="only the default model's fine-tunes, compared")
+    parser.add_argument("--mcq-arm", action="store_true",
+                        help=f"only the multiple-choice arm ({', '.join(MCQ_ARM)} trained with NegBench's MCQ loss "
+                             "beside the scope recipe; analysis.validation.MCQ_ARM)")
     parser.add_argument("--freeze-tuning", action="store_true",
                         help="only apply the rule's pre-registered procedures to the development models' results "
                              "under --out and write their outcomes, once (analysis.validation.freeze_tuning)")
@@ -64,6 +78,9 @@ def main() -> None:
         return
     if args.finetunes:
         finetunes(args.out)
+        return
+    if args.mcq_arm:
+        run_mcq_arm(args.out, shard=args.shard, log=lambda line: print(line, flush=True))
         return
     run_study(args.out, only=set(args.only.split(",")) if args.only else None, shard=args.shard,
               log=lambda line: print(line, flush=True))

@@ -111,6 +111,13 @@ def test_config_refuses_inconsistent_settings():
         AblationConfig(n_train=100, batch_size=128)
     with pytest.raises(AblationError, match="distinct"):
         AblationConfig(seeds=(0, 0))
+    with pytest.raises(AblationError, match="the synthetic world's multiple choice"):
+        AblationConfig(second_loss="conclip")
+    with pytest.raises(AblationError, match="n_second 8 is fewer than one batch"):
+        AblationConfig(second_loss="negbench_mcq", n_second=8, batch_size=16)
+    # a study without a second source records the settings it always did (studies recorded before it continue)
+    assert "second_loss" not in AblationConfig().study_settings()
+    assert AblationConfig(second_loss="negbench_mcq").study_settings()["second_weight"] == 1.0
 
 
 # --- the runs file and aggregation -----------------------------------------------------------------
@@ -304,6 +311,25 @@ def test_cli_runs_a_study_and_a_second_call_has_nothing_left(small_embedded, tmp
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "2 of 2 runs already done" in out and "0 runs done now; study complete" in out
+
+
+def test_cli_trains_every_run_with_the_multiple_choice_as_second_source(small_embedded, tmp_path, capsys):
+    """--second-loss negbench_mcq: every trained run adds NegBench's MCQ loss on the world's multiple-choice items
+    in every step (its trainer log has the second loss), the study records it in its settings, and a restart with
+    another weight is refused."""
+    import csv
+
+    argv = QUICK_ARGS + ["--seeds", "0", "--variants", "frozen,layer_0", "--second-loss", "negbench_mcq",
+                         "--second-weight", "0.5", "--second-train-examples", "32", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    with open(tmp_path / "runs" / "layer_0" / "seed0" / "metrics.csv", newline="") as handle:
+        logged = list(csv.DictReader(handle))
+    assert logged and all(float(row["loss_second"]) > 0 for row in logged)
+    settings = json.loads((tmp_path / "ablation_config.json").read_text())["settings"]
+    assert (settings["second_loss"], settings["second_weight"], settings["n_second"]) == ("negbench_mcq", 0.5, 32)
+    assert main([*argv[:-6], "--second-weight", "0.25", *argv[-4:]]) == 2
+    assert "second_weight: 0.5 then, 0.25 now" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -507,7 +507,6 @@ FINETUNE_LAYERS = [
          "expected a JSON object of id -> item"),
     case("finetune-layers", "--model {tiny} --data synthetic --train-examples 3 --batch-size 4 --steps 1 --layers 0 "
                             "--out {out}/ft", "3 examples (--train-examples) are fewer than one batch of 4"),
-    case("finetune-layers", f"{FT} --loss negbench_mcq --out {{out}}/ft", "reads MCQ items"),
     case("finetune-layers", "--model {tiny} --layers 0-7 --steps 1 --batch-size 4 --train-examples 8 --out {out}/ft",
          "the text tower has 2 blocks"),
     case("finetune-layers", "--model {tiny} --pretrained {damaged_world} --layers 0 --steps 1 --batch-size 4 "

@@ -263,3 +263,56 @@ def test_the_plans_on_every_targets_frontier_within_the_noise_and_the_target_tha
     assert "no rule that picks one plan could meet that criterion" in text and "leaving out four-way" in text
     # the selected plan's own dominators are the same computation
     assert narrower["mcq"].dominated_by == ["layer_1", "layer_2", "layer_3", "window_1_2", "window_2_3"]
+
+
+def test_the_answer_type_breakdown_reads_only_its_items_and_leaves_the_targets_intervals_unchanged():
+    """BREAKDOWN splits the multiple choice by answer type: each part's gain is the mean over that type's items
+    only (computed here directly), and assessing the parts beside the targets changes no target's interval (their
+    items are drawn from streams of their own)."""
+    from analysis.ablation.validity import BREAKDOWN, TARGETS, available_targets
+
+    rng = np.random.default_rng(3)
+    runs = make_runs(RATES, rng=rng)
+    kinds = np.array(["positive", "negative", "hybrid"] * (N_ITEMS // 3))
+    for run in runs:  # hybrid answers won less often by the plans that train block 0
+        rate = np.where(kinds == "hybrid", 0.9 - 0.5 * (run["variant"] in ("layer_0", "selected", "window_0_1")),
+                        0.5)
+        run["items"]["object/mcq"] = (rng.random(N_ITEMS) < rate).astype(int).tolist()
+        run["items"]["object/mcq_template"] = kinds.tolist()
+    assert set(available_targets(runs, BREAKDOWN)) == set(BREAKDOWN)
+    both = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=200,
+                  targets=available_targets(runs, {**TARGETS, **BREAKDOWN}))
+    alone = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=200)
+
+    def mean(variant, kind):
+        return np.mean([np.mean(np.array(r["items"]["object/mcq"])[kinds == kind]) for r in runs
+                        if r["variant"] == variant])
+
+    assert both["mcq_hybrid"].gains[0] == pytest.approx(mean("layer_0", "hybrid") - mean("frozen", "hybrid"))
+    assert both["mcq_negative"].gains[2] == pytest.approx(mean("layer_2", "negative") - mean("frozen", "negative"))
+    assert both["mcq_hybrid"].gains[0] < -0.3  # the planted cost
+    for name in alone:
+        assert both[name].gain_low == alone[name].gain_low and both[name].rho_low == alone[name].rho_low, name
+        assert both[name].rho_headline_low == alone[name].rho_headline_low or name == "scope", name
+
+
+def test_rho_with_the_headline_target_is_the_spearman_of_the_two_targets_single_block_gains():
+    """A target whose single-block gains run opposite to scope's (a planted trade-off): its rho_headline is the
+    Spearman correlation of the two gain vectors, computed here directly, and -1 by construction; the headline's
+    own is undefined."""
+    rng = np.random.default_rng(4)
+    runs = make_runs(RATES, rng=rng)
+    cost = {"frozen": 0.9, "layer_0": 0.2, "layer_1": 0.5, "layer_2": 0.7, "layer_3": 0.8}
+    for run in runs:
+        run["items"]["object/absence"] = (rng.random(N_ITEMS) < cost.get(run["variant"], 0.5)).astype(int).tolist()
+    results = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=200)
+    direct = stats.spearmanr(results["scope"].gains, results["absence"].gains).statistic
+    assert results["absence"].rho_headline == pytest.approx(direct) == pytest.approx(-1.0)
+    absence = results["absence"]
+    assert absence.rho_headline_low <= absence.rho_headline <= absence.rho_headline_high
+    assert absence.rho_headline_high < 0  # the trade-off is beyond the noise
+    assert np.isnan(results["scope"].rho_headline)
+    text = " ".join(verdict(results))
+    assert "A trade-off the training makes" in text and "absence (true) vs presence (false)" in text
+    assert "A trade-off" not in " ".join(verdict(assess(make_runs(RATES), EVIDENCE, [0, 1], n_layers=N_LAYERS,
+                                                        n_boot=200)))

@@ -2,7 +2,8 @@
 
 Same budget and data: every run trains on the same examples (the synthetic world's train split,
 `n_train` of them, seeded by `data_seed`) for the same number of steps with the same optimiser
-settings. The run's seed is the trainer's seed (data order, torch RNG), so the spread over seeds
+settings (with `second_loss`, also on the same multiple-choice items, as a second source in every step).
+The run's seed is the trainer's seed (data order, torch RNG), so the spread over seeds
 is the spread of the optimisation, not of the data. The trainer caches image features of the
 frozen image tower per run; the evaluation suites and their image features are built once per
 study and shared by every run (the image tower never trains, so they are the same for all).
@@ -16,13 +17,14 @@ from typing import Any
 
 from analysis.planning.selectors import SELECTORS
 from finetune.options import LossOptionError, check_loss_options
-from finetune.vocabulary import EXTRAS, MAX_LEARNING_RATE, MAX_SEED
+from finetune.vocabulary import EXTRAS, MAX_LEARNING_RATE, MAX_SEED, MCQ_LOSSES
 from probing.models.embedded import embedded_model, is_embedded
 
 # AblationConfig fields that change results: a restarted study must keep them
 _STUDY_FIELDS = ("model", "pretrained", "world_seed", "loss", "loss_kwargs", "steps", "batch_size", "lr",
                  "warmup_steps", "weight_decay", "n_train", "data_seed", "eval_n", "eval_n_classification", "eval_seed",
                  "eval_mcq")
+_SECOND_FIELDS = ("second_loss", "second_weight", "n_second")
 
 
 class AblationError(ValueError):
@@ -36,6 +38,11 @@ class AblationConfig:
     world_seed: int = 0  # random init and synthetic world of a model whose checkpoint records no world
     loss: str = "conclip"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    # a second source in every step, as NegBench trains: second_weight x second_loss on a batch of the synthetic
+    # world's four-way multiple-choice items (n_second of them, train split); None: the first loss alone
+    second_loss: str | None = None
+    second_weight: float = 1.0
+    n_second: int = 2000
     steps: int = 200
     batch_size: int = 128
     lr: float = 5e-5
@@ -80,8 +87,10 @@ class AblationConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def study_settings(self) -> dict[str, Any]:
-        """The settings every run of a study shares (JSON types, comparable after a round trip)."""
-        return json.loads(json.dumps({name: getattr(self, name) for name in _STUDY_FIELDS}))
+        """The settings every run of a study shares (JSON types, comparable after a round trip); the second source's
+        only when there is one, so that the studies recorded before it existed continue."""
+        fields = _STUDY_FIELDS + (_SECOND_FIELDS if self.second_loss is not None else ())
+        return json.loads(json.dumps({name: getattr(self, name) for name in fields}))
 
 
 def _check_config(config: AblationConfig) -> None:
@@ -108,6 +117,14 @@ def _check_config(config: AblationConfig) -> None:
         if getattr(config, name) < low:
             raise AblationError(f"{name} must be at least {low}, got {getattr(config, name)}"
                                 + (" (R@1 is measured among 100 scenes)" if name == "eval_n" else ""))
+    if config.second_loss is not None:
+        if config.second_loss not in MCQ_LOSSES:
+            raise AblationError(f"second_loss: the study's second source is the synthetic world's multiple choice, "
+                                f"read by {', '.join(MCQ_LOSSES)}; got {config.second_loss!r}")
+        if not (math.isfinite(config.second_weight) and config.second_weight > 0):
+            raise AblationError(f"second_weight must be a finite number > 0, got {config.second_weight}")
+        if config.n_second < config.batch_size:
+            raise AblationError(f"n_second {config.n_second} is fewer than one batch of {config.batch_size}")
     if config.eval_mcq < 0:
         raise AblationError(f"eval_mcq must be at least 0, got {config.eval_mcq}")
     if config.n_train < config.batch_size:

@@ -38,7 +38,7 @@ from analysis.ablation.runs import (
 )
 from analysis.ablation.selector_table import plan_variant, selector_rows, selector_sentences, write_selector_table
 from analysis.ablation.tables import validity_markdown, write_outputs
-from analysis.ablation.validity import HEADLINE_TARGET, assess, verdict
+from analysis.ablation.validity import BREAKDOWN, HEADLINE_TARGET, TARGETS, assess, available_targets, verdict
 from analysis.ablation.variants import (
     SELECTED_PLANNED,
     STEERING,
@@ -171,6 +171,7 @@ class AblationStudy:
         self.extras = extras_flags(config.extras, self.selected)
         self.plans = variant_plans(self.variants, self.n_layers, self.extras, self.selected)
         self._examples = None
+        self._second = None
         self._evaluation: Evaluation | None = None
 
     def _selector_plans(self) -> dict[str, SelectorPlan]:
@@ -237,6 +238,15 @@ class AblationStudy:
         return self._examples
 
     @property
+    def second_examples(self) -> list | None:
+        """The second source's items (the world's multiple choice, train split), or None without a second loss."""
+        if self.config.second_loss is None:
+            return None
+        if self._second is None:
+            self._second = self.base.world.mcq_items(self.config.n_second, "train", seed=self.config.data_seed + 1)
+        return self._second
+
+    @property
     def evaluation(self) -> Evaluation:
         if self._evaluation is None:
             self._evaluation = Evaluation.build(self.base, self.config)
@@ -246,7 +256,8 @@ class AblationStudy:
     def train_config(self, variant: str, seed: int):
 
         config = self.config
-        return TrainConfig(loss=config.loss, loss_kwargs=dict(config.loss_kwargs), lr=config.lr,
+        return TrainConfig(loss=config.loss, loss_kwargs=dict(config.loss_kwargs), second_loss=config.second_loss,
+                           second_weight=config.second_weight, lr=config.lr,
                            weight_decay=config.weight_decay, warmup_steps=config.warmup_steps, steps=config.steps,
                            batch_size=config.batch_size, seed=seed, device=config.device,
                            log_every=max(1, config.steps // 20), ckpt_every=config.ckpt_every,
@@ -285,7 +296,8 @@ class AblationStudy:
             run_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             with _output_to(run_dir / "train.log"):  # the trainer's freeze table, once per run, goes to the log
-                result = train(model, self.base.tokenizer, self.base.preprocess, self.examples, plan, train_config)
+                result = train(model, self.base.tokenizer, self.base.preprocess, self.examples, plan, train_config,
+                               self.second_examples)
             record.update(steps=result.step, train_seconds=time.perf_counter() - started, final_loss=result.loss)
         started = time.perf_counter()
         with steering or contextlib.nullcontext():
@@ -354,17 +366,22 @@ class AblationStudy:
             return {}, []
         chosen = self.validity_runs(runs)
         try:
-            results = assess(chosen, self.selected.evidence, self.selected.blocks, n_layers=self.n_layers,
-                             groups=self.block_plans(), trainable=trainable_parameters(chosen))
+            everything = assess(chosen, self.selected.evidence, self.selected.blocks, n_layers=self.n_layers,
+                                groups=self.block_plans(), trainable=trainable_parameters(chosen),
+                                targets=available_targets(chosen, {**TARGETS, **BREAKDOWN}))
         except (ValueError, KeyError) as error:
             self.log(f"note: no predictive-validity test: {error}")
             return {}, []
+        results = {name: v for name, v in everything.items() if name in TARGETS}  # what the verdict judges
+        breakdown = {name: v for name, v in everything.items() if name in BREAKDOWN}
         sentences = verdict(results)
         payload = {"sentences": sentences, "selected": self.selected.blocks,
-                   "targets": {name: result.to_dict() for name, result in results.items()}}
+                   "targets": {name: result.to_dict() for name, result in results.items()},
+                   "breakdown": {name: result.to_dict() for name, result in breakdown.items()}}
         outputs = {
             "validity_json": atomic_write_json(self.out_dir / "validity.json", payload),
-            "validity_md": atomic_write_text(self.out_dir / "validity.md", validity_markdown(results, sentences)),
+            "validity_md": atomic_write_text(self.out_dir / "validity.md",
+                                             validity_markdown(results, sentences, breakdown)),
         }
         k = len(self.selected.blocks)
         figures = {"validity": validity_figure(results, self.selected.evidence),
@@ -399,8 +416,10 @@ class AblationStudy:
     def header(self) -> dict[str, Any]:
         config = self.config
         extras = [name for name in EXTRAS if self.extras[f"train_{name}"]]
+        second = ({} if config.second_loss is None else
+                  {"second_loss": config.second_loss, "second_weight": config.second_weight})
         return {"model": self.base.label, "n_layers": self.n_layers, "synthetic": True, "loss": config.loss,
-                "loss_kwargs": config.loss_kwargs, "steps": config.steps, "batch_size": config.batch_size,
+                "loss_kwargs": config.loss_kwargs, **second, "steps": config.steps, "batch_size": config.batch_size,
                 "lr": config.lr, "warmup_steps": config.warmup_steps, "n_train": config.n_train,
                 "seeds": list(config.seeds), "eval_n": config.eval_n, "extras": extras,
                 "selected_plan": None if self.selected is None else self.selected.describe()}

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from analysis.ablation.aggregate import summary_rows
@@ -121,15 +122,18 @@ def markdown_table(summary: dict[str, Any], *, cost: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def validity_markdown(results: dict, sentences: list[str]) -> str:
-    """The predictive-validity tables: per target, rho of each kind of evidence with the single-block gains, and
-    the selected plan against the best plan of its size and of any size, with its place on the frontier."""
+def validity_markdown(results: dict, sentences: list[str], breakdown: dict | None = None) -> str:
+    """The predictive-validity tables: per target, rho of each kind of evidence with the single-block gains (and of
+    the target's gains with scope's), and the selected plan against the best plan of its size and of any size, with
+    its place on the frontier; then the multiple choice by answer type (`breakdown`), not judged."""
     mean = headline(results)
     names = list(mean.rho)
     lines = ["## Did the evidence predict the ablation?", "", " ".join(sentences), "",
-             "| target | " + " | ".join(f"rho {n}" for n in names) + " |", "|" + "---|" * (len(names) + 1)]
-    for name, v in results.items():
-        cells = [f"{v.rho[n]:+.2f} [{v.rho_low[n]:+.2f}, {v.rho_high[n]:+.2f}]" for n in names]
+             "| target | " + " | ".join(f"rho {n}" for n in names) + " | rho with scope's gains |",
+             "|" + "---|" * (len(names) + 2)]
+    for name, v in {**results, **(breakdown or {})}.items():
+        cells = [_rho(v.rho[n], v.rho_low[n], v.rho_high[n]) for n in names]
+        cells.append(_rho(v.rho_headline, v.rho_headline_low, v.rho_headline_high))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| target | selected gain | best equal-size plan | best gain | ratio | best plan of any size "
               "| its gain | ratio | on the frontier | next larger plan on the frontier |", "|" + "---|" * 10]
@@ -141,7 +145,20 @@ def validity_markdown(results: dict, sentences: list[str]) -> str:
         lines.append(f"| {name} | {v.selected_gain:+.3f} | {v.best_plan} | {v.best_gain:+.3f} | {format_ratio(v)} "
                      f"| {v.best_any or '-'} | {v.best_any_gain:+.3f} | {format_ratio(v, any_size=True)} "
                      f"| {frontier if v.plans else '-'} | {larger if v.plans else '-'} |")
+    if breakdown:
+        lines += ["", "The multiple choice by its correct answer's type (a breakdown, not judged): the selected "
+                  "plan's gain and every single block's.", "",
+                  "| answer type | selected gain [95% CI] | single-block gains (block 0 first) |", "|---|---|---|"]
+        for v in breakdown.values():
+            plan = v.plans.get("selected", {})
+            interval = f" [{plan['low']:+.3f}, {plan['high']:+.3f}]" if plan else ""
+            lines.append(f"| {v.target.label} | {v.selected_gain:+.3f}{interval} | "
+                         + " ".join(f"{g:+.2f}" for g in v.gains) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _rho(value: float, low: float, high: float) -> str:
+    return "-" if np.isnan(value) else f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def long_rows(summary: dict[str, Any], runs: Sequence[dict[str, Any]] = ()) -> pd.DataFrame:

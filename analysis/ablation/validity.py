@@ -25,6 +25,12 @@ headline), absence vs presence negation, the four-way multiple choice, and reten
                 plan beaten so by none, the frontier within the noise. A plan in it on every target at once
                 (`within_noise_everywhere`) is one a rule could pick and meet the frontier criterion on every
                 target; when there is none, no rule that picks one plan can, whatever its evidence
+    rho_headline  Spearman correlation, across the single blocks, between this target's gains and scope's:
+                below 0, the blocks that learn scope best cost most here (a trade-off of the training, which no
+                choice of layers can avoid); with a bootstrap interval from the same replicates
+
+BREAKDOWN splits the multiple choice by its correct answer's type (affirmative, negated, hybrid), so that a gain
+or a cost there can be traced; `assess` computes it like a target, but the selector study judges TARGETS only.
 
 Intervals: a bootstrap that resamples each variant's seeds and the evaluation items (paired: every run is
 scored on the same items), so rho's interval holds the optimisation noise and the finite test set. The
@@ -59,6 +65,8 @@ class Target:
     label: str
     items: tuple[str, ...]  # run item keys "<suite>/<outcome>"; several: the mean of their means
     retention: bool = False  # kept, not raised, by negation fine-tuning
+    # (label key, value): only the items whose label under that run item key is the value (one answer type)
+    subset: tuple[str, str] | None = None
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -72,6 +80,12 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("retrieval", "image->text R@1 among 100 (retention)", ("object/image_to_text",), retention=True),
     Target("zero_shot", "zero-shot over 36 objects (retention)", ("object/zero_shot",), retention=True),
 )}
+# One target split by the multiple choice's answer type (NegBench's template types): a breakdown that says where a
+# gain or a cost on the multiple choice comes from. Reported beside the targets, not judged as targets of their own.
+BREAKDOWN: dict[str, Target] = {f"mcq_{kind}": Target(
+    f"mcq_{kind}", f"four-way multiple choice, {label} correct answers, held-out objects", ("object/mcq",),
+    subset=("object/mcq_template", kind)) for kind, label in (("positive", "affirmative"), ("negative", "negated"),
+                                                              ("hybrid", "hybrid"))}
 # records written before targets existed name the scope axes "object", "template" and their "mean"
 _OLD_AXES = {"object": "scope_object", "template": "scope_template", "mean": "scope"}
 
@@ -111,20 +125,34 @@ class Validity:
     # every plan that no plan with no more parameters beats beyond the noise: the frontier within the intervals
     # (empty in records written before it was computed)
     undominated: list[str] = field(default_factory=list)
+    # Spearman rho, across the single blocks, between this target's gains and the headline target's (scope): below
+    # 0, the blocks that gain most on scope cost most here (a trade-off the training makes); NaN for the headline
+    # itself and in records written before it was computed
+    rho_headline: float = float("nan")
+    rho_headline_low: float = float("nan")
+    rho_headline_high: float = float("nan")
 
     @property
     def target(self) -> Target:
-        return TARGETS[_OLD_AXES.get(self.axis, self.axis)]
+        name = _OLD_AXES.get(self.axis, self.axis)
+        return TARGETS[name] if name in TARGETS else BREAKDOWN[name]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _items(run: dict, key: str) -> np.ndarray:
+Source = tuple[str, tuple[str, str] | None]  # a run item key and the subset of its items a target reads
+
+
+def _items(run: dict, source: Source) -> np.ndarray:
+    key, subset = source
     items = run.get("items", {}).get(key)
     if items is None:
         raise KeyError(f"run {run['variant']} seed {run['seed']} has no per-item outcomes {key!r}")
-    return np.asarray(items, dtype=float)
+    values = np.asarray(items, dtype=float)
+    if subset is None:
+        return values
+    return values[np.asarray(run["items"][subset[0]]) == subset[1]]
 
 
 def _runs_by_variant(runs: Sequence[dict]) -> dict[str, list[dict]]:
@@ -135,9 +163,11 @@ def _runs_by_variant(runs: Sequence[dict]) -> dict[str, list[dict]]:
 
 
 def available_targets(runs: Sequence[dict], targets: Mapping[str, Target] = TARGETS) -> dict[str, Target]:
-    """The targets every run recorded the per-item outcomes of (runs made before a target existed lack it)."""
+    """The targets every run recorded the per-item outcomes (and the subset's labels) of (runs made before a target
+    existed lack it)."""
     return {name: target for name, target in targets.items()
-            if all(key in run.get("items", {}) for run in runs for key in target.items)}
+            if all(key in run.get("items", {}) for run in runs
+                   for key in target.items + ((target.subset[0],) if target.subset else ()))}
 
 
 def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_layers: int,
@@ -174,36 +204,55 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
     variants = list(dict.fromkeys(["frozen", *(sweep[b] for b in range(n_layers)), *candidates, *trainable,
                                    *block_plans]))
     keys = sorted({key for target in targets.values() for key in target.items})
-    per_key = {key: {v: np.stack([_items(run, key) for run in grouped[v]]) for v in variants} for key in keys}
+    subsets = sorted({(key, t.subset) for t in targets.values() if t.subset for key in t.items}, key=str)
+    sources: list[Source] = [(key, None) for key in keys] + subsets
+    per_source = {source: {v: np.stack([_items(run, source) for run in grouped[v]]) for v in variants}
+                  for source in sources}
 
     def means(seed_draws, item_draws) -> dict[str, dict[str, float]]:
         """target -> variant -> mean outcome on (resampled) seeds and items."""
-        key_means = {}
-        for key in keys:
+        source_means = {}
+        for source in sources:
             for v in variants:
-                rows = per_key[key][v] if seed_draws is None else per_key[key][v][seed_draws[v]]
-                key_means[key, v] = float(rows.mean() if item_draws is None else rows[:, item_draws[key]].mean())
-        return {name: {v: float(np.mean([key_means[key, v] for key in t.items])) for v in variants}
+                rows = per_source[source][v] if seed_draws is None else per_source[source][v][seed_draws[v]]
+                source_means[source, v] = float(rows.mean() if item_draws is None else
+                                                rows[:, item_draws[source]].mean())
+        return {name: {v: float(np.mean([source_means[(key, t.subset), v] for key in t.items])) for v in variants}
                 for name, t in targets.items()}
 
     # each variant's seeds and the (shared) items resampled, each from its own stream: a variant's draws, and so
-    # every interval, stay the same when the study runs more variants
+    # every interval, stay the same when the study runs more variants (and a subset's items, drawn from streams of
+    # their own, leave the other targets' draws as they were)
     item_rng = np.random.default_rng([seed, 0])
+    subset_rngs = {source: np.random.default_rng([seed, 2, zlib.crc32(repr(source).encode())]) for source in subsets}
     seed_rngs = {v: np.random.default_rng([seed, 1, zlib.crc32(v.encode())]) for v in variants}
     point = means(None, None)
     replicates = []
     for _ in range(n_boot):
         seed_draws = {v: seed_rngs[v].integers(0, len(grouped[v]), len(grouped[v])) for v in variants}
-        item_draws = {key: item_rng.integers(0, per_key[key]["frozen"].shape[1], per_key[key]["frozen"].shape[1])
-                      for key in keys}
+        n_items = {source: per_source[source]["frozen"].shape[1] for source in sources}
+        item_draws = {(key, None): item_rng.integers(0, n_items[key, None], n_items[key, None]) for key in keys}
+        item_draws.update({source: subset_rngs[source].integers(0, n_items[source], n_items[source])
+                           for source in subsets})
         replicates.append(means(seed_draws, item_draws))
+    headline = None
+    if HEADLINE_TARGET in targets:  # the scope gain of every block, to which each target's is related
+        headline = (_sweep_gains(point[HEADLINE_TARGET], sweep, n_layers),
+                    np.array([_sweep_gains(r[HEADLINE_TARGET], sweep, n_layers) for r in replicates]))
     return {name: _validity(name, point[name], [r[name] for r in replicates], sweep, candidates, block_plans,
-                            trainable, scores, list(selected), n_layers) for name in targets}
+                            trainable, scores, list(selected), n_layers,
+                            headline=None if name == HEADLINE_TARGET else headline) for name in targets}
+
+
+def _sweep_gains(means: dict[str, float], sweep: dict[int, str], n_layers: int) -> np.ndarray:
+    """Each block's gain when trained alone: its layer_<b> variant's mean minus the frozen model's."""
+    return np.array([means[sweep[b]] - means["frozen"] for b in range(n_layers)])
 
 
 def _validity(name: str, point: dict[str, float], replicates: list[dict[str, float]], sweep: dict[int, str],
               candidates: dict[str, list[int]], block_plans: dict[str, list[int]], trainable: dict[str, int],
-              scores: dict[str, np.ndarray], selected: list[int], n_layers: int) -> Validity:
+              scores: dict[str, np.ndarray], selected: list[int], n_layers: int,
+              headline: tuple[np.ndarray, np.ndarray] | None = None) -> Validity:
     def gains(means: dict[str, float]) -> dict[str, float]:
         out = {v: value - means["frozen"] for v, value in means.items()}
         for size, windows in complete_windows.items():  # a random window of that size: the mean over all of them
@@ -233,6 +282,12 @@ def _validity(name: str, point: dict[str, float], replicates: list[dict[str, flo
     beaten = _beaten_by(plans, boot, trainable) if cost else {}
     dominated = beaten.get("selected", [])
     larger = [v for v in frontier if trainable[v] > cost and plans[v] > plans["selected"]] if cost else []
+    if headline is None:
+        with_headline = (float("nan"),) * 3
+    else:
+        boot_with = [_spearman(h, row) for h, row in zip(headline[1], boot_sweep)]
+        with_headline = (_spearman(headline[0], vector), _nanquantile(boot_with, 0.025),
+                         _nanquantile(boot_with, 0.975))
     return Validity(
         name, vector.tolist(), np.quantile(boot_sweep, 0.025, axis=0).tolist(),
         np.quantile(boot_sweep, 0.975, axis=0).tolist(),
@@ -247,7 +302,8 @@ def _validity(name: str, point: dict[str, float], replicates: list[dict[str, flo
         ratio_any_low=_nanquantile(boot_ratio_any, 0.025),
         ratio_any_high=_nanquantile(boot_ratio_any, 0.975),
         frontier=frontier, dominated_by=dominated, next_larger=larger[0] if larger else None,
-        undominated=[v for v in plans if not beaten[v]] if cost else [])
+        undominated=[v for v in plans if not beaten[v]] if cost else [],
+        rho_headline=with_headline[0], rho_headline_low=with_headline[1], rho_headline_high=with_headline[2])
 
 
 def _nanquantile(values, q: float) -> float:
@@ -319,9 +375,12 @@ def _spearman(score: np.ndarray, gains: np.ndarray) -> float:
     return float(stats.spearmanr(score, gains).statistic)
 
 
-def from_json(record: dict) -> dict[str, Validity]:
+def from_json(record: dict, *, breakdown: bool = False) -> dict[str, Validity]:
     """The per-target results of a validity.json (as the runner writes them: `Validity.to_dict` per target;
-    records written before TARGETS hold "axes" object / template / mean)."""
+    records written before TARGETS hold "axes" object / template / mean); with `breakdown`, its multiple choice by
+    answer type instead (empty in records written before it was computed)."""
+    if breakdown:
+        return {name: Validity(**values) for name, values in record.get("breakdown", {}).items()}
     fields = record.get("targets") or record["axes"]
     return {name: Validity(**values) for name, values in fields.items()}
 
@@ -371,10 +430,26 @@ def verdict(results: dict[str, Validity]) -> list[str]:
                          f"{TARGET_RATIO:.0%} target).")
     if mean.plans:
         sentences.append(frontier_sentence(mean))
+    trade = tradeoff_sentence(results)
+    if trade:
+        sentences.append(trade)
     reachable = reachability_sentence(results)
     if reachable:
         sentences.append(reachable)
     return sentences
+
+
+def tradeoff_sentence(results: dict[str, Validity]) -> str | None:
+    """The targets whose single-block gains run opposite to scope's beyond the noise (rho_headline's interval below
+    0), in words: there the blocks that learn scope best cost most, whichever layers are chosen."""
+    against = [v for v in results.values() if not np.isnan(v.rho_headline_high) and v.rho_headline_high < 0]
+    if not against:
+        return None
+    parts = [f"{v.target.label} (rho {v.rho_headline:+.2f} [{v.rho_headline_low:+.2f}, {v.rho_headline_high:+.2f}])"
+             for v in against]
+    return ("A trade-off the training makes, not the layer choice: across the single blocks, the gains on "
+            + "; ".join(parts) + " run opposite to those on scope beyond the noise, so the blocks that learn scope "
+            "best cost most there.")
 
 
 def within_noise_everywhere(results: dict[str, Validity]) -> tuple[list[str], list[str]]:

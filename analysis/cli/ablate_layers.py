@@ -35,7 +35,7 @@ from pathlib import Path
 from analysis.cli import arguments as a
 from analysis.cli.execution import Unsupported, run
 from analysis.runtime import apply_threads
-from finetune.vocabulary import EXTRAS, LOSS_NAMES
+from finetune.vocabulary import EXTRAS, LOSS_NAMES, MCQ_LOSSES
 from probing.io import DuplicateKeyError, strict_json_loads
 
 PROG = "ablate-layers"
@@ -56,6 +56,12 @@ def build_parser() -> a.CommandParser:
     loss.add_argument("--loss", choices=LOSS_NAMES, default="conclip")
     a.add_loss_options(loss)
     loss_kwargs = loss.add_argument("--loss-kwargs", help=argparse.SUPPRESS)  # the old JSON spelling, kept one release
+    loss.add_argument("--second-loss", choices=MCQ_LOSSES,
+                      help="also train, in every step, this loss on a batch of the synthetic world's four-way "
+                           "multiple-choice items (NegBench's recipe: its MCQ loss beside the contrastive one)")
+    loss.add_argument("--second-weight", type=a.positive_float, default=1.0, help="weight of --second-loss")
+    loss.add_argument("--second-train-examples", type=a.positive_int, default=2000,
+                      help="multiple-choice items of --second-loss (the same for every run)")
     loss.add_argument("--steps", type=a.positive_int, default=200, help="optimizer steps per run")
     loss.add_argument("--batch-size", type=a.positive_int, default=128)
     loss.add_argument("--lr", type=a.learning_rate, default=5e-5)
@@ -144,6 +150,7 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     try:
         return AblationConfig(
             model=args.model, pretrained=args.pretrained, world_seed=args.seed, loss=args.loss, loss_kwargs=options,
+            second_loss=args.second_loss, second_weight=args.second_weight, n_second=args.second_train_examples,
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
             weight_decay=args.weight_decay, n_train=args.train_examples, data_seed=args.data_seed,
             seeds=a.int_list(args.seeds, "--seeds", parser), eval_n=args.eval_items,

@@ -272,17 +272,14 @@ def load_examples(args: argparse.Namespace, world, *, second: bool = False) -> l
     source, loss = getattr(args, f"{prefix}data"), args.second_loss if second else args.loss
     batch_size = (args.second_batch_size or args.batch_size) if second else args.batch_size
     if source == "synthetic":
-        if loss in MCQ_LOSSES:
-            raise UsageError(f"{flag}loss {loss} reads MCQ items: give {flag}data a NegBench MCQ file "
-                                    "(the synthetic world has none)")
         n = args.second_train_examples or args.train_examples if second else args.train_examples
         if n < batch_size:
             raise UsageError(f"{flag}data synthetic: {n} examples ({flag}train-examples) are fewer than one batch "
                                     f"of {batch_size}")
-        if not second:
-            return world.examples(n, "train", seed=args.data_seed)
-        seed = args.data_seed + 1 if args.second_data_seed is None else args.second_data_seed
-        return world.examples(n, "train", seed=seed)
+        seed = args.data_seed if not second else (args.data_seed + 1 if args.second_data_seed is None
+                                                  else args.second_data_seed)
+        # an MCQ loss reads the world's four-way multiple-choice items (NegBench's MCQ form), the others its examples
+        return (world.mcq_items if loss in MCQ_LOSSES else world.examples)(n, "train", seed=seed)
     examples = real_examples(args, second=second)
     if loss in MCQ_LOSSES and not all(isinstance(item, MCQItem) for item in examples):
         raise DataError(source, None, f"{flag}loss {loss} reads NegBench MCQ items; this file gives negation examples")
