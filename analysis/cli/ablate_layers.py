@@ -15,6 +15,9 @@ with the extras its code trains ("omni" names all four), and the anchors' choice
 omni_front, omni_whole, openclip_last (open_clip's lock_text_tower), norm_only (LayerNorms only) and steering
 (training-free: every layer moved along its negation-probe direction).
 
+--second-loss negbench_mcq trains every run with NegBench's MCQ loss on the synthetic world's four-way
+multiple-choice items beside --loss (its recipe: the multiple choice trained for, not only measured).
+
 --selectors all adds the plan of every baseline selector (analysis.planning.selectors: raw Auto-RGN, Omni-NegCLIP's
 cosine, the FIM score, activation norms, front-k, last-k, a random window), read from the measurements
 probe-layers saved beside --plan, and writes the selector table and the frontier figure.

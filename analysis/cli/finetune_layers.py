@@ -17,11 +17,11 @@ Real data: any file that gives negation examples feeds every loss it has the cap
 .negations): CC-Neg (.pt, or the CC-Neg layout with absence-negated captions and distractor images, as
 `make-negations` writes it), NegBench retrieval CSVs and COCO captions / instances (through the rule-based
 generator: presence- and absence-negated captions, distractor images mined from the annotations).
-NegBench MCQ files feed --loss negbench_mcq. --skip-missing skips rows whose image is missing or that
-are malformed, and reports them. Checkpoints hold only the trained tensors, with the base model
-recorded by path and SHA-256; pass --resumable for checkpoints that --resume can continue. The run
-folder gets provenance.json (base checkpoint, data files and their SHA-256, image roots, command line,
-toolkit version).
+NegBench MCQ files, or the synthetic world's four-way multiple choice, feed --loss negbench_mcq.
+--skip-missing skips rows whose image is missing or that are malformed, and reports them. Checkpoints
+hold only the trained tensors, with the base model recorded by path and SHA-256; pass --resumable for
+checkpoints that --resume can continue. The run folder gets provenance.json (base checkpoint, data
+files and their SHA-256, image roots, command line, toolkit version).
 
 A second data source (--second-data with --second-loss) adds, in every step, that loss on a batch of
 its own examples: Omni-NegCLIP's absence loss on COCO beside its presence loss on CC-Neg, NegBench's
