@@ -23,6 +23,26 @@ class ConfigError(ValueError):
     """What was asked cannot run on this model or data (one line: which setting, which file, why)."""
 
 
+# The least value of each count of a run: what probe-layers' flags accept (analysis.cli.probe_layers takes its floors
+# from here), so that a config.json read back is held to the same (the fractions, the rule and k are checked by
+# SelectionConfig and EvidenceConfig themselves).
+CAUSAL_MINIMUM = 100  # the causal check scores R@1 among 100
+MINIMUM = {"null_models": 0, "data.limit": 10, "data.per_image": 1, "data.n_train": 20, "data.n_test": 10,
+           "measure.n_patching_pairs": 1, "measure.batch_size": 1, "measure.token_budget": 1,
+           "measure.memory_budget": 1, "measure.n_sensitivity": 2, "measure.n_causal": CAUSAL_MINIMUM,
+           "measure.grad_batches": 1, "measure.grad_batch_size": 2, "localise.n_pairs": 1}
+
+
+def check_ranges(config: "ProbeConfig") -> None:
+    """A ConfigError naming the first count below its floor (MINIMUM); a section that is off (None) is skipped."""
+    for path, low in MINIMUM.items():
+        value = config
+        for name in path.split("."):
+            value = None if value is None else getattr(value, name)
+        if value is not None and value < low:
+            raise ConfigError(f"setting {path} must be at least {low}, got {value}")
+
+
 # --- the configuration ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -85,7 +105,10 @@ class ProbeConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ProbeConfig":
-        return dataclass_from_dict(cls, data)
+        """The config of its JSON form, every value of its annotated type and within the flags' ranges."""
+        config = dataclass_from_dict(cls, data)
+        check_ranges(config)
+        return config
 
     @classmethod
     def load(cls, path: str | Path) -> "ProbeConfig":

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import types
 import typing
 from pathlib import Path
 from typing import Any, Iterator
@@ -133,7 +134,8 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 def dataclass_from_dict(cls, data: Any):
     """A (nested) dataclass from its `dataclasses.asdict` form as read back from JSON: nested dataclasses rebuilt,
     lists back to tuples where the field holds a tuple. A TypeError or ValueError says what does not fit (a field
-    the class does not have, an object where a value is due)."""
+    the class does not have, an object where a value is due, a value of another type than its annotation's: a
+    string where an integer is due, a number where a flag is)."""
 
     if data is None:
         return None
@@ -154,5 +156,42 @@ def dataclass_from_dict(cls, data: Any):
             value = dataclass_from_dict(nested, value)
         elif isinstance(value, list) and any(o is tuple or typing.get_origin(o) is tuple for o in options):
             value = tuple(value)
+        if nested is None and not _fits(value, hint):
+            raise TypeError(f"{cls.__name__}.{item.name} must be {_described(hint)}, got {value!r:.60}")
         values[item.name] = value
     return cls(**values)
+
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+_PLURALS = {int: "integers", float: "numbers", bool: "flags", str: "strings"}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a value read back from JSON fits a field's annotation; annotations other than scalars, optionals and
+    tuples of them (dicts, Any, ...) are not checked here."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return len(items) == len(value) and all(_fits(v, h) for v, h in zip(value, items))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (str, type(None)):
+        return isinstance(value, hint)
+    return True
+
+
+def _described(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_PLURALS.get(args[0], 'values')}" if len(args) == 2 and args[1] is Ellipsis else "a list"
+    if args:
+        return " or ".join(_described(option) for option in args)
+    return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))

@@ -214,6 +214,46 @@ def mcq_breakdown() -> str:
         f"({', '.join(along) or 'none'}) the negated answers' run with them.")
 
 
+def mcq_arm() -> str:
+    """The models of analysis.validation.MCQ_ARM trained twice: with the scope recipe (the study's ablation) and with
+    NegBench's MCQ loss beside it (the arm); per recipe, the plan's gain on scope, on the multiple choice and its
+    hybrid and negated answers, how the multiple choice's single-block gains go with scope's, and the baselines the
+    plan trails or beats there beyond the noise."""
+    from analysis.ablation.validity import from_json
+    from analysis.validation import MCQ_ARM, MCQ_ARM_FOLDER
+
+    lines = ["| model | plan | trained with | scope: plan's gain | multiple choice: plan's gain | hybrid answers | "
+             "negated answers | rho of the multiple choice's gains with scope's | baselines the plan trails / beats "
+             "on the multiple choice |", "|---|---|---|---|---|---|---|---|---|"]
+    shown = []
+    for model in MCQ_ARM:
+        record = _load(model, "validity.json", MCQ_ARM_FOLDER)
+        if record is None or _load(model, "validity.json") is None:
+            continue
+        shown.append(model)
+        for label, where in (("the scope recipe", "ablation"), ("+ NegBench's MCQ loss (weight 1)", MCQ_ARM_FOLDER)):
+            source = _load(model, "validity.json", where)
+            results, parts = from_json(source), from_json(source, breakdown=True)
+            rows = [r for r in (_load(model, "selectors.json", where) or {"rows": []})["rows"] if r["target"] == "mcq"]
+            worse = sorted({r["selector"] for r in rows if r["verdict"] == "worse"})
+            better = sorted({r["selector"] for r in rows if r["verdict"] == "better"})
+
+            def gain(v) -> str:
+                plan = v.plans["selected"]
+                return _ci(plan["gain"], plan["low"], plan["high"])
+
+            mcq = results["mcq"]
+            lines.append(f"| {model} | {_blocks(mcq.selected)} | {label} | {gain(results[SCOPE])} | {gain(mcq)} | "
+                         f"{gain(parts['mcq_hybrid'])} | {gain(parts['mcq_negative'])} | "
+                         f"{_ci(mcq.rho_headline, mcq.rho_headline_low, mcq.rho_headline_high, 2)} | "
+                         f"{', '.join(worse) or 'none'} / {', '.join(better) or 'none'} |")
+    if not shown:
+        return "(the multiple-choice arm has not finished yet: scripts/validation_study.py --mcq-arm)"
+    return "\n".join(lines) + ("\n\nGains with their 95 % bootstrap intervals over seeds and items; trails / beats: "
+                               "the baseline selectors whose plan of the plan's size is better / worse than the plan's "
+                               "on the multiple choice by the paired interval.")
+
+
 def selector_summary() -> str:
     """Per ablated model, on held-out scope: the toolkit plan's verdict against each selector (paired intervals)."""
     models = [m for m in _ablated() if _rows(m)]
@@ -426,6 +466,7 @@ BLOCKS = {
     "validity-table": validity_table,
     "validity-targets": validity_targets,
     "mcq-breakdown": mcq_breakdown,
+    "mcq-arm": mcq_arm,
     "selector-summary": selector_summary,
     "selector-tables": selector_tables,
     "selector-verdict": selector_verdict,

@@ -561,6 +561,17 @@ def test_malformed_jsonl_line_and_python_literal_cells(tmp_path):
                          '"[\'cat\'","[\'dog\']",a.jpg,2,"[\'a cat\']"\n')
     with pytest.raises(DataError, match=r"row 1: field 'positive_objects' is not a Python list literal"):
         load_negbench_retrieval(retrieval)
+    # a caption list of empty strings only (a plain empty cell is caught as an empty field): refused, or skipped;
+    # an empty caption or object name beside others is left out (NegBench writes "['']" for no objects listed)
+    retrieval.write_text('positive_objects,negative_objects,filepath,image_id,captions\n'
+                         '"[\'cat\']","[\'dog\']",a.jpg,1,"[\'a cat\']"\n'
+                         '"[\'cat\']","[\'dog\']",b.jpg,2,"[\'\']"\n'
+                         '"[\'\']","[\'dog\', \' \']",c.jpg,3,"[\'\', \'a cat\']"\n')
+    with pytest.raises(DataError, match=r"row 1: field 'captions' holds no caption \(an empty list, or empty strings"):
+        load_negbench_retrieval(retrieval)
+    lenient = load_negbench_retrieval(retrieval, strict=False)
+    assert [item.row for item in lenient] == [0, 2] and list(lenient.report.skipped)[0][0] == 1
+    assert (lenient[1].captions, lenient[1].positive_objects, lenient[1].negative_objects) == (["a cat"], [], ["dog"])
 
 
 def test_coco_rows_that_point_nowhere(tmp_path):

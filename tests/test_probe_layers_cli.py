@@ -414,3 +414,33 @@ def test_a_finished_run_selects_again_from_its_measurements(small_embedded, tmp_
     report = json.loads((out / "report.json").read_text())
     assert report["plan"]["blocks"] == [held[0]] and f"block {held[0]} of 12" in report["summary"][0]
     assert {name: (out / name).read_bytes() for name in kept} == kept  # nothing measured again
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("null_models", "ten", "ProbeConfig.null_models must be an integer, got 'ten'"),
+    ("seed", None, "ProbeConfig.seed must be an integer, got None"),
+    ("measure.seeds", "0", "MeasureConfig.seeds must be a list of integers, got '0'"),
+    ("save_activations", 1, "ProbeConfig.save_activations must be true or false, got 1"),
+    ("measure.batch_size", 0, "setting measure.batch_size must be at least 1, got 0"),
+    ("null_models", -4, "setting null_models must be at least 0, got -4"),
+    ("measure.n_causal", 5, "setting measure.n_causal must be at least 100, got 5"),
+    ("selection.share", 1.5, "config.json is not a probe-layers config.json: share must be in (0, 1], got 1.5"),
+])
+def test_a_config_json_is_held_to_the_types_and_ranges_the_flags_are(tmp_path, capsys, path, value, message):
+    """--config: a value of the wrong type or below the floor its flag has is one line and exit 2, before the model
+    loads (the same floors: analysis.probe_config.MINIMUM, which the flags read)."""
+    from analysis.probe_config import ProbeConfig
+
+    file = ProbeConfig().save(tmp_path)
+    record = json.loads(file.read_text())
+    *parents, name = path.split(".")
+    node = record["config"]
+    for parent in parents:
+        node = node[parent]
+    node[name] = value
+    file.write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--config", str(file), "--no-progress", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err

@@ -41,14 +41,13 @@ from analysis.cli import arguments as a
 from analysis.cli.execution import EXIT_UNSUPPORTED, run, say
 from analysis.planning.selection import RULES, SelectionConfig
 from analysis.planning.settings import EvidenceConfig
-from analysis.probe_config import ConfigError, DataSpec, ModelSpec, ProbeConfig
+from analysis.probe_config import CAUSAL_MINIMUM, MINIMUM, ConfigError, DataSpec, ModelSpec, ProbeConfig
 from analysis.runtime import apply_threads
 from finetune.vocabulary import GRADNORM_LOSSES
 from probing.measure.settings import LocaliseConfig, MeasureConfig
 from probing.vocabulary import LAYER_MEASUREMENTS, LOCALISATION_MEASUREMENTS, MEASUREMENTS
 
 PROG = "probe-layers"
-CAUSAL_MINIMUM = 100  # the causal check scores R@1 among 100
 RUN_LEVEL = ("out", "threads", "workers", "no_progress", "no_feature_cache", "config")  # allowed beside --config
 
 
@@ -57,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="re-run the run a config.json describes (only --out, --threads, "
                                                     "--workers and --no-progress may be given beside it)")
     model = a.add_model_arguments(parser)
-    model.add_argument("--null-models", type=a.non_negative_int, default=10,
+    model.add_argument("--null-models", type=a.at_least(MINIMUM["null_models"]), default=10,
                        help="null models: the model with its text tower randomly initialised again, one per seed; "
                             "every piece of evidence is its excess over them (fewer than 2: no evidence, no plan)")
     data = parser.add_argument_group("data")
@@ -74,15 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "them (default: stop at the first)")
     data.add_argument("--split", choices=("train", "eval", "all"), default="eval",
                       help="split of a CC-Neg file to probe (probing.data.ccneg)")
-    limit = data.add_argument("--limit", type=a.at_least(10), default=4000,
+    limit = data.add_argument("--limit", type=a.at_least(MINIMUM["data.limit"]), default=4000,
                               help="real data: rows (examples, items) used at most per file (a seeded draw)")
     data.add_argument("--train-cues", default="no,not", help="real data: negation cues the probes train on; "
                                                              "the other cues are the held-out split")
-    data.add_argument("--per-image", type=a.positive_int, default=3,
+    data.add_argument("--per-image", type=a.at_least(MINIMUM["data.per_image"]), default=3,
                       help="real COCO / NegBench retrieval data: generated negation examples per image")
-    probe_train = data.add_argument("--probe-train", type=a.at_least(20), default=2000,
+    probe_train = data.add_argument("--probe-train", type=a.at_least(MINIMUM["data.n_train"]), default=2000,
                                     help="synthetic probe training captions")
-    probe_test = data.add_argument("--probe-test", type=a.at_least(10), default=600,
+    probe_test = data.add_argument("--probe-test", type=a.at_least(MINIMUM["data.n_test"]), default=600,
                                    help="synthetic probe captions per test split")
     data.add_argument("--seed", type=a.seed, default=0,
                       help="seed of data draws, of the synthetic world (non-embedded models) and of random weights")
@@ -93,25 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--patching-evidence", action="store_true",
                          help="also patch every null model and count each block's patching effect as evidence "
                               "(its weight: the 4th number of --score-weights)")
-    pairs = measure.add_argument("--patching-pairs", type=a.positive_int, default=64,
+    pairs = measure.add_argument("--patching-pairs", type=a.at_least(MINIMUM["localise.n_pairs"]), default=64,
                                  help="localisation: caption pairs per kind (negation, scope)")
     seeds = measure.add_argument("--probe-seeds", default="0,1,2,3,4", help="probe seeds on the model (comma list)")
     null_seeds = measure.add_argument("--null-probe-seeds", default="0", help="probe seeds on each null model")
-    measure.add_argument("--batch-size", type=a.positive_int, default=256, help="captions per forward pass")
-    measure.add_argument("--token-budget", type=a.positive_int,
+    measure.add_argument("--batch-size", type=a.at_least(MINIMUM["measure.batch_size"]), default=256,
+                         help="captions per forward pass")
+    measure.add_argument("--token-budget", type=a.at_least(MINIMUM["measure.token_budget"]),
                          help="captures in length-sorted batches of at most this many tokens (e.g. 1280): less "
                               "padding on real captions, probe numbers equal only to float rounding (default: "
                               "batches of --batch-size captions)")
     measure.add_argument("--memory-budget", type=a.positive_float, default=2.0,
                          help="GiB the captured features of one caption set may take in memory; larger captures "
                               "stream to memory-mapped files in $TMPDIR (deleted once mapped)")
-    sensitivity = measure.add_argument("--sensitivity-captions", type=a.at_least(2), default=400,
-                                       help="captions edited for sensitivity")
-    causal = measure.add_argument("--causal-items", type=a.at_least(CAUSAL_MINIMUM), default=400,
+    sensitivity = measure.add_argument("--sensitivity-captions", default=400, help="captions edited for sensitivity",
+                                       type=a.at_least(MINIMUM["measure.n_sensitivity"]))
+    causal = measure.add_argument("--causal-items", type=a.at_least(MINIMUM["measure.n_causal"]), default=400,
                                   help=f"scenes (real data: examples) in the causal check; at least {CAUSAL_MINIMUM}, "
                                        "as it scores R@1 among 100")
-    measure.add_argument("--grad-batches", type=a.positive_int, default=4, help="batches averaged for gradient norms")
-    measure.add_argument("--grad-batch-size", type=a.at_least(2), default=64,
+    measure.add_argument("--grad-batches", type=a.at_least(MINIMUM["measure.grad_batches"]), default=4,
+                         help="batches averaged for gradient norms")
+    measure.add_argument("--grad-batch-size", type=a.at_least(MINIMUM["measure.grad_batch_size"]), default=64,
                          help="examples per gradient batch (contrastive losses need at least 2)")
     measure.add_argument("--losses", default=",".join(GRADNORM_LOSSES),
                          help="losses for the gradient norms, among " + ", ".join(GRADNORM_LOSSES))

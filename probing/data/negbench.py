@@ -98,8 +98,9 @@ def load_negbench_retrieval(path: str | os.PathLike, image_root: str | os.PathLi
         with collector.row(row):
             raw = text_cell(record, "captions", clean)
             captions = literal_list(record, "captions", clean) if raw.lstrip().startswith("[") else [raw]
-            if not captions:
-                raise RowProblem("field 'captions' is an empty list")
+            if not captions:  # an empty caption would be trained and scored as a caption
+                raise RowProblem(f"field 'captions' holds no caption (an empty list, or empty strings only): "
+                                 f"{raw[:60]!r}")
             positives, negatives = (literal_list(record, column, clean) if record.get(column, "").strip() else []
                                     for column in ("positive_objects", "negative_objects"))
             image_id = int_in_range(record, "image_id", 0) if record.get("image_id", "").strip() else None

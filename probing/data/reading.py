@@ -315,7 +315,8 @@ def int_cell(record: dict, key: str) -> int:
 
 
 def literal_list(record: dict, key: str, clean_file: bool = True) -> list[str]:
-    """A cell holding a Python-literal list of strings, as NegBench writes them: "['a', 'b']"."""
+    """A cell holding a Python-literal list of strings, as NegBench writes them: "['a', 'b']". Empty strings in it are
+    left out (NegBench writes "['']" for an image with no objects listed, and a few caption lists hold one)."""
 
     raw = text_cell(record, key, clean_file)
     try:
@@ -324,7 +325,7 @@ def literal_list(record: dict, key: str, clean_file: bool = True) -> list[str]:
         raise RowProblem(f"field '{key}' is not a Python list literal: {raw[:60]!r}") from None
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
         raise RowProblem(f"field '{key}' should be a list of strings, found {raw[:60]!r}")
-    return list(value)
+    return [item for item in value if item.strip()]
 
 
 # ---------------------------------------------------------------------------------------------
