@@ -151,6 +151,9 @@ def test_runs_file_round_trip_and_a_truncated_last_line_is_dropped(tmp_path):
     path.write_text("\n".join([lines[0], "garbage", lines[1]]) + "\n")
     with pytest.raises(AblationError, match="line 2 is not a run record"):
         load_runs(path)
+    path.write_text("\n".join([lines[0], '{"x": 1}']) + "\n")  # a whole line, but no run: damage, not a cut
+    with pytest.raises(AblationError, match="line 2 is not a run record"):
+        load_runs(path)
     path.write_text("\n".join([lines[0], lines[0]]) + "\n")
     with pytest.warns(UserWarning, match="appears twice"):
         assert len(load_runs(path)) == 1

@@ -283,7 +283,7 @@ def test_missing_and_unknown_tensors(quick, tmp_path):
                     r"CLIPModel \(text_model.encoder.layers.3.mlp.fc1.weight\)", create_model, copy)
 
 
-def test_folder_without_weights_or_config(quick, tmp_path):
+def test_folder_without_weights_or_config(quick, tmp_path, monkeypatch):
     (tmp_path / "config-only").mkdir()
     shutil.copy(quick[1] / "config.json", tmp_path / "config-only")
     _one_line_error(r"config-only has config.json but no weights file \(model.safetensors, pytorch_model.bin",
@@ -291,6 +291,9 @@ def test_folder_without_weights_or_config(quick, tmp_path):
     (tmp_path / "empty").mkdir()
     _one_line_error(r"empty has no config.json, so it is not a Hugging Face checkpoint folder",
                     load_clip, "ViT-B-32", pretrained=tmp_path / "empty")
+    monkeypatch.chdir(tmp_path)  # the folder named bare, as a model name: said, not "see open_clip's list"
+    _one_line_error(r"unknown model name 'empty'. A folder empty exists here, but it has no config.json",
+                    create_model, "empty")
     (tmp_path / "weights-only").mkdir()
     shutil.copy(quick[1] / "model.safetensors", tmp_path / "weights-only")
     _one_line_error(r"weights-only/model.safetensors holds Hugging Face CLIP weights .* but no config.json is "

@@ -11,6 +11,7 @@ import collections
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -656,3 +657,20 @@ def test_negrefcocog_loader_reads_the_released_layout_and_names_bad_entries(tmp_
     (tmp_path / "dict.json").write_text(json.dumps({"a": good}))
     with pytest.raises(DataError, match="JSON list"):
         load_negrefcocog(tmp_path / "dict.json")
+
+
+def test_a_bad_caption_beside_the_instances_file_is_an_error_or_counted(tmp_path, test_data):
+    """COCO captions read beside their instances file (the rule-based generator's input): a caption that is not
+    text is a DataError naming the captions file and row, or (lenient) skipped and counted in the report."""
+    from probing.data.negations import load_negation_examples
+
+    source = test_data / "coco_mini" / "annotations"
+    shutil.copy(source / "instances_val2017.json", tmp_path / "instances_val2017.json")
+    captions = json.loads((source / "captions_val2017.json").read_text())
+    captions["annotations"][3]["caption"] = 7
+    (tmp_path / "captions_val2017.json").write_text(json.dumps(captions))
+    with pytest.raises(DataError, match=r"captions_val2017.json, row 3: .*caption"):
+        load_negation_examples(tmp_path / "captions_val2017.json")
+    lenient = load_negation_examples(tmp_path / "captions_val2017.json", strict=False)
+    assert [row for row, _ in lenient.report.skipped] == [3]
+    assert lenient.report.skipped[0][1].startswith("captions_val2017.json: ")

@@ -76,8 +76,9 @@ def load_study_runs(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def load_runs(path: str | Path) -> list[dict[str, Any]]:
-    """Finished runs from runs.jsonl. A truncated last line (an interrupted writer) is dropped with a
-    warning; a broken line elsewhere means the file was damaged, and is an error."""
+    """Finished runs from runs.jsonl. A truncated last line (an interrupted writer: not JSON) is dropped with a
+    warning; a broken line elsewhere, or a complete line that is not a run record, means the file was damaged, and
+    is an error."""
     path = Path(path)
     if not path.exists():
         return []
@@ -96,8 +97,8 @@ def load_runs(path: str | Path) -> list[dict[str, Any]]:
             if (not isinstance(key[0], str) or not isinstance(metrics, dict)
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())):
                 raise ValueError("not a run record")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            if number == len(lines):
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            if number == len(lines) and isinstance(error, json.JSONDecodeError):
                 warnings.warn(
                     f"{path}: ignoring an incomplete last line (an interrupted write); that run will be redone",
                     stacklevel=2,

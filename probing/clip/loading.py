@@ -137,6 +137,9 @@ def register_model_config(name: str | Path) -> str:
     if name not in open_clip.list_models():
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else " See open_clip.list_models()."
+        if path.is_dir():  # a folder meant as a Hugging Face checkpoint, without its config
+            hint = (f" A folder {name} exists here, but it has no config.json, so it is not a Hugging Face checkpoint "
+                    "folder (config.json beside model.safetensors or pytorch_model.bin).")
         raise ModelLoadError(f"unknown model name {name!r}.{hint}")
     return name
 

@@ -80,8 +80,10 @@ def _coco_images(path, kind: str, image_root, strict: bool) -> Loaded[CocoImage]
     captions_path = Path(path) if kind == "coco_captions" else sibling_annotations(path, kind)
     if captions_path is not None:
         by_image: dict[Any, list[str]] = {}
-        for caption in load_coco_captions(captions_path, None, strict=False):
+        captions = load_coco_captions(captions_path, None, strict=strict)  # a bad caption row: an error, or counted
+        for caption in captions:
             by_image.setdefault(caption.meta["image_id"], []).append(caption.caption)
+        images.report.skipped += [(row, f"{captions_path.name}: {reason}") for row, reason in captions.report.skipped]
         for image in images:
             image.meta["captions"] = by_image.get(image.image_id, [])
         images.report.path = f"{instances_path} + {captions_path.name}"
