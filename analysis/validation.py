@@ -73,8 +73,8 @@ PLAN_VARIANTS = ("selected", "selected_planned")  # the ablation variants that t
 # the multiple choice, which NegBench's recipe does beside its contrastive loss. The arm trains the frozen model's
 # every single block (the plan and every baseline's plan among them) with the same recipe plus NegBench's MCQ loss
 # at weight 1 on the world's training items, on `late` (development: the plan's cost there was largest) and `early`
-# (blind: the second model where it was), asking whether the cost is the recipe's or the block's. Written, with
-# its models and weight, before any of its runs.
+# (blind: its cost there was as large as on `islands`, the other blind model), asking whether the cost is the
+# recipe's or the block's. Written, with its models and weight, before any of its runs.
 MCQ_ARM = ("late", "early")
 MCQ_ARM_FOLDER = "ablation_mcq"
 MCQ_TRAINING = dict(second_loss="negbench_mcq", second_weight=1.0, n_second=2000)
