@@ -109,8 +109,13 @@ class LayerPlan:
 
     # --- use ----------------------------------------------------------------------------------
     def validate(self, n_layers: int) -> None:
-        """Raise PlanError if a block index does not exist in a text tower of `n_layers` blocks (naming the plan
-        file, when the plan was read from one)."""
+        """Raise PlanError if the plan was chosen on a tower of another depth, or a block index does not exist in a
+        text tower of `n_layers` blocks (naming the plan file, when the plan was read from one)."""
+        chosen_on = self.evidence.get("n_layers")  # probe-layers' plans record the depth of the tower they read
+        if isinstance(chosen_on, int) and not isinstance(chosen_on, bool) and chosen_on != n_layers:
+            where = f"layer plan {self.source}" if self.source else f"layer plan ({_shorten(self.rule)})"
+            raise PlanError(f"{where} was chosen on a text tower of {chosen_on} blocks (its evidence says so), but "
+                            f"this one has {n_layers}: probe this model for its own plan, or give --layers")
         outside = [b for b in self.blocks if b >= n_layers]
         if outside:
             where = f"layer plan {self.source} ({_shorten(self.rule)})" if self.source else \

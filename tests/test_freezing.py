@@ -61,6 +61,17 @@ def test_bad_plan_files_give_clear_errors(tmp_path, content, message):
     assert str(path) in str(error.value)
 
 
+def test_a_plan_chosen_on_another_tower_is_refused(tmp_path):
+    """A plan records the depth of the tower probe-layers read (evidence n_layers): on a tower of another depth its
+    block numbers mean other blocks, so it is refused, naming the file, even when every block exists there."""
+    path = LayerPlan(blocks=[1], rule="lead", evidence={"n_layers": 6}).save(tmp_path / "plan.json")
+    plan = LayerPlan.load(path)
+    plan.validate(6)
+    with pytest.raises(PlanError, match=r"plan.json was chosen on a text tower of 6 blocks .* but this one has 12"):
+        plan.validate(12)
+    LayerPlan(blocks=[1], rule="manual").validate(12)  # a plan that records no tower (written by hand)
+
+
 def test_missing_plan_file(tmp_path):
     with pytest.raises(PlanError, match="does not exist"):
         LayerPlan.load(tmp_path / "nope.json")
