@@ -132,6 +132,10 @@ def make_negations(args: argparse.Namespace) -> int:
     print(describe_sentence(describe_examples(examples, args.data)), flush=True)
     print(f"wrote {path}: {len(examples)} examples ({counts['train']} train, {counts['eval']} eval); "
           f"skipped {report.n_skipped} rows", flush=True)
+    if not counts["train"]:  # an evaluation-only file can be meant; a training file cannot
+        why = "the file's own split" if args.eval_images is None else f"--eval-images {args.eval_images}"
+        print(f"note: every example is in the eval split ({why}): finetune-layers reads a CC-Neg file's train "
+              "split unless given --split eval or all", flush=True)
     return 0
 
 
