@@ -5,7 +5,8 @@ for the models that are ablated, `ablate-layers` with the plan at one budget (an
 the selected plan (with the study's extras and as finetune-layers trains it), windows of sizes around the plan's
 (every size on the default model), the single-block sweep, every baseline selector's plan (analysis.planning.
 selectors) and, on the default model, the anchors' choices; then predictive validity on every target, the
-frontier, and the selector table.
+frontier, and the selector table. On the MCQ_ARM models, an arm outside the verdict trains the single blocks again
+with the multiple choice as a second source (`run_mcq_arm`).
 
 Pre-registration. The selection rule and its settings (analysis.planning.selection's defaults: the lead rule,
 share 0.8, consensus 0.5, alpha 0.05, 10 null models) may change only by the procedures of
