@@ -23,9 +23,9 @@ class ConfigError(ValueError):
     """What was asked cannot run on this model or data (one line: which setting, which file, why)."""
 
 
-# The least value of each count of a run: what probe-layers' flags accept (analysis.cli.probe_layers takes its floors
-# from here), so that a config.json read back is held to the same (the fractions, the rule and k are checked by
-# SelectionConfig and EvidenceConfig themselves).
+# The least value of each count of a run: what probe-layers' flags accept (its count flags take their floors from
+# here; --memory-budget, in GiB, must be positive), so that a config.json read back is held to the same (the
+# fractions, the rule and k are checked by SelectionConfig and EvidenceConfig themselves).
 CAUSAL_MINIMUM = 100  # the causal check scores R@1 among 100
 MINIMUM = {"null_models": 0, "data.limit": 10, "data.per_image": 1, "data.n_train": 20, "data.n_test": 10,
            "measure.n_patching_pairs": 1, "measure.batch_size": 1, "measure.token_budget": 1,

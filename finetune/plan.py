@@ -115,7 +115,8 @@ class LayerPlan:
         if isinstance(chosen_on, int) and not isinstance(chosen_on, bool) and chosen_on != n_layers:
             where = f"layer plan {self.source}" if self.source else f"layer plan ({_shorten(self.rule)})"
             raise PlanError(f"{where} was chosen on a text tower of {chosen_on} blocks (its evidence says so), but "
-                            f"this one has {n_layers}: probe this model for its own plan, or give --layers")
+                            f"this one has {n_layers}: probe this model for its own plan, or name the blocks by hand "
+                            "(finetune-layers --layers)")
         outside = [b for b in self.blocks if b >= n_layers]
         if outside:
             where = f"layer plan {self.source} ({_shorten(self.rule)})" if self.source else \

@@ -154,6 +154,8 @@ def dataclass_from_dict(cls, data: Any):
         nested = next((option for option in options if dataclasses.is_dataclass(option)), None)
         if nested is not None and isinstance(value, dict):
             value = dataclass_from_dict(nested, value)
+        elif nested is not None and not (value is None and type(None) in options):
+            raise TypeError(f"{cls.__name__}.{item.name} must be a JSON object, got {value!r:.60}")
         elif isinstance(value, list) and any(o is tuple or typing.get_origin(o) is tuple for o in options):
             value = tuple(value)
         if nested is None and not _fits(value, hint):

@@ -176,7 +176,8 @@ def validity_targets() -> str:
         return "(no ablation has finished yet)"
     return "\n".join(lines) + ("\n\nRho with scope's gains: the Spearman correlation, across the single blocks, of the "
                                "target's gains with held-out scope's (below 0: the blocks that learn scope best "
-                               "cost most on the target).")
+                               "cost most on the target; for the scope targets, which share its items, positive by "
+                               "construction).")
 
 
 def mcq_breakdown() -> str:
@@ -200,9 +201,12 @@ def mcq_breakdown() -> str:
             cells += [_ci(plan["gain"], plan["low"], plan["high"]),
                       _ci(v.rho_headline, v.rho_headline_low, v.rho_headline_high, 2)]
         lines.append(f"| {model} | {_blocks(parts[kinds[0]].selected)} | " + " | ".join(cells) + " |")
-        if parts["mcq_hybrid"].rho_headline_high < 0:
+        # a rank correlation needs blocks that move: where one block alone gains any (the rest tied at the frozen
+        # model's floor), its interval collapses to a point that ties make, and it is not counted
+        moving = {kind: sum(g != 0 for g in parts[kind].gains) >= 2 for kind in kinds}
+        if moving["mcq_hybrid"] and parts["mcq_hybrid"].rho_headline_high < 0:
             against.append(model)
-        if parts["mcq_negative"].rho_headline_low > 0:
+        if moving["mcq_negative"] and parts["mcq_negative"].rho_headline_low > 0:
             along.append(model)
     if not models:
         return "(no ablation has recorded the multiple choice by answer type yet)"
@@ -211,7 +215,9 @@ def mcq_breakdown() -> str:
         f"seeds and items. Rho: across the single blocks, the Spearman correlation of the answer type's gains with "
         f"held-out scope's. On {len(against)} of {len(models)} models ({', '.join(against) or 'none'}) the hybrid "
         f"answers' gains run opposite to scope's beyond the noise (rho's interval below 0); on {len(along)} "
-        f"({', '.join(along) or 'none'}) the negated answers' run with them.")
+        f"({', '.join(along) or 'none'}) the negated answers' run with them (counted only where at least two blocks "
+        f"change the answer type at all: where one block alone does, the others tied at the frozen model's level, "
+        f"the interval is a point that the ties make).")
 
 
 def mcq_arm() -> str:

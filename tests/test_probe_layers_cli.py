@@ -421,6 +421,7 @@ def test_a_finished_run_selects_again_from_its_measurements(small_embedded, tmp_
     ("seed", None, "ProbeConfig.seed must be an integer, got None"),
     ("measure.seeds", "0", "MeasureConfig.seeds must be a list of integers, got '0'"),
     ("save_activations", 1, "ProbeConfig.save_activations must be true or false, got 1"),
+    ("measure", None, "ProbeConfig.measure must be a JSON object, got None"),
     ("measure.batch_size", 0, "setting measure.batch_size must be at least 1, got 0"),
     ("null_models", -4, "setting null_models must be at least 0, got -4"),
     ("measure.n_causal", 5, "setting measure.n_causal must be at least 100, got 5"),
@@ -444,3 +445,16 @@ def test_a_config_json_is_held_to_the_types_and_ranges_the_flags_are(tmp_path, c
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_a_config_json_that_fits_its_types_reads_back_equal(tmp_path):
+    """The type check refuses no valid config: optional sections off (localise null), a flag-or-string union
+    (train_embeddings true), integers where numbers are due (share 1)."""
+    from analysis.planning.selection import SelectionConfig
+    from analysis.probe_config import ProbeConfig
+
+    config = ProbeConfig(localise=None, threads=2, save_activations=True,
+                         selection=SelectionConfig(train_embeddings=True, share=1))
+    record = json.loads(config.save(tmp_path).read_text())
+    assert record["config"]["selection"]["share"] == 1 and isinstance(record["config"]["selection"]["share"], int)
+    assert ProbeConfig.load(tmp_path / "config.json") == config

@@ -53,30 +53,33 @@ def test_the_verdicts_reachable_line_names_the_plan_the_smallest_plan_or_the_blo
 
 def test_the_multiple_choice_breakdown_block_counts_the_trade_off_beyond_the_noise(monkeypatch):
     """scripts/validation_blocks.mcq_breakdown on planted validity records: a model whose hybrid answers' gains run
-    opposite to scope's beyond the noise (and negated answers' with them), one within the noise, and one whose
-    record predates the breakdown (left out)."""
+    opposite to scope's beyond the noise (and negated answers' with them), one within the noise, one whose negated
+    answers move on one block only (a point interval the ties make: not counted), and one whose record predates the
+    breakdown (left out)."""
     sys.path.insert(0, str(REPO))
     from analysis.ablation.validity import BREAKDOWN, Validity
     from scripts import validation_blocks
 
-    def part(name: str, gain: float, rho: tuple[float, float, float]) -> dict:
+    def part(name: str, gain: float, rho: tuple[float, float, float], gains: list[float]) -> dict:
         plans = {"selected": {"blocks": [2], "trainable": 10, "gain": gain, "low": gain - 0.1, "high": gain + 0.1}}
-        return Validity(name, [], [], [], {}, {}, {}, [2], gain, "selected", [2], gain, 0.0, 1.0, plans=plans,
+        return Validity(name, gains, [], [], {}, {}, {}, [2], gain, "selected", [2], gain, 0.0, 1.0, plans=plans,
                         rho_headline=rho[0], rho_headline_low=rho[1], rho_headline_high=rho[2]).to_dict()
 
-    def record(hybrid: tuple[float, float, float], negative: tuple[float, float, float]) -> dict:
+    def record(hybrid, negative, negative_gains=(0.1, 0.2, 0.0)) -> dict:
         rhos = {"mcq_positive": (0.0, -0.5, 0.5), "mcq_negative": negative, "mcq_hybrid": hybrid}
-        return {"targets": {}, "breakdown": {name: part(name, -0.3 if name == "mcq_hybrid" else 0.1, rhos[name])
-                                             for name in BREAKDOWN}}
+        gains = {"mcq_positive": [0.0, 0.0, 0.1], "mcq_negative": list(negative_gains), "mcq_hybrid": [-0.1, 0.0, -0.3]}
+        return {"targets": {}, "breakdown": {name: part(name, -0.3 if name == "mcq_hybrid" else 0.1, rhos[name],
+                                                        gains[name]) for name in BREAKDOWN}}
 
-    planted = {"traded": record((-0.8, -0.9, -0.6), (0.7, 0.4, 0.9)), "noisy": record((-0.3, -0.7, 0.2),
-                                                                                        (0.2, -0.3, 0.6)),
+    planted = {"traded": record((-0.8, -0.9, -0.6), (0.7, 0.4, 0.9)),
+               "noisy": record((-0.3, -0.7, 0.2), (0.2, -0.3, 0.6)),
+               "floor": record((-0.3, -0.7, 0.2), (0.48, 0.48, 0.48), negative_gains=(0.2, 0.0, 0.0)),
                "old": {"targets": {}}}
     monkeypatch.setattr(validation_blocks, "_ablated", lambda: list(planted))
     monkeypatch.setattr(validation_blocks, "_load", lambda model, name, where="ablation": planted[model])
     block = validation_blocks.mcq_breakdown()
     assert "| traded | 2 | +0.100 [+0.000, +0.200] |" in block
     assert "-0.300 [-0.400, -0.200] | -0.80 [-0.90, -0.60] |" in block
-    assert "| noisy |" in block and "| old |" not in block
-    assert "On 1 of 2 models (traded) the hybrid answers' gains run opposite" in block
+    assert "| noisy |" in block and "| floor |" in block and "| old |" not in block
+    assert "On 1 of 3 models (traded) the hybrid answers' gains run opposite" in block
     assert "on 1 (traded) the negated answers' run with them" in block

@@ -318,9 +318,9 @@ def test_cli_trains_on_the_synthetic_world(tiny, tmp_path, capsys):
 
 
 def test_cli_trains_negbench_s_mcq_loss_on_the_synthetic_world_s_multiple_choice(tiny, tmp_path):
-    """--second-data synthetic with --second-loss negbench_mcq reads the world's four-way multiple-choice items
-    (SyntheticWorld.mcq_items), NegBench's recipe on the synthetic world: the second loss of the first step is the
-    MCQ loss of the batch that step draws, computed here from the items directly."""
+    """--data / --second-data synthetic with an MCQ loss read the world's four-way multiple-choice items
+    (SyntheticWorld.mcq_items): as the second source (NegBench's recipe) or the only one. The logged loss of the
+    first step is the MCQ loss of the batch that step draws, computed here from the items directly."""
     from PIL import Image
 
     from analysis.cli.finetune_layers import main
@@ -329,26 +329,30 @@ def test_cli_trains_negbench_s_mcq_loss_on_the_synthetic_world_s_multiple_choice
     from probing.models.factory import create_model
     from probing.synthetic.record import default_world
 
-    out = tmp_path / "mcq"
-    args = ["--model", str(tiny), "--data", "synthetic", "--train-examples", "8", "--second-data", "synthetic",
-            "--second-loss", "negbench_mcq", "--second-train-examples", "8", "--layers", "0", "--steps", "1",
-            "--batch-size", "4", "--warmup-steps", "0", "--lr", "1e-4", "--log-every", "1", "--no-progress",
-            "--no-tensorboard", "--out", str(out)]
-    assert main(args) == 0
-    logged = rows(out)[0]
     bundle = create_model(str(tiny))
     world = bundle.world if bundle.world_recorded else default_world(bundle.world.config.image_size, seed=0)
-    items = world.mcq_items(8, "train", seed=1)  # the second source's seed: --data-seed + 1
-    chosen = [items[i] for i in DataOrder(8, 4, 0, stream=1).batch(0)[1].tolist()]
     model = bundle.model.eval()
-    with torch.no_grad():
-        texts = F.normalize(model.encode_text(bundle.tokenizer([c for item in chosen for c in item.captions])),
-                            dim=-1).view(4, 4, -1)
-        images = F.normalize(model.encode_image(torch.stack([bundle.preprocess(Image.fromarray(item.image))
-                                                             for item in chosen])), dim=-1)
-        expected = negbench_mcq_loss(images, texts, torch.tensor([item.correct for item in chosen]),
-                                     scale=model.logit_scale.exp())
-    assert float(logged["loss_second"]) == pytest.approx(expected.item(), rel=1e-3)
+
+    def mcq_loss(seed: int, stream: int) -> float:
+        items = world.mcq_items(8, "train", seed=seed)
+        chosen = [items[i] for i in DataOrder(8, 4, 0, stream=stream).batch(0)[1].tolist()]
+        with torch.no_grad():
+            texts = F.normalize(model.encode_text(bundle.tokenizer([c for item in chosen for c in item.captions])),
+                                dim=-1).view(4, 4, -1)
+            images = F.normalize(model.encode_image(torch.stack([bundle.preprocess(Image.fromarray(item.image))
+                                                                 for item in chosen])), dim=-1)
+            return negbench_mcq_loss(images, texts, torch.tensor([item.correct for item in chosen]),
+                                     scale=model.logit_scale.exp()).item()
+
+    common = ["--model", str(tiny), "--data", "synthetic", "--train-examples", "8", "--layers", "0", "--steps", "1",
+              "--batch-size", "4", "--warmup-steps", "0", "--lr", "1e-4", "--log-every", "1", "--no-progress",
+              "--no-tensorboard"]
+    assert main(common + ["--second-data", "synthetic", "--second-loss", "negbench_mcq", "--second-train-examples",
+                          "8", "--out", str(tmp_path / "second")]) == 0
+    # the second source's items are drawn with --data-seed + 1, its batches from their own stream
+    assert float(rows(tmp_path / "second")[0]["loss_second"]) == pytest.approx(mcq_loss(1, 1), rel=1e-3)
+    assert main(common + ["--loss", "negbench_mcq", "--out", str(tmp_path / "first")]) == 0
+    assert float(rows(tmp_path / "first")[0]["loss"]) == pytest.approx(mcq_loss(0, 0), rel=1e-3)
 
 
 @pytest.mark.parametrize("extra, message", [

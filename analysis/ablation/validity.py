@@ -26,8 +26,8 @@ headline), absence vs presence negation, the four-way multiple choice, and reten
                 (`within_noise_everywhere`) is one a rule could pick and meet the frontier criterion on every
                 target; when there is none, no rule that picks one plan can, whatever its evidence
     rho_headline  Spearman correlation, across the single blocks, between this target's gains and scope's:
-                below 0, the blocks that learn scope best cost most here (a trade-off of the training, which no
-                choice of layers can avoid); with a bootstrap interval from the same replicates
+                below 0, the blocks that learn scope best cost most here; with a bootstrap interval from the
+                same replicates (positive by construction for the scope targets, which share its items)
 
 BREAKDOWN splits the multiple choice by its correct answer's type (affirmative, negated, hybrid), so that a gain
 or a cost there can be traced; `assess` computes it like a target, but the selector study judges TARGETS only.
@@ -126,7 +126,7 @@ class Validity:
     # (empty in records written before it was computed)
     undominated: list[str] = field(default_factory=list)
     # Spearman rho, across the single blocks, between this target's gains and the headline target's (scope): below
-    # 0, the blocks that gain most on scope cost most here (a trade-off the training makes); NaN for the headline
+    # 0, the blocks that gain most on scope cost most here, under the loss the study trained; NaN for the headline
     # itself and in records written before it was computed
     rho_headline: float = float("nan")
     rho_headline_low: float = float("nan")
@@ -441,15 +441,15 @@ def verdict(results: dict[str, Validity]) -> list[str]:
 
 def tradeoff_sentence(results: dict[str, Validity]) -> str | None:
     """The targets whose single-block gains run opposite to scope's beyond the noise (rho_headline's interval below
-    0), in words: there the blocks that learn scope best cost most, whichever layers are chosen."""
+    0), in words: there the blocks that learn scope best cost most, under the loss the study trained."""
     against = [v for v in results.values() if not np.isnan(v.rho_headline_high) and v.rho_headline_high < 0]
     if not against:
         return None
     parts = [f"{v.target.label} (rho {v.rho_headline:+.2f} [{v.rho_headline_low:+.2f}, {v.rho_headline_high:+.2f}])"
              for v in against]
-    return ("A trade-off the training makes, not the layer choice: across the single blocks, the gains on "
-            + "; ".join(parts) + " run opposite to those on scope beyond the noise, so the blocks that learn scope "
-            "best cost most there.")
+    return ("Across the single blocks, the gains on " + "; ".join(parts) + " run opposite to those on scope beyond "
+            "the noise: under this loss, the blocks that learn scope best cost most there (a loss for that target "
+            "too may change it).")
 
 
 def within_noise_everywhere(results: dict[str, Validity]) -> tuple[list[str], list[str]]:

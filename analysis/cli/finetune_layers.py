@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     args.prog = PROG  # provenance.json names the command, however it was started
     a.check_model_arguments(args, parser)
     if args.second_loss and not args.second_data:
-        what = " (a NegBench MCQ file)" if args.second_loss in MCQ_LOSSES else " ('synthetic' or a data file)"
+        what = (" (a NegBench MCQ file, or 'synthetic' for the world's multiple choice)"
+                if args.second_loss in MCQ_LOSSES else " ('synthetic' or a data file)")
         parser.error(f"--second-loss {args.second_loss} needs --second-data{what}")
     if args.second_data and not args.second_loss:
         parser.error("--second-data needs --second-loss (the loss of the second source)")
