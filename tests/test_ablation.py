@@ -345,6 +345,7 @@ def test_cli_trains_every_run_with_the_multiple_choice_as_second_source(small_em
     (["--selectors", "magic"], "unknown selector(s) magic"),
     (["--shard", "3/2"], "1 <= K <= N"),
     (["--eval-items", "50"], "eval_n must be at least 100"),
+    (["--second-weight", "0.5"], "--second-weight goes with --second-loss"),
     (["--pretrained", "x.pt"], "--pretrained does not go with the embedded model"),
     (["--variants", "frontal"], "unknown variant 'frontal'"),
     (["--variants", "layer_12"], "the text tower has 12 blocks"),

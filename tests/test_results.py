@@ -83,3 +83,38 @@ def test_the_multiple_choice_breakdown_block_counts_the_trade_off_beyond_the_noi
     assert "| noisy |" in block and "| floor |" in block and "| old |" not in block
     assert "On 1 of 3 models (traded) the hybrid answers' gains run opposite" in block
     assert "on 1 (traded) the negated answers' run with them" in block
+
+
+def test_the_multiple_choice_arm_block_sets_each_recipe_s_row_from_its_own_folder(monkeypatch):
+    """scripts/validation_blocks.mcq_arm on planted records: per model, a row for the scope recipe (ablation/) and one
+    for the arm (ablation_mcq/), each with its own gains, and the baselines the plan trails ("worse": the plan is
+    worse) or beats ("better") on the multiple choice; a model whose arm has not run is left out."""
+    sys.path.insert(0, str(REPO))
+    from analysis.ablation.validity import BREAKDOWN, Validity
+    from analysis.validation import MCQ_ARM, MCQ_ARM_FOLDER
+    from scripts import validation_blocks
+
+    def validity(name: str, gain: float) -> dict:
+        plans = {"selected": {"blocks": [6], "trainable": 10, "gain": gain, "low": gain - 0.05, "high": gain + 0.05}}
+        return Validity(name, [], [], [], {}, {}, {}, [6], gain, "selected", [6], gain, 0.0, 1.0, plans=plans,
+                        rho_headline=-0.5, rho_headline_low=-0.7, rho_headline_high=-0.1).to_dict()
+
+    def folder(mcq: float, verdict: str) -> dict:
+        return {"validity.json": {"targets": {"scope": validity("scope", 0.5), "mcq": validity("mcq", mcq)},
+                                  "breakdown": {name: validity(name, mcq / 2) for name in BREAKDOWN}},
+                "selectors.json": {"rows": [{"target": "mcq", "selector": "front", "verdict": verdict},
+                                            {"target": "mcq", "selector": "last", "verdict": "as good"},
+                                            {"target": "scope", "selector": "last", "verdict": "worse"}]}}
+
+    first, second = MCQ_ARM
+    planted = {(first, "ablation"): folder(-0.2, "worse"), (first, MCQ_ARM_FOLDER): folder(0.1, "better"),
+               (second, "ablation"): folder(-0.1, "worse")}  # the second model's arm has not run
+    monkeypatch.setattr(validation_blocks, "_load",
+                        lambda model, name, where="ablation": planted.get((model, where), {}).get(name))
+    block = validation_blocks.mcq_arm()
+    rows = [line for line in block.splitlines() if line.startswith(f"| {first} |")]
+    assert len(rows) == 2 and not any(line.startswith(f"| {second} |") for line in block.splitlines())
+    assert "| the scope recipe | +0.500 [+0.450, +0.550] | -0.200 [-0.250, -0.150] |" in rows[0]
+    assert rows[0].endswith("| front / none |")  # the plan trails the front block there
+    assert "+ NegBench's MCQ loss" in rows[1] and "| +0.100 [+0.050, +0.150] |" in rows[1]
+    assert rows[1].endswith("| none / front |")  # and beats it when the multiple choice is trained

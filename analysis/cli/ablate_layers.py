@@ -148,6 +148,12 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
         options = _old_loss_kwargs(args.loss_kwargs, parser)
     else:
         (options,) = a.loss_options(args, parser, [args.loss])
+    if args.second_loss is None:  # the second source's settings mean nothing without it
+        orphan = [flag for flag, name in (("--second-weight", "second_weight"),
+                                          ("--second-train-examples", "second_train_examples"))
+                  if getattr(args, name) != parser.get_default(name)]
+        if orphan:
+            parser.error(f"{orphan[0]} goes with --second-loss (the second source's loss)")
     variants = None if args.variants is None else a.names(args.variants, None, "--variants", parser)
     selectors = None if args.selectors is None else a.names(args.selectors, None, "--selectors", parser)
     try:
