@@ -55,6 +55,17 @@ def _ci(value, low, high, digits: int = 3, sign: bool = True) -> str:
     return f.format(value) + inner
 
 
+def _plan_gain(v) -> str:
+    """The selected plan's gain on one target, with its bootstrap interval."""
+    plan = v.plans.get("selected", {})
+    return _ci(plan.get("gain"), plan.get("low"), plan.get("high"))
+
+
+def _with_scope(v) -> str:
+    """Rho, across the single blocks, of a target's gains with scope's, with its interval."""
+    return _ci(v.rho_headline, v.rho_headline_low, v.rho_headline_high, 2)
+
+
 def _blocks(blocks) -> str:
     from analysis.planning.selection import describe_blocks
 
@@ -167,11 +178,9 @@ def validity_targets() -> str:
         for name, v in _validity(model).items():
             if name not in TARGETS:
                 continue
-            plan = v.plans.get("selected", {})
-            gain = _ci(plan.get("gain"), plan.get("low"), plan.get("high"))
             rho, ratio, ratio_any = _validity_cells(v)
-            lines.append(f"| {model} | {TARGETS[name].label} | {gain} | {rho} | {ratio} | {ratio_any} | "
-                         f"{_frontier_cell(v)} | {_ci(v.rho_headline, v.rho_headline_low, v.rho_headline_high, 2)} |")
+            lines.append(f"| {model} | {TARGETS[name].label} | {_plan_gain(v)} | {rho} | {ratio} | {ratio_any} | "
+                         f"{_frontier_cell(v)} | {_with_scope(v)} |")
     if len(lines) == 2:
         return "(no ablation has finished yet)"
     return "\n".join(lines) + ("\n\nRho with scope's gains: the Spearman correlation, across the single blocks, of the "
@@ -195,11 +204,7 @@ def mcq_breakdown() -> str:
         if set(parts) != set(kinds):
             continue
         models.append(model)
-        cells = []
-        for kind in kinds:
-            v, plan = parts[kind], parts[kind].plans["selected"]
-            cells += [_ci(plan["gain"], plan["low"], plan["high"]),
-                      _ci(v.rho_headline, v.rho_headline_low, v.rho_headline_high, 2)]
+        cells = [cell for kind in kinds for cell in (_plan_gain(parts[kind]), _with_scope(parts[kind]))]
         lines.append(f"| {model} | {_blocks(parts[kinds[0]].selected)} | " + " | ".join(cells) + " |")
         # a rank correlation needs blocks that move: where one block alone gains any (the rest tied at the frozen
         # model's floor), its interval collapses to a point that ties make, and it is not counted
@@ -231,28 +236,22 @@ def mcq_arm() -> str:
     lines = ["| model | plan | trained with | scope: plan's gain | multiple choice: plan's gain | hybrid answers | "
              "negated answers | rho of the multiple choice's gains with scope's | baselines the plan trails / beats "
              "on the multiple choice |", "|---|---|---|---|---|---|---|---|---|"]
-    shown = []
+    recipes = (("the scope recipe", "ablation"), ("+ NegBench's MCQ loss (weight 1)", MCQ_ARM_FOLDER))
+    shown = 0
     for model in MCQ_ARM:
-        record = _load(model, "validity.json", MCQ_ARM_FOLDER)
-        if record is None or _load(model, "validity.json") is None:
+        records = {where: _load(model, "validity.json", where) for _, where in recipes}
+        if None in records.values():
             continue
-        shown.append(model)
-        for label, where in (("the scope recipe", "ablation"), ("+ NegBench's MCQ loss (weight 1)", MCQ_ARM_FOLDER)):
-            source = _load(model, "validity.json", where)
-            results, parts = from_json(source), from_json(source, breakdown=True)
+        shown += 1
+        for label, where in recipes:
+            results, parts = from_json(records[where]), from_json(records[where], breakdown=True)
             rows = [r for r in (_load(model, "selectors.json", where) or {"rows": []})["rows"] if r["target"] == "mcq"]
             worse = sorted({r["selector"] for r in rows if r["verdict"] == "worse"})
             better = sorted({r["selector"] for r in rows if r["verdict"] == "better"})
-
-            def gain(v) -> str:
-                plan = v.plans["selected"]
-                return _ci(plan["gain"], plan["low"], plan["high"])
-
             mcq = results["mcq"]
-            lines.append(f"| {model} | {_blocks(mcq.selected)} | {label} | {gain(results[SCOPE])} | {gain(mcq)} | "
-                         f"{gain(parts['mcq_hybrid'])} | {gain(parts['mcq_negative'])} | "
-                         f"{_ci(mcq.rho_headline, mcq.rho_headline_low, mcq.rho_headline_high, 2)} | "
-                         f"{', '.join(worse) or 'none'} / {', '.join(better) or 'none'} |")
+            lines.append(f"| {model} | {_blocks(mcq.selected)} | {label} | {_plan_gain(results[SCOPE])} | "
+                         f"{_plan_gain(mcq)} | {_plan_gain(parts['mcq_hybrid'])} | {_plan_gain(parts['mcq_negative'])} "
+                         f"| {_with_scope(mcq)} | {', '.join(worse) or 'none'} / {', '.join(better) or 'none'} |")
     if not shown:
         return "(the multiple-choice arm has not finished yet: scripts/validation_study.py --mcq-arm)"
     return "\n".join(lines) + ("\n\nGains with their 95 % bootstrap intervals over seeds and items; trails / beats: "

@@ -226,11 +226,11 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
     item_rng = np.random.default_rng([seed, 0])
     subset_rngs = {source: np.random.default_rng([seed, 2, zlib.crc32(repr(source).encode())]) for source in subsets}
     seed_rngs = {v: np.random.default_rng([seed, 1, zlib.crc32(v.encode())]) for v in variants}
+    n_items = {source: per_source[source]["frozen"].shape[1] for source in sources}
     point = means(None, None)
     replicates = []
     for _ in range(n_boot):
         seed_draws = {v: seed_rngs[v].integers(0, len(grouped[v]), len(grouped[v])) for v in variants}
-        n_items = {source: per_source[source]["frozen"].shape[1] for source in sources}
         item_draws = {(key, None): item_rng.integers(0, n_items[key, None], n_items[key, None]) for key in keys}
         item_draws.update({source: subset_rngs[source].integers(0, n_items[source], n_items[source])
                            for source in subsets})
