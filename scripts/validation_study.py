@@ -5,8 +5,8 @@
     python scripts/validation_study.py --out runs/validation --shard 1/2   (and --shard 2/2 beside it: shard 1 probes,
                                                                           the other waits for its plan)
     python scripts/validation_study.py --out runs/validation --finetunes   (the default model's fine-tunes, compared)
-    python scripts/validation_study.py --out runs/validation --mcq-arm     (late and early trained for the multiple
-                                                                          choice too; --shard K/N splits it)
+    python scripts/validation_study.py --out runs/validation --mcq-arm     (analysis.validation.MCQ_ARM trained for
+                                                                          the multiple choice too; --only, --shard K/N)
     python scripts/validation_study.py --out docs/results/validation --freeze-tuning   (the rule's procedures, once)
 
 --finetunes (after the default model's probe): the fine-tunes of analysis.validation.FINETUNES and the scope recipe
@@ -80,7 +80,8 @@ def main() -> None:
         finetunes(args.out)
         return
     if args.mcq_arm:
-        run_mcq_arm(args.out, shard=args.shard, log=lambda line: print(line, flush=True))
+        run_mcq_arm(args.out, only=set(args.only.split(",")) if args.only else None, shard=args.shard,
+                    log=lambda line: print(line, flush=True))
         return
     run_study(args.out, only=set(args.only.split(",")) if args.only else None, shard=args.shard,
               log=lambda line: print(line, flush=True))

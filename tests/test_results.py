@@ -106,7 +106,7 @@ def test_the_multiple_choice_arm_block_sets_each_recipe_s_row_from_its_own_folde
                                             {"target": "mcq", "selector": "last", "verdict": "as good"},
                                             {"target": "scope", "selector": "last", "verdict": "worse"}]}}
 
-    first, second = MCQ_ARM
+    first, second = MCQ_ARM[:2]
     planted = {(first, "ablation"): folder(-0.2, "worse"), (first, MCQ_ARM_FOLDER): folder(0.1, "better"),
                (second, "ablation"): folder(-0.1, "worse")}  # the second model's arm has not run
     monkeypatch.setattr(validation_blocks, "_load",
