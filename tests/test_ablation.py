@@ -344,7 +344,10 @@ def test_cli_trains_every_run_with_the_multiple_choice_as_second_source(small_em
     (["--selectors", "all"], "selectors are compared at the size of the toolkit's plan"),
     (["--selectors", "magic"], "unknown selector(s) magic"),
     (["--shard", "3/2"], "1 <= K <= N"),
-    (["--eval-items", "50"], "eval_n must be at least 100"),
+    (["--eval-items", "50"], "--eval-items must be at least 100"),  # the flag, not the config's field (eval_n)
+    (["--train-examples", "4"], "--train-examples 4 is fewer than one batch of"),
+    (["--second-loss", "negbench_mcq", "--second-train-examples", "4"],
+     "--second-train-examples 4 is fewer than one batch of"),
     (["--second-weight", "0.5"], "--second-weight goes with --second-loss"),
     (["--pretrained", "x.pt"], "--pretrained does not go with the embedded model"),
     (["--variants", "frontal"], "unknown variant 'frontal'"),

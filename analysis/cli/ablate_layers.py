@@ -42,6 +42,10 @@ from finetune.vocabulary import EXTRAS, LOSS_NAMES, MCQ_LOSSES
 from probing.io import DuplicateKeyError, strict_json_loads
 
 PROG = "ablate-layers"
+# AblationConfig's fields that its flags name otherwise: a settings error from flags names the flag (from --config,
+# the file's field)
+FLAG_OF_FIELD = {"world_seed": "--seed", "n_train": "--train-examples", "n_second": "--second-train-examples",
+                 "eval_n": "--eval-items", "eval_n_classification": "--eval-zero-shot", "plan_path": "--plan"}
 CONFIG_FILE = "config.json"
 RUN_LEVEL = ("out", "threads", "workers", "no_progress", "no_feature_cache", "config", "max_runs", "shard",
              "keep_models")
@@ -170,7 +174,20 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
                                                                                                    args.threads),
             feature_cache=not args.no_feature_cache)
     except AblationError as error:
-        parser.error(str(error))
+        parser.error(_named_by_flag(str(error)))
+
+
+def _named_by_flag(message: str) -> str:
+    """An AblationConfig check's message that begins with the field it is about, with that field's flag instead."""
+    import dataclasses
+
+    from analysis.ablation.config import AblationConfig
+
+    word, _, rest = message.partition(" ")
+    field = word.rstrip(":")
+    if field not in {f.name for f in dataclasses.fields(AblationConfig)}:
+        return message
+    return f"{FLAG_OF_FIELD.get(field, '--' + field.replace('_', '-'))}{word[len(field):]} {rest}"
 
 
 def main(argv: list[str] | None = None) -> int:
