@@ -284,14 +284,16 @@ def _check_sizes(config: TrainConfig, n_examples: int, n_second: int | None, dis
         sources.append(("second ", n_second, config.second_batch_size or config.batch_size))
     for what, n, batch_size in sources:
         if batch_size < 2:
-            raise ValueError(f"{what}batch_size must be at least 2: contrastive losses need negatives")
+            raise ValueError(f"{what.replace(' ', '_')}batch_size must be at least 2: contrastive losses need "
+                             "negatives")
         if n < batch_size:
             left_out = skipped.get("second" if what else "first", 0)
             why = (f" ({left_out} examples whose compared captions are the same tokens after the cut were skipped)"
                    if left_out else "")
             raise ValueError(f"{n} {what}examples are fewer than one batch of {batch_size}{why}")
         if batch_size % dist.world_size:
-            raise ValueError(f"{what}batch_size {batch_size} must divide by the number of processes {dist.world_size}")
+            raise ValueError(f"{what.replace(' ', '_')}batch_size {batch_size} must divide by the number of "
+                             f"processes {dist.world_size}")
 
 
 def trained_weights_problem(params: Sequence[torch.Tensor], names: Sequence[str] | None = None) -> str | None:

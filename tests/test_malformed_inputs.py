@@ -507,6 +507,9 @@ FINETUNE_LAYERS = [
          "expected a JSON object of id -> item"),
     case("finetune-layers", "--model {tiny} --data synthetic --train-examples 3 --batch-size 4 --steps 1 --layers 0 "
                             "--out {out}/ft", "3 examples (--train-examples) are fewer than one batch of 4"),
+    case("finetune-layers", "--model {tiny} --data synthetic --second-data synthetic --second-loss negbench_mcq "
+                            "--second-batch-size 1 --batch-size 4 --steps 1 --layers 0 --out {out}/ft",
+         "--second-batch-size must be at least 2: contrastive losses need negatives"),
     case("finetune-layers", "--model {tiny} --layers 0-7 --steps 1 --batch-size 4 --train-examples 8 --out {out}/ft",
          "the text tower has 2 blocks"),
     case("finetune-layers", "--model {tiny} --pretrained {damaged_world} --layers 0 --steps 1 --batch-size 4 "
@@ -623,8 +626,8 @@ ABLATE_LAYERS = [
     case("ablate-layers", f"{AB} --loss mix --weights conclip=0 --out {{out}}/ab", "every weight of the mix is 0"),
     case("ablate-layers", f"{AB} --loss mix --weights conclip=1,conclip=2 --out {{out}}/ab", "conclip given twice"),
     case("ablate-layers", f"{AB} --steps 0 --out {{out}}/ab", "--steps: must be >= 1"),
-    case("ablate-layers", f"{AB} --eval-items 50 --out {{out}}/ab", "eval_n must be at least 100"),
-    case("ablate-layers", f"{AB} --train-examples 8 --out {{out}}/ab", "n_train 8 is fewer than one batch of 16"),
+    case("ablate-layers", f"{AB} --eval-items 50 --out {{out}}/ab", "--eval-items must be at least 100"),
+    case("ablate-layers", f"{AB} --train-examples 8 --out {{out}}/ab", "--train-examples 8 is fewer than one batch"),
     case("ablate-layers", f"{AB} --extras magic --out {{out}}/ab", "unknown extra(s) magic"),
     case("ablate-layers", f"{AB} --device bogus --out {{out}}/ab", "unknown device 'bogus'"),
     case("ablate-layers", f"{AB} --pretrained x.pt --out {{out}}/ab", "--pretrained does not go with the embedded"),

@@ -174,20 +174,7 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
                                                                                                    args.threads),
             feature_cache=not args.no_feature_cache)
     except AblationError as error:
-        parser.error(_named_by_flag(str(error)))
-
-
-def _named_by_flag(message: str) -> str:
-    """An AblationConfig check's message that begins with the field it is about, with that field's flag instead."""
-    import dataclasses
-
-    from analysis.ablation.config import AblationConfig
-
-    word, _, rest = message.partition(" ")
-    field = word.rstrip(":")
-    if field not in {f.name for f in dataclasses.fields(AblationConfig)}:
-        return message
-    return f"{FLAG_OF_FIELD.get(field, '--' + field.replace('_', '-'))}{word[len(field):]} {rest}"
+        parser.error(a.named_by_flag(str(error), AblationConfig, FLAG_OF_FIELD))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,6 +192,19 @@ def _no_repeats(values, option: str, parser: argparse.ArgumentParser) -> None:
         parser.error(f"{option}: {', '.join(repeated)} given twice")
 
 
+def named_by_flag(message: str, config_type: type, renamed: dict[str, str] | None = None) -> str:
+    """A settings check's message that begins with the config field it is about ("eval_n must be ..."), with that
+    field's flag instead ("--eval-items must be ..."): `renamed` maps the fields whose flag is not the field's name
+    with hyphens. Any other message is returned as it is."""
+    import dataclasses
+
+    word, _, rest = message.partition(" ")
+    field = word.rstrip(":")
+    if field not in {f.name for f in dataclasses.fields(config_type)}:
+        return message
+    return f"{(renamed or {}).get(field, '--' + field.replace('_', '-'))}{word[len(field):]} {rest}"
+
+
 def writable_folder_problem(folder: str | os.PathLike, what: str) -> str | None:
     """Why files cannot be written into `folder` (created if missing), or None. Checked before any work,
     without leaving anything behind: a file is created and removed in the folder or in its nearest

@@ -456,7 +456,7 @@ def finetune(args: argparse.Namespace) -> int:
     except ValueError as error:  # settings the trainer refuses (e.g. fewer examples than one batch)
         if type(error).__name__ in ("DataError", "PlanError"):
             raise
-        raise UsageError(str(error)) from None
+        raise UsageError(a.named_by_flag(str(error), TrainConfig, {"image_workers": "--workers"})) from None
     last = "nothing left to train" if result.loss is None else f"last loss {result.loss:.4f}"
     print(f"done: {result.step} steps, {last}; weights: {result.model_path}; "
           f"metrics: {Path(args.out) / 'metrics.csv'}", flush=True)
