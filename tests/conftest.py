@@ -37,6 +37,28 @@ def tiny_config(text_width: int = 64, *, quick_gelu: bool = False, layers: int =
     }
 
 
+def first_batch_mcq_loss(bundle, items, batch_size: int, seed: int, stream: int) -> float:
+    """NegBench's MCQ loss of the first batch a run with this training seed and data stream draws from the
+    synthetic world's multiple-choice `items`, on the model before any step (the value the trainer logs for its
+    first step), computed here from the items directly."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from finetune.losses import negbench_mcq_loss
+    from finetune.train import DataOrder
+
+    model = bundle.model.eval()
+    chosen = [items[i] for i in DataOrder(len(items), batch_size, seed, stream=stream).batch(0)[1].tolist()]
+    with torch.no_grad():
+        texts = F.normalize(model.encode_text(bundle.tokenizer([c for item in chosen for c in item.captions])),
+                            dim=-1).view(batch_size, 4, -1)
+        images = F.normalize(model.encode_image(torch.stack([bundle.preprocess(Image.fromarray(item.image))
+                                                             for item in chosen])), dim=-1)
+        return negbench_mcq_loss(images, texts, torch.tensor([item.correct for item in chosen]),
+                                 scale=model.logit_scale.exp()).item()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     import torch

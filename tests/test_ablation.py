@@ -322,6 +322,9 @@ def test_cli_trains_every_run_with_the_multiple_choice_as_second_source(small_em
     another weight is refused."""
     import csv
 
+    from probing.models.factory import create_model
+    from tests.conftest import first_batch_mcq_loss
+
     argv = QUICK_ARGS + ["--seeds", "0", "--variants", "frozen,layer_0", "--second-loss", "negbench_mcq",
                          "--second-weight", "0.5", "--second-train-examples", "32", "--out", str(tmp_path)]
     assert main(argv) == 0
@@ -329,6 +332,11 @@ def test_cli_trains_every_run_with_the_multiple_choice_as_second_source(small_em
     with open(tmp_path / "runs" / "layer_0" / "seed0" / "metrics.csv", newline="") as handle:
         logged = list(csv.DictReader(handle))
     assert logged and all(float(row["loss_second"]) > 0 for row in logged)
+    # the first step's is NegBench's MCQ loss on the batch it draws from the world's training items (32 of them,
+    # drawn with the data seed + 1; the batch from the second source's stream of training seed 0), computed directly
+    bundle = create_model("embedded:small", device="cpu")
+    items = bundle.world.mcq_items(32, "train", seed=AblationConfig().data_seed + 1)
+    assert float(logged[0]["loss_second"]) == pytest.approx(first_batch_mcq_loss(bundle, items, 16, 0, 1), rel=1e-3)
     settings = json.loads((tmp_path / "ablation_config.json").read_text())["settings"]
     assert (settings["second_loss"], settings["second_weight"], settings["n_second"]) == ("negbench_mcq", 0.5, 32)
     assert main([*argv[:-6], "--second-weight", "0.25", *argv[-4:]]) == 2

@@ -321,28 +321,16 @@ def test_cli_trains_negbench_s_mcq_loss_on_the_synthetic_world_s_multiple_choice
     """--data / --second-data synthetic with an MCQ loss read the world's four-way multiple-choice items
     (SyntheticWorld.mcq_items): as the second source (NegBench's recipe) or the only one. The logged loss of the
     first step is the MCQ loss of the batch that step draws, computed here from the items directly."""
-    from PIL import Image
-
     from analysis.cli.finetune_layers import main
-    from finetune.losses import negbench_mcq_loss
-    from finetune.train import DataOrder
     from probing.models.factory import create_model
     from probing.synthetic.record import default_world
+    from tests.conftest import first_batch_mcq_loss
 
     bundle = create_model(str(tiny))
     world = bundle.world if bundle.world_recorded else default_world(bundle.world.config.image_size, seed=0)
-    model = bundle.model.eval()
 
     def mcq_loss(seed: int, stream: int) -> float:
-        items = world.mcq_items(8, "train", seed=seed)
-        chosen = [items[i] for i in DataOrder(8, 4, 0, stream=stream).batch(0)[1].tolist()]
-        with torch.no_grad():
-            texts = F.normalize(model.encode_text(bundle.tokenizer([c for item in chosen for c in item.captions])),
-                                dim=-1).view(4, 4, -1)
-            images = F.normalize(model.encode_image(torch.stack([bundle.preprocess(Image.fromarray(item.image))
-                                                                 for item in chosen])), dim=-1)
-            return negbench_mcq_loss(images, texts, torch.tensor([item.correct for item in chosen]),
-                                     scale=model.logit_scale.exp()).item()
+        return first_batch_mcq_loss(bundle, world.mcq_items(8, "train", seed=seed), 4, 0, stream)
 
     common = ["--model", str(tiny), "--data", "synthetic", "--train-examples", "8", "--layers", "0", "--steps", "1",
               "--batch-size", "4", "--warmup-steps", "0", "--lr", "1e-4", "--log-every", "1", "--no-progress",
