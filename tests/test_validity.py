@@ -296,6 +296,25 @@ def test_the_answer_type_breakdown_reads_only_its_items_and_leaves_the_targets_i
         assert both[name].rho_headline_low == alone[name].rho_headline_low or name == "scope", name
 
 
+def test_rho_with_the_headline_target_is_paired_replicate_by_replicate():
+    """Each bootstrap replicate correlates the target's resampled gains with scope's from the same replicate (the
+    same seeds drawn). Planted: every item of a run has the run's one outcome, the same on scope's suites and on the
+    absence suite, so the only noise is which seeds a replicate draws and the two gain vectors are equal in every
+    replicate: the interval is [1, 1]. Against the point estimate of scope's gains (or another replicate's) it would
+    reach below 0, since resampling the seeds reorders the blocks."""
+    outcomes = {"frozen": (0, 0, 0), "layer_0": (1, 1, 0), "layer_1": (1, 0, 0), "layer_2": (0, 1, 1),
+                "layer_3": (0, 0, 1), "selected": (1, 1, 0), "window_0_1": (1, 1, 1), "window_1_2": (1, 0, 1),
+                "window_2_3": (0, 1, 1)}
+    runs = [{"variant": v, "seed": seed, "items": {key: [outcome] * N_ITEMS for key in
+                                                   ("object/scope", "template/scope", "object/absence")}}
+            for v, per_seed in outcomes.items() for seed, outcome in enumerate(per_seed)]
+    absence = assess(runs, EVIDENCE, [0], n_layers=N_LAYERS, n_boot=200)["absence"]
+    assert absence.rho_headline == pytest.approx(1.0)
+    assert absence.rho_headline_low == pytest.approx(1.0) and absence.rho_headline_high == pytest.approx(1.0)
+    # while each block's gain does move from replicate to replicate: the pairing is what holds the rho at 1
+    assert absence.gain_low[0] < absence.gains[0] < absence.gain_high[0]
+
+
 def test_rho_with_the_headline_target_is_the_spearman_of_the_two_targets_single_block_gains():
     """A target whose single-block gains run opposite to scope's (a planted trade-off): its rho_headline is the
     Spearman correlation of the two gain vectors, computed here directly, and -1 by construction; the headline's
