@@ -1097,3 +1097,17 @@ def test_files_that_hold_nothing_to_load_are_file_errors(name, kind, write, mess
         with pytest.raises(DataError) as error:
             load_dataset(path, kind=kind, image_root=IMAGES, strict=strict)
         assert error.value.path == str(path) and message in error.value.problem
+
+
+def test_a_warning_while_a_command_runs_is_one_line_naming_the_command(tmp_path):
+    """A warning the toolkit raises while a command runs (here: an interrupted write left a runs file's last line
+    cut short) prints as one line, "<command>: warning: ...", not Python's two-line form with the source line; run
+    in a fresh interpreter, where Python's default filters and printing apply (pytest records warnings instead)."""
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text('{"variant": "frozen", "seed": 0, "metrics": {"scope": 0.5}}\n{"variant": "lay', encoding="utf-8")
+    script = ("import sys\nfrom analysis.ablation.runs import load_runs\nfrom analysis.cli.execution import run\n"
+              f"sys.exit(run('ablate-layers', lambda: len(load_runs({str(runs)!r})) - 1))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr  # the complete run was read, the cut line dropped
+    assert done.stderr == (f"ablate-layers: warning: {runs}: ignoring an incomplete last line (an interrupted "
+                           "write); that run will be redone\n")

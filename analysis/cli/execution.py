@@ -8,13 +8,16 @@ Exit status (every command):
     1  the run itself cannot support what was asked (e.g. probe-layers' measurements support no
        layer plan); what was measured is saved first
 
-An error message is cut to one line of at most `MESSAGE_LIMIT` characters. Nothing here imports torch at
-import time: `--help` and argument errors stay instant.
+An error message is cut to one line of at most `MESSAGE_LIMIT` characters, and so is a warning while a command
+runs ("<command>: warning: ...", its category named unless it is a plain UserWarning), instead of Python's
+two-line form with the source line that raised it. Nothing here imports torch at import time: `--help` and
+argument errors stay instant.
 """
 from __future__ import annotations
 
 import signal
 import sys
+import warnings
 from typing import Callable
 
 EXIT_UNSUPPORTED = 1
@@ -51,7 +54,7 @@ def run(prog: str, body: Callable[[], int]) -> int:
     from probing.clip.loading import ModelLoadError
     from probing.data.records import DataError
 
-    with _sigterm_as_exit():
+    with _sigterm_as_exit(), _one_line_warnings(prog):
         try:
             return body()
         except (DataError, ModelLoadError, PlanError, ResumeError, UsageError, ConfigError, AblationError) as error:
@@ -60,6 +63,28 @@ def run(prog: str, body: Callable[[], int]) -> int:
         except (Unsupported, SelectionError) as error:
             print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
             return EXIT_UNSUPPORTED
+
+
+class _one_line_warnings:
+    """Within the block, a warning that is shown prints as one line naming the command (which warnings show, and
+    how often, is still Python's filters' choice, and a recorder such as pytest.warns still records them)."""
+
+    def __init__(self, prog: str):
+        self.prog = prog
+
+    def __enter__(self):
+        self.previous = warnings.formatwarning
+
+        def one_line_warning(message, category, filename, lineno, line=None) -> str:
+            kind = "" if category is UserWarning else f" ({category.__name__})"
+            return f"{self.prog}: warning{kind}: {one_line(message)}\n"
+
+        warnings.formatwarning = one_line_warning
+        return self
+
+    def __exit__(self, *exc):
+        warnings.formatwarning = self.previous
+        return False
 
 
 class _sigterm_as_exit:
