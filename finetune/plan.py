@@ -113,18 +113,19 @@ class LayerPlan:
         text tower of `n_layers` blocks (naming the plan file, when the plan was read from one)."""
         chosen_on = self.evidence.get("n_layers")  # probe-layers' plans record the depth of the tower they read
         if isinstance(chosen_on, int) and not isinstance(chosen_on, bool) and chosen_on != n_layers:
-            where = f"layer plan {self.source}" if self.source else f"layer plan ({_shorten(self.rule)})"
-            raise PlanError(f"{where} was chosen on a text tower of {chosen_on} blocks (its evidence says so), but "
-                            f"this one has {n_layers}: probe this model for its own plan, or name the blocks by hand "
-                            "(finetune-layers --layers)")
+            raise PlanError(f"{self._where()} was chosen on a text tower of {chosen_on} blocks (its evidence says "
+                            f"so), but this one has {n_layers}: probe this model for its own plan, or name the blocks "
+                            "by hand (finetune-layers --layers)")
         outside = [b for b in self.blocks if b >= n_layers]
         if outside:
-            where = f"layer plan {self.source} ({_shorten(self.rule)})" if self.source else \
-                f"layer plan ({_shorten(self.rule)})"
             raise PlanError(
-                f"{where} lists block(s) {describe_indices(outside)}, but the text tower "
+                f"{self._where()} lists block(s) {describe_indices(outside)}, but the text tower "
                 f"has {n_layers} blocks (0..{n_layers - 1})"
             )
+
+    def _where(self) -> str:
+        """How an error names the plan: its file when it was read from one, else its rule."""
+        return f"layer plan file {self.source}" if self.source else f"layer plan ({_shorten(self.rule)})"
 
     def trains_anything(self) -> bool:
         """Whether the plan names a block or an extra to train (an empty plan is a valid record: probe-layers
@@ -135,8 +136,7 @@ class LayerPlan:
     def check_trains(self) -> None:
         """Raise PlanError (naming the plan file, when it came from one) if the plan trains nothing."""
         if not self.trains_anything():
-            where = f"layer plan file {self.source}" if self.source else f"layer plan ({_shorten(self.rule)})"
-            raise PlanError(f"{where} trains no text block and no extra (embeddings, ln_final, projection, "
+            raise PlanError(f"{self._where()} trains no text block and no extra (embeddings, ln_final, projection, "
                             "logit_scale): nothing would train")
 
     def lr_weight(self, block: int) -> float:

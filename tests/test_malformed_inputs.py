@@ -809,11 +809,11 @@ REPEATS = [
     case("evaluate-negation", f"{EV} --benchmarks synthetic --synthetic-image-size 100000", "got 100000"),
     case("finetune-layers", "--model {tiny} --plan {plan_block_99} --steps 1 --batch-size 4 --n-examples 8 "
                             "--out {out}/ft",
-         "layer plan {plan_block_99} ('manual') lists block(s) [99], but the text tower has 2 blocks"),
+         "layer plan file {plan_block_99} lists block(s) [99], but the text tower has 2 blocks"),
     case("finetune-layers", "--model {tiny} --plan {plan_empty} --out {out}/ft",
          "layer plan file {plan_empty} trains no text block and no extra"),
     case("ablate-layers", f"{AB} --plan {{plan_block_99}} --variants selected --out {{out}}/ab",
-         "layer plan {plan_block_99} ('manual') lists block(s) [99], but the text tower has 12 blocks"),
+         "layer plan file {plan_block_99} lists block(s) [99], but the text tower has 12 blocks"),
 ]
 
 # data files that hold nothing, or numbers outside their documented range, through the commands (issue 28)
