@@ -280,6 +280,9 @@ def test_the_answer_type_breakdown_reads_only_its_items_and_leaves_the_targets_i
         run["items"]["object/mcq"] = (rng.random(N_ITEMS) < rate).astype(int).tolist()
         run["items"]["object/mcq_template"] = kinds.tolist()
     assert set(available_targets(runs, BREAKDOWN)) == set(BREAKDOWN)
+    # an answer type no item drew (a handful of items) has nothing to assess: left out, not a NaN
+    no_hybrid = [{**run, "items": {**run["items"], "object/mcq_template": ["positive"] * N_ITEMS}} for run in runs]
+    assert set(available_targets(no_hybrid, BREAKDOWN)) == set(BREAKDOWN) - {"mcq_negative", "mcq_hybrid"}
     both = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=200,
                   targets=available_targets(runs, {**TARGETS, **BREAKDOWN}))
     alone = assess(runs, EVIDENCE, [0, 1], n_layers=N_LAYERS, n_boot=200)

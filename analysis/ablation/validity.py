@@ -164,10 +164,15 @@ def _runs_by_variant(runs: Sequence[dict]) -> dict[str, list[dict]]:
 
 def available_targets(runs: Sequence[dict], targets: Mapping[str, Target] = TARGETS) -> dict[str, Target]:
     """The targets every run recorded the per-item outcomes (and the subset's labels) of (runs made before a target
-    existed lack it)."""
-    return {name: target for name, target in targets.items()
-            if all(key in run.get("items", {}) for run in runs
-                   for key in target.items + ((target.subset[0],) if target.subset else ()))}
+    existed lack it); a subset that no item of a run falls in (e.g. an answer type that a few multiple-choice items
+    never drew) has nothing to assess and is left out."""
+    def recorded(target: Target, run: dict) -> bool:
+        items = run.get("items", {})
+        if not all(key in items for key in target.items + ((target.subset[0],) if target.subset else ())):
+            return False
+        return target.subset is None or target.subset[1] in items[target.subset[0]]
+
+    return {name: target for name, target in targets.items() if all(recorded(target, run) for run in runs)}
 
 
 def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_layers: int,
