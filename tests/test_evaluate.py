@@ -499,10 +499,15 @@ def test_cli_writes_json_and_markdown(tiny, test_data, tmp_path, monkeypatch, ca
                  "--synthetic-zero-shot", "36", "--synthetic-image-size", "32", "--batch-size", "5",
                  "--out", str(out), "--no-progress"])
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert f"wrote {out / 'evaluation.json'}" in printed
     result = json.loads((out / "evaluation.json").read_text())
     assert result["model"]["architecture"] == config.stem and result["model"]["pretrained"] is None
+    # the rows left out are said on the console too, not only in the JSON
+    counts = result["sections"]["negbench_mcq/coco"]["counts"]
+    assert (f"evaluate-negation: note: negbench_mcq/coco: evaluated 6 of {counts['rows_read']} rows read; "
+            f"{counts['n_skipped']} left out (image not found: {counts['n_skipped']})") in captured.err.splitlines()
     assert set(result["sections"]) == {"synthetic/negation", "synthetic/retrieval", "synthetic/scope",
                                        "synthetic/prompt_gap", "negbench_mcq/coco", "negbench_mcq/voc2007",
                                        "image_folder/prompt_gap"}

@@ -16,8 +16,9 @@ torch and open_clip are imported after the arguments are checked, so `--help` is
 wrong argument (an --out that is a file or cannot be written included) fails at once (exit 2, as a
 model that cannot load). A benchmark file that turns out to be broken, or that leaves nothing to
 evaluate, is recorded in the output and the other benchmarks still run; the exit status is then 2.
-Rows that cannot be evaluated (a missing or undecodable image, a duplicate, a pair that the context
-cut makes identical) are skipped and counted per benchmark, and so are captions the cut shortens.
+Rows that cannot be evaluated (a missing or undecodable image, a malformed row, a duplicate, a pair that the
+context cut makes identical) are skipped and counted per benchmark, and so are captions the cut shortens; a note
+on stderr says how many, per benchmark, and why.
 """
 from __future__ import annotations
 
@@ -162,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from analysis.evaluation.evaluate import cut_notes, evaluate_all, markdown_table, published_comparison
+    from analysis.evaluation.evaluate import (
+        cut_notes,
+        evaluate_all,
+        markdown_table,
+        published_comparison,
+        skip_notes,
+    )
     from probing.io import atomic_write_json, atomic_write_text, sweep_temporaries
     from probing.models.factory import create_model
     from probing.synthetic.record import default_world
@@ -197,7 +204,7 @@ def evaluate(args: argparse.Namespace) -> int:
     md_path = atomic_write_text(args.out / OUTPUT_MD, markdown_table(result, model=bundle.label))
     for line in published_comparison(result):
         print(line, flush=True)
-    for line in cut_notes(result):
+    for line in cut_notes(result) + skip_notes(result):
         print(f"{PROG}: note: {line}", file=sys.stderr)
     print(f"wrote {json_path} and {md_path}", flush=True)
     for name, why in result["failed"].items():

@@ -661,6 +661,21 @@ def cut_notes(result: dict) -> list[str]:
     return lines
 
 
+def skip_notes(result: dict, n_reasons: int = 3) -> list[str]:
+    """One line per benchmark that left rows out (missing images, malformed rows, duplicates ...): how many of the
+    rows read were evaluated, and the most frequent reasons; the JSON lists them all with examples."""
+    lines = []
+    for section, body in result["sections"].items():
+        counts = body["counts"]
+        if counts.get("n_skipped"):
+            reasons = list(counts["skip_reasons"].items())
+            shown = "; ".join(f"{reason}: {n}" for reason, n in reasons[:n_reasons])
+            more = f"; and {len(reasons) - n_reasons} more reason(s)" if len(reasons) > n_reasons else ""
+            lines.append(f"{section}: evaluated {counts['n_evaluated']} of {counts['rows_read']} rows read; "
+                         f"{counts['n_skipped']} left out ({shown}{more})")
+    return lines
+
+
 def published_comparison(result: dict) -> list[str]:
     """One line per measured metric that has published values: measured beside published."""
     lines = []
