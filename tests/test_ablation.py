@@ -336,7 +336,9 @@ def test_cli_trains_every_run_with_the_multiple_choice_as_second_source(small_em
     # drawn with the data seed + 1; the batch from the second source's stream of training seed 0), computed directly
     bundle = create_model("embedded:small", device="cpu")
     items = bundle.world.mcq_items(32, "train", seed=AblationConfig().data_seed + 1)
-    assert float(logged[0]["loss_second"]) == pytest.approx(first_batch_mcq_loss(bundle, items, 16, 0, 1), rel=1e-3)
+    batch = int(QUICK_ARGS[QUICK_ARGS.index("--batch-size") + 1])
+    assert float(logged[0]["loss_second"]) == pytest.approx(first_batch_mcq_loss(bundle, items, batch, 0, 1),
+                                                            rel=1e-3)
     settings = json.loads((tmp_path / "ablation_config.json").read_text())["settings"]
     assert (settings["second_loss"], settings["second_weight"], settings["n_second"]) == ("negbench_mcq", 0.5, 32)
     assert main([*argv[:-6], "--second-weight", "0.25", *argv[-4:]]) == 2
@@ -371,6 +373,35 @@ def test_cli_bad_arguments_are_one_line_errors(small_embedded, tmp_path, capsys,
     assert status == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_settings_messages_name_the_flag_only_when_they_are_about_that_field(small_embedded, tmp_path, capsys):
+    """named_by_flag renames a message's leading config field to the flag that sets it, and leaves alone a message
+    whose first word merely is a field's name, or whose field no flag of the command sets."""
+    from analysis.cli.ablate_layers import FLAG_OF_FIELD, build_parser
+    from analysis.cli.arguments import named_by_flag
+
+    parser = build_parser()
+
+    def named(message: str) -> str:
+        return named_by_flag(message, AblationConfig, parser, FLAG_OF_FIELD)
+
+    assert named("eval_n must be at least 100, got 50") == "--eval-items must be at least 100, got 50"
+    assert named("n_second 4 is fewer than one batch of 16") == ("--second-train-examples 4 is fewer than one "
+                                                                 "batch of 16")
+    assert named("extras: plan given twice") == "--extras: plan given twice"
+    assert named("warmup_steps must be >= 0, got -1") == "--warmup-steps must be >= 0, got -1"
+    for kept in ("loss option lam must be a finite number",  # 'loss' is a field, but this is about an option
+                 "pretrained weights do not go with the embedded model",
+                 "feature_cache must be a bool",  # a field whose flag has another name (--no-feature-cache)
+                 "unknown selector(s) magic"):
+        assert named(kept) == kept
+    # through the old --loss-kwargs JSON, a bad option reaches the config's own check and names that flag
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(QUICK_ARGS + ["--loss-kwargs", '{"foo": 1}', "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--loss-kwargs: loss 'conclip' takes no option(s) foo" in capsys.readouterr().err
 
 
 def test_cli_old_flag_spellings_still_work(small_embedded, tmp_path, capsys):

@@ -111,7 +111,7 @@ def _check_config(config: AblationConfig) -> None:
     try:
         check_loss_options(config.loss, config.loss_kwargs)
     except LossOptionError as error:
-        raise AblationError(str(error)) from None
+        raise AblationError(f"loss_kwargs: {error}") from None
     for name, low in (("steps", 1), ("batch_size", 2), ("n_train", 2), ("eval_n", 100), ("eval_n_classification", 1),
                       ("ckpt_every", 1)):
         if getattr(config, name) < low:
@@ -129,8 +129,10 @@ def _check_config(config: AblationConfig) -> None:
         raise AblationError(f"eval_mcq must be at least 0, got {config.eval_mcq}")
     if config.n_train < config.batch_size:
         raise AblationError(f"n_train {config.n_train} is fewer than one batch of {config.batch_size}")
-    if not (math.isfinite(config.lr) and 0 < config.lr <= MAX_LEARNING_RATE) or config.warmup_steps < 0:
-        raise AblationError(f"lr must be > 0 and <= {MAX_LEARNING_RATE:g}, and warmup_steps >= 0")
+    if not (math.isfinite(config.lr) and 0 < config.lr <= MAX_LEARNING_RATE):
+        raise AblationError(f"lr must be > 0 and <= {MAX_LEARNING_RATE:g}, got {config.lr}")
+    if config.warmup_steps < 0:
+        raise AblationError(f"warmup_steps must be >= 0, got {config.warmup_steps}")
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise AblationError(f"weight_decay must be a finite number >= 0, got {config.weight_decay}")
     parse_extras(config.extras)

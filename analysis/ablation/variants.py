@@ -297,5 +297,5 @@ def load_selected_plan(path: str | Path | None, n_layers: int):
     except PlanError as error:
         raise AblationError(str(error)) from None
     if not plan.blocks:
-        raise AblationError(f"layer plan {path} trains no text block; the ablation compares blocks")
+        raise AblationError(f"layer plan file {path} trains no text block; the ablation compares blocks")
     return plan

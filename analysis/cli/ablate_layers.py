@@ -45,7 +45,8 @@ PROG = "ablate-layers"
 # AblationConfig's fields that its flags name otherwise: a settings error from flags names the flag (from --config,
 # the file's field)
 FLAG_OF_FIELD = {"world_seed": "--seed", "n_train": "--train-examples", "n_second": "--second-train-examples",
-                 "eval_n": "--eval-items", "eval_n_classification": "--eval-zero-shot", "plan_path": "--plan"}
+                 "eval_n": "--eval-items", "eval_n_classification": "--eval-zero-shot", "plan_path": "--plan",
+                 "num_workers": "--workers"}
 CONFIG_FILE = "config.json"
 RUN_LEVEL = ("out", "threads", "workers", "no_progress", "no_feature_cache", "config", "max_runs", "shard",
              "keep_models")
@@ -174,7 +175,7 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
                                                                                                    args.threads),
             feature_cache=not args.no_feature_cache)
     except AblationError as error:
-        parser.error(a.named_by_flag(str(error), AblationConfig, FLAG_OF_FIELD))
+        parser.error(a.named_by_flag(str(error), AblationConfig, parser, FLAG_OF_FIELD))
 
 
 def main(argv: list[str] | None = None) -> int:

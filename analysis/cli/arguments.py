@@ -192,17 +192,22 @@ def _no_repeats(values, option: str, parser: argparse.ArgumentParser) -> None:
         parser.error(f"{option}: {', '.join(repeated)} given twice")
 
 
-def named_by_flag(message: str, config_type: type, renamed: dict[str, str] | None = None) -> str:
-    """A settings check's message that begins with the config field it is about ("eval_n must be ..."), with that
-    field's flag instead ("--eval-items must be ..."): `renamed` maps the fields whose flag is not the field's name
-    with hyphens. Any other message is returned as it is."""
+def named_by_flag(message: str, config_type: type, parser: argparse.ArgumentParser,
+                  renamed: dict[str, str] | None = None) -> str:
+    """A settings check's message about one config field ("eval_n must be ...", "n_train 8 is fewer ...",
+    "extras: ..."), with the flag that sets the field instead ("--eval-items must be ..."): `renamed` maps the
+    fields whose flag is not the field's name with hyphens. Any other message (one whose first word merely is a
+    field's name, or whose field no flag of `parser` sets) is returned as it is."""
     import dataclasses
 
     word, _, rest = message.partition(" ")
     field = word.rstrip(":")
-    if field not in {f.name for f in dataclasses.fields(config_type)}:
+    about_it = word.endswith(":") or rest.startswith("must ") or rest[:1].isdigit()
+    flag = (renamed or {}).get(field, "--" + field.replace("_", "-"))
+    if (not about_it or field not in {f.name for f in dataclasses.fields(config_type)}
+            or flag not in parser._option_string_actions):  # argparse keeps its flags there, with no public view
         return message
-    return f"{(renamed or {}).get(field, '--' + field.replace('_', '-'))}{word[len(field):]} {rest}"
+    return f"{flag}{word[len(field):]} {rest}"
 
 
 def writable_folder_problem(folder: str | os.PathLike, what: str) -> str | None:

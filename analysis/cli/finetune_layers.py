@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args.betas = _betas(args.betas, parser)
     args.layer_plan = layer_plan(args, parser)
     a.check_output_folder(args.out, "--out", parser)
-    return run(PROG, lambda: finetune(args))
+    return run(PROG, lambda: finetune(args, parser))
 
 
 def check_files(args: argparse.Namespace) -> None:
@@ -392,8 +392,9 @@ def check_files(args: argparse.Namespace) -> None:
                                 "another output folder")
 
 
-def finetune(args: argparse.Namespace) -> int:
-    """Load the data and the model, train, and say where the weights went."""
+def finetune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Load the data and the model, train, and say where the weights went (a setting the trainer refuses is named
+    by the parser's flag for it)."""
     from analysis.provenance import model_base, provenance_record
     from finetune.checkpoint import latest_checkpoint
     from finetune.plan import LayerPlan
@@ -456,7 +457,7 @@ def finetune(args: argparse.Namespace) -> int:
     except ValueError as error:  # settings the trainer refuses (e.g. fewer examples than one batch)
         if type(error).__name__ in ("DataError", "PlanError"):
             raise
-        raise UsageError(a.named_by_flag(str(error), TrainConfig, {"image_workers": "--workers"})) from None
+        raise UsageError(a.named_by_flag(str(error), TrainConfig, parser, {"image_workers": "--workers"})) from None
     last = "nothing left to train" if result.loss is None else f"last loss {result.loss:.4f}"
     print(f"done: {result.step} steps, {last}; weights: {result.model_path}; "
           f"metrics: {Path(args.out) / 'metrics.csv'}", flush=True)
