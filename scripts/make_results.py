@@ -131,9 +131,9 @@ def evidence_table() -> str:
     missing = [m.name for m in validation_blocks._models() if m.name not in folders]
     note = ("\n\n\\* beyond the threshold (Bonferroni over every block and component). Replicates agreeing: of the "
             "bootstrap replicates of the evidence, the share whose window holds the plan's block (`lead`), or whose "
-            "plan is exactly the plan (`window`), or that select nothing (no plan). A null tower selects nothing under "
-            "`lead` exactly when it does under `window` (both need a block whose evidence survives the null test), "
-            "so their probes, run under the window rule, were not run again.")
+            "plan is exactly the plan (`window`), or that select nothing (no plan). The null towers were probed "
+            "again under the `lead` rule: a null tower's replicates agree when they select nothing, and a share "
+            "below 100% counts the replicates that would select something.")
     if missing:
         note += (f" Not run yet: {', '.join(missing)} (`python scripts/validation_study.py --only "
                  f"{','.join(missing)}`).")
