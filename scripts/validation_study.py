@@ -79,15 +79,14 @@ def main() -> None:
     if args.finetunes:
         finetunes(args.out)
         return
+    only = set(args.only.split(",")) if args.only else None
     if args.mcq_arm:
-        only = set(args.only.split(",")) if args.only else None
         if only is not None and only - set(MCQ_ARM):
             parser.error(f"--mcq-arm --only: {', '.join(sorted(only - set(MCQ_ARM)))} not in the arm "
                          f"({', '.join(MCQ_ARM)})")
         run_mcq_arm(args.out, only=only, shard=args.shard, log=lambda line: print(line, flush=True))
         return
-    run_study(args.out, only=set(args.only.split(",")) if args.only else None, shard=args.shard,
-              log=lambda line: print(line, flush=True))
+    run_study(args.out, only=only, shard=args.shard, log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

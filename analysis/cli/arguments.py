@@ -8,6 +8,7 @@ cache folders by `writable_folder_problem` before any work, data files by the lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -198,8 +199,6 @@ def named_by_flag(message: str, config_type: type, parser: argparse.ArgumentPars
     "extras: ..."), with the flag that sets the field instead ("--eval-items must be ..."): `renamed` maps the
     fields whose flag is not the field's name with hyphens. Any other message (one whose first word merely is a
     field's name, or whose field no flag of `parser` sets) is returned as it is."""
-    import dataclasses
-
     word, _, rest = message.partition(" ")
     field = word.rstrip(":")
     about_it = word.endswith(":") or rest.startswith("must ") or rest[:1].isdigit()
