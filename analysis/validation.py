@@ -62,12 +62,6 @@ RULE_COMMIT = "5821910"
 ABLATION = dict(loss="mix", loss_kwargs={"scope_pair": 1, "clip": 1, "conclip": 0.5, "negationclip": 0, "terms": [1]},
                 steps=50, batch_size=64, lr=3e-3, warmup_steps=5, n_train=2000, eval_n=200,
                 eval_n_classification=144, eval_mcq=200)
-# Where did fine-tunes of the default model change it (docs/VALIDATION.md, "Where the fine-tunes changed the
-# model")? The selected plan as finetune-layers trains it and the anchors' front six blocks and whole tower (each
-# with its extras), at the ablation's budget, seed 0, kept on disk; scripts/validation_study.py --finetunes adds
-# the scope recipe and compares them all with the base. The whole-tower fine-tune's change is the default model's
-# finetune_change selector (analysis.compare.plan), judged in its ablation beside the other selectors.
-PLAN_VARIANTS = ("selected", "selected_planned")  # the ablation variants that train the selected plan
 # Trained for the multiple choice: an arm added after the selector study's verdict was read, to explain it, not to
 # judge the rule. On the scope recipe's runs the blocks that learn scope best cost most on the four-way multiple
 # choice's hybrid answers (docs/VALIDATION.md, "The multiple choice by answer type"), and that recipe never trains
@@ -84,7 +78,12 @@ MCQ_ARM = ("late", "early", "islands")
 MCQ_ARM_FOLDER = "ablation_mcq"
 MCQ_TRAINING = dict(second_loss="negbench_mcq", second_weight=1.0, n_second=2000)
 TUNING_FILE = "rule_tuning.json"  # the procedures' outcomes, frozen when the rule changed (freeze_tuning)
-WAIT_SECONDS = 30  # how often a shard other than the first looks for the first shard's probe-layers report
+WAIT_SECONDS = 30  # how often a shard other than the first looks for the first shard's probe or setting aside
+# Where did fine-tunes of the default model change it (docs/VALIDATION.md, "Where the fine-tunes changed the
+# model")? The selected plan as finetune-layers trains it and the anchors' front six blocks and whole tower (each
+# with its extras), at the ablation's budget, seed 0, kept on disk; scripts/validation_study.py --finetunes adds
+# the scope recipe and compares them all with the base. The whole-tower fine-tune's change is the default model's
+# finetune_change selector (analysis.compare.plan), judged in its ablation beside the other selectors.
 FINETUNES = ("selected_planned", "omni_front", "omni_whole")
 FINETUNE_SOURCE = "omni_whole"
 EVERY_SIZE = "frozen,selected,selected_planned,sweep,windows-2,windows-3,windows-4,windows-6,windows-12,anchors"
@@ -237,17 +236,31 @@ def comparison_file(out: Path) -> Path:
     return finetune_folder(out) / "compare" / "comparison.json"
 
 
+def study_without_stale_runs(config: AblationConfig, folder: Path, *, label: str, shard: Shard | None = None,
+                             log: Callable[[str], None] = print) -> AblationStudy:
+    """The AblationStudy of `config` in `folder`, once the finished runs of every variant whose plan changed since
+    they ran (e.g. `selected` after the selection rule changed; a variant whose plan stayed the same keeps its runs)
+    are set aside (supersede_runs) to be trained again. Only the first shard, or an unsharded run, moves them; another
+    shard waits until they are gone, so that no two processes move the same folders."""
+    study = AblationStudy(config, folder, progress=False, log=log)
+    stale = stale_variants(load_study_runs(folder), study.plans)
+    if stale and (shard is None or shard.index == 1):
+        moved = supersede_runs(folder, stale)
+        log(f"{label}: {moved} run(s) of an earlier plan set aside ({', '.join(stale)}; {folder / SUPERSEDED_FILE})")
+    elif stale:
+        log(f"{label}: waiting for shard 1 to set aside the runs of an earlier plan ({', '.join(stale)}; {folder})")
+        while stale_variants(load_study_runs(folder), study.plans):
+            time.sleep(WAIT_SECONDS)
+    return study
+
+
 def run_finetunes(out: Path, *, log: Callable[[str], None] = print) -> dict[str, Path]:
     """Train (unless done) the FINETUNES of the default model, kept on disk; {variant: its model file}."""
     apply_threads(1)
     model = MODELS[0]
     config = dataclasses.replace(ablation_config(model, Path(out) / model.name / "probe" / "layer_plan.json"),
                                  variants=FINETUNES, seeds=(0,), selectors=None, keep_models=True)
-    study = AblationStudy(config, finetune_folder(out) / "ablation", progress=False, log=log)
-    stale = stale_variants(load_study_runs(study.out_dir), study.plans)
-    if stale:  # e.g. the plan as finetune-layers trains it, after the selection rule changed: trained again
-        moved = supersede_runs(study.out_dir, stale)
-        log(f"fine-tunes: {moved} run(s) of an earlier plan set aside ({', '.join(stale)}; {SUPERSEDED_FILE})")
+    study = study_without_stale_runs(config, finetune_folder(out) / "ablation", label="fine-tunes", log=log)
     study.run()
     return {variant: study.run_dir(variant, 0) / "model.safetensors" for variant in FINETUNES}
 
@@ -271,14 +284,11 @@ def run_model(model: StudyModel, out: Path, *, shard: Shard | None = None, log: 
         except SelectionError as error:
             log(f"{model.name}: no plan ({error})")
     elif not current_plan(probe_dir, config):
-        # the rule changed since this probe ran: the same measurements and evidence, selected again; the ablation's
-        # runs of the old plan are set aside (variants whose plan is the selected one's)
+        # the rule changed since this probe ran: the same measurements and evidence, selected again (the ablation's
+        # runs of a plan that changed with it are set aside below)
         log(f"{model.name}: the selection rule changed since {probe_dir} was probed: selecting again from its "
             "measurements")
         reselect(probe_dir, config.selection)
-        moved = supersede_runs(out / model.name / "ablation", PLAN_VARIANTS)
-        if moved:
-            log(f"{model.name}: {moved} ablation runs of the earlier plan set aside (ablation/{SUPERSEDED_FILE})")
     if not model.ablate:
         return
     plan = probe_dir / "layer_plan.json"
@@ -287,8 +297,7 @@ def run_model(model: StudyModel, out: Path, *, shard: Shard | None = None, log: 
     ablation_dir = out / model.name / "ablation"
     log(f"{model.name}: ablate-layers -> {ablation_dir}" + ("" if shard is None else f" (shard {shard.index}/"
                                                                                      f"{shard.count})"))
-    study = AblationStudy(config, ablation_dir, progress=False, log=log)
-    study.run(shard=shard)
+    study_without_stale_runs(config, ablation_dir, label=model.name, shard=shard, log=log).run(shard=shard)
 
 
 def run_mcq_arm(out: Path, *, only: set[str] | None = None, shard: Shard | None = None,
@@ -305,7 +314,7 @@ def run_mcq_arm(out: Path, *, only: set[str] | None = None, shard: Shard | None 
         folder = Path(out) / model.name / MCQ_ARM_FOLDER
         log(f"{model.name}: ablate-layers with the multiple choice trained -> {folder}"
             + ("" if shard is None else f" (shard {shard.index}/{shard.count})"))
-        AblationStudy(config, folder, progress=False, log=log).run(shard=shard)
+        study_without_stale_runs(config, folder, label=model.name, shard=shard, log=log).run(shard=shard)
 
 
 def current_plan(probe_dir: Path, config: ProbeConfig) -> bool:

@@ -674,3 +674,42 @@ def test_a_variant_whose_finished_runs_trained_another_plan_is_stale_until_set_a
     assert supersede_runs(tmp_path, stale_variants(load_study_runs(tmp_path), plans)) == 1
     check_finished_runs(load_study_runs(tmp_path), plans)  # what is left trained what its variant trains now
     assert stale_variants(load_study_runs(tmp_path), plans) == []
+
+
+def test_the_study_sets_aside_only_the_runs_whose_plan_changed_and_a_later_shard_waits(small_embedded, tmp_path,
+                                                                                          monkeypatch):
+    from analysis import validation
+    from analysis.ablation.runs import SUPERSEDED_FILE, Shard, load_study_runs, supersede_runs
+
+    config = AblationConfig(**QUICK, seeds=(0,), variants=("layer_10", "layer_11"))  # no extras
+    now = variant_plans(["layer_10", "layer_11"], 12, extras_flags(config.extras))  # what each variant trains now
+    earlier = LayerPlan([11], train_projection=True)  # layer_11's runs trained the block with the projection
+
+    def finished_runs():
+        save_runs(tmp_path / RUNS_FILE, [{**_record("layer_10", 0, 0.4), "plan": now["layer_10"].to_dict()},
+                                         {**_record("layer_11", 0, 0.5), "plan": earlier.to_dict()}])
+        (tmp_path / "runs" / "layer_11" / "seed0").mkdir(parents=True, exist_ok=True)
+
+    finished_runs()
+    lines = []
+    study = validation.study_without_stale_runs(config, tmp_path, label="m", log=lines.append)
+    assert study.plans["layer_11"].to_dict() == now["layer_11"].to_dict()
+    assert [r["variant"] for r in load_study_runs(tmp_path)] == ["layer_10"]  # its plan is unchanged: kept
+    assert [r["variant"] for r in load_runs(tmp_path / SUPERSEDED_FILE)] == ["layer_11"]
+    assert (tmp_path / "superseded" / "layer_11" / "seed0").is_dir()
+    assert lines == [f"m: 1 run(s) of an earlier plan set aside (layer_11; {tmp_path / SUPERSEDED_FILE})"]
+
+    # shard 2 of 2 moves nothing itself: it waits (sleeps) until shard 1 has set the runs aside
+    finished_runs()
+    sleeps = []
+
+    def shard_one_sets_aside(seconds):
+        sleeps.append(seconds)
+        assert [r["variant"] for r in load_study_runs(tmp_path)] == ["layer_10", "layer_11"]  # still there
+        supersede_runs(tmp_path, ["layer_11"])
+
+    monkeypatch.setattr(validation.time, "sleep", shard_one_sets_aside)
+    validation.study_without_stale_runs(config, tmp_path, label="m", shard=Shard(2, 2), log=lines.append)
+    assert sleeps == [validation.WAIT_SECONDS]
+    assert lines[-1].startswith("m: waiting for shard 1 to set aside the runs of an earlier plan (layer_11;")
+    assert [r["variant"] for r in load_study_runs(tmp_path)] == ["layer_10"]
