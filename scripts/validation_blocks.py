@@ -129,6 +129,8 @@ def study_models() -> str:
 def validity_table() -> str:
     """Per ablated model, on held-out scope: did the evidence predict the single-block gains, how the plan compares
     with the best plan of its size and of any size, and where it stands on the frontier."""
+    from analysis.ablation.validity import frontier_place, next_point
+
     lines = ["| model | role | plan | rho combined [95% CI] | best plan of its size | ratio to it [95% CI] | "
              "best plan of any size | ratio to it [95% CI] | on the frontier | next point on the frontier |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -139,8 +141,8 @@ def validity_table() -> str:
             continue
         rho, ratio, ratio_any = _validity_cells(v)
         lines.append(f"| {model} | {roles[model]} | {_blocks(v.selected)} | {rho} | {v.best_plan} ({v.best_gain:+.3f}) "
-                     f"| {ratio} | {v.best_any} ({v.best_any_gain:+.3f}) | {ratio_any} | {_frontier_cell(v)} | "
-                     f"{_next_cell(v)} |")
+                     f"| {ratio} | {v.best_any} ({v.best_any_gain:+.3f}) | {ratio_any} | {frontier_place(v, 3)} | "
+                     f"{next_point(v)} |")
     if len(lines) == 2:
         return "(no ablation has finished yet: `python scripts/validation_study.py`)"
     return "\n".join(lines)
@@ -153,24 +155,9 @@ def _validity_cells(v) -> tuple[str, str, str]:
             _ci(v.ratio_any, v.ratio_any_low, v.ratio_any_high, 2, False))
 
 
-def _frontier_cell(v) -> str:
-    if "selected" in v.frontier:
-        return "yes"
-    if v.dominated_by:
-        return "no: " + ", ".join(v.dominated_by[:3]) + " gain more with no more parameters"
-    return "within the noise"
-
-
-def _next_cell(v) -> str:
-    if not v.next_larger:
-        return "none (no larger plan gains more)"
-    nxt = v.plans[v.next_larger]
-    return f"{v.next_larger}: {nxt['trainable']:,} parameters, {_ci(nxt['gain'], nxt['low'], nxt['high'])}"
-
-
 def validity_targets() -> str:
     """Per ablated model and target: rho of the combined score, the ratios, the frontier."""
-    from analysis.ablation.validity import TARGETS
+    from analysis.ablation.validity import TARGETS, frontier_place
 
     lines = ["| model | target | plan's gain [95% CI] | rho combined | ratio, same size | ratio, any size | "
              "on the frontier | rho with scope's gains |", "|---|---|---|---|---|---|---|---|"]
@@ -180,7 +167,7 @@ def validity_targets() -> str:
                 continue
             rho, ratio, ratio_any = _validity_cells(v)
             lines.append(f"| {model} | {TARGETS[name].label} | {_plan_gain(v)} | {rho} | {ratio} | {ratio_any} | "
-                         f"{_frontier_cell(v)} | {_with_scope(v)} |")
+                         f"{frontier_place(v, 3)} | {_with_scope(v)} |")
     if len(lines) == 2:
         return "(no ablation has finished yet)"
     return "\n".join(lines) + ("\n\nRho with scope's gains: the Spearman correlation, across the single blocks, of the "
@@ -237,12 +224,13 @@ def mcq_arm() -> str:
              "negated answers | rho of the multiple choice's gains with scope's | baselines the plan trails / beats "
              "on the multiple choice |", "|---|---|---|---|---|---|---|---|---|"]
     recipes = (("the scope recipe", "ablation"), ("+ NegBench's MCQ loss (weight 1)", MCQ_ARM_FOLDER))
-    shown = 0
+    shown, paired = 0, []
     for model in MCQ_ARM:
         records = {where: _load(model, "validity.json", where) for _, where in recipes}
         if None in records.values():
             continue
         shown += 1
+        paired += [v.paired_seeds for record in records.values() for v in from_json(record).values()]
         for label, where in recipes:
             results, parts = from_json(records[where]), from_json(records[where], breakdown=True)
             rows = [r for r in (_load(model, "selectors.json", where) or {"rows": []})["rows"] if r["target"] == "mcq"]
@@ -254,9 +242,12 @@ def mcq_arm() -> str:
                          f"| {_with_scope(mcq)} | {', '.join(worse) or 'none'} / {', '.join(better) or 'none'} |")
     if not shown:
         return "(the multiple-choice arm has not finished yet: scripts/validation_study.py --mcq-arm)"
+    pairing = ("paired over seeds and items" if all(paired) else
+               "paired over the items only in records written before the validity test drew the same seeds for "
+               "every plan, as these were (the note on pairing above)")
     return "\n".join(lines) + ("\n\nGains with their 95 % bootstrap intervals over seeds and items; trails / beats: "
                                "the baseline selectors whose plan of the plan's size is better / worse than the plan's "
-                               "on the multiple choice by the paired interval.")
+                               f"on the multiple choice by the interval of the difference ({pairing}).")
 
 
 def selector_summary() -> str:
@@ -282,9 +273,29 @@ def selector_summary() -> str:
         lines.append(f"| {model} | {rows['toolkit']['blocks']} ({rows['toolkit']['gain']:+.3f}) | "
                      f"{_blocks(v.best_blocks)} ({v.best_gain:+.3f}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + ("\n\nEach cell: the toolkit plan against that selector's plan of the same size on "
-                               "held-out scope (better / as good / worse by the paired 95 % bootstrap interval of the "
-                               "difference over seeds and items), the selector's blocks and the toolkit plan's gain "
-                               "minus the selector's.")
+                               "held-out scope (better / as good / worse by the 95 % bootstrap interval of the "
+                               "difference), the selector's blocks and the toolkit plan's gain minus the selector's. "
+                               + bootstrap_pairing())
+
+
+def bootstrap_pairing() -> str:
+    """How the ablated models' validity records paired two plans in the bootstrap: over the items only (each plan's
+    seeds drawn on its own, in records written before the validity test drew the same seeds for every plan) or
+    over the seeds and the items."""
+    paired = {model: all(v.paired_seeds for v in _validity(model).values()) for model in _ablated()}
+    new, old = [m for m, p in paired.items() if p], [m for m, p in paired.items() if not p]
+    text = ""
+    if new:
+        text = f"On {', '.join(new)} the interval is paired over seeds and items. "
+    if old:
+        text += ((f"On {', '.join(old)} the" if new else "The") + " records were written before the validity test "
+                 "drew the same seeds for every plan: a difference's interval is paired over the test items only, each "
+                 "plan's seeds resampled on their own, which usually widens it (two identical plans get an interval "
+                 "around 0 instead of exactly 0). So an \"as good\" or a \"within the noise\" in these records may "
+                 "hide a difference that an interval paired over seeds too would show. Their per-item run records "
+                 "were not kept in the repository, so the intervals cannot be computed again without training the "
+                 "runs again.")
+    return text.strip()
 
 
 def selector_tables() -> str:
@@ -473,6 +484,7 @@ BLOCKS = {
     "mcq-breakdown": mcq_breakdown,
     "mcq-arm": mcq_arm,
     "selector-summary": selector_summary,
+    "bootstrap-pairing": bootstrap_pairing,
     "selector-tables": selector_tables,
     "selector-verdict": selector_verdict,
     "frontier-default": frontier_default,

@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis.ablation.aggregate import summary_rows
 from analysis.ablation.figures import ablation_figure
-from analysis.ablation.validity import format_ratio, headline
+from analysis.ablation.validity import format_ratio, frontier_place, headline, next_point
 from analysis.report.figures import save_figures
 from probing.io import atomic_write_json, atomic_write_text
 from probing.measure.tidy import LONG_COLUMNS, write_long_table
@@ -138,13 +138,9 @@ def validity_markdown(results: dict, sentences: list[str], breakdown: dict | Non
     lines += ["", "| target | selected gain | best equal-size plan | best gain | ratio | best plan of any size "
               "| its gain | ratio | on the frontier | next larger plan on the frontier |", "|" + "---|" * 10]
     for name, v in results.items():
-        larger = (f"{v.next_larger} ({v.plans[v.next_larger]['trainable']:,} params, "
-                  f"{v.plans[v.next_larger]['gain']:+.3f})" if v.next_larger else "none")
-        frontier = ("yes" if "selected" in v.frontier else
-                    "no, beyond noise: " + ", ".join(v.dominated_by) if v.dominated_by else "within the noise")
         lines.append(f"| {name} | {v.selected_gain:+.3f} | {v.best_plan} | {v.best_gain:+.3f} | {format_ratio(v)} "
                      f"| {v.best_any or '-'} | {v.best_any_gain:+.3f} | {format_ratio(v, any_size=True)} "
-                     f"| {frontier if v.plans else '-'} | {larger if v.plans else '-'} |")
+                     f"| {frontier_place(v) if v.plans else '-'} | {next_point(v) if v.plans else '-'} |")
     if breakdown:
         lines += ["", "The multiple choice by its correct answer's type (a breakdown, not judged): the selected "
                   "plan's gain and every single block's.", "",

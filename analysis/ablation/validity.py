@@ -32,8 +32,9 @@ headline), absence vs presence negation, the four-way multiple choice, and reten
 BREAKDOWN splits the multiple choice by its correct answer's type (affirmative, negated, hybrid), so that a gain
 or a cost there can be traced; `assess` computes it like a target, but the selector study judges TARGETS only.
 
-Intervals: a bootstrap that resamples each variant's seeds and the evaluation items (paired: every run is
-scored on the same items), so rho's interval holds the optimisation noise and the finite test set. The
+Intervals: a bootstrap that resamples the seeds and the evaluation items, the same draws for every variant (paired:
+seed s gives every variant the same data order, and every run is scored on the same items), so rho's interval holds
+the optimisation noise and the finite test set, and two plans' difference is paired over both. The
 ratios get one too: in each replicate the selected plan's gain over the best gain of that replicate;
 `target_share` is the fraction of replicates where `ratio` reaches TARGET_RATIO, so a miss by a few points can
 be told from a miss beyond the noise. Retention targets are "gains" too (usually negative: what fine-tuning
@@ -119,9 +120,7 @@ class Validity:
     ratio_any: float = float("nan")
     ratio_any_low: float = float("nan")
     ratio_any_high: float = float("nan")
-    frontier: list[str] = field(default_factory=list)  # plans on the gain / trainable-parameter frontier
     dominated_by: list[str] = field(default_factory=list)  # plans with no more parameters that gain more, beyond noise
-    next_larger: str | None = None  # the next frontier plan with more trainable parameters
     # every plan that no plan with no more parameters beats beyond the noise: the frontier within the intervals
     # (empty in records written before it was computed)
     undominated: list[str] = field(default_factory=list)
@@ -131,6 +130,34 @@ class Validity:
     rho_headline: float = float("nan")
     rho_headline_low: float = float("nan")
     rho_headline_high: float = float("nan")
+    # whether a bootstrap replicate drew the same seeds for every plan (paired over seeds as well as items); False in
+    # records written before it did, whose seeds were drawn for each plan on its own (wider difference intervals)
+    paired_seeds: bool = False
+
+    @property
+    def frontier(self) -> list[str]:
+        """The plans on the gain / trainable-parameter frontier by their means, by increasing parameters (read off
+        `plans`, so that every record reads the same rule); empty when the selected plan trains nothing."""
+        if not self.plans.get("selected", {}).get("trainable"):
+            return []
+        plans = {v: p for v, p in self.plans.items() if not p.get("expected") and "gain" in p}
+        return _frontier({v: p["gain"] for v, p in plans.items()}, {v: p["trainable"] for v, p in plans.items()})
+
+    @property
+    def next_larger(self) -> str | None:
+        """The next frontier plan with more trainable parameters than the selected one and a larger gain: what a
+        larger budget buys (None when no larger plan gains more than the best plan of no more parameters)."""
+        selected = self.plans.get("selected", {})
+        return next((v for v in self.frontier if self.plans[v]["trainable"] > selected["trainable"]
+                     and self.plans[v]["gain"] > selected["gain"]), None)
+
+    @property
+    def best_no_larger(self) -> str | None:
+        """The frontier plan with the largest gain among those with no more parameters than the selected plan (the
+        selected plan itself when it is on the frontier)."""
+        cost = self.plans.get("selected", {}).get("trainable", 0)
+        smaller = [v for v in self.frontier if self.plans[v]["trainable"] <= cost]
+        return smaller[-1] if smaller else None
 
     @property
     def target(self) -> Target:
@@ -211,35 +238,44 @@ def assess(runs: Sequence[dict], evidence: dict, selected: Sequence[int], *, n_l
     keys = sorted({key for target in targets.values() for key in target.items})
     subsets = sorted({(key, t.subset) for t in targets.values() if t.subset for key in t.items}, key=str)
     sources: list[Source] = [(key, None) for key in keys] + subsets
+    seeds = sorted({int(run["seed"]) for v in variants for run in grouped[v]})
+    for v in variants:  # pairing by seed needs each plan's runs of the same seeds, in the same order
+        grouped[v] = sorted(grouped[v], key=lambda run: int(run["seed"]))
+        if [int(run["seed"]) for run in grouped[v]] != seeds:
+            raise ValueError(f"validity pairs the plans' runs by seed: {v} has runs of seeds "
+                             f"{describe_blocks([int(run['seed']) for run in grouped[v]])}, the study "
+                             f"{describe_blocks(seeds)}")
     per_source = {source: {v: np.stack([_items(run, source) for run in grouped[v]]) for v in variants}
                   for source in sources}
 
-    def means(seed_draws, item_draws) -> dict[str, dict[str, float]]:
+    def means(seed_draw, item_draws) -> dict[str, dict[str, float]]:
         """target -> variant -> mean outcome on (resampled) seeds and items."""
         source_means = {}
         for source in sources:
             for v in variants:
-                rows = per_source[source][v] if seed_draws is None else per_source[source][v][seed_draws[v]]
+                rows = per_source[source][v] if seed_draw is None else per_source[source][v][seed_draw]
                 source_means[source, v] = float(rows.mean() if item_draws is None else
                                                 rows[:, item_draws[source]].mean())
         return {name: {v: float(np.mean([source_means[(key, t.subset), v] for key in t.items])) for v in variants}
                 for name, t in targets.items()}
 
-    # each variant's seeds and the (shared) items resampled, each from its own stream: a variant's draws, and so
-    # every interval, stay the same when the study runs more variants (and a subset's items, drawn from streams of
-    # their own, leave the other targets' draws as they were)
+    # the seeds and the items resampled, paired: seed s gives every variant the same data order and every run is
+    # scored on the same items, so a replicate draws the same seeds and items for every variant. Each from its own
+    # stream, which no variant enters: every interval stays the same when the study runs more variants (and a
+    # subset's items, drawn from streams of their own, leave the other targets' draws as they were)
     item_rng = np.random.default_rng([seed, 0])
     subset_rngs = {source: np.random.default_rng([seed, 2, zlib.crc32(repr(source).encode())]) for source in subsets}
-    seed_rngs = {v: np.random.default_rng([seed, 1, zlib.crc32(v.encode())]) for v in variants}
+    seed_rng = np.random.default_rng([seed, 1])
+    n_seeds = len(seeds)
     n_items = {source: per_source[source]["frozen"].shape[1] for source in sources}
     point = means(None, None)
     replicates = []
     for _ in range(n_boot):
-        seed_draws = {v: seed_rngs[v].integers(0, len(grouped[v]), len(grouped[v])) for v in variants}
+        seed_draw = seed_rng.integers(0, n_seeds, n_seeds)
         item_draws = {(key, None): item_rng.integers(0, n_items[key, None], n_items[key, None]) for key in keys}
         item_draws.update({source: subset_rngs[source].integers(0, n_items[source], n_items[source])
                            for source in subsets})
-        replicates.append(means(seed_draws, item_draws))
+        replicates.append(means(seed_draw, item_draws))
     headline = None
     if HEADLINE_TARGET in targets:  # the scope gain of every block, to which each target's is related
         headline = (_sweep_gains(point[HEADLINE_TARGET], sweep, n_layers),
@@ -282,11 +318,9 @@ def _validity(name: str, point: dict[str, float], replicates: list[dict[str, flo
         expected = f"{RANDOM_WINDOW_PREFIX}{size}"
         records[expected] = _plan_record(expected, g, boot, {**block_plans, expected: list(range(size))}, plans,
                                          {**trainable, expected: trainable.get(windows[0], 0)}, expected=True)
-    frontier = _frontier(plans, trainable) if trainable.get("selected") else []
     cost = trainable.get("selected", 0)
     beaten = _beaten_by(plans, boot, trainable) if cost else {}
     dominated = beaten.get("selected", [])
-    larger = [v for v in frontier if trainable[v] > cost and plans[v] > plans["selected"]] if cost else []
     if headline is None:
         with_headline = (float("nan"),) * 3
     else:
@@ -306,9 +340,9 @@ def _validity(name: str, point: dict[str, float], replicates: list[dict[str, flo
         best_any=best_any, best_any_gain=plans[best_any], ratio_any=_ratio(g["selected"], plans.values()),
         ratio_any_low=_nanquantile(boot_ratio_any, 0.025),
         ratio_any_high=_nanquantile(boot_ratio_any, 0.975),
-        frontier=frontier, dominated_by=dominated, next_larger=larger[0] if larger else None,
-        undominated=[v for v in plans if not beaten[v]] if cost else [],
-        rho_headline=with_headline[0], rho_headline_low=with_headline[1], rho_headline_high=with_headline[2])
+        dominated_by=dominated, undominated=[v for v in plans if not beaten[v]] if cost else [],
+        rho_headline=with_headline[0], rho_headline_low=with_headline[1], rho_headline_high=with_headline[2],
+        paired_seeds=True)
 
 
 def _nanquantile(values, q: float) -> float:
@@ -358,8 +392,9 @@ def _beaten_by(plans: dict[str, float], boot: list[dict[str, float]], trainable:
 
 
 def _frontier(gains: dict[str, float], trainable: dict[str, int]) -> list[str]:
-    """The plans no other plan beats with no more trainable parameters, by increasing parameters."""
-    order = sorted(gains, key=lambda v: (trainable[v], -gains[v]))
+    """The plans no other plan beats with no more trainable parameters, by increasing parameters. Of plans equal in
+    both, the selected plan stands for them all (e.g. a one-block plan and its layer_<b> variant: the same runs)."""
+    order = sorted(gains, key=lambda v: (trainable[v], -gains[v], v != "selected"))
     frontier, best = [], -math.inf
     for v in order:
         if gains[v] > best:
@@ -384,10 +419,13 @@ def from_json(record: dict, *, breakdown: bool = False) -> dict[str, Validity]:
     """The per-target results of a validity.json (as the runner writes them: `Validity.to_dict` per target;
     records written before TARGETS hold "axes" object / template / mean); with `breakdown`, its multiple choice by
     answer type instead (empty in records written before it was computed)."""
+    def read(values: dict) -> Validity:  # records written before the frontier was read off `plans` stored it
+        return Validity(**{key: value for key, value in values.items() if key not in ("frontier", "next_larger")})
+
     if breakdown:
-        return {name: Validity(**values) for name, values in record.get("breakdown", {}).items()}
+        return {name: read(values) for name, values in record.get("breakdown", {}).items()}
     fields = record.get("targets") or record["axes"]
-    return {name: Validity(**values) for name, values in fields.items()}
+    return {name: read(values) for name, values in fields.items()}
 
 
 def headline(results: dict[str, Validity]) -> Validity:
@@ -507,6 +545,27 @@ def reachability_sentence(results: dict[str, Validity]) -> str | None:
     return text + "."
 
 
+def frontier_place(v: Validity, most: int | None = None) -> str:
+    """Whether the selected plan is on the frontier: "yes" (by its mean), "no: <plans> gain more with no more
+    parameters" (beyond the noise; the first `most` of them), or "within the noise"."""
+    if "selected" in v.frontier:
+        return "yes"
+    if v.dominated_by:
+        return "no: " + ", ".join(v.dominated_by[:most]) + " gain more with no more parameters"
+    return "within the noise"
+
+
+def next_point(v: Validity) -> str:
+    """The next point on the frontier, with its parameters and gain, or why there is none."""
+    if v.next_larger:
+        nxt = v.plans[v.next_larger]
+        return f"{v.next_larger}: {nxt['trainable']:,} parameters, {nxt['gain']:+.3f} [{nxt['low']:+.3f}, " \
+               f"{nxt['high']:+.3f}]"
+    if "selected" in v.frontier or v.best_no_larger is None:
+        return "none (no larger plan gains more)"
+    return f"none (no larger plan gains more than {v.best_no_larger}, which has no more parameters)"
+
+
 def frontier_sentence(v: Validity) -> str:
     """Where the selected plan stands on the gain / trainable-parameter frontier of one target, and what a larger
     budget buys."""
@@ -523,8 +582,10 @@ def frontier_sentence(v: Validity) -> str:
         nxt = v.plans[v.next_larger]
         text += (f"; the next point on the frontier is {v.next_larger} ({nxt['trainable']:,} parameters, "
                  f"{nxt['gain']:+.3f} [{nxt['low']:+.3f}, {nxt['high']:+.3f}])")
-    else:
+    elif "selected" in v.frontier or v.best_no_larger is None:
         text += "; no larger plan the study ran gains more"
+    else:
+        text += f"; no larger plan the study ran gains more than {v.best_no_larger}, which has no more parameters"
     return text + "."
 
 
