@@ -14,6 +14,7 @@ states no number of its own.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
 import shutil
@@ -34,6 +35,8 @@ KEEP = ("report.json", "layer_plan.json", "ablation_summary.json", "validity.jso
         "comparison.json", "evaluation.json",
         "metrics.csv", "run.json", "provenance.json", "localisation.json", "pairs.csv", "patching.csv", "agreement.csv",
         "attention.csv", "ablation.csv", "lens.csv", "steering.csv")
+# a study's runs files (analysis.ablation.runs: runs.jsonl, a shard's runs.shard-K-of-N.jsonl, superseded.jsonl)
+RUNS_KEPT = re.compile(r"(runs(\.shard-\d+-of-\d+)?|superseded)\.jsonl")
 # figures --collect copies to docs/figures: (run folder below the collected root, file name) -> README name
 FIGURES_KEPT = {("validation/default/probe/figures", "evidence.png"): "evidence-default.png",
                 ("validation/default/probe/figures", "patching_scope.png"): "patching-scope-default.png",
@@ -303,13 +306,20 @@ def render(text: str, document: Path = README) -> str:
 
 def collect(folders: list[Path]) -> None:
     """Copy each run's small JSON into docs/results (same relative layout) and the README's figures into
-    docs/figures."""
+    docs/figures. A study's runs files (every run's per-item outcomes, from which its validity test is computed)
+    are kept gzipped beside them (RUNS_KEPT), so that the intervals can be computed again without training again
+    (gunzip them into a study folder)."""
     for root in folders:
         for path in root.rglob("*"):
             if path.name in KEEP:
                 target = RESULTS / root.name / path.relative_to(root)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
+            elif RUNS_KEPT.fullmatch(path.name):
+                target = RESULTS / root.name / path.relative_to(root).with_name(path.name + ".gz")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # mtime 0: collecting the same runs again writes the same bytes
+                target.write_bytes(gzip.compress(path.read_bytes(), mtime=0))
             key = (f"{root.name}/{path.parent.relative_to(root).as_posix()}".rstrip("/."), path.name)
             if key in FIGURES_KEPT:
                 FIGURES.mkdir(parents=True, exist_ok=True)

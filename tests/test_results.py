@@ -128,3 +128,30 @@ def test_the_multiple_choice_arm_block_sets_each_recipe_s_row_from_its_own_folde
     assert rows[0].endswith("| front / none |")  # the plan trails the front block there
     assert "+ NegBench's MCQ loss" in rows[1] and "| +0.100 [+0.050, +0.150] |" in rows[1]
     assert rows[1].endswith("| none / front |")  # and beats it when the multiple choice is trained
+
+
+def test_collect_keeps_a_studys_runs_files_gzipped_and_the_same_bytes_each_time(tmp_path, monkeypatch):
+    """The runs files hold every run's per-item outcomes, from which the intervals are computed: --collect keeps
+    them (gzipped, reproducibly) beside the small JSON, and nothing else of the folder that KEEP does not name."""
+    import gzip
+
+    from scripts import make_results
+
+    monkeypatch.setattr(make_results, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(make_results, "FIGURES", tmp_path / "figures")
+    study = tmp_path / "runs" / "validation" / "m" / "ablation"
+    study.mkdir(parents=True)
+    files = {"runs.jsonl": '{"variant": "selected", "seed": 0}\n', "runs.shard-2-of-2.jsonl": '{"seed": 1}\n',
+             "superseded.jsonl": '{"seed": 2}\n', "validity.json": "{}", "notes.jsonl": "{}\n",
+             "runs.jsonl.tmp": "partial"}
+    for name, text in files.items():
+        (study / name).write_text(text, encoding="utf-8")
+    make_results.collect([tmp_path / "runs" / "validation"])
+    kept = tmp_path / "results" / "validation" / "m" / "ablation"
+    assert sorted(p.name for p in kept.iterdir()) == ["runs.jsonl.gz", "runs.shard-2-of-2.jsonl.gz",
+                                                      "superseded.jsonl.gz", "validity.json"]
+    for name in ("runs.jsonl", "runs.shard-2-of-2.jsonl", "superseded.jsonl"):
+        assert gzip.decompress((kept / f"{name}.gz").read_bytes()).decode() == files[name]
+    first = (kept / "runs.jsonl.gz").read_bytes()
+    make_results.collect([tmp_path / "runs" / "validation"])
+    assert (kept / "runs.jsonl.gz").read_bytes() == first
