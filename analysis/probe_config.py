@@ -33,6 +33,10 @@ MINIMUM = {"null_models": 0, "data.limit": 10, "data.per_image": 1, "data.n_trai
            "measure.grad_batches": 1, "measure.grad_batch_size": 2, "localise.n_pairs": 1}
 
 
+NULL_MODELS_ONE = ("null_models must be 0 (measurements only: no evidence, no plan) or at least 2 (the evidence test "
+                   "needs the spread of the null towers), got 1")
+
+
 def check_ranges(config: "ProbeConfig") -> None:
     """A ConfigError naming the first count below its floor (MINIMUM); a section that is off (None) is skipped."""
     for path, low in MINIMUM.items():
@@ -41,6 +45,8 @@ def check_ranges(config: "ProbeConfig") -> None:
             value = None if value is None else getattr(value, name)
         if value is not None and value < low:
             raise ConfigError(f"setting {path} must be at least {low}, got {value}")
+    if config.null_models == 1:  # the evidence test needs the spread of the null towers: a whole run for no plan
+        raise ConfigError(NULL_MODELS_ONE)
 
 
 # --- the configuration ---------------------------------------------------------------------------------------

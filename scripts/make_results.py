@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import re
 import shutil
 import sys
@@ -124,7 +125,7 @@ def evidence_table() -> str:
             if c is None:
                 cells.append("–")
                 continue
-            best = max(range(len(c["z"])), key=lambda b: c["z"][b])
+            best = max(range(len(c["z"])), key=lambda b: -math.inf if math.isnan(c["z"][b]) else c["z"][b])
             cells.append(f"{c['z'][best]:.1f} (block {best})" + (" *" if c["significant"][best] else ""))
         critical = next(iter(report["evidence"]["components"].values()), {}).get("critical")
         usual = [b for b, share in enumerate(report["stability"]) if share >= 0.5]

@@ -311,6 +311,8 @@ def test_cli_runs_a_study_and_a_second_call_has_nothing_left(small_embedded, tmp
     runs = load_runs(tmp_path / RUNS_FILE)
     assert [(run["variant"], run["seed"]) for run in runs] == [("frozen", 0), ("layer_0", 0)]
     assert runs[0]["train_seconds"] == 0 and runs[0]["blocks"] == []
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    assert provenance["command"] == ["ablate-layers", *argv] and provenance["model"]["model"] == "embedded:small"
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "2 of 2 runs already done" in out and "0 runs done now; study complete" in out

@@ -449,6 +449,16 @@ def test_evaluate_all_reports_missing_images_and_plan(tiny, test_data, tmp_path)
     table = ev.markdown_table(out, model="tiny")
     assert f"| valse_existence | {read} | 2 (limit 2) | {read - 3} | image not found ({read - 3}) |" in table
 
+    # found by the default search without a single image of its own (VALSE: Visual7W images, shipped with no data
+    # root), a benchmark is not run, with the reason; asked for by name, it fails (the user expects a result)
+    runs = {which: ev.evaluate_all(model, preprocess, tokenizer, data_root=test_data, which=which and [which],
+                                   limit=2, batch_size=16) for which in (None, "valse_existence")}
+    for which, where in ((None, "not_run"), ("valse_existence", "failed")):
+        assert runs[which][where]["valse_existence"].endswith(
+            f"nothing to evaluate: {read} rows read, none usable (image not found ({read}))")
+        assert "valse_existence" not in runs[which]["sections"]
+    assert runs[None]["failed"] == {} and "sugarcrepe" in runs[None]["sections"]  # the default run: nothing failed
+
     # the default plan runs what exists and says why the rest does not run; NegBench's files are sections by dataset
     plan = plan_benchmarks(Sources(data_root=test_data))
     assert set(plan.runnable) == {"synthetic", "coco_generated", "negbench_mcq", "negbench_retrieval", "sugarcrepe",
@@ -516,6 +526,15 @@ def test_cli_writes_json_and_markdown(tiny, test_data, tmp_path, monkeypatch, ca
     assert mcq["metrics"]["mcq_accuracy"]["n"] == 6 and mcq["counts"]["n_skipped"] == total - with_image
     assert result["sections"]["synthetic/negation"]["metrics"]["ccneg_accuracy"]["n"] == 6  # --limit 6 of 12
     assert result["sections"]["negbench_mcq/voc2007"]["counts"]["source"] == str(voc)
+    # provenance.json: the command, and each file evaluated by its SHA-256 (computed here a second way)
+    import hashlib
+
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["command"][:3] == ["evaluate-negation", "--model", str(config)]
+    assert provenance["data"]["negbench_mcq/voc2007"] == {"path": str(voc.resolve()),
+                                                          "sha256": hashlib.sha256(voc.read_bytes()).hexdigest()}
+    assert set(provenance["data"]) == {"negbench_mcq/coco", "negbench_mcq/voc2007"}  # the folder is a root, not a file
+    assert provenance["image_roots"]["--image-folder"] == str(folder.resolve())
     markdown = (out / "evaluation.md").read_text()
     assert "| benchmark | metric | value | n | ties | published CLIP ViT-B/32 | published, other models |" in markdown
     entry = mcq["metrics"]["mcq_accuracy"]
@@ -536,6 +555,9 @@ def test_cli_writes_json_and_markdown(tiny, test_data, tmp_path, monkeypatch, ca
     (["--model", "no-such-model"], "unknown model name"),
     (["--image-root-for", "valse_existence"], "BENCHMARK=DIR"),
     (["--benchmarks", "negbench_mcq", "--negbench-mcq", "/nonexistent/mcq.csv"], "do(es) not exist"),
+    # a file named for a benchmark that would otherwise be skipped, or is not asked for, is still an error
+    (["--negbench-mcq", "/nonexistent/mcq.csv"], "--negbench-mcq: /nonexistent/mcq.csv do(es) not exist"),
+    (["--benchmarks", "synthetic", "--sugarcrepe", "/nonexistent/swap.json"], "--sugarcrepe: /nonexistent/swap"),
 ])
 def test_cli_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, monkeypatch, capsys):
     from analysis.cli.evaluate_negation import main

@@ -139,3 +139,45 @@ def test_two_null_models_give_finite_replicates():
         component, replicate_t = calibrate(statistic, "probe", 10.0, 40, np.random.default_rng(0))
     # a draw without spread divides by the float floor (t near 1e306, inf once summed); two towers' t stays modest
     assert np.abs(replicate_t).max() < 1e6 and np.isfinite(component.z).all()
+
+
+def test_a_block_where_the_null_models_do_not_differ_is_untested_not_infinitely_significant():
+    """Two null towers at exactly the same value at a block (e.g. the same probe accuracy) give no null spread
+    there. Dividing by a float floor made a model 0.005 above them a t of about 1e305, 'significant', and the
+    plan. Planted: blocks 1 and 3 with equal null values; block 1's excess tiny, block 3's large; block 2 an ordinary
+    significant excess. Only block 2 counts, blocks 1 and 3 are NaN and said to be untested."""
+    from analysis.planning.evidence import _Statistic, calibrate
+
+    class Planted(_Statistic):
+        basis = "planted"
+        values = np.array([[0.0, 0.105, 0.90, 0.60],   # the model
+                           [0.0, 0.100, 0.10, 0.10],   # null tower 0
+                           [0.01, 0.100, 0.12, 0.10]])  # null tower 1: equal to tower 0 at blocks 1 and 3
+
+        def models(self):
+            return ["trained", "null:0", "null:1"]
+
+        def point(self):
+            return self.values
+
+        def replicate(self, rng):
+            return self.values
+
+    component, replicate_t = calibrate(Planted(), "planted", 12.7, 20, np.random.default_rng(0))
+    # block 2, by hand: E = 0.90 - 0.11, s = std(0.10, 0.12) = 0.0141, t = E / (s sqrt(1.5))
+    assert component.z[2] == pytest.approx(0.79 / (np.std([0.10, 0.12], ddof=1) * np.sqrt(1.5)))
+    assert component.significant == [False, False, True, False]
+    assert np.isnan(component.z[1]) and np.isnan(component.z[3]) and np.isnan(component.threshold[3])
+    assert np.isnan(replicate_t[:, [1, 3]]).all() and np.isfinite(replicate_t[:, [0, 2]]).all()
+    assert component.evidence == [0.0, 0.0, pytest.approx(0.79), 0.0]
+
+
+def test_null_models_that_do_not_differ_are_named_in_the_notes_and_select_nothing():
+    measurements = synthetic_measurements(np.random.default_rng(6), n_null=2, planted_probe=2)
+    for key in [k for k in measurements.items if k.startswith("probes/") and k.endswith("/null:1")]:
+        measurements.items[key] = measurements.items[key.replace("null:1", "null:0")].copy()  # identical towers
+    evidence = block_evidence(measurements, EvidenceConfig(n_boot=20, weights={"probe": 1.0}))
+    assert not any(evidence.components["probe"].significant)
+    assert any(note.startswith("probe: the null models do not differ at block(s) 0, 1, 2, 3, 4, 5")
+               for note in evidence.notes)
+    assert not evidence.supported

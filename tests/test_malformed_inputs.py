@@ -357,6 +357,8 @@ AB = ("--model embedded:small --steps 1 --batch-size 16 --train-examples 32 --wa
 
 PROBE_LAYERS = [
     case("probe-layers", f"{PL} --seed -1", "--seed: must be >= 0"),
+    case("probe-layers", f"{PL} --null-models 1", "--null-models: must be 0 (measurements only: no evidence, no "
+                                                   "plan) or at least 2"),
     case("probe-layers", f"{PL} --seed 99999999999", "must be <= 4294967295"),
     case("probe-layers", f"{PL} --seed 1.5", "--seed: must be an integer, got '1.5'"),
     case("probe-layers", "--probe-seeds 0,-1", "--probe-seeds: each value must be >= 0"),

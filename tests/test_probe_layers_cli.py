@@ -424,6 +424,7 @@ def test_a_finished_run_selects_again_from_its_measurements(small_embedded, tmp_
     ("measure", None, "ProbeConfig.measure must be a JSON object, got None"),
     ("measure.batch_size", 0, "setting measure.batch_size must be at least 1, got 0"),
     ("null_models", -4, "setting null_models must be at least 0, got -4"),
+    ("null_models", 1, "null_models must be 0 (measurements only: no evidence, no plan) or at least 2"),
     ("measure.n_causal", 5, "setting measure.n_causal must be at least 100, got 5"),
     ("selection.share", 1.5, "config.json is not a probe-layers config.json: share must be in (0, 1], got 1.5"),
 ])

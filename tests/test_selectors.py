@@ -122,3 +122,27 @@ def test_a_tower_of_identity_blocks_gives_the_equalities_its_construction_forces
     assert plans["front"].blocks == (0,) and plans["last"].blocks == (3,) and plans["toolkit"].blocks == (1,)
     fisher = measurements.fisher
     assert len(fisher) == 4 and set(fisher["n_micro_batches"]) == {8}  # 2 batches of 16 in micro-batches of 4
+
+
+def test_gradient_batches_smaller_than_the_fisher_micro_batch_are_one_micro_batch_each(write_config):
+    """--grad-batch-size 4 with the default micro-batch of 8 used to leave no micro-batch at all (a traceback from
+    probe-layers); each batch is now one micro-batch of its own size: the same numbers as asking for micro-batches
+    of 4."""
+    from finetune.losses import gradnorm_loss_fns
+    from probing.measure.layers import MeasureConfig, measure_layers
+    from probing.synthetic.world import SyntheticWorld, WorldConfig
+
+    torch.manual_seed(0)
+    model, preprocess, tokenizer = load_clip(write_config("tiny-small-batches", layers=2))
+    world = SyntheticWorld(WorldConfig(image_size=32), seed=0)
+
+    def fisher(micro: int) -> pd.DataFrame:
+        config = MeasureConfig(measurements=("gradnorms",), grad_batches=3, grad_batch_size=4,
+                               fisher_micro_batch=micro, feature_cache=False)
+        return measure_layers(model, preprocess, tokenizer, [], world=world, loss_fns=gradnorm_loss_fns(["clip"]),
+                              config=config, progress=False).fisher
+
+    default, explicit = fisher(8), fisher(4)
+    assert set(default["n_micro_batches"]) == {3} and len(default) == 2
+    assert default["fisher"].to_numpy() == pytest.approx(explicit["fisher"].to_numpy(), rel=1e-6)
+    assert (default["fisher"] > 0).all()

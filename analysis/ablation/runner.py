@@ -79,6 +79,7 @@ class Base:
     world: Any
     model_name: str
     label: str  # for titles: "embedded default model", "ViT-B-32 + openai"
+    bundle: Any = None  # the ModelBundle it came from (its checkpoint, for provenance.json)
 
     @property
     def n_layers(self) -> int:
@@ -92,7 +93,7 @@ def load_base(config: AblationConfig, *, progress: bool = True) -> Base:
     bundle = create_model(config.model, config.pretrained, device="cpu", seed=config.world_seed)
     if bundle.world is None:
         raise AblationError(f"the ablation trains and evaluates on the synthetic world, but {bundle.world_note}")
-    return Base(bundle.model, bundle.preprocess, bundle.tokenizer, bundle.world, bundle.name, bundle.label)
+    return Base(bundle.model, bundle.preprocess, bundle.tokenizer, bundle.world, bundle.name, bundle.label, bundle)
 
 
 @dataclass

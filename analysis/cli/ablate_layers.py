@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--config re-runs a saved study: drop --{given[0].replace('_', '-')}")
     elif args.variants is not None and not args.variants.strip(",").strip():
         parser.error("--variants is empty")
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # provenance.json names the command
     config = make_config(args, parser)
     shard = None
     if args.shard is not None:
@@ -214,12 +215,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def ablate(config, args: argparse.Namespace, shard) -> int:
     from analysis.ablation.runner import AblationStudy
+    from analysis.provenance import write_provenance
     from finetune.train import NonFiniteLossError
     from probing.io import atomic_write_json
 
     apply_threads(args.threads)
     study = AblationStudy(config, args.out, progress=not args.no_progress)
     atomic_write_json(Path(args.out) / CONFIG_FILE, {"command": PROG, "config": config.to_dict()})
+    own = "provenance.json" if shard is None else f"provenance.shard-{shard.index}-of-{shard.count}.json"
+    write_provenance(args.out, [PROG, *args.argv], model=study.base.bundle, name=own,
+                     data={"--plan": config.plan_path, "--comparison": config.comparison})
     where = "" if shard is None else f" (shard {shard.index}/{shard.count})"
     print(f"ablation of {study.base.label}: {len(study.variants)} variants x {len(config.seeds)} seeds "
           f"({study.n_layers} text blocks) -> {args.out}{where}", flush=True)

@@ -151,6 +151,7 @@ def sources_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # provenance.json names the command
     if args.synthetic_image_size is not None:  # the world's own check, before the model loads
         from probing.synthetic.world import WorldConfig
 
@@ -170,14 +171,13 @@ def evaluate(args: argparse.Namespace) -> int:
         published_comparison,
         skip_notes,
     )
+    from analysis.provenance import write_provenance
     from probing.io import atomic_write_json, atomic_write_text, sweep_temporaries
     from probing.models.factory import create_model
     from probing.synthetic.record import default_world
 
     apply_threads(args.threads)
     plan, sources = args.benchmark_plan, args.sources
-    for name, why in plan.not_run.items():
-        print(f"not run: {name}: {why}", file=sys.stderr)
     bundle = create_model(args.model, args.pretrained, device=args.device, seed=args.seed)
     world = bundle.world  # the world the checkpoint records, else the default world at the model's image size
     if args.synthetic_image_size is not None:
@@ -200,12 +200,19 @@ def evaluate(args: argparse.Namespace) -> int:
     result["not_run"] = {**not_run, **result["not_run"]}
     output = {"model": bundle.info, **result}
     sweep_temporaries(args.out)  # what a killed earlier run was writing
+    files = {job.section: job.path for jobs in plan.runnable.values() for job in jobs
+             if job.path is not None and Path(job.path).is_file()}
+    write_provenance(args.out, [PROG, *args.argv], model=bundle, data=files,
+                     image_roots={"--data-root": sources.data_root, "--image-root": sources.image_root,
+                                  "--image-folder": sources.image_folder,
+                                  **{f"--image-root-for {name}": root for name, root in sources.image_roots.items()}})
     json_path = atomic_write_json(args.out / OUTPUT_JSON, output)
     md_path = atomic_write_text(args.out / OUTPUT_MD, markdown_table(result, model=bundle.label))
     for line in published_comparison(result):
         print(line, flush=True)
-    for line in cut_notes(result) + skip_notes(result):
-        print(f"{PROG}: note: {line}", file=sys.stderr)
+    not_run_notes = [f"not run: {name}: {why}" for name, why in result["not_run"].items()]
+    for line in not_run_notes + cut_notes(result) + skip_notes(result):
+        print(f"{PROG}: note: {one_line(line)}", file=sys.stderr)
     print(f"wrote {json_path} and {md_path}", flush=True)
     for name, why in result["failed"].items():
         print(f"{PROG}: error: {one_line(f'{name} failed: {why}')}", file=sys.stderr)

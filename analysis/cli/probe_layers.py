@@ -41,7 +41,15 @@ from analysis.cli import arguments as a
 from analysis.cli.execution import EXIT_UNSUPPORTED, run, say
 from analysis.planning.selection import RULES, SelectionConfig
 from analysis.planning.settings import EvidenceConfig
-from analysis.probe_config import CAUSAL_MINIMUM, MINIMUM, ConfigError, DataSpec, ModelSpec, ProbeConfig
+from analysis.probe_config import (
+    CAUSAL_MINIMUM,
+    MINIMUM,
+    NULL_MODELS_ONE,
+    ConfigError,
+    DataSpec,
+    ModelSpec,
+    ProbeConfig,
+)
 from analysis.runtime import apply_threads
 from finetune.vocabulary import GRADNORM_LOSSES
 from probing.measure.settings import LocaliseConfig, MeasureConfig
@@ -56,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="re-run the run a config.json describes (only --out, --threads, "
                                                     "--workers and --no-progress may be given beside it)")
     model = a.add_model_arguments(parser)
-    model.add_argument("--null-models", type=a.at_least(MINIMUM["null_models"]), default=10,
+    model.add_argument("--null-models", type=_null_models, default=10,
                        help="null models: the model with its text tower randomly initialised again, one per seed; "
-                            "every piece of evidence is its excess over them (fewer than 2: no evidence, no plan)")
+                            "every piece of evidence is its excess over them (0: measurements only, no evidence and "
+                            "no plan; 1 is refused: the test needs at least 2)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", action="append",
                       help="a real data file (NegBench MCQ or retrieval CSV, VALSE existence.json, CC-Neg "
@@ -175,6 +184,13 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
         args.out = Path("runs") / f"probe-layers-{_slug(label)}-{time.strftime('%Y%m%d-%H%M%S')}"
     a.check_output_folder(args.out, "--out", parser)
     return config
+
+
+def _null_models(text: str) -> int:
+    count = a.at_least(MINIMUM["null_models"])(text)
+    if count == 1:
+        raise argparse.ArgumentTypeError(NULL_MODELS_ONE.removeprefix("null_models "))
+    return count
 
 
 def _score_weights(text: str, parser) -> dict[str, float]:

@@ -153,6 +153,10 @@ def plan_benchmarks(sources: Sources, which: Sequence[str] | None = None) -> Pla
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         raise BenchmarkError(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
+    for name, paths in sources.files.items():  # a typo in a path must not drop its benchmark quietly
+        missing = [str(path) for path in paths or () if not Path(path).exists()]
+        if missing:
+            raise BenchmarkError(f"{FILE_OPTIONS[name]}: {', '.join(missing)} do(es) not exist")
     runnable, not_run = {}, {}
     for name in dict.fromkeys(names):  # keep the order, drop repeats
         jobs, problem = _jobs_of(name, sources)
@@ -182,18 +186,14 @@ def _jobs_of(name: str, sources: Sources) -> tuple[list[Job], str | None]:
             return [], f"image folder {sources.image_folder} is not a folder"
         return [Job("image_folder/prompt_gap", sources.image_folder)], None
     flag = FILE_OPTIONS[name]
-    paths = sources.files.get(name)
-    if paths is not None:
-        missing = [str(path) for path in paths if not path.exists()]
-        if missing:
-            return [], f"{', '.join(missing)} do(es) not exist"
-    elif name == "ccneg":
+    paths = sources.files.get(name)  # the files the user named (plan_benchmarks checked that they exist)
+    if paths is None and name == "ccneg":
         paths = _ccneg_files(sources.data_root)
         if not paths:
             return [], f"no CC-Neg file given ({flag}) nor found in <data-root>/{CCNEG_DIR}/"
-    elif sources.data_root is None:
+    elif paths is None and sources.data_root is None:
         return [], f"no file given ({flag}) and no data root (--data-root)"
-    else:
+    elif paths is None:
         paths = [sources.data_root / relative for relative in DEFAULT_FILES[name]
                  if (sources.data_root / relative).exists()]
         if not paths:

@@ -55,7 +55,7 @@ from probing import data
 from probing.captions import with_article
 from probing.data.ccneg import find_negation_cue
 from probing.data.negrefcocog import crop_regions
-from probing.data.reading import CaptionCut, distinct_pairs
+from probing.data.reading import NO_IMAGE, CaptionCut, distinct_pairs
 from probing.data.records import (
     DataError,
     FoilPair,
@@ -507,7 +507,9 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     Returns {"sections": {section: {"metrics", "counts"}}, "not_run": {benchmark: why},
     "failed": {section: data error}, "summary": {...}, "published": {section: {metric: [rows]}},
     "settings": {...}}. `files`: benchmark -> the user's files (see `analysis.evaluation.benchmarks`;
-    a benchmark without files looks in `data_root`). `limit`: evaluate at most that many loaded rows
+    a benchmark without files looks in `data_root`). A benchmark that was neither in `which` nor given files, and
+    none of whose images exist (e.g. VALSE, whose images no data root ships), is not run, with the reason; asked
+    for, it fails. `limit`: evaluate at most that many loaded rows
     per file (per fold for SugarCREPE, per class for an image folder; for the synthetic suite, at most
     that many examples, scope pairs and prompt-gap images), for quick runs; the counts record it. A data
     error in one file is recorded in "failed" and the others still run.
@@ -531,6 +533,7 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
                 "heldout": synthetic_heldout, "seed": seed, "world": synthetic_world}
     sections: dict[str, dict] = {}
     failed: dict[str, str] = {}
+    not_run = dict(plan.not_run)
     # one store for every benchmark: COCO images are shared by NegBench, SugarCREPE and the generator
     cache = FeatureCache.for_model(model, preprocess) if feature_cache else False
     unreadable: dict[str, str] = {}  # image files that do not decode, and why (shared the same way)
@@ -555,12 +558,16 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
                 counts["commas_stripped"] = ccneg_strip_commas
             if counts["n_evaluated"] == 0:  # an empty table would read as a result
                 why = "; ".join(f"{reason} ({n})" for reason, n in counts["skip_reasons"].items()) or "no rows"
-                failed[section] = (f"{counts.get('source', job.path)}: nothing to evaluate: {counts['rows_read']} "
-                                   f"rows read, none usable ({why})")
+                problem = (f"{counts.get('source', job.path)}: nothing to evaluate: {counts['rows_read']} rows read, "
+                           f"none usable ({why})")
+                if which is None and name not in sources.files and set(counts["skip_reasons"]) == {NO_IMAGE}:
+                    not_run[section] = problem  # found by the default search, without its images: not asked for
+                else:
+                    failed[section] = problem
                 continue
             sections[section] = result
     summary = summarise(sections)
-    return {"sections": sections, "not_run": plan.not_run, "failed": failed, "summary": summary,
+    return {"sections": sections, "not_run": not_run, "failed": failed, "summary": summary,
             "published": published_of(sections, summary),
             "settings": {"batch_size": batch_size, "limit": limit, "data_root": sources.data_root,
                          "image_root": sources.image_root, "files": sources.files,

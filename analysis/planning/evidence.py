@@ -65,9 +65,9 @@ class ComponentEvidence:
     excess: list[float]  # E[b]
     low: list[float]  # percentile interval of E[b] (items and null towers resampled)
     high: list[float]
-    z: list[float]  # the prediction statistic t[b] = E[b] / (s[b] sqrt(1 + 1/K))
+    z: list[float]  # the prediction statistic t[b] = E[b] / (s[b] sqrt(1 + 1/K)); NaN where s[b] = 0 (untested)
     critical: float  # the Bonferroni t quantile it must exceed
-    threshold: list[float]  # the excess a block needs to count: critical x s[b] sqrt(1 + 1/K)
+    threshold: list[float]  # the excess a block needs to count: critical x s[b] sqrt(1 + 1/K) (NaN where s[b] = 0)
     significant: list[bool]
     n_null: int
     basis: str  # what the statistic was computed from, in words
@@ -234,8 +234,8 @@ def calibrate(statistic: _Statistic, name: str, critical: float, n_boot: int, rn
     trained, nulls = point[0], point[1:]
     excess = trained - nulls.mean(axis=0)
     inflation = np.sqrt(1 + 1 / k)
-    spread = np.maximum(nulls.std(axis=0, ddof=1), np.finfo(float).tiny)
-    t = excess / (spread * inflation)
+    spread = nulls.std(axis=0, ddof=1)
+    t = _t(excess, spread, inflation)
     replicate_excess, replicate_t = [], []
     for _ in range(n_boot):
         values = statistic.replicate(rng)
@@ -244,14 +244,20 @@ def calibrate(statistic: _Statistic, name: str, critical: float, n_boot: int, rn
             drawn = rng.integers(0, k, k)
         null = values[1:][drawn]
         replicate_excess.append(values[0] - null.mean(axis=0))
-        replicate_t.append(
-            replicate_excess[-1] / (np.maximum(null.std(axis=0, ddof=1), np.finfo(float).tiny) * inflation)
-        )
+        replicate_t.append(_t(replicate_excess[-1], null.std(axis=0, ddof=1), inflation))
     low, high = np.quantile(np.stack(replicate_excess), [0.025, 0.975], axis=0)
+    threshold = np.where(spread > 0, critical * spread * inflation, np.nan)
     component = ComponentEvidence(name, trained.tolist(), nulls.mean(axis=0).tolist(), excess.tolist(), low.tolist(),
-                                  high.tolist(), t.tolist(), critical, (critical * spread * inflation).tolist(),
-                                  (t > critical).tolist(), k, statistic.basis)
+                                  high.tolist(), t.tolist(), critical, threshold.tolist(),
+                                  (np.nan_to_num(t, nan=-np.inf) > critical).tolist(), k, statistic.basis)
     return component, np.stack(replicate_t)
+
+
+def _t(excess: np.ndarray, spread: np.ndarray, inflation: float) -> np.ndarray:
+    """t = E / (s sqrt(1 + 1/K)); NaN where the null towers do not differ at all (s = 0, e.g. two towers at the same
+    accuracy): there the null's spread is unknown, so the block is not tested and counts as no evidence (dividing by
+    a floor instead made any excess, however small, an astronomically significant t)."""
+    return np.divide(excess, spread * inflation, out=np.full(np.shape(excess), np.nan), where=spread > 0)
 
 
 def block_evidence(measurements: LayerMeasurements, config: EvidenceConfig = EvidenceConfig()) -> BlockEvidence:
@@ -287,6 +293,11 @@ def block_evidence(measurements: LayerMeasurements, config: EvidenceConfig = Evi
     critical = float(stats.t.ppf(1 - config.alpha / n_tests, len(models) - 2)) if len(models) >= 3 else float("inf")
     for name, statistic in statistics.items():
         components[name], replicates[name] = calibrate(statistic, name, critical, config.n_boot, rng)
+        untested = [b for b, t in enumerate(components[name].z) if np.isnan(t)]
+        if untested:
+            notes.append(f"{name}: the null models do not differ at block(s) {', '.join(map(str, untested))}, so "
+                         "there is no null spread to test against and those blocks count as no evidence (measure "
+                         "more null models)")
     n_blocks = measurements.n_layers
     shares, weights = {}, {}
     for name, component in components.items():

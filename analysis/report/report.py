@@ -52,6 +52,11 @@ def _blocks_phrase(blocks) -> str:
     return f"block {blocks[0]}" if len(blocks) == 1 else f"blocks {describe_blocks(blocks)}"
 
 
+def _z(z: float) -> str:
+    """A block's t statistic, or why there is none (the null models do not differ there)."""
+    return "untested" if np.isnan(z) else f"{z:.1f}"
+
+
 def _pct(x: float, digits: int = 0) -> str:
     return f"{100 * x:.{digits}f}%"
 
@@ -190,14 +195,14 @@ def _component_sentences(component, selection: Selection) -> list[str]:
         best = int(np.argmax(excess))
         text = (f"{words.capitalize()} ({component.basis}): no block exceeds the {component.n_null} null models "
                 f"beyond what random towers differ among themselves (largest excess {excess[best] * unit[1]:+.1f} "
-                f"{unit[0]} at block {best}, z = {component.z[best]:.1f} against a family-wise threshold of "
+                f"{unit[0]} at block {best}, z = {_z(component.z[best])} against a family-wise threshold of "
                 f"{component.critical:.1f}), so they add no evidence")
     else:
         best = max(significant, key=lambda b: excess[b])
         text = (f"{words.capitalize()} ({component.basis}) exceed the {component.n_null} null models significantly at "
                 f"{_blocks_phrase(significant)} (largest at block {best}: {excess[best] * unit[1]:+.1f} {unit[0]}, 95% "
                 f"interval {component.low[best] * unit[1]:+.1f} to {component.high[best] * unit[1]:+.1f}, z = "
-                f"{component.z[best]:.1f} against {component.critical:.1f})")
+                f"{_z(component.z[best])} against {component.critical:.1f})")
     if excess[lowest] < 0 and component.z[lowest] < -component.critical:
         text += (f"; at block {lowest} the model adds {-excess[lowest] * unit[1]:.1f} {unit[0]} less than random "
                  "towers do")
@@ -332,7 +337,7 @@ def _block_table(selection: Selection) -> list[str]:
                  f"{evidence.combined[b]:.3f}"]
         for name in names:
             c = evidence.components[name]
-            cells.append(f"{c.excess[b]:+.3f} ({c.z[b]:.1f}{'*' if c.significant[b] else ''})")
+            cells.append(f"{c.excess[b]:+.3f} ({_z(c.z[b])}{'*' if c.significant[b] else ''})")
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", "\\* significant beyond the null models (family-wise alpha "
                     f"{evidence.config.alpha:g}; threshold z = " + ", ".join(

@@ -43,6 +43,7 @@ from PIL import Image, UnidentifiedImageError
 from probing.data.records import DataError, Loaded, LoadReport
 
 REPLACEMENT_CHAR = "\ufffd"
+NO_IMAGE = "image not found"  # a skipped row's reason when its image file is absent (LoadReport.skip_reasons)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -356,7 +357,7 @@ class ImageResolver:
             return written
         found = self._find(written)
         if found is None:
-            raise RowProblem(f"image not found: {written!r} under {self.root}")
+            raise RowProblem(f"{NO_IMAGE}: {written!r} under {self.root}")
         if self.check_readable:
             problem = self._problem_opening(found)
             if problem:
@@ -420,7 +421,7 @@ def load_image(image: str | os.PathLike | np.ndarray, *, source: str | None = No
         with Image.open(image) as opened:
             return np.asarray(opened.convert("RGB"))
     except FileNotFoundError:
-        raise DataError(source, row, f"image not found: {image}") from None
+        raise DataError(source, row, f"{NO_IMAGE}: {image}") from None
     except UnidentifiedImageError:
         raise DataError(source, row, f"image unreadable: {image} (not an image file PIL can identify)") from None
     except (OSError, ValueError, SyntaxError) as err:

@@ -435,17 +435,20 @@ def _gradnorms(result, name, subject, batches, loss_fns: Mapping[str, LossFn], p
 
 
 def _fisher(result, subject, batches, loss_fns: Mapping[str, LossFn], size: int, progress: bool) -> None:
-    """The Fisher information per block under each loss, the gradient batches cut into micro-batches of `size`."""
+    """The Fisher information per block under each loss, the gradient batches cut into micro-batches of `size` (a
+    batch smaller than that is one micro-batch of its own size; the recorded micro_batch_size says which)."""
     micro = []
     for images, tokens in batches:
         n = len(next(iter(images.values())))
-        for start in range(0, n - size + 1, size):
-            part = slice(start, start + size)
+        step = min(size, n)
+        for start in range(0, n - step + 1, step):
+            part = slice(start, start + step)
             micro.append(({k: v[part] for k, v in images.items()}, {k: v[part] for k, v in tokens.items()}))
+    used = min(size, *(len(next(iter(images.values()))) for images, _ in batches))
     for loss_name, loss_fn in loss_fns.items():
         rows = fisher_information(subject, [_batch_loss(subject, *m, loss_fn) for m in micro], loss_name=loss_name,
                                   progress=progress, desc=f"Fisher information: {loss_name}")
-        result.add("fisher", rows, model=TRAINED, micro_batch_size=size)
+        result.add("fisher", rows, model=TRAINED, micro_batch_size=used)
 
 
 # --- patching as evidence ------------------------------------------------------------------------
