@@ -54,7 +54,9 @@ from probing.io import atomic_write_json
 from probing.measure.settings import LocaliseConfig, MeasureConfig
 
 # The commit that last changed the selection rule or its evidence test (analysis.planning.{evidence,selection}:
-# the null models' probes and gradient batches); later commits only moved that code. The README names it.
+# the null models' probes and gradient batches); later commits only moved that code, or (4001aaa) left a block
+# untested where the null towers do not differ at all, which no study model's ten towers do (its largest |t| is
+# about 20). The README names it.
 RULE_COMMIT = "5821910"
 
 # The budget every ablation run gets: the scope recipe's loss mix, 50 steps of batch 64 at lr 3e-3 on the same
