@@ -463,7 +463,8 @@ def test_help_is_instant_and_imports_no_torch():
     (["--names", "a,b"], "--names gives 2 names for 1 tuned models"),
     (["--probes", "svm"], "unknown svm"),
     (["--share", "0"], "--share"),
-    (["--confidence", "1"], "--confidence must be < 1"),
+    (["--confidence", "1"], "--confidence: must be in (0, 1), got 1.0"),
+    (["--confidence", "1.5"], "--confidence: must be in (0, 1), got 1.5"),
     (["--data", "/no/such/file.csv"], "no such file"),
 ])
 def test_argument_errors_are_one_line(argv, message, tmp_path, capsys):

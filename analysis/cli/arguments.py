@@ -138,6 +138,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def open_fraction(text: str) -> float:
+    """A number in (0, 1), e.g. an interval's confidence level."""
+    value = _number(text, float, "a number")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
+
 def device_name(text: str) -> str:
     """auto, cpu, mps, cuda or cuda:N (whether that device exists is checked when the model loads)."""
     if not DEVICE_PATTERN.fullmatch(text.strip()):

@@ -5,7 +5,7 @@
                                             file) and print both builds' numbers side by side
     build-embedded --seed 2 --steps 300     another build (cached); the commands use it with
                                             --model negclip-tiny --pretrained <the printed path>
-    build-embedded --spec late              a model built to differ in where negation can be learnt
+    build-embedded --model embedded:late    a model built to differ in where negation can be learnt
                                             (seed2, depth6, late, ...: probing.models.embedded.REGISTRY)
 
 The shipped model was built by the same code with the same spec; a rebuild on another CPU or

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "relative weight change")
     measure.add_argument("--decodable", type=fraction, default=0.9,
                          help="the report names the first layer whose probe accuracy reaches this")
-    measure.add_argument("--confidence", type=fraction, default=0.95, help="level of every interval (< 1)")
+    measure.add_argument("--confidence", type=a.open_fraction, default=0.95, help="level of every interval, in (0, 1)")
     measure.add_argument("--batch-size", type=positive_int, default=256, help="captions per forward pass")
     run = a.add_run_arguments(parser, images=False)
     run.add_argument("--no-figures", action="store_true", help="tables and report only")
@@ -119,8 +119,6 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
     args.part_list = a.names(args.parts, PARTS, "--parts", parser)
     args.probe_list = a.names(args.probes, PROBE_NAMES, "--probes", parser)
     args.seed_list = a.int_list(args.probe_seeds, "--probe-seeds", parser)
-    if args.confidence >= 1:
-        parser.error(f"--confidence must be < 1, got {args.confidence}")
     args.name_list = None
     if args.names is not None:
         args.name_list = [n.strip() for n in args.names.split(",")]

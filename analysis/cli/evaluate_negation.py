@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--limit",
         type=positive_int,
-        help="evaluate at most N rows per benchmark, the synthetic one included "
-        "(at most N of its examples, scope pairs and images) (quick runs)",
+        help="evaluate the first N rows of each benchmark file (of each SugarCREPE fold, of each image-folder "
+        "class), and at most N of the synthetic suite's examples, scope pairs and images (quick runs)",
     )
     synthetic = parser.add_argument_group("synthetic world")
     items = synthetic.add_argument("--synthetic-items", type=positive_int, default=1000,

@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "NegBench MCQ CSV for --loss negbench_mcq ...)")
     data.add_argument("--data-kind", choices=DATA_KINDS, help="loader kind when it cannot be guessed from the file")
     data.add_argument("--image-root", help="folder that relative image paths in the data file start from")
-    data.add_argument("--split", choices=SPLITS, default="train", help="split of a CC-Neg file")
+    data.add_argument("--split", choices=SPLITS, default="train",
+                      help="the part of a data file to train on: a CC-Neg file's split, or generated negations' "
+                           "split by image (docs/GUIDE.md); MCQ items and the synthetic world have none")
     train_examples = data.add_argument("--train-examples", type=positive_int, default=10_000,
                                        help="synthetic training examples to generate")
     data.add_argument("--data-seed", type=seed, default=0, help="seed of the synthetic world")

@@ -29,6 +29,8 @@ from probing.data.reading import read_bytes
 from probing.data.records import DataError, Loaded
 from probing.vocabulary import DATA_KINDS
 
+NAME_THE_KIND = "name it (--data-kind on the command line, kind= in Python)"  # when it cannot be guessed
+
 READERS: dict[str, Callable[..., Loaded]] = {
     "ccneg": load_ccneg,
     "negbench_mcq": load_negbench_mcq,
@@ -70,7 +72,8 @@ def guess_kind(path: str | os.PathLike) -> str:
         return _kind_from_csv_header(path)
     if suffix == ".json":
         return _kind_from_json(path)
-    raise DataError(path, None, f"cannot tell the dataset kind from the extension {suffix or '(none)'}; pass kind=")
+    raise DataError(path, None,
+                    f"cannot tell the dataset kind from the extension {suffix or '(none)'}; " + NAME_THE_KIND)
 
 
 def _kind_from_csv_header(path: Path) -> str:
@@ -82,7 +85,7 @@ def _kind_from_csv_header(path: Path) -> str:
         return "negbench_retrieval"
     if "caption" in columns and columns & {"negative_prompt", "negative-prompt"}:
         return "ccneg"
-    raise DataError(path, None, f"cannot tell the dataset kind from the CSV header {sorted(columns)}; pass kind=")
+    raise DataError(path, None, f"cannot tell the dataset kind from the CSV header {sorted(columns)}; " + NAME_THE_KIND)
 
 
 def _kind_from_json(path: Path) -> str:
@@ -117,4 +120,4 @@ def _kind_from_json(path: Path) -> str:
             return "valse_existence"
     if isinstance(data, list) and data and isinstance(data[0], dict) and {"phrase", "bbox_list"} <= set(data[0]):
         return "negrefcocog"
-    raise DataError(path, None, "cannot tell the dataset kind from the JSON structure; pass kind=")
+    raise DataError(path, None, "cannot tell the dataset kind from the JSON structure; " + NAME_THE_KIND)
