@@ -117,11 +117,11 @@ def test_make_negations_writes_the_generators_examples_and_finetune_trains_on_th
     assert make_negations.main(["--data", str(instances), "--image-root", str(root), "--seed", "3", "--per-image", "2",
                                 "--limit", "10", "--no-progress", "--out", str(limited)]) == 0
     assert [e.caption for e in load_ccneg(limited, root, split="all")] == [e.caption for e in direct[:10]]
-    assert "every example is in the eval split" not in capsys.readouterr().out
+    assert "every example is in the eval split" not in capsys.readouterr().err
     # --eval-images as many as there are images: an evaluation-only file, said so
     assert make_negations.main(["--data", str(instances), "--image-root", str(root), "--eval-images", "1000",
                                 "--no-progress", "--out", str(tmp_path / "eval_only.csv")]) == 0
-    assert "note: every example is in the eval split (--eval-images 1000)" in capsys.readouterr().out
+    assert "make-negations: note: every example is in the eval split (--eval-images 1000)" in capsys.readouterr().err
 
     # finetune-layers trains on the written file (the absence-negated captions feed Omni-NegCLIP's loss)
     run = tmp_path / "ft"

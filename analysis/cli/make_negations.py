@@ -133,9 +133,11 @@ def make_negations(args: argparse.Namespace) -> int:
     print(f"wrote {path}: {len(examples)} examples ({counts['train']} train, {counts['eval']} eval); "
           f"skipped {report.n_skipped} rows", flush=True)
     if not counts["train"]:  # an evaluation-only file can be meant; a training file cannot
-        why = "the file's own split" if args.eval_images is None else f"--eval-images {args.eval_images}"
-        print(f"note: every example is in the eval split ({why}): finetune-layers reads a CC-Neg file's train "
-              "split unless given --split eval or all", flush=True)
+        own = all(example.meta.get("split") in ("train", "eval") for example in examples)
+        why = ("the file's own split" if own else f"--eval-images {args.eval_images}" if args.eval_images is not None
+               else f"a fifth of its {len({str(example.image) for example in examples})} image(s), rounded up")
+        print(f"{PROG}: note: every example is in the eval split ({why}): finetune-layers reads a CC-Neg file's "
+              "train split unless given --split eval or all", file=sys.stderr, flush=True)
     return 0
 
 
