@@ -426,6 +426,8 @@ FINETUNE_LAYERS = [
     case("finetune-layers", "--model {tiny} --layers 0 --epochs inf --out {out}/ft", "--epochs: must be a finite"),
     case("finetune-layers", "--model {tiny} --layers 0 --epochs nan --out {out}/ft", "--epochs: must be a finite"),
     case("finetune-layers", "--model {tiny} --layers 0 --epochs 0 --out {out}/ft", "--epochs: must be > 0"),
+    case("finetune-layers", "--model {tiny} --layers 0 --split eval --out {out}/ft",
+         "--split eval picks part of a data file; the synthetic world (--data synthetic) has none"),
     case("finetune-layers", "--model {tiny} --layers 0 --steps 0 --out {out}/ft", "--steps: must be >= 1"),
     case("finetune-layers", "--model {tiny} --layers 0 --steps 1e3 --out {out}/ft", "--steps: must be an integer"),
     case("finetune-layers", "--model {tiny} --layers 0 --steps 99999999999 --out {out}/ft", "must be <= 2147483647"),

@@ -315,6 +315,10 @@ def test_cli_trains_on_the_synthetic_world(tiny, tmp_path, capsys):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert main(args + ["--resume"]) == 0  # finished run: resume has nothing left to do
     assert "nothing left to train" in capsys.readouterr().out
+    # a warm-up longer than the run: the learning rate peaks at 3/4 of --lr, said before training
+    assert main([*args[:-1], str(tmp_path / "short"), "--warmup-steps", "4"]) == 0
+    assert ("finetune-layers: warning: --warmup-steps 4 is more than --steps 3: the learning rate never reaches --lr "
+            "(it peaks at 75% of it, on the last step)") in capsys.readouterr().err.splitlines()
 
 
 def test_cli_trains_negbench_s_mcq_loss_on_the_synthetic_world_s_multiple_choice(tiny, tmp_path):

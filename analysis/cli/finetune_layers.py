@@ -367,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--second-loss {args.second_loss} needs --second-data{what}")
     if args.second_data and not args.second_loss:
         parser.error("--second-data needs --second-loss (the loss of the second source)")
+    if args.data == "synthetic" and args.split != parser.get_default("split"):
+        parser.error(f"--split {args.split} picks part of a data file; the synthetic world (--data synthetic) has none")
+    if args.steps is not None and args.warmup_steps > args.steps:  # a quick try would never reach --lr
+        print(f"{PROG}: warning: --warmup-steps {args.warmup_steps} is more than --steps {args.steps}: the learning "
+              f"rate never reaches --lr (it peaks at {args.steps / args.warmup_steps:.0%} of it, on the last step)",
+              file=sys.stderr)
     args.loss_kwargs, args.second_loss_kwargs = a.loss_options(args, parser, [args.loss, args.second_loss])
     args.betas = _betas(args.betas, parser)
     args.layer_plan = layer_plan(args, parser)
