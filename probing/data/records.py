@@ -135,8 +135,8 @@ class CocoImage:
 
 class DataError(ValueError):
     """A data file problem, with the file, the row (when there is one) and what is wrong. `row` is the record's index
-    from 0 in the file's order (a CSV's header is not a record; its messages add the file line), or a JSON item's
-    key."""
+    from 0 in the file's order (a CSV's header is not a record; a malformed CSV row's message adds the file line),
+    or a JSON item's key."""
 
     def __init__(self, path: str | os.PathLike | None, row: int | str | None, problem: str):
         self.path = None if path is None else str(path)
