@@ -224,7 +224,7 @@ def mcq_arm() -> str:
              "negated answers | rho of the multiple choice's gains with scope's | baselines the plan trails / beats "
              "on the multiple choice |", "|---|---|---|---|---|---|---|---|---|"]
     recipes = (("the scope recipe", "ablation"), ("+ NegBench's MCQ loss (weight 1)", MCQ_ARM_FOLDER))
-    shown, paired = 0, []
+    shown, paired = 0, []  # the records' paired_seeds
     for model in MCQ_ARM:
         records = {where: _load(model, "validity.json", where) for _, where in recipes}
         if None in records.values():
@@ -244,7 +244,7 @@ def mcq_arm() -> str:
         return "(the multiple-choice arm has not finished yet: scripts/validation_study.py --mcq-arm)"
     pairing = ("paired over seeds and items" if all(paired) else
                "paired over the items only in records written before the validity test drew the same seeds for "
-               "every plan, as these were (the note on pairing above)")
+               "every plan: the note on pairing above says which")
     return "\n".join(lines) + ("\n\nGains with their 95 % bootstrap intervals over seeds and items; trails / beats: "
                                "the baseline selectors whose plan of the plan's size is better / worse than the plan's "
                                f"on the multiple choice by the interval of the difference ({pairing}).")
@@ -282,7 +282,13 @@ def bootstrap_pairing() -> str:
     """How the ablated models' validity records paired two plans in the bootstrap: over the items only (each plan's
     seeds drawn on its own, in records written before the validity test drew the same seeds for every plan) or
     over the seeds and the items."""
-    paired = {model: all(v.paired_seeds for v in _validity(model).values()) for model in _ablated()}
+    from analysis.ablation.validity import from_json
+    from analysis.validation import MCQ_ARM, MCQ_ARM_FOLDER
+
+    records = {model: _validity(model) for model in _ablated()}
+    records.update({f"{model}'s multiple-choice arm": from_json(arm) for model in MCQ_ARM
+                    if (arm := _load(model, "validity.json", MCQ_ARM_FOLDER)) is not None})
+    paired = {name: all(v.paired_seeds for v in results.values()) for name, results in records.items()}
     new, old = [m for m, p in paired.items() if p], [m for m, p in paired.items() if not p]
     text = ""
     if new:
