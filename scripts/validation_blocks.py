@@ -286,7 +286,7 @@ def bootstrap_pairing() -> str:
     from analysis.validation import MCQ_ARM, MCQ_ARM_FOLDER
 
     records = {model: _validity(model) for model in _ablated()}
-    records.update({f"{model}'s multiple-choice arm": from_json(arm) for model in MCQ_ARM
+    records.update({f"the multiple-choice arm of {model}": from_json(arm) for model in MCQ_ARM
                     if (arm := _load(model, "validity.json", MCQ_ARM_FOLDER)) is not None})
     paired = {name: all(v.paired_seeds for v in results.values()) for name, results in records.items()}
     new, old = [m for m, p in paired.items() if p], [m for m, p in paired.items() if not p]
@@ -294,13 +294,13 @@ def bootstrap_pairing() -> str:
     if new:
         text = f"On {', '.join(new)} the interval is paired over seeds and items. "
     if old:
-        text += ((f"On {', '.join(old)} the" if new else "The") + " records were written before the validity test "
+        text += ((f"On {', '.join(old)}, the" if new else "The") + " records were written before the validity test "
                  "drew the same seeds for every plan: a difference's interval is paired over the test items only, each "
-                 "plan's seeds resampled on their own, which usually widens it (two identical plans get an interval "
-                 "around 0 instead of exactly 0). So an \"as good\" or a \"within the noise\" in these records may "
-                 "hide a difference that an interval paired over seeds too would show. Their per-item run records "
-                 "were not kept in the repository, so the intervals cannot be computed again without training the "
-                 "runs again.")
+                 "plan's seeds resampled on their own (two identical plans get an interval around 0 instead of "
+                 "exactly 0). Paired over seeds too, an interval is narrower where a seed moves two plans alike and "
+                 "wider where it moves them apart, so a verdict near the edge in these records might read "
+                 "otherwise paired. Their per-item run records were not kept in the repository, so the intervals "
+                 "cannot be computed again without training the runs again.")
     return text.strip()
 
 
