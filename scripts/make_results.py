@@ -126,7 +126,8 @@ def evidence_table() -> str:
                 cells.append("–")
                 continue
             best = max(range(len(c["z"])), key=lambda b: -math.inf if math.isnan(c["z"][b]) else c["z"][b])
-            cells.append(f"{c['z'][best]:.1f} (block {best})" + (" *" if c["significant"][best] else ""))
+            z = "untested" if math.isnan(c["z"][best]) else f"{c['z'][best]:.1f}"
+            cells.append(f"{z} (block {best})" + (" *" if c["significant"][best] else ""))
         critical = next(iter(report["evidence"]["components"].values()), {}).get("critical")
         usual = [b for b, share in enumerate(report["stability"]) if share >= 0.5]
         rows.append(f"| {name} | {report['decision']['rule']} | {blocks} | {report['agreement']:.0%} | "

@@ -750,3 +750,22 @@ def test_limit_caps_the_synthetic_suite_too(tiny, world):
                                 synthetic_n=40, synthetic_classification=30, batch_size=16)["sections"]
     assert unlimited["synthetic/negation"]["metrics"]["ccneg_accuracy"]["n"] == 40
     assert unlimited["synthetic/prompt_gap"]["metrics"]["zero_shot_affirmative"]["n"] == 30
+
+
+def test_cli_default_run_on_a_data_root_without_valse_images_exits_0(tiny, test_data, tmp_path, monkeypatch, capsys):
+    """The README's `evaluate-negation --out runs/eval` on the benchmark files: VALSE's images (Visual7W) are not
+    there, so VALSE is a note, not a failure, and the run exits 0; named with --benchmarks it fails (exit 2)."""
+    from analysis.cli.evaluate_negation import main
+
+    _, _, _, config = tiny
+    monkeypatch.chdir(REPO)
+    base = ["--model", str(config), "--data-root", str(test_data), "--limit", "2", "--synthetic-items", "8",
+            "--synthetic-zero-shot", "36", "--synthetic-image-size", "32", "--batch-size", "8", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "all")]) == 0
+    err = capsys.readouterr().err
+    assert any(line.startswith("evaluate-negation: note: not run: valse_existence: ") and "image not found" in line
+               for line in err.splitlines())
+    result = json.loads((tmp_path / "all" / "evaluation.json").read_text())
+    assert result["failed"] == {} and "valse_existence" in result["not_run"] and "sugarcrepe" in result["sections"]
+    assert main([*base, "--benchmarks", "valse_existence", "--out", str(tmp_path / "named")]) == 2
+    assert "evaluate-negation: error: valse_existence failed" in capsys.readouterr().err

@@ -427,7 +427,13 @@ FINETUNE_LAYERS = [
     case("finetune-layers", "--model {tiny} --layers 0 --epochs nan --out {out}/ft", "--epochs: must be a finite"),
     case("finetune-layers", "--model {tiny} --layers 0 --epochs 0 --out {out}/ft", "--epochs: must be > 0"),
     case("finetune-layers", "--model {tiny} --layers 0 --split eval --out {out}/ft",
-         "--split eval picks part of a data file; the synthetic world (--data synthetic) has none"),
+         "--split eval picks part of a data file; the synthetic world has none"),
+    case("finetune-layers", "--model {tiny} --layers 0 --second-loss negbench_mcq --second-data synthetic "
+         "--second-split all --out {out}/ft", "--second-split all picks part of a data file; the synthetic world has "
+         "none"),
+    case("finetune-layers",
+         "--model {tiny} --layers 0 --loss negbench_mcq --data {mcq_identical} --split eval --out {out}/ft",
+         "--split eval: MCQ items for --loss negbench_mcq have no split (every row trains)"),
     case("finetune-layers", "--model {tiny} --layers 0 --steps 0 --out {out}/ft", "--steps: must be >= 1"),
     case("finetune-layers", "--model {tiny} --layers 0 --steps 1e3 --out {out}/ft", "--steps: must be an integer"),
     case("finetune-layers", "--model {tiny} --layers 0 --steps 99999999999 --out {out}/ft", "must be <= 2147483647"),

@@ -397,8 +397,8 @@ def test_with_no_larger_plan_ahead_the_next_point_names_the_plan_of_no_more_para
     assert result.next_larger is None and result.best_no_larger == "window_0_1"
     assert next_point(result) == "none (no larger plan gains more than window_0_1, which has no more parameters)"
     assert frontier_place(result) == "no: layer_0, window_0_1 gain more with no more parameters"
-    assert frontier_sentence(result).endswith("no larger plan the study ran gains more than window_0_1, which has no "
-                                              "more parameters.")
+    assert frontier_sentence(result).endswith("; no larger plan gains more than window_0_1, which has no more "
+                                              "parameters.")
     # the frontier is read off the plans, so a record that stored its own (older records) reads the same
     import json
 

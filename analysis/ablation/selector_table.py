@@ -113,7 +113,7 @@ def selector_sentences(rows: Sequence[SelectorRow], target: str = "scope") -> li
 def _number(value: float, digits: int = 3, sign: bool = True) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    value = value + 0.0  # -0.0 (the negated difference of two identical plans) reads +0.000
+    value = round(value, digits) + 0.0  # a difference that rounds to 0 (e.g. -0.0 of two identical plans) reads +0.000
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits - 1}f}"
 
 

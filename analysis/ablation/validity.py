@@ -561,9 +561,15 @@ def next_point(v: Validity) -> str:
         nxt = v.plans[v.next_larger]
         return f"{v.next_larger}: {nxt['trainable']:,} parameters, {nxt['gain']:+.3f} [{nxt['low']:+.3f}, " \
                f"{nxt['high']:+.3f}]"
+    return f"none ({_no_larger(v)})"
+
+
+def _no_larger(v: Validity) -> str:
+    """Why there is no next point: no larger plan gains more than the plan, or than the plan of no more parameters
+    that beats it."""
     if "selected" in v.frontier or v.best_no_larger is None:
-        return "none (no larger plan gains more)"
-    return f"none (no larger plan gains more than {v.best_no_larger}, which has no more parameters)"
+        return "no larger plan gains more"
+    return f"no larger plan gains more than {v.best_no_larger}, which has no more parameters"
 
 
 def frontier_sentence(v: Validity) -> str:
@@ -582,10 +588,8 @@ def frontier_sentence(v: Validity) -> str:
         nxt = v.plans[v.next_larger]
         text += (f"; the next point on the frontier is {v.next_larger} ({nxt['trainable']:,} parameters, "
                  f"{nxt['gain']:+.3f} [{nxt['low']:+.3f}, {nxt['high']:+.3f}])")
-    elif "selected" in v.frontier or v.best_no_larger is None:
-        text += "; no larger plan the study ran gains more"
     else:
-        text += f"; no larger plan the study ran gains more than {v.best_no_larger}, which has no more parameters"
+        text += f"; {_no_larger(v)}"
     return text + "."
 
 

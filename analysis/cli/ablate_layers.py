@@ -222,9 +222,11 @@ def ablate(config, args: argparse.Namespace, shard) -> int:
     apply_threads(args.threads)
     study = AblationStudy(config, args.out, progress=not args.no_progress)
     atomic_write_json(Path(args.out) / CONFIG_FILE, {"command": PROG, "config": config.to_dict()})
-    own = "provenance.json" if shard is None else f"provenance.shard-{shard.index}-of-{shard.count}.json"
-    write_provenance(args.out, [PROG, *args.argv], model=study.base.bundle, name=own,
-                     data={"--plan": config.plan_path, "--comparison": config.comparison})
+    # provenance.json names the command that last ran in the folder; a shard also keeps its own
+    names = ["provenance.json"] + ([] if shard is None else [f"provenance.shard-{shard.index}-of-{shard.count}.json"])
+    for name in names:
+        write_provenance(args.out, [PROG, *args.argv], model=study.base.bundle, name=name,
+                         data={"--plan": config.plan_path, "--comparison": config.comparison})
     where = "" if shard is None else f" (shard {shard.index}/{shard.count})"
     print(f"ablation of {study.base.label}: {len(study.variants)} variants x {len(config.seeds)} seeds "
           f"({study.n_layers} text blocks) -> {args.out}{where}", flush=True)

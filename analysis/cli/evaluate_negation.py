@@ -192,7 +192,8 @@ def evaluate(args: argparse.Namespace) -> int:
     result = evaluate_all(
         bundle.model, bundle.preprocess, bundle.tokenizer, data_root=sources.data_root, image_root=sources.image_root,
         image_roots=sources.image_roots, files=sources.files, image_folder=sources.image_folder,
-        which=which, batch_size=args.batch_size, limit=args.limit, ccneg_strip_commas=not args.ccneg_keep_commas,
+        which=which, asked=args.which or (), batch_size=args.batch_size, limit=args.limit,
+        ccneg_strip_commas=not args.ccneg_keep_commas,
         synthetic_n=args.synthetic_items, synthetic_classification=args.synthetic_zero_shot,
         synthetic_split=args.synthetic_split, synthetic_heldout=args.synthetic_heldout, synthetic_world=world,
         seed=args.seed, progress=not args.no_progress, feature_cache=not args.no_feature_cache,

@@ -367,8 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--second-loss {args.second_loss} needs --second-data{what}")
     if args.second_data and not args.second_loss:
         parser.error("--second-data needs --second-loss (the loss of the second source)")
-    if args.data == "synthetic" and args.split != parser.get_default("split"):
-        parser.error(f"--split {args.split} picks part of a data file; the synthetic world (--data synthetic) has none")
+    for prefix, source, loss in (("", args.data, args.loss), ("second-", args.second_data, args.second_loss)):
+        split = getattr(args, f"{prefix.replace('-', '_')}split")
+        if source and split != parser.get_default(f"{prefix.replace('-', '_')}split"):  # a flag that would do nothing
+            if source == "synthetic":
+                parser.error(f"--{prefix}split {split} picks part of a data file; the synthetic world has none")
+            if loss in MCQ_LOSSES:
+                parser.error(f"--{prefix}split {split}: MCQ items for --{prefix}loss {loss} have no split (every row "
+                             "trains)")
     if args.steps is not None and args.warmup_steps > args.steps:  # a quick try would never reach --lr
         print(f"{PROG}: warning: --warmup-steps {args.warmup_steps} is more than --steps {args.steps}: the learning "
               f"rate never reaches --lr (it peaks at {args.steps / args.warmup_steps:.0%} of it, on the last step)",

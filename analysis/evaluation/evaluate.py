@@ -501,15 +501,15 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
                  image_folder: str | Path | None = None, limit: int | None = None, ccneg_strip_commas: bool = True,
                  synthetic_n: int = 1000, synthetic_classification: int = 360, synthetic_split: str = "test",
                  synthetic_heldout: str = "all", synthetic_world=None, seed: int = 0, progress: bool = False,
-                 feature_cache: bool = True, num_workers: int = 0) -> dict:
+                 feature_cache: bool = True, num_workers: int = 0, asked: Sequence[str] | None = None) -> dict:
     """Run the benchmarks in `which` (default: every one whose files exist) and collect their output.
 
     Returns {"sections": {section: {"metrics", "counts"}}, "not_run": {benchmark: why},
     "failed": {section: data error}, "summary": {...}, "published": {section: {metric: [rows]}},
     "settings": {...}}. `files`: benchmark -> the user's files (see `analysis.evaluation.benchmarks`;
-    a benchmark without files looks in `data_root`). A benchmark that was neither in `which` nor given files, and
-    none of whose images exist (e.g. VALSE, whose images no data root ships), is not run, with the reason; asked
-    for, it fails. `limit`: evaluate at most that many loaded rows
+    a benchmark without files looks in `data_root`). `asked`: the benchmarks the user named (default: `which`); a
+    benchmark neither asked for nor given files, none of whose images exist (e.g. VALSE, whose images no data root
+    ships), is not run, with the reason; asked for, it fails. `limit`: evaluate at most that many loaded rows
     per file (per fold for SugarCREPE, per class for an image folder; for the synthetic suite, at most
     that many examples, scope pairs and prompt-gap images), for quick runs; the counts record it. A data
     error in one file is recorded in "failed" and the others still run.
@@ -527,6 +527,7 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
     sources = Sources(data_root=data_root, image_root=image_root, image_roots=image_roots or {},
                       files={name: list(paths) for name, paths in (files or {}).items()}, image_folder=image_folder)
     plan = plan_benchmarks(sources, which)
+    named = set(asked if asked is not None else which or ())
     if limit is not None:  # the synthetic suite too: at most `limit` examples, scope pairs and prompt-gap images
         synthetic_n, synthetic_classification = min(synthetic_n, limit), min(synthetic_classification, limit)
     settings = {"n": synthetic_n, "n_classification": synthetic_classification, "split": synthetic_split,
@@ -560,7 +561,7 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
                 why = "; ".join(f"{reason} ({n})" for reason, n in counts["skip_reasons"].items()) or "no rows"
                 problem = (f"{counts.get('source', job.path)}: nothing to evaluate: {counts['rows_read']} rows read, "
                            f"none usable ({why})")
-                if which is None and name not in sources.files and set(counts["skip_reasons"]) == {NO_IMAGE}:
+                if name not in named and name not in sources.files and set(counts["skip_reasons"]) == {NO_IMAGE}:
                     not_run[section] = problem  # found by the default search, without its images: not asked for
                 else:
                     failed[section] = problem

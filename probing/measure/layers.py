@@ -18,6 +18,7 @@ them), so that a late failure keeps what was measured; meta["completed"] lists t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -444,7 +445,8 @@ def _fisher(result, subject, batches, loss_fns: Mapping[str, LossFn], size: int,
         for start in range(0, n - step + 1, step):
             part = slice(start, start + step)
             micro.append(({k: v[part] for k, v in images.items()}, {k: v[part] for k, v in tokens.items()}))
-    used = min(size, *(len(next(iter(images.values()))) for images, _ in batches))
+    sizes = Counter(len(next(iter(images.values()))) for images, _ in micro)
+    used = sizes.most_common(1)[0][0] if sizes else size  # the size of most micro-batches
     for loss_name, loss_fn in loss_fns.items():
         rows = fisher_information(subject, [_batch_loss(subject, *m, loss_fn) for m in micro], loss_name=loss_name,
                                   progress=progress, desc=f"Fisher information: {loss_name}")
