@@ -375,14 +375,14 @@ def main(argv: list[str] | None = None) -> int:
             if loss in MCQ_LOSSES:
                 parser.error(f"--{prefix}split {split}: MCQ items for --{prefix}loss {loss} have no split (every row "
                              "trains)")
-    if args.steps is not None and args.warmup_steps > args.steps:  # a quick try would never reach --lr
-        print(f"{PROG}: warning: --warmup-steps {args.warmup_steps} is more than --steps {args.steps}: the learning "
-              f"rate never reaches --lr (it peaks at {args.steps / args.warmup_steps:.0%} of it, on the last step)",
-              file=sys.stderr)
     args.loss_kwargs, args.second_loss_kwargs = a.loss_options(args, parser, [args.loss, args.second_loss])
     args.betas = _betas(args.betas, parser)
     args.layer_plan = layer_plan(args, parser)
     a.check_output_folder(args.out, "--out", parser)
+    if args.steps is not None and args.warmup_steps > args.steps:  # a quick try would never reach --lr
+        print(f"{PROG}: warning: --warmup-steps {args.warmup_steps} is more than --steps {args.steps}: the learning "
+              f"rate never reaches --lr (it peaks at {args.steps / args.warmup_steps:.0%} of it, on the last step)",
+              file=sys.stderr)
     return run(PROG, lambda: finetune(args, parser))
 
 
