@@ -368,8 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.second_data and not args.second_loss:
         parser.error("--second-data needs --second-loss (the loss of the second source)")
     for prefix, source, loss in (("", args.data, args.loss), ("second-", args.second_data, args.second_loss)):
-        split = getattr(args, f"{prefix.replace('-', '_')}split")
-        if source and split != parser.get_default(f"{prefix.replace('-', '_')}split"):  # a flag that would do nothing
+        dest = f"{prefix.replace('-', '_')}split"
+        split = getattr(args, dest)
+        if source and split != parser.get_default(dest):  # a flag that would do nothing
             if source == "synthetic":
                 parser.error(f"--{prefix}split {split} picks part of a data file; the synthetic world has none")
             if loss in MCQ_LOSSES:

@@ -84,13 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     return run(PROG, lambda: make_negations(args))
 
 
+def own_splits(examples) -> list[str] | None:
+    """Each example's split as its file gives it, or None unless the file gives one for every example."""
+    own = [example.meta.get("split") for example in examples]
+    return own if all(value in ("train", "eval") for value in own) else None
+
+
 def split_by_image(examples, eval_images: int | None = None) -> dict[int, str]:
     """Example index -> "train" / "eval": the file's own split when every example has one, else the last
     `eval_images` images (default: probing.data.ccneg.default_eval_size of the image count) are "eval"."""
     from probing.data.ccneg import default_eval_size
 
-    own = [example.meta.get("split") for example in examples]
-    if all(value in ("train", "eval") for value in own):
+    own = own_splits(examples)
+    if own is not None:
         return dict(enumerate(own))
     images = list(dict.fromkeys(str(example.image) for example in examples))
     n_eval = default_eval_size(len(images)) if eval_images is None else min(eval_images, len(images))
@@ -133,9 +139,9 @@ def make_negations(args: argparse.Namespace) -> int:
     print(f"wrote {path}: {len(examples)} examples ({counts['train']} train, {counts['eval']} eval); "
           f"skipped {report.n_skipped} rows", flush=True)
     if not counts["train"]:  # an evaluation-only file can be meant; a training file cannot
-        own = all(example.meta.get("split") in ("train", "eval") for example in examples)
-        why = ("the file's own split" if own else f"--eval-images {args.eval_images}" if args.eval_images is not None
-               else f"a fifth of its {len({str(example.image) for example in examples})} image(s), rounded up")
+        why = ("the file's own split" if own_splits(examples) is not None else
+               f"--eval-images {args.eval_images}" if args.eval_images is not None else
+               f"a fifth of its {len({str(example.image) for example in examples})} image(s), rounded up")
         print(f"{PROG}: note: every example is in the eval split ({why}): finetune-layers reads a CC-Neg file's "
               "train split unless given --split eval or all", file=sys.stderr, flush=True)
     return 0
