@@ -127,8 +127,7 @@ def read_examples(spec: DataSpec, seed: int, notes: list[str]) -> list:
     except ValueError as error:  # e.g. an unknown kind
         raise ConfigError(f"--data {file}: {error}") from None
     if records.report.n_skipped:
-        notes.append(f"{file}: skipped {records.report.n_skipped} unreadable rows "
-                     f"({', '.join(f'{k} x{n}' for k, n in records.report.skip_reasons().most_common(3))})")
+        notes.append(records.report.skipped_note())
     if not records:
         raise ConfigError(f"--data {file}: no negation examples ({records.report.summary()})")
     if not any(r.presence_negated or r.absence_negated for r in records):
@@ -189,8 +188,7 @@ def _real_data(config: ProbeConfig, notes: list[str], log: Callable[[str], None]
             raise ConfigError(f"--data {path}: {error}") from None
         report = benchmark.report
         if report is not None and report.n_skipped:
-            notes.append(f"{path}: skipped {report.n_skipped} unreadable rows "
-                         f"({', '.join(f'{k} x{n}' for k, n in report.skip_reasons().most_common(3))})")
+            notes.append(report.skipped_note())
         notes.extend(benchmark.notes)
         if not benchmark.usable:
             notes.append(f"{benchmark.name}: not used: {next(iter(benchmark.refused.values()), 'nothing usable')}")

@@ -317,3 +317,24 @@ def test_patching_pairs_of_a_mix_take_every_file_in_turn(test_data):
     assert len(pairs) == n_mcq + len(retrieval.examples) and n_mcq < len(retrieval.examples)
     assert sources[:2 * n_mcq:2] == [Path(MCQ).name] * n_mcq  # alternating while both files have pairs
     assert sources[1:2 * n_mcq:2] == ["COCO_val_retrieval.csv"] * n_mcq
+
+
+def test_a_malformed_row_is_skipped_by_its_number(tiny, test_data, tmp_path, capsys):
+    """probe-layers reads benchmark files leniently: a row it cannot read is left out, and its note names the row
+    (counted from 0 among the data rows, as the errors of the strict commands do) and the problem."""
+    rows = csv_rows(test_data / "negbench/COCO_val_retrieval.csv")
+    broken = [2, 6]
+    for i in broken:
+        rows[i]["positive_objects"] = "['unclosed"
+    path = tmp_path / "broken_retrieval.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "probe"
+    argv = ["--model", str(tiny), "--data", str(path), "--measurements", "probes", *QUICK, "--out", str(out)]
+    assert cli.main(argv) in (0, 1)
+    err = capsys.readouterr().err
+    line = next(n for n in err.splitlines() if "unreadable" in n)
+    assert line == (f"probe-layers: note: {path}: skipped 2 unreadable rows (field 'positive_objects' is not a Python list literal: "
+                    f"rows {broken[0]}, {broken[1]})")
