@@ -426,6 +426,14 @@ def test_coco_generated_and_ccneg_file(tiny, test_data, tmp_path):
     assert section["counts"]["skip_reasons"] == {"image not found": 1} and section["counts"]["rows_read"] == 4
     assert section["counts"]["commas_stripped"] is True
 
+    # every row in the train split: the evaluation fails, saying so (not "0 rows read" as if the file were empty)
+    train = tmp_path / "ccneg_train.csv"
+    train.write_text(csv.read_text().replace(",eval\n", ",train\n"))
+    out = ev.evaluate_all(model, preprocess, tokenizer, which=["ccneg"], files={"ccneg": [train]},
+                          image_root=coco(test_data), batch_size=2)
+    assert not out["sections"] and list(out["failed"].values()) == [
+        f"{train}: its 'split' column puts none of its 4 rows in the eval split (all are train)"]
+
 
 def test_evaluate_all_reports_missing_images_and_plan(tiny, test_data, tmp_path):
     model, preprocess, tokenizer, _ = tiny
