@@ -428,6 +428,10 @@ FINETUNE_LAYERS = [
     case("finetune-layers", "--model {tiny} --layers 0 --epochs 0 --out {out}/ft", "--epochs: must be > 0"),
     case("finetune-layers", "--model {tiny} --layers 0 --split eval --out {out}/ft",
          "--split eval picks part of a data file; the synthetic world has none"),
+    case("finetune-layers", "--model {tiny} --layers 0 --split train --out {out}/ft",
+         "--split train picks part of a data file; the synthetic world has none"),
+    case("finetune-layers", "--model {tiny} --layers 0 --spl train --out {out}/ft",
+         "--split train picks part of a data file; the synthetic world has none"),
     case("finetune-layers", "--model {tiny} --layers 0 --second-loss negbench_mcq --second-data synthetic "
          "--second-split all --out {out}/ft", "--second-split all picks part of a data file; the synthetic world has "
          "none"),

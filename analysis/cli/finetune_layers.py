@@ -76,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "NegBench MCQ CSV for --loss negbench_mcq ...)")
     data.add_argument("--data-kind", choices=DATA_KINDS, help="loader kind when it cannot be guessed from the file")
     data.add_argument("--image-root", help="folder that relative image paths in the data file start from")
-    data.add_argument("--split", choices=SPLITS, default="train",
+    data.add_argument("--split", choices=SPLITS,
                       help="the part of a data file to train on: a CC-Neg file's split, or generated negations' "
-                           "split by image (docs/GUIDE.md); MCQ items and the synthetic world have none")
+                           "split by image (docs/GUIDE.md); MCQ items and the synthetic world have none "
+                           "(default: train)")
     train_examples = data.add_argument("--train-examples", type=positive_int, default=10_000,
                                        help="synthetic training examples to generate")
     data.add_argument("--data-seed", type=seed, default=0, help="seed of the synthetic world")
@@ -98,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     second.add_argument("--second-data", help="'synthetic' or a data file, as --data")
     second.add_argument("--second-data-kind", choices=DATA_KINDS, help="loader kind of --second-data")
     second.add_argument("--second-image-root", help="image root of --second-data (default: --image-root)")
-    second.add_argument("--second-split", choices=SPLITS, default="train",
-                        help="split of a CC-Neg file as --second-data")
+    second.add_argument("--second-split", choices=SPLITS,
+                        help="split of a CC-Neg file as --second-data (default: train)")
     second_examples = second.add_argument("--second-train-examples", type=positive_int,
                                           help="synthetic second examples (default: --train-examples)")
     second.add_argument("--second-data-seed", type=seed,
@@ -369,13 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--second-data needs --second-loss (the loss of the second source)")
     for prefix, source, loss in (("", args.data, args.loss), ("second-", args.second_data, args.second_loss)):
         dest = f"{prefix.replace('-', '_')}split"
-        split = getattr(args, dest)
-        if source and split != parser.get_default(dest):  # a flag that would do nothing
+        split = getattr(args, dest)  # None unless given (on the command line or by the recipe)
+        if source and split is not None:  # a flag that would do nothing
             if source == "synthetic":
                 parser.error(f"--{prefix}split {split} picks part of a data file; the synthetic world has none")
             if loss in MCQ_LOSSES:
                 parser.error(f"--{prefix}split {split}: MCQ items for --{prefix}loss {loss} have no split (every row "
                              "trains)")
+        setattr(args, dest, split or "train")
     args.loss_kwargs, args.second_loss_kwargs = a.loss_options(args, parser, [args.loss, args.second_loss])
     args.betas = _betas(args.betas, parser)
     args.layer_plan = layer_plan(args, parser)
