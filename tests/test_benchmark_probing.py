@@ -336,5 +336,5 @@ def test_a_malformed_row_is_skipped_by_its_number(tiny, test_data, tmp_path, cap
     assert cli.main(argv) in (0, 1)
     err = capsys.readouterr().err
     line = next(n for n in err.splitlines() if "unreadable" in n)
-    assert line == (f"probe-layers: note: {path}: skipped 2 unreadable rows (field 'positive_objects' is not a Python list literal: "
-                    f"rows {broken[0]}, {broken[1]})")
+    assert line == (f"probe-layers: note: {path}: skipped 2 unreadable rows (field 'positive_objects' is not a "
+                    f"Python list literal: rows {broken[0]}, {broken[1]})")

@@ -394,7 +394,16 @@ def test_cli_default_model_is_the_shipped_embedded_model(small_embedded, tmp_pat
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["model_name"] == small_embedded[1].model
     with pytest.raises(SystemExit):
         main(args + ["--pretrained", "x.pt", "--out", str(tmp_path / "run2")])
-    assert "--pretrained does not go with the embedded model" in capsys.readouterr().err
+    hint = "a checkpoint of it (a fine-tune's weights) loads as --model negclip-tiny --pretrained FILE"
+    assert "--pretrained does not go with the embedded model" in (err := capsys.readouterr().err) and hint in err
+    # the hint holds (shown on the smoke-test build trained above): the fine-tune's weights load under the
+    # architecture's name, block 0 trained, block 1 as shipped
+    architecture = small_embedded[1].model
+    tuned = real(architecture, pretrained=tmp_path / "run" / "model.safetensors").model.state_dict()
+    base = real("embedded:small").model.state_dict()
+    block = "transformer.resblocks.{}.mlp.c_fc.weight"
+    assert not torch.equal(tuned[block.format(0)], base[block.format(0)])
+    assert torch.equal(tuned[block.format(1)], base[block.format(1)])
 
 
 def test_cli_runtime_errors_are_one_line(tiny, tmp_path, capsys):

@@ -20,7 +20,7 @@ from typing import Callable
 from analysis.cli.execution import EXIT_USAGE, one_line
 from finetune.options import LossOptionError, check_loss_options
 from finetune.vocabulary import LOSS_OPTIONS, MAX_LEARNING_RATE, MAX_SEED, MIX_PARTS
-from probing.models.embedded import EMBEDDED, NAMES, embedded_model, is_embedded
+from probing.models.embedded import EMBEDDED, NAMES, embedded_model, is_embedded, no_pretrained
 
 MAX_COUNT = 2**31 - 1  # the largest count torch and numpy take everywhere (a C int)
 MAX_THREADS = 1024  # torch starts as many threads as asked; more than this cannot help
@@ -292,7 +292,7 @@ def check_model_arguments(args: argparse.Namespace, parser: argparse.ArgumentPar
     """The model arguments make sense together (checked before anything heavy is imported)."""
     if is_embedded(args.model):
         if args.pretrained:
-            parser.error(f"--pretrained does not go with the embedded model ({args.model}): it ships its own weights")
+            parser.error(no_pretrained(args.model))
         try:
             embedded_model(args.model)
         except ValueError as error:

@@ -164,3 +164,13 @@ def embedded_model(name: object) -> EmbeddedModel:
         raise ValueError(f"unknown embedded model {variant!r}; known: "
                          + ", ".join(f"{EMBEDDED}:{n}" for n in NAMES))
     return REGISTRY[variant]
+
+
+def no_pretrained(name: object) -> str:
+    """Why --pretrained is refused beside an embedded model, and how a checkpoint of it (a fine-tune) loads."""
+    try:
+        architecture = embedded_model(name).spec.model
+    except ValueError:  # an unknown name: its own error says which are known
+        return f"--pretrained does not go with the embedded model ({name}): it ships its own weights"
+    return (f"--pretrained does not go with the embedded model ({name}): it ships its own weights; a checkpoint "
+            f"of it (a fine-tune's weights) loads as --model {architecture} --pretrained FILE")

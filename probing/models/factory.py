@@ -29,7 +29,7 @@ import torch
 from probing.clip import huggingface
 from probing.clip.loading import ModelLoadError, checkpoint_metadata, image_size, load_clip, resolve_device
 from probing.models import SHIPPED
-from probing.models.embedded import EMBEDDED, EmbeddedModel, embedded_model, is_embedded
+from probing.models.embedded import EMBEDDED, EmbeddedModel, embedded_model, is_embedded, no_pretrained
 from probing.synthetic.record import WORLD_KEY, default_world, world_from_metadata
 from probing.synthetic.world import SyntheticWorld
 
@@ -83,7 +83,7 @@ def create_model(name: str | Path = EMBEDDED, pretrained: str | Path | None = No
     hugging_face = None if is_embedded(name) else huggingface.resolve(name, pretrained)
     if is_embedded(name):
         if pretrained is not None:
-            raise ModelLoadError(f"--pretrained does not go with the embedded model ({name}): it ships its own weights")
+            raise ModelLoadError(no_pretrained(name))
         try:
             entry = embedded_model(name)
         except ValueError as error:
