@@ -16,6 +16,7 @@ and says, per model, the next point on the frontier (what a larger budget buys).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -344,7 +345,8 @@ def selector_verdict() -> str:
     lines.append(("1. At equal size the toolkit's plan is at least as good as every baseline selector on every model "
                   "and target: **yes**." if not worse else
                   f"1. At equal size the toolkit's plan is **worse** than a baseline beyond the noise in "
-                  f"{len(worse)} case(s): " + "; ".join(f"{m} / {t} / {s}" for m, t, s in worse) + "."))
+                  f"{len(worse)} case(s): " + "; ".join(f"{m} / {t} / {s}" for m, t, s in worse) + ". "
+                  + comparisons_made(models)))
     lines.append(f"2. Models whose best plan of the toolkit's size is not the front: {', '.join(differs) or 'none'}; "
                  f"on {len(beats)} of them ({', '.join(beats) or 'none'}) the toolkit's plan is strictly better than "
                  f"both raw Auto-RGN and the fixed front on held-out scope: "
@@ -358,6 +360,21 @@ def selector_verdict() -> str:
                                 "the rule does **not** (yet) pass the selector study" +
                                 (" (models still to run)" if pending and not worse and not off else "") + "."))
     return "\n".join(lines)
+
+
+def comparisons_made(models: list[str]) -> str:
+    """How many distinct comparisons criterion 1 made, and how many would read worse by chance alone: several
+    selectors often pick one plan, so a plan compared with the toolkit's on one model and target counts once. With
+    two-sided 95 % intervals, a plan that gains exactly as much reads worse 2.5 % of the time. Context for the
+    count, not a correction: the comparisons share the toolkit's runs, so they are not independent."""
+    compared = {(m, r["target"], r["variant"]): r["verdict"] for m in models for r in _rows(m)
+                if r["selector"] != "toolkit" and r["verdict"] in ("better", "as good", "worse")}
+    worse = [key for key, verdict in compared.items() if verdict == "worse"]
+    by_target = Counter(target for _, target, _ in worse).most_common(1)
+    where = f", {by_target[0][1]} of them on {by_target[0][0]}" if by_target else ""
+    return (f"(Distinct plans: {len(worse)} worse of {len(compared)} compared{where}; were every plan as good as the "
+            f"toolkit's, about {0.025 * len(compared):.0f} of {len(compared)} would read worse by chance at this "
+            "level. The comparisons share runs, so this is a guide to the count, not a test.)")
 
 
 def reachable_line(models: list[str]) -> str:

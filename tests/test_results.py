@@ -61,6 +61,29 @@ def test_the_verdicts_reachable_line_names_the_plan_the_smallest_plan_or_the_blo
     assert "on split (leaving out mcq, some would) none does" in line
 
 
+def test_criterion_one_counts_each_plan_compared_once(monkeypatch):
+    """scripts/validation_blocks.comparisons_made on planted selector rows: three selectors that pick one block are
+    one comparison, the toolkit's own row and 'same plan' rows are none; the chance count is 2.5 % of them."""
+    sys.path.insert(0, str(REPO))
+    from scripts import validation_blocks
+
+    def row(target, selector, variant, verdict):
+        return {"target": target, "selector": selector, "variant": variant, "verdict": verdict}
+
+    planted = {"a": [row("scope", "toolkit", "selected", "-"), row("scope", "auto_rgn", "layer_0", "worse"),
+                     row("scope", "front", "layer_0", "worse"), row("scope", "fisher", "layer_0", "worse"),
+                     row("scope", "last", "layer_5", "better"), row("mcq", "auto_rgn", "layer_0", "worse"),
+                     row("mcq", "last", "layer_5", "as good"), row("mcq", "cosine", "selected", "same plan")],
+               "b": [row("mcq", "auto_rgn", "layer_0", "worse")] + [row("mcq", f"s{i}", f"layer_{i}", "better")
+                                                                     for i in range(1, 36)]}
+    monkeypatch.setattr(validation_blocks, "_rows", planted.get)
+    # distinct: a/scope layer_0 (worse), layer_5; a/mcq layer_0 (worse), layer_5; b/mcq layer_0 (worse), 35 others
+    assert validation_blocks.comparisons_made(["a", "b"]) == (
+        "(Distinct plans: 3 worse of 40 compared, 2 of them on mcq; were every plan as good as the toolkit's, about 1 "
+        "of 40 would read worse by chance at this level. The comparisons share runs, so this is a guide to the count, "
+        "not a test.)")
+
+
 def test_the_multiple_choice_breakdown_block_counts_the_trade_off_beyond_the_noise(monkeypatch):
     """scripts/validation_blocks.mcq_breakdown on planted validity records: a model whose hybrid answers' gains run
     opposite to scope's beyond the noise (and negated answers' with them), one within the noise, one whose negated
