@@ -316,13 +316,17 @@ class _Renamed(argparse.Action):
 
 def renamed(parser: argparse.ArgumentParser, old: str, new: argparse.Action) -> None:
     """Accept the flag `old` as an alias of the action `new` (same destination, type and choices), hidden from
-    --help, printing what replaced it when used."""
+    --help, printing what replaced it when used; giving both is a usage error."""
     options = {"dest": new.dest, "help": argparse.SUPPRESS, "replacement": new.option_strings[0]}
     if new.nargs == 0:  # a switch
         options.update(nargs=0, const=new.const)
     else:
         options.update(type=new.type, choices=new.choices, metavar=new.metavar)
-    parser.add_argument(old, action=_Renamed, **options)
+    # one spelling at a time: argparse refuses the pair as it refuses any two flags of one exclusive group (the
+    # new flag already exists, so it joins the group by its action list, which add_argument would otherwise fill)
+    pair = parser.add_mutually_exclusive_group()
+    pair._group_actions.append(new)
+    pair.add_argument(old, action=_Renamed, **options)
 
 
 # --- loss options (finetune-layers, ablate-layers) -----------------------------------------------------------
