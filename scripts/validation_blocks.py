@@ -19,6 +19,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from analysis.ablation.validity import with_interval
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "docs" / "results" / "validation"
 SCOPE = "scope"
@@ -48,23 +50,15 @@ def _validity(model: str):
     return None if record is None else from_json(record)
 
 
-def _ci(value, low, high, digits: int = 3, sign: bool = True) -> str:
-    if value is None or value != value:
-        return "–"
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    inner = "" if low is None or low != low else f" [{f.format(low)}, {f.format(high)}]"
-    return f.format(value) + inner
-
-
 def _plan_gain(v) -> str:
     """The selected plan's gain on one target, with its bootstrap interval."""
     plan = v.plans.get("selected", {})
-    return _ci(plan.get("gain"), plan.get("low"), plan.get("high"))
+    return with_interval(plan.get("gain"), plan.get("low"), plan.get("high"), 3)
 
 
 def _with_scope(v) -> str:
     """Rho, across the single blocks, of a target's gains with scope's, with its interval."""
-    return _ci(v.rho_headline, v.rho_headline_low, v.rho_headline_high, 2)
+    return with_interval(v.rho_headline, v.rho_headline_low, v.rho_headline_high)
 
 
 def _blocks(blocks) -> str:
@@ -151,9 +145,9 @@ def validity_table() -> str:
 
 def _validity_cells(v) -> tuple[str, str, str]:
     """rho of the combined score, the ratio to the best plan of the same size and of any size, with intervals."""
-    return (_ci(v.rho.get("combined"), v.rho_low.get("combined"), v.rho_high.get("combined"), 2),
-            _ci(v.ratio, v.ratio_low, v.ratio_high, 2, False),
-            _ci(v.ratio_any, v.ratio_any_low, v.ratio_any_high, 2, False))
+    return (with_interval(v.rho.get("combined"), v.rho_low.get("combined"), v.rho_high.get("combined")),
+            with_interval(v.ratio, v.ratio_low, v.ratio_high, sign=False),
+            with_interval(v.ratio_any, v.ratio_any_low, v.ratio_any_high, sign=False))
 
 
 def validity_targets() -> str:
@@ -471,7 +465,7 @@ def _tuning_table(tuning, head: str) -> str:
         for m in tuning.models:
             diff = c.diff[m]
             cells += [c.describe(m), "not run" if c.trainable[m] is None else f"{c.trainable[m]:,}",
-                      "–" if diff is None else _ci(*diff)]
+                      "–" if diff is None else with_interval(*diff, 3)]
         worse = "; ".join(f"{m}: {', '.join(targets)}" for m, targets in c.worse_on.items()) or "–"
         lines.append(f"| {c.label} | {' | '.join(cells)} | {worse} | {c.verdict} |")
     return "\n".join(lines) + "\n\n" + tuning.sentence

@@ -12,12 +12,11 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
 from analysis.ablation.aggregate import summary_rows
 from analysis.ablation.figures import ablation_figure
-from analysis.ablation.validity import format_ratio, frontier_place, headline, next_point
+from analysis.ablation.validity import format_ratio, frontier_place, headline, next_point, with_interval
 from analysis.report.figures import save_figures
 from probing.io import atomic_write_json, atomic_write_text
 from probing.measure.tidy import LONG_COLUMNS, write_long_table
@@ -132,8 +131,8 @@ def validity_markdown(results: dict, sentences: list[str], breakdown: dict | Non
              "| target | " + " | ".join(f"rho {n}" for n in names) + " | rho with scope's gains |",
              "|" + "---|" * (len(names) + 2)]
     for name, v in {**results, **(breakdown or {})}.items():
-        cells = [_rho(v.rho[n], v.rho_low[n], v.rho_high[n]) for n in names]
-        cells.append(_rho(v.rho_headline, v.rho_headline_low, v.rho_headline_high))
+        cells = [with_interval(v.rho[n], v.rho_low[n], v.rho_high[n], missing="-") for n in names]
+        cells.append(with_interval(v.rho_headline, v.rho_headline_low, v.rho_headline_high, missing="-"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| target | selected gain | best equal-size plan | best gain | ratio | best plan of any size "
               "| its gain | ratio | on the frontier | next larger plan on the frontier |", "|" + "---|" * 10]
@@ -151,10 +150,6 @@ def validity_markdown(results: dict, sentences: list[str], breakdown: dict | Non
             lines.append(f"| {v.target.label} | {v.selected_gain:+.3f}{interval} | "
                          + " ".join(f"{g:+.2f}" for g in v.gains) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _rho(value: float, low: float, high: float) -> str:
-    return "-" if np.isnan(value) else f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def long_rows(summary: dict[str, Any], runs: Sequence[dict[str, Any]] = ()) -> pd.DataFrame:

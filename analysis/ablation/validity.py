@@ -447,7 +447,7 @@ def verdict(results: dict[str, Validity]) -> list[str]:
         if np.isnan(rho):
             parts.append(f"{name}: undefined (constant)")
         else:
-            parts.append(f"{name} rho = {rho:+.2f} [{low:+.2f}, {high:+.2f}]")
+            parts.append(f"{name} rho = {with_interval(rho, low, high)}")
     predicted = [name for name in mean.rho if not np.isnan(mean.rho_low[name]) and mean.rho_low[name] > 0]
     sentences.append("Spearman correlation of each kind of evidence with the single-block gains (mean of held-out "
                      "objects and templates, 95% bootstrap interval over seeds and items): " + "; ".join(parts) + ".")
@@ -491,7 +491,7 @@ def tradeoff_sentence(results: dict[str, Validity]) -> str | None:
     against = [v for v in results.values() if not np.isnan(v.rho_headline_high) and v.rho_headline_high < 0]
     if not against:
         return None
-    parts = [f"{v.target.label} (rho {v.rho_headline:+.2f} [{v.rho_headline_low:+.2f}, {v.rho_headline_high:+.2f}])"
+    parts = [f"{v.target.label} (rho {with_interval(v.rho_headline, v.rho_headline_low, v.rho_headline_high)})"
              for v in against]
     return ("Across the single blocks, the gains on " + "; ".join(parts) + " run opposite to those on scope beyond "
             "the noise: under this loss, the blocks that learn scope best cost most there (a loss for that target "
@@ -594,6 +594,16 @@ def frontier_sentence(v: Validity) -> str:
     else:
         text += f"; {_no_larger(v)}"
     return text + "."
+
+
+def with_interval(value, low, high, digits: int = 2, *, sign: bool = True, missing: str = "–") -> str:
+    """"+0.332 [+0.239, +0.427]": a value and its interval, `missing` where the value is None or NaN, the value
+    alone where the interval is."""
+    if value is None or value != value:
+        return missing
+    form = f"{{:{'+' if sign else ''}.{digits}f}}"
+    inner = "" if low is None or low != low else f" [{form.format(low)}, {form.format(high)}]"
+    return form.format(value) + inner
 
 
 def format_ratio(v: Validity, *, any_size: bool = False) -> str:
