@@ -524,8 +524,10 @@ def test_cli_writes_json_and_markdown(tiny, test_data, tmp_path, monkeypatch, ca
     assert result["model"]["architecture"] == config.stem and result["model"]["pretrained"] is None
     # the rows left out are said on the console too, not only in the JSON
     counts = result["sections"]["negbench_mcq/coco"]["counts"]
+    _, with_an_image = rows_and_rows_with_an_image(test_data / MCQ, "image_path", coco(test_data))
     assert (f"evaluate-negation: note: negbench_mcq/coco: evaluated 6 of {counts['rows_read']} rows read; "
-            f"{counts['n_skipped']} left out (image not found: {counts['n_skipped']})") in captured.err.splitlines()
+            f"{counts['n_skipped']} left out (image not found: {counts['n_skipped']}); --limit 6 kept 6 of the other "
+            f"{with_an_image}") in captured.err.splitlines()
     assert set(result["sections"]) == {"synthetic/negation", "synthetic/retrieval", "synthetic/scope",
                                        "synthetic/prompt_gap", "negbench_mcq/coco", "negbench_mcq/voc2007",
                                        "image_folder/prompt_gap"}
@@ -704,9 +706,9 @@ def test_captions_cut_by_the_context_are_counted_and_pairs_the_cut_makes_equal_a
     assert result["metrics"]["accuracy"]["n"] == 2
     table = ev.markdown_table({"sections": {"sugarcrepe": result}})
     assert "| 2 (32 tokens) |" in table
-    assert ev.cut_notes({"sections": {"sugarcrepe": result}}) == [
-        "sugarcrepe: 2 captions longer than the 32-token context were cut (1 items); 1 items left out because "
-        "their compared captions were the same tokens"]
+    assert ev.section_notes({"sections": {"sugarcrepe": result}}) == [
+        "sugarcrepe: evaluated 2 of 3 rows read; 1 left out (captions identical after the cut: 1); 2 captions longer "
+        "than the 32-token context were cut (1 items)"]
 
 
 def test_duplicated_rows_are_counted_and_leave_the_numbers_unchanged(tiny, test_data, tmp_path):

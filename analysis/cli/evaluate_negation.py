@@ -165,11 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     from analysis.evaluation.evaluate import (
-        cut_notes,
         evaluate_all,
         markdown_table,
         published_comparison,
-        skip_notes,
+        section_notes,
     )
     from analysis.provenance import write_provenance
     from probing.io import atomic_write_json, atomic_write_text, sweep_temporaries
@@ -212,7 +211,7 @@ def evaluate(args: argparse.Namespace) -> int:
     for line in published_comparison(result):
         print(line, flush=True)
     not_run_notes = [f"not run: {name}: {why}" for name, why in result["not_run"].items()]
-    for line in not_run_notes + cut_notes(result) + skip_notes(result):
+    for line in not_run_notes + section_notes(result):
         print(f"{PROG}: note: {one_line(line)}", file=sys.stderr)
     print(f"wrote {json_path} and {md_path}", flush=True)
     for name, why in result["failed"].items():

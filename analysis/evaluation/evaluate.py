@@ -654,33 +654,29 @@ def _cut_cell(cut: dict | None) -> str:
     return f"{cut['captions_cut']} ({cut['context_length']} tokens)"
 
 
-def cut_notes(result: dict) -> list[str]:
-    """One line per benchmark whose captions the context cut: how many, and the items left out for it."""
-    lines = []
-    for section, body in result["sections"].items():
-        cut = body["counts"].get("cut") or {}
-        reasons = body["counts"]["skip_reasons"]
-        identical = sum(n for reason, n in reasons.items() if reason.startswith("captions identical"))
-        if cut.get("captions_cut") or identical:
-            items = cut.get("items_with_a_cut_caption", 0)
-            lines.append(f"{section}: {cut.get('captions_cut', 0)} captions longer than the "
-                         f"{cut.get('context_length')}-token context were cut ({items} items); {identical} items "
-                         "left out because their compared captions were the same tokens")
-    return lines
-
-
-def skip_notes(result: dict, n_reasons: int = 3) -> list[str]:
-    """One line per benchmark that left rows out (missing images, malformed rows, duplicates ...): how many of the
-    rows read were evaluated, and the most frequent reasons; the JSON lists them all with examples."""
+def section_notes(result: dict, n_reasons: int = 3) -> list[str]:
+    """One line per benchmark that left rows out (missing images, malformed rows, captions identical after the
+    context's cut ...) or whose captions the context cut: how many of the rows read were evaluated, the most
+    frequent reasons (the JSON lists them all with examples), what --limit kept of the rest, and the cut captions."""
     lines = []
     for section, body in result["sections"].items():
         counts = body["counts"]
+        cut = counts.get("cut") or {}
+        parts = []
         if counts.get("n_skipped"):
             reasons = list(counts["skip_reasons"].items())
             shown = "; ".join(f"{reason}: {n}" for reason, n in reasons[:n_reasons])
             more = f"; and {len(reasons) - n_reasons} more reason(s)" if len(reasons) > n_reasons else ""
+            parts.append(f"{counts['n_skipped']} left out ({shown}{more})")
+            usable = counts["rows_read"] - counts["n_skipped"]
+            if "limited_to" in counts and usable > counts["n_evaluated"]:
+                parts.append(f"--limit {counts['limited_to']} kept {counts['n_evaluated']} of the other {usable}")
+        if cut.get("captions_cut"):
+            parts.append(f"{cut['captions_cut']} captions longer than the {cut.get('context_length')}-token context "
+                         f"were cut ({cut.get('items_with_a_cut_caption', 0)} items)")
+        if parts:
             lines.append(f"{section}: evaluated {counts['n_evaluated']} of {counts['rows_read']} rows read; "
-                         f"{counts['n_skipped']} left out ({shown}{more})")
+                         + "; ".join(parts))
     return lines
 
 
@@ -717,5 +713,5 @@ __all__ = [
     "image_features", "text_features", "evaluate_negation_examples",
     "evaluate_mcq", "evaluate_retrieval", "evaluate_foils", "evaluate_regions", "evaluate_prompt_gap",
     "evaluate_image_folder", "evaluate_synthetic", "evaluate_all", "summarise", "markdown_table",
-    "published_comparison", "cut_notes", "flat_metrics", "class_prompts", "CaptionCut",
+    "published_comparison", "section_notes", "flat_metrics", "class_prompts", "CaptionCut",
 ]
