@@ -407,8 +407,9 @@ def selector_verdict() -> str:
 def comparisons_made(models: list[str]) -> str:
     """How many distinct comparisons criterion 1 made, and how many would read worse by chance alone: several
     selectors often pick one plan, so a plan compared with the toolkit's on one model and target counts once. With
-    two-sided 95 % intervals, a plan that gains exactly as much reads worse 2.5 % of the time. Context for the
-    count, not a correction: the comparisons share the toolkit's runs, so they are not independent."""
+    two-sided 95 % intervals that hold what they claim, a plan that gains exactly as much reads worse 2.5 % of the
+    time (more often where they are too narrow). Context for the count, not a correction: the comparisons share the
+    toolkit's runs, so they are not independent (the expected count holds all the same; its spread does not)."""
     compared = {(m, r["target"], r["variant"]): r["verdict"] for m in models for r in _rows(m)
                 if r["selector"] != "toolkit" and r["verdict"] in ("better", "as good", "worse")}
     worse = [key for key, verdict in compared.items() if verdict == "worse"]
@@ -416,7 +417,8 @@ def comparisons_made(models: list[str]) -> str:
     where = f", {by_target[0][1]} of them on {by_target[0][0]}" if by_target else ""
     return (f"(Distinct plans: {len(worse)} worse of {len(compared)} compared{where}; were every plan as good as the "
             f"toolkit's, about {0.025 * len(compared):.0f} of {len(compared)} would read worse by chance at this "
-            "level. The comparisons share runs, so this is a guide to the count, not a test.)")
+            "level, more if the intervals hold less than 95 %, as percentile intervals over three seeds tend to. The "
+            "comparisons share runs, so this is a guide to the count, not a test.)")
 
 
 def reachable_line(models: list[str]) -> str:

@@ -335,6 +335,19 @@ def test_a_malformed_row_is_skipped_by_its_number(tiny, test_data, tmp_path, cap
     argv = ["--model", str(tiny), "--data", str(path), "--measurements", "probes", *QUICK, "--out", str(out)]
     assert cli.main(argv) in (0, 1)
     err = capsys.readouterr().err
-    line = next(n for n in err.splitlines() if "unreadable" in n)
-    assert line == (f"probe-layers: note: {path}: skipped 2 unreadable rows (field 'positive_objects' is not a "
+    line = next(n for n in err.splitlines() if "skipped" in n)
+    assert line == (f"probe-layers: note: {path}: skipped 2 rows (field 'positive_objects' is not a "
                     f"Python list literal: rows {broken[0]}, {broken[1]})")
+
+
+def test_the_skipped_note_names_rows_by_problem():
+    """LoadReport.skipped_note: the first rows of each of the three most common problems (rows without a number
+    counted, not named), the rest of the rows counted by problem."""
+    from probing.data.records import LoadReport
+
+    skipped = ([(None, "no image: a")] * 5 + [(7, "no image: b")] + [(i, "bad list: c") for i in range(7)]
+               + [("fold/3", "third: d"), (2, "fourth: e"), (5, "fifth: f")])
+    assert LoadReport("f.csv", skipped=skipped).skipped_note() == (
+        "f.csv: skipped 16 rows (bad list: rows 0, 1, 2, 3, 4 and 2 more; no image: row 7 and 5 more; third: row "
+        "fold/3; 2 more row(s) for 2 other problem(s))")
+    assert LoadReport("g.csv", skipped=[(None, "broken: x")]).skipped_note() == "g.csv: skipped 1 row (broken x1)"

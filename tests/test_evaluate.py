@@ -432,7 +432,8 @@ def test_coco_generated_and_ccneg_file(tiny, test_data, tmp_path):
     out = ev.evaluate_all(model, preprocess, tokenizer, which=["ccneg"], files={"ccneg": [train]},
                           image_root=coco(test_data), batch_size=2)
     assert not out["sections"] and list(out["failed"].values()) == [
-        f"{train}: its 'split' column puts none of its 4 rows in the eval split (all are train)"]
+        f"{train}: its 'split' column puts none of its 4 readable rows in the eval split (all are train): ask for "
+        "the train split or all (--split where the command has it)"]
 
 
 def test_evaluate_all_reports_missing_images_and_plan(tiny, test_data, tmp_path):
@@ -454,6 +455,7 @@ def test_evaluate_all_reports_missing_images_and_plan(tiny, test_data, tmp_path)
     assert valse_counts["filtered"] == {"mturk.caption < 2 (VALSE protocol)": dropped} and dropped > 0
     sugarcrepe = out["sections"]["sugarcrepe"]
     assert sugarcrepe["metrics"]["accuracy"]["n"] == 14 and sugarcrepe["counts"]["limited_to"] == 2  # 2 per fold
+    assert sugarcrepe["counts"]["limited_per"] == "fold" and "limited_per" not in valse_counts
     table = ev.markdown_table(out, model="tiny")
     assert f"| valse_existence | {read} | 2 (limit 2) | {read - 3} | image not found ({read - 3}) |" in table
 
@@ -709,6 +711,24 @@ def test_captions_cut_by_the_context_are_counted_and_pairs_the_cut_makes_equal_a
     assert ev.section_notes({"sections": {"sugarcrepe": result}}) == [
         "sugarcrepe: evaluated 2 of 3 rows read; 1 left out (captions identical after the cut: 1); 2 captions longer "
         "than the 32-token context were cut (1 items)"]
+
+
+def test_section_notes_account_for_every_row_read():
+    """One line per section that lost rows: evaluated + left out + dropped by --limit = rows read (here 20 + 0 +
+    5894 = 5914 and 140 + 100 + 260 = 500), the cut captions on the same line."""
+    cut = {"context_length": 32, "captions_cut": 3, "items_with_a_cut_caption": 2, "counted": True}
+    sections = {
+        "ccneg": {"counts": {"rows_read": 5914, "n_evaluated": 20, "n_skipped": 0, "skip_reasons": {},
+                             "limited_to": 20, "cut": cut}},
+        "sugarcrepe": {"counts": {"rows_read": 500, "n_evaluated": 140, "n_skipped": 100,
+                                  "skip_reasons": {"image not found": 100}, "limited_to": 20, "limited_per": "fold"}},
+        "whole": {"counts": {"rows_read": 30, "n_evaluated": 30, "n_skipped": 0, "skip_reasons": {}}},
+    }
+    assert ev.section_notes({"sections": sections}) == [
+        "ccneg: evaluated 20 of 5914 rows read; --limit 20 kept 20 of 5914; 3 captions longer than the 32-token "
+        "context were cut (2 items)",
+        "sugarcrepe: evaluated 140 of 500 rows read; 100 left out (image not found: 100); --limit 20 per fold kept "
+        "140 of the other 400"]
 
 
 def test_duplicated_rows_are_counted_and_leave_the_numbers_unchanged(tiny, test_data, tmp_path):

@@ -88,8 +88,8 @@ def test_criterion_one_counts_each_plan_compared_once(monkeypatch):
     # distinct: a/scope layer_0 (worse), layer_5; a/mcq layer_0 (worse), layer_5; b/mcq layer_0 (worse), 35 others
     assert validation_blocks.comparisons_made(["a", "b"]) == (
         "(Distinct plans: 3 worse of 40 compared, 2 of them on mcq; were every plan as good as the toolkit's, about 1 "
-        "of 40 would read worse by chance at this level. The comparisons share runs, so this is a guide to the count, "
-        "not a test.)")
+        "of 40 would read worse by chance at this level, more if the intervals hold less than 95 %, as percentile "
+        "intervals over three seeds tend to. The comparisons share runs, so this is a guide to the count, not a test.)")
 
 
 def test_the_multiple_choice_breakdown_block_counts_the_trade_off_beyond_the_noise(monkeypatch):

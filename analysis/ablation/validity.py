@@ -39,7 +39,8 @@ ratios get one too: in each replicate the selected plan's gain over the best gai
 `target_share` is the fraction of replicates where `ratio` reaches TARGET_RATIO, so a miss by a few points can
 be told from a miss beyond the noise. Both lean low: a replicate divides by its best plan, and the best of several
 noisy gains is high by the noise itself, so a plan truly best at its size, with others close behind, reaches the
-target in well under all replicates; "meets the target" reads the point ratio. Retention targets are "gains" too
+target in well under all replicates; "meets the target" reads the point ratio (the same lean once: it is 1.00
+whenever the plan comes out best). Retention targets are "gains" too
 (usually negative: what fine-tuning lost), so a larger value is better for every target. The verdict sentences are
 computed from these numbers.
 """

@@ -47,9 +47,35 @@ class CommandParser(argparse.ArgumentParser):
         if len(paragraphs) > 1:
             kwargs.setdefault("epilog", paragraphs[1])
         super().__init__(prog=prog, formatter_class=Formatter, **kwargs)
+        self.old_spellings: dict[str, tuple[str, ...]] = {}  # old flag -> its new flag's option strings (renamed)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._one_spelling(sys.argv[1:] if args is None else list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _one_spelling(self, argv: list[str]) -> None:
+        """Refuse an old spelling given beside its new one, whatever their values (else the last would win unsaid);
+        an abbreviated flag counts as the one flag it abbreviates, as argparse reads it."""
+        options = [option for action in self._actions for option in action.option_strings]
+        given = set()
+        for token in argv:
+            if token == "--":  # what follows is not flags
+                break
+            name = token.split("=", 1)[0]
+            if not name.startswith("--"):
+                continue
+            if name in options:
+                matches = [name]
+            else:
+                matches = [option for option in options if option.startswith(name)] if self.allow_abbrev else []
+            if len(matches) == 1:
+                given.add(matches[0])
+        for old, new in self.old_spellings.items():
+            if old in given and given & set(new):
+                self.error(f"{old} is the old spelling of {new[0]}: give one of them")
 
 
 def shown(text: object, limit: int = 60) -> str:
@@ -314,7 +340,7 @@ class _Renamed(argparse.Action):
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
-def renamed(parser: argparse.ArgumentParser, old: str, new: argparse.Action) -> None:
+def renamed(parser: CommandParser, old: str, new: argparse.Action) -> None:
     """Accept the flag `old` as an alias of the action `new` (same destination, type and choices), hidden from
     --help, printing what replaced it when used; giving both is a usage error."""
     options = {"dest": new.dest, "help": argparse.SUPPRESS, "replacement": new.option_strings[0]}
@@ -322,11 +348,8 @@ def renamed(parser: argparse.ArgumentParser, old: str, new: argparse.Action) -> 
         options.update(nargs=0, const=new.const)
     else:
         options.update(type=new.type, choices=new.choices, metavar=new.metavar)
-    # one spelling at a time: argparse refuses the pair as it refuses any two flags of one exclusive group (the
-    # new flag already exists, so it joins the group by its action list, which add_argument would otherwise fill)
-    pair = parser.add_mutually_exclusive_group()
-    pair._group_actions.append(new)
-    pair.add_argument(old, action=_Renamed, **options)
+    parser.add_argument(old, action=_Renamed, **options)
+    parser.old_spellings[old] = tuple(new.option_strings)  # both given: CommandParser refuses them
 
 
 # --- loss options (finetune-layers, ablate-layers) -----------------------------------------------------------

@@ -435,6 +435,9 @@ def evaluate_synthetic(model, preprocess, tokenizer, *, world=None, n: int = 100
 # every benchmark whose files exist
 
 
+LIMITED_PER = {"sugarcrepe": "fold", "image_folder": "class"}  # --limit counts per fold / class there (_limited)
+
+
 def _limited(items, limit: int | None, key: Callable | None = None):
     """The first `limit` rows (per value of `key`, e.g. per SugarCREPE fold), keeping the load report."""
     if limit is None:
@@ -555,6 +558,8 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
             counts = result["counts"]
             if limit is not None:
                 counts["limited_to"] = limit
+                if name in LIMITED_PER:
+                    counts["limited_per"] = LIMITED_PER[name]
             if name == "ccneg":
                 counts["commas_stripped"] = ccneg_strip_commas
             if counts["n_evaluated"] == 0:  # an empty table would read as a result
@@ -668,9 +673,11 @@ def section_notes(result: dict, n_reasons: int = 3) -> list[str]:
             shown = "; ".join(f"{reason}: {n}" for reason, n in reasons[:n_reasons])
             more = f"; and {len(reasons) - n_reasons} more reason(s)" if len(reasons) > n_reasons else ""
             parts.append(f"{counts['n_skipped']} left out ({shown}{more})")
-            usable = counts["rows_read"] - counts["n_skipped"]
-            if "limited_to" in counts and usable > counts["n_evaluated"]:
-                parts.append(f"--limit {counts['limited_to']} kept {counts['n_evaluated']} of the other {usable}")
+        usable = counts["rows_read"] - counts.get("n_skipped", 0)
+        if "limited_to" in counts and usable > counts["n_evaluated"]:
+            per = f" per {counts['limited_per']}" if "limited_per" in counts else ""
+            other = "the other " if counts.get("n_skipped") else ""
+            parts.append(f"--limit {counts['limited_to']}{per} kept {counts['n_evaluated']} of {other}{usable}")
         if cut.get("captions_cut"):
             parts.append(f"{cut['captions_cut']} captions longer than the {cut.get('context_length')}-token context "
                          f"were cut ({cut.get('items_with_a_cut_caption', 0)} items)")

@@ -123,8 +123,10 @@ def load_ccneg(path: str | os.PathLike, image_root: str | os.PathLike | None = N
     if split_of_row:  # the file says each row's split
         wanted = {row for row, value in split_of_row.items() if split in ("all", value)}
         if not wanted:  # else every reader would say "0 rows read", as if the file were empty
-            raise DataError(path, None, f"its 'split' column puts none of its {len(split_of_row)} rows in the "
-                                        f"{split} split (all are {next(iter(split_of_row.values()))})")
+            other = next(iter(split_of_row.values()))
+            raise DataError(path, None, f"its 'split' column puts none of its {len(split_of_row)} readable rows in "
+                                        f"the {split} split (all are {other}): ask for the {other} split or all "
+                                        "(--split where the command has it)")
     else:
         wanted = split_rows(n_rows, split, eval_size)
     resolve = ImageResolver(image_root)

@@ -174,20 +174,21 @@ class LoadReport:
 
     def skipped_note(self, reasons: int = 3, rows: int = 5) -> str:
         """One line for a lenient reader's notes: how many rows were skipped, and which rows for each of the most
-        common problems ("x.csv: skipped 2 unreadable rows (field 'captions' is not a list: rows 4, 9)")."""
+        common problems ("x.csv: skipped 2 rows (field 'captions' is not a list: rows 4, 9)")."""
         by_reason: dict[str, list] = {}
         for row, problem in self.skipped:
             by_reason.setdefault(problem.split(":")[0], []).append(row)
         parts = []
-        for reason, count in self.skip_reasons().most_common(reasons):
-            shown = [str(r) for r in by_reason[reason][:rows] if r is not None]
-            more = f" and {count - len(shown)} more" if shown and count > len(shown) else ""
-            parts.append(f"{reason}: {'row' if len(shown) == 1 and not more else 'rows'} {', '.join(shown)}{more}"
-                         if shown else f"{reason} x{count}")
-        others = len(self.skip_reasons()) - reasons
-        tail = f"; {others} other problem(s)" if others > 0 else ""
-        rows_word = "row" if self.n_skipped == 1 else "rows"
-        return f"{self.path}: skipped {self.n_skipped} unreadable {rows_word} ({'; '.join(parts)}{tail})"
+        common = self.skip_reasons().most_common()
+        for reason, count in common[:reasons]:
+            named = [str(r) for r in by_reason[reason] if r is not None][:rows]
+            more = f" and {count - len(named)} more" if named and count > len(named) else ""
+            parts.append(f"{reason}: {'row' if len(named) == 1 else 'rows'} {', '.join(named)}{more}"
+                         if named else f"{reason} x{count}")
+        others = sum(count for _, count in common[reasons:])
+        if others:
+            parts.append(f"{others} more row(s) for {len(common) - reasons} other problem(s)")
+        return f"{self.path}: skipped {self.n_skipped} row{'' if self.n_skipped == 1 else 's'} ({'; '.join(parts)})"
 
     def flag_reasons(self) -> Counter:
         return Counter(problem.split(":")[0] for _, problem in self.flagged)
