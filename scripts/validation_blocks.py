@@ -299,54 +299,6 @@ def bootstrap_pairing() -> str:
     return text.strip()
 
 
-REBUILDS = {"middle": "rebuild"}  # model -> the folder beside probe/ and ablation/ holding a rebuild's replicate
-
-
-def rebuild_replicates() -> str:
-    """Each rebuilt model (REBUILDS) beside its recorded build: the weights' SHA-256, the plan, the combined
-    evidence's rho, the plan's gain on held-out scope, and criterion 2's comparisons (the plan minus raw Auto-RGN
-    and minus the fixed front, with their intervals), its place on the frontier and the count of criterion 1's
-    cases. The recorded build keeps the verdict; the replicate says whether its result survives a rebuild."""
-    from analysis.ablation.validity import from_json, frontier_place
-
-    lines = ["| model | build (SHA-256) | plan | rho combined | plan's gain, held-out scope | minus raw Auto-RGN | "
-             "minus the fixed front | on the frontier | worse than a baseline (criterion 1) | intervals |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    shown = 0
-    for model, folder in REBUILDS.items():
-        builds = (("recorded", ""), ("rebuilt", f"{folder}/"))
-        if any(_load(model, "validity.json", f"{where}ablation") is None for _, where in builds):
-            continue
-        shown += 1
-        for label, where in builds:
-            report = _load(model, "report.json", f"{where}probe")
-            results = from_json(_load(model, "validity.json", f"{where}ablation"))
-            rows = _load(model, "selectors.json", f"{where}ablation")["rows"]
-            scope = results[SCOPE]
-            rho = with_interval(*(values.get("combined") for values in (scope.rho, scope.rho_low, scope.rho_high)))
-            versus = []
-            for selector in NAIVE:
-                row = next(r for r in rows if r["target"] == SCOPE and r["selector"] == selector)
-                versus.append(f"{row['verdict']}: " + with_interval(row["toolkit_minus"], row["toolkit_minus_low"],
-                                                                    row["toolkit_minus_high"], 3)
-                              if row["verdict"] != "same plan" else "same plan")
-            worse = sum(r["verdict"] == "worse" for r in rows)
-            paired = "paired over seeds and items" if all(v.paired_seeds for v in results.values()) else \
-                "paired over items only"
-            lines.append(f"| {model} | {label} (`{report['model']['sha256'][:8]}`) | {_blocks(scope.selected)} | "
-                         f"{rho} | "
-                         f"{_plan_gain(scope)} | {versus[0]} | {versus[1]} | {frontier_place(scope)} | {worse} | "
-                         f"{paired} |")
-    if not shown:
-        return "(no rebuild has finished yet)"
-    return "\n".join(lines) + ("\n\nThe same spec built twice (other floating-point order, other weights), each "
-                               "probed, planned and ablated at the study's budget, seeds and test items. Minus: the "
-                               "plan's gain minus the selector's plan's on held-out scope, with the 95 % bootstrap "
-                               "interval of the difference and its verdict (criterion 2 asks for 'better' against "
-                               "both). Worse: the selector table's rows, over every target, where a baseline's plan "
-                               "beats the plan beyond the noise.")
-
-
 def selector_tables() -> str:
     """The full selector table of every ablated model on held-out scope (selectors.json), and per target the count
     of each verdict."""
@@ -552,7 +504,6 @@ BLOCKS = {
     "mcq-arm": mcq_arm,
     "selector-summary": selector_summary,
     "bootstrap-pairing": bootstrap_pairing,
-    "rebuild-replicates": rebuild_replicates,
     "selector-tables": selector_tables,
     "selector-verdict": selector_verdict,
     "frontier-default": frontier_default,

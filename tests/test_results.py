@@ -1,9 +1,7 @@
 """The README's results are written by scripts/make_results.py from the runs' JSON: none is stale."""
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,34 +185,3 @@ def test_collect_keeps_a_studys_runs_files_gzipped_and_the_same_bytes_each_time(
     make_results.collect([tmp_path / "runs" / "validation"])
     assert (kept / "runs.jsonl.gz").read_bytes() == first
 
-
-def test_a_rebuild_is_shown_beside_its_recorded_build(tmp_path, monkeypatch):
-    """scripts/validation_blocks.rebuild_replicates on the recorded middle study and a planted rebuild of it (other
-    weights; raw Auto-RGN's plan now as good as the plan): one row each, criterion 2's cells read off each build's own
-    selector table."""
-    sys.path.insert(0, str(REPO))
-    from scripts import validation_blocks
-
-    recorded = REPO / "docs" / "results" / "validation" / "middle"
-    study = tmp_path / "validation"
-    for part in ("probe", "ablation"):
-        shutil.copytree(recorded / part, study / "middle" / part)
-        shutil.copytree(recorded / part, study / "middle" / "rebuild" / part)
-    report = json.loads((recorded / "probe" / "report.json").read_text())
-    sha = report["model"]["sha256"]
-    report["model"]["sha256"] = "0123456789abcdef"
-    (study / "middle" / "rebuild" / "probe" / "report.json").write_text(json.dumps(report))
-    selectors = json.loads((recorded / "ablation" / "selectors.json").read_text())
-    row = next(r for r in selectors["rows"] if r["target"] == "scope" and r["selector"] == "auto_rgn")
-    original = dict(row)
-    row.update(verdict="as good", toolkit_minus=0.05, toolkit_minus_low=-0.02, toolkit_minus_high=0.12)
-    (study / "middle" / "rebuild" / "ablation" / "selectors.json").write_text(json.dumps(selectors))
-    monkeypatch.setattr(validation_blocks, "STUDY", study)
-
-    lines = [line for line in validation_blocks.rebuild_replicates().splitlines() if line.startswith("| middle |")]
-    assert len(lines) == 2
-    assert lines[0].startswith(f"| middle | recorded (`{sha[:8]}`) | 4 |")
-    assert (f"| better: {original['toolkit_minus']:+.3f} [{original['toolkit_minus_low']:+.3f}, "
-            f"{original['toolkit_minus_high']:+.3f}] |") in lines[0]
-    assert lines[1].startswith("| middle | rebuilt (`01234567`) | 4 |")
-    assert "| as good: +0.050 [-0.020, +0.120] |" in lines[1]
