@@ -32,12 +32,13 @@ of the rows vanishing (MANIFEST.md).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from probing.data.reading import image_problem
-from probing.data.records import DataError, Loaded, LoadReport
+from probing.data.records import DataError, Loaded, LoadReport, problem_kind
 
 BENCHMARKS: tuple[str, ...] = ("synthetic", "coco_generated", "ccneg", "negbench_mcq", "negbench_retrieval",
                                "sugarcrepe", "valse_existence", "negrefcocog", "image_folder")
@@ -315,15 +316,12 @@ def load_counts(report: LoadReport | None, n_evaluated: int, *, extra_skipped: S
     (`extra_skipped`, e.g. an example without a negated caption). A few examples name the rows.
     """
     skipped = list(report.skipped if report is not None else []) + list(extra_skipped)
-    reasons: dict[str, int] = {}
-    for _, problem in skipped:
-        kind = str(problem).split(":")[0]
-        reasons[kind] = reasons.get(kind, 0) + 1
+    reasons = Counter(problem_kind(problem) for _, problem in skipped)
     counts = {
         "rows_read": (report.loaded + report.n_skipped) if report is not None else n_evaluated + len(extra_skipped),
         "n_evaluated": n_evaluated,
         "n_skipped": len(skipped),
-        "skip_reasons": dict(sorted(reasons.items(), key=lambda item: -item[1])),
+        "skip_reasons": dict(reasons.most_common()),
         "skipped_examples": [{"row": row, "problem": str(problem)} for row, problem in skipped[:n_examples]],
     }
     if report is not None:

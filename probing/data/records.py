@@ -148,6 +148,12 @@ class DataError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+def problem_kind(problem: object) -> str:
+    """What a row's problem is counted under: its text up to the first colon ("image not found: a.jpg" -> "image
+    not found")."""
+    return str(problem).split(":")[0]
+
+
 @dataclass
 class LoadReport:
     """What a load kept, skipped (lenient mode) and flagged (kept, but worth a look).
@@ -169,29 +175,29 @@ class LoadReport:
         return len(self.skipped)
 
     def skip_reasons(self) -> Counter:
-        """Problem kind -> count. The kind is the problem text up to its first colon."""
-        return Counter(problem.split(":")[0] for _, problem in self.skipped)
+        """Problem kind (problem_kind) -> count."""
+        return Counter(problem_kind(problem) for _, problem in self.skipped)
 
     def skipped_note(self, reasons: int = 3, rows: int = 5) -> str:
         """One line for a lenient reader's notes: how many rows were skipped, and which rows for each of the most
         common problems ("x.csv: skipped 2 rows (field 'captions' is not a list: rows 4, 9)")."""
         by_reason: dict[str, list] = {}
         for row, problem in self.skipped:
-            by_reason.setdefault(problem.split(":")[0], []).append(row)
+            by_reason.setdefault(problem_kind(problem), []).append(row)
+        common = sorted(by_reason.items(), key=lambda item: -len(item[1]))  # ties in file order, as most_common
         parts = []
-        common = self.skip_reasons().most_common()
-        for reason, count in common[:reasons]:
-            named = [str(r) for r in by_reason[reason] if r is not None][:rows]
-            more = f" and {count - len(named)} more" if named and count > len(named) else ""
+        for reason, skipped_rows in common[:reasons]:
+            named = [str(r) for r in skipped_rows if r is not None][:rows]
+            more = f" and {len(skipped_rows) - len(named)} more" if named and len(skipped_rows) > len(named) else ""
             parts.append(f"{reason}: {'row' if len(named) == 1 else 'rows'} {', '.join(named)}{more}"
-                         if named else f"{reason} x{count}")
-        others = sum(count for _, count in common[reasons:])
+                         if named else f"{reason} x{len(skipped_rows)}")
+        others = sum(len(skipped_rows) for _, skipped_rows in common[reasons:])
         if others:
             parts.append(f"{others} more row(s) for {len(common) - reasons} other problem(s)")
         return f"{self.path}: skipped {self.n_skipped} row{'' if self.n_skipped == 1 else 's'} ({'; '.join(parts)})"
 
     def flag_reasons(self) -> Counter:
-        return Counter(problem.split(":")[0] for _, problem in self.flagged)
+        return Counter(problem_kind(problem) for _, problem in self.flagged)
 
     def summary(self) -> str:
         lines = [f"{self.path}: loaded {self.loaded}, skipped {self.n_skipped}, flagged {len(self.flagged)}"]
