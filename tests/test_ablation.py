@@ -365,6 +365,7 @@ def test_cli_trains_every_run_with_the_multiple_choice_as_second_source(small_em
     # an old spelling beside its new one, even where the new one names its default (0: argparse's exclusive groups
     # would not see it given)
     (["--world-seed", "3", "--seed", "0"], "--world-seed is the old spelling of --seed: give one of them"),
+    (["--config", "study.json"], "--config re-runs a saved study: drop --"),  # any typed study flag
     (["--variants", "frontal"], "unknown variant 'frontal'"),
     (["--variants", "layer_12"], "the text tower has 12 blocks"),
     (["--variants", "selected"], "variant 'selected' needs a layer plan"),

@@ -248,6 +248,22 @@ def test_old_flag_spellings_still_work_and_say_what_replaced_them(capsys):
     assert "--n-train" not in cli.build_parser().format_help()  # the old spelling stays out of --help
 
 
+def test_config_refuses_any_typed_flag_even_at_its_default_value(tmp_path, capsys):
+    """--config re-runs a saved run exactly: a flag typed beside it would be ignored, so it is refused, also when
+    its value happens to be the default (which comparing values with the defaults did not see)."""
+    parser = cli.build_parser()
+    default = parser.get_default("probe_train")
+    config = tmp_path / "config.json"
+    for flag in ([f"--probe-train={default}"], ["--probe-tr", str(default)], ["--n-train", str(default)]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.check_args(parser.parse_args(["--config", str(config), *flag]), parser)
+        assert exit_info.value.code == 2 and "drop --probe-train" in capsys.readouterr().err
+    args = parser.parse_args(["--config", str(config), "--out", str(tmp_path / "o"), "--no-progress"])
+    with pytest.raises(SystemExit):
+        cli.check_args(args, parser)
+    assert f"--config {config}: no such file" in capsys.readouterr().err  # run-level flags pass
+
+
 def test_real_data_mode_probes_real_captions(small_embedded, test_data, tmp_path, capsys):
     out = tmp_path / "real"
     argv = QUICK + [

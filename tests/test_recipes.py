@@ -254,6 +254,43 @@ def test_command_line_overrides_the_recipe(small_embedded, tmp_path, capsys):
     assert kwargs["terms"] == [1] and kwargs["scope_pair"] == 0.0
 
 
+def test_a_flag_counts_as_typed_however_argparse_read_it(tmp_path, capsys):
+    """'The command line wins over the recipe' must hold for an abbreviated flag too: --epoch (argparse reads it as
+    --epochs) used to leave the recipe's 300 steps in place, which then won silently."""
+    from analysis.cli.finetune_layers import build_parser, parse
+
+    plan = tmp_path / "plan.json"
+    LayerPlan([3]).save(plan)
+    for epochs in (["--epochs", "0.5"], ["--epoch", "0.5"], ["--epo=0.5"]):
+        args = parse(["--recipe", "scope", "--out", "x", *epochs], build_parser())
+        assert args.epochs == 0.5 and args.steps is None and "epochs" in args.typed
+    args = parse(["--recipe", "scope", "--out", "x", "--pla", str(plan)], build_parser())
+    assert args.layers is None and args.extras is None  # the plan file says what trains, not the recipe's 0-5
+    args = parse(["--recipe", "scope", "--out", "x"], build_parser())
+    assert args.steps == 300 and args.layers == "0-5" and args.typed == {"recipe", "out"}
+    # a recipe's split is for the recipe's own data file: with the synthetic world it is left out, with a note;
+    # the same split typed on the command line is still refused
+    recipe = tmp_path / "ccneg.json"
+    settings = {"loss": "clip", "split": "eval", "steps": 1, "batch_size": 4}
+    recipe.write_text(json.dumps({"name": "ccneg", "summary": "s", "source": "s", "settings": settings}))
+    base = ["--recipe", str(recipe), "--model", "embedded:small", "--data", "synthetic", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(base + ["--split", "eval", "--layers", "0"])
+    assert exit_info.value.code == 2
+    assert "--split eval picks part of a data file; the synthetic world has none" in capsys.readouterr().err
+    from analysis.cli.finetune_layers import resolve_splits
+
+    args = parse(base, build_parser())
+    assert args.split == "eval" and "split" not in args.typed
+    resolve_splits(args, build_parser())
+    assert args.split == "train" and args.second_split == "train"
+    assert f"--recipe {recipe} sets split 'eval', which --data synthetic does not have: left out" in (
+        capsys.readouterr().err)
+    args = parse(base[:-4] + ["--data", "ccneg.csv", "--out", "o"], build_parser())
+    resolve_splits(args, build_parser())
+    assert args.split == "eval"  # the recipe's split does pick part of a data file
+
+
 def test_an_overflowing_fp16_step_is_skipped_by_the_scaler_not_an_error(tiny, tmp_path):
     """The authors' amp: a scaled gradient that overflows skips the optimiser step and lowers the scale.
     (On CUDA the trainer makes this scaler itself for precision fp16; here one runs on the CPU.)"""

@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config is not None:
-        given = [name for name, value in vars(args).items()
-                 if name not in RUN_LEVEL and value != parser.get_default(name)]
+        given = sorted(args.typed.difference(RUN_LEVEL))
         if given:
             parser.error(f"--config re-runs a saved study: drop --{given[0].replace('_', '-')}")
     elif args.variants is not None and not args.variants.strip(",").strip():

@@ -53,28 +53,37 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
-        self._one_spelling(sys.argv[1:] if args is None else list(args))
-        return super().parse_known_args(args, namespace)
+        """argparse's, refusing an old spelling beside its new one; the namespace's `typed` holds the destinations
+        the command line set (a recipe's or a flag's default is not typed, a flag typed with its default value is)."""
+        typed = self.typed(sys.argv[1:] if args is None else list(args))
+        self._one_spelling(typed)
+        parsed, extras = super().parse_known_args(args, namespace)
+        parsed.typed = frozenset(action.dest for action in typed.values())
+        return parsed, extras
 
-    def _one_spelling(self, argv: list[str]) -> None:
-        """Refuse an old spelling given beside its new one, whatever their values (else the last would win unsaid);
-        an abbreviated flag counts as the one flag it abbreviates, as argparse reads it."""
-        options = [option for action in self._actions for option in action.option_strings]
-        given = set()
+    def typed(self, argv: list[str]) -> dict[str, argparse.Action]:
+        """The flags typed in argv, each as the option string argparse reads it as (an abbreviation counts as the one
+        flag it abbreviates), with its action: so that "given on the command line" means what argparse parsed."""
+        actions = {option: action for action in self._actions for option in action.option_strings}
+        typed = {}
         for token in argv:
             if token == "--":  # what follows is not flags
                 break
             name = token.split("=", 1)[0]
             if not name.startswith("--"):
                 continue
-            if name in options:
+            if name in actions:
                 matches = [name]
             else:
-                matches = [option for option in options if option.startswith(name)] if self.allow_abbrev else []
+                matches = [option for option in actions if option.startswith(name)] if self.allow_abbrev else []
             if len(matches) == 1:
-                given.add(matches[0])
+                typed[matches[0]] = actions[matches[0]]
+        return typed
+
+    def _one_spelling(self, typed: dict[str, argparse.Action]) -> None:
+        """Refuse an old spelling given beside its new one, whatever their values (else the last would win unsaid)."""
         for old, new in self.old_spellings.items():
-            if old in given and given & set(new):
+            if old in typed and typed.keys() & set(new):
                 self.error(f"{old} is the old spelling of {new[0]}: give one of them")
 
 

@@ -172,21 +172,20 @@ def parse(argv: list[str] | None, parser: argparse.ArgumentParser) -> argparse.N
             recipe = load_recipe(first.recipe)
         except RecipeError as error:
             parser.error(f"--recipe: {error}")
-        known = set(vars(first)) - {"recipe", "out"}
+        known = {action.dest for action in parser._actions} - {"help", "recipe", "out"}
         unknown = sorted(set(recipe.settings) - known)
         if unknown:
             parser.error(f"--recipe {first.recipe}: unknown setting(s) {', '.join(unknown)}")
         parser.set_defaults(**recipe_defaults(recipe.settings, first.recipe, parser))
     args = parser.parse_args(argv)
     args.recipe_loaded = recipe
-    given = {flag.split("=", 1)[0] for flag in argv if flag.startswith("--")}
-    if "--epochs" in given:  # the command line's length wins over the recipe's steps
+    if "epochs" in args.typed:  # the command line's length wins over the recipe's steps
         args.steps = None
-    if "--steps" in given:
+    if "steps" in args.typed:
         args.epochs = None
-    if "--plan" in given and "--layers" not in given:  # a plan file says what trains: the recipe's layers give way
+    if "plan" in args.typed and "layers" not in args.typed:  # a plan file says what trains, not the recipe's layers
         args.layers = None
-        if "--extras" not in given:
+        if "extras" not in args.typed:
             args.extras = None
     resolve_extras(args, parser)
     return args
@@ -356,6 +355,25 @@ def fit_to_loss(examples, loss: str, policy: str, source: str, flag: str):
     return kept
 
 
+def resolve_splits(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Each source's split: "train" unless given; a split typed for data that has none (the synthetic world, MCQ
+    items) is refused, one set by the recipe (for the recipe's own data file) is left out with a note."""
+    for prefix, source, loss in (("", args.data, args.loss), ("second-", args.second_data, args.second_loss)):
+        dest = f"{prefix.replace('-', '_')}split"
+        split = getattr(args, dest)  # None unless given (on the command line or by the recipe)
+        if source and split is not None and dest not in args.typed and (source == "synthetic" or loss in MCQ_LOSSES):
+            print(f"{PROG}: note: --recipe {args.recipe} sets {dest} {split!r}, which --{prefix}data {source} does not "
+                  "have: left out", file=sys.stderr)  # the recipe's split is for its own data file
+            split = None
+        if source and split is not None:  # a flag that would do nothing
+            if source == "synthetic":
+                parser.error(f"--{prefix}split {split} picks part of a data file; the synthetic world has none")
+            if loss in MCQ_LOSSES:
+                parser.error(f"--{prefix}split {split}: MCQ items for --{prefix}loss {loss} have no split (every row "
+                             "trains)")
+        setattr(args, dest, split or "train")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse(argv, parser)
@@ -368,16 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--second-loss {args.second_loss} needs --second-data{what}")
     if args.second_data and not args.second_loss:
         parser.error("--second-data needs --second-loss (the loss of the second source)")
-    for prefix, source, loss in (("", args.data, args.loss), ("second-", args.second_data, args.second_loss)):
-        dest = f"{prefix.replace('-', '_')}split"
-        split = getattr(args, dest)  # None unless given (on the command line or by the recipe)
-        if source and split is not None:  # a flag that would do nothing
-            if source == "synthetic":
-                parser.error(f"--{prefix}split {split} picks part of a data file; the synthetic world has none")
-            if loss in MCQ_LOSSES:
-                parser.error(f"--{prefix}split {split}: MCQ items for --{prefix}loss {loss} have no split (every row "
-                             "trains)")
-        setattr(args, dest, split or "train")
+    resolve_splits(args, parser)
     args.loss_kwargs, args.second_loss_kwargs = a.loss_options(args, parser, [args.loss, args.second_loss])
     args.betas = _betas(args.betas, parser)
     args.layer_plan = layer_plan(args, parser)

@@ -162,8 +162,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """The run's typed configuration (analysis.probe_config.ProbeConfig), from the flags or from --config, every
     flag checked once, before anything heavy is imported (errors exit 2)."""
     if args.config is not None:
-        given = [name for name, value in vars(args).items()
-                 if name not in RUN_LEVEL and value != parser.get_default(name)]
+        given = sorted(args.typed.difference(RUN_LEVEL))
         if given:
             parser.error(f"--config re-runs a saved run exactly: drop --{given[0].replace('_', '-')} (only --out, "
                          "--threads, --workers and --no-progress go with it)")
