@@ -257,7 +257,7 @@ def test_command_line_overrides_the_recipe(small_embedded, tmp_path, capsys):
 def test_a_flag_counts_as_typed_however_argparse_read_it(tmp_path, capsys):
     """'The command line wins over the recipe' must hold for an abbreviated flag too: --epoch (argparse reads it as
     --epochs) used to leave the recipe's 300 steps in place, which then won silently."""
-    from analysis.cli.finetune_layers import build_parser, parse
+    from analysis.cli.finetune_layers import build_parser, parse, resolve_splits
 
     plan = tmp_path / "plan.json"
     LayerPlan([3]).save(plan)
@@ -278,8 +278,6 @@ def test_a_flag_counts_as_typed_however_argparse_read_it(tmp_path, capsys):
         run_cli(base + ["--split", "eval", "--layers", "0"])
     assert exit_info.value.code == 2
     assert "--split eval picks part of a data file; the synthetic world has none" in capsys.readouterr().err
-    from analysis.cli.finetune_layers import resolve_splits
-
     args = parse(base, build_parser())
     assert args.split == "eval" and "split" not in args.typed
     resolve_splits(args, build_parser())
