@@ -361,14 +361,14 @@ def resolve_splits(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     for prefix, source, loss in (("", args.data, args.loss), ("second-", args.second_data, args.second_loss)):
         dest = f"{prefix.replace('-', '_')}split"
         split = getattr(args, dest)  # None unless given (on the command line or by the recipe)
-        if source and split is not None and dest not in args.typed and (source == "synthetic" or loss in MCQ_LOSSES):
-            print(f"{PROG}: note: --recipe {args.recipe} sets {dest} {split!r}, which --{prefix}data {source} does not "
-                  "have: left out", file=sys.stderr)  # the recipe's split is for its own data file
-            split = None
-        if source and split is not None:  # a flag that would do nothing
-            if source == "synthetic":
+        if source and split is not None and (source == "synthetic" or loss in MCQ_LOSSES):  # data with no split
+            if dest not in args.typed:  # the recipe's split is for its own data file
+                print(f"{PROG}: note: --recipe {args.recipe} sets {dest} {split!r}, which --{prefix}data {source} "
+                      "does not have: left out", file=sys.stderr)
+                split = None
+            elif source == "synthetic":
                 parser.error(f"--{prefix}split {split} picks part of a data file; the synthetic world has none")
-            if loss in MCQ_LOSSES:
+            else:
                 parser.error(f"--{prefix}split {split}: MCQ items for --{prefix}loss {loss} have no split (every row "
                              "trains)")
         setattr(args, dest, split or "train")
