@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from analysis.planning.evidence import BlockEvidence, block_evidence
 from analysis.planning.selection import Selection, SelectionConfig, select_layers
 from analysis.probe_config import ConfigError, DataSpec, ProbeConfig
@@ -40,7 +38,6 @@ from analysis.report.localisation import draw_localisation, localisation_sentenc
 from analysis.report.report import write_report
 from finetune.losses import gradnorm_loss_fns, loss_spec
 from probing.clip.text_tower import TextTower
-from probing.data import load_negation_examples
 from probing.data.benchmarks import Benchmark, read_benchmark, resolve_images
 from probing.data.negations import describe_examples, describe_sentence
 from probing.data.records import DataError
@@ -52,7 +49,6 @@ from probing.measure.sources import RealData, rows_by_file
 from probing.measure.tasks import (
     ProbeTask,
     heldout_task,
-    real_negation_task,
     synthetic_negation_task,
     synthetic_scope_task,
 )
@@ -114,43 +110,39 @@ def load(config: ProbeConfig, *, log: Callable[[str], None] = lambda message: No
     return subject
 
 
-def read_examples(spec: DataSpec, seed: int, notes: list[str]) -> list:
-    """The negation examples of a real data file (probing.data.negations), at most `spec.limit` of them (a seeded
-    draw); what was skipped or left out goes to `notes`. A ConfigError names the file when nothing usable is left.
-    (compare-checkpoints' real-data task; probe-layers reads its files through `_real_data`, every benchmark kind.)"""
-    file = spec.file
-    try:
-        records = load_negation_examples(file, kind=spec.kind, image_root=spec.image_root, strict=False, seed=seed,
-                                         per_image=spec.per_image, split=spec.split)
-    except DataError:  # names its file and row already
-        raise
-    except ValueError as error:  # e.g. an unknown kind
-        raise ConfigError(f"--data {file}: {error}") from None
-    if records.report.n_skipped:
-        notes.append(records.report.skipped_note())
-    if not records:
-        raise ConfigError(f"--data {file}: no negation examples ({records.report.summary()})")
-    if not any(r.presence_negated or r.absence_negated for r in records):
-        raise ConfigError(f"--data {file}: no negated captions to probe (captions only?)")
-    records = list(records)
-    if len(records) > spec.limit:
-        keep = np.sort(np.random.default_rng([seed, 0xDA7A]).choice(len(records), spec.limit, replace=False))
-        notes.append(f"{file}: {spec.limit} of {len(records)} negation examples used (--limit)")
-        records = [records[i] for i in keep]
-    return records
+def read_benchmarks(spec: DataSpec, seed: int, notes: list[str]) -> list[Benchmark]:
+    """Every real data file of `spec` read as a Benchmark (probing.data.benchmarks: at most `spec.limit` rows per file,
+    a seeded draw); what was skipped, drawn or refused goes to `notes`. A ConfigError when no file gives anything
+    usable (probe-layers' files, and compare-checkpoints' through `real_probe_tasks`)."""
+    benchmarks = []
+    for path in spec.paths:
+        try:
+            benchmark = read_benchmark(path, kind=spec.kind, seed=seed, per_image=spec.per_image, split=spec.split,
+                                       limit=spec.limit)
+        except DataError:  # names its file and row already
+            raise
+        except ValueError as error:  # e.g. an unknown kind
+            raise ConfigError(f"--data {path}: {error}") from None
+        report = benchmark.report
+        if report is not None and report.n_skipped:
+            notes.append(report.skipped_note())
+        notes.extend(benchmark.notes)
+        if not benchmark.usable:
+            notes.append(f"{benchmark.name}: not used: {next(iter(benchmark.refused.values()), 'nothing usable')}")
+        benchmarks.append(benchmark)
+    if not any(b.usable for b in benchmarks):
+        raise ConfigError("--data: nothing usable: " + "; ".join(
+            f"{b.name} ({b.kind}): {next(iter(b.refused.values()), 'no rows')}" for b in benchmarks))
+    return benchmarks
 
 
-def probe_task(records, spec: DataSpec, seed: int, notes: list[str]) -> ProbeTask:
-    """The negation probing task of a file's examples: affirmative captions label 0, negated ones 1, the cues not
-    among `spec.train_cues` a held-out split (probing.measure.tasks.real_negation_task)."""
-    try:
-        task = real_negation_task(records, train_cues=spec.train_cues, seed=seed)
-    except ValueError as error:
-        raise ConfigError(f"--data {spec.file}: {error}") from None
-    if len(task.tests) == 1:
-        notes.append(f"{spec.file}: every caption uses the training cues {list(spec.train_cues)}, so there is no "
-                     "held-out cue split")
-    return task
+def real_probe_tasks(spec: DataSpec, seed: int, notes: list[str]) -> list[ProbeTask]:
+    """The probe tasks of real data files, built as probe-layers builds them (`probe_tasks`); a ConfigError when the
+    files give no negation task (compare-checkpoints' --data)."""
+    tasks = probe_tasks(spec, seed, [b for b in read_benchmarks(spec, seed, notes) if b.usable], notes)
+    if not any(task.name == "negation" for task in tasks):
+        raise ConfigError(f"--data {', '.join(spec.paths)}: no negation probe task: no file gives negated captions")
+    return tasks
 
 
 IMAGE_MEASUREMENTS = ("gradnorms", "causal", "patching", "heads")  # read the files' images
@@ -177,33 +169,17 @@ def _real_data(config: ProbeConfig, notes: list[str], log: Callable[[str], None]
     needs_images = spec.image_root is not None and any(m in IMAGE_MEASUREMENTS for m in wanted)
     if spec.image_root is not None and not needs_images:
         notes.append(f"images not read: {', '.join(wanted)} read captions only")
-    benchmarks, imaged = [], []
-    for path in spec.paths:
-        try:
-            benchmark = read_benchmark(path, kind=spec.kind, seed=config.seed, per_image=spec.per_image,
-                                       split=spec.split, limit=spec.limit)
-        except DataError:  # names its file and row already
-            raise
-        except ValueError as error:  # e.g. an unknown kind
-            raise ConfigError(f"--data {path}: {error}") from None
-        report = benchmark.report
-        if report is not None and report.n_skipped:
-            notes.append(report.skipped_note())
-        notes.extend(benchmark.notes)
-        if not benchmark.usable:
-            notes.append(f"{benchmark.name}: not used: {next(iter(benchmark.refused.values()), 'nothing usable')}")
+    benchmarks = read_benchmarks(spec, config.seed, notes)
+    imaged = []
+    for benchmark in benchmarks:
         with_images = resolve_images(benchmark, spec.image_root, strict=not spec.skip_missing) if needs_images \
             else None
         if with_images is not None and with_images.images_skipped:
             notes.append(f"{benchmark.name}: {with_images.images_skipped} rows skipped by the image measurements: "
                          f"image not found under {spec.image_root} (--skip-missing)")
-        benchmarks.append(benchmark)
         imaged.append(with_images)
     usable = [b for b in benchmarks if b.usable]
-    if not usable:
-        raise ConfigError("--data: nothing usable: " + "; ".join(
-            f"{b.name} ({b.kind}): {next(iter(b.refused.values()), 'no rows')}" for b in benchmarks))
-    tasks = _real_tasks(config, usable, notes)
+    tasks = probe_tasks(spec, config.seed, usable, notes) if "probes" in config.measure.measurements else []
     examples = [e for b in usable for e in b.examples]
     image_examples = [e for b in imaged if b is not None for e in b.examples]
     mcq = [i for b in imaged if b is not None for i in b.mcq]
@@ -248,21 +224,20 @@ def _interleave(pairs: list) -> list:
     return [queue[i] for i in range(max(map(len, queues))) for queue in queues if i < len(queue)]
 
 
-def _real_tasks(config: ProbeConfig, benchmarks: list[Benchmark], notes: list[str]) -> list[ProbeTask]:
-    """The negation probe task of every file's captions, and the scope task where files give scope captions."""
-    if "probes" not in config.measure.measurements:
-        return []
-    spec, tasks = config.data, []
+def probe_tasks(spec: DataSpec, seed: int, benchmarks: list[Benchmark], notes: list[str]) -> list[ProbeTask]:
+    """The negation probe task of every file's captions, and the scope task where files give scope captions
+    (probing.measure.tasks.heldout_task: test splits held out by image, cue, object and template)."""
+    tasks: list[ProbeTask] = []
     captions = [c for b in benchmarks for c in b.captions]
     if captions:
         try:
-            tasks.append(heldout_task("negation", captions, train_cues=spec.train_cues, seed=config.seed))
+            tasks.append(heldout_task("negation", captions, train_cues=spec.train_cues, seed=seed))
         except ValueError as error:
             raise ConfigError(f"--data {', '.join(b.name for b in benchmarks)}: negation task: {error}") from None
     scope = [c for b in benchmarks for c in b.scope]
     if scope:
         try:
-            tasks.append(heldout_task("scope", scope, train_cues=spec.train_cues, seed=config.seed))
+            tasks.append(heldout_task("scope", scope, train_cues=spec.train_cues, seed=seed))
         except ValueError as error:
             notes.append(f"no scope probe task: {error}")
     for task in tasks:

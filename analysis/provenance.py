@@ -51,6 +51,12 @@ def toolkit_version() -> dict[str, str | None]:
     return {"version": version, "git_commit": commit}
 
 
+def data_options(paths: Sequence[str | os.PathLike]) -> dict[str, str | os.PathLike | None]:
+    """A repeatable --data as provenance's `data`: "--data" the first file (None: the synthetic world), "--data#2"
+    and on the others."""
+    return {"--data": paths[0] if paths else None, **{f"--data#{i + 1}": path for i, path in enumerate(paths) if i}}
+
+
 def write_provenance(folder: str | os.PathLike, command: Sequence[str], *, name: str = "provenance.json",
                      **what) -> Path:
     """<folder>/provenance.json (`provenance_record`), written atomically."""

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -386,6 +387,9 @@ def test_command_needs_no_captions_for_weights_alone(tmp_path, write_config, cap
     assert set(zip(changed["part"], changed["component"])) == {("block 2", "layernorms"), ("block 2", "all")}
 
 
+RETRIEVAL = Path(__file__).parent / "data" / "negbench" / "COCO_val_retrieval.csv"
+
+
 def run_cli(argv) -> int:
     """The exit status, whether the parser exits (argument errors) or main returns."""
     try:
@@ -466,10 +470,24 @@ def test_help_is_instant_and_imports_no_torch():
     (["--confidence", "1"], "--confidence: must be in (0, 1), got 1.0"),
     (["--confidence", "1.5"], "--confidence: must be in (0, 1), got 1.5"),
     (["--data", "/no/such/file.csv"], "no such file"),
+    (["--data", "synthetic", "--data", str(RETRIEVAL)], "does not mix with files"),
+    (["--data", str(RETRIEVAL), "--data", str(RETRIEVAL)], "a file is given twice"),
 ])
 def test_argument_errors_are_one_line(argv, message, tmp_path, capsys):
     assert run_cli(["embedded:small", "embedded:small", "--out", str(tmp_path / "o"), *argv]) == 2
     assert message in _error_line(capsys)
+
+
+def _heldout_tests(paths, name: str) -> dict[str, int]:
+    """The test splits probe-layers' task `name` has on these files, built directly from their captions."""
+    from probing.data.benchmarks import read_benchmark
+    from probing.measure.tasks import heldout_task
+
+    benchmarks = [read_benchmark(path, seed=0, limit=4000) for path in paths]
+    captions = [c for b in benchmarks for c in (b.captions if name == "negation" else b.scope)]
+    task = heldout_task(name, captions, train_cues=("no", "not"), seed=0)
+    return {"n_captions": len(task.captions), "n_train": len(task.train),
+            "tests": {split: len(index) for split, index in task.tests.items()}}
 
 
 def test_command_on_a_real_data_file(tmp_path, test_data, capsys):
@@ -481,9 +499,12 @@ def test_command_on_a_real_data_file(tmp_path, test_data, capsys):
     out = tmp_path / "out"
     assert cli.main(["embedded:small", str(tuned), "--data", str(data), "--out", str(out), *QUICK]) == 0
     record = json.loads((out / "comparison.json").read_text())
-    (task,) = record["meta"]["tasks"]
-    assert task["name"] == "negation" and task["source"] == "real" and set(task["tests"]) == {"in_distribution",
-                                                                                             "heldout_cue"}
+    (task,) = record["meta"]["tasks"]  # the file gives no scope pairs
+    assert task["name"] == "negation" and task["source"] == "real"
+    # the task probe-layers builds: test splits held out by image, cue, object (and template where one holds both
+    # classes), so a probe cannot pass by remembering an image or an object
+    assert {key: task[key] for key in ("n_captions", "n_train", "tests")} == _heldout_tests([data], "negation")
+    assert {"heldout_cue", "heldout_object"} <= set(task["tests"])
     states = pd.read_csv(out / "states.csv")
     assert set(states["group"]) == {"affirmative", "negated"} and (states["n_captions"] == 40).all()
     first = states[~states["identical"]].groupby("group")["layer"].min()
@@ -491,6 +512,42 @@ def test_command_on_a_real_data_file(tmp_path, test_data, capsys):
     probes = pd.read_csv(out / "probes.csv")
     assert set(probes["model"]) == {"embedded:small", "mlp7"} and set(probes["task"]) == {"negation"}
     assert "mlp7: block 7 holds 100%" in capsys.readouterr().out
+
+
+def test_command_on_a_mix_of_benchmark_files(tmp_path, test_data):
+    """--data twice, as in probe-layers: NegBench's retrieval CSV and its multiple choice (whose hybrid answers give
+    scope pairs) pooled into one negation task and a scope task; both files recorded in the provenance."""
+    tuned = save_small(tmp_path, "mlp7", lambda model: model.transformer.resblocks[7].mlp.c_fc.weight.mul_(1.1))
+    files = [test_data / "negbench" / "COCO_val_negated_retrieval_llama3.1_rephrased_affneg_true.csv",
+             test_data / "negbench" / "COCO_val_mcq_llama3.1_rephrased.csv"]
+    out = tmp_path / "out"
+    argv = ["embedded:small", str(tuned), "--data", str(files[0]), "--data", str(files[1]), "--parts", "probes"]
+    assert cli.main([*argv, "--out", str(out), *QUICK]) == 0
+    tasks = {task["name"]: task for task in json.loads((out / "comparison.json").read_text())["meta"]["tasks"]}
+    assert set(tasks) == {"negation", "scope"}
+    for name, task in tasks.items():
+        assert {key: task[key] for key in ("n_captions", "n_train", "tests")} == _heldout_tests(files, name)
+    alone = _heldout_tests(files[:1], "negation")["n_captions"]
+    assert tasks["negation"]["n_captions"] > alone  # the multiple choice's captions are in it too
+    assert set(pd.read_csv(out / "probes.csv")["task"]) == {"negation", "scope"}
+    data = json.loads((out / "provenance.json").read_text())["data"]
+    assert [Path(data[key]["path"]).name for key in ("--data", "--data#2")] == [f.name for f in files]
+
+
+def test_data_synthetic_names_the_default(tmp_path):
+    parser = cli.build_parser()
+    for given in ([], ["--data", "synthetic"]):
+        args = cli.check_args(parser.parse_args(["embedded:small", "embedded:small", *given,
+                                                 "--out", str(tmp_path / "o")]), parser)
+        assert args.files == []
+
+
+def test_a_file_that_gives_no_probing_data_is_one_line(tmp_path, test_data, capsys):
+    sugarcrepe = test_data / "sugarcrepe" / "swap_att.json"  # foils, refused as probing data (as by probe-layers)
+    assert run_cli(["embedded:small", "embedded:small", "--data", str(sugarcrepe), "--out", str(tmp_path / "o"),
+                    *QUICK]) == 2
+    line = _error_line(capsys)
+    assert "--data: nothing usable" in line and "swap_att" in line
 
 
 def test_hugging_face_folders_compare_block_by_block(tmp_path, capsys):

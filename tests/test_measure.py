@@ -10,7 +10,7 @@ import torch
 
 from probing.clip.loading import load_clip
 from probing.measure.layers import LayerMeasurements, MeasureConfig, measure_layers, swap_first_colour
-from probing.measure.tasks import real_negation_task, synthetic_negation_task, synthetic_scope_task
+from probing.measure.tasks import synthetic_negation_task, synthetic_scope_task
 from probing.synthetic.world import SyntheticWorld, WorldConfig
 
 
@@ -128,38 +128,6 @@ def test_null_tower_reinitialises_only_the_text_tower(write_config):
             assert not torch.equal(p, q), name
 
 
-def test_real_negation_task_from_generator(test_data):
-    from probing.data import generate_negations, load_coco_instances
-
-    images = load_coco_instances(test_data / "coco_mini/annotations/instances_val2017.json",
-                                 test_data / "coco_mini/val2017")
-    examples = generate_negations(images, seed=0, per_image=3)
-    task = real_negation_task(examples, train_cues=("no", "not"))
-    assert len(task.train) and len(task.tests["heldout_cue"])
-    held = {task.captions[i] for i in task.tests["heldout_cue"]}
-    expected = {text for e in examples if e.cue not in ("no", "not")
-                for text in (e.caption, e.presence_negated, e.absence_negated)}
-    assert held == expected
-    assert set(np.unique(task.labels[task.tests["heldout_cue"]])) == {0, 1}
-
-
-def test_real_negation_task_from_ccneg_rows_without_subjects(tmp_path):
-    """CC-Neg gives no subject: the control labelling's type is then the example (a caption and its negated twin
-    share a control label), so the control probe has both classes to fit; one example alone is refused."""
-    from probing.data import load_ccneg
-
-    rows = ["image_path,caption,negative_prompt"] + [f"im{i}.jpg,a dog next to a {o},a dog with no {o}"
-                                                    for i, o in enumerate(["cat", "cup", "bus", "car", "tree", "boat"])]
-    path = tmp_path / "ccneg.csv"
-    path.write_text("\n".join(rows) + "\n")
-    examples = load_ccneg(path, split="all")
-    task = real_negation_task(examples, train_cues=("no",), n_in_distribution=0.0)
-    assert len(task.train) == 12 and set(task.labels[task.train]) == {0, 1}
-    assert set(task.control_labels[task.train]) == {0, 1}
-    assert all(twin.startswith("a dog with no") for twin in task.captions[1::2])  # each caption, then its twin
-    assert (task.control_labels[0::2] == task.control_labels[1::2]).all()
-    with pytest.raises(ValueError, match="holds one class of control labels only"):
-        real_negation_task(examples[:1], train_cues=("no",), n_in_distribution=0.0)
 def test_measure_layers_streams_captures_over_the_memory_budget(world, write_config, monkeypatch):
     import probing.measure.layers as layers
 

@@ -236,6 +236,30 @@ def _no_repeats(values, option: str, parser: argparse.ArgumentParser) -> None:
         parser.error(f"{option}: {', '.join(repeated)} given twice")
 
 
+def add_data_files(group, *, uses: str, default: str) -> None:
+    """A repeatable --data (real data files read as probing data, analysis.pipeline.read_benchmarks) and --data-kind;
+    `uses`: what the command does with a file, `default`: what it runs on without one (see `data_files`)."""
+    group.add_argument("--data", action="append",
+                       help="a real data file (NegBench MCQ or retrieval CSV, VALSE existence.json, CC-Neg "
+                            ".pt/.csv/.jsonl, COCO captions or instances JSON; SugarCREPE / NegRefCOCOg are refused as "
+                            f"probing data): {uses}; give it more than once for a mix (default: {default})")
+    group.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file (every --data)")
+
+
+def data_files(given: list[str] | None, parser: argparse.ArgumentParser) -> list[str]:
+    """The real data files of a repeatable --data (none: the synthetic world, also when named "synthetic"); a usage
+    error for a missing file, a file given twice, or "synthetic" mixed with files."""
+    files = [] if given in (None, ["synthetic"]) else list(given)
+    for path in files:
+        if path == "synthetic":
+            parser.error("--data synthetic does not mix with files: give the files only")
+        if not Path(path).exists():
+            parser.error(f"--data {path}: no such file")
+    if len(set(files)) < len(files):
+        parser.error("--data: a file is given twice")
+    return files
+
+
 def named_by_flag(message: str, config_type: type, parser: argparse.ArgumentParser,
                   renamed: dict[str, str] | None = None) -> str:
     """A settings check's message about one config field ("eval_n must be ...", "n_train 8 is fewer ...",

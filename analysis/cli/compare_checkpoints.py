@@ -58,13 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: their labels)")
     model.add_argument("--device", type=a.device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     data = parser.add_argument_group("data (states and probes)")
-    data.add_argument("--data", help="a real data file that gives negation examples (CC-Neg, NegBench retrieval CSV, "
-                                     "COCO captions or instances; default: the base's synthetic world, its negation "
-                                     "and scope tasks)")
-    data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file")
+    a.add_data_files(data, uses="the base and the tuned models are probed on its negation task and, where its captions "
+                                "give one, its scope task, built as probe-layers builds them",
+                     default="the base's synthetic world, its negation and scope tasks")
     data.add_argument("--split", choices=("train", "eval", "all"), default="eval", help="split of a CC-Neg file")
     limit = data.add_argument("--limit", type=at_least(10), default=4000,
-                      help="real data: negation examples used at most (a seeded draw)")
+                      help="real data: rows (examples, items) used at most per file (a seeded draw)")
     data.add_argument("--train-cues", default="no,not",
                       help="real data: negation cues the probes train on; the other cues are the held-out split")
     data.add_argument("--per-image", type=positive_int, default=3,
@@ -128,11 +127,9 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
         if len(set(args.name_list)) != len(args.name_list):
             parser.error("--names repeats a name")
     args.train_cue_list = tuple(c.strip() for c in args.train_cues.split(",") if c.strip())
-    if args.data is not None:
-        if not Path(args.data).exists():
-            parser.error(f"--data {args.data}: no such file")
-        if not args.train_cue_list:
-            parser.error("--train-cues is empty")
+    args.files = a.data_files(args.data, parser)
+    if args.files and not args.train_cue_list:
+        parser.error("--train-cues is empty")
     if args.out is None:
         args.out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     a.check_output_folder(args.out, "--out", parser)
@@ -218,15 +215,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare_and_report(args: argparse.Namespace, command: list[str]) -> int:
-    from analysis.provenance import file_sha256, write_provenance
+    from analysis.provenance import data_options, file_sha256, write_provenance
 
     apply_threads(args.threads)
     started = time.perf_counter()
     tasks = None
     wants_data = bool({"states", "probes"} & set(args.part_list))
-    if args.data is not None and wants_data:  # a broken data file fails before any model loads
-        say(quiet=args.no_progress, message=f"reading {args.data}")
-        tasks = [real_task(args)]
+    if args.files and wants_data:  # a broken data file fails before any model loads
+        say(quiet=args.no_progress, message=f"reading {', '.join(args.files)}")
+        tasks = real_tasks(args)
     say(quiet=args.no_progress, message=f"loading {args.base}")
     base = load_spec(args.base, args, None, "BASE")
     tuned = {}
@@ -249,7 +246,7 @@ def compare_and_report(args: argparse.Namespace, command: list[str]) -> int:
                            decodable=args.decodable, batch_size=args.batch_size, seed=args.seed)
     comparison = compare_checkpoints(base, tuned, tasks, config=config, progress=not args.no_progress,
                                      say=lambda message: say(message, quiet=args.no_progress))
-    write_provenance(args.out, command, model=base, data={"--data": args.data},
+    write_provenance(args.out, command, model=base, data=data_options(args.files),
                      extra={"tuned_models": {name: _provenance(bundle, file_sha256) for name, bundle in tuned.items()}})
     paths = write_outputs(comparison, args.out, figures=not args.no_figures,
                           extra={"run": {"seconds": time.perf_counter() - started,
@@ -305,17 +302,17 @@ def _provenance(bundle, file_sha256) -> dict:
     return info
 
 
-def real_task(args: argparse.Namespace):
-    """The negation probing task of a real data file, built as probe-layers builds it (analysis.pipeline)."""
-    from analysis.pipeline import DataSpec, probe_task, read_examples
+def real_tasks(args: argparse.Namespace) -> list:
+    """The probe tasks of the real data files, built as probe-layers builds them (analysis.pipeline)."""
+    from analysis.pipeline import DataSpec, real_probe_tasks
 
-    spec = DataSpec(file=args.data, kind=args.data_kind, split=args.split, limit=args.limit,
+    spec = DataSpec(files=tuple(args.files), kind=args.data_kind, split=args.split, limit=args.limit,
                     train_cues=args.train_cue_list, per_image=args.per_image)
     notes: list[str] = []
-    task = probe_task(read_examples(spec, args.seed, notes), spec, args.seed, notes)
+    tasks = real_probe_tasks(spec, args.seed, notes)
     for note in notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
-    return task
+    return tasks
 
 
 if __name__ == "__main__":

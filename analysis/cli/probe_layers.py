@@ -69,12 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "every piece of evidence is its excess over them (0: measurements only, no evidence and "
                             "no plan; 1 is refused: the test needs at least 2)")
     data = parser.add_argument_group("data")
-    data.add_argument("--data", action="append",
-                      help="a real data file (NegBench MCQ or retrieval CSV, VALSE existence.json, CC-Neg "
-                           ".pt/.csv/.jsonl, COCO captions or instances JSON; SugarCREPE / NegRefCOCOg are refused as "
-                           "probing data): every measurement runs on what it gives; give it more than once for a mix "
-                           "(default: the model's synthetic world)")
-    data.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file (every --data)")
+    a.add_data_files(data, uses="every measurement runs on what it gives", default="the model's synthetic world")
     data.add_argument("--image-root", type=Path, help="folder the data file's image paths resolve against (without "
                                                       "it, gradient norms, the causal check and patching are skipped)")
     data.add_argument("--skip-missing", action="store_true",
@@ -227,15 +222,8 @@ def make_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pr
     losses = a.names(args.losses, GRADNORM_LOSSES, "--losses", parser)
     if args.grad_loss is not None and args.grad_loss not in losses:
         parser.error(f"--grad-loss {args.grad_loss!r} is not among --losses ({', '.join(losses)})")
-    files = [] if args.data in (None, ["synthetic"]) else list(args.data)  # "synthetic": the default, named
+    files = a.data_files(args.data, parser)
     train_cues = a.names(args.train_cues, None, "--train-cues", parser)
-    for path in files:
-        if path == "synthetic":
-            parser.error("--data synthetic does not mix with files: give the files only")
-        if not Path(path).exists():
-            parser.error(f"--data {path}: no such file")
-    if len(set(files)) < len(files):
-        parser.error("--data: a file is given twice")
     if args.skip_missing and args.image_root is None:
         parser.error("--skip-missing skips rows whose image is missing under --image-root: give --image-root")
     if args.image_root is not None and not args.image_root.is_dir():
@@ -285,7 +273,7 @@ def probe(config: ProbeConfig, out: Path, command: list[str], *, quiet: bool = F
     # stay instant
     from analysis.pipeline import run as run_pipeline
     from analysis.planning.selection import SelectionError, describe_blocks
-    from analysis.provenance import write_provenance
+    from analysis.provenance import data_options, write_provenance
 
     apply_threads(config.threads)
 
@@ -299,10 +287,7 @@ def probe(config: ProbeConfig, out: Path, command: list[str], *, quiet: bool = F
                   flush=True)
         for note in subject.notes:
             print(f"{PROG}: note: {note}", file=sys.stderr)
-        paths = config.data.paths
-        files = {"--data": paths[0] if paths else None}
-        files.update({f"--data#{i + 1}": path for i, path in enumerate(paths) if i})
-        write_provenance(out, command, model=subject.bundle, data=files,
+        write_provenance(out, command, model=subject.bundle, data=data_options(config.data.paths),
                          image_roots={"--image-root": config.data.image_root})
 
     try:

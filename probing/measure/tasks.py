@@ -107,48 +107,6 @@ def _synthetic_blocks(make, n_train: int, n_test: int, seed: int):
         yield split, make(n_test, "test", seed, heldout=split.removeprefix("heldout_"))
 
 
-def real_negation_task(examples, *, train_cues: Sequence[str] = ("no", "not"), seed: int = 0,
-                       n_in_distribution: float = 0.25) -> ProbeTask:
-    """Negation task from real NegationExamples (e.g. the rule-based generator over COCO/NegBench).
-
-    Label 1 for the presence- and absence-negated captions, 0 for the affirmative caption; trained
-    on `train_cues` and tested on an in-distribution part of them and on every other cue. The control
-    labelling's type is the example's subject, or for data without one (CC-Neg) the example itself, so
-    that a caption and its negated twin share a control label, as in the synthetic task. A ValueError
-    says when the training split (or its control labels) does not hold both classes.
-    """
-    rows = []  # (caption, label, cue, type)
-    for index, example in enumerate(examples):
-        kind = example.subject or ("example", example.source, example.row if example.row is not None else index)
-        if example.caption:
-            rows.append((example.caption, 0, example.cue, kind))
-        for negated in (example.presence_negated, example.absence_negated):
-            if negated:
-                rows.append((negated, 1, example.cue, kind))
-    if not rows:
-        raise ValueError("no captions in the given examples")
-    twice = next((cue for i, cue in enumerate(train_cues) if cue in train_cues[:i]), None)
-    if twice is not None:
-        raise ValueError(f"training cue {twice!r} is given twice")
-    rng = np.random.default_rng(seed)
-    in_training_cues = np.array([row[2] in train_cues for row in rows])
-    held_in = rng.random(len(rows)) < n_in_distribution
-    builder = _Builder()
-    for split, mask in (("train", in_training_cues & ~held_in), (IN_DISTRIBUTION, in_training_cues & held_in),
-                        ("heldout_cue", ~in_training_cues)):
-        chosen = [rows[i] for i in np.flatnonzero(mask)]
-        if chosen:
-            builder.add(split, [r[0] for r in chosen], [r[1] for r in chosen], [r[3] for r in chosen])
-    if "train" not in builder.blocks:
-        raise ValueError(f"no examples use the training cues {list(train_cues)}")
-    task = builder.task("negation", seed, {"source": "real", "train_cues": list(train_cues)})
-    for what, labels in (("labels", task.labels), ("control labels", task.control_labels)):
-        if len(np.unique(labels[task.train])) < 2:
-            raise ValueError(f"the training split ({len(task.train)} captions with the cues {list(train_cues)}) holds "
-                             f"one class of {what} only: it needs affirmative and negated captions of several examples")
-    return task
-
-
 # --- real benchmark files: splits held out by image, cue, object and template --------------------------------
 
 MIN_SPLIT = 4  # captions a test split needs (with both classes) to be kept
