@@ -538,6 +538,9 @@ def test_cli_writes_json_and_markdown(tiny, test_data, tmp_path, monkeypatch, ca
     assert mcq["metrics"]["mcq_accuracy"]["n"] == 6 and mcq["counts"]["n_skipped"] == total - with_image
     assert result["sections"]["synthetic/negation"]["metrics"]["ccneg_accuracy"]["n"] == 6  # --limit 6 of 12
     assert result["sections"]["negbench_mcq/voc2007"]["counts"]["source"] == str(voc)
+    # --limit counts per class in an image folder (both of its two classes kept whole), per file elsewhere
+    assert result["sections"]["image_folder/prompt_gap"]["counts"]["limited_per"] == "class"
+    assert "limited_per" not in counts and counts["limited_to"] == 6
     # provenance.json: the command, and each file evaluated by its SHA-256 (computed here a second way)
     import hashlib
 

@@ -435,7 +435,11 @@ def evaluate_synthetic(model, preprocess, tokenizer, *, world=None, n: int = 100
 # every benchmark whose files exist
 
 
-LIMITED_PER = {"sugarcrepe": "fold", "image_folder": "class"}  # --limit counts per fold / class there (_limited)
+def _per(section: dict, group: str) -> dict:
+    """A section whose rows `_limited` counted per `group` (a SugarCREPE fold, an image folder's class): its counts
+    say so beside `limited_to`."""
+    section["counts"]["limited_per"] = group
+    return section
 
 
 def _limited(items, limit: int | None, key: Callable | None = None):
@@ -463,11 +467,12 @@ def _run_job(name: str, job: Job, model, preprocess, tokenizer, *, options: dict
         return evaluate_synthetic(model, preprocess, tokenizer, **settings, **options)
     if name == "image_folder":
         folder = load_image_folder(job.path)
-        if limit is not None:
-            keep = _limited(list(range(len(folder))), limit, key=lambda i: folder.labels[i])
-            folder = ImageFolder(folder.root, [folder.paths[i] for i in keep], [folder.labels[i] for i in keep],
-                                 folder.classes, folder.report)
-        return {job.section: evaluate_image_folder(model, preprocess, tokenizer, folder, **options)}
+        if limit is None:
+            return {job.section: evaluate_image_folder(model, preprocess, tokenizer, folder, **options)}
+        keep = _limited(list(range(len(folder))), limit, key=lambda i: folder.labels[i])
+        folder = ImageFolder(folder.root, [folder.paths[i] for i in keep], [folder.labels[i] for i in keep],
+                             folder.classes, folder.report)
+        return {job.section: _per(evaluate_image_folder(model, preprocess, tokenizer, folder, **options), "class")}
     if name == "coco_generated":
         instances = data.load_coco_instances(job.path, root, strict=False)
         generated = data.generate_negations(instances, seed=settings["seed"], max_subjects=3)
@@ -488,7 +493,8 @@ def _run_job(name: str, job: Job, model, preprocess, tokenizer, *, options: dict
         return {job.section: evaluate_retrieval(model, preprocess, tokenizer, items, **run)}
     if name == "sugarcrepe":
         pairs = _limited(data.load_sugarcrepe(job.path, root, strict=False), limit, key=lambda p: p.fold)
-        return {job.section: evaluate_foils(model, preprocess, tokenizer, pairs, **run)}
+        scored = evaluate_foils(model, preprocess, tokenizer, pairs, **run)
+        return {job.section: scored if limit is None else _per(scored, "fold")}
     if name == "valse_existence":
         pairs = _limited(data.load_valse_existence(job.path, root, strict=False), limit)
         return {job.section: evaluate_foils(model, preprocess, tokenizer, pairs, **run)}
@@ -557,9 +563,7 @@ def evaluate_all(model, preprocess, tokenizer, *, data_root: str | Path | None =
         for section, result in produced.items():
             counts = result["counts"]
             if limit is not None:
-                counts["limited_to"] = limit
-                if name in LIMITED_PER:
-                    counts["limited_per"] = LIMITED_PER[name]
+                counts["limited_to"] = limit  # and "limited_per" where _run_job counted it per group
             if name == "ccneg":
                 counts["commas_stripped"] = ccneg_strip_commas
             if counts["n_evaluated"] == 0:  # an empty table would read as a result
