@@ -435,10 +435,11 @@ def evaluate_synthetic(model, preprocess, tokenizer, *, world=None, n: int = 100
 # every benchmark whose files exist
 
 
-def _per(section: dict, group: str) -> dict:
-    """A section whose rows `_limited` counted per `group` (a SugarCREPE fold, an image folder's class): its counts
-    say so beside `limited_to`."""
-    section["counts"]["limited_per"] = group
+def _per(section: dict, group: str, limit: int | None) -> dict:
+    """A section whose rows `_limited` counted per `group` (a SugarCREPE fold, an image folder's class): with a
+    limit, its counts say so beside `limited_to`."""
+    if limit is not None:
+        section["counts"]["limited_per"] = group
     return section
 
 
@@ -467,12 +468,12 @@ def _run_job(name: str, job: Job, model, preprocess, tokenizer, *, options: dict
         return evaluate_synthetic(model, preprocess, tokenizer, **settings, **options)
     if name == "image_folder":
         folder = load_image_folder(job.path)
-        if limit is None:
-            return {job.section: evaluate_image_folder(model, preprocess, tokenizer, folder, **options)}
-        keep = _limited(list(range(len(folder))), limit, key=lambda i: folder.labels[i])
-        folder = ImageFolder(folder.root, [folder.paths[i] for i in keep], [folder.labels[i] for i in keep],
-                             folder.classes, folder.report)
-        return {job.section: _per(evaluate_image_folder(model, preprocess, tokenizer, folder, **options), "class")}
+        if limit is not None:
+            keep = _limited(list(range(len(folder))), limit, key=lambda i: folder.labels[i])
+            folder = ImageFolder(folder.root, [folder.paths[i] for i in keep], [folder.labels[i] for i in keep],
+                                 folder.classes, folder.report)
+        return {job.section: _per(evaluate_image_folder(model, preprocess, tokenizer, folder, **options), "class",
+                                  limit)}
     if name == "coco_generated":
         instances = data.load_coco_instances(job.path, root, strict=False)
         generated = data.generate_negations(instances, seed=settings["seed"], max_subjects=3)
@@ -493,8 +494,7 @@ def _run_job(name: str, job: Job, model, preprocess, tokenizer, *, options: dict
         return {job.section: evaluate_retrieval(model, preprocess, tokenizer, items, **run)}
     if name == "sugarcrepe":
         pairs = _limited(data.load_sugarcrepe(job.path, root, strict=False), limit, key=lambda p: p.fold)
-        scored = evaluate_foils(model, preprocess, tokenizer, pairs, **run)
-        return {job.section: scored if limit is None else _per(scored, "fold")}
+        return {job.section: _per(evaluate_foils(model, preprocess, tokenizer, pairs, **run), "fold", limit)}
     if name == "valse_existence":
         pairs = _limited(data.load_valse_existence(job.path, root, strict=False), limit)
         return {job.section: evaluate_foils(model, preprocess, tokenizer, pairs, **run)}
