@@ -3,13 +3,14 @@
     python scripts/make_results.py --collect runs/validation runs/scope   copy the runs' JSON and figures
                                                                            into docs/results and docs/figures
     python scripts/make_results.py                                        rewrite every generated block
-    python scripts/make_results.py --check                                exit 1 if a block is out of date
+    python scripts/make_results.py --check                                exit 1 if a block is out of date,
+                                                                           or a result is typed beside them
 
 The README and the pages of docs/ (DOCUMENTS) hold generated blocks between `<!-- results:NAME -->` and
 `<!-- /results:NAME -->` (each name once across them); each
 is rendered below by a function of the JSON in docs/results (which the repository keeps: small
 files, the figures beside them), or of the shipped models' own metadata. The prose around the blocks
-states no number of its own.
+states no number of its own (`typed_results`, which --check runs).
 """
 from __future__ import annotations
 
@@ -52,6 +53,19 @@ FIGURES_KEPT = {("validation/default/probe/figures", "evidence.png"): "evidence-
                 ("validation/depth6/ablation", "validity.png"): "validity-depth6.png",
                 ("validation/default/ablation", "frontier.png"): "frontier-default.png",
                 ("validation/default/finetunes/compare/figures", "comparison.png"): "finetune-change-default.png"}
+
+
+# a number written the way results are: signed (+0.13), with two decimals (a ratio, a rho: 0.82) or more (0.458);
+# settings may stand in prose when named just before: alpha (0.05), Python 3.10, 80 %
+RESULT = re.compile(r"(?<![\w.])(?:[+-]\d*\.\d+|\d*\.\d{2,})(?!\w|\.\d)")
+SETTING = re.compile(r"(?:alpha \(|Python )$")
+
+
+def typed_results(text: str) -> list[str]:
+    """The results typed by hand in a document's text: numbers written as results are, outside the generated blocks,
+    code spans and code fences."""
+    prose = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", BLOCK.sub("", text), flags=re.S))
+    return [match.group() for match in RESULT.finditer(prose) if not SETTING.search(prose[:match.start()])]
 
 
 def _json(path: Path):
@@ -343,11 +357,16 @@ def main() -> int:
             stale.append(document)
             if not args.check:
                 document.write_text(rendered, encoding="utf-8")
+    typed = {document: typed_results(document.read_text(encoding="utf-8"))
+             for document in sorted({*DOCUMENTS, *(REPO / "docs").glob("*.md")})}
+    for document, numbers in typed.items():
+        if numbers:
+            print(f"{document.relative_to(REPO)}: result(s) typed by hand outside the generated blocks: "
+                  f"{', '.join(numbers)}; let a block render them", file=sys.stderr)
     if args.check and stale:
         print(f"{', '.join(d.name for d in stale)}: generated results are out of date; run python "
               "scripts/make_results.py", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if (args.check and stale) or any(typed.values()) else 0
 
 
 if __name__ == "__main__":
