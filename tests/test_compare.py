@@ -465,6 +465,9 @@ def test_help_is_instant_and_imports_no_torch():
 @pytest.mark.parametrize("argv, message", [
     (["--parts", "weights,magic"], "unknown magic"),
     (["--names", "a,b"], "--names gives 2 names for 1 tuned models"),
+    (["--names", "a,a"], "--names: a given twice"),
+    (["--train-cues", "no,not,no"], "--train-cues: no given twice"),
+    (["--train-cues", " , "], "--train-cues is empty"),
     (["--probes", "svm"], "unknown svm"),
     (["--share", "0"], "--share"),
     (["--confidence", "1"], "--confidence: must be in (0, 1), got 1.0"),

@@ -246,6 +246,12 @@ def add_data_files(group, *, uses: str, default: str) -> None:
     group.add_argument("--data-kind", help="loader kind when it cannot be guessed from the file (every --data)")
 
 
+def add_train_cues(group) -> None:
+    """--train-cues: the negation cues a real file's probes train on (read with `names`)."""
+    group.add_argument("--train-cues", default="no,not",
+                       help="real data: negation cues the probes train on; the other cues are the held-out split")
+
+
 def data_files(given: list[str] | None, parser: argparse.ArgumentParser) -> list[str]:
     """The real data files of a repeatable --data (none: the synthetic world, also when named "synthetic"); a usage
     error for a missing file, a file given twice, or "synthetic" mixed with files."""

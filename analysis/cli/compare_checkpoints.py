@@ -64,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split", choices=("train", "eval", "all"), default="eval", help="split of a CC-Neg file")
     limit = data.add_argument("--limit", type=at_least(10), default=4000,
                       help="real data: rows (examples, items) used at most per file (a seeded draw)")
-    data.add_argument("--train-cues", default="no,not",
-                      help="real data: negation cues the probes train on; the other cues are the held-out split")
+    a.add_train_cues(data)
     data.add_argument("--per-image", type=positive_int, default=3,
                       help="real COCO / NegBench retrieval data: generated negation examples per image")
     probe_train = data.add_argument("--probe-train", type=at_least(20), default=2000,
@@ -120,16 +119,12 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
     args.seed_list = a.int_list(args.probe_seeds, "--probe-seeds", parser)
     args.name_list = None
     if args.names is not None:
-        args.name_list = [n.strip() for n in args.names.split(",")]
-        if len(args.name_list) != len(args.tuned) or not all(args.name_list):
+        args.name_list = list(a.names(args.names, None, "--names", parser))
+        if len(args.name_list) != len(args.tuned):
             parser.error(f"--names gives {len(args.name_list)} names for {len(args.tuned)} tuned models "
                          "(one non-empty name each, comma-separated)")
-        if len(set(args.name_list)) != len(args.name_list):
-            parser.error("--names repeats a name")
-    args.train_cue_list = tuple(c.strip() for c in args.train_cues.split(",") if c.strip())
+    args.train_cue_list = a.names(args.train_cues, None, "--train-cues", parser)
     args.files = a.data_files(args.data, parser)
-    if args.files and not args.train_cue_list:
-        parser.error("--train-cues is empty")
     if args.out is None:
         args.out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     a.check_output_folder(args.out, "--out", parser)

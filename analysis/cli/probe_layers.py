@@ -79,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="split of a CC-Neg file to probe (probing.data.ccneg)")
     limit = data.add_argument("--limit", type=a.at_least(MINIMUM["data.limit"]), default=4000,
                               help="real data: rows (examples, items) used at most per file (a seeded draw)")
-    data.add_argument("--train-cues", default="no,not", help="real data: negation cues the probes train on; "
-                                                             "the other cues are the held-out split")
+    a.add_train_cues(data)
     data.add_argument("--per-image", type=a.at_least(MINIMUM["data.per_image"]), default=3,
                       help="real COCO / NegBench retrieval data: generated negation examples per image")
     probe_train = data.add_argument("--probe-train", type=a.at_least(MINIMUM["data.n_train"]), default=2000,
