@@ -150,3 +150,21 @@ def test_measure_layers_streams_captures_over_the_memory_budget(world, write_con
     assert options[-1]["token_budget"] is None  # batches of batch_size, as recorded measurements were made
     probes(token_budget=64)
     assert options[-1]["token_budget"] == 64
+
+
+def test_a_task_whose_control_labels_hold_one_class_says_it_has_no_control_probe(world, write_config):
+    """A real file whose caption types all share a control label (e.g. CC-Neg captions with one first word) gives no
+    control probe: the run's record says so (the report prints meta["skipped"]), instead of the selectivity silently
+    missing; a task with both classes gets its control probe and no such note."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model, preprocess, tokenizer = load_clip(write_config("tiny-measure-control", layers=2))
+    task = synthetic_negation_task(world, n_train=60, n_test=20)
+    constant = dataclasses.replace(task, name="constant", control_labels=np.zeros_like(task.control_labels))
+    config = MeasureConfig(seeds=(0,), measurements=("probes",))
+    result = measure_layers(model, preprocess, tokenizer, [task, constant], config=config, progress=False)
+    control = result.probes[result.probes.labels == "control"]
+    assert set(control.task) == {"negation"} and set(result.selectivity.task) == {"negation"}
+    assert list(result.meta["skipped"]) == ["probes/constant/control"]
+    assert "no control probe" in result.meta["skipped"]["probes/constant/control"]

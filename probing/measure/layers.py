@@ -321,7 +321,10 @@ def _probes(result: LayerMeasurements, name: str, subject, tokenizer, tasks, con
             result.items[ItemKey.probe(task.name, split, name).text] = sweep.items[(split, "logistic")]
         if trained:
             directions[task.name] = sweep.directions["logistic"]
-            if not task.control_tests():  # the control labels of the splits hold one class: nothing to fit
+            if not task.control_tests():  # nothing to fit: said in the run's record, so the report says it
+                result.meta.setdefault("skipped", {})[f"probes/{task.name}/control"] = (
+                    "no control probe, so no selectivity: the control labels (one per caption type) of the training "
+                    "or in-distribution test captions hold one class")
                 continue
             control = probe_layers(features, task.control_labels, task.train, task.control_tests(), seeds=seeds)
             result.add("probes", control.summary, task=task.name, model=name, labels="control")
