@@ -3,14 +3,14 @@
     python scripts/make_results.py --collect runs/validation runs/scope   copy the runs' JSON and figures
                                                                            into docs/results and docs/figures
     python scripts/make_results.py                                        rewrite every generated block
-    python scripts/make_results.py --check                                exit 1 if a block is out of date,
-                                                                           or a result is typed beside them
+    python scripts/make_results.py --check                                exit 1 if a block is out of date
+Either way it exits 1, naming the file, when prose beside the blocks types a result by hand.
 
 The README and the pages of docs/ (DOCUMENTS) hold generated blocks between `<!-- results:NAME -->` and
 `<!-- /results:NAME -->` (each name once across them); each
 is rendered below by a function of the JSON in docs/results (which the repository keeps: small
 files, the figures beside them), or of the shipped models' own metadata. The prose around the blocks
-states no number of its own (`typed_results`, which --check runs).
+states no number of its own (`typed_results`, checked on every run).
 """
 from __future__ import annotations
 

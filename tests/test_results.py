@@ -20,8 +20,7 @@ def test_every_generated_block_has_a_renderer_and_no_number_is_typed_beside_the_
 
     names = [match["name"] for document in DOCUMENTS for match in BLOCK.finditer(document.read_text())]
     assert names and set(names) <= set(BLOCKS)
-    for document in sorted({*DOCUMENTS, *(REPO / "docs").glob("*.md")}):
-        assert not typed_results(document.read_text()), document.name
+    # the documents themselves are checked by --check (the test above); here, what counts as typed
     assert typed_results("ahead by 0.002, and +0.13 [-0.01, +0.2]; ratio 0.82; alpha (0.05), Python 3.10, 80 %; "
                          "+0.13.") == ["0.002", "+0.13", "-0.01", "+0.2", "0.82", "+0.13"]
     # a block's body, a code span and a fence are the script's, not typed
